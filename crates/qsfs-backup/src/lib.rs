@@ -1,0 +1,1 @@
+//! qsfs-backup (being written).

@@ -1,0 +1,1 @@
+//! Conformance suite for the cache trait (being written).

@@ -1,0 +1,1 @@
+//! qsfs-fuse (being written).

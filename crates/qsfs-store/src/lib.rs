@@ -1,0 +1,1 @@
+//! qsfs-store (being written).
