@@ -25,7 +25,13 @@ pub struct Health {
 impl Health {
     /// A healthy answer with the given latency.
     pub fn up(latency: Duration) -> Self {
-        Health { status: HealthStatus::Up, latency, used_bytes: None, free_bytes: None, detail: String::new() }
+        Health {
+            status: HealthStatus::Up,
+            latency,
+            used_bytes: None,
+            free_bytes: None,
+            detail: String::new(),
+        }
     }
 
     /// A down answer with a reason.
@@ -107,7 +113,10 @@ pub fn check_object_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 255 || !ok_chars || key.starts_with('/') {
         return Err(Error::InvalidArgument(format!("bad object key {key:?}")));
     }
-    if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if key
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(Error::InvalidArgument(format!("bad object key {key:?}")));
     }
     Ok(())

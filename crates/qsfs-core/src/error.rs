@@ -140,14 +140,19 @@ impl Error {
             std::io::ErrorKind::PermissionDenied => {
                 Error::PermissionDenied(format!("{context}: {source}"))
             }
-            _ if source.raw_os_error() == Some(28) => Error::NoSpace(format!("{context}: {source}")),
+            _ if source.raw_os_error() == Some(28) => {
+                Error::NoSpace(format!("{context}: {source}"))
+            }
             _ => Error::Io { context, source },
         }
     }
 
     /// Builds a [`Error::Corrupt`].
     pub fn corrupt(location: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Corrupt { location: location.into(), detail: detail.into() }
+        Error::Corrupt {
+            location: location.into(),
+            detail: detail.into(),
+        }
     }
 }
 

@@ -36,7 +36,11 @@ pub fn check_key(key: &[u8]) -> Result<()> {
         return Err(Error::InvalidArgument("empty key".into()));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::TooLarge { what: "key", len: key.len(), max: MAX_KEY_LEN });
+        return Err(Error::TooLarge {
+            what: "key",
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
     }
     Ok(())
 }
@@ -44,7 +48,11 @@ pub fn check_key(key: &[u8]) -> Result<()> {
 /// Checks a value against [`MAX_VALUE_LEN`].
 pub fn check_value(value: &[u8]) -> Result<()> {
     if value.len() > MAX_VALUE_LEN {
-        return Err(Error::TooLarge { what: "value", len: value.len(), max: MAX_VALUE_LEN });
+        return Err(Error::TooLarge {
+            what: "value",
+            len: value.len(),
+            max: MAX_VALUE_LEN,
+        });
     }
     Ok(())
 }
@@ -69,7 +77,9 @@ impl NamespaceName {
             });
         }
         if name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-            return Err(Error::InvalidArgument(format!("namespace name not allowed: {name:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "namespace name not allowed: {name:?}"
+            )));
         }
         Ok(NamespaceName(name))
     }
