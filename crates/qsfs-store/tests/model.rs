@@ -10,14 +10,37 @@ use qsfs_store::{Durability, Engine, EngineConfig};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Set { ns: usize, key: u8, value: Vec<u8> },
-    Delete { ns: usize, key: u8 },
-    Get { ns: usize, key: u8 },
-    Scan { ns: usize, limit: usize, reverse: bool },
-    History { ns: usize, key: u8 },
-    Seal { ns: usize },
-    Compact { ns: usize },
-    Reopen { drop_index: bool },
+    Set {
+        ns: usize,
+        key: u8,
+        value: Vec<u8>,
+    },
+    Delete {
+        ns: usize,
+        key: u8,
+    },
+    Get {
+        ns: usize,
+        key: u8,
+    },
+    Scan {
+        ns: usize,
+        limit: usize,
+        reverse: bool,
+    },
+    History {
+        ns: usize,
+        key: u8,
+    },
+    Seal {
+        ns: usize,
+    },
+    Compact {
+        ns: usize,
+    },
+    Reopen {
+        drop_index: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,7 +71,10 @@ struct ModelNs {
 
 impl ModelNs {
     fn live(&self, key: &[u8]) -> Option<&Vec<u8>> {
-        self.keys.get(key).and_then(|v| v.last()).and_then(|(v, _)| v.as_ref())
+        self.keys
+            .get(key)
+            .and_then(|v| v.last())
+            .and_then(|(v, _)| v.as_ref())
     }
     fn scan_order(&self) -> Vec<Vec<u8>> {
         let mut live: Vec<(u64, Vec<u8>)> = self
@@ -65,7 +91,11 @@ impl ModelNs {
 const NAMES: [&str; 2] = ["users", "blocks"];
 
 fn open(dir: &std::path::Path) -> Engine {
-    let cfg = EngineConfig { durability: Durability::None, max_segment_size: 4096, ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        durability: Durability::None,
+        max_segment_size: 4096,
+        ..EngineConfig::default()
+    };
     Engine::open(dir, cfg).expect("open")
 }
 
@@ -76,7 +106,8 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
         let e = engine.as_ref().expect("engine");
         e.namespace_create(NAMES[0]).expect("create");
         e.namespace_create(NAMES[1]).expect("create");
-        e.namespace_set(NAMES[1], NamespaceProperty::Mode(Mode::Seq)).expect("seq");
+        e.namespace_set(NAMES[1], NamespaceProperty::Mode(Mode::Seq))
+            .expect("seq");
     }
     let mut model = [ModelNs::default(), ModelNs::default()];
     let mut clock = 0u64;
@@ -108,20 +139,41 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
                             prop_assert_eq!(out.key(), &expect[..], "{}", ctx);
                             m.next_id += 1;
                             m.ids.push(expect.clone());
-                            m.keys.entry(expect.clone()).or_default().push((Some(value), ts));
+                            m.keys
+                                .entry(expect.clone())
+                                .or_default()
+                                .push((Some(value), ts));
                             m.last_write.insert(expect, clock);
                         }
                         Some(id) => {
                             let r = e.set_at(NAMES[1], Some(&id), &value, Some(ts));
                             match m.live(&id) {
-                                None => prop_assert!(matches!(r, Err(Error::InvalidArgument(_))), "{} {:?}", ctx, r),
+                                None => prop_assert!(
+                                    matches!(r, Err(Error::InvalidArgument(_))),
+                                    "{} {:?}",
+                                    ctx,
+                                    r
+                                ),
                                 Some(v) if *v == value => {
-                                    prop_assert_eq!(r.expect("set"), SetOutcome::Unchanged { key: id }, "{}", ctx)
+                                    prop_assert_eq!(
+                                        r.expect("set"),
+                                        SetOutcome::Unchanged { key: id },
+                                        "{}",
+                                        ctx
+                                    )
                                 }
                                 Some(_) => {
-                                    prop_assert_eq!(r.expect("set"), SetOutcome::Written { key: id.clone() }, "{}", ctx);
+                                    prop_assert_eq!(
+                                        r.expect("set"),
+                                        SetOutcome::Written { key: id.clone() },
+                                        "{}",
+                                        ctx
+                                    );
                                     m.next_id += 1; // an update burns one id
-                                    m.keys.entry(id.clone()).or_default().push((Some(value), ts));
+                                    m.keys
+                                        .entry(id.clone())
+                                        .or_default()
+                                        .push((Some(value), ts));
                                     m.last_write.insert(id, clock);
                                 }
                             }
@@ -131,7 +183,11 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
             }
             Op::Delete { ns, key } => {
                 let m = &mut model[ns];
-                let k = if ns == 0 { vec![b'k', key] } else { m.ids.get(key as usize).cloned().unwrap_or(vec![9; 8]) };
+                let k = if ns == 0 {
+                    vec![b'k', key]
+                } else {
+                    m.ids.get(key as usize).cloned().unwrap_or(vec![9; 8])
+                };
                 let ts = 1_000 + clock;
                 let r = e.delete_at(NAMES[ns], &k, Some(ts));
                 if m.live(&k).is_some() {
@@ -143,7 +199,11 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
             }
             Op::Get { ns, key } => {
                 let m = &model[ns];
-                let k = if ns == 0 { vec![b'k', key] } else { m.ids.get(key as usize).cloned().unwrap_or(vec![9; 8]) };
+                let k = if ns == 0 {
+                    vec![b'k', key]
+                } else {
+                    m.ids.get(key as usize).cloned().unwrap_or(vec![9; 8])
+                };
                 let got = e.get(NAMES[ns], &k).expect("get");
                 prop_assert_eq!(got.as_ref().map(|g| &g.value), m.live(&k), "{}", ctx);
                 if let Some(g) = got {
@@ -151,13 +211,24 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Scan { ns, limit, reverse } => {
-                let order = if reverse { ScanOrder::Reverse } else { ScanOrder::Forward };
+                let order = if reverse {
+                    ScanOrder::Reverse
+                } else {
+                    ScanOrder::Forward
+                };
                 let mut got = Vec::new();
                 let mut cursor = None;
                 loop {
-                    let page = e.scan(NAMES[ns], cursor.as_ref(), limit, order).expect("scan");
+                    let page = e
+                        .scan(NAMES[ns], cursor.as_ref(), limit, order)
+                        .expect("scan");
                     for m in &page.entries {
-                        prop_assert_eq!(Some(m.length), model[ns].live(&m.key).map(|v| v.len() as u64), "{}", ctx);
+                        prop_assert_eq!(
+                            Some(m.length),
+                            model[ns].live(&m.key).map(|v| v.len() as u64),
+                            "{}",
+                            ctx
+                        );
                     }
                     got.extend(page.entries.into_iter().map(|m| m.key));
                     match page.next {
@@ -173,19 +244,32 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
             }
             Op::History { ns, key } => {
                 let m = &model[ns];
-                let k = if ns == 0 { vec![b'k', key] } else { m.ids.get(key as usize).cloned().unwrap_or(vec![9; 8]) };
+                let k = if ns == 0 {
+                    vec![b'k', key]
+                } else {
+                    m.ids.get(key as usize).cloned().unwrap_or(vec![9; 8])
+                };
                 let versions = m.keys.get(&k).cloned().unwrap_or_default();
                 match versions.last() {
-                    None => prop_assert!(matches!(e.history(NAMES[ns], &k, None), Err(Error::NotFound(_))), "{}", ctx),
+                    None => prop_assert!(
+                        matches!(e.history(NAMES[ns], &k, None), Err(Error::NotFound(_))),
+                        "{}",
+                        ctx
+                    ),
                     Some((None, _)) => {
-                        prop_assert!(matches!(e.history(NAMES[ns], &k, None), Err(Error::NotFound(_))), "{}", ctx)
+                        prop_assert!(
+                            matches!(e.history(NAMES[ns], &k, None), Err(Error::NotFound(_))),
+                            "{}",
+                            ctx
+                        )
                     }
                     Some((Some(_), _)) => {
                         let mut walked = Vec::new();
                         let mut at: Option<VersionId> = None;
                         loop {
                             let v = e.history(NAMES[ns], &k, at).expect("history");
-                            walked.push((if v.deleted { None } else { Some(v.value) }, v.timestamp));
+                            walked
+                                .push((if v.deleted { None } else { Some(v.value) }, v.timestamp));
                             match v.previous {
                                 Some(p) => at = Some(p),
                                 None => break,
@@ -212,9 +296,18 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
         let e = engine.as_ref().expect("engine");
         for ns in 0..2 {
             let info = e.namespace_info(NAMES[ns]).expect("info");
-            let live: Vec<&Vec<u8>> = model[ns].keys.keys().filter_map(|k| model[ns].live(k)).collect();
+            let live: Vec<&Vec<u8>> = model[ns]
+                .keys
+                .keys()
+                .filter_map(|k| model[ns].live(k))
+                .collect();
             prop_assert_eq!(info.entries, live.len() as u64, "step {} entries", step);
-            prop_assert_eq!(info.data_bytes, live.iter().map(|v| v.len() as u64).sum::<u64>(), "step {} bytes", step);
+            prop_assert_eq!(
+                info.data_bytes,
+                live.iter().map(|v| v.len() as u64).sum::<u64>(),
+                "step {} bytes",
+                step
+            );
         }
     }
     // Final full comparison, after one more reopen from the segments alone.
