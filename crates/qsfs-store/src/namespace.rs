@@ -347,6 +347,15 @@ impl Namespace {
                     let index = &mut state.index;
                     let r = scan_segment(&src, len, from, |rec| {
                         let at = loc(id, rec.offset);
+                        if rec.damaged {
+                            // Indexed anyway: reads of this key must report the damage, not
+                            // fall back to an older version.
+                            tracing::debug!(
+                                segment = id,
+                                offset = rec.offset,
+                                "indexing a record with a damaged value"
+                            );
+                        }
                         index.observe(&rec.header, at);
                         index.apply(rec.key, KeyState::of(&rec.header, at));
                     })
@@ -369,6 +378,15 @@ impl Namespace {
                     let index = &mut state.index;
                     let r = scan_segment(&src, data.len() as u64, from, |rec| {
                         let at = loc(id, rec.offset);
+                        if rec.damaged {
+                            // Indexed anyway: reads of this key must report the damage, not
+                            // fall back to an older version.
+                            tracing::debug!(
+                                segment = id,
+                                offset = rec.offset,
+                                "indexing a record with a damaged value"
+                            );
+                        }
                         index.observe(&rec.header, at);
                         index.apply(rec.key, KeyState::of(&rec.header, at));
                     })
