@@ -698,9 +698,7 @@ impl Namespace {
                     Some(Error::InvalidArgument("key needed (user mode)".into())),
                 ),
                 (Mode::Seq, None) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
-                (Mode::Seq, Some(k)) if k.is_empty() => {
-                    (st.index.next_slot.to_le_bytes().to_vec(), None, None)
-                }
+                (Mode::Seq, Some([])) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
                 (Mode::Seq, Some(k)) => match st.index.live(k) {
                     Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(*s), None),
                     _ => (

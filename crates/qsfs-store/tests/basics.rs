@@ -1,6 +1,8 @@
 //! Behaviour of the engine that the Store conformance suite does not cover: persistence,
 //! sealing, offload, properties that only an embedded engine has.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
 use qsfs_core::{Error, Mode, NamespaceProperty, ReadOnlyReason, ScanOrder, Store};
 use qsfs_store::{Durability, Engine, EngineConfig};
 

@@ -2,6 +2,8 @@
 //! a deleted or damaged index snapshot. The engine opens, reports what is damaged, refuses to
 //! serve damaged values and serves everything else.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 

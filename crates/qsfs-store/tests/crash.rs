@@ -8,6 +8,8 @@
 //! Runs without the libtest harness (`harness = false`): `main` is the parent, or the child when
 //! the environment variable is set.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -204,7 +206,8 @@ fn main() {
                 *want = got;
             }
         }
-        if !model.contains_key(&inflight_key) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = model.entry(inflight_key.clone())
+        {
             let got = engine
                 .get("default", &inflight_key)
                 .expect("get in-flight key")
@@ -213,7 +216,7 @@ fn main() {
                 got.is_none() || got == inflight_value,
                 "round {round}: in-flight key has a foreign value"
             );
-            model.insert(inflight_key, got);
+            slot.insert(got);
         }
         // Nothing else is live, and everything live is intact.
         let mut cursor = None;

@@ -2,6 +2,8 @@
 //! with a `BTreeMap` model, with reopen (with and without the index snapshot), seal and compact
 //! mixed in and a reopen possible after every kind of operation.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
