@@ -250,9 +250,11 @@ impl Namespace {
             Some((_, s)) => s.file.is_none(),
         };
         if need_new {
+            // Past every id in use, including a damaged file that was skipped.
             let id = segments
                 .keys()
-                .next_back()
+                .chain(local.keys())
+                .max()
                 .map(|i| i + 1)
                 .unwrap_or(0)
                 .max(desc.segment_floor);
