@@ -146,6 +146,8 @@ pub struct SegmentStats {
     pub id: u32,
     /// Bytes on local disk (0 if offloaded).
     pub size: u64,
+    /// Length of the segment, wherever it is.
+    pub length: u64,
     /// Bytes of records that are the newest version of their key.
     pub live: u64,
     /// Sealed (immutable).
@@ -236,11 +238,12 @@ impl Namespace {
                 }
             }
         }
-        for id in &desc.offloaded {
+        for (id, len) in &desc.offloaded {
             segments.entry(*id).or_insert_with(|| {
                 Arc::new(Segment::offloaded(
                     dir.join(crate::segment::segment_file_name(*id)),
                     *id,
+                    *len,
                 ))
             });
         }
@@ -1024,15 +1027,17 @@ impl Namespace {
         let mut segments = Vec::new();
         let mut disk = st.snapshot_bytes;
         for (id, s) in &st.segments {
-            let size = if *id == loc_segment(tail) {
+            let length = if *id == loc_segment(tail) {
                 loc_offset(tail)
             } else {
                 s.len()
             };
+            let size = if s.file.is_some() { length } else { 0 };
             disk += size;
             segments.push(SegmentStats {
                 id: *id,
                 size,
+                length,
                 live: st.index.seg_live.get(id).copied().unwrap_or(0),
                 sealed: *id != loc_segment(tail),
                 offloaded: s.file.is_none(),
@@ -1222,10 +1227,8 @@ impl Namespace {
         };
         let end = if segment == loc_segment(tail) {
             loc_offset(tail)
-        } else if seg.file.is_some() {
-            seg.len()
         } else {
-            u64::MAX
+            seg.len()
         };
         if offset >= end {
             return Ok(None);
@@ -1277,11 +1280,12 @@ impl Namespace {
         }
         let mut st = self.state.write();
         let mut desc = st.desc.clone();
-        desc.offloaded.insert(id);
+        let len = seg.len();
+        desc.offloaded.insert(id, len);
         desc.store(&self.dir)?;
         st.desc = desc;
         st.segments
-            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id)));
+            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id, len)));
         drop(st);
         std::fs::remove_file(&seg.path)
             .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;

@@ -215,6 +215,8 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     /// The open file; `None` once the segment is offloaded to the cold tier.
     pub file: Option<File>,
+    /// Length of an offloaded segment (0 while local: the file knows).
+    pub offloaded_len: u64,
 }
 
 impl Segment {
@@ -237,6 +239,7 @@ impl Segment {
             id,
             path,
             file: Some(file),
+            offloaded_len: 0,
         })
     }
 
@@ -257,25 +260,26 @@ impl Segment {
             id,
             path,
             file: Some(file),
+            offloaded_len: 0,
         })
     }
 
     /// A segment whose file lives only in the cold tier.
-    pub fn offloaded(path: PathBuf, id: u32) -> Segment {
+    pub fn offloaded(path: PathBuf, id: u32, len: u64) -> Segment {
         Segment {
             id,
             path,
             file: None,
+            offloaded_len: len,
         }
     }
 
-    /// Current file length (0 for an offloaded segment).
+    /// Current length (of the file, or as recorded when it was offloaded).
     pub fn len(&self) -> u64 {
-        self.file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .unwrap_or(0)
+        match &self.file {
+            Some(f) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            None => self.offloaded_len,
+        }
     }
 }
 
