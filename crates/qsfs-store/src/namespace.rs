@@ -29,7 +29,7 @@ use crate::engine::Shared;
 use crate::index::{Index, KeyState};
 use crate::password::PasswordRecord;
 use crate::segment::{
-    encode_record, loc, loc_offset, loc_segment, parse_segment_file_name, read_full_at,
+    encode_record_into, loc, loc_offset, loc_segment, parse_segment_file_name, read_full_at,
     scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
 };
@@ -54,6 +54,8 @@ pub(crate) struct Writer {
     pub end: u64,
     /// When the segment was started (for the age limit).
     pub opened: Instant,
+    /// Reused record buffer.
+    pub buf: Vec<u8>,
 }
 
 /// Index, segment table and properties.
@@ -289,6 +291,7 @@ impl Namespace {
                 seg: current,
                 end,
                 opened: Instant::now(),
+                buf: Vec::new(),
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
@@ -800,8 +803,11 @@ impl Namespace {
             origin: 0,
             slot,
         };
-        let rec = encode_record(&header, &key, value);
-        let at = self.append(shared, w, &rec)?;
+        let mut rec = std::mem::take(&mut w.buf);
+        encode_record_into(&header, &key, value, &mut rec);
+        let appended = self.append(shared, w, &rec);
+        w.buf = rec;
+        let at = appended?;
         let mut st = self.state.write();
         st.index.observe(&header, at);
         st.index.apply(&key, KeyState::of(&header, at));

@@ -162,15 +162,27 @@ pub(crate) fn record_len(key_len: usize, value_len: usize) -> u64 {
 /// Encodes a whole record (header, key, value) into one buffer, so it is written with a single
 /// `pwrite`: either all of it reaches the file or the tail check on open cuts it off.
 pub(crate) fn encode_record(header: &RecordHeader, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + key.len() + value.len());
+    encode_record_into(header, key, value, &mut out);
+    out
+}
+
+/// [`encode_record`] into a reused buffer (cleared first), saving an allocation per write.
+pub(crate) fn encode_record_into(
+    header: &RecordHeader,
+    key: &[u8],
+    value: &[u8],
+    out: &mut Vec<u8>,
+) {
     let mut fixed = [0u8; RECORD_HEADER_LEN];
     header.encode_fields(&mut fixed);
     let crc = header_crc(&fixed, key);
     fixed[4..8].copy_from_slice(&crc.to_le_bytes());
-    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + key.len() + value.len());
+    out.clear();
+    out.reserve(RECORD_HEADER_LEN + key.len() + value.len());
     out.extend_from_slice(&fixed);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
-    out
 }
 
 /// Encodes the segment header of segment `id`.
