@@ -414,3 +414,31 @@ fn deleting_a_namespace_in_use_is_clean() {
     e.namespace_create("gone").unwrap();
     assert_eq!(e.namespace_info("gone").unwrap().entries, 0);
 }
+
+#[test]
+fn an_interrupted_namespace_delete_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.namespace_create("doomed").unwrap();
+        e.set("doomed", Some(b"k"), b"v").unwrap();
+    }
+    // What a crash between the rename and the removal leaves behind.
+    let trash = dir
+        .path()
+        .join("ns")
+        .join(format!(".deleting-{}", hex::encode("doomed")));
+    std::fs::rename(dir.path().join("ns/doomed"), &trash).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.namespace_list().unwrap(), vec!["default".to_string()]);
+    assert!(!trash.exists());
+    // A namespace whose real name has that prefix is still a namespace.
+    e.namespace_create(".deleting-not-really").unwrap();
+    e.set(".deleting-not-really", Some(b"k"), b"v").unwrap();
+    drop(e);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(
+        e.get(".deleting-not-really", b"k").unwrap().unwrap().value,
+        b"v"
+    );
+}
