@@ -93,7 +93,7 @@ fn child(dir: &str, round: u32) {
         }
         let _ = writeln!(out, "ack {i}");
         let _ = out.flush();
-        if i % 97 == 50 {
+        if i % 31 == 15 {
             let _ = engine.compact_with("default", 0.9);
         }
     }
