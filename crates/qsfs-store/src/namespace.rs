@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use qsfs_core::{
     check_value, Credential, Cursor, Entry, Error, KeyMeta, Mode, NamespaceInfo, NamespaceProperty,
     ReadOnlyReason, Result, ScanOrder, ScanPage, SetOutcome, Timestamp, Version, VersionId,
@@ -97,6 +97,19 @@ pub(crate) struct Namespace {
     pub dirty: AtomicBool,
     /// Committed end of the current segment, as a [`Loc`], for raw readers.
     pub tail: AtomicU64,
+    /// Group commit: how far the file is known to be synced, and whether a sync is running.
+    pub group: Mutex<GroupCommit>,
+    /// Signalled when a group-commit sync finishes.
+    pub group_done: Condvar,
+}
+
+/// State of [`Durability::Group`] for one namespace.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    /// Every record before this location is synced.
+    pub synced: Loc,
+    /// A writer is running the sync now.
+    pub syncing: bool,
 }
 
 /// A record as stored, for 0-db's `DATA RAW` and for replication.
@@ -297,6 +310,8 @@ impl Namespace {
             events: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             tail: AtomicU64::new(loc(current_id, end)),
+            group: Mutex::new(GroupCommit::default()),
+            group_done: Condvar::new(),
         };
         Ok(ns)
     }
@@ -609,7 +624,9 @@ impl Namespace {
         match shared.config.durability {
             Durability::EveryWrite if durable => file.sync_data().map_err(undo)?,
             Durability::EveryWrite => self.dirty.store(true, Ordering::Release),
-            Durability::Periodic(_) => self.dirty.store(true, Ordering::Release),
+            Durability::Periodic(_) | Durability::Group => {
+                self.dirty.store(true, Ordering::Release)
+            }
             Durability::None => {}
         }
         w.end = at + len;
@@ -686,6 +703,24 @@ impl Namespace {
         value: &[u8],
         ts: Option<Timestamp>,
     ) -> Result<SetOutcome> {
+        let mut w = self.writer.lock();
+        let out = self.set_locked(shared, &mut w, key, value, ts)?;
+        let upto = self.tail.load(Ordering::Acquire);
+        drop(w);
+        if out.written() {
+            self.wait_group_commit(shared, upto)?;
+        }
+        Ok(out)
+    }
+
+    fn set_locked(
+        &self,
+        shared: &Shared,
+        w: &mut Writer,
+        key: Option<&[u8]>,
+        value: &[u8],
+        ts: Option<Timestamp>,
+    ) -> Result<SetOutcome> {
         check_value(value)?;
         if let Some(k) = key {
             if k.len() > MAX_KEY_LEN {
@@ -696,7 +731,6 @@ impl Namespace {
                 });
             }
         }
-        let mut w = self.writer.lock();
         let st = self.state.read();
         self.check_writable(&st)?;
         let mode = st.desc.mode;
@@ -764,11 +798,11 @@ impl Namespace {
                     }
                     Err(e) => return Err(e),
                 }
-                return self.write_version(shared, &mut w, key_bytes, value, ts, mode, false);
+                return self.write_version(shared, w, key_bytes, value, ts, mode, false);
             }
         }
         drop(st);
-        self.write_version(shared, &mut w, key_bytes, value, ts, mode, false)
+        self.write_version(shared, w, key_bytes, value, ts, mode, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -840,8 +874,48 @@ impl Namespace {
         }
         let mode = st.desc.mode;
         drop(st);
-        self.write_version(shared, &mut w, key.to_vec(), &[], ts, mode, true)
-            .map(|_| ())
+        self.write_version(shared, &mut w, key.to_vec(), &[], ts, mode, true)?;
+        let upto = self.tail.load(Ordering::Acquire);
+        drop(w);
+        self.wait_group_commit(shared, upto)
+    }
+
+    /// Under [`Durability::Group`], returns once a sync covers everything up to `upto`. The
+    /// first waiter syncs for everyone whose write is already in the file; writes that arrive
+    /// meanwhile wait for the next sync, so concurrent writers share fsyncs.
+    fn wait_group_commit(&self, shared: &Shared, upto: Loc) -> Result<()> {
+        if shared.config.durability != Durability::Group {
+            return Ok(());
+        }
+        let mut g = self.group.lock();
+        loop {
+            if g.synced >= upto {
+                return Ok(());
+            }
+            if g.syncing {
+                self.group_done.wait(&mut g);
+                continue;
+            }
+            g.syncing = true;
+            drop(g);
+            // Everything before the current tail is in the current segment or in sealed,
+            // already synced ones.
+            let (seg, target) = {
+                let w = self.writer.lock();
+                (w.seg.clone(), self.tail.load(Ordering::Acquire))
+            };
+            let r = match &seg.file {
+                Some(f) => f.sync_data(),
+                None => Ok(()),
+            };
+            g = self.group.lock();
+            g.syncing = false;
+            if r.is_ok() {
+                g.synced = g.synced.max(target);
+            }
+            self.group_done.notify_all();
+            r.map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
+        }
     }
 
     /// `Store::get`.
