@@ -1415,6 +1415,50 @@ impl Namespace {
         Ok(())
     }
 
+    /// Re-reads every local segment and checks every record's checksums (a scrub). Returns the
+    /// damage found, which is also added to [`NamespaceStats::damage`] and logged. Sealed
+    /// segments are read without any lock; the current one up to its committed end.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let tail = self.tail.load(Ordering::Acquire);
+        let segs: Vec<Arc<Segment>> = self.state.read().segments.values().cloned().collect();
+        let mut found = Vec::new();
+        for seg in segs {
+            let Some(f) = &seg.file else { continue };
+            let len = if seg.id == loc_segment(tail) {
+                loc_offset(tail)
+            } else {
+                f.metadata()
+                    .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
+                    .len()
+            };
+            let src = |buf: &mut [u8], off: u64| read_full_at(f, buf, off);
+            let report = scan_segment(&src, len, SEGMENT_HEADER_LEN, |_| {})
+                .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+            for (a, b, why) in &report.corrupt {
+                found.push(format!(
+                    "{} .. {b}: {why}",
+                    seg_location(&self.name, seg.id, *a)
+                ));
+            }
+            if report.valid_end < len {
+                found.push(format!(
+                    "{} .. {len}: no valid record",
+                    seg_location(&self.name, seg.id, report.valid_end)
+                ));
+            }
+        }
+        for msg in &found {
+            tracing::error!(namespace = %self.name, "{msg}");
+        }
+        let mut st = self.state.write();
+        for msg in &found {
+            if !st.damage.contains(msg) {
+                st.damage.push(msg.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// Replaces the in-memory state with what is on disk (0-db `RELOAD`).
     pub fn reload(&self, shared: &Shared) -> Result<()> {
         let mut w = self.writer.lock();
