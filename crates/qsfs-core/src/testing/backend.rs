@@ -111,6 +111,7 @@ async fn ranges(b: &dyn Backend) {
         (len - 5..len + 100),
         (len..len + 10),
         (len + 50..len + 60),
+        #[allow(clippy::reversed_empty_ranges)]
         (100..50),
     ];
     for r in cases {
