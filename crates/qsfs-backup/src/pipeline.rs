@@ -782,8 +782,17 @@ impl Pipeline {
                     ));
                 }
                 let key = ObjectRecord::shard_key(&inner.settings.prefix, &rec.object_id, i, j);
-                let target = self.repair_target(&new, i, j, &policy)?;
-                inner.nodes[target].put(&key, data).await?;
+                let mut tried = Vec::new();
+                let target = loop {
+                    let t = self.repair_target(&new, i, j, &policy, &tried)?;
+                    match inner.nodes[t].put(&key, data.clone()).await {
+                        Ok(()) => break t,
+                        Err(e) => {
+                            tracing::warn!("repair: writing shard {j} of stripe {i} to {}: {e}", inner.nodes[t].name);
+                            tried.push(t);
+                        }
+                    }
+                };
                 report.rewritten += 1;
                 let name = inner.nodes[target].name.clone();
                 if Self::backend_name(&new, &new.stripes[i as usize].shards[j]) != name {
@@ -801,11 +810,11 @@ impl Pipeline {
         Ok(report)
     }
 
-    fn repair_target(&self, rec: &ObjectRecord, i: u64, j: usize, policy: &Policy) -> Result<usize> {
+    fn repair_target(&self, rec: &ObjectRecord, i: u64, j: usize, policy: &Policy, tried: &[usize]) -> Result<usize> {
         let inner = &self.inner;
         let st = &rec.stripes[i as usize];
         if let Ok(n) = self.node_for(rec, &st.shards[j]) {
-            if !n.is_down() {
+            if !n.is_down() && inner.by_name.get(&n.name).is_some_and(|i| !tried.contains(i)) {
                 if let Some(&idx) = inner.by_name.get(&n.name) {
                     return Ok(idx);
                 }
@@ -815,7 +824,7 @@ impl Pipeline {
             st.shards.iter().map(|l| self.node_for(rec, l).ok().and_then(|n| inner.by_name.get(&n.name).copied())).collect();
         let lost_group = holders[j].map(|n| inner.nodes[n].group);
         let mut candidates: Vec<usize> = (0..inner.nodes.len())
-            .filter(|c| !inner.nodes[*c].is_down())
+            .filter(|c| !inner.nodes[*c].is_down() && !tried.contains(c))
             .filter(|c| holders.iter().enumerate().filter(|(x, _)| *x != j).all(|(_, h)| *h != Some(*c)))
             .collect();
         candidates.sort_by_key(|&c| (Some(inner.nodes[c].group) != lost_group, c));
