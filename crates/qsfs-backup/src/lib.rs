@@ -1,6 +1,7 @@
 //! qsfs-backup (being written).
 pub mod backends;
 pub mod codec;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod metadata;
