@@ -39,11 +39,20 @@ pub fn encode(data: Vec<u8>, k: usize, m: usize) -> Result<Vec<Bytes>> {
 pub fn reconstruct(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<()> {
     let present = shards.iter().filter(|s| s.is_some()).count();
     if present < k {
-        return Err(Error::corrupt("reed-solomon", format!("{present} shards present, {k} needed")));
+        return Err(Error::corrupt(
+            "reed-solomon",
+            format!("{present} shards present, {k} needed"),
+        ));
     }
     if shards[..k].iter().any(Option::is_none) {
-        let originals = shards[..k].iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
-        let recovery = shards[k..].iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+        let originals = shards[..k]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+        let recovery = shards[k..]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
         let restored = reed_solomon_simd::decode(k, m, originals, recovery).map_err(rs_err)?;
         for (i, s) in restored {
             shards[i] = Some(Bytes::from(s));
@@ -65,11 +74,16 @@ pub fn reconstruct(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<(
 pub fn join(shards: &[Option<Bytes>], k: usize, len: usize) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(len);
     for s in &shards[..k] {
-        let s = s.as_ref().ok_or_else(|| Error::corrupt("reed-solomon", "data shard missing after decode"))?;
+        let s = s
+            .as_ref()
+            .ok_or_else(|| Error::corrupt("reed-solomon", "data shard missing after decode"))?;
         out.extend_from_slice(s);
     }
     if out.len() < len {
-        return Err(Error::corrupt("reed-solomon", "shards shorter than the recorded length"));
+        return Err(Error::corrupt(
+            "reed-solomon",
+            "shards shorter than the recorded length",
+        ));
     }
     out.truncate(len);
     Ok(out)

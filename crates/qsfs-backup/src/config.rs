@@ -76,16 +76,27 @@ impl BackendSpec {
     pub fn parse(s: &str, base: &Path, role: ZdbRole) -> Result<Self> {
         if let Some(p) = s.strip_prefix("local:") {
             let p = PathBuf::from(p);
-            return Ok(BackendSpec::Local(if p.is_absolute() { p } else { base.join(p) }));
+            return Ok(BackendSpec::Local(if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }));
         }
         if let Some(rest) = s.strip_prefix("zdb://") {
             let (address, namespace) = rest.split_once('/').unwrap_or((rest, "default"));
             if address.is_empty() || !address.contains(':') {
-                return Err(BackupError::Config(format!("backend {s:?}: expected zdb://host:port/namespace")).into());
+                return Err(BackupError::Config(format!(
+                    "backend {s:?}: expected zdb://host:port/namespace"
+                ))
+                .into());
             }
             return Ok(BackendSpec::Zdb(ZdbSpec {
                 address: address.into(),
-                namespace: if namespace.is_empty() { "default".into() } else { namespace.into() },
+                namespace: if namespace.is_empty() {
+                    "default".into()
+                } else {
+                    namespace.into()
+                },
                 password: None,
                 role,
             }));
@@ -93,7 +104,10 @@ impl BackendSpec {
         if let Some(n) = s.strip_prefix("memory:") {
             return Ok(BackendSpec::Memory(n.into()));
         }
-        Err(BackupError::Config(format!("backend {s:?}: expected local:/path or zdb://host:port/namespace")).into())
+        Err(BackupError::Config(format!(
+            "backend {s:?}: expected local:/path or zdb://host:port/namespace"
+        ))
+        .into())
     }
 
     fn open(&self, zdb: Option<&dyn ZdbConnector>) -> Result<Arc<dyn Backend>> {
@@ -251,8 +265,14 @@ fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> BackupError {
         Some(span) => {
             let line = text[..span.start.min(text.len())].lines().count().max(1);
             let line_text = text.lines().nth(line - 1).unwrap_or("");
-            let secret = ["key", "password"].iter().any(|w| line_text.to_ascii_lowercase().contains(w));
-            let msg = if secret { "invalid value (not shown: this line holds a secret)".to_string() } else { e.message().to_string() };
+            let secret = ["key", "password"]
+                .iter()
+                .any(|w| line_text.to_ascii_lowercase().contains(w));
+            let msg = if secret {
+                "invalid value (not shown: this line holds a secret)".to_string()
+            } else {
+                e.message().to_string()
+            };
             format!("line {line}: {msg}")
         }
         None => e.message().to_string(),
@@ -263,7 +283,8 @@ fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> BackupError {
 impl Config {
     /// Reads a config file of either format.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| qsfs_core::Error::io(format!("read config {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| qsfs_core::Error::io(format!("read config {}", path.display()), e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&text, path, &base)
     }
@@ -312,21 +333,50 @@ impl Config {
         let groups = q
             .groups
             .iter()
-            .map(|g| g.backends.iter().map(|b| BackendSpec::parse(b, base, ZdbRole::Data)).collect::<Result<Vec<_>>>())
+            .map(|g| {
+                g.backends
+                    .iter()
+                    .map(|b| BackendSpec::parse(b, base, ZdbRole::Data))
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<Vec<_>>>()?;
-        let meta = q.meta.backends.iter().map(|b| BackendSpec::parse(b, base, ZdbRole::Meta)).collect::<Result<Vec<_>>>()?;
-        Config::checked(Config { settings: s, groups, meta, key: None, root: None, from_zstor: false })
+        let meta = q
+            .meta
+            .backends
+            .iter()
+            .map(|b| BackendSpec::parse(b, base, ZdbRole::Meta))
+            .collect::<Result<Vec<_>>>()?;
+        Config::checked(Config {
+            settings: s,
+            groups,
+            meta,
+            key: None,
+            root: None,
+            from_zstor: false,
+        })
     }
 
     fn from_zstor(z: ZstorFile) -> Result<Config> {
         if !z.encryption.algorithm.eq_ignore_ascii_case("aes") {
-            return Err(BackupError::Config(format!("encryption algorithm {:?}: only AES is known", z.encryption.algorithm)).into());
+            return Err(BackupError::Config(format!(
+                "encryption algorithm {:?}: only AES is known",
+                z.encryption.algorithm
+            ))
+            .into());
         }
         if !z.compression.algorithm.eq_ignore_ascii_case("snappy") {
-            return Err(BackupError::Config(format!("compression algorithm {:?}: only snappy is known", z.compression.algorithm)).into());
+            return Err(BackupError::Config(format!(
+                "compression algorithm {:?}: only snappy is known",
+                z.compression.algorithm
+            ))
+            .into());
         }
         if z.meta.kind != "zdb" {
-            return Err(BackupError::Config(format!("meta type {:?}: only zdb is known", z.meta.kind)).into());
+            return Err(BackupError::Config(format!(
+                "meta type {:?}: only zdb is known",
+                z.meta.kind
+            ))
+            .into());
         }
         if z.minimal_shards > z.expected_shards {
             return Err(BackupError::Config(format!(
@@ -348,9 +398,31 @@ impl Config {
             ..Settings::default()
         };
         s.policy.validate()?;
-        let groups = z.groups.into_iter().map(|g| g.backends.into_iter().map(|b| b.spec(ZdbRole::Data)).collect()).collect();
-        let meta = z.meta.config.backends.into_iter().map(|b| b.spec(ZdbRole::Meta)).collect();
-        Config::checked(Config { settings: s, groups, meta, key: Some(key), root: z.root, from_zstor: true })
+        let groups = z
+            .groups
+            .into_iter()
+            .map(|g| {
+                g.backends
+                    .into_iter()
+                    .map(|b| b.spec(ZdbRole::Data))
+                    .collect()
+            })
+            .collect();
+        let meta = z
+            .meta
+            .config
+            .backends
+            .into_iter()
+            .map(|b| b.spec(ZdbRole::Meta))
+            .collect();
+        Config::checked(Config {
+            settings: s,
+            groups,
+            meta,
+            key: Some(key),
+            root: z.root,
+            from_zstor: true,
+        })
     }
 
     fn checked(c: Config) -> Result<Config> {
@@ -373,7 +445,11 @@ impl Config {
         let mut hosts = std::collections::HashMap::new();
         for b in c.groups.iter().flatten() {
             if let BackendSpec::Zdb(z) = b {
-                let host = z.address.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+                let host = z
+                    .address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_default();
                 *hosts.entry(host).or_insert(0usize) += 1;
             }
         }
@@ -410,9 +486,15 @@ impl Config {
                 }
                 match name.strip_prefix(&root) {
                     Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                        Ok(if rest.is_empty() { "/".into() } else { rest.into() })
+                        Ok(if rest.is_empty() {
+                            "/".into()
+                        } else {
+                            rest.into()
+                        })
                     }
-                    _ => Err(qsfs_core::Error::InvalidArgument(format!("{name} is outside the configured root {root}"))),
+                    _ => Err(qsfs_core::Error::InvalidArgument(format!(
+                        "{name} is outside the configured root {root}"
+                    ))),
                 }
             }
         }
@@ -428,12 +510,19 @@ impl Config {
 
     /// Opens the backends and the pipeline. `passphrase` is used unless the config carries its
     /// own key (0-stor v2).
-    pub async fn open(&self, passphrase: Option<KeySource>, zdb: Option<&dyn ZdbConnector>) -> Result<Pipeline> {
+    pub async fn open(
+        &self,
+        passphrase: Option<KeySource>,
+        zdb: Option<&dyn ZdbConnector>,
+    ) -> Result<Pipeline> {
         let key = match (&self.key, passphrase) {
             (Some(k), _) => KeySource::Raw(k.clone()),
             (None, Some(p)) => p,
             (None, None) => {
-                return Err(BackupError::Config("a passphrase or key file is needed to open this repository".into()).into())
+                return Err(BackupError::Config(
+                    "a passphrase or key file is needed to open this repository".into(),
+                )
+                .into())
             }
         };
         let groups = self
@@ -441,7 +530,11 @@ impl Config {
             .iter()
             .map(|g| g.iter().map(|b| b.open(zdb)).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
-        let meta = self.meta.iter().map(|b| b.open(zdb)).collect::<Result<Vec<_>>>()?;
+        let meta = self
+            .meta
+            .iter()
+            .map(|b| b.open(zdb))
+            .collect::<Result<Vec<_>>>()?;
         Pipeline::open(self.settings.clone(), groups, meta, &key).await
     }
 }
@@ -529,8 +622,14 @@ address = "10.0.0.4:9900"
             other => panic!("{other:?}"),
         }
         assert_eq!(c.key.as_ref().expect("key").expose()[1], 1);
-        assert!(!format!("{c:?}").contains("secret"), "Debug must not show passwords");
-        assert!(!format!("{c:?}").contains("0a0b0c"), "Debug must not show keys");
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "Debug must not show passwords"
+        );
+        assert!(
+            !format!("{c:?}").contains("0a0b0c"),
+            "Debug must not show keys"
+        );
     }
 
     #[test]
@@ -543,7 +642,10 @@ address = "10.0.0.4:9900"
         assert!(e.to_string().contains("larger than expected_shards"), "{e}");
         let few = ZSTOR.replace("expected_shards = 4", "expected_shards = 6");
         assert!(Config::parse(&few, Path::new("z"), Path::new("/")).is_err());
-        let unknown = ZSTOR.replace("prometheus_port = 9100", "prometheus_port = 9100\nbogus = 1");
+        let unknown = ZSTOR.replace(
+            "prometheus_port = 9100",
+            "prometheus_port = 9100\nbogus = 1",
+        );
         assert!(Config::parse(&unknown, Path::new("z"), Path::new("/")).is_err());
     }
 
@@ -555,7 +657,11 @@ address = "10.0.0.4:9900"
         );
         let e = Config::parse(&bad, Path::new("z"), Path::new("/")).expect_err("bad key type");
         assert!(!e.to_string().contains("12345678"), "{e}");
-        let short = ZSTOR.replacen("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", "abcdef", 1);
+        let short = ZSTOR.replacen(
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            "abcdef",
+            1,
+        );
         let e = Config::parse(&short, Path::new("z"), Path::new("/")).expect_err("short key");
         assert!(!e.to_string().contains("abcdef"), "{e}");
     }
@@ -576,9 +682,14 @@ backends = ["local:b3"]
         let c = Config::parse(text, Path::new("c.toml"), Path::new("/etc/qsfs")).expect("parse");
         assert_eq!(c.meta[0], BackendSpec::Local("/etc/qsfs/m1".into()));
         assert_eq!(c.meta[1], BackendSpec::Local("/abs/m2".into()));
-        assert!(matches!(&c.meta[2], BackendSpec::Zdb(z) if z.namespace == "meta" && z.role == ZdbRole::Meta));
+        assert!(
+            matches!(&c.meta[2], BackendSpec::Zdb(z) if z.namespace == "meta" && z.role == ZdbRole::Meta)
+        );
         assert_eq!(c.settings.stripe_size, 65536);
-        let impossible = text.replace("parity_shards = 1", "parity_shards = 1\nredundant_groups = 2");
+        let impossible = text.replace(
+            "parity_shards = 1",
+            "parity_shards = 1\nredundant_groups = 2",
+        );
         assert!(Config::parse(&impossible, Path::new("c"), Path::new("/")).is_err());
     }
 
@@ -586,8 +697,13 @@ backends = ["local:b3"]
     fn root_confines_names() {
         let mut c = Config::parse(ZSTOR, Path::new("z"), Path::new("/")).expect("parse");
         c.root = Some("/srv/data".into());
-        assert_eq!(c.object_name(Path::new("/srv/data/x/y")).expect("inside"), "/x/y");
-        let e = c.object_name(Path::new("/srv/database")).expect_err("outside");
+        assert_eq!(
+            c.object_name(Path::new("/srv/data/x/y")).expect("inside"),
+            "/x/y"
+        );
+        let e = c
+            .object_name(Path::new("/srv/database"))
+            .expect_err("outside");
         assert!(e.to_string().contains("/srv/data"));
         assert_eq!(c.local_path("/x/y"), PathBuf::from("/srv/data/x/y"));
     }

@@ -59,8 +59,9 @@ impl SecretKey {
     /// Parses 64 hex characters (the 0-stor v2 config format). The error never echoes the input.
     pub fn from_hex(hex_str: &str) -> Result<Self> {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
-        hex::decode_to_slice(hex_str.trim(), &mut k[..])
-            .map_err(|_| BackupError::Config("encryption key must be 64 hex characters (value not shown)".into()))?;
+        hex::decode_to_slice(hex_str.trim(), &mut k[..]).map_err(|_| {
+            BackupError::Config("encryption key must be 64 hex characters (value not shown)".into())
+        })?;
         Ok(SecretKey(k))
     }
 
@@ -71,7 +72,8 @@ impl SecretKey {
 
     /// A sub-key for one purpose: HMAC-SHA256(self, label).
     pub fn derive(&self, label: &str) -> SecretKey {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..]).expect("HMAC accepts any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0[..])
+            .expect("HMAC accepts any key length");
         mac.update(label.as_bytes());
         let out = mac.finalize().into_bytes();
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
@@ -103,7 +105,10 @@ impl SecretKey {
             return None;
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        self.cipher().decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).ok().map(Zeroizing::new)
+        self.cipher()
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+            .ok()
+            .map(Zeroizing::new)
     }
 
     /// Encrypts `buf` in place with an explicit nonce, appending the tag.
@@ -115,7 +120,9 @@ impl SecretKey {
 
     /// Decrypts `buf` (ciphertext ‖ tag) in place; `false` if it does not authenticate.
     pub fn open_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> bool {
-        self.cipher().decrypt_in_place(Nonce::from_slice(nonce), aad, buf).is_ok()
+        self.cipher()
+            .decrypt_in_place(Nonce::from_slice(nonce), aad, buf)
+            .is_ok()
     }
 }
 
@@ -133,7 +140,11 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// 64 MiB, 3 passes, 1 lane: about a quarter second on a laptop core.
     fn default() -> Self {
-        KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
+        KdfParams {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
     }
 }
 
@@ -172,7 +183,11 @@ impl KeySource {
                     Some(KEY_LEN),
                 )
                 .map_err(|e| BackupError::Config(format!("bad Argon2id parameters: {e}")))?;
-                let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+                let a = argon2::Argon2::new(
+                    argon2::Algorithm::Argon2id,
+                    argon2::Version::V0x13,
+                    params,
+                );
                 let mut out = Zeroizing::new([0u8; KEY_LEN]);
                 a.hash_password_into(p.as_bytes(), &h.salt, &mut out[..])
                     .map_err(|e| BackupError::Config(format!("Argon2id failed: {e}")))?;
@@ -231,25 +246,44 @@ impl RepoHeader {
         let kek = source.kek(kdf.as_ref())?;
         let master = SecretKey::random();
         let wrapped_master = kek.seal(&header_aad(&repo_id), &master.0[..]);
-        let header = RepoHeader { format: 1, repo_id, kdf, wrapped_master };
+        let header = RepoHeader {
+            format: 1,
+            repo_id,
+            kdf,
+            wrapped_master,
+        };
         Ok((header, Keys::from_master(&master, repo_id)))
     }
 
     /// Unwraps the master key; [`BackupError::WrongKey`] if `source` is not the right secret.
     pub fn unlock(&self, source: &KeySource) -> Result<Keys> {
         if self.format != 1 {
-            return Err(BackupError::Config(format!("unknown repository format {}", self.format)).into());
+            return Err(
+                BackupError::Config(format!("unknown repository format {}", self.format)).into(),
+            );
         }
         let kek = source.kek(self.kdf.as_ref())?;
-        let plain = kek.open(&header_aad(&self.repo_id), &self.wrapped_master).ok_or(BackupError::WrongKey)?;
+        let plain = kek
+            .open(&header_aad(&self.repo_id), &self.wrapped_master)
+            .ok_or(BackupError::WrongKey)?;
         let bytes: [u8; KEY_LEN] = plain[..].try_into().map_err(|_| BackupError::WrongKey)?;
-        Ok(Keys::from_master(&SecretKey::from_bytes(bytes), self.repo_id))
+        Ok(Keys::from_master(
+            &SecretKey::from_bytes(bytes),
+            self.repo_id,
+        ))
     }
 
     /// Re-wraps the master key under a new secret; nothing else changes.
-    pub fn rewrap(&self, old: &KeySource, new: &KeySource, params: KdfParams) -> Result<RepoHeader> {
+    pub fn rewrap(
+        &self,
+        old: &KeySource,
+        new: &KeySource,
+        params: KdfParams,
+    ) -> Result<RepoHeader> {
         let kek = old.kek(self.kdf.as_ref())?;
-        let master = kek.open(&header_aad(&self.repo_id), &self.wrapped_master).ok_or(BackupError::WrongKey)?;
+        let master = kek
+            .open(&header_aad(&self.repo_id), &self.wrapped_master)
+            .ok_or(BackupError::WrongKey)?;
         let kdf = match new {
             KeySource::Passphrase(_) => {
                 let mut salt = [0u8; 16];
@@ -260,7 +294,12 @@ impl RepoHeader {
         };
         let new_kek = new.kek(kdf.as_ref())?;
         let wrapped_master = new_kek.seal(&header_aad(&self.repo_id), &master);
-        Ok(RepoHeader { format: 1, repo_id: self.repo_id, kdf, wrapped_master })
+        Ok(RepoHeader {
+            format: 1,
+            repo_id: self.repo_id,
+            kdf,
+            wrapped_master,
+        })
     }
 
     /// Encodes as JSON.
@@ -270,7 +309,8 @@ impl RepoHeader {
 
     /// Decodes JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::corrupt("repository header", e.to_string()))
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt("repository header", e.to_string()))
     }
 }
 
@@ -299,7 +339,8 @@ impl Keys {
 
     /// Keyed hash of an object name (32 hex chars): the record key reveals nothing about the path.
     pub fn name_hash(&self, name: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.name.0[..]).expect("any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.name.0[..]).expect("any key length");
         mac.update(name.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
@@ -310,11 +351,19 @@ impl Keys {
     }
 
     /// Unwraps an object's data key.
-    pub fn unwrap_data_key(&self, wrapped: &[u8], object_id: &[u8; 16], object: &str) -> Result<SecretKey> {
-        let plain = self.wrap.open(object_id, wrapped).ok_or_else(|| BackupError::Tampered {
-            what: format!("data key of {object}"),
-            detail: "does not unwrap under the repository key".into(),
-        })?;
+    pub fn unwrap_data_key(
+        &self,
+        wrapped: &[u8],
+        object_id: &[u8; 16],
+        object: &str,
+    ) -> Result<SecretKey> {
+        let plain = self
+            .wrap
+            .open(object_id, wrapped)
+            .ok_or_else(|| BackupError::Tampered {
+                what: format!("data key of {object}"),
+                detail: "does not unwrap under the repository key".into(),
+            })?;
         let bytes: [u8; KEY_LEN] = plain[..].try_into().map_err(|_| BackupError::Tampered {
             what: format!("data key of {object}"),
             detail: "wrong length".into(),
@@ -328,16 +377,26 @@ mod tests {
     use super::*;
 
     fn cheap() -> KdfParams {
-        KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
     }
 
     #[test]
     fn passphrase_unlocks_and_wrong_one_does_not() {
-        let (h, keys) = RepoHeader::create(&KeySource::passphrase("correct horse"), cheap()).expect("create");
-        let again = RepoHeader::from_json(&h.to_json()).expect("json").unlock(&KeySource::passphrase("correct horse"));
+        let (h, keys) =
+            RepoHeader::create(&KeySource::passphrase("correct horse"), cheap()).expect("create");
+        let again = RepoHeader::from_json(&h.to_json())
+            .expect("json")
+            .unlock(&KeySource::passphrase("correct horse"));
         assert_eq!(again.expect("unlock").name_hash("/a"), keys.name_hash("/a"));
         let wrong = h.unlock(&KeySource::passphrase("wrong"));
-        assert!(matches!(wrong, Err(Error::PermissionDenied(_))), "{wrong:?}");
+        assert!(
+            matches!(wrong, Err(Error::PermissionDenied(_))),
+            "{wrong:?}"
+        );
     }
 
     #[test]
@@ -346,16 +405,25 @@ mod tests {
         let (h, keys) = RepoHeader::create(&old, cheap()).expect("create");
         let new = KeySource::Raw(SecretKey::random());
         let h2 = h.rewrap(&old, &new, cheap()).expect("rewrap");
-        assert_eq!(h2.unlock(&new).expect("new unlocks").name_hash("x"), keys.name_hash("x"));
+        assert_eq!(
+            h2.unlock(&new).expect("new unlocks").name_hash("x"),
+            keys.name_hash("x")
+        );
         assert!(h2.unlock(&old).is_err());
     }
 
     #[test]
     fn data_keys_bound_to_object() {
-        let (_, keys) = RepoHeader::create(&KeySource::Raw(SecretKey::random()), cheap()).expect("create");
+        let (_, keys) =
+            RepoHeader::create(&KeySource::Raw(SecretKey::random()), cheap()).expect("create");
         let dk = SecretKey::random();
         let w = keys.wrap_data_key(&dk, &[1; 16]);
-        assert_eq!(keys.unwrap_data_key(&w, &[1; 16], "o").expect("unwrap").expose(), dk.expose());
+        assert_eq!(
+            keys.unwrap_data_key(&w, &[1; 16], "o")
+                .expect("unwrap")
+                .expose(),
+            dk.expose()
+        );
         assert!(keys.unwrap_data_key(&w, &[2; 16], "o").is_err());
     }
 
@@ -364,6 +432,9 @@ mod tests {
         let k = SecretKey::from_bytes([0xab; 32]);
         assert!(!format!("{k:?}").contains("ab"));
         assert!(!format!("{:?}", KeySource::passphrase("hunter2")).contains("hunter2"));
-        assert!(SecretKey::from_hex("zz").expect_err("bad").to_string().contains("not shown"));
+        assert!(SecretKey::from_hex("zz")
+            .expect_err("bad")
+            .to_string()
+            .contains("not shown"));
     }
 }

@@ -85,14 +85,20 @@ pub struct ObjectRecord {
 impl ObjectRecord {
     /// The key of shard `shard` of stripe `stripe` on its backend.
     pub fn shard_key(prefix: &str, object_id: &[u8; 16], stripe: u64, shard: usize) -> String {
-        format!("{prefix}/d/{}/{stripe:08x}.{shard:03}", hex::encode(object_id))
+        format!(
+            "{prefix}/d/{}/{stripe:08x}.{shard:03}",
+            hex::encode(object_id)
+        )
     }
 
     /// Bytes stored on backends for this object (all shards).
     pub fn stored_bytes(&self) -> u64 {
         self.stripes
             .iter()
-            .map(|s| (crate::codec::shard_len(s.meta.cipher_len as usize, self.k as usize) * s.shards.len()) as u64)
+            .map(|s| {
+                (crate::codec::shard_len(s.meta.cipher_len as usize, self.k as usize)
+                    * s.shards.len()) as u64
+            })
             .sum()
     }
 
@@ -111,7 +117,11 @@ pub fn parse_shard_key<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, u64, 
     let rest = key.strip_prefix(prefix)?.strip_prefix("/d/")?;
     let (oid, tail) = rest.split_once('/')?;
     let (stripe, shard) = tail.split_once('.')?;
-    Some((oid, u64::from_str_radix(stripe, 16).ok()?, shard.parse().ok()?))
+    Some((
+        oid,
+        u64::from_str_radix(stripe, 16).ok()?,
+        shard.parse().ok()?,
+    ))
 }
 
 const MAGIC: &[u8; 4] = b"QSM1";
@@ -127,7 +137,8 @@ fn aad(keys: &Keys, hash: &str, version: u64) -> Vec<u8> {
 /// Seals a record into its envelope.
 pub fn seal(keys: &Keys, rec: &ObjectRecord) -> Result<Vec<u8>> {
     let hash = keys.name_hash(&rec.name);
-    let plain = postcard::to_allocvec(rec).map_err(|e| Error::InvalidArgument(format!("encode record: {e}")))?;
+    let plain = postcard::to_allocvec(rec)
+        .map_err(|e| Error::InvalidArgument(format!("encode record: {e}")))?;
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&rec.version.to_le_bytes());
     out.extend_from_slice(&keys.meta.seal(&aad(keys, &hash, rec.version), &plain));
@@ -135,21 +146,39 @@ pub fn seal(keys: &Keys, rec: &ObjectRecord) -> Result<Vec<u8>> {
 }
 
 /// Opens an envelope found at `hash`/`version`, checking everything it claims.
-pub fn open(keys: &Keys, hash: &str, version: u64, env: &[u8], location: &str) -> Result<ObjectRecord> {
+pub fn open(
+    keys: &Keys,
+    hash: &str,
+    version: u64,
+    env: &[u8],
+    location: &str,
+) -> Result<ObjectRecord> {
     let tampered = |detail: &str| -> Error {
-        BackupError::Tampered { what: format!("metadata record {location}"), detail: detail.into() }.into()
+        BackupError::Tampered {
+            what: format!("metadata record {location}"),
+            detail: detail.into(),
+        }
+        .into()
     };
     if env.len() < 12 || &env[..4] != MAGIC {
         return Err(tampered("not a qsfs metadata envelope"));
     }
     let claimed = u64::from_le_bytes(env[4..12].try_into().map_err(|_| tampered("short"))?);
     if claimed != version {
-        return Err(tampered(&format!("envelope says version {claimed}, stored as version {version} (replayed?)")));
+        return Err(tampered(&format!(
+            "envelope says version {claimed}, stored as version {version} (replayed?)"
+        )));
     }
-    let plain = keys.meta.open(&aad(keys, hash, version), &env[12..]).ok_or_else(|| {
-        tampered("does not authenticate for this path and version (swapped, replayed or modified)")
-    })?;
-    let rec: ObjectRecord = postcard::from_bytes(&plain).map_err(|e| tampered(&format!("undecodable: {e}")))?;
+    let plain = keys
+        .meta
+        .open(&aad(keys, hash, version), &env[12..])
+        .ok_or_else(|| {
+            tampered(
+                "does not authenticate for this path and version (swapped, replayed or modified)",
+            )
+        })?;
+    let rec: ObjectRecord =
+        postcard::from_bytes(&plain).map_err(|e| tampered(&format!("undecodable: {e}")))?;
     if rec.version != version || keys.name_hash(&rec.name) != hash {
         return Err(tampered("record names another path or version"));
     }
@@ -173,13 +202,22 @@ impl MetaStore {
     pub fn new(nodes: Vec<Arc<Node>>, prefix: &str, write_quorum: Option<usize>) -> Result<Self> {
         let n = nodes.len();
         if n == 0 {
-            return Err(BackupError::Config("at least one metadata backend is needed".into()).into());
+            return Err(
+                BackupError::Config("at least one metadata backend is needed".into()).into(),
+            );
         }
         let w = write_quorum.unwrap_or(n / 2 + 1);
         if w == 0 || w > n {
-            return Err(BackupError::Config(format!("metadata write quorum {w} must be within 1..={n}")).into());
+            return Err(BackupError::Config(format!(
+                "metadata write quorum {w} must be within 1..={n}"
+            ))
+            .into());
         }
-        Ok(MetaStore { nodes, prefix: prefix.to_string(), write_quorum: w })
+        Ok(MetaStore {
+            nodes,
+            prefix: prefix.to_string(),
+            write_quorum: w,
+        })
     }
 
     /// The metadata backends.
@@ -220,7 +258,10 @@ impl MetaStore {
         }
         if let Some(first) = found.first() {
             if found.iter().any(|f| f != first) {
-                return Err(Error::corrupt(key, "metadata backends hold different repository headers"));
+                return Err(Error::corrupt(
+                    key,
+                    "metadata backends hold different repository headers",
+                ));
             }
             return Ok(Some(first.to_vec()));
         }
@@ -241,12 +282,20 @@ impl MetaStore {
         let key = self.header_key();
         let data = Bytes::from(bytes);
         let res = join_all(self.nodes.iter().map(|n| n.put(&key, data.clone()))).await;
-        let errs: Vec<String> =
-            self.nodes.iter().zip(res).filter_map(|(n, r)| r.err().map(|e| format!("{}: {e}", n.name))).collect();
+        let errs: Vec<String> = self
+            .nodes
+            .iter()
+            .zip(res)
+            .filter_map(|(n, r)| r.err().map(|e| format!("{}: {e}", n.name)))
+            .collect();
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(BackupError::NoQuorum(format!("writing the repository header: {}", errs.join("; "))).into())
+            Err(BackupError::NoQuorum(format!(
+                "writing the repository header: {}",
+                errs.join("; ")
+            ))
+            .into())
         }
     }
 
@@ -261,8 +310,12 @@ impl MetaStore {
                 Ok(keys) => {
                     answered += 1;
                     for k in keys {
-                        let Some(rest) = k.strip_prefix(&format!("{}/m/", self.prefix)) else { continue };
-                        let Some((hash, ver)) = rest.split_once('/') else { continue };
+                        let Some(rest) = k.strip_prefix(&format!("{}/m/", self.prefix)) else {
+                            continue;
+                        };
+                        let Some((hash, ver)) = rest.split_once('/') else {
+                            continue;
+                        };
                         if let Ok(v) = u64::from_str_radix(ver, 16) {
                             out.entry(hash.to_string()).or_default().insert(v);
                         }
@@ -310,7 +363,10 @@ impl MetaStore {
         // Never fall back to an older version: that would be a rollback.
         match tampered {
             Some(e) => Err(e),
-            None => Err(Error::Unavailable(format!("record {key}: no replica readable: {}", problems.join("; ")))),
+            None => Err(Error::Unavailable(format!(
+                "record {key}: no replica readable: {}",
+                problems.join("; ")
+            ))),
         }
     }
 
@@ -333,8 +389,12 @@ impl MetaStore {
         let res = join_all(self.nodes.iter().map(|n| n.put(&key, env.clone()))).await;
         let ok = res.iter().filter(|r| r.is_ok()).count();
         if ok < self.write_quorum {
-            let errs: Vec<String> =
-                self.nodes.iter().zip(&res).filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{}: {e}", n.name))).collect();
+            let errs: Vec<String> = self
+                .nodes
+                .iter()
+                .zip(&res)
+                .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{}: {e}", n.name)))
+                .collect();
             // Leave no minority copy that a later quorum read could mistake for the newest.
             let _ = join_all(self.nodes.iter().map(|n| n.delete(&key))).await;
             return Err(BackupError::NoQuorum(format!(
@@ -354,9 +414,15 @@ impl MetaStore {
     async fn prune(&self, hash: &str, keep: u64) {
         for n in &self.nodes {
             let prefix = format!("{}/m/{hash}/", self.prefix);
-            let Ok(keys) = n.list(&prefix).await else { continue };
+            let Ok(keys) = n.list(&prefix).await else {
+                continue;
+            };
             for k in keys {
-                let old = k.rsplit('/').next().and_then(|v| u64::from_str_radix(v, 16).ok()).is_some_and(|v| v < keep);
+                let old = k
+                    .rsplit('/')
+                    .next()
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+                    .is_some_and(|v| v < keep);
                 if old {
                     let _ = n.delete(&k).await;
                 }
@@ -402,10 +468,16 @@ impl MetaStore {
         let l = self.listing("").await?;
         let mut out = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            let Ok(keys) = n.list(&format!("{}/m/", self.prefix)).await else { continue };
+            let Ok(keys) = n.list(&format!("{}/m/", self.prefix)).await else {
+                continue;
+            };
             for k in keys {
-                let Some(rest) = k.strip_prefix(&format!("{}/m/", self.prefix)) else { continue };
-                let Some((hash, ver)) = rest.split_once('/') else { continue };
+                let Some(rest) = k.strip_prefix(&format!("{}/m/", self.prefix)) else {
+                    continue;
+                };
+                let Some((hash, ver)) = rest.split_once('/') else {
+                    continue;
+                };
                 let newest = l.get(hash).and_then(|v| v.last().copied());
                 if let (Ok(v), Some(newest)) = (u64::from_str_radix(ver, 16), newest) {
                     if v < newest {

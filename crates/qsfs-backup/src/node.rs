@@ -56,7 +56,13 @@ pub struct Node {
 impl Node {
     /// Wraps `backend`.
     pub fn new(backend: Arc<dyn Backend>, group: usize, timeouts: Timeouts) -> Self {
-        Node { name: backend.name(), group, backend, timeouts, state: Mutex::new(State::default()) }
+        Node {
+            name: backend.name(),
+            group,
+            backend,
+            timeouts,
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// The wrapped backend.
@@ -95,11 +101,18 @@ impl Node {
 
     async fn call<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         if self.is_down() {
-            return Err(Error::Unavailable(format!("{} is down ({})", self.name, self.down_reason())));
+            return Err(Error::Unavailable(format!(
+                "{} is down ({})",
+                self.name,
+                self.down_reason()
+            )));
         }
         match tokio::time::timeout(self.timeouts.op, fut).await {
             Err(_) => {
-                let msg = format!("{}: {what} took longer than {:?}", self.name, self.timeouts.op);
+                let msg = format!(
+                    "{}: {what} took longer than {:?}",
+                    self.name, self.timeouts.op
+                );
                 self.mark_down(&msg);
                 Err(Error::Timeout(msg))
             }
@@ -125,7 +138,8 @@ impl Node {
 
     /// `get_range` with timeout and health bookkeeping.
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
-        self.call("get_range", self.backend.get_range(key, range)).await
+        self.call("get_range", self.backend.get_range(key, range))
+            .await
     }
 
     /// `delete` with timeout and health bookkeeping.

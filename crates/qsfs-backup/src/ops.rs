@@ -9,7 +9,9 @@ use std::path::{Component, Path, PathBuf};
 use qsfs_core::{Error, HealthStatus, Result};
 use serde::Serialize;
 
-use crate::pipeline::{Attrs, GcReport, ObjectHealth, Pipeline, ProblemKind, RateLimiter, RepairReport, ShardProblem};
+use crate::pipeline::{
+    Attrs, GcReport, ObjectHealth, Pipeline, ProblemKind, RateLimiter, RepairReport, ShardProblem,
+};
 use crate::progress::Progress;
 use crate::stripe;
 
@@ -19,7 +21,9 @@ pub fn object_name(path: &Path) -> Result<String> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir().map_err(|e| Error::io("current directory", e))?.join(path)
+        std::env::current_dir()
+            .map_err(|e| Error::io("current directory", e))?
+            .join(path)
     };
     let mut out = PathBuf::from("/");
     for c in abs.components() {
@@ -51,7 +55,10 @@ pub struct StoreReport {
 
 fn file_attrs(meta: &fs::Metadata) -> Attrs {
     use std::os::unix::fs::MetadataExt;
-    Attrs { mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)), mode: Some(meta.mode() & 0o7777) }
+    Attrs {
+        mtime: Some((meta.mtime(), meta.mtime_nsec() as u32)),
+        mode: Some(meta.mode() & 0o7777),
+    }
 }
 
 /// The whole-object checksum of a local file, as a record would hold it for `stripe_size`.
@@ -63,7 +70,9 @@ fn file_checksum(path: &Path, stripe_size: usize) -> Result<stripe::Sum> {
     loop {
         let mut filled = 0;
         while filled < stripe_size {
-            let n = f.read(&mut buf[filled..]).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+            let n = f
+                .read(&mut buf[filled..])
+                .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
             if n == 0 {
                 break;
             }
@@ -86,7 +95,10 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
     let name = object_name(path)?;
     let meta = fs::metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
     if !meta.is_file() {
-        return Err(Error::InvalidArgument(format!("{} is not a regular file", path.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
     }
     let attrs = file_attrs(&meta);
     if let Ok(old) = p.record(&name).await {
@@ -96,7 +108,12 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
                 .await
                 .map_err(|e| Error::Unavailable(format!("hash task: {e}")))??;
             if sum == old.checksum {
-                return Ok(StoreReport { name, size: old.size, version: old.version, unchanged: true });
+                return Ok(StoreReport {
+                    name,
+                    size: old.size,
+                    version: old.version,
+                    unchanged: true,
+                });
             }
         }
     }
@@ -105,19 +122,32 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
     let rec = p.store(&name, Box::new(f), attrs, progress).await;
     progress.finish(&name);
     let rec = rec?;
-    Ok(StoreReport { name, size: rec.size, version: rec.version, unchanged: false })
+    Ok(StoreReport {
+        name,
+        size: rec.size,
+        version: rec.version,
+        unchanged: false,
+    })
 }
 
 /// Stores a file, or every regular file under a directory (recursively; symbolic links are not
 /// followed). Returns one result per file: a failing file does not stop the others.
-pub async fn store_path(p: &Pipeline, path: &Path, progress: &dyn Progress) -> Result<Vec<(String, Result<StoreReport>)>> {
-    let meta = fs::symlink_metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+pub async fn store_path(
+    p: &Pipeline,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, Result<StoreReport>)>> {
+    let meta =
+        fs::symlink_metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
     if meta.is_file() {
         let name = object_name(path)?;
         return Ok(vec![(name, store_file(p, path, progress).await)]);
     }
     if !meta.is_dir() {
-        return Err(Error::InvalidArgument(format!("{} is neither a regular file nor a directory", path.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} is neither a regular file nor a directory",
+            path.display()
+        )));
     }
     let mut files = Vec::new();
     let mut stack = vec![path.to_path_buf()];
@@ -128,7 +158,9 @@ pub async fn store_path(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
             .map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
-            let ft = e.file_type().map_err(|err| Error::io(format!("stat {}", e.path().display()), err))?;
+            let ft = e
+                .file_type()
+                .map_err(|err| Error::io(format!("stat {}", e.path().display()), err))?;
             if ft.is_dir() {
                 stack.push(e.path());
             } else if ft.is_file() {
@@ -153,7 +185,12 @@ pub async fn store_reader(
     progress: &dyn Progress,
 ) -> Result<StoreReport> {
     let rec = p.store(name, reader, Attrs::default(), progress).await?;
-    Ok(StoreReport { name: name.to_string(), size: rec.size, version: rec.version, unchanged: false })
+    Ok(StoreReport {
+        name: name.to_string(),
+        size: rec.size,
+        version: rec.version,
+        unchanged: false,
+    })
 }
 
 /// Options of a retrieve.
@@ -189,24 +226,44 @@ pub async fn retrieve_to_path(
     progress: &dyn Progress,
 ) -> Result<RetrieveReport> {
     if !opts.force && fs::symlink_metadata(out).is_ok() {
-        return Err(Error::AlreadyExists(format!("{} exists (use --force to replace it)", out.display())));
+        return Err(Error::AlreadyExists(format!(
+            "{} exists (use --force to replace it)",
+            out.display()
+        )));
     }
     let rec = p.record(name).await?;
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let file_name = out.file_name().and_then(|n| n.to_str()).unwrap_or("retrieved");
-    let tmp = dir.join(format!(".{file_name}.qsfs-partial-{:016x}", rand::random::<u64>()));
+    let file_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("retrieved");
+    let tmp = dir.join(format!(
+        ".{file_name}.qsfs-partial-{:016x}",
+        rand::random::<u64>()
+    ));
     let result: Result<RetrieveReport> = async {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        let mut f =
+            File::create(&tmp).map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
         let (bytes, problems) = match &opts.range {
             Some(r) => {
                 let data = p.read_range(&rec, r.clone()).await?;
-                f.write_all(&data).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+                f.write_all(&data)
+                    .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
                 (data.len() as u64, Vec::new())
             }
             None => {
                 progress.start(name, Some(rec.size));
-                let (problems, w) = p.read_to(&rec, Box::new(f.try_clone().map_err(|e| Error::io("dup", e))?), progress).await?;
+                let (problems, w) = p
+                    .read_to(
+                        &rec,
+                        Box::new(f.try_clone().map_err(|e| Error::io("dup", e))?),
+                        progress,
+                    )
+                    .await?;
                 drop(w);
                 progress.finish(name);
                 (rec.size, problems)
@@ -224,16 +281,26 @@ pub async fn retrieve_to_path(
                 }
             }
         }
-        f.sync_all().map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;
+        f.sync_all()
+            .map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;
         drop(f);
         if !opts.force && fs::symlink_metadata(out).is_ok() {
-            return Err(Error::AlreadyExists(format!("{} appeared during the retrieve", out.display())));
+            return Err(Error::AlreadyExists(format!(
+                "{} appeared during the retrieve",
+                out.display()
+            )));
         }
-        fs::rename(&tmp, out).map_err(|e| Error::io(format!("rename into {}", out.display()), e))?;
+        fs::rename(&tmp, out)
+            .map_err(|e| Error::io(format!("rename into {}", out.display()), e))?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        Ok(RetrieveReport { name: name.to_string(), bytes, problems, repaired: 0 })
+        Ok(RetrieveReport {
+            name: name.to_string(),
+            bytes,
+            problems,
+            repaired: 0,
+        })
     }
     .await;
     let mut report = match result {
@@ -262,15 +329,29 @@ pub async fn retrieve_to_writer(
         let data = p.read_range(&rec, r).await?;
         out.write_all(&data).map_err(|e| Error::io("write", e))?;
         out.flush().map_err(|e| Error::io("flush", e))?;
-        return Ok(RetrieveReport { name: name.into(), bytes: data.len() as u64, problems: Vec::new(), repaired: 0 });
+        return Ok(RetrieveReport {
+            name: name.into(),
+            bytes: data.len() as u64,
+            problems: Vec::new(),
+            repaired: 0,
+        });
     }
     let (problems, mut w) = p.read_to(&rec, out, progress).await?;
     w.flush().map_err(|e| Error::io("flush", e))?;
     let repaired = read_repair(p, &rec, &problems).await;
-    Ok(RetrieveReport { name: name.into(), bytes: rec.size, problems, repaired })
+    Ok(RetrieveReport {
+        name: name.into(),
+        bytes: rec.size,
+        problems,
+        repaired,
+    })
 }
 
-async fn read_repair(p: &Pipeline, rec: &crate::metadata::ObjectRecord, problems: &[ShardProblem]) -> usize {
+async fn read_repair(
+    p: &Pipeline,
+    rec: &crate::metadata::ObjectRecord,
+    problems: &[ShardProblem],
+) -> usize {
     if problems.iter().all(|x| x.kind == ProblemKind::Unreachable) {
         return 0;
     }
@@ -285,7 +366,11 @@ async fn read_repair(p: &Pipeline, rec: &crate::metadata::ObjectRecord, problems
 
 /// Checks one object or all: records readable and shards present (`deep`: read and verified).
 /// Records that cannot be opened are returned as errors.
-pub async fn check(p: &Pipeline, name: Option<&str>, deep: bool) -> Result<(Vec<ObjectHealth>, Vec<Error>)> {
+pub async fn check(
+    p: &Pipeline,
+    name: Option<&str>,
+    deep: bool,
+) -> Result<(Vec<ObjectHealth>, Vec<Error>)> {
     let (recs, problems) = match name {
         Some(n) => (vec![p.record(n).await?], Vec::new()),
         None => p.records().await?,
@@ -298,7 +383,10 @@ pub async fn check(p: &Pipeline, name: Option<&str>, deep: bool) -> Result<(Vec<
 }
 
 /// Re-creates missing or corrupt shards of one object or of all.
-pub async fn rebuild(p: &Pipeline, name: Option<&str>) -> Result<(Vec<Result<RepairReport>>, Vec<Error>)> {
+pub async fn rebuild(
+    p: &Pipeline,
+    name: Option<&str>,
+) -> Result<(Vec<Result<RepairReport>>, Vec<Error>)> {
     let (recs, problems) = match name {
         Some(n) => (vec![p.record(n).await?], Vec::new()),
         None => p.records().await?,
@@ -337,12 +425,23 @@ pub struct ScrubReport {
 /// Deep-checks and repairs every object, in a fixed order. After each object `save_cursor` is
 /// called with a cursor; passing the last one back as `resume_after` continues an interrupted
 /// scrub where it stopped.
-pub async fn scrub(p: &Pipeline, opts: &ScrubOptions, save_cursor: &mut (dyn FnMut(&str) + Send)) -> Result<ScrubReport> {
+pub async fn scrub(
+    p: &Pipeline,
+    opts: &ScrubOptions,
+    save_cursor: &mut (dyn FnMut(&str) + Send),
+) -> Result<ScrubReport> {
     let (recs, problems) = p.records_by_hash().await?;
     let limiter = opts.rate.map(RateLimiter::new);
-    let mut report = ScrubReport { unreadable_records: problems.iter().map(|e| e.to_string()).collect(), ..Default::default() };
+    let mut report = ScrubReport {
+        unreadable_records: problems.iter().map(|e| e.to_string()).collect(),
+        ..Default::default()
+    };
     for (cursor, rec) in recs {
-        if opts.resume_after.as_deref().is_some_and(|after| cursor.as_str() <= after) {
+        if opts
+            .resume_after
+            .as_deref()
+            .is_some_and(|after| cursor.as_str() <= after)
+        {
             report.skipped += 1;
             continue;
         }
@@ -450,9 +549,18 @@ pub async fn status(p: &Pipeline) -> Vec<BackendStatus> {
         free_bytes: h.free_bytes,
         detail: h.detail.clone(),
     };
-    let mut out: Vec<BackendStatus> =
-        p.nodes().iter().zip(&data).map(|(n, h)| row(&n.name, "data", Some(n.group), h)).collect();
-    out.extend(p.meta_nodes().iter().zip(&meta).map(|(n, h)| row(&n.name, "meta", None, h)));
+    let mut out: Vec<BackendStatus> = p
+        .nodes()
+        .iter()
+        .zip(&data)
+        .map(|(n, h)| row(&n.name, "data", Some(n.group), h))
+        .collect();
+    out.extend(
+        p.meta_nodes()
+            .iter()
+            .zip(&meta)
+            .map(|(n, h)| row(&n.name, "meta", None, h)),
+    );
     out
 }
 

@@ -53,10 +53,19 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            policy: Policy { k: 2, m: 2, redundant_groups: 0, redundant_nodes: 0, max_shards_per_backend: 1 },
+            policy: Policy {
+                k: 2,
+                m: 2,
+                redundant_groups: 0,
+                redundant_nodes: 0,
+                max_shards_per_backend: 1,
+            },
             stripe_size: 4 << 20,
             compression_level: 1,
-            parallel_stripes: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8),
+            parallel_stripes: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(2, 8),
             timeouts: Timeouts::default(),
             prefix: "qsfs".into(),
             meta_write_quorum: None,
@@ -104,7 +113,11 @@ pub struct ShardProblem {
 
 impl std::fmt::Display for ShardProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stripe {} shard {} on {}: {:?} ({})", self.stripe, self.shard, self.backend, self.kind, self.detail)
+        write!(
+            f,
+            "stripe {} shard {} on {}: {:?} ({})",
+            self.stripe, self.shard, self.backend, self.kind, self.detail
+        )
     }
 }
 
@@ -165,7 +178,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// At most `bytes_per_sec` on average.
     pub fn new(bytes_per_sec: u64) -> Self {
-        RateLimiter { bytes_per_sec: bytes_per_sec.max(1), start: std::time::Instant::now(), done: Mutex::new(0) }
+        RateLimiter {
+            bytes_per_sec: bytes_per_sec.max(1),
+            start: std::time::Instant::now(),
+            done: Mutex::new(0),
+        }
     }
 
     /// Accounts `bytes` and sleeps as long as needed to stay under the rate.
@@ -200,7 +217,10 @@ struct Inner {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Pipeline {
@@ -214,10 +234,18 @@ impl Pipeline {
     ) -> Result<Self> {
         settings.policy.validate()?;
         if settings.stripe_size < 1024 || settings.stripe_size > (256 << 20) {
-            return Err(BackupError::Config(format!("stripe size {} must be within 1 KiB..=256 MiB", settings.stripe_size)).into());
+            return Err(BackupError::Config(format!(
+                "stripe size {} must be within 1 KiB..=256 MiB",
+                settings.stripe_size
+            ))
+            .into());
         }
-        check_object_key(&settings.prefix)
-            .map_err(|_| BackupError::Config(format!("prefix {:?} must be a valid object key", settings.prefix)))?;
+        check_object_key(&settings.prefix).map_err(|_| {
+            BackupError::Config(format!(
+                "prefix {:?} must be a valid object key",
+                settings.prefix
+            ))
+        })?;
         let mut nodes = Vec::new();
         let mut groups = Vec::new();
         let mut by_name = HashMap::new();
@@ -226,7 +254,11 @@ impl Pipeline {
             for b in members {
                 let node = Arc::new(Node::new(b, g, settings.timeouts));
                 if by_name.insert(node.name.clone(), nodes.len()).is_some() {
-                    return Err(BackupError::Config(format!("backend {} is listed twice", node.name)).into());
+                    return Err(BackupError::Config(format!(
+                        "backend {} is listed twice",
+                        node.name
+                    ))
+                    .into());
                 }
                 ids.push(nodes.len());
                 nodes.push(node);
@@ -235,8 +267,10 @@ impl Pipeline {
         }
         // The policy must be satisfiable with every backend up, or the config is wrong.
         placement::place(&settings.policy, &groups, 0)?;
-        let meta_nodes: Vec<Arc<Node>> =
-            meta.into_iter().map(|b| Arc::new(Node::new(b, 0, settings.timeouts))).collect();
+        let meta_nodes: Vec<Arc<Node>> = meta
+            .into_iter()
+            .map(|b| Arc::new(Node::new(b, 0, settings.timeouts)))
+            .collect();
         let meta = MetaStore::new(meta_nodes, &settings.prefix, settings.meta_write_quorum)?;
         let keys = match meta.read_header().await? {
             Some(bytes) => RepoHeader::from_json(&bytes)?.unlock(key)?,
@@ -246,14 +280,32 @@ impl Pipeline {
                 tracing::info!("created a new backup repository");
                 keys
             }
-            None => return Err(Error::NotFound("no backup repository on the metadata backends".into())),
+            None => {
+                return Err(Error::NotFound(
+                    "no backup repository on the metadata backends".into(),
+                ))
+            }
         };
-        Ok(Pipeline { inner: Arc::new(Inner { settings, nodes, groups, by_name, meta, keys }) })
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                settings,
+                nodes,
+                groups,
+                by_name,
+                meta,
+                keys,
+            }),
+        })
     }
 
     /// Re-wraps the repository key under a new secret. Data and records are untouched.
     pub async fn change_key(&self, old: &KeySource, new: &KeySource) -> Result<()> {
-        let bytes = self.inner.meta.read_header().await?.ok_or_else(|| Error::NotFound("repository header".into()))?;
+        let bytes = self
+            .inner
+            .meta
+            .read_header()
+            .await?
+            .ok_or_else(|| Error::NotFound("repository header".into()))?;
         let header = RepoHeader::from_json(&bytes)?.rewrap(old, new, self.inner.settings.kdf)?;
         self.inner.meta.write_header(header.to_json()).await
     }
@@ -282,8 +334,16 @@ impl Pipeline {
 
     fn place(&self, seed: u64) -> Result<Vec<usize>> {
         let inner = &self.inner;
-        let usable: Vec<Vec<usize>> =
-            inner.groups.iter().map(|g| g.iter().copied().filter(|&i| !inner.nodes[i].is_down()).collect()).collect();
+        let usable: Vec<Vec<usize>> = inner
+            .groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .copied()
+                    .filter(|&i| !inner.nodes[i].is_down())
+                    .collect()
+            })
+            .collect();
         placement::place(&inner.settings.policy, &usable, seed).map_err(|e| {
             let down: Vec<String> = inner
                 .nodes
@@ -294,7 +354,8 @@ impl Pipeline {
             if down.is_empty() {
                 e.into()
             } else {
-                BackupError::Placement(format!("{e}; unreachable backends: {}", down.join(", "))).into()
+                BackupError::Placement(format!("{e}; unreachable backends: {}", down.join(", ")))
+                    .into()
             }
         })
     }
@@ -303,7 +364,10 @@ impl Pipeline {
     pub async fn record(&self, name: &str) -> Result<ObjectRecord> {
         let rec = self.inner.meta.get(&self.inner.keys, name).await?;
         if rec.deleted {
-            return Err(Error::NotFound(format!("{name} was deleted (version {})", rec.version)));
+            return Err(Error::NotFound(format!(
+                "{name} was deleted (version {})",
+                rec.version
+            )));
         }
         Ok(rec)
     }
@@ -319,8 +383,11 @@ impl Pipeline {
     /// Every record in scrub order (by path hash), with the hash as a resume cursor.
     pub async fn records_by_hash(&self) -> Result<(Vec<(String, ObjectRecord)>, Vec<Error>)> {
         let (recs, problems) = self.inner.meta.all(&self.inner.keys).await?;
-        let mut out: Vec<(String, ObjectRecord)> =
-            recs.into_iter().filter(|r| !r.deleted).map(|r| (self.inner.keys.name_hash(&r.name), r)).collect();
+        let mut out: Vec<(String, ObjectRecord)> = recs
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .map(|r| (self.inner.keys.name_hash(&r.name), r))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok((out, problems))
     }
@@ -388,7 +455,11 @@ impl Pipeline {
                         out.push(flatten(r)?);
                     }
                 }
-                let id = StripeId { object_id, index, data_version: version };
+                let id = StripeId {
+                    object_id,
+                    index,
+                    data_version: version,
+                };
                 inflight.push_back(tokio::spawn(self.clone().encode_and_write(
                     chunk,
                     id,
@@ -432,7 +503,12 @@ impl Pipeline {
             stripes: Vec::new(),
         };
         for (meta, at) in stripes {
-            let shards = at.iter().map(|&n| ShardLoc { backend: rec.backend_index(&inner.nodes[n].name) }).collect();
+            let shards = at
+                .iter()
+                .map(|&n| ShardLoc {
+                    backend: rec.backend_index(&inner.nodes[n].name),
+                })
+                .collect();
             rec.stripes.push(StripeRecord { meta, shards });
         }
         if let Err(e) = inner.meta.put(&inner.keys, &rec).await {
@@ -444,7 +520,11 @@ impl Pipeline {
 
     /// Best-effort removal of the shards of a store that failed (gc catches the rest).
     async fn forget_object(&self, object_id: &[u8; 16]) {
-        let prefix = format!("{}/d/{}/", self.inner.settings.prefix, hex::encode(object_id));
+        let prefix = format!(
+            "{}/d/{}/",
+            self.inner.settings.prefix,
+            hex::encode(object_id)
+        );
         for n in &self.inner.nodes {
             if let Ok(keys) = n.list(&prefix).await {
                 for k in keys {
@@ -464,9 +544,10 @@ impl Pipeline {
     ) -> Result<(StripeMeta, Vec<usize>)> {
         let s = &self.inner.settings;
         let (k, m, level) = (s.policy.k, s.policy.m, s.compression_level);
-        let (meta, shards) = tokio::task::spawn_blocking(move || stripe::encode(&chunk, &id, &key, k, m, level))
-            .await
-            .map_err(|e| Error::Unavailable(format!("encoder task: {e}")))??;
+        let (meta, shards) =
+            tokio::task::spawn_blocking(move || stripe::encode(&chunk, &id, &key, k, m, level))
+                .await
+                .map_err(|e| Error::Unavailable(format!("encoder task: {e}")))??;
         let at = self.write_shards(&id, &shards, placement, seed).await?;
         Ok((meta, at))
     }
@@ -483,12 +564,15 @@ impl Pipeline {
         let mut last_err = String::new();
         for _attempt in 0..3 {
             let at = placement.lock().clone();
-            let res = futures::future::join_all(at.iter().zip(shards).enumerate().map(|(j, (&n, data))| {
-                let key = ObjectRecord::shard_key(&inner.settings.prefix, &id.object_id, id.index, j);
-                let node = inner.nodes[n].clone();
-                let data = data.clone();
-                async move { node.put(&key, data).await }
-            }))
+            let res = futures::future::join_all(at.iter().zip(shards).enumerate().map(
+                |(j, (&n, data))| {
+                    let key =
+                        ObjectRecord::shard_key(&inner.settings.prefix, &id.object_id, id.index, j);
+                    let node = inner.nodes[n].clone();
+                    let data = data.clone();
+                    async move { node.put(&key, data).await }
+                },
+            ))
             .await;
             let mut failed = false;
             for (&n, r) in at.iter().zip(res) {
@@ -506,20 +590,42 @@ impl Pipeline {
             let new = self.place(seed)?;
             *placement.lock() = new;
         }
-        Err(Error::Unavailable(format!("stripe {} could not be written: {last_err}", id.index)))
+        Err(Error::Unavailable(format!(
+            "stripe {} could not be written: {last_err}",
+            id.index
+        )))
     }
 
-    fn node_for(&self, rec: &ObjectRecord, loc: &ShardLoc) -> std::result::Result<Arc<Node>, String> {
-        let name = rec.backends.get(loc.backend as usize).ok_or("bad backend index in record")?;
-        self.inner.by_name.get(name).map(|&i| self.inner.nodes[i].clone()).ok_or_else(|| name.clone())
+    fn node_for(
+        &self,
+        rec: &ObjectRecord,
+        loc: &ShardLoc,
+    ) -> std::result::Result<Arc<Node>, String> {
+        let name = rec
+            .backends
+            .get(loc.backend as usize)
+            .ok_or("bad backend index in record")?;
+        self.inner
+            .by_name
+            .get(name)
+            .map(|&i| self.inner.nodes[i].clone())
+            .ok_or_else(|| name.clone())
     }
 
     fn backend_name(rec: &ObjectRecord, loc: &ShardLoc) -> String {
-        rec.backends.get(loc.backend as usize).cloned().unwrap_or_else(|| "?".into())
+        rec.backends
+            .get(loc.backend as usize)
+            .cloned()
+            .unwrap_or_else(|| "?".into())
     }
 
     /// Reads one shard and verifies it. `Err` carries the problem.
-    async fn read_shard(&self, rec: &ObjectRecord, i: u64, j: usize) -> std::result::Result<Bytes, ShardProblem> {
+    async fn read_shard(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+    ) -> std::result::Result<Bytes, ShardProblem> {
         let st = &rec.stripes[i as usize];
         let loc = &st.shards[j];
         let problem = |kind, detail: String| ShardProblem {
@@ -529,15 +635,21 @@ impl Pipeline {
             kind,
             detail,
         };
-        let node = self
-            .node_for(rec, loc)
-            .map_err(|n| problem(ProblemKind::Unreachable, format!("backend {n} is not in the config")))?;
+        let node = self.node_for(rec, loc).map_err(|n| {
+            problem(
+                ProblemKind::Unreachable,
+                format!("backend {n} is not in the config"),
+            )
+        })?;
         let key = ObjectRecord::shard_key(&self.inner.settings.prefix, &rec.object_id, i, j);
         match node.get(&key).await {
             Ok(b) => {
                 let want = crate::codec::shard_len(st.meta.cipher_len as usize, rec.k as usize);
                 if b.len() != want {
-                    return Err(problem(ProblemKind::Corrupt, format!("{} bytes, expected {want}", b.len())));
+                    return Err(problem(
+                        ProblemKind::Corrupt,
+                        format!("{} bytes, expected {want}", b.len()),
+                    ));
                 }
                 if stripe::sha256(&b) != st.meta.shard_sums[j] {
                     return Err(problem(ProblemKind::Corrupt, "checksum mismatch".into()));
@@ -553,16 +665,31 @@ impl Pipeline {
     }
 
     fn data_key(&self, rec: &ObjectRecord) -> Result<SecretKey> {
-        self.inner.keys.unwrap_data_key(&rec.wrapped_key, &rec.object_id, &rec.name)
+        self.inner
+            .keys
+            .unwrap_data_key(&rec.wrapped_key, &rec.object_id, &rec.name)
     }
 
     /// Fetches k good shards of stripe `i` (falling back shard by shard) and decodes it.
-    async fn fetch_stripe(&self, rec: &ObjectRecord, key: &SecretKey, i: u64) -> Result<(Vec<u8>, Vec<ShardProblem>)> {
+    async fn fetch_stripe(
+        &self,
+        rec: &ObjectRecord,
+        key: &SecretKey,
+        i: u64,
+    ) -> Result<(Vec<u8>, Vec<ShardProblem>)> {
         let st = &rec.stripes[i as usize];
         let (k, m) = (rec.k as usize, rec.m as usize);
         // Data shards first (no decoding needed), backends known to be down last.
         let mut order: Vec<usize> = (0..k + m).collect();
-        order.sort_by_key(|&j| (self.node_for(rec, &st.shards[j]).map(|n| n.is_down()).unwrap_or(true), j >= k, j));
+        order.sort_by_key(|&j| {
+            (
+                self.node_for(rec, &st.shards[j])
+                    .map(|n| n.is_down())
+                    .unwrap_or(true),
+                j >= k,
+                j,
+            )
+        });
         let mut order = order.into_iter();
         let mut good: Vec<Option<Bytes>> = vec![None; k + m];
         let mut have = 0;
@@ -597,18 +724,28 @@ impl Pipeline {
                 stripe: i,
                 have,
                 need: k,
-                missing: problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "),
+                missing: problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 transient,
             }
             .into());
         }
         let meta = st.meta.clone();
-        let id = StripeId { object_id: rec.object_id, index: i, data_version: rec.data_version };
+        let id = StripeId {
+            object_id: rec.object_id,
+            index: i,
+            data_version: rec.data_version,
+        };
         let key = key.clone();
         let loc = format!("object {} stripe {i}", rec.name);
-        let plain = tokio::task::spawn_blocking(move || stripe::decode(&mut good, &meta, &id, &key, k, m, &loc))
-            .await
-            .map_err(|e| Error::Unavailable(format!("decoder task: {e}")))??;
+        let plain = tokio::task::spawn_blocking(move || {
+            stripe::decode(&mut good, &meta, &id, &key, k, m, &loc)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("decoder task: {e}")))??;
         Ok((plain, problems))
     }
 
@@ -641,7 +778,9 @@ impl Pipeline {
             problems.extend(p);
             sums.push(stripe::sha256(&plain));
             progress.advance(plain.len() as u64);
-            let mut w = out.take().ok_or_else(|| Error::Unavailable("writer lost".into()))?;
+            let mut w = out
+                .take()
+                .ok_or_else(|| Error::Unavailable("writer lost".into()))?;
             let w = tokio::task::spawn_blocking(move || w.write_all(&plain).map(|_| w))
                 .await
                 .map_err(|e| Error::Unavailable(format!("writer task: {e}")))?
@@ -649,7 +788,10 @@ impl Pipeline {
             out = Some(w);
         }
         if stripe::object_sum(sums) != rec.checksum {
-            return Err(Error::corrupt(format!("object {}", rec.name), "whole-object checksum mismatch"));
+            return Err(Error::corrupt(
+                format!("object {}", rec.name),
+                "whole-object checksum mismatch",
+            ));
         }
         for p in &problems {
             tracing::warn!("{}: {p}", rec.name);
@@ -661,7 +803,8 @@ impl Pipeline {
     /// Reads the whole object into memory (verified).
     pub async fn read_all(&self, rec: &ObjectRecord) -> Result<Bytes> {
         let buf = SharedBuf::default();
-        self.read_to(rec, Box::new(buf.clone()), &NoProgress).await?;
+        self.read_to(rec, Box::new(buf.clone()), &NoProgress)
+            .await?;
         let v = std::mem::take(&mut *buf.0.lock());
         Ok(Bytes::from(v))
     }
@@ -677,7 +820,9 @@ impl Pipeline {
         let ss = u64::from(rec.stripe_size);
         let (first, last) = (start / ss, (end - 1) / ss);
         let mut out = Vec::with_capacity((end - start) as usize);
-        let mut inflight: FuturesOrdered<_> = (first..=last).map(|i| self.fetch_stripe(rec, &key, i)).collect();
+        let mut inflight: FuturesOrdered<_> = (first..=last)
+            .map(|i| self.fetch_stripe(rec, &key, i))
+            .collect();
         let mut i = first;
         while let Some(r) = inflight.next().await {
             let (plain, _) = r?;
@@ -691,7 +836,12 @@ impl Pipeline {
     }
 
     /// Checks every shard of `rec`: presence only, or (`deep`) read and verify each one.
-    pub async fn inspect(&self, rec: &ObjectRecord, deep: bool, rate: Option<&RateLimiter>) -> ObjectHealth {
+    pub async fn inspect(
+        &self,
+        rec: &ObjectRecord,
+        deep: bool,
+        rate: Option<&RateLimiter>,
+    ) -> ObjectHealth {
         let (k, m) = (rec.k as usize, rec.m as usize);
         let mut problems = Vec::new();
         let mut margin = i64::MAX;
@@ -709,8 +859,11 @@ impl Pipeline {
                         kind,
                         detail,
                     };
-                    let node = self.node_for(rec, loc).map_err(|n| p(ProblemKind::Unreachable, format!("{n} not in config")))?;
-                    let key = ObjectRecord::shard_key(&self.inner.settings.prefix, &rec.object_id, i, j);
+                    let node = self
+                        .node_for(rec, loc)
+                        .map_err(|n| p(ProblemKind::Unreachable, format!("{n} not in config")))?;
+                    let key =
+                        ObjectRecord::shard_key(&self.inner.settings.prefix, &rec.object_id, i, j);
                     match node.exists(&key).await {
                         Ok(true) => Ok(()),
                         Ok(false) => Err(p(ProblemKind::Missing, "not found".into())),
@@ -730,15 +883,27 @@ impl Pipeline {
         if rec.stripes.is_empty() {
             margin = m as i64;
         }
-        ObjectHealth { name: rec.name.clone(), stripes: rec.stripes.len(), problems, margin }
+        ObjectHealth {
+            name: rec.name.clone(),
+            stripes: rec.stripes.len(),
+            problems,
+            margin,
+        }
     }
 
     /// Re-creates the missing or corrupt shards of `rec` (found by a deep check) and records
     /// where they went. A shard goes back to its backend if that one answers; otherwise to a
     /// healthy backend that holds no shard of the stripe, chosen so the policy still holds.
-    pub async fn repair(&self, rec: &ObjectRecord, rate: Option<&RateLimiter>) -> Result<RepairReport> {
+    pub async fn repair(
+        &self,
+        rec: &ObjectRecord,
+        rate: Option<&RateLimiter>,
+    ) -> Result<RepairReport> {
         let inner = &self.inner;
-        let mut report = RepairReport { name: rec.name.clone(), ..Default::default() };
+        let mut report = RepairReport {
+            name: rec.name.clone(),
+            ..Default::default()
+        };
         report.metadata_replicas = inner.meta.replicate(&inner.keys, rec).await.unwrap_or(0);
         let health = self.inspect(rec, true, rate).await;
         if health.is_clean() {
@@ -747,7 +912,11 @@ impl Pipeline {
         self.refresh_health(false).await;
         let (k, m) = (rec.k as usize, rec.m as usize);
         let mut new = rec.clone();
-        let policy = Policy { k, m, ..inner.settings.policy };
+        let policy = Policy {
+            k,
+            m,
+            ..inner.settings.policy
+        };
         let mut by_stripe: std::collections::BTreeMap<u64, Vec<&ShardProblem>> = Default::default();
         for p in &health.problems {
             by_stripe.entry(p.stripe).or_default().push(p);
@@ -755,7 +924,8 @@ impl Pipeline {
         for (i, bad) in by_stripe {
             let st = &rec.stripes[i as usize];
             let mut shards: Vec<Option<Bytes>> = vec![None; k + m];
-            let reads = futures::future::join_all((0..k + m).map(|j| self.read_shard(rec, i, j))).await;
+            let reads =
+                futures::future::join_all((0..k + m).map(|j| self.read_shard(rec, i, j))).await;
             for (j, r) in reads.into_iter().enumerate() {
                 shards[j] = r.ok();
             }
@@ -766,7 +936,11 @@ impl Pipeline {
                     stripe: i,
                     have,
                     need: k,
-                    missing: bad.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "),
+                    missing: bad
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     transient: bad.iter().all(|p| p.kind == ProblemKind::Unreachable),
                 }
                 .into());
@@ -774,7 +948,9 @@ impl Pipeline {
             let missing: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
             crate::codec::reconstruct(&mut shards, k, m)?;
             for &j in &missing {
-                let data = shards[j].clone().ok_or_else(|| Error::corrupt("repair", "shard not rebuilt"))?;
+                let data = shards[j]
+                    .clone()
+                    .ok_or_else(|| Error::corrupt("repair", "shard not rebuilt"))?;
                 if stripe::sha256(&data) != st.meta.shard_sums[j] {
                     return Err(Error::corrupt(
                         format!("object {} stripe {i} shard {j}", rec.name),
@@ -788,7 +964,10 @@ impl Pipeline {
                     match inner.nodes[t].put(&key, data.clone()).await {
                         Ok(()) => break t,
                         Err(e) => {
-                            tracing::warn!("repair: writing shard {j} of stripe {i} to {}: {e}", inner.nodes[t].name);
+                            tracing::warn!(
+                                "repair: writing shard {j} of stripe {i} to {}: {e}",
+                                inner.nodes[t].name
+                            );
                             tried.push(t);
                         }
                     }
@@ -804,28 +983,58 @@ impl Pipeline {
         }
         report.problems = health.problems;
         if report.moved > 0 {
-            new.version = inner.meta.latest_version(&inner.keys, &rec.name).await?.max(rec.version) + 1;
+            new.version = inner
+                .meta
+                .latest_version(&inner.keys, &rec.name)
+                .await?
+                .max(rec.version)
+                + 1;
             inner.meta.put(&inner.keys, &new).await?;
         }
         Ok(report)
     }
 
-    fn repair_target(&self, rec: &ObjectRecord, i: u64, j: usize, policy: &Policy, tried: &[usize]) -> Result<usize> {
+    fn repair_target(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+        policy: &Policy,
+        tried: &[usize],
+    ) -> Result<usize> {
         let inner = &self.inner;
         let st = &rec.stripes[i as usize];
         if let Ok(n) = self.node_for(rec, &st.shards[j]) {
-            if !n.is_down() && inner.by_name.get(&n.name).is_some_and(|i| !tried.contains(i)) {
+            if !n.is_down()
+                && inner
+                    .by_name
+                    .get(&n.name)
+                    .is_some_and(|i| !tried.contains(i))
+            {
                 if let Some(&idx) = inner.by_name.get(&n.name) {
                     return Ok(idx);
                 }
             }
         }
-        let holders: Vec<Option<usize>> =
-            st.shards.iter().map(|l| self.node_for(rec, l).ok().and_then(|n| inner.by_name.get(&n.name).copied())).collect();
+        let holders: Vec<Option<usize>> = st
+            .shards
+            .iter()
+            .map(|l| {
+                self.node_for(rec, l)
+                    .ok()
+                    .and_then(|n| inner.by_name.get(&n.name).copied())
+            })
+            .collect();
         let lost_group = holders[j].map(|n| inner.nodes[n].group);
         let mut candidates: Vec<usize> = (0..inner.nodes.len())
             .filter(|c| !inner.nodes[*c].is_down() && !tried.contains(c))
-            .filter(|c| holders.iter().enumerate().filter(|(x, _)| *x != j).all(|(_, h)| *h != Some(*c)))
+            .filter(|c| {
+                holders
+                    .iter()
+                    .enumerate()
+                    .filter(|(x, _)| *x != j)
+                    .all(|(_, h)| *h != Some(*c))
+            })
             .collect();
         candidates.sort_by_key(|&c| (Some(inner.nodes[c].group) != lost_group, c));
         for c in candidates {
@@ -835,7 +1044,9 @@ impl Pipeline {
                 .filter_map(|(x, h)| if x == j { Some(c) } else { *h })
                 .map(|n| (inner.nodes[n].group, n))
                 .collect();
-            if assignment.len() == st.shards.len() && placement::assignment_survives(policy, &assignment, inner.groups.len()) {
+            if assignment.len() == st.shards.len()
+                && placement::assignment_survives(policy, &assignment, inner.groups.len())
+            {
                 return Ok(c);
             }
         }
@@ -851,7 +1062,12 @@ impl Pipeline {
         let inner = &self.inner;
         let rec = self.record(name).await?;
         let tomb = ObjectRecord {
-            version: inner.meta.latest_version(&inner.keys, name).await?.max(rec.version) + 1,
+            version: inner
+                .meta
+                .latest_version(&inner.keys, name)
+                .await?
+                .max(rec.version)
+                + 1,
             deleted: true,
             size: 0,
             stripes: Vec::new(),
@@ -864,7 +1080,12 @@ impl Pipeline {
         for (i, st) in rec.stripes.iter().enumerate() {
             for (j, loc) in st.shards.iter().enumerate() {
                 if let Ok(n) = self.node_for(&rec, loc) {
-                    let key = ObjectRecord::shard_key(&inner.settings.prefix, &rec.object_id, i as u64, j);
+                    let key = ObjectRecord::shard_key(
+                        &inner.settings.prefix,
+                        &rec.object_id,
+                        i as u64,
+                        j,
+                    );
                     dels.push(async move { n.delete(&key).await });
                 }
             }
@@ -881,7 +1102,10 @@ impl Pipeline {
         let inner = &self.inner;
         let (recs, problems) = inner.meta.all(&inner.keys).await?;
         if let Some(p) = problems.first() {
-            return Err(Error::Unavailable(format!("gc refused: {} record(s) unreadable, first: {p}", problems.len())));
+            return Err(Error::Unavailable(format!(
+                "gc refused: {} record(s) unreadable, first: {p}",
+                problems.len()
+            )));
         }
         let mut keep: std::collections::HashSet<(String, String)> = Default::default();
         for rec in recs.iter().filter(|r| !r.deleted) {
@@ -889,7 +1113,12 @@ impl Pipeline {
                 for (j, loc) in st.shards.iter().enumerate() {
                     keep.insert((
                         Self::backend_name(rec, loc),
-                        ObjectRecord::shard_key(&inner.settings.prefix, &rec.object_id, i as u64, j),
+                        ObjectRecord::shard_key(
+                            &inner.settings.prefix,
+                            &rec.object_id,
+                            i as u64,
+                            j,
+                        ),
                     ));
                 }
             }
@@ -945,12 +1174,24 @@ impl Write for SharedBuf {
 impl Backend for Pipeline {
     fn name(&self) -> String {
         let s = &self.inner.settings.policy;
-        format!("pipeline({}+{} over {} backends)", s.k, s.m, self.inner.nodes.len())
+        format!(
+            "pipeline({}+{} over {} backends)",
+            s.k,
+            s.m,
+            self.inner.nodes.len()
+        )
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         check_object_key(key)?;
-        self.store(key, Box::new(std::io::Cursor::new(data)), Attrs::default(), &NoProgress).await.map(|_| ())
+        self.store(
+            key,
+            Box::new(std::io::Cursor::new(data)),
+            Attrs::default(),
+            &NoProgress,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -987,14 +1228,24 @@ impl Backend for Pipeline {
         if let Some(p) = problems.into_iter().next() {
             return Err(p);
         }
-        Ok(recs.into_iter().map(|r| r.name).filter(|n| n.starts_with(prefix)).collect())
+        Ok(recs
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect())
     }
 
     async fn health(&self) -> Health {
         let start = std::time::Instant::now();
         let (data, meta) = self.refresh_health(true).await;
-        let down = data.iter().filter(|h| h.status == HealthStatus::Down).count();
-        let meta_up = meta.iter().filter(|h| h.status != HealthStatus::Down).count();
+        let down = data
+            .iter()
+            .filter(|h| h.status == HealthStatus::Down)
+            .count();
+        let meta_up = meta
+            .iter()
+            .filter(|h| h.status != HealthStatus::Down)
+            .count();
         let placeable = self.place(0).is_ok();
         let mut h = Health::up(start.elapsed());
         h.used_bytes = data.iter().map(|h| h.used_bytes).sum();
@@ -1004,7 +1255,10 @@ impl Backend for Pipeline {
             h.detail = format!("{down} data backends down, {meta_up} metadata backends up");
         } else if down > 0 || meta_up < meta.len() {
             h.status = HealthStatus::Degraded;
-            h.detail = format!("{down} data backends down, {} metadata backends down", meta.len() - meta_up);
+            h.detail = format!(
+                "{down} data backends down, {} metadata backends down",
+                meta.len() - meta_up
+            );
         }
         h
     }

@@ -38,7 +38,9 @@ impl Policy {
     /// Checks the numbers themselves (the layout is checked by [`place`]).
     pub fn validate(&self) -> Result<(), BackupError> {
         if self.k == 0 {
-            return Err(BackupError::Config("data shards (k, minimal_shards) must be at least 1".into()));
+            return Err(BackupError::Config(
+                "data shards (k, minimal_shards) must be at least 1".into(),
+            ));
         }
         if self.m == 0 {
             return Err(BackupError::Config(
@@ -46,10 +48,16 @@ impl Policy {
             ));
         }
         if self.k + self.m > crate::codec::MAX_SHARDS {
-            return Err(BackupError::Config(format!("k + m = {} exceeds {}", self.k + self.m, crate::codec::MAX_SHARDS)));
+            return Err(BackupError::Config(format!(
+                "k + m = {} exceeds {}",
+                self.k + self.m,
+                crate::codec::MAX_SHARDS
+            )));
         }
         if self.max_shards_per_backend == 0 {
-            return Err(BackupError::Config("max_shards_per_backend must be at least 1".into()));
+            return Err(BackupError::Config(
+                "max_shards_per_backend must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -96,7 +104,12 @@ fn distribute(policy: &Policy, caps: &[usize]) -> Option<Vec<usize>> {
     for x in 1..=n {
         // The G sacrificed groups get x each (so they really are the largest); the biggest
         // groups take that role because they can also absorb leftovers.
-        let tops: Vec<usize> = by_cap.iter().copied().filter(|&i| caps[i] >= x).take(g).collect();
+        let tops: Vec<usize> = by_cap
+            .iter()
+            .copied()
+            .filter(|&i| caps[i] >= x)
+            .take(g)
+            .collect();
         if tops.len() < g {
             continue;
         }
@@ -144,7 +157,10 @@ fn distribute(policy: &Policy, caps: &[usize]) -> Option<Vec<usize>> {
 /// `max_shards_per_backend` shards per backend.
 pub fn place(policy: &Policy, groups: &[Vec<usize>], seed: u64) -> Result<Vec<usize>, BackupError> {
     policy.validate()?;
-    let caps: Vec<usize> = groups.iter().map(|g| g.len() * policy.max_shards_per_backend).collect();
+    let caps: Vec<usize> = groups
+        .iter()
+        .map(|g| g.len() * policy.max_shards_per_backend)
+        .collect();
     let total_backends: usize = groups.iter().map(Vec::len).sum();
     let counts = distribute(policy, &caps).ok_or_else(|| {
         BackupError::Placement(format!(
@@ -170,7 +186,10 @@ pub fn place(policy: &Policy, groups: &[Vec<usize>], seed: u64) -> Result<Vec<us
         for (gi, members) in groups.iter().enumerate() {
             if taken[gi] < counts[gi] {
                 let len = members.len();
-                let slot = (seed as usize).wrapping_add(gi * 7919).wrapping_add(taken[gi]) % len;
+                let slot = (seed as usize)
+                    .wrapping_add(gi * 7919)
+                    .wrapping_add(taken[gi])
+                    % len;
                 backend_counts[gi][slot] += 1;
                 out.push(members[slot]);
                 taken[gi] += 1;
@@ -179,8 +198,16 @@ pub fn place(policy: &Policy, groups: &[Vec<usize>], seed: u64) -> Result<Vec<us
     }
     per_group_counts.extend(backend_counts);
     let s = survivors(policy, &per_group_counts);
-    if s < policy.k as i64 || per_group_counts.iter().flatten().any(|&c| c > policy.max_shards_per_backend) {
-        return Err(BackupError::Placement(format!("internal check failed: {s} survivors for k = {}", policy.k)));
+    if s < policy.k as i64
+        || per_group_counts
+            .iter()
+            .flatten()
+            .any(|&c| c > policy.max_shards_per_backend)
+    {
+        return Err(BackupError::Placement(format!(
+            "internal check failed: {s} survivors for k = {}",
+            policy.k
+        )));
     }
     Ok(out)
 }
@@ -193,7 +220,11 @@ pub fn assignment_survives(policy: &Policy, shards: &[(usize, usize)], groups: u
         *per[g].entry(b).or_default() += 1;
     }
     let counts: Vec<Vec<usize>> = per.into_iter().map(|m| m.into_values().collect()).collect();
-    counts.iter().flatten().all(|&c| c <= policy.max_shards_per_backend) && survivors(policy, &counts) >= policy.k as i64
+    counts
+        .iter()
+        .flatten()
+        .all(|&c| c <= policy.max_shards_per_backend)
+        && survivors(policy, &counts) >= policy.k as i64
 }
 
 #[cfg(test)]
@@ -214,7 +245,13 @@ mod tests {
     }
 
     fn policy(k: usize, m: usize, g: usize, n: usize) -> Policy {
-        Policy { k, m, redundant_groups: g, redundant_nodes: n, max_shards_per_backend: 1 }
+        Policy {
+            k,
+            m,
+            redundant_groups: g,
+            redundant_nodes: n,
+            max_shards_per_backend: 1,
+        }
     }
 
     /// Brute force: the adversary tries every set of G groups and every N backends elsewhere.
@@ -232,8 +269,10 @@ mod tests {
                 if mask & (1 << gi) != 0 {
                     lost += in_group;
                 } else {
-                    let mut per: Vec<usize> =
-                        members.iter().map(|m| assignment.iter().filter(|&&b| b == *m).count()).collect();
+                    let mut per: Vec<usize> = members
+                        .iter()
+                        .map(|m| assignment.iter().filter(|&&b| b == *m).count())
+                        .collect();
                     per.sort_unstable_by(|a, b| b.cmp(a));
                     lost += per.iter().take(p.redundant_nodes).sum::<usize>();
                 }
@@ -306,7 +345,13 @@ mod tests {
 
     #[test]
     fn several_shards_per_backend_when_allowed() {
-        let p = Policy { k: 2, m: 2, redundant_groups: 0, redundant_nodes: 0, max_shards_per_backend: 2 };
+        let p = Policy {
+            k: 2,
+            m: 2,
+            redundant_groups: 0,
+            redundant_nodes: 0,
+            max_shards_per_backend: 2,
+        };
         let a = place(&p, &layout(&[2]), 0).expect("place");
         assert_eq!(a.len(), 4);
         assert!(place(&policy(2, 2, 0, 0), &layout(&[2]), 0).is_err());

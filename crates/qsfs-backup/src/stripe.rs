@@ -84,8 +84,16 @@ fn maybe_compress(plain: &[u8], level: i32) -> Option<Vec<u8>> {
 }
 
 /// Encodes one stripe into k+m shards.
-pub fn encode(plain: &[u8], id: &StripeId, key: &SecretKey, k: usize, m: usize, level: i32) -> Result<(StripeMeta, Vec<Bytes>)> {
-    let plain_len = u32::try_from(plain.len()).map_err(|_| Error::InvalidArgument("stripe larger than 4 GiB".into()))?;
+pub fn encode(
+    plain: &[u8],
+    id: &StripeId,
+    key: &SecretKey,
+    k: usize,
+    m: usize,
+    level: i32,
+) -> Result<(StripeMeta, Vec<Bytes>)> {
+    let plain_len = u32::try_from(plain.len())
+        .map_err(|_| Error::InvalidArgument("stripe larger than 4 GiB".into()))?;
     let plain_sum = sha256(plain);
     let (mut buf, compressed) = match maybe_compress(plain, level) {
         Some(c) => (c, true),
@@ -96,7 +104,16 @@ pub fn encode(plain: &[u8], id: &StripeId, key: &SecretKey, k: usize, m: usize, 
     let cipher_len = buf.len() as u32;
     let shards = codec::encode(buf, k, m)?;
     let shard_sums = shards.iter().map(|s| sha256(s)).collect();
-    Ok((StripeMeta { plain_len, compressed, cipher_len, plain_sum, shard_sums }, shards))
+    Ok((
+        StripeMeta {
+            plain_len,
+            compressed,
+            cipher_len,
+            plain_sum,
+            shard_sums,
+        },
+        shards,
+    ))
 }
 
 /// Decodes a stripe from its shards (`None` = missing or failed its checksum; at least k must be
@@ -112,8 +129,15 @@ pub fn decode(
 ) -> Result<Vec<u8>> {
     codec::reconstruct(shards, k, m)?;
     let mut buf = codec::join(shards, k, meta.cipher_len as usize)?;
-    if !key.open_in_place(&nonce(id.index), &aad(id, meta.compressed, meta.plain_len), &mut buf) {
-        return Err(Error::corrupt(location, "stripe does not authenticate (tampered or misplaced)"));
+    if !key.open_in_place(
+        &nonce(id.index),
+        &aad(id, meta.compressed, meta.plain_len),
+        &mut buf,
+    ) {
+        return Err(Error::corrupt(
+            location,
+            "stripe does not authenticate (tampered or misplaced)",
+        ));
     }
     let plain = if meta.compressed {
         zstd::bulk::decompress(&buf, meta.plain_len as usize)
@@ -122,7 +146,10 @@ pub fn decode(
         buf
     };
     if plain.len() != meta.plain_len as usize || sha256(&plain) != meta.plain_sum {
-        return Err(Error::corrupt(location, "stripe plaintext checksum mismatch"));
+        return Err(Error::corrupt(
+            location,
+            "stripe plaintext checksum mismatch",
+        ));
     }
     Ok(plain)
 }
@@ -143,7 +170,11 @@ mod tests {
     use super::*;
 
     fn id(index: u64) -> StripeId {
-        StripeId { object_id: [9; 16], index, data_version: 1 }
+        StripeId {
+            object_id: [9; 16],
+            index,
+            data_version: 1,
+        }
     }
 
     #[test]
@@ -151,13 +182,18 @@ mod tests {
         let key = SecretKey::random();
         let text = b"hello hello hello ".repeat(10_000);
         let random: Vec<u8> = (0..200_000).map(|_| rand::random::<u8>()).collect();
-        for (data, expect_compressed) in [(&text[..], true), (&random[..], false), (&b""[..], false)] {
+        for (data, expect_compressed) in
+            [(&text[..], true), (&random[..], false), (&b""[..], false)]
+        {
             let (meta, shards) = encode(data, &id(3), &key, 3, 2, 3).expect("encode");
             assert_eq!(meta.compressed, expect_compressed);
             let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
             s[0] = None;
             s[4] = None;
-            assert_eq!(decode(&mut s, &meta, &id(3), &key, 3, 2, "t").expect("decode"), data);
+            assert_eq!(
+                decode(&mut s, &meta, &id(3), &key, 3, 2, "t").expect("decode"),
+                data
+            );
         }
     }
 

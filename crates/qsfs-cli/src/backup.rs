@@ -106,13 +106,17 @@ enum Command {
 
 /// Runs `qsfs backup`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(run_async(args))
 }
 
 fn read_secret(file: Option<&Path>, env: &str, prompt: &str) -> anyhow::Result<KeySource> {
     if let Some(f) = file {
-        let s = std::fs::read_to_string(f).with_context(|| format!("reading key file {}", f.display()))?;
+        let s = std::fs::read_to_string(f)
+            .with_context(|| format!("reading key file {}", f.display()))?;
         let s = s.trim_end_matches(['\n', '\r']);
         if s.is_empty() {
             bail!("key file {} is empty", f.display());
@@ -138,7 +142,10 @@ struct Bars {
 
 impl Bars {
     fn new(enabled: bool) -> Self {
-        Bars { bar: std::sync::Mutex::new(None), enabled: enabled && std::io::stderr().is_terminal() }
+        Bars {
+            bar: std::sync::Mutex::new(None),
+            enabled: enabled && std::io::stderr().is_terminal(),
+        }
     }
 }
 
@@ -151,9 +158,9 @@ impl Progress for Bars {
             Some(t) => indicatif::ProgressBar::new(t),
             None => indicatif::ProgressBar::new_spinner(),
         };
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg:30!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-        {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:30!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        ) {
             bar.set_style(style);
         }
         bar.set_message(what.to_string());
@@ -222,7 +229,11 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let secret = if config.key.is_some() {
         None
     } else {
-        Some(read_secret(args.keyfile.as_deref(), "QSFS_PASSPHRASE", "qsfs backup passphrase: ")?)
+        Some(read_secret(
+            args.keyfile.as_deref(),
+            "QSFS_PASSPHRASE",
+            "qsfs backup passphrase: ",
+        )?)
     };
     // The 0-db client lives in qsfs-store; until it provides a connector, zdb:// backends are
     // refused with a clear message by the config module.
@@ -230,16 +241,32 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let progress = Bars::new(!args.quiet && !args.json);
     let json = args.json;
     match args.command {
-        Command::Store { paths, name } => store(&pipeline, &config, &paths, name, &progress, json).await,
-        Command::Retrieve { path, out, force, range } => {
+        Command::Store { paths, name } => {
+            store(&pipeline, &config, &paths, name, &progress, json).await
+        }
+        Command::Retrieve {
+            path,
+            out,
+            force,
+            range,
+        } => {
             let name = config.object_name(&path)?;
             let range = range.as_deref().map(parse_range).transpose()?;
             let report = match out.as_deref() {
                 Some(o) if o == Path::new("-") => {
-                    ops::retrieve_to_writer(&pipeline, &name, Box::new(std::io::stdout()), range, &progress).await?
+                    ops::retrieve_to_writer(
+                        &pipeline,
+                        &name,
+                        Box::new(std::io::stdout()),
+                        range,
+                        &progress,
+                    )
+                    .await?
                 }
                 other => {
-                    let target = other.map(Path::to_path_buf).unwrap_or_else(|| config.local_path(&name));
+                    let target = other
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| config.local_path(&name));
                     let opts = RetrieveOptions { force, range };
                     ops::retrieve_to_path(&pipeline, &name, &target, &opts, &progress).await?
                 }
@@ -263,7 +290,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             let ok = unreadable.is_empty() && results.iter().all(|h| h.is_clean());
             if json {
                 let bad: Vec<String> = unreadable.iter().map(|e| e.to_string()).collect();
-                print_json(&serde_json::json!({ "objects": results, "unreadable_records": bad, "ok": ok }))?;
+                print_json(
+                    &serde_json::json!({ "objects": results, "unreadable_records": bad, "ok": ok }),
+                )?;
             } else {
                 for h in &results {
                     let state = if h.is_clean() {
@@ -273,7 +302,12 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                     } else {
                         "LOST"
                     };
-                    println!("{state:9} {} ({} stripes, margin {})", h.name, h.stripes, h.margin.min(999));
+                    println!(
+                        "{state:9} {} ({} stripes, margin {})",
+                        h.name,
+                        h.stripes,
+                        h.margin.min(999)
+                    );
                     for p in &h.problems {
                         println!("          {p}");
                     }
@@ -285,7 +319,11 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             Ok(code(ok))
         }
         Command::Rebuild { path, all } => {
-            let name = if all { None } else { path.as_deref().map(|p| config.object_name(p)).transpose()? };
+            let name = if all {
+                None
+            } else {
+                path.as_deref().map(|p| config.object_name(p)).transpose()?
+            };
             let (results, unreadable) = ops::rebuild(&pipeline, name.as_deref()).await?;
             let mut ok = unreadable.is_empty();
             let mut out = Vec::new();
@@ -324,7 +362,15 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                 print_json(&serde_json::json!({ "objects": entries, "unreadable_records": bad }))?;
             } else {
                 for e in &entries {
-                    println!("{:9} {:>10} v{:<4} {}+{} {}", e.health, human(e.size), e.version, e.k, e.m, e.name);
+                    println!(
+                        "{:9} {:>10} v{:<4} {}+{} {}",
+                        e.health,
+                        human(e.size),
+                        e.version,
+                        e.k,
+                        e.m,
+                        e.name
+                    );
                 }
                 for e in &unreadable {
                     println!("UNREADABLE {e}");
@@ -338,7 +384,10 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&rows)?;
             } else {
-                println!("{:5} {:40} {:5} {:8} {:>10} {:>10} {:>10}", "role", "backend", "group", "status", "latency", "used", "free");
+                println!(
+                    "{:5} {:40} {:5} {:8} {:>10} {:>10} {:>10}",
+                    "role", "backend", "group", "status", "latency", "used", "free"
+                );
                 for r in &rows {
                     let opt = |v: Option<u64>| v.map(human).unwrap_or_else(|| "-".into());
                     println!(
@@ -356,14 +405,27 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(code(ok))
         }
-        Command::Scrub { rate, state, restart } => {
+        Command::Scrub {
+            rate,
+            state,
+            restart,
+        } => {
             let state = state.unwrap_or_else(|| {
                 let mut s = args.config.clone().into_os_string();
                 s.push(".scrub-state");
                 PathBuf::from(s)
             });
-            let resume_after = if restart { None } else { std::fs::read_to_string(&state).ok().map(|s| s.trim().to_string()) };
-            let opts = ScrubOptions { rate: rate.map(|r| r * 1024 * 1024), resume_after };
+            let resume_after = if restart {
+                None
+            } else {
+                std::fs::read_to_string(&state)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            };
+            let opts = ScrubOptions {
+                rate: rate.map(|r| r * 1024 * 1024),
+                resume_after,
+            };
             let state_for_cb = state.clone();
             let mut save = move |cursor: &str| {
                 if let Err(e) = std::fs::write(&state_for_cb, cursor) {
@@ -407,7 +469,10 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&report)?;
             } else {
-                println!("removed {} shard(s) and {} old record version(s)", report.shards_deleted, report.records_deleted);
+                println!(
+                    "removed {} shard(s) and {} old record version(s)",
+                    report.shards_deleted, report.records_deleted
+                );
                 for b in &report.skipped_backends {
                     println!("skipped unreachable backend {b}");
                 }
@@ -415,8 +480,14 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             Ok(code(report.skipped_backends.is_empty()))
         }
         Command::ChangePassphrase { new_keyfile } => {
-            let Some(old) = secret else { bail!("this config carries its own key; there is no passphrase to change") };
-            let new = read_secret(new_keyfile.as_deref(), "QSFS_NEW_PASSPHRASE", "new passphrase: ")?;
+            let Some(old) = secret else {
+                bail!("this config carries its own key; there is no passphrase to change")
+            };
+            let new = read_secret(
+                new_keyfile.as_deref(),
+                "QSFS_NEW_PASSPHRASE",
+                "new passphrase: ",
+            )?;
             pipeline.change_key(&old, &new).await?;
             if !json {
                 println!("passphrase changed");
@@ -438,13 +509,21 @@ async fn store(
     let mut out = Vec::new();
     for p in paths {
         let results = if p == Path::new("-") {
-            let Some(n) = name.clone() else { bail!("storing standard input needs --name NAME") };
-            vec![(n.clone(), ops::store_reader(pipeline, &n, Box::new(std::io::stdin()), progress).await)]
+            let Some(n) = name.clone() else {
+                bail!("storing standard input needs --name NAME")
+            };
+            vec![(
+                n.clone(),
+                ops::store_reader(pipeline, &n, Box::new(std::io::stdin()), progress).await,
+            )]
         } else if config.root.is_some() {
             // Names relative to root: one file at a time through the config's naming.
             let n = config.object_name(p)?;
             let f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
-            vec![(n.clone(), ops::store_reader(pipeline, &n, Box::new(f), progress).await)]
+            vec![(
+                n.clone(),
+                ops::store_reader(pipeline, &n, Box::new(f), progress).await,
+            )]
         } else {
             match ops::store_path(pipeline, p, progress).await {
                 Ok(r) => r,
@@ -456,7 +535,12 @@ async fn store(
                 Ok(rep) => {
                     if !json {
                         let what = if rep.unchanged { "unchanged" } else { "stored" };
-                        println!("{what} {} ({}, version {})", rep.name, human(rep.size), rep.version);
+                        println!(
+                            "{what} {} ({}, version {})",
+                            rep.name,
+                            human(rep.size),
+                            rep.version
+                        );
                     }
                     out.push(serde_json::to_value(&rep)?);
                 }

@@ -19,7 +19,13 @@ pub struct Rig {
 
 pub fn settings(k: usize, m: usize, stripe: usize) -> Settings {
     Settings {
-        policy: Policy { k, m, redundant_groups: 0, redundant_nodes: 0, max_shards_per_backend: 1 },
+        policy: Policy {
+            k,
+            m,
+            redundant_groups: 0,
+            redundant_nodes: 0,
+            max_shards_per_backend: 1,
+        },
         stripe_size: stripe,
         compression_level: 1,
         parallel_stripes: 3,
@@ -31,7 +37,11 @@ pub fn settings(k: usize, m: usize, stripe: usize) -> Settings {
         },
         prefix: "t".into(),
         meta_write_quorum: None,
-        kdf: KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+        kdf: KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        },
         create: true,
     }
 }
@@ -40,17 +50,38 @@ pub fn key() -> KeySource {
     KeySource::passphrase("test passphrase")
 }
 
-pub async fn open_over(s: Settings, data: &[Memory], meta: &[Memory], key: &KeySource) -> qsfs_core::Result<Pipeline> {
-    let groups = vec![data.iter().map(|m| Arc::new(m.clone()) as Arc<dyn Backend>).collect()];
-    let meta = meta.iter().map(|m| Arc::new(m.clone()) as Arc<dyn Backend>).collect();
+pub async fn open_over(
+    s: Settings,
+    data: &[Memory],
+    meta: &[Memory],
+    key: &KeySource,
+) -> qsfs_core::Result<Pipeline> {
+    let groups = vec![data
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
+        .collect()];
+    let meta = meta
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
+        .collect();
     Pipeline::open(s, groups, meta, key).await
 }
 
 pub async fn rig_with(s: Settings, backends: usize, metas: usize) -> Rig {
-    let data: Vec<Memory> = (0..backends).map(|i| Memory::new(format!("mem-d{i}"))).collect();
-    let meta: Vec<Memory> = (0..metas).map(|i| Memory::new(format!("mem-m{i}"))).collect();
-    let pipeline = open_over(s, &data, &meta, &key()).await.expect("open pipeline");
-    Rig { data, meta, pipeline }
+    let data: Vec<Memory> = (0..backends)
+        .map(|i| Memory::new(format!("mem-d{i}")))
+        .collect();
+    let meta: Vec<Memory> = (0..metas)
+        .map(|i| Memory::new(format!("mem-m{i}")))
+        .collect();
+    let pipeline = open_over(s, &data, &meta, &key())
+        .await
+        .expect("open pipeline");
+    Rig {
+        data,
+        meta,
+        pipeline,
+    }
 }
 
 pub async fn rig(k: usize, m: usize, stripe: usize) -> Rig {
@@ -66,5 +97,10 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn text_bytes(len: usize) -> Vec<u8> {
-    b"the quick brown fox jumps over the lazy dog; ".iter().cycle().take(len).copied().collect()
+    b"the quick brown fox jumps over the lazy dog; "
+        .iter()
+        .cycle()
+        .take(len)
+        .copied()
+        .collect()
 }
