@@ -76,7 +76,7 @@ fn main() {
     let mut c = Criterion::default()
         .configure_from_args()
         .sample_size(10)
-        .measurement_time(Duration::from_secs(15));
+        .measurement_time(Duration::from_secs(8));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("object.bin");
