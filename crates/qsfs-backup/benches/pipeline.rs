@@ -11,7 +11,8 @@
 //! Peak RSS after the pipeline benchmarks is printed (they run first, before the bare ones
 //! allocate whole-object buffers). Object size: `QSFS_BENCH_MIB` (default 64).
 //!
-//! Run: `cargo bench -p qsfs-backup --bench pipeline`
+//! Run: `cargo bench -p qsfs-backup --bench pipeline` (backends under the system temp dir, so
+//! on disk with fsync) or `QSFS_BENCH_DIR=/dev/shm cargo bench ...` (tmpfs: CPU cost only).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -78,7 +79,11 @@ fn main() {
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
+    // QSFS_BENCH_DIR=/dev/shm isolates the pipeline's CPU cost from the disk's fsync speed.
+    let dir = match std::env::var("QSFS_BENCH_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).expect("tempdir"),
+        Err(_) => tempfile::tempdir().expect("tempdir"),
+    };
     let src = dir.path().join("object.bin");
     {
         let mut f = std::fs::File::create(&src).expect("create");

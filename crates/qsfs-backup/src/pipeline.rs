@@ -475,8 +475,10 @@ impl Pipeline {
             Ok(out)
         }
         .await;
+        // The reader thread ends on its own once the channel is gone (it may still be blocked in
+        // a read of an interactive stdin, so it is not waited for).
         drop(rx);
-        let _ = reader_task.await;
+        drop(reader_task);
         let stripes = match result {
             Ok(s) => s,
             Err(e) => {
@@ -776,7 +778,8 @@ impl Pipeline {
                 next += 1;
             }
             problems.extend(p);
-            sums.push(stripe::sha256(&plain));
+            // `decode` already matched the plaintext against this checksum.
+            sums.push(rec.stripes[sums.len()].meta.plain_sum);
             progress.advance(plain.len() as u64);
             let mut w = out
                 .take()
