@@ -415,10 +415,12 @@ impl Pipeline {
 
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
         let stripe_size = s.stripe_size;
+        let headroom = stripe::encode_headroom(s.policy.k);
         let reader_task = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
             loop {
-                let mut buf = vec![0u8; stripe_size];
+                let mut buf = Vec::with_capacity(stripe_size + headroom);
+                buf.resize(stripe_size, 0);
                 let mut filled = 0;
                 while filled < stripe_size {
                     match reader.read(&mut buf[filled..]) {
@@ -547,7 +549,7 @@ impl Pipeline {
         let s = &self.inner.settings;
         let (k, m, level) = (s.policy.k, s.policy.m, s.compression_level);
         let (meta, shards) =
-            tokio::task::spawn_blocking(move || stripe::encode(&chunk, &id, &key, k, m, level))
+            tokio::task::spawn_blocking(move || stripe::encode(chunk, &id, &key, k, m, level))
                 .await
                 .map_err(|e| Error::Unavailable(format!("encoder task: {e}")))??;
         let at = self.write_shards(&id, &shards, placement, seed).await?;

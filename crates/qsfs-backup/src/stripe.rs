@@ -84,8 +84,12 @@ fn maybe_compress(plain: &[u8], level: i32) -> Option<Vec<u8>> {
 }
 
 /// Encodes one stripe into k+m shards.
+///
+/// Takes the plaintext by value: when it does not compress it is encrypted and padded in place,
+/// so a stripe costs no copy (give it spare capacity of [`encode_headroom`] bytes to avoid any
+/// reallocation).
 pub fn encode(
-    plain: &[u8],
+    plain: Vec<u8>,
     id: &StripeId,
     key: &SecretKey,
     k: usize,
@@ -94,12 +98,13 @@ pub fn encode(
 ) -> Result<(StripeMeta, Vec<Bytes>)> {
     let plain_len = u32::try_from(plain.len())
         .map_err(|_| Error::InvalidArgument("stripe larger than 4 GiB".into()))?;
-    let plain_sum = sha256(plain);
-    let (mut buf, compressed) = match maybe_compress(plain, level) {
+    let plain_sum = sha256(&plain);
+    let (mut buf, compressed) = match maybe_compress(&plain, level) {
         Some(c) => (c, true),
-        None => (plain.to_vec(), false),
+        None => (plain, false),
     };
-    buf.reserve(TAG_LEN);
+    let needed = codec::shard_len(buf.len() + TAG_LEN, k) * k;
+    buf.reserve_exact(needed.saturating_sub(buf.len()));
     key.seal_in_place(&nonce(id.index), &aad(id, compressed, plain_len), &mut buf);
     let cipher_len = buf.len() as u32;
     let shards = codec::encode(buf, k, m)?;
@@ -114,6 +119,11 @@ pub fn encode(
         },
         shards,
     ))
+}
+
+/// Spare capacity a stripe buffer needs so [`encode`] never reallocates it (tag and padding).
+pub fn encode_headroom(k: usize) -> usize {
+    TAG_LEN + 4 * k + 4
 }
 
 /// Decodes a stripe from its shards (`None` = missing or failed its checksum; at least k must be
@@ -185,7 +195,7 @@ mod tests {
         for (data, expect_compressed) in
             [(&text[..], true), (&random[..], false), (&b""[..], false)]
         {
-            let (meta, shards) = encode(data, &id(3), &key, 3, 2, 3).expect("encode");
+            let (meta, shards) = encode(data.to_vec(), &id(3), &key, 3, 2, 3).expect("encode");
             assert_eq!(meta.compressed, expect_compressed);
             let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
             s[0] = None;
@@ -200,7 +210,7 @@ mod tests {
     #[test]
     fn misplaced_stripe_is_rejected() {
         let key = SecretKey::random();
-        let (meta, shards) = encode(b"some data", &id(1), &key, 2, 1, 0).expect("encode");
+        let (meta, shards) = encode(b"some data".to_vec(), &id(1), &key, 2, 1, 0).expect("encode");
         let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
         let e = decode(&mut s, &meta, &id(2), &key, 2, 1, "obj stripe 2").expect_err("other index");
         assert!(e.to_string().contains("obj stripe 2"), "{e}");
