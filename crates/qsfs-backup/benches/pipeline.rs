@@ -78,7 +78,12 @@ fn main() {
         .configure_from_args()
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // As the `qsfs` command does: few blocking threads, so few malloc arenas keep freed stripes.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(qsfs_backup::pipeline::BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("runtime");
     // QSFS_BENCH_DIR=/dev/shm isolates the pipeline's CPU cost from the disk's fsync speed.
     let dir = match std::env::var("QSFS_BENCH_DIR") {
         Ok(d) => tempfile::tempdir_in(d).expect("tempdir"),

@@ -27,6 +27,11 @@ use crate::placement::{self, Policy};
 use crate::progress::{NoProgress, Progress};
 use crate::stripe::{self, StripeId, StripeMeta};
 
+/// Blocking threads a runtime driving a pipeline needs: enough for the stripes in flight and
+/// their backend I/O. Allocator arenas grow with the thread count and keep freed stripe buffers,
+/// so a runtime with tokio's default (512) shows a much higher peak RSS for the same work.
+pub const BLOCKING_THREADS: usize = 4;
+
 /// Tunables of a pipeline.
 #[derive(Debug, Clone)]
 pub struct Settings {
