@@ -403,3 +403,100 @@ async fn metadata_quorum() {
         1
     );
 }
+
+/// A backend behind a real socket that accepts connections and never answers.
+#[derive(Debug)]
+struct Silent {
+    addr: std::net::SocketAddr,
+}
+
+impl Silent {
+    async fn ask<T>(&self) -> qsfs_core::Result<T> {
+        use tokio::io::AsyncReadExt;
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| Error::io("connect", e))?;
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b).await;
+        Err(Error::Unavailable("connection closed".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Silent {
+    fn name(&self) -> String {
+        format!("silent://{}", self.addr)
+    }
+    async fn put(&self, _: &str, _: Bytes) -> qsfs_core::Result<()> {
+        self.ask().await
+    }
+    async fn get(&self, _: &str) -> qsfs_core::Result<Bytes> {
+        self.ask().await
+    }
+    async fn delete(&self, _: &str) -> qsfs_core::Result<()> {
+        self.ask().await
+    }
+    async fn exists(&self, _: &str) -> qsfs_core::Result<bool> {
+        self.ask().await
+    }
+    async fn list(&self, _: &str) -> qsfs_core::Result<Vec<String>> {
+        self.ask().await
+    }
+    async fn health(&self) -> qsfs_core::Health {
+        match self.ask::<()>().await {
+            Ok(()) => qsfs_core::Health::up(Duration::ZERO),
+            Err(e) => qsfs_core::Health::down(e.to_string()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn socket_that_never_answers_is_down_within_the_timeout() {
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Accept and hold every connection, never writing a byte.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let data: Vec<qsfs_backup::backends::Memory> = (0..4)
+        .map(|i| qsfs_backup::backends::Memory::new(format!("d{i}")))
+        .collect();
+    let meta: Vec<qsfs_backup::backends::Memory> = (0..3)
+        .map(|i| qsfs_backup::backends::Memory::new(format!("m{i}")))
+        .collect();
+    let mut group: Vec<Arc<dyn Backend>> = data
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
+        .collect();
+    group.push(Arc::new(Silent { addr }));
+    let metas = meta
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
+        .collect();
+    let mut s = settings(2, 2, 1024);
+    s.timeouts.down_for = Duration::from_secs(60);
+    let p = qsfs_backup::Pipeline::open(s, vec![group], metas, &key())
+        .await
+        .expect("open");
+    let bytes = random_bytes(3000, 2);
+    // The store probes health (200 ms limit), skips the silent node and writes 2+2 on the rest.
+    let t = Instant::now();
+    p.put("o", Bytes::from(bytes.clone()))
+        .await
+        .expect("store with a silent backend");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let rec = p.record("o").await.expect("record");
+    assert!(!rec.backends.iter().any(|b| b.starts_with("silent")));
+    assert_eq!(p.get("o").await.expect("get"), bytes);
+    let st = ops::status(&p).await;
+    assert!(st
+        .iter()
+        .any(|r| r.name.starts_with("silent") && r.status == "down"));
+    holder.abort();
+}
