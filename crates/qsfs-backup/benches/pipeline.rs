@@ -107,7 +107,7 @@ fn main() {
                 as Arc<dyn Backend>
         })
         .collect();
-    let settings = Settings {
+    let mut settings = Settings {
         stripe_size: stripe,
         kdf: KdfParams {
             memory_kib: 1024,
@@ -116,6 +116,12 @@ fn main() {
         },
         ..Settings::default()
     };
+    if let Some(par) = std::env::var("QSFS_BENCH_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.parallel_stripes = par;
+    }
     let key = KeySource::passphrase("bench");
     let healthy: Vec<Arc<dyn Backend>> = data_dirs
         .iter()
