@@ -238,34 +238,28 @@ impl MetaStore {
         format!("{}/m/{hash}/{version:016x}", self.prefix)
     }
 
-    /// Reads the repository header from every metadata backend. `Ok(None)` if a read quorum
-    /// answered and none has one; differing headers are an error.
-    pub async fn read_header(&self) -> Result<Option<Vec<u8>>> {
+    /// Reads the repository header from every metadata backend: the distinct versions found
+    /// (several only after an interrupted passphrase change). Empty if a read quorum answered
+    /// and none has one.
+    pub async fn read_header(&self) -> Result<Vec<Vec<u8>>> {
         let key = self.header_key();
         let answers = join_all(self.nodes.iter().map(|n| n.get(&key))).await;
-        let mut found: Vec<Bytes> = Vec::new();
+        let mut found: Vec<Vec<u8>> = Vec::new();
         let mut answered = 0;
         let mut errors = Vec::new();
         for (n, a) in self.nodes.iter().zip(answers) {
             match a {
                 Ok(b) => {
                     answered += 1;
-                    found.push(b);
+                    if !found.iter().any(|f| f[..] == b[..]) {
+                        found.push(b.to_vec());
+                    }
                 }
                 Err(Error::NotFound(_)) => answered += 1,
                 Err(e) => errors.push(format!("{}: {e}", n.name)),
             }
         }
-        if let Some(first) = found.first() {
-            if found.iter().any(|f| f != first) {
-                return Err(Error::corrupt(
-                    key,
-                    "metadata backends hold different repository headers",
-                ));
-            }
-            return Ok(Some(first.to_vec()));
-        }
-        if answered < self.read_quorum() {
+        if found.is_empty() && answered < self.read_quorum() {
             return Err(BackupError::NoQuorum(format!(
                 "repository header: {answered} of {} metadata backends answered, {} needed; {}",
                 self.nodes.len(),
@@ -274,7 +268,7 @@ impl MetaStore {
             ))
             .into());
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Writes the repository header to every metadata backend (all must accept it at creation).

@@ -277,19 +277,19 @@ impl Pipeline {
             .map(|b| Arc::new(Node::new(b, 0, settings.timeouts)))
             .collect();
         let meta = MetaStore::new(meta_nodes, &settings.prefix, settings.meta_write_quorum)?;
-        let keys = match meta.read_header().await? {
-            Some(bytes) => RepoHeader::from_json(&bytes)?.unlock(key)?,
-            None if settings.create => {
-                let (header, keys) = RepoHeader::create(key, settings.kdf)?;
-                meta.write_header(header.to_json()).await?;
-                tracing::info!("created a new backup repository");
-                keys
-            }
-            None => {
+        let headers = meta.read_header().await?;
+        let keys = if headers.is_empty() {
+            if !settings.create {
                 return Err(Error::NotFound(
                     "no backup repository on the metadata backends".into(),
-                ))
+                ));
             }
+            let (header, keys) = RepoHeader::create(key, settings.kdf)?;
+            meta.write_header(header.to_json()).await?;
+            tracing::info!("created a new backup repository");
+            keys
+        } else {
+            unlock_any(&headers, key)?.1
         };
         Ok(Pipeline {
             inner: Arc::new(Inner {
@@ -303,16 +303,29 @@ impl Pipeline {
         })
     }
 
-    /// Re-wraps the repository key under a new secret. Data and records are untouched.
+    /// Re-wraps the repository key under a new secret. Data and records are untouched. Every
+    /// metadata backend must be reachable, so no replica is left with the old wrapping alone.
     pub async fn change_key(&self, old: &KeySource, new: &KeySource) -> Result<()> {
-        let bytes = self
+        let (_, meta) = self.refresh_health(true).await;
+        let down: Vec<String> = self
             .inner
             .meta
-            .read_header()
-            .await?
-            .ok_or_else(|| Error::NotFound("repository header".into()))?;
-        let header = RepoHeader::from_json(&bytes)?.rewrap(old, new, self.inner.settings.kdf)?;
-        self.inner.meta.write_header(header.to_json()).await
+            .nodes()
+            .iter()
+            .zip(&meta)
+            .filter(|(_, h)| h.status == HealthStatus::Down)
+            .map(|(n, _)| n.name.clone())
+            .collect();
+        if !down.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "changing the key needs every metadata backend; down: {}",
+                down.join(", ")
+            )));
+        }
+        let headers = self.inner.meta.read_header().await?;
+        let (header, _) = unlock_any(&headers, old)?;
+        let rewrapped = header.rewrap(old, new, self.inner.settings.kdf)?;
+        self.inner.meta.write_header(rewrapped.to_json()).await
     }
 
     /// The settings.
@@ -1159,6 +1172,35 @@ impl Pipeline {
         }
         Ok(report)
     }
+}
+
+/// The first header that `key` unlocks. Several headers (an interrupted passphrase change) must
+/// all belong to the same repository.
+fn unlock_any(headers: &[Vec<u8>], key: &KeySource) -> Result<(RepoHeader, Keys)> {
+    let parsed: Vec<RepoHeader> = headers
+        .iter()
+        .map(|h| RepoHeader::from_json(h))
+        .collect::<Result<_>>()?;
+    if parsed.windows(2).any(|w| w[0].repo_id != w[1].repo_id) {
+        return Err(Error::corrupt(
+            "repository header",
+            "metadata backends hold headers of different repositories",
+        ));
+    }
+    if parsed.len() > 1 {
+        tracing::warn!(
+            "metadata backends hold {} versions of the repository header",
+            parsed.len()
+        );
+    }
+    let mut last = Error::from(BackupError::WrongKey);
+    for h in parsed {
+        match h.unlock(key) {
+            Ok(keys) => return Ok((h, keys)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn flatten<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {

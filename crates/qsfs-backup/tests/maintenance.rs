@@ -202,3 +202,32 @@ async fn losing_a_whole_group_is_survivable_when_promised() {
         }
     }
 }
+
+#[tokio::test]
+async fn changing_the_passphrase_rewraps_only_the_key() {
+    let r = rig(2, 1, 1024).await;
+    r.pipeline
+        .put("o", Bytes::from_static(b"payload"))
+        .await
+        .expect("put");
+    let shards_before: Vec<Vec<String>> = r.data.iter().map(|d| d.keys()).collect();
+    let new = qsfs_backup::crypto::KeySource::passphrase("new passphrase");
+    // Not while a metadata backend is down.
+    r.meta[2].set_down(true);
+    assert!(r.pipeline.change_key(&key(), &new).await.is_err());
+    r.meta[2].set_down(false);
+    r.pipeline.change_key(&key(), &new).await.expect("change");
+    let e = open_over(settings(2, 1, 1024), &r.data, &r.meta, &key())
+        .await
+        .expect_err("old one");
+    assert!(e.to_string().contains("wrong passphrase"), "{e}");
+    let p = open_over(settings(2, 1, 1024), &r.data, &r.meta, &new)
+        .await
+        .expect("new one opens");
+    assert_eq!(
+        p.get("o").await.expect("get"),
+        Bytes::from_static(b"payload")
+    );
+    let shards_after: Vec<Vec<String>> = r.data.iter().map(|d| d.keys()).collect();
+    assert_eq!(shards_before, shards_after, "no data rewritten");
+}
