@@ -1,1 +1,4 @@
 //! qsfs-store (being written).
+
+pub mod remote;
+pub mod server;

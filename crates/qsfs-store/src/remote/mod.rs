@@ -1,0 +1,1 @@
+//! Client for any 0-db server (being written).
