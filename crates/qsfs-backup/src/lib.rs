@@ -1,1 +1,3 @@
 //! qsfs-backup (being written).
+pub mod backends;
+pub mod error;
