@@ -19,6 +19,7 @@ pub mod session;
 
 mod admin;
 mod dispatch;
+mod engine_ext;
 mod info;
 mod keys;
 mod listener;
