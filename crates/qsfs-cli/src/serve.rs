@@ -29,7 +29,12 @@ pub struct Args {
     #[arg(long)]
     dualnet: bool,
     /// Data directory.
-    #[arg(long, value_name = "DIR", default_value = "./zdb-data", env = "DATADIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./zdb-data",
+        env = "DATADIR"
+    )]
     data: PathBuf,
     /// Index directory (accepted for compatibility; qsfs keeps its index beside the data).
     #[arg(long, value_name = "DIR", env = "INDEXDIR")]
@@ -87,11 +92,32 @@ pub struct Args {
 /// The original accepts long options with one dash (`-port 9900`); turns them into `--port`.
 /// Call on the process arguments before parsing.
 #[allow(dead_code)]
-pub fn normalize_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+pub fn normalize_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
     const LONG: [&str; 22] = [
-        "listen", "port", "socket", "dualnet", "data", "index", "mode", "datasize", "admin",
-        "protect", "maxsize", "rotate", "sync", "synctime", "secure", "hook", "verbose",
-        "background", "logfile", "dump", "help", "version",
+        "listen",
+        "port",
+        "socket",
+        "dualnet",
+        "data",
+        "index",
+        "mode",
+        "datasize",
+        "admin",
+        "protect",
+        "maxsize",
+        "rotate",
+        "sync",
+        "synctime",
+        "secure",
+        "hook",
+        "verbose",
+        "background",
+        "logfile",
+        "dump",
+        "help",
+        "version",
     ];
     args.into_iter()
         .map(|a| match a.to_str() {
@@ -113,7 +139,8 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
-    n.checked_mul(mult).with_context(|| format!("size {s:?} too large"))
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
 }
 
 fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
@@ -152,9 +179,13 @@ fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
         engine.default_mode = m;
         engine.single_mode = Some(m);
     }
-    let tcp_wanted = args.socket.is_none() || args.dualnet || args.listen.is_some() || args.port.is_some();
+    let tcp_wanted =
+        args.socket.is_none() || args.dualnet || args.listen.is_some() || args.port.is_some();
     let tcp = tcp_wanted.then(|| {
-        SocketAddr::new(args.listen.unwrap_or(IpAddr::from([127, 0, 0, 1])), args.port.unwrap_or(9900))
+        SocketAddr::new(
+            args.listen.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            args.port.unwrap_or(9900),
+        )
     });
     let server = ServerConfig {
         tcp,
@@ -184,7 +215,8 @@ impl qsfs_store::EngineObserver for HookObserver {
     fn on_segment_sealed(&self, ns: &str, segment: u32, path: &Path) {
         let next = self.data.join(ns).join(format!("{}", segment + 1));
         let (old, new) = (path.display().to_string(), next.display().to_string());
-        self.hooks.fire("jump-index", vec![old.clone(), new.clone(), String::new()]);
+        self.hooks
+            .fire("jump-index", vec![old.clone(), new.clone(), String::new()]);
         self.hooks.fire("jump-data", vec![old, new]);
     }
 }
@@ -195,20 +227,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hooks = Hooks::new(config.hook.clone(), config.instance_id());
     hooks.run(
         "namespaces-init",
-        vec![config.index_root.display().to_string(), config.data_root.display().to_string()],
+        vec![
+            config.index_root.display().to_string(),
+            config.data_root.display().to_string(),
+        ],
     );
     if hooks.enabled() {
-        engine_config.observer =
-            Some(Arc::new(HookObserver { hooks: hooks.clone(), data: config.data_root.clone() }));
+        engine_config.observer = Some(Arc::new(HookObserver {
+            hooks: hooks.clone(),
+            data: config.data_root.clone(),
+        }));
     }
-    std::fs::create_dir_all(&args.data).with_context(|| format!("create {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("create {}", args.data.display()))?;
     let engine = Engine::open(&args.data, engine_config).context("open the engine")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
-        let server = Server::bind(Arc::new(engine), config).await.context("listen")?;
+        let server = Server::bind(Arc::new(engine), config)
+            .await
+            .context("listen")?;
         if let Err(e) = server.ready_hook() {
             bail!("{e}");
         }
@@ -217,9 +257,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let stop = handle.shutdown_sender();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 return;
             };
             tokio::select! {

@@ -56,7 +56,10 @@ struct SeqObject {
 
 impl std::fmt::Debug for ZdbBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZdbBackend").field("ns", &self.ns).field("mode", &self.mode).finish()
+        f.debug_struct("ZdbBackend")
+            .field("ns", &self.ns)
+            .field("mode", &self.mode)
+            .finish()
     }
 }
 
@@ -97,7 +100,9 @@ impl ZdbBackend {
         f: impl FnOnce(&ZdbBackend) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me)).await.map_err(join_err)?
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(join_err)?
     }
 
     fn location(&self, key: &str) -> String {
@@ -131,7 +136,11 @@ impl ZdbBackend {
                     .enumerate()
                     .map(|(i, c)| {
                         let n = (group_no * 4 + i) as u32;
-                        vec![b"SET".to_vec(), Self::chunk_key(key, generation, n), c.to_vec()]
+                        vec![
+                            b"SET".to_vec(),
+                            Self::chunk_key(key, generation, n),
+                            c.to_vec(),
+                        ]
                     })
                     .collect();
                 for r in self.client.pipeline(&self.ns, &reqs, true)? {
@@ -154,7 +163,9 @@ impl ZdbBackend {
 
     /// The chunked manifest of `key`, if it has one: (generation, chunks, total, sha256).
     fn user_manifest(&self, key: &str) -> Result<Option<(u64, u32, u64, [u8; 32])>> {
-        let Some(e) = self.client.get(&self.ns, key.as_bytes())? else { return Ok(None) };
+        let Some(e) = self.client.get(&self.ns, key.as_bytes())? else {
+            return Ok(None);
+        };
         Ok(Self::parse_user_manifest(&e.value))
     }
 
@@ -197,12 +208,14 @@ impl ZdbBackend {
                     return Err(corrupt(self.location(key), "bad manifest"));
                 };
                 let mut out = BytesMut::with_capacity(total as usize);
-                let keys: Vec<Vec<u8>> =
-                    (0..count).map(|n| Self::chunk_key(key, generation, n)).collect();
+                let keys: Vec<Vec<u8>> = (0..count)
+                    .map(|n| Self::chunk_key(key, generation, n))
+                    .collect();
                 for group in keys.chunks(4) {
                     let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
                     for part in self.client.mget(&self.ns, &refs)? {
-                        let part = part.ok_or_else(|| corrupt(self.location(key), "chunk missing"))?;
+                        let part =
+                            part.ok_or_else(|| corrupt(self.location(key), "chunk missing"))?;
                         out.extend_from_slice(&part);
                     }
                 }
@@ -232,7 +245,9 @@ impl ZdbBackend {
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
-            let page = self.client.scan(&self.ns, cursor.as_ref(), 0, qsfs_core::ScanOrder::Forward)?;
+            let page =
+                self.client
+                    .scan(&self.ns, cursor.as_ref(), 0, qsfs_core::ScanOrder::Forward)?;
             if page.entries.is_empty() {
                 return Ok(out);
             }
@@ -295,12 +310,23 @@ impl ZdbBackend {
             p += 8;
         }
         let digest: [u8; 32] = v.get(p..p + 32)?.try_into().ok()?;
-        (p + 32 == v.len()).then_some((key, SeqObject { manifest: id, data, total, digest }))
+        (p + 32 == v.len()).then_some((
+            key,
+            SeqObject {
+                manifest: id,
+                data,
+                total,
+                digest,
+            },
+        ))
     }
 
     fn seq_delete_records(&self, obj: &SeqObject) {
-        let mut reqs: Vec<Vec<Vec<u8>>> =
-            obj.data.iter().map(|id| vec![b"DEL".to_vec(), id.clone()]).collect();
+        let mut reqs: Vec<Vec<Vec<u8>>> = obj
+            .data
+            .iter()
+            .map(|id| vec![b"DEL".to_vec(), id.clone()])
+            .collect();
         reqs.push(vec![b"DEL".to_vec(), obj.manifest.clone()]);
         if let Err(e) = self.client.pipeline(&self.ns, &reqs, true) {
             tracing::warn!(error = %e, "could not delete replaced records");
@@ -310,7 +336,10 @@ impl ZdbBackend {
     fn seq_put(&self, key: &str, data: &[u8]) -> Result<()> {
         self.seq_load()?;
         let mut ids = Vec::new();
-        for chunk in data.chunks(MAX_VALUE - 1).chain(data.is_empty().then_some(&[][..])) {
+        for chunk in data
+            .chunks(MAX_VALUE - 1)
+            .chain(data.is_empty().then_some(&[][..]))
+        {
             let mut v = Vec::with_capacity(chunk.len() + 1);
             v.push(b'D');
             v.extend_from_slice(chunk);
@@ -328,11 +357,24 @@ impl ZdbBackend {
         }
         m.extend_from_slice(&digest);
         if m.len() as u64 > MANIFEST_MAX {
-            return Err(Error::TooLarge { what: "blob", len: data.len(), max: 8000 * MAX_VALUE });
+            return Err(Error::TooLarge {
+                what: "blob",
+                len: data.len(),
+                max: 8000 * MAX_VALUE,
+            });
         }
         let manifest = self.client.set(&self.ns, None, &m)?.key().to_vec();
-        let obj = SeqObject { manifest, data: ids, total: data.len() as u64, digest };
-        let old = self.seq_map.lock().as_mut().and_then(|map| map.insert(key.to_string(), obj));
+        let obj = SeqObject {
+            manifest,
+            data: ids,
+            total: data.len() as u64,
+            digest,
+        };
+        let old = self
+            .seq_map
+            .lock()
+            .as_mut()
+            .and_then(|map| map.insert(key.to_string(), obj));
         if let Some(old) = old {
             self.seq_delete_records(&old);
         }
@@ -341,11 +383,17 @@ impl ZdbBackend {
 
     fn seq_object(&self, key: &str) -> Result<Option<SeqObject>> {
         self.seq_load()?;
-        Ok(self.seq_map.lock().as_ref().and_then(|m| m.get(key).cloned()))
+        Ok(self
+            .seq_map
+            .lock()
+            .as_ref()
+            .and_then(|m| m.get(key).cloned()))
     }
 
     fn seq_get(&self, key: &str) -> Result<Bytes> {
-        let obj = self.seq_object(key)?.ok_or_else(|| Error::NotFound(self.location(key)))?;
+        let obj = self
+            .seq_object(key)?
+            .ok_or_else(|| Error::NotFound(self.location(key)))?;
         let mut out = BytesMut::with_capacity(obj.total as usize);
         for group in obj.data.chunks(4) {
             let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
@@ -417,8 +465,14 @@ impl Backend for ZdbBackend {
         check_object_key(key)?;
         let key = key.to_string();
         match self.mode {
-            Mode::Seq => self.blocking(move |b| Ok(b.seq_object(&key)?.is_some())).await,
-            _ => self.blocking(move |b| b.client.exists(&b.ns, key.as_bytes())).await,
+            Mode::Seq => {
+                self.blocking(move |b| Ok(b.seq_object(&key)?.is_some()))
+                    .await
+            }
+            _ => {
+                self.blocking(move |b| b.client.exists(&b.ns, key.as_bytes()))
+                    .await
+            }
         }
     }
 
@@ -428,7 +482,11 @@ impl Backend for ZdbBackend {
             let mut keys: Vec<String> = match b.mode {
                 Mode::Seq => {
                     b.seq_load()?;
-                    b.seq_map.lock().as_ref().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+                    b.seq_map
+                        .lock()
+                        .as_ref()
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default()
                 }
                 _ => b
                     .all_keys()?
@@ -453,7 +511,11 @@ impl Backend for ZdbBackend {
                 if r != Reply::Status("PONG".into()) {
                     return Err(Error::Unavailable(format!("PING answered {r:?}")));
                 }
-                let info = b.client.call(&b.ns, vec![b"NSINFO".to_vec(), b.ns.as_bytes().to_vec()], true)?;
+                let info = b.client.call(
+                    &b.ns,
+                    vec![b"NSINFO".to_vec(), b.ns.as_bytes().to_vec()],
+                    true,
+                )?;
                 Ok(info.ok().ok())
             })
             .await;
@@ -465,7 +527,9 @@ impl Backend for ZdbBackend {
                     for line in text.lines() {
                         match line.split_once(": ") {
                             Some(("data_size_bytes", v)) => h.used_bytes = v.trim().parse().ok(),
-                            Some(("data_disk_freespace_bytes", v)) => h.free_bytes = v.trim().parse().ok(),
+                            Some(("data_disk_freespace_bytes", v)) => {
+                                h.free_bytes = v.trim().parse().ok()
+                            }
                             Some(("locked", "yes")) => {
                                 h.status = HealthStatus::Degraded;
                                 h.detail = "namespace locked".into();

@@ -83,7 +83,9 @@ impl ZdbConfig {
         let bad = || Error::InvalidArgument(format!("not a zdb:// URL: {}", redact(url)));
         if let Some(rest) = url.strip_prefix("zdb+unix://") {
             let (pw, rest) = split_password(rest);
-            let (path, ns) = rest.split_once('#').unwrap_or((rest, qsfs_core::DEFAULT_NAMESPACE));
+            let (path, ns) = rest
+                .split_once('#')
+                .unwrap_or((rest, qsfs_core::DEFAULT_NAMESPACE));
             if path.is_empty() {
                 return Err(bad());
             }
@@ -107,7 +109,11 @@ impl ZdbConfig {
             Some((h, p)) => !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.is_empty(),
             None => false,
         };
-        let address = if has_port { hostport.to_string() } else { format!("{hostport}:9900") };
+        let address = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:9900")
+        };
         let mut c = ZdbConfig::new(address);
         qsfs_core::NamespaceName::new(ns)?;
         c.namespace = ns.to_string();
@@ -197,7 +203,8 @@ impl Conn {
 
     fn one(&mut self, req: Vec<Vec<u8>>) -> std::io::Result<Reply> {
         let mut r = self.send(&[req])?;
-        r.pop().ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+        r.pop()
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
     }
 }
 
@@ -205,24 +212,31 @@ impl Conn {
 pub fn map_error(msg: &str) -> Error {
     let m = msg.to_string();
     match msg {
-        "Key not found" | "Namespace not found" | "This namespace doesn't exists" | "No more data" => {
-            Error::NotFound(m)
-        }
-        "Access denied" | "Permission denied" | "Namespace protected and private" | "Unauthorized" => {
-            Error::PermissionDenied(m)
-        }
-        "Namespace is in read-only mode" => {
-            Error::ReadOnly { reason: ReadOnlyReason::Session, what: m }
-        }
-        "Namespace is protected by worm mode" | "Cannot delete a key when namespace is in worm mode" => {
-            Error::ReadOnly { reason: ReadOnlyReason::Worm, what: m }
-        }
-        "Namespace is temporarily locked (read-only)" => {
-            Error::ReadOnly { reason: ReadOnlyReason::Locked, what: m }
-        }
-        "Namespace is temporarily frozen (read-write disabled)" => {
-            Error::ReadOnly { reason: ReadOnlyReason::Frozen, what: m }
-        }
+        "Key not found"
+        | "Namespace not found"
+        | "This namespace doesn't exists"
+        | "No more data" => Error::NotFound(m),
+        "Access denied"
+        | "Permission denied"
+        | "Namespace protected and private"
+        | "Unauthorized" => Error::PermissionDenied(m),
+        "Namespace is in read-only mode" => Error::ReadOnly {
+            reason: ReadOnlyReason::Session,
+            what: m,
+        },
+        "Namespace is protected by worm mode"
+        | "Cannot delete a key when namespace is in worm mode" => Error::ReadOnly {
+            reason: ReadOnlyReason::Worm,
+            what: m,
+        },
+        "Namespace is temporarily locked (read-only)" => Error::ReadOnly {
+            reason: ReadOnlyReason::Locked,
+            what: m,
+        },
+        "Namespace is temporarily frozen (read-write disabled)" => Error::ReadOnly {
+            reason: ReadOnlyReason::Frozen,
+            what: m,
+        },
         "No space left on this namespace" => Error::NoSpace(m),
         "This namespace is not available" => Error::AlreadyExists(m),
         "Key too large" | "Invalid key" => Error::TooLarge {
@@ -239,7 +253,10 @@ pub fn map_error(msg: &str) -> Error {
             Error::Unsupported(m)
         }
         "Cannot write data right now" | "Cannot write index right now" | "Internal Error" => {
-            Error::Io { context: "0-db server".into(), source: std::io::Error::other(m) }
+            Error::Io {
+                context: "0-db server".into(),
+                source: std::io::Error::other(m),
+            }
         }
         _ => Error::InvalidArgument(m),
     }
@@ -269,7 +286,9 @@ pub struct ZdbClient {
 
 impl std::fmt::Debug for ZdbClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZdbClient").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ZdbClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -289,11 +308,17 @@ impl ZdbClient {
         if let Some(pw) = &config.password {
             passwords.insert(config.namespace.clone(), pw.clone());
         }
-        let client = ZdbClient { config, pool: Mutex::new(Vec::new()), passwords: RwLock::new(passwords) };
+        let client = ZdbClient {
+            config,
+            pool: Mutex::new(Vec::new()),
+            passwords: RwLock::new(passwords),
+        };
         let ns = client.config.namespace.clone();
         let reply = client.call(&ns, vec![b"PING".to_vec()], true)?;
         if reply != Reply::Status("PONG".into()) {
-            return Err(Error::Unavailable(format!("unexpected PING reply {reply:?}")));
+            return Err(Error::Unavailable(format!(
+                "unexpected PING reply {reply:?}"
+            )));
         }
         Ok(client)
     }
@@ -345,19 +370,36 @@ impl ZdbClient {
                 Stream::Tcp(s)
             }
         };
-        let mut conn = Conn { stream, rbuf: BytesMut::new(), ns: qsfs_core::DEFAULT_NAMESPACE.into() };
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            ns: qsfs_core::DEFAULT_NAMESPACE.into(),
+        };
         if let Some(admin) = &c.admin_password {
             let r = if c.secure {
-                let nonce = conn.one(vec![b"AUTH".to_vec(), b"SECURE".to_vec(), b"CHALLENGE".to_vec()])?;
+                let nonce = conn.one(vec![
+                    b"AUTH".to_vec(),
+                    b"SECURE".to_vec(),
+                    b"CHALLENGE".to_vec(),
+                ])?;
                 let Reply::Status(nonce) = nonce else {
-                    return Err(std::io::Error::other(format!("AUTH challenge refused: {nonce:?}")));
+                    return Err(std::io::Error::other(format!(
+                        "AUTH challenge refused: {nonce:?}"
+                    )));
                 };
-                conn.one(vec![b"AUTH".to_vec(), b"SECURE".to_vec(), secure_digest(&nonce, admin).into_bytes()])?
+                conn.one(vec![
+                    b"AUTH".to_vec(),
+                    b"SECURE".to_vec(),
+                    secure_digest(&nonce, admin).into_bytes(),
+                ])?
             } else {
                 conn.one(vec![b"AUTH".to_vec(), admin.as_bytes().to_vec()])?
             };
             if r.is_error() {
-                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "admin AUTH refused"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "admin AUTH refused",
+                ));
             }
         }
         Ok(conn)
@@ -372,9 +414,15 @@ impl ZdbClient {
         let reply = match pw {
             None => conn.one(vec![b"SELECT".to_vec(), ns.as_bytes().to_vec()])?,
             Some(pw) if self.config.secure => {
-                let nonce = conn.one(vec![b"AUTH".to_vec(), b"SECURE".to_vec(), b"CHALLENGE".to_vec()])?;
+                let nonce = conn.one(vec![
+                    b"AUTH".to_vec(),
+                    b"SECURE".to_vec(),
+                    b"CHALLENGE".to_vec(),
+                ])?;
                 let Reply::Status(nonce) = nonce else {
-                    return Ok(Err(Error::PermissionDenied("SECURE challenge refused".into())));
+                    return Ok(Err(Error::PermissionDenied(
+                        "SECURE challenge refused".into(),
+                    )));
                 };
                 conn.one(vec![
                     b"SELECT".to_vec(),
@@ -383,7 +431,11 @@ impl ZdbClient {
                     secure_digest(&nonce, &pw).into_bytes(),
                 ])?
             }
-            Some(pw) => conn.one(vec![b"SELECT".to_vec(), ns.as_bytes().to_vec(), pw.into_bytes()])?,
+            Some(pw) => conn.one(vec![
+                b"SELECT".to_vec(),
+                ns.as_bytes().to_vec(),
+                pw.into_bytes(),
+            ])?,
         };
         Ok(match reply {
             Reply::Error(e) => Err(map_error(&e)),
@@ -487,12 +539,25 @@ mod tests {
     #[test]
     fn urls() {
         let c = ZdbConfig::from_url("zdb://10.1.2.3:9901/data").unwrap();
-        assert_eq!((c.address.as_str(), c.namespace.as_str(), c.password.is_none()), ("10.1.2.3:9901", "data", true));
+        assert_eq!(
+            (
+                c.address.as_str(),
+                c.namespace.as_str(),
+                c.password.is_none()
+            ),
+            ("10.1.2.3:9901", "data", true)
+        );
         let c = ZdbConfig::from_url("zdb://s3cr@t@host/ns1").unwrap();
-        assert_eq!((c.address.as_str(), c.namespace.as_str()), ("host:9900", "ns1"));
+        assert_eq!(
+            (c.address.as_str(), c.namespace.as_str()),
+            ("host:9900", "ns1")
+        );
         assert_eq!(c.password.as_deref(), Some("s3cr@t"));
         let c = ZdbConfig::from_url("zdb://host:1234").unwrap();
-        assert_eq!((c.address.as_str(), c.namespace.as_str()), ("host:1234", "default"));
+        assert_eq!(
+            (c.address.as_str(), c.namespace.as_str()),
+            ("host:1234", "default")
+        );
         let c = ZdbConfig::from_url("zdb+unix://pw@/run/zdb.sock#meta").unwrap();
         assert_eq!(c.socket, Some(PathBuf::from("/run/zdb.sock")));
         assert_eq!(c.namespace, "meta");
@@ -506,8 +571,20 @@ mod tests {
     #[test]
     fn error_mapping() {
         assert!(map_error("Key not found").is_not_found());
-        assert!(matches!(map_error("Namespace is protected by worm mode"), Error::ReadOnly { reason: ReadOnlyReason::Worm, .. }));
-        assert!(matches!(map_error("No space left on this namespace"), Error::NoSpace(_)));
-        assert!(matches!(map_error("This namespace is not available"), Error::AlreadyExists(_)));
+        assert!(matches!(
+            map_error("Namespace is protected by worm mode"),
+            Error::ReadOnly {
+                reason: ReadOnlyReason::Worm,
+                ..
+            }
+        ));
+        assert!(matches!(
+            map_error("No space left on this namespace"),
+            Error::NoSpace(_)
+        ));
+        assert!(matches!(
+            map_error("This namespace is not available"),
+            Error::AlreadyExists(_)
+        ));
     }
 }

@@ -35,7 +35,9 @@ fn bulk(r: Reply) -> Option<Bytes> {
 pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
     let mut i = NamespaceInfo::default();
     for line in text.lines() {
-        let Some((k, val)) = line.split_once(": ") else { continue };
+        let Some((k, val)) = line.split_once(": ") else {
+            continue;
+        };
         let num = || val.trim().parse::<u64>().unwrap_or(0);
         let yes = val.trim() == "yes";
         match k {
@@ -48,7 +50,13 @@ pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
             "data_size_bytes" => i.data_bytes = num(),
             "data_limits_bytes" => i.max_size = num(),
             "index_size_bytes" => i.index_bytes = num(),
-            "mode" => i.mode = if val.trim() == "sequential" { Mode::Seq } else { Mode::User },
+            "mode" => {
+                i.mode = if val.trim() == "sequential" {
+                    Mode::Seq
+                } else {
+                    Mode::User
+                }
+            }
             "data_current_id" => i.current_segment = num(),
             "data_current_offset" => i.disk_bytes = num(),
             _ => {}
@@ -91,11 +99,16 @@ impl Store for ZdbClient {
                 if items.len() != 3 {
                     return Err(Error::InvalidArgument("HISTORY: unexpected reply".into()));
                 }
-                let value = bulk(items.pop().unwrap_or(Reply::Nil)).unwrap_or_default().to_vec();
+                let value = bulk(items.pop().unwrap_or(Reply::Nil))
+                    .unwrap_or_default()
+                    .to_vec();
                 let ts = bulk(items.pop().unwrap_or(Reply::Nil))
                     .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
                     .unwrap_or(0);
-                Ok(Some(Entry { value, timestamp: ts }))
+                Ok(Some(Entry {
+                    value,
+                    timestamp: ts,
+                }))
             }
         }
     }
@@ -116,9 +129,11 @@ impl Store for ZdbClient {
     fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
         let r = self.pipeline(ns, &[v(&[b"LENGTH", key]), v(&[b"KEYTIME", key])], true)?;
         match (&r[0], &r[1]) {
-            (Reply::Int(len), Reply::Int(ts)) => {
-                Ok(Some(KeyMeta { key: key.to_vec(), length: *len as u64, timestamp: *ts as u64 }))
-            }
+            (Reply::Int(len), Reply::Int(ts)) => Ok(Some(KeyMeta {
+                key: key.to_vec(),
+                length: *len as u64,
+                timestamp: *ts as u64,
+            })),
             (Reply::Nil, _) | (_, Reply::Nil) => Ok(None),
             (Reply::Error(e), _) | (_, Reply::Error(e)) => Err(super::client::map_error(e)),
             (a, _) => Err(unexpected("LENGTH", a)),
@@ -130,7 +145,9 @@ impl Store for ZdbClient {
             Reply::Nil => Ok(None),
             Reply::Int(1) => Ok(Some(true)),
             Reply::Int(0) => Ok(Some(false)),
-            Reply::Int(_) => Err(Error::Unavailable("CHECK: payload unreadable on the server".into())),
+            Reply::Int(_) => Err(Error::Unavailable(
+                "CHECK: payload unreadable on the server".into(),
+            )),
             r => Err(unexpected("CHECK", &r)),
         }
     }
@@ -142,7 +159,11 @@ impl Store for ZdbClient {
         limit: usize,
         order: ScanOrder,
     ) -> Result<ScanPage> {
-        let cmd: &[u8] = if order == ScanOrder::Reverse { b"RSCAN" } else { b"SCAN" };
+        let cmd: &[u8] = if order == ScanOrder::Reverse {
+            b"RSCAN"
+        } else {
+            b"SCAN"
+        };
         let mut req = v(&[cmd]);
         if let Some(c) = cursor {
             req.push(c.0.clone());
@@ -151,21 +172,25 @@ impl Store for ZdbClient {
             Reply::Error(e) if e == "No more data" => return Ok(ScanPage::default()),
             r => r.ok()?,
         };
-        let Reply::Array(mut parts) = r else { return Err(unexpected("SCAN", &r)) };
-        let (Some(Reply::Array(items)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop()) else {
+        let Reply::Array(mut parts) = r else {
+            return Err(unexpected("SCAN", &r));
+        };
+        let (Some(Reply::Array(items)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop())
+        else {
             return Err(Error::InvalidArgument("SCAN: unexpected reply".into()));
         };
         let mut entries = Vec::with_capacity(items.len());
         for it in items {
-            let Reply::Array(f) = it else { return Err(Error::InvalidArgument("SCAN entry".into())) };
+            let Reply::Array(f) = it else {
+                return Err(Error::InvalidArgument("SCAN entry".into()));
+            };
             match (f.first(), f.get(1), f.get(2)) {
-                (Some(Reply::Bulk(k)), Some(Reply::Int(len)), Some(Reply::Int(ts))) => {
-                    entries.push(KeyMeta {
+                (Some(Reply::Bulk(k)), Some(Reply::Int(len)), Some(Reply::Int(ts))) => entries
+                    .push(KeyMeta {
                         key: k.to_vec(),
                         length: *len as u64,
                         timestamp: u64::from(*ts as u32),
-                    })
-                }
+                    }),
                 _ => return Err(Error::InvalidArgument("SCAN entry".into())),
             }
         }
@@ -173,9 +198,15 @@ impl Store for ZdbClient {
             entries.truncate(limit);
             let last = entries.last().map(|e| e.key.clone()).unwrap_or_default();
             let next = self.cursor_after(ns, &last)?;
-            return Ok(ScanPage { entries, next: Some(next) });
+            return Ok(ScanPage {
+                entries,
+                next: Some(next),
+            });
         }
-        Ok(ScanPage { entries, next: Some(Cursor(next.to_vec())) })
+        Ok(ScanPage {
+            entries,
+            next: Some(Cursor(next.to_vec())),
+        })
     }
 
     fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
@@ -196,7 +227,9 @@ impl Store for ZdbClient {
             }
             r => r.ok()?,
         };
-        let Reply::Array(items) = r else { return Err(unexpected("HISTORY", &r)) };
+        let Reply::Array(items) = r else {
+            return Err(unexpected("HISTORY", &r));
+        };
         let mut it = items.into_iter();
         let (Some(prev), Some(ts), Some(val)) = (it.next(), it.next(), it.next()) else {
             return Err(Error::InvalidArgument("HISTORY: unexpected reply".into()));
@@ -213,24 +246,46 @@ impl Store for ZdbClient {
             .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
             .unwrap_or(0);
         // The wire format has no deleted flag: a tombstone shows as an empty value.
-        Ok(Version { value: bulk(val).unwrap_or_default().to_vec(), timestamp, deleted: false, previous })
+        Ok(Version {
+            value: bulk(val).unwrap_or_default().to_vec(),
+            timestamp,
+            deleted: false,
+            previous,
+        })
     }
 
     fn namespace_create(&self, name: &str) -> Result<()> {
         qsfs_core::NamespaceName::new(name)?;
-        self.call(&self.config().namespace, v(&[b"NSNEW", name.as_bytes()]), false)?.ok().map(|_| ())
+        self.call(
+            &self.config().namespace,
+            v(&[b"NSNEW", name.as_bytes()]),
+            false,
+        )?
+        .ok()
+        .map(|_| ())
     }
 
     fn namespace_delete(&self, name: &str) -> Result<()> {
         if name == qsfs_core::DEFAULT_NAMESPACE {
-            return Err(Error::InvalidArgument("cannot delete the default namespace".into()));
+            return Err(Error::InvalidArgument(
+                "cannot delete the default namespace".into(),
+            ));
         }
         // The server refuses to delete the namespace a connection uses: send it from `default`.
-        self.call(qsfs_core::DEFAULT_NAMESPACE, v(&[b"NSDEL", name.as_bytes()]), false)?.ok().map(|_| ())
+        self.call(
+            qsfs_core::DEFAULT_NAMESPACE,
+            v(&[b"NSDEL", name.as_bytes()]),
+            false,
+        )?
+        .ok()
+        .map(|_| ())
     }
 
     fn namespace_list(&self) -> Result<Vec<String>> {
-        match self.call(&self.config().namespace, v(&[b"NSLIST"]), true)?.ok()? {
+        match self
+            .call(&self.config().namespace, v(&[b"NSLIST"]), true)?
+            .ok()?
+        {
             Reply::Array(items) => Ok(items
                 .into_iter()
                 .filter_map(bulk)
@@ -241,7 +296,14 @@ impl Store for ZdbClient {
     }
 
     fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
-        match self.call(&self.config().namespace, v(&[b"NSINFO", name.as_bytes()]), true)?.ok()? {
+        match self
+            .call(
+                &self.config().namespace,
+                v(&[b"NSINFO", name.as_bytes()]),
+                true,
+            )?
+            .ok()?
+        {
             Reply::Bulk(b) => Ok(parse_nsinfo(&String::from_utf8_lossy(&b))),
             r => Err(unexpected("NSINFO", &r)),
         }
@@ -254,7 +316,14 @@ impl Store for ZdbClient {
             NamespaceProperty::Public(x) => ("public", b(*x)),
             NamespaceProperty::MaxSize(n) => ("maxsize", n.to_string()),
             NamespaceProperty::Worm(x) => ("worm", b(*x)),
-            NamespaceProperty::Mode(m) => ("mode", if *m == Mode::Seq { "seq".into() } else { "user".into() }),
+            NamespaceProperty::Mode(m) => (
+                "mode",
+                if *m == Mode::Seq {
+                    "seq".into()
+                } else {
+                    "user".into()
+                },
+            ),
             NamespaceProperty::Lock(x) => ("lock", b(*x)),
             NamespaceProperty::Freeze(x) => ("freeze", b(*x)),
             other => return Err(Error::Unsupported(format!("property {other:?}"))),

@@ -25,8 +25,8 @@ impl ServerStore for Engine {
     }
 
     fn raw_entry(&self, ns: &str, file: u64, offset: u64) -> Result<RawEntry> {
-        let segment = u32::try_from(file)
-            .map_err(|_| Error::NotFound(format!("segment {file} of {ns}")))?;
+        let segment =
+            u32::try_from(file).map_err(|_| Error::NotFound(format!("segment {file} of {ns}")))?;
         match self.read_raw(ns, segment, offset)? {
             None => Err(Error::InvalidArgument("EOF".into())),
             Some(r) => Ok(RawEntry {

@@ -91,6 +91,7 @@ pub fn history(sh: &Shared, s: &mut Session, key: &[u8], ekey: Option<&[u8]>) ->
     let at = match ekey {
         None => None,
         Some(e) if e.len() != 8 => return Reply::err("Invalid arguments"),
+        Some(_) if key.is_empty() => return Reply::err("Invalid arguments (invalid key)"),
         Some(e) if e.iter().all(|&b| b == 0) => return Reply::err("No more history"),
         Some(e) => {
             let mut id = [0u8; 8];
