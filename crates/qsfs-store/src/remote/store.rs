@@ -46,6 +46,8 @@ pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
             "public" => i.public = yes,
             "worm" => i.worm = yes,
             "locked" => i.locked = yes,
+            // Not in the original: qsfs serve tells a freeze apart from a lock.
+            "frozen" => i.frozen = yes,
             "password" => i.password = yes,
             "data_size_bytes" => i.data_bytes = num(),
             "data_limits_bytes" => i.max_size = num(),
@@ -159,54 +161,32 @@ impl Store for ZdbClient {
         limit: usize,
         order: ScanOrder,
     ) -> Result<ScanPage> {
-        let cmd: &[u8] = if order == ScanOrder::Reverse {
-            b"RSCAN"
-        } else {
-            b"SCAN"
-        };
-        let mut req = v(&[cmd]);
-        if let Some(c) = cursor {
-            req.push(c.0.clone());
-        }
-        let r = match self.call(ns, req, true)? {
-            Reply::Error(e) if e == "No more data" => return Ok(ScanPage::default()),
-            r => r.ok()?,
-        };
-        let Reply::Array(mut parts) = r else {
-            return Err(unexpected("SCAN", &r));
-        };
-        let (Some(Reply::Array(items)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop())
-        else {
-            return Err(Error::InvalidArgument("SCAN: unexpected reply".into()));
-        };
-        let mut entries = Vec::with_capacity(items.len());
-        for it in items {
-            let Reply::Array(f) = it else {
-                return Err(Error::InvalidArgument("SCAN entry".into()));
-            };
-            match (f.first(), f.get(1), f.get(2)) {
-                (Some(Reply::Bulk(k)), Some(Reply::Int(len)), Some(Reply::Int(ts))) => entries
-                    .push(KeyMeta {
-                        key: k.to_vec(),
-                        length: *len as u64,
-                        timestamp: u64::from(*ts as u32),
-                    }),
-                _ => return Err(Error::InvalidArgument("SCAN entry".into())),
+        // A server page holds whatever the server chose; gather pages until `limit` or the end,
+        // so that `next: None` really means the end.
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut entries = Vec::new();
+        let mut next = cursor.cloned();
+        loop {
+            match self.scan_page(ns, next.as_ref(), order)? {
+                None => {
+                    next = None;
+                    break;
+                }
+                Some((page, cur)) => {
+                    entries.extend(page);
+                    next = Some(cur);
+                    if entries.len() >= limit {
+                        break;
+                    }
+                }
             }
         }
-        if limit > 0 && entries.len() > limit {
+        if entries.len() > limit {
             entries.truncate(limit);
             let last = entries.last().map(|e| e.key.clone()).unwrap_or_default();
-            let next = self.cursor_after(ns, &last)?;
-            return Ok(ScanPage {
-                entries,
-                next: Some(next),
-            });
+            next = Some(self.cursor_after(ns, &last)?);
         }
-        Ok(ScanPage {
-            entries,
-            next: Some(Cursor(next.to_vec())),
-        })
+        Ok(ScanPage { entries, next })
     }
 
     fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
@@ -256,6 +236,9 @@ impl Store for ZdbClient {
 
     fn namespace_create(&self, name: &str) -> Result<()> {
         qsfs_core::NamespaceName::new(name)?;
+        if name == qsfs_core::DEFAULT_NAMESPACE {
+            return Err(Error::AlreadyExists(name.into()));
+        }
         self.call(
             &self.config().namespace,
             v(&[b"NSNEW", name.as_bytes()]),
@@ -363,6 +346,53 @@ impl Store for ZdbClient {
     /// 0-db has no sync command: durability is the server's `--sync`/`--synctime` policy.
     fn sync(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+impl ZdbClient {
+    /// One SCAN/RSCAN request: the entries and the cursor after them, `None` at the end.
+    fn scan_page(
+        &self,
+        ns: &str,
+        cursor: Option<&Cursor>,
+        order: ScanOrder,
+    ) -> Result<Option<(Vec<KeyMeta>, Cursor)>> {
+        let cmd: &[u8] = if order == ScanOrder::Reverse {
+            b"RSCAN"
+        } else {
+            b"SCAN"
+        };
+        let mut req = v(&[cmd]);
+        if let Some(c) = cursor {
+            req.push(c.0.clone());
+        }
+        let r = match self.call(ns, req, true)? {
+            Reply::Error(e) if e == "No more data" => return Ok(None),
+            r => r.ok()?,
+        };
+        let Reply::Array(mut parts) = r else {
+            return Err(unexpected("SCAN", &r));
+        };
+        let (Some(Reply::Array(items)), Some(Reply::Bulk(next))) = (parts.pop(), parts.pop())
+        else {
+            return Err(Error::InvalidArgument("SCAN: unexpected reply".into()));
+        };
+        let mut entries = Vec::with_capacity(items.len());
+        for it in items {
+            let Reply::Array(f) = it else {
+                return Err(Error::InvalidArgument("SCAN entry".into()));
+            };
+            match (f.first(), f.get(1), f.get(2)) {
+                (Some(Reply::Bulk(k)), Some(Reply::Int(len)), Some(Reply::Int(ts))) => entries
+                    .push(KeyMeta {
+                        key: k.to_vec(),
+                        length: *len as u64,
+                        timestamp: u64::from(*ts as u32),
+                    }),
+                _ => return Err(Error::InvalidArgument("SCAN entry".into())),
+            }
+        }
+        Ok(Some((entries, Cursor(next.to_vec()))))
     }
 }
 

@@ -154,6 +154,9 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
     let _ = writeln!(t, "index_disk_freespace_mb: {}", mb(ifree));
     let _ = writeln!(t, "data_disk_freespace_bytes: {dfree}");
     let _ = writeln!(t, "data_disk_freespace_mb: {}", mb(dfree));
+    // Not in the original (which folds it into `locked`): lets clients tell a freeze apart.
+    let frozen = i.frozen || st.is_some_and(|st| st.frozen.load(Ordering::Relaxed));
+    let _ = writeln!(t, "frozen: {}", yes(frozen));
     if s.admin {
         let path = i
             .path
