@@ -55,7 +55,10 @@ fn two_hundred_clients_mixed_load() {
             })
         })
         .collect();
-    let total: usize = threads.into_iter().map(|t| t.join().expect("client thread")).sum();
+    let total: usize = threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .sum();
     assert_eq!(total, 200 * 40);
     let mut c = srv.client();
     assert_eq!(c.cmd(&["DBSIZE"]), Reply::Int(8000));

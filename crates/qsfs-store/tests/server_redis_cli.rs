@@ -13,8 +13,15 @@ fn cli(srv: &TestServer, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("redis-cli must be installed (package redis-tools)");
-    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 /// Several commands on one connection (redis-cli reads them from stdin).
@@ -26,7 +33,12 @@ fn session(srv: &TestServer, script: &str) -> String {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("redis-cli");
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -49,11 +61,17 @@ fn redis_cli_scenarios() {
     assert_eq!(cli(&srv, &["MULTI"]), "Command not supported");
     assert_eq!(cli(&srv, &["STOP"]), "Unauthorized");
     assert_eq!(cli(&srv, &["NSNEW", "ns1"]), "OK");
-    assert_eq!(cli(&srv, &["NSNEW", "ns1"]), "This namespace is not available");
+    assert_eq!(
+        cli(&srv, &["NSNEW", "ns1"]),
+        "This namespace is not available"
+    );
     assert_eq!(cli(&srv, &["NSLIST"]), "default\nns1");
     assert_eq!(cli(&srv, &["SELECT", "1"]), "Namespace not found");
     let info = cli(&srv, &["NSINFO", "ns1"]);
-    assert!(info.contains("name: ns1") && info.contains("mode: userkey"), "{info}");
+    assert!(
+        info.contains("name: ns1") && info.contains("mode: userkey"),
+        "{info}"
+    );
     assert!(cli(&srv, &["INFO"]).contains("server_name: 0-db (zdb)"));
     let time = cli(&srv, &["TIME"]);
     assert_eq!(time.lines().count(), 2, "{time}");
@@ -66,7 +84,10 @@ fn redis_cli_scenarios() {
     assert_eq!(&lines[..5], &["OK", "a", "b", "a", "2"], "{out}");
     assert!(out.contains("Namespace is in read-only mode"), "{out}");
     assert_eq!(cli(&srv, &["NSDEL", "ns1"]), "OK");
-    assert_eq!(cli(&srv, &["NSDEL", "ns1"]), "This namespace doesn't exists");
+    assert_eq!(
+        cli(&srv, &["NSDEL", "ns1"]),
+        "This namespace doesn't exists"
+    );
 }
 
 #[test]
@@ -75,11 +96,26 @@ fn redis_benchmark_smoke() {
     let port = srv.addr.port().to_string();
     for pipeline in ["1", "16"] {
         let out = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &port, "-t", "set,get", "-n", "2000", "-c", "10"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                "set,get",
+                "-n",
+                "2000",
+                "-c",
+                "10",
+            ])
             .args(["-r", "1000", "-d", "512", "-P", pipeline, "-q"])
             .output()
             .expect("redis-benchmark must be installed (package redis-tools)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
     }
