@@ -1,6 +1,8 @@
 //! `qsfs serve` as a real process: flags, graceful shutdown on SIGTERM/SIGINT, hooks, and no
 //! acknowledged write lost to a `kill -9` in the middle of a pipelined write load.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

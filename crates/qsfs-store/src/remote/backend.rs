@@ -46,6 +46,9 @@ pub struct ZdbBackend {
     seq_write: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A user-mode manifest: (generation, chunk count, total length, sha256).
+type Manifest = (u64, u32, u64, [u8; 32]);
+
 #[derive(Debug, Clone)]
 struct SeqObject {
     manifest: Vec<u8>,
@@ -162,14 +165,14 @@ impl ZdbBackend {
     }
 
     /// The chunked manifest of `key`, if it has one: (generation, chunks, total, sha256).
-    fn user_manifest(&self, key: &str) -> Result<Option<(u64, u32, u64, [u8; 32])>> {
+    fn user_manifest(&self, key: &str) -> Result<Option<Manifest>> {
         let Some(e) = self.client.get(&self.ns, key.as_bytes())? else {
             return Ok(None);
         };
         Ok(Self::parse_user_manifest(&e.value))
     }
 
-    fn parse_user_manifest(v: &[u8]) -> Option<(u64, u32, u64, [u8; 32])> {
+    fn parse_user_manifest(v: &[u8]) -> Option<Manifest> {
         if v.len() != 53 || v[0] != 1 {
             return None;
         }

@@ -1,6 +1,6 @@
 //! Helpers shared by the server tests: a real engine in a temporary directory served on
 //! 127.0.0.1:0, and a raw-bytes client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
