@@ -9,6 +9,10 @@
 # stall), 55,000-109,000 unpipelined. Goals: >= 90,000 pipelined, >= 1.5x the original
 # unpipelined.
 #
+# The machine is shared and noisy, so when redis-server is installed the same workload also runs
+# against it (no persistence) in the same run, and the ratio qsfs/redis is printed: a baseline
+# measured under the same conditions.
+#
 # Usage: benches/serve.sh [extra qsfs serve flags...]   (N=requests, PORT=port to use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +30,7 @@ cleanup() {
   if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
   rm -rf "$DATA"
 }
-trap cleanup EXIT
+trap 'redis_stop; cleanup' EXIT
 
 start() {
   rm -rf "$DATA/d"
@@ -43,22 +47,40 @@ stop() {
   kill -TERM "$PID"; wait "$PID" || true; PID=
 }
 
-run() { # label, then redis-benchmark transport args
-  local label=$1; shift
-  local out
-  out=$(redis-benchmark "$@" -t set,get -d 4096 -r 1000000 -n "$N" -c 50 -q 2>/dev/null | tr '\r' '\n' | grep -E '^(SET|GET):' | tail -2)
-  local set get
-  set=$(echo "$out" | awk '/^SET:/ {print $2}')
-  get=$(echo "$out" | awk '/^GET:/ {print $2}')
-  printf '%-28s SET %10s req/s   GET %10s req/s\n' "$label" "$set" "$get"
+# Prints "SET GET" req/s of one redis-benchmark run; args: transport args.
+measure() {
+  redis-benchmark "$@" -t set,get -d 4096 -r 1000000 -n "$N" -c 50 -q 2>/dev/null \
+    | tr '\r' '\n' | grep 'requests per second' \
+    | awk '/^SET:/ {s=$2} /^GET:/ {g=$2} END {print s, g}'
 }
 
+REDIS_PID=
+redis_start() {
+  command -v redis-server >/dev/null || return 1
+  redis-server --port $((PORT + 1)) --unixsocket "$DATA/redis.sock" --save '' --appendonly no \
+    --daemonize no >/dev/null 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 50); do redis-cli -p $((PORT + 1)) PING >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+redis_stop() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=; }
+
 echo "qsfs serve benchmark: $N requests, 4 KiB values, 50 clients, random keys (-r 1000000)"
+printf '%-12s %12s %12s %14s %14s %8s %8s\n' case "qsfs SET/s" "qsfs GET/s" "redis SET/s" "redis GET/s" "SET x" "GET x"
 for transport in tcp unix; do
-  if [ $transport = tcp ]; then args=(-h 127.0.0.1 -p "$PORT"); else args=(-s "$SOCK"); fi
   for p in 1 16; do
+    if [ $transport = tcp ]; then args=(-h 127.0.0.1 -p "$PORT"); rargs=(-h 127.0.0.1 -p $((PORT + 1)));
+    else args=(-s "$SOCK"); rargs=(-s "$DATA/redis.sock"); fi
     start "$@"
-    run "$transport -P $p" "${args[@]}" -P "$p"
+    read -r qs qg < <(measure "${args[@]}" -P "$p")
     stop
+    rs=-; rg=-
+    if redis_start; then
+      read -r rs rg < <(measure "${rargs[@]}" -P "$p")
+      redis_stop
+    fi
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+    printf '%-12s %12s %12s %14s %14s %8s %8s\n' "$transport -P$p" "$qs" "$qg" "$rs" "$rg" \
+      "$(ratio "$qs" "$rs")" "$(ratio "$qg" "$rg")"
   done
 done
