@@ -981,3 +981,37 @@ fn strict_commands_option() {
     c.raw(&req(&["N", "x"]), b"-Command not supported\r\n");
     c.raw(&req(&["nsnew", "x"]), b"+OK\r\n");
 }
+
+#[test]
+fn rotate_option_seals_changed_namespaces() {
+    let cfg = ServerConfig {
+        rotate_every: Some(std::time::Duration::from_millis(200)),
+        ..ServerConfig::default()
+    };
+    let srv = TestServer::start(cfg);
+    let mut c = srv.client();
+    let current = |c: &mut Client| -> String {
+        let Reply::Bulk(i) = c.cmd(&["NSINFO", "default"]) else {
+            panic!()
+        };
+        let i = String::from_utf8_lossy(&i).into_owned();
+        i.lines()
+            .find(|l| l.starts_with("data_current_id: "))
+            .unwrap()
+            .to_string()
+    };
+    let before = current(&mut c);
+    // Nothing written: no rotation.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(current(&mut c), before);
+    c.cmd(&["SET", "k", "v"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while current(&mut c) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation after a write"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    c.raw(&req(&["GET", "k"]), b"$1\r\nv\r\n");
+}
