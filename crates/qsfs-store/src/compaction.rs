@@ -58,7 +58,7 @@ pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result
             .filter(|(id, s)| {
                 let payload = s.len().saturating_sub(SEGMENT_HEADER_LEN);
                 let live = st.index.seg_live.get(id).copied().unwrap_or(0);
-                payload == 0 || (live as f64) < threshold * payload as f64
+                payload == 0 || threshold >= 1.0 || (live as f64) < threshold * payload as f64
             })
             .map(|(_, s)| s.clone())
             .collect()

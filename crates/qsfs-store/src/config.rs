@@ -20,7 +20,8 @@ pub enum Durability {
     /// A background thread syncs written segments every interval: a power loss loses at most
     /// the writes of the last interval.
     Periodic(Duration),
-    /// Never sync explicitly (the kernel writes back when it likes); sealing still syncs.
+    /// Never sync explicitly, not even when sealing a segment (the kernel writes back when it
+    /// likes); [`qsfs_core::Store::sync`] still syncs on demand.
     None,
 }
 

@@ -152,12 +152,14 @@ impl Engine {
             .write(true)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(EngineError::Locked(root).into()),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io(format!("lock {}", lock_path.display()), e))
+        // fs2 rather than `File::try_lock`, which is newer than the workspace's MSRV.
+        if let Err(e) = fs2::FileExt::try_lock_exclusive(&lock) {
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+            {
+                return Err(EngineError::Locked(root).into());
             }
+            return Err(Error::io(format!("lock {}", lock_path.display()), e));
         }
         let key = SealKey::load_or_create(&root)?;
         let cold = match &config.cold_tier {

@@ -347,6 +347,15 @@ impl Namespace {
                     let index = &mut state.index;
                     let r = scan_segment(&src, len, from, |rec| {
                         let at = loc(id, rec.offset);
+                        if rec.damaged {
+                            // Indexed anyway: reads of this key must report the damage, not
+                            // fall back to an older version.
+                            tracing::debug!(
+                                segment = id,
+                                offset = rec.offset,
+                                "indexing a record with a damaged value"
+                            );
+                        }
                         index.observe(&rec.header, at);
                         index.apply(rec.key, KeyState::of(&rec.header, at));
                     })
@@ -369,6 +378,15 @@ impl Namespace {
                     let index = &mut state.index;
                     let r = scan_segment(&src, data.len() as u64, from, |rec| {
                         let at = loc(id, rec.offset);
+                        if rec.damaged {
+                            // Indexed anyway: reads of this key must report the damage, not
+                            // fall back to an older version.
+                            tracing::debug!(
+                                segment = id,
+                                offset = rec.offset,
+                                "indexing a record with a damaged value"
+                            );
+                        }
                         index.observe(&rec.header, at);
                         index.apply(rec.key, KeyState::of(&rec.header, at));
                     })
@@ -488,7 +506,9 @@ impl Namespace {
                 "record does not match the index",
             ));
         }
-        let value = buf.split_off(RECORD_HEADER_LEN + key.len());
+        // Shift the value to the front of the same allocation rather than copying it out.
+        buf.drain(..RECORD_HEADER_LEN + key.len());
+        let value = buf;
         if crc32c::crc32c(&value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }
@@ -590,11 +610,15 @@ impl Namespace {
     }
 
     /// Seals the current segment and starts the next one. Caller holds the writer.
-    pub(crate) fn rotate_locked(&self, _shared: &Shared, w: &mut Writer) -> Result<()> {
+    pub(crate) fn rotate_locked(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
         let old = w.seg.clone();
-        if let Some(f) = &old.file {
-            f.sync_all()
-                .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
+        // A sealed segment is synced unless the configuration asked for no syncs at all: the
+        // periodic flusher only looks at the current segment, so this is its last chance.
+        if shared.config.durability != Durability::None {
+            if let Some(f) = &old.file {
+                f.sync_all()
+                    .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
+            }
         }
         let new_id = old
             .id
@@ -680,9 +704,7 @@ impl Namespace {
                     Some(Error::InvalidArgument("key needed (user mode)".into())),
                 ),
                 (Mode::Seq, None) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
-                (Mode::Seq, Some(k)) if k.is_empty() => {
-                    (st.index.next_slot.to_le_bytes().to_vec(), None, None)
-                }
+                (Mode::Seq, Some([])) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
                 (Mode::Seq, Some(k)) => match st.index.live(k) {
                     Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(*s), None),
                     _ => (
@@ -716,10 +738,23 @@ impl Namespace {
             if ex.value_len as usize == value.len() && ex.value_crc == crc32c::crc32c(value) {
                 let seg = self.segment_of(&st, ex.loc)?;
                 drop(st);
-                let (_, old) =
-                    self.read_known(shared, &seg, loc_offset(ex.loc), &key_bytes, ex.value_len)?;
-                if old == value {
-                    return Ok(SetOutcome::Unchanged { key: key_bytes });
+                // 0-db compares the stored bytes, not just the checksum. If they cannot be read
+                // (damaged, or offloaded and the cold tier is down) writing a new version is
+                // always correct, and repairs a damaged one.
+                match self.read_known(shared, &seg, loc_offset(ex.loc), &key_bytes, ex.value_len) {
+                    Ok((_, old)) if old == value => {
+                        return Ok(SetOutcome::Unchanged { key: key_bytes })
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e,
+                            Error::Corrupt { .. } | Error::Unavailable(_) | Error::Timeout(_)
+                        ) =>
+                    {
+                        tracing::warn!(namespace = %self.name, error = %e, "cannot compare with the stored value; writing a new version");
+                    }
+                    Err(e) => return Err(e),
                 }
                 return self.write_version(shared, &mut w, key_bytes, value, ts, mode, false);
             }

@@ -316,6 +316,8 @@ pub(crate) struct ScannedRecord<'a> {
     pub header: RecordHeader,
     /// Its key.
     pub key: &'a [u8],
+    /// The header is intact but the value fails its checksum.
+    pub damaged: bool,
 }
 
 /// What [`scan_segment`] found besides the records.
@@ -364,10 +366,17 @@ impl<'a> ChunkReader<'a> {
     }
 }
 
-/// Reads every valid record of a segment from `start` (at least the header length) to `len`,
-/// calling `f` for each in file order. Damage is skipped by searching for the next record whose
-/// magic, header checksum and value checksum are all valid; a damaged stretch with nothing valid
-/// after it is reported as the torn tail (`valid_end < len`).
+/// Reads every record of a segment from `start` (at least the header length) to `len`, calling
+/// `f` for each in file order.
+///
+/// * A record whose header checksum holds but whose value does not is *damaged*: it is passed to
+///   `f` with `damaged = true` (its header is trustworthy, so the index can point at it and
+///   reads of that key report the damage instead of serving an older version) and listed in
+///   [`ScanReport::corrupt`].
+/// * Where no header is valid, the scan searches for the next record whose magic, header
+///   checksum and value checksum all hold, and lists the skipped range.
+/// * Damage with nothing valid after it is the torn tail: the scan stops and
+///   [`ScanReport::valid_end`] says where it starts.
 pub(crate) fn scan_segment(
     source: &dyn Fn(&mut [u8], u64) -> io::Result<usize>,
     len: u64,
@@ -381,101 +390,117 @@ pub(crate) fn scan_segment(
         buf_start: 0,
         buf_len: 0,
     };
+    let mut off = start.max(SEGMENT_HEADER_LEN);
     let mut report = ScanReport {
-        valid_end: start,
+        valid_end: off,
         corrupt: Vec::new(),
     };
-    let mut off = start.max(SEGMENT_HEADER_LEN);
-    report.valid_end = off;
     while off < len {
-        match read_valid(&mut r, off)? {
-            Some(rec_len) => {
-                let header = {
-                    let Some(h) = r.get(off, RECORD_HEADER_LEN)? else {
-                        break;
-                    };
-                    RecordHeader::decode(h, None)
-                };
-                let Some(header) = header else { break };
-                let klen = header.key_len as usize;
-                let vlen = header.value_len as usize;
-                let Some(body) = r.get(off + RECORD_HEADER_LEN as u64, klen + vlen)? else {
+        match check_record(&mut r, off)? {
+            Check::Valid(rec_len) | Check::BadValue(rec_len) => {
+                let damaged = matches!(check_record(&mut r, off)?, Check::BadValue(_));
+                if damaged && find_next_valid(&mut r, off + rec_len)?.is_none() {
+                    break; // torn tail: the value never fully reached the disk
+                }
+                let Some(h) = r.get(off, RECORD_HEADER_LEN)? else {
                     break;
                 };
+                let Some(header) = RecordHeader::decode(h, None) else {
+                    break;
+                };
+                let klen = header.key_len as usize;
+                let Some(key) = r.get(off + RECORD_HEADER_LEN as u64, klen)? else {
+                    break;
+                };
+                if damaged {
+                    report
+                        .corrupt
+                        .push((off, off + rec_len, "value checksum mismatch".into()));
+                }
                 f(ScannedRecord {
                     offset: off,
                     header,
-                    key: &body[..klen],
+                    key,
+                    damaged,
                 });
                 off += rec_len;
                 report.valid_end = off;
             }
-            None => {
-                // Damage at `off`: find the next valid record, if any.
-                let mut probe = off + 1;
-                let mut next = None;
-                while probe + RECORD_HEADER_LEN as u64 <= len {
-                    let window = (ChunkReader::CHUNK as u64).min(len - probe) as usize;
-                    let Some(chunk) = r.get(probe, window)? else {
-                        break;
-                    };
-                    let found = chunk.windows(4).position(|w| w == RECORD_MAGIC);
-                    match found {
-                        Some(i) => {
-                            let cand = probe + i as u64;
-                            if read_valid(&mut r, cand)?.is_some() {
-                                next = Some(cand);
-                                break;
-                            }
-                            probe = cand + 1;
-                        }
-                        None => probe += (window.saturating_sub(3)).max(1) as u64,
-                    }
+            Check::Invalid => match find_next_valid(&mut r, off + 1)? {
+                Some(n) => {
+                    report
+                        .corrupt
+                        .push((off, n, "damaged record header skipped".into()));
+                    off = n;
                 }
-                match next {
-                    Some(n) => {
-                        report
-                            .corrupt
-                            .push((off, n, "damaged record skipped".into()));
-                        off = n;
-                    }
-                    None => break,
-                }
-            }
+                None => break,
+            },
         }
     }
     Ok(report)
 }
 
-/// If a fully valid record starts at `off`, its length.
-fn read_valid(r: &mut ChunkReader<'_>, off: u64) -> io::Result<Option<u64>> {
+/// The first offset at or after `from` where a fully valid record starts.
+fn find_next_valid(r: &mut ChunkReader<'_>, from: u64) -> io::Result<Option<u64>> {
+    let len = r.len;
+    let mut probe = from;
+    while probe + RECORD_HEADER_LEN as u64 <= len {
+        let window = (ChunkReader::CHUNK as u64).min(len - probe) as usize;
+        let Some(chunk) = r.get(probe, window)? else {
+            return Ok(None);
+        };
+        match chunk.windows(4).position(|w| w == RECORD_MAGIC) {
+            Some(i) => {
+                let cand = probe + i as u64;
+                if matches!(check_record(r, cand)?, Check::Valid(_)) {
+                    return Ok(Some(cand));
+                }
+                probe = cand + 1;
+            }
+            None => probe += (window.saturating_sub(3)).max(1) as u64,
+        }
+    }
+    Ok(None)
+}
+
+/// What is at an offset.
+enum Check {
+    /// A record whose header and value checksums hold, of this length.
+    Valid(u64),
+    /// A record whose header checksum holds but whose value does not, of this length.
+    BadValue(u64),
+    /// No record.
+    Invalid,
+}
+
+fn check_record(r: &mut ChunkReader<'_>, off: u64) -> io::Result<Check> {
     let header = {
         let Some(h) = r.get(off, RECORD_HEADER_LEN)? else {
-            return Ok(None);
+            return Ok(Check::Invalid);
         };
         let mut copy = [0u8; RECORD_HEADER_LEN];
         copy.copy_from_slice(h);
         copy
     };
     let Some(unchecked) = RecordHeader::decode(&header, None) else {
-        return Ok(None);
+        return Ok(Check::Invalid);
     };
     let klen = unchecked.key_len as usize;
     let vlen = unchecked.value_len as usize;
     if vlen > qsfs_core::MAX_VALUE_LEN || (unchecked.is_tombstone() && vlen != 0) {
-        return Ok(None);
+        return Ok(Check::Invalid);
     }
     let Some(body) = r.get(off + RECORD_HEADER_LEN as u64, klen + vlen)? else {
-        return Ok(None);
+        return Ok(Check::Invalid);
     };
     let (key, value) = body.split_at(klen);
     if header_crc(&header, key) != RecordHeader::stored_crc(&header) {
-        return Ok(None);
+        return Ok(Check::Invalid);
     }
     if crc32c::crc32c(value) != unchecked.value_crc {
-        return Ok(None);
+        return Ok(Check::BadValue(unchecked.record_len()));
     }
-    Ok(Some(unchecked.record_len()))
+    Ok(Check::Valid(unchecked.record_len()))
 }
 
 #[cfg(test)]
@@ -560,11 +585,20 @@ mod tests {
                 Ok(n)
             };
             let mut seen = Vec::new();
-            let rep = scan_segment(&src, bad.len() as u64, SEGMENT_HEADER_LEN, |r| seen.push(r.offset)).unwrap();
-            let expected: Vec<u64> = offsets.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, o)| *o).collect();
+            let rep = scan_segment(&src, bad.len() as u64, SEGMENT_HEADER_LEN, |r| seen.push((r.offset, r.damaged))).unwrap();
+            let key_len = format!("k{victim}").len();
+            let in_value = at >= start + RECORD_HEADER_LEN + key_len;
+            let expected: Vec<(u64, bool)> = offsets
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != victim || (in_value && victim + 1 != values.len()))
+                .map(|(i, o)| (*o, i == victim))
+                .collect();
             prop_assert_eq!(seen, expected);
             if victim + 1 == values.len() {
+                // The torn tail: cut, not reported as damage inside the segment.
                 prop_assert_eq!(rep.valid_end, offsets[victim]);
+                prop_assert!(rep.corrupt.is_empty());
             } else {
                 prop_assert_eq!(rep.corrupt.len(), 1);
                 prop_assert_eq!(rep.valid_end, file.len() as u64);

@@ -1,6 +1,8 @@
 //! Behaviour of the engine that the Store conformance suite does not cover: persistence,
 //! sealing, offload, properties that only an embedded engine has.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
 use qsfs_core::{Error, Mode, NamespaceProperty, ReadOnlyReason, ScanOrder, Store};
 use qsfs_store::{Durability, Engine, EngineConfig};
 
@@ -246,4 +248,59 @@ fn scan_pages_in_both_directions() {
         expect
     );
     assert!(rev.next.is_none());
+}
+
+#[test]
+fn old_segments_are_sealed_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct Obs(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+    impl qsfs_store::EngineObserver for Obs {
+        fn on_segment_sealed(&self, _ns: &str, segment: u32, _path: &std::path::Path) {
+            self.0.lock().unwrap().push(segment);
+        }
+    }
+    let config = EngineConfig {
+        max_segment_age: Some(std::time::Duration::from_millis(50)),
+        observer: Some(std::sync::Arc::new(Obs(sealed.clone()))),
+        ..cfg()
+    };
+    let e = Engine::open(dir.path(), config).unwrap();
+    // An empty segment is never sealed for age.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert!(sealed.lock().unwrap().is_empty());
+    e.set("default", Some(b"k"), b"v").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sealed.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        *sealed.lock().unwrap(),
+        vec![0],
+        "the background thread sealed the old segment"
+    );
+    assert_eq!(e.get("default", b"k").unwrap().unwrap().value, b"v");
+}
+
+#[test]
+fn identical_set_on_a_damaged_value_writes_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    e.set("default", Some(b"k"), b"precious value").unwrap();
+    drop(e);
+    let seg = dir.path().join("ns/default/0000000000.seg");
+    let mut data = std::fs::read(&seg).unwrap();
+    let pos = data.windows(8).position(|w| w == b"precious").unwrap();
+    data[pos] ^= 1;
+    std::fs::write(&seg, data).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert!(matches!(e.get("default", b"k"), Err(Error::Corrupt { .. })));
+    assert!(e
+        .set("default", Some(b"k"), b"precious value")
+        .unwrap()
+        .written());
+    assert_eq!(
+        e.get("default", b"k").unwrap().unwrap().value,
+        b"precious value"
+    );
 }

@@ -1,5 +1,7 @@
 //! The Store conformance suite of qsfs-core, run against the engine.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
 use qsfs_store::{Durability, Engine, EngineConfig};
 
 #[test]
