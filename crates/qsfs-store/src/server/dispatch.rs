@@ -62,6 +62,8 @@ pub struct Shared {
     pub events: broadcast::Sender<Event>,
     /// Connections in MIRROR mode.
     pub mirrors: AtomicU64,
+    /// Connections subscribed to `events` (waiting or mirroring).
+    pub listeners: AtomicU64,
     /// The hook runner.
     pub hooks: Hooks,
     /// Random id shown in INFO.
@@ -91,6 +93,7 @@ impl Shared {
             stats: Stats::default(),
             events,
             mirrors: AtomicU64::new(0),
+            listeners: AtomicU64::new(0),
             hooks,
             instance_id: rand::random(),
             boot: SystemTime::now(),
@@ -175,7 +178,8 @@ impl Shared {
         if reply.as_ref().is_some_and(Reply::is_error) {
             stats.commands_failed.fetch_add(1, Ordering::Relaxed);
         }
-        if self.events.receiver_count() > 0 {
+        // An atomic rather than `receiver_count`, which takes the channel's lock.
+        if self.listeners.load(Ordering::Relaxed) > 0 {
             let mirror = self.mirrors.load(Ordering::Relaxed) > 0;
             let _ = self.events.send(Event {
                 conn: session.id,

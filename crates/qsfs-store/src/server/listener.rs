@@ -265,8 +265,10 @@ where
     let mut events: Option<broadcast::Receiver<Event>> = None;
     let result = loop {
         if (session.wait.is_some() || session.mirror) && events.is_none() {
+            sh.listeners.fetch_add(1, Ordering::SeqCst);
             events = Some(sh.events.subscribe());
-        } else if session.wait.is_none() && !session.mirror {
+        } else if session.wait.is_none() && !session.mirror && events.is_some() {
+            sh.listeners.fetch_sub(1, Ordering::SeqCst);
             events = None;
         }
         let deadline = session
@@ -284,7 +286,7 @@ where
                     break Ok(());
                 }
                 sh.stats.network_rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                let close = process(sh, &mut session, &mut buf, &mut out);
+                let close = process(sh, &mut session, &mut buf, &mut out, &mut events);
                 if let Err(e) = flush(sh, &mut stream, &mut out).await {
                     break Err(e);
                 }
@@ -318,6 +320,9 @@ where
     };
     if session.mirror {
         sh.mirrors.fetch_sub(1, Ordering::SeqCst);
+    }
+    if events.is_some() {
+        sh.listeners.fetch_sub(1, Ordering::SeqCst);
     }
     let _ = stream.shutdown().await;
     result
@@ -378,11 +383,23 @@ fn notify(s: &mut Session, ev: &Event, out: &mut BytesMut) {
 }
 
 /// Runs every complete request in `buf`; returns true if the connection must close.
-fn process(sh: &Shared, session: &mut Session, buf: &mut BytesMut, out: &mut BytesMut) -> bool {
+fn process(
+    sh: &Shared,
+    session: &mut Session,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    events: &mut Option<broadcast::Receiver<Event>>,
+) -> bool {
     loop {
         match resp::parse(buf) {
             Ok(Some(frame)) => {
                 let outcome = sh.execute(session, frame.args);
+                // Subscribe right after WAIT/MIRROR so no later command of another client is
+                // missed while this batch finishes.
+                if (session.wait.is_some() || session.mirror) && events.is_none() {
+                    sh.listeners.fetch_add(1, Ordering::SeqCst);
+                    *events = Some(sh.events.subscribe());
+                }
                 if let Some(r) = outcome.reply {
                     r.encode(out);
                 }
