@@ -155,3 +155,28 @@ fn reconnects_after_the_server_restarts() {
     let err = c.get("default", b"a").unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    // A listener that accepts and then says nothing.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let hold = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        drop(s);
+    });
+    let mut cfg = ZdbConfig::new(addr.to_string());
+    cfg.io_timeout = std::time::Duration::from_millis(200);
+    cfg.retries = 0;
+    let start = std::time::Instant::now();
+    let err = ZdbClient::connect(cfg).unwrap_err();
+    assert!(matches!(err, qsfs_core::Error::Timeout(_)), "{err:?}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    hold.join().unwrap();
+    // Nothing listening at all: unavailable (retryable), not a hang.
+    let mut cfg = ZdbConfig::new(addr.to_string());
+    cfg.retries = 1;
+    let err = ZdbClient::connect(cfg).unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
