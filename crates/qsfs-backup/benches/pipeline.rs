@@ -1,1 +1,213 @@
-fn main() {}
+//! Pipeline throughput against its own parts, measured in one run on the same bytes:
+//!
+//! * `cipher/aes256gcmsiv`: bare AES-256-GCM-SIV over the object, stripe by stripe (baseline);
+//! * `rs/encode_2+2`: bare Reed-Solomon 2+2 over the object;
+//! * `pipeline/store`: the whole pipeline storing the object from a file, 2+2 over 4 LocalDir
+//!   backends (plus 3 LocalDir metadata backends);
+//! * `pipeline/retrieve`: reading it back (verified) into a sink;
+//! * `pipeline/retrieve_2_down`: the same with 2 of the 4 backends down;
+//! * `placement/10x20_16+4`: one placement over 10 groups of 20 backends.
+//!
+//! Peak RSS after the pipeline benchmarks is printed (they run first, before the bare ones
+//! allocate whole-object buffers). Object size: `QSFS_BENCH_MIB` (default 64).
+//!
+//! Run: `cargo bench -p qsfs-backup --bench pipeline`
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use criterion::{black_box, Criterion, Throughput};
+use qsfs_backup::backends::LocalDir;
+use qsfs_backup::crypto::{KdfParams, KeySource, SecretKey};
+use qsfs_backup::placement::{self, Policy};
+use qsfs_backup::progress::NoProgress;
+use qsfs_backup::{Pipeline, Settings};
+use qsfs_core::{Backend, Error, Health, Result};
+
+/// Stands in for a dead node under the name of a real one.
+#[derive(Debug)]
+struct Dead(String);
+
+#[async_trait]
+impl Backend for Dead {
+    fn name(&self) -> String {
+        self.0.clone()
+    }
+    async fn put(&self, _: &str, _: Bytes) -> Result<()> {
+        Err(Error::Unavailable("dead".into()))
+    }
+    async fn get(&self, _: &str) -> Result<Bytes> {
+        Err(Error::Unavailable("dead".into()))
+    }
+    async fn delete(&self, _: &str) -> Result<()> {
+        Err(Error::Unavailable("dead".into()))
+    }
+    async fn exists(&self, _: &str) -> Result<bool> {
+        Err(Error::Unavailable("dead".into()))
+    }
+    async fn list(&self, _: &str) -> Result<Vec<String>> {
+        Err(Error::Unavailable("dead".into()))
+    }
+    async fn health(&self) -> Health {
+        Health::down("dead")
+    }
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn main() {
+    let mib: usize = std::env::var("QSFS_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let size = mib << 20;
+    let stripe = 4 << 20;
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("object.bin");
+    {
+        let mut f = std::fs::File::create(&src).expect("create");
+        let mut chunk = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut chunk);
+            f.write_all(&chunk).expect("write");
+        }
+    }
+    let data_dirs: Vec<_> = (0..4)
+        .map(|i| LocalDir::open(dir.path().join(format!("b{i}"))).expect("dir"))
+        .collect();
+    let meta: Vec<Arc<dyn Backend>> = (0..3)
+        .map(|i| {
+            Arc::new(LocalDir::open(dir.path().join(format!("m{i}"))).expect("dir"))
+                as Arc<dyn Backend>
+        })
+        .collect();
+    let settings = Settings {
+        stripe_size: stripe,
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..Settings::default()
+    };
+    let key = KeySource::passphrase("bench");
+    let healthy: Vec<Arc<dyn Backend>> = data_dirs
+        .iter()
+        .map(|d| Arc::new(d.clone()) as Arc<dyn Backend>)
+        .collect();
+    let p = rt
+        .block_on(Pipeline::open(
+            settings.clone(),
+            vec![healthy],
+            meta.clone(),
+            &key,
+        ))
+        .expect("open");
+
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.bench_function("store", |b| {
+        b.iter(|| {
+            let f = std::fs::File::open(&src).expect("open");
+            rt.block_on(p.store("bench/object", Box::new(f), Default::default(), &NoProgress))
+                .expect("store")
+        })
+    });
+    rt.block_on(p.gc()).expect("gc");
+    let rec = rt.block_on(p.record("bench/object")).expect("record");
+    g.bench_function("retrieve", |b| {
+        b.iter(|| {
+            rt.block_on(p.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
+                .expect("retrieve")
+        })
+    });
+    let degraded: Vec<Arc<dyn Backend>> = data_dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i < 2 {
+                Arc::new(Dead(d.name())) as Arc<dyn Backend>
+            } else {
+                Arc::new(d.clone()) as Arc<dyn Backend>
+            }
+        })
+        .collect();
+    let p2 = rt
+        .block_on(Pipeline::open(
+            settings.clone(),
+            vec![degraded],
+            meta.clone(),
+            &key,
+        ))
+        .expect("open degraded");
+    g.bench_function("retrieve_2_down", |b| {
+        b.iter(|| {
+            rt.block_on(p2.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
+                .expect("degraded retrieve")
+        })
+    });
+    g.finish();
+    eprintln!(
+        "peak RSS after pipeline benchmarks ({mib} MiB object): {} KiB",
+        peak_rss_kib().unwrap_or(0)
+    );
+
+    // Baselines on the same bytes, stripe by stripe.
+    let bytes = std::fs::read(&src).expect("read");
+    let dk = SecretKey::random();
+    let mut g = c.benchmark_group("cipher");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.bench_function("aes256gcmsiv", |b| {
+        b.iter(|| {
+            for (i, chunk) in bytes.chunks(stripe).enumerate() {
+                let mut buf = Vec::with_capacity(chunk.len() + 16);
+                buf.extend_from_slice(chunk);
+                let mut nonce = [0u8; 12];
+                nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                dk.seal_in_place(&nonce, b"aad", &mut buf);
+                black_box(buf);
+            }
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("rs");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.bench_function("encode_2+2", |b| {
+        b.iter(|| {
+            for chunk in bytes.chunks(stripe) {
+                black_box(qsfs_backup::codec::encode(chunk.to_vec(), 2, 2).expect("encode"));
+            }
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("placement");
+    let policy = Policy {
+        k: 16,
+        m: 4,
+        redundant_groups: 1,
+        redundant_nodes: 0,
+        max_shards_per_backend: 1,
+    };
+    let groups: Vec<Vec<usize>> = (0..10).map(|g| (g * 20..g * 20 + 20).collect()).collect();
+    g.bench_function("10x20_16+4", |b| {
+        b.iter(|| placement::place(&policy, black_box(&groups), 7).expect("place"))
+    });
+    g.finish();
+    c.final_summary();
+}

@@ -70,8 +70,12 @@ impl From<BackupError> for Error {
         match e {
             BackupError::WrongKey => Error::PermissionDenied(msg),
             BackupError::Tampered { what, detail } => Error::corrupt(what, detail),
-            BackupError::Insufficient { transient: true, .. } => Error::Unavailable(msg),
-            BackupError::Insufficient { object, .. } => Error::corrupt(format!("object {object}"), msg),
+            BackupError::Insufficient {
+                transient: true, ..
+            } => Error::Unavailable(msg),
+            BackupError::Insufficient { object, .. } => {
+                Error::corrupt(format!("object {object}"), msg)
+            }
             BackupError::Placement(_) | BackupError::NoQuorum(_) => Error::Unavailable(msg),
             BackupError::Config(_) => Error::InvalidArgument(msg),
         }
@@ -84,8 +88,15 @@ mod tests {
 
     #[test]
     fn conversions_keep_the_kind() {
-        assert!(matches!(Error::from(BackupError::WrongKey), Error::PermissionDenied(_)));
-        let e: Error = BackupError::Tampered { what: "record x".into(), detail: "bad tag".into() }.into();
+        assert!(matches!(
+            Error::from(BackupError::WrongKey),
+            Error::PermissionDenied(_)
+        ));
+        let e: Error = BackupError::Tampered {
+            what: "record x".into(),
+            detail: "bad tag".into(),
+        }
+        .into();
         assert!(matches!(e, Error::Corrupt { .. }));
         let e: Error = BackupError::Insufficient {
             object: "o".into(),

@@ -32,8 +32,12 @@ impl LocalDir {
     /// Opens (creating if needed) the directory `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(root.join(TMP)).map_err(|e| Error::io(format!("create {}", root.display()), e))?;
-        Ok(LocalDir { root: Arc::new(root), seq: Arc::new(AtomicU64::new(0)) })
+        fs::create_dir_all(root.join(TMP))
+            .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
+        Ok(LocalDir {
+            root: Arc::new(root),
+            seq: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// The directory.
@@ -67,7 +71,11 @@ impl LocalDir {
     fn put_sync(&self, key: &str, data: &[u8]) -> Result<()> {
         let target = self.path(key);
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join(TMP).join(format!("{}-{n}-{}", std::process::id(), rand::random::<u64>()));
+        let tmp = self.root.join(TMP).join(format!(
+            "{}-{n}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let ctx = |what: &str| format!("{what} {} in {}", key, self.root.display());
         let result = (|| {
             let mut f = File::create(&tmp).map_err(|e| Error::io(ctx("create temp for"), e))?;
@@ -77,14 +85,17 @@ impl LocalDir {
             let parent = target.parent().unwrap_or(&self.root).to_path_buf();
             // A concurrent delete may remove an emptied parent between create and rename: retry once.
             for attempt in 0..2 {
-                fs::create_dir_all(&parent).map_err(|e| Error::io(ctx("create directory for"), e))?;
+                fs::create_dir_all(&parent)
+                    .map_err(|e| Error::io(ctx("create directory for"), e))?;
                 match fs::rename(&tmp, &target) {
                     Ok(()) => break,
                     Err(e) if attempt == 0 && e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::io(ctx("rename into place"), e)),
                 }
             }
-            File::open(&parent).and_then(|d| d.sync_all()).map_err(|e| Error::io(ctx("fsync directory of"), e))?;
+            File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io(ctx("fsync directory of"), e))?;
             Ok(())
         })();
         if result.is_err() {
@@ -95,8 +106,12 @@ impl LocalDir {
 
     fn get_range_sync(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
         let path = self.path(key);
-        let mut f = File::open(&path).map_err(|e| Error::io(format!("{}: {key}", self.name_str()), e))?;
-        let len = f.metadata().map_err(|e| Error::io(format!("stat {key}"), e))?.len();
+        let mut f =
+            File::open(&path).map_err(|e| Error::io(format!("{}: {key}", self.name_str()), e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {key}"), e))?
+            .len();
         let (start, end) = match range {
             None => (0, len),
             Some(r) => {
@@ -106,9 +121,11 @@ impl LocalDir {
         };
         let mut buf = vec![0u8; (end - start) as usize];
         if start > 0 {
-            f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(format!("seek {key}"), e))?;
+            f.seek(SeekFrom::Start(start))
+                .map_err(|e| Error::io(format!("seek {key}"), e))?;
         }
-        f.read_exact(&mut buf).map_err(|e| Error::io(format!("read {key}"), e))?;
+        f.read_exact(&mut buf)
+            .map_err(|e| Error::io(format!("read {key}"), e))?;
         Ok(Bytes::from(buf))
     }
 
@@ -136,7 +153,9 @@ impl LocalDir {
         let start = if dir_part.is_empty() {
             self.root.to_path_buf()
         } else {
-            dir_part.split('/').fold(self.root.to_path_buf(), |p, c| p.join(format!("{c}{SUFFIX}")))
+            dir_part.split('/').fold(self.root.to_path_buf(), |p, c| {
+                p.join(format!("{c}{SUFFIX}"))
+            })
         };
         let mut out = Vec::new();
         let mut stack = vec![(start, dir_part.to_string())];
@@ -154,9 +173,17 @@ impl LocalDir {
                     continue;
                 }
                 let ft = entry.file_type().map_err(|e| Error::io("list", e))?;
-                let joined = |n: &str| if rel.is_empty() { n.to_string() } else { format!("{rel}/{n}") };
+                let joined = |n: &str| {
+                    if rel.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{rel}/{n}")
+                    }
+                };
                 if ft.is_dir() {
-                    let Some(stem) = name.strip_suffix(SUFFIX) else { continue };
+                    let Some(stem) = name.strip_suffix(SUFFIX) else {
+                        continue;
+                    };
                     let sub = joined(stem);
                     if sub.starts_with(prefix) || prefix.starts_with(&format!("{sub}/")) {
                         stack.push((entry.path(), sub));
@@ -199,7 +226,8 @@ impl Backend for LocalDir {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         check_object_key(key)?;
         let key = key.to_string();
-        self.blocking(move |me| me.get_range_sync(&key, Some(range))).await
+        self.blocking(move |me| me.get_range_sync(&key, Some(range)))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -229,7 +257,10 @@ impl Backend for LocalDir {
         let probe = self
             .blocking(|me| {
                 // Writable and present: create and remove a probe file in the temp directory.
-                let p = me.root.join(TMP).join(format!("probe-{}", rand::random::<u64>()));
+                let p = me
+                    .root
+                    .join(TMP)
+                    .join(format!("probe-{}", rand::random::<u64>()));
                 OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -261,7 +292,12 @@ mod tests {
         let b = LocalDir::open(dir.path().join("b")).expect("open");
         qsfs_core::testing::backend::run(&b).await;
         // Nothing left behind in the temp area, and emptied directories are pruned.
-        assert_eq!(fs::read_dir(dir.path().join("b").join(TMP)).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("b").join(TMP))
+                .expect("tmp")
+                .count(),
+            0
+        );
         let left: Vec<_> = fs::read_dir(dir.path().join("b")).expect("root").collect();
         assert_eq!(left.len(), 1, "only @tmp remains: {left:?}");
     }
@@ -271,8 +307,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = LocalDir::open(dir.path()).expect("open");
         b.put("a", Bytes::from_static(b"1")).await.expect("put a");
-        b.put("a/b", Bytes::from_static(b"2")).await.expect("put a/b");
-        assert_eq!(b.list("a").await.expect("list"), vec!["a".to_string(), "a/b".to_string()]);
+        b.put("a/b", Bytes::from_static(b"2"))
+            .await
+            .expect("put a/b");
+        assert_eq!(
+            b.list("a").await.expect("list"),
+            vec!["a".to_string(), "a/b".to_string()]
+        );
         assert_eq!(b.get("a").await.expect("get"), Bytes::from_static(b"1"));
     }
 

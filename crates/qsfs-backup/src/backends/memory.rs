@@ -38,18 +38,25 @@ impl Default for Memory {
 impl Memory {
     /// An empty, healthy backend called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        Memory { name: name.into(), inner: Arc::new(Inner::default()) }
+        Memory {
+            name: name.into(),
+            inner: Arc::new(Inner::default()),
+        }
     }
 
     /// Makes every call fail with [`Error::Unavailable`] (`true`) or work again (`false`).
     pub fn set_down(&self, down: bool) {
-        self.inner.mode.store(if down { DOWN } else { UP }, Ordering::SeqCst);
+        self.inner
+            .mode
+            .store(if down { DOWN } else { UP }, Ordering::SeqCst);
     }
 
     /// Makes every call, including [`Backend::health`], wait forever, like a node that accepts
     /// connections and never answers.
     pub fn set_hanging(&self, hang: bool) {
-        self.inner.mode.store(if hang { HANG } else { UP }, Ordering::SeqCst);
+        self.inner
+            .mode
+            .store(if hang { HANG } else { UP }, Ordering::SeqCst);
     }
 
     /// Number of blobs held.
@@ -115,7 +122,12 @@ impl Backend for Memory {
     async fn get(&self, key: &str) -> Result<Bytes> {
         check_object_key(key)?;
         self.gate().await?;
-        self.inner.blobs.lock().get(key).cloned().ok_or_else(|| Error::NotFound(format!("{}: {key}", self.name)))
+        self.inner
+            .blobs
+            .lock()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("{}: {key}", self.name)))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -139,14 +151,25 @@ impl Backend for Memory {
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.gate().await?;
         let blobs = self.inner.blobs.lock();
-        Ok(blobs.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
+        Ok(blobs
+            .range(prefix.to_string()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
     }
 
     async fn health(&self) -> Health {
         let start = Instant::now();
         match self.gate().await {
             Ok(()) => {
-                let used: u64 = self.inner.blobs.lock().values().map(|b| b.len() as u64).sum();
+                let used: u64 = self
+                    .inner
+                    .blobs
+                    .lock()
+                    .values()
+                    .map(|b| b.len() as u64)
+                    .sum();
                 let mut h = Health::up(start.elapsed().max(Duration::from_nanos(1)));
                 h.used_bytes = Some(used);
                 h
@@ -173,7 +196,10 @@ mod tests {
         assert!(m.get("a").await.expect_err("down").is_retryable());
         assert_eq!(m.health().await.status, qsfs_core::HealthStatus::Down);
         m.set_down(false);
-        assert_eq!(m.get("a").await.expect("up again"), Bytes::from_static(b"1"));
+        assert_eq!(
+            m.get("a").await.expect("up again"),
+            Bytes::from_static(b"1")
+        );
     }
 
     #[tokio::test]

@@ -47,7 +47,13 @@ pub async fn run(b: &dyn Backend) {
 
 async fn health(b: &dyn Backend) {
     let h = b.health().await;
-    assert_eq!(h.status, HealthStatus::Up, "{}: a fresh backend should be Up: {}", b.name(), h.detail);
+    assert_eq!(
+        h.status,
+        HealthStatus::Up,
+        "{}: a fresh backend should be Up: {}",
+        b.name(),
+        h.detail
+    );
 }
 
 async fn round_trip(b: &dyn Backend) {
@@ -58,13 +64,31 @@ async fn round_trip(b: &dyn Backend) {
         ("conformance/large/blob-1", blob(2, LARGE_BLOB)),
     ];
     for (key, data) in &cases {
-        b.put(key, data.clone()).await.unwrap_or_else(|e| panic!("{}: put {key}: {e}", b.name()));
-        assert!(b.exists(key).await.expect("exists"), "{}: {key} must exist after put", b.name());
+        b.put(key, data.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: put {key}: {e}", b.name()));
+        assert!(
+            b.exists(key).await.expect("exists"),
+            "{}: {key} must exist after put",
+            b.name()
+        );
     }
     for (key, data) in &cases {
-        let got = b.get(key).await.unwrap_or_else(|e| panic!("{}: get {key}: {e}", b.name()));
-        assert_eq!(got.len(), data.len(), "{}: {key}: length after round trip", b.name());
-        assert!(got == *data, "{}: {key}: bytes differ after round trip", b.name());
+        let got = b
+            .get(key)
+            .await
+            .unwrap_or_else(|e| panic!("{}: get {key}: {e}", b.name()));
+        assert_eq!(
+            got.len(),
+            data.len(),
+            "{}: {key}: length after round trip",
+            b.name()
+        );
+        assert!(
+            got == *data,
+            "{}: {key}: bytes differ after round trip",
+            b.name()
+        );
     }
 }
 
@@ -72,13 +96,23 @@ async fn absent(b: &dyn Backend) {
     let key = "conformance/never-written";
     match b.get(key).await {
         Err(Error::NotFound(_)) => {}
-        other => panic!("{}: get of an absent key must be NotFound, got {other:?}", b.name()),
+        other => panic!(
+            "{}: get of an absent key must be NotFound, got {other:?}",
+            b.name()
+        ),
     }
     match b.get_range(key, 0..10).await {
         Err(Error::NotFound(_)) => {}
-        other => panic!("{}: get_range of an absent key must be NotFound, got {other:?}", b.name()),
+        other => panic!(
+            "{}: get_range of an absent key must be NotFound, got {other:?}",
+            b.name()
+        ),
     }
-    assert!(!b.exists(key).await.expect("exists"), "{}: absent key reported as existing", b.name());
+    assert!(
+        !b.exists(key).await.expect("exists"),
+        "{}: absent key reported as existing",
+        b.name()
+    );
 }
 
 async fn replace(b: &dyn Backend) {
@@ -86,15 +120,34 @@ async fn replace(b: &dyn Backend) {
     b.put(key, blob(3, 100_000)).await.expect("put first");
     let second = blob(4, 10);
     b.put(key, second.clone()).await.expect("put replacement");
-    assert_eq!(b.get(key).await.expect("get"), second, "{}: replace must leave the new blob only", b.name());
+    assert_eq!(
+        b.get(key).await.expect("get"),
+        second,
+        "{}: replace must leave the new blob only",
+        b.name()
+    );
     // A replacement by a larger blob, then by an empty one.
     let third = blob(5, 70_001);
     b.put(key, third.clone()).await.expect("put larger");
-    assert_eq!(b.get(key).await.expect("get"), third, "{}: replace by a larger blob", b.name());
+    assert_eq!(
+        b.get(key).await.expect("get"),
+        third,
+        "{}: replace by a larger blob",
+        b.name()
+    );
     b.put(key, Bytes::new()).await.expect("put empty");
-    assert!(b.get(key).await.expect("get").is_empty(), "{}: replace by an empty blob", b.name());
+    assert!(
+        b.get(key).await.expect("get").is_empty(),
+        "{}: replace by an empty blob",
+        b.name()
+    );
     let keys = b.list("conformance/replace").await.expect("list");
-    assert_eq!(keys, vec![key.to_string()], "{}: a replaced blob is listed once", b.name());
+    assert_eq!(
+        keys,
+        vec![key.to_string()],
+        "{}: a replaced blob is listed once",
+        b.name()
+    );
 }
 
 async fn ranges(b: &dyn Backend) {
@@ -111,49 +164,98 @@ async fn ranges(b: &dyn Backend) {
         (len - 5..len + 100),
         (len..len + 10),
         (len + 50..len + 60),
+        #[allow(clippy::reversed_empty_ranges)]
         (100..50),
     ];
     for r in cases {
-        let got = b.get_range(key, r.clone()).await.unwrap_or_else(|e| panic!("{}: range {r:?}: {e}", b.name()));
+        let got = b
+            .get_range(key, r.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: range {r:?}: {e}", b.name()));
         let want = crate::backend::slice_range(&data, r.clone());
-        assert!(got == want, "{}: range {r:?}: got {} bytes, want {}", b.name(), got.len(), want.len());
+        assert!(
+            got == want,
+            "{}: range {r:?}: got {} bytes, want {}",
+            b.name(),
+            got.len(),
+            want.len()
+        );
     }
     let empty = "conformance/ranges-empty";
     b.put(empty, Bytes::new()).await.expect("put empty");
-    assert!(b.get_range(empty, 0..10).await.expect("range of empty").is_empty());
+    assert!(b
+        .get_range(empty, 0..10)
+        .await
+        .expect("range of empty")
+        .is_empty());
 }
 
 async fn delete_idempotent(b: &dyn Backend) {
     let key = "conformance/delete-me";
     b.put(key, Bytes::from_static(b"bye")).await.expect("put");
     b.delete(key).await.expect("delete");
-    assert!(!b.exists(key).await.expect("exists"), "{}: deleted blob still exists", b.name());
-    assert!(matches!(b.get(key).await, Err(Error::NotFound(_))), "{}: deleted blob still readable", b.name());
-    b.delete(key).await.unwrap_or_else(|e| panic!("{}: deleting an absent blob must succeed: {e}", b.name()));
-    b.delete("conformance/never-was").await.expect("delete of a never-written key");
+    assert!(
+        !b.exists(key).await.expect("exists"),
+        "{}: deleted blob still exists",
+        b.name()
+    );
+    assert!(
+        matches!(b.get(key).await, Err(Error::NotFound(_))),
+        "{}: deleted blob still readable",
+        b.name()
+    );
+    b.delete(key)
+        .await
+        .unwrap_or_else(|e| panic!("{}: deleting an absent blob must succeed: {e}", b.name()));
+    b.delete("conformance/never-was")
+        .await
+        .expect("delete of a never-written key");
 }
 
 async fn listing(b: &dyn Backend) {
-    let keys = ["conformance/list/b", "conformance/list/a/2", "conformance/list/a/1", "conformance/list/c.x"];
+    let keys = [
+        "conformance/list/b",
+        "conformance/list/a/2",
+        "conformance/list/a/1",
+        "conformance/list/c.x",
+    ];
     for k in keys {
-        b.put(k, Bytes::from(k.as_bytes().to_vec())).await.expect("put");
+        b.put(k, Bytes::from(k.as_bytes().to_vec()))
+            .await
+            .expect("put");
     }
-    b.put("conformance/lis", Bytes::from_static(b"not under list/")).await.expect("put");
+    b.put("conformance/lis", Bytes::from_static(b"not under list/"))
+        .await
+        .expect("put");
     let mut want: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
     want.sort();
     let got = b.list("conformance/list/").await.expect("list");
     assert_eq!(got, want, "{}: list by prefix, sorted", b.name());
     let got = b.list("conformance/list/a/").await.expect("list");
-    assert_eq!(got, vec!["conformance/list/a/1".to_string(), "conformance/list/a/2".to_string()]);
+    assert_eq!(
+        got,
+        vec![
+            "conformance/list/a/1".to_string(),
+            "conformance/list/a/2".to_string()
+        ]
+    );
     let got = b.list("conformance/list/zzz").await.expect("list");
-    assert!(got.is_empty(), "{}: list of a prefix with no keys: {got:?}", b.name());
+    assert!(
+        got.is_empty(),
+        "{}: list of a prefix with no keys: {got:?}",
+        b.name()
+    );
     let all = b.list("conformance/").await.expect("list");
     let mut sorted = all.clone();
     sorted.sort();
     assert_eq!(all, sorted, "{}: list must be sorted", b.name());
     assert!(all.contains(&"conformance/lis".to_string()));
     let everything = b.list("").await.expect("list everything");
-    assert!(everything.len() >= all.len(), "{}: empty prefix lists every key", b.name());
+    assert!(
+        everything.len() >= all.len(),
+        "{}: empty prefix lists every key",
+        b.name()
+    );
 }
 
 async fn bad_keys(b: &dyn Backend) {
@@ -165,12 +267,25 @@ async fn bad_keys(b: &dyn Backend) {
             b.name()
         );
         let res = b.get(bad).await;
-        assert!(matches!(res, Err(Error::InvalidArgument(_))), "{}: get with bad key {bad:?}: {res:?}", b.name());
+        assert!(
+            matches!(res, Err(Error::InvalidArgument(_))),
+            "{}: get with bad key {bad:?}: {res:?}",
+            b.name()
+        );
     }
     let long = "k".repeat(256);
-    assert!(matches!(b.put(&long, Bytes::new()).await, Err(Error::InvalidArgument(_))), "{}: 256-byte key", b.name());
+    assert!(
+        matches!(
+            b.put(&long, Bytes::new()).await,
+            Err(Error::InvalidArgument(_))
+        ),
+        "{}: 256-byte key",
+        b.name()
+    );
     let ok = "k".repeat(255);
-    b.put(&ok, Bytes::from_static(b"max")).await.expect("255-byte key is allowed");
+    b.put(&ok, Bytes::from_static(b"max"))
+        .await
+        .expect("255-byte key is allowed");
     assert_eq!(b.get(&ok).await.expect("get"), Bytes::from_static(b"max"));
     b.delete(&ok).await.expect("delete");
 }
@@ -179,5 +294,9 @@ async fn cleanup(b: &dyn Backend) {
     for k in b.list("conformance/").await.expect("list") {
         b.delete(&k).await.expect("delete");
     }
-    assert!(b.list("conformance/").await.expect("list").is_empty(), "{}: cleanup left keys", b.name());
+    assert!(
+        b.list("conformance/").await.expect("list").is_empty(),
+        "{}: cleanup left keys",
+        b.name()
+    );
 }

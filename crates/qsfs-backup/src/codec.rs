@@ -1,0 +1,125 @@
+//! Reed-Solomon k+m over equal-sized shards (`reed-solomon-simd`, GF(2^16)).
+//!
+//! The library wants shards of an even, non-zero number of bytes, so a ciphertext of `L` bytes
+//! is cut into k shards of `shard_len(L, k)` bytes, zero-padded; the true length is kept in the
+//! stripe's metadata.
+
+use bytes::Bytes;
+
+use qsfs_core::{Error, Result};
+
+/// Largest k + m accepted (the policy check keeps it far below the library's limits).
+pub const MAX_SHARDS: usize = 256;
+
+/// Bytes per shard for a ciphertext of `len` bytes cut into `k` shards: even and at least 2.
+pub fn shard_len(len: usize, k: usize) -> usize {
+    let per = len.div_ceil(k.max(1)).max(2);
+    per + (per & 1)
+}
+
+fn rs_err(e: reed_solomon_simd::Error) -> Error {
+    Error::corrupt("reed-solomon", e.to_string())
+}
+
+/// Cuts `data` into k zero-padded data shards and computes m parity shards.
+pub fn encode(data: Vec<u8>, k: usize, m: usize) -> Result<Vec<Bytes>> {
+    let s = shard_len(data.len(), k);
+    let mut padded = data;
+    padded.resize(s * k, 0);
+    let padded = Bytes::from(padded);
+    let originals: Vec<Bytes> = (0..k).map(|i| padded.slice(i * s..(i + 1) * s)).collect();
+    let parity = reed_solomon_simd::encode(k, m, &originals).map_err(rs_err)?;
+    let mut all = originals;
+    all.extend(parity.into_iter().map(Bytes::from));
+    Ok(all)
+}
+
+/// Fills every `None` in `shards` (k data then m parity, all of one length) from any k present
+/// ones. Errors if fewer than k are present.
+pub fn reconstruct(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<()> {
+    let present = shards.iter().filter(|s| s.is_some()).count();
+    if present < k {
+        return Err(Error::corrupt(
+            "reed-solomon",
+            format!("{present} shards present, {k} needed"),
+        ));
+    }
+    if shards[..k].iter().any(Option::is_none) {
+        let originals = shards[..k]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+        let recovery = shards[k..]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
+        let restored = reed_solomon_simd::decode(k, m, originals, recovery).map_err(rs_err)?;
+        for (i, s) in restored {
+            shards[i] = Some(Bytes::from(s));
+        }
+    }
+    if shards[k..].iter().any(Option::is_none) {
+        let originals: Vec<&Bytes> = shards[..k].iter().flatten().collect();
+        let parity = reed_solomon_simd::encode(k, m, originals).map_err(rs_err)?;
+        for (i, p) in parity.into_iter().enumerate() {
+            if shards[k + i].is_none() {
+                shards[k + i] = Some(Bytes::from(p));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Joins the data shards and cuts the padding off: the original `len` bytes.
+pub fn join(shards: &[Option<Bytes>], k: usize, len: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    for s in &shards[..k] {
+        let s = s
+            .as_ref()
+            .ok_or_else(|| Error::corrupt("reed-solomon", "data shard missing after decode"))?;
+        out.extend_from_slice(s);
+    }
+    if out.len() < len {
+        return Err(Error::corrupt(
+            "reed-solomon",
+            "shards shorter than the recorded length",
+        ));
+    }
+    out.truncate(len);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_k_shards_rebuild(len in 0usize..5000, k in 1usize..6, m in 1usize..5, seed in any::<u64>()) {
+            let data: Vec<u8> = (0..len).map(|i| (i as u64).wrapping_mul(seed | 1).to_le_bytes()[3]).collect();
+            let all = encode(data.clone(), k, m).expect("encode");
+            prop_assert_eq!(all.len(), k + m);
+            prop_assert!(all.iter().all(|s| s.len() == shard_len(len, k) && s.len() % 2 == 0));
+            // Drop m shards chosen by the seed, rebuild, compare.
+            let mut shards: Vec<Option<Bytes>> = all.iter().cloned().map(Some).collect();
+            let mut order: Vec<usize> = (0..k + m).collect();
+            order.sort_by_key(|&i| (i as u64 + 1).wrapping_mul(seed | 1).rotate_left(17));
+            for &i in &order[..m] {
+                shards[i] = None;
+            }
+            reconstruct(&mut shards, k, m).expect("reconstruct");
+            for (a, b) in shards.iter().zip(&all) {
+                prop_assert_eq!(a.as_ref().expect("filled"), b);
+            }
+            prop_assert_eq!(join(&shards, k, len).expect("join"), data);
+        }
+    }
+
+    #[test]
+    fn too_few_is_an_error() {
+        let all = encode(vec![7; 100], 2, 1).expect("encode");
+        let mut shards = vec![Some(all[0].clone()), None, None];
+        assert!(reconstruct(&mut shards, 2, 1).is_err());
+    }
+}

@@ -1,0 +1,710 @@
+//! Configuration: the qsfs TOML format, and 0-stor v2 config files read unchanged.
+//!
+//! A file is a 0-stor v2 config when it has a `minimal_shards` field; otherwise it is a qsfs
+//! config (see `docs/backup.md` for a commented example). Errors never echo values: a config
+//! holds keys and passwords.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backends::{LocalDir, Memory};
+use crate::crypto::{KdfParams, KeySource, SecretKey};
+use crate::error::BackupError;
+use crate::node::Timeouts;
+use crate::pipeline::{Pipeline, Settings};
+use crate::placement::Policy;
+use qsfs_core::{Backend, Result};
+
+/// Whether a 0-db namespace holds metadata (user-key mode) or shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZdbRole {
+    /// Metadata backend.
+    Meta,
+    /// Data backend.
+    Data,
+}
+
+/// Where a 0-db namespace is. The password is redacted from `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZdbSpec {
+    /// `host:port` (IPv6 in brackets).
+    pub address: String,
+    /// Namespace (`default` if not given).
+    pub namespace: String,
+    /// Namespace password.
+    pub password: Option<String>,
+    /// What it is used for.
+    pub role: ZdbRole,
+}
+
+impl std::fmt::Debug for ZdbSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZdbSpec")
+            .field("address", &self.address)
+            .field("namespace", &self.namespace)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// Extension point for 0-db backends: the crate that owns the 0-db client (qsfs-store) provides
+/// an implementation, and the CLI passes it to [`Config::open`]. Without one, a config naming a
+/// `zdb://` backend fails with a clear message.
+pub trait ZdbConnector: Send + Sync {
+    /// Opens a backend on the namespace `spec` names.
+    fn connect(&self, spec: &ZdbSpec) -> Result<Arc<dyn Backend>>;
+}
+
+/// One backend of a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// A local directory (`local:/path`).
+    Local(PathBuf),
+    /// A 0-db namespace (`zdb://host:port/namespace`, or a 0-stor v2 backend table).
+    Zdb(ZdbSpec),
+    /// An in-process memory backend (`memory:name`), for tests and demos; it forgets on exit.
+    Memory(String),
+}
+
+impl BackendSpec {
+    /// Parses `local:/path`, `zdb://host:port[/namespace]` or `memory:name`. Relative local paths
+    /// are taken relative to `base`.
+    pub fn parse(s: &str, base: &Path, role: ZdbRole) -> Result<Self> {
+        if let Some(p) = s.strip_prefix("local:") {
+            let p = PathBuf::from(p);
+            return Ok(BackendSpec::Local(if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }));
+        }
+        if let Some(rest) = s.strip_prefix("zdb://") {
+            let (address, namespace) = rest.split_once('/').unwrap_or((rest, "default"));
+            if address.is_empty() || !address.contains(':') {
+                return Err(BackupError::Config(format!(
+                    "backend {s:?}: expected zdb://host:port/namespace"
+                ))
+                .into());
+            }
+            return Ok(BackendSpec::Zdb(ZdbSpec {
+                address: address.into(),
+                namespace: if namespace.is_empty() {
+                    "default".into()
+                } else {
+                    namespace.into()
+                },
+                password: None,
+                role,
+            }));
+        }
+        if let Some(n) = s.strip_prefix("memory:") {
+            return Ok(BackendSpec::Memory(n.into()));
+        }
+        Err(BackupError::Config(format!(
+            "backend {s:?}: expected local:/path or zdb://host:port/namespace"
+        ))
+        .into())
+    }
+
+    fn open(&self, zdb: Option<&dyn ZdbConnector>) -> Result<Arc<dyn Backend>> {
+        match self {
+            BackendSpec::Local(p) => Ok(Arc::new(LocalDir::open(p)?)),
+            BackendSpec::Memory(n) => Ok(Arc::new(Memory::new(format!("memory:{n}")))),
+            BackendSpec::Zdb(spec) => match zdb {
+                Some(c) => c.connect(spec),
+                None => Err(BackupError::Config(format!(
+                    "backend zdb://{}/{} needs a 0-db connector, and none is built into this program",
+                    spec.address, spec.namespace
+                ))
+                .into()),
+            },
+        }
+    }
+}
+
+/// A loaded configuration, whatever its format.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pipeline settings (policy, stripes, timeouts, ...).
+    pub settings: Settings,
+    /// Data backends by group.
+    pub groups: Vec<Vec<BackendSpec>>,
+    /// Metadata backends.
+    pub meta: Vec<BackendSpec>,
+    /// The key a 0-stor v2 config carries (qsfs configs take a passphrase instead).
+    pub key: Option<SecretKey>,
+    /// 0-stor v2 `root`: files are named relative to it and must lie under it.
+    pub root: Option<PathBuf>,
+    /// True if read from a 0-stor v2 file.
+    pub from_zstor: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QsfsFile {
+    data_shards: usize,
+    parity_shards: usize,
+    #[serde(default)]
+    redundant_groups: usize,
+    #[serde(default)]
+    redundant_nodes: usize,
+    #[serde(default = "one")]
+    max_shards_per_backend: usize,
+    prefix: Option<String>,
+    stripe_size: Option<usize>,
+    compression_level: Option<i32>,
+    parallel_stripes: Option<usize>,
+    op_timeout_ms: Option<u64>,
+    health_timeout_ms: Option<u64>,
+    down_for_ms: Option<u64>,
+    meta_write_quorum: Option<usize>,
+    kdf: Option<KdfParams>,
+    meta: QsfsMeta,
+    groups: Vec<QsfsGroup>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QsfsMeta {
+    backends: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QsfsGroup {
+    backends: Vec<String>,
+}
+
+/// 0-stor v2 config, field for field (§3 of the spec).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Fields of the daemon that qsfs accepts but does not act on.
+struct ZstorFile {
+    minimal_shards: usize,
+    expected_shards: usize,
+    redundant_groups: usize,
+    redundant_nodes: usize,
+    root: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    zdb_data_dir_path: Option<PathBuf>,
+    max_zdb_data_dir_size: Option<u64>,
+    zdbfs_mountpoint: Option<PathBuf>,
+    prometheus_port: Option<u16>,
+    encryption: ZstorEncryption,
+    compression: ZstorCompression,
+    meta: ZstorMeta,
+    #[serde(default)]
+    groups: Vec<ZstorGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZstorEncryption {
+    algorithm: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZstorCompression {
+    algorithm: String,
+}
+
+#[derive(Deserialize)]
+struct ZstorMeta {
+    #[serde(rename = "type")]
+    kind: String,
+    config: ZstorMetaConfig,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct ZstorMetaConfig {
+    prefix: String,
+    encryption: ZstorEncryption,
+    backends: Vec<ZstorBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZstorGroup {
+    backends: Vec<ZstorBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZstorBackend {
+    address: String,
+    namespace: Option<String>,
+    password: Option<String>,
+}
+
+impl ZstorBackend {
+    fn spec(self, role: ZdbRole) -> BackendSpec {
+        BackendSpec::Zdb(ZdbSpec {
+            address: self.address,
+            namespace: self.namespace.unwrap_or_else(|| "default".into()),
+            password: self.password,
+            role,
+        })
+    }
+}
+
+/// Describes a TOML error by line and column only; the message itself may quote a secret value.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> BackupError {
+    let where_ = match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            let line_text = text.lines().nth(line - 1).unwrap_or("");
+            let secret = ["key", "password"]
+                .iter()
+                .any(|w| line_text.to_ascii_lowercase().contains(w));
+            let msg = if secret {
+                "invalid value (not shown: this line holds a secret)".to_string()
+            } else {
+                e.message().to_string()
+            };
+            format!("line {line}: {msg}")
+        }
+        None => e.message().to_string(),
+    };
+    BackupError::Config(format!("{}: {where_}", path.display()))
+}
+
+impl Config {
+    /// Reads a config file of either format.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| qsfs_core::Error::io(format!("read config {}", path.display()), e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, path, &base)
+    }
+
+    /// Parses config text; `path` only names it in errors, `base` resolves relative paths.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config> {
+        let value: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        if value.contains_key("minimal_shards") {
+            let z: ZstorFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+            Config::from_zstor(z)
+        } else {
+            let q: QsfsFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+            Config::from_qsfs(q, base)
+        }
+    }
+
+    fn from_qsfs(q: QsfsFile, base: &Path) -> Result<Config> {
+        let mut s = Settings {
+            policy: Policy {
+                k: q.data_shards,
+                m: q.parity_shards,
+                redundant_groups: q.redundant_groups,
+                redundant_nodes: q.redundant_nodes,
+                max_shards_per_backend: q.max_shards_per_backend,
+            },
+            ..Settings::default()
+        };
+        if let Some(p) = q.prefix {
+            s.prefix = p;
+        }
+        if let Some(v) = q.stripe_size {
+            s.stripe_size = v;
+        }
+        if let Some(v) = q.compression_level {
+            s.compression_level = v;
+        }
+        if let Some(v) = q.parallel_stripes {
+            s.parallel_stripes = v.max(1);
+        }
+        s.timeouts = timeouts(q.op_timeout_ms, q.health_timeout_ms, q.down_for_ms);
+        s.meta_write_quorum = q.meta_write_quorum;
+        if let Some(k) = q.kdf {
+            s.kdf = k;
+        }
+        s.policy.validate()?;
+        let groups = q
+            .groups
+            .iter()
+            .map(|g| {
+                g.backends
+                    .iter()
+                    .map(|b| BackendSpec::parse(b, base, ZdbRole::Data))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta = q
+            .meta
+            .backends
+            .iter()
+            .map(|b| BackendSpec::parse(b, base, ZdbRole::Meta))
+            .collect::<Result<Vec<_>>>()?;
+        Config::checked(Config {
+            settings: s,
+            groups,
+            meta,
+            key: None,
+            root: None,
+            from_zstor: false,
+        })
+    }
+
+    fn from_zstor(z: ZstorFile) -> Result<Config> {
+        if !z.encryption.algorithm.eq_ignore_ascii_case("aes") {
+            return Err(BackupError::Config(format!(
+                "encryption algorithm {:?}: only AES is known",
+                z.encryption.algorithm
+            ))
+            .into());
+        }
+        if !z.compression.algorithm.eq_ignore_ascii_case("snappy") {
+            return Err(BackupError::Config(format!(
+                "compression algorithm {:?}: only snappy is known",
+                z.compression.algorithm
+            ))
+            .into());
+        }
+        if z.meta.kind != "zdb" {
+            return Err(BackupError::Config(format!(
+                "meta type {:?}: only zdb is known",
+                z.meta.kind
+            ))
+            .into());
+        }
+        if z.minimal_shards > z.expected_shards {
+            return Err(BackupError::Config(format!(
+                "minimal_shards ({}) is larger than expected_shards ({})",
+                z.minimal_shards, z.expected_shards
+            ))
+            .into());
+        }
+        let key = SecretKey::from_hex(&z.encryption.key)?;
+        let s = Settings {
+            policy: Policy {
+                k: z.minimal_shards,
+                m: z.expected_shards - z.minimal_shards,
+                redundant_groups: z.redundant_groups,
+                redundant_nodes: z.redundant_nodes,
+                max_shards_per_backend: 1,
+            },
+            prefix: z.meta.config.prefix.clone(),
+            ..Settings::default()
+        };
+        s.policy.validate()?;
+        let groups = z
+            .groups
+            .into_iter()
+            .map(|g| {
+                g.backends
+                    .into_iter()
+                    .map(|b| b.spec(ZdbRole::Data))
+                    .collect()
+            })
+            .collect();
+        let meta = z
+            .meta
+            .config
+            .backends
+            .into_iter()
+            .map(|b| b.spec(ZdbRole::Meta))
+            .collect();
+        Config::checked(Config {
+            settings: s,
+            groups,
+            meta,
+            key: Some(key),
+            root: z.root,
+            from_zstor: true,
+        })
+    }
+
+    fn checked(c: Config) -> Result<Config> {
+        let total: usize = c.groups.iter().map(Vec::len).sum();
+        let p = &c.settings.policy;
+        if total * p.max_shards_per_backend < p.k + p.m {
+            return Err(BackupError::Config(format!(
+                "{} data backends cannot hold {} shards per stripe (k = {}, m = {})",
+                total,
+                p.k + p.m,
+                p.k,
+                p.m
+            ))
+            .into());
+        }
+        if c.meta.is_empty() {
+            return Err(BackupError::Config("no metadata backends".into()).into());
+        }
+        // Failure domains are counted by host: warn when one host carries several backends.
+        let mut hosts = std::collections::HashMap::new();
+        for b in c.groups.iter().flatten() {
+            if let BackendSpec::Zdb(z) = b {
+                let host = z
+                    .address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.to_string())
+                    .unwrap_or_default();
+                *hosts.entry(host).or_insert(0usize) += 1;
+            }
+        }
+        for (h, n) in hosts {
+            if n > 1 {
+                tracing::warn!("host {h} carries {n} data backends: losing it loses all of them");
+            }
+        }
+        let probe: Vec<Vec<usize>> = {
+            let mut next = 0;
+            c.groups
+                .iter()
+                .map(|g| {
+                    let v: Vec<usize> = (next..next + g.len()).collect();
+                    next += g.len();
+                    v
+                })
+                .collect()
+        };
+        crate::placement::place(p, &probe, 0)?;
+        Ok(c)
+    }
+
+    /// The object name of a local path: [`crate::ops::object_name`], made relative to `root`
+    /// when one is configured (paths outside `root` are refused, naming it).
+    pub fn object_name(&self, path: &Path) -> Result<String> {
+        let name = crate::ops::object_name(path)?;
+        match &self.root {
+            None => Ok(name),
+            Some(root) => {
+                let root = crate::ops::object_name(root)?;
+                if root == "/" {
+                    return Ok(name);
+                }
+                match name.strip_prefix(&root) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                        Ok(if rest.is_empty() {
+                            "/".into()
+                        } else {
+                            rest.into()
+                        })
+                    }
+                    _ => Err(qsfs_core::Error::InvalidArgument(format!(
+                        "{name} is outside the configured root {root}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Where an object name is restored by default: the name itself, under `root` if set.
+    pub fn local_path(&self, name: &str) -> PathBuf {
+        match &self.root {
+            Some(root) => root.join(name.trim_start_matches('/')),
+            None => PathBuf::from(name),
+        }
+    }
+
+    /// Opens the backends and the pipeline. `passphrase` is used unless the config carries its
+    /// own key (0-stor v2).
+    pub async fn open(
+        &self,
+        passphrase: Option<KeySource>,
+        zdb: Option<&dyn ZdbConnector>,
+    ) -> Result<Pipeline> {
+        let key = match (&self.key, passphrase) {
+            (Some(k), _) => KeySource::Raw(k.clone()),
+            (None, Some(p)) => p,
+            (None, None) => {
+                return Err(BackupError::Config(
+                    "a passphrase or key file is needed to open this repository".into(),
+                )
+                .into())
+            }
+        };
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| g.iter().map(|b| b.open(zdb)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
+        let meta = self
+            .meta
+            .iter()
+            .map(|b| b.open(zdb))
+            .collect::<Result<Vec<_>>>()?;
+        Pipeline::open(self.settings.clone(), groups, meta, &key).await
+    }
+}
+
+fn timeouts(op: Option<u64>, health: Option<u64>, down: Option<u64>) -> Timeouts {
+    let d = Timeouts::default();
+    Timeouts {
+        op: op.map(Duration::from_millis).unwrap_or(d.op),
+        health: health.map(Duration::from_millis).unwrap_or(d.health),
+        down_for: down.map(Duration::from_millis).unwrap_or(d.down_for),
+        health_ttl: d.health_ttl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZSTOR: &str = r#"
+minimal_shards = 2
+expected_shards = 4
+redundant_groups = 0
+redundant_nodes = 0
+root = "/"
+socket = "/var/run/zstor.sock"
+zdb_data_dir_path = "/srv/qsfs/data/zdbfs-data"
+max_zdb_data_dir_size = 2560
+prometheus_port = 9100
+
+[encryption]
+algorithm = "AES"
+key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+
+[compression]
+algorithm = "snappy"
+
+[meta]
+type = "zdb"
+
+[meta.config]
+prefix = "someprefix"
+
+[meta.config.encryption]
+algorithm = "AES"
+key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+
+[[meta.config.backends]]
+address = "10.0.0.1:9900"
+namespace = "meta1"
+password = "secret"
+
+[[meta.config.backends]]
+address = "10.0.0.2:9900"
+namespace = "meta2"
+password = "secret"
+
+[[groups]]
+[[groups.backends]]
+address = "10.0.0.1:9900"
+namespace = "data1"
+password = "secret"
+
+[[groups.backends]]
+address = "10.0.0.2:9900"
+namespace = "data2"
+
+[[groups.backends]]
+address = "[2a02:1802:5e::dead:beef]:9900"
+namespace = "data3"
+
+[[groups.backends]]
+address = "10.0.0.4:9900"
+"#;
+
+    #[test]
+    fn reads_a_zstor_config_unchanged() {
+        let c = Config::parse(ZSTOR, Path::new("zstor.toml"), Path::new("/")).expect("parse");
+        assert!(c.from_zstor);
+        assert_eq!((c.settings.policy.k, c.settings.policy.m), (2, 2));
+        assert_eq!(c.settings.prefix, "someprefix");
+        assert_eq!(c.meta.len(), 2);
+        assert_eq!(c.groups[0].len(), 4);
+        match &c.groups[0][3] {
+            BackendSpec::Zdb(z) => assert_eq!(z.namespace, "default"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.key.as_ref().expect("key").expose()[1], 1);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "Debug must not show passwords"
+        );
+        assert!(
+            !format!("{c:?}").contains("0a0b0c"),
+            "Debug must not show keys"
+        );
+    }
+
+    #[test]
+    fn zstor_crashing_configs_are_refused_clearly() {
+        let m0 = ZSTOR.replace("expected_shards = 4", "expected_shards = 2");
+        let e = Config::parse(&m0, Path::new("z"), Path::new("/")).expect_err("m = 0");
+        assert!(e.to_string().contains("parity"), "{e}");
+        let inv = ZSTOR.replace("minimal_shards = 2", "minimal_shards = 5");
+        let e = Config::parse(&inv, Path::new("z"), Path::new("/")).expect_err("k > n");
+        assert!(e.to_string().contains("larger than expected_shards"), "{e}");
+        let few = ZSTOR.replace("expected_shards = 4", "expected_shards = 6");
+        assert!(Config::parse(&few, Path::new("z"), Path::new("/")).is_err());
+        let unknown = ZSTOR.replace(
+            "prometheus_port = 9100",
+            "prometheus_port = 9100\nbogus = 1",
+        );
+        assert!(Config::parse(&unknown, Path::new("z"), Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn errors_do_not_echo_secrets() {
+        let bad = ZSTOR.replace(
+            "key = \"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"\n\n[compression]",
+            "key = 12345678\n\n[compression]",
+        );
+        let e = Config::parse(&bad, Path::new("z"), Path::new("/")).expect_err("bad key type");
+        assert!(!e.to_string().contains("12345678"), "{e}");
+        let short = ZSTOR.replacen(
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            "abcdef",
+            1,
+        );
+        let e = Config::parse(&short, Path::new("z"), Path::new("/")).expect_err("short key");
+        assert!(!e.to_string().contains("abcdef"), "{e}");
+    }
+
+    #[test]
+    fn qsfs_config_with_relative_dirs() {
+        let text = r#"
+data_shards = 2
+parity_shards = 1
+stripe_size = 65536
+[meta]
+backends = ["local:m1", "local:/abs/m2", "zdb://10.0.0.1:9900/meta"]
+[[groups]]
+backends = ["local:b1", "local:b2"]
+[[groups]]
+backends = ["local:b3"]
+"#;
+        let c = Config::parse(text, Path::new("c.toml"), Path::new("/etc/qsfs")).expect("parse");
+        assert_eq!(c.meta[0], BackendSpec::Local("/etc/qsfs/m1".into()));
+        assert_eq!(c.meta[1], BackendSpec::Local("/abs/m2".into()));
+        assert!(
+            matches!(&c.meta[2], BackendSpec::Zdb(z) if z.namespace == "meta" && z.role == ZdbRole::Meta)
+        );
+        assert_eq!(c.settings.stripe_size, 65536);
+        let impossible = text.replace(
+            "parity_shards = 1",
+            "parity_shards = 1\nredundant_groups = 2",
+        );
+        assert!(Config::parse(&impossible, Path::new("c"), Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn root_confines_names() {
+        let mut c = Config::parse(ZSTOR, Path::new("z"), Path::new("/")).expect("parse");
+        c.root = Some("/srv/data".into());
+        assert_eq!(
+            c.object_name(Path::new("/srv/data/x/y")).expect("inside"),
+            "/x/y"
+        );
+        let e = c
+            .object_name(Path::new("/srv/database"))
+            .expect_err("outside");
+        assert!(e.to_string().contains("/srv/data"));
+        assert_eq!(c.local_path("/x/y"), PathBuf::from("/srv/data/x/y"));
+    }
+}

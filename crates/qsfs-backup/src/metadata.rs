@@ -1,0 +1,491 @@
+//! Object records: what an object is and where its shards are, encrypted, bound to their path
+//! and version, replicated over the metadata backends and read with a quorum.
+//!
+//! Keys on a metadata backend (nothing in them reveals a path):
+//!
+//! ```text
+//! {prefix}/repo                         public repository header (JSON, no secret in clear)
+//! {prefix}/m/{hmac(path)}/{version:016x} one envelope per record version
+//! ```
+//!
+//! Envelope = `"QSM1" ‖ version (u64 LE) ‖ nonce ‖ AES-256-GCM-SIV(meta key, postcard(record))`,
+//! associated data = repository id ‖ path hash ‖ version. A record moved to another path's key or
+//! to another version's key does not authenticate. A new version is always the highest listed
+//! version + 1, readers take the highest version a read quorum reports, and an older envelope
+//! replayed under its own key is simply superseded; so a rollback needs the newest version to be
+//! deleted from every metadata backend, which a read quorum over a write quorum detects as long
+//! as one replica survives.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Keys;
+use crate::error::BackupError;
+use crate::node::Node;
+use crate::stripe::{StripeMeta, Sum};
+use qsfs_core::{Error, Result};
+
+/// One shard's location.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoc {
+    /// Index into [`ObjectRecord::backends`].
+    pub backend: u16,
+}
+
+/// One stripe: how it was encoded and where its k+m shards are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StripeRecord {
+    /// Encoding facts and checksums.
+    pub meta: StripeMeta,
+    /// Location of each shard, in shard order.
+    pub shards: Vec<ShardLoc>,
+}
+
+/// Everything known about one version of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// The object's name (a normalised absolute path for files, any key for blobs).
+    pub name: String,
+    /// Record version: +1 on every store, rebuild and delete of this name.
+    pub version: u64,
+    /// True for a deletion marker (keeps the version counter monotonic).
+    pub deleted: bool,
+    /// The version that wrote the data (bound into each stripe's associated data).
+    pub data_version: u64,
+    /// Random id of the stored data, part of every shard key.
+    pub object_id: [u8; 16],
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Modification time of the source (seconds, nanoseconds since the epoch), if a file.
+    pub mtime: Option<(i64, u32)>,
+    /// Unix permission bits of the source, if a file.
+    pub mode: Option<u32>,
+    /// When this version was written (seconds since the epoch).
+    pub stored_at: u64,
+    /// Data shards per stripe.
+    pub k: u16,
+    /// Parity shards per stripe.
+    pub m: u16,
+    /// Plaintext bytes per stripe (the last one may be shorter).
+    pub stripe_size: u32,
+    /// Whole-object checksum ([`crate::stripe::object_sum`]).
+    pub checksum: Sum,
+    /// The data key wrapped by the repository key (never the key itself).
+    pub wrapped_key: Vec<u8>,
+    /// Names of the backends shards live on.
+    pub backends: Vec<String>,
+    /// The stripes.
+    pub stripes: Vec<StripeRecord>,
+}
+
+impl ObjectRecord {
+    /// The key of shard `shard` of stripe `stripe` on its backend.
+    pub fn shard_key(prefix: &str, object_id: &[u8; 16], stripe: u64, shard: usize) -> String {
+        format!(
+            "{prefix}/d/{}/{stripe:08x}.{shard:03}",
+            hex::encode(object_id)
+        )
+    }
+
+    /// Bytes stored on backends for this object (all shards).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| {
+                (crate::codec::shard_len(s.meta.cipher_len as usize, self.k as usize)
+                    * s.shards.len()) as u64
+            })
+            .sum()
+    }
+
+    /// Index of `name` in the backend table, adding it if new.
+    pub fn backend_index(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.backends.iter().position(|b| b == name) {
+            return i as u16;
+        }
+        self.backends.push(name.to_string());
+        (self.backends.len() - 1) as u16
+    }
+}
+
+/// Parses a shard key back into (object id hex, stripe, shard).
+pub fn parse_shard_key<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, u64, usize)> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("/d/")?;
+    let (oid, tail) = rest.split_once('/')?;
+    let (stripe, shard) = tail.split_once('.')?;
+    Some((
+        oid,
+        u64::from_str_radix(stripe, 16).ok()?,
+        shard.parse().ok()?,
+    ))
+}
+
+const MAGIC: &[u8; 4] = b"QSM1";
+
+fn aad(keys: &Keys, hash: &str, version: u64) -> Vec<u8> {
+    let mut a = b"qsfs-meta-v1".to_vec();
+    a.extend_from_slice(&keys.repo_id);
+    a.extend_from_slice(hash.as_bytes());
+    a.extend_from_slice(&version.to_le_bytes());
+    a
+}
+
+/// Seals a record into its envelope.
+pub fn seal(keys: &Keys, rec: &ObjectRecord) -> Result<Vec<u8>> {
+    let hash = keys.name_hash(&rec.name);
+    let plain = postcard::to_allocvec(rec)
+        .map_err(|e| Error::InvalidArgument(format!("encode record: {e}")))?;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&rec.version.to_le_bytes());
+    out.extend_from_slice(&keys.meta.seal(&aad(keys, &hash, rec.version), &plain));
+    Ok(out)
+}
+
+/// Opens an envelope found at `hash`/`version`, checking everything it claims.
+pub fn open(
+    keys: &Keys,
+    hash: &str,
+    version: u64,
+    env: &[u8],
+    location: &str,
+) -> Result<ObjectRecord> {
+    let tampered = |detail: &str| -> Error {
+        BackupError::Tampered {
+            what: format!("metadata record {location}"),
+            detail: detail.into(),
+        }
+        .into()
+    };
+    if env.len() < 12 || &env[..4] != MAGIC {
+        return Err(tampered("not a qsfs metadata envelope"));
+    }
+    let claimed = u64::from_le_bytes(env[4..12].try_into().map_err(|_| tampered("short"))?);
+    if claimed != version {
+        return Err(tampered(&format!(
+            "envelope says version {claimed}, stored as version {version} (replayed?)"
+        )));
+    }
+    let plain = keys
+        .meta
+        .open(&aad(keys, hash, version), &env[12..])
+        .ok_or_else(|| {
+            tampered(
+                "does not authenticate for this path and version (swapped, replayed or modified)",
+            )
+        })?;
+    let rec: ObjectRecord =
+        postcard::from_bytes(&plain).map_err(|e| tampered(&format!("undecodable: {e}")))?;
+    if rec.version != version || keys.name_hash(&rec.name) != hash {
+        return Err(tampered("record names another path or version"));
+    }
+    Ok(rec)
+}
+
+/// The replicated record store over the metadata backends.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    nodes: Vec<Arc<Node>>,
+    prefix: String,
+    write_quorum: usize,
+}
+
+/// A path hash with the versions the quorum reported.
+type Listing = BTreeMap<String, BTreeSet<u64>>;
+
+impl MetaStore {
+    /// A store over `nodes`; writes need `write_quorum` acknowledgements (default majority),
+    /// reads need `n − write_quorum + 1` answers so they always see the newest write.
+    pub fn new(nodes: Vec<Arc<Node>>, prefix: &str, write_quorum: Option<usize>) -> Result<Self> {
+        let n = nodes.len();
+        if n == 0 {
+            return Err(
+                BackupError::Config("at least one metadata backend is needed".into()).into(),
+            );
+        }
+        let w = write_quorum.unwrap_or(n / 2 + 1);
+        if w == 0 || w > n {
+            return Err(BackupError::Config(format!(
+                "metadata write quorum {w} must be within 1..={n}"
+            ))
+            .into());
+        }
+        Ok(MetaStore {
+            nodes,
+            prefix: prefix.to_string(),
+            write_quorum: w,
+        })
+    }
+
+    /// The metadata backends.
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
+    }
+
+    fn read_quorum(&self) -> usize {
+        self.nodes.len() - self.write_quorum + 1
+    }
+
+    /// The key of the repository header.
+    pub fn header_key(&self) -> String {
+        format!("{}/repo", self.prefix)
+    }
+
+    fn record_key(&self, hash: &str, version: u64) -> String {
+        format!("{}/m/{hash}/{version:016x}", self.prefix)
+    }
+
+    /// Reads the repository header from every metadata backend. `Ok(None)` if a read quorum
+    /// answered and none has one; differing headers are an error.
+    pub async fn read_header(&self) -> Result<Option<Vec<u8>>> {
+        let key = self.header_key();
+        let answers = join_all(self.nodes.iter().map(|n| n.get(&key))).await;
+        let mut found: Vec<Bytes> = Vec::new();
+        let mut answered = 0;
+        let mut errors = Vec::new();
+        for (n, a) in self.nodes.iter().zip(answers) {
+            match a {
+                Ok(b) => {
+                    answered += 1;
+                    found.push(b);
+                }
+                Err(Error::NotFound(_)) => answered += 1,
+                Err(e) => errors.push(format!("{}: {e}", n.name)),
+            }
+        }
+        if let Some(first) = found.first() {
+            if found.iter().any(|f| f != first) {
+                return Err(Error::corrupt(
+                    key,
+                    "metadata backends hold different repository headers",
+                ));
+            }
+            return Ok(Some(first.to_vec()));
+        }
+        if answered < self.read_quorum() {
+            return Err(BackupError::NoQuorum(format!(
+                "repository header: {answered} of {} metadata backends answered, {} needed; {}",
+                self.nodes.len(),
+                self.read_quorum(),
+                errors.join("; ")
+            ))
+            .into());
+        }
+        Ok(None)
+    }
+
+    /// Writes the repository header to every metadata backend (all must accept it at creation).
+    pub async fn write_header(&self, bytes: Vec<u8>) -> Result<()> {
+        let key = self.header_key();
+        let data = Bytes::from(bytes);
+        let res = join_all(self.nodes.iter().map(|n| n.put(&key, data.clone()))).await;
+        let errs: Vec<String> = self
+            .nodes
+            .iter()
+            .zip(res)
+            .filter_map(|(n, r)| r.err().map(|e| format!("{}: {e}", n.name)))
+            .collect();
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(BackupError::NoQuorum(format!(
+                "writing the repository header: {}",
+                errs.join("; ")
+            ))
+            .into())
+        }
+    }
+
+    async fn listing(&self, sub: &str) -> Result<Listing> {
+        let prefix = format!("{}/m/{sub}", self.prefix);
+        let answers = join_all(self.nodes.iter().map(|n| n.list(&prefix))).await;
+        let mut out = Listing::new();
+        let mut answered = 0;
+        let mut errors = Vec::new();
+        for (n, a) in self.nodes.iter().zip(answers) {
+            match a {
+                Ok(keys) => {
+                    answered += 1;
+                    for k in keys {
+                        let Some(rest) = k.strip_prefix(&format!("{}/m/", self.prefix)) else {
+                            continue;
+                        };
+                        let Some((hash, ver)) = rest.split_once('/') else {
+                            continue;
+                        };
+                        if let Ok(v) = u64::from_str_radix(ver, 16) {
+                            out.entry(hash.to_string()).or_default().insert(v);
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("{}: {e}", n.name)),
+            }
+        }
+        if answered < self.read_quorum() {
+            return Err(BackupError::NoQuorum(format!(
+                "{answered} of {} metadata backends answered, {} needed; {}",
+                self.nodes.len(),
+                self.read_quorum(),
+                errors.join("; ")
+            ))
+            .into());
+        }
+        Ok(out)
+    }
+
+    /// The highest version recorded for `name` (0 if none).
+    pub async fn latest_version(&self, keys: &Keys, name: &str) -> Result<u64> {
+        let hash = keys.name_hash(name);
+        let l = self.listing(&format!("{hash}/")).await?;
+        Ok(l.get(&hash).and_then(|v| v.last().copied()).unwrap_or(0))
+    }
+
+    async fn fetch(&self, keys: &Keys, hash: &str, version: u64) -> Result<ObjectRecord> {
+        let key = self.record_key(hash, version);
+        let answers = join_all(self.nodes.iter().map(|n| n.get(&key))).await;
+        let mut problems = Vec::new();
+        let mut tampered = None;
+        for (n, a) in self.nodes.iter().zip(answers) {
+            match a {
+                Ok(env) => match open(keys, hash, version, &env, &format!("{key} on {}", n.name)) {
+                    Ok(rec) => return Ok(rec),
+                    Err(e) => {
+                        tracing::warn!(backend = %n.name, "{e}");
+                        tampered = Some(e);
+                    }
+                },
+                Err(e) => problems.push(format!("{}: {e}", n.name)),
+            }
+        }
+        // Never fall back to an older version: that would be a rollback.
+        match tampered {
+            Some(e) => Err(e),
+            None => Err(Error::Unavailable(format!(
+                "record {key}: no replica readable: {}",
+                problems.join("; ")
+            ))),
+        }
+    }
+
+    /// The newest record of `name`, tombstones included; [`Error::NotFound`] if never stored.
+    pub async fn get(&self, keys: &Keys, name: &str) -> Result<ObjectRecord> {
+        let hash = keys.name_hash(name);
+        let l = self.listing(&format!("{hash}/")).await?;
+        let Some(v) = l.get(&hash).and_then(|v| v.last().copied()) else {
+            return Err(Error::NotFound(format!("no backup of {name}")));
+        };
+        self.fetch(keys, &hash, v).await
+    }
+
+    /// Writes `rec` (its version must be new) to every metadata backend; succeeds with a write
+    /// quorum, then removes older versions of the record where it can.
+    pub async fn put(&self, keys: &Keys, rec: &ObjectRecord) -> Result<()> {
+        let hash = keys.name_hash(&rec.name);
+        let env = Bytes::from(seal(keys, rec)?);
+        let key = self.record_key(&hash, rec.version);
+        let res = join_all(self.nodes.iter().map(|n| n.put(&key, env.clone()))).await;
+        let ok = res.iter().filter(|r| r.is_ok()).count();
+        if ok < self.write_quorum {
+            let errs: Vec<String> = self
+                .nodes
+                .iter()
+                .zip(&res)
+                .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{}: {e}", n.name)))
+                .collect();
+            // Leave no minority copy that a later quorum read could mistake for the newest.
+            let _ = join_all(self.nodes.iter().map(|n| n.delete(&key))).await;
+            return Err(BackupError::NoQuorum(format!(
+                "record of {}: {ok} of {} metadata backends accepted it, {} needed; {}",
+                rec.name,
+                self.nodes.len(),
+                self.write_quorum,
+                errs.join("; ")
+            ))
+            .into());
+        }
+        self.prune(&hash, rec.version).await;
+        Ok(())
+    }
+
+    /// Removes versions older than `keep` of one record (best effort; `gc` retries).
+    async fn prune(&self, hash: &str, keep: u64) {
+        for n in &self.nodes {
+            let prefix = format!("{}/m/{hash}/", self.prefix);
+            let Ok(keys) = n.list(&prefix).await else {
+                continue;
+            };
+            for k in keys {
+                let old = k
+                    .rsplit('/')
+                    .next()
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+                    .is_some_and(|v| v < keep);
+                if old {
+                    let _ = n.delete(&k).await;
+                }
+            }
+        }
+    }
+
+    /// Re-writes the newest version of a record to metadata backends that lack it (repair).
+    pub async fn replicate(&self, keys: &Keys, rec: &ObjectRecord) -> Result<usize> {
+        let hash = keys.name_hash(&rec.name);
+        let key = self.record_key(&hash, rec.version);
+        let env = Bytes::from(seal(keys, rec)?);
+        let mut fixed = 0;
+        for n in &self.nodes {
+            if let Ok(false) = n.exists(&key).await {
+                if n.put(&key, env.clone()).await.is_ok() {
+                    fixed += 1;
+                }
+            }
+        }
+        self.prune(&hash, rec.version).await;
+        Ok(fixed)
+    }
+
+    /// Every record (newest version of each path, tombstones included), and the problems met
+    /// (records that do not authenticate), in path-hash order.
+    pub async fn all(&self, keys: &Keys) -> Result<(Vec<ObjectRecord>, Vec<Error>)> {
+        let l = self.listing("").await?;
+        let mut recs = Vec::new();
+        let mut problems = Vec::new();
+        for (hash, versions) in l {
+            let Some(&v) = versions.last() else { continue };
+            match self.fetch(keys, &hash, v).await {
+                Ok(r) => recs.push(r),
+                Err(e) => problems.push(e),
+            }
+        }
+        Ok((recs, problems))
+    }
+
+    /// Every record key on every backend, with the newest version per hash (for gc).
+    pub async fn superseded(&self) -> Result<Vec<(usize, String)>> {
+        let l = self.listing("").await?;
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Ok(keys) = n.list(&format!("{}/m/", self.prefix)).await else {
+                continue;
+            };
+            for k in keys {
+                let Some(rest) = k.strip_prefix(&format!("{}/m/", self.prefix)) else {
+                    continue;
+                };
+                let Some((hash, ver)) = rest.split_once('/') else {
+                    continue;
+                };
+                let newest = l.get(hash).and_then(|v| v.last().copied());
+                if let (Ok(v), Some(newest)) = (u64::from_str_radix(ver, 16), newest) {
+                    if v < newest {
+                        out.push((i, k.clone()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

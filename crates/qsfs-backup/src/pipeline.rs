@@ -1,0 +1,1265 @@
+//! The pipeline: objects in, shards out, over N backends.
+//!
+//! [`Pipeline`] stores a byte stream as stripes (see [`crate::stripe`]), places each stripe's
+//! k+m shards on distinct healthy backends ([`crate::placement`]), writes them in parallel, and
+//! writes an encrypted record ([`crate::metadata`]). Reading fetches k shards per stripe (data
+//! shards first, skipping backends known to be down, falling back to parity as fetches fail),
+//! verifies every shard's SHA-256, decodes, decrypts and checks each stripe and then the whole
+//! object. It is itself a [`Backend`], so it composes with anything that takes one.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
+use qsfs_core::{check_object_key, Backend, Error, Health, HealthStatus, Result};
+
+use crate::crypto::{KdfParams, KeySource, Keys, RepoHeader, SecretKey};
+use crate::error::BackupError;
+use crate::metadata::{parse_shard_key, MetaStore, ObjectRecord, ShardLoc, StripeRecord};
+use crate::node::{Node, Timeouts};
+use crate::placement::{self, Policy};
+use crate::progress::{NoProgress, Progress};
+use crate::stripe::{self, StripeId, StripeMeta};
+
+/// Tunables of a pipeline.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Redundancy policy.
+    pub policy: Policy,
+    /// Plaintext bytes per stripe.
+    pub stripe_size: usize,
+    /// zstd level (0 disables compression).
+    pub compression_level: i32,
+    /// Stripes encoded and written (or read and decoded) at once; bounds memory.
+    pub parallel_stripes: usize,
+    /// Timeouts and health cache.
+    pub timeouts: Timeouts,
+    /// Key prefix on every backend (lets several repositories share backends).
+    pub prefix: String,
+    /// Metadata write quorum (default: a majority of the metadata backends).
+    pub meta_write_quorum: Option<usize>,
+    /// Argon2id costs for a new repository.
+    pub kdf: KdfParams,
+    /// Create the repository if no metadata backend has one.
+    pub create: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            policy: Policy {
+                k: 2,
+                m: 2,
+                redundant_groups: 0,
+                redundant_nodes: 0,
+                max_shards_per_backend: 1,
+            },
+            stripe_size: 4 << 20,
+            compression_level: 1,
+            parallel_stripes: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(2, 8),
+            timeouts: Timeouts::default(),
+            prefix: "qsfs".into(),
+            meta_write_quorum: None,
+            kdf: KdfParams::default(),
+            create: true,
+        }
+    }
+}
+
+/// Attributes recorded with a stored file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attrs {
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: Option<(i64, u32)>,
+    /// Permission bits.
+    pub mode: Option<u32>,
+}
+
+/// What is wrong with one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProblemKind {
+    /// The backend does not answer (down, timeout).
+    Unreachable,
+    /// The backend answered that the shard is not there.
+    Missing,
+    /// The shard is there but fails its checksum.
+    Corrupt,
+}
+
+/// One shard that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShardProblem {
+    /// Stripe index.
+    pub stripe: u64,
+    /// Shard index.
+    pub shard: usize,
+    /// Backend expected to hold it.
+    pub backend: String,
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// Details.
+    pub detail: String,
+}
+
+impl std::fmt::Display for ShardProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stripe {} shard {} on {}: {:?} ({})",
+            self.stripe, self.shard, self.backend, self.kind, self.detail
+        )
+    }
+}
+
+/// Result of checking one object.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ObjectHealth {
+    /// The object.
+    pub name: String,
+    /// Stripes.
+    pub stripes: usize,
+    /// Every unusable shard found.
+    pub problems: Vec<ShardProblem>,
+    /// Fewest usable shards of any stripe minus k (negative: data lost for now).
+    pub margin: i64,
+}
+
+impl ObjectHealth {
+    /// True if every shard is present and (for a deep check) intact.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RepairReport {
+    /// The object.
+    pub name: String,
+    /// Shards written (re-created).
+    pub rewritten: usize,
+    /// Shards that moved to another backend.
+    pub moved: usize,
+    /// Problems found before repair.
+    pub problems: Vec<ShardProblem>,
+    /// Metadata replicas re-written.
+    pub metadata_replicas: usize,
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    /// Shards deleted (superseded or orphaned).
+    pub shards_deleted: usize,
+    /// Old metadata record versions deleted.
+    pub records_deleted: usize,
+    /// Backends that could not be listed (their orphans remain).
+    pub skipped_backends: Vec<String>,
+}
+
+/// Limits the byte rate of background work (scrub).
+#[derive(Debug)]
+pub struct RateLimiter {
+    bytes_per_sec: u64,
+    start: std::time::Instant,
+    done: Mutex<u64>,
+}
+
+impl RateLimiter {
+    /// At most `bytes_per_sec` on average.
+    pub fn new(bytes_per_sec: u64) -> Self {
+        RateLimiter {
+            bytes_per_sec: bytes_per_sec.max(1),
+            start: std::time::Instant::now(),
+            done: Mutex::new(0),
+        }
+    }
+
+    /// Accounts `bytes` and sleeps as long as needed to stay under the rate.
+    pub async fn take(&self, bytes: u64) {
+        let total = {
+            let mut d = self.done.lock();
+            *d += bytes;
+            *d
+        };
+        let due = Duration::from_secs_f64(total as f64 / self.bytes_per_sec as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// The erasure-coded, encrypted store over N backends.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    nodes: Vec<Arc<Node>>,
+    groups: Vec<Vec<usize>>,
+    by_name: HashMap<String, usize>,
+    meta: MetaStore,
+    keys: Keys,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Pipeline {
+    /// Opens (or, with `settings.create`, creates) the repository whose metadata lives on `meta`
+    /// and whose shards go to `data_groups`, unlocking it with `key`.
+    pub async fn open(
+        settings: Settings,
+        data_groups: Vec<Vec<Arc<dyn Backend>>>,
+        meta: Vec<Arc<dyn Backend>>,
+        key: &KeySource,
+    ) -> Result<Self> {
+        settings.policy.validate()?;
+        if settings.stripe_size < 1024 || settings.stripe_size > (256 << 20) {
+            return Err(BackupError::Config(format!(
+                "stripe size {} must be within 1 KiB..=256 MiB",
+                settings.stripe_size
+            ))
+            .into());
+        }
+        check_object_key(&settings.prefix).map_err(|_| {
+            BackupError::Config(format!(
+                "prefix {:?} must be a valid object key",
+                settings.prefix
+            ))
+        })?;
+        let mut nodes = Vec::new();
+        let mut groups = Vec::new();
+        let mut by_name = HashMap::new();
+        for (g, members) in data_groups.into_iter().enumerate() {
+            let mut ids = Vec::new();
+            for b in members {
+                let node = Arc::new(Node::new(b, g, settings.timeouts));
+                if by_name.insert(node.name.clone(), nodes.len()).is_some() {
+                    return Err(BackupError::Config(format!(
+                        "backend {} is listed twice",
+                        node.name
+                    ))
+                    .into());
+                }
+                ids.push(nodes.len());
+                nodes.push(node);
+            }
+            groups.push(ids);
+        }
+        // The policy must be satisfiable with every backend up, or the config is wrong.
+        placement::place(&settings.policy, &groups, 0)?;
+        let meta_nodes: Vec<Arc<Node>> = meta
+            .into_iter()
+            .map(|b| Arc::new(Node::new(b, 0, settings.timeouts)))
+            .collect();
+        let meta = MetaStore::new(meta_nodes, &settings.prefix, settings.meta_write_quorum)?;
+        let keys = match meta.read_header().await? {
+            Some(bytes) => RepoHeader::from_json(&bytes)?.unlock(key)?,
+            None if settings.create => {
+                let (header, keys) = RepoHeader::create(key, settings.kdf)?;
+                meta.write_header(header.to_json()).await?;
+                tracing::info!("created a new backup repository");
+                keys
+            }
+            None => {
+                return Err(Error::NotFound(
+                    "no backup repository on the metadata backends".into(),
+                ))
+            }
+        };
+        Ok(Pipeline {
+            inner: Arc::new(Inner {
+                settings,
+                nodes,
+                groups,
+                by_name,
+                meta,
+                keys,
+            }),
+        })
+    }
+
+    /// Re-wraps the repository key under a new secret. Data and records are untouched.
+    pub async fn change_key(&self, old: &KeySource, new: &KeySource) -> Result<()> {
+        let bytes = self
+            .inner
+            .meta
+            .read_header()
+            .await?
+            .ok_or_else(|| Error::NotFound("repository header".into()))?;
+        let header = RepoHeader::from_json(&bytes)?.rewrap(old, new, self.inner.settings.kdf)?;
+        self.inner.meta.write_header(header.to_json()).await
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Data backends, in config order.
+    pub fn nodes(&self) -> &[Arc<Node>] {
+        &self.inner.nodes
+    }
+
+    /// Metadata backends.
+    pub fn meta_nodes(&self) -> &[Arc<Node>] {
+        self.inner.meta.nodes()
+    }
+
+    /// Probes every data and metadata backend in parallel (cached answers unless `force`).
+    pub async fn refresh_health(&self, force: bool) -> (Vec<Health>, Vec<Health>) {
+        let d = futures::future::join_all(self.inner.nodes.iter().map(|n| n.probe(force)));
+        let m = futures::future::join_all(self.inner.meta.nodes().iter().map(|n| n.probe(force)));
+        futures::join!(d, m)
+    }
+
+    fn place(&self, seed: u64) -> Result<Vec<usize>> {
+        let inner = &self.inner;
+        let usable: Vec<Vec<usize>> = inner
+            .groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .copied()
+                    .filter(|&i| !inner.nodes[i].is_down())
+                    .collect()
+            })
+            .collect();
+        placement::place(&inner.settings.policy, &usable, seed).map_err(|e| {
+            let down: Vec<String> = inner
+                .nodes
+                .iter()
+                .filter(|n| n.is_down())
+                .map(|n| format!("{} ({})", n.name, n.down_reason()))
+                .collect();
+            if down.is_empty() {
+                e.into()
+            } else {
+                BackupError::Placement(format!("{e}; unreachable backends: {}", down.join(", ")))
+                    .into()
+            }
+        })
+    }
+
+    /// The newest live record of `name`; [`Error::NotFound`] if never stored or deleted.
+    pub async fn record(&self, name: &str) -> Result<ObjectRecord> {
+        let rec = self.inner.meta.get(&self.inner.keys, name).await?;
+        if rec.deleted {
+            return Err(Error::NotFound(format!(
+                "{name} was deleted (version {})",
+                rec.version
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Every live record, sorted by name, and the records that failed to open.
+    pub async fn records(&self) -> Result<(Vec<ObjectRecord>, Vec<Error>)> {
+        let (mut recs, problems) = self.inner.meta.all(&self.inner.keys).await?;
+        recs.retain(|r| !r.deleted);
+        recs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((recs, problems))
+    }
+
+    /// Every record in scrub order (by path hash), with the hash as a resume cursor.
+    pub async fn records_by_hash(&self) -> Result<(Vec<(String, ObjectRecord)>, Vec<Error>)> {
+        let (recs, problems) = self.inner.meta.all(&self.inner.keys).await?;
+        let mut out: Vec<(String, ObjectRecord)> = recs
+            .into_iter()
+            .filter(|r| !r.deleted)
+            .map(|r| (self.inner.keys.name_hash(&r.name), r))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((out, problems))
+    }
+
+    /// Stores everything `reader` yields as object `name`, replacing any previous version.
+    pub async fn store(
+        &self,
+        name: &str,
+        reader: Box<dyn Read + Send>,
+        attrs: Attrs,
+        progress: &dyn Progress,
+    ) -> Result<ObjectRecord> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("empty object name".into()));
+        }
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let version = inner.meta.latest_version(&inner.keys, name).await? + 1;
+        self.refresh_health(false).await;
+        let mut object_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut object_id);
+        let seed = u64::from_le_bytes(object_id[..8].try_into().unwrap_or_default());
+        let placement = Arc::new(Mutex::new(self.place(seed)?));
+        let data_key = SecretKey::random();
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        let stripe_size = s.stripe_size;
+        let reader_task = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            loop {
+                let mut buf = vec![0u8; stripe_size];
+                let mut filled = 0;
+                while filled < stripe_size {
+                    match reader.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buf.truncate(filled);
+                if tx.blocking_send(Ok(buf)).is_err() || filled < stripe_size {
+                    return;
+                }
+            }
+        });
+
+        let result: Result<Vec<(StripeMeta, Vec<usize>)>> = async {
+            let mut inflight = FuturesOrdered::new();
+            let mut out = Vec::new();
+            let mut index = 0u64;
+            loop {
+                let next = rx.recv().await;
+                let Some(chunk) = next else { break };
+                let chunk = chunk.map_err(|e| Error::io(format!("reading {name}"), e))?;
+                progress.advance(chunk.len() as u64);
+                if inflight.len() >= s.parallel_stripes {
+                    if let Some(r) = inflight.next().await {
+                        out.push(flatten(r)?);
+                    }
+                }
+                let id = StripeId {
+                    object_id,
+                    index,
+                    data_version: version,
+                };
+                inflight.push_back(tokio::spawn(self.clone().encode_and_write(
+                    chunk,
+                    id,
+                    data_key.clone(),
+                    placement.clone(),
+                    seed,
+                )));
+                index += 1;
+            }
+            while let Some(r) = inflight.next().await {
+                out.push(flatten(r)?);
+            }
+            Ok(out)
+        }
+        .await;
+        drop(rx);
+        let _ = reader_task.await;
+        let stripes = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget_object(&object_id).await;
+                return Err(e);
+            }
+        };
+        let mut rec = ObjectRecord {
+            name: name.to_string(),
+            version,
+            deleted: false,
+            data_version: version,
+            object_id,
+            size: stripes.iter().map(|(m, _)| u64::from(m.plain_len)).sum(),
+            mtime: attrs.mtime,
+            mode: attrs.mode,
+            stored_at: now_secs(),
+            k: s.policy.k as u16,
+            m: s.policy.m as u16,
+            stripe_size: s.stripe_size as u32,
+            checksum: stripe::object_sum(stripes.iter().map(|(m, _)| m.plain_sum)),
+            wrapped_key: inner.keys.wrap_data_key(&data_key, &object_id),
+            backends: Vec::new(),
+            stripes: Vec::new(),
+        };
+        for (meta, at) in stripes {
+            let shards = at
+                .iter()
+                .map(|&n| ShardLoc {
+                    backend: rec.backend_index(&inner.nodes[n].name),
+                })
+                .collect();
+            rec.stripes.push(StripeRecord { meta, shards });
+        }
+        if let Err(e) = inner.meta.put(&inner.keys, &rec).await {
+            self.forget_object(&object_id).await;
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// Best-effort removal of the shards of a store that failed (gc catches the rest).
+    async fn forget_object(&self, object_id: &[u8; 16]) {
+        let prefix = format!(
+            "{}/d/{}/",
+            self.inner.settings.prefix,
+            hex::encode(object_id)
+        );
+        for n in &self.inner.nodes {
+            if let Ok(keys) = n.list(&prefix).await {
+                for k in keys {
+                    let _ = n.delete(&k).await;
+                }
+            }
+        }
+    }
+
+    async fn encode_and_write(
+        self,
+        chunk: Vec<u8>,
+        id: StripeId,
+        key: SecretKey,
+        placement: Arc<Mutex<Vec<usize>>>,
+        seed: u64,
+    ) -> Result<(StripeMeta, Vec<usize>)> {
+        let s = &self.inner.settings;
+        let (k, m, level) = (s.policy.k, s.policy.m, s.compression_level);
+        let (meta, shards) =
+            tokio::task::spawn_blocking(move || stripe::encode(&chunk, &id, &key, k, m, level))
+                .await
+                .map_err(|e| Error::Unavailable(format!("encoder task: {e}")))??;
+        let at = self.write_shards(&id, &shards, placement, seed).await?;
+        Ok((meta, at))
+    }
+
+    /// Writes a stripe's shards; when backends fail, places the stripe again without them.
+    async fn write_shards(
+        &self,
+        id: &StripeId,
+        shards: &[Bytes],
+        placement: Arc<Mutex<Vec<usize>>>,
+        seed: u64,
+    ) -> Result<Vec<usize>> {
+        let inner = &self.inner;
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let at = placement.lock().clone();
+            let res = futures::future::join_all(at.iter().zip(shards).enumerate().map(
+                |(j, (&n, data))| {
+                    let key =
+                        ObjectRecord::shard_key(&inner.settings.prefix, &id.object_id, id.index, j);
+                    let node = inner.nodes[n].clone();
+                    let data = data.clone();
+                    async move { node.put(&key, data).await }
+                },
+            ))
+            .await;
+            let mut failed = false;
+            for (&n, r) in at.iter().zip(res) {
+                if let Err(e) = r {
+                    failed = true;
+                    if !inner.nodes[n].is_down() {
+                        inner.nodes[n].mark_down(format!("write failed: {e}"));
+                    }
+                    last_err = format!("{}: {e}", inner.nodes[n].name);
+                }
+            }
+            if !failed {
+                return Ok(at);
+            }
+            let new = self.place(seed)?;
+            *placement.lock() = new;
+        }
+        Err(Error::Unavailable(format!(
+            "stripe {} could not be written: {last_err}",
+            id.index
+        )))
+    }
+
+    fn node_for(
+        &self,
+        rec: &ObjectRecord,
+        loc: &ShardLoc,
+    ) -> std::result::Result<Arc<Node>, String> {
+        let name = rec
+            .backends
+            .get(loc.backend as usize)
+            .ok_or("bad backend index in record")?;
+        self.inner
+            .by_name
+            .get(name)
+            .map(|&i| self.inner.nodes[i].clone())
+            .ok_or_else(|| name.clone())
+    }
+
+    fn backend_name(rec: &ObjectRecord, loc: &ShardLoc) -> String {
+        rec.backends
+            .get(loc.backend as usize)
+            .cloned()
+            .unwrap_or_else(|| "?".into())
+    }
+
+    /// Reads one shard and verifies it. `Err` carries the problem.
+    async fn read_shard(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+    ) -> std::result::Result<Bytes, ShardProblem> {
+        let st = &rec.stripes[i as usize];
+        let loc = &st.shards[j];
+        let problem = |kind, detail: String| ShardProblem {
+            stripe: i,
+            shard: j,
+            backend: Self::backend_name(rec, loc),
+            kind,
+            detail,
+        };
+        let node = self.node_for(rec, loc).map_err(|n| {
+            problem(
+                ProblemKind::Unreachable,
+                format!("backend {n} is not in the config"),
+            )
+        })?;
+        let key = ObjectRecord::shard_key(&self.inner.settings.prefix, &rec.object_id, i, j);
+        match node.get(&key).await {
+            Ok(b) => {
+                let want = crate::codec::shard_len(st.meta.cipher_len as usize, rec.k as usize);
+                if b.len() != want {
+                    return Err(problem(
+                        ProblemKind::Corrupt,
+                        format!("{} bytes, expected {want}", b.len()),
+                    ));
+                }
+                if stripe::sha256(&b) != st.meta.shard_sums[j] {
+                    return Err(problem(ProblemKind::Corrupt, "checksum mismatch".into()));
+                }
+                Ok(b)
+            }
+            Err(Error::NotFound(_)) => Err(problem(ProblemKind::Missing, "not found".into())),
+            Err(e) if e.is_retryable() || matches!(e, Error::Io { .. }) => {
+                Err(problem(ProblemKind::Unreachable, e.to_string()))
+            }
+            Err(e) => Err(problem(ProblemKind::Corrupt, e.to_string())),
+        }
+    }
+
+    fn data_key(&self, rec: &ObjectRecord) -> Result<SecretKey> {
+        self.inner
+            .keys
+            .unwrap_data_key(&rec.wrapped_key, &rec.object_id, &rec.name)
+    }
+
+    /// Fetches k good shards of stripe `i` (falling back shard by shard) and decodes it.
+    async fn fetch_stripe(
+        &self,
+        rec: &ObjectRecord,
+        key: &SecretKey,
+        i: u64,
+    ) -> Result<(Vec<u8>, Vec<ShardProblem>)> {
+        let st = &rec.stripes[i as usize];
+        let (k, m) = (rec.k as usize, rec.m as usize);
+        // Data shards first (no decoding needed), backends known to be down last.
+        let mut order: Vec<usize> = (0..k + m).collect();
+        order.sort_by_key(|&j| {
+            (
+                self.node_for(rec, &st.shards[j])
+                    .map(|n| n.is_down())
+                    .unwrap_or(true),
+                j >= k,
+                j,
+            )
+        });
+        let mut order = order.into_iter();
+        let mut good: Vec<Option<Bytes>> = vec![None; k + m];
+        let mut have = 0;
+        let mut problems = Vec::new();
+        let read = |j: usize| async move { (j, self.read_shard(rec, i, j).await) };
+        let mut inflight = FuturesUnordered::new();
+        for j in order.by_ref().take(k) {
+            inflight.push(read(j));
+        }
+        while let Some((j, r)) = inflight.next().await {
+            match r {
+                Ok(b) => {
+                    good[j] = Some(b);
+                    have += 1;
+                    if have == k {
+                        break;
+                    }
+                }
+                Err(p) => {
+                    problems.push(p);
+                    if let Some(next) = order.next() {
+                        inflight.push(read(next));
+                    }
+                }
+            }
+        }
+        drop(inflight);
+        if have < k {
+            let transient = problems.iter().all(|p| p.kind == ProblemKind::Unreachable);
+            return Err(BackupError::Insufficient {
+                object: rec.name.clone(),
+                stripe: i,
+                have,
+                need: k,
+                missing: problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                transient,
+            }
+            .into());
+        }
+        let meta = st.meta.clone();
+        let id = StripeId {
+            object_id: rec.object_id,
+            index: i,
+            data_version: rec.data_version,
+        };
+        let key = key.clone();
+        let loc = format!("object {} stripe {i}", rec.name);
+        let plain = tokio::task::spawn_blocking(move || {
+            stripe::decode(&mut good, &meta, &id, &key, k, m, &loc)
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("decoder task: {e}")))??;
+        Ok((plain, problems))
+    }
+
+    /// Streams the whole object into `out` and verifies the whole-object checksum. Returns the
+    /// shard problems met on the way (the data was still complete).
+    pub async fn read_to(
+        &self,
+        rec: &ObjectRecord,
+        out: Box<dyn Write + Send>,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<ShardProblem>, Box<dyn Write + Send>)> {
+        let key = self.data_key(rec)?;
+        let mut out = Some(out);
+        let mut problems = Vec::new();
+        let mut sums = Vec::with_capacity(rec.stripes.len());
+        let mut inflight = FuturesOrdered::new();
+        let mut next = 0u64;
+        let n = rec.stripes.len() as u64;
+        let par = self.inner.settings.parallel_stripes as u64;
+        while next < n.min(par) {
+            inflight.push_back(self.fetch_stripe(rec, &key, next));
+            next += 1;
+        }
+        while let Some(r) = inflight.next().await {
+            let (plain, p) = r?;
+            if next < n {
+                inflight.push_back(self.fetch_stripe(rec, &key, next));
+                next += 1;
+            }
+            problems.extend(p);
+            sums.push(stripe::sha256(&plain));
+            progress.advance(plain.len() as u64);
+            let mut w = out
+                .take()
+                .ok_or_else(|| Error::Unavailable("writer lost".into()))?;
+            let w = tokio::task::spawn_blocking(move || w.write_all(&plain).map(|_| w))
+                .await
+                .map_err(|e| Error::Unavailable(format!("writer task: {e}")))?
+                .map_err(|e| Error::io("writing retrieved data", e))?;
+            out = Some(w);
+        }
+        if stripe::object_sum(sums) != rec.checksum {
+            return Err(Error::corrupt(
+                format!("object {}", rec.name),
+                "whole-object checksum mismatch",
+            ));
+        }
+        for p in &problems {
+            tracing::warn!("{}: {p}", rec.name);
+        }
+        let w = out.ok_or_else(|| Error::Unavailable("writer lost".into()))?;
+        Ok((problems, w))
+    }
+
+    /// Reads the whole object into memory (verified).
+    pub async fn read_all(&self, rec: &ObjectRecord) -> Result<Bytes> {
+        let buf = SharedBuf::default();
+        self.read_to(rec, Box::new(buf.clone()), &NoProgress)
+            .await?;
+        let v = std::mem::take(&mut *buf.0.lock());
+        Ok(Bytes::from(v))
+    }
+
+    /// Bytes `range` of the object (clipped), fetching only the stripes that hold them.
+    pub async fn read_range(&self, rec: &ObjectRecord, range: Range<u64>) -> Result<Bytes> {
+        let start = range.start.min(rec.size);
+        let end = range.end.min(rec.size).max(start);
+        if start == end {
+            return Ok(Bytes::new());
+        }
+        let key = self.data_key(rec)?;
+        let ss = u64::from(rec.stripe_size);
+        let (first, last) = (start / ss, (end - 1) / ss);
+        let mut out = Vec::with_capacity((end - start) as usize);
+        let mut inflight: FuturesOrdered<_> = (first..=last)
+            .map(|i| self.fetch_stripe(rec, &key, i))
+            .collect();
+        let mut i = first;
+        while let Some(r) = inflight.next().await {
+            let (plain, _) = r?;
+            let base = i * ss;
+            let a = start.saturating_sub(base) as usize;
+            let b = ((end - base) as usize).min(plain.len());
+            out.extend_from_slice(&plain[a..b]);
+            i += 1;
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Checks every shard of `rec`: presence only, or (`deep`) read and verify each one.
+    pub async fn inspect(
+        &self,
+        rec: &ObjectRecord,
+        deep: bool,
+        rate: Option<&RateLimiter>,
+    ) -> ObjectHealth {
+        let (k, m) = (rec.k as usize, rec.m as usize);
+        let mut problems = Vec::new();
+        let mut margin = i64::MAX;
+        for (i, st) in rec.stripes.iter().enumerate() {
+            let i = i as u64;
+            let res = futures::future::join_all((0..k + m).map(|j| async move {
+                if deep {
+                    self.read_shard(rec, i, j).await.map(|_| ())
+                } else {
+                    let loc = &st.shards[j];
+                    let p = |kind, detail: String| ShardProblem {
+                        stripe: i,
+                        shard: j,
+                        backend: Self::backend_name(rec, loc),
+                        kind,
+                        detail,
+                    };
+                    let node = self
+                        .node_for(rec, loc)
+                        .map_err(|n| p(ProblemKind::Unreachable, format!("{n} not in config")))?;
+                    let key =
+                        ObjectRecord::shard_key(&self.inner.settings.prefix, &rec.object_id, i, j);
+                    match node.exists(&key).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(p(ProblemKind::Missing, "not found".into())),
+                        Err(e) => Err(p(ProblemKind::Unreachable, e.to_string())),
+                    }
+                }
+            }))
+            .await;
+            let bad: Vec<ShardProblem> = res.into_iter().filter_map(|r| r.err()).collect();
+            margin = margin.min((k + m - bad.len()) as i64 - k as i64);
+            problems.extend(bad);
+            if let (Some(r), true) = (rate, deep) {
+                let sl = crate::codec::shard_len(st.meta.cipher_len as usize, k);
+                r.take((sl * (k + m)) as u64).await;
+            }
+        }
+        if rec.stripes.is_empty() {
+            margin = m as i64;
+        }
+        ObjectHealth {
+            name: rec.name.clone(),
+            stripes: rec.stripes.len(),
+            problems,
+            margin,
+        }
+    }
+
+    /// Re-creates the missing or corrupt shards of `rec` (found by a deep check) and records
+    /// where they went. A shard goes back to its backend if that one answers; otherwise to a
+    /// healthy backend that holds no shard of the stripe, chosen so the policy still holds.
+    pub async fn repair(
+        &self,
+        rec: &ObjectRecord,
+        rate: Option<&RateLimiter>,
+    ) -> Result<RepairReport> {
+        let inner = &self.inner;
+        let mut report = RepairReport {
+            name: rec.name.clone(),
+            ..Default::default()
+        };
+        report.metadata_replicas = inner.meta.replicate(&inner.keys, rec).await.unwrap_or(0);
+        let health = self.inspect(rec, true, rate).await;
+        if health.is_clean() {
+            return Ok(report);
+        }
+        self.refresh_health(false).await;
+        let (k, m) = (rec.k as usize, rec.m as usize);
+        let mut new = rec.clone();
+        let policy = Policy {
+            k,
+            m,
+            ..inner.settings.policy
+        };
+        let mut by_stripe: std::collections::BTreeMap<u64, Vec<&ShardProblem>> = Default::default();
+        for p in &health.problems {
+            by_stripe.entry(p.stripe).or_default().push(p);
+        }
+        for (i, bad) in by_stripe {
+            let st = &rec.stripes[i as usize];
+            let mut shards: Vec<Option<Bytes>> = vec![None; k + m];
+            let reads =
+                futures::future::join_all((0..k + m).map(|j| self.read_shard(rec, i, j))).await;
+            for (j, r) in reads.into_iter().enumerate() {
+                shards[j] = r.ok();
+            }
+            let have = shards.iter().filter(|s| s.is_some()).count();
+            if have < k {
+                return Err(BackupError::Insufficient {
+                    object: rec.name.clone(),
+                    stripe: i,
+                    have,
+                    need: k,
+                    missing: bad
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    transient: bad.iter().all(|p| p.kind == ProblemKind::Unreachable),
+                }
+                .into());
+            }
+            let missing: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
+            crate::codec::reconstruct(&mut shards, k, m)?;
+            for &j in &missing {
+                let data = shards[j]
+                    .clone()
+                    .ok_or_else(|| Error::corrupt("repair", "shard not rebuilt"))?;
+                if stripe::sha256(&data) != st.meta.shard_sums[j] {
+                    return Err(Error::corrupt(
+                        format!("object {} stripe {i} shard {j}", rec.name),
+                        "rebuilt shard does not match its recorded checksum",
+                    ));
+                }
+                let key = ObjectRecord::shard_key(&inner.settings.prefix, &rec.object_id, i, j);
+                let mut tried = Vec::new();
+                let target = loop {
+                    let t = self.repair_target(&new, i, j, &policy, &tried)?;
+                    match inner.nodes[t].put(&key, data.clone()).await {
+                        Ok(()) => break t,
+                        Err(e) => {
+                            tracing::warn!(
+                                "repair: writing shard {j} of stripe {i} to {}: {e}",
+                                inner.nodes[t].name
+                            );
+                            tried.push(t);
+                        }
+                    }
+                };
+                report.rewritten += 1;
+                let name = inner.nodes[target].name.clone();
+                if Self::backend_name(&new, &new.stripes[i as usize].shards[j]) != name {
+                    report.moved += 1;
+                    let idx = new.backend_index(&name);
+                    new.stripes[i as usize].shards[j].backend = idx;
+                }
+            }
+        }
+        report.problems = health.problems;
+        if report.moved > 0 {
+            new.version = inner
+                .meta
+                .latest_version(&inner.keys, &rec.name)
+                .await?
+                .max(rec.version)
+                + 1;
+            inner.meta.put(&inner.keys, &new).await?;
+        }
+        Ok(report)
+    }
+
+    fn repair_target(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+        policy: &Policy,
+        tried: &[usize],
+    ) -> Result<usize> {
+        let inner = &self.inner;
+        let st = &rec.stripes[i as usize];
+        if let Ok(n) = self.node_for(rec, &st.shards[j]) {
+            if !n.is_down()
+                && inner
+                    .by_name
+                    .get(&n.name)
+                    .is_some_and(|i| !tried.contains(i))
+            {
+                if let Some(&idx) = inner.by_name.get(&n.name) {
+                    return Ok(idx);
+                }
+            }
+        }
+        let holders: Vec<Option<usize>> = st
+            .shards
+            .iter()
+            .map(|l| {
+                self.node_for(rec, l)
+                    .ok()
+                    .and_then(|n| inner.by_name.get(&n.name).copied())
+            })
+            .collect();
+        let lost_group = holders[j].map(|n| inner.nodes[n].group);
+        let mut candidates: Vec<usize> = (0..inner.nodes.len())
+            .filter(|c| !inner.nodes[*c].is_down() && !tried.contains(c))
+            .filter(|c| {
+                holders
+                    .iter()
+                    .enumerate()
+                    .filter(|(x, _)| *x != j)
+                    .all(|(_, h)| *h != Some(*c))
+            })
+            .collect();
+        candidates.sort_by_key(|&c| (Some(inner.nodes[c].group) != lost_group, c));
+        for c in candidates {
+            let assignment: Vec<(usize, usize)> = holders
+                .iter()
+                .enumerate()
+                .filter_map(|(x, h)| if x == j { Some(c) } else { *h })
+                .map(|n| (inner.nodes[n].group, n))
+                .collect();
+            if assignment.len() == st.shards.len()
+                && placement::assignment_survives(policy, &assignment, inner.groups.len())
+            {
+                return Ok(c);
+            }
+        }
+        Err(BackupError::Placement(format!(
+            "no healthy backend can take shard {j} of stripe {i} of {} without breaking the policy",
+            rec.name
+        ))
+        .into())
+    }
+
+    /// Deletes `name`: a deletion marker is recorded, then its shards are removed.
+    pub async fn delete_object(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let rec = self.record(name).await?;
+        let tomb = ObjectRecord {
+            version: inner
+                .meta
+                .latest_version(&inner.keys, name)
+                .await?
+                .max(rec.version)
+                + 1,
+            deleted: true,
+            size: 0,
+            stripes: Vec::new(),
+            backends: Vec::new(),
+            wrapped_key: Vec::new(),
+            ..rec.clone()
+        };
+        inner.meta.put(&inner.keys, &tomb).await?;
+        let mut dels = Vec::new();
+        for (i, st) in rec.stripes.iter().enumerate() {
+            for (j, loc) in st.shards.iter().enumerate() {
+                if let Ok(n) = self.node_for(&rec, loc) {
+                    let key = ObjectRecord::shard_key(
+                        &inner.settings.prefix,
+                        &rec.object_id,
+                        i as u64,
+                        j,
+                    );
+                    dels.push(async move { n.delete(&key).await });
+                }
+            }
+        }
+        // Shards on unreachable backends are orphans now; gc removes them later.
+        let _ = futures::future::join_all(dels).await;
+        Ok(())
+    }
+
+    /// Removes shards no record references (superseded versions, failed stores, moved shards)
+    /// and old record versions. Refuses to run if any record cannot be read, since its shards
+    /// would look orphaned. Do not run concurrently with stores.
+    pub async fn gc(&self) -> Result<GcReport> {
+        let inner = &self.inner;
+        let (recs, problems) = inner.meta.all(&inner.keys).await?;
+        if let Some(p) = problems.first() {
+            return Err(Error::Unavailable(format!(
+                "gc refused: {} record(s) unreadable, first: {p}",
+                problems.len()
+            )));
+        }
+        let mut keep: std::collections::HashSet<(String, String)> = Default::default();
+        for rec in recs.iter().filter(|r| !r.deleted) {
+            for (i, st) in rec.stripes.iter().enumerate() {
+                for (j, loc) in st.shards.iter().enumerate() {
+                    keep.insert((
+                        Self::backend_name(rec, loc),
+                        ObjectRecord::shard_key(
+                            &inner.settings.prefix,
+                            &rec.object_id,
+                            i as u64,
+                            j,
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut report = GcReport::default();
+        let prefix = format!("{}/d/", inner.settings.prefix);
+        for n in &inner.nodes {
+            let keys = match n.list(&prefix).await {
+                Ok(k) => k,
+                Err(_) => {
+                    report.skipped_backends.push(n.name.clone());
+                    continue;
+                }
+            };
+            for key in keys {
+                if parse_shard_key(&inner.settings.prefix, &key).is_some()
+                    && !keep.contains(&(n.name.clone(), key.clone()))
+                    && n.delete(&key).await.is_ok()
+                {
+                    report.shards_deleted += 1;
+                }
+            }
+        }
+        for (i, key) in inner.meta.superseded().await? {
+            if inner.meta.nodes()[i].delete(&key).await.is_ok() {
+                report.records_deleted += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn flatten<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    r.map_err(|e| Error::Unavailable(format!("stripe task failed: {e}")))?
+}
+
+/// A writer into memory that the caller can still reach after handing it over.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for Pipeline {
+    fn name(&self) -> String {
+        let s = &self.inner.settings.policy;
+        format!(
+            "pipeline({}+{} over {} backends)",
+            s.k,
+            s.m,
+            self.inner.nodes.len()
+        )
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        check_object_key(key)?;
+        self.store(
+            key,
+            Box::new(std::io::Cursor::new(data)),
+            Attrs::default(),
+            &NoProgress,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        check_object_key(key)?;
+        let rec = self.record(key).await?;
+        self.read_all(&rec).await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        check_object_key(key)?;
+        let rec = self.record(key).await?;
+        self.read_range(&rec, range).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        check_object_key(key)?;
+        match self.delete_object(key).await {
+            Err(Error::NotFound(_)) => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        check_object_key(key)?;
+        match self.record(key).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let (recs, problems) = self.records().await?;
+        if let Some(p) = problems.into_iter().next() {
+            return Err(p);
+        }
+        Ok(recs
+            .into_iter()
+            .map(|r| r.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    async fn health(&self) -> Health {
+        let start = std::time::Instant::now();
+        let (data, meta) = self.refresh_health(true).await;
+        let down = data
+            .iter()
+            .filter(|h| h.status == HealthStatus::Down)
+            .count();
+        let meta_up = meta
+            .iter()
+            .filter(|h| h.status != HealthStatus::Down)
+            .count();
+        let placeable = self.place(0).is_ok();
+        let mut h = Health::up(start.elapsed());
+        h.used_bytes = data.iter().map(|h| h.used_bytes).sum();
+        h.free_bytes = data.iter().map(|h| h.free_bytes).sum();
+        if !placeable || meta_up < self.inner.meta.nodes().len() / 2 + 1 {
+            h.status = HealthStatus::Down;
+            h.detail = format!("{down} data backends down, {meta_up} metadata backends up");
+        } else if down > 0 || meta_up < meta.len() {
+            h.status = HealthStatus::Degraded;
+            h.detail = format!(
+                "{down} data backends down, {} metadata backends down",
+                meta.len() - meta_up
+            );
+        }
+        h
+    }
+}
