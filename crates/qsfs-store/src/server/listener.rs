@@ -22,8 +22,11 @@ use super::resp::{self, Reply};
 use super::session::Session;
 use super::{command, ServerConfig, ServerStore};
 
-/// Bytes read per syscall at most (buffers grow only when a request needs it).
-const READ_CHUNK: usize = 64 * 1024;
+/// Smallest read buffer; it doubles while a large request arrives.
+const MIN_READ: usize = 4096;
+/// Buffers larger than this are given back once they are empty, so a connection that once sent
+/// or received an 8 MiB value does not keep the memory while idle.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -260,8 +263,8 @@ where
             return Ok(());
         }
     };
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut out = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
     let mut events: Option<broadcast::Receiver<Event>> = None;
     let result = loop {
         if (session.wait.is_some() || session.mirror) && events.is_none() {
@@ -276,8 +279,14 @@ where
             .as_ref()
             .map(|w| tokio::time::Instant::from_std(w.deadline));
         let partial = (!buf.is_empty()).then_some(sh.config.partial_frame_timeout);
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+            buf = BytesMut::new();
+        }
+        if out.capacity() > KEEP_BUFFER {
+            out = BytesMut::new();
+        }
+        if buf.capacity() - buf.len() < MIN_READ {
+            buf.reserve(buf.len().max(MIN_READ));
         }
         tokio::select! {
             r = stream.read_buf(&mut buf) => {
