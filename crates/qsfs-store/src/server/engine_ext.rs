@@ -40,6 +40,12 @@ impl ServerStore for Engine {
         }
     }
 
+    fn current_position(&self, ns: &str) -> Option<(u64, u64)> {
+        self.stats(ns)
+            .ok()
+            .map(|s| (u64::from(s.current_segment), s.current_offset))
+    }
+
     fn next_seq_id(&self, ns: &str) -> Option<u64> {
         self.stats(ns).ok().map(|s| s.next_id)
     }

@@ -163,12 +163,16 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        let (seg, off) = sh
+            .store
+            .current_position(&i.name)
+            .unwrap_or((i.current_segment, 0));
         let _ = writeln!(t, "data_path: {path}");
-        let _ = writeln!(t, "data_active: {path}/{}", i.current_segment);
+        let _ = writeln!(t, "data_active: {path}/{seg}");
         let _ = writeln!(t, "index_path: {path}");
-        let _ = writeln!(t, "index_active: {path}/{}", i.current_segment);
-        let _ = writeln!(t, "data_current_id: {}", i.current_segment);
-        let _ = writeln!(t, "data_current_offset: {}", i.disk_bytes);
+        let _ = writeln!(t, "index_active: {path}/{seg}");
+        let _ = writeln!(t, "data_current_id: {seg}");
+        let _ = writeln!(t, "data_current_offset: {off}");
     }
     t
 }

@@ -96,6 +96,13 @@ pub trait ServerStore: Store {
         ))
     }
 
+    /// The segment being appended to and the offset of the next record in it (NSINFO
+    /// `data_current_id` / `data_current_offset`, where a `DATA RAW` reader stops).
+    fn current_position(&self, ns: &str) -> Option<(u64, u64)> {
+        let _ = ns;
+        None
+    }
+
     /// The next sequential id of `ns`, if the store knows it (NSINFO `next_internal_id`).
     fn next_seq_id(&self, ns: &str) -> Option<u64> {
         let _ = ns;
