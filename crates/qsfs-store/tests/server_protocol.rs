@@ -901,7 +901,16 @@ fn data_raw_returns_entries_and_tombstones() {
         panic!()
     };
     let info = String::from_utf8_lossy(&info).into_owned();
-    assert!(info.contains("data_current_id: "), "{info}");
+    let field = |name: &str| -> String {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing: {info}"))
+            .to_string()
+    };
+    let (seg, end) = (field("data_current_id: "), field("data_current_offset: "));
+    assert!(end.parse::<u64>().unwrap() > 0, "{info}");
+    // The append position is the end: DATA RAW there answers EOF.
+    c.raw(&req(&["DATA", "RAW", &seg, &end]), b"-EOF\r\n");
     // Walk segment 0 from its first record.
     let mut found = vec![];
     for off in 0..4096u64 {
