@@ -208,15 +208,17 @@ fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
 /// Tells the hook about sealed segments (0-db's `jump-index` / `jump-data`).
 struct HookObserver {
     hooks: Hooks,
-    data: PathBuf,
 }
 
 impl qsfs_store::EngineObserver for HookObserver {
-    fn on_segment_sealed(&self, ns: &str, segment: u32, path: &Path) {
-        let next = self.data.join(ns).join(format!("{}", segment + 1));
+    fn on_segment_sealed(&self, _ns: &str, segment: u32, path: &Path) {
+        // qsfs has no index files of its own per segment: the index snapshot stands for them.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let next = dir.join(format!("{:010}.seg", u64::from(segment) + 1));
+        let index = dir.join("index").display().to_string();
         let (old, new) = (path.display().to_string(), next.display().to_string());
         self.hooks
-            .fire("jump-index", vec![old.clone(), new.clone(), String::new()]);
+            .fire("jump-index", vec![index.clone(), index, String::new()]);
         self.hooks.fire("jump-data", vec![old, new]);
     }
 }
@@ -235,7 +237,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if hooks.enabled() {
         engine_config.observer = Some(Arc::new(HookObserver {
             hooks: hooks.clone(),
-            data: config.data_root.clone(),
         }));
     }
     std::fs::create_dir_all(&args.data)

@@ -332,7 +332,10 @@ fn hooks_get_the_original_events() {
         format!("jump-data {id} "),
         format!("namespace-deleted {id} x"),
         format!("close {id}"),
-        format!("namespace-closing {id} default"),
+        format!(
+            "namespace-closing {id} default {}",
+            data.join("ns/default/index").display()
+        ),
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(&want)),

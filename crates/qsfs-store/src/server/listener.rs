@@ -187,7 +187,18 @@ impl Server {
             let synced = sh.store.sync();
             sh.hooks.run("close", vec![]);
             for ns in sh.store.namespace_list().unwrap_or_default() {
-                sh.hooks.fire("namespace-closing", vec![ns]);
+                // name, index file, current data file, dirty index ids (always none in qsfs).
+                let dir = sh
+                    .store
+                    .namespace_info(&ns)
+                    .ok()
+                    .and_then(|i| i.path)
+                    .unwrap_or_default();
+                let seg = sh.store.current_position(&ns).map_or(0, |(s, _)| s);
+                let index = dir.join("index").display().to_string();
+                let data = dir.join(format!("{seg:010}.seg")).display().to_string();
+                sh.hooks
+                    .fire("namespace-closing", vec![ns, index, data, String::new()]);
             }
             if let Some(p) = &sh.config.socket {
                 let _ = std::fs::remove_file(p);
