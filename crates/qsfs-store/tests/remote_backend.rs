@@ -1,6 +1,8 @@
 //! The Backend conformance suite of qsfs-core against the 0-db Backend adapter, on user-mode
 //! and seq-mode namespaces of a real server, plus the transparent splitting of large blobs.
 
+#![allow(clippy::unwrap_used)]
+
 mod server_util;
 
 use std::sync::Arc;

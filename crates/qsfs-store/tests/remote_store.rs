@@ -1,6 +1,8 @@
 //! The Store conformance suite of qsfs-core, run against the remote client talking to a real
 //! `qsfs serve` server (over a real engine) on 127.0.0.1.
 
+#![allow(clippy::unwrap_used)]
+
 mod server_util;
 
 use std::sync::Mutex;

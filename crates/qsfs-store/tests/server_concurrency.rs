@@ -1,6 +1,8 @@
 //! 200 concurrent clients doing mixed SET/GET/SCAN for a bounded time against one server: no
 //! error, every value read back equals what was written.
 
+#![allow(clippy::unwrap_used)]
+
 mod server_util;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! Raw-bytes protocol tests against a real server on 127.0.0.1:0 over a real engine: every
 //! command, reply shape and error string of spec/zdb-protocol.md.
 
+#![allow(clippy::unwrap_used)]
+
 mod server_util;
 
 use qsfs_store::server::resp::Reply;

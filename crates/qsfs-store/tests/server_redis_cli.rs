@@ -1,5 +1,7 @@
 //! The protocol scenarios through the real `redis-cli`, and a `redis-benchmark` smoke run.
 
+#![allow(clippy::unwrap_used)]
+
 mod server_util;
 
 use std::process::Command;
