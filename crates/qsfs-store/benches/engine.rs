@@ -75,6 +75,8 @@ fn append(c: &mut Criterion) {
             durability == Durability::EveryWrite,
         );
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // Each side starts with no dirty pages left over from the other one.
+        nix::unistd::sync();
         group.bench_function(format!("raw-file/{name}"), |b| {
             let mut buf = vec![0u8; KEY + VALUE];
             buf[KEY..].copy_from_slice(&value);
@@ -84,6 +86,8 @@ fn append(c: &mut Criterion) {
             })
         });
         drop(raw);
+        nix::unistd::sync();
+        drop(dir);
 
         let edir = tempfile::tempdir().expect("tempdir");
         let engine = Engine::open(

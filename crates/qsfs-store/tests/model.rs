@@ -40,6 +40,14 @@ enum Op {
     Compact {
         ns: usize,
     },
+    Flush {
+        ns: usize,
+    },
+    ForeignHistory {
+        ns: usize,
+        key: u8,
+        other: u8,
+    },
     Reopen {
         drop_index: bool,
     },
@@ -54,7 +62,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (ns.clone(), 1usize..5, any::<bool>()).prop_map(|(ns, limit, reverse)| Op::Scan { ns, limit, reverse }),
         2 => (ns.clone(), 0u8..8).prop_map(|(ns, key)| Op::History { ns, key }),
         1 => ns.clone().prop_map(|ns| Op::Seal { ns }),
-        1 => ns.prop_map(|ns| Op::Compact { ns }),
+        1 => ns.clone().prop_map(|ns| Op::Compact { ns }),
+        1 => ns.clone().prop_map(|ns| Op::Flush { ns }),
+        1 => (ns, 0u8..8, 0u8..8).prop_map(|(ns, key, other)| Op::ForeignHistory { ns, key, other }),
         1 => any::<bool>().prop_map(|drop_index| Op::Reopen { drop_index }),
     ]
 }
@@ -286,6 +296,48 @@ fn run(ops: Vec<Op>, reopen_after: Vec<bool>) -> Result<(), TestCaseError> {
             Op::Seal { ns } => e.rotate(NAMES[ns]).expect("rotate"),
             Op::Compact { ns } => {
                 e.compact_with(NAMES[ns], 1.0).expect("compact");
+            }
+            Op::Flush { ns } => {
+                e.flush_namespace(NAMES[ns]).expect("flush");
+                let m = &mut model[ns];
+                m.keys.clear();
+                m.last_write.clear();
+            }
+            Op::ForeignHistory { ns, key, other } => {
+                // A version of one key must never be served as a version of another.
+                let m = &model[ns];
+                let name = |k: u8| {
+                    if ns == 0 {
+                        Some(vec![b'k', k])
+                    } else {
+                        m.ids.get(k as usize).cloned()
+                    }
+                };
+                if let (Some(a), Some(b)) = (name(key), name(other)) {
+                    if a != b && m.live(&a).is_some() {
+                        let live = e.history(NAMES[ns], &a, None).expect("history");
+                        let mut at = Some(live);
+                        let mut ids = Vec::new();
+                        while let Some(v) = at {
+                            ids.extend(v.previous);
+                            at = v
+                                .previous
+                                .map(|p| e.history(NAMES[ns], &a, Some(p)).expect("walk"));
+                        }
+                        for id in ids {
+                            let r = e.history(NAMES[ns], &b, Some(id));
+                            prop_assert!(
+                                matches!(
+                                    r,
+                                    Err(Error::InvalidArgument(_)) | Err(Error::NotFound(_))
+                                ),
+                                "{} {:?}",
+                                ctx,
+                                r
+                            );
+                        }
+                    }
+                }
             }
             Op::Reopen { drop_index } => {
                 reopen_engine(&mut engine, dir.path(), drop_index);
