@@ -169,7 +169,8 @@ fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
         engine.max_segment_size = size;
     }
     engine.durability = if args.sync {
-        Durability::EveryWrite
+        // Every write synced before its reply, as 0-db's --sync; concurrent clients share syncs.
+        Durability::Group
     } else if let Some(s) = args.synctime {
         Durability::Periodic(Duration::from_secs(s.max(1)))
     } else {
