@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use qsfs_core::{Error, Result};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -22,11 +22,37 @@ use super::resp::{self, Reply};
 use super::session::Session;
 use super::{command, ServerConfig, ServerStore};
 
-/// Smallest read buffer; it doubles while a large request arrives.
-const MIN_READ: usize = 4096;
-/// Buffers larger than this are given back once they are empty, so a connection that once sent
-/// or received an 8 MiB value does not keep the memory while idle.
+/// Bytes read per syscall at most; the buffer grows further only while a large request arrives.
+const READ_CHUNK: usize = 64 * 1024;
+/// A reply buffer larger than this is given back after it was sent (e.g. after an 8 MiB GET).
 const KEEP_BUFFER: usize = 64 * 1024;
+
+/// A connected socket the server can wait on before it allocates a read buffer, so an idle
+/// connection holds no buffer at all.
+pub(crate) trait Socket: AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the socket is readable (or closed).
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_;
+    /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+}
+
+impl Socket for tokio::net::TcpStream {
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+impl Socket for tokio::net::UnixStream {
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -230,15 +256,13 @@ async fn accept_unix(l: &Option<UnixListener>) -> std::io::Result<tokio::net::Un
     }
 }
 
-fn start<S>(
+fn start<S: Socket>(
     shared: &Arc<Shared>,
     limit: &Arc<Semaphore>,
     alive: &mpsc::Sender<()>,
     shutdown: &watch::Receiver<bool>,
     mut stream: S,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let Ok(permit) = limit.clone().try_acquire_owned() else {
         tokio::spawn(async move {
             let _ = stream.write_all(b"-Too many connections\r\n").await;
@@ -257,14 +281,11 @@ fn start<S>(
 }
 
 /// Serves one client until it leaves, errs fatally, or the server stops.
-async fn connection<S>(
+async fn connection<S: Socket>(
     sh: &Shared,
     mut stream: S,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> std::io::Result<()> {
     let mut session = match sh.new_session() {
         Ok(s) => s,
         Err(e) => {
@@ -290,18 +311,22 @@ where
             .as_ref()
             .map(|w| tokio::time::Instant::from_std(w.deadline));
         let partial = (!buf.is_empty()).then_some(sh.config.partial_frame_timeout);
-        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
-            buf = BytesMut::new();
-        }
         if out.capacity() > KEEP_BUFFER {
             out = BytesMut::new();
         }
-        if buf.capacity() - buf.len() < MIN_READ {
-            buf.reserve(buf.len().max(MIN_READ));
-        }
         tokio::select! {
-            r = stream.read_buf(&mut buf) => {
-                let n = match r { Ok(n) => n, Err(e) => break Err(e) };
+            r = stream.ready() => {
+                if let Err(e) = r {
+                    break Err(e);
+                }
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                let n = match stream.try_read_into(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => break Err(e),
+                };
                 if n == 0 {
                     break Ok(());
                 }
@@ -312,6 +337,10 @@ where
                 }
                 if close {
                     break Ok(());
+                }
+                if buf.is_empty() {
+                    // Nothing pending: an idle connection keeps no read buffer.
+                    buf = BytesMut::new();
                 }
             }
             ev = recv(&mut events) => {
