@@ -24,8 +24,8 @@ use super::{command, ServerConfig, ServerStore};
 
 /// Bytes read per syscall at most; the buffer grows further only while a large request arrives.
 const READ_CHUNK: usize = 64 * 1024;
-/// A reply buffer larger than this is given back after it was sent (e.g. after an 8 MiB GET).
-const KEEP_BUFFER: usize = 64 * 1024;
+/// A reply buffer larger than this is given back after it was sent.
+const KEEP_BUFFER: usize = 4096;
 
 /// A connected socket the server can wait on before it allocates a read buffer, so an idle
 /// connection holds no buffer at all.
@@ -311,9 +311,6 @@ async fn connection<S: Socket>(
             .as_ref()
             .map(|w| tokio::time::Instant::from_std(w.deadline));
         let partial = (!buf.is_empty()).then_some(sh.config.partial_frame_timeout);
-        if out.capacity() > KEEP_BUFFER {
-            out = BytesMut::new();
-        }
         tokio::select! {
             r = stream.ready() => {
                 if let Err(e) = r {
@@ -482,6 +479,11 @@ async fn flush<S: AsyncWrite + Unpin>(
     sh.stats
         .network_tx_bytes
         .fetch_add(out.len() as u64, Ordering::Relaxed);
-    out.clear();
+    if out.capacity() > KEEP_BUFFER {
+        // A large reply (say an 8 MiB GET) does not pin its buffer to the connection.
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
     Ok(())
 }
