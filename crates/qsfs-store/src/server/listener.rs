@@ -2,7 +2,8 @@
 //!
 //! Each connection is a task: it reads whatever arrived, runs every complete request in it,
 //! and sends all the replies in one write (with `TCP_NODELAY`), which is what removes the
-//! original's 42 ms pipelining stall. An idle connection is a parked task and costs no CPU.
+//! original's 42 ms pipelining stall. An idle connection is a parked task: no CPU and no buffers
+//! (a read buffer is taken only once the socket is readable and given back when drained).
 //! Shutdown stops accepting, lets every connection finish the batch it is running, syncs the
 //! store and runs the `close` / `namespace-closing` hooks.
 
