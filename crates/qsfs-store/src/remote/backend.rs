@@ -14,6 +14,8 @@
 //!   u8 | key | total u64 | count u32 | ids | sha256`). The key → manifest map is kept in memory
 //!   and rebuilt on first use by scanning the namespace (only small records are fetched);
 //!   replaced and deleted blobs have their records deleted.
+//!   The map lives in this process, so a seq namespace must have one writing adapter at a time
+//!   (as 0-stor gives each data namespace to one writer).
 
 use std::collections::HashMap;
 use std::ops::Range;
