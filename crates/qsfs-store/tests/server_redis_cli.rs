@@ -128,3 +128,49 @@ fn redis_benchmark_smoke() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn redis_cli_admin_namespaces_and_errors() {
+    let cfg = ServerConfig {
+        admin_password: Some("adm".into()),
+        ..ServerConfig::default()
+    };
+    let srv = TestServer::start(cfg);
+    assert_eq!(cli(&srv, &["NSNEW", "x"]), "Permission denied");
+    assert_eq!(cli(&srv, &["AUTH", "bad"]), "Access denied");
+    let out = session(
+        &srv,
+        "AUTH adm\nNSNEW x\nNSSET x password pw\nNSSET x public 0\nNSSET x worm 1\nNSSET x mode seq\n\
+         SELECT x pw\nSET \"\" first\nSET \"\" second\nDBSIZE\nDEL \"\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\"\n\
+         NSSET x lock 1\nSET \"\" third\nNSSET x freeze 1\nGET \"\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\"\n\
+         NSSET x lock 0\nFLUSH\nDBSIZE\nSTOP\nKSCAN a\nNSDEL x\nSELECT default\nNSDEL x\n",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let want = [
+        "OK",
+        "OK",
+        "OK",
+        "OK",
+        "OK",
+        "OK",
+        "OK",
+        "\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}",
+        "\u{1}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}",
+        "2",
+        "Cannot delete a key when namespace is in worm mode",
+        "OK",
+        "Namespace is temporarily locked (read-only)",
+        "OK",
+        "Namespace is temporarily frozen (read-write disabled)",
+        "OK",
+        "OK",
+        "0",
+        "Unauthorized",
+        "Command disabled in release code, not yet available",
+        "Cannot remove namespace you're currently using.",
+        "OK",
+        "OK",
+    ];
+    let got: Vec<&str> = lines.iter().copied().filter(|l| !l.is_empty()).collect();
+    assert_eq!(got, want, "{out}");
+}
