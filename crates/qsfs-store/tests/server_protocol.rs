@@ -1026,3 +1026,45 @@ fn rotate_option_seals_changed_namespaces() {
     }
     c.raw(&req(&["GET", "k"]), b"$1\r\nv\r\n");
 }
+
+/// qsfs's documented ekey contract: `segment << 32 | offset` (little-endian), readable with
+/// `DATA RAW`, so a client can tell a tombstone in a history chain.
+#[test]
+fn history_ekeys_name_data_raw_records() {
+    let srv = TestServer::default();
+    let mut c = srv.client();
+    c.cmd(&["SET", "k", "v1"]);
+    c.cmd(&["DEL", "k"]);
+    c.cmd(&["SET", "k", "v2"]);
+    let Reply::Array(h) = c.cmd(&["HISTORY", "k"]) else {
+        panic!()
+    };
+    let Reply::Bulk(tomb) = h[0].clone() else {
+        panic!("the tombstone is in the chain")
+    };
+    let loc = u64::from_le_bytes(tomb[..].try_into().unwrap());
+    let (seg, off) = ((loc >> 32).to_string(), (loc & 0xffff_ffff).to_string());
+    let Reply::Array(raw) = c.cmd(&["DATA", "RAW", &seg, &off]) else {
+        panic!()
+    };
+    assert_eq!(
+        (raw[0].clone(), raw[3].clone(), raw[5].clone()),
+        (bulk("k"), Reply::Int(1), Reply::Nil)
+    );
+    let Reply::Array(t) = c.cmd(&[b"HISTORY".as_slice(), b"k", &tomb[..]]) else {
+        panic!()
+    };
+    assert_eq!(t[2], bulk(""));
+    let Reply::Bulk(first) = t[0].clone() else {
+        panic!()
+    };
+    let loc = u64::from_le_bytes(first[..].try_into().unwrap());
+    let (seg, off) = ((loc >> 32).to_string(), (loc & 0xffff_ffff).to_string());
+    let Reply::Array(raw) = c.cmd(&["DATA", "RAW", &seg, &off]) else {
+        panic!()
+    };
+    assert_eq!(
+        (raw[3].clone(), raw[5].clone()),
+        (Reply::Int(0), bulk("v1"))
+    );
+}

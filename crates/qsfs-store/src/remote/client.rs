@@ -282,6 +282,8 @@ pub struct ZdbClient {
     config: ZdbConfig,
     pool: Mutex<Vec<Conn>>,
     passwords: RwLock<HashMap<String, String>>,
+    /// Whether the server is `qsfs serve` (INFO `server_revision: qsfs-…`), asked once.
+    qsfs: std::sync::OnceLock<bool>,
 }
 
 impl std::fmt::Debug for ZdbClient {
@@ -312,6 +314,7 @@ impl ZdbClient {
             config,
             pool: Mutex::new(Vec::new()),
             passwords: RwLock::new(passwords),
+            qsfs: std::sync::OnceLock::new(),
         };
         let ns = client.config.namespace.clone();
         let reply = client.call(&ns, vec![b"PING".to_vec()], true)?;
@@ -521,6 +524,15 @@ impl ZdbClient {
             }
         }
         Ok(out)
+    }
+
+    /// True if the server is `qsfs serve` rather than the original 0-db.
+    pub fn is_qsfs(&self) -> bool {
+        *self.qsfs.get_or_init(|| {
+            let ns = self.config.namespace.clone();
+            matches!(self.call(&ns, vec![b"INFO".to_vec()], true),
+                Ok(Reply::Bulk(text)) if String::from_utf8_lossy(&text).contains("\nserver_revision: qsfs-"))
+        })
     }
 
     /// `host:port` or the socket path, for messages.

@@ -225,11 +225,18 @@ impl Store for ZdbClient {
         let timestamp = bulk(ts)
             .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
             .unwrap_or(0);
-        // The wire format has no deleted flag: a tombstone shows as an empty value.
+        let value = bulk(val).unwrap_or_default().to_vec();
+        // HISTORY has no deleted flag: a tombstone reads as an empty value. `qsfs serve`
+        // documents its ekeys as `segment << 32 | offset`, which DATA RAW reads with its flags
+        // (admin only); against the original 0-db a tombstone is never in a chain anyway.
+        let deleted = match at {
+            Some(id) if value.is_empty() && self.is_qsfs() => self.is_tombstone(ns, id),
+            _ => false,
+        };
         Ok(Version {
-            value: bulk(val).unwrap_or_default().to_vec(),
+            value,
             timestamp,
-            deleted: false,
+            deleted,
             previous,
         })
     }
@@ -350,6 +357,17 @@ impl Store for ZdbClient {
 }
 
 impl ZdbClient {
+    /// Asks `qsfs serve` whether the version `id` is a tombstone (false if it cannot tell).
+    fn is_tombstone(&self, ns: &str, id: VersionId) -> bool {
+        let loc = u64::from_le_bytes(id.0);
+        let (segment, offset) = ((loc >> 32).to_string(), (loc & 0xffff_ffff).to_string());
+        let req = v(&[b"DATA", b"RAW", segment.as_bytes(), offset.as_bytes()]);
+        match self.call(ns, req, true) {
+            Ok(Reply::Array(items)) => matches!(items.get(3), Some(Reply::Int(1))),
+            _ => false,
+        }
+    }
+
     /// One SCAN/RSCAN request: the entries and the cursor after them, `None` at the end.
     fn scan_page(
         &self,
