@@ -16,10 +16,10 @@ use qsfs_store::{Durability, Engine, EngineConfig};
 /// Arguments of `qsfs serve` (the original 0-db flags; `-flag` works like `--flag`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// TCP address to listen on.
+    /// TCP address to listen on [default: 127.0.0.1].
     #[arg(long, value_name = "ADDR")]
     listen: Option<IpAddr>,
-    /// TCP port.
+    /// TCP port [default: 9900].
     #[arg(long, value_name = "N")]
     port: Option<u16>,
     /// Unix socket path; replaces TCP unless --dualnet, --listen or --port is given too.
@@ -46,12 +46,12 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", env = "DATASIZE")]
     datasize: Option<String>,
     /// Admin password.
-    #[arg(long, value_name = "PASS", env = "ADMIN")]
+    #[arg(long, value_name = "PASS", env = "ADMIN", hide_env_values = true)]
     admin: Option<String>,
     /// Write-protect `default` with the admin password (needs --admin).
     #[arg(long, env = "PROTECT")]
     protect: bool,
-    /// Size limit of the `default` namespace in bytes (in memory only).
+    /// Size limit of the `default` namespace in bytes.
     #[arg(long, value_name = "BYTES")]
     maxsize: Option<u64>,
     /// Rotate the segment of a changed namespace every SEC seconds.
@@ -69,7 +69,7 @@ pub struct Args {
     /// Hook executable run on events.
     #[arg(long, value_name = "EXE")]
     hook: Option<PathBuf>,
-    /// Debug logging.
+    /// Accepted for compatibility; set QSFS_LOG=debug for debug logging.
     #[arg(long)]
     verbose: bool,
     /// Most clients served at once.
