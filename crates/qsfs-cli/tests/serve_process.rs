@@ -46,7 +46,30 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(data: &Path, port: u16, extra: &[&str]) -> Child {
+/// A running `qsfs serve`, killed when dropped so a failing test leaves no process behind.
+struct Serve(Child);
+
+impl std::ops::Deref for Serve {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(data: &Path, port: u16, extra: &[&str]) -> Serve {
     let child = Command::new(BIN)
         .args(["serve", "--port", &port.to_string(), "--data"])
         .arg(data)
@@ -63,7 +86,7 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> Child {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Serve(child)
 }
 
 fn req(args: &[&[u8]]) -> Vec<u8> {
@@ -348,14 +371,16 @@ fn hooks_get_the_original_events() {
 fn unix_socket_replaces_tcp() {
     let dir = TempDir::new("sock");
     let sock = dir.0.join("zdb.sock");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data"])
-        .arg(dir.0.join("d"))
-        .arg("--socket")
-        .arg(&sock)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Serve(
+        Command::new(BIN)
+            .args(["serve", "--data"])
+            .arg(dir.0.join("d"))
+            .arg("--socket")
+            .arg(&sock)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut s = loop {
         if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
