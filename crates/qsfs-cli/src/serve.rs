@@ -1,10 +1,299 @@
-//! `qsfs serve` (being written).
+//! `qsfs serve`: the 0-db-compatible server. Parses the original's flags (spec Appendix A) and
+//! wires [`qsfs_store::Engine`] to [`qsfs_store::server`]; all behaviour lives in the library.
 
-/// Arguments of `qsfs serve`.
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use qsfs_core::Mode;
+use qsfs_store::server::hooks::Hooks;
+use qsfs_store::server::{Server, ServerConfig};
+use qsfs_store::{Durability, Engine, EngineConfig};
+
+/// Arguments of `qsfs serve` (the original 0-db flags; `-flag` works like `--flag`).
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// TCP address to listen on [default: 127.0.0.1].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<IpAddr>,
+    /// TCP port [default: 9900].
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// Unix socket path; replaces TCP unless --dualnet, --listen or --port is given too.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// With --socket: listen on TCP as well.
+    #[arg(long)]
+    dualnet: bool,
+    /// Data directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "./zdb-data",
+        env = "DATADIR"
+    )]
+    data: PathBuf,
+    /// Index directory (accepted for compatibility; qsfs keeps its index beside the data).
+    #[arg(long, value_name = "DIR", env = "INDEXDIR")]
+    index: Option<PathBuf>,
+    /// Key mode of every namespace: user, seq (or direct = seq). Absent = mixed.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// Segment (data file) rotation size: bytes or k/M/G/T suffix, at least 512 KiB.
+    #[arg(long, value_name = "SIZE", env = "DATASIZE")]
+    datasize: Option<String>,
+    /// Admin password.
+    #[arg(long, value_name = "PASS", env = "ADMIN", hide_env_values = true)]
+    admin: Option<String>,
+    /// Write-protect `default` with the admin password (needs --admin).
+    #[arg(long, env = "PROTECT")]
+    protect: bool,
+    /// Size limit of the `default` namespace in bytes.
+    #[arg(long, value_name = "BYTES")]
+    maxsize: Option<u64>,
+    /// Rotate the segment of a changed namespace every SEC seconds.
+    #[arg(long, value_name = "SEC")]
+    rotate: Option<u64>,
+    /// fsync every write before acknowledging it.
+    #[arg(long)]
+    sync: bool,
+    /// fsync at most every SEC seconds.
+    #[arg(long, value_name = "SEC")]
+    synctime: Option<u64>,
+    /// fsync before rotations (always done by qsfs; accepted).
+    #[arg(long)]
+    secure: bool,
+    /// Hook executable run on events.
+    #[arg(long, value_name = "EXE")]
+    hook: Option<PathBuf>,
+    /// Accepted for compatibility; set QSFS_LOG=debug for debug logging.
+    #[arg(long)]
+    verbose: bool,
+    /// Most clients served at once.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Only accept full command names (no 0-db prefix matching).
+    #[arg(long)]
+    strict_commands: bool,
+    /// Not supported: run under a supervisor instead.
+    #[arg(long, hide = true)]
+    background: bool,
+    /// Not supported (only with --background).
+    #[arg(long, hide = true, value_name = "FILE")]
+    logfile: Option<PathBuf>,
+    /// Not supported.
+    #[arg(long, hide = true)]
+    dump: bool,
+}
+
+/// The original accepts long options with one dash (`-port 9900`); turns them into `--port`.
+/// Call on the process arguments before parsing.
+#[allow(dead_code)]
+pub fn normalize_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    const LONG: [&str; 22] = [
+        "listen",
+        "port",
+        "socket",
+        "dualnet",
+        "data",
+        "index",
+        "mode",
+        "datasize",
+        "admin",
+        "protect",
+        "maxsize",
+        "rotate",
+        "sync",
+        "synctime",
+        "secure",
+        "hook",
+        "verbose",
+        "background",
+        "logfile",
+        "dump",
+        "help",
+        "version",
+    ];
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some(s) if s.starts_with('-') && !s.starts_with("--") && LONG.contains(&&s[1..]) => {
+                format!("-{s}").into()
+            }
+            _ => a,
+        })
+        .collect()
+}
+
+/// Parses `--datasize`: plain bytes or a `k`/`M`/`G`/`T` suffix (case-sensitive, as 0-db).
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let (num, mult) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        Some('T') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
+}
+
+fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
+    if args.background || args.logfile.is_some() || args.dump {
+        bail!("--background, --logfile and --dump are not supported: run qsfs serve under a supervisor");
+    }
+    if args.protect && args.admin.is_none() {
+        bail!("--protect needs --admin");
+    }
+    let mode = match args.mode.as_deref() {
+        None | Some("mix") | Some("mixed") => None,
+        Some("user") => Some(Mode::User),
+        Some("seq") => Some(Mode::Seq),
+        Some("direct") => {
+            tracing::warn!("--mode direct is deprecated, using seq");
+            Some(Mode::Seq)
+        }
+        Some(other) => bail!("invalid mode {other:?} (expected user or seq)"),
+    };
+    let mut engine = EngineConfig::default();
+    if let Some(ds) = &args.datasize {
+        let size = parse_size(ds)?;
+        if size < 512 * 1024 {
+            bail!("--datasize must be at least 512 KiB");
+        }
+        engine.max_segment_size = size;
+    }
+    engine.durability = if args.sync {
+        // Every write synced before its reply, as 0-db's --sync; concurrent clients share syncs.
+        Durability::Group
+    } else if let Some(s) = args.synctime {
+        Durability::Periodic(Duration::from_secs(s.max(1)))
+    } else {
+        engine.durability
+    };
+    if let Some(m) = mode {
+        engine.default_mode = m;
+        engine.single_mode = Some(m);
+    }
+    let tcp_wanted =
+        args.socket.is_none() || args.dualnet || args.listen.is_some() || args.port.is_some();
+    let tcp = tcp_wanted.then(|| {
+        SocketAddr::new(
+            args.listen.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            args.port.unwrap_or(9900),
+        )
+    });
+    let server = ServerConfig {
+        tcp,
+        socket: args.socket.clone(),
+        admin_password: args.admin.clone(),
+        protect: args.protect,
+        mode,
+        default_maxsize: args.maxsize,
+        rotate_every: args.rotate.map(|s| Duration::from_secs(s.max(1))),
+        hook: args.hook.clone(),
+        index_root: args.index.clone().unwrap_or_else(|| args.data.clone()),
+        data_root: args.data.clone(),
+        max_connections: args.max_connections.max(1),
+        strict_commands: args.strict_commands,
+        ..ServerConfig::default()
+    };
+    Ok((server, engine))
+}
+
+/// Tells the hook about sealed segments (0-db's `jump-index` / `jump-data`).
+struct HookObserver {
+    hooks: Hooks,
+}
+
+impl qsfs_store::EngineObserver for HookObserver {
+    fn on_segment_sealed(&self, _ns: &str, segment: u32, path: &Path) {
+        // qsfs has no index files of its own per segment: the index snapshot stands for them.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let next = dir.join(format!("{:010}.seg", u64::from(segment) + 1));
+        let index = dir.join("index").display().to_string();
+        let (old, new) = (path.display().to_string(), next.display().to_string());
+        self.hooks
+            .fire("jump-index", vec![index.clone(), index, String::new()]);
+        self.hooks.fire("jump-data", vec![old, new]);
+    }
+}
 
 /// Runs `qsfs serve`.
-pub fn run(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("qsfs serve is not built yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (config, mut engine_config) = build_config(&args)?;
+    let hooks = Hooks::new(config.hook.clone(), config.instance_id());
+    hooks.run(
+        "namespaces-init",
+        vec![
+            config.index_root.display().to_string(),
+            config.data_root.display().to_string(),
+        ],
+    );
+    if hooks.enabled() {
+        engine_config.observer = Some(Arc::new(HookObserver {
+            hooks: hooks.clone(),
+        }));
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("create {}", args.data.display()))?;
+    let engine = Engine::open(&args.data, engine_config).context("open the engine")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let server = Server::bind(Arc::new(engine), config)
+            .await
+            .context("listen")?;
+        if let Err(e) = server.ready_hook() {
+            bail!("{e}");
+        }
+        let handle = server.spawn();
+        tracing::info!(addr = ?handle.local_addr, socket = ?handle.socket, "qsfs serve ready");
+        let stop = handle.shutdown_sender();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received, shutting down");
+            let _ = stop.send(true);
+        });
+        handle.wait().await.context("shutdown")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512k").unwrap(), 512 * 1024);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("64m").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn single_dash_long_options() {
+        let a = normalize_args(["qsfs", "serve", "-port", "9901", "-v", "--sync"].map(Into::into));
+        let a: Vec<String> = a.into_iter().map(|s| s.into_string().unwrap()).collect();
+        assert_eq!(a, ["qsfs", "serve", "--port", "9901", "-v", "--sync"]);
+    }
 }

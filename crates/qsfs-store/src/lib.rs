@@ -64,7 +64,9 @@ mod error;
 mod index;
 mod namespace;
 mod password;
+pub mod remote;
 mod segment;
+pub mod server;
 
 pub use cold::cold_key;
 pub use compaction::CompactionReport;

@@ -1,0 +1,402 @@
+//! `qsfs serve` as a real process: flags, graceful shutdown on SIGTERM/SIGINT, hooks, and no
+//! acknowledged write lost to a `kill -9` in the middle of a pipelined write load.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qsfs");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "qsfs-serve-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_u64()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `qsfs serve`, killed when dropped so a failing test leaves no process behind.
+struct Serve(Child);
+
+impl std::ops::Deref for Serve {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(data: &Path, port: u16, extra: &[&str]) -> Serve {
+    let child = Command::new(BIN)
+        .args(["serve", "--port", &port.to_string(), "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qsfs serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "qsfs serve did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Serve(child)
+}
+
+fn req(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n", a.len()).into_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads one simple reply (status, error, integer or bulk) as text; `None` for nil.
+fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let line = line.trim_end().to_string();
+    if let Some(n) = line.strip_prefix('$') {
+        let n: i64 = n.parse().unwrap();
+        if n < 0 {
+            return Ok(None);
+        }
+        let mut b = vec![0u8; n as usize + 2];
+        r.read_exact(&mut b)?;
+        b.truncate(n as usize);
+        return Ok(Some(String::from_utf8_lossy(&b).into_owned()));
+    }
+    Ok(Some(line))
+}
+
+fn connect(port: u16) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+fn cmd(s: &mut TcpStream, r: &mut BufReader<TcpStream>, args: &[&str]) -> Option<String> {
+    let a: Vec<&[u8]> = args.iter().map(|x| x.as_bytes()).collect();
+    s.write_all(&req(&a)).unwrap();
+    reply(r).unwrap()
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("qsfs serve did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn help_version_and_bad_flags() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--port",
+        "--socket",
+        "--data",
+        "--index",
+        "--mode",
+        "--admin",
+        "--protect",
+        "--datasize",
+        "--maxsize",
+        "--rotate",
+        "--sync",
+        "--synctime",
+        "--hook",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--version"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let dir = TempDir::new("flags");
+    for bad in [
+        &["--mode", "weird"][..],
+        &["--protect"],
+        &["--datasize", "1k"],
+        &["--datasize", "12x"],
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--port", &free_port().to_string(), "--data"])
+            .arg(&dir.0)
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?} must exit 1");
+        assert!(!out.stderr.is_empty(), "{bad:?} must say why");
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_cleanly_and_keep_data() {
+    let dir = TempDir::new("term");
+    let port = free_port();
+    for sig in ["-TERM", "-INT"] {
+        let mut child = start(&dir.0, port, &["--index", dir.0.to_str().unwrap()]);
+        let (mut s, mut r) = connect(port);
+        let key = format!("key{sig}");
+        assert_eq!(
+            cmd(&mut s, &mut r, &["SET", &key, "value"]).as_deref(),
+            Some(key.as_str())
+        );
+        signal(&child, sig);
+        let st = wait_exit(&mut child, Duration::from_secs(20));
+        assert_eq!(st.code(), Some(0), "{sig}: exit status");
+    }
+    let mut child = start(&dir.0, port, &[]);
+    let (mut s, mut r) = connect(port);
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "key-TERM"]).as_deref(),
+        Some("value")
+    );
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "key-INT"]).as_deref(),
+        Some("value")
+    );
+    signal(&child, "-TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn kill_9_during_pipelined_writes_loses_no_acknowledged_set() {
+    let dir = TempDir::new("kill9");
+    let port = free_port();
+    let mut child = start(&dir.0, port, &[]);
+    let (mut s, mut r) = connect(port);
+    let writer = std::thread::spawn(move || {
+        let mut acked: Vec<(String, String)> = Vec::new();
+        let mut batch_no = 0u64;
+        'outer: loop {
+            let batch: Vec<(String, String)> = (0..64)
+                .map(|i| {
+                    let k = format!("k{batch_no}-{i}");
+                    let v = format!(
+                        "v{batch_no}-{i}-{}",
+                        "p".repeat(((batch_no + i) % 50) as usize * 40)
+                    );
+                    (k, v)
+                })
+                .collect();
+            let mut wire = Vec::new();
+            for (k, v) in &batch {
+                wire.extend(req(&[b"SET", k.as_bytes(), v.as_bytes()]));
+            }
+            if s.write_all(&wire).is_err() {
+                break;
+            }
+            for (k, v) in batch {
+                match reply(&mut r) {
+                    Ok(Some(got)) if got == k => acked.push((k, v)),
+                    Ok(other) => panic!("unexpected SET reply {other:?}"),
+                    Err(_) => break 'outer,
+                }
+            }
+            batch_no += 1;
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() > 100,
+        "the load did not get going: {} acked",
+        acked.len()
+    );
+    let mut child = start(&dir.0, port, &[]);
+    let (mut s, mut r) = connect(port);
+    for chunk in acked.chunks(500) {
+        let mut wire = Vec::new();
+        for (k, _) in chunk {
+            wire.extend(req(&[b"GET", k.as_bytes()]));
+        }
+        s.write_all(&wire).unwrap();
+        for (k, v) in chunk {
+            let got = reply(&mut r).unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(v.as_str()),
+                "acknowledged SET of {k} lost"
+            );
+        }
+    }
+    signal(&child, "-TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn hooks_get_the_original_events() {
+    let dir = TempDir::new("hooks");
+    let log = dir.0.join("events.log");
+    let hook = dir.0.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 0\n", log.display()),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    let data = dir.0.join("data");
+    let port = free_port();
+    let mut child = start(
+        &data,
+        port,
+        &["--hook", hook.to_str().unwrap(), "--datasize", "512k"],
+    );
+    let (mut s, mut r) = connect(port);
+    assert_eq!(cmd(&mut s, &mut r, &["NSNEW", "x"]).as_deref(), Some("+OK"));
+    assert_eq!(
+        cmd(&mut s, &mut r, &["NSSET", "x", "public", "0"]).as_deref(),
+        Some("+OK")
+    );
+    assert_eq!(cmd(&mut s, &mut r, &["NSJUMP"]).as_deref(), Some("+OK"));
+    assert_eq!(cmd(&mut s, &mut r, &["NSDEL", "x"]).as_deref(), Some("+OK"));
+    let Some(hooks) = cmd(&mut s, &mut r, &["HOOKS"]) else {
+        panic!()
+    };
+    assert!(hooks.starts_with('*'), "HOOKS is an array: {hooks}");
+    signal(&child, "-TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    // Background hooks may still be finishing.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let id = format!("tcp://127.0.0.1:{port}");
+    for want in [
+        format!("namespaces-init {id} "),
+        format!("ready {id}"),
+        format!("namespace-created {id} x"),
+        format!("namespace-updated {id} x"),
+        format!("jump-index {id} "),
+        format!("jump-data {id} "),
+        format!("namespace-deleted {id} x"),
+        format!("close {id}"),
+        format!(
+            "namespace-closing {id} default {}",
+            data.join("ns/default/index").display()
+        ),
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&want)),
+            "hook log lacks {want:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn unix_socket_replaces_tcp() {
+    let dir = TempDir::new("sock");
+    let sock = dir.0.join("zdb.sock");
+    let mut child = Serve(
+        Command::new(BIN)
+            .args(["serve", "--data"])
+            .arg(dir.0.join("d"))
+            .arg("--socket")
+            .arg(&sock)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut s = loop {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&sock) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.write_all(&req(&[b"PING"])).unwrap();
+    let mut b = [0u8; 7];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"+PONG\r\n");
+    signal(&child, "-TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    assert!(!sock.exists(), "socket file removed on shutdown");
+}

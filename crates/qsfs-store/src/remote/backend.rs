@@ -1,0 +1,551 @@
+//! [`qsfs_core::Backend`] over a 0-db namespace, so the backup pipeline can keep shards on 0-db
+//! nodes (the original's or `qsfs serve`).
+//!
+//! Every blob is stored with a checksum, so a node that returns damaged bytes is caught here.
+//!
+//! * **User-mode namespace**: the Backend key is the 0-db key. A blob up to 8 MiB (less a 5-byte
+//!   header) is one value `0x00 | crc32c u32 LE | data`. A larger one is split into 8 MiB chunks
+//!   stored under `0x01 <hash of key>:<generation>:<n>` keys (invisible to `list`, which only
+//!   shows valid Backend keys), then the key gets a manifest `0x01 | total u64 | chunks u32 |
+//!   generation u64 | sha256`. The manifest is written last, so a reader sees the old blob or
+//!   the new one, never a mixture; the old generation's chunks are deleted afterwards.
+//! * **Seq-mode namespace** (0-stor's data nodes): the server chooses the keys, so every blob is
+//!   written as data records (`'D' | bytes`) followed by a manifest record (`'M' | key length
+//!   u8 | key | total u64 | count u32 | ids | sha256`). The key → manifest map is kept in memory
+//!   and rebuilt on first use by scanning the namespace (only small records are fetched);
+//!   replaced and deleted blobs have their records deleted.
+//!   The map lives in this process, so a seq namespace must have one writing adapter at a time
+//!   (as 0-stor gives each data namespace to one writer).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use parking_lot::Mutex;
+use qsfs_core::{check_object_key, Backend, Error, Health, HealthStatus, Mode, Result, Store};
+use sha2::{Digest, Sha256};
+
+use super::client::{ReplyExt, ZdbClient};
+use crate::server::resp::Reply;
+
+/// Largest value a 0-db server accepts.
+const MAX_VALUE: usize = qsfs_core::MAX_VALUE_LEN;
+/// Seq-mode records at most this long are fetched when rebuilding the key map.
+const MANIFEST_MAX: u64 = 64 * 1024;
+
+/// A 0-db namespace used as a blob store.
+#[derive(Clone)]
+pub struct ZdbBackend {
+    client: Arc<ZdbClient>,
+    ns: String,
+    mode: Mode,
+    /// Seq mode: key → (manifest id, data ids). `None` until rebuilt.
+    seq_map: Arc<Mutex<Option<HashMap<String, SeqObject>>>>,
+    /// Serialises writers of seq mode so the map stays consistent.
+    seq_write: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A user-mode manifest: (generation, chunk count, total length, sha256).
+type Manifest = (u64, u32, u64, [u8; 32]);
+
+#[derive(Debug, Clone)]
+struct SeqObject {
+    manifest: Vec<u8>,
+    data: Vec<Vec<u8>>,
+    total: u64,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for ZdbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZdbBackend")
+            .field("ns", &self.ns)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+fn corrupt(what: String, detail: &str) -> Error {
+    Error::corrupt(what, detail)
+}
+
+fn join_err(e: tokio::task::JoinError) -> Error {
+    Error::Unavailable(format!("blocking task: {e}"))
+}
+
+impl ZdbBackend {
+    /// A backend on the client's namespace; its mode is read from the server (NSINFO).
+    pub fn new(client: Arc<ZdbClient>) -> Result<Self> {
+        let ns = client.config().namespace.clone();
+        let mode = client.namespace_info(&ns)?.mode;
+        Ok(ZdbBackend {
+            client,
+            ns,
+            mode,
+            seq_map: Arc::new(Mutex::new(None)),
+            seq_write: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Connects to a `zdb://` URL and builds the backend (blocking).
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::new(Arc::new(ZdbClient::from_url(url)?))
+    }
+
+    /// The namespace's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ZdbBackend) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(join_err)?
+    }
+
+    fn location(&self, key: &str) -> String {
+        format!("zdb {}/{} key {key}", self.client.endpoint(), self.ns)
+    }
+
+    // ---- user mode ----
+
+    fn chunk_key(key: &str, generation: u64, n: u32) -> Vec<u8> {
+        let h = Sha256::digest(key.as_bytes());
+        let mut k = vec![0x01];
+        k.extend_from_slice(format!("{}:{generation:016x}:{n}", hex::encode(&h[..16])).as_bytes());
+        k
+    }
+
+    fn user_put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let old = self.user_manifest(key)?;
+        if data.len() + 5 <= MAX_VALUE {
+            let mut v = Vec::with_capacity(data.len() + 5);
+            v.push(0);
+            v.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+            v.extend_from_slice(data);
+            self.client.set(&self.ns, Some(key.as_bytes()), &v)?;
+        } else {
+            let generation: u64 = rand::random();
+            let chunks: Vec<&[u8]> = data.chunks(MAX_VALUE).collect();
+            // A few chunks per round trip: pipelined, without holding too much in flight.
+            for (group_no, group) in chunks.chunks(4).enumerate() {
+                let reqs: Vec<Vec<Vec<u8>>> = group
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let n = (group_no * 4 + i) as u32;
+                        vec![
+                            b"SET".to_vec(),
+                            Self::chunk_key(key, generation, n),
+                            c.to_vec(),
+                        ]
+                    })
+                    .collect();
+                for r in self.client.pipeline(&self.ns, &reqs, true)? {
+                    r.ok()?;
+                }
+            }
+            let mut m = BytesMut::with_capacity(53);
+            m.put_u8(1);
+            m.put_u64_le(data.len() as u64);
+            m.put_u32_le(chunks.len() as u32);
+            m.put_u64_le(generation);
+            m.put_slice(&Sha256::digest(data));
+            self.client.set(&self.ns, Some(key.as_bytes()), &m)?;
+        }
+        if let Some((generation, count, _, _)) = old {
+            self.delete_chunks(key, generation, count);
+        }
+        Ok(())
+    }
+
+    /// The chunked manifest of `key`, if it has one: (generation, chunks, total, sha256).
+    fn user_manifest(&self, key: &str) -> Result<Option<Manifest>> {
+        let Some(e) = self.client.get(&self.ns, key.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(Self::parse_user_manifest(&e.value))
+    }
+
+    fn parse_user_manifest(v: &[u8]) -> Option<Manifest> {
+        if v.len() != 53 || v[0] != 1 {
+            return None;
+        }
+        let total = u64::from_le_bytes(v[1..9].try_into().ok()?);
+        let count = u32::from_le_bytes(v[9..13].try_into().ok()?);
+        let generation = u64::from_le_bytes(v[13..21].try_into().ok()?);
+        let digest: [u8; 32] = v[21..53].try_into().ok()?;
+        Some((generation, count, total, digest))
+    }
+
+    fn delete_chunks(&self, key: &str, generation: u64, count: u32) {
+        let reqs: Vec<Vec<Vec<u8>>> = (0..count)
+            .map(|n| vec![b"DEL".to_vec(), Self::chunk_key(key, generation, n)])
+            .collect();
+        // Leftover chunks only waste space; a failure here must not fail the caller.
+        if let Err(e) = self.client.pipeline(&self.ns, &reqs, true) {
+            tracing::warn!(error = %e, "could not delete old chunks");
+        }
+    }
+
+    fn user_get(&self, key: &str) -> Result<Bytes> {
+        let Some(e) = self.client.get(&self.ns, key.as_bytes())? else {
+            return Err(Error::NotFound(self.location(key)));
+        };
+        let v = e.value;
+        match v.first() {
+            Some(0) if v.len() >= 5 => {
+                let crc = u32::from_le_bytes([v[1], v[2], v[3], v[4]]);
+                if crc32c::crc32c(&v[5..]) != crc {
+                    return Err(corrupt(self.location(key), "checksum mismatch"));
+                }
+                Ok(Bytes::from(v).slice(5..))
+            }
+            Some(1) => {
+                let Some((generation, count, total, digest)) = Self::parse_user_manifest(&v) else {
+                    return Err(corrupt(self.location(key), "bad manifest"));
+                };
+                let mut out = BytesMut::with_capacity(total as usize);
+                let keys: Vec<Vec<u8>> = (0..count)
+                    .map(|n| Self::chunk_key(key, generation, n))
+                    .collect();
+                for group in keys.chunks(4) {
+                    let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
+                    for part in self.client.mget(&self.ns, &refs)? {
+                        let part =
+                            part.ok_or_else(|| corrupt(self.location(key), "chunk missing"))?;
+                        out.extend_from_slice(&part);
+                    }
+                }
+                if out.len() as u64 != total || Sha256::digest(&out)[..] != digest {
+                    return Err(corrupt(self.location(key), "checksum mismatch"));
+                }
+                Ok(out.freeze())
+            }
+            _ => Err(corrupt(self.location(key), "unknown blob header")),
+        }
+    }
+
+    fn user_delete(&self, key: &str) -> Result<()> {
+        let old = self.user_manifest(key)?;
+        match self.client.delete(&self.ns, key.as_bytes()) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if let Some((generation, count, _, _)) = old {
+            self.delete_chunks(key, generation, count);
+        }
+        Ok(())
+    }
+
+    /// Every key of the namespace, in scan order.
+    fn all_keys(&self) -> Result<Vec<qsfs_core::KeyMeta>> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page =
+                self.client
+                    .scan(&self.ns, cursor.as_ref(), 0, qsfs_core::ScanOrder::Forward)?;
+            if page.entries.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page.entries);
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    // ---- seq mode ----
+
+    fn seq_load(&self) -> Result<()> {
+        if self.seq_map.lock().is_some() {
+            return Ok(());
+        }
+        let small: Vec<Vec<u8>> = self
+            .all_keys()?
+            .into_iter()
+            .filter(|m| m.length <= MANIFEST_MAX)
+            .map(|m| m.key)
+            .collect();
+        let mut map: HashMap<String, SeqObject> = HashMap::new();
+        let mut stale = Vec::new();
+        for group in small.chunks(256) {
+            let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
+            for (id, value) in group.iter().zip(self.client.mget(&self.ns, &refs)?) {
+                let Some(v) = value else { continue };
+                if let Some((key, obj)) = Self::parse_seq_manifest(id.clone(), &v) {
+                    // Later manifests win: a crash between writing a new one and deleting
+                    // the old one leaves both.
+                    if let Some(old) = map.insert(key, obj) {
+                        stale.push(old);
+                    }
+                }
+            }
+        }
+        *self.seq_map.lock() = Some(map);
+        for old in stale {
+            self.seq_delete_records(&old);
+        }
+        Ok(())
+    }
+
+    fn parse_seq_manifest(id: Vec<u8>, v: &[u8]) -> Option<(String, SeqObject)> {
+        if v.first() != Some(&b'M') || v.len() < 2 {
+            return None;
+        }
+        let kl = v[1] as usize;
+        let key = std::str::from_utf8(v.get(2..2 + kl)?).ok()?.to_string();
+        let mut p = 2 + kl;
+        let total = u64::from_le_bytes(v.get(p..p + 8)?.try_into().ok()?);
+        p += 8;
+        let count = u32::from_le_bytes(v.get(p..p + 4)?.try_into().ok()?) as usize;
+        p += 4;
+        let mut data = Vec::with_capacity(count.min(8192));
+        for _ in 0..count {
+            data.push(v.get(p..p + 8)?.to_vec());
+            p += 8;
+        }
+        let digest: [u8; 32] = v.get(p..p + 32)?.try_into().ok()?;
+        (p + 32 == v.len()).then_some((
+            key,
+            SeqObject {
+                manifest: id,
+                data,
+                total,
+                digest,
+            },
+        ))
+    }
+
+    fn seq_delete_records(&self, obj: &SeqObject) {
+        let mut reqs: Vec<Vec<Vec<u8>>> = obj
+            .data
+            .iter()
+            .map(|id| vec![b"DEL".to_vec(), id.clone()])
+            .collect();
+        reqs.push(vec![b"DEL".to_vec(), obj.manifest.clone()]);
+        if let Err(e) = self.client.pipeline(&self.ns, &reqs, true) {
+            tracing::warn!(error = %e, "could not delete replaced records");
+        }
+    }
+
+    fn seq_put(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.seq_load()?;
+        let mut ids = Vec::new();
+        for chunk in data
+            .chunks(MAX_VALUE - 1)
+            .chain(data.is_empty().then_some(&[][..]))
+        {
+            let mut v = Vec::with_capacity(chunk.len() + 1);
+            v.push(b'D');
+            v.extend_from_slice(chunk);
+            ids.push(self.client.set(&self.ns, None, &v)?.key().to_vec());
+        }
+        let digest: [u8; 32] = Sha256::digest(data).into();
+        let mut m = Vec::with_capacity(48 + key.len() + 8 * ids.len());
+        m.push(b'M');
+        m.push(key.len() as u8);
+        m.extend_from_slice(key.as_bytes());
+        m.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        m.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for id in &ids {
+            m.extend_from_slice(id);
+        }
+        m.extend_from_slice(&digest);
+        if m.len() as u64 > MANIFEST_MAX {
+            return Err(Error::TooLarge {
+                what: "blob",
+                len: data.len(),
+                max: 8000 * MAX_VALUE,
+            });
+        }
+        let manifest = self.client.set(&self.ns, None, &m)?.key().to_vec();
+        let obj = SeqObject {
+            manifest,
+            data: ids,
+            total: data.len() as u64,
+            digest,
+        };
+        let old = self
+            .seq_map
+            .lock()
+            .as_mut()
+            .and_then(|map| map.insert(key.to_string(), obj));
+        if let Some(old) = old {
+            self.seq_delete_records(&old);
+        }
+        Ok(())
+    }
+
+    fn seq_object(&self, key: &str) -> Result<Option<SeqObject>> {
+        self.seq_load()?;
+        Ok(self
+            .seq_map
+            .lock()
+            .as_ref()
+            .and_then(|m| m.get(key).cloned()))
+    }
+
+    fn seq_get(&self, key: &str) -> Result<Bytes> {
+        let obj = self
+            .seq_object(key)?
+            .ok_or_else(|| Error::NotFound(self.location(key)))?;
+        let mut out = BytesMut::with_capacity(obj.total as usize);
+        for group in obj.data.chunks(4) {
+            let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
+            for part in self.client.mget(&self.ns, &refs)? {
+                let part = part.ok_or_else(|| corrupt(self.location(key), "record missing"))?;
+                if part.first() != Some(&b'D') {
+                    return Err(corrupt(self.location(key), "not a data record"));
+                }
+                out.extend_from_slice(&part[1..]);
+            }
+        }
+        if out.len() as u64 != obj.total || Sha256::digest(&out)[..] != obj.digest {
+            return Err(corrupt(self.location(key), "checksum mismatch"));
+        }
+        Ok(out.freeze())
+    }
+
+    fn seq_delete(&self, key: &str) -> Result<()> {
+        self.seq_load()?;
+        let old = self.seq_map.lock().as_mut().and_then(|m| m.remove(key));
+        if let Some(old) = old {
+            self.seq_delete_records(&old);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Backend for ZdbBackend {
+    fn name(&self) -> String {
+        format!("zdb://{}/{}", self.client.endpoint(), self.ns)
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        check_object_key(key)?;
+        let key = key.to_string();
+        if self.mode == Mode::Seq {
+            let _guard = self.seq_write.lock().await;
+            return self.blocking(move |b| b.seq_put(&key, &data)).await;
+        }
+        self.blocking(move |b| b.user_put(&key, &data)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        check_object_key(key)?;
+        let key = key.to_string();
+        match self.mode {
+            Mode::Seq => self.blocking(move |b| b.seq_get(&key)).await,
+            _ => self.blocking(move |b| b.user_get(&key)).await,
+        }
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let all = self.get(key).await?;
+        Ok(qsfs_core::slice_range(&all, range))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        check_object_key(key)?;
+        let key = key.to_string();
+        if self.mode == Mode::Seq {
+            let _guard = self.seq_write.lock().await;
+            return self.blocking(move |b| b.seq_delete(&key)).await;
+        }
+        self.blocking(move |b| b.user_delete(&key)).await
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool> {
+        check_object_key(key)?;
+        let key = key.to_string();
+        match self.mode {
+            Mode::Seq => {
+                self.blocking(move |b| Ok(b.seq_object(&key)?.is_some()))
+                    .await
+            }
+            _ => {
+                self.blocking(move |b| b.client.exists(&b.ns, key.as_bytes()))
+                    .await
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |b| {
+            let mut keys: Vec<String> = match b.mode {
+                Mode::Seq => {
+                    b.seq_load()?;
+                    b.seq_map
+                        .lock()
+                        .as_ref()
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default()
+                }
+                _ => b
+                    .all_keys()?
+                    .into_iter()
+                    .filter_map(|m| String::from_utf8(m.key).ok())
+                    .filter(|k| check_object_key(k).is_ok())
+                    .collect(),
+            };
+            keys.retain(|k| k.starts_with(&prefix));
+            keys.sort();
+            keys.dedup();
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn health(&self) -> Health {
+        let start = Instant::now();
+        let r = self
+            .blocking(|b| {
+                let r = b.client.call(&b.ns, vec![b"PING".to_vec()], true)?;
+                if r != Reply::Status("PONG".into()) {
+                    return Err(Error::Unavailable(format!("PING answered {r:?}")));
+                }
+                let info = b.client.call(
+                    &b.ns,
+                    vec![b"NSINFO".to_vec(), b.ns.as_bytes().to_vec()],
+                    true,
+                )?;
+                Ok(info.ok().ok())
+            })
+            .await;
+        match r {
+            Ok(info) => {
+                let mut h = Health::up(start.elapsed());
+                if let Some(Reply::Bulk(text)) = info {
+                    let text = String::from_utf8_lossy(&text);
+                    for line in text.lines() {
+                        match line.split_once(": ") {
+                            Some(("data_size_bytes", v)) => h.used_bytes = v.trim().parse().ok(),
+                            Some(("data_disk_freespace_bytes", v)) => {
+                                h.free_bytes = v.trim().parse().ok()
+                            }
+                            Some(("locked", "yes")) => {
+                                h.status = HealthStatus::Degraded;
+                                h.detail = "namespace locked".into();
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                h
+            }
+            Err(e) => Health::down(e.to_string()),
+        }
+    }
+}

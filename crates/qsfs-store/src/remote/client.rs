@@ -1,0 +1,602 @@
+//! A connection-pooled client for any 0-db server (the original or `qsfs serve`).
+//!
+//! Blocking (the [`qsfs_core::Store`] trait is synchronous); the async [`super::ZdbBackend`]
+//! runs it on tokio's blocking pool. Each pooled connection remembers which namespace it has
+//! selected, so a burst of requests on one namespace costs one SELECT per connection. Requests
+//! can be pipelined: every request of a batch goes out in one write and the replies are read
+//! back in order.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::{Mutex, RwLock};
+use qsfs_core::{Error, ReadOnlyReason, Result};
+
+use crate::server::resp::{encode_request, parse_reply, Reply};
+use crate::server::session::secure_digest;
+
+/// Where and how to reach a server.
+#[derive(Clone)]
+pub struct ZdbConfig {
+    /// `host:port` for TCP.
+    pub address: String,
+    /// A unix socket path instead of TCP.
+    pub socket: Option<PathBuf>,
+    /// Namespace used when none is given (`zdb://…/ns`).
+    pub namespace: String,
+    /// Password of [`ZdbConfig::namespace`].
+    pub password: Option<String>,
+    /// Admin password (`AUTH`), if the server has one and admin commands are needed.
+    pub admin_password: Option<String>,
+    /// Use the SECURE challenge instead of sending passwords in clear.
+    pub secure: bool,
+    /// Connect time-out.
+    pub connect_timeout: Duration,
+    /// Time-out of one request/reply exchange.
+    pub io_timeout: Duration,
+    /// Idle connections kept for reuse.
+    pub pool_size: usize,
+    /// Attempts after a connection failure before giving up.
+    pub retries: u32,
+    /// First back-off delay; doubles on each retry, capped at 2 s.
+    pub backoff: Duration,
+}
+
+impl std::fmt::Debug for ZdbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Passwords are never logged.
+        f.debug_struct("ZdbConfig")
+            .field("address", &self.address)
+            .field("socket", &self.socket)
+            .field("namespace", &self.namespace)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZdbConfig {
+    /// A config for `host:port`, namespace `default`.
+    pub fn new(address: impl Into<String>) -> Self {
+        ZdbConfig {
+            address: address.into(),
+            socket: None,
+            namespace: qsfs_core::DEFAULT_NAMESPACE.into(),
+            password: None,
+            admin_password: None,
+            secure: true,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+            pool_size: 16,
+            retries: 4,
+            backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// Parses `zdb://[password@]host[:port][/namespace]` (port 9900 by default) or
+    /// `zdb+unix://[password@]/path/to/socket[#namespace]`.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let bad = || Error::InvalidArgument(format!("not a zdb:// URL: {}", redact(url)));
+        if let Some(rest) = url.strip_prefix("zdb+unix://") {
+            let (pw, rest) = split_password(rest);
+            let (path, ns) = rest
+                .split_once('#')
+                .unwrap_or((rest, qsfs_core::DEFAULT_NAMESPACE));
+            if path.is_empty() {
+                return Err(bad());
+            }
+            let mut c = ZdbConfig::new("");
+            c.socket = Some(PathBuf::from(path));
+            c.namespace = ns.to_string();
+            c.password = pw;
+            return Ok(c);
+        }
+        let rest = url.strip_prefix("zdb://").ok_or_else(bad)?;
+        let (pw, rest) = split_password(rest);
+        let (hostport, ns) = match rest.split_once('/') {
+            Some((h, "")) => (h, qsfs_core::DEFAULT_NAMESPACE),
+            Some((h, n)) => (h, n),
+            None => (rest, qsfs_core::DEFAULT_NAMESPACE),
+        };
+        if hostport.is_empty() {
+            return Err(bad());
+        }
+        let has_port = match hostport.rsplit_once(':') {
+            Some((h, p)) => !h.ends_with(':') && p.parse::<u16>().is_ok() && !h.is_empty(),
+            None => false,
+        };
+        let address = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:9900")
+        };
+        let mut c = ZdbConfig::new(address);
+        qsfs_core::NamespaceName::new(ns)?;
+        c.namespace = ns.to_string();
+        c.password = pw;
+        Ok(c)
+    }
+}
+
+fn split_password(s: &str) -> (Option<String>, &str) {
+    match s.rsplit_once('@') {
+        Some((pw, rest)) if !pw.is_empty() => (Some(pw.to_string()), rest),
+        Some((_, rest)) => (None, rest),
+        None => (None, s),
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((head, tail)) => {
+            let scheme = head.split("://").next().unwrap_or("zdb");
+            format!("{scheme}://***@{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(b),
+            Stream::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(b),
+            Stream::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One live connection.
+struct Conn {
+    stream: Stream,
+    rbuf: BytesMut,
+    /// The namespace this connection has selected.
+    ns: String,
+}
+
+impl Conn {
+    fn send(&mut self, reqs: &[Vec<Vec<u8>>]) -> std::io::Result<Vec<Reply>> {
+        let mut out = BytesMut::new();
+        for r in reqs {
+            encode_request(r, &mut out);
+        }
+        self.stream.write_all(&out)?;
+        let mut replies = Vec::with_capacity(reqs.len());
+        let mut chunk = vec![0u8; 64 * 1024];
+        while replies.len() < reqs.len() {
+            match parse_reply(&mut self.rbuf) {
+                Ok(Some(r)) => {
+                    replies.push(r);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(replies)
+    }
+
+    fn one(&mut self, req: Vec<Vec<u8>>) -> std::io::Result<Reply> {
+        let mut r = self.send(&[req])?;
+        r.pop()
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// Turns a 0-db error string into the qsfs error a caller can act on.
+pub fn map_error(msg: &str) -> Error {
+    let m = msg.to_string();
+    match msg {
+        "Key not found"
+        | "Namespace not found"
+        | "This namespace doesn't exists"
+        | "No more data" => Error::NotFound(m),
+        "Access denied"
+        | "Permission denied"
+        | "Namespace protected and private"
+        | "Unauthorized" => Error::PermissionDenied(m),
+        "Namespace is in read-only mode" => Error::ReadOnly {
+            reason: ReadOnlyReason::Session,
+            what: m,
+        },
+        "Namespace is protected by worm mode"
+        | "Cannot delete a key when namespace is in worm mode" => Error::ReadOnly {
+            reason: ReadOnlyReason::Worm,
+            what: m,
+        },
+        "Namespace is temporarily locked (read-only)" => Error::ReadOnly {
+            reason: ReadOnlyReason::Locked,
+            what: m,
+        },
+        "Namespace is temporarily frozen (read-write disabled)" => Error::ReadOnly {
+            reason: ReadOnlyReason::Frozen,
+            what: m,
+        },
+        "No space left on this namespace" => Error::NoSpace(m),
+        "This namespace is not available" => Error::AlreadyExists(m),
+        "Key too large" | "Invalid key" => Error::TooLarge {
+            what: "key",
+            len: qsfs_core::MAX_KEY_LEN + 1,
+            max: qsfs_core::MAX_KEY_LEN,
+        },
+        "Payload too big" => Error::TooLarge {
+            what: "value",
+            len: qsfs_core::MAX_VALUE_LEN + 1,
+            max: qsfs_core::MAX_VALUE_LEN,
+        },
+        "Command not supported" | "Command disabled in release code, not yet available" => {
+            Error::Unsupported(m)
+        }
+        "Cannot write data right now" | "Cannot write index right now" | "Internal Error" => {
+            Error::Io {
+                context: "0-db server".into(),
+                source: std::io::Error::other(m),
+            }
+        }
+        _ => Error::InvalidArgument(m),
+    }
+}
+
+/// Reply helpers.
+pub trait ReplyExt {
+    /// The reply, or the mapped error for an error reply.
+    fn ok(self) -> Result<Reply>;
+}
+
+impl ReplyExt for Reply {
+    fn ok(self) -> Result<Reply> {
+        match self {
+            Reply::Error(e) => Err(map_error(&e)),
+            r => Ok(r),
+        }
+    }
+}
+
+/// A pooled, reconnecting client.
+pub struct ZdbClient {
+    config: ZdbConfig,
+    pool: Mutex<Vec<Conn>>,
+    passwords: RwLock<HashMap<String, String>>,
+    /// Whether the server is `qsfs serve` (INFO `server_revision: qsfs-…`), asked once.
+    qsfs: std::sync::OnceLock<bool>,
+}
+
+impl std::fmt::Debug for ZdbClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZdbClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(e: std::io::Error, what: &str) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            Error::Timeout(format!("{what}: {e}"))
+        }
+        _ => Error::Unavailable(format!("{what}: {e}")),
+    }
+}
+
+impl ZdbClient {
+    /// Connects once to check the server answers (and the credentials work).
+    pub fn connect(config: ZdbConfig) -> Result<Self> {
+        let mut passwords = HashMap::new();
+        if let Some(pw) = &config.password {
+            passwords.insert(config.namespace.clone(), pw.clone());
+        }
+        let client = ZdbClient {
+            config,
+            pool: Mutex::new(Vec::new()),
+            passwords: RwLock::new(passwords),
+            qsfs: std::sync::OnceLock::new(),
+        };
+        let ns = client.config.namespace.clone();
+        let reply = client.call(&ns, vec![b"PING".to_vec()], true)?;
+        if reply != Reply::Status("PONG".into()) {
+            return Err(Error::Unavailable(format!(
+                "unexpected PING reply {reply:?}"
+            )));
+        }
+        Ok(client)
+    }
+
+    /// Connects to a `zdb://` URL.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::connect(ZdbConfig::from_url(url)?)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ZdbConfig {
+        &self.config
+    }
+
+    /// Remembers the password of namespace `ns` for later SELECTs.
+    pub fn set_password(&self, ns: &str, password: Option<&str>) {
+        let mut p = self.passwords.write();
+        match password {
+            Some(pw) => p.insert(ns.to_string(), pw.to_string()),
+            None => p.remove(ns),
+        };
+    }
+
+    fn open(&self) -> std::io::Result<Conn> {
+        let c = &self.config;
+        let stream = match &c.socket {
+            Some(path) => {
+                let s = UnixStream::connect(path)?;
+                s.set_read_timeout(Some(c.io_timeout))?;
+                s.set_write_timeout(Some(c.io_timeout))?;
+                Stream::Unix(s)
+            }
+            None => {
+                let mut last = std::io::Error::other("address resolved to nothing");
+                let mut found = None;
+                for addr in c.address.to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&addr, c.connect_timeout) {
+                        Ok(s) => {
+                            found = Some(s);
+                            break;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                let s = found.ok_or(last)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(c.io_timeout))?;
+                s.set_write_timeout(Some(c.io_timeout))?;
+                Stream::Tcp(s)
+            }
+        };
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            ns: qsfs_core::DEFAULT_NAMESPACE.into(),
+        };
+        if let Some(admin) = &c.admin_password {
+            let r = if c.secure {
+                let nonce = conn.one(vec![
+                    b"AUTH".to_vec(),
+                    b"SECURE".to_vec(),
+                    b"CHALLENGE".to_vec(),
+                ])?;
+                let Reply::Status(nonce) = nonce else {
+                    return Err(std::io::Error::other(format!(
+                        "AUTH challenge refused: {nonce:?}"
+                    )));
+                };
+                conn.one(vec![
+                    b"AUTH".to_vec(),
+                    b"SECURE".to_vec(),
+                    secure_digest(&nonce, admin).into_bytes(),
+                ])?
+            } else {
+                conn.one(vec![b"AUTH".to_vec(), admin.as_bytes().to_vec()])?
+            };
+            if r.is_error() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "admin AUTH refused",
+                ));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// SELECTs `ns` on `conn` unless it already has it.
+    fn select(&self, conn: &mut Conn, ns: &str) -> std::io::Result<Result<()>> {
+        if conn.ns == ns {
+            return Ok(Ok(()));
+        }
+        let pw = self.passwords.read().get(ns).cloned();
+        let reply = match pw {
+            None => conn.one(vec![b"SELECT".to_vec(), ns.as_bytes().to_vec()])?,
+            Some(pw) if self.config.secure => {
+                let nonce = conn.one(vec![
+                    b"AUTH".to_vec(),
+                    b"SECURE".to_vec(),
+                    b"CHALLENGE".to_vec(),
+                ])?;
+                let Reply::Status(nonce) = nonce else {
+                    return Ok(Err(Error::PermissionDenied(
+                        "SECURE challenge refused".into(),
+                    )));
+                };
+                conn.one(vec![
+                    b"SELECT".to_vec(),
+                    ns.as_bytes().to_vec(),
+                    b"SECURE".to_vec(),
+                    secure_digest(&nonce, &pw).into_bytes(),
+                ])?
+            }
+            Some(pw) => conn.one(vec![
+                b"SELECT".to_vec(),
+                ns.as_bytes().to_vec(),
+                pw.into_bytes(),
+            ])?,
+        };
+        Ok(match reply {
+            Reply::Error(e) => Err(map_error(&e)),
+            _ => {
+                conn.ns = ns.to_string();
+                Ok(())
+            }
+        })
+    }
+
+    fn take(&self) -> std::io::Result<Conn> {
+        if let Some(c) = self.pool.lock().pop() {
+            return Ok(c);
+        }
+        self.open()
+    }
+
+    fn give(&self, c: Conn) {
+        let mut p = self.pool.lock();
+        if p.len() < self.config.pool_size {
+            p.push(c);
+        }
+    }
+
+    /// Sends `reqs` in one write on a connection that selected `ns` and reads every reply.
+    /// `retry` says whether the batch may be sent again after a connection failure (true for
+    /// reads and for writes that are safe to repeat).
+    pub fn pipeline(&self, ns: &str, reqs: &[Vec<Vec<u8>>], retry: bool) -> Result<Vec<Reply>> {
+        let mut delay = self.config.backoff;
+        let mut attempt = 0;
+        loop {
+            let mut sent = false;
+            let r = (|| -> std::io::Result<Result<Vec<Reply>>> {
+                let mut conn = self.take()?;
+                if let Err(e) = self.select(&mut conn, ns)? {
+                    self.give(conn);
+                    return Ok(Err(e));
+                }
+                sent = true;
+                let replies = conn.send(reqs)?;
+                self.give(conn);
+                Ok(Ok(replies))
+            })();
+            match r {
+                Ok(result) => return result,
+                Err(e) if attempt < self.config.retries && (retry || !sent) => {
+                    tracing::debug!(error = %e, attempt, "0-db connection failed, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                Err(e) => return Err(io_err(e, &format!("0-db {}", self.endpoint()))),
+            }
+        }
+    }
+
+    /// One request on namespace `ns`.
+    pub fn call(&self, ns: &str, req: Vec<Vec<u8>>, retry: bool) -> Result<Reply> {
+        let mut r = self.pipeline(ns, &[req], retry)?;
+        r.pop().ok_or_else(|| Error::Unavailable("no reply".into()))
+    }
+
+    /// Values of many keys with one `MGET` per 1000 keys (`None` for missing ones).
+    pub fn mget(&self, ns: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let reqs: Vec<Vec<Vec<u8>>> = keys
+            .chunks(1000)
+            .map(|chunk| {
+                let mut r = vec![b"MGET".to_vec()];
+                r.extend(chunk.iter().map(|k| k.to_vec()));
+                r
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for reply in self.pipeline(ns, &reqs, true)? {
+            let Reply::Array(items) = reply.ok()? else {
+                return Err(Error::InvalidArgument("MGET: unexpected reply".into()));
+            };
+            for i in items {
+                out.push(match i.ok()? {
+                    Reply::Bulk(b) => Some(b.to_vec()),
+                    _ => None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// True if the server is `qsfs serve` rather than the original 0-db.
+    pub fn is_qsfs(&self) -> bool {
+        *self.qsfs.get_or_init(|| {
+            let ns = self.config.namespace.clone();
+            matches!(self.call(&ns, vec![b"INFO".to_vec()], true),
+                Ok(Reply::Bulk(text)) if String::from_utf8_lossy(&text).contains("\nserver_revision: qsfs-"))
+        })
+    }
+
+    /// `host:port` or the socket path, for messages.
+    pub fn endpoint(&self) -> String {
+        match &self.config.socket {
+            Some(p) => format!("unix:{}", p.display()),
+            None => self.config.address.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let c = ZdbConfig::from_url("zdb://10.1.2.3:9901/data").unwrap();
+        assert_eq!(
+            (
+                c.address.as_str(),
+                c.namespace.as_str(),
+                c.password.is_none()
+            ),
+            ("10.1.2.3:9901", "data", true)
+        );
+        let c = ZdbConfig::from_url("zdb://s3cr@t@host/ns1").unwrap();
+        assert_eq!(
+            (c.address.as_str(), c.namespace.as_str()),
+            ("host:9900", "ns1")
+        );
+        assert_eq!(c.password.as_deref(), Some("s3cr@t"));
+        let c = ZdbConfig::from_url("zdb://host:1234").unwrap();
+        assert_eq!(
+            (c.address.as_str(), c.namespace.as_str()),
+            ("host:1234", "default")
+        );
+        let c = ZdbConfig::from_url("zdb+unix://pw@/run/zdb.sock#meta").unwrap();
+        assert_eq!(c.socket, Some(PathBuf::from("/run/zdb.sock")));
+        assert_eq!(c.namespace, "meta");
+        assert!(ZdbConfig::from_url("http://x").is_err());
+        assert!(ZdbConfig::from_url("zdb://").is_err());
+        assert!(ZdbConfig::from_url("zdb://h/../x").is_err());
+        assert!(!format!("{c:?}").contains("pw"));
+        assert_eq!(redact("zdb://secret@h:1/n"), "zdb://***@h:1/n");
+    }
+
+    #[test]
+    fn error_mapping() {
+        assert!(map_error("Key not found").is_not_found());
+        assert!(matches!(
+            map_error("Namespace is protected by worm mode"),
+            Error::ReadOnly {
+                reason: ReadOnlyReason::Worm,
+                ..
+            }
+        ));
+        assert!(matches!(
+            map_error("No space left on this namespace"),
+            Error::NoSpace(_)
+        ));
+        assert!(matches!(
+            map_error("This namespace is not available"),
+            Error::AlreadyExists(_)
+        ));
+    }
+}

@@ -1,0 +1,276 @@
+//! State shared by every connection, and the one function that runs a request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use qsfs_core::{Error, Mode};
+use tokio::sync::broadcast;
+
+use super::command::{self, Command, CommandId};
+use super::hooks::Hooks;
+use super::info::Stats;
+use super::resp::Reply;
+use super::session::{NsState, Session};
+use super::{admin, keys, namespace, scan, ServerConfig, ServerStore};
+
+/// `Namespace is temporarily frozen (read-write disabled)`.
+pub const ERR_FROZEN: &str = "Namespace is temporarily frozen (read-write disabled)";
+/// `Namespace is temporarily locked (read-only)`.
+pub const ERR_LOCKED: &str = "Namespace is temporarily locked (read-only)";
+/// `Namespace is in read-only mode`.
+pub const ERR_READONLY: &str = "Namespace is in read-only mode";
+/// `Permission denied`.
+pub const ERR_DENIED: &str = "Permission denied";
+const ERR_DETACHED: &str = "Your active namespace is not available anymore (probably removed).";
+
+/// A command another connection ran, for WAIT and MIRROR.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Connection that ran it.
+    pub conn: u64,
+    /// Its namespace.
+    pub ns: Arc<str>,
+    /// The table entry.
+    pub command: CommandId,
+    /// The arguments, only while some connection mirrors.
+    pub args: Option<Arc<Vec<Bytes>>>,
+}
+
+/// What a request produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The reply; `None` for WAIT, which answers later.
+    pub reply: Option<Reply>,
+    /// Close the connection after sending the reply.
+    pub close: bool,
+}
+
+/// Everything the connections share.
+pub struct Shared {
+    /// The store served.
+    pub store: Arc<dyn ServerStore>,
+    /// The configuration.
+    pub config: ServerConfig,
+    namespaces: RwLock<HashMap<String, Arc<NsState>>>,
+    /// Counters for INFO.
+    pub stats: Stats,
+    /// WAIT and MIRROR notifications.
+    pub events: broadcast::Sender<Event>,
+    /// Connections in MIRROR mode.
+    pub mirrors: AtomicU64,
+    /// Connections subscribed to `events` (waiting or mirroring).
+    pub listeners: AtomicU64,
+    /// The hook runner.
+    pub hooks: Hooks,
+    /// Random id shown in INFO.
+    pub instance_id: u32,
+    /// Start time (INFO `boot_time`).
+    pub boot: SystemTime,
+    next_conn: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Builds the shared state; the namespace states are loaded lazily.
+    pub fn new(store: Arc<dyn ServerStore>, config: ServerConfig) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        let hooks = Hooks::new(config.hook.clone(), config.instance_id());
+        Shared {
+            store,
+            config,
+            namespaces: RwLock::new(HashMap::new()),
+            stats: Stats::default(),
+            events,
+            mirrors: AtomicU64::new(0),
+            listeners: AtomicU64::new(0),
+            hooks,
+            instance_id: rand::random(),
+            boot: SystemTime::now(),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// The state of namespace `name`, loading its mode from the store the first time.
+    pub fn ns_state(&self, name: &str) -> Result<Arc<NsState>, Error> {
+        if let Some(s) = self.namespaces.read().get(name) {
+            return Ok(s.clone());
+        }
+        let info = self.store.namespace_info(name)?;
+        let mut map = self.namespaces.write();
+        Ok(map
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(NsState::new(name, info.mode)))
+            .clone())
+    }
+
+    /// Forgets a deleted namespace and detaches connections still using it.
+    pub fn ns_deleted(&self, name: &str) {
+        if let Some(s) = self.namespaces.write().remove(name) {
+            s.deleted.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Every namespace state loaded so far.
+    pub fn ns_states(&self) -> Vec<Arc<NsState>> {
+        self.namespaces.read().values().cloned().collect()
+    }
+
+    /// A new session on `default`.
+    pub fn new_session(&self) -> Result<Session, Error> {
+        let ns = self.ns_state(qsfs_core::DEFAULT_NAMESPACE)?;
+        self.stats.clients_lifetime.fetch_add(1, Ordering::Relaxed);
+        Ok(Session {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            ns,
+            admin: self.config.admin_password.is_none(),
+            writable: !self.config.protect,
+            nonce: None,
+            wait: None,
+            mirror: false,
+            master: false,
+        })
+    }
+
+    /// The server-wide mode (`--mode`), `None` when mixed.
+    pub fn mode(&self) -> Option<Mode> {
+        self.config.mode
+    }
+
+    /// Runs one request.
+    pub fn execute(&self, session: &mut Session, mut args: Vec<Bytes>) -> Outcome {
+        if session.ns.deleted.load(Ordering::SeqCst) {
+            return Outcome {
+                reply: Some(Reply::err(ERR_DETACHED)),
+                close: true,
+            };
+        }
+        let stats = &self.stats;
+        stats.commands_executed.fetch_add(1, Ordering::Relaxed);
+        if session.master && args.len() > 1 {
+            args.pop();
+        }
+        let Some(id) = command::lookup(&args[0], self.config.strict_commands) else {
+            stats.commands_failed.fetch_add(1, Ordering::Relaxed);
+            return Outcome {
+                reply: Some(Reply::err("Command not supported")),
+                close: false,
+            };
+        };
+        let reply = match Command::parse(id, &args) {
+            Err(r) => Some(r),
+            Ok(cmd) if cmd.admin_only() && !session.admin => {
+                stats.commands_unauthorized.fetch_add(1, Ordering::Relaxed);
+                Some(Reply::err(ERR_DENIED))
+            }
+            Ok(cmd) => self.run(session, cmd),
+        };
+        if reply.as_ref().is_some_and(Reply::is_error) {
+            stats.commands_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        // An atomic rather than `receiver_count`, which takes the channel's lock.
+        if self.listeners.load(Ordering::Relaxed) > 0 {
+            let mirror = self.mirrors.load(Ordering::Relaxed) > 0;
+            let _ = self.events.send(Event {
+                conn: session.id,
+                ns: Arc::from(session.ns.name.as_str()),
+                command: id,
+                args: mirror.then(|| Arc::new(args)),
+            });
+        }
+        Outcome {
+            reply,
+            close: false,
+        }
+    }
+
+    fn run(&self, s: &mut Session, cmd: Command) -> Option<Reply> {
+        Some(match cmd {
+            Command::NotValid => Reply::err("This is not a valid command"),
+            Command::Wait { command, timeout } => {
+                return admin::wait(s, &command, timeout.as_deref())
+            }
+            Command::Mirror => admin::mirror(self, s),
+            Command::Master => {
+                s.master = true;
+                Reply::Status("Hello, master".into())
+            }
+            Command::Ping => Reply::Status("PONG".into()),
+            Command::Time => admin::time(),
+            Command::Auth { args } => admin::auth(self, s, &args),
+            Command::Hooks => self.hooks.list_reply(),
+            Command::Index { args } => admin::index(self, s, &args),
+            Command::Data { args } => admin::data(self, s, &args),
+            Command::Set {
+                key,
+                value,
+                timestamp,
+                ..
+            } => keys::set(self, s, &key, &value, timestamp.as_deref()),
+            Command::Get { key } => keys::get(self, s, &key),
+            Command::Mget { keys: k } => keys::mget(self, s, &k),
+            Command::Del { key, timestamp } => keys::del(self, s, &key, timestamp.as_deref()),
+            Command::Exists { key } => keys::exists(self, s, &key),
+            Command::Check { key } => keys::check(self, s, &key),
+            Command::Length { key } => keys::length(self, s, &key, false),
+            Command::Keytime { key } => keys::length(self, s, &key, true),
+            Command::Dbsize => keys::dbsize(self, s),
+            Command::Scan { cursor, reverse } => scan::scan(self, s, cursor.as_deref(), reverse),
+            Command::Kscan => Reply::err("Command disabled in release code, not yet available"),
+            Command::History { key, ekey } => scan::history(self, s, &key, ekey.as_deref()),
+            Command::Keycur { key } => scan::keycur(self, s, &key),
+            Command::Info => Reply::bulk(super::info::info_text(self)),
+            Command::Stop => Reply::err("Unauthorized"),
+            Command::NsNew { name } => namespace::nsnew(self, &name),
+            Command::NsDel { name } => namespace::nsdel(self, s, &name),
+            Command::NsList => namespace::nslist(self),
+            Command::NsSet {
+                name,
+                property,
+                value,
+            } => namespace::nsset(self, &name, &property, &value),
+            Command::NsInfo { name } => namespace::nsinfo(self, s, &name),
+            Command::NsJump => namespace::nsjump(self, s),
+            Command::Select { name, rest } => namespace::select(self, s, &name, &rest),
+            Command::Reload { name } => namespace::reload(self, &name),
+            Command::Flush => namespace::flush(self, s),
+        })
+    }
+}
+
+/// C `atoi` on an argument (timestamps and numbers are parsed leniently by the original).
+pub fn atoi(b: &[u8]) -> i64 {
+    let s = std::str::from_utf8(b).unwrap_or("");
+    let s = s.trim_start();
+    let (neg, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut v: i64 = 0;
+    for c in digits.bytes().take_while(u8::is_ascii_digit) {
+        v = v.saturating_mul(10).saturating_add(i64::from(c - b'0'));
+    }
+    if neg {
+        -v
+    } else {
+        v
+    }
+}
+
+/// A frozen check: the error reply when the session's namespace is frozen.
+pub fn frozen(s: &Session) -> Option<Reply> {
+    s.ns.frozen
+        .load(Ordering::Relaxed)
+        .then(|| Reply::err(ERR_FROZEN))
+}

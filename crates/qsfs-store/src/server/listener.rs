@@ -1,0 +1,490 @@
+//! Sockets, connections and shutdown.
+//!
+//! Each connection is a task: it reads whatever arrived, runs every complete request in it,
+//! and sends all the replies in one write (with `TCP_NODELAY`), which is what removes the
+//! original's 42 ms pipelining stall. An idle connection is a parked task: no CPU and no buffers
+//! (a read buffer is taken only once the socket is readable and given back when drained).
+//! Shutdown stops accepting, lets every connection finish the batch it is running, syncs the
+//! store and runs the `close` / `namespace-closing` hooks.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use qsfs_core::{Error, Result};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::dispatch::{Event, Shared};
+use super::resp::{self, Reply};
+use super::session::Session;
+use super::{command, ServerConfig, ServerStore};
+
+/// Bytes read per syscall at most; the buffer grows further only while a large request arrives.
+const READ_CHUNK: usize = 64 * 1024;
+/// A reply buffer larger than this is given back after it was sent.
+const KEEP_BUFFER: usize = 4096;
+
+/// A connected socket the server can wait on before it allocates a read buffer, so an idle
+/// connection holds no buffer at all.
+pub(crate) trait Socket: AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the socket is readable (or closed).
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_;
+    /// Reads what is there without waiting (`WouldBlock` when nothing is).
+    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
+}
+
+impl Socket for tokio::net::TcpStream {
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+impl Socket for tokio::net::UnixStream {
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+}
+
+/// A running server: its address, and the way to stop it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// The TCP address actually bound (port 0 resolved).
+    pub local_addr: Option<SocketAddr>,
+    /// The unix socket path, if any.
+    pub socket: Option<std::path::PathBuf>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, waits for in-flight requests, syncs the store.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`ServerHandle::shutdown`] or a fatal error).
+    pub async fn wait(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::Unavailable(format!("server task: {e}")))?
+    }
+
+    /// A sender that stops the server when `true` is sent (for signal handlers).
+    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+impl Server {
+    /// Binds the configured TCP address and/or unix socket.
+    pub async fn bind(store: Arc<dyn ServerStore>, config: ServerConfig) -> Result<Server> {
+        let tcp = match config.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::io(format!("bind {addr}"), e))?,
+            ),
+            None => None,
+        };
+        let unix = match &config.socket {
+            Some(path) => {
+                // The original unlinks a stale socket file and re-creates it.
+                let _ = std::fs::remove_file(path);
+                Some(
+                    UnixListener::bind(path)
+                        .map_err(|e| Error::io(format!("bind {}", path.display()), e))?,
+                )
+            }
+            None => None,
+        };
+        if tcp.is_none() && unix.is_none() {
+            return Err(Error::InvalidArgument("nothing to listen on".into()));
+        }
+        let mut config = config;
+        if let (Some(l), Some(addr)) = (&tcp, config.tcp.as_mut()) {
+            if let Ok(a) = l.local_addr() {
+                *addr = a;
+            }
+        }
+        let shared = Arc::new(Shared::new(store, config));
+        if let Some(max) = shared.config.default_maxsize {
+            let _ = shared.store.namespace_set(
+                qsfs_core::DEFAULT_NAMESPACE,
+                qsfs_core::NamespaceProperty::MaxSize(max),
+            );
+        }
+        shared.ns_state(qsfs_core::DEFAULT_NAMESPACE)?;
+        Ok(Server { shared, tcp, unix })
+    }
+
+    /// The shared state (for tests and the CLI).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Runs the `ready` hook; a non-zero status is an error (the original exits 0 then).
+    pub fn ready_hook(&self) -> Result<()> {
+        match self.shared.hooks.run("ready", vec![]) {
+            Some(0) | None => Ok(()),
+            Some(code) => Err(Error::Unavailable(format!(
+                "ready hook exited with status {code}"
+            ))),
+        }
+    }
+
+    /// Starts serving on the current tokio runtime.
+    pub fn spawn(self) -> ServerHandle {
+        let (tx, rx) = watch::channel(false);
+        let local_addr = self.tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let socket = self.shared.config.socket.clone();
+        let task = tokio::spawn(self.run(rx));
+        ServerHandle {
+            local_addr,
+            socket,
+            shutdown: tx,
+            task,
+        }
+    }
+
+    async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let Server { shared, tcp, unix } = self;
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        // Every connection holds a clone; when all are dropped the receiver ends.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let rotate = shared.config.rotate_every.map(|every| {
+            let sh = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    for ns in sh.ns_states() {
+                        if ns.changed.swap(false, Ordering::Relaxed) {
+                            if let Err(e) = sh.store.rotate(&ns.name) {
+                                tracing::warn!(ns = %ns.name, error = %e, "rotation failed");
+                            }
+                        }
+                    }
+                }
+            })
+        });
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                r = accept_tcp(&tcp) => match r {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        start(&shared, &limit, &alive_tx, &shutdown, stream);
+                    }
+                    Err(e) => accept_error(e).await,
+                },
+                r = accept_unix(&unix) => match r {
+                    Ok(stream) => start(&shared, &limit, &alive_tx, &shutdown, stream),
+                    Err(e) => accept_error(e).await,
+                },
+            }
+        }
+        drop((tcp, unix));
+        if let Some(r) = rotate {
+            r.abort();
+        }
+        drop(alive_tx);
+        let _ = alive_rx.recv().await;
+        let sh = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let synced = sh.store.sync();
+            sh.hooks.run("close", vec![]);
+            for ns in sh.store.namespace_list().unwrap_or_default() {
+                // name, index file, current data file, dirty index ids (always none in qsfs).
+                let dir = sh
+                    .store
+                    .namespace_info(&ns)
+                    .ok()
+                    .and_then(|i| i.path)
+                    .unwrap_or_default();
+                let seg = sh.store.current_position(&ns).map_or(0, |(s, _)| s);
+                let index = dir.join("index").display().to_string();
+                let data = dir.join(format!("{seg:010}.seg")).display().to_string();
+                sh.hooks
+                    .fire("namespace-closing", vec![ns, index, data, String::new()]);
+            }
+            if let Some(p) = &sh.config.socket {
+                let _ = std::fs::remove_file(p);
+            }
+            synced
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("shutdown task: {e}")))?
+    }
+}
+
+async fn accept_error(e: std::io::Error) {
+    // Out of file descriptors and the like: back off instead of spinning.
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+async fn accept_tcp(l: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_unix(l: &Option<UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+fn start<S: Socket>(
+    shared: &Arc<Shared>,
+    limit: &Arc<Semaphore>,
+    alive: &mpsc::Sender<()>,
+    shutdown: &watch::Receiver<bool>,
+    mut stream: S,
+) {
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
+        tokio::spawn(async move {
+            let _ = stream.write_all(b"-Too many connections\r\n").await;
+            let _ = stream.shutdown().await;
+        });
+        return;
+    };
+    let (shared, alive, shutdown) = (shared.clone(), alive.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = connection(&shared, stream, shutdown).await {
+            tracing::debug!(error = %e, "connection ended");
+        }
+        drop(permit);
+        drop(alive);
+    });
+}
+
+/// Serves one client until it leaves, errs fatally, or the server stops.
+async fn connection<S: Socket>(
+    sh: &Shared,
+    mut stream: S,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut session = match sh.new_session() {
+        Ok(s) => s,
+        Err(e) => {
+            stream
+                .write_all(format!("-Internal Error: {e}\r\n").as_bytes())
+                .await?;
+            return Ok(());
+        }
+    };
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
+    let mut events: Option<broadcast::Receiver<Event>> = None;
+    let result = loop {
+        if (session.wait.is_some() || session.mirror) && events.is_none() {
+            sh.listeners.fetch_add(1, Ordering::SeqCst);
+            events = Some(sh.events.subscribe());
+        } else if session.wait.is_none() && !session.mirror && events.is_some() {
+            sh.listeners.fetch_sub(1, Ordering::SeqCst);
+            events = None;
+        }
+        let deadline = session
+            .wait
+            .as_ref()
+            .map(|w| tokio::time::Instant::from_std(w.deadline));
+        let partial = (!buf.is_empty()).then_some(sh.config.partial_frame_timeout);
+        tokio::select! {
+            r = stream.ready() => {
+                if let Err(e) = r {
+                    break Err(e);
+                }
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                let n = match stream.try_read_into(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => break Err(e),
+                };
+                if n == 0 {
+                    break Ok(());
+                }
+                sh.stats.network_rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                let close = process(sh, &mut session, &mut buf, &mut out, &mut events);
+                if let Err(e) = flush(sh, &mut stream, &mut out).await {
+                    break Err(e);
+                }
+                if close {
+                    break Ok(());
+                }
+                if buf.is_empty() {
+                    // Nothing pending: an idle connection keeps no read buffer.
+                    buf = BytesMut::new();
+                }
+            }
+            ev = recv(&mut events) => {
+                if let Some(ev) = ev {
+                    notify(&mut session, &ev, &mut out);
+                    if let Err(e) = flush(sh, &mut stream, &mut out).await {
+                        break Err(e);
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                session.wait = None;
+                Reply::err("Timeout").encode(&mut out);
+                if let Err(e) = flush(sh, &mut stream, &mut out).await {
+                    break Err(e);
+                }
+            }
+            _ = sleep_for(partial) => {
+                // Half a request and then silence: answer and free the buffer.
+                Reply::err("Timeout").encode(&mut out);
+                let _ = flush(sh, &mut stream, &mut out).await;
+                break Ok(());
+            }
+            _ = shutdown.changed() => break Ok(()),
+        }
+    };
+    if session.mirror {
+        sh.mirrors.fetch_sub(1, Ordering::SeqCst);
+    }
+    if events.is_some() {
+        sh.listeners.fetch_sub(1, Ordering::SeqCst);
+    }
+    let _ = stream.shutdown().await;
+    result
+}
+
+async fn recv(rx: &mut Option<broadcast::Receiver<Event>>) -> Option<Event> {
+    match rx {
+        Some(rx) => loop {
+            match rx.recv().await {
+                Ok(ev) => return Some(ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "a WAIT/MIRROR client fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_for(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a WAIT or forwards a command to a MIRROR connection.
+fn notify(s: &mut Session, ev: &Event, out: &mut BytesMut) {
+    if ev.conn == s.id {
+        return;
+    }
+    if let Some(w) = &s.wait {
+        if *ev.ns == *s.ns.name && w.command.is_none_or(|c| c == ev.command) {
+            Reply::Status(command::name(ev.command).to_string()).encode(out);
+            s.wait = None;
+        }
+    }
+    if s.mirror {
+        if let Some(args) = &ev.args {
+            let ts = qsfs_core::now() as i64;
+            let mut items = vec![
+                Reply::Int(ts),
+                Reply::bulk(ev.ns.to_string()),
+                Reply::Int(ev.conn as i64),
+            ];
+            items.extend(args.iter().map(|a| Reply::Bulk(a.clone())));
+            Reply::Array(items).encode(out);
+        }
+    }
+}
+
+/// Runs every complete request in `buf`; returns true if the connection must close.
+fn process(
+    sh: &Shared,
+    session: &mut Session,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    events: &mut Option<broadcast::Receiver<Event>>,
+) -> bool {
+    loop {
+        match resp::parse(buf) {
+            Ok(Some(frame)) => {
+                let outcome = sh.execute(session, frame.args);
+                // Subscribe right after WAIT/MIRROR so no later command of another client is
+                // missed while this batch finishes.
+                if (session.wait.is_some() || session.mirror) && events.is_none() {
+                    sh.listeners.fetch_add(1, Ordering::SeqCst);
+                    *events = Some(sh.events.subscribe());
+                }
+                if let Some(r) = outcome.reply {
+                    r.encode(out);
+                }
+                if outcome.close {
+                    return true;
+                }
+            }
+            Ok(None) => return false,
+            Err(e) => {
+                Reply::err(e.reply).encode(out);
+                sh.stats.commands_failed.fetch_add(1, Ordering::Relaxed);
+                if e.close {
+                    buf.clear();
+                    return true;
+                }
+                let _ = buf.split_to(e.consumed);
+            }
+        }
+    }
+}
+
+async fn flush<S: AsyncWrite + Unpin>(
+    sh: &Shared,
+    stream: &mut S,
+    out: &mut BytesMut,
+) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(out).await?;
+    sh.stats
+        .network_tx_bytes
+        .fetch_add(out.len() as u64, Ordering::Relaxed);
+    if out.capacity() > KEEP_BUFFER {
+        // A large reply (say an 8 MiB GET) does not pin its buffer to the connection.
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
+    Ok(())
+}
