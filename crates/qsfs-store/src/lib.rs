@@ -1,1 +1,55 @@
-//! qsfs-store (being written).
+//! # qsfs-store: the append-only key-value engine
+//!
+//! qsfs is a stack: FUSE → **Store** → **Engine** → Backend (Pipeline) → Backends. This crate is
+//! the Engine: an embedded, namespaced, append-only key-value store on local disk that implements
+//! [`qsfs_core::Store`], with history, 0-db's user and sequential key modes, namespace properties
+//! (password, public, maxsize, worm, lock, freeze), crash safety and online compaction. Its data
+//! lives in segment files; a full segment is sealed (immutable), which lets the backup tier copy
+//! it away ([`EngineObserver`]) and the engine fetch it back on demand from a cold tier
+//! ([`qsfs_core::Backend`]). The on-disk format is documented byte by byte in
+//! `docs/engine-format.md`.
+//!
+//! ```
+//! use qsfs_core::{Mode, NamespaceProperty, Store};
+//! use qsfs_store::{Engine, EngineConfig};
+//!
+//! # fn main() -> qsfs_core::Result<()> {
+//! let dir = tempfile::tempdir().map_err(|e| qsfs_core::Error::io("tempdir", e))?;
+//! let engine = Engine::open(dir.path(), EngineConfig::default())?;
+//!
+//! // User mode: the caller picks keys. Setting the same value again writes nothing.
+//! engine.set("default", Some(b"greeting"), b"hello")?;
+//! assert!(!engine.set("default", Some(b"greeting"), b"hello")?.written());
+//! engine.set("default", Some(b"greeting"), b"hello, world")?;
+//! assert_eq!(engine.get("default", b"greeting")?.map(|e| e.value), Some(b"hello, world".to_vec()));
+//!
+//! // History survives updates and deletes.
+//! engine.delete("default", b"greeting")?;
+//! assert!(engine.get("default", b"greeting")?.is_none());
+//!
+//! // Sequential mode: the engine chooses 8-byte little-endian ids.
+//! engine.namespace_create("blocks")?;
+//! engine.namespace_set("blocks", NamespaceProperty::Mode(Mode::Seq))?;
+//! let id = engine.set("blocks", None, b"block 0")?.key().to_vec();
+//! assert_eq!(id, 0u64.to_le_bytes());
+//! # Ok(())
+//! # }
+//! ```
+
+mod cold;
+mod compaction;
+mod config;
+mod descriptor;
+mod engine;
+mod error;
+mod index;
+mod namespace;
+mod password;
+mod segment;
+
+pub use cold::cold_key;
+pub use compaction::CompactionReport;
+pub use config::{Durability, EngineConfig};
+pub use engine::{Engine, EngineObserver};
+pub use error::EngineError;
+pub use namespace::{NamespaceStats, RawRecord, SegmentStats};

@@ -1,0 +1,199 @@
+//! Online compaction: rewriting sealed segments that hold mostly superseded data.
+//!
+//! A sealed segment whose share of still-needed bytes (newest versions of their keys) is below
+//! the threshold is read record by record; the records still needed are appended again to the
+//! current segment, then the old file is removed. Needed are: the newest version of every key
+//! (tombstones included, so a deleted key can never come back from an older segment), and
+//! history versions younger than the retention. A copy keeps its sequence number, timestamp and
+//! slot, so scan order, sequential ids and "newest wins" are unchanged; it records where it came
+//! from (`origin`), which lets newer versions that still point at the old place find it.
+//!
+//! Work is done in small batches under the namespace's writer lock; readers are blocked only for
+//! the moment the index changes, writers for one batch at most.
+
+use std::sync::Arc;
+
+use qsfs_core::{Error, Result};
+
+use crate::engine::Shared;
+use crate::namespace::{Event, Namespace};
+use crate::segment::{
+    encode_record, loc, loc_segment, read_full_at, scan_segment, RecordHeader, Segment, FLAG_COPY,
+    SEGMENT_HEADER_LEN,
+};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Segments rewritten and removed.
+    pub segments: Vec<u32>,
+    /// Records copied forward.
+    pub records_copied: u64,
+    /// Bytes copied forward.
+    pub bytes_copied: u64,
+    /// Records dropped (superseded, or history past the retention).
+    pub records_dropped: u64,
+    /// Bytes of segment files removed.
+    pub bytes_removed: u64,
+}
+
+/// Bytes copied per batch before the writer lock is released.
+const BATCH_BYTES: u64 = 4 << 20;
+
+struct Candidate {
+    offset: u64,
+    header: RecordHeader,
+    key: Vec<u8>,
+}
+
+/// Compacts every sealed, local segment of `ns` whose live ratio is below `threshold`.
+pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result<CompactionReport> {
+    let _one = ns.compacting.lock();
+    let current = ns.writer.lock().seg.id;
+    let victims: Vec<Arc<Segment>> = {
+        let st = ns.state.read();
+        st.segments
+            .iter()
+            .filter(|(id, s)| **id < current && s.file.is_some())
+            .filter(|(id, s)| {
+                let payload = s.len().saturating_sub(SEGMENT_HEADER_LEN);
+                let live = st.index.seg_live.get(id).copied().unwrap_or(0);
+                payload == 0 || threshold >= 1.0 || (live as f64) < threshold * payload as f64
+            })
+            .map(|(_, s)| s.clone())
+            .collect()
+    };
+    let cutoff = shared
+        .config
+        .history_retention
+        .map(|r| qsfs_core::now().saturating_sub(r.as_secs()));
+    let mut report = CompactionReport::default();
+    for seg in victims {
+        if compact_segment(ns, shared, &seg, cutoff, &mut report)? {
+            report.segments.push(seg.id);
+        }
+    }
+    if !report.segments.is_empty() {
+        let w = ns.writer.lock();
+        ns.write_snapshot_locked(&w);
+    }
+    Ok(report)
+}
+
+fn compact_segment(
+    ns: &Namespace,
+    shared: &Shared,
+    seg: &Arc<Segment>,
+    cutoff: Option<u64>,
+    report: &mut CompactionReport,
+) -> Result<bool> {
+    let Some(file) = seg.file.as_ref() else {
+        return Ok(false);
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
+        .len();
+    let mut candidates = Vec::new();
+    let src = |buf: &mut [u8], off: u64| read_full_at(file, buf, off);
+    let scan = scan_segment(&src, len, SEGMENT_HEADER_LEN, |r| {
+        candidates.push(Candidate {
+            offset: r.offset,
+            header: r.header,
+            key: r.key.to_vec(),
+        });
+    })
+    .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+    if !scan.corrupt.is_empty() || scan.valid_end < len {
+        // Damaged records may be the only copy of something: keep the file for an operator.
+        tracing::error!(namespace = %ns.name, segment = seg.id, "segment has damage; not compacting it");
+        return Ok(false);
+    }
+    let mut i = 0;
+    while i < candidates.len() {
+        let mut w = ns.writer.lock();
+        if !ns
+            .state
+            .read()
+            .segments
+            .get(&seg.id)
+            .is_some_and(|s| Arc::ptr_eq(s, seg))
+        {
+            return Ok(false);
+        }
+        let mut batch = 0u64;
+        while i < candidates.len() && batch < BATCH_BYTES {
+            let c = &candidates[i];
+            i += 1;
+            let at = loc(seg.id, c.offset);
+            let (is_head, keep, prev) = {
+                let st = ns.state.read();
+                let head = st.index.keys.get(&c.key[..]);
+                let is_head = head.is_some_and(|h| h.loc == at);
+                let already = st.index.forward.contains_key(&at);
+                let young = cutoff.is_none_or(|t| c.header.timestamp >= t);
+                let keep = is_head || (!already && head.is_some() && young);
+                (is_head, keep, st.resolve(c.header.prev).unwrap_or(0))
+            };
+            if !keep {
+                report.records_dropped += 1;
+                continue;
+            }
+            let mut value = vec![0u8; c.header.value_len as usize];
+            let voff = c.offset + (crate::segment::RECORD_HEADER_LEN + c.key.len()) as u64;
+            let n = read_full_at(file, &mut value, voff)
+                .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+            if n < value.len() || crc32c::crc32c(&value) != c.header.value_crc {
+                return Err(Error::corrupt(
+                    format!(
+                        "segment {}/{} @ {}",
+                        ns.name,
+                        crate::segment::segment_file_name(seg.id),
+                        c.offset
+                    ),
+                    "value changed under compaction",
+                ));
+            }
+            let mut header = c.header.clone();
+            header.flags |= FLAG_COPY;
+            header.origin = at;
+            header.prev = prev;
+            let rec = encode_record(&header, &c.key, &value);
+            let new_at = ns.append_with(shared, &mut w, &rec, false)?;
+            batch += rec.len() as u64;
+            report.records_copied += 1;
+            report.bytes_copied += rec.len() as u64;
+            let mut st = ns.state.write();
+            if is_head {
+                st.index
+                    .apply(&c.key, crate::index::KeyState::of(&header, new_at));
+            } else {
+                st.index.forward.insert(at, new_at);
+            }
+        }
+        drop(w);
+    }
+    // The copies must be durable before the only other copy goes away.
+    let w = ns.writer.lock();
+    if let Some(f) = &w.seg.file {
+        f.sync_data()
+            .map_err(|e| Error::io(format!("sync {}", w.seg.path.display()), e))?;
+    }
+    {
+        let mut st = ns.state.write();
+        st.segments.remove(&seg.id);
+        st.index.seg_live.remove(&seg.id);
+        let segs: std::collections::BTreeSet<u32> = st.segments.keys().copied().collect();
+        st.index.prune_forward(|s| segs.contains(&s));
+        debug_assert!(st.index.keys.values().all(|k| loc_segment(k.loc) != seg.id));
+    }
+    // The snapshot must not name the removed segment.
+    ns.write_snapshot_locked(&w);
+    std::fs::remove_file(&seg.path)
+        .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
+    let _ = crate::segment::sync_dir(&ns.dir);
+    report.bytes_removed += len;
+    ns.events.lock().push(Event::Removed(seg.id));
+    drop(w);
+    Ok(true)
+}

@@ -1,0 +1,580 @@
+//! The engine: a directory of namespaces, and the [`Store`] implementation over them.
+//!
+//! Layout of the engine directory (details in `docs/engine-format.md`):
+//!
+//! ```text
+//! <root>/qsfs-engine        marker and format version
+//! <root>/lock               flock'd while an Engine has the directory open
+//! <root>/engine.key         0600, seals namespace passwords
+//! <root>/ns/<name>/namespace        descriptor (properties)
+//! <root>/ns/<name>/0000000000.seg   segments, appended to / sealed
+//! <root>/ns/<name>/index            index snapshot (a cache)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use qsfs_core::{
+    Credential, Cursor, Entry, Error, KeyMeta, NamespaceInfo, NamespaceName, NamespaceProperty,
+    Result, ScanOrder, ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+    DEFAULT_NAMESPACE,
+};
+
+use crate::cold::ColdTier;
+use crate::compaction::CompactionReport;
+use crate::config::{Durability, EngineConfig, MAX_SEGMENT_SIZE_LIMIT, MIN_SEGMENT_SIZE};
+use crate::descriptor::Descriptor;
+use crate::error::EngineError;
+use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SegmentStats};
+use crate::password::SealKey;
+
+const MARKER: &str = "qsfs-engine";
+const MARKER_CONTENT: &str = "qsfs engine directory, format 1\n";
+
+/// Told about the lifecycle of segments and namespaces (the backup tier listens here).
+///
+/// Calls happen after the engine released its locks, on the thread that caused the event, so an
+/// observer may call back into the engine (for example [`Engine::offload_segment`]) but should
+/// return quickly (hand slow work to another thread). A crash can lose a notification, so a
+/// listener reconciles at start with [`Engine::segments`].
+pub trait EngineObserver: Send + Sync {
+    /// A segment was sealed: its file at `path` will never change again.
+    fn on_segment_sealed(&self, _ns: &str, _segment: u32, _path: &Path) {}
+    /// A segment was removed (compacted or flushed) and will never be read again.
+    fn on_segment_removed(&self, _ns: &str, _segment: u32) {}
+    /// A namespace was created.
+    fn on_namespace_created(&self, _ns: &str) {}
+    /// A property of a namespace changed.
+    fn on_namespace_updated(&self, _ns: &str) {}
+    /// A namespace and all its data were deleted.
+    fn on_namespace_deleted(&self, _ns: &str) {}
+}
+
+/// What namespaces share: configuration, cold tier, sealing key.
+pub(crate) struct Shared {
+    pub config: EngineConfig,
+    pub cold: Option<ColdTier>,
+    pub key: SealKey,
+}
+
+struct Inner {
+    root: PathBuf,
+    shared: Shared,
+    namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
+    /// Serialises namespace creation and deletion.
+    ns_admin: Mutex<()>,
+    _lock: File,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    background: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// The embedded append-only key-value engine; see the crate documentation.
+///
+/// Cheap to clone (a handle); the directory is closed (index snapshots written, files synced,
+/// lock released) when the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let ctx = format!("{what} {}", path.display());
+    move |e| Error::io(ctx, e)
+}
+
+impl Engine {
+    /// Opens (creating if needed) the engine directory `dir`.
+    ///
+    /// Fails with [`Error::Unavailable`] if another engine holds it, [`Error::InvalidArgument`]
+    /// if it is not empty and not an engine directory, or if `config` is unusable.
+    pub fn open(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
+        let root = dir.as_ref().to_path_buf();
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE_LIMIT).contains(&config.max_segment_size) {
+            return Err(EngineError::Config(format!(
+                "max_segment_size {} not in {MIN_SEGMENT_SIZE}..={MAX_SEGMENT_SIZE_LIMIT}",
+                config.max_segment_size
+            ))
+            .into());
+        }
+        if !(0.0..=1.0).contains(&config.compaction_threshold) {
+            return Err(
+                EngineError::Config("compaction_threshold must be within 0..=1".into()).into(),
+            );
+        }
+        if let Some(m) = config.single_mode {
+            if m != config.default_mode {
+                return Err(
+                    EngineError::Config("default_mode differs from single_mode".into()).into(),
+                );
+            }
+        }
+        std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        let marker = root.join(MARKER);
+        match std::fs::read_to_string(&marker) {
+            Ok(s) if s == MARKER_CONTENT => {}
+            Ok(_) => {
+                return Err(EngineError::BadMetadata {
+                    path: marker,
+                    detail: "unknown engine format".into(),
+                }
+                .into())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let non_empty = std::fs::read_dir(&root)
+                    .map_err(io_err("list", &root))?
+                    .next()
+                    .is_some();
+                if non_empty {
+                    return Err(EngineError::NotAnEngineDir(root).into());
+                }
+                std::fs::write(&marker, MARKER_CONTENT).map_err(io_err("write", &marker))?;
+                crate::segment::sync_dir(&root).map_err(io_err("sync", &root))?;
+            }
+            Err(e) => return Err(Error::io(format!("read {}", marker.display()), e)),
+        }
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        // fs2 rather than `File::try_lock`, which is newer than the workspace's MSRV.
+        if let Err(e) = fs2::FileExt::try_lock_exclusive(&lock) {
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+            {
+                return Err(EngineError::Locked(root).into());
+            }
+            return Err(Error::io(format!("lock {}", lock_path.display()), e));
+        }
+        let key = SealKey::load_or_create(&root)?;
+        let cold = match &config.cold_tier {
+            Some(b) => Some(ColdTier::new(b.clone(), config.cold_timeout)?),
+            None => None,
+        };
+        let shared = Shared { config, cold, key };
+        let ns_root = root.join("ns");
+        std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
+        let mut namespaces = BTreeMap::new();
+        for entry in std::fs::read_dir(&ns_root).map_err(io_err("list", &ns_root))? {
+            let entry = entry.map_err(io_err("list", &ns_root))?;
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(path = %path.display(), "ignoring directory with a non-UTF-8 name");
+                continue;
+            };
+            let Some(desc) = Descriptor::load(&path)? else {
+                tracing::warn!(path = %path.display(), "ignoring directory that is not a qsfs namespace");
+                continue;
+            };
+            if desc.name != name || NamespaceName::new(name.clone()).is_err() {
+                return Err(EngineError::BadMetadata {
+                    path: path.clone(),
+                    detail: format!("descriptor names namespace {:?}", desc.name),
+                }
+                .into());
+            }
+            if let Some(only) = shared.config.single_mode {
+                if desc.mode != only {
+                    return Err(EngineError::ModeMismatch {
+                        name,
+                        found: desc.mode,
+                        allowed: only,
+                    }
+                    .into());
+                }
+            }
+            let ns = Namespace::open(&shared, path, desc)?;
+            namespaces.insert(name, Arc::new(ns));
+        }
+        let inner = Arc::new(Inner {
+            root,
+            shared,
+            namespaces: RwLock::new(namespaces),
+            ns_admin: Mutex::new(()),
+            _lock: lock,
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            background: Mutex::new(None),
+        });
+        let engine = Engine { inner };
+        if !engine
+            .inner
+            .namespaces
+            .read()
+            .contains_key(DEFAULT_NAMESPACE)
+        {
+            engine.create_namespace(DEFAULT_NAMESPACE, false)?;
+        }
+        engine.start_background();
+        Ok(engine)
+    }
+
+    /// The engine directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The configuration the engine was opened with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.shared.config
+    }
+
+    fn start_background(&self) {
+        let cfg = &self.inner.shared.config;
+        let mut tick = match cfg.durability {
+            Durability::Periodic(d) => Some(d),
+            _ => None,
+        };
+        if let Some(age) = cfg.max_segment_age {
+            let age_tick = (age / 4).max(Duration::from_millis(10));
+            tick = Some(tick.map_or(age_tick, |t| t.min(age_tick)));
+        }
+        let Some(tick) = tick else { return };
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop.clone();
+        // The thread holds the engine only while it works, never while it waits, so dropping
+        // the last handle closes the engine at once.
+        let handle = std::thread::Builder::new()
+            .name("qsfs-engine-bg".into())
+            .spawn(move || loop {
+                {
+                    let mut stopped = stop.0.lock();
+                    if *stopped {
+                        return;
+                    }
+                    stop.1.wait_for(&mut stopped, tick);
+                    if *stopped {
+                        return;
+                    }
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                Engine { inner }.background_tick();
+            });
+        match handle {
+            Ok(h) => *self.inner.background.lock() = Some(h),
+            Err(e) => tracing::error!(error = %e, "cannot start the engine background thread"),
+        }
+    }
+
+    fn background_tick(&self) {
+        let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
+        for ns in list {
+            if matches!(self.inner.shared.config.durability, Durability::Periodic(_))
+                && ns.dirty.swap(false, Ordering::AcqRel)
+            {
+                if let Err(e) = ns.sync() {
+                    tracing::error!(namespace = %ns.name, error = %e, "periodic sync failed");
+                    ns.dirty.store(true, Ordering::Release);
+                }
+            }
+            if let Some(age) = self.inner.shared.config.max_segment_age {
+                let mut w = ns.writer.lock();
+                if w.end > crate::segment::SEGMENT_HEADER_LEN && w.opened.elapsed() >= age {
+                    if let Err(e) = ns.rotate_locked(&self.inner.shared, &mut w) {
+                        tracing::error!(namespace = %ns.name, error = %e, "age rotation failed");
+                    }
+                }
+                drop(w);
+                self.fire(&ns);
+            }
+        }
+    }
+
+    fn ns(&self, name: &str) -> Result<Arc<Namespace>> {
+        self.inner
+            .namespaces
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("namespace {name}")))
+    }
+
+    /// Delivers pending observer events of `ns`.
+    fn fire(&self, ns: &Namespace) {
+        let events = std::mem::take(&mut *ns.events.lock());
+        let Some(obs) = &self.inner.shared.config.observer else {
+            return;
+        };
+        for e in events {
+            match e {
+                Event::Sealed(id, path) => obs.on_segment_sealed(&ns.name, id, &path),
+                Event::Removed(id) => obs.on_segment_removed(&ns.name, id),
+                Event::Updated => obs.on_namespace_updated(&ns.name),
+            }
+        }
+    }
+
+    fn with_ns<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Namespace, &Shared) -> Result<T>,
+    ) -> Result<T> {
+        let ns = self.ns(name)?;
+        let r = f(&ns, &self.inner.shared);
+        self.fire(&ns);
+        r
+    }
+
+    fn create_namespace(&self, name: &str, notify: bool) -> Result<()> {
+        let valid = NamespaceName::new(name)?;
+        let _admin = self.inner.ns_admin.lock();
+        if self.inner.namespaces.read().contains_key(valid.as_str()) {
+            return Err(Error::AlreadyExists(format!("namespace {name}")));
+        }
+        let dir = self.inner.root.join("ns").join(valid.as_str());
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists(
+                    EngineError::ForeignNamespaceDir(dir).to_string(),
+                ));
+            }
+            Err(e) => return Err(Error::io(format!("create {}", dir.display()), e)),
+        }
+        let result = (|| {
+            let desc = Descriptor::new(valid.as_str(), self.inner.shared.config.default_mode);
+            desc.store(&dir)?;
+            crate::segment::sync_dir(&self.inner.root.join("ns")).map_err(io_err("sync", &dir))?;
+            Namespace::open(&self.inner.shared, dir.clone(), desc)
+        })();
+        match result {
+            Ok(ns) => {
+                self.inner
+                    .namespaces
+                    .write()
+                    .insert(valid.as_str().to_string(), Arc::new(ns));
+                if notify {
+                    if let Some(obs) = &self.inner.shared.config.observer {
+                        obs.on_namespace_created(valid.as_str());
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals the current segment of `ns` and starts a new one (0-db `NSJUMP`).
+    pub fn rotate(&self, ns: &str) -> Result<()> {
+        self.with_ns(ns, |n, s| {
+            let mut w = n.writer.lock();
+            n.rotate_locked(s, &mut w)
+        })
+    }
+
+    /// Drops the in-memory state of `ns` and loads it again from disk (0-db `RELOAD`).
+    pub fn reload(&self, ns: &str) -> Result<()> {
+        self.with_ns(ns, |n, s| n.reload(s))
+    }
+
+    /// The record stored at (`segment`, `offset`) of `ns`, as stored (0-db `DATA RAW`);
+    /// `Ok(None)` at or past the end of the segment. Tombstones are returned too.
+    pub fn read_raw(&self, ns: &str, segment: u32, offset: u64) -> Result<Option<RawRecord>> {
+        self.with_ns(ns, |n, s| n.read_raw(s, segment, offset))
+    }
+
+    /// Counters of `ns` (for INFO / NSINFO and operators).
+    pub fn stats(&self, ns: &str) -> Result<NamespaceStats> {
+        self.with_ns(ns, |n, _| Ok(n.stats()))
+    }
+
+    /// Every segment of `ns`, oldest first, with sealed/offloaded state (for reconciliation by
+    /// the backup tier after a restart).
+    pub fn segments(&self, ns: &str) -> Result<Vec<SegmentStats>> {
+        Ok(self.stats(ns)?.segments)
+    }
+
+    /// Marks sealed segment `segment` of `ns` offloaded and removes its local file. If a cold
+    /// tier is configured the segment must already be there (under [`crate::cold_key`]).
+    pub fn offload_segment(&self, ns: &str, segment: u32) -> Result<()> {
+        self.with_ns(ns, |n, s| n.offload_segment(s, segment))
+    }
+
+    /// Copies an offloaded segment back from the cold tier into a local file.
+    pub fn restore_segment(&self, ns: &str, segment: u32) -> Result<()> {
+        self.with_ns(ns, |n, s| n.restore_segment(s, segment))
+    }
+
+    /// Compacts `ns` now: every sealed, local segment whose live ratio is below the configured
+    /// threshold is rewritten and removed.
+    pub fn compact(&self, ns: &str) -> Result<CompactionReport> {
+        let t = self.inner.shared.config.compaction_threshold;
+        self.compact_with(ns, t)
+    }
+
+    /// [`Engine::compact`] with an explicit threshold (1.0 compacts every sealed segment).
+    pub fn compact_with(&self, ns: &str, threshold: f64) -> Result<CompactionReport> {
+        self.with_ns(ns, |n, s| crate::compaction::compact(n, s, threshold))
+    }
+
+    /// Writes the index snapshot of every namespace now (also done on rotation and close).
+    pub fn checkpoint(&self) -> Result<()> {
+        let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
+        for ns in list {
+            let w = ns.writer.lock();
+            if let Some(f) = &w.seg.file {
+                f.sync_data().map_err(io_err("sync", &w.seg.path))?;
+            }
+            ns.write_snapshot_locked(&w);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(h) = self.background.lock().take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        for ns in self.namespaces.read().values() {
+            let w = ns.writer.lock();
+            if let Some(f) = &w.seg.file {
+                if let Err(e) = f.sync_data() {
+                    tracing::error!(namespace = %ns.name, error = %e, "sync on close failed");
+                }
+            }
+            ns.write_snapshot_locked(&w);
+        }
+    }
+}
+
+impl Store for Engine {
+    fn set_at(
+        &self,
+        ns: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp: Option<Timestamp>,
+    ) -> Result<SetOutcome> {
+        self.with_ns(ns, |n, s| n.set(s, key, value, timestamp))
+    }
+
+    fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
+        let n = self.ns(ns)?;
+        n.get(&self.inner.shared, key)
+    }
+
+    fn delete_at(&self, ns: &str, key: &[u8], timestamp: Option<Timestamp>) -> Result<()> {
+        self.with_ns(ns, |n, s| n.delete(s, key, timestamp))
+    }
+
+    fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
+        self.ns(ns)?.meta(key)
+    }
+
+    fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
+        self.ns(ns)?.check(&self.inner.shared, key)
+    }
+
+    fn scan(
+        &self,
+        ns: &str,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        order: ScanOrder,
+    ) -> Result<ScanPage> {
+        self.ns(ns)?.scan(cursor, limit, order)
+    }
+
+    fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
+        self.ns(ns)?.cursor_after(key)
+    }
+
+    fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
+        self.ns(ns)?.history(&self.inner.shared, key, at)
+    }
+
+    fn namespace_create(&self, name: &str) -> Result<()> {
+        self.create_namespace(name, true)
+    }
+
+    fn namespace_delete(&self, name: &str) -> Result<()> {
+        NamespaceName::new(name)?;
+        if name == DEFAULT_NAMESPACE {
+            return Err(Error::InvalidArgument(
+                "the default namespace cannot be deleted".into(),
+            ));
+        }
+        let _admin = self.inner.ns_admin.lock();
+        let ns = self.ns(name)?;
+        {
+            let _w = ns.writer.lock();
+            let mut st = ns.state.write();
+            st.deleted = true;
+            self.inner.namespaces.write().remove(name);
+            // Rename first so a crash never leaves a half-deleted namespace that loads.
+            let trash = self
+                .inner
+                .root
+                .join("ns")
+                .join(format!(".deleting-{}", hex::encode(name)));
+            std::fs::rename(&ns.dir, &trash).map_err(io_err("rename", &ns.dir))?;
+            let _ = crate::segment::sync_dir(&self.inner.root.join("ns"));
+            std::fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+            st.segments.clear();
+        }
+        if let Some(obs) = &self.inner.shared.config.observer {
+            obs.on_namespace_deleted(name);
+        }
+        Ok(())
+    }
+
+    fn namespace_list(&self) -> Result<Vec<String>> {
+        let map = self.inner.namespaces.read();
+        let mut names = vec![DEFAULT_NAMESPACE.to_string()];
+        names.extend(
+            map.keys()
+                .filter(|n| n.as_str() != DEFAULT_NAMESPACE)
+                .cloned(),
+        );
+        Ok(names)
+    }
+
+    fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
+        Ok(self.ns(name)?.info())
+    }
+
+    fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
+        self.with_ns(name, |n, s| n.set_property(s, property))
+    }
+
+    fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
+        self.ns(name)?.authenticate(&self.inner.shared, credential)
+    }
+
+    fn flush_namespace(&self, name: &str) -> Result<()> {
+        self.with_ns(name, |n, s| n.flush(s))
+    }
+
+    fn sync(&self) -> Result<()> {
+        let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
+        for ns in list {
+            ns.sync()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! The in-memory index of one namespace and its persisted snapshot.
+//!
+//! For every key ever written (and not flushed) the index holds the location of its newest
+//! version, live or tombstone, with the little that `exists`, `meta`, `scan` and the
+//! identical-value check need without touching the disk. A second map orders live keys by the
+//! sequence number of their last write, which is the scan order.
+//!
+//! The snapshot (`index` file) is a copy of this state plus the position up to which it reflects
+//! the segments, so opening replays only the tail. It is a cache: if it is missing, damaged or
+//! disagrees with the segments, the index is rebuilt from the segments alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::segment::{loc_segment, record_len, Loc, RecordHeader};
+
+/// Magic at the start of a snapshot file.
+const SNAPSHOT_MAGIC: [u8; 8] = *b"QSFSIDX1";
+/// Snapshot format version.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// What the index knows about the newest version of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyState {
+    /// Where the newest version is.
+    pub loc: Loc,
+    /// Its write sequence number.
+    pub seqno: u64,
+    /// Value length (0 for a tombstone).
+    pub value_len: u32,
+    /// crc32c of the value.
+    pub value_crc: u32,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// True if the newest version is a tombstone.
+    pub deleted: bool,
+}
+
+impl KeyState {
+    /// Builds the state of a record.
+    pub fn of(header: &RecordHeader, loc: Loc) -> KeyState {
+        KeyState {
+            loc,
+            seqno: header.seqno,
+            value_len: header.value_len,
+            value_crc: header.value_crc,
+            timestamp: header.timestamp,
+            deleted: header.is_tombstone(),
+        }
+    }
+}
+
+/// The index of one namespace.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    /// Newest version of every key (tombstones included, so history stays reachable).
+    pub keys: HashMap<Arc<[u8]>, KeyState>,
+    /// Live keys by the sequence number of their last write: the scan order.
+    pub order: BTreeMap<u64, Arc<[u8]>>,
+    /// Where compaction moved history versions: old location → new location.
+    pub forward: HashMap<Loc, Loc>,
+    /// Bytes of newest-version records per segment (what compaction must keep).
+    pub seg_live: HashMap<u32, u64>,
+    /// Sum of live value lengths.
+    pub live_bytes: u64,
+    /// Sum of live key lengths.
+    pub live_key_bytes: u64,
+    /// Next write sequence number.
+    pub next_seqno: u64,
+    /// Sequential mode: the next id slot.
+    pub next_slot: u64,
+}
+
+impl Index {
+    /// An empty index whose counters start at the given floors.
+    pub fn new(seqno_floor: u64, slot_floor: u64) -> Index {
+        Index {
+            next_seqno: seqno_floor.max(1),
+            next_slot: slot_floor,
+            ..Index::default()
+        }
+    }
+
+    /// Number of live keys.
+    pub fn live_count(&self) -> u64 {
+        self.order.len() as u64
+    }
+
+    /// The state of a live key.
+    pub fn live(&self, key: &[u8]) -> Option<&KeyState> {
+        self.keys.get(key).filter(|s| !s.deleted)
+    }
+
+    fn record_bytes(key_len: usize, s: &KeyState) -> u64 {
+        record_len(key_len, if s.deleted { 0 } else { s.value_len as usize })
+    }
+
+    /// Makes `new` the newest version of `key` if it is newer than what the index holds (higher
+    /// sequence number, or the same one at a later location: a compaction copy). Used both for
+    /// fresh writes and for replaying segments. Returns the replaced state.
+    pub fn apply(&mut self, key: &[u8], new: KeyState) -> Option<KeyState> {
+        let key_len = key.len();
+        if let Some(old) = self.keys.get(key).copied() {
+            if (new.seqno, new.loc) <= (old.seqno, old.loc) {
+                return None;
+            }
+            self.unaccount(key_len, &old);
+            let k = match self.order.remove(&old.seqno) {
+                Some(k) => k,
+                None => self
+                    .keys
+                    .get_key_value(key)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| Arc::from(key)),
+            };
+            self.account(k.clone(), &new);
+            self.keys.insert(k, new);
+            Some(old)
+        } else {
+            let k: Arc<[u8]> = Arc::from(key);
+            self.account(k.clone(), &new);
+            self.keys.insert(k, new);
+            None
+        }
+    }
+
+    fn unaccount(&mut self, key_len: usize, old: &KeyState) {
+        let seg = loc_segment(old.loc);
+        if let Some(v) = self.seg_live.get_mut(&seg) {
+            *v = v.saturating_sub(Self::record_bytes(key_len, old));
+        }
+        if !old.deleted {
+            self.live_bytes -= u64::from(old.value_len);
+            self.live_key_bytes -= key_len as u64;
+        }
+    }
+
+    fn account(&mut self, key: Arc<[u8]>, new: &KeyState) {
+        *self.seg_live.entry(loc_segment(new.loc)).or_default() +=
+            Self::record_bytes(key.len(), new);
+        if !new.deleted {
+            self.live_bytes += u64::from(new.value_len);
+            self.live_key_bytes += key.len() as u64;
+            self.order.insert(new.seqno, key);
+        }
+    }
+
+    /// Notes a replayed record's effect on the counters that are not per key.
+    pub fn observe(&mut self, header: &RecordHeader, at: Loc) {
+        self.next_seqno = self.next_seqno.max(header.seqno + 1);
+        if header.slot > 0 {
+            self.next_slot = self.next_slot.max(header.slot);
+        }
+        if header.origin != 0 {
+            self.forward.insert(header.origin, at);
+        }
+    }
+
+    /// Follows compaction moves from `l` until a location in a segment that `exists`; `None` if
+    /// the version was dropped (or never existed).
+    pub fn resolve(&self, mut l: Loc, exists: impl Fn(u32) -> bool) -> Option<Loc> {
+        for _ in 0..64 {
+            if l == 0 {
+                return None;
+            }
+            if exists(loc_segment(l)) {
+                return Some(l);
+            }
+            l = *self.forward.get(&l)?;
+        }
+        None
+    }
+
+    /// Drops forward entries that lead nowhere any more.
+    pub fn prune_forward(&mut self, exists: impl Fn(u32) -> bool + Copy) {
+        let dead: Vec<Loc> = self
+            .forward
+            .keys()
+            .copied()
+            .filter(|l| self.resolve(*l, exists).is_none())
+            .collect();
+        for l in dead {
+            self.forward.remove(&l);
+        }
+    }
+
+    /// Writes the snapshot atomically (temporary file, fsync, rename, directory fsync).
+    /// `covers` is the position up to which every record is reflected.
+    pub fn write_snapshot(&self, dir: &Path, covers: Loc) -> io::Result<u64> {
+        let tmp = dir.join("index.tmp");
+        let file = File::create(&tmp)?;
+        let mut w = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: 0,
+            written: 0,
+        };
+        w.write_all(&SNAPSHOT_MAGIC)?;
+        w.write_all(&SNAPSHOT_VERSION.to_le_bytes())?;
+        w.write_all(&0u32.to_le_bytes())?;
+        w.write_all(&covers.to_le_bytes())?;
+        w.write_all(&self.next_seqno.to_le_bytes())?;
+        w.write_all(&self.next_slot.to_le_bytes())?;
+        w.write_all(&(self.keys.len() as u64).to_le_bytes())?;
+        w.write_all(&(self.forward.len() as u64).to_le_bytes())?;
+        for (key, s) in &self.keys {
+            w.write_all(&[key.len() as u8, u8::from(s.deleted)])?;
+            w.write_all(&s.value_len.to_le_bytes())?;
+            w.write_all(&s.value_crc.to_le_bytes())?;
+            w.write_all(&s.timestamp.to_le_bytes())?;
+            w.write_all(&s.seqno.to_le_bytes())?;
+            w.write_all(&s.loc.to_le_bytes())?;
+            w.write_all(key)?;
+        }
+        for (from, to) in &self.forward {
+            w.write_all(&from.to_le_bytes())?;
+            w.write_all(&to.to_le_bytes())?;
+        }
+        let crc = w.crc;
+        let written = w.written + 4;
+        let mut inner = w.inner;
+        inner.write_all(&crc.to_le_bytes())?;
+        let file = inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, dir.join("index"))?;
+        crate::segment::sync_dir(dir)?;
+        Ok(written)
+    }
+
+    /// Reads a snapshot. `Err` explains why it cannot be used (then the caller rebuilds).
+    pub fn read_snapshot(path: &Path) -> Result<(Index, Loc), String> {
+        let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        if data.len() < 64 || data[0..8] != SNAPSHOT_MAGIC {
+            return Err("not an index snapshot".into());
+        }
+        let (body, tail) = data.split_at(data.len() - 4);
+        let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        if crc32c::crc32c(body) != stored {
+            return Err("checksum mismatch".into());
+        }
+        let mut r = Reader { data: body, pos: 8 };
+        let version = r.u32()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(format!("unsupported snapshot version {version}"));
+        }
+        r.u32()?;
+        let covers = r.u64()?;
+        let next_seqno = r.u64()?;
+        let next_slot = r.u64()?;
+        let nkeys = r.u64()?;
+        let nfwd = r.u64()?;
+        let mut index = Index::new(next_seqno, next_slot);
+        index.next_seqno = next_seqno;
+        for _ in 0..nkeys {
+            let klen = r.u8()? as usize;
+            let deleted = match r.u8()? {
+                0 => false,
+                1 => true,
+                f => return Err(format!("bad key flags {f}")),
+            };
+            let value_len = r.u32()?;
+            let value_crc = r.u32()?;
+            let timestamp = r.u64()?;
+            let seqno = r.u64()?;
+            let loc = r.u64()?;
+            let key = r.bytes(klen)?;
+            if klen == 0 || index.keys.contains_key(key) {
+                return Err("bad or duplicate key".into());
+            }
+            index.apply(
+                key,
+                KeyState {
+                    loc,
+                    seqno,
+                    value_len,
+                    value_crc,
+                    timestamp,
+                    deleted,
+                },
+            );
+        }
+        for _ in 0..nfwd {
+            let from = r.u64()?;
+            let to = r.u64()?;
+            index.forward.insert(from, to);
+        }
+        if r.pos != body.len() {
+            return Err("trailing bytes".into());
+        }
+        Ok((index, covers))
+    }
+
+    /// Approximate bytes the index holds in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        let per_key = (std::mem::size_of::<KeyState>() + 48) as u64;
+        self.keys.len() as u64 * per_key + self.live_key_bytes + self.forward.len() as u64 * 32
+    }
+}
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: u32,
+    written: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.pos + n > self.data.len() {
+            return Err("truncated".into());
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.bytes(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.bytes(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::loc;
+
+    fn st(seg: u32, off: u64, seqno: u64, len: u32, deleted: bool) -> KeyState {
+        KeyState {
+            loc: loc(seg, off),
+            seqno,
+            value_len: len,
+            value_crc: 0,
+            timestamp: 1,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn newest_version_wins_and_counters_follow() {
+        let mut ix = Index::new(0, 0);
+        ix.apply(b"a", st(0, 32, 1, 10, false));
+        ix.apply(b"b", st(0, 200, 2, 5, false));
+        assert_eq!(ix.live_bytes, 15);
+        // An older record replayed later changes nothing.
+        assert!(ix.apply(b"a", st(0, 16, 0, 99, false)).is_none());
+        ix.apply(b"a", st(1, 32, 3, 1, false));
+        assert_eq!(ix.live_bytes, 6);
+        assert_eq!(
+            ix.order.values().map(|k| k.to_vec()).collect::<Vec<_>>(),
+            vec![b"b".to_vec(), b"a".to_vec()]
+        );
+        ix.apply(b"b", st(1, 100, 4, 0, true));
+        assert_eq!(ix.live_count(), 1);
+        assert_eq!(ix.live_bytes, 1);
+        assert!(ix.live(b"b").is_none());
+        assert!(ix.keys.contains_key(&b"b"[..]));
+        // A compaction copy: same seqno, later location.
+        ix.apply(b"a", st(5, 32, 3, 1, false));
+        assert_eq!(ix.live(b"a").map(|s| s.loc), Some(loc(5, 32)));
+        assert_eq!(ix.seg_live.get(&1).copied(), Some(record_len(1, 0)));
+    }
+
+    #[test]
+    fn snapshot_roundtrip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ix = Index::new(0, 0);
+        for i in 0..100u32 {
+            ix.apply(
+                format!("k{i}").as_bytes(),
+                st(i / 10, 32 + u64::from(i), u64::from(i) + 1, i, i % 7 == 0),
+            );
+        }
+        ix.forward.insert(loc(1, 2), loc(3, 4));
+        ix.next_seqno = 500;
+        ix.next_slot = 42;
+        ix.write_snapshot(dir.path(), loc(9, 77)).unwrap();
+        let (back, covers) = Index::read_snapshot(&dir.path().join("index")).unwrap();
+        assert_eq!(covers, loc(9, 77));
+        assert_eq!(back.keys, ix.keys);
+        assert_eq!(back.order, ix.order);
+        assert_eq!(back.forward, ix.forward);
+        assert_eq!(
+            (back.next_seqno, back.next_slot, back.live_bytes),
+            (500, 42, ix.live_bytes)
+        );
+
+        let path = dir.path().join("index");
+        let mut data = std::fs::read(&path).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        assert!(Index::read_snapshot(&path).is_err());
+    }
+
+    #[test]
+    fn resolve_follows_moves() {
+        let mut ix = Index::new(0, 0);
+        ix.forward.insert(loc(1, 40), loc(3, 40));
+        ix.forward.insert(loc(3, 40), loc(7, 100));
+        let exists = |s: u32| s == 7 || s == 9;
+        assert_eq!(ix.resolve(loc(1, 40), exists), Some(loc(7, 100)));
+        assert_eq!(ix.resolve(loc(9, 1), exists), Some(loc(9, 1)));
+        assert_eq!(ix.resolve(loc(2, 1), exists), None);
+        assert_eq!(ix.resolve(0, exists), None);
+        ix.forward.insert(loc(4, 4), loc(5, 5));
+        ix.prune_forward(exists);
+        assert_eq!(ix.forward.len(), 2);
+    }
+}

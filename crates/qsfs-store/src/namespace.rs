@@ -1,0 +1,1354 @@
+//! One namespace: its segments, its index, its properties, and every operation on them.
+//!
+//! Locking: a namespace has one writer mutex (`writer`), held by whoever appends or changes
+//! properties, so writes are serialised per namespace only; and one `RwLock` over the index and
+//! the segment table (`state`), held for reading by lookups and for writing only for the moment
+//! an index entry changes. The order is always writer, then state. A reader takes `state` for
+//! reading, copies the location and an `Arc` of the segment, drops the lock and reads with
+//! `pread`: the `Arc` keeps the file readable even if compaction unlinks it meanwhile.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use qsfs_core::{
+    check_value, Credential, Cursor, Entry, Error, KeyMeta, Mode, NamespaceInfo, NamespaceProperty,
+    ReadOnlyReason, Result, ScanOrder, ScanPage, SetOutcome, Timestamp, Version, VersionId,
+    MAX_KEY_LEN, MAX_PASSWORD_LEN, SEQ_KEY_LEN,
+};
+
+use crate::cold::cold_key;
+use crate::config::Durability;
+use crate::descriptor::Descriptor;
+use crate::engine::Shared;
+use crate::index::{Index, KeyState};
+use crate::password::PasswordRecord;
+use crate::segment::{
+    encode_record, loc, loc_offset, loc_segment, parse_segment_file_name, read_full_at,
+    scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+
+/// Something the observer must be told once locks are released.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// A segment was sealed.
+    Sealed(u32, PathBuf),
+    /// A segment was removed (compaction, flush).
+    Removed(u32),
+    /// A property changed.
+    Updated,
+}
+
+/// The appending end of a namespace.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    /// The segment appended to.
+    pub seg: Arc<Segment>,
+    /// Where the next record goes.
+    pub end: u64,
+    /// When the segment was started (for the age limit).
+    pub opened: Instant,
+}
+
+/// Index, segment table and properties.
+#[derive(Debug)]
+pub(crate) struct NsState {
+    pub index: Index,
+    pub segments: BTreeMap<u32, Arc<Segment>>,
+    pub desc: Descriptor,
+    pub locked: bool,
+    pub frozen: bool,
+    pub deleted: bool,
+    pub snapshot_bytes: u64,
+    /// Damage found while loading, for operators (also logged).
+    pub damage: Vec<String>,
+}
+
+impl NsState {
+    fn segment_exists(&self, id: u32) -> bool {
+        self.segments.contains_key(&id)
+    }
+
+    pub(crate) fn resolve(&self, l: Loc) -> Option<Loc> {
+        self.index.resolve(l, |s| self.segment_exists(s))
+    }
+}
+
+/// A loaded namespace.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    pub name: String,
+    pub dir: PathBuf,
+    pub state: RwLock<NsState>,
+    pub writer: Mutex<Writer>,
+    /// One compaction at a time.
+    pub compacting: Mutex<()>,
+    /// Observer notifications waiting for locks to be released.
+    pub events: Mutex<Vec<Event>>,
+    /// Written since the last sync (periodic durability).
+    pub dirty: AtomicBool,
+    /// Committed end of the current segment, as a [`Loc`], for raw readers.
+    pub tail: AtomicU64,
+}
+
+/// A record as stored, for 0-db's `DATA RAW` and for replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// The key.
+    pub key: Vec<u8>,
+    /// True for a tombstone.
+    pub deleted: bool,
+    /// Timestamp of the write.
+    pub timestamp: Timestamp,
+    /// The previous version of the key as stored (may point to a compacted segment).
+    pub previous: Option<VersionId>,
+    /// crc32c (Castagnoli, standard) of the value.
+    pub value_crc: u32,
+    /// The value (empty for a tombstone).
+    pub value: Vec<u8>,
+    /// Offset of the next record in the same segment.
+    pub next_offset: u64,
+}
+
+/// What [`crate::Engine::stats`] reports about one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NamespaceStats {
+    /// Live keys.
+    pub entries: u64,
+    /// Sum of live value lengths (what `maxsize` limits).
+    pub live_bytes: u64,
+    /// Bytes of local segment files and index snapshot.
+    pub disk_bytes: u64,
+    /// Estimated bytes of the in-memory index.
+    pub index_bytes: u64,
+    /// The segment being appended to.
+    pub current_segment: u32,
+    /// Where the next record goes in it.
+    pub current_offset: u64,
+    /// Sequential mode: the next id that would be allocated.
+    pub next_id: u64,
+    /// Every segment, oldest first.
+    pub segments: Vec<SegmentStats>,
+    /// Damage found when the namespace was loaded.
+    pub damage: Vec<String>,
+}
+
+/// One segment in [`NamespaceStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentStats {
+    /// Segment id.
+    pub id: u32,
+    /// Bytes on local disk (0 if offloaded).
+    pub size: u64,
+    /// Bytes of records that are the newest version of their key.
+    pub live: u64,
+    /// Sealed (immutable).
+    pub sealed: bool,
+    /// Local file removed; data only in the cold tier.
+    pub offloaded: bool,
+    /// Path of the (possibly absent) local file.
+    pub path: PathBuf,
+}
+
+fn seg_location(ns: &str, seg: u32, off: u64) -> String {
+    format!(
+        "segment {ns}/{} @ {off}",
+        crate::segment::segment_file_name(seg)
+    )
+}
+
+fn encode_cursor(seqno: u64) -> Cursor {
+    let mut c = vec![0u8; 17];
+    c[0] = 0x51;
+    c[1..9].copy_from_slice(&seqno.to_le_bytes());
+    let crc = crc32c::crc32c(&c[0..13]);
+    c[13..17].copy_from_slice(&crc.to_le_bytes());
+    Cursor(c)
+}
+
+fn decode_cursor(c: &Cursor) -> Result<u64> {
+    let b = &c.0;
+    let bad = || Error::InvalidArgument("invalid scan cursor".into());
+    if b.len() != 17 || b[0] != 0x51 || b[9..13] != [0, 0, 0, 0] {
+        return Err(bad());
+    }
+    if crc32c::crc32c(&b[0..13]).to_le_bytes() != b[13..17] {
+        return Err(bad());
+    }
+    let mut s = [0u8; 8];
+    s.copy_from_slice(&b[1..9]);
+    Ok(u64::from_le_bytes(s))
+}
+
+impl Namespace {
+    // ----- loading -------------------------------------------------------------------------
+
+    /// Opens (loads) a namespace directory.
+    pub fn open(shared: &Shared, dir: PathBuf, desc: Descriptor) -> Result<Namespace> {
+        let name = desc.name.clone();
+        let mut local = BTreeMap::new();
+        let rd =
+            std::fs::read_dir(&dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+            let fname = entry.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            if let Some(id) = parse_segment_file_name(fname) {
+                local.insert(id, entry.path());
+            } else if fname.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let mut damage = Vec::new();
+        let mut segments: BTreeMap<u32, Arc<Segment>> = BTreeMap::new();
+        let last_local = local.keys().next_back().copied();
+        for (id, path) in &local {
+            let writable = Some(*id) == last_local;
+            match Segment::open(path.clone(), *id, writable) {
+                Ok(s) => {
+                    segments.insert(*id, Arc::new(s));
+                }
+                Err(OpenError::Bad(detail))
+                    if writable
+                        && std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+                            < SEGMENT_HEADER_LEN =>
+                {
+                    // A crash while creating the newest segment: it holds nothing.
+                    tracing::warn!(namespace = %name, segment = id, %detail, "removing half-created segment");
+                    std::fs::remove_file(path)
+                        .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+                }
+                Err(OpenError::Bad(detail)) => {
+                    let msg = format!("{}: {detail}", seg_location(&name, *id, 0));
+                    tracing::error!(namespace = %name, "{msg}; segment ignored");
+                    damage.push(msg);
+                }
+                Err(OpenError::Io(e)) => {
+                    return Err(Error::io(format!("open {}", path.display()), e))
+                }
+            }
+        }
+        for id in &desc.offloaded {
+            segments.entry(*id).or_insert_with(|| {
+                Arc::new(Segment::offloaded(
+                    dir.join(crate::segment::segment_file_name(*id)),
+                    *id,
+                ))
+            });
+        }
+        // The newest segment must be a local, writable one.
+        let need_new = match segments.iter().next_back() {
+            None => true,
+            Some((_, s)) => s.file.is_none(),
+        };
+        if need_new {
+            let id = segments
+                .keys()
+                .next_back()
+                .map(|i| i + 1)
+                .unwrap_or(0)
+                .max(desc.segment_floor);
+            let s = Segment::create(&dir, id, qsfs_core::now())
+                .map_err(|e| Error::io(format!("create segment in {}", dir.display()), e))?;
+            segments.insert(id, Arc::new(s));
+        }
+        let (current_id, current) = match segments.iter().next_back() {
+            Some((i, s)) => (*i, s.clone()),
+            None => return Err(Error::InvalidArgument("no segment".into())),
+        };
+
+        let mut state = NsState {
+            index: Index::new(desc.seqno_floor, desc.slot_floor),
+            segments,
+            desc,
+            locked: false,
+            frozen: false,
+            deleted: false,
+            snapshot_bytes: 0,
+            damage,
+        };
+        let end = Self::load_index(shared, &name, &dir, &mut state)?;
+        let ns = Namespace {
+            name,
+            dir,
+            state: RwLock::new(state),
+            writer: Mutex::new(Writer {
+                seg: current,
+                end,
+                opened: Instant::now(),
+            }),
+            compacting: Mutex::new(()),
+            events: Mutex::new(Vec::new()),
+            dirty: AtomicBool::new(false),
+            tail: AtomicU64::new(loc(current_id, end)),
+        };
+        Ok(ns)
+    }
+
+    /// Fills `state.index` from the snapshot and the segments after it (or from all segments).
+    /// Returns the end of the current segment after cutting a torn tail.
+    fn load_index(shared: &Shared, name: &str, dir: &Path, state: &mut NsState) -> Result<u64> {
+        let snap_path = dir.join("index");
+        let mut start: Option<Loc> = None;
+        if snap_path.exists() {
+            match Index::read_snapshot(&snap_path) {
+                Ok((mut ix, covers)) => {
+                    let cseg = loc_segment(covers);
+                    let valid = match state.segments.get(&cseg) {
+                        Some(s) => s.file.is_some() && loc_offset(covers) <= s.len(),
+                        None => false,
+                    } && ix
+                        .keys
+                        .values()
+                        .all(|k| state.segments.contains_key(&loc_segment(k.loc)));
+                    if valid {
+                        ix.next_seqno = ix.next_seqno.max(state.desc.seqno_floor).max(1);
+                        ix.next_slot = ix.next_slot.max(state.desc.slot_floor);
+                        state.index = ix;
+                        state.snapshot_bytes =
+                            std::fs::metadata(&snap_path).map(|m| m.len()).unwrap_or(0);
+                        start = Some(covers);
+                    } else {
+                        tracing::warn!(namespace = %name, "index snapshot does not match the segments; rebuilding from segments");
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(namespace = %name, %why, "index snapshot unusable; rebuilding from segments");
+                }
+            }
+        } else {
+            tracing::info!(namespace = %name, "no index snapshot; rebuilding from segments");
+        }
+        let current_id = state.segments.keys().next_back().copied().unwrap_or(0);
+        let ids: Vec<u32> = state.segments.keys().copied().collect();
+        let mut end = SEGMENT_HEADER_LEN;
+        for id in ids {
+            let from = match start {
+                Some(c) if id < loc_segment(c) => continue,
+                Some(c) if id == loc_segment(c) => loc_offset(c),
+                _ => SEGMENT_HEADER_LEN,
+            };
+            let seg = state.segments[&id].clone();
+            let report = match &seg.file {
+                Some(f) => {
+                    let len = f
+                        .metadata()
+                        .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
+                        .len();
+                    let src = |buf: &mut [u8], off: u64| read_full_at(f, buf, off);
+                    let index = &mut state.index;
+                    let r = scan_segment(&src, len, from, |rec| {
+                        let at = loc(id, rec.offset);
+                        if rec.damaged {
+                            // Indexed anyway: reads of this key must report the damage, not
+                            // fall back to an older version.
+                            tracing::debug!(
+                                segment = id,
+                                offset = rec.offset,
+                                "indexing a record with a damaged value"
+                            );
+                        }
+                        index.observe(&rec.header, at);
+                        index.apply(rec.key, KeyState::of(&rec.header, at));
+                    })
+                    .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+                    (r, len)
+                }
+                None => {
+                    let cold = shared.cold.as_ref().ok_or_else(|| {
+                        Error::Unavailable(format!(
+                            "namespace {name}: rebuilding the index needs offloaded segment {id} and no cold tier is configured"
+                        ))
+                    })?;
+                    let data = cold.get(&cold_key(name, id))?;
+                    let src = |buf: &mut [u8], off: u64| {
+                        let s = (off as usize).min(data.len());
+                        let n = buf.len().min(data.len() - s);
+                        buf[..n].copy_from_slice(&data[s..s + n]);
+                        Ok(n)
+                    };
+                    let index = &mut state.index;
+                    let r = scan_segment(&src, data.len() as u64, from, |rec| {
+                        let at = loc(id, rec.offset);
+                        if rec.damaged {
+                            // Indexed anyway: reads of this key must report the damage, not
+                            // fall back to an older version.
+                            tracing::debug!(
+                                segment = id,
+                                offset = rec.offset,
+                                "indexing a record with a damaged value"
+                            );
+                        }
+                        index.observe(&rec.header, at);
+                        index.apply(rec.key, KeyState::of(&rec.header, at));
+                    })
+                    .map_err(|e| Error::io(format!("read cold segment {id}"), e))?;
+                    (r, data.len() as u64)
+                }
+            };
+            let (report, len) = report;
+            for (a, b, why) in &report.corrupt {
+                let msg = format!("{} .. {b}: {why}", seg_location(name, id, *a));
+                tracing::error!(namespace = %name, "{msg}");
+                state.damage.push(msg);
+            }
+            if id == current_id {
+                if report.valid_end < len {
+                    tracing::warn!(namespace = %name, segment = id, at = report.valid_end, cut = len - report.valid_end,
+                        "torn tail cut off the current segment");
+                    if let Some(f) = &seg.file {
+                        f.set_len(report.valid_end)
+                            .and_then(|_| f.sync_all())
+                            .map_err(|e| {
+                                Error::io(format!("truncate {}", seg.path.display()), e)
+                            })?;
+                    }
+                }
+                end = report.valid_end;
+            } else if report.valid_end < len {
+                let msg = format!(
+                    "{} .. {len}: damaged tail of a sealed segment",
+                    seg_location(name, id, report.valid_end)
+                );
+                tracing::error!(namespace = %name, "{msg}");
+                state.damage.push(msg);
+            }
+        }
+        Ok(end)
+    }
+
+    // ----- helpers ---------------------------------------------------------------------------
+
+    fn check_readable(&self, st: &NsState) -> Result<()> {
+        if st.deleted {
+            return Err(Error::NotFound(format!("namespace {}", self.name)));
+        }
+        if st.frozen {
+            return Err(Error::ReadOnly {
+                reason: ReadOnlyReason::Frozen,
+                what: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self, st: &NsState) -> Result<()> {
+        self.check_readable(st)?;
+        if st.locked {
+            return Err(Error::ReadOnly {
+                reason: ReadOnlyReason::Locked,
+                what: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
+    fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
+        match &seg.file {
+            Some(f) => {
+                let mut buf = vec![0u8; len];
+                let n = read_full_at(f, &mut buf, off).map_err(|e| {
+                    Error::io(format!("read {}", seg_location(&self.name, seg.id, off)), e)
+                })?;
+                if n < len {
+                    return Err(Error::corrupt(
+                        seg_location(&self.name, seg.id, off),
+                        "record runs past the end of the segment",
+                    ));
+                }
+                Ok(buf)
+            }
+            None => {
+                let cold = shared.cold.as_ref().ok_or_else(|| {
+                    Error::Unavailable(format!(
+                        "{} is offloaded and no cold tier is configured",
+                        seg_location(&self.name, seg.id, off)
+                    ))
+                })?;
+                Ok(cold
+                    .get_range(&cold_key(&self.name, seg.id), off..off + len as u64)?
+                    .to_vec())
+            }
+        }
+    }
+
+    /// Reads and fully verifies the record at `seg`/`off` whose key and value lengths are known.
+    fn read_known(
+        &self,
+        shared: &Shared,
+        seg: &Segment,
+        off: u64,
+        key: &[u8],
+        value_len: u32,
+    ) -> Result<(RecordHeader, Vec<u8>)> {
+        let total = RECORD_HEADER_LEN + key.len() + value_len as usize;
+        let mut buf = self.read_bytes(shared, seg, off, total)?;
+        let location = || seg_location(&self.name, seg.id, off);
+        let header = RecordHeader::decode(
+            &buf[..RECORD_HEADER_LEN],
+            Some(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()]),
+        )
+        .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
+        if header.value_len != value_len
+            || &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()] != key
+        {
+            return Err(Error::corrupt(
+                location(),
+                "record does not match the index",
+            ));
+        }
+        let value = buf.split_off(RECORD_HEADER_LEN + key.len());
+        if crc32c::crc32c(&value) != header.value_crc {
+            return Err(Error::corrupt(location(), "value checksum mismatch"));
+        }
+        Ok((header, value))
+    }
+
+    /// Reads and verifies the record at `l` whose lengths are not known. Returns header, key and
+    /// value (value only if `with_value`, else empty).
+    fn read_at(
+        &self,
+        shared: &Shared,
+        st_segment: &Segment,
+        off: u64,
+        with_value: bool,
+    ) -> Result<(RecordHeader, Vec<u8>, Vec<u8>)> {
+        let location = || seg_location(&self.name, st_segment.id, off);
+        let head = self.read_bytes(shared, st_segment, off, RECORD_HEADER_LEN)?;
+        let unchecked = RecordHeader::decode(&head, None)
+            .ok_or_else(|| Error::corrupt(location(), "no valid record here"))?;
+        let klen = unchecked.key_len as usize;
+        let vlen = if with_value {
+            unchecked.value_len as usize
+        } else {
+            0
+        };
+        if unchecked.value_len as usize > qsfs_core::MAX_VALUE_LEN {
+            return Err(Error::corrupt(location(), "record length out of range"));
+        }
+        let body = self.read_bytes(
+            shared,
+            st_segment,
+            off + RECORD_HEADER_LEN as u64,
+            klen + vlen,
+        )?;
+        let (key, value) = body.split_at(klen);
+        let header = RecordHeader::decode(&head, Some(key))
+            .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
+        if with_value && crc32c::crc32c(value) != header.value_crc {
+            return Err(Error::corrupt(location(), "value checksum mismatch"));
+        }
+        Ok((header, key.to_vec(), value.to_vec()))
+    }
+
+    fn segment_of(&self, st: &NsState, l: Loc) -> Result<Arc<Segment>> {
+        st.segments.get(&loc_segment(l)).cloned().ok_or_else(|| {
+            Error::corrupt(
+                seg_location(&self.name, loc_segment(l), loc_offset(l)),
+                "index points to a missing segment",
+            )
+        })
+    }
+
+    /// Appends one encoded record, rotating first if the segment is full or old.
+    fn append(&self, shared: &Shared, w: &mut Writer, rec: &[u8]) -> Result<Loc> {
+        self.append_with(shared, w, rec, true)
+    }
+
+    /// [`Namespace::append`]; `durable = false` skips the per-write sync of
+    /// [`Durability::EveryWrite`] (compaction syncs once at the end instead).
+    pub(crate) fn append_with(
+        &self,
+        shared: &Shared,
+        w: &mut Writer,
+        rec: &[u8],
+        durable: bool,
+    ) -> Result<Loc> {
+        let len = rec.len() as u64;
+        let too_old = shared
+            .config
+            .max_segment_age
+            .is_some_and(|a| w.opened.elapsed() >= a);
+        if w.end > SEGMENT_HEADER_LEN && (w.end + len > shared.config.max_segment_size || too_old) {
+            self.rotate_locked(shared, w)?;
+        }
+        let file = w
+            .seg
+            .file
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("current segment is not local".into()))?;
+        let at = w.end;
+        let undo = |e: std::io::Error| {
+            // Never leave a partial record for the next append to follow.
+            let _ = file.set_len(at);
+            Error::io(
+                format!("append to {}", seg_location(&self.name, w.seg.id, at)),
+                e,
+            )
+        };
+        file.write_all_at(rec, at).map_err(undo)?;
+        match shared.config.durability {
+            Durability::EveryWrite if durable => file.sync_data().map_err(undo)?,
+            Durability::EveryWrite => self.dirty.store(true, Ordering::Release),
+            Durability::Periodic(_) => self.dirty.store(true, Ordering::Release),
+            Durability::None => {}
+        }
+        w.end = at + len;
+        self.tail.store(loc(w.seg.id, w.end), Ordering::Release);
+        Ok(loc(w.seg.id, at))
+    }
+
+    /// Seals the current segment and starts the next one. Caller holds the writer.
+    pub(crate) fn rotate_locked(&self, _shared: &Shared, w: &mut Writer) -> Result<()> {
+        let old = w.seg.clone();
+        if let Some(f) = &old.file {
+            f.sync_all()
+                .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
+        }
+        let new_id = old
+            .id
+            .checked_add(1)
+            .ok_or_else(|| Error::NoSpace("segment ids exhausted".into()))?;
+        let seg = Arc::new(
+            Segment::create(&self.dir, new_id, qsfs_core::now())
+                .map_err(|e| Error::io(format!("create segment {new_id} of {}", self.name), e))?,
+        );
+        // The sealed file is read-only from now on: reopen it so.
+        let sealed = match Segment::open(old.path.clone(), old.id, false) {
+            Ok(s) => Arc::new(s),
+            Err(_) => old.clone(),
+        };
+        {
+            let mut st = self.state.write();
+            st.segments.insert(old.id, sealed);
+            st.segments.insert(new_id, seg.clone());
+        }
+        w.seg = seg;
+        w.end = SEGMENT_HEADER_LEN;
+        w.opened = Instant::now();
+        self.tail
+            .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
+        self.write_snapshot_locked(w);
+        self.events
+            .lock()
+            .push(Event::Sealed(old.id, old.path.clone()));
+        Ok(())
+    }
+
+    /// Writes the index snapshot covering everything up to the writer's end. Failure only
+    /// costs a longer replay on the next open, so it is logged, not returned.
+    pub(crate) fn write_snapshot_locked(&self, w: &Writer) {
+        let st = self.state.read();
+        if st.deleted {
+            return;
+        }
+        match st.index.write_snapshot(&self.dir, loc(w.seg.id, w.end)) {
+            Ok(n) => {
+                drop(st);
+                self.state.write().snapshot_bytes = n;
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %self.name, error = %e, "cannot write index snapshot")
+            }
+        }
+    }
+
+    // ----- data operations -----------------------------------------------------------------
+
+    /// `Store::set_at`.
+    pub fn set(
+        &self,
+        shared: &Shared,
+        key: Option<&[u8]>,
+        value: &[u8],
+        ts: Option<Timestamp>,
+    ) -> Result<SetOutcome> {
+        check_value(value)?;
+        if let Some(k) = key {
+            if k.len() > MAX_KEY_LEN {
+                return Err(Error::TooLarge {
+                    what: "key",
+                    len: k.len(),
+                    max: MAX_KEY_LEN,
+                });
+            }
+        }
+        let mut w = self.writer.lock();
+        let st = self.state.read();
+        self.check_writable(&st)?;
+        let mode = st.desc.mode;
+        // Step 4 of 0-db's order: find the live entry, if any.
+        let (key_bytes, existing, key_error): (Vec<u8>, Option<KeyState>, Option<Error>) =
+            match (mode, key) {
+                (Mode::User, Some(k)) if !k.is_empty() => {
+                    (k.to_vec(), st.index.live(k).copied(), None)
+                }
+                (Mode::User, _) => (
+                    Vec::new(),
+                    None,
+                    Some(Error::InvalidArgument("key needed (user mode)".into())),
+                ),
+                (Mode::Seq, None) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
+                (Mode::Seq, Some([])) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
+                (Mode::Seq, Some(k)) => match st.index.live(k) {
+                    Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(*s), None),
+                    _ => (
+                        Vec::new(),
+                        None,
+                        Some(Error::InvalidArgument(
+                            "invalid key, only update authorized (sequential mode)".into(),
+                        )),
+                    ),
+                },
+            };
+        if st.desc.worm && existing.is_some() {
+            return Err(Error::ReadOnly {
+                reason: ReadOnlyReason::Worm,
+                what: self.name.clone(),
+            });
+        }
+        let old_len = existing.map(|s| u64::from(s.value_len)).unwrap_or(0);
+        if st.desc.max_size > 0
+            && st.index.live_bytes + value.len() as u64 > st.desc.max_size + old_len
+        {
+            return Err(Error::NoSpace(format!(
+                "namespace {} is limited to {} bytes ({} used)",
+                self.name, st.desc.max_size, st.index.live_bytes
+            )));
+        }
+        if let Some(e) = key_error {
+            return Err(e);
+        }
+        if let Some(ex) = existing {
+            if ex.value_len as usize == value.len() && ex.value_crc == crc32c::crc32c(value) {
+                let seg = self.segment_of(&st, ex.loc)?;
+                drop(st);
+                let (_, old) =
+                    self.read_known(shared, &seg, loc_offset(ex.loc), &key_bytes, ex.value_len)?;
+                if old == value {
+                    return Ok(SetOutcome::Unchanged { key: key_bytes });
+                }
+                return self.write_version(shared, &mut w, key_bytes, value, ts, mode, false);
+            }
+        }
+        drop(st);
+        self.write_version(shared, &mut w, key_bytes, value, ts, mode, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_version(
+        &self,
+        shared: &Shared,
+        w: &mut Writer,
+        key: Vec<u8>,
+        value: &[u8],
+        ts: Option<Timestamp>,
+        mode: Mode,
+        tombstone: bool,
+    ) -> Result<SetOutcome> {
+        let (seqno, prev, slot) = {
+            let st = self.state.read();
+            let prev = st.index.keys.get(&key[..]).map(|s| s.loc).unwrap_or(0);
+            let slot = if mode == Mode::Seq && !tombstone {
+                st.index.next_slot + 1
+            } else {
+                0
+            };
+            (st.index.next_seqno, prev, slot)
+        };
+        let header = RecordHeader {
+            flags: if tombstone { FLAG_TOMBSTONE } else { 0 },
+            key_len: key.len() as u8,
+            value_len: value.len() as u32,
+            value_crc: crc32c::crc32c(value),
+            timestamp: ts.unwrap_or_else(qsfs_core::now),
+            seqno,
+            prev,
+            origin: 0,
+            slot,
+        };
+        let rec = encode_record(&header, &key, value);
+        let at = self.append(shared, w, &rec)?;
+        let mut st = self.state.write();
+        st.index.observe(&header, at);
+        st.index.apply(&key, KeyState::of(&header, at));
+        Ok(SetOutcome::Written { key })
+    }
+
+    /// `Store::delete_at`.
+    pub fn delete(&self, shared: &Shared, key: &[u8], ts: Option<Timestamp>) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("empty key".into()));
+        }
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::TooLarge {
+                what: "key",
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
+        let mut w = self.writer.lock();
+        let st = self.state.read();
+        self.check_writable(&st)?;
+        if st.index.live(key).is_none() {
+            return Err(Error::NotFound(format!("key in namespace {}", self.name)));
+        }
+        if st.desc.worm {
+            return Err(Error::ReadOnly {
+                reason: ReadOnlyReason::Worm,
+                what: self.name.clone(),
+            });
+        }
+        let mode = st.desc.mode;
+        drop(st);
+        self.write_version(shared, &mut w, key.to_vec(), &[], ts, mode, true)
+            .map(|_| ())
+    }
+
+    /// `Store::get`.
+    pub fn get(&self, shared: &Shared, key: &[u8]) -> Result<Option<Entry>> {
+        let (ks, seg) = {
+            let st = self.state.read();
+            self.check_readable(&st)?;
+            let Some(ks) = st.index.live(key).copied() else {
+                return Ok(None);
+            };
+            (ks, self.segment_of(&st, ks.loc)?)
+        };
+        let (h, value) = self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len)?;
+        Ok(Some(Entry {
+            value,
+            timestamp: h.timestamp,
+        }))
+    }
+
+    /// `Store::meta`.
+    pub fn meta(&self, key: &[u8]) -> Result<Option<KeyMeta>> {
+        let st = self.state.read();
+        self.check_readable(&st)?;
+        Ok(st.index.live(key).map(|s| KeyMeta {
+            key: key.to_vec(),
+            length: u64::from(s.value_len),
+            timestamp: s.timestamp,
+        }))
+    }
+
+    /// `Store::check`.
+    pub fn check(&self, shared: &Shared, key: &[u8]) -> Result<Option<bool>> {
+        match self.get(shared, key) {
+            Ok(Some(_)) => Ok(Some(true)),
+            Ok(None) => Ok(None),
+            Err(Error::Corrupt { .. }) => Ok(Some(false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `Store::scan`.
+    pub fn scan(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        order: ScanOrder,
+    ) -> Result<ScanPage> {
+        let after = cursor.map(decode_cursor).transpose()?;
+        let limit = limit.max(1);
+        let st = self.state.read();
+        self.check_readable(&st)?;
+        let mut entries = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        let mut push = |seqno: u64, key: &Arc<[u8]>| -> bool {
+            if entries.len() == limit {
+                more = true;
+                return false;
+            }
+            if let Some(s) = st.index.keys.get(key) {
+                entries.push(KeyMeta {
+                    key: key.to_vec(),
+                    length: u64::from(s.value_len),
+                    timestamp: s.timestamp,
+                });
+                last = Some(seqno);
+            }
+            true
+        };
+        match order {
+            ScanOrder::Forward => {
+                let lo = after.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
+                for (s, k) in st.index.order.range((lo, Bound::Unbounded)) {
+                    if !push(*s, k) {
+                        break;
+                    }
+                }
+            }
+            ScanOrder::Reverse => {
+                let hi = after.map(Bound::Excluded).unwrap_or(Bound::Unbounded);
+                for (s, k) in st.index.order.range((Bound::Unbounded, hi)).rev() {
+                    if !push(*s, k) {
+                        break;
+                    }
+                }
+            }
+        }
+        let next = if more { last.map(encode_cursor) } else { None };
+        Ok(ScanPage { entries, next })
+    }
+
+    /// `Store::cursor_after`.
+    pub fn cursor_after(&self, key: &[u8]) -> Result<Cursor> {
+        let st = self.state.read();
+        self.check_readable(&st)?;
+        let s = st
+            .index
+            .live(key)
+            .ok_or_else(|| Error::NotFound(format!("key in namespace {}", self.name)))?;
+        Ok(encode_cursor(s.seqno))
+    }
+
+    /// `Store::history`.
+    pub fn history(&self, shared: &Shared, key: &[u8], at: Option<VersionId>) -> Result<Version> {
+        let (head, target) =
+            {
+                let st = self.state.read();
+                self.check_readable(&st)?;
+                let head =
+                    st.index.keys.get(key).copied().ok_or_else(|| {
+                        Error::NotFound(format!("key in namespace {}", self.name))
+                    })?;
+                let target = match at {
+                    None if head.deleted => {
+                        return Err(Error::NotFound(format!(
+                            "key in namespace {} (deleted)",
+                            self.name
+                        )))
+                    }
+                    None => head.loc,
+                    Some(v) => st.resolve(u64::from_le_bytes(v.0)).ok_or_else(|| {
+                        Error::InvalidArgument("version does not belong to this key".into())
+                    })?,
+                };
+                (head, target)
+            };
+        // Walk the chain from the newest version: the version asked for must be on it, so an
+        // 8-byte id cannot be used to read another key's (or a deleted key's) data.
+        let mut cur = head.loc;
+        for _ in 0..1_000_000u32 {
+            let seg = {
+                let st = self.state.read();
+                self.segment_of(&st, cur)?
+            };
+            let (header, k, value) = self.read_at(shared, &seg, loc_offset(cur), cur == target)?;
+            if k != key {
+                return Err(Error::corrupt(
+                    seg_location(&self.name, seg.id, loc_offset(cur)),
+                    "history chain leads to another key",
+                ));
+            }
+            let prev = self.state.read().resolve(header.prev);
+            if cur == target {
+                return Ok(Version {
+                    value,
+                    timestamp: header.timestamp,
+                    deleted: header.is_tombstone(),
+                    previous: prev.map(|p| VersionId(p.to_le_bytes())),
+                });
+            }
+            match prev {
+                Some(p) if p != cur => cur = p,
+                _ => break,
+            }
+        }
+        Err(Error::InvalidArgument(
+            "version does not belong to this key".into(),
+        ))
+    }
+
+    // ----- namespace operations --------------------------------------------------------------
+
+    /// `Store::namespace_info`.
+    pub fn info(&self) -> NamespaceInfo {
+        let stats = self.stats();
+        let st = self.state.read();
+        NamespaceInfo {
+            name: self.name.clone(),
+            mode: st.desc.mode,
+            entries: stats.entries,
+            data_bytes: stats.live_bytes,
+            disk_bytes: stats.disk_bytes,
+            index_bytes: stats.index_bytes,
+            password: st.desc.password.is_some(),
+            public: st.desc.public,
+            max_size: st.desc.max_size,
+            worm: st.desc.worm,
+            locked: st.locked || st.frozen,
+            frozen: st.frozen,
+            current_segment: u64::from(stats.current_segment),
+            path: Some(self.dir.clone()),
+        }
+    }
+
+    /// Counters for INFO/NSINFO and operators.
+    pub fn stats(&self) -> NamespaceStats {
+        let tail = self.tail.load(Ordering::Acquire);
+        let st = self.state.read();
+        let mut segments = Vec::new();
+        let mut disk = st.snapshot_bytes;
+        for (id, s) in &st.segments {
+            let size = if *id == loc_segment(tail) {
+                loc_offset(tail)
+            } else {
+                s.len()
+            };
+            disk += size;
+            segments.push(SegmentStats {
+                id: *id,
+                size,
+                live: st.index.seg_live.get(id).copied().unwrap_or(0),
+                sealed: *id != loc_segment(tail),
+                offloaded: s.file.is_none(),
+                path: s.path.clone(),
+            });
+        }
+        NamespaceStats {
+            entries: st.index.live_count(),
+            live_bytes: st.index.live_bytes,
+            disk_bytes: disk,
+            index_bytes: st.index.memory_bytes() + st.snapshot_bytes,
+            current_segment: loc_segment(tail),
+            current_offset: loc_offset(tail),
+            next_id: st.index.next_slot,
+            segments,
+            damage: st.damage.clone(),
+        }
+    }
+
+    /// `Store::namespace_set`.
+    pub fn set_property(&self, shared: &Shared, property: NamespaceProperty) -> Result<()> {
+        let w = self.writer.lock();
+        let mut st = self.state.write();
+        if st.deleted {
+            return Err(Error::NotFound(format!("namespace {}", self.name)));
+        }
+        let mut desc = st.desc.clone();
+        match property {
+            NamespaceProperty::Password(None) => desc.password = None,
+            NamespaceProperty::Password(Some(p)) => {
+                if p.len() > MAX_PASSWORD_LEN {
+                    return Err(Error::TooLarge {
+                        what: "password",
+                        len: p.len(),
+                        max: MAX_PASSWORD_LEN,
+                    });
+                }
+                desc.password = Some(PasswordRecord::new(&p, &self.name, &shared.key)?);
+            }
+            NamespaceProperty::Public(b) => desc.public = b,
+            NamespaceProperty::MaxSize(n) => desc.max_size = n,
+            NamespaceProperty::Worm(b) => desc.worm = b,
+            NamespaceProperty::Mode(m) => {
+                if let Some(only) = shared.config.single_mode {
+                    if m != only || m != desc.mode {
+                        return Err(Error::Unsupported(format!(
+                            "this engine is restricted to {only} mode"
+                        )));
+                    }
+                }
+                if m != desc.mode {
+                    let fresh = st.index.next_seqno <= 1
+                        && desc.seqno_floor == 0
+                        && st.segments.len() == 1
+                        && w.end == SEGMENT_HEADER_LEN;
+                    if !fresh {
+                        return Err(Error::InvalidArgument(format!(
+                            "cannot change mode of used namespace {}",
+                            self.name
+                        )));
+                    }
+                    desc.mode = m;
+                }
+            }
+            NamespaceProperty::Lock(b) => {
+                st.locked = b;
+                if !b {
+                    st.frozen = false;
+                }
+                self.events.lock().push(Event::Updated);
+                return Ok(());
+            }
+            NamespaceProperty::Freeze(b) => {
+                st.frozen = b;
+                self.events.lock().push(Event::Updated);
+                return Ok(());
+            }
+            other => return Err(Error::Unsupported(format!("namespace property {other:?}"))),
+        }
+        desc.store(&self.dir)?;
+        st.desc = desc;
+        self.events.lock().push(Event::Updated);
+        Ok(())
+    }
+
+    /// `Store::namespace_authenticate`.
+    pub fn authenticate(&self, shared: &Shared, credential: Credential<'_>) -> Result<bool> {
+        let record = {
+            let st = self.state.read();
+            if st.deleted {
+                return Err(Error::NotFound(format!("namespace {}", self.name)));
+            }
+            match &st.desc.password {
+                None => return Ok(true),
+                Some(r) => r.clone(),
+            }
+        };
+        match credential {
+            Credential::Plain(p) => Ok(record.verify_plain(p)),
+            Credential::Challenge { nonce, digest } => {
+                record.verify_challenge(&self.name, &shared.key, nonce, digest)
+            }
+        }
+    }
+
+    /// `Store::flush_namespace`: removes every segment and starts empty, keeping properties.
+    /// Sequence numbers, ids and segment ids continue where they were, so nothing old can be
+    /// mistaken for new (a seq id is never handed out twice).
+    pub fn flush(&self, _shared: &Shared) -> Result<()> {
+        let mut w = self.writer.lock();
+        {
+            let st = self.state.read();
+            self.check_writable(&st)?;
+        }
+        let _ = std::fs::remove_file(self.dir.join("index"));
+        let mut st = self.state.write();
+        let next_id = w.seg.id + 1;
+        // Oldest first: if this is interrupted, what remains is the newest versions, never a
+        // resurrected older one.
+        let ids: Vec<u32> = st.segments.keys().copied().collect();
+        let mut removed = Vec::new();
+        for id in ids {
+            if let Some(s) = st.segments.get(&id) {
+                if s.file.is_some() {
+                    if let Err(e) = std::fs::remove_file(&s.path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            return Err(Error::io(format!("remove {}", s.path.display()), e));
+                        }
+                    }
+                }
+            }
+            st.segments.remove(&id);
+            removed.push(id);
+        }
+        let seg = Arc::new(
+            Segment::create(&self.dir, next_id, qsfs_core::now())
+                .map_err(|e| Error::io(format!("create segment in {}", self.dir.display()), e))?,
+        );
+        st.segments.insert(next_id, seg.clone());
+        let mut desc = st.desc.clone();
+        desc.seqno_floor = st.index.next_seqno;
+        desc.slot_floor = st.index.next_slot;
+        desc.segment_floor = next_id;
+        desc.offloaded.clear();
+        desc.store(&self.dir)?;
+        st.index = Index::new(desc.seqno_floor, desc.slot_floor);
+        st.desc = desc;
+        st.snapshot_bytes = 0;
+        w.seg = seg;
+        w.end = SEGMENT_HEADER_LEN;
+        w.opened = Instant::now();
+        self.tail
+            .store(loc(next_id, SEGMENT_HEADER_LEN), Ordering::Release);
+        let mut ev = self.events.lock();
+        for id in removed {
+            ev.push(Event::Removed(id));
+        }
+        Ok(())
+    }
+
+    /// Forces the current segment to stable storage.
+    pub fn sync(&self) -> Result<()> {
+        let seg = self.writer.lock().seg.clone();
+        self.dirty.store(false, Ordering::Release);
+        if let Some(f) = &seg.file {
+            f.sync_data()
+                .map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the record at (`segment`, `offset`) as stored. `Ok(None)` past the end.
+    pub fn read_raw(
+        &self,
+        shared: &Shared,
+        segment: u32,
+        offset: u64,
+    ) -> Result<Option<RawRecord>> {
+        let tail = self.tail.load(Ordering::Acquire);
+        let seg = {
+            let st = self.state.read();
+            self.check_readable(&st)?;
+            st.segments
+                .get(&segment)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("segment {segment} of {}", self.name)))?
+        };
+        let end = if segment == loc_segment(tail) {
+            loc_offset(tail)
+        } else if seg.file.is_some() {
+            seg.len()
+        } else {
+            u64::MAX
+        };
+        if offset >= end {
+            return Ok(None);
+        }
+        if offset < SEGMENT_HEADER_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "offset {offset} is inside the segment header"
+            )));
+        }
+        let (h, key, value) = self.read_at(shared, &seg, offset, true)?;
+        Ok(Some(RawRecord {
+            key,
+            deleted: h.is_tombstone(),
+            timestamp: h.timestamp,
+            previous: (h.prev != 0).then(|| VersionId(h.prev.to_le_bytes())),
+            value_crc: h.value_crc,
+            value,
+            next_offset: offset + h.record_len(),
+        }))
+    }
+
+    /// Marks a sealed segment offloaded and removes its local file.
+    pub fn offload_segment(&self, shared: &Shared, id: u32) -> Result<()> {
+        let w = self.writer.lock();
+        if id >= w.seg.id {
+            return Err(Error::InvalidArgument(format!(
+                "segment {id} of {} is not sealed",
+                self.name
+            )));
+        }
+        let seg = {
+            let st = self.state.read();
+            st.segments
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("segment {id} of {}", self.name)))?
+        };
+        if seg.file.is_none() {
+            return Ok(());
+        }
+        if let Some(cold) = &shared.cold {
+            if !cold.exists(&cold_key(&self.name, id))? {
+                return Err(Error::InvalidArgument(format!(
+                    "segment {id} of {} is not in the cold tier ({}); refusing to remove the only copy",
+                    self.name,
+                    cold_key(&self.name, id)
+                )));
+            }
+        }
+        let mut st = self.state.write();
+        let mut desc = st.desc.clone();
+        desc.offloaded.insert(id);
+        desc.store(&self.dir)?;
+        st.desc = desc;
+        st.segments
+            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id)));
+        drop(st);
+        std::fs::remove_file(&seg.path)
+            .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
+        let _ = crate::segment::sync_dir(&self.dir);
+        drop(w);
+        Ok(())
+    }
+
+    /// Brings an offloaded segment back from the cold tier into a local file.
+    pub fn restore_segment(&self, shared: &Shared, id: u32) -> Result<()> {
+        let _w = self.writer.lock();
+        let seg = {
+            let st = self.state.read();
+            st.segments
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("segment {id} of {}", self.name)))?
+        };
+        if seg.file.is_some() {
+            return Ok(());
+        }
+        let cold = shared.cold.as_ref().ok_or_else(|| {
+            Error::Unavailable(format!(
+                "segment {id} of {} is offloaded and no cold tier is configured",
+                self.name
+            ))
+        })?;
+        let data = cold.get(&cold_key(&self.name, id))?;
+        crate::segment::decode_segment_header(&data)
+            .map_err(|d| Error::corrupt(format!("cold tier {}", cold_key(&self.name, id)), d))?;
+        let tmp = self.dir.join(format!("{id:010}.seg.tmp"));
+        std::fs::write(&tmp, &data)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &seg.path))
+            .and_then(|_| crate::segment::sync_dir(&self.dir))
+            .map_err(|e| Error::io(format!("restore {}", seg.path.display()), e))?;
+        let restored = Segment::open(seg.path.clone(), id, false).map_err(|e| match e {
+            OpenError::Io(e) => Error::io(format!("open {}", seg.path.display()), e),
+            OpenError::Bad(d) => Error::corrupt(seg.path.display().to_string(), d),
+        })?;
+        let mut st = self.state.write();
+        let mut desc = st.desc.clone();
+        desc.offloaded.remove(&id);
+        desc.store(&self.dir)?;
+        st.desc = desc;
+        st.segments.insert(id, Arc::new(restored));
+        Ok(())
+    }
+
+    /// Replaces the in-memory state with what is on disk (0-db `RELOAD`).
+    pub fn reload(&self, shared: &Shared) -> Result<()> {
+        let mut w = self.writer.lock();
+        w.seg
+            .file
+            .as_ref()
+            .map(|f| f.sync_data())
+            .transpose()
+            .map_err(|e| Error::io("sync before reload", e))?;
+        self.write_snapshot_locked(&w);
+        let desc = Descriptor::load(&self.dir)?
+            .ok_or_else(|| Error::NotFound(format!("namespace {} descriptor", self.name)))?;
+        let fresh = Namespace::open(shared, self.dir.clone(), desc)?;
+        let new_state = fresh.state.into_inner();
+        let new_writer = fresh.writer.into_inner();
+        let mut st = self.state.write();
+        let (locked, frozen) = (st.locked, st.frozen);
+        *st = new_state;
+        st.locked = locked;
+        st.frozen = frozen;
+        *w = new_writer;
+        self.tail.store(loc(w.seg.id, w.end), Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_roundtrip_and_reject_garbage() {
+        let c = encode_cursor(12345);
+        assert_eq!(c.0.len(), 17);
+        assert_eq!(decode_cursor(&c).unwrap(), 12345);
+        let mut bad = c.clone();
+        bad.0[3] ^= 1;
+        assert!(decode_cursor(&bad).is_err());
+        assert!(decode_cursor(&Cursor(vec![0; 17])).is_err());
+        assert!(decode_cursor(&Cursor(vec![0; 16])).is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! Behaviour of the engine that the Store conformance suite does not cover: persistence,
+//! sealing, offload, properties that only an embedded engine has.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
+use qsfs_core::{Error, Mode, NamespaceProperty, ReadOnlyReason, ScanOrder, Store};
+use qsfs_store::{Durability, Engine, EngineConfig};
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        durability: Durability::None,
+        ..EngineConfig::default()
+    }
+}
+
+#[test]
+fn values_survive_reopen_with_and_without_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        for i in 0..100u32 {
+            e.set(
+                "default",
+                Some(format!("k{i}").as_bytes()),
+                format!("v{i}").as_bytes(),
+            )
+            .unwrap();
+        }
+        e.delete("default", b"k5").unwrap();
+    }
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.get("default", b"k7").unwrap().unwrap().value, b"v7");
+    assert!(e.get("default", b"k5").unwrap().is_none());
+    drop(e);
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.get("default", b"k99").unwrap().unwrap().value, b"v99");
+    assert!(e.get("default", b"k5").unwrap().is_none());
+    assert_eq!(e.namespace_info("default").unwrap().entries, 99);
+}
+
+#[test]
+fn second_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _e = Engine::open(dir.path(), cfg()).unwrap();
+    let err = Engine::open(dir.path(), cfg()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("already in use"));
+}
+
+#[test]
+fn foreign_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious.txt"), b"data").unwrap();
+    let err = Engine::open(dir.path(), cfg()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join("precious.txt")).unwrap(),
+        b"data"
+    );
+}
+
+#[test]
+fn foreign_namespace_directory_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Engine::open(dir.path(), cfg()).unwrap());
+    std::fs::create_dir(dir.path().join("ns/stranger")).unwrap();
+    std::fs::write(dir.path().join("ns/stranger/file"), b"x").unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.namespace_list().unwrap(), vec!["default".to_string()]);
+    let err = e.namespace_create("stranger").unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join("ns/stranger/file")).unwrap(),
+        b"x"
+    );
+}
+
+#[test]
+fn seq_mode_ids_burn_on_update_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.namespace_create("s").unwrap();
+        e.namespace_set("s", NamespaceProperty::Mode(Mode::Seq))
+            .unwrap();
+        assert_eq!(e.set("s", None, b"a").unwrap().key(), 0u64.to_le_bytes());
+        assert_eq!(e.set("s", None, b"b").unwrap().key(), 1u64.to_le_bytes());
+        assert!(e
+            .set("s", Some(&0u64.to_le_bytes()), b"a2")
+            .unwrap()
+            .written());
+        assert_eq!(e.set("s", None, b"c").unwrap().key(), 3u64.to_le_bytes());
+        // The burned id reads as nothing and cannot be invented.
+        assert!(e.get("s", &2u64.to_le_bytes()).unwrap().is_none());
+        let err = e.set("s", Some(&2u64.to_le_bytes()), b"x").unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)));
+        e.delete("s", &1u64.to_le_bytes()).unwrap();
+        assert!(matches!(
+            e.set("s", Some(&1u64.to_le_bytes()), b"again"),
+            Err(Error::InvalidArgument(_))
+        ));
+        // Mode cannot change once written.
+        assert!(e
+            .namespace_set("s", NamespaceProperty::Mode(Mode::User))
+            .is_err());
+    }
+    for drop_index in [false, true] {
+        if drop_index {
+            std::fs::remove_file(dir.path().join("ns/s/index")).unwrap();
+        }
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        assert_eq!(
+            e.get("s", &0u64.to_le_bytes()).unwrap().unwrap().value,
+            b"a2"
+        );
+        assert_eq!(
+            e.set("s", None, b"d").unwrap().key(),
+            (4 + u64::from(drop_index)).to_le_bytes()
+        );
+    }
+}
+
+#[test]
+fn rotation_seals_and_data_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            max_segment_size: 64 * 1024,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let v = vec![7u8; 10_000];
+    for i in 0..40u32 {
+        e.set("default", Some(&i.to_le_bytes()), &v).unwrap();
+    }
+    let segs = e.segments("default").unwrap();
+    assert!(segs.len() >= 6, "{segs:?}");
+    assert!(segs[..segs.len() - 1]
+        .iter()
+        .all(|s| s.sealed && s.size <= 64 * 1024 + 11_000));
+    for i in 0..40u32 {
+        assert_eq!(
+            e.get("default", &i.to_le_bytes()).unwrap().unwrap().value,
+            v
+        );
+    }
+    e.rotate("default").unwrap();
+    assert_eq!(e.segments("default").unwrap().len(), segs.len() + 1);
+}
+
+#[test]
+fn worm_lock_freeze_and_maxsize() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    e.namespace_create("w").unwrap();
+    e.namespace_set("w", NamespaceProperty::Worm(true)).unwrap();
+    e.set("w", Some(b"k"), b"v").unwrap();
+    for r in [
+        e.set("w", Some(b"k"), b"v").map(|_| ()),
+        e.set("w", Some(b"k"), b"x").map(|_| ()),
+        e.delete("w", b"k"),
+    ] {
+        assert!(
+            matches!(
+                r,
+                Err(Error::ReadOnly {
+                    reason: ReadOnlyReason::Worm,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+    e.namespace_set("w", NamespaceProperty::Lock(true)).unwrap();
+    assert!(matches!(
+        e.set("w", Some(b"n"), b"v"),
+        Err(Error::ReadOnly {
+            reason: ReadOnlyReason::Locked,
+            ..
+        })
+    ));
+    assert_eq!(e.get("w", b"k").unwrap().unwrap().value, b"v");
+    e.namespace_set("w", NamespaceProperty::Freeze(true))
+        .unwrap();
+    assert!(matches!(
+        e.get("w", b"k"),
+        Err(Error::ReadOnly {
+            reason: ReadOnlyReason::Frozen,
+            ..
+        })
+    ));
+    e.namespace_set("w", NamespaceProperty::Lock(false))
+        .unwrap();
+    assert!(e.get("w", b"k").is_ok());
+
+    e.namespace_create("m").unwrap();
+    e.namespace_set("m", NamespaceProperty::MaxSize(10))
+        .unwrap();
+    e.set("m", Some(b"a"), b"123456").unwrap();
+    assert!(matches!(
+        e.set("m", Some(b"b"), b"12345"),
+        Err(Error::NoSpace(_))
+    ));
+    // Replacing a value is credited exactly.
+    e.set("m", Some(b"a"), b"1234567890").unwrap();
+    assert!(matches!(
+        e.set("m", Some(b"a"), b"12345678901"),
+        Err(Error::NoSpace(_))
+    ));
+    drop(e);
+    // Lock and freeze are not persisted; worm and maxsize are.
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let info = e.namespace_info("w").unwrap();
+    assert!(info.worm && !info.locked && !info.frozen);
+    assert_eq!(e.namespace_info("m").unwrap().max_size, 10);
+}
+
+#[test]
+fn scan_pages_in_both_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for i in 0..25u8 {
+        e.set("default", Some(&[b'k', i]), &[i]).unwrap();
+    }
+    e.set("default", Some(&[b'k', 0]), b"moved").unwrap();
+    let mut fwd = Vec::new();
+    let mut cur = None;
+    loop {
+        let page = e
+            .scan("default", cur.as_ref(), 7, ScanOrder::Forward)
+            .unwrap();
+        fwd.extend(page.entries.iter().map(|m| m.key[1]));
+        match page.next {
+            Some(c) => cur = Some(c),
+            None => break,
+        }
+    }
+    let mut expect: Vec<u8> = (1..25).collect();
+    expect.push(0);
+    assert_eq!(fwd, expect);
+    let rev = e.scan("default", None, 100, ScanOrder::Reverse).unwrap();
+    expect.reverse();
+    assert_eq!(
+        rev.entries.iter().map(|m| m.key[1]).collect::<Vec<_>>(),
+        expect
+    );
+    assert!(rev.next.is_none());
+}

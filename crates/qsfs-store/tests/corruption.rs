@@ -1,0 +1,283 @@
+//! Broken-state fixtures: a flipped byte in the middle of a segment, a segment cut mid-record,
+//! a deleted or damaged index snapshot. The engine opens, reports what is damaged, refuses to
+//! serve damaged values and serves everything else.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use qsfs_core::{Error, Store};
+use qsfs_store::{Durability, Engine, EngineConfig};
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        durability: Durability::None,
+        max_segment_size: 8 * 1024,
+        ..EngineConfig::default()
+    }
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!("value number {i} ").repeat(20).into_bytes()
+}
+
+/// 60 keys over several segments; returns the engine directory.
+fn fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for i in 0..60u32 {
+        e.set("default", Some(format!("key{i}").as_bytes()), &value(i))
+            .unwrap();
+    }
+    assert!(e.segments("default").unwrap().len() >= 3);
+    dir
+}
+
+fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join("ns/default").join(format!("{id:010}.seg"))
+}
+
+/// Offset of the value of `key` inside its segment file, found by searching the file.
+fn find(dir: &Path, needle: &[u8]) -> (u32, u64) {
+    for id in 0..100 {
+        let Ok(data) = std::fs::read(segment_path(dir, id)) else {
+            continue;
+        };
+        if let Some(pos) = data.windows(needle.len()).position(|w| w == needle) {
+            return (id, pos as u64);
+        }
+    }
+    panic!("not found");
+}
+
+fn flip(path: &Path, at: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x20;
+    f.write_all_at(&b, at).unwrap();
+}
+
+fn assert_others_intact(e: &Engine, except: &[u32]) {
+    for i in (0..60u32).filter(|i| !except.contains(i)) {
+        let got = e
+            .get("default", format!("key{i}").as_bytes())
+            .unwrap()
+            .map(|x| x.value);
+        assert_eq!(got, Some(value(i)), "key{i}");
+    }
+}
+
+fn flipped_value_byte(drop_index: bool) {
+    let dir = fixture();
+    let (seg, off) = find(dir.path(), &value(7));
+    flip(&segment_path(dir.path(), seg), off + 10);
+    if drop_index {
+        std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    }
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    match e.get("default", b"key7").unwrap_err() {
+        Error::Corrupt { location, .. } => {
+            assert!(
+                location.contains(&format!("{seg:010}.seg")),
+                "location names the segment: {location}"
+            )
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(e.check("default", b"key7").unwrap(), Some(false));
+    assert!(
+        e.exists("default", b"key7").unwrap(),
+        "the key is known, its value is damaged"
+    );
+    assert_others_intact(&e, &[7]);
+    if drop_index {
+        let damage = e.stats("default").unwrap().damage;
+        assert_eq!(
+            damage.len(),
+            1,
+            "the rebuild reports the damage: {damage:?}"
+        );
+        assert!(damage[0].contains(&format!("{seg:010}.seg")), "{damage:?}");
+    }
+    // Still writable; writing the key again repairs it, also across a reopen.
+    e.set("default", Some(b"key7"), b"repaired").unwrap();
+    e.set("default", Some(b"new"), b"n").unwrap();
+    drop(e);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(
+        e.get("default", b"key7").unwrap().unwrap().value,
+        b"repaired"
+    );
+    assert_eq!(e.get("default", b"new").unwrap().unwrap().value, b"n");
+    assert_others_intact(&e, &[7]);
+}
+
+#[test]
+fn flipped_value_byte_with_index() {
+    flipped_value_byte(false);
+}
+
+#[test]
+fn flipped_value_byte_rebuilding_the_index() {
+    flipped_value_byte(true);
+}
+
+#[test]
+fn flipped_header_byte_is_reported() {
+    let dir = fixture();
+    let (seg, off) = find(dir.path(), b"key21");
+    // A byte of the record header just before the key.
+    flip(&segment_path(dir.path(), seg), off - 20);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert!(matches!(
+        e.get("default", b"key21"),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_others_intact(&e, &[21]);
+    drop(e);
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    // Rebuilt without the unreadable record: reported, and everything after it still found.
+    assert_eq!(e.stats("default").unwrap().damage.len(), 1);
+    assert!(!e.exists("default", b"key21").unwrap());
+    assert_others_intact(&e, &[21]);
+}
+
+#[test]
+fn current_segment_cut_mid_record_loses_only_that_record() {
+    let dir = fixture();
+    let current = {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.stats("default").unwrap().current_segment
+    };
+    let path = segment_path(dir.path(), current);
+    let len = std::fs::metadata(&path).unwrap().len();
+    // Cut the last record (key59) in half, as a crash during its write would.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 150).unwrap();
+    drop(f);
+    for drop_index in [true, false] {
+        if drop_index {
+            std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+        }
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        assert_eq!(
+            e.get("default", b"key59").unwrap(),
+            None,
+            "a torn record is never served"
+        );
+        assert_others_intact(&e, &[59]);
+        // New writes go after the last valid record, never after garbage.
+        e.set("default", Some(b"after"), b"crash").unwrap();
+        drop(e);
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        assert_eq!(e.get("default", b"after").unwrap().unwrap().value, b"crash");
+        assert_eq!(e.stats("default").unwrap().damage, Vec::<String>::new());
+        e.delete("default", b"after").unwrap();
+    }
+}
+
+#[test]
+fn garbage_appended_to_current_segment_is_cut() {
+    let dir = fixture();
+    let current = Engine::open(dir.path(), cfg())
+        .unwrap()
+        .stats("default")
+        .unwrap()
+        .current_segment;
+    let path = segment_path(dir.path(), current);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
+    drop(f);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_others_intact(&e, &[]);
+    e.set("default", Some(b"x"), b"y").unwrap();
+    drop(e);
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.get("default", b"x").unwrap().unwrap().value, b"y");
+    assert_others_intact(&e, &[]);
+}
+
+#[test]
+fn sealed_segment_cut_mid_record_is_reported() {
+    let dir = fixture();
+    let path = segment_path(dir.path(), 0);
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let damage = e.stats("default").unwrap().damage;
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert!(damage[0].contains("0000000000.seg"), "{damage:?}");
+    // The cut record is gone; every other key is served.
+    let lost: Vec<u32> = (0..60)
+        .filter(|i| !e.exists("default", format!("key{i}").as_bytes()).unwrap())
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_others_intact(&e, &lost);
+}
+
+#[test]
+fn deleted_or_damaged_index_is_rebuilt() {
+    let dir = fixture();
+    let index = dir.path().join("ns/default/index");
+    std::fs::remove_file(&index).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_others_intact(&e, &[]);
+    drop(e);
+    assert!(index.exists(), "closing writes a fresh snapshot");
+    let len = std::fs::metadata(&index).unwrap().len();
+    flip(&index, len / 2);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_others_intact(&e, &[]);
+    drop(e);
+    std::fs::write(&index, b"not an index").unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_others_intact(&e, &[]);
+}
+
+#[test]
+fn stale_index_naming_a_vanished_segment_is_rebuilt() {
+    let dir = fixture();
+    let index = dir.path().join("ns/default/index");
+    let stale = std::fs::read(&index).unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        for i in 0..60u32 {
+            e.set(
+                "default",
+                Some(format!("key{i}").as_bytes()),
+                &value(i + 1000),
+            )
+            .unwrap();
+        }
+        e.compact_with("default", 1.0).unwrap();
+    }
+    // An old snapshot (from before the compaction removed segment 0) comes back.
+    std::fs::write(&index, stale).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for i in 0..60u32 {
+        assert_eq!(
+            e.get("default", format!("key{i}").as_bytes())
+                .unwrap()
+                .unwrap()
+                .value,
+            value(i + 1000)
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! Segment lifecycle: compaction, sealing notifications, offload to a cold tier and reads back
+//! from it, and a full disk.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qsfs_core::{Backend, Error, Health, Result, Store};
+use qsfs_store::{cold_key, Durability, Engine, EngineConfig, EngineObserver};
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        durability: Durability::None,
+        max_segment_size: 256 * 1024,
+        ..EngineConfig::default()
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+fn val(key: u32, round: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 4096];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (key as usize * 31 + round as usize * 7 + i) as u8;
+    }
+    v
+}
+
+#[test]
+fn compaction_returns_space_and_keeps_live_values_and_retained_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        history_retention: Some(Duration::from_secs(3600)),
+        ..cfg()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    let now = qsfs_core::now();
+    let keys = 50u32;
+    for round in 0..20u32 {
+        // The first 18 rounds are old history, the last two recent.
+        let ts = if round < 18 { now - 10 * 3600 } else { now };
+        for k in 0..keys {
+            e.set_at("default", Some(&k.to_le_bytes()), &val(k, round), Some(ts))
+                .unwrap();
+        }
+    }
+    e.delete("default", &0u32.to_le_bytes()).unwrap();
+    e.rotate("default").unwrap();
+    let before = e.stats("default").unwrap();
+    assert!(before.disk_bytes > 20 * 49 * 4096, "{}", before.disk_bytes);
+    let report = e.compact("default").unwrap();
+    assert!(!report.segments.is_empty());
+    assert!(report.records_dropped > 0);
+    let after = e.stats("default").unwrap();
+    // Live data: 49 keys; retained history: one recent older version per key.
+    let needed = 2 * 49 * (4096 + 64 + 4) + 2 * (64 + 4) + 4096 + 64 + 4;
+    assert!(
+        after.disk_bytes < needed as u64 * 12 / 10 + 256 * 1024,
+        "disk {} vs needed {needed}",
+        after.disk_bytes
+    );
+    assert!(
+        dir_bytes(&dir.path().join("ns/default")) < before.disk_bytes / 4,
+        "files really removed"
+    );
+    let check = |e: &Engine| {
+        for k in 1..keys {
+            let key = k.to_le_bytes();
+            assert_eq!(e.get("default", &key).unwrap().unwrap().value, val(k, 19));
+            let live = e.history("default", &key, None).unwrap();
+            let prev = e.history("default", &key, live.previous).unwrap();
+            assert_eq!(prev.value, val(k, 18), "retained history intact");
+            assert_eq!(
+                prev.previous, None,
+                "history older than the retention is gone"
+            );
+        }
+        assert!(
+            e.get("default", &0u32.to_le_bytes()).unwrap().is_none(),
+            "a deleted key stays deleted"
+        );
+    };
+    check(&e);
+    drop(e);
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    check(&e);
+    drop(e);
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), config).unwrap();
+    check(&e);
+}
+
+#[test]
+fn compaction_runs_alongside_readers_and_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for round in 0..6u32 {
+        for k in 0..100u32 {
+            e.set("default", Some(&k.to_le_bytes()), &val(k, round))
+                .unwrap();
+        }
+    }
+    e.rotate("default").unwrap();
+    let latest: Arc<Mutex<BTreeMap<u32, u32>>> =
+        Arc::new(Mutex::new((0..100).map(|k| (k, 5)).collect()));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    std::thread::scope(|s| {
+        for t in 0..2u32 {
+            let e = e.clone();
+            s.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for k in (t..100).step_by(7) {
+                        let got = e.get("default", &k.to_le_bytes()).unwrap().unwrap().value;
+                        assert!(
+                            (0..50).any(|r| got == val(k, r)),
+                            "reader saw a value that was never written"
+                        );
+                    }
+                }
+            });
+        }
+        let writer = {
+            let e = e.clone();
+            let latest = latest.clone();
+            s.spawn(move || {
+                for round in 6..12u32 {
+                    for k in (0..100u32).filter(|k| k % 3 == 0) {
+                        e.set("default", Some(&k.to_le_bytes()), &val(k, round))
+                            .unwrap();
+                        latest.lock().unwrap().insert(k, round);
+                    }
+                }
+            })
+        };
+        for _ in 0..3 {
+            e.compact_with("default", 1.0).unwrap();
+        }
+        writer.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    for (k, r) in latest.lock().unwrap().iter() {
+        assert_eq!(
+            e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+            val(*k, *r)
+        );
+    }
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl EngineObserver for Recorder {
+    fn on_segment_sealed(&self, ns: &str, segment: u32, path: &Path) {
+        assert!(path.exists(), "a sealed segment is there when announced");
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("sealed {ns} {segment}"));
+    }
+    fn on_segment_removed(&self, ns: &str, segment: u32) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("removed {ns} {segment}"));
+    }
+    fn on_namespace_created(&self, ns: &str) {
+        self.0.lock().unwrap().push(format!("created {ns}"));
+    }
+    fn on_namespace_updated(&self, ns: &str) {
+        self.0.lock().unwrap().push(format!("updated {ns}"));
+    }
+    fn on_namespace_deleted(&self, ns: &str) {
+        self.0.lock().unwrap().push(format!("deleted {ns}"));
+    }
+}
+
+#[test]
+fn observer_hears_the_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            observer: Some(rec.clone()),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    e.namespace_create("n").unwrap();
+    e.namespace_set("n", qsfs_core::NamespaceProperty::Worm(true))
+        .unwrap();
+    e.set("n", Some(b"k"), b"v").unwrap();
+    e.rotate("n").unwrap();
+    e.compact_with("n", 1.0).unwrap();
+    e.namespace_delete("n").unwrap();
+    assert_eq!(
+        *rec.0.lock().unwrap(),
+        vec![
+            "created n",
+            "updated n",
+            "sealed n 0",
+            "removed n 0",
+            "deleted n"
+        ],
+    );
+    // Size-based sealing is announced too.
+    for i in 0..100u32 {
+        e.set("default", Some(&i.to_le_bytes()), &val(i, 0))
+            .unwrap();
+    }
+    assert!(rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l == "sealed default 0"));
+}
+
+/// An in-memory cold tier.
+#[derive(Debug, Default)]
+struct MemBackend(Mutex<BTreeMap<String, Bytes>>);
+
+#[async_trait]
+impl Backend for MemBackend {
+    fn name(&self) -> String {
+        "memory".into()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.0.lock().unwrap().insert(key.to_string(), data);
+        Ok(())
+    }
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.0.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.0.lock().unwrap().contains_key(key))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+    async fn health(&self) -> Health {
+        Health::up(Duration::ZERO)
+    }
+}
+
+#[test]
+fn offloaded_segments_are_read_from_the_cold_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = Arc::new(MemBackend::default());
+    let config = EngineConfig {
+        cold_tier: Some(cold.clone()),
+        ..cfg()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    for k in 0..200u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    e.set("default", Some(&0u32.to_le_bytes()), &val(0, 1))
+        .unwrap();
+    let sealed: Vec<_> = e
+        .segments("default")
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sealed)
+        .collect();
+    assert!(sealed.len() >= 2);
+    // Offloading what the cold tier does not have is refused: it would lose the only copy.
+    assert!(matches!(
+        e.offload_segment("default", sealed[0].id),
+        Err(Error::InvalidArgument(_))
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for s in &sealed {
+        let data = std::fs::read(&s.path).unwrap();
+        rt.block_on(cold.put(&cold_key("default", s.id), Bytes::from(data)))
+            .unwrap();
+        e.offload_segment("default", s.id).unwrap();
+        assert!(!s.path.exists(), "local file removed");
+    }
+    assert!(
+        e.offload_segment("default", e.stats("default").unwrap().current_segment)
+            .is_err(),
+        "current is not sealed"
+    );
+    let check_all = |e: &Engine| {
+        for k in 0..200u32 {
+            let want = if k == 0 { val(0, 1) } else { val(k, 0) };
+            assert_eq!(
+                e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+                want
+            );
+        }
+        // History into offloaded segments works too.
+        let live = e.history("default", &0u32.to_le_bytes(), None).unwrap();
+        assert_eq!(
+            e.history("default", &0u32.to_le_bytes(), live.previous)
+                .unwrap()
+                .value,
+            val(0, 0)
+        );
+    };
+    check_all(&e);
+    drop(e);
+    // Reopen, and rebuild the index from segments, some of them only in the cold tier.
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), config).unwrap();
+    assert!(
+        e.segments("default")
+            .unwrap()
+            .iter()
+            .filter(|s| s.offloaded)
+            .count()
+            >= 2
+    );
+    check_all(&e);
+    drop(e);
+
+    // Without a cold tier: a clear Unavailable for offloaded data, everything else served.
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let mut unavailable = 0;
+    for k in 0..200u32 {
+        match e.get("default", &k.to_le_bytes()) {
+            Ok(Some(v)) => assert_eq!(v.value, if k == 0 { val(0, 1) } else { val(k, 0) }),
+            Err(Error::Unavailable(msg)) => {
+                assert!(msg.contains("offloaded"), "{msg}");
+                unavailable += 1;
+            }
+            other => panic!("key {k}: {other:?}"),
+        }
+    }
+    assert!(unavailable > 0);
+    assert!(
+        e.exists("default", &5u32.to_le_bytes()).unwrap(),
+        "the index is local"
+    );
+    drop(e);
+
+    // Restoring brings the file back for good.
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            cold_tier: Some(cold.clone()),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    for s in &sealed {
+        e.restore_segment("default", s.id).unwrap();
+    }
+    drop(e);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for k in 1..200u32 {
+        assert_eq!(
+            e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+            val(k, 0)
+        );
+    }
+}
+
+#[test]
+fn raw_records_walk_a_segment_including_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    e.set_at("default", Some(b"a"), b"1", Some(10)).unwrap();
+    e.set_at("default", Some(b"a"), b"2", Some(11)).unwrap();
+    e.delete_at("default", b"a", Some(12)).unwrap();
+    let seg = e.stats("default").unwrap().current_segment;
+    let mut off = 32;
+    let mut seen = Vec::new();
+    while let Some(r) = e.read_raw("default", seg, off).unwrap() {
+        seen.push((
+            r.key.clone(),
+            r.value.clone(),
+            r.deleted,
+            r.timestamp,
+            r.previous.is_some(),
+        ));
+        assert_eq!(r.value_crc, crc32c::crc32c(&r.value));
+        off = r.next_offset;
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (b"a".to_vec(), b"1".to_vec(), false, 10, false),
+            (b"a".to_vec(), b"2".to_vec(), false, 11, true),
+            (b"a".to_vec(), vec![], true, 12, true),
+        ]
+    );
+    assert!(e.read_raw("default", seg, 5).is_err(), "inside the header");
+    assert!(e.read_raw("default", 99, 32).is_err(), "no such segment");
+}
+
+/// Mounts a 1 MiB tmpfs (we run as root, like CI) so the disk really fills up.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new() -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount a tmpfs (the test suite runs as root)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn full_disk_is_a_typed_error_and_loses_nothing() {
+    let fs = Tmpfs::new();
+    let root = fs.0.path().join("engine");
+    let config = EngineConfig {
+        max_segment_size: 64 * 1024,
+        ..cfg()
+    };
+    let e = Engine::open(&root, config.clone()).unwrap();
+    let mut written = Vec::new();
+    let err = loop {
+        let k = written.len() as u32;
+        match e.set("default", Some(&k.to_le_bytes()), &val(k, 3)) {
+            Ok(_) => written.push(k),
+            Err(e) => break e,
+        }
+        assert!(written.len() < 1000, "a 1 MiB disk cannot hold 4 MiB");
+    };
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(written.len() > 50);
+    // Still usable: reads work, and the refused write left nothing behind.
+    for k in &written {
+        assert_eq!(
+            e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+            val(*k, 3)
+        );
+    }
+    // Free space (delete and compact) and write again.
+    for k in &written[..written.len() / 2] {
+        e.delete("default", &k.to_le_bytes()).unwrap_or_else(|err| {
+            // A tombstone may itself not fit; that is a typed error too.
+            assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+        });
+    }
+    drop(e);
+    let e = Engine::open(&root, config).unwrap();
+    for k in &written {
+        let got = e.get("default", &k.to_le_bytes()).unwrap();
+        if let Some(v) = got {
+            assert_eq!(v.value, val(*k, 3));
+        } else {
+            assert!(
+                *k < written[written.len() / 2],
+                "only deleted keys may be absent"
+            );
+        }
+    }
+    e.compact_with("default", 1.0).unwrap_or_else(|err| {
+        assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+        Default::default()
+    });
+    let last = written[written.len() - 1];
+    assert_eq!(
+        e.get("default", &last.to_le_bytes())
+            .unwrap()
+            .unwrap()
+            .value,
+        val(last, 3)
+    );
+}
