@@ -4,12 +4,12 @@ mod common;
 
 use std::sync::Arc;
 
-use qsfs_core::{Cache, Store};
+use qsfs_core::Cache;
 use qsfs_fuse::BlockCache;
 
 #[test]
 fn block_cache_conforms() {
-    let store: Arc<dyn Store> = common::store();
+    let (store, _dir) = common::engine();
     store.namespace_create("blocks").unwrap();
     let make = |capacity: u64| -> Arc<dyn Cache> {
         Arc::new(BlockCache::new(
@@ -24,7 +24,7 @@ fn block_cache_conforms() {
 
 #[test]
 fn small_block_cache_conforms() {
-    let store: Arc<dyn Store> = common::store();
+    let (store, _dir) = common::engine();
     store.namespace_create("small").unwrap();
     let make = |capacity: u64| -> Arc<dyn Cache> {
         Arc::new(BlockCache::new(store.clone(), "small", 4096, capacity))

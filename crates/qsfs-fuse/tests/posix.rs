@@ -710,13 +710,10 @@ fn statfs_is_sane_and_tracks_usage() {
 
 #[test]
 fn permissions_for_other_users_and_sticky_dirs() {
-    let f = Fixture::with(
-        common::store(),
-        qsfs_fuse::MountOptions {
-            allow_other: true,
-            read_only: false,
-        },
-    );
+    let f = Fixture::with(qsfs_fuse::MountOptions {
+        allow_other: true,
+        read_only: false,
+    });
     fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(f.p("secret"), b"s").unwrap();
     fs::set_permissions(f.p("secret"), fs::Permissions::from_mode(0o600)).unwrap();

@@ -1,13 +1,18 @@
 //! Shared helpers of the qsfs-fuse integration tests.
 #![allow(dead_code)]
 
-pub mod mem_store;
-
+use qsfs_store::{Engine, EngineConfig};
 use std::sync::Arc;
 
-/// A fresh store for one test.
-pub fn store() -> Arc<dyn qsfs_core::Store> {
-    Arc::new(mem_store::MemStore::new())
+/// The embedded engine over `dir`.
+pub fn open_engine(dir: &Path) -> Arc<dyn qsfs_core::Store> {
+    Arc::new(Engine::open(dir, EngineConfig::default()).expect("open engine"))
+}
+
+/// A fresh engine in a temporary directory.
+pub fn engine() -> (Arc<dyn qsfs_core::Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    (open_engine(dir.path()), dir)
 }
 
 use qsfs_fuse::{mount, Fs, FsConfig, Mount, MountOptions};
@@ -20,6 +25,7 @@ pub struct Fixture {
     pub mnt: PathBuf,
     pub mount: Option<Mount>,
     pub options: MountOptions,
+    store_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -32,13 +38,15 @@ pub fn config() -> FsConfig {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        Fixture::with(store(), MountOptions::default())
+        Fixture::with(MountOptions::default())
     }
 
-    pub fn with(store: Arc<dyn qsfs_core::Store>, options: MountOptions) -> Fixture {
+    pub fn with(options: MountOptions) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
+        let store_dir = dir.path().join("engine");
         std::fs::create_dir(&mnt).expect("mountpoint");
+        let store = open_engine(&store_dir);
         let fs = Fs::open(store.clone(), config()).expect("open fs");
         let mount = mount(fs, &mnt, &options).expect("mount");
         Fixture {
@@ -46,6 +54,7 @@ impl Fixture {
             mnt,
             mount: Some(mount),
             options,
+            store_dir,
             _dir: dir,
         }
     }
@@ -63,11 +72,13 @@ impl Fixture {
         self.mount = Some(mount(fs, &self.mnt, &self.options).expect("remount"));
     }
 
-    /// Unmount as if the process died (nothing flushed), then mount again.
+    /// Unmount as if the process died (nothing flushed), close and re-open the engine from
+    /// its directory, then mount again.
     pub fn crash_and_remount(&mut self) {
         if let Some(m) = self.mount.take() {
             m.crash().expect("crash unmount");
         }
+        self.store = open_engine_again(&mut self.store, &self.store_dir);
         let fs = Fs::open(self.store.clone(), config()).expect("reopen fs after crash");
         self.mount = Some(mount(fs, &self.mnt, &self.options).expect("remount"));
     }
@@ -89,4 +100,19 @@ pub fn is_mounted(p: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let p = p.to_string_lossy();
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
+}
+
+fn open_engine_again(
+    store: &mut Arc<dyn qsfs_core::Store>,
+    dir: &Path,
+) -> Arc<dyn qsfs_core::Store> {
+    // Drop our reference first: the engine's directory lock is released with the last one.
+    let placeholder: Arc<dyn qsfs_core::Store> = Arc::new(
+        Engine::open(dir.with_extension("tmp"), EngineConfig::default())
+            .expect("placeholder engine"),
+    );
+    let old = std::mem::replace(store, placeholder);
+    assert_eq!(Arc::strong_count(&old), 1, "someone still holds the engine");
+    drop(old);
+    open_engine(dir)
 }
