@@ -80,7 +80,7 @@ fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
     let dir = root.join("engine");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let engine = Engine::open(&dir, EngineConfig::default())
-        .with_context(|| format!("opening the engine in {}", dir.display()))?;
+        .with_context(|| format!("opening the engine in {} (is qsfs already using this root?)", dir.display()))?;
     Ok((Arc::new(engine), Capacity::Disk(dir)))
 }
 
