@@ -132,6 +132,9 @@ struct Handle {
     next_read: u64,
 }
 
+/// (parent, name) of a directory entry.
+type DirentKey = (u64, Vec<u8>);
+
 struct Cached<T> {
     value: T,
     dirty: bool,
@@ -150,7 +153,7 @@ pub struct Fs {
     sup: Superblock,
     next_ino: u64,
     nodes: HashMap<u64, Node>,
-    dirents: HashMap<(u64, Vec<u8>), Cached<Option<Dirent>>>,
+    dirents: HashMap<DirentKey, Cached<Option<Dirent>>>,
     pages: HashMap<(u64, u64), Cached<Page>>,
     chunks: HashMap<(u64, u64), Cached<Chunk>>,
     xattrs: HashMap<u64, Xattrs>,
@@ -630,8 +633,12 @@ impl Fs {
 
     fn maybe_free(&mut self, ino: u64) {
         if let Some(node) = self.nodes.get(&ino) {
-            if node.inode.nlink == 0 && node.lookups == 0 && node.opens == 0 {
-                if !self.free_queue.contains(&ino) {
+            if node.inode.nlink == 0
+                && node.lookups == 0
+                && node.opens == 0
+                && !self.free_queue.contains(&ino)
+            {
+                {
                     self.free_queue.push(ino);
                     let _ = self.cache.discard(ino, 0, None);
                     self.mark_meta();
@@ -646,8 +653,7 @@ impl Fs {
         name: &[u8],
         kind: Kind,
         mode: u32,
-        uid: u32,
-        gid: u32,
+        (uid, gid): (u32, u32),
         body: Body,
     ) -> FsResult<Attr> {
         check_name(name)?;
@@ -702,7 +708,7 @@ impl Fs {
             chunks: BTreeSet::new(),
             blocks: 0,
         };
-        let attr = self.new_inode(parent, name, Kind::File, mode, uid, gid, body)?;
+        let attr = self.new_inode(parent, name, Kind::File, mode, (uid, gid), body)?;
         let fh = self.open_file(attr.ino, flags)?;
         Ok((attr, fh))
     }
@@ -722,7 +728,7 @@ impl Fs {
             tail_page: 0,
             tail_used: 0,
         };
-        self.new_inode(parent, name, Kind::Dir, mode, uid, gid, body)
+        self.new_inode(parent, name, Kind::Dir, mode, (uid, gid), body)
     }
 
     /// Creates a fifo, socket, device node or regular file.
@@ -747,7 +753,7 @@ impl Fs {
             Kind::Dir | Kind::Symlink => return errno(libc::EINVAL),
             _ => Body::Special,
         };
-        let attr = self.new_inode(parent, name, kind, mode, uid, gid, body)?;
+        let attr = self.new_inode(parent, name, kind, mode, (uid, gid), body)?;
         if matches!(kind, Kind::CharDev | Kind::BlockDev) {
             self.inode_mut(attr.ino)?.rdev = rdev;
         }
@@ -772,7 +778,7 @@ impl Fs {
         let body = Body::Symlink {
             target: target.to_vec(),
         };
-        let attr = self.new_inode(parent, name, Kind::Symlink, 0o777, uid, gid, body)?;
+        let attr = self.new_inode(parent, name, Kind::Symlink, 0o777, (uid, gid), body)?;
         self.inode_mut(attr.ino)?.size = target.len() as u64;
         self.getattr(attr.ino)
     }
@@ -1577,7 +1583,7 @@ impl Fs {
             }
         }
         // New names before removed ones: a crash in between leaves an extra link, never a loss.
-        let mut dirty_dirents: Vec<((u64, Vec<u8>), Option<Dirent>)> = self
+        let mut dirty_dirents: Vec<(DirentKey, Option<Dirent>)> = self
             .dirents
             .iter()
             .filter(|(_, d)| d.dirty)
