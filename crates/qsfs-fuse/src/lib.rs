@@ -29,8 +29,10 @@ pub mod fs;
 pub mod fuse;
 pub mod layout;
 pub mod mount;
+pub mod timeout;
 
 pub use cache::BlockCache;
 pub use error::{errno, FsError, FsResult};
 pub use fs::{Capacity, Fs, FsConfig};
 pub use mount::{mount, Mount, MountOptions};
+pub use timeout::TimeoutStore;
