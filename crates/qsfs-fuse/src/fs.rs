@@ -1170,8 +1170,11 @@ impl Fs {
             let n = ((end - pos) as usize).min(self.bs as usize - within);
             let dst = (pos - offset) as usize;
             if let Some(block) = self.cache.read(BlockId { inode: ino, index })? {
+                // A short block reads as zeros past its end.
                 let avail = block.len().saturating_sub(within).min(n);
-                out[dst..dst + avail].copy_from_slice(&block[within..within + avail]);
+                if avail > 0 {
+                    out[dst..dst + avail].copy_from_slice(&block[within..within + avail]);
+                }
             }
             pos += n as u64;
         }
@@ -1700,6 +1703,11 @@ impl Fs {
             .is_some_and(|t| t.elapsed() >= self.cfg.flush_after)
         {
             self.sync()?;
+        } else if self.dirents.len() + self.pages.len() + self.chunks.len() + self.nodes.len()
+            > 100_000
+        {
+            // A long read-only walk fills the clean caches; keep them bounded.
+            self.prune();
         }
         Ok(())
     }
