@@ -83,6 +83,19 @@ impl QsfsFuse {
     fn fs(&self) -> parking_lot::MutexGuard<'_, Fs> {
         self.handle.fs.lock()
     }
+
+    /// Runs one operation. A bug that panics fails that request with EIO instead of taking the
+    /// whole mount down.
+    fn call<T>(&self, f: impl FnOnce(&mut Fs) -> FsResult<T>) -> FsResult<T> {
+        let mut fs = self.fs();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut fs))) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!("a filesystem operation panicked; answering EIO");
+                Err(crate::error::FsError::Errno(libc::EIO))
+            }
+        }
+    }
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -168,7 +181,7 @@ impl Filesystem for QsfsFuse {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.fs().lookup(parent, name.as_bytes()));
+        entry(reply, self.call(|fs| fs.lookup(parent, name.as_bytes())));
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
@@ -183,7 +196,7 @@ impl Filesystem for QsfsFuse {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        reply_or_err!(reply, self.fs().getattr(ino), |a| reply
+        reply_or_err!(reply, self.call(|fs| fs.getattr(ino)), |a| reply
             .attr(&TTL, &fuse_attr(&a)));
     }
 
@@ -214,12 +227,12 @@ impl Filesystem for QsfsFuse {
             mtime: mtime.map(time_of),
             ctime: ctime.map(Time::from_system),
         };
-        reply_or_err!(reply, self.fs().setattr(ino, set), |a| reply
+        reply_or_err!(reply, self.call(|fs| fs.setattr(ino, set)), |a| reply
             .attr(&TTL, &fuse_attr(&a)));
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        reply_or_err!(reply, self.fs().readlink(ino), |t| reply.data(&t));
+        reply_or_err!(reply, self.call(|fs| fs.readlink(ino)), |t| reply.data(&t));
     }
 
     fn mknod(
@@ -256,11 +269,11 @@ impl Filesystem for QsfsFuse {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs().unlink(parent, name.as_bytes()));
+        empty(reply, self.call(|fs| fs.unlink(parent, name.as_bytes())));
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs().rmdir(parent, name.as_bytes()));
+        empty(reply, self.call(|fs| fs.rmdir(parent, name.as_bytes())));
     }
 
     fn symlink(
@@ -271,13 +284,15 @@ impl Filesystem for QsfsFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.fs().symlink(
-            parent,
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-            req.uid(),
-            req.gid(),
-        );
+        let r = self.call(|fs| {
+            fs.symlink(
+                parent,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+                req.uid(),
+                req.gid(),
+            )
+        });
         entry(reply, r);
     }
 
@@ -293,13 +308,15 @@ impl Filesystem for QsfsFuse {
     ) {
         empty(
             reply,
-            self.fs().rename(
-                parent,
-                name.as_bytes(),
-                newparent,
-                newname.as_bytes(),
-                flags,
-            ),
+            self.call(|fs| {
+                fs.rename(
+                    parent,
+                    name.as_bytes(),
+                    newparent,
+                    newname.as_bytes(),
+                    flags,
+                )
+            }),
         );
     }
 
@@ -311,11 +328,14 @@ impl Filesystem for QsfsFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        entry(reply, self.fs().link(ino, newparent, newname.as_bytes()));
+        entry(
+            reply,
+            self.call(|fs| fs.link(ino, newparent, newname.as_bytes())),
+        );
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        reply_or_err!(reply, self.fs().open_file(ino, flags), |fh| reply
+        reply_or_err!(reply, self.call(|fs| fs.open_file(ino, flags)), |fh| reply
             .opened(fh, 0));
     }
 
@@ -333,9 +353,11 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        reply_or_err!(reply, self.fs().read(ino, fh, offset as u64, size), |d| {
-            reply.data(&d)
-        });
+        reply_or_err!(
+            reply,
+            self.call(|fs| fs.read(ino, fh, offset as u64, size)),
+            |d| { reply.data(&d) }
+        );
     }
 
     fn write(
@@ -353,13 +375,15 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        reply_or_err!(reply, self.fs().write(ino, fh, offset as u64, data), |n| {
-            reply.written(n)
-        });
+        reply_or_err!(
+            reply,
+            self.call(|fs| fs.write(ino, fh, offset as u64, data)),
+            |n| { reply.written(n) }
+        );
     }
 
     fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock: u64, reply: ReplyEmpty) {
-        empty(reply, self.fs().flush_file(ino));
+        empty(reply, self.call(|fs| fs.flush_file(ino)));
     }
 
     fn release(
@@ -372,7 +396,7 @@ impl Filesystem for QsfsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs().release(ino, fh));
+        empty(reply, self.call(|fs| fs.release(ino, fh)));
     }
 
     fn fsync(
@@ -383,11 +407,11 @@ impl Filesystem for QsfsFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs().sync());
+        empty(reply, self.call(|fs| fs.sync()));
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        reply_or_err!(reply, self.fs().getattr(ino), |a| {
+        reply_or_err!(reply, self.call(|fs| fs.getattr(ino)), |a| {
             if a.inode.kind == Kind::Dir {
                 reply.opened(0, 0)
             } else {
@@ -404,7 +428,7 @@ impl Filesystem for QsfsFuse {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.fs().readdir(ino, offset, 512);
+        let r = self.call(|fs| fs.readdir(ino, offset, 512));
         reply_or_err!(reply, r, |entries| {
             for e in entries {
                 if reply.add(
@@ -460,11 +484,11 @@ impl Filesystem for QsfsFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs().sync());
+        empty(reply, self.call(|fs| fs.sync()));
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        reply_or_err!(reply, self.fs().statfs(), |s| reply.statfs(
+        reply_or_err!(reply, self.call(|fs| fs.statfs()), |s| reply.statfs(
             s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize
         ));
     }
@@ -481,7 +505,7 @@ impl Filesystem for QsfsFuse {
     ) {
         empty(
             reply,
-            self.fs().setxattr(ino, name.as_bytes(), value, flags),
+            self.call(|fs| fs.setxattr(ino, name.as_bytes(), value, flags)),
         );
     }
 
@@ -493,21 +517,25 @@ impl Filesystem for QsfsFuse {
         size: u32,
         reply: ReplyXattr,
     ) {
-        xattr_reply(reply, self.fs().getxattr(ino, name.as_bytes()), size);
+        xattr_reply(
+            reply,
+            self.call(|fs| fs.getxattr(ino, name.as_bytes())),
+            size,
+        );
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, self.fs().listxattr(ino), size);
+        xattr_reply(reply, self.call(|fs| fs.listxattr(ino)), size);
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs().removexattr(ino, name.as_bytes()));
+        empty(reply, self.call(|fs| fs.removexattr(ino, name.as_bytes())));
     }
 
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // Mode bits are enforced by the kernel (`default_permissions`); this only checks the
         // inode exists.
-        empty(reply, self.fs().getattr(ino).map(|_| ()));
+        empty(reply, self.call(|fs| fs.getattr(ino)).map(|_| ()));
     }
 
     fn create(
@@ -547,7 +575,7 @@ impl Filesystem for QsfsFuse {
         }
         empty(
             reply,
-            self.fs().fallocate(ino, offset as u64, length as u64, mode),
+            self.call(|fs| fs.fallocate(ino, offset as u64, length as u64, mode)),
         );
     }
 
@@ -563,9 +591,11 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::ENXIO);
         }
-        reply_or_err!(reply, self.fs().lseek(ino, offset as u64, whence), |o| {
-            reply.offset(o as i64)
-        });
+        reply_or_err!(
+            reply,
+            self.call(|fs| fs.lseek(ino, offset as u64, whence)),
+            |o| { reply.offset(o as i64) }
+        );
     }
 }
 

@@ -831,3 +831,46 @@ fn a_second_mount_of_the_same_store_is_refused() {
     let msg = err.to_string();
     assert!(msg.contains("already mounted"), "{msg}");
 }
+
+#[test]
+fn concurrent_processes_create_write_rename_and_append() {
+    let mut f = Fixture::new();
+    fs::create_dir(f.p("shared")).unwrap();
+    fs::create_dir(f.p("moved")).unwrap();
+    let procs: Vec<_> = (0..4)
+        .map(|k| {
+            let script = format!(
+                "cd {dir} && for i in $(seq 1 150); do \
+                   echo \"p{k} file $i\" > shared/p{k}_$i; \
+                   echo \"line p{k} $i\" >> shared/log; \
+                   if [ $((i % 2)) -eq 0 ]; then mv shared/p{k}_$i moved/p{k}_$i; fi; \
+                 done",
+                dir = f.mnt.display()
+            );
+            Command::new("sh").arg("-c").arg(script).spawn().unwrap()
+        })
+        .collect();
+    for mut p in procs {
+        assert!(p.wait().unwrap().success());
+    }
+    let check = |f: &Fixture| {
+        for k in 0..4 {
+            for i in 1..=150 {
+                let dir = if i % 2 == 0 { "moved" } else { "shared" };
+                let got = fs::read_to_string(f.p(&format!("{dir}/p{k}_{i}"))).unwrap();
+                assert_eq!(got, format!("p{k} file {i}\n"));
+            }
+        }
+        assert_eq!(fs::read_dir(f.p("moved")).unwrap().count(), 4 * 75);
+        assert_eq!(fs::read_dir(f.p("shared")).unwrap().count(), 4 * 75 + 1);
+        let log = fs::read_to_string(f.p("shared/log")).unwrap();
+        let mut lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 600, "every append kept, none torn");
+        lines.sort();
+        lines.dedup();
+        assert_eq!(lines.len(), 600);
+    };
+    check(&f);
+    f.remount();
+    check(&f);
+}
