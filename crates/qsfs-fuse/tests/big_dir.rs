@@ -8,7 +8,7 @@ use qsfs_fuse::layout::ROOT_INO;
 use qsfs_fuse::Fs;
 
 fn bytes_of(fs: &Fs, ns: &str) -> u64 {
-    fs.store().namespace_info(ns).unwrap().data_bytes
+    fs.store().namespace_info(ns).expect("info").data_bytes
 }
 
 /// Store bytes appended (across the directory namespaces) by one create + one unlink in `dir`.
@@ -17,15 +17,16 @@ fn cost_of_one_create_and_unlink(fs: &mut Fs, dir: u64) -> u64 {
     let disk = |fs: &Fs| {
         [&ns.dirent, &ns.dirpage, &ns.inode]
             .iter()
-            .map(|n| fs.store().namespace_info(n).unwrap().disk_bytes)
+            .map(|n| fs.store().namespace_info(n).expect("info").disk_bytes)
             .sum::<u64>()
     };
-    fs.sync().unwrap();
+    fs.sync().expect("probe");
     let before = disk(fs);
-    fs.create(dir, b"probe-file", 0o644, 0, 0, 0).unwrap();
-    fs.sync().unwrap();
-    fs.unlink(dir, b"probe-file").unwrap();
-    fs.sync().unwrap();
+    fs.create(dir, b"probe-file", 0o644, 0, 0, 0)
+        .expect("probe");
+    fs.sync().expect("probe");
+    fs.unlink(dir, b"probe-file").expect("probe");
+    fs.sync().expect("probe");
     disk(fs) - before
 }
 
