@@ -154,22 +154,75 @@ fn external_unmount_ends_the_process_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Walks the whole tree and reads every file: after a crash nothing may be unreadable.
+fn read_everything(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            n += read_everything(&e.path());
+        } else if t.is_file() {
+            std::fs::read(e.path()).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
 #[test]
 fn fsynced_data_survives_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
     let mnt = tmp.path().join("mnt");
-    for round in 0..3u8 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut synced: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for round in 0..20u32 {
         let mut m = Running::start(&root, &mnt);
         let dir = mnt.join(format!("round{round}"));
         std::fs::create_dir(&dir).unwrap();
-        for i in 0..100u32 {
+        let files = 20 + next(200) as u32;
+        for i in 0..files {
             std::fs::write(dir.join(format!("f{i}")), format!("{round}:{i}")).unwrap();
         }
+        // Some files renamed, one big file fsync'd, then the directory fsync'd.
+        for i in (0..files).filter(|i| i % 7 == 0) {
+            std::fs::rename(dir.join(format!("f{i}")), dir.join(format!("r{i}"))).unwrap();
+        }
+        let big = vec![(round % 251) as u8; 1 + next(3 << 20) as usize];
         let mut f = std::fs::File::create(dir.join("big")).unwrap();
-        f.write_all(&vec![round; 1 << 20]).unwrap();
+        f.write_all(&big).unwrap();
         f.sync_all().unwrap();
         drop(f);
+        std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+        for i in 0..files {
+            let name = if i % 7 == 0 {
+                format!("r{i}")
+            } else {
+                format!("f{i}")
+            };
+            synced.push((
+                PathBuf::from(format!("round{round}/{name}")),
+                format!("{round}:{i}").into_bytes(),
+            ));
+        }
+        synced.push((PathBuf::from(format!("round{round}/big")), big));
+        // Unsynced work still going on when the process dies.
+        for i in 0..next(100) {
+            let _ = std::fs::write(dir.join(format!("late{i}")), b"late");
+        }
+        std::thread::sleep(Duration::from_millis(next(300)));
         let status = m.signal(Signal::SIGKILL);
         assert!(!status.success());
         // A killed FUSE server leaves a dead mount behind; clear it like an operator would.
@@ -180,20 +233,12 @@ fn fsynced_data_survives_sigkill() {
             .status();
         drop(m);
         let m = Running::start(&root, &mnt);
-        for r in 0..=round {
-            let dir = mnt.join(format!("round{r}"));
-            assert_eq!(
-                std::fs::read(dir.join("big")).unwrap(),
-                vec![r; 1 << 20],
-                "round {r}"
-            );
-            for i in 0..100u32 {
-                assert_eq!(
-                    std::fs::read_to_string(dir.join(format!("f{i}"))).unwrap(),
-                    format!("{r}:{i}")
-                );
-            }
+        for (path, content) in &synced {
+            let got = std::fs::read(mnt.join(path))
+                .unwrap_or_else(|e| panic!("round {round}: {}: {e}", path.display()));
+            assert!(got == *content, "round {round}: {} differs", path.display());
         }
+        assert!(read_everything(&mnt) >= synced.len());
         drop(m);
     }
 }
