@@ -157,13 +157,13 @@ fn external_unmount_ends_the_process_cleanly() {
 /// Walks the whole tree and reads every file: after a crash nothing may be unreadable.
 fn read_everything(dir: &Path) -> usize {
     let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let t = e.file_type().unwrap();
+    for e in std::fs::read_dir(dir).expect("walk the tree") {
+        let e = e.expect("walk the tree");
+        let t = e.file_type().expect("walk the tree");
         if t.is_dir() {
             n += read_everything(&e.path());
         } else if t.is_file() {
-            std::fs::read(e.path()).unwrap();
+            std::fs::read(e.path()).expect("walk the tree");
             n += 1;
         }
     }
