@@ -20,7 +20,12 @@ pub enum Durability {
     /// A background thread syncs written segments every interval: a power loss loses at most
     /// the writes of the last interval.
     Periodic(Duration),
-    /// Never sync explicitly (the kernel writes back when it likes); sealing still syncs.
+    /// Group commit: a write is acknowledged once an `fdatasync` that covers it has completed,
+    /// like [`Durability::EveryWrite`], but concurrent writers share syncs (the first waiter
+    /// syncs for every write already in the file). Nothing acknowledged is ever lost.
+    Group,
+    /// Never sync explicitly, not even when sealing a segment (the kernel writes back when it
+    /// likes); [`qsfs_core::Store::sync`] still syncs on demand.
     None,
 }
 

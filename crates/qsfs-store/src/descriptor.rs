@@ -5,7 +5,7 @@
 //! atomically (temporary file, fsync, rename, directory fsync), so a cleared password leaves no
 //! bytes behind and a crash leaves the old or the new descriptor, never a mixture.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -35,8 +35,9 @@ pub(crate) struct Descriptor {
     pub max_size: u64,
     /// Password, hashed and sealed.
     pub password: Option<PasswordRecord>,
-    /// Sealed segments whose local file was removed after they were copied to the cold tier.
-    pub offloaded: BTreeSet<u32>,
+    /// Sealed segments whose local file was removed after they were copied to the cold tier,
+    /// with their length in bytes.
+    pub offloaded: BTreeMap<u32, u64>,
     /// After a flush: sequence numbers, id slots and segment ids continue from here.
     pub seqno_floor: u64,
     /// See `seqno_floor`.
@@ -55,7 +56,7 @@ impl Descriptor {
             worm: false,
             max_size: 0,
             password: None,
-            offloaded: BTreeSet::new(),
+            offloaded: BTreeMap::new(),
             seqno_floor: 0,
             slot_floor: 0,
             segment_floor: 0,
@@ -126,14 +127,14 @@ mod tests {
         let mut d = Descriptor::new("photos", Mode::Seq);
         d.worm = true;
         d.max_size = 77;
-        d.offloaded.insert(3);
+        d.offloaded.insert(3, 4096);
         d.store(dir.path()).unwrap();
         let back = Descriptor::load(dir.path()).unwrap().unwrap();
         assert_eq!(
             (back.name.as_str(), back.mode, back.worm, back.max_size),
             ("photos", Mode::Seq, true, 77)
         );
-        assert!(back.offloaded.contains(&3));
+        assert_eq!(back.offloaded.get(&3), Some(&4096));
         let p = dir.path().join(DESCRIPTOR_FILE);
         let mut raw = std::fs::read(&p).unwrap();
         raw[13] ^= 0xff;

@@ -35,6 +35,8 @@ use crate::password::SealKey;
 
 const MARKER: &str = "qsfs-engine";
 const MARKER_CONTENT: &str = "qsfs engine directory, format 1\n";
+/// Prefix of a namespace directory renamed for deletion.
+const TRASH_PREFIX: &str = ".deleting-";
 
 /// Told about the lifecycle of segments and namespaces (the backup tier listens here).
 ///
@@ -180,7 +182,18 @@ impl Engine {
                 tracing::warn!(path = %path.display(), "ignoring directory with a non-UTF-8 name");
                 continue;
             };
-            let Some(desc) = Descriptor::load(&path)? else {
+            let desc = match Descriptor::load(&path) {
+                Ok(d) => d,
+                Err(_) if name.starts_with(TRASH_PREFIX) => None,
+                Err(e) => return Err(e),
+            };
+            if name.starts_with(TRASH_PREFIX) && desc.as_ref().is_none_or(|d| d.name != name) {
+                // A namespace deletion interrupted by a crash: finish it.
+                tracing::info!(path = %path.display(), "removing the rest of a deleted namespace");
+                std::fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
+                continue;
+            }
+            let Some(desc) = desc else {
                 tracing::warn!(path = %path.display(), "ignoring directory that is not a qsfs namespace");
                 continue;
             };
@@ -427,6 +440,13 @@ impl Engine {
         self.with_ns(ns, |n, s| crate::compaction::compact(n, s, threshold))
     }
 
+    /// Re-reads every local segment of `ns` and checks every record (a scrub), returning the
+    /// damage found (file, offset range, what). Reads of damaged values fail with
+    /// [`Error::Corrupt`] whether or not this ran; this finds them before a read does.
+    pub fn verify(&self, ns: &str) -> Result<Vec<String>> {
+        self.with_ns(ns, |n, _| n.verify())
+    }
+
     /// Writes the index snapshot of every namespace now (also done on rotation and close).
     pub fn checkpoint(&self) -> Result<()> {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
@@ -531,7 +551,7 @@ impl Store for Engine {
                 .inner
                 .root
                 .join("ns")
-                .join(format!(".deleting-{}", hex::encode(name)));
+                .join(format!("{TRASH_PREFIX}{}", hex::encode(name)));
             std::fs::rename(&ns.dir, &trash).map_err(io_err("rename", &ns.dir))?;
             let _ = crate::segment::sync_dir(&self.inner.root.join("ns"));
             std::fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;

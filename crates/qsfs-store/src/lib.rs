@@ -9,6 +9,25 @@
 //! ([`qsfs_core::Backend`]). The on-disk format is documented byte by byte in
 //! `docs/engine-format.md`.
 //!
+//! How it works, in one paragraph per concern:
+//!
+//! * **Data**: each namespace appends records (key, value, timestamp, flags, link to the previous
+//!   version, checksums) to its current segment; a full or old segment is sealed and never
+//!   changes again (`segment.rs`).
+//! * **Index**: the newest version of every key lives in memory, with a checksummed snapshot on
+//!   disk so that opening replays only the tail; it is always rebuildable from the segments
+//!   alone (`index.rs`).
+//! * **Crash safety**: a record is written with one `pwrite` before `set` returns, synced as
+//!   [`Durability`] says; on open a torn tail is found by checksum and cut off, and damage in
+//!   the middle is reported and never served ([`qsfs_core::Error::Corrupt`] names the file and
+//!   offset).
+//! * **Concurrency**: [`Engine`] is `Send + Sync` and cheap to clone. Reads run in parallel
+//!   (positioned reads on shared file handles); writes are serialised per namespace only.
+//! * **Lifecycle**: [`EngineObserver`] hears about sealed and removed segments; a sealed
+//!   segment can be offloaded ([`Engine::offload_segment`]) and is then read back, byte range by
+//!   byte range, from the cold tier set in [`EngineConfig::cold_tier`]; compaction
+//!   ([`Engine::compact`]) rewrites sealed segments that hold mostly superseded data.
+//!
 //! ```
 //! use qsfs_core::{Mode, NamespaceProperty, Store};
 //! use qsfs_store::{Engine, EngineConfig};

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use qsfs_core::{
     check_value, Credential, Cursor, Entry, Error, KeyMeta, Mode, NamespaceInfo, NamespaceProperty,
     ReadOnlyReason, Result, ScanOrder, ScanPage, SetOutcome, Timestamp, Version, VersionId,
@@ -29,7 +29,7 @@ use crate::engine::Shared;
 use crate::index::{Index, KeyState};
 use crate::password::PasswordRecord;
 use crate::segment::{
-    encode_record, loc, loc_offset, loc_segment, parse_segment_file_name, read_full_at,
+    encode_record_into, loc, loc_offset, loc_segment, parse_segment_file_name, read_full_at,
     scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
 };
@@ -54,6 +54,8 @@ pub(crate) struct Writer {
     pub end: u64,
     /// When the segment was started (for the age limit).
     pub opened: Instant,
+    /// Reused record buffer.
+    pub buf: Vec<u8>,
 }
 
 /// Index, segment table and properties.
@@ -95,6 +97,19 @@ pub(crate) struct Namespace {
     pub dirty: AtomicBool,
     /// Committed end of the current segment, as a [`Loc`], for raw readers.
     pub tail: AtomicU64,
+    /// Group commit: how far the file is known to be synced, and whether a sync is running.
+    pub group: Mutex<GroupCommit>,
+    /// Signalled when a group-commit sync finishes.
+    pub group_done: Condvar,
+}
+
+/// State of [`Durability::Group`] for one namespace.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    /// Every record before this location is synced.
+    pub synced: Loc,
+    /// A writer is running the sync now.
+    pub syncing: bool,
 }
 
 /// A record as stored, for 0-db's `DATA RAW` and for replication.
@@ -146,6 +161,8 @@ pub struct SegmentStats {
     pub id: u32,
     /// Bytes on local disk (0 if offloaded).
     pub size: u64,
+    /// Length of the segment, wherever it is.
+    pub length: u64,
     /// Bytes of records that are the newest version of their key.
     pub live: u64,
     /// Sealed (immutable).
@@ -236,11 +253,12 @@ impl Namespace {
                 }
             }
         }
-        for id in &desc.offloaded {
+        for (id, len) in &desc.offloaded {
             segments.entry(*id).or_insert_with(|| {
                 Arc::new(Segment::offloaded(
                     dir.join(crate::segment::segment_file_name(*id)),
                     *id,
+                    *len,
                 ))
             });
         }
@@ -250,9 +268,11 @@ impl Namespace {
             Some((_, s)) => s.file.is_none(),
         };
         if need_new {
+            // Past every id in use, including a damaged file that was skipped.
             let id = segments
                 .keys()
-                .next_back()
+                .chain(local.keys())
+                .max()
                 .map(|i| i + 1)
                 .unwrap_or(0)
                 .max(desc.segment_floor);
@@ -284,11 +304,14 @@ impl Namespace {
                 seg: current,
                 end,
                 opened: Instant::now(),
+                buf: Vec::new(),
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             tail: AtomicU64::new(loc(current_id, end)),
+            group: Mutex::new(GroupCommit::default()),
+            group_done: Condvar::new(),
         };
         Ok(ns)
     }
@@ -506,7 +529,9 @@ impl Namespace {
                 "record does not match the index",
             ));
         }
-        let value = buf.split_off(RECORD_HEADER_LEN + key.len());
+        // Shift the value to the front of the same allocation rather than copying it out.
+        buf.drain(..RECORD_HEADER_LEN + key.len());
+        let value = buf;
         if crc32c::crc32c(&value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }
@@ -599,7 +624,9 @@ impl Namespace {
         match shared.config.durability {
             Durability::EveryWrite if durable => file.sync_data().map_err(undo)?,
             Durability::EveryWrite => self.dirty.store(true, Ordering::Release),
-            Durability::Periodic(_) => self.dirty.store(true, Ordering::Release),
+            Durability::Periodic(_) | Durability::Group => {
+                self.dirty.store(true, Ordering::Release)
+            }
             Durability::None => {}
         }
         w.end = at + len;
@@ -608,11 +635,15 @@ impl Namespace {
     }
 
     /// Seals the current segment and starts the next one. Caller holds the writer.
-    pub(crate) fn rotate_locked(&self, _shared: &Shared, w: &mut Writer) -> Result<()> {
+    pub(crate) fn rotate_locked(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
         let old = w.seg.clone();
-        if let Some(f) = &old.file {
-            f.sync_all()
-                .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
+        // A sealed segment is synced unless the configuration asked for no syncs at all: the
+        // periodic flusher only looks at the current segment, so this is its last chance.
+        if shared.config.durability != Durability::None {
+            if let Some(f) = &old.file {
+                f.sync_all()
+                    .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
+            }
         }
         let new_id = old
             .id
@@ -672,6 +703,24 @@ impl Namespace {
         value: &[u8],
         ts: Option<Timestamp>,
     ) -> Result<SetOutcome> {
+        let mut w = self.writer.lock();
+        let out = self.set_locked(shared, &mut w, key, value, ts)?;
+        let upto = self.tail.load(Ordering::Acquire);
+        drop(w);
+        if out.written() {
+            self.wait_group_commit(shared, upto)?;
+        }
+        Ok(out)
+    }
+
+    fn set_locked(
+        &self,
+        shared: &Shared,
+        w: &mut Writer,
+        key: Option<&[u8]>,
+        value: &[u8],
+        ts: Option<Timestamp>,
+    ) -> Result<SetOutcome> {
         check_value(value)?;
         if let Some(k) = key {
             if k.len() > MAX_KEY_LEN {
@@ -682,7 +731,6 @@ impl Namespace {
                 });
             }
         }
-        let mut w = self.writer.lock();
         let st = self.state.read();
         self.check_writable(&st)?;
         let mode = st.desc.mode;
@@ -732,16 +780,29 @@ impl Namespace {
             if ex.value_len as usize == value.len() && ex.value_crc == crc32c::crc32c(value) {
                 let seg = self.segment_of(&st, ex.loc)?;
                 drop(st);
-                let (_, old) =
-                    self.read_known(shared, &seg, loc_offset(ex.loc), &key_bytes, ex.value_len)?;
-                if old == value {
-                    return Ok(SetOutcome::Unchanged { key: key_bytes });
+                // 0-db compares the stored bytes, not just the checksum. If they cannot be read
+                // (damaged, or offloaded and the cold tier is down) writing a new version is
+                // always correct, and repairs a damaged one.
+                match self.read_known(shared, &seg, loc_offset(ex.loc), &key_bytes, ex.value_len) {
+                    Ok((_, old)) if old == value => {
+                        return Ok(SetOutcome::Unchanged { key: key_bytes })
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e,
+                            Error::Corrupt { .. } | Error::Unavailable(_) | Error::Timeout(_)
+                        ) =>
+                    {
+                        tracing::warn!(namespace = %self.name, error = %e, "cannot compare with the stored value; writing a new version");
+                    }
+                    Err(e) => return Err(e),
                 }
-                return self.write_version(shared, &mut w, key_bytes, value, ts, mode, false);
+                return self.write_version(shared, w, key_bytes, value, ts, mode, false);
             }
         }
         drop(st);
-        self.write_version(shared, &mut w, key_bytes, value, ts, mode, false)
+        self.write_version(shared, w, key_bytes, value, ts, mode, false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -776,8 +837,11 @@ impl Namespace {
             origin: 0,
             slot,
         };
-        let rec = encode_record(&header, &key, value);
-        let at = self.append(shared, w, &rec)?;
+        let mut rec = std::mem::take(&mut w.buf);
+        encode_record_into(&header, &key, value, &mut rec);
+        let appended = self.append(shared, w, &rec);
+        w.buf = rec;
+        let at = appended?;
         let mut st = self.state.write();
         st.index.observe(&header, at);
         st.index.apply(&key, KeyState::of(&header, at));
@@ -810,8 +874,48 @@ impl Namespace {
         }
         let mode = st.desc.mode;
         drop(st);
-        self.write_version(shared, &mut w, key.to_vec(), &[], ts, mode, true)
-            .map(|_| ())
+        self.write_version(shared, &mut w, key.to_vec(), &[], ts, mode, true)?;
+        let upto = self.tail.load(Ordering::Acquire);
+        drop(w);
+        self.wait_group_commit(shared, upto)
+    }
+
+    /// Under [`Durability::Group`], returns once a sync covers everything up to `upto`. The
+    /// first waiter syncs for everyone whose write is already in the file; writes that arrive
+    /// meanwhile wait for the next sync, so concurrent writers share fsyncs.
+    fn wait_group_commit(&self, shared: &Shared, upto: Loc) -> Result<()> {
+        if shared.config.durability != Durability::Group {
+            return Ok(());
+        }
+        let mut g = self.group.lock();
+        loop {
+            if g.synced >= upto {
+                return Ok(());
+            }
+            if g.syncing {
+                self.group_done.wait(&mut g);
+                continue;
+            }
+            g.syncing = true;
+            drop(g);
+            // Everything before the current tail is in the current segment or in sealed,
+            // already synced ones.
+            let (seg, target) = {
+                let w = self.writer.lock();
+                (w.seg.clone(), self.tail.load(Ordering::Acquire))
+            };
+            let r = match &seg.file {
+                Some(f) => f.sync_data(),
+                None => Ok(()),
+            };
+            g = self.group.lock();
+            g.syncing = false;
+            if r.is_ok() {
+                g.synced = g.synced.max(target);
+            }
+            self.group_done.notify_all();
+            r.map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
+        }
     }
 
     /// `Store::get`.
@@ -1003,15 +1107,17 @@ impl Namespace {
         let mut segments = Vec::new();
         let mut disk = st.snapshot_bytes;
         for (id, s) in &st.segments {
-            let size = if *id == loc_segment(tail) {
+            let length = if *id == loc_segment(tail) {
                 loc_offset(tail)
             } else {
                 s.len()
             };
+            let size = if s.file.is_some() { length } else { 0 };
             disk += size;
             segments.push(SegmentStats {
                 id: *id,
                 size,
+                length,
                 live: st.index.seg_live.get(id).copied().unwrap_or(0),
                 sealed: *id != loc_segment(tail),
                 offloaded: s.file.is_none(),
@@ -1201,10 +1307,8 @@ impl Namespace {
         };
         let end = if segment == loc_segment(tail) {
             loc_offset(tail)
-        } else if seg.file.is_some() {
-            seg.len()
         } else {
-            u64::MAX
+            seg.len()
         };
         if offset >= end {
             return Ok(None);
@@ -1256,11 +1360,12 @@ impl Namespace {
         }
         let mut st = self.state.write();
         let mut desc = st.desc.clone();
-        desc.offloaded.insert(id);
+        let len = seg.len();
+        desc.offloaded.insert(id, len);
         desc.store(&self.dir)?;
         st.desc = desc;
         st.segments
-            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id)));
+            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id, len)));
         drop(st);
         std::fs::remove_file(&seg.path)
             .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
@@ -1308,6 +1413,50 @@ impl Namespace {
         st.desc = desc;
         st.segments.insert(id, Arc::new(restored));
         Ok(())
+    }
+
+    /// Re-reads every local segment and checks every record's checksums (a scrub). Returns the
+    /// damage found, which is also added to [`NamespaceStats::damage`] and logged. Sealed
+    /// segments are read without any lock; the current one up to its committed end.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let tail = self.tail.load(Ordering::Acquire);
+        let segs: Vec<Arc<Segment>> = self.state.read().segments.values().cloned().collect();
+        let mut found = Vec::new();
+        for seg in segs {
+            let Some(f) = &seg.file else { continue };
+            let len = if seg.id == loc_segment(tail) {
+                loc_offset(tail)
+            } else {
+                f.metadata()
+                    .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
+                    .len()
+            };
+            let src = |buf: &mut [u8], off: u64| read_full_at(f, buf, off);
+            let report = scan_segment(&src, len, SEGMENT_HEADER_LEN, |_| {})
+                .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+            for (a, b, why) in &report.corrupt {
+                found.push(format!(
+                    "{} .. {b}: {why}",
+                    seg_location(&self.name, seg.id, *a)
+                ));
+            }
+            if report.valid_end < len {
+                found.push(format!(
+                    "{} .. {len}: no valid record",
+                    seg_location(&self.name, seg.id, report.valid_end)
+                ));
+            }
+        }
+        for msg in &found {
+            tracing::error!(namespace = %self.name, "{msg}");
+        }
+        let mut st = self.state.write();
+        for msg in &found {
+            if !st.damage.contains(msg) {
+                st.damage.push(msg.clone());
+            }
+        }
+        Ok(found)
     }
 
     /// Replaces the in-memory state with what is on disk (0-db `RELOAD`).

@@ -162,15 +162,27 @@ pub(crate) fn record_len(key_len: usize, value_len: usize) -> u64 {
 /// Encodes a whole record (header, key, value) into one buffer, so it is written with a single
 /// `pwrite`: either all of it reaches the file or the tail check on open cuts it off.
 pub(crate) fn encode_record(header: &RecordHeader, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + key.len() + value.len());
+    encode_record_into(header, key, value, &mut out);
+    out
+}
+
+/// [`encode_record`] into a reused buffer (cleared first), saving an allocation per write.
+pub(crate) fn encode_record_into(
+    header: &RecordHeader,
+    key: &[u8],
+    value: &[u8],
+    out: &mut Vec<u8>,
+) {
     let mut fixed = [0u8; RECORD_HEADER_LEN];
     header.encode_fields(&mut fixed);
     let crc = header_crc(&fixed, key);
     fixed[4..8].copy_from_slice(&crc.to_le_bytes());
-    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + key.len() + value.len());
+    out.clear();
+    out.reserve(RECORD_HEADER_LEN + key.len() + value.len());
     out.extend_from_slice(&fixed);
     out.extend_from_slice(key);
     out.extend_from_slice(value);
-    out
 }
 
 /// Encodes the segment header of segment `id`.
@@ -215,6 +227,8 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     /// The open file; `None` once the segment is offloaded to the cold tier.
     pub file: Option<File>,
+    /// Length of an offloaded segment (0 while local: the file knows).
+    pub offloaded_len: u64,
 }
 
 impl Segment {
@@ -237,6 +251,7 @@ impl Segment {
             id,
             path,
             file: Some(file),
+            offloaded_len: 0,
         })
     }
 
@@ -257,25 +272,26 @@ impl Segment {
             id,
             path,
             file: Some(file),
+            offloaded_len: 0,
         })
     }
 
     /// A segment whose file lives only in the cold tier.
-    pub fn offloaded(path: PathBuf, id: u32) -> Segment {
+    pub fn offloaded(path: PathBuf, id: u32, len: u64) -> Segment {
         Segment {
             id,
             path,
             file: None,
+            offloaded_len: len,
         }
     }
 
-    /// Current file length (0 for an offloaded segment).
+    /// Current length (of the file, or as recorded when it was offloaded).
     pub fn len(&self) -> u64 {
-        self.file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .unwrap_or(0)
+        match &self.file {
+            Some(f) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            None => self.offloaded_len,
+        }
     }
 }
 

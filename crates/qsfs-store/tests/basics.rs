@@ -249,3 +249,196 @@ fn scan_pages_in_both_directions() {
     );
     assert!(rev.next.is_none());
 }
+
+#[test]
+fn old_segments_are_sealed_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    struct Obs(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+    impl qsfs_store::EngineObserver for Obs {
+        fn on_segment_sealed(&self, _ns: &str, segment: u32, _path: &std::path::Path) {
+            self.0.lock().unwrap().push(segment);
+        }
+    }
+    let config = EngineConfig {
+        max_segment_age: Some(std::time::Duration::from_millis(50)),
+        observer: Some(std::sync::Arc::new(Obs(sealed.clone()))),
+        ..cfg()
+    };
+    let e = Engine::open(dir.path(), config).unwrap();
+    // An empty segment is never sealed for age.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert!(sealed.lock().unwrap().is_empty());
+    e.set("default", Some(b"k"), b"v").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sealed.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        *sealed.lock().unwrap(),
+        vec![0],
+        "the background thread sealed the old segment"
+    );
+    assert_eq!(e.get("default", b"k").unwrap().unwrap().value, b"v");
+}
+
+#[test]
+fn identical_set_on_a_damaged_value_writes_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    e.set("default", Some(b"k"), b"precious value").unwrap();
+    drop(e);
+    let seg = dir.path().join("ns/default/0000000000.seg");
+    let mut data = std::fs::read(&seg).unwrap();
+    let pos = data.windows(8).position(|w| w == b"precious").unwrap();
+    data[pos] ^= 1;
+    std::fs::write(&seg, data).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert!(matches!(e.get("default", b"k"), Err(Error::Corrupt { .. })));
+    assert!(e
+        .set("default", Some(b"k"), b"precious value")
+        .unwrap()
+        .written());
+    assert_eq!(
+        e.get("default", b"k").unwrap().unwrap().value,
+        b"precious value"
+    );
+}
+
+#[test]
+fn passwords_persist_and_never_hit_the_disk_in_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "Zq9-very-secret-pw";
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.namespace_create("p").unwrap();
+        e.namespace_set("p", NamespaceProperty::Password(Some(secret.into())))
+            .unwrap();
+        e.set("p", Some(b"k"), b"v").unwrap();
+    }
+    fn scan(dir: &std::path::Path, needle: &[u8]) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                scan(&p, needle);
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                assert!(
+                    !data.windows(needle.len()).any(|w| w == needle),
+                    "password in plain text in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    scan(dir.path(), secret.as_bytes());
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert!(e
+        .namespace_authenticate("p", qsfs_core::Credential::Plain(secret))
+        .unwrap());
+    assert!(!e
+        .namespace_authenticate("p", qsfs_core::Credential::Plain("nope"))
+        .unwrap());
+    use sha1::Digest;
+    let digest = hex::encode(sha1::Sha1::digest(
+        format!("abcdef0123456789:{secret}").as_bytes(),
+    ));
+    let c = qsfs_core::Credential::Challenge {
+        nonce: "abcdef0123456789",
+        digest: &digest,
+    };
+    assert!(
+        e.namespace_authenticate("p", c).unwrap(),
+        "SECURE challenge works after a restart"
+    );
+    // Clearing rewrites the descriptor: nothing of the old password remains.
+    e.namespace_set("p", NamespaceProperty::Password(None))
+        .unwrap();
+    let desc = std::fs::read(dir.path().join("ns/p/namespace")).unwrap();
+    assert!(
+        !desc.windows(7).any(|w| w == b"$argon2"),
+        "the hash is gone too"
+    );
+}
+
+#[test]
+fn single_mode_engine_refuses_other_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.namespace_create("u").unwrap();
+        e.set("u", Some(b"k"), b"v").unwrap();
+    }
+    let seq_only = EngineConfig {
+        single_mode: Some(Mode::Seq),
+        default_mode: Mode::Seq,
+        ..cfg()
+    };
+    let err = Engine::open(dir.path(), seq_only.clone()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), seq_only).unwrap();
+    e.namespace_create("s").unwrap();
+    assert_eq!(e.namespace_info("s").unwrap().mode, Mode::Seq);
+    assert!(matches!(
+        e.namespace_set("s", NamespaceProperty::Mode(Mode::User)),
+        Err(Error::Unsupported(_))
+    ));
+    assert_eq!(e.set("s", None, b"x").unwrap().key(), 0u64.to_le_bytes());
+}
+
+#[test]
+fn deleting_a_namespace_in_use_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    e.namespace_create("gone").unwrap();
+    std::thread::scope(|s| {
+        let e2 = e.clone();
+        s.spawn(move || {
+            for i in 0..2000u32 {
+                match e2.set("gone", Some(&i.to_le_bytes()), b"v") {
+                    Ok(_) => {}
+                    Err(Error::NotFound(_)) => return,
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        e.namespace_delete("gone").unwrap();
+    });
+    assert!(!dir.path().join("ns/gone").exists());
+    assert!(matches!(e.get("gone", b"k"), Err(Error::NotFound(_))));
+    drop(e);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.namespace_list().unwrap(), vec!["default".to_string()]);
+    e.namespace_create("gone").unwrap();
+    assert_eq!(e.namespace_info("gone").unwrap().entries, 0);
+}
+
+#[test]
+fn an_interrupted_namespace_delete_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.namespace_create("doomed").unwrap();
+        e.set("doomed", Some(b"k"), b"v").unwrap();
+    }
+    // What a crash between the rename and the removal leaves behind.
+    let trash = dir
+        .path()
+        .join("ns")
+        .join(format!(".deleting-{}", hex::encode("doomed")));
+    std::fs::rename(dir.path().join("ns/doomed"), &trash).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.namespace_list().unwrap(), vec!["default".to_string()]);
+    assert!(!trash.exists());
+    // A namespace whose real name has that prefix is still a namespace.
+    e.namespace_create(".deleting-not-really").unwrap();
+    e.set(".deleting-not-really", Some(b"k"), b"v").unwrap();
+    drop(e);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(
+        e.get(".deleting-not-really", b"k").unwrap().unwrap().value,
+        b"v"
+    );
+}

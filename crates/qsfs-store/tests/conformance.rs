@@ -35,3 +35,18 @@ fn engine_passes_the_suite_with_every_write_synced_and_tiny_segments() {
         e
     });
 }
+
+#[test]
+fn engine_passes_the_suite_with_group_commit() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    qsfs_core::testing::store::run(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = EngineConfig {
+            durability: Durability::Group,
+            ..EngineConfig::default()
+        };
+        let e = Engine::open(dir.path(), cfg).expect("open");
+        dirs.lock().expect("lock").push(dir);
+        e
+    });
+}

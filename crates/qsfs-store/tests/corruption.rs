@@ -281,3 +281,23 @@ fn stale_index_naming_a_vanished_segment_is_rebuilt() {
         );
     }
 }
+
+#[test]
+fn verify_finds_damage_the_snapshot_hides() {
+    let dir = fixture();
+    let (seg, off) = find(dir.path(), &value(33));
+    flip(&segment_path(dir.path(), seg), off + 3);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    // Opening from the snapshot does not read sealed segments...
+    assert!(e.stats("default").unwrap().damage.is_empty());
+    // ...a scrub does.
+    let found = e.verify("default").unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains(&format!("{seg:010}.seg")), "{found:?}");
+    assert_eq!(e.stats("default").unwrap().damage, found);
+    assert_others_intact(&e, &[33]);
+    // An undamaged namespace verifies clean.
+    e.namespace_create("clean").unwrap();
+    e.set("clean", Some(b"k"), b"v").unwrap();
+    assert!(e.verify("clean").unwrap().is_empty());
+}

@@ -23,9 +23,10 @@ const ROUNDS: u32 = 60;
 const KEYS_PER_ROUND: u64 = 40;
 
 fn config(round: u32) -> EngineConfig {
-    let durability = match round % 3 {
+    let durability = match round % 4 {
         0 => Durability::None,
         1 => Durability::Periodic(Duration::from_millis(5)),
+        2 => Durability::Group,
         _ => Durability::EveryWrite,
     };
     EngineConfig {
@@ -93,7 +94,7 @@ fn child(dir: &str, round: u32) {
         }
         let _ = writeln!(out, "ack {i}");
         let _ = out.flush();
-        if i % 97 == 50 {
+        if i % 31 == 15 {
             let _ = engine.compact_with("default", 0.9);
         }
     }

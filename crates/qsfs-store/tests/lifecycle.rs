@@ -335,6 +335,21 @@ fn offloaded_segments_are_read_from_the_cold_tier() {
         );
     };
     check_all(&e);
+    // Raw reads walk offloaded segments too, and end with a clean end-of-segment.
+    let first = &sealed[0];
+    let mut off = 32;
+    let mut records = 0;
+    while let Some(r) = e.read_raw("default", first.id, off).unwrap() {
+        off = r.next_offset;
+        records += 1;
+    }
+    assert_eq!(off, first.size, "walked to the recorded end");
+    assert!(records > 0);
+    let stats = e.segments("default").unwrap();
+    assert!(stats
+        .iter()
+        .filter(|s| s.offloaded)
+        .all(|s| s.size == 0 && s.length > 0));
     drop(e);
     // Reopen, and rebuild the index from segments, some of them only in the cold tier.
     std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
