@@ -37,6 +37,9 @@ pub struct Args {
     /// Mount options, comma separated: allow_other, ro, rw.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
+    /// Seconds between background compactions of the filesystem's namespaces.
+    #[arg(long, default_value_t = 60)]
+    pub compact_every: u64,
     /// Take over a mount lock held by another host.
     #[arg(long)]
     pub force: bool,
@@ -79,9 +82,48 @@ fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
     let root = crate::root::resolve(args.root.clone());
     let dir = root.join("engine");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let engine = Engine::open(&dir, EngineConfig::default())
-        .with_context(|| format!("opening the engine in {} (is qsfs already using this root?)", dir.display()))?;
-    Ok((Arc::new(engine), Capacity::Disk(dir)))
+    let config = EngineConfig {
+        // A filesystem has no use for old versions of blocks: deleted and overwritten data may be
+        // dropped by compaction after a minute, so space comes back online.
+        history_retention: Some(Duration::from_secs(60)),
+        max_segment_size: 64 << 20,
+        max_segment_age: Some(Duration::from_secs(600)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(&dir, config).with_context(|| {
+        format!(
+            "opening the engine in {} (is qsfs already using this root?)",
+            dir.display()
+        )
+    })?;
+    let engine = Arc::new(engine);
+    start_compaction(&engine, Duration::from_secs(args.compact_every.max(1)));
+    Ok((engine, Capacity::Disk(dir)))
+}
+
+/// Compacts the filesystem's namespaces periodically, so unlinked, truncated and overwritten
+/// data leaves the disk (the engine compacts only when asked).
+fn start_compaction(engine: &Arc<Engine>, every: Duration) {
+    let weak = Arc::downgrade(engine);
+    let spawned = std::thread::Builder::new()
+        .name("qsfs-compact".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(engine) = weak.upgrade() else { return };
+            let names = engine.namespace_list().unwrap_or_default();
+            for ns in names.iter().filter(|n| n.starts_with("qsfs-")) {
+                match engine.compact(ns) {
+                    Ok(r) if r.bytes_removed > 0 => {
+                        tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(ns = %ns, error = %e, "compaction failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no background compaction");
+    }
 }
 
 /// Runs `qsfs mount`.
