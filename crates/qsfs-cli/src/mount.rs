@@ -1,10 +1,201 @@
-//! `qsfs mount` (being written).
+//! `qsfs mount`: mounts the qsfs filesystem in the foreground until it is unmounted
+//! (`fusermount3 -u`, `umount`) or the process gets SIGINT/SIGTERM/SIGHUP, then flushes
+//! everything and exits 0. Only parses and wires: the filesystem is `qsfs_fuse`, the store the
+//! embedded `qsfs_store::Engine` under the root directory.
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{SigSet, Signal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qsfs_core::Store;
+use qsfs_fuse::{Capacity, Fs, FsConfig, MountOptions};
+use qsfs_store::{Engine, EngineConfig};
 
 /// Arguments of `qsfs mount`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Directory to mount on (created if missing).
+    pub mountpoint: PathBuf,
+    /// Root directory holding the engine data (ROOT/engine).
+    #[arg(long, env = "QSFS_ROOT")]
+    pub root: Option<PathBuf>,
+    /// A remote store instead of the embedded engine: zdb://host:port[/namespace].
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Byte budget of the block cache (suffixes K, M, G).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Block size of a new filesystem (an existing one keeps its own; suffixes K, M).
+    #[arg(long, default_value = "128K", value_parser = parse_size)]
+    pub block_size: u64,
+    /// Dirty data and metadata older than this many seconds are flushed and synced.
+    #[arg(long, default_value_t = 3)]
+    pub flush_after: u64,
+    /// Mount options, comma separated: allow_other, ro, rw.
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Seconds between background compactions of the filesystem's namespaces.
+    #[arg(long, default_value_t = 60)]
+    pub compact_every: u64,
+    /// Take over a mount lock held by another host.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("not a size: {s:?} (use e.g. 512M)"))
+}
+
+fn mount_options(opts: &[String]) -> anyhow::Result<MountOptions> {
+    let mut m = MountOptions::default();
+    for o in opts.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        match o {
+            "allow_other" => m.allow_other = true,
+            "ro" => m.read_only = true,
+            "rw" => m.read_only = false,
+            other => bail!("unknown mount option {other:?} (known: allow_other, ro, rw)"),
+        }
+    }
+    Ok(m)
+}
+
+/// The Store the filesystem lives in, and the directory whose disk statfs reports.
+fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
+    if let Some(url) = &args.store {
+        // Extension point: a zdb:// client (talking to `qsfs serve` or an original 0-db) plugs
+        // in here and returns Capacity::Fixed.
+        bail!("--store {url}: remote stores are not supported by this build yet; omit --store to use the embedded engine");
+    }
+    let root = crate::root::resolve(args.root.clone());
+    let dir = root.join("engine");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = EngineConfig {
+        // A filesystem has no use for old versions of blocks: deleted and overwritten data may be
+        // dropped by compaction after a minute, so space comes back online.
+        history_retention: Some(Duration::from_secs(60)),
+        max_segment_size: 64 << 20,
+        max_segment_age: Some(Duration::from_secs(600)),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(&dir, config).with_context(|| {
+        format!(
+            "opening the engine in {} (is qsfs already using this root?)",
+            dir.display()
+        )
+    })?;
+    let engine = Arc::new(engine);
+    start_compaction(&engine, Duration::from_secs(args.compact_every.max(1)));
+    Ok((engine, Capacity::Disk(dir)))
+}
+
+/// Compacts the filesystem's namespaces periodically, so unlinked, truncated and overwritten
+/// data leaves the disk (the engine compacts only when asked).
+fn start_compaction(engine: &Arc<Engine>, every: Duration) {
+    let weak = Arc::downgrade(engine);
+    let spawned = std::thread::Builder::new()
+        .name("qsfs-compact".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(engine) = weak.upgrade() else { return };
+            let names = engine.namespace_list().unwrap_or_default();
+            for ns in names.iter().filter(|n| n.starts_with("qsfs-")) {
+                match engine.compact(ns) {
+                    Ok(r) if r.bytes_removed > 0 => {
+                        tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(ns = %ns, error = %e, "compaction failed"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no background compaction");
+    }
+}
 
 /// Runs `qsfs mount`.
-pub fn run(_args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("qsfs mount is not built yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Block the stop signals before any thread exists, so every thread inherits the mask and
+    // the one waiting thread below receives them.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+
+    let options = mount_options(&args.options)?;
+    if args.block_size == 0 || args.block_size > qsfs_core::MAX_VALUE_LEN as u64 {
+        bail!(
+            "--block-size must be between 1 and {} bytes",
+            qsfs_core::MAX_VALUE_LEN
+        );
+    }
+    std::fs::create_dir_all(&args.mountpoint)
+        .with_context(|| format!("creating mountpoint {}", args.mountpoint.display()))?;
+    let (store, capacity) = open_store(&args)?;
+    let config = FsConfig {
+        block_size: args.block_size as u32,
+        cache_bytes: args.cache_size,
+        flush_after: Duration::from_secs(args.flush_after.max(1)),
+        capacity,
+        force: args.force,
+        ..FsConfig::default()
+    };
+    let fs = Fs::open(store, config).context("opening the filesystem")?;
+    let mut mounted = qsfs_fuse::mount(fs, &args.mountpoint, &options)
+        .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    eprintln!(
+        "qsfs: mounted on {} (stop with Ctrl-C or `fusermount3 -u`)",
+        args.mountpoint.display()
+    );
+    if let Some(mut unmounter) = mounted.unmounter() {
+        std::thread::Builder::new()
+            .name("qsfs-signals".into())
+            .spawn(move || {
+                if let Ok(sig) = signals.wait() {
+                    tracing::info!(signal = ?sig, "unmounting");
+                    if let Err(e) = unmounter.unmount() {
+                        tracing::error!(error = %e, "unmount failed");
+                    }
+                }
+            })
+            .context("starting the signal thread")?;
+    }
+    mounted.wait().context("serving the filesystem")?;
+    eprintln!("qsfs: unmounted {}", args.mountpoint.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn unknown_mount_options_are_errors() {
+        assert!(mount_options(&["allow_other".into(), "ro".into()]).is_ok());
+        assert!(mount_options(&["size=10G".into()]).is_err());
+    }
 }

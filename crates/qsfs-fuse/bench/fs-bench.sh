@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Filesystem benchmark: the same workloads on a plain directory of the underlying disk and on a
+# qsfs mount whose engine lives on that same disk, in one run; prints each figure and the ratio
+# qsfs / plain. Workloads follow docs spec §4 (W1 sequential write with fsync, W2 cold
+# sequential read, W5 10,000 small files, W6 tar x, W7/W8 rm -rf). Run as root (drops caches).
+#
+#   cargo build --release -p qsfs-cli
+#   crates/qsfs-fuse/bench/fs-bench.sh [WORKDIR] [QSFS_BINARY]
+#
+# Environment: SIZE_MB (default 1024), FILES (default 10000), TREE (default /usr/include).
+set -euo pipefail
+
+WORK=${1:-/var/tmp/qsfs-bench}
+QSFS=${2:-target/release/qsfs}
+SIZE_MB=${SIZE_MB:-1024}
+FILES=${FILES:-10000}
+TREE=${TREE:-/usr/include}
+
+rm -rf "$WORK"
+mkdir -p "$WORK/plain" "$WORK/root" "$WORK/mnt"
+dd if=/dev/urandom of="$WORK/src.bin" bs=1M count="$SIZE_MB" status=none
+cat "$WORK/src.bin" > /dev/null
+tar cf "$WORK/tree.tar" -C "$(dirname "$TREE")" "$(basename "$TREE")"
+TREE_MB=$(( $(stat -c %s "$WORK/tree.tar") / 1048576 ))
+
+"$QSFS" mount "$WORK/mnt" --root "$WORK/root" 2> "$WORK/qsfs.log" &
+QPID=$!
+cleanup() {
+  kill -TERM "$QPID" 2>/dev/null || true
+  wait "$QPID" 2>/dev/null || true
+  fusermount3 -u -z "$WORK/mnt" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+  grep -q " $WORK/mnt " /proc/self/mountinfo && break
+  sleep 0.1
+done
+grep -q " $WORK/mnt " /proc/self/mountinfo || { echo "qsfs did not mount" >&2; exit 1; }
+
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+declare -A R
+run() { # target-name dir
+  local n=$1 d=$2 t0 t1
+  t0=$(now); dd if="$WORK/src.bin" of="$d/big" bs=1M conv=fsync status=none; t1=$(now)
+  R[$n,w1]=$(echo "$SIZE_MB / $(secs "$t0" "$t1")" | bc -l)
+  drop
+  t0=$(now); dd if="$d/big" of=/dev/null bs=1M status=none; t1=$(now)
+  R[$n,w2]=$(echo "$SIZE_MB / $(secs "$t0" "$t1")" | bc -l)
+  mkdir "$d/small"
+  t0=$(now); bash -c "for i in \$(seq 1 $FILES); do echo \"file \$i\" > $d/small/f\$i; done"; t1=$(now)
+  R[$n,w5]=$(secs "$t0" "$t1")
+  drop
+  t0=$(now); ls -l "$d/small" | wc -l > /dev/null; t1=$(now)
+  R[$n,w5b]=$(secs "$t0" "$t1")
+  mkdir "$d/t"
+  t0=$(now); tar xf "$WORK/tree.tar" -C "$d/t"; t1=$(now)
+  R[$n,w6]=$(secs "$t0" "$t1")
+  diff -qr --no-dereference "$TREE" "$d/t/$(basename "$TREE")" > /dev/null || { echo "tree differs on $n" >&2; exit 1; }
+  t0=$(now); rm -rf "$d/t"; t1=$(now)
+  R[$n,w7]=$(secs "$t0" "$t1")
+  t0=$(now); rm -rf "$d/small"; t1=$(now)
+  R[$n,w8]=$(secs "$t0" "$t1")
+  rm -f "$d/big"
+}
+
+run plain "$WORK/plain"
+run qsfs "$WORK/mnt"
+
+printf "%-34s %12s %12s %9s\n" "workload" "plain disk" "qsfs" "qsfs/plain"
+line() { # label key unit higher-is-better
+  local p=${R[plain,$2]} q=${R[qsfs,$2]}
+  local ratio
+  if [ "$4" = up ]; then ratio=$(echo "$q / $p" | bc -l); else ratio=$(echo "$p / $q" | bc -l); fi
+  printf "%-34s %10.2f%s %10.2f%s %9.2f\n" "$1" "$p" "$3" "$q" "$3" "$ratio"
+}
+line "W1 seq write ${SIZE_MB} MiB (fsync)" w1 " MB/s" up
+line "W2 seq read, cold" w2 " MB/s" up
+line "W5 create $FILES small files" w5 " s" down
+line "W5b ls -l of them, cold" w5b " s" down
+line "W6 tar x ${TREE_MB} MiB tree" w6 " s" down
+line "W7 rm -rf the tree" w7 " s" down
+line "W8 rm -rf the small files" w8 " s" down
+echo "(last column: qsfs speed as a fraction of the plain disk; 1.00 = as fast, 0.50 = half)"
+du -sh "$WORK/root/engine" | sed 's/^/engine directory after the run: /'

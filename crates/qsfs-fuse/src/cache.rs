@@ -1,0 +1,411 @@
+//! [`BlockCache`]: the write-back block cache between the filesystem and the Store.
+//!
+//! One global byte budget covers every cached block, clean or dirty. Partial writes are merged
+//! into whole blocks in memory (read-modify-write on a miss), so each block reaches the
+//! append-only Store once per flush instead of once per `write()`. When the budget is exceeded,
+//! the least recently used block goes first: a clean one is dropped, a dirty one is written back.
+//! Sequential readers can ask for read-ahead, which a background thread loads into the cache.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use qsfs_core::{BlockId, Cache, CacheStats, Result, Store};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::layout::pair_key;
+
+struct Slot {
+    data: Bytes,
+    dirty: bool,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    blocks: BTreeMap<BlockId, Slot>,
+    /// Use order: tick → block. The smallest tick is the least recently used.
+    lru: BTreeMap<u64, BlockId>,
+    tick: u64,
+    bytes: u64,
+    dirty_bytes: u64,
+    hits: u64,
+    misses: u64,
+    blocks_written: u64,
+    /// Bumped by every discard, so read-ahead never re-inserts a block loaded before it.
+    epoch: u64,
+    /// When the oldest unflushed write happened.
+    dirty_since: Option<Instant>,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    ns: String,
+    block_size: usize,
+    capacity: u64,
+    inner: Mutex<Inner>,
+    stop: AtomicBool,
+}
+
+/// A write-back block cache over one Store namespace; blocks are stored under
+/// `inode (u64 BE) + index (u64 BE)`.
+pub struct BlockCache {
+    shared: Arc<Shared>,
+    ahead: Option<SyncSender<(BlockId, u64)>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("ns", &self.shared.ns)
+            .field("block_size", &self.shared.block_size)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl BlockCache {
+    /// A cache of `capacity` bytes over the blocks kept in `ns` of `store`, with blocks of
+    /// `block_size` bytes.
+    pub fn new(store: Arc<dyn Store>, ns: &str, block_size: usize, capacity: u64) -> Self {
+        let shared = Arc::new(Shared {
+            store,
+            ns: ns.to_string(),
+            block_size,
+            capacity,
+            inner: Mutex::new(Inner::default()),
+            stop: AtomicBool::new(false),
+        });
+        let (tx, rx) = sync_channel::<(BlockId, u64)>(256);
+        let worker_shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("qsfs-readahead".into())
+            .spawn(move || read_ahead_loop(worker_shared, rx))
+            .ok();
+        BlockCache {
+            shared,
+            ahead: worker.as_ref().map(|_| tx),
+            worker,
+        }
+    }
+
+    /// Asks the background loader to bring `count` blocks of `inode` from `first` into the
+    /// cache. Best effort: requests are dropped when the loader is busy.
+    pub fn read_ahead(&self, inode: u64, first: u64, count: u64) {
+        let Some(tx) = &self.ahead else { return };
+        let epoch = self.shared.inner.lock().epoch;
+        for index in first..first.saturating_add(count) {
+            let id = BlockId { inode, index };
+            if self.shared.inner.lock().blocks.contains_key(&id) {
+                continue;
+            }
+            match tx.try_send((id, epoch)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// Forgets one block without writing it back (a punched hole).
+    pub fn forget(&self, block: BlockId) {
+        let mut inner = self.shared.inner.lock();
+        inner.epoch += 1;
+        self.shared.remove(&mut inner, block);
+    }
+
+    /// When the oldest write not yet flushed happened, if any.
+    pub fn dirty_since(&self) -> Option<Instant> {
+        self.shared.inner.lock().dirty_since
+    }
+
+    /// True if `block` is in the cache with data the Store has not seen.
+    pub fn is_dirty(&self, block: BlockId) -> bool {
+        self.shared
+            .inner
+            .lock()
+            .blocks
+            .get(&block)
+            .is_some_and(|s| s.dirty)
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.ahead = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn read_ahead_loop(shared: Arc<Shared>, rx: Receiver<(BlockId, u64)>) {
+    while let Ok((id, epoch)) = rx.recv() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if shared.inner.lock().blocks.contains_key(&id) {
+            continue;
+        }
+        let Ok(Some(entry)) = shared.store.get(&shared.ns, &pair_key(id.inode, id.index)) else {
+            continue;
+        };
+        let mut inner = shared.inner.lock();
+        if inner.epoch != epoch || inner.blocks.contains_key(&id) {
+            continue;
+        }
+        // Read-ahead only uses room that clean blocks can give back.
+        let len = entry.value.len() as u64;
+        if shared.make_room(&mut inner, len, None, false).is_err()
+            || inner.bytes + len > shared.capacity
+        {
+            continue;
+        }
+        shared.insert(&mut inner, id, Bytes::from(entry.value), false);
+    }
+}
+
+impl Shared {
+    fn key(&self, id: BlockId) -> [u8; 16] {
+        pair_key(id.inode, id.index)
+    }
+
+    fn insert(&self, inner: &mut Inner, id: BlockId, data: Bytes, dirty: bool) {
+        inner.tick += 1;
+        let tick = inner.tick;
+        let len = data.len() as u64;
+        if let Some(old) = inner.blocks.insert(id, Slot { data, dirty, tick }) {
+            inner.lru.remove(&old.tick);
+            inner.bytes -= old.data.len() as u64;
+            if old.dirty {
+                inner.dirty_bytes -= old.data.len() as u64;
+            }
+        }
+        inner.lru.insert(tick, id);
+        inner.bytes += len;
+        if dirty {
+            inner.dirty_bytes += len;
+            inner.dirty_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn remove(&self, inner: &mut Inner, id: BlockId) -> Option<Slot> {
+        let slot = inner.blocks.remove(&id)?;
+        inner.lru.remove(&slot.tick);
+        inner.bytes -= slot.data.len() as u64;
+        if slot.dirty {
+            inner.dirty_bytes -= slot.data.len() as u64;
+        }
+        if inner.dirty_bytes == 0 {
+            inner.dirty_since = None;
+        }
+        Some(slot)
+    }
+
+    fn touch(&self, inner: &mut Inner, id: BlockId) {
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some(slot) = inner.blocks.get_mut(&id) {
+            let old = std::mem::replace(&mut slot.tick, tick);
+            inner.lru.remove(&old);
+            inner.lru.insert(tick, id);
+        }
+    }
+
+    /// Evicts least recently used blocks until `incoming` more bytes fit, never evicting `keep`.
+    /// Dirty blocks are written back first unless `clean_only`.
+    fn make_room(
+        &self,
+        inner: &mut Inner,
+        incoming: u64,
+        keep: Option<BlockId>,
+        clean_only: bool,
+    ) -> Result<()> {
+        let mut skipped = Vec::new();
+        while inner.bytes + incoming > self.capacity {
+            let Some((&tick, &id)) = inner.lru.iter().next() else {
+                break;
+            };
+            inner.lru.remove(&tick);
+            let dirty = inner.blocks.get(&id).is_some_and(|s| s.dirty);
+            if Some(id) == keep || (dirty && clean_only) {
+                skipped.push((tick, id));
+                continue;
+            }
+            if dirty {
+                let data = inner
+                    .blocks
+                    .get(&id)
+                    .map(|s| s.data.clone())
+                    .unwrap_or_default();
+                if let Err(e) = self.store.set(&self.ns, Some(&self.key(id)), &data) {
+                    inner.lru.insert(tick, id);
+                    for (t, i) in skipped {
+                        inner.lru.insert(t, i);
+                    }
+                    return Err(e);
+                }
+                inner.blocks_written += 1;
+            }
+            inner.lru.insert(tick, id);
+            self.remove(inner, id);
+        }
+        for (t, i) in skipped {
+            inner.lru.insert(t, i);
+        }
+        Ok(())
+    }
+
+    fn write_back(&self, inner: &mut Inner, ids: &[BlockId]) -> Result<()> {
+        for &id in ids {
+            let Some(slot) = inner.blocks.get(&id) else {
+                continue;
+            };
+            if !slot.dirty {
+                continue;
+            }
+            let data = slot.data.clone();
+            self.store.set(&self.ns, Some(&self.key(id)), &data)?;
+            inner.blocks_written += 1;
+            if let Some(slot) = inner.blocks.get_mut(&id) {
+                slot.dirty = false;
+                inner.dirty_bytes -= data.len() as u64;
+            }
+        }
+        if inner.dirty_bytes == 0 {
+            inner.dirty_since = None;
+        }
+        Ok(())
+    }
+}
+
+fn range(inode: u64, from: u64) -> std::ops::RangeInclusive<BlockId> {
+    BlockId { inode, index: from }..=BlockId {
+        inode,
+        index: u64::MAX,
+    }
+}
+
+impl Cache for BlockCache {
+    fn block_size(&self) -> usize {
+        self.shared.block_size
+    }
+
+    fn read(&self, block: BlockId) -> Result<Option<Bytes>> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        if let Some(slot) = inner.blocks.get(&block) {
+            let data = slot.data.clone();
+            inner.hits += 1;
+            s.touch(&mut inner, block);
+            return Ok(Some(data));
+        }
+        inner.misses += 1;
+        let Some(entry) = s.store.get(&s.ns, &s.key(block))? else {
+            return Ok(None);
+        };
+        let data = Bytes::from(entry.value);
+        let len = data.len() as u64;
+        s.make_room(&mut inner, len, None, true)?;
+        if inner.bytes + len <= s.capacity {
+            s.insert(&mut inner, block, data.clone(), false);
+        }
+        Ok(Some(data))
+    }
+
+    fn write(&self, block: BlockId, offset: usize, data: &[u8]) -> Result<()> {
+        let s = &self.shared;
+        let end = offset + data.len();
+        if end > s.block_size {
+            return Err(qsfs_core::Error::InvalidArgument(format!(
+                "write of {} bytes at {offset} overflows a {}-byte block",
+                data.len(),
+                s.block_size
+            )));
+        }
+        let mut inner = s.inner.lock();
+        let mut buf: Vec<u8> = match s.remove(&mut inner, block) {
+            Some(slot) => Vec::from(slot.data),
+            None if offset == 0 && end == s.block_size => Vec::new(),
+            None => s
+                .store
+                .get(&s.ns, &s.key(block))?
+                .map(|e| e.value)
+                .unwrap_or_default(),
+        };
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[offset..end].copy_from_slice(data);
+        let len = buf.len() as u64;
+        s.insert(&mut inner, block, Bytes::from(buf), true);
+        // Over budget: the block just written stays; older ones go or are written back.
+        if inner.bytes > s.capacity {
+            let _ = len;
+            s.make_room(&mut inner, 0, Some(block), false)?;
+        }
+        Ok(())
+    }
+
+    fn discard(&self, inode: u64, from_index: u64, keep_in_last: Option<usize>) -> Result<()> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        inner.epoch += 1;
+        let ids: Vec<BlockId> = inner
+            .blocks
+            .range(range(inode, from_index))
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            s.remove(&mut inner, id);
+        }
+        if let (Some(keep), Some(last)) = (keep_in_last, from_index.checked_sub(1)) {
+            let id = BlockId { inode, index: last };
+            let current = match s.remove(&mut inner, id) {
+                Some(slot) => Some((Vec::from(slot.data), slot.dirty)),
+                None => s.store.get(&s.ns, &s.key(id))?.map(|e| (e.value, false)),
+            };
+            if let Some((mut buf, dirty)) = current {
+                let cut = buf.len() > keep;
+                buf.truncate(keep);
+                s.insert(&mut inner, id, Bytes::from(buf), dirty || cut);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self, inode: Option<u64>) -> Result<()> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        let ids: Vec<BlockId> = match inode {
+            Some(ino) => inner
+                .blocks
+                .range(range(ino, 0))
+                .filter(|(_, v)| v.dirty)
+                .map(|(k, _)| *k)
+                .collect(),
+            None => inner
+                .blocks
+                .iter()
+                .filter(|(_, v)| v.dirty)
+                .map(|(k, _)| *k)
+                .collect(),
+        };
+        s.write_back(&mut inner, &ids)
+    }
+
+    fn stats(&self) -> CacheStats {
+        let inner = self.shared.inner.lock();
+        CacheStats {
+            bytes: inner.bytes,
+            dirty_bytes: inner.dirty_bytes,
+            capacity: self.shared.capacity,
+            hits: inner.hits,
+            misses: inner.misses,
+            blocks_written: inner.blocks_written,
+        }
+    }
+}

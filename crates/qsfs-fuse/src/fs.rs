@@ -1,0 +1,1743 @@
+//! [`Fs`]: the filesystem logic over a Store, independent of the FUSE wire protocol.
+//!
+//! Every operation takes and returns plain values and an [`FsResult`]; `fuse.rs` only
+//! translates. Metadata changes (inodes, dirents, listing pages, block maps) are kept dirty in
+//! memory and written in one ordered batch by [`Fs::flush_all`]: data blocks, then block maps,
+//! then inodes, then listing pages and dirents (new names before removed ones), then orphan
+//! records, then the space of freed inodes. A crash therefore leaves either the old or the new
+//! state of each object plus, at worst, unreferenced garbage, never a name pointing at an inode
+//! that is not there.
+
+use qsfs_core::{BlockId, Cache, Store};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cache::BlockCache;
+use crate::error::{FsError, FsResult};
+use crate::layout::*;
+
+/// Where statfs figures come from.
+#[derive(Debug, Clone)]
+pub enum Capacity {
+    /// The filesystem holding this path (the embedded engine's directory).
+    Disk(std::path::PathBuf),
+    /// A fixed size in bytes (a remote store).
+    Fixed(u64),
+}
+
+/// Settings of one mounted filesystem.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Namespace prefix: the filesystem lives in `<prefix>-inode`, `<prefix>-block`, ...
+    pub prefix: String,
+    /// Block size for a new filesystem (an existing one keeps its own).
+    pub block_size: u32,
+    /// Byte budget of the block cache.
+    pub cache_bytes: u64,
+    /// Dirty state older than this is flushed (and synced) by the timer.
+    pub flush_after: Duration,
+    /// Source of statfs figures.
+    pub capacity: Capacity,
+    /// Take over a mount lock held by another host.
+    pub force: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            prefix: "qsfs".into(),
+            block_size: 128 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
+            flush_after: Duration::from_secs(3),
+            capacity: Capacity::Fixed(1 << 40),
+            force: false,
+        }
+    }
+}
+
+/// Attributes of an inode, as reported to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// The inode.
+    pub inode: Inode,
+    /// Allocated 512-byte sectors.
+    pub blocks: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+}
+
+/// One entry returned by [`Fs::readdir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Offset to resume after this entry.
+    pub cookie: i64,
+    /// Inode.
+    pub ino: u64,
+    /// Kind.
+    pub kind: Kind,
+    /// Name.
+    pub name: Vec<u8>,
+}
+
+/// Figures for statfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// What setattr changes.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    /// New permission bits (`mode & 0o7777` is kept).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New atime (`None` inside = now).
+    pub atime: Option<Option<Time>>,
+    /// New mtime (`None` inside = now).
+    pub mtime: Option<Option<Time>>,
+    /// Explicit ctime.
+    pub ctime: Option<Time>,
+}
+
+struct Node {
+    inode: Inode,
+    dirty: bool,
+    lookups: u64,
+    opens: u32,
+}
+
+struct Handle {
+    append: bool,
+    next_read: u64,
+}
+
+/// (parent, name) of a directory entry.
+type DirentKey = (u64, Vec<u8>);
+
+struct Cached<T> {
+    value: T,
+    dirty: bool,
+}
+
+static ACTIVE_SESSIONS: parking_lot::Mutex<BTreeSet<u64>> =
+    parking_lot::const_mutex(BTreeSet::new());
+
+/// The filesystem over one Store.
+pub struct Fs {
+    store: Arc<dyn Store>,
+    ns: Namespaces,
+    cache: BlockCache,
+    bs: u64,
+    cfg: FsConfig,
+    sup: Superblock,
+    next_ino: u64,
+    nodes: HashMap<u64, Node>,
+    dirents: HashMap<DirentKey, Cached<Option<Dirent>>>,
+    pages: HashMap<(u64, u64), Cached<Page>>,
+    chunks: HashMap<(u64, u64), Cached<Chunk>>,
+    xattrs: HashMap<u64, Xattrs>,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    free_queue: Vec<u64>,
+    orphans: HashSet<u64>,
+    meta_dirty_since: Option<Instant>,
+    session: u64,
+    locked: bool,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("prefix", &self.cfg.prefix)
+            .field("block_size", &self.bs)
+            .finish()
+    }
+}
+
+fn errno<T>(n: libc::c_int) -> FsResult<T> {
+    Err(FsError::Errno(n))
+}
+
+fn ignore_missing(r: qsfs_core::Result<()>) -> FsResult<()> {
+    match r {
+        Ok(()) | Err(qsfs_core::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return errno(libc::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return errno(libc::EINVAL);
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Opens (creating on first use) the filesystem in `store`, takes the mount lock and frees
+    /// the inodes orphaned by a crash.
+    pub fn open(store: Arc<dyn Store>, cfg: FsConfig) -> FsResult<Fs> {
+        let ns = Namespaces::new(&cfg.prefix);
+        let existing: HashSet<String> = store.namespace_list()?.into_iter().collect();
+        for n in ns.all() {
+            if !existing.contains(n) {
+                match store.namespace_create(n) {
+                    Ok(()) | Err(qsfs_core::Error::AlreadyExists(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let session = {
+            let t = Time::now();
+            (t.secs as u64).wrapping_mul(1_000_000_007)
+                ^ u64::from(t.nanos)
+                ^ (u64::from(std::process::id()) << 32)
+        };
+        let sup = match store.get(&ns.sup, SUPER_KEY)? {
+            Some(e) => decode::<Superblock>(&e.value, "superblock")?,
+            None => {
+                let sup = Superblock {
+                    block_size: cfg.block_size,
+                    ino_reserved: ROOT_INO + 1,
+                    created: Time::now(),
+                };
+                store.set(&ns.sup, Some(SUPER_KEY), &encode(&sup))?;
+                sup
+            }
+        };
+        if sup.block_size == 0 || sup.block_size as usize > qsfs_core::MAX_VALUE_LEN {
+            return Err(FsError::corrupt(
+                "superblock",
+                format!("block size {}", sup.block_size),
+            ));
+        }
+        let cache = BlockCache::new(
+            store.clone(),
+            &ns.block,
+            sup.block_size as usize,
+            cfg.cache_bytes,
+        );
+        let mut fs = Fs {
+            bs: u64::from(sup.block_size),
+            next_ino: sup.ino_reserved,
+            store,
+            ns,
+            cache,
+            cfg,
+            sup,
+            nodes: HashMap::new(),
+            dirents: HashMap::new(),
+            pages: HashMap::new(),
+            chunks: HashMap::new(),
+            xattrs: HashMap::new(),
+            handles: HashMap::new(),
+            next_fh: 1,
+            free_queue: Vec::new(),
+            orphans: HashSet::new(),
+            meta_dirty_since: None,
+            session,
+            locked: false,
+        };
+        fs.take_lock()?;
+        if fs.store.get(&fs.ns.inode, &ino_key(ROOT_INO))?.is_none() {
+            let mut root = Inode::new(
+                Kind::Dir,
+                0o755,
+                0,
+                0,
+                Body::Dir {
+                    parent: ROOT_INO,
+                    entries: 0,
+                    tail_page: 0,
+                    tail_used: 0,
+                },
+            );
+            root.nlink = 2;
+            fs.store
+                .set(&fs.ns.inode, Some(&ino_key(ROOT_INO)), &encode(&root))?;
+        }
+        fs.reclaim_orphans()?;
+        Ok(fs)
+    }
+
+    fn take_lock(&mut self) -> FsResult<()> {
+        let host = hostname();
+        let pid = std::process::id();
+        if let Some(e) = self.store.get(&self.ns.sup, LOCK_KEY)? {
+            let lock: Lock = decode(&e.value, "mount lock")?;
+            let alive = if lock.host != host {
+                !self.cfg.force
+            } else if lock.pid == pid {
+                ACTIVE_SESSIONS.lock().contains(&lock.session)
+            } else {
+                std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
+            };
+            if alive {
+                return Err(FsError::Store(qsfs_core::Error::AlreadyExists(format!(
+                    "filesystem {:?} is already mounted by process {} on host {} (since {} s \
+                     after the epoch); unmount it first{}",
+                    self.cfg.prefix,
+                    lock.pid,
+                    lock.host,
+                    lock.since.secs,
+                    if lock.host != host {
+                        ", or take it over with --force"
+                    } else {
+                        ""
+                    }
+                ))));
+            }
+            tracing::warn!(pid = lock.pid, host = %lock.host, "taking over a stale mount lock");
+        }
+        let lock = Lock {
+            host,
+            pid,
+            session: self.session,
+            since: Time::now(),
+        };
+        self.store
+            .set(&self.ns.sup, Some(LOCK_KEY), &encode(&lock))?;
+        self.store.sync()?;
+        ACTIVE_SESSIONS.lock().insert(self.session);
+        self.locked = true;
+        Ok(())
+    }
+
+    fn reclaim_orphans(&mut self) -> FsResult<()> {
+        let mut cursor = None;
+        let mut found = Vec::new();
+        loop {
+            let page =
+                self.store
+                    .scan(&self.ns.orphan, cursor.as_ref(), 1024, Default::default())?;
+            found.extend(page.entries.iter().filter_map(|m| parse_ino_key(&m.key)));
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        for ino in found {
+            tracing::info!(ino, "reclaiming an orphaned inode");
+            self.orphans.insert(ino);
+            self.free_inode(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.bs
+    }
+
+    /// The block cache.
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    /// The Store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The namespaces this filesystem uses.
+    pub fn namespaces(&self) -> &Namespaces {
+        &self.ns
+    }
+
+    fn mark_meta(&mut self) {
+        self.meta_dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    /// When the oldest change not yet written to the Store happened.
+    pub fn dirty_since(&self) -> Option<Instant> {
+        match (self.meta_dirty_since, self.cache.dirty_since()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- inodes ----
+
+    fn node(&mut self, ino: u64) -> FsResult<&mut Node> {
+        if !self.nodes.contains_key(&ino) {
+            let Some(e) = self.store.get(&self.ns.inode, &ino_key(ino))? else {
+                return errno(libc::ENOENT);
+            };
+            let inode: Inode = decode(&e.value, &format!("inode {ino}"))?;
+            self.nodes.insert(
+                ino,
+                Node {
+                    inode,
+                    dirty: false,
+                    lookups: 0,
+                    opens: 0,
+                },
+            );
+        }
+        self.nodes.get_mut(&ino).ok_or(FsError::Errno(libc::ENOENT))
+    }
+
+    fn inode(&mut self, ino: u64) -> FsResult<&Inode> {
+        Ok(&self.node(ino)?.inode)
+    }
+
+    fn inode_mut(&mut self, ino: u64) -> FsResult<&mut Inode> {
+        self.mark_meta();
+        let n = self.node(ino)?;
+        n.dirty = true;
+        Ok(&mut n.inode)
+    }
+
+    fn alloc_ino(&mut self) -> FsResult<u64> {
+        if self.next_ino >= self.sup.ino_reserved {
+            let mut sup = self.sup.clone();
+            sup.ino_reserved = self.next_ino + 4096;
+            self.store
+                .set(&self.ns.sup, Some(SUPER_KEY), &encode(&sup))?;
+            self.sup = sup;
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        Ok(ino)
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&mut self, ino: u64) -> FsResult<Attr> {
+        let bs = self.bs;
+        let inode = self.inode(ino)?.clone();
+        let blocks = match &inode.body {
+            Body::File { blocks, .. } => blocks * (bs / 512),
+            Body::Dir { tail_page, .. } => (tail_page + 1) * 8,
+            Body::Symlink { .. } | Body::Special => 0,
+        };
+        Ok(Attr {
+            ino,
+            inode,
+            blocks,
+            blksize: bs as u32,
+        })
+    }
+
+    fn dir_parent(&mut self, ino: u64) -> FsResult<u64> {
+        match &self.inode(ino)?.body {
+            Body::Dir { parent, .. } => Ok(*parent),
+            _ => errno(libc::ENOTDIR),
+        }
+    }
+
+    // ---- directories ----
+
+    fn get_dirent(&mut self, parent: u64, name: &[u8]) -> FsResult<Option<Dirent>> {
+        if let Some(c) = self.dirents.get(&(parent, name.to_vec())) {
+            return Ok(c.value);
+        }
+        let d = match self.store.get(&self.ns.dirent, &dirent_key(parent, name))? {
+            Some(e) => Some(decode::<Dirent>(&e.value, "dirent")?),
+            None => None,
+        };
+        self.dirents.insert(
+            (parent, name.to_vec()),
+            Cached {
+                value: d,
+                dirty: false,
+            },
+        );
+        Ok(d)
+    }
+
+    fn page_mut(&mut self, dir: u64, page: u64) -> FsResult<&mut Page> {
+        self.load_page(dir, page)?;
+        self.mark_meta();
+        let c = self
+            .pages
+            .get_mut(&(dir, page))
+            .ok_or(FsError::Errno(libc::EIO))?;
+        c.dirty = true;
+        Ok(&mut c.value)
+    }
+
+    fn load_page(&mut self, dir: u64, page: u64) -> FsResult<()> {
+        if !self.pages.contains_key(&(dir, page)) {
+            let p = match self.store.get(&self.ns.dirpage, &pair_key(dir, page))? {
+                Some(e) => decode::<Page>(&e.value, &format!("dir {dir} page {page}"))?,
+                None => Page::default(),
+            };
+            self.pages.insert(
+                (dir, page),
+                Cached {
+                    value: p,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn dir_add(&mut self, dir: u64, name: &[u8], ino: u64, kind: Kind) -> FsResult<()> {
+        let now = Time::now();
+        let inode = self.inode_mut(dir)?;
+        let Body::Dir {
+            entries,
+            tail_page,
+            tail_used,
+            ..
+        } = &mut inode.body
+        else {
+            return errno(libc::ENOTDIR);
+        };
+        if *tail_used >= PAGE_SLOTS {
+            *tail_page += 1;
+            *tail_used = 0;
+        }
+        let (page, slot) = (*tail_page, *tail_used);
+        *tail_used += 1;
+        *entries += 1;
+        inode.mtime = now;
+        inode.ctime = now;
+        self.page_mut(dir, page)?.entries.push(PageEntry {
+            slot,
+            name: name.to_vec(),
+            ino,
+            kind,
+        });
+        let d = Dirent {
+            ino,
+            kind,
+            page,
+            slot,
+        };
+        self.dirents.insert(
+            (dir, name.to_vec()),
+            Cached {
+                value: Some(d),
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    fn dir_remove(&mut self, dir: u64, name: &[u8]) -> FsResult<Dirent> {
+        let Some(d) = self.get_dirent(dir, name)? else {
+            return errno(libc::ENOENT);
+        };
+        let now = Time::now();
+        let inode = self.inode_mut(dir)?;
+        if let Body::Dir { entries, .. } = &mut inode.body {
+            *entries = entries.saturating_sub(1);
+        }
+        inode.mtime = now;
+        inode.ctime = now;
+        let page = self.page_mut(dir, d.page)?;
+        page.entries.retain(|e| e.slot != d.slot);
+        self.dirents.insert(
+            (dir, name.to_vec()),
+            Cached {
+                value: None,
+                dirty: true,
+            },
+        );
+        Ok(d)
+    }
+
+    /// Points an existing entry at another inode (rename exchange).
+    fn dir_repoint(&mut self, dir: u64, name: &[u8], ino: u64, kind: Kind) -> FsResult<()> {
+        let Some(mut d) = self.get_dirent(dir, name)? else {
+            return errno(libc::ENOENT);
+        };
+        d.ino = ino;
+        d.kind = kind;
+        let page = self.page_mut(dir, d.page)?;
+        for e in page.entries.iter_mut().filter(|e| e.slot == d.slot) {
+            e.ino = ino;
+            e.kind = kind;
+        }
+        self.dirents.insert(
+            (dir, name.to_vec()),
+            Cached {
+                value: Some(d),
+                dirty: true,
+            },
+        );
+        let now = Time::now();
+        let inode = self.inode_mut(dir)?;
+        inode.mtime = now;
+        inode.ctime = now;
+        Ok(())
+    }
+
+    fn dir_entries(&mut self, dir: u64) -> FsResult<u64> {
+        match &self.inode(dir)?.body {
+            Body::Dir { entries, .. } => Ok(*entries),
+            _ => errno(libc::ENOTDIR),
+        }
+    }
+
+    /// Looks `name` up in `parent`, counting a kernel reference.
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        check_name(name)?;
+        self.dir_parent(parent)?;
+        let Some(d) = self.get_dirent(parent, name)? else {
+            return errno(libc::ENOENT);
+        };
+        let attr = match self.getattr(d.ino) {
+            Ok(a) => a,
+            // A name whose inode is gone is damage, not absence.
+            Err(FsError::Errno(libc::ENOENT)) => {
+                return Err(FsError::corrupt(
+                    &format!("dirent {parent}/{}", String::from_utf8_lossy(name)),
+                    format!("points at missing inode {}", d.ino),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        self.node(d.ino)?.lookups += 1;
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+        self.maybe_free(ino);
+    }
+
+    fn maybe_free(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get(&ino) {
+            if node.inode.nlink == 0
+                && node.lookups == 0
+                && node.opens == 0
+                && !self.free_queue.contains(&ino)
+            {
+                {
+                    self.free_queue.push(ino);
+                    let _ = self.cache.discard(ino, 0, None);
+                    self.mark_meta();
+                }
+            }
+        }
+    }
+
+    fn new_inode(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        (uid, gid): (u32, u32),
+        body: Body,
+    ) -> FsResult<Attr> {
+        check_name(name)?;
+        let pinode = self.inode(parent)?.clone();
+        if pinode.kind != Kind::Dir {
+            return errno(libc::ENOTDIR);
+        }
+        if pinode.nlink == 0 {
+            return errno(libc::ENOENT);
+        }
+        if self.get_dirent(parent, name)?.is_some() {
+            return errno(libc::EEXIST);
+        }
+        let mut perm = (mode & 0o7777) as u16;
+        let mut gid = gid;
+        if pinode.perm & (libc::S_ISGID as u16) != 0 {
+            gid = pinode.gid;
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID as u16;
+            }
+        }
+        let ino = self.alloc_ino()?;
+        let inode = Inode::new(kind, perm, uid, gid, body);
+        self.nodes.insert(
+            ino,
+            Node {
+                inode,
+                dirty: true,
+                lookups: 1,
+                opens: 0,
+            },
+        );
+        self.mark_meta();
+        self.dir_add(parent, name, ino, kind)?;
+        if kind == Kind::Dir {
+            self.inode_mut(parent)?.nlink += 1;
+        }
+        self.getattr(ino)
+    }
+
+    /// Creates a regular file and opens it.
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        let body = Body::File {
+            chunks: BTreeSet::new(),
+            blocks: 0,
+        };
+        let attr = self.new_inode(parent, name, Kind::File, mode, (uid, gid), body)?;
+        let fh = self.open_file(attr.ino, flags)?;
+        Ok((attr, fh))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let body = Body::Dir {
+            parent,
+            entries: 0,
+            tail_page: 0,
+            tail_used: 0,
+        };
+        self.new_inode(parent, name, Kind::Dir, mode, (uid, gid), body)
+    }
+
+    /// Creates a fifo, socket, device node or regular file.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let Some(kind) = Kind::from_mode(mode) else {
+            return errno(libc::EINVAL);
+        };
+        let body = match kind {
+            Kind::File => Body::File {
+                chunks: BTreeSet::new(),
+                blocks: 0,
+            },
+            Kind::Dir | Kind::Symlink => return errno(libc::EINVAL),
+            _ => Body::Special,
+        };
+        let attr = self.new_inode(parent, name, kind, mode, (uid, gid), body)?;
+        if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            self.inode_mut(attr.ino)?.rdev = rdev;
+        }
+        self.getattr(attr.ino)
+    }
+
+    /// Creates a symbolic link.
+    pub fn symlink(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        if target.len() > SYMLINK_MAX {
+            return errno(libc::ENAMETOOLONG);
+        }
+        if target.is_empty() {
+            return errno(libc::ENOENT);
+        }
+        let body = Body::Symlink {
+            target: target.to_vec(),
+        };
+        let attr = self.new_inode(parent, name, Kind::Symlink, 0o777, (uid, gid), body)?;
+        self.inode_mut(attr.ino)?.size = target.len() as u64;
+        self.getattr(attr.ino)
+    }
+
+    /// The target of a symbolic link.
+    pub fn readlink(&mut self, ino: u64) -> FsResult<Vec<u8>> {
+        match &self.inode(ino)?.body {
+            Body::Symlink { target } => Ok(target.clone()),
+            _ => errno(libc::EINVAL),
+        }
+    }
+
+    /// Adds a hard link `newparent/newname` to `ino`.
+    pub fn link(&mut self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        check_name(newname)?;
+        let inode = self.inode(ino)?.clone();
+        if inode.kind == Kind::Dir {
+            return errno(libc::EPERM);
+        }
+        if inode.nlink == 0 {
+            return errno(libc::ENOENT);
+        }
+        self.dir_parent(newparent)?;
+        if self.get_dirent(newparent, newname)?.is_some() {
+            return errno(libc::EEXIST);
+        }
+        self.dir_add(newparent, newname, ino, inode.kind)?;
+        let i = self.inode_mut(ino)?;
+        i.nlink += 1;
+        i.ctime = Time::now();
+        self.node(ino)?.lookups += 1;
+        self.getattr(ino)
+    }
+
+    fn drop_link(&mut self, ino: u64) -> FsResult<()> {
+        let i = self.inode_mut(ino)?;
+        if i.kind == Kind::Dir {
+            i.nlink = 0;
+        } else {
+            i.nlink = i.nlink.saturating_sub(1);
+        }
+        i.ctime = Time::now();
+        self.maybe_free(ino);
+        Ok(())
+    }
+
+    /// Removes a non-directory name.
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
+        check_name(name)?;
+        self.dir_parent(parent)?;
+        let Some(d) = self.get_dirent(parent, name)? else {
+            return errno(libc::ENOENT);
+        };
+        if d.kind == Kind::Dir {
+            return errno(libc::EISDIR);
+        }
+        self.dir_remove(parent, name)?;
+        self.drop_link(d.ino)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
+        if name == b"." {
+            return errno(libc::EINVAL);
+        }
+        if name == b".." {
+            return errno(libc::ENOTEMPTY);
+        }
+        check_name(name)?;
+        self.dir_parent(parent)?;
+        let Some(d) = self.get_dirent(parent, name)? else {
+            return errno(libc::ENOENT);
+        };
+        if d.kind != Kind::Dir {
+            return errno(libc::ENOTDIR);
+        }
+        if self.dir_entries(d.ino)? != 0 {
+            return errno(libc::ENOTEMPTY);
+        }
+        self.dir_remove(parent, name)?;
+        let p = self.inode_mut(parent)?;
+        p.nlink = p.nlink.saturating_sub(1);
+        self.drop_link(d.ino)
+    }
+
+    /// True if `dir` is `ancestor` or lies below it.
+    fn is_within(&mut self, mut dir: u64, ancestor: u64) -> FsResult<bool> {
+        loop {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.dir_parent(dir)?;
+        }
+    }
+
+    /// Renames `parent/name` to `newparent/newname` (`flags`: `RENAME_NOREPLACE`,
+    /// `RENAME_EXCHANGE`).
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+        const EXCHANGE: u32 = libc::RENAME_EXCHANGE;
+        if flags & !(NOREPLACE | EXCHANGE) != 0 || flags == NOREPLACE | EXCHANGE {
+            return errno(libc::EINVAL);
+        }
+        check_name(name)?;
+        check_name(newname)?;
+        self.dir_parent(parent)?;
+        self.dir_parent(newparent)?;
+        let Some(src) = self.get_dirent(parent, name)? else {
+            return errno(libc::ENOENT);
+        };
+        let dst = self.get_dirent(newparent, newname)?;
+        if flags & EXCHANGE != 0 {
+            let Some(dst) = dst else {
+                return errno(libc::ENOENT);
+            };
+            if src.ino == dst.ino {
+                return Ok(());
+            }
+            if src.kind == Kind::Dir && self.is_within(newparent, src.ino)? {
+                return errno(libc::EINVAL);
+            }
+            if dst.kind == Kind::Dir && self.is_within(parent, dst.ino)? {
+                return errno(libc::EINVAL);
+            }
+            self.dir_repoint(parent, name, dst.ino, dst.kind)?;
+            self.dir_repoint(newparent, newname, src.ino, src.kind)?;
+            if parent != newparent {
+                if src.kind == Kind::Dir {
+                    self.set_parent(src.ino, newparent)?;
+                    self.inode_mut(parent)?.nlink -= 1;
+                    self.inode_mut(newparent)?.nlink += 1;
+                }
+                if dst.kind == Kind::Dir {
+                    self.set_parent(dst.ino, parent)?;
+                    self.inode_mut(newparent)?.nlink -= 1;
+                    self.inode_mut(parent)?.nlink += 1;
+                }
+            }
+            let now = Time::now();
+            self.inode_mut(src.ino)?.ctime = now;
+            self.inode_mut(dst.ino)?.ctime = now;
+            return Ok(());
+        }
+        if let Some(dst) = dst {
+            if src.ino == dst.ino {
+                return Ok(());
+            }
+            if flags & NOREPLACE != 0 {
+                return errno(libc::EEXIST);
+            }
+            match (src.kind == Kind::Dir, dst.kind == Kind::Dir) {
+                (true, false) => return errno(libc::ENOTDIR),
+                (false, true) => return errno(libc::EISDIR),
+                (true, true) if self.dir_entries(dst.ino)? != 0 => return errno(libc::ENOTEMPTY),
+                _ => {}
+            }
+        }
+        if src.kind == Kind::Dir && self.is_within(newparent, src.ino)? {
+            return errno(libc::EINVAL);
+        }
+        if let Some(dst) = dst {
+            self.dir_remove(newparent, newname)?;
+            if dst.kind == Kind::Dir {
+                let p = self.inode_mut(newparent)?;
+                p.nlink = p.nlink.saturating_sub(1);
+            }
+            self.drop_link(dst.ino)?;
+        }
+        self.dir_remove(parent, name)?;
+        self.dir_add(newparent, newname, src.ino, src.kind)?;
+        if src.kind == Kind::Dir && parent != newparent {
+            self.set_parent(src.ino, newparent)?;
+            let p = self.inode_mut(parent)?;
+            p.nlink = p.nlink.saturating_sub(1);
+            self.inode_mut(newparent)?.nlink += 1;
+        }
+        self.inode_mut(src.ino)?.ctime = Time::now();
+        Ok(())
+    }
+
+    fn set_parent(&mut self, dir: u64, new_parent: u64) -> FsResult<()> {
+        if let Body::Dir { parent, .. } = &mut self.inode_mut(dir)?.body {
+            *parent = new_parent;
+        }
+        Ok(())
+    }
+
+    /// Up to `max` entries of `dir` after `offset` (0 = from the start), "." and ".." first.
+    pub fn readdir(&mut self, dir: u64, offset: i64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let parent = self.dir_parent(dir)?;
+        let (tail_page, alive) = match &self.inode(dir)?.body {
+            Body::Dir { tail_page, .. } => {
+                (*tail_page, self.nodes.get(&dir).map(|n| n.inode.nlink > 0))
+            }
+            _ => return errno(libc::ENOTDIR),
+        };
+        let mut out = Vec::new();
+        let offset = offset.max(0) as u64;
+        if offset < 1 {
+            out.push(DirEntry {
+                cookie: 1,
+                ino: dir,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                cookie: 2,
+                ino: parent,
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
+        }
+        if alive == Some(false) {
+            return Ok(out);
+        }
+        // Entry (page, slot) has cookie 3 + page * PAGE_SLOTS + slot; slots never move.
+        let first = offset.saturating_sub(2);
+        let mut page = first / PAGE_SLOTS;
+        while page <= tail_page && out.len() < max {
+            self.load_page(dir, page)?;
+            if let Some(p) = self.pages.get(&(dir, page)) {
+                for e in &p.value.entries {
+                    let cookie = 3 + page * PAGE_SLOTS + e.slot;
+                    if cookie > offset {
+                        out.push(DirEntry {
+                            cookie: cookie as i64,
+                            ino: e.ino,
+                            kind: e.kind,
+                            name: e.name.clone(),
+                        });
+                    }
+                }
+            }
+            page += 1;
+        }
+        Ok(out)
+    }
+
+    /// Counts a kernel reference taken by readdirplus.
+    pub fn add_lookup(&mut self, ino: u64) -> FsResult<()> {
+        self.node(ino)?.lookups += 1;
+        Ok(())
+    }
+
+    // ---- files ----
+
+    /// Opens `ino`; returns a handle.
+    pub fn open_file(&mut self, ino: u64, flags: i32) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        node.opens += 1;
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(
+            fh,
+            Handle {
+                append: flags & libc::O_APPEND != 0,
+                next_read: 0,
+            },
+        );
+        Ok(fh)
+    }
+
+    /// Closes a handle.
+    pub fn release(&mut self, ino: u64, fh: u64) -> FsResult<()> {
+        self.handles.remove(&fh);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.opens = n.opens.saturating_sub(1);
+        }
+        self.maybe_free(ino);
+        Ok(())
+    }
+
+    /// Writes the file's dirty blocks to the Store (close).
+    pub fn flush_file(&mut self, ino: u64) -> FsResult<()> {
+        self.cache.flush(Some(ino))?;
+        Ok(())
+    }
+
+    fn mark_block(&mut self, ino: u64, index: u64) -> FsResult<()> {
+        let chunk_no = index / CHUNK_BLOCKS;
+        let chunk = self.chunk_mut(ino, chunk_no)?;
+        if chunk.set(index % CHUNK_BLOCKS) {
+            if let Body::File { chunks, blocks } = &mut self.inode_mut(ino)?.body {
+                chunks.insert(chunk_no);
+                *blocks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_chunk(&mut self, ino: u64, chunk_no: u64) -> FsResult<()> {
+        if !self.chunks.contains_key(&(ino, chunk_no)) {
+            let c = match self.store.get(&self.ns.bmap, &pair_key(ino, chunk_no))? {
+                Some(e) => decode::<Chunk>(&e.value, &format!("block map {ino}/{chunk_no}"))?,
+                None => Chunk::default(),
+            };
+            self.chunks.insert(
+                (ino, chunk_no),
+                Cached {
+                    value: c,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn chunk_mut(&mut self, ino: u64, chunk_no: u64) -> FsResult<&mut Chunk> {
+        self.load_chunk(ino, chunk_no)?;
+        self.mark_meta();
+        let c = self
+            .chunks
+            .get_mut(&(ino, chunk_no))
+            .ok_or(FsError::Errno(libc::EIO))?;
+        c.dirty = true;
+        Ok(&mut c.value)
+    }
+
+    fn file_chunks(&mut self, ino: u64) -> FsResult<BTreeSet<u64>> {
+        match &self.inode(ino)?.body {
+            Body::File { chunks, .. } => Ok(chunks.clone()),
+            Body::Dir { .. } => errno(libc::EISDIR),
+            _ => errno(libc::EINVAL),
+        }
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    pub fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let append = self.handles.get(&fh).is_some_and(|h| h.append);
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::File {
+            return errno(libc::EINVAL);
+        }
+        let offset = if append { inode.size } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::Errno(libc::EFBIG))?;
+        if end > MAX_FILE_SIZE {
+            return errno(libc::EFBIG);
+        }
+        let mut pos = offset;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let index = pos / self.bs;
+            let within = (pos % self.bs) as usize;
+            let n = rest.len().min(self.bs as usize - within);
+            self.cache
+                .write(BlockId { inode: ino, index }, within, &rest[..n])?;
+            self.mark_block(ino, index)?;
+            rest = &rest[n..];
+            pos += n as u64;
+        }
+        let now = Time::now();
+        let i = self.inode_mut(ino)?;
+        i.size = i.size.max(end);
+        i.mtime = now;
+        i.ctime = now;
+        Ok(data.len() as u32)
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&mut self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind == Kind::Dir {
+            return errno(libc::EISDIR);
+        }
+        let file_size = inode.size;
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset + u64::from(size));
+        let mut out = vec![0u8; (end - offset) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / self.bs;
+            let within = (pos % self.bs) as usize;
+            let n = ((end - pos) as usize).min(self.bs as usize - within);
+            let dst = (pos - offset) as usize;
+            if let Some(block) = self.cache.read(BlockId { inode: ino, index })? {
+                // A short block reads as zeros past its end.
+                let avail = block.len().saturating_sub(within).min(n);
+                if avail > 0 {
+                    out[dst..dst + avail].copy_from_slice(&block[within..within + avail]);
+                }
+            }
+            pos += n as u64;
+        }
+        if let Some(h) = self.handles.get_mut(&fh) {
+            if h.next_read == offset && offset > 0 {
+                let next = end.div_ceil(self.bs);
+                self.cache.read_ahead(ino, next, 8);
+            }
+            h.next_read = end;
+        }
+        Ok(out)
+    }
+
+    fn truncate(&mut self, ino: u64, new_size: u64) -> FsResult<()> {
+        if new_size > MAX_FILE_SIZE {
+            return errno(libc::EFBIG);
+        }
+        let chunks = self.file_chunks(ino)?;
+        let old = self.inode(ino)?.size;
+        if new_size < old {
+            let keep_blocks = new_size.div_ceil(self.bs);
+            let first_chunk = keep_blocks / CHUNK_BLOCKS;
+            let mut freed = 0u64;
+            let mut emptied = Vec::new();
+            for &c in chunks.range(first_chunk..) {
+                self.load_chunk(ino, c)?;
+                let doomed: Vec<u64> = self.chunks[&(ino, c)]
+                    .value
+                    .iter()
+                    .map(|i| c * CHUNK_BLOCKS + i)
+                    .filter(|&i| i >= keep_blocks)
+                    .collect();
+                for index in &doomed {
+                    ignore_missing(self.store.delete(&self.ns.block, &pair_key(ino, *index)))?;
+                }
+                let chunk = self.chunk_mut(ino, c)?;
+                for index in doomed {
+                    if chunk.clear(index % CHUNK_BLOCKS) {
+                        freed += 1;
+                    }
+                }
+                if chunk.is_empty() {
+                    emptied.push(c);
+                }
+            }
+            let keep = (new_size % self.bs != 0).then_some((new_size % self.bs) as usize);
+            self.cache.discard(ino, keep_blocks, keep)?;
+            if let Body::File { chunks, blocks } = &mut self.inode_mut(ino)?.body {
+                *blocks -= freed.min(*blocks);
+                for c in emptied {
+                    chunks.remove(&c);
+                }
+            }
+        }
+        let now = Time::now();
+        let i = self.inode_mut(ino)?;
+        i.size = new_size;
+        i.mtime = now;
+        i.ctime = now;
+        Ok(())
+    }
+
+    /// Changes attributes.
+    pub fn setattr(&mut self, ino: u64, set: SetAttr) -> FsResult<Attr> {
+        if let Some(size) = set.size {
+            let kind = self.inode(ino)?.kind;
+            match kind {
+                Kind::File => self.truncate(ino, size)?,
+                Kind::Dir => return errno(libc::EISDIR),
+                _ => return errno(libc::EINVAL),
+            }
+        }
+        let now = Time::now();
+        let i = self.inode_mut(ino)?;
+        if let Some(mode) = set.mode {
+            i.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            i.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            i.gid = gid;
+        }
+        if let Some(t) = set.atime {
+            i.atime = t.unwrap_or(now);
+        }
+        if let Some(t) = set.mtime {
+            i.mtime = t.unwrap_or(now);
+        }
+        i.ctime = set.ctime.unwrap_or(now);
+        self.getattr(ino)
+    }
+
+    /// fallocate: mode 0 and `FALLOC_FL_KEEP_SIZE` extend the size; `PUNCH_HOLE` (with
+    /// `KEEP_SIZE`) and `ZERO_RANGE` release whole blocks and zero partial ones.
+    pub fn fallocate(&mut self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        if mode
+            & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE)
+            != 0
+        {
+            return errno(libc::EOPNOTSUPP);
+        }
+        if punch && !keep_size {
+            return errno(libc::EINVAL);
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::Errno(libc::EFBIG))?;
+        self.file_chunks(ino)?;
+        let size = self.inode(ino)?.size;
+        if punch || zero {
+            let zero_end = end.min(size);
+            let mut pos = offset;
+            while pos < zero_end {
+                let index = pos / self.bs;
+                let within = pos % self.bs;
+                let n = (zero_end - pos).min(self.bs - within);
+                let id = BlockId { inode: ino, index };
+                let exists = {
+                    self.load_chunk(ino, index / CHUNK_BLOCKS)?;
+                    self.chunks[&(ino, index / CHUNK_BLOCKS)]
+                        .value
+                        .get(index % CHUNK_BLOCKS)
+                };
+                if exists {
+                    if n == self.bs {
+                        ignore_missing(self.store.delete(&self.ns.block, &pair_key(ino, index)))?;
+                        self.cache.forget(id);
+                        let chunk = self.chunk_mut(ino, index / CHUNK_BLOCKS)?;
+                        if chunk.clear(index % CHUNK_BLOCKS) {
+                            if let Body::File { blocks, .. } = &mut self.inode_mut(ino)?.body {
+                                *blocks = blocks.saturating_sub(1);
+                            }
+                        }
+                    } else {
+                        let cur = self.cache.read(id)?.unwrap_or_default();
+                        let stop = ((within + n) as usize).min(cur.len());
+                        if stop > within as usize {
+                            let zeros = vec![0u8; stop - within as usize];
+                            self.cache.write(id, within as usize, &zeros)?;
+                        }
+                    }
+                }
+                pos += n;
+            }
+        }
+        let now = Time::now();
+        let i = self.inode_mut(ino)?;
+        if !keep_size && end > i.size {
+            i.size = end;
+        }
+        i.mtime = now;
+        i.ctime = now;
+        Ok(())
+    }
+
+    /// `SEEK_DATA` / `SEEK_HOLE` from `offset`.
+    pub fn lseek(&mut self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        let chunks = self.file_chunks(ino)?;
+        let size = self.inode(ino)?.size;
+        if offset >= size {
+            return errno(libc::ENXIO);
+        }
+        let start = offset / self.bs;
+        let allocated = |index: u64, fs: &mut Fs| -> FsResult<bool> {
+            let c = index / CHUNK_BLOCKS;
+            if !chunks.contains(&c) {
+                return Ok(false);
+            }
+            fs.load_chunk(ino, c)?;
+            Ok(fs.chunks[&(ino, c)].value.get(index % CHUNK_BLOCKS))
+        };
+        let last = (size - 1) / self.bs;
+        match whence {
+            libc::SEEK_DATA => {
+                let mut index = start;
+                while index <= last {
+                    let c = index / CHUNK_BLOCKS;
+                    if !chunks.contains(&c) {
+                        match chunks.range(c..).next() {
+                            Some(&n) => index = index.max(n * CHUNK_BLOCKS),
+                            None => break,
+                        }
+                        continue;
+                    }
+                    if allocated(index, self)? {
+                        return Ok(offset.max(index * self.bs));
+                    }
+                    index += 1;
+                }
+                errno(libc::ENXIO)
+            }
+            libc::SEEK_HOLE => {
+                let mut index = start;
+                while index <= last {
+                    if !allocated(index, self)? {
+                        return Ok(offset.max(index * self.bs).min(size));
+                    }
+                    index += 1;
+                }
+                Ok(size)
+            }
+            _ => errno(libc::EINVAL),
+        }
+    }
+
+    // ---- xattrs ----
+
+    fn load_xattrs(&mut self, ino: u64) -> FsResult<&mut Xattrs> {
+        if !self.xattrs.contains_key(&ino) {
+            let has = self.inode(ino)?.has_xattrs;
+            let x = if has {
+                match self.store.get(&self.ns.xattr, &ino_key(ino))? {
+                    Some(e) => decode::<Xattrs>(&e.value, &format!("xattrs of {ino}"))?,
+                    None => Xattrs::default(),
+                }
+            } else {
+                Xattrs::default()
+            };
+            self.xattrs.insert(ino, x);
+        }
+        self.xattrs.get_mut(&ino).ok_or(FsError::Errno(libc::EIO))
+    }
+
+    fn check_xattr_name(name: &[u8]) -> FsResult<()> {
+        if name.len() > XATTR_NAME_MAX || name.is_empty() {
+            return errno(libc::ERANGE);
+        }
+        let ok = [&b"user."[..], b"trusted.", b"security.", b"system."]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if !ok {
+            return errno(libc::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    /// Sets an xattr (`XATTR_CREATE` / `XATTR_REPLACE` in `flags`).
+    pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        Self::check_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_MAX {
+            return errno(libc::E2BIG);
+        }
+        let x = self.load_xattrs(ino)?;
+        let pos = x.pairs.iter().position(|(n, _)| n == name);
+        match (
+            pos,
+            flags & libc::XATTR_CREATE != 0,
+            flags & libc::XATTR_REPLACE != 0,
+        ) {
+            (Some(_), true, _) => return errno(libc::EEXIST),
+            (None, _, true) => return errno(libc::ENODATA),
+            (Some(p), _, _) => x.pairs[p].1 = value.to_vec(),
+            (None, _, _) => {
+                x.pairs.push((name.to_vec(), value.to_vec()));
+                x.pairs.sort();
+            }
+        }
+        let encoded = encode(&*x);
+        if encoded.len() > qsfs_core::MAX_VALUE_LEN {
+            return errno(libc::ENOSPC);
+        }
+        self.store
+            .set(&self.ns.xattr, Some(&ino_key(ino)), &encoded)?;
+        let i = self.inode_mut(ino)?;
+        i.has_xattrs = true;
+        i.ctime = Time::now();
+        Ok(())
+    }
+
+    /// The value of an xattr.
+    pub fn getxattr(&mut self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let x = self.load_xattrs(ino)?;
+        match x.pairs.iter().find(|(n, _)| n == name) {
+            Some((_, v)) => Ok(v.clone()),
+            None => errno(libc::ENODATA),
+        }
+    }
+
+    /// All xattr names, each followed by NUL.
+    pub fn listxattr(&mut self, ino: u64) -> FsResult<Vec<u8>> {
+        let x = self.load_xattrs(ino)?;
+        let mut out = Vec::new();
+        for (n, _) in &x.pairs {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Removes an xattr.
+    pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
+        let x = self.load_xattrs(ino)?;
+        let before = x.pairs.len();
+        x.pairs.retain(|(n, _)| n != name);
+        if x.pairs.len() == before {
+            return errno(libc::ENODATA);
+        }
+        if x.pairs.is_empty() {
+            ignore_missing(self.store.delete(&self.ns.xattr, &ino_key(ino)))?;
+        } else {
+            let encoded = encode(&*x);
+            self.store
+                .set(&self.ns.xattr, Some(&ino_key(ino)), &encoded)?;
+        }
+        let i = self.inode_mut(ino)?;
+        i.ctime = Time::now();
+        Ok(())
+    }
+
+    // ---- space, durability ----
+
+    /// Filesystem figures.
+    pub fn statfs(&mut self) -> FsResult<StatFs> {
+        let bs = self.bs;
+        let mut used_bytes = 0u64;
+        for n in self.ns.all() {
+            used_bytes = used_bytes.saturating_add(self.store.namespace_info(n)?.data_bytes);
+        }
+        let inodes = self.store.namespace_info(&self.ns.inode)?.entries;
+        let (total, free, avail) = match &self.cfg.capacity {
+            Capacity::Fixed(cap) => {
+                let free = cap.saturating_sub(used_bytes);
+                (*cap, free, free)
+            }
+            Capacity::Disk(path) => {
+                let st = nix::sys::statvfs::statvfs(path.as_path())
+                    .map_err(|e| qsfs_core::Error::io("statvfs", e.into()))?;
+                let frag = st.fragment_size() as u64;
+                let total = (st.blocks() as u64).saturating_mul(frag);
+                let free = (st.blocks_free() as u64).saturating_mul(frag);
+                let avail = (st.blocks_available() as u64).saturating_mul(frag);
+                (total, free, avail)
+            }
+        };
+        let blocks = total / bs;
+        let bfree = (free / bs).min(blocks);
+        let bavail = (avail / bs).min(bfree);
+        let ffree = bfree.max(1 << 20);
+        Ok(StatFs {
+            blocks,
+            bfree,
+            bavail,
+            files: inodes.saturating_add(ffree),
+            ffree,
+            bsize: bs as u32,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    /// Writes every dirty block and record to the Store in crash-safe order, then frees the
+    /// space of inodes that are gone. Does not sync.
+    pub fn flush_all(&mut self) -> FsResult<()> {
+        self.cache.flush(None)?;
+        let freeing: HashSet<u64> = self.free_queue.iter().copied().collect();
+        let dirty_chunks: Vec<(u64, u64)> = self
+            .chunks
+            .iter()
+            .filter(|(k, c)| c.dirty && !freeing.contains(&k.0))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in dirty_chunks {
+            let c = &self.chunks[&key];
+            let k = pair_key(key.0, key.1);
+            if c.value.is_empty() {
+                ignore_missing(self.store.delete(&self.ns.bmap, &k))?;
+            } else {
+                self.store.set(&self.ns.bmap, Some(&k), &encode(&c.value))?;
+            }
+            if let Some(c) = self.chunks.get_mut(&key) {
+                c.dirty = false;
+            }
+        }
+        let dirty_inodes: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(i, n)| n.dirty && !freeing.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in dirty_inodes {
+            let bytes = encode(&self.nodes[&ino].inode);
+            self.store
+                .set(&self.ns.inode, Some(&ino_key(ino)), &bytes)?;
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.dirty = false;
+            }
+        }
+        let dirty_pages: Vec<(u64, u64)> = self
+            .pages
+            .iter()
+            .filter(|(_, p)| p.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in dirty_pages {
+            let p = &self.pages[&key];
+            let k = pair_key(key.0, key.1);
+            if p.value.entries.is_empty() {
+                ignore_missing(self.store.delete(&self.ns.dirpage, &k))?;
+            } else {
+                self.store
+                    .set(&self.ns.dirpage, Some(&k), &encode(&p.value))?;
+            }
+            if let Some(p) = self.pages.get_mut(&key) {
+                p.dirty = false;
+            }
+        }
+        // New names before removed ones: a crash in between leaves an extra link, never a loss.
+        let mut dirty_dirents: Vec<(DirentKey, Option<Dirent>)> = self
+            .dirents
+            .iter()
+            .filter(|(_, d)| d.dirty)
+            .map(|(k, d)| (k.clone(), d.value))
+            .collect();
+        dirty_dirents.sort_by_key(|(_, d)| d.is_none());
+        for ((parent, name), d) in dirty_dirents {
+            let k = dirent_key(parent, &name);
+            match d {
+                Some(d) => {
+                    self.store.set(&self.ns.dirent, Some(&k), &encode(&d))?;
+                }
+                None => ignore_missing(self.store.delete(&self.ns.dirent, &k))?,
+            }
+            if let Some(c) = self.dirents.get_mut(&(parent, name)) {
+                c.dirty = false;
+            }
+        }
+        let unlinked: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(i, n)| n.inode.nlink == 0 && !self.orphans.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in unlinked {
+            self.store.set(&self.ns.orphan, Some(&ino_key(ino)), &[1])?;
+            self.orphans.insert(ino);
+        }
+        for ino in std::mem::take(&mut self.free_queue) {
+            if let Err(e) = self.free_inode(ino) {
+                self.free_queue.push(ino);
+                return Err(e);
+            }
+        }
+        self.meta_dirty_since = None;
+        self.prune();
+        Ok(())
+    }
+
+    /// Deletes everything `ino` owns: blocks, block maps, xattrs, the inode, its orphan record.
+    fn free_inode(&mut self, ino: u64) -> FsResult<()> {
+        let inode = match self.nodes.get(&ino) {
+            Some(n) => Some(n.inode.clone()),
+            None => match self.store.get(&self.ns.inode, &ino_key(ino))? {
+                Some(e) => Some(decode::<Inode>(&e.value, &format!("inode {ino}"))?),
+                None => None,
+            },
+        };
+        self.cache.discard(ino, 0, None)?;
+        if let Some(inode) = inode {
+            if let Body::File { chunks, .. } = &inode.body {
+                for &c in chunks {
+                    self.load_chunk(ino, c)?;
+                    let indices: Vec<u64> = self.chunks[&(ino, c)].value.iter().collect();
+                    for i in indices {
+                        ignore_missing(
+                            self.store
+                                .delete(&self.ns.block, &pair_key(ino, c * CHUNK_BLOCKS + i)),
+                        )?;
+                    }
+                    ignore_missing(self.store.delete(&self.ns.bmap, &pair_key(ino, c)))?;
+                    self.chunks.remove(&(ino, c));
+                }
+            }
+            if let Body::Dir { tail_page, .. } = &inode.body {
+                for p in 0..=*tail_page {
+                    if self
+                        .pages
+                        .remove(&(ino, p))
+                        .is_some_and(|p| !p.value.entries.is_empty())
+                        || self.store.exists(&self.ns.dirpage, &pair_key(ino, p))?
+                    {
+                        ignore_missing(self.store.delete(&self.ns.dirpage, &pair_key(ino, p)))?;
+                    }
+                }
+            }
+            if inode.has_xattrs {
+                ignore_missing(self.store.delete(&self.ns.xattr, &ino_key(ino)))?;
+            }
+            ignore_missing(self.store.delete(&self.ns.inode, &ino_key(ino)))?;
+        }
+        self.xattrs.remove(&ino);
+        self.nodes.remove(&ino);
+        if self.orphans.remove(&ino) {
+            ignore_missing(self.store.delete(&self.ns.orphan, &ino_key(ino)))?;
+        }
+        Ok(())
+    }
+
+    /// Drops clean cached records nobody references, keeping memory proportional to what is
+    /// open, looked up or dirty.
+    fn prune(&mut self) {
+        self.dirents.retain(|_, d| d.dirty);
+        self.pages.retain(|_, p| p.dirty);
+        self.chunks.retain(|_, c| c.dirty);
+        let nodes = &self.nodes;
+        self.xattrs
+            .retain(|ino, _| nodes.get(ino).is_some_and(|n| n.lookups > 0 || n.opens > 0));
+        self.nodes
+            .retain(|_, n| n.dirty || n.lookups > 0 || n.opens > 0);
+    }
+
+    /// [`Fs::flush_all`] then [`Store::sync`]: everything acknowledged so far is durable.
+    pub fn sync(&mut self) -> FsResult<()> {
+        self.flush_all()?;
+        self.store.sync()?;
+        Ok(())
+    }
+
+    /// Flushes and syncs if the oldest dirty state is older than the configured age.
+    pub fn tick(&mut self) -> FsResult<()> {
+        if self
+            .dirty_since()
+            .is_some_and(|t| t.elapsed() >= self.cfg.flush_after)
+        {
+            self.sync()?;
+        } else if self.dirents.len() + self.pages.len() + self.chunks.len() + self.nodes.len()
+            > 100_000
+        {
+            // A long read-only walk fills the clean caches; keep them bounded.
+            self.prune();
+        }
+        Ok(())
+    }
+
+    /// Unmount: every reference is gone, so unlinked inodes are freed; everything is flushed
+    /// and synced and the mount lock released.
+    pub fn shutdown(&mut self) -> FsResult<()> {
+        self.handles.clear();
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for ino in ids {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.lookups = 0;
+                n.opens = 0;
+            }
+            self.maybe_free(ino);
+        }
+        self.sync()?;
+        if self.locked {
+            ignore_missing(self.store.delete(&self.ns.sup, LOCK_KEY))?;
+            self.store.sync()?;
+            ACTIVE_SESSIONS.lock().remove(&self.session);
+            self.locked = false;
+        }
+        Ok(())
+    }
+
+    /// Forgets the mount session without releasing anything, as a crashed process would.
+    /// Only for crash tests: the lock and every unflushed change are left behind.
+    pub fn abandon(&mut self) {
+        ACTIVE_SESSIONS.lock().remove(&self.session);
+        self.locked = false;
+    }
+}

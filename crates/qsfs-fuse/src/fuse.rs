@@ -1,0 +1,612 @@
+//! The FUSE adapter: translates kernel requests into [`Fs`] calls and their results into
+//! replies. No filesystem logic lives here; errors become errnos in [`crate::error::errno`].
+
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
+};
+use parking_lot::Mutex;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::{errno, FsResult};
+use crate::fs::{Attr, Fs, SetAttr};
+use crate::layout::{Kind, Time};
+
+/// How long the kernel may cache attributes and names. Every change goes through this one
+/// mount, so the kernel's view is only stale for changes it made itself and already knows.
+const TTL: Duration = Duration::from_secs(1);
+
+/// A shared handle on a mounted [`Fs`], usable while the mount runs.
+#[derive(Clone)]
+pub struct FsHandle {
+    fs: Arc<Mutex<Fs>>,
+    crashed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FsHandle {
+    /// Runs `f` on the filesystem under its lock.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Fs) -> T) -> T {
+        f(&mut self.fs.lock())
+    }
+
+    /// Makes the unmount behave like a killed process: nothing is flushed and the lock is left.
+    pub fn simulate_crash(&self) {
+        self.crashed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The `fuser::Filesystem` over an [`Fs`], with a timer thread that flushes dirty state once
+/// it is older than the configured age.
+pub struct QsfsFuse {
+    handle: FsHandle,
+    timer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl QsfsFuse {
+    /// Wraps `fs` and starts its flush timer.
+    pub fn new(fs: Fs) -> Self {
+        let handle = FsHandle {
+            fs: Arc::new(Mutex::new(fs)),
+            crashed: Arc::new(AtomicBool::new(false)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let h = handle.clone();
+        let timer = std::thread::Builder::new()
+            .name("qsfs-flush".into())
+            .spawn(move || {
+                while !h.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    if h.crashed.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    if let Err(e) = h.fs.lock().tick() {
+                        tracing::warn!(error = %e, "background flush failed; will retry");
+                    }
+                }
+            })
+            .ok();
+        QsfsFuse { handle, timer }
+    }
+
+    /// A handle on the filesystem.
+    pub fn handle(&self) -> FsHandle {
+        self.handle.clone()
+    }
+
+    fn fs(&self) -> parking_lot::MutexGuard<'_, Fs> {
+        self.handle.fs.lock()
+    }
+
+    /// Runs one operation. A bug that panics fails that request with EIO instead of taking the
+    /// whole mount down.
+    fn call<T>(&self, f: impl FnOnce(&mut Fs) -> FsResult<T>) -> FsResult<T> {
+        let mut fs = self.fs();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut fs))) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!("a filesystem operation panicked; answering EIO");
+                Err(crate::error::FsError::Errno(libc::EIO))
+            }
+        }
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn fuse_attr(a: &Attr) -> FileAttr {
+    let i = &a.inode;
+    FileAttr {
+        ino: a.ino,
+        size: i.size,
+        blocks: a.blocks,
+        atime: i.atime.to_system(),
+        mtime: i.mtime.to_system(),
+        ctime: i.ctime.to_system(),
+        crtime: i.crtime.to_system(),
+        kind: file_type(i.kind),
+        perm: i.perm,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time_of(t: TimeOrNow) -> Option<Time> {
+    match t {
+        TimeOrNow::SpecificTime(t) => Some(Time::from_system(t)),
+        TimeOrNow::Now => None,
+    }
+}
+
+macro_rules! reply_or_err {
+    ($reply:expr, $res:expr, |$v:ident| $ok:expr) => {
+        match $res {
+            Ok($v) => $ok,
+            Err(e) => {
+                tracing::debug!(error = %e, "operation failed");
+                $reply.error(errno(&e))
+            }
+        }
+    };
+}
+
+fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
+    reply_or_err!(reply, r, |a| reply.entry(&TTL, &fuse_attr(&a), 0));
+}
+
+fn empty(reply: ReplyEmpty, r: FsResult<()>) {
+    reply_or_err!(reply, r, |_v| reply.ok());
+}
+
+impl Filesystem for QsfsFuse {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        use fuser::consts::*;
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_readahead(1024 * 1024);
+        let _ = config.add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.handle.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.timer.take() {
+            let _ = t.join();
+        }
+        let mut fs = self.fs();
+        if self.handle.crashed.load(Ordering::SeqCst) {
+            fs.abandon();
+        } else if let Err(e) = fs.shutdown() {
+            tracing::error!(error = %e, "final flush at unmount failed");
+        }
+    }
+
+    fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        entry(reply, self.call(|fs| fs.lookup(parent, name.as_bytes())));
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        self.fs().forget(ino, nlookup);
+    }
+
+    fn batch_forget(&mut self, _req: &Request<'_>, nodes: &[fuser::fuse_forget_one]) {
+        let mut fs = self.fs();
+        for n in nodes {
+            fs.forget(n.nodeid, n.nlookup);
+        }
+    }
+
+    fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        reply_or_err!(reply, self.call(|fs| fs.getattr(ino)), |a| reply
+            .attr(&TTL, &fuse_attr(&a)));
+    }
+
+    fn setattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_of),
+            mtime: mtime.map(time_of),
+            ctime: ctime.map(Time::from_system),
+        };
+        reply_or_err!(reply, self.call(|fs| fs.setattr(ino, set)), |a| reply
+            .attr(&TTL, &fuse_attr(&a)));
+    }
+
+    fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
+        reply_or_err!(reply, self.call(|fs| fs.readlink(ino)), |t| reply.data(&t));
+    }
+
+    fn mknod(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        entry(
+            reply,
+            self.fs()
+                .mknod(parent, name.as_bytes(), mode, rdev, req.uid(), req.gid()),
+        );
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        entry(
+            reply,
+            self.fs()
+                .mkdir(parent, name.as_bytes(), mode, req.uid(), req.gid()),
+        );
+    }
+
+    fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.call(|fs| fs.unlink(parent, name.as_bytes())));
+    }
+
+    fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.call(|fs| fs.rmdir(parent, name.as_bytes())));
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.call(|fs| {
+            fs.symlink(
+                parent,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+                req.uid(),
+                req.gid(),
+            )
+        });
+        entry(reply, r);
+    }
+
+    fn rename(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.call(|fs| {
+                fs.rename(
+                    parent,
+                    name.as_bytes(),
+                    newparent,
+                    newname.as_bytes(),
+                    flags,
+                )
+            }),
+        );
+    }
+
+    fn link(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        entry(
+            reply,
+            self.call(|fs| fs.link(ino, newparent, newname.as_bytes())),
+        );
+    }
+
+    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        reply_or_err!(reply, self.call(|fs| fs.open_file(ino, flags)), |fh| reply
+            .opened(fh, 0));
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        if offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        reply_or_err!(
+            reply,
+            self.call(|fs| fs.read(ino, fh, offset as u64, size)),
+            |d| { reply.data(&d) }
+        );
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        if offset < 0 {
+            return reply.error(libc::EINVAL);
+        }
+        reply_or_err!(
+            reply,
+            self.call(|fs| fs.write(ino, fh, offset as u64, data)),
+            |n| { reply.written(n) }
+        );
+    }
+
+    fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock: u64, reply: ReplyEmpty) {
+        empty(reply, self.call(|fs| fs.flush_file(ino)));
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.call(|fs| fs.release(ino, fh)));
+    }
+
+    fn fsync(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.call(|fs| fs.sync()));
+    }
+
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        reply_or_err!(reply, self.call(|fs| fs.getattr(ino)), |a| {
+            if a.inode.kind == Kind::Dir {
+                reply.opened(0, 0)
+            } else {
+                reply.error(libc::ENOTDIR)
+            }
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self.call(|fs| fs.readdir(ino, offset, 512));
+        reply_or_err!(reply, r, |entries| {
+            for e in entries {
+                if reply.add(
+                    e.ino,
+                    e.cookie,
+                    file_type(e.kind),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    break;
+                }
+            }
+            reply.ok()
+        });
+    }
+
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let mut fs = self.fs();
+        let entries = match fs.readdir(ino, offset, 256) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for e in entries {
+            let attr = match fs.getattr(e.ino) {
+                Ok(a) => a,
+                Err(err) => return reply.error(errno(&err)),
+            };
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(e.ino, e.cookie, name, &TTL, &fuse_attr(&attr), 0) {
+                break;
+            }
+            // The kernel takes a reference for every entry but "." and "..".
+            if e.name != b"." && e.name != b".." {
+                if let Err(err) = fs.add_lookup(e.ino) {
+                    tracing::warn!(error = %err, "readdirplus lookup count");
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _fh: u64,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.call(|fs| fs.sync()));
+    }
+
+    fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
+        reply_or_err!(reply, self.call(|fs| fs.statfs()), |s| reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize
+        ));
+    }
+
+    fn setxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.call(|fs| fs.setxattr(ino, name.as_bytes(), value, flags)),
+        );
+    }
+
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        xattr_reply(
+            reply,
+            self.call(|fs| fs.getxattr(ino, name.as_bytes())),
+            size,
+        );
+    }
+
+    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+        xattr_reply(reply, self.call(|fs| fs.listxattr(ino)), size);
+    }
+
+    fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.call(|fs| fs.removexattr(ino, name.as_bytes())));
+    }
+
+    fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
+        // Mode bits are enforced by the kernel (`default_permissions`); this only checks the
+        // inode exists.
+        empty(reply, self.call(|fs| fs.getattr(ino)).map(|_| ()));
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .fs()
+            .create(parent, name.as_bytes(), mode, flags, req.uid(), req.gid());
+        reply_or_err!(reply, r, |v| reply.created(
+            &TTL,
+            &fuse_attr(&v.0),
+            0,
+            v.1,
+            0
+        ));
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if offset < 0 || length <= 0 {
+            return reply.error(libc::EINVAL);
+        }
+        empty(
+            reply,
+            self.call(|fs| fs.fallocate(ino, offset as u64, length as u64, mode)),
+        );
+    }
+
+    fn lseek(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        if offset < 0 {
+            return reply.error(libc::ENXIO);
+        }
+        reply_or_err!(
+            reply,
+            self.call(|fs| fs.lseek(ino, offset as u64, whence)),
+            |o| { reply.offset(o as i64) }
+        );
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, r: FsResult<Vec<u8>>, size: u32) {
+    reply_or_err!(reply, r, |v| {
+        if size == 0 {
+            reply.size(v.len() as u32)
+        } else if (size as usize) < v.len() {
+            reply.error(libc::ERANGE)
+        } else {
+            reply.data(&v)
+        }
+    });
+}

@@ -1,0 +1,136 @@
+//! Mounting an [`Fs`] on a directory and unmounting it cleanly.
+
+use fuser::{MountOption, Session, SessionUnmounter};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crate::fs::Fs;
+use crate::fuse::{FsHandle, QsfsFuse};
+
+/// Kernel-side options of a mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// Let other users than the mounting one use the mount (`-o allow_other`). Permissions are
+    /// still enforced by the kernel (`default_permissions` is always on).
+    pub allow_other: bool,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+impl MountOptions {
+    fn fuser_options(&self) -> Vec<MountOption> {
+        let mut o = vec![
+            MountOption::FSName("qsfs".into()),
+            MountOption::Subtype("qsfs".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoAtime,
+        ];
+        if self.allow_other {
+            o.push(MountOption::AllowOther);
+        }
+        o.push(if self.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        });
+        o
+    }
+}
+
+/// A live mount. Dropping it unmounts, flushes everything to the Store and waits for the
+/// request loop to finish, so a failing test never leaves a stale mount behind.
+pub struct Mount {
+    mountpoint: PathBuf,
+    handle: FsHandle,
+    unmounter: Option<SessionUnmounter>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+/// Mounts `fs` on `mountpoint` and serves it from a background thread.
+pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
+    let fuse = QsfsFuse::new(fs);
+    let handle = fuse.handle();
+    let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
+    let unmounter = session.unmount_callable();
+    let thread = std::thread::Builder::new()
+        .name("qsfs-fuse".into())
+        .spawn(move || {
+            let r = session.run();
+            // Dropping the session calls destroy: the final flush happens here.
+            drop(session);
+            r
+        })?;
+    Ok(Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        handle,
+        unmounter: Some(unmounter),
+        thread: Some(thread),
+    })
+}
+
+impl Mount {
+    /// The mounted directory.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The filesystem behind the mount.
+    pub fn handle(&self) -> &FsHandle {
+        &self.handle
+    }
+
+    /// Something that unmounts from another thread (a signal handler).
+    pub fn unmounter(&mut self) -> Option<SessionUnmounter> {
+        self.unmounter.take()
+    }
+
+    /// Unmounts, waits for the final flush and returns the request loop's result.
+    pub fn unmount(mut self) -> io::Result<()> {
+        self.finish(true)
+    }
+
+    /// Unmounts as if the process had been killed: nothing more is flushed.
+    pub fn crash(mut self) -> io::Result<()> {
+        self.handle.simulate_crash();
+        self.finish(true)
+    }
+
+    /// Waits until the filesystem is unmounted from elsewhere (`fusermount3 -u`, a signal
+    /// handler holding [`Mount::unmounter`]).
+    pub fn wait(mut self) -> io::Result<()> {
+        self.finish(false)
+    }
+
+    fn finish(&mut self, unmount: bool) -> io::Result<()> {
+        if unmount {
+            if let Some(mut u) = self.unmounter.take() {
+                u.unmount()?;
+            }
+        }
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| io::Error::other("the FUSE thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            if let Err(e) = self.finish(true) {
+                tracing::error!(error = %e, "unmount failed");
+            }
+        }
+    }
+}
