@@ -25,6 +25,9 @@ pub struct Args {
     /// A remote store instead of the embedded engine: zdb://host:port[/namespace].
     #[arg(long)]
     pub store: Option<String>,
+    /// Size statfs reports for a remote store (suffixes K, M, G, T).
+    #[arg(long, default_value = "1T", value_parser = parse_size)]
+    pub capacity: u64,
     /// Byte budget of the block cache (suffixes K, M, G).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub cache_size: u64,
@@ -51,6 +54,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
         Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
         Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        Some((i, 't' | 'T')) => (&s[..i], 1 << 40),
         _ => (s, 1),
     };
     num.parse::<u64>()
@@ -75,9 +79,11 @@ fn mount_options(opts: &[String]) -> anyhow::Result<MountOptions> {
 /// The Store the filesystem lives in, and the directory whose disk statfs reports.
 fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
     if let Some(url) = &args.store {
-        // Extension point: a zdb:// client (talking to `qsfs serve` or an original 0-db) plugs
-        // in here and returns Capacity::Fixed.
-        bail!("--store {url}: remote stores are not supported by this build yet; omit --store to use the embedded engine");
+        // A 0-db-compatible server (`qsfs serve` or the original 0-db) holds the filesystem; it
+        // has no notion of our disk, so statfs reports the configured capacity.
+        let client = qsfs_store::remote::ZdbClient::from_url(url)
+            .with_context(|| format!("connecting to {}", qsfs_store::remote::redact(url)))?;
+        return Ok((Arc::new(client), Capacity::Fixed(args.capacity)));
     }
     let root = crate::root::resolve(args.root.clone());
     let dir = root.join("engine");

@@ -130,7 +130,8 @@ fn split_password(s: &str) -> (Option<String>, &str) {
     }
 }
 
-fn redact(url: &str) -> String {
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
     match url.rsplit_once('@') {
         Some((head, tail)) => {
             let scheme = head.split("://").next().unwrap_or("zdb");

@@ -15,5 +15,5 @@ mod client;
 mod store;
 
 pub use backend::ZdbBackend;
-pub use client::{map_error, ReplyExt, ZdbClient, ZdbConfig};
+pub use client::{map_error, redact, ReplyExt, ZdbClient, ZdbConfig};
 pub use store::parse_nsinfo;
