@@ -4,7 +4,7 @@
 //! Call [`run`] from the implementation's own tests with an empty backend (it only touches keys
 //! under `conformance/` and removes them again, so a shared backend works too):
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test]
 //! async fn conformance() {
 //!     qsfs_core::testing::backend::run(&MyBackend::new()).await;

@@ -5,7 +5,7 @@
 //! reached the Store: it sees flushed data and nothing else. The suite uses inode numbers from
 //! `1_000_000` up, so it can share a store with other tests.
 //!
-//! ```ignore
+//! ```text
 //! qsfs_core::testing::cache::run(&|capacity| Arc::new(MyCache::new(store.clone(), capacity)));
 //! ```
 
