@@ -2,6 +2,9 @@
 //! the package before it runs tests, into `target/<profile>/examples/`, beside the `deps/`
 //! directory holding this test binary. Each example prints its `NAME: ok` line only after its
 //! own assertions passed, so exit status 0 plus that line means it did what it claims.
+//!
+//! Run through plain `cargo test` (or `cargo test --examples --test examples`): a bare
+//! `cargo test --test examples` does not rebuild the examples and would run stale binaries.
 
 use std::path::PathBuf;
 use std::process::Command;
