@@ -4,6 +4,8 @@
 //! after a fresh mount (empty caches) the files still read back byte-identical: every block now
 //! comes from the surviving shards, decrypted and decoded on the way up.
 
+#![allow(clippy::unwrap_used)] // a test: a failed step should panic right there
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
