@@ -28,13 +28,7 @@ async fn main() -> anyhow::Result<()> {
         meta.push(Arc::new(LocalDir::open(n.join("meta"))?));
     }
     let settings = Settings {
-        policy: Policy {
-            k: 2,
-            m: 1,
-            redundant_groups: 0,
-            redundant_nodes: 0,
-            max_shards_per_backend: 1,
-        },
+        policy: Policy::new(2, 1),
         stripe_size: 64 * 1024,
         // Cheap key derivation keeps the example fast; use the defaults for real repositories.
         kdf: KdfParams {

@@ -25,13 +25,7 @@ fn main() -> anyhow::Result<()> {
         .map(|i| Arc::new(Memory::new(format!("m{i}"))) as _)
         .collect();
     let settings = Settings {
-        policy: Policy {
-            k: 2,
-            m: 1,
-            redundant_groups: 0,
-            redundant_nodes: 0,
-            max_shards_per_backend: 1,
-        },
+        policy: Policy::new(2, 1),
         kdf: KdfParams {
             memory_kib: 64,
             iterations: 1,

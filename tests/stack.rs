@@ -49,13 +49,7 @@ fn files_survive_offload_and_a_lost_backend() {
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let settings = Settings {
-        policy: Policy {
-            k: 2,
-            m: 1,
-            redundant_groups: 0,
-            redundant_nodes: 0,
-            max_shards_per_backend: 1,
-        },
+        policy: Policy::new(2, 1),
         stripe_size: 256 * 1024,
         kdf: KdfParams {
             memory_kib: 64,
