@@ -35,6 +35,18 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// `k` data + `m` parity shards over a single group, at most one shard of a stripe per
+    /// backend: any `m` backends may be lost. The common case, without the group knobs.
+    pub fn new(k: usize, m: usize) -> Policy {
+        Policy {
+            k,
+            m,
+            redundant_groups: 0,
+            redundant_nodes: 0,
+            max_shards_per_backend: 1,
+        }
+    }
+
     /// Checks the numbers themselves (the layout is checked by [`place`]).
     pub fn validate(&self) -> Result<(), BackupError> {
         if self.k == 0 {
@@ -231,6 +243,18 @@ pub fn assignment_survives(policy: &Policy, shards: &[(usize, usize)], groups: u
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn new_is_plain_k_plus_m() {
+        let p = Policy::new(2, 1);
+        assert_eq!(
+            (p.k, p.m, p.redundant_groups, p.redundant_nodes),
+            (2, 1, 0, 0)
+        );
+        assert_eq!(p.max_shards_per_backend, 1);
+        assert!(p.validate().is_ok());
+        assert!(Policy::new(0, 1).validate().is_err());
+    }
 
     fn layout(sizes: &[usize]) -> Vec<Vec<usize>> {
         let mut next = 0;
