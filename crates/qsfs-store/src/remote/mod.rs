@@ -12,8 +12,10 @@
 
 mod backend;
 mod client;
+mod connector;
 mod store;
 
 pub use backend::ZdbBackend;
 pub use client::{map_error, ReplyExt, ZdbClient, ZdbConfig};
+pub use connector::LazyZdbBackend;
 pub use store::parse_nsinfo;
