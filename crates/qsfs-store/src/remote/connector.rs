@@ -3,24 +3,37 @@
 //!
 //! [`ZdbBackend::new`] talks to the server (PING, NSINFO) and blocks; here it runs on tokio's
 //! blocking pool the first time the backend is used, and is tried again on the next use if the
-//! node did not answer.
+//! node did not answer. A failed attempt is remembered for [`RETRY_AFTER`], so the many
+//! concurrent requests of a pipeline fail at once instead of each waiting out the client's
+//! retries: blocking threads are few and are needed by the nodes that do answer.
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use qsfs_core::{Backend, Error, Health, NamespaceName, Result};
 use tokio::sync::OnceCell;
 
 use super::backend::ZdbBackend;
 use super::client::{ZdbClient, ZdbConfig};
 
+/// How long a failed connection attempt is remembered before the next one is made.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Connection attempts after a failure, per request. The client's default (4, about 0.75 s of
+/// back-off) is made for a single user; a backup pipeline reads around a dead node instead.
+const RETRIES: u32 = 2;
+
 /// A 0-db namespace as a backup [`Backend`], connected lazily.
 pub struct LazyZdbBackend {
     name: String,
     config: ZdbConfig,
     inner: OnceCell<Arc<ZdbBackend>>,
+    /// When and why the last connection attempt failed.
+    failed: Mutex<Option<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for LazyZdbBackend {
@@ -45,6 +58,7 @@ impl LazyZdbBackend {
         let mut config = ZdbConfig::new(address);
         config.namespace = namespace.to_string();
         config.password = password;
+        config.retries = RETRIES;
         Ok(Self::with_config(config))
     }
 
@@ -59,21 +73,35 @@ impl LazyZdbBackend {
             name: format!("zdb://{endpoint}/{}", config.namespace),
             config,
             inner: OnceCell::new(),
+            failed: Mutex::new(None),
         }
     }
 
     /// The connected backend, connecting now if this is the first use.
     pub async fn backend(&self) -> Result<&Arc<ZdbBackend>> {
         self.inner
-            .get_or_try_init(|| {
+            .get_or_try_init(|| async {
+                if let Some((at, why)) = self.failed.lock().as_ref() {
+                    if at.elapsed() < RETRY_AFTER {
+                        return Err(Error::Unavailable(why.clone()));
+                    }
+                }
                 let config = self.config.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        ZdbBackend::new(Arc::new(ZdbClient::connect(config)?))
-                    })
-                    .await
-                    .map_err(|e| Error::Unavailable(format!("blocking task: {e}")))?
-                    .map(Arc::new)
+                let r = tokio::task::spawn_blocking(move || {
+                    ZdbBackend::new(Arc::new(ZdbClient::connect(config)?))
+                })
+                .await
+                .map_err(|e| Error::Unavailable(format!("blocking task: {e}")))
+                .and_then(|r| r);
+                match r {
+                    Ok(b) => {
+                        *self.failed.lock() = None;
+                        Ok(Arc::new(b))
+                    }
+                    Err(e) => {
+                        *self.failed.lock() = Some((Instant::now(), e.to_string()));
+                        Err(e)
+                    }
                 }
             })
             .await
@@ -145,5 +173,10 @@ mod tests {
         assert!(b.get("x").await.is_err());
         let h = b.health().await;
         assert_eq!(h.status, qsfs_core::HealthStatus::Down);
+        assert!(!h.detail.is_empty());
+        // Within RETRY_AFTER the failure is answered from memory, without a new attempt.
+        let t = Instant::now();
+        assert!(b.exists("x").await.is_err());
+        assert!(t.elapsed() < Duration::from_millis(100));
     }
 }

@@ -17,5 +17,5 @@ mod store;
 
 pub use backend::ZdbBackend;
 pub use client::{map_error, ReplyExt, ZdbClient, ZdbConfig};
-pub use connector::LazyZdbBackend;
+pub use connector::{LazyZdbBackend, RETRY_AFTER};
 pub use store::parse_nsinfo;
