@@ -4,13 +4,30 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use qsfs_backup::config::Config;
+use qsfs_backup::config::{Config, ZdbConnector, ZdbSpec};
 use qsfs_backup::crypto::KeySource;
 use qsfs_backup::ops::{self, RetrieveOptions, ScrubOptions};
 use qsfs_backup::pipeline::Pipeline;
 use qsfs_backup::progress::Progress;
+use qsfs_store::remote::LazyZdbBackend;
+
+/// Opens `zdb://` and 0-stor v2 backends with qsfs-store's 0-db client. The connection is made
+/// on first use, off the async workers: a node that is down when the repository is opened is
+/// one missing shard, not a failed command.
+struct ZdbConnect;
+
+impl ZdbConnector for ZdbConnect {
+    fn connect(&self, spec: &ZdbSpec) -> qsfs_core::Result<Arc<dyn qsfs_core::Backend>> {
+        Ok(Arc::new(LazyZdbBackend::new(
+            &spec.address,
+            &spec.namespace,
+            spec.password.clone(),
+        )?))
+    }
+}
 
 /// Arguments of `qsfs backup`.
 #[derive(Debug, clap::Args)]
@@ -236,9 +253,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             "qsfs backup passphrase: ",
         )?)
     };
-    // The 0-db client lives in qsfs-store; until it provides a connector, zdb:// backends are
-    // refused with a clear message by the config module.
-    let pipeline = config.open(secret.clone(), None).await?;
+    let pipeline = config.open(secret.clone(), Some(&ZdbConnect)).await?;
     let progress = Bars::new(!args.quiet && !args.json);
     let json = args.json;
     match args.command {

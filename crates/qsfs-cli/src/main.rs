@@ -2,6 +2,8 @@
 //! user would need lives here; each subcommand is a module that builds the library objects and
 //! runs them.
 
+use std::ffi::OsString;
+
 use clap::{Parser, Subcommand};
 
 mod backup;
@@ -28,7 +30,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli_args(std::env::args_os()));
     init_logging();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
@@ -44,6 +46,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The process arguments, with 0-db's single-dash long options (`qsfs serve -port 9900`) turned
+/// into `--port` for the `serve` subcommand only: `backup` and `mount` take paths and values
+/// that may look like such options (a file named `-data`) and are passed through untouched.
+fn cli_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args.get(1).map(|a| a == "serve").unwrap_or(false) {
+        serve::normalize_args(args)
+    } else {
+        args
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("QSFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -51,4 +65,33 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        cli_args(a.iter().map(OsString::from))
+            .into_iter()
+            .map(|s| s.into_string().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn single_dash_options_only_for_serve() {
+        assert_eq!(
+            args(&["qsfs", "serve", "-port", "9901", "-data", "/d"]),
+            ["qsfs", "serve", "--port", "9901", "--data", "/d"]
+        );
+        let backup = ["qsfs", "backup", "-c", "c.toml", "store", "-data", "-port"];
+        assert_eq!(args(&backup), backup);
+        let mount = ["qsfs", "mount", "-index", "/mnt"];
+        assert_eq!(args(&mount), mount);
+        // Parsed for real: the rewritten serve arguments are accepted by clap.
+        assert!(Cli::try_parse_from(cli_args(
+            ["qsfs", "serve", "-port", "9901", "-mode", "user"].map(OsString::from)
+        ))
+        .is_ok());
+    }
 }

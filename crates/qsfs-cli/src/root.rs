@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 /// Resolves the root: `--root`, else `QSFS_ROOT` (handled by clap's `env`), else
 /// `~/.threefold`.
-#[allow(dead_code)]
 pub fn resolve(explicit: Option<PathBuf>) -> PathBuf {
     explicit.unwrap_or_else(|| {
         std::env::var_os("HOME")

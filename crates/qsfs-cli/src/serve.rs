@@ -91,7 +91,6 @@ pub struct Args {
 
 /// The original accepts long options with one dash (`-port 9900`); turns them into `--port`.
 /// Call on the process arguments before parsing.
-#[allow(dead_code)]
 pub fn normalize_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
 ) -> Vec<std::ffi::OsString> {

@@ -12,8 +12,10 @@
 
 mod backend;
 mod client;
+mod connector;
 mod store;
 
 pub use backend::ZdbBackend;
 pub use client::{map_error, redact, ReplyExt, ZdbClient, ZdbConfig};
+pub use connector::{LazyZdbBackend, RETRY_AFTER};
 pub use store::parse_nsinfo;
