@@ -53,6 +53,20 @@ pub enum BackupError {
         /// True when every failure was an unreachable backend (so a retry may help).
         transient: bool,
     },
+    /// A repair re-created what it could, but some shards remain lost or unverified.
+    #[error("object {object}: partial repair, still degraded: {rewritten} shard(s) re-created, {unplaced} lost shard(s) could not be placed on a healthy backend under the policy, {not_verified} shard(s) not verified (left in place); unreachable backends: {unreachable}")]
+    PartialRepair {
+        /// The object's name.
+        object: String,
+        /// Shards re-created.
+        rewritten: usize,
+        /// Missing or corrupt shards that could not be re-created anywhere.
+        unplaced: usize,
+        /// Shards on unreachable backends left in place.
+        not_verified: usize,
+        /// The backends that did not answer, comma-separated.
+        unreachable: String,
+    },
     /// No placement satisfies the policy.
     #[error("placement impossible: {0}")]
     Placement(String),
@@ -76,7 +90,9 @@ impl From<BackupError> for Error {
             BackupError::Insufficient { object, .. } => {
                 Error::corrupt(format!("object {object}"), msg)
             }
-            BackupError::Placement(_) | BackupError::NoQuorum(_) => Error::Unavailable(msg),
+            BackupError::Placement(_)
+            | BackupError::NoQuorum(_)
+            | BackupError::PartialRepair { .. } => Error::Unavailable(msg),
             BackupError::Config(_) => Error::InvalidArgument(msg),
         }
     }

@@ -383,6 +383,10 @@ pub async fn check(
 }
 
 /// Re-creates missing or corrupt shards of one object or of all.
+///
+/// An object whose repair was only partial (some shards could not be placed or verified, see
+/// [`RepairReport::is_complete`]) comes back as an error naming what remains degraded, so a
+/// caller that exits non-zero on any error does so; what could be repaired is repaired first.
 pub async fn rebuild(
     p: &Pipeline,
     name: Option<&str>,
@@ -393,7 +397,14 @@ pub async fn rebuild(
     };
     let mut out = Vec::new();
     for r in &recs {
-        out.push(p.repair(r, None).await);
+        out.push(
+            p.repair(r, None)
+                .await
+                .and_then(|rep| match rep.remaining() {
+                    Some(e) => Err(e.into()),
+                    None => Ok(rep),
+                }),
+        );
     }
     Ok((out, problems))
 }
@@ -416,7 +427,7 @@ pub struct ScrubReport {
     pub skipped: usize,
     /// Repairs that re-created shards.
     pub repairs: Vec<RepairReport>,
-    /// Objects that could not be repaired, with the reason.
+    /// Objects that could not be repaired, or only partly, with the reason.
     pub failures: Vec<(String, String)>,
     /// Records that could not be opened.
     pub unreadable_records: Vec<String>,
@@ -447,6 +458,9 @@ pub async fn scrub(
         }
         match p.repair(&rec, limiter.as_ref()).await {
             Ok(r) => {
+                if let Some(e) = r.remaining() {
+                    report.failures.push((rec.name.clone(), e.to_string()));
+                }
                 if r.rewritten > 0 || r.metadata_replicas > 0 {
                     report.repairs.push(r);
                 }

@@ -159,6 +159,39 @@ pub struct RepairReport {
     pub problems: Vec<ShardProblem>,
     /// Metadata replicas re-written.
     pub metadata_replicas: usize,
+    /// Missing or corrupt shards that no healthy backend could take under the placement policy
+    /// (or every write failed): they stay lost, so the object remains degraded.
+    pub unplaced: Vec<ShardProblem>,
+    /// Shards on unreachable backends that could not be moved: left where they are (they may
+    /// still be intact) and not verified by this repair.
+    pub not_verified: Vec<ShardProblem>,
+    /// Backends that did not answer during the repair, sorted.
+    pub unreachable_backends: Vec<String>,
+}
+
+impl RepairReport {
+    /// True when every problem found was repaired (nothing left unplaced or unverified).
+    pub fn is_complete(&self) -> bool {
+        self.unplaced.is_empty() && self.not_verified.is_empty()
+    }
+
+    /// The error that describes what a partial repair left degraded (`None` when complete).
+    pub fn remaining(&self) -> Option<BackupError> {
+        if self.is_complete() {
+            return None;
+        }
+        Some(BackupError::PartialRepair {
+            object: self.name.clone(),
+            rewritten: self.rewritten,
+            unplaced: self.unplaced.len(),
+            not_verified: self.not_verified.len(),
+            unreachable: if self.unreachable_backends.is_empty() {
+                "none".into()
+            } else {
+                self.unreachable_backends.join(", ")
+            },
+        })
+    }
 }
 
 /// What `gc` removed.
@@ -917,6 +950,10 @@ impl Pipeline {
     /// Re-creates the missing or corrupt shards of `rec` (found by a deep check) and records
     /// where they went. A shard goes back to its backend if that one answers; otherwise to a
     /// healthy backend that holds no shard of the stripe, chosen so the policy still holds.
+    ///
+    /// Every shard that can be repaired is; one that cannot be placed does not stop the rest.
+    /// Those are listed in the report (`unplaced`, `not_verified`: see
+    /// [`RepairReport::is_complete`]) and the record only ever points at shards written.
     pub async fn repair(
         &self,
         rec: &ObjectRecord,
@@ -944,8 +981,15 @@ impl Pipeline {
         for p in &health.problems {
             by_stripe.entry(p.stripe).or_default().push(p);
         }
+        // A stripe that cannot be read now does not stop the others from being repaired; its
+        // error is returned once what could be repaired is recorded.
+        let mut insufficient: Option<BackupError> = None;
+        let mut unreachable = std::collections::BTreeSet::new();
         for (i, bad) in by_stripe {
             let st = &rec.stripes[i as usize];
+            for p in bad.iter().filter(|p| p.kind == ProblemKind::Unreachable) {
+                unreachable.insert(p.backend.clone());
+            }
             let mut shards: Vec<Option<Bytes>> = vec![None; k + m];
             let reads =
                 futures::future::join_all((0..k + m).map(|j| self.read_shard(rec, i, j))).await;
@@ -954,7 +998,11 @@ impl Pipeline {
             }
             let have = shards.iter().filter(|s| s.is_some()).count();
             if have < k {
-                return Err(BackupError::Insufficient {
+                tracing::warn!(
+                    "repair of {}: stripe {i} has {have} of {k} shards",
+                    rec.name
+                );
+                insufficient.get_or_insert(BackupError::Insufficient {
                     object: rec.name.clone(),
                     stripe: i,
                     have,
@@ -965,8 +1013,8 @@ impl Pipeline {
                         .collect::<Vec<_>>()
                         .join("; "),
                     transient: bad.iter().all(|p| p.kind == ProblemKind::Unreachable),
-                }
-                .into());
+                });
+                continue;
             }
             let missing: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
             crate::codec::reconstruct(&mut shards, k, m)?;
@@ -980,20 +1028,52 @@ impl Pipeline {
                         "rebuilt shard does not match its recorded checksum",
                     ));
                 }
+                // The problem seen by the deep check; a shard that read fine then but not now
+                // is treated as unreachable (it may well be intact).
+                let problem = bad
+                    .iter()
+                    .find(|p| p.shard == j)
+                    .map(|p| (*p).clone())
+                    .unwrap_or_else(|| ShardProblem {
+                        stripe: i,
+                        shard: j,
+                        backend: Self::backend_name(rec, &st.shards[j]),
+                        kind: ProblemKind::Unreachable,
+                        detail: "did not answer during repair".into(),
+                    });
                 let key = ObjectRecord::shard_key(&inner.settings.prefix, &rec.object_id, i, j);
                 let mut tried = Vec::new();
                 let target = loop {
-                    let t = self.repair_target(&new, i, j, &policy, &tried)?;
+                    let t = match self.repair_target(&new, i, j, &policy, &tried) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!("repair of {}: {e}", rec.name);
+                            break None;
+                        }
+                    };
                     match inner.nodes[t].put(&key, data.clone()).await {
-                        Ok(()) => break t,
+                        Ok(()) => break Some(t),
                         Err(e) => {
                             tracing::warn!(
                                 "repair: writing shard {j} of stripe {i} to {}: {e}",
                                 inner.nodes[t].name
                             );
+                            if e.is_retryable() {
+                                unreachable.insert(inner.nodes[t].name.clone());
+                            }
                             tried.push(t);
                         }
                     }
+                };
+                let Some(target) = target else {
+                    // Nothing was written, so the record keeps pointing where it did: at a
+                    // shard that may come back (unreachable) or at one known lost.
+                    if problem.kind == ProblemKind::Unreachable {
+                        report.not_verified.push(problem);
+                    } else {
+                        report.unplaced.push(problem);
+                    }
+                    continue;
                 };
                 report.rewritten += 1;
                 let name = inner.nodes[target].name.clone();
@@ -1004,6 +1084,7 @@ impl Pipeline {
                 }
             }
         }
+        report.unreachable_backends = unreachable.into_iter().collect();
         report.problems = health.problems;
         if report.moved > 0 {
             new.version = inner
@@ -1013,6 +1094,9 @@ impl Pipeline {
                 .max(rec.version)
                 + 1;
             inner.meta.put(&inner.keys, &new).await?;
+        }
+        if let Some(e) = insufficient {
+            return Err(e.into());
         }
         Ok(report)
     }
