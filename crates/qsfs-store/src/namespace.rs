@@ -347,7 +347,11 @@ impl Namespace {
                     tracing::warn!(namespace = %name, %why, "index snapshot unusable; rebuilding from segments");
                 }
             }
-        } else {
+        } else if state
+            .segments
+            .values()
+            .any(|s| s.len() > crate::segment::SEGMENT_HEADER_LEN)
+        {
             tracing::info!(namespace = %name, "no index snapshot; rebuilding from segments");
         }
         let current_id = state.segments.keys().next_back().copied().unwrap_or(0);
