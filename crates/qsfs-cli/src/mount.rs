@@ -103,33 +103,13 @@ fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
         )
     })?;
     let engine = Arc::new(engine);
-    start_compaction(&engine, Duration::from_secs(args.compact_every.max(1)));
-    Ok((engine, Capacity::Disk(dir)))
-}
-
-/// Compacts the filesystem's namespaces periodically, so unlinked, truncated and overwritten
-/// data leaves the disk (the engine compacts only when asked).
-fn start_compaction(engine: &Arc<Engine>, every: Duration) {
-    let weak = Arc::downgrade(engine);
-    let spawned = std::thread::Builder::new()
-        .name("qsfs-compact".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(engine) = weak.upgrade() else { return };
-            let names = engine.namespace_list().unwrap_or_default();
-            for ns in names.iter().filter(|n| n.starts_with("qsfs-")) {
-                match engine.compact(ns) {
-                    Ok(r) if r.bytes_removed > 0 => {
-                        tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(ns = %ns, error = %e, "compaction failed"),
-                }
-            }
-        });
-    if let Err(e) = spawned {
+    // The engine compacts only when asked: unlinked, truncated and overwritten data leaves the
+    // disk through this background compactor.
+    let every = Duration::from_secs(args.compact_every.max(1));
+    if let Err(e) = qsfs_store::spawn_compactor(&engine, every, |ns| ns.starts_with("qsfs-")) {
         tracing::warn!(error = %e, "no background compaction");
     }
+    Ok((engine, Capacity::Disk(dir)))
 }
 
 /// Runs `qsfs mount`.

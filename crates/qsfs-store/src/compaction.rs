@@ -197,3 +197,33 @@ fn compact_segment(
     drop(w);
     Ok(true)
 }
+
+/// Compacts, every `every`, each namespace for which `select` is true, on a background thread
+/// that ends by itself once the engine is dropped. The engine only compacts when asked; a
+/// long-running user (a filesystem, a server) wants this so that overwritten and deleted data
+/// leaves the disk. Failures are logged and retried at the next round.
+pub fn spawn_compactor(
+    engine: &Arc<crate::Engine>,
+    every: std::time::Duration,
+    select: impl Fn(&str) -> bool + Send + 'static,
+) -> std::io::Result<()> {
+    use qsfs_core::Store;
+    let weak = Arc::downgrade(engine);
+    std::thread::Builder::new()
+        .name("qsfs-compact".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(engine) = weak.upgrade() else { return };
+            let names = engine.namespace_list().unwrap_or_default();
+            for ns in names.iter().filter(|n| select(n)) {
+                match engine.compact(ns) {
+                    Ok(r) if r.bytes_removed > 0 => {
+                        tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(ns = %ns, error = %e, "compaction failed"),
+                }
+            }
+        })
+        .map(|_| ())
+}

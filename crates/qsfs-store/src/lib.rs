@@ -69,7 +69,7 @@ mod segment;
 pub mod server;
 
 pub use cold::cold_key;
-pub use compaction::CompactionReport;
+pub use compaction::{spawn_compactor, CompactionReport};
 pub use config::{Durability, EngineConfig};
 pub use engine::{Engine, EngineObserver};
 pub use error::EngineError;

@@ -524,3 +524,55 @@ fn full_disk_is_a_typed_error_and_loses_nothing() {
         val(last, 3)
     );
 }
+
+#[test]
+fn the_background_compactor_gives_space_back_and_only_where_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        history_retention: Some(Duration::ZERO),
+        ..cfg()
+    };
+    let engine = Arc::new(Engine::open(dir.path(), config).unwrap());
+    engine.namespace_create("keep").unwrap();
+    for ns in ["default", "keep"] {
+        for round in 0..20 {
+            for key in 0..20u32 {
+                let k = format!("k{key}");
+                engine
+                    .set(ns, Some(k.as_bytes()), &val(key, round))
+                    .unwrap();
+            }
+        }
+        engine.rotate(ns).unwrap();
+    }
+    let before = |ns: &str| engine.stats(ns).unwrap().disk_bytes;
+    let (default_before, keep_before) = (before("default"), before("keep"));
+
+    qsfs_store::spawn_compactor(&engine, Duration::from_millis(20), |ns| ns == "default").unwrap();
+    // Poll (bounded) until the compactor has run; no timing is asserted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while before("default") >= default_before / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compactor never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(before("default") < default_before / 2, "space came back");
+    assert_eq!(
+        before("keep"),
+        keep_before,
+        "an unselected namespace is left alone"
+    );
+    for key in 0..20u32 {
+        let k = format!("k{key}");
+        assert_eq!(
+            engine.get("default", k.as_bytes()).unwrap().unwrap().value,
+            val(key, 19)
+        );
+    }
+    // The thread ends with the engine: dropping the last handle releases the directory lock.
+    drop(engine);
+    std::thread::sleep(Duration::from_millis(100));
+    Engine::open(dir.path(), cfg()).unwrap();
+}
