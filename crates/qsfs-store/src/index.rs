@@ -9,7 +9,11 @@
 //! the segments, so opening replays only the tail. It is a cache: if it is missing, damaged or
 //! disagrees with the segments, the index is rebuilt from the segments alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys come from clients, so the map needs a randomly seeded hash that resists flooding;
+// ahash is that and several times cheaper than SipHash on the SET path.
+use ahash::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
