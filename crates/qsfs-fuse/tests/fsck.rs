@@ -206,3 +206,141 @@ fn broken_filesystem_is_reported_and_repaired() {
     let last = check(&*store, "qsfs", false).unwrap();
     assert!(last.problems.is_empty(), "{:#?}", last.problems);
 }
+
+#[test]
+fn lost_directory_wrong_kind_corrupt_listing_and_unmapped_block_are_repaired() {
+    let (store, _dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let d = fs.lookup(ROOT_INO, b"d").unwrap().ino;
+    let sub = fs.lookup(d, b"sub").unwrap().ino;
+    fs.shutdown().unwrap();
+    drop(fs);
+
+    // The whole of d/ loses its name: d comes back under lost+found with b.txt, sub and c2.
+    store
+        .delete(&ns.dirent, &dirent_key(ROOT_INO, b"d"))
+        .unwrap();
+    // A dirent with the wrong kind.
+    let key = dirent_key(ROOT_INO, b"s");
+    let mut s: qsfs_fuse::layout::Dirent =
+        decode(&store.get(&ns.dirent, &key).unwrap().unwrap().value, "s").unwrap();
+    assert_eq!(s.kind, qsfs_fuse::layout::Kind::Symlink);
+    s.kind = qsfs_fuse::layout::Kind::File;
+    store.set(&ns.dirent, Some(&key), &encode(&s)).unwrap();
+    // A corrupt listing page of the root (rebuilt from the dirents).
+    let mut page = store
+        .get(&ns.dirpage, &pair_key(ROOT_INO, 0))
+        .unwrap()
+        .unwrap()
+        .value;
+    let last = page.len() - 1;
+    page[last] ^= 1;
+    store
+        .set(&ns.dirpage, Some(&pair_key(ROOT_INO, 0)), &page)
+        .unwrap();
+    // A stored block the map does not know (a.txt's map loses bit 2; the block stays).
+    let mut map: qsfs_fuse::layout::Chunk = decode(
+        &store
+            .get(&ns.bmap, &pair_key(built.a, 0))
+            .unwrap()
+            .unwrap()
+            .value,
+        "map",
+    )
+    .unwrap();
+    assert!(map.clear(2));
+    store
+        .set(&ns.bmap, Some(&pair_key(built.a, 0)), &encode(&map))
+        .unwrap();
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    for e in [
+        format!("inode {d} is not reachable from the root"),
+        "dirent 1/s says File but inode".to_string(),
+        "listing page 1/0: ".to_string(),
+        format!("block {}/2 is stored but not in the block map", built.a),
+    ] {
+        assert!(has(&report, &e), "missing {e:?} in {:#?}", report.problems);
+    }
+    // Only the top of the lost subtree is re-attached; what hangs below comes with it.
+    assert!(!has(&report, &format!("inode {sub} is not reachable")));
+    assert!(!has(
+        &report,
+        &format!("inode {} is not reachable", built.b)
+    ));
+
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_eq!(after.inodes, 10, "lost+found added");
+    assert_eq!(after.dirents, 10, "d's name replaced by lost+found and #d");
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let lf = fs.lookup(ROOT_INO, b"lost+found").unwrap();
+    assert_eq!(lf.inode.nlink, 3, "lost+found holds one directory");
+    let back = fs.lookup(lf.ino, format!("#{d}").as_bytes()).unwrap();
+    assert_eq!(back.ino, d);
+    assert_eq!(fs.lookup(d, b"b.txt").unwrap().ino, built.b);
+    assert_eq!(read_back(&mut fs, built.b, 5_000), data(5_000, 2));
+    assert_eq!(read_back(&mut fs, built.a, 10_000), data(10_000, 1));
+    let link = fs.lookup(ROOT_INO, b"s").unwrap().ino;
+    assert_eq!(fs.readlink(link).unwrap(), b"a.txt");
+    let names: Vec<Vec<u8>> = fs
+        .readdir(ROOT_INO, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    for n in [
+        &b"a.txt"[..],
+        b"c.txt",
+        b"victim",
+        b"lost",
+        b"s",
+        b"lost+found",
+    ] {
+        assert!(names.contains(&n.to_vec()), "{n:?} not listed: {names:?}");
+    }
+    fs.shutdown().unwrap();
+}
+
+#[test]
+fn corrupt_inode_is_reported_and_left_alone() {
+    let (store, _dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut raw = store
+        .get(&ns.inode, &ino_key(built.a))
+        .unwrap()
+        .unwrap()
+        .value;
+    raw[3] ^= 0x10;
+    store.set(&ns.inode, Some(&ino_key(built.a)), &raw).unwrap();
+
+    let report = check(&*store, "qsfs", true).unwrap();
+    assert!(
+        has(&report, &format!("inode {}: ", built.a)),
+        "{:#?}",
+        report.problems
+    );
+    assert_eq!(report.remaining(), 1, "{:#?}", report.problems);
+    // Its blocks, map and name survive the repair: the data may still be recovered.
+    assert_eq!(
+        store
+            .get(&ns.inode, &ino_key(built.a))
+            .unwrap()
+            .unwrap()
+            .value,
+        raw
+    );
+    for i in 0..3 {
+        assert!(store.exists(&ns.block, &pair_key(built.a, i)).unwrap());
+    }
+    assert!(store.exists(&ns.bmap, &pair_key(built.a, 0)).unwrap());
+    assert!(store
+        .exists(&ns.dirent, &dirent_key(ROOT_INO, b"a.txt"))
+        .unwrap());
+}
