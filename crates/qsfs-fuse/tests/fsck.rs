@@ -344,3 +344,66 @@ fn corrupt_inode_is_reported_and_left_alone() {
         .exists(&ns.dirent, &dirent_key(ROOT_INO, b"a.txt"))
         .unwrap());
 }
+
+#[test]
+fn repaired_filesystem_reads_back_through_a_real_mount() {
+    let mut fx = common::Fixture::new();
+    let a = data(300_000, 7);
+    let b = data(70_000, 8);
+    std::fs::write(fx.p("a"), &a).unwrap();
+    std::fs::create_dir(fx.p("dir")).unwrap();
+    std::fs::write(fx.p("dir/b"), &b).unwrap();
+    std::fs::hard_link(fx.p("a"), fx.p("dir/a2")).unwrap();
+    std::fs::write(fx.p("gone"), b"x").unwrap();
+    fx.mount.take().unwrap().unmount().unwrap();
+    let clean = check(&*fx.store, "qsfs", false).unwrap();
+    assert!(clean.problems.is_empty(), "{:#?}", clean.problems);
+    assert_eq!((clean.inodes, clean.dirents), (5, 5));
+
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(fx.store.clone(), common::config()).unwrap();
+    let dir = fs.lookup(ROOT_INO, b"dir").unwrap().ino;
+    let gone = fs.lookup(ROOT_INO, b"gone").unwrap().ino;
+    let b_ino = fs.lookup(dir, b"b").unwrap().ino;
+    fs.shutdown().unwrap();
+    drop(fs);
+    // `dir/b` loses its name, `gone` its inode, and the root's link count is wrong.
+    fx.store.delete(&ns.dirent, &dirent_key(dir, b"b")).unwrap();
+    fx.store.delete(&ns.inode, &ino_key(gone)).unwrap();
+    let mut root: Inode = decode(
+        &fx.store
+            .get(&ns.inode, &ino_key(ROOT_INO))
+            .unwrap()
+            .unwrap()
+            .value,
+        "root",
+    )
+    .unwrap();
+    root.nlink = 7;
+    fx.store
+        .set(&ns.inode, Some(&ino_key(ROOT_INO)), &encode(&root))
+        .unwrap();
+
+    let report = check(&*fx.store, "qsfs", true).unwrap();
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    assert!(has(&report, "inode 1 has link count 7 but 4 links"));
+    assert!(has(&report, &format!("inode {b_ino} is not reachable")));
+    assert!(has(&report, "dirent 1/gone points to missing inode"));
+    assert!(check(&*fx.store, "qsfs", false)
+        .unwrap()
+        .problems
+        .is_empty());
+
+    fx.remount();
+    assert_eq!(std::fs::read(fx.p("a")).unwrap(), a);
+    assert_eq!(std::fs::read(fx.p("dir/a2")).unwrap(), a);
+    assert_eq!(
+        std::fs::read(fx.p(&format!("lost+found/#{b_ino}"))).unwrap(),
+        b
+    );
+    assert!(!fx.p("gone").exists());
+    assert!(!fx.p("dir/b").exists());
+    let meta = std::fs::metadata(fx.p("")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.nlink(), 4, "root: 2 + dir + lost+found");
+}
