@@ -447,22 +447,47 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         .filter(|d| d.kind == Kind::Dir)
         .map(|d| d.ino);
     let mut sup_dirty = false;
-    for round in 0..2 {
+    for _ in 0..=inodes.len() {
         let reach = reachable(&dirents);
         let unreachable: Vec<u64> = inodes
             .keys()
             .copied()
             .filter(|i| *i != ROOT_INO && !orphans.contains(i) && !reach.contains(i))
             .collect();
-        if unreachable.is_empty() {
+        let Some(&first) = unreachable.first() else {
             break;
-        }
+        };
         let named = refs(&dirents);
-        for ino in unreachable {
-            // An inode named only inside an unreachable directory comes back with it.
-            if named.contains_key(&ino) && round == 0 {
-                continue;
+        // An inode named only inside an unreachable directory comes back with it.
+        let mut top: Vec<u64> = unreachable
+            .iter()
+            .copied()
+            .filter(|i| !named.contains_key(i))
+            .collect();
+        if top.is_empty() {
+            // Only cycles are left (a directory below itself): cut one's names, then attach it.
+            if cx.problem(
+                true,
+                format!("inode {first} is in a directory cycle cut off from the root"),
+            ) {
+                let cut: Vec<(u64, Vec<u8>)> = dirents
+                    .iter()
+                    .filter(|(_, d)| d.ino == first)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for (parent, name) in cut {
+                    if let Some(d) = dirents.remove(&(parent, name.clone())) {
+                        if let Some(pg) = pages.get_mut(&(parent, d.page)) {
+                            pg.entries.retain(|e| e.slot != d.slot);
+                            dirty_pages.insert((parent, d.page));
+                        }
+                        del(store, &ns.dirent, &dirent_key(parent, &name))?;
+                    }
+                }
             }
+            top.push(first);
+        }
+        for ino in top {
             if !cx.problem(true, format!("inode {ino} is not reachable from the root")) {
                 continue;
             }

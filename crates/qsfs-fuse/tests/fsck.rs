@@ -407,3 +407,61 @@ fn repaired_filesystem_reads_back_through_a_real_mount() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(meta.nlink(), 4, "root: 2 + dir + lost+found");
 }
+
+#[test]
+fn directory_cycle_cut_off_from_the_root_is_broken_and_reattached() {
+    let (store, _dir) = common::engine();
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let p = fs.mkdir(ROOT_INO, b"p", 0o755, 0, 0).unwrap().ino;
+    let q = fs.mkdir(p, b"q", 0o755, 0, 0).unwrap().ino;
+    let (f, fh) = fs.create(q, b"f", 0o644, 0, 0, 0).unwrap();
+    fs.write(f.ino, fh, 0, &data(9_000, 9)).unwrap();
+    fs.release(f.ino, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let ns = Namespaces::new("qsfs");
+    // p leaves the root and becomes a child of its own child q (not even listed in q's pages).
+    store
+        .delete(&ns.dirent, &dirent_key(ROOT_INO, b"p"))
+        .unwrap();
+    let loop_dirent = qsfs_fuse::layout::Dirent {
+        ino: p,
+        kind: qsfs_fuse::layout::Kind::Dir,
+        page: 0,
+        slot: 50,
+    };
+    store
+        .set(
+            &ns.dirent,
+            Some(&dirent_key(q, b"loop")),
+            &encode(&loop_dirent),
+        )
+        .unwrap();
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    assert!(
+        has(&report, &format!("inode {p} is in a directory cycle")),
+        "{:#?}",
+        report.problems
+    );
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_eq!((after.inodes, after.dirents), (5, 4));
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let lf = fs.lookup(ROOT_INO, b"lost+found").unwrap().ino;
+    assert_eq!(fs.lookup(lf, format!("#{p}").as_bytes()).unwrap().ino, p);
+    assert!(fs.lookup(q, b"loop").is_err());
+    assert_eq!(fs.lookup(q, b"f").unwrap().ino, f.ino);
+    assert_eq!(read_back(&mut fs, f.ino, 9_000), data(9_000, 9));
+    let names: Vec<Vec<u8>> = fs
+        .readdir(q, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, [&b"."[..], b"..", b"f"].map(|n| n.to_vec()));
+    fs.shutdown().unwrap();
+}
