@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use clap::{Parser, Subcommand};
 
 mod backup;
+mod fsck;
 mod mount;
 mod root;
 mod serve;
@@ -27,6 +28,8 @@ enum Command {
     Mount(mount::Args),
     /// Encrypted, erasure-coded backup: store, retrieve, check, rebuild, ...
     Backup(backup::Args),
+    /// Check the filesystem offline (unmounted) and, with --repair, fix it.
+    Fsck(fsck::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::Fsck(args) => fsck::run(args),
     };
     match result {
         Ok(code) => code,

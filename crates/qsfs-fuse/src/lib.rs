@@ -26,6 +26,7 @@
 pub mod cache;
 pub mod error;
 pub mod fs;
+pub mod fsck;
 pub mod fuse;
 pub mod layout;
 pub mod mount;
@@ -34,5 +35,6 @@ pub mod timeout;
 pub use cache::BlockCache;
 pub use error::{errno, FsError, FsResult};
 pub use fs::{Capacity, Fs, FsConfig};
+pub use fsck::{check as fsck_check, FsckReport};
 pub use mount::{mount, Mount, MountOptions};
 pub use timeout::TimeoutStore;

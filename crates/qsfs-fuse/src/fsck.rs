@@ -1,0 +1,929 @@
+//! Offline consistency check of a filesystem's layout (`qsfs fsck`), with optional repair.
+//!
+//! [`check`] reads every record of the eight namespaces through `Store::scan`, cross-checks
+//! them (dirents against inodes and listing pages, link counts against dirents, block maps
+//! against stored blocks) and, with `repair`, rewrites what disagrees. Repair never deletes data
+//! a name still reaches: unreachable inodes go to `/lost+found`, a stored block missing from its
+//! map gets its bit back (reads see it), and a corrupt inode is left for a human.
+//!
+//! It must run while nothing else writes the filesystem: the caller opens the store exclusively
+//! (the engine's directory lock) or checks the mount lock.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use qsfs_core::{Result, Store};
+
+use crate::layout::{
+    decode, dirent_key, encode, ino_key, pair_key, parse_ino_key, parse_pair_key, Body, Chunk,
+    Dirent, Inode, Kind, Namespaces, Page, PageEntry, Superblock, Xattrs, CHUNK_BLOCKS, PAGE_SLOTS,
+    ROOT_INO, SUPER_KEY,
+};
+
+/// Name of the directory under the root that unreachable inodes are re-attached to.
+pub const LOST_FOUND: &[u8] = b"lost+found";
+
+/// One inconsistency found by [`check`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What is wrong, naming the record.
+    pub description: String,
+    /// True if `--repair` fixed it.
+    pub repaired: bool,
+}
+
+/// What [`check`] saw and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FsckReport {
+    /// Inode records that decode.
+    pub inodes: u64,
+    /// Directory entry records that decode.
+    pub dirents: u64,
+    /// Listing pages that decode.
+    pub pages: u64,
+    /// Stored blocks.
+    pub blocks: u64,
+    /// Block-map chunks that decode.
+    pub chunks: u64,
+    /// Xattr records that decode.
+    pub xattrs: u64,
+    /// Orphan records.
+    pub orphans: u64,
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl FsckReport {
+    /// Problems not repaired.
+    pub fn remaining(&self) -> usize {
+        self.problems.iter().filter(|p| !p.repaired).count()
+    }
+
+    /// True when nothing is wrong any more (none found, or all repaired).
+    pub fn is_clean(&self) -> bool {
+        self.remaining() == 0
+    }
+}
+
+struct Ctx {
+    repair: bool,
+    report: FsckReport,
+}
+
+impl Ctx {
+    /// Records a problem; `fixable` says whether repair knows what to do about it.
+    fn problem(&mut self, fixable: bool, description: String) -> bool {
+        let repaired = fixable && self.repair;
+        self.report.problems.push(Problem {
+            description,
+            repaired,
+        });
+        repaired
+    }
+}
+
+/// Every live key of `ns` with its value (`None` if it vanished between scan and get).
+fn read_all(store: &dyn Store, ns: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.scan(ns, cursor.as_ref(), 1024, Default::default())?;
+        for m in page.entries {
+            if let Some(e) = store.get(ns, &m.key)? {
+                out.push((m.key, e.value));
+            }
+        }
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn keys_of(store: &dyn Store, ns: &str) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.scan(ns, cursor.as_ref(), 4096, Default::default())?;
+        out.extend(page.entries.into_iter().map(|m| m.key));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+fn hex(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn del(store: &dyn Store, ns: &str, key: &[u8]) -> Result<()> {
+    match store.delete(ns, key) {
+        Ok(()) | Err(qsfs_core::Error::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks the filesystem called `prefix` in `store` and, if `repair`, fixes what it can.
+/// Store failures are errors; inconsistencies are [`FsckReport::problems`].
+pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport> {
+    let ns = Namespaces::new(prefix);
+    let existing: HashSet<String> = store.namespace_list()?.into_iter().collect();
+    let mut cx = Ctx {
+        repair,
+        report: FsckReport::default(),
+    };
+    if let Some(missing) = ns.all().iter().find(|n| !existing.contains(**n)) {
+        cx.problem(
+            false,
+            format!("namespace {missing} does not exist: no filesystem {prefix:?} here"),
+        );
+        return Ok(cx.report);
+    }
+    let mut sup = match store.get(&ns.sup, SUPER_KEY)? {
+        None => {
+            cx.problem(false, "superblock missing".into());
+            return Ok(cx.report);
+        }
+        Some(e) => match decode::<Superblock>(&e.value, "superblock") {
+            Ok(s) => s,
+            Err(e) => {
+                cx.problem(false, format!("superblock unreadable: {e}"));
+                return Ok(cx.report);
+            }
+        },
+    };
+    let bs = u64::from(sup.block_size.max(1));
+
+    // Inodes. Corrupt ones are kept out of every repair: their data may still be recoverable.
+    let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
+    let mut corrupt: HashSet<u64> = HashSet::new();
+    for (k, v) in read_all(store, &ns.inode)? {
+        let Some(ino) = parse_ino_key(&k) else {
+            let fixed = cx.problem(true, format!("inode key {} is malformed", hex(&k)));
+            if fixed {
+                del(store, &ns.inode, &k)?;
+            }
+            continue;
+        };
+        match decode::<Inode>(&v, &format!("inode {ino}")) {
+            Ok(i) => {
+                inodes.insert(ino, i);
+            }
+            Err(e) => {
+                corrupt.insert(ino);
+                cx.problem(false, format!("inode {ino}: {e}"));
+            }
+        }
+    }
+    cx.report.inodes = inodes.len() as u64;
+    let mut dirty_inodes: BTreeSet<u64> = BTreeSet::new();
+    if !inodes.contains_key(&ROOT_INO) && !corrupt.contains(&ROOT_INO) {
+        cx.problem(false, "root inode 1 missing".into());
+        return Ok(cx.report);
+    }
+
+    // Listing pages.
+    let mut pages: BTreeMap<(u64, u64), Page> = BTreeMap::new();
+    let mut dirty_pages: BTreeSet<(u64, u64)> = BTreeSet::new();
+    for (k, v) in read_all(store, &ns.dirpage)? {
+        let Some((dir, p)) = parse_pair_key(&k) else {
+            if cx.problem(true, format!("listing page key {} is malformed", hex(&k))) {
+                del(store, &ns.dirpage, &k)?;
+            }
+            continue;
+        };
+        match decode::<Page>(&v, &format!("listing page {dir}/{p}")) {
+            Ok(page) => {
+                cx.report.pages += 1;
+                pages.insert((dir, p), page);
+            }
+            Err(e) => {
+                // Rebuilt from the dirents below, which say where each name is listed.
+                if cx.problem(true, format!("listing page {dir}/{p}: {e}")) {
+                    pages.insert((dir, p), Page::default());
+                    dirty_pages.insert((dir, p));
+                }
+            }
+        }
+    }
+
+    // Directory entries.
+    let is_dir =
+        |inodes: &BTreeMap<u64, Inode>, i: u64| inodes.get(&i).is_some_and(|n| n.kind == Kind::Dir);
+    // (parent, name) -> dirent, valid ones only.
+    let mut dirents: BTreeMap<(u64, Vec<u8>), Dirent> = BTreeMap::new();
+    let mut dirty_dirents: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
+    for (k, v) in read_all(store, &ns.dirent)? {
+        if k.len() <= 8 {
+            if cx.problem(true, format!("dirent key {} is malformed", hex(&k))) {
+                del(store, &ns.dirent, &k)?;
+            }
+            continue;
+        }
+        let parent = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+        let name = k[8..].to_vec();
+        let d = match decode::<Dirent>(&v, &format!("dirent {parent}/{}", show(&name))) {
+            Ok(d) => d,
+            Err(e) => {
+                if cx.problem(true, format!("dirent {parent}/{}: {e}", show(&name))) {
+                    del(store, &ns.dirent, &k)?;
+                }
+                continue;
+            }
+        };
+        cx.report.dirents += 1;
+        if corrupt.contains(&parent) || corrupt.contains(&d.ino) {
+            dirents.insert((parent, name), d);
+            continue;
+        }
+        if !is_dir(&inodes, parent) {
+            if cx.problem(
+                true,
+                format!(
+                    "dirent {parent}/{} is in inode {parent}, which is not a directory",
+                    show(&name)
+                ),
+            ) {
+                del(store, &ns.dirent, &k)?;
+            }
+            continue;
+        }
+        let Some(target) = inodes.get(&d.ino) else {
+            if cx.problem(
+                true,
+                format!(
+                    "dirent {parent}/{} points to missing inode {}",
+                    show(&name),
+                    d.ino
+                ),
+            ) {
+                del(store, &ns.dirent, &k)?;
+            }
+            continue;
+        };
+        let mut d = d;
+        if target.kind != d.kind
+            && cx.problem(
+                true,
+                format!(
+                    "dirent {parent}/{} says {:?} but inode {} is {:?}",
+                    show(&name),
+                    d.kind,
+                    d.ino,
+                    target.kind
+                ),
+            )
+        {
+            d.kind = target.kind;
+            dirty_dirents.insert((parent, name.clone()));
+        }
+        dirents.insert((parent, name), d);
+    }
+
+    // Pages must list exactly the dirents, in the slot each dirent names.
+    let mut stale_slots: Vec<((u64, u64), u64)> = Vec::new();
+    for (&(dir, p), page) in &pages {
+        for e in &page.entries {
+            let ok = dirents
+                .get(&(dir, e.name.clone()))
+                .is_some_and(|d| d.page == p && d.slot == e.slot && d.ino == e.ino);
+            if !ok && !corrupt.contains(&dir) {
+                stale_slots.push(((dir, p), e.slot));
+            }
+        }
+    }
+    for ((dir, p), slot) in stale_slots {
+        if cx.problem(
+            true,
+            format!("listing page {dir}/{p} slot {slot} has no matching dirent"),
+        ) {
+            if let Some(page) = pages.get_mut(&(dir, p)) {
+                page.entries.retain(|e| e.slot != slot);
+                dirty_pages.insert((dir, p));
+            }
+        }
+    }
+    let listed: Vec<(u64, Vec<u8>)> = dirents.keys().cloned().collect();
+    for (parent, name) in listed {
+        if corrupt.contains(&parent) {
+            continue;
+        }
+        let d = dirents[&(parent, name.clone())];
+        let entry = pages
+            .get(&(parent, d.page))
+            .and_then(|pg| pg.entries.iter().find(|e| e.slot == d.slot));
+        match entry {
+            Some(e) if e.name == name && e.ino == d.ino && e.kind == d.kind => {}
+            Some(e) if e.name == name && e.ino == d.ino => {
+                // Kind fixed in the dirent above; the page follows.
+                if cx.repair {
+                    if let Some(pg) = pages.get_mut(&(parent, d.page)) {
+                        for e in pg.entries.iter_mut().filter(|e| e.slot == d.slot) {
+                            e.kind = d.kind;
+                        }
+                        dirty_pages.insert((parent, d.page));
+                    }
+                }
+            }
+            _ => {
+                if cx.problem(
+                    true,
+                    format!(
+                        "dirent {parent}/{} is not listed in page {} slot {}",
+                        show(&name),
+                        d.page,
+                        d.slot
+                    ),
+                ) {
+                    let (page, slot) =
+                        list(&mut inodes, &mut pages, &mut dirty_pages, parent, &name, d);
+                    dirty_inodes.insert(parent);
+                    if (page, slot) != (d.page, d.slot) {
+                        let nd = Dirent { page, slot, ..d };
+                        dirents.insert((parent, name.clone()), nd);
+                        dirty_dirents.insert((parent, name));
+                    }
+                }
+            }
+        }
+    }
+    // Pages beyond a directory's tail page, and pages of what is not a directory.
+    for &(dir, p) in pages.keys() {
+        if corrupt.contains(&dir) {
+            continue;
+        }
+        match inodes.get(&dir).map(|n| &n.body) {
+            Some(Body::Dir { tail_page, .. }) if p <= *tail_page => {}
+            Some(Body::Dir { .. }) => {
+                if cx.problem(
+                    true,
+                    format!("listing page {dir}/{p} is beyond the directory's tail page"),
+                ) {
+                    let used = pages[&(dir, p)].entries.iter().map(|e| e.slot + 1).max();
+                    if let Some(Body::Dir {
+                        tail_page,
+                        tail_used,
+                        ..
+                    }) = inodes.get_mut(&dir).map(|n| &mut n.body)
+                    {
+                        *tail_page = p;
+                        *tail_used = used.unwrap_or(0);
+                    }
+                    dirty_inodes.insert(dir);
+                }
+            }
+            _ => {
+                if cx.problem(
+                    true,
+                    format!("listing page {dir}/{p} belongs to no directory"),
+                ) {
+                    dirty_pages.insert((dir, p));
+                }
+            }
+        }
+    }
+    pages.retain(|&(dir, p), pg| {
+        if inodes.get(&dir).is_some_and(|n| n.kind == Kind::Dir) || corrupt.contains(&dir) {
+            true
+        } else {
+            pg.entries.clear();
+            dirty_pages.insert((dir, p));
+            true
+        }
+    });
+
+    // Orphans.
+    let mut orphans: BTreeSet<u64> = BTreeSet::new();
+    for k in keys_of(store, &ns.orphan)? {
+        cx.report.orphans += 1;
+        match parse_ino_key(&k) {
+            Some(ino) if inodes.contains_key(&ino) || corrupt.contains(&ino) => {
+                orphans.insert(ino);
+            }
+            Some(ino) => {
+                if cx.problem(
+                    true,
+                    format!("orphan record for inode {ino}, which is gone"),
+                ) {
+                    del(store, &ns.orphan, &k)?;
+                }
+            }
+            None => {
+                if cx.problem(true, format!("orphan key {} is malformed", hex(&k))) {
+                    del(store, &ns.orphan, &k)?;
+                }
+            }
+        }
+    }
+    let refs = |dirents: &BTreeMap<(u64, Vec<u8>), Dirent>| {
+        let mut r: HashMap<u64, Vec<u64>> = HashMap::new();
+        for ((parent, _), d) in dirents {
+            r.entry(d.ino).or_default().push(*parent);
+        }
+        r
+    };
+    let named = refs(&dirents);
+    for &ino in &orphans.clone() {
+        if named.contains_key(&ino) {
+            // Mounting would free an inode a name still reaches: drop the record instead.
+            if cx.problem(
+                true,
+                format!("orphan record for inode {ino}, which still has a name"),
+            ) {
+                del(store, &ns.orphan, &ino_key(ino))?;
+                orphans.remove(&ino);
+            }
+        }
+    }
+
+    // Reachability from the root; whatever no name reaches goes to /lost+found.
+    let mut lost_found: Option<u64> = dirents
+        .get(&(ROOT_INO, LOST_FOUND.to_vec()))
+        .filter(|d| d.kind == Kind::Dir)
+        .map(|d| d.ino);
+    let mut sup_dirty = false;
+    for _ in 0..=inodes.len() {
+        let reach = reachable(&dirents);
+        let unreachable: Vec<u64> = inodes
+            .keys()
+            .copied()
+            .filter(|i| *i != ROOT_INO && !orphans.contains(i) && !reach.contains(i))
+            .collect();
+        let Some(&first) = unreachable.first() else {
+            break;
+        };
+        let named = refs(&dirents);
+        // An inode named only inside an unreachable directory comes back with it.
+        let mut top: Vec<u64> = unreachable
+            .iter()
+            .copied()
+            .filter(|i| !named.contains_key(i))
+            .collect();
+        if top.is_empty() {
+            // Only cycles are left (a directory below itself): cut one's names, then attach it.
+            if cx.problem(
+                true,
+                format!("inode {first} is in a directory cycle cut off from the root"),
+            ) {
+                let cut: Vec<(u64, Vec<u8>)> = dirents
+                    .iter()
+                    .filter(|(_, d)| d.ino == first)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for (parent, name) in cut {
+                    if let Some(d) = dirents.remove(&(parent, name.clone())) {
+                        if let Some(pg) = pages.get_mut(&(parent, d.page)) {
+                            pg.entries.retain(|e| e.slot != d.slot);
+                            dirty_pages.insert((parent, d.page));
+                        }
+                        del(store, &ns.dirent, &dirent_key(parent, &name))?;
+                    }
+                }
+            }
+            top.push(first);
+        }
+        for ino in top {
+            if !cx.problem(true, format!("inode {ino} is not reachable from the root")) {
+                continue;
+            }
+            let lf = match lost_found {
+                Some(lf) => lf,
+                None => {
+                    let lf = sup.ino_reserved;
+                    sup.ino_reserved += 1;
+                    sup_dirty = true;
+                    let mut node = Inode::new(
+                        Kind::Dir,
+                        0o700,
+                        0,
+                        0,
+                        Body::Dir {
+                            parent: ROOT_INO,
+                            entries: 0,
+                            tail_page: 0,
+                            tail_used: 0,
+                        },
+                    );
+                    node.nlink = 2;
+                    inodes.insert(lf, node);
+                    dirty_inodes.insert(lf);
+                    let d = Dirent {
+                        ino: lf,
+                        kind: Kind::Dir,
+                        page: 0,
+                        slot: 0,
+                    };
+                    let (page, slot) = list(
+                        &mut inodes,
+                        &mut pages,
+                        &mut dirty_pages,
+                        ROOT_INO,
+                        LOST_FOUND,
+                        d,
+                    );
+                    dirents.insert((ROOT_INO, LOST_FOUND.to_vec()), Dirent { page, slot, ..d });
+                    dirty_dirents.insert((ROOT_INO, LOST_FOUND.to_vec()));
+                    dirty_inodes.insert(ROOT_INO);
+                    lost_found = Some(lf);
+                    lf
+                }
+            };
+            let name = format!("#{ino}").into_bytes();
+            let kind = inodes[&ino].kind;
+            let d = Dirent {
+                ino,
+                kind,
+                page: 0,
+                slot: 0,
+            };
+            let (page, slot) = list(&mut inodes, &mut pages, &mut dirty_pages, lf, &name, d);
+            dirents.insert((lf, name.clone()), Dirent { page, slot, ..d });
+            dirty_dirents.insert((lf, name));
+            dirty_inodes.insert(lf);
+        }
+        if !repair {
+            break;
+        }
+    }
+
+    // Link counts, entry counts and each directory's parent, from the (repaired) dirents.
+    let mut links: HashMap<u64, u32> = HashMap::new();
+    let mut entries: HashMap<u64, u64> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut parent_of: HashMap<u64, u64> = HashMap::new();
+    for ((parent, _), d) in &dirents {
+        *links.entry(d.ino).or_default() += 1;
+        *entries.entry(*parent).or_default() += 1;
+        if d.kind == Kind::Dir {
+            *subdirs.entry(*parent).or_default() += 1;
+            parent_of.insert(d.ino, *parent);
+        }
+    }
+    for (&ino, node) in inodes.iter_mut() {
+        if orphans.contains(&ino) {
+            continue;
+        }
+        let want = match node.kind {
+            Kind::Dir => 2 + subdirs.get(&ino).copied().unwrap_or(0),
+            _ => links.get(&ino).copied().unwrap_or(0),
+        };
+        if node.nlink != want
+            && cx.problem(
+                true,
+                format!("inode {ino} has link count {} but {want} links", node.nlink),
+            )
+        {
+            node.nlink = want;
+            dirty_inodes.insert(ino);
+        }
+        if let Body::Dir {
+            parent, entries: n, ..
+        } = &mut node.body
+        {
+            let want = entries.get(&ino).copied().unwrap_or(0);
+            if *n != want
+                && cx.problem(
+                    true,
+                    format!("directory {ino} counts {n} entries but has {want}"),
+                )
+            {
+                *n = want;
+                dirty_inodes.insert(ino);
+            }
+            let want = if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                parent_of.get(&ino).copied().unwrap_or(*parent)
+            };
+            if *parent != want
+                && cx.problem(
+                    true,
+                    format!("directory {ino} names {parent} as parent, but is in {want}"),
+                )
+            {
+                *parent = want;
+                dirty_inodes.insert(ino);
+            }
+        }
+    }
+
+    // Blocks.
+    let mut stored: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+    for k in keys_of(store, &ns.block)? {
+        let Some((ino, index)) = parse_pair_key(&k) else {
+            if cx.problem(true, format!("block key {} is malformed", hex(&k))) {
+                del(store, &ns.block, &k)?;
+            }
+            continue;
+        };
+        cx.report.blocks += 1;
+        if corrupt.contains(&ino) {
+            continue;
+        }
+        if store.check(&ns.block, &k)? == Some(false) {
+            cx.problem(false, format!("block {ino}/{index} fails its checksum"));
+        }
+        match inodes.get(&ino) {
+            Some(n) if n.kind == Kind::File => {
+                if index.saturating_mul(bs) >= n.size {
+                    if cx.problem(
+                        true,
+                        format!(
+                            "block {ino}/{index} lies beyond the end of the file ({} bytes)",
+                            n.size
+                        ),
+                    ) {
+                        del(store, &ns.block, &k)?;
+                    }
+                    continue;
+                }
+                stored.entry(ino).or_default().insert(index);
+            }
+            _ => {
+                if cx.problem(true, format!("block {ino}/{index} belongs to no file")) {
+                    del(store, &ns.block, &k)?;
+                }
+            }
+        }
+    }
+
+    // Block maps.
+    let mut maps: BTreeMap<(u64, u64), Chunk> = BTreeMap::new();
+    let mut dirty_maps: BTreeSet<(u64, u64)> = BTreeSet::new();
+    for (k, v) in read_all(store, &ns.bmap)? {
+        let Some((ino, c)) = parse_pair_key(&k) else {
+            if cx.problem(true, format!("block-map key {} is malformed", hex(&k))) {
+                del(store, &ns.bmap, &k)?;
+            }
+            continue;
+        };
+        if corrupt.contains(&ino) {
+            continue;
+        }
+        if !inodes.get(&ino).is_some_and(|n| n.kind == Kind::File) {
+            if cx.problem(true, format!("block map {ino}/{c} belongs to no file")) {
+                del(store, &ns.bmap, &k)?;
+            }
+            continue;
+        }
+        match decode::<Chunk>(&v, &format!("block map {ino}/{c}")) {
+            Ok(chunk) => {
+                cx.report.chunks += 1;
+                maps.insert((ino, c), chunk);
+            }
+            Err(e) => {
+                // Rebuilt from the stored blocks below.
+                if cx.problem(true, format!("block map {ino}/{c}: {e}")) {
+                    maps.insert((ino, c), Chunk::default());
+                    dirty_maps.insert((ino, c));
+                }
+            }
+        }
+    }
+    for (&ino, node) in inodes.iter_mut() {
+        let Body::File { chunks, blocks } = &mut node.body else {
+            continue;
+        };
+        let have = stored.remove(&ino).unwrap_or_default();
+        let mut bits: BTreeSet<u64> = BTreeSet::new();
+        for (&(_, c), chunk) in maps.range((ino, 0)..=(ino, u64::MAX)) {
+            bits.extend(chunk.iter().map(|i| c * CHUNK_BLOCKS + i));
+        }
+        for &i in bits.difference(&have) {
+            if cx.problem(
+                true,
+                format!("block map of inode {ino} marks block {i}, which is not stored"),
+            ) {
+                let key = (ino, i / CHUNK_BLOCKS);
+                if let Some(chunk) = maps.get_mut(&key) {
+                    chunk.clear(i % CHUNK_BLOCKS);
+                    dirty_maps.insert(key);
+                }
+            }
+        }
+        for &i in have.difference(&bits) {
+            // Reads fetch a block by key, so an unmapped block is visible data: map it.
+            if cx.problem(
+                true,
+                format!("block {ino}/{i} is stored but not in the block map"),
+            ) {
+                let key = (ino, i / CHUNK_BLOCKS);
+                maps.entry(key).or_default().set(i % CHUNK_BLOCKS);
+                dirty_maps.insert(key);
+            }
+        }
+        if !cx.repair {
+            continue;
+        }
+        let want_chunks: BTreeSet<u64> = maps
+            .range((ino, 0)..=(ino, u64::MAX))
+            .filter(|(_, ch)| !ch.is_empty())
+            .map(|(&(_, c), _)| c)
+            .collect();
+        let want_blocks: u64 = maps
+            .range((ino, 0)..=(ino, u64::MAX))
+            .map(|(_, ch)| ch.iter().count() as u64)
+            .sum();
+        if *chunks != want_chunks || *blocks != want_blocks {
+            cx.problem(
+                true,
+                format!("inode {ino} lists chunks/blocks that disagree with its block map"),
+            );
+            *chunks = want_chunks;
+            *blocks = want_blocks;
+            dirty_inodes.insert(ino);
+        }
+    }
+    if !cx.repair {
+        // Without repair, compare the inode's lists with the maps as they are.
+        for (&ino, node) in &inodes {
+            if let Body::File { chunks, blocks } = &node.body {
+                let have: BTreeSet<u64> = maps
+                    .range((ino, 0)..=(ino, u64::MAX))
+                    .filter(|(_, ch)| !ch.is_empty())
+                    .map(|(&(_, c), _)| c)
+                    .collect();
+                let n: u64 = maps
+                    .range((ino, 0)..=(ino, u64::MAX))
+                    .map(|(_, ch)| ch.iter().count() as u64)
+                    .sum();
+                if *chunks != have || *blocks != n {
+                    cx.problem(
+                        true,
+                        format!("inode {ino} lists chunks/blocks that disagree with its block map"),
+                    );
+                }
+            }
+        }
+    }
+
+    // Xattrs.
+    let mut with_xattrs: HashSet<u64> = HashSet::new();
+    for (k, v) in read_all(store, &ns.xattr)? {
+        let Some(ino) = parse_ino_key(&k) else {
+            if cx.problem(true, format!("xattr key {} is malformed", hex(&k))) {
+                del(store, &ns.xattr, &k)?;
+            }
+            continue;
+        };
+        if corrupt.contains(&ino) {
+            continue;
+        }
+        if !inodes.contains_key(&ino) {
+            if cx.problem(true, format!("xattrs of inode {ino}, which is gone")) {
+                del(store, &ns.xattr, &k)?;
+            }
+            continue;
+        }
+        match decode::<Xattrs>(&v, &format!("xattrs {ino}")) {
+            Ok(_) => cx.report.xattrs += 1,
+            Err(e) => {
+                cx.problem(false, format!("xattrs of inode {ino}: {e}"));
+            }
+        }
+        with_xattrs.insert(ino);
+    }
+    for (&ino, node) in inodes.iter_mut() {
+        let has = with_xattrs.contains(&ino);
+        if node.has_xattrs != has
+            && cx.problem(
+                true,
+                format!(
+                    "inode {ino} says has_xattrs={} but the record {}",
+                    node.has_xattrs,
+                    if has { "exists" } else { "is missing" }
+                ),
+            )
+        {
+            node.has_xattrs = has;
+            dirty_inodes.insert(ino);
+        }
+    }
+
+    // Inode numbers must stay below the high-water mark, or a mount could hand one out twice.
+    let top = inodes
+        .keys()
+        .chain(corrupt.iter())
+        .copied()
+        .max()
+        .unwrap_or(ROOT_INO);
+    if top >= sup.ino_reserved
+        && cx.problem(
+            true,
+            format!(
+                "inode {top} is at or above the reserved mark {}",
+                sup.ino_reserved
+            ),
+        )
+    {
+        sup.ino_reserved = top + 1;
+        sup_dirty = true;
+    }
+
+    if !cx.repair {
+        return Ok(cx.report);
+    }
+    // Write back in the filesystem's own order: blocks are done, then maps, inodes, pages,
+    // dirents, superblock.
+    for key in dirty_maps {
+        match maps.get(&key) {
+            Some(ch) if !ch.is_empty() => {
+                store.set(&ns.bmap, Some(&pair_key(key.0, key.1)), &encode(ch))?;
+            }
+            _ => del(store, &ns.bmap, &pair_key(key.0, key.1))?,
+        }
+    }
+    for ino in dirty_inodes {
+        if let Some(n) = inodes.get(&ino) {
+            store.set(&ns.inode, Some(&ino_key(ino)), &encode(n))?;
+        }
+    }
+    for key in dirty_pages {
+        match pages.get(&key) {
+            Some(pg) if !pg.entries.is_empty() => {
+                store.set(&ns.dirpage, Some(&pair_key(key.0, key.1)), &encode(pg))?;
+            }
+            _ => del(store, &ns.dirpage, &pair_key(key.0, key.1))?,
+        }
+    }
+    for (parent, name) in dirty_dirents {
+        if let Some(d) = dirents.get(&(parent, name.clone())) {
+            store.set(&ns.dirent, Some(&dirent_key(parent, &name)), &encode(d))?;
+        }
+    }
+    if sup_dirty {
+        store.set(&ns.sup, Some(SUPER_KEY), &encode(&sup))?;
+    }
+    store.sync()?;
+    Ok(cx.report)
+}
+
+/// Inodes reachable from the root through `dirents`.
+fn reachable(dirents: &BTreeMap<(u64, Vec<u8>), Dirent>) -> HashSet<u64> {
+    let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+    for ((parent, _), d) in dirents {
+        children.entry(*parent).or_default().push(d.ino);
+    }
+    let mut seen = HashSet::from([ROOT_INO]);
+    let mut todo = vec![ROOT_INO];
+    while let Some(i) = todo.pop() {
+        for &c in children.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(c) {
+                todo.push(c);
+            }
+        }
+    }
+    seen
+}
+
+/// Lists `name` in directory `dir`: in the slot `d` names if it is free and within the
+/// directory's pages, else in a new slot at the tail. Returns the (page, slot) used.
+fn list(
+    inodes: &mut BTreeMap<u64, Inode>,
+    pages: &mut BTreeMap<(u64, u64), Page>,
+    dirty_pages: &mut BTreeSet<(u64, u64)>,
+    dir: u64,
+    name: &[u8],
+    d: Dirent,
+) -> (u64, u64) {
+    let Some(Body::Dir {
+        tail_page,
+        tail_used,
+        ..
+    }) = inodes.get_mut(&dir).map(|n| &mut n.body)
+    else {
+        return (d.page, d.slot);
+    };
+    let free = |pages: &BTreeMap<(u64, u64), Page>, p: u64, s: u64| {
+        !pages
+            .get(&(dir, p))
+            .is_some_and(|pg| pg.entries.iter().any(|e| e.slot == s))
+    };
+    let within = d.page < *tail_page || (d.page == *tail_page && d.slot < *tail_used);
+    let (page, slot) = if within && d.slot < PAGE_SLOTS && free(pages, d.page, d.slot) {
+        (d.page, d.slot)
+    } else {
+        if *tail_used >= PAGE_SLOTS {
+            *tail_page += 1;
+            *tail_used = 0;
+        }
+        let at = (*tail_page, *tail_used);
+        *tail_used += 1;
+        at
+    };
+    let pg = pages.entry((dir, page)).or_default();
+    pg.entries.push(PageEntry {
+        slot,
+        name: name.to_vec(),
+        ino: d.ino,
+        kind: d.kind,
+    });
+    pg.entries.sort_by_key(|e| e.slot);
+    dirty_pages.insert((dir, page));
+    (page, slot)
+}
