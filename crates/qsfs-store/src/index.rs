@@ -241,7 +241,10 @@ impl Index {
     /// Reads a snapshot. `Err` explains why it cannot be used (then the caller rebuilds).
     pub fn read_snapshot(path: &Path) -> Result<(Index, Loc), String> {
         let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        if data.len() < 64 || data[0..8] != SNAPSHOT_MAGIC {
+        // Magic, version, reserved, covers, next seqno, next slot, key and forward counts, then
+        // the trailing crc: the size of the snapshot of an empty index.
+        const EMPTY_SNAPSHOT_LEN: usize = 8 + 4 + 4 + 8 * 5 + 4;
+        if data.len() < EMPTY_SNAPSHOT_LEN || data[0..8] != SNAPSHOT_MAGIC {
             return Err("not an index snapshot".into());
         }
         let (body, tail) = data.split_at(data.len() - 4);
@@ -358,6 +361,17 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::segment::loc;
+
+    #[test]
+    fn the_snapshot_of_an_empty_index_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::new(7, 3);
+        index.write_snapshot(dir.path(), loc(0, 32)).unwrap();
+        let (back, covers) = Index::read_snapshot(&dir.path().join("index")).unwrap();
+        assert_eq!(covers, loc(0, 32));
+        assert_eq!((back.next_seqno, back.next_slot), (7, 3));
+        assert!(back.keys.is_empty());
+    }
 
     fn st(seg: u32, off: u64, seqno: u64, len: u32, deleted: bool) -> KeyState {
         KeyState {
