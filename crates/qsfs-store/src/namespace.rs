@@ -372,21 +372,8 @@ impl Namespace {
                         .len();
                     let src = |buf: &mut [u8], off: u64| read_full_at(f, buf, off);
                     let index = &mut state.index;
-                    let r = scan_segment(&src, len, from, |rec| {
-                        let at = loc(id, rec.offset);
-                        if rec.damaged {
-                            // Indexed anyway: reads of this key must report the damage, not
-                            // fall back to an older version.
-                            tracing::debug!(
-                                segment = id,
-                                offset = rec.offset,
-                                "indexing a record with a damaged value"
-                            );
-                        }
-                        index.observe(&rec.header, at);
-                        index.apply(rec.key, KeyState::of(&rec.header, at));
-                    })
-                    .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+                    let r = scan_segment(&src, len, from, |rec| index_record(index, id, &rec))
+                        .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
                     (r, len)
                 }
                 None => {
@@ -404,18 +391,7 @@ impl Namespace {
                     };
                     let index = &mut state.index;
                     let r = scan_segment(&src, data.len() as u64, from, |rec| {
-                        let at = loc(id, rec.offset);
-                        if rec.damaged {
-                            // Indexed anyway: reads of this key must report the damage, not
-                            // fall back to an older version.
-                            tracing::debug!(
-                                segment = id,
-                                offset = rec.offset,
-                                "indexing a record with a damaged value"
-                            );
-                        }
-                        index.observe(&rec.header, at);
-                        index.apply(rec.key, KeyState::of(&rec.header, at));
+                        index_record(index, id, &rec)
                     })
                     .map_err(|e| Error::io(format!("read cold segment {id}"), e))?;
                     (r, data.len() as u64)
@@ -1487,6 +1463,22 @@ impl Namespace {
         self.tail.store(loc(w.seg.id, w.end), Ordering::Release);
         Ok(())
     }
+}
+
+/// Adds one scanned record of segment `id` to the index being rebuilt.
+fn index_record(index: &mut Index, id: u32, rec: &crate::segment::ScannedRecord<'_>) {
+    let at = loc(id, rec.offset);
+    if rec.damaged {
+        // Indexed anyway: reads of this key must report the damage, not fall back to an older
+        // version.
+        tracing::debug!(
+            segment = id,
+            offset = rec.offset,
+            "indexing a record with a damaged value"
+        );
+    }
+    index.observe(&rec.header, at);
+    index.apply(rec.key, KeyState::of(&rec.header, at));
 }
 
 #[cfg(test)]
