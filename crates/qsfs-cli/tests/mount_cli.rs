@@ -1,17 +1,13 @@
 //! `qsfs mount` as users run it: the real binary, a temporary root, a real FUSE mount.
 
+mod common;
+use common::is_mounted;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn is_mounted(p: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let p = p.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
-}
 
 /// A running `qsfs mount`; killed and lazily unmounted if a test fails half way.
 struct Running {

@@ -1,6 +1,8 @@
 //! `qsfs mount --store zdb://…`: the filesystem living on a separate `qsfs serve` process, the
 //! classic multi-process topology of 0-db-fs over 0-db.
 
+mod common;
+use common::{free_port, is_mounted};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
@@ -49,17 +51,6 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let p = p.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 fn serve(data: &Path, port: u16) -> Proc {
