@@ -171,6 +171,9 @@ pub struct SegmentStats {
     pub offloaded: bool,
     /// Path of the (possibly absent) local file.
     pub path: PathBuf,
+    /// Unix time in milliseconds when a record of this segment was last read since the engine
+    /// opened (0 = never): what an eviction policy orders by.
+    pub last_read: u64,
 }
 
 fn seg_location(ns: &str, seg: u32, off: u64) -> String {
@@ -1102,6 +1105,7 @@ impl Namespace {
                 sealed: *id != loc_segment(tail),
                 offloaded: s.file.is_none(),
                 path: s.path.clone(),
+                last_read: 0,
             });
         }
         NamespaceStats {
