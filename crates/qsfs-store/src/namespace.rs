@@ -459,6 +459,7 @@ impl Namespace {
 
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
+        seg.touch();
         match &seg.file {
             Some(f) => {
                 let mut buf = vec![0u8; len];
@@ -638,7 +639,7 @@ impl Namespace {
         );
         // The sealed file is read-only from now on: reopen it so.
         let sealed = match Segment::open(old.path.clone(), old.id, false) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(s.inherit_last_read(&old)),
             Err(_) => old.clone(),
         };
         {
@@ -1105,7 +1106,7 @@ impl Namespace {
                 sealed: *id != loc_segment(tail),
                 offloaded: s.file.is_none(),
                 path: s.path.clone(),
-                last_read: 0,
+                last_read: s.last_read.load(Ordering::Relaxed),
             });
         }
         NamespaceStats {
@@ -1348,8 +1349,10 @@ impl Namespace {
         desc.offloaded.insert(id, len);
         desc.store(&self.dir)?;
         st.desc = desc;
-        st.segments
-            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id, len)));
+        st.segments.insert(
+            id,
+            Arc::new(Segment::offloaded(seg.path.clone(), id, len).inherit_last_read(&seg)),
+        );
         drop(st);
         std::fs::remove_file(&seg.path)
             .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
@@ -1395,7 +1398,8 @@ impl Namespace {
         desc.offloaded.remove(&id);
         desc.store(&self.dir)?;
         st.desc = desc;
-        st.segments.insert(id, Arc::new(restored));
+        st.segments
+            .insert(id, Arc::new(restored.inherit_last_read(&seg)));
         Ok(())
     }
 
