@@ -234,7 +234,7 @@ fn manifests_follow_seals_flushes_and_property_changes() {
     e.namespace_set("n", NamespaceProperty::MaxSize(1 << 30))
         .unwrap();
     let m2 = e.manifest("n").unwrap();
-    assert_eq!(m2.generation, m1.generation + 1);
+    assert!(m2.generation > m1.generation);
     assert_eq!(m2.sealed_through, m1.sealed_through);
     assert_eq!(obs.take(), vec!["updated n"]);
     // Compaction does not touch the manifest (it is the state at a seal) except through the
@@ -252,16 +252,17 @@ fn manifests_follow_seals_flushes_and_property_changes() {
         .filter(|l| l.starts_with("sealed"))
         .count() as u64;
     let m4 = e.manifest("n").unwrap();
-    assert_eq!(m4.generation, m3.generation + seals);
     if seals == 0 {
         assert_eq!(m4.to_bytes(), m3.to_bytes());
+    } else {
+        assert!(m4.generation > m3.generation);
     }
     let r = e.compact_with("n", 0.0).unwrap();
     assert!(r.segments.is_empty());
-    let m4 = e.manifest("n").unwrap();
+    let m4b = e.manifest("n").unwrap();
     assert_eq!(
-        m4.generation,
-        m3.generation + seals,
+        m4b.to_bytes(),
+        m4.to_bytes(),
         "nothing to compact, nothing written"
     );
     // It survives a restart, and generations keep growing.
@@ -284,6 +285,10 @@ fn manifests_follow_seals_flushes_and_property_changes() {
     let e = Engine::open(dir.path(), config).unwrap();
     assert_eq!(e.manifest("n").unwrap().to_bytes(), m7.to_bytes());
     assert!(e.local_bytes() > 0);
+    // A namespace deleted and created again moves past the old generations.
+    e.namespace_delete("n").unwrap();
+    e.namespace_create("n").unwrap();
+    assert!(e.manifest("n").unwrap().generation > m7.generation);
     // The exported bytes decode to the same manifest.
     let back = Manifest::from_bytes(&m6.to_bytes()).unwrap();
     assert_eq!(back.generation, m6.generation);
