@@ -489,6 +489,13 @@ fn restore_from_manifests_serves_everything_from_the_cold_tier() {
     // Bad input is refused.
     let other = dst.path().join("other");
     assert!(Engine::restore(&other, &key[..31], &manifests).is_err());
+    let twice = [manifests[0].clone(), manifests[0].clone()];
+    assert!(matches!(
+        Engine::restore(&other, &key, &twice),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Nothing was left behind: a corrected restore into the same place works.
+    Engine::restore(&other, &key, &manifests).unwrap();
 }
 
 #[test]
