@@ -15,6 +15,7 @@ use qsfs_backup::Pipeline;
 use qsfs_core::{Backend, Health, Result};
 
 /// A memory backend that counts shard reads.
+#[derive(Debug)]
 struct Counting {
     inner: Memory,
     gets: Arc<AtomicUsize>,
