@@ -1,5 +1,6 @@
 //! The fetch-back cache: only the stripes a range needs, one fetch per stripe however many
 //! readers wait for it, and never wrong data from damaged shards.
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The storage chain below FUSE: engine → tier → pipeline → memory backends. Offload,
 //! verification, eviction, fetch-back, GC across tiers and recovery from the backends alone.
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
 
 mod common;
 

@@ -152,6 +152,7 @@ impl State {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
 mod tests {
     use super::*;
     use proptest::prelude::*;
