@@ -182,7 +182,7 @@ mod tests {
     fn counters_move_with_operations_on_a_real_mount() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn qsfs_core::Store> =
-            Arc::new(Engine::open(&dir.path().join("engine"), EngineConfig::default()).unwrap());
+            Arc::new(Engine::open(dir.path().join("engine"), EngineConfig::default()).unwrap());
         let fs = Fs::open(store, FsConfig::default()).unwrap();
         let stats = fs.stats();
         let before = stats.snapshot();
