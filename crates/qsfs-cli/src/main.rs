@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 
 mod backup;
 mod fsck;
+mod fsmount;
+mod key;
 mod mount;
 mod root;
 mod serve;
