@@ -30,6 +30,7 @@ use crate::compaction::CompactionReport;
 use crate::config::{Durability, EngineConfig, MAX_SEGMENT_SIZE_LIMIT, MIN_SEGMENT_SIZE};
 use crate::descriptor::Descriptor;
 use crate::error::EngineError;
+use crate::manifest::Manifest;
 use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SegmentStats};
 use crate::password::SealKey;
 
@@ -55,6 +56,11 @@ pub trait EngineObserver: Send + Sync {
     fn on_namespace_updated(&self, _ns: &str) {}
     /// A namespace and all its data were deleted.
     fn on_namespace_deleted(&self, _ns: &str) {}
+    /// A write (set or delete) to `ns` just sealed a segment. Called on the writer's thread
+    /// with no engine lock held, after the write is done and the other events were delivered:
+    /// an observer may block here to slow writers down (backpressure while the local disk is
+    /// over its cap). Not called for seals by age, by [`Engine::rotate`] or by compaction.
+    fn throttle(&self, _ns: &str) {}
 }
 
 /// What namespaces share: configuration, cold tier, sealing key.
@@ -445,6 +451,37 @@ impl Engine {
     /// [`Error::Corrupt`] whether or not this ran; this finds them before a read does.
     pub fn verify(&self, ns: &str) -> Result<Vec<String>> {
         self.with_ns(ns, |n, _| n.verify())
+    }
+
+    /// The latest recovery manifest of `ns`: captured at its last seal (or flush), with the
+    /// namespace's current properties. Its generation grows with every seal, flush and property
+    /// change.
+    pub fn manifest(&self, ns: &str) -> Result<Manifest> {
+        let _ = self.ns(ns)?;
+        Err(Error::Unavailable("manifest: not implemented yet".into()))
+    }
+
+    /// The engine's sealing key (the content of `engine.key`), needed with the manifests to
+    /// restore password-protected namespaces. Never log it.
+    pub fn export_seal_key(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        Err(Error::Unavailable(
+            "export_seal_key: not implemented yet".into(),
+        ))
+    }
+
+    /// Creates a new engine directory `dir` (which must be empty or absent) from a sealing key
+    /// and namespace manifests: every sealed segment is marked offloaded and the index comes
+    /// from the manifests, so [`Engine::open`] with a cold tier reads no segment data and
+    /// serves every key from the cold tier. Writes after a manifest's seal are not in it.
+    pub fn restore(dir: &Path, seal_key: &[u8], manifests: &[Manifest]) -> Result<()> {
+        let _ = (dir, seal_key, manifests);
+        Err(Error::Unavailable("restore: not implemented yet".into()))
+    }
+
+    /// Bytes the engine holds on local disk: segment files, index snapshots and manifests of
+    /// every namespace.
+    pub fn local_bytes(&self) -> u64 {
+        0
     }
 
     /// Writes the index snapshot of every namespace now (also done on rotation and close).

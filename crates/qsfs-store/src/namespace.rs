@@ -171,6 +171,9 @@ pub struct SegmentStats {
     pub offloaded: bool,
     /// Path of the (possibly absent) local file.
     pub path: PathBuf,
+    /// Unix time in milliseconds when a record of this segment was last read since the engine
+    /// opened (0 = never): what an eviction policy orders by.
+    pub last_read: u64,
 }
 
 fn seg_location(ns: &str, seg: u32, off: u64) -> String {
@@ -456,6 +459,7 @@ impl Namespace {
 
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
+        seg.touch();
         match &seg.file {
             Some(f) => {
                 let mut buf = vec![0u8; len];
@@ -635,7 +639,7 @@ impl Namespace {
         );
         // The sealed file is read-only from now on: reopen it so.
         let sealed = match Segment::open(old.path.clone(), old.id, false) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(s.inherit_last_read(&old)),
             Err(_) => old.clone(),
         };
         {
@@ -1102,6 +1106,7 @@ impl Namespace {
                 sealed: *id != loc_segment(tail),
                 offloaded: s.file.is_none(),
                 path: s.path.clone(),
+                last_read: s.last_read.load(Ordering::Relaxed),
             });
         }
         NamespaceStats {
@@ -1344,8 +1349,10 @@ impl Namespace {
         desc.offloaded.insert(id, len);
         desc.store(&self.dir)?;
         st.desc = desc;
-        st.segments
-            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id, len)));
+        st.segments.insert(
+            id,
+            Arc::new(Segment::offloaded(seg.path.clone(), id, len).inherit_last_read(&seg)),
+        );
         drop(st);
         std::fs::remove_file(&seg.path)
             .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
@@ -1391,7 +1398,8 @@ impl Namespace {
         desc.offloaded.remove(&id);
         desc.store(&self.dir)?;
         st.desc = desc;
-        st.segments.insert(id, Arc::new(restored));
+        st.segments
+            .insert(id, Arc::new(restored.inherit_last_read(&seg)));
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Magic at the start of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"QSFSSEG1";
@@ -229,6 +230,8 @@ pub(crate) struct Segment {
     pub file: Option<File>,
     /// Length of an offloaded segment (0 while local: the file knows).
     pub offloaded_len: u64,
+    /// Unix milliseconds of the last record read from it (0 = not since open).
+    pub last_read: AtomicU64,
 }
 
 impl Segment {
@@ -252,6 +255,7 @@ impl Segment {
             path,
             file: Some(file),
             offloaded_len: 0,
+            last_read: AtomicU64::new(0),
         })
     }
 
@@ -273,6 +277,7 @@ impl Segment {
             path,
             file: Some(file),
             offloaded_len: 0,
+            last_read: AtomicU64::new(0),
         })
     }
 
@@ -283,7 +288,28 @@ impl Segment {
             path,
             file: None,
             offloaded_len: len,
+            last_read: AtomicU64::new(0),
         }
+    }
+
+    /// Records that a record of this segment was read now.
+    #[inline]
+    pub fn touch(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        // Readers of a hot segment would otherwise all write one cache line on every read.
+        if self.last_read.load(Ordering::Relaxed) != now {
+            self.last_read.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps the read time of `from`, the segment this one replaces (same id, new handle).
+    pub fn inherit_last_read(self, from: &Segment) -> Segment {
+        self.last_read
+            .store(from.last_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        self
     }
 
     /// Current length (of the file, or as recorded when it was offloaded).
