@@ -84,9 +84,8 @@ pub fn root_secret(
             Missing::Generate => "qsfs passphrase (empty: generate a key file): ",
             Missing::Fail => "qsfs passphrase: ",
         };
-        let p = Zeroizing::new(
-            rpassword::prompt_password(prompt).context("reading the passphrase")?,
-        );
+        let p =
+            Zeroizing::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
         if !p.is_empty() {
             return Ok(KeySource::passphrase(p.as_str()));
         }

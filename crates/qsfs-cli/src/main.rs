@@ -10,6 +10,7 @@ mod backup;
 mod fsck;
 mod fsmount;
 mod key;
+mod metrics;
 mod mount;
 mod root;
 mod serve;
