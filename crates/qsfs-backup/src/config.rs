@@ -187,9 +187,7 @@ impl<'de> Deserialize<'de> for Size {
 /// Parses "4096", "64MiB", "8 MiB", "1GiB", "512KiB", "64M", "2k" (binary units: K = 1024).
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
@@ -200,7 +198,11 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("size {text:?}: unknown unit (use KiB, MiB, GiB or TiB)")),
+        _ => {
+            return Err(format!(
+                "size {text:?}: unknown unit (use KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("size {text:?} is too large"))
@@ -240,7 +242,13 @@ impl ChainKeys {
 }
 
 /// Names of the chain keys, removed before the format-specific parse.
-const CHAIN_KEYS: [&str; 5] = ["local_cap", "segment_size", "seal_after", "read_cache", "metrics"];
+const CHAIN_KEYS: [&str; 5] = [
+    "local_cap",
+    "segment_size",
+    "seal_after",
+    "read_cache",
+    "metrics",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -396,11 +404,9 @@ impl Config {
             .filter(|(k, _)| CHAIN_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let chain: ChainKeys = chain_table
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                BackupError::Config(format!("{}: {}", path.display(), e.message()))
-            })?;
+        let chain: ChainKeys = chain_table.try_into().map_err(|e: toml::de::Error| {
+            BackupError::Config(format!("{}: {}", path.display(), e.message()))
+        })?;
         let chain = chain.settings()?;
         // The format structs refuse unknown keys; the chain keys are read above, so the text
         // is parsed again without them (spans in errors then still point into the file).
@@ -956,7 +962,8 @@ backends = ["local:d1", "local:d2"]
     fn default_local_config_is_accepted() {
         let root = Path::new("/home/u/.threefold");
         let text = Config::default_local_toml(root);
-        let c = Config::parse(&text, Path::new("qsfs.toml"), Path::new("/elsewhere")).expect("parse");
+        let c =
+            Config::parse(&text, Path::new("qsfs.toml"), Path::new("/elsewhere")).expect("parse");
         let dirs: Vec<BackendSpec> = (0..4)
             .map(|i| BackendSpec::Local(root.join(format!("backends/node{i}"))))
             .collect();
@@ -965,5 +972,4 @@ backends = ["local:d1", "local:d2"]
         assert_eq!((c.settings.policy.k, c.settings.policy.m), (2, 2));
         assert_eq!(c.chain, ChainSettings::default());
     }
-
 }

@@ -78,6 +78,8 @@ pub(crate) struct State {
     pub deletes: Vec<PendingDelete>,
     /// The engine's seal key is stored in the backends.
     pub seal_key_uploaded: bool,
+    /// The engine and the backends were checked to belong together (see `worker::bind`).
+    pub bound: bool,
 }
 
 impl State {
@@ -204,12 +206,13 @@ mod tests {
                 }),
             0..10,
         );
-        (confirmed, manifests, deletes, any::<bool>()).prop_map(
-            |(confirmed, manifests, deletes, seal_key_uploaded)| State {
+        (confirmed, manifests, deletes, any::<bool>(), any::<bool>()).prop_map(
+            |(confirmed, manifests, deletes, seal_key_uploaded, bound)| State {
                 confirmed,
                 manifests,
                 deletes,
                 seal_key_uploaded,
+                bound,
             },
         )
     }
