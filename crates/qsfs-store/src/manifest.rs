@@ -9,8 +9,6 @@
 //! property change) and survives restarts, so the newest manifest of a namespace is the one with
 //! the largest generation.
 
-#![allow(dead_code)] // skeleton: wired into the engine by the next commit
-
 use std::io::Write;
 use std::path::Path;
 

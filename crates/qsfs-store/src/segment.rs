@@ -217,6 +217,14 @@ pub(crate) fn decode_segment_header(h: &[u8]) -> Result<u32, String> {
     Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
 }
 
+/// Unix time in milliseconds.
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}
+
 /// One segment file. The file handle is shared by every reader (positioned reads, no seek), and
 /// stays valid after compaction unlinks the file, so a reader that found a location under the
 /// index lock can always finish its read.
@@ -295,10 +303,7 @@ impl Segment {
     /// Records that a record of this segment was read now.
     #[inline]
     pub fn touch(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
+        let now = now_millis();
         // Readers of a hot segment would otherwise all write one cache line on every read.
         if self.last_read.load(Ordering::Relaxed) != now {
             self.last_read.store(now, Ordering::Relaxed);

@@ -33,7 +33,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use qsfs_core::{Error, Result, Store};
+use qsfs_core::{Error, Result};
 use qsfs_store::{Engine, EngineObserver};
 use serde::{Deserialize, Serialize};
 
@@ -409,9 +409,4 @@ impl EngineObserver for TierObserver {
             evict::throttle(&s);
         }
     }
-}
-
-/// Every namespace of `engine`.
-pub(crate) fn namespaces(engine: &Engine) -> Result<Vec<String>> {
-    engine.namespace_list()
 }
