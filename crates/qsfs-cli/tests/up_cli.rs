@@ -265,3 +265,85 @@ fn recover_into_an_empty_root_then_up_serves_the_same_files() {
     let (exit, err) = up.stop(Signal::SIGINT);
     assert!(exit.success(), "{err}");
 }
+
+/// Kills a child process when dropped (a failing test leaves nothing running).
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_with_a_backup_config_offloads_what_a_separate_mount_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backends = tmp.path().join("backends");
+    let config = qsfs_backup::config::Config::default_local_toml(&backends).replace(
+        "# segment_size = \"64MiB\"",
+        "segment_size = \"1MiB\"\nseal_after = 1",
+    );
+    let config_path = tmp.path().join("qsfs.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let keyfile = tmp.path().join("key");
+    std::fs::write(&keyfile, "separate processes\n").unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let server = qsfs()
+        .args(["serve", "--port", &port.to_string(), "--data"])
+        .arg(tmp.path().join("data"))
+        .arg("--backup-config")
+        .arg(&config_path)
+        .arg("--keyfile")
+        .arg(&keyfile)
+        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Reap(server);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "qsfs serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mnt = tmp.path().join("mnt");
+    let mount = qsfs()
+        .arg("mount")
+        .arg(&mnt)
+        .args(["--store", &format!("zdb://127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut mount = Reap(mount);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "qsfs mount did not mount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = pattern(4 << 20, 3);
+    let mut f = std::fs::File::create(mnt.join("f")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // The server's tier uploads what the mount wrote: sealed segments show up as offloaded.
+    let metric = |body: &str, name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = scrape(metrics_port);
+        assert_eq!(body.matches("qsfs_backend_up{").count(), 4, "{body}");
+        if metric(&body, "qsfs_offloaded_bytes_total") >= data.len() as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing offloaded: {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), data);
+    kill(Pid::from_raw(mount.0.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(mount.0.wait().unwrap().success());
+}
