@@ -250,6 +250,11 @@ pub struct StatusFile {
     pub mountpoint: PathBuf,
     /// When this was written, unix milliseconds.
     pub updated_ms: u64,
+    /// True when every sealed segment is confirmed in the backups and every namespace's newest
+    /// recovery manifest is uploaded: what `qsfs recover` would restore is current, up to the
+    /// data not yet sealed (at most `seal_after` old).
+    #[serde(default)]
+    pub idle: bool,
     /// The tier's status.
     #[serde(flatten)]
     pub tier: TierStatus,
@@ -299,6 +304,7 @@ impl StatusWriter {
                         pid: std::process::id(),
                         mountpoint: mountpoint.clone(),
                         updated_ms: now_ms(),
+                        idle: tier.wait_idle(Duration::ZERO),
                         tier: tier_status(&tier, &initial),
                     };
                     if let Err(e) = write_status(&path, &status) {

@@ -222,7 +222,11 @@ fn recover_into_an_empty_root_then_up_serves_the_same_files() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let s = status_json(&root);
-            if s["running"] == true && s["backlog_segments"] == 0 && s["uploaded_segments"] != 0 {
+            if s["running"] == true
+                && s["backlog_segments"] == 0
+                && s["idle"] == true
+                && s["uploaded_segments"] != 0
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "backlog never drained: {s}");
