@@ -235,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "backed up   {}",
             if idle {
-                "yes: everything sealed is in the backups, manifests current"
+                "yes: all sealed data and the recovery manifests are in the backups (newer writes follow within seal_after)"
             } else {
                 "not yet (uploads or manifests pending)"
             }
