@@ -43,6 +43,10 @@ pub struct Args {
     /// Take over a mount lock held by another host.
     #[arg(long)]
     pub force: bool,
+    /// At a clean stop, seal what was written last and wait up to this many seconds for the
+    /// backups to be current (0: do not wait; pending uploads go out at the next start).
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    pub drain_timeout: u64,
 }
 
 /// Seconds between background compactions of the filesystem's namespaces.
@@ -83,8 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         initial,
         signals,
     );
-    // The filesystem is flushed (or failed); stop uploading before the engine closes. The
-    // queue is durable: whatever is still pending goes out at the next start.
+    // The filesystem is flushed (or failed): seal its last writes and give the tier a bounded
+    // time to upload them, then stop it before the engine closes. The queue is durable:
+    // whatever is still pending goes out at the next start.
+    if result.is_ok() {
+        chain::drain(&engine, &tier, Duration::from_secs(args.drain_timeout));
+    }
     tier.shutdown();
     drop(engine);
     result?;
