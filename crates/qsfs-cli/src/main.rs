@@ -7,10 +7,17 @@ use std::ffi::OsString;
 use clap::{Parser, Subcommand};
 
 mod backup;
+mod chain;
 mod fsck;
+mod fsmount;
+mod key;
+mod metrics;
 mod mount;
+mod recover;
 mod root;
 mod serve;
+mod status;
+mod up;
 
 /// qsfs: a filesystem with practically unlimited space.
 #[derive(Debug, Parser)]
@@ -23,23 +30,32 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the 0-db-compatible RESP protocol over the embedded engine.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Mount the qsfs filesystem.
     Mount(mount::Args),
     /// Encrypted, erasure-coded backup: store, retrieve, check, rebuild, ...
     Backup(backup::Args),
     /// Check the filesystem offline (unmounted) and, with --repair, fix it.
     Fsck(fsck::Args),
+    /// Run the whole storage chain: mount, offload to the backups, bounded local disk.
+    Up(up::Args),
+    /// Rebuild a root's engine from the backups alone (then `qsfs up` serves it).
+    Recover(recover::Args),
+    /// Local usage against the cap, upload backlog and backend health of a root.
+    Status(status::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(cli_args(std::env::args_os()));
     init_logging();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Mount(args) => mount::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Fsck(args) => fsck::run(args),
+        Command::Up(args) => up::run(args),
+        Command::Recover(args) => recover::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(code) => code,
