@@ -472,6 +472,34 @@ impl Engine {
         self.ns(ns)?.manifest()
     }
 
+    /// Seals every namespace that holds unsealed records, all at one instant, and returns the
+    /// manifest of every namespace as of that instant: a consistent cut of the whole engine.
+    ///
+    /// A filesystem spreads one change over several namespaces (blocks, block maps, inodes),
+    /// so manifests taken at each namespace's own seal can describe a state that never
+    /// existed; restoring from a cut cannot. Every writer is held for the duration, so writes
+    /// pause for the time of the seals (each an fsync and a manifest write).
+    pub fn seal_all(&self) -> Result<Vec<Manifest>> {
+        let _admin = self.inner.ns_admin.lock();
+        let namespaces: Vec<Arc<Namespace>> =
+            self.inner.namespaces.read().values().cloned().collect();
+        let result = {
+            // BTreeMap order: every caller takes writers in the same order, so no deadlock.
+            let mut writers: Vec<_> = namespaces.iter().map(|n| n.writer.lock()).collect();
+            let shared = &self.inner.shared;
+            let sealed: Result<()> = namespaces
+                .iter()
+                .zip(writers.iter_mut())
+                .filter(|(_, w)| w.end > crate::segment::SEGMENT_HEADER_LEN)
+                .try_for_each(|(n, w)| n.rotate_locked(shared, w));
+            sealed.and_then(|()| namespaces.iter().map(|n| n.manifest()).collect())
+        };
+        for n in &namespaces {
+            self.fire(n);
+        }
+        result
+    }
+
     /// The engine's sealing key (the content of `engine.key`), needed with the manifests to
     /// restore password-protected namespaces. Never log it.
     pub fn export_seal_key(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
