@@ -422,7 +422,12 @@ fn an_empty_engine_over_a_used_repository_touches_nothing() {
 /// recovery from the backends alone must hold exactly the model.
 #[test]
 fn gc_across_tiers_never_loses_live_data() {
-    for seed in 0..3u64 {
+    // QSFS_TIER_ROUNDS=50 for a longer soak.
+    let rounds = std::env::var("QSFS_TIER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u64);
+    for seed in 0..rounds {
         gc_round(seed);
     }
 }
