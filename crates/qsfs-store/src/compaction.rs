@@ -234,7 +234,16 @@ fn compact_segment(
         f.sync_data()
             .map_err(|e| Error::io(format!("sync {}", w.seg.path.display()), e))?;
     }
-    if seg.file.is_none() {
+    // Eviction may have offloaded the segment since it was picked (it takes the writer
+    // between batches); the writer held now keeps that state still.
+    let offloaded = seg.file.is_none()
+        || ns
+            .state
+            .read()
+            .segments
+            .get(&seg.id)
+            .is_some_and(|s| s.file.is_none());
+    if offloaded {
         // Persist first: once the descriptor forgets the segment it is never read again.
         let mut desc = ns.state.read().desc.clone();
         desc.offloaded.remove(&seg.id);
@@ -251,9 +260,12 @@ fn compact_segment(
     }
     // The snapshot must not name the removed segment.
     ns.write_snapshot_locked(&w);
-    if seg.file.is_some() {
-        std::fs::remove_file(&seg.path)
-            .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
+    if !offloaded {
+        match std::fs::remove_file(&seg.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", seg.path.display()), e)),
+        }
         let _ = crate::segment::sync_dir(&ns.dir);
     }
     report.bytes_removed += len;
