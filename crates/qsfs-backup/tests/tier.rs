@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qsfs_backup::tier::{manifest_key, recover, Tier, TierConfig, TierMetrics};
+use qsfs_backup::tier::{cut, recover, Tier, TierConfig, TierMetrics, CUT_KEY};
 use qsfs_backup::Pipeline;
 use qsfs_core::{Backend, Store};
 use qsfs_store::{cold_key, Engine, EngineConfig, Manifest};
@@ -142,17 +142,28 @@ fn recover_and_check(c: &Chain, root: &Path, model: &Model) {
     tier.shutdown();
 }
 
-/// Every cold object the last uploaded manifest of every namespace references exists.
+/// The uploaded cut, by namespace.
+fn uploaded_cut(c: &Chain) -> BTreeMap<String, Manifest> {
+    match c.rt.block_on(c.pipeline.get(CUT_KEY)) {
+        Ok(b) => cut::decode(&b)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.namespace.clone(), m))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 fn dump(c: &Chain) {
+    let up = uploaded_cut(c);
     for n in c.engine.namespace_list().unwrap() {
         let m = c.engine.manifest(&n).unwrap();
-        let up =
-            c.rt.block_on(c.pipeline.get(&manifest_key(&n)))
-                .ok()
-                .map(|b| Manifest::from_bytes(&b).unwrap().generation);
         eprintln!(
-            "{n}: manifest gen {} (uploaded {up:?}) through {:?} segs {:?}",
-            m.generation, m.sealed_through, m.segments
+            "{n}: manifest gen {} (uploaded {:?}) through {:?} segs {:?}",
+            m.generation,
+            up.get(&n).map(|u| u.generation),
+            m.sealed_through,
+            m.segments
         );
         for s in c.engine.segments(&n).unwrap() {
             eprintln!(
@@ -163,20 +174,9 @@ fn dump(c: &Chain) {
     }
 }
 
+/// Every cold object the uploaded recovery cut references exists.
 fn manifests_are_backed(c: &Chain) {
-    let live = c.engine.namespace_list().unwrap();
-    for name in c.rt.block_on(c.pipeline.list("manifests/")).unwrap() {
-        let bytes = match c.rt.block_on(c.pipeline.get(&name)) {
-            Ok(b) => b,
-            Err(e) => {
-                // Only the manifest of a deleted namespace may vanish while we look.
-                let ns =
-                    String::from_utf8(hex::decode(&name["manifests/".len()..]).unwrap()).unwrap();
-                assert!(!live.contains(&ns), "manifest of live {ns} unreadable: {e}");
-                continue;
-            }
-        };
-        let m = Manifest::from_bytes(&bytes).unwrap();
+    for m in uploaded_cut(c).into_values() {
         for (id, len) in &m.segments {
             match c
                 .rt
@@ -184,14 +184,13 @@ fn manifests_are_backed(c: &Chain) {
             {
                 Ok(rec) => assert_eq!(rec.size, *len, "{}/{id}", m.namespace),
                 Err(e) => {
-                    // The worker may have uploaded a newer manifest and then deleted the
-                    // segment meanwhile; the manifest now in the backends must not need it.
-                    let now = c.rt.block_on(c.pipeline.get(&name)).ok();
-                    let newer = now.map(|b| Manifest::from_bytes(&b).unwrap());
+                    // The worker may have uploaded a newer cut and then deleted the segment
+                    // meanwhile; the cut now in the backends must not need it.
+                    let newer = uploaded_cut(c).remove(&m.namespace);
                     assert!(
-                        newer.is_some_and(|n| n.generation > m.generation
+                        newer.as_ref().is_none_or(|n| n.generation > m.generation
                             && !n.segments.iter().any(|s| s.0 == *id)),
-                        "manifest {} gen {} needs segment {id}: {e}",
+                        "cut: {} gen {} needs segment {id}: {e}",
                         m.namespace,
                         m.generation
                     );
@@ -390,9 +389,7 @@ fn an_empty_engine_over_a_used_repository_touches_nothing() {
     c.engine.rotate("default").unwrap();
     assert!(c.tier.wait_idle(Duration::from_secs(60)));
     let before = c.rt.block_on(c.pipeline.list("")).unwrap();
-    let old =
-        c.rt.block_on(c.pipeline.get(&manifest_key("default")))
-            .unwrap();
+    let old = c.rt.block_on(c.pipeline.get(CUT_KEY)).unwrap();
     // A second, empty engine over the same backends (a lost disk and `up` instead of
     // `recover`) must neither overwrite the manifests nor delete segments.
     let other = root.path().join("other");
@@ -408,11 +405,7 @@ fn an_empty_engine_over_a_used_repository_touches_nothing() {
     assert!(!tier.wait_idle(Duration::from_millis(300)));
     tier.shutdown();
     assert_eq!(c.rt.block_on(c.pipeline.list("")).unwrap(), before);
-    assert_eq!(
-        c.rt.block_on(c.pipeline.get(&manifest_key("default")))
-            .unwrap(),
-        old
-    );
+    assert_eq!(c.rt.block_on(c.pipeline.get(CUT_KEY)).unwrap(), old);
     c.tier.shutdown();
 }
 

@@ -145,6 +145,7 @@ pub fn tier_config(chain: &ChainSettings) -> TierConfig {
     TierConfig {
         local_cap: chain.local_cap,
         read_cache_bytes: chain.read_cache.unwrap_or(DEFAULT_READ_CACHE),
+        cut_every: chain.seal_after.unwrap_or(DEFAULT_SEAL_AFTER),
         ..TierConfig::default()
     }
 }
@@ -153,7 +154,9 @@ pub fn tier_config(chain: &ChainSettings) -> TierConfig {
 pub fn engine_config(base: EngineConfig, chain: &ChainSettings, tier: &Tier) -> EngineConfig {
     EngineConfig {
         max_segment_size: chain.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE),
-        max_segment_age: Some(chain.seal_after.unwrap_or(DEFAULT_SEAL_AFTER)),
+        // Sealing by age is the tier's recovery cut (every `seal_after`), which seals every
+        // namespace at one instant; sealing each namespace on its own clock adds nothing.
+        max_segment_age: None,
         cold_tier: Some(tier.cold_tier()),
         observer: Some(tier.observer()),
         ..base

@@ -474,6 +474,7 @@ impl Engine {
 
     /// Seals every namespace that holds unsealed records, all at one instant, and returns the
     /// manifest of every namespace as of that instant: a consistent cut of the whole engine.
+    /// A manifest that still names a segment compaction removed is renewed.
     ///
     /// A filesystem spreads one change over several namespaces (blocks, block maps, inodes),
     /// so manifests taken at each namespace's own seal can describe a state that never
@@ -487,11 +488,19 @@ impl Engine {
             // BTreeMap order: every caller takes writers in the same order, so no deadlock.
             let mut writers: Vec<_> = namespaces.iter().map(|n| n.writer.lock()).collect();
             let shared = &self.inner.shared;
-            let sealed: Result<()> = namespaces
-                .iter()
-                .zip(writers.iter_mut())
-                .filter(|(_, w)| w.end > crate::segment::SEGMENT_HEADER_LEN)
-                .try_for_each(|(n, w)| n.rotate_locked(shared, w));
+            let sealed: Result<()> =
+                namespaces
+                    .iter()
+                    .zip(writers.iter_mut())
+                    .try_for_each(|(n, w)| {
+                        if w.end > crate::segment::SEGMENT_HEADER_LEN {
+                            n.rotate_locked(shared, w)
+                        } else if n.manifest_is_stale()? {
+                            n.write_manifest_locked(shared, w)
+                        } else {
+                            Ok(())
+                        }
+                    });
             sealed.and_then(|()| namespaces.iter().map(|n| n.manifest()).collect())
         };
         for n in &namespaces {

@@ -432,6 +432,19 @@ impl Namespace {
         Ok(())
     }
 
+    /// True if the persisted manifest names a segment that compaction has removed since: it
+    /// can no longer be backed up whole, and a fresh one (the writer at the start of an empty
+    /// segment) describes the same data without it.
+    pub(crate) fn manifest_is_stale(&self) -> Result<bool> {
+        let m = Manifest::load(&self.dir)?;
+        let st = self.state.read();
+        Ok(m.is_some_and(|m| {
+            m.segments
+                .iter()
+                .any(|(id, _)| !st.segments.contains_key(id))
+        }))
+    }
+
     /// The latest persisted manifest, with the current properties.
     pub fn manifest(&self) -> Result<Manifest> {
         let mut m = Manifest::load(&self.dir)?

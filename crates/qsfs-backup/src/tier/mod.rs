@@ -20,6 +20,7 @@
 //!
 //! See `docs/tier.md` for the rules and why the deletion rule is safe.
 
+pub mod cut;
 mod evict;
 mod fetch;
 mod metrics;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Pipeline;
 
+pub use cut::CUT_KEY;
 pub use fetch::FetchCache;
 pub use metrics::TierMetrics;
 pub use recover::{recover, RecoverReport};
@@ -68,6 +70,10 @@ pub struct TierConfig {
     pub gc_every: Duration,
     /// Read back and verify every shard of an upload before confirming it.
     pub verify_deep: bool,
+    /// How often a recovery cut is taken ([`Engine::seal_all`]: unsealed writes are sealed
+    /// and the manifests of every namespace captured at one instant) and uploaded once its
+    /// segments are. This bounds how old the newest recoverable state is.
+    pub cut_every: Duration,
 }
 
 impl Default for TierConfig {
@@ -79,6 +85,7 @@ impl Default for TierConfig {
             retry_max: Duration::from_secs(60),
             gc_every: Duration::from_secs(600),
             verify_deep: true,
+            cut_every: Duration::from_secs(60),
         }
     }
 }
@@ -146,6 +153,8 @@ pub(crate) struct Shared {
     /// Signalled with `live` changes (progress, idle).
     pub changed: Condvar,
     pub stop: AtomicBool,
+    /// Someone waits for the tier to be idle: take a cut now rather than at the next period.
+    pub cut_requested: AtomicBool,
     pub worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Rate limit of the cap-unmet warning.
     pub last_cap_warning: Mutex<Option<Instant>>,
@@ -225,6 +234,7 @@ impl Tier {
                 live: Mutex::new(Live::default()),
                 changed: Condvar::new(),
                 stop: AtomicBool::new(false),
+                cut_requested: AtomicBool::new(false),
                 worker: Mutex::new(None),
                 last_cap_warning: Mutex::new(None),
             }),
@@ -293,6 +303,7 @@ impl Tier {
                 return true;
             }
             drop(engine);
+            self.shared.cut_requested.store(true, Ordering::Release);
             self.shared.kick();
             let now = Instant::now();
             if now >= deadline {

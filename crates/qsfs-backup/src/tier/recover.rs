@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qsfs_core::{Backend, Error, Result};
-use qsfs_store::{Engine, Manifest};
+use qsfs_store::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::SEAL_KEY;
@@ -23,29 +23,20 @@ pub struct RecoverReport {
     pub elapsed: Duration,
 }
 
-/// Creates the engine directory `engine_dir` (absent or empty) from the manifests and the seal
-/// key in the backends. Reads the manifest objects and the key only, never segment data, so
+/// Creates the engine directory `engine_dir` (absent or empty) from the recovery cut (the
+/// manifests of every namespace at one instant) and the seal key in the backends. Reads the manifest objects and the key only, never segment data, so
 /// the time does not depend on how much data there is; every segment stays in the backends and
 /// is fetched when read.
 pub async fn recover(pipeline: &Pipeline, engine_dir: &Path) -> Result<RecoverReport> {
     let start = Instant::now();
-    let names = pipeline.list("manifests/").await?;
-    let fetched = futures::future::join_all(names.iter().map(|n| pipeline.get(n))).await;
-    let mut manifests = Vec::with_capacity(names.len());
-    for (name, bytes) in names.iter().zip(fetched) {
-        let bytes = bytes?;
-        let m = Manifest::from_bytes(&bytes)?;
-        if super::manifest_key(&m.namespace) != *name {
-            return Err(Error::corrupt(
-                name.clone(),
-                format!("holds the manifest of namespace {:?}", m.namespace),
-            ));
-        }
-        manifests.push(m);
-    }
+    let manifests = match pipeline.get(super::CUT_KEY).await {
+        Ok(bytes) => super::cut::decode(&bytes)?,
+        Err(Error::NotFound(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     if manifests.is_empty() {
         return Err(Error::NotFound(
-            "no namespace manifest in the backends: nothing to recover".into(),
+            "no recovery cut in the backends: nothing to recover".into(),
         ));
     }
     let key = match pipeline.get(SEAL_KEY).await {

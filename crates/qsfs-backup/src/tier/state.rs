@@ -51,7 +51,11 @@ pub(crate) enum Gate {
         after: u32,
     },
     /// The namespace was deleted: the manifest object goes first, the segments after it.
+    /// Waits until a recovery cut taken after the deletion is uploaded (becoming
+    /// [`Gate::CutWithout`]): until then the uploaded cut may still name the namespace.
     NamespaceGone,
+    /// A deleted namespace that the uploaded cut no longer names: may go.
+    CutWithout,
 }
 
 /// A cold object to delete.

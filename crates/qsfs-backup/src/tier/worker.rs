@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::metrics::TierMetrics;
 use super::state::{Confirmed, Gate, PendingDelete, State, UploadedManifest};
-use super::{manifest_key, BackendHealth, Shared, SEAL_KEY};
+use super::{manifest_key, BackendHealth, Shared, CUT_KEY, SEAL_KEY};
 use crate::metadata::ObjectRecord;
 use crate::pipeline::{Attrs, BLOCKING_THREADS};
 use crate::progress::NoProgress;
@@ -58,6 +58,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
         last_gc: Instant::now(),
         bound: false,
         reconciled: false,
+        cut: None,
+        last_cut: Instant::now(),
     };
     while !shared.stop.load(Ordering::Acquire) {
         let did = w.tick();
@@ -235,6 +237,16 @@ struct Worker {
     last_gc: Instant,
     bound: bool,
     reconciled: bool,
+    /// The cut taken and waiting for its segments to be uploaded.
+    cut: Option<PendingCut>,
+    last_cut: Instant,
+}
+
+/// A recovery cut not yet uploaded.
+struct PendingCut {
+    manifests: Vec<Manifest>,
+    /// Namespace deletions it does not name: released when it is uploaded.
+    released: Vec<PendingDelete>,
 }
 
 impl Worker {
@@ -323,11 +335,13 @@ impl Worker {
             self.upload_seal_key(engine)?;
             return Ok(true);
         }
-        if let Some((ns, seg)) = self.next_backlog(engine)? {
-            self.upload_segment(engine, &ns, &seg)?;
+        // Before the backlog: under sustained writes the backlog is never empty, and the
+        // recovery point must still move.
+        if self.cut_step(engine)? {
             return Ok(true);
         }
-        if self.upload_one_manifest(engine)? {
+        if let Some((ns, seg)) = self.next_backlog(engine)? {
+            self.upload_segment(engine, &ns, &seg)?;
             return Ok(true);
         }
         if self.run_deletes(engine)? {
@@ -368,8 +382,12 @@ impl Worker {
             }
             Err(Error::NotFound(_)) => {
                 // No key (never uploaded): the manifests, if any, must describe this engine.
-                for name in self.rt.block_on(p.list("manifests/"))? {
-                    let m = Manifest::from_bytes(&self.rt.block_on(p.get(&name))?)?;
+                let cut = match self.rt.block_on(p.get(CUT_KEY)) {
+                    Ok(bytes) => super::cut::decode(&bytes)?,
+                    Err(Error::NotFound(_)) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                for m in cut {
                     if m.segments.is_empty() {
                         continue;
                     }
@@ -620,87 +638,114 @@ impl Worker {
         Ok(())
     }
 
-    /// Uploads the newest manifest of one namespace whose uploaded one is older, if every
-    /// segment it references is safely in the backends.
-    fn upload_one_manifest(&self, engine: &Engine) -> Result<bool> {
-        let st = self.shared.state.lock().clone();
-        for ns in engine.namespace_list()? {
-            let m = match engine.manifest(&ns) {
-                Ok(m) => m,
-                Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            if st
-                .manifests
-                .get(&ns)
-                .is_some_and(|u| u.generation >= m.generation)
-            {
-                continue;
+    /// Takes a recovery cut when one is due, and uploads the pending cut once every segment it
+    /// names is safely in the backends. True if something was done.
+    fn cut_step(&mut self, engine: &Engine) -> Result<bool> {
+        let Some(pending) = self.cut.take() else {
+            let requested = self.shared.cut_requested.swap(false, Ordering::AcqRel);
+            if !requested && self.last_cut.elapsed() < self.shared.config.cut_every {
+                return Ok(false);
             }
-            let segs = match engine.segments(&ns) {
-                Ok(s) => s,
-                Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            if readiness(&st, &ns, &m, &segs) != Readiness::Ready {
-                continue;
-            }
-            let bytes = m.to_bytes();
-            let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
-            h.update(&bytes);
-            let (_, sum) = h.finish();
-            let len = bytes.len() as u64;
-            let key = manifest_key(&ns);
-            let rec = self.rt.block_on(self.shared.pipeline.store(
-                &key,
-                Box::new(std::io::Cursor::new(bytes)),
-                Attrs::default(),
-                &NoProgress,
-            ))?;
-            self.verify(&rec, len, sum)?;
-            let object_id = rec.object_id;
-            let gone = |st: &mut State| {
-                st.manifests.remove(&ns);
-                st.deletes.push(PendingDelete {
-                    ns: ns.clone(),
-                    segment: None,
-                    gate: Gate::NamespaceGone,
-                    object_id: Some(object_id),
+            self.last_cut = Instant::now();
+            // Namespace deletions known before the cut is taken are not in it: its upload
+            // releases them. Taken first, so a deletion racing the cut waits for the next one.
+            let released: Vec<PendingDelete> = self
+                .shared
+                .state
+                .lock()
+                .deletes
+                .iter()
+                .filter(|d| d.segment.is_none() && d.gate == Gate::NamespaceGone)
+                .cloned()
+                .collect();
+            let manifests = engine.seal_all()?;
+            let st = self.shared.state.lock().clone();
+            let unchanged = released.is_empty()
+                && manifests.len() == st.manifests.len()
+                && manifests.iter().all(|m| {
+                    st.manifests
+                        .get(&m.namespace)
+                        .is_some_and(|u| u.generation == m.generation)
                 });
-            };
-            // A deletion notification either reached the state before the insert (then the
-            // namespace is seen gone here or just after) or comes after it and sees this
-            // manifest. The engine is asked outside `update` (see upload_segment).
-            let exists = |e: &Engine| e.namespace_list().is_ok_and(|l| l.contains(&ns));
-            if !exists(engine) {
-                self.shared.update(gone)?;
-                return Ok(true);
+            if !unchanged {
+                self.cut = Some(PendingCut {
+                    manifests,
+                    released,
+                });
             }
-            self.shared.update(|st| {
-                st.manifests.insert(
-                    ns.clone(),
-                    UploadedManifest {
+            return Ok(!unchanged);
+        };
+        let st = self.shared.state.lock().clone();
+        let mut ready = true;
+        for m in &pending.manifests {
+            let segs = match engine.segments(&m.namespace) {
+                Ok(s) => s,
+                // Deleted since the cut: its segments may be gone; take a new cut.
+                Err(Error::NotFound(_)) => {
+                    self.shared.cut_requested.store(true, Ordering::Release);
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            };
+            match readiness(&st, &m.namespace, m, &segs) {
+                Readiness::Ready => {}
+                Readiness::Wait => ready = false,
+                // A segment it names was compacted away before reaching the backends: this
+                // cut can never be uploaded; the next one will not name that segment.
+                Readiness::Never => {
+                    self.shared.cut_requested.store(true, Ordering::Release);
+                    return Ok(true);
+                }
+            }
+        }
+        if !ready {
+            self.cut = Some(pending);
+            return Ok(false);
+        }
+        let bytes = super::cut::encode(&pending.manifests)?;
+        let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
+        h.update(&bytes);
+        let (_, sum) = h.finish();
+        let len = bytes.len() as u64;
+        let stored = self.rt.block_on(self.shared.pipeline.store(
+            CUT_KEY,
+            Box::new(std::io::Cursor::new(bytes)),
+            Attrs::default(),
+            &NoProgress,
+        ));
+        let rec = match stored.and_then(|rec| self.verify(&rec, len, sum).map(|()| rec)) {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.cut = Some(pending);
+                return Err(e);
+            }
+        };
+        let object_id = rec.object_id;
+        self.shared.update(|st| {
+            st.manifests = pending
+                .manifests
+                .iter()
+                .map(|m| {
+                    let u = UploadedManifest {
                         generation: m.generation,
                         sealed_through: m.sealed_through,
                         segments: m.segments.iter().map(|s| s.0).collect(),
                         object_id,
-                    },
-                );
-            })?;
-            if !exists(engine) {
-                self.shared.update(|st| {
-                    if st
-                        .manifests
-                        .get(&ns)
-                        .is_some_and(|u| u.object_id == object_id)
-                    {
-                        gone(st);
-                    }
-                })?;
+                    };
+                    (m.namespace.clone(), u)
+                })
+                .collect();
+            for d in st.deletes.iter_mut() {
+                if pending.released.contains(d) {
+                    d.gate = Gate::CutWithout;
+                }
             }
-            return Ok(true);
-        }
-        Ok(false)
+        })?;
+        tracing::debug!(
+            namespaces = pending.manifests.len(),
+            "tier: recovery cut uploaded"
+        );
+        Ok(true)
     }
 
     /// Whether a pending delete may run now.
@@ -710,8 +755,9 @@ impl Worker {
                 u.sealed_through.is_some_and(|t| t >= after) && !u.segments.contains(&s)
             }),
             (Gate::Manifest { .. }, None) => false,
-            (Gate::NamespaceGone, None) => true,
-            (Gate::NamespaceGone, Some(_)) => !st
+            (Gate::NamespaceGone, None) => false,
+            (Gate::CutWithout, None) => true,
+            (Gate::NamespaceGone | Gate::CutWithout, Some(_)) => !st
                 .deletes
                 .iter()
                 .any(|o| o.ns == d.ns && o.segment.is_none()),
