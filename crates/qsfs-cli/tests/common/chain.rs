@@ -392,6 +392,17 @@ impl Chain {
         self.up = Some(up);
     }
 
+    /// Panics with the log if the `qsfs up` started by [`Chain::up`] has exited on its own
+    /// (a crash must not pass for a stale status).
+    pub fn assert_up_alive(&mut self) {
+        if let Some(up) = self.up.as_mut() {
+            if let Some(st) = up.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                up.child = None;
+                panic!("qsfs up died ({st}):\n{}", tail(&up.log, 80));
+            }
+        }
+    }
+
     /// True while a `qsfs up` started by [`Chain::up`] runs.
     pub fn is_up(&self) -> bool {
         self.up.is_some()
@@ -546,12 +557,13 @@ impl Chain {
     /// than `seal_after` plus two status periods, so the segment that was still active when the
     /// writes ended has been sealed by age and uploaded too. Panics (hang guard) after
     /// `deadline`, with the last status and the log.
-    pub fn wait_drained(&self, deadline: Duration) -> serde_json::Value {
+    pub fn wait_drained(&mut self, deadline: Duration) -> serde_json::Value {
         let quiet = Duration::from_secs(self.opts.seal_after) + Duration::from_secs(5);
         let end = Instant::now() + deadline;
         let mut zero_since: Option<Instant> = None;
         let mut last = None;
         loop {
+            self.assert_up_alive();
             if let Some(s) = self.status() {
                 let backlog = s["backlog_segments"].as_u64();
                 match backlog {
