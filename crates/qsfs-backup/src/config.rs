@@ -4,6 +4,7 @@
 //! config (see `docs/backup.md` for a commented example). Errors never echo values: a config
 //! holds keys and passwords.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,7 +142,113 @@ pub struct Config {
     pub root: Option<PathBuf>,
     /// True if read from a 0-stor v2 file.
     pub from_zstor: bool,
+    /// Settings of the storage chain (`qsfs up`): local cap, segment size, ...
+    pub chain: ChainSettings,
 }
+
+/// Settings of the storage chain, from top-level keys of either config format. Every one is
+/// optional: the program that runs the chain picks the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainSettings {
+    /// `local_cap`: most bytes the local engine may keep on disk before sealed, backed-up
+    /// segments are evicted.
+    pub local_cap: Option<u64>,
+    /// `segment_size`: engine segment size in bytes.
+    pub segment_size: Option<u64>,
+    /// `seal_after` (seconds): a non-empty segment older than this is sealed, bounding how long
+    /// a write waits before it reaches the backends.
+    pub seal_after: Option<Duration>,
+    /// `read_cache`: bytes of fetched stripes kept in memory.
+    pub read_cache: Option<u64>,
+    /// `metrics`: address of the Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A size in a config: an integer (bytes) or a string with a binary suffix ("64MiB", "8 MiB",
+/// "1GiB", "512KiB", "64M").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(t) => parse_size(&t).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses "4096", "64MiB", "8 MiB", "1GiB", "512KiB", "64M", "2k" (binary units: K = 1024).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {text:?}: expected a number of bytes, e.g. 64MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "size {text:?}: unknown unit (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// The chain keys as they appear in a file (shared by both formats).
+#[derive(Deserialize, Default)]
+struct ChainKeys {
+    local_cap: Option<Size>,
+    segment_size: Option<Size>,
+    seal_after: Option<u64>,
+    read_cache: Option<Size>,
+    metrics: Option<String>,
+}
+
+impl ChainKeys {
+    fn settings(self) -> Result<ChainSettings> {
+        let metrics = match self.metrics {
+            Some(m) => Some(m.parse::<SocketAddr>().map_err(|_| {
+                BackupError::Config(format!(
+                    "metrics {m:?}: expected a socket address such as 127.0.0.1:9100"
+                ))
+            })?),
+            None => None,
+        };
+        if self.seal_after == Some(0) {
+            return Err(BackupError::Config("seal_after must be at least 1 second".into()).into());
+        }
+        Ok(ChainSettings {
+            local_cap: self.local_cap.map(|s| s.0),
+            segment_size: self.segment_size.map(|s| s.0),
+            seal_after: self.seal_after.map(Duration::from_secs),
+            read_cache: self.read_cache.map(|s| s.0),
+            metrics,
+        })
+    }
+}
+
+/// Names of the chain keys, removed before the format-specific parse.
+const CHAIN_KEYS: [&str; 5] = [
+    "local_cap",
+    "segment_size",
+    "seal_after",
+    "read_cache",
+    "metrics",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,7 +370,7 @@ impl ZstorBackend {
 fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> BackupError {
     let where_ = match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let line_text = text.lines().nth(line - 1).unwrap_or("");
             let secret = ["key", "password"]
                 .iter()
@@ -292,13 +399,62 @@ impl Config {
     /// Parses config text; `path` only names it in errors, `base` resolves relative paths.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config> {
         let value: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
-        if value.contains_key("minimal_shards") {
-            let z: ZstorFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
-            Config::from_zstor(z)
+        let chain_table: toml::Table = value
+            .iter()
+            .filter(|(k, _)| CHAIN_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let chain: ChainKeys = chain_table.try_into().map_err(|e: toml::de::Error| {
+            BackupError::Config(format!("{}: {}", path.display(), e.message()))
+        })?;
+        let chain = chain.settings()?;
+        // The format structs refuse unknown keys; the chain keys are read above, so the text
+        // is parsed again without them (spans in errors then still point into the file).
+        let rest = strip_top_level_keys(text, &CHAIN_KEYS);
+        let mut config = if value.contains_key("minimal_shards") {
+            let z: ZstorFile = toml::from_str(&rest).map_err(|e| toml_error(path, &rest, &e))?;
+            Config::from_zstor(z)?
         } else {
-            let q: QsfsFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
-            Config::from_qsfs(q, base)
-        }
+            let q: QsfsFile = toml::from_str(&rest).map_err(|e| toml_error(path, &rest, &e))?;
+            Config::from_qsfs(q, base)?
+        };
+        config.chain = chain;
+        Ok(config)
+    }
+
+    /// The qsfs config `qsfs up` writes when it is given none: four local directory backends
+    /// under `root/backends/node0..3`, two data and two parity shards per stripe, the metadata
+    /// replicated on the same four directories (metadata and shard keys never collide).
+    pub fn default_local_toml(root: &Path) -> String {
+        let dirs: Vec<String> = (0..4)
+            .map(|i| {
+                let p = root.join("backends").join(format!("node{i}"));
+                toml::Value::String(format!("local:{}", p.display())).to_string()
+            })
+            .collect();
+        format!(
+            "# qsfs configuration, written by `qsfs up`.\n\
+             # Four local directory backends, 2 data + 2 parity shards per stripe: any two of\n\
+             # them may be lost. Replace them with zdb://host:port/namespace backends on other\n\
+             # machines to survive the loss of this one.\n\
+             data_shards = 2\n\
+             parity_shards = 2\n\
+             \n\
+             # Storage chain (sizes in bytes or with a KiB/MiB/GiB suffix):\n\
+             # local_cap = \"10GiB\"     # evict backed-up segments beyond this\n\
+             # segment_size = \"64MiB\"\n\
+             # seal_after = 60          # seconds before recent writes are sealed and uploaded\n\
+             # read_cache = \"64MiB\"\n\
+             # metrics = \"127.0.0.1:9100\"\n\
+             \n\
+             [meta]\n\
+             backends = [{}]\n\
+             \n\
+             [[groups]]\n\
+             backends = [{}]\n",
+            dirs.join(", "),
+            dirs.join(", ")
+        )
     }
 
     fn from_qsfs(q: QsfsFile, base: &Path) -> Result<Config> {
@@ -353,6 +509,7 @@ impl Config {
             key: None,
             root: None,
             from_zstor: false,
+            chain: ChainSettings::default(),
         })
     }
 
@@ -422,6 +579,7 @@ impl Config {
             key: Some(key),
             root: z.root,
             from_zstor: true,
+            chain: ChainSettings::default(),
         })
     }
 
@@ -537,6 +695,30 @@ impl Config {
             .collect::<Result<Vec<_>>>()?;
         Pipeline::open(self.settings.clone(), groups, meta, &key).await
     }
+}
+
+/// `text` without the top-level `key = value` lines of `keys` (those before the first table
+/// header). Values of the chain keys are single-line scalars, so removing their lines is exact;
+/// other lines keep their numbers, for error messages.
+fn strip_top_level_keys(text: &str, keys: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut top = true;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            top = false;
+        }
+        let is_key = top
+            && keys.iter().any(|k| {
+                t.strip_prefix(k)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            });
+        if !is_key {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn timeouts(op: Option<u64>, health: Option<u64>, down: Option<u64>) -> Timeouts {
@@ -706,5 +888,88 @@ backends = ["local:b3"]
             .expect_err("outside");
         assert!(e.to_string().contains("/srv/data"));
         assert_eq!(c.local_path("/x/y"), PathBuf::from("/srv/data/x/y"));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        for (text, want) in [
+            ("4096", 4096),
+            ("64MiB", 64 << 20),
+            ("8 MiB", 8 << 20),
+            ("1GiB", 1 << 30),
+            ("512KiB", 512 << 10),
+            ("64M", 64 << 20),
+            ("2k", 2048),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for bad in ["", "MiB", "12 parsecs", "-1", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chain_keys_in_a_qsfs_config() {
+        let text = r#"
+local_cap = "64MiB"
+segment_size = 8388608
+seal_after = 30
+read_cache = "8 MiB"
+metrics = "127.0.0.1:9100"
+data_shards = 1
+parity_shards = 1
+[meta]
+backends = ["local:m"]
+[[groups]]
+backends = ["local:d1", "local:d2"]
+"#;
+        let c = Config::parse(text, Path::new("t.toml"), Path::new("/b")).expect("parse");
+        assert_eq!(
+            c.chain,
+            ChainSettings {
+                local_cap: Some(64 << 20),
+                segment_size: Some(8 << 20),
+                seal_after: Some(Duration::from_secs(30)),
+                read_cache: Some(8 << 20),
+                metrics: Some("127.0.0.1:9100".parse().expect("addr")),
+            }
+        );
+        let bad = text.replace("\"64MiB\"", "\"64 furlongs\"");
+        assert!(Config::parse(&bad, Path::new("t.toml"), Path::new("/b")).is_err());
+        let bad = text.replace("127.0.0.1:9100", "localhost");
+        assert!(Config::parse(&bad, Path::new("t.toml"), Path::new("/b")).is_err());
+        // An unknown key is still refused, and its line number is still right.
+        let bad = text.replace("read_cache", "raed_cache");
+        let e = Config::parse(&bad, Path::new("t.toml"), Path::new("/b")).expect_err("typo");
+        assert!(e.to_string().contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn chain_keys_in_a_zstor_config() {
+        let c = Config::parse(
+            &format!("local_cap = \"1GiB\"\n{ZSTOR}"),
+            Path::new("z.toml"),
+            Path::new("/"),
+        )
+        .expect("parse");
+        assert!(c.from_zstor);
+        assert_eq!(c.chain.local_cap, Some(1 << 30));
+        let plain = Config::parse(ZSTOR, Path::new("z.toml"), Path::new("/")).expect("parse");
+        assert_eq!(plain.chain, ChainSettings::default());
+    }
+
+    #[test]
+    fn default_local_config_is_accepted() {
+        let root = Path::new("/home/u/.threefold");
+        let text = Config::default_local_toml(root);
+        let c =
+            Config::parse(&text, Path::new("qsfs.toml"), Path::new("/elsewhere")).expect("parse");
+        let dirs: Vec<BackendSpec> = (0..4)
+            .map(|i| BackendSpec::Local(root.join(format!("backends/node{i}"))))
+            .collect();
+        assert_eq!(c.groups, vec![dirs.clone()]);
+        assert_eq!(c.meta, dirs);
+        assert_eq!((c.settings.policy.k, c.settings.policy.m), (2, 2));
+        assert_eq!(c.chain, ChainSettings::default());
     }
 }

@@ -57,6 +57,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod progress;
 pub mod stripe;
+pub mod tier;
 
 pub use error::BackupError;
 pub use pipeline::{Pipeline, Settings};

@@ -891,6 +891,24 @@ impl Pipeline {
         Ok(Bytes::from(out))
     }
 
+    /// Stripe `i` of `rec`, decoded and verified against its checksum, fetching only that
+    /// stripe's shards (k of them while they are good).
+    pub async fn read_stripe(&self, rec: &ObjectRecord, i: u64) -> Result<Bytes> {
+        if i >= rec.stripes.len() as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "object {} has {} stripes, asked for stripe {i}",
+                rec.name,
+                rec.stripes.len()
+            )));
+        }
+        let key = self.data_key(rec)?;
+        let (plain, problems) = self.fetch_stripe(rec, &key, i).await?;
+        for p in &problems {
+            tracing::warn!("{}: {p}", rec.name);
+        }
+        Ok(Bytes::from(plain))
+    }
+
     /// Checks every shard of `rec`: presence only, or (`deep`) read and verify each one.
     pub async fn inspect(
         &self,

@@ -8,16 +8,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use qsfs_backup::config::{Config, ZdbConnector, ZdbSpec};
-use qsfs_backup::crypto::KeySource;
 use qsfs_backup::ops::{self, RetrieveOptions, ScrubOptions};
 use qsfs_backup::pipeline::Pipeline;
 use qsfs_backup::progress::Progress;
 use qsfs_store::remote::LazyZdbBackend;
 
+use crate::key::read_secret;
+
 /// Opens `zdb://` and 0-stor v2 backends with qsfs-store's 0-db client. The connection is made
 /// on first use, off the async workers: a node that is down when the repository is opened is
 /// one missing shard, not a failed command.
-struct ZdbConnect;
+pub struct ZdbConnect;
 
 impl ZdbConnector for ZdbConnect {
     fn connect(&self, spec: &ZdbSpec) -> qsfs_core::Result<Arc<dyn qsfs_core::Backend>> {
@@ -131,28 +132,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
-fn read_secret(file: Option<&Path>, env: &str, prompt: &str) -> anyhow::Result<KeySource> {
-    if let Some(f) = file {
-        let s = std::fs::read_to_string(f)
-            .with_context(|| format!("reading key file {}", f.display()))?;
-        let s = s.trim_end_matches(['\n', '\r']);
-        if s.is_empty() {
-            bail!("key file {} is empty", f.display());
-        }
-        return Ok(KeySource::passphrase(s));
-    }
-    if let Ok(p) = std::env::var(env) {
-        if !p.is_empty() {
-            return Ok(KeySource::passphrase(p));
-        }
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("no passphrase: use --keyfile FILE or set {env}");
-    }
-    let p = rpassword::prompt_password(prompt).context("reading the passphrase")?;
-    Ok(KeySource::passphrase(p))
-}
-
 struct Bars {
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
     enabled: bool,
@@ -219,7 +198,7 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut i = 0;

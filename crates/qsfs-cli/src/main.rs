@@ -7,10 +7,17 @@ use std::ffi::OsString;
 use clap::{Parser, Subcommand};
 
 mod backup;
+mod chain;
 mod fsck;
+mod fsmount;
+mod key;
+mod metrics;
 mod mount;
+mod recover;
 mod root;
 mod serve;
+mod status;
+mod up;
 
 /// qsfs: a filesystem with practically unlimited space.
 #[derive(Debug, Parser)]
@@ -30,6 +37,12 @@ enum Command {
     Backup(backup::Args),
     /// Check the filesystem offline (unmounted) and, with --repair, fix it.
     Fsck(fsck::Args),
+    /// Run the whole storage chain: mount, offload to the backups, bounded local disk.
+    Up(up::Args),
+    /// Rebuild a root's engine from the backups alone (then `qsfs up` serves it).
+    Recover(recover::Args),
+    /// Local usage against the cap, upload backlog and backend health of a root.
+    Status(status::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +53,9 @@ fn main() -> std::process::ExitCode {
         Command::Mount(args) => mount::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Fsck(args) => fsck::run(args),
+        Command::Up(args) => up::run(args),
+        Command::Recover(args) => recover::run(args),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(code) => code,

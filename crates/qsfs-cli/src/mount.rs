@@ -4,7 +4,6 @@
 //! embedded `qsfs_store::Engine` under the root directory.
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +11,8 @@ use std::time::Duration;
 
 use qsfs_core::Store;
 use qsfs_fuse::{Capacity, Fs, FsConfig, MountOptions};
-use qsfs_store::{Engine, EngineConfig};
+
+use crate::fsmount;
 
 /// Arguments of `qsfs mount`.
 #[derive(Debug, clap::Args)]
@@ -48,7 +48,7 @@ pub struct Args {
     pub force: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
@@ -63,7 +63,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("not a size: {s:?} (use e.g. 512M)"))
 }
 
-fn mount_options(opts: &[String]) -> anyhow::Result<MountOptions> {
+pub fn mount_options(opts: &[String]) -> anyhow::Result<MountOptions> {
     let mut m = MountOptions::default();
     for o in opts.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         match o {
@@ -87,40 +87,14 @@ fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
     }
     let root = crate::root::resolve(args.root.clone());
     let dir = root.join("engine");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let config = EngineConfig {
-        // A filesystem has no use for old versions of blocks: deleted and overwritten data may be
-        // dropped by compaction after a minute, so space comes back online.
-        history_retention: Some(Duration::from_secs(60)),
-        max_segment_size: 64 << 20,
-        max_segment_age: Some(Duration::from_secs(600)),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(&dir, config).with_context(|| {
-        format!(
-            "opening the engine in {} (is qsfs already using this root?)",
-            dir.display()
-        )
-    })?;
-    let engine = Arc::new(engine);
-    // The engine compacts only when asked: unlinked, truncated and overwritten data leaves the
-    // disk through this background compactor.
-    let every = Duration::from_secs(args.compact_every.max(1));
-    if let Err(e) = qsfs_store::spawn_compactor(&engine, every, |ns| ns.starts_with("qsfs-")) {
-        tracing::warn!(error = %e, "no background compaction");
-    }
+    let engine = fsmount::open_engine(&dir, fsmount::fs_engine_config())?;
+    fsmount::spawn_compactor(&engine, Duration::from_secs(args.compact_every));
     Ok((engine, Capacity::Disk(dir)))
 }
 
 /// Runs `qsfs mount`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // Block the stop signals before any thread exists, so every thread inherits the mask and
-    // the one waiting thread below receives them.
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().context("blocking signals")?;
+    let signals = fsmount::block_stop_signals()?;
 
     let options = mount_options(&args.options)?;
     if args.block_size == 0 || args.block_size > qsfs_core::MAX_VALUE_LEN as u64 {
@@ -141,27 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..FsConfig::default()
     };
     let fs = Fs::open(store, config).context("opening the filesystem")?;
-    let mut mounted = qsfs_fuse::mount(fs, &args.mountpoint, &options)
-        .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
-    eprintln!(
-        "qsfs: mounted on {} (stop with Ctrl-C or `fusermount3 -u`)",
-        args.mountpoint.display()
-    );
-    if let Some(mut unmounter) = mounted.unmounter() {
-        std::thread::Builder::new()
-            .name("qsfs-signals".into())
-            .spawn(move || {
-                if let Ok(sig) = signals.wait() {
-                    tracing::info!(signal = ?sig, "unmounting");
-                    if let Err(e) = unmounter.unmount() {
-                        tracing::error!(error = %e, "unmount failed");
-                    }
-                }
-            })
-            .context("starting the signal thread")?;
-    }
-    mounted.wait().context("serving the filesystem")?;
-    eprintln!("qsfs: unmounted {}", args.mountpoint.display());
+    fsmount::serve(fs, &args.mountpoint, &options, signals)?;
     Ok(ExitCode::SUCCESS)
 }
 

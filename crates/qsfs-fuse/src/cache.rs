@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::layout::pair_key;
+use crate::stats::FsStats;
 
 struct Slot {
     data: Bytes,
@@ -47,6 +48,7 @@ struct Shared {
     capacity: u64,
     inner: Mutex<Inner>,
     stop: AtomicBool,
+    counters: Arc<FsStats>,
 }
 
 /// A write-back block cache over one Store namespace; blocks are stored under
@@ -78,6 +80,7 @@ impl BlockCache {
             capacity,
             inner: Mutex::new(Inner::default()),
             stop: AtomicBool::new(false),
+            counters: Arc::default(),
         });
         let (tx, rx) = sync_channel::<(BlockId, u64)>(256);
         let worker_shared = shared.clone();
@@ -107,6 +110,11 @@ impl BlockCache {
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => return,
             }
         }
+    }
+
+    /// The filesystem counters this cache counts its hits and misses in.
+    pub fn counters(&self) -> Arc<FsStats> {
+        self.shared.counters.clone()
     }
 
     /// Forgets one block without writing it back (a punched hole).
@@ -300,10 +308,12 @@ impl Cache for BlockCache {
         if let Some(slot) = inner.blocks.get(&block) {
             let data = slot.data.clone();
             inner.hits += 1;
+            s.counters.cache_hit();
             s.touch(&mut inner, block);
             return Ok(Some(data));
         }
         inner.misses += 1;
+        s.counters.cache_miss();
         let Some(entry) = s.store.get(&s.ns, &s.key(block))? else {
             return Ok(None);
         };

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::{errno, FsResult};
 use crate::fs::{Attr, Fs, SetAttr};
 use crate::layout::{Kind, Time};
+use crate::stats::{FsStats, Op};
 
 /// How long the kernel may cache attributes and names. Every change goes through this one
 /// mount, so the kernel's view is only stale for changes it made itself and already knows.
@@ -46,12 +47,14 @@ impl FsHandle {
 /// it is older than the configured age.
 pub struct QsfsFuse {
     handle: FsHandle,
+    stats: Arc<FsStats>,
     timer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl QsfsFuse {
     /// Wraps `fs` and starts its flush timer.
     pub fn new(fs: Fs) -> Self {
+        let stats = fs.stats();
         let handle = FsHandle {
             fs: Arc::new(Mutex::new(fs)),
             crashed: Arc::new(AtomicBool::new(false)),
@@ -72,7 +75,11 @@ impl QsfsFuse {
                 }
             })
             .ok();
-        QsfsFuse { handle, timer }
+        QsfsFuse {
+            handle,
+            stats,
+            timer,
+        }
     }
 
     /// A handle on the filesystem.
@@ -86,15 +93,25 @@ impl QsfsFuse {
 
     /// Runs one operation. A bug that panics fails that request with EIO instead of taking the
     /// whole mount down.
-    fn call<T>(&self, f: impl FnOnce(&mut Fs) -> FsResult<T>) -> FsResult<T> {
+    fn call<T>(&self, op: Op, f: impl FnOnce(&mut Fs) -> FsResult<T>) -> FsResult<T> {
         let mut fs = self.fs();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut fs))) {
+        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut fs))) {
             Ok(r) => r,
             Err(_) => {
                 tracing::error!("a filesystem operation panicked; answering EIO");
                 Err(crate::error::FsError::Errno(libc::EIO))
             }
+        };
+        self.counted(op, r)
+    }
+
+    /// Counts one operation of family `op` and whether it failed.
+    fn counted<T>(&self, op: Op, r: FsResult<T>) -> FsResult<T> {
+        self.stats.op(op);
+        if r.is_err() {
+            self.stats.error();
         }
+        r
     }
 }
 
@@ -181,7 +198,10 @@ impl Filesystem for QsfsFuse {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.call(|fs| fs.lookup(parent, name.as_bytes())));
+        entry(
+            reply,
+            self.call(Op::Lookup, |fs| fs.lookup(parent, name.as_bytes())),
+        );
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
@@ -196,8 +216,9 @@ impl Filesystem for QsfsFuse {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        reply_or_err!(reply, self.call(|fs| fs.getattr(ino)), |a| reply
-            .attr(&TTL, &fuse_attr(&a)));
+        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
+            reply.attr(&TTL, &fuse_attr(&a))
+        });
     }
 
     fn setattr(
@@ -227,12 +248,17 @@ impl Filesystem for QsfsFuse {
             mtime: mtime.map(time_of),
             ctime: ctime.map(Time::from_system),
         };
-        reply_or_err!(reply, self.call(|fs| fs.setattr(ino, set)), |a| reply
-            .attr(&TTL, &fuse_attr(&a)));
+        reply_or_err!(
+            reply,
+            self.call(Op::Setattr, |fs| fs.setattr(ino, set)),
+            |a| reply.attr(&TTL, &fuse_attr(&a))
+        );
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        reply_or_err!(reply, self.call(|fs| fs.readlink(ino)), |t| reply.data(&t));
+        reply_or_err!(reply, self.call(Op::Other, |fs| fs.readlink(ino)), |t| {
+            reply.data(&t)
+        });
     }
 
     fn mknod(
@@ -245,11 +271,10 @@ impl Filesystem for QsfsFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        entry(
-            reply,
-            self.fs()
-                .mknod(parent, name.as_bytes(), mode, rdev, req.uid(), req.gid()),
-        );
+        let r = self
+            .fs()
+            .mknod(parent, name.as_bytes(), mode, rdev, req.uid(), req.gid());
+        entry(reply, self.counted(Op::Create, r));
     }
 
     fn mkdir(
@@ -261,19 +286,24 @@ impl Filesystem for QsfsFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        entry(
-            reply,
-            self.fs()
-                .mkdir(parent, name.as_bytes(), mode, req.uid(), req.gid()),
-        );
+        let r = self
+            .fs()
+            .mkdir(parent, name.as_bytes(), mode, req.uid(), req.gid());
+        entry(reply, self.counted(Op::Mkdir, r));
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.call(|fs| fs.unlink(parent, name.as_bytes())));
+        empty(
+            reply,
+            self.call(Op::Unlink, |fs| fs.unlink(parent, name.as_bytes())),
+        );
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.call(|fs| fs.rmdir(parent, name.as_bytes())));
+        empty(
+            reply,
+            self.call(Op::Rmdir, |fs| fs.rmdir(parent, name.as_bytes())),
+        );
     }
 
     fn symlink(
@@ -284,7 +314,7 @@ impl Filesystem for QsfsFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.call(|fs| {
+        let r = self.call(Op::Create, |fs| {
             fs.symlink(
                 parent,
                 link_name.as_bytes(),
@@ -308,7 +338,7 @@ impl Filesystem for QsfsFuse {
     ) {
         empty(
             reply,
-            self.call(|fs| {
+            self.call(Op::Rename, |fs| {
                 fs.rename(
                     parent,
                     name.as_bytes(),
@@ -330,13 +360,16 @@ impl Filesystem for QsfsFuse {
     ) {
         entry(
             reply,
-            self.call(|fs| fs.link(ino, newparent, newname.as_bytes())),
+            self.call(Op::Create, |fs| fs.link(ino, newparent, newname.as_bytes())),
         );
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
-        reply_or_err!(reply, self.call(|fs| fs.open_file(ino, flags)), |fh| reply
-            .opened(fh, 0));
+        reply_or_err!(
+            reply,
+            self.call(Op::Other, |fs| fs.open_file(ino, flags)),
+            |fh| reply.opened(fh, 0)
+        );
     }
 
     fn read(
@@ -355,8 +388,11 @@ impl Filesystem for QsfsFuse {
         }
         reply_or_err!(
             reply,
-            self.call(|fs| fs.read(ino, fh, offset as u64, size)),
-            |d| { reply.data(&d) }
+            self.call(Op::Read, |fs| fs.read(ino, fh, offset as u64, size)),
+            |d| {
+                self.stats.read_bytes(d.len() as u64);
+                reply.data(&d)
+            }
         );
     }
 
@@ -377,13 +413,16 @@ impl Filesystem for QsfsFuse {
         }
         reply_or_err!(
             reply,
-            self.call(|fs| fs.write(ino, fh, offset as u64, data)),
-            |n| { reply.written(n) }
+            self.call(Op::Write, |fs| fs.write(ino, fh, offset as u64, data)),
+            |n| {
+                self.stats.written_bytes(u64::from(n));
+                reply.written(n)
+            }
         );
     }
 
     fn flush(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _lock: u64, reply: ReplyEmpty) {
-        empty(reply, self.call(|fs| fs.flush_file(ino)));
+        empty(reply, self.call(Op::Fsync, |fs| fs.flush_file(ino)));
     }
 
     fn release(
@@ -396,7 +435,7 @@ impl Filesystem for QsfsFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.call(|fs| fs.release(ino, fh)));
+        empty(reply, self.call(Op::Other, |fs| fs.release(ino, fh)));
     }
 
     fn fsync(
@@ -407,11 +446,11 @@ impl Filesystem for QsfsFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.call(|fs| fs.sync()));
+        empty(reply, self.call(Op::Fsync, |fs| fs.sync()));
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        reply_or_err!(reply, self.call(|fs| fs.getattr(ino)), |a| {
+        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
             if a.inode.kind == Kind::Dir {
                 reply.opened(0, 0)
             } else {
@@ -428,7 +467,7 @@ impl Filesystem for QsfsFuse {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.call(|fs| fs.readdir(ino, offset, 512));
+        let r = self.call(Op::Readdir, |fs| fs.readdir(ino, offset, 512));
         reply_or_err!(reply, r, |entries| {
             for e in entries {
                 if reply.add(
@@ -452,10 +491,14 @@ impl Filesystem for QsfsFuse {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.op(Op::Readdir);
         let mut fs = self.fs();
         let entries = match fs.readdir(ino, offset, 256) {
             Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => {
+                self.stats.error();
+                return reply.error(errno(&e));
+            }
         };
         for e in entries {
             let attr = match fs.getattr(e.ino) {
@@ -484,13 +527,14 @@ impl Filesystem for QsfsFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.call(|fs| fs.sync()));
+        empty(reply, self.call(Op::Fsync, |fs| fs.sync()));
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
-        reply_or_err!(reply, self.call(|fs| fs.statfs()), |s| reply.statfs(
-            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize
-        ));
+        reply_or_err!(reply, self.call(Op::Other, |fs| fs.statfs()), |s| reply
+            .statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize
+            ));
     }
 
     fn setxattr(
@@ -505,7 +549,9 @@ impl Filesystem for QsfsFuse {
     ) {
         empty(
             reply,
-            self.call(|fs| fs.setxattr(ino, name.as_bytes(), value, flags)),
+            self.call(Op::Other, |fs| {
+                fs.setxattr(ino, name.as_bytes(), value, flags)
+            }),
         );
     }
 
@@ -519,23 +565,29 @@ impl Filesystem for QsfsFuse {
     ) {
         xattr_reply(
             reply,
-            self.call(|fs| fs.getxattr(ino, name.as_bytes())),
+            self.call(Op::Other, |fs| fs.getxattr(ino, name.as_bytes())),
             size,
         );
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, self.call(|fs| fs.listxattr(ino)), size);
+        xattr_reply(reply, self.call(Op::Other, |fs| fs.listxattr(ino)), size);
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.call(|fs| fs.removexattr(ino, name.as_bytes())));
+        empty(
+            reply,
+            self.call(Op::Other, |fs| fs.removexattr(ino, name.as_bytes())),
+        );
     }
 
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // Mode bits are enforced by the kernel (`default_permissions`); this only checks the
         // inode exists.
-        empty(reply, self.call(|fs| fs.getattr(ino)).map(|_| ()));
+        empty(
+            reply,
+            self.call(Op::Getattr, |fs| fs.getattr(ino)).map(|_| ()),
+        );
     }
 
     fn create(
@@ -551,6 +603,7 @@ impl Filesystem for QsfsFuse {
         let r = self
             .fs()
             .create(parent, name.as_bytes(), mode, flags, req.uid(), req.gid());
+        let r = self.counted(Op::Create, r);
         reply_or_err!(reply, r, |v| reply.created(
             &TTL,
             &fuse_attr(&v.0),
@@ -575,7 +628,9 @@ impl Filesystem for QsfsFuse {
         }
         empty(
             reply,
-            self.call(|fs| fs.fallocate(ino, offset as u64, length as u64, mode)),
+            self.call(Op::Other, |fs| {
+                fs.fallocate(ino, offset as u64, length as u64, mode)
+            }),
         );
     }
 
@@ -593,7 +648,7 @@ impl Filesystem for QsfsFuse {
         }
         reply_or_err!(
             reply,
-            self.call(|fs| fs.lseek(ino, offset as u64, whence)),
+            self.call(Op::Other, |fs| fs.lseek(ino, offset as u64, whence)),
             |o| { reply.offset(o as i64) }
         );
     }

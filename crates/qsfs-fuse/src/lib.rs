@@ -30,6 +30,7 @@ pub mod fsck;
 pub mod fuse;
 pub mod layout;
 pub mod mount;
+pub mod stats;
 pub mod timeout;
 
 pub use cache::BlockCache;
@@ -37,4 +38,5 @@ pub use error::{errno, FsError, FsResult};
 pub use fs::{Capacity, Fs, FsConfig};
 pub use fsck::{check as fsck_check, FsckReport};
 pub use mount::{mount, Mount, MountOptions};
+pub use stats::{FsStats, FsStatsSnapshot, Op};
 pub use timeout::TimeoutStore;

@@ -46,7 +46,33 @@ struct Candidate {
     key: Vec<u8>,
 }
 
-/// Compacts every sealed, local segment of `ns` whose live ratio is below `threshold`.
+/// Where the bytes of a segment being compacted come from.
+enum Source {
+    /// The local file.
+    Local(Arc<Segment>),
+    /// The whole segment, fetched from the cold tier.
+    Cold(bytes::Bytes),
+}
+
+impl Source {
+    fn read(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        match self {
+            Source::Local(seg) => match &seg.file {
+                Some(f) => read_full_at(f, buf, off),
+                None => Ok(0),
+            },
+            Source::Cold(data) => {
+                let s = (off as usize).min(data.len());
+                let n = buf.len().min(data.len() - s);
+                buf[..n].copy_from_slice(&data[s..s + n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Compacts every sealed segment of `ns` whose live ratio is below `threshold`: local ones,
+/// and offloaded ones too when a cold tier is configured (fetched whole).
 pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result<CompactionReport> {
     let _one = ns.compacting.lock();
     let current = ns.writer.lock().seg.id;
@@ -54,7 +80,7 @@ pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result
         let st = ns.state.read();
         st.segments
             .iter()
-            .filter(|(id, s)| **id < current && s.file.is_some())
+            .filter(|(id, s)| **id < current && (s.file.is_some() || shared.cold.is_some()))
             .filter(|(id, s)| {
                 let payload = s.len().saturating_sub(SEGMENT_HEADER_LEN);
                 let live = st.index.seg_live.get(id).copied().unwrap_or(0);
@@ -87,15 +113,48 @@ fn compact_segment(
     cutoff: Option<u64>,
     report: &mut CompactionReport,
 ) -> Result<bool> {
-    let Some(file) = seg.file.as_ref() else {
-        return Ok(false);
+    let where_ = || {
+        format!(
+            "segment {}/{}",
+            ns.name,
+            crate::segment::segment_file_name(seg.id)
+        )
     };
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
-        .len();
+    let (source, len) = match &seg.file {
+        Some(file) => {
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
+                .len();
+            (Source::Local(seg.clone()), len)
+        }
+        None => {
+            let Some(cold) = shared.cold.as_ref() else {
+                return Ok(false);
+            };
+            let key = crate::cold::cold_key(&ns.name, seg.id);
+            let data = match cold.get(&key) {
+                Ok(d) => d,
+                Err(e) => {
+                    // Unreachable now: the segment is still readable by range later, and the
+                    // next round retries.
+                    tracing::warn!(namespace = %ns.name, segment = seg.id, error = %e, "cannot fetch offloaded segment for compaction");
+                    return Ok(false);
+                }
+            };
+            let header_ok =
+                crate::segment::decode_segment_header(&data).is_ok_and(|id| id == seg.id);
+            if !header_ok || data.len() as u64 != seg.offloaded_len {
+                tracing::error!(namespace = %ns.name, segment = seg.id, key = %key, got = data.len(), want = seg.offloaded_len,
+                    "cold copy of an offloaded segment is damaged; not compacting it");
+                return Ok(false);
+            }
+            let len = data.len() as u64;
+            (Source::Cold(data), len)
+        }
+    };
     let mut candidates = Vec::new();
-    let src = |buf: &mut [u8], off: u64| read_full_at(file, buf, off);
+    let src = |buf: &mut [u8], off: u64| source.read(buf, off);
     let scan = scan_segment(&src, len, SEGMENT_HEADER_LEN, |r| {
         candidates.push(Candidate {
             offset: r.offset,
@@ -103,7 +162,7 @@ fn compact_segment(
             key: r.key.to_vec(),
         });
     })
-    .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+    .map_err(|e| Error::io(format!("read {}", where_()), e))?;
     if !scan.corrupt.is_empty() || scan.valid_end < len {
         // Damaged records may be the only copy of something: keep the file for an operator.
         tracing::error!(namespace = %ns.name, segment = seg.id, "segment has damage; not compacting it");
@@ -141,16 +200,12 @@ fn compact_segment(
             }
             let mut value = vec![0u8; c.header.value_len as usize];
             let voff = c.offset + (crate::segment::RECORD_HEADER_LEN + c.key.len()) as u64;
-            let n = read_full_at(file, &mut value, voff)
-                .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
+            let n = source
+                .read(&mut value, voff)
+                .map_err(|e| Error::io(format!("read {}", where_()), e))?;
             if n < value.len() || crc32c::crc32c(&value) != c.header.value_crc {
                 return Err(Error::corrupt(
-                    format!(
-                        "segment {}/{} @ {}",
-                        ns.name,
-                        crate::segment::segment_file_name(seg.id),
-                        c.offset
-                    ),
+                    format!("{} @ {}", where_(), c.offset),
                     "value changed under compaction",
                 ));
             }
@@ -179,6 +234,13 @@ fn compact_segment(
         f.sync_data()
             .map_err(|e| Error::io(format!("sync {}", w.seg.path.display()), e))?;
     }
+    if seg.file.is_none() {
+        // Persist first: once the descriptor forgets the segment it is never read again.
+        let mut desc = ns.state.read().desc.clone();
+        desc.offloaded.remove(&seg.id);
+        desc.store(&ns.dir)?;
+        ns.state.write().desc = desc;
+    }
     {
         let mut st = ns.state.write();
         st.segments.remove(&seg.id);
@@ -189,9 +251,11 @@ fn compact_segment(
     }
     // The snapshot must not name the removed segment.
     ns.write_snapshot_locked(&w);
-    std::fs::remove_file(&seg.path)
-        .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
-    let _ = crate::segment::sync_dir(&ns.dir);
+    if seg.file.is_some() {
+        std::fs::remove_file(&seg.path)
+            .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
+        let _ = crate::segment::sync_dir(&ns.dir);
+    }
     report.bytes_removed += len;
     ns.events.lock().push(Event::Removed(seg.id));
     drop(w);

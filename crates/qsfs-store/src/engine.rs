@@ -30,8 +30,11 @@ use crate::compaction::CompactionReport;
 use crate::config::{Durability, EngineConfig, MAX_SEGMENT_SIZE_LIMIT, MIN_SEGMENT_SIZE};
 use crate::descriptor::Descriptor;
 use crate::error::EngineError;
+use crate::index::Index;
+use crate::manifest::Manifest;
 use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SegmentStats};
 use crate::password::SealKey;
+use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
 
 const MARKER: &str = "qsfs-engine";
 const MARKER_CONTENT: &str = "qsfs engine directory, format 1\n";
@@ -55,6 +58,12 @@ pub trait EngineObserver: Send + Sync {
     fn on_namespace_updated(&self, _ns: &str) {}
     /// A namespace and all its data were deleted.
     fn on_namespace_deleted(&self, _ns: &str) {}
+    /// A write (set or delete) to `ns` just sealed a segment. Called on the writer's thread
+    /// with no engine lock held, after the write is done and the other events were delivered:
+    /// an observer may block here to slow writers down (backpressure while the local disk is
+    /// over its cap). Not called for seals by the background thread (age), by
+    /// [`Engine::rotate`] or by compaction.
+    fn throttle(&self, _ns: &str) {}
 }
 
 /// What namespaces share: configuration, cold tier, sealing key.
@@ -334,6 +343,13 @@ impl Engine {
         }
     }
 
+    /// Lets the observer slow down a writer whose write sealed a segment (no lock held).
+    fn throttle(&self, ns: &str) {
+        if let Some(obs) = &self.inner.shared.config.observer {
+            obs.throttle(ns);
+        }
+    }
+
     fn with_ns<T>(
         &self,
         name: &str,
@@ -447,6 +463,104 @@ impl Engine {
         self.with_ns(ns, |n, _| n.verify())
     }
 
+    /// The latest recovery manifest of `ns`: captured at its last seal (or flush), with the
+    /// namespace's current properties. Its generation grows with every seal, flush and property
+    /// change.
+    pub fn manifest(&self, ns: &str) -> Result<Manifest> {
+        self.ns(ns)?.manifest()
+    }
+
+    /// The engine's sealing key (the content of `engine.key`), needed with the manifests to
+    /// restore password-protected namespaces. Never log it.
+    pub fn export_seal_key(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        Ok(self.inner.shared.key.export())
+    }
+
+    /// Creates a new engine directory `dir` (which must be empty or absent) from a sealing key
+    /// and namespace manifests: every sealed segment is marked offloaded and the index comes
+    /// from the manifests, so [`Engine::open`] with a cold tier reads no segment data and
+    /// serves every key from the cold tier. Writes after a manifest's seal are not in it.
+    pub fn restore(dir: &Path, seal_key: &[u8], manifests: &[Manifest]) -> Result<()> {
+        let key: [u8; 32] = seal_key.try_into().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "sealing key must be 32 bytes, not {}",
+                seal_key.len()
+            ))
+        })?;
+        let mut names = std::collections::BTreeSet::new();
+        for m in manifests {
+            NamespaceName::new(m.namespace.clone())?;
+            if !names.insert(m.namespace.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "two manifests for namespace {}",
+                    m.namespace
+                )));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        if std::fs::read_dir(dir)
+            .map_err(io_err("list", dir))?
+            .next()
+            .is_some()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "cannot restore into {}: the directory is not empty",
+                dir.display()
+            )));
+        }
+        let marker = dir.join(MARKER);
+        std::fs::write(&marker, MARKER_CONTENT).map_err(io_err("write", &marker))?;
+        let lock = dir.join("lock");
+        std::fs::write(&lock, b"").map_err(io_err("write", &lock))?;
+        SealKey::store(dir, &key)?;
+        let ns_root = dir.join("ns");
+        std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
+        for m in manifests {
+            let ns_dir = ns_root.join(&m.namespace);
+            std::fs::create_dir(&ns_dir).map_err(io_err("create", &ns_dir))?;
+            let mut desc = m.descriptor.clone();
+            desc.offloaded = m.segments.iter().copied().collect();
+            let next = m.sealed_through.map_or(0, |s| s.saturating_add(1));
+            desc.segment_floor = desc.segment_floor.max(next);
+            // The snapshot must cover the first segment after the sealed ones, which open
+            // creates at the floor: re-encode it if the floor moved (a flush raced the capture).
+            let (index, covers) = Index::decode_snapshot(&m.index).map_err(|why| {
+                Error::corrupt(format!("manifest of namespace {}", m.namespace), why)
+            })?;
+            if let Some((id, _)) = index
+                .keys
+                .values()
+                .map(|k| (loc_segment(k.loc), k))
+                .find(|(id, _)| !desc.offloaded.contains_key(id))
+            {
+                return Err(Error::corrupt(
+                    format!("manifest of namespace {}", m.namespace),
+                    format!("index points into segment {id}, which the manifest does not list"),
+                ));
+            }
+            let start = loc(desc.segment_floor, SEGMENT_HEADER_LEN);
+            let snapshot = if covers == start {
+                m.index.clone()
+            } else {
+                index.snapshot_bytes(start)
+            };
+            desc.store(&ns_dir)?;
+            Index::write_snapshot_bytes(&ns_dir, &snapshot)
+                .map_err(io_err("write index in", &ns_dir))?;
+            m.store(&ns_dir)?;
+        }
+        crate::segment::sync_dir(&ns_root).map_err(io_err("sync", &ns_root))?;
+        crate::segment::sync_dir(dir).map_err(io_err("sync", dir))?;
+        Ok(())
+    }
+
+    /// Bytes the engine holds on local disk: segment files, index snapshots and manifests of
+    /// every namespace.
+    pub fn local_bytes(&self) -> u64 {
+        let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
+        list.iter().map(|n| n.local_bytes()).sum()
+    }
+
     /// Writes the index snapshot of every namespace now (also done on rotation and close).
     pub fn checkpoint(&self) -> Result<()> {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
@@ -490,7 +604,11 @@ impl Store for Engine {
         value: &[u8],
         timestamp: Option<Timestamp>,
     ) -> Result<SetOutcome> {
-        self.with_ns(ns, |n, s| n.set(s, key, value, timestamp))
+        let (out, sealed) = self.with_ns(ns, |n, s| n.set(s, key, value, timestamp))?;
+        if sealed {
+            self.throttle(ns);
+        }
+        Ok(out)
     }
 
     fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
@@ -499,7 +617,10 @@ impl Store for Engine {
     }
 
     fn delete_at(&self, ns: &str, key: &[u8], timestamp: Option<Timestamp>) -> Result<()> {
-        self.with_ns(ns, |n, s| n.delete(s, key, timestamp))
+        if self.with_ns(ns, |n, s| n.delete(s, key, timestamp))? {
+            self.throttle(ns);
+        }
+        Ok(())
     }
 
     fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {

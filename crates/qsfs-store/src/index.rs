@@ -196,8 +196,38 @@ impl Index {
     pub fn write_snapshot(&self, dir: &Path, covers: Loc) -> io::Result<u64> {
         let tmp = dir.join("index.tmp");
         let file = File::create(&tmp)?;
+        let (inner, written) =
+            self.encode_snapshot(BufWriter::with_capacity(1 << 20, file), covers)?;
+        let file = inner.into_inner().map_err(|e| e.into_error())?;
+        drop(file);
+        // No fsync: the snapshot is a checksummed cache. If a power loss leaves it stale, torn
+        // or missing, the checks on open notice and the index is rebuilt from the segments.
+        std::fs::rename(&tmp, dir.join("index"))?;
+        Ok(written)
+    }
+
+    /// The snapshot as bytes (what [`Index::write_snapshot`] writes).
+    pub fn snapshot_bytes(&self, covers: Loc) -> Vec<u8> {
+        let cap = 64 + self.keys.len() * 48 + self.forward.len() * 16;
+        // Writing into a Vec cannot fail.
+        match self.encode_snapshot(Vec::with_capacity(cap), covers) {
+            Ok((v, _)) => v,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Writes snapshot bytes made by [`Index::snapshot_bytes`] as the snapshot file of `dir`.
+    pub fn write_snapshot_bytes(dir: &Path, bytes: &[u8]) -> io::Result<u64> {
+        let tmp = dir.join("index.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, dir.join("index"))?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Encodes the snapshot into `inner`; returns it and the number of bytes written.
+    fn encode_snapshot<W: Write>(&self, inner: W, covers: Loc) -> io::Result<(W, u64)> {
         let mut w = CrcWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
+            inner,
             crc: 0,
             written: 0,
         };
@@ -230,17 +260,17 @@ impl Index {
         let written = w.written + 4;
         let mut inner = w.inner;
         inner.write_all(&crc.to_le_bytes())?;
-        let file = inner.into_inner().map_err(|e| e.into_error())?;
-        drop(file);
-        // No fsync: the snapshot is a checksummed cache. If a power loss leaves it stale, torn
-        // or missing, the checks on open notice and the index is rebuilt from the segments.
-        std::fs::rename(&tmp, dir.join("index"))?;
-        Ok(written)
+        Ok((inner, written))
     }
 
     /// Reads a snapshot. `Err` explains why it cannot be used (then the caller rebuilds).
     pub fn read_snapshot(path: &Path) -> Result<(Index, Loc), String> {
         let data = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        Index::decode_snapshot(&data)
+    }
+
+    /// Decodes snapshot bytes. `Err` explains why they cannot be used.
+    pub fn decode_snapshot(data: &[u8]) -> Result<(Index, Loc), String> {
         // Magic, version, reserved, covers, next seqno, next slot, key and forward counts, then
         // the trailing crc: the size of the snapshot of an empty index.
         const EMPTY_SNAPSHOT_LEN: usize = 8 + 4 + 4 + 8 * 5 + 4;

@@ -27,11 +27,12 @@ use crate::config::Durability;
 use crate::descriptor::Descriptor;
 use crate::engine::Shared;
 use crate::index::{Index, KeyState};
+use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::password::PasswordRecord;
 use crate::segment::{
-    encode_record_into, loc, loc_offset, loc_segment, parse_segment_file_name, read_full_at,
-    scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    encode_record_into, loc, loc_offset, loc_segment, now_millis, parse_segment_file_name,
+    read_full_at, scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// Something the observer must be told once locks are released.
@@ -70,6 +71,10 @@ pub(crate) struct NsState {
     pub snapshot_bytes: u64,
     /// Damage found while loading, for operators (also logged).
     pub damage: Vec<String>,
+    /// Generation of the persisted manifest.
+    pub manifest_gen: u64,
+    /// Size of the manifest file.
+    pub manifest_bytes: u64,
 }
 
 impl NsState {
@@ -171,6 +176,9 @@ pub struct SegmentStats {
     pub offloaded: bool,
     /// Path of the (possibly absent) local file.
     pub path: PathBuf,
+    /// Unix time in milliseconds when a record of this segment was last read since the engine
+    /// opened (0 = never): what an eviction policy orders by.
+    pub last_read: u64,
 }
 
 fn seg_location(ns: &str, seg: u32, off: u64) -> String {
@@ -294,6 +302,8 @@ impl Namespace {
             deleted: false,
             snapshot_bytes: 0,
             damage,
+            manifest_gen: 0,
+            manifest_bytes: 0,
         };
         let end = Self::load_index(shared, &name, &dir, &mut state)?;
         let ns = Namespace {
@@ -313,7 +323,139 @@ impl Namespace {
             group: Mutex::new(GroupCommit::default()),
             group_done: Condvar::new(),
         };
+        ns.check_manifest(shared)?;
         Ok(ns)
+    }
+
+    /// Makes sure the namespace has a current manifest: one is written if it is missing (a
+    /// new namespace, or a directory from before manifests), unreadable, or older than a flush
+    /// that a crash interrupted before its manifest was written.
+    fn check_manifest(&self, shared: &Shared) -> Result<()> {
+        let floor = u64::from(self.state.read().desc.segment_floor);
+        let generation = match Manifest::load(&self.dir) {
+            Ok(Some(m)) => {
+                // A flush moves the segment floor at least two past the last sealed segment
+                // (a restore sets it to one past), then writes an empty manifest.
+                let flushed_since = m.sealed_through.is_some_and(|s| u64::from(s) + 1 < floor);
+                if !flushed_since {
+                    let size = std::fs::metadata(self.dir.join(MANIFEST_FILE))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                    let mut st = self.state.write();
+                    st.manifest_gen = m.generation;
+                    st.manifest_bytes = size;
+                    return Ok(());
+                }
+                m.generation
+            }
+            Ok(None) => 0,
+            Err(e) => {
+                // The generation is lost with the file; the clock keeps the next one above
+                // any the backup tier can have seen.
+                tracing::error!(namespace = %self.name, error = %e, "manifest unreadable; writing a new one");
+                now_millis()
+            }
+        };
+        self.state.write().manifest_gen = generation;
+        let mut w = self.writer.lock();
+        if w.end > SEGMENT_HEADER_LEN {
+            // The index covers unsealed records: seal them so a manifest can describe them.
+            self.rotate_locked(shared, &mut w)
+        } else {
+            self.write_manifest_locked(&w)
+        }
+    }
+
+    /// Captures and persists the recovery manifest. The caller holds the writer positioned
+    /// at the start of a fresh segment, so the index covers exactly the sealed segments. The
+    /// index snapshot file is refreshed from the same bytes.
+    pub(crate) fn write_manifest_locked(&self, w: &Writer) -> Result<()> {
+        debug_assert_eq!(w.end, SEGMENT_HEADER_LEN);
+        let covers = loc(w.seg.id, w.end);
+        let manifest = {
+            let st = self.state.read();
+            if st.deleted {
+                return Ok(());
+            }
+            let segments: Vec<(u32, u64)> = st
+                .segments
+                .range(..w.seg.id)
+                .map(|(id, s)| (*id, s.len()))
+                .collect();
+            let mut descriptor = st.desc.clone();
+            descriptor.offloaded.clear();
+            Manifest {
+                namespace: self.name.clone(),
+                generation: st.manifest_gen + 1,
+                sealed_through: segments.last().map(|s| s.0),
+                segments,
+                descriptor,
+                index: st.index.snapshot_bytes(covers),
+            }
+        };
+        let snap = match Index::write_snapshot_bytes(&self.dir, &manifest.index) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(namespace = %self.name, error = %e, "cannot write index snapshot");
+                None
+            }
+        };
+        let size = manifest.store(&self.dir)?;
+        let mut st = self.state.write();
+        if let Some(n) = snap {
+            st.snapshot_bytes = n;
+        }
+        st.manifest_gen = manifest.generation;
+        st.manifest_bytes = size;
+        Ok(())
+    }
+
+    /// Persists the manifest again with the current descriptor and the next generation (a
+    /// property changed). Caller holds the writer.
+    fn bump_manifest_locked(&self, _w: &Writer) -> Result<()> {
+        let mut m = Manifest::load(&self.dir)?
+            .ok_or_else(|| Error::NotFound(format!("manifest of namespace {}", self.name)))?;
+        {
+            let st = self.state.read();
+            m.generation = st.manifest_gen.max(m.generation) + 1;
+            m.descriptor = st.desc.clone();
+            m.descriptor.offloaded.clear();
+        }
+        let size = m.store(&self.dir)?;
+        let mut st = self.state.write();
+        st.manifest_gen = m.generation;
+        st.manifest_bytes = size;
+        Ok(())
+    }
+
+    /// The latest persisted manifest, with the current properties.
+    pub fn manifest(&self) -> Result<Manifest> {
+        let mut m = Manifest::load(&self.dir)?
+            .ok_or_else(|| Error::NotFound(format!("manifest of namespace {}", self.name)))?;
+        let st = self.state.read();
+        if st.deleted {
+            return Err(Error::NotFound(format!("namespace {}", self.name)));
+        }
+        m.descriptor = st.desc.clone();
+        m.descriptor.offloaded.clear();
+        Ok(m)
+    }
+
+    /// Bytes on local disk: local segment files, index snapshot, manifest.
+    pub fn local_bytes(&self) -> u64 {
+        let tail = self.tail.load(Ordering::Acquire);
+        let st = self.state.read();
+        let mut total = st.snapshot_bytes + st.manifest_bytes;
+        for (id, s) in &st.segments {
+            if s.file.is_some() {
+                total += if *id == loc_segment(tail) {
+                    loc_offset(tail)
+                } else {
+                    s.len()
+                };
+            }
+        }
+        total
     }
 
     /// Fills `state.index` from the snapshot and the segments after it (or from all segments).
@@ -456,6 +598,7 @@ impl Namespace {
 
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
+        seg.touch();
         match &seg.file {
             Some(f) => {
                 let mut buf = vec![0u8; len];
@@ -635,7 +778,7 @@ impl Namespace {
         );
         // The sealed file is read-only from now on: reopen it so.
         let sealed = match Segment::open(old.path.clone(), old.id, false) {
-            Ok(s) => Arc::new(s),
+            Ok(s) => Arc::new(s.inherit_last_read(&old)),
             Err(_) => old.clone(),
         };
         {
@@ -648,7 +791,10 @@ impl Namespace {
         w.opened = Instant::now();
         self.tail
             .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
-        self.write_snapshot_locked(w);
+        if let Err(e) = self.write_manifest_locked(w) {
+            // The seal stands; the previous manifest stays valid and the next seal retries.
+            tracing::error!(namespace = %self.name, error = %e, "cannot write the recovery manifest");
+        }
         self.events
             .lock()
             .push(Event::Sealed(old.id, old.path.clone()));
@@ -675,22 +821,24 @@ impl Namespace {
 
     // ----- data operations -----------------------------------------------------------------
 
-    /// `Store::set_at`.
+    /// `Store::set_at`; also says whether the write sealed a segment.
     pub fn set(
         &self,
         shared: &Shared,
         key: Option<&[u8]>,
         value: &[u8],
         ts: Option<Timestamp>,
-    ) -> Result<SetOutcome> {
+    ) -> Result<(SetOutcome, bool)> {
         let mut w = self.writer.lock();
+        let before = w.seg.id;
         let out = self.set_locked(shared, &mut w, key, value, ts)?;
+        let sealed = w.seg.id != before;
         let upto = self.tail.load(Ordering::Acquire);
         drop(w);
         if out.written() {
             self.wait_group_commit(shared, upto)?;
         }
-        Ok(out)
+        Ok((out, sealed))
     }
 
     fn set_locked(
@@ -828,8 +976,8 @@ impl Namespace {
         Ok(SetOutcome::Written { key })
     }
 
-    /// `Store::delete_at`.
-    pub fn delete(&self, shared: &Shared, key: &[u8], ts: Option<Timestamp>) -> Result<()> {
+    /// `Store::delete_at`; says whether the write sealed a segment.
+    pub fn delete(&self, shared: &Shared, key: &[u8], ts: Option<Timestamp>) -> Result<bool> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("empty key".into()));
         }
@@ -854,10 +1002,13 @@ impl Namespace {
         }
         let mode = st.desc.mode;
         drop(st);
+        let before = w.seg.id;
         self.write_version(shared, &mut w, key.to_vec(), &[], ts, mode, true)?;
+        let sealed = w.seg.id != before;
         let upto = self.tail.load(Ordering::Acquire);
         drop(w);
-        self.wait_group_commit(shared, upto)
+        self.wait_group_commit(shared, upto)?;
+        Ok(sealed)
     }
 
     /// Under [`Durability::Group`], returns once a sync covers everything up to `upto`. The
@@ -1102,6 +1253,7 @@ impl Namespace {
                 sealed: *id != loc_segment(tail),
                 offloaded: s.file.is_none(),
                 path: s.path.clone(),
+                last_read: s.last_read.load(Ordering::Relaxed),
             });
         }
         NamespaceStats {
@@ -1179,8 +1331,9 @@ impl Namespace {
         }
         desc.store(&self.dir)?;
         st.desc = desc;
+        drop(st);
         self.events.lock().push(Event::Updated);
-        Ok(())
+        self.bump_manifest_locked(&w)
     }
 
     /// `Store::namespace_authenticate`.
@@ -1246,16 +1399,21 @@ impl Namespace {
         st.index = Index::new(desc.seqno_floor, desc.slot_floor);
         st.desc = desc;
         st.snapshot_bytes = 0;
+        drop(st);
         w.seg = seg;
         w.end = SEGMENT_HEADER_LEN;
         w.opened = Instant::now();
         self.tail
             .store(loc(next_id, SEGMENT_HEADER_LEN), Ordering::Release);
-        let mut ev = self.events.lock();
-        for id in removed {
-            ev.push(Event::Removed(id));
+        {
+            let mut ev = self.events.lock();
+            for id in removed {
+                ev.push(Event::Removed(id));
+            }
+            ev.push(Event::Updated);
         }
-        Ok(())
+        // An empty manifest, or recovery would bring the flushed data back.
+        self.write_manifest_locked(&w)
     }
 
     /// Forces the current segment to stable storage.
@@ -1344,8 +1502,10 @@ impl Namespace {
         desc.offloaded.insert(id, len);
         desc.store(&self.dir)?;
         st.desc = desc;
-        st.segments
-            .insert(id, Arc::new(Segment::offloaded(seg.path.clone(), id, len)));
+        st.segments.insert(
+            id,
+            Arc::new(Segment::offloaded(seg.path.clone(), id, len).inherit_last_read(&seg)),
+        );
         drop(st);
         std::fs::remove_file(&seg.path)
             .map_err(|e| Error::io(format!("remove {}", seg.path.display()), e))?;
@@ -1391,7 +1551,8 @@ impl Namespace {
         desc.offloaded.remove(&id);
         desc.store(&self.dir)?;
         st.desc = desc;
-        st.segments.insert(id, Arc::new(restored));
+        st.segments
+            .insert(id, Arc::new(restored.inherit_last_read(&seg)));
         Ok(())
     }
 

@@ -55,25 +55,35 @@ impl SealKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
-                let tmp = root.join("engine.key.tmp");
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-                f.write_all(&key)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-                std::fs::rename(&tmp, &path)
-                    .map_err(|e| Error::io(format!("rename {}", path.display()), e))?;
-                crate::segment::sync_dir(root)
-                    .map_err(|e| Error::io("sync engine directory", e))?;
+                SealKey::store(root, &key)?;
                 Ok(SealKey(key))
             }
             Err(e) => Err(Error::io(format!("open {}", path.display()), e)),
         }
+    }
+
+    /// Writes `key` as `engine.key` of `root` (0600, synced, atomically).
+    pub fn store(root: &Path, key: &[u8; 32]) -> Result<()> {
+        let path = root.join("engine.key");
+        let tmp = root.join("engine.key.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        f.write_all(key)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::io(format!("rename {}", path.display()), e))?;
+        crate::segment::sync_dir(root).map_err(|e| Error::io("sync engine directory", e))
+    }
+
+    /// The key material, for a backup of the engine ([`crate::Engine::export_seal_key`]).
+    pub fn export(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(self.0.to_vec())
     }
 }
 

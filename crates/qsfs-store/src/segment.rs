@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Magic at the start of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"QSFSSEG1";
@@ -216,6 +217,14 @@ pub(crate) fn decode_segment_header(h: &[u8]) -> Result<u32, String> {
     Ok(u32::from_le_bytes([h[12], h[13], h[14], h[15]]))
 }
 
+/// Unix time in milliseconds.
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+}
+
 /// One segment file. The file handle is shared by every reader (positioned reads, no seek), and
 /// stays valid after compaction unlinks the file, so a reader that found a location under the
 /// index lock can always finish its read.
@@ -229,6 +238,8 @@ pub(crate) struct Segment {
     pub file: Option<File>,
     /// Length of an offloaded segment (0 while local: the file knows).
     pub offloaded_len: u64,
+    /// Unix milliseconds of the last record read from it (0 = not since open).
+    pub last_read: AtomicU64,
 }
 
 impl Segment {
@@ -252,6 +263,7 @@ impl Segment {
             path,
             file: Some(file),
             offloaded_len: 0,
+            last_read: AtomicU64::new(0),
         })
     }
 
@@ -273,6 +285,7 @@ impl Segment {
             path,
             file: Some(file),
             offloaded_len: 0,
+            last_read: AtomicU64::new(0),
         })
     }
 
@@ -283,7 +296,25 @@ impl Segment {
             path,
             file: None,
             offloaded_len: len,
+            last_read: AtomicU64::new(0),
         }
+    }
+
+    /// Records that a record of this segment was read now.
+    #[inline]
+    pub fn touch(&self) {
+        let now = now_millis();
+        // Readers of a hot segment would otherwise all write one cache line on every read.
+        if self.last_read.load(Ordering::Relaxed) != now {
+            self.last_read.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps the read time of `from`, the segment this one replaces (same id, new handle).
+    pub fn inherit_last_read(self, from: &Segment) -> Segment {
+        self.last_read
+            .store(from.last_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        self
     }
 
     /// Current length (of the file, or as recorded when it was offloaded).

@@ -1,0 +1,138 @@
+//! Keeping the engine's local bytes under the cap, and slowing writers while it is exceeded.
+//!
+//! Only segments that are sealed, still local and confirmed stored (read back and verified,
+//! see the worker) are evicted, least recently read first, then oldest. The active segment and
+//! anything not yet confirmed stay: when that alone exceeds the cap, the cap is reported unmet
+//! (status, metric, a warning at most once a minute) and writes go on.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use qsfs_core::Store;
+
+use super::metrics::TierMetrics;
+use super::Shared;
+
+/// Longest a writer is held back after a seal.
+const THROTTLE_MAX: Duration = Duration::from_secs(60);
+/// A failure streak this long means the backends are not taking data: writers are not held.
+const STALLED_AFTER_FAILURES: u32 = 3;
+/// The cap-unmet warning is logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// A segment that may be evicted.
+struct Candidate {
+    last_read: u64,
+    id: u32,
+    ns: String,
+}
+
+/// Evicts confirmed segments until the engine is under the cap (or nothing more can go).
+pub(crate) fn enforce(shared: &Shared) {
+    let m = &shared.metrics;
+    let Some(cap) = shared.config.local_cap else {
+        m.cap_unmet.store(false, Ordering::Relaxed);
+        return;
+    };
+    let Some(engine) = shared.engine() else {
+        return;
+    };
+    let mut local = engine.local_bytes();
+    TierMetrics::set(&m.local_bytes, local);
+    if local <= cap {
+        m.cap_unmet.store(false, Ordering::Relaxed);
+        return;
+    }
+    let st = shared.state.lock().clone();
+    let mut candidates = Vec::new();
+    for ns in engine.namespace_list().unwrap_or_default() {
+        for s in engine.segments(&ns).unwrap_or_default() {
+            if s.sealed && !s.offloaded && st.is_confirmed(&ns, s.id, s.length) {
+                candidates.push(Candidate {
+                    last_read: s.last_read,
+                    id: s.id,
+                    ns: ns.clone(),
+                });
+            }
+        }
+    }
+    candidates.sort_by(|a, b| (a.last_read, a.id, &a.ns).cmp(&(b.last_read, b.id, &b.ns)));
+    for c in candidates {
+        if local <= cap || shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        match engine.offload_segment(&c.ns, c.id) {
+            Ok(()) => {
+                TierMetrics::add(&m.evictions, 1);
+                local = engine.local_bytes();
+                TierMetrics::set(&m.local_bytes, local);
+                shared.note_progress();
+            }
+            Err(e) => {
+                tracing::warn!(ns = %c.ns, segment = c.id, error = %e, "tier: eviction failed")
+            }
+        }
+    }
+    let unmet = local > cap;
+    m.cap_unmet.store(unmet, Ordering::Relaxed);
+    if unmet {
+        let mut last = shared.last_cap_warning.lock();
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                local_bytes = local,
+                cap,
+                backlog_segments = TierMetrics::get(&m.backlog_segments),
+                "tier: local disk over its cap and nothing more can be evicted yet \
+                 (segments wait for upload); writes continue"
+            );
+        }
+    }
+}
+
+/// Blocks a writer while the engine is over the cap by more than a segment and the worker is
+/// making progress, so writers cannot outrun uploads without bound. Returns at once when the
+/// backends are failing (writes keep working, the cap is reported unmet), and after at most
+/// [`THROTTLE_MAX`].
+pub(crate) fn throttle(shared: &Shared) {
+    let Some(cap) = shared.config.local_cap else {
+        return;
+    };
+    let Some(engine) = shared.engine() else {
+        return;
+    };
+    let limit = cap.saturating_add(engine.config().max_segment_size);
+    let deadline = Instant::now() + THROTTLE_MAX;
+    loop {
+        if engine.local_bytes() <= limit || shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if shared.live.lock().failures >= STALLED_AFTER_FAILURES {
+            return;
+        }
+        // Progress is possible only if something waits for upload or can be evicted now.
+        let movable = engine
+            .namespace_list()
+            .unwrap_or_default()
+            .iter()
+            .any(|ns| {
+                engine
+                    .segments(ns)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|s| s.sealed && !s.offloaded)
+            });
+        if !movable {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::debug!("tier: writer released after the longest throttle");
+            return;
+        }
+        shared.kick();
+        let mut live = shared.live.lock();
+        let wait = (deadline - now).min(Duration::from_secs(1));
+        shared.changed.wait_for(&mut live, wait);
+    }
+}

@@ -1,0 +1,770 @@
+//! The offload worker: uploads and verification, manifests, the seal key, cold deletes, GC.
+//!
+//! One thread with its own small runtime. Engine calls are blocking and run on this thread,
+//! outside any async task; pipeline calls run on the runtime with `block_on`. The engine's
+//! cold-tier reads use the engine's own runtime, so a slow upload never delays a fetch.
+//!
+//! The queue is not a separate file: it is "every sealed, local segment that the state does
+//! not list as confirmed", recomputed from [`Engine::segments`] on every pass. So it survives
+//! kill -9 by construction, and a lost seal notification only delays the upload to the next
+//! pass (at most a second).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use qsfs_core::{Backend, Error, HealthStatus, Result, Store};
+use qsfs_store::{cold_key, Engine, Manifest, SegmentStats};
+use sha2::{Digest, Sha256};
+
+use super::metrics::TierMetrics;
+use super::state::{Confirmed, Gate, PendingDelete, State, UploadedManifest};
+use super::{manifest_key, BackendHealth, Shared, SEAL_KEY};
+use crate::metadata::ObjectRecord;
+use crate::pipeline::{Attrs, BLOCKING_THREADS};
+use crate::progress::NoProgress;
+use crate::stripe::{self, Sum};
+
+/// How often backend health is probed for `status`.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// The worker looks for work at least this often, notification or not.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The worker thread's body.
+pub(crate) fn run(shared: Arc<Shared>) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("qsfs-tier-io")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "tier: cannot start the worker runtime");
+            shared.live.lock().last_error = Some(format!("cannot start the worker runtime: {e}"));
+            return;
+        }
+    };
+    let mut w = Worker {
+        shared: shared.clone(),
+        rt,
+        backoff: None,
+        retry_at: Instant::now(),
+        last_probe: None,
+        last_gc: Instant::now(),
+        reconciled: false,
+    };
+    while !shared.stop.load(Ordering::Acquire) {
+        let did = w.tick();
+        super::evict::enforce(&shared);
+        shared.note_progress();
+        if did || shared.stop.load(Ordering::Acquire) {
+            continue;
+        }
+        let wait = w
+            .retry_at
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(10), TICK);
+        let mut woken = shared.wake.0.lock();
+        if !*woken {
+            shared.wake.1.wait_for(&mut woken, wait);
+        }
+        *woken = false;
+    }
+    w.rt.shutdown_background();
+}
+
+/// True when every sealed segment is confirmed (or offloaded) and every namespace's newest
+/// manifest is uploaded.
+pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
+    let Ok(names) = engine.namespace_list() else {
+        return false;
+    };
+    let st = shared.state.lock().clone();
+    for ns in names {
+        let Ok(segs) = engine.segments(&ns) else {
+            return false;
+        };
+        if segs.iter().any(|s| is_backlog(&st, &ns, s)) {
+            return false;
+        }
+        match engine.manifest(&ns) {
+            Ok(m) => {
+                if st
+                    .manifests
+                    .get(&ns)
+                    .is_none_or(|u| u.generation < m.generation)
+                {
+                    return false;
+                }
+            }
+            Err(Error::NotFound(_)) => {} // deleted meanwhile
+            Err(_) => return false,
+        }
+    }
+    st.seal_key_uploaded
+}
+
+fn is_backlog(st: &State, ns: &str, s: &SegmentStats) -> bool {
+    s.sealed && !s.offloaded && !st.is_confirmed(ns, s.id, s.length)
+}
+
+/// Parses `segments/<hex ns>/<id>.seg`.
+fn parse_cold_key(key: &str) -> Option<(String, u32)> {
+    let rest = key.strip_prefix("segments/")?;
+    let (hex_ns, file) = rest.split_once('/')?;
+    let id = file.strip_suffix(".seg")?.parse().ok()?;
+    let ns = String::from_utf8(hex::decode(hex_ns).ok()?).ok()?;
+    (cold_key(&ns, id) == key).then_some((ns, id))
+}
+
+/// SHA-256 of the whole stream and of each stripe-sized piece, computed while the pipeline
+/// reads it.
+struct Hashes {
+    whole: Sha256,
+    stripe: Sha256,
+    in_stripe: usize,
+    stripe_size: usize,
+    sums: Vec<Sum>,
+    total: u64,
+}
+
+impl Hashes {
+    fn new(stripe_size: usize) -> Self {
+        Hashes {
+            whole: Sha256::new(),
+            stripe: Sha256::new(),
+            in_stripe: 0,
+            stripe_size,
+            sums: Vec::new(),
+            total: 0,
+        }
+    }
+
+    fn update(&mut self, mut b: &[u8]) {
+        self.whole.update(b);
+        self.total += b.len() as u64;
+        while !b.is_empty() {
+            let n = (self.stripe_size - self.in_stripe).min(b.len());
+            self.stripe.update(&b[..n]);
+            self.in_stripe += n;
+            b = &b[n..];
+            if self.in_stripe == self.stripe_size {
+                self.sums
+                    .push(std::mem::take(&mut self.stripe).finalize().into());
+                self.in_stripe = 0;
+            }
+        }
+    }
+
+    /// (whole-file SHA-256, the pipeline's whole-object checksum of the same bytes).
+    fn finish(mut self) -> ([u8; 32], Sum) {
+        if self.in_stripe > 0 {
+            self.sums.push(self.stripe.finalize().into());
+        }
+        (self.whole.finalize().into(), stripe::object_sum(self.sums))
+    }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hashes: Arc<Mutex<Hashes>>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hashes.lock().update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    rt: tokio::runtime::Runtime,
+    backoff: Option<Duration>,
+    retry_at: Instant,
+    last_probe: Option<Instant>,
+    last_gc: Instant,
+    reconciled: bool,
+}
+
+impl Worker {
+    /// One unit of work; true if something was done (look again at once).
+    fn tick(&mut self) -> bool {
+        let Some(engine) = self.shared.engine() else {
+            return false;
+        };
+        if self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY) {
+            self.probe();
+        }
+        self.update_backlog(&engine);
+        if Instant::now() < self.retry_at {
+            return false;
+        }
+        match self.step(&engine) {
+            Ok(did) => {
+                self.backoff = None;
+                if did {
+                    let mut l = self.shared.live.lock();
+                    l.failures = 0;
+                    l.last_error = None;
+                    l.last_success = Some(Instant::now());
+                }
+                did
+            }
+            Err(e) => {
+                let c = &self.shared.config;
+                let next = self
+                    .backoff
+                    .map_or(c.retry_min, |b| (b * 2).min(c.retry_max))
+                    .max(Duration::from_millis(10));
+                self.backoff = Some(next);
+                self.retry_at = Instant::now() + next;
+                TierMetrics::add(&self.shared.metrics.upload_failures, 1);
+                tracing::warn!(error = %e, retry_in = ?next, "tier: offload step failed");
+                let mut l = self.shared.live.lock();
+                l.failures += 1;
+                l.last_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+
+    fn probe(&mut self) {
+        self.last_probe = Some(Instant::now());
+        let p = &self.shared.pipeline;
+        let (data, meta) = self.rt.block_on(p.refresh_health(false));
+        let mut out = Vec::new();
+        for (n, h) in p.nodes().iter().zip(data) {
+            out.push(health(n.name.clone(), &h));
+        }
+        for (n, h) in p.meta_nodes().iter().zip(meta) {
+            out.push(health(format!("meta:{}", n.name), &h));
+        }
+        self.shared.live.lock().backends = out;
+    }
+
+    fn update_backlog(&self, engine: &Engine) {
+        let st = self.shared.state.lock().clone();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for ns in engine.namespace_list().unwrap_or_default() {
+            for s in engine.segments(&ns).unwrap_or_default() {
+                if is_backlog(&st, &ns, &s) {
+                    n += 1;
+                    bytes += s.length;
+                }
+            }
+        }
+        let m = &self.shared.metrics;
+        TierMetrics::set(&m.backlog_segments, n);
+        TierMetrics::set(&m.backlog_bytes, bytes);
+        TierMetrics::set(&m.local_bytes, engine.local_bytes());
+    }
+
+    fn step(&mut self, engine: &Engine) -> Result<bool> {
+        if !self.shared.state.lock().bound {
+            self.bind(engine)?;
+        }
+        if !self.reconciled {
+            self.reconcile(engine)?;
+            self.reconciled = true;
+        }
+        if !self.shared.state.lock().seal_key_uploaded {
+            self.upload_seal_key(engine)?;
+            return Ok(true);
+        }
+        if let Some((ns, seg)) = self.next_backlog(engine)? {
+            self.upload_segment(engine, &ns, &seg)?;
+            return Ok(true);
+        }
+        if self.upload_one_manifest(engine)? {
+            return Ok(true);
+        }
+        if self.run_deletes(engine)? {
+            return Ok(true);
+        }
+        if self.last_gc.elapsed() >= self.shared.config.gc_every {
+            self.last_gc = Instant::now();
+            match self.rt.block_on(self.shared.pipeline.gc()) {
+                Ok(r) => tracing::info!(
+                    shards = r.shards_deleted,
+                    records = r.records_deleted,
+                    "tier: backend gc"
+                ),
+                Err(e) => tracing::warn!(error = %e, "tier: backend gc skipped"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses to work for an engine that the backends' manifests do not describe: an empty
+    /// engine started over backends that hold a filesystem would otherwise overwrite its
+    /// manifests and, through the deletion rule, delete its segments. Checked once per state.
+    fn bind(&self, engine: &Engine) -> Result<()> {
+        let p = &self.shared.pipeline;
+        let names = self.rt.block_on(p.list("manifests/"))?;
+        for name in names {
+            let bytes = self.rt.block_on(p.get(&name))?;
+            let m = Manifest::from_bytes(&bytes)?;
+            if m.segments.is_empty() {
+                continue;
+            }
+            let local: BTreeSet<u32> = match engine.segments(&m.namespace) {
+                Ok(s) => s.iter().map(|s| s.id).collect(),
+                Err(Error::NotFound(_)) => BTreeSet::new(),
+                Err(e) => return Err(e),
+            };
+            if !m.segments.iter().any(|(id, _)| local.contains(id)) {
+                return Err(Error::InvalidArgument(format!(
+                    "the backends hold namespace {:?} with {} segments that this engine does not \
+                     have: run `qsfs recover` to restore it, or use other backends; nothing is \
+                     uploaded or deleted until then",
+                    m.namespace,
+                    m.segments.len()
+                )));
+            }
+        }
+        self.shared.update(|st| st.bound = true)
+    }
+
+    /// Finds what the state should know after a crash: confirmed segments the engine no longer
+    /// has, and cold objects of live namespaces that the engine no longer has (their removal
+    /// notification was lost). Both become deletes under the manifest rule.
+    fn reconcile(&self, engine: &Engine) -> Result<()> {
+        let cold = self.rt.block_on(self.shared.pipeline.list("segments/"))?;
+        let mut by_ns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for key in &cold {
+            if let Some((ns, id)) = parse_cold_key(key) {
+                by_ns.entry(ns).or_default().push(id);
+            }
+        }
+        let mut found = Vec::new();
+        for ns in engine.namespace_list()? {
+            let segs = engine.segments(&ns)?;
+            let ids: BTreeMap<u32, u64> = segs.iter().map(|s| (s.id, s.length)).collect();
+            let after = ids.keys().max().copied().unwrap_or(0);
+            let st = self.shared.state.lock().clone();
+            let pending: BTreeSet<u32> = st
+                .deletes
+                .iter()
+                .filter(|d| d.ns == ns)
+                .filter_map(|d| d.segment)
+                .collect();
+            for ((n, id), c) in st.confirmed.range((ns.clone(), 0)..=(ns.clone(), u32::MAX)) {
+                debug_assert_eq!(n, &ns);
+                if !ids.contains_key(id) {
+                    found.push((ns.clone(), *id, after, Some(c.object_id)));
+                }
+            }
+            for id in by_ns.get(&ns).into_iter().flatten() {
+                if ids.contains_key(id)
+                    || pending.contains(id)
+                    || st.confirmed.contains_key(&(ns.clone(), *id))
+                {
+                    continue;
+                }
+                let rec = match self
+                    .rt
+                    .block_on(self.shared.pipeline.record(&cold_key(&ns, *id)))
+                {
+                    Ok(r) => r,
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                found.push((ns.clone(), *id, after, Some(rec.object_id)));
+            }
+        }
+        if !found.is_empty() {
+            tracing::info!(
+                objects = found.len(),
+                "tier: cold segments the engine no longer has, queued for deletion"
+            );
+        }
+        self.shared.update(|st| {
+            for (ns, id, after, object_id) in found {
+                st.confirmed.remove(&(ns.clone(), id));
+                st.deletes.push(PendingDelete {
+                    ns,
+                    segment: Some(id),
+                    gate: Gate::Manifest { after },
+                    object_id,
+                });
+            }
+        })
+    }
+
+    fn upload_seal_key(&self, engine: &Engine) -> Result<()> {
+        let key = engine.export_seal_key()?;
+        let len = key.len() as u64;
+        let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
+        h.update(&key);
+        let (_, sum) = h.finish();
+        let rec = self.rt.block_on(self.shared.pipeline.store(
+            SEAL_KEY,
+            Box::new(std::io::Cursor::new(key)),
+            Attrs::default(),
+            &NoProgress,
+        ))?;
+        self.verify(&rec, len, sum)?;
+        self.shared.update(|st| st.seal_key_uploaded = true)
+    }
+
+    /// The oldest backlog segment over all namespaces (lowest id first, so every namespace
+    /// progresses).
+    fn next_backlog(&self, engine: &Engine) -> Result<Option<(String, SegmentStats)>> {
+        let st = self.shared.state.lock().clone();
+        let mut best: Option<(String, SegmentStats)> = None;
+        for ns in engine.namespace_list()? {
+            let segs = match engine.segments(&ns) {
+                Ok(s) => s,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(s) = segs.into_iter().find(|s| is_backlog(&st, &ns, s)) {
+                if best.as_ref().is_none_or(|(_, b)| s.id < b.id) {
+                    best = Some((ns, s));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Reads the record back from the metadata quorum and checks it against what was sent.
+    fn verify(&self, sent: &ObjectRecord, len: u64, sum: Sum) -> Result<()> {
+        let p = &self.shared.pipeline;
+        let back = self.rt.block_on(p.record(&sent.name))?;
+        if back.object_id != sent.object_id {
+            return Err(Error::Unavailable(format!(
+                "{}: the record read back belongs to another upload",
+                sent.name
+            )));
+        }
+        if back.size != len || back.checksum != sum {
+            return Err(Error::corrupt(
+                sent.name.clone(),
+                format!(
+                    "stored copy does not match: {} bytes (sent {len}), checksum {}",
+                    back.size,
+                    if back.checksum == sum {
+                        "equal"
+                    } else {
+                        "differs"
+                    }
+                ),
+            ));
+        }
+        if self.shared.config.verify_deep {
+            let h = self.rt.block_on(p.inspect(&back, true, None));
+            if let Some(first) = h.problems.first() {
+                return Err(Error::Unavailable(format!(
+                    "{}: verification found {} bad shard(s), first: {first}",
+                    sent.name,
+                    h.problems.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn upload_segment(&self, engine: &Engine, ns: &str, seg: &SegmentStats) -> Result<()> {
+        let key = cold_key(ns, seg.id);
+        let file = match std::fs::File::open(&seg.path) {
+            Ok(f) => f,
+            // Offloaded or removed since it was listed: the next pass sees the new state.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("open {}", seg.path.display()), e)),
+        };
+        let hashes = Arc::new(Mutex::new(Hashes::new(
+            self.shared.pipeline.settings().stripe_size,
+        )));
+        let reader = HashingReader {
+            inner: file.take(seg.length),
+            hashes: hashes.clone(),
+        };
+        let started = Instant::now();
+        let rec = self.rt.block_on(self.shared.pipeline.store(
+            &key,
+            Box::new(reader),
+            Attrs::default(),
+            &NoProgress,
+        ))?;
+        let h = std::mem::replace(&mut *hashes.lock(), Hashes::new(1));
+        let total = h.total;
+        let (sha256, sum) = h.finish();
+        if total != seg.length {
+            return Err(Error::corrupt(
+                seg.path.display().to_string(),
+                format!("read {total} bytes of a sealed segment of {}", seg.length),
+            ));
+        }
+        self.verify(&rec, seg.length, sum)?;
+        self.rt.block_on(self.shared.fetch.invalidate(&key));
+        let object_id = rec.object_id;
+        let still_there = engine
+            .segments(ns)
+            .map(|s| s.iter().any(|s| s.id == seg.id))
+            .unwrap_or(false);
+        self.shared.update(|st| {
+            let k = (ns.to_string(), seg.id);
+            if let Some(d) = st
+                .deletes
+                .iter_mut()
+                .find(|d| d.ns == ns && d.segment == Some(seg.id) && d.object_id.is_none())
+            {
+                // Removed while it was uploading: the copy just made is what must go.
+                d.object_id = Some(object_id);
+            } else if still_there {
+                st.confirmed.insert(
+                    k,
+                    Confirmed {
+                        length: seg.length,
+                        sha256,
+                        object_id,
+                    },
+                );
+            } else {
+                // Removed (or its namespace deleted) before the notification reached the
+                // state: delete the copy once that is safe.
+                let gate = if engine.segments(ns).is_ok() {
+                    Gate::Manifest { after: seg.id }
+                } else {
+                    Gate::NamespaceGone
+                };
+                st.deletes.push(PendingDelete {
+                    ns: ns.to_string(),
+                    segment: Some(seg.id),
+                    gate,
+                    object_id: Some(object_id),
+                });
+            }
+        })?;
+        let m = &self.shared.metrics;
+        TierMetrics::add(&m.segments_offloaded, 1);
+        TierMetrics::add(&m.bytes_offloaded, seg.length);
+        tracing::debug!(ns, segment = seg.id, bytes = seg.length, took = ?started.elapsed(), "tier: segment stored and verified");
+        Ok(())
+    }
+
+    /// Uploads the newest manifest of one namespace whose uploaded one is older, if every
+    /// segment it references is safely in the backends.
+    fn upload_one_manifest(&self, engine: &Engine) -> Result<bool> {
+        let st = self.shared.state.lock().clone();
+        for ns in engine.namespace_list()? {
+            let m = match engine.manifest(&ns) {
+                Ok(m) => m,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if st
+                .manifests
+                .get(&ns)
+                .is_some_and(|u| u.generation >= m.generation)
+            {
+                continue;
+            }
+            let segs = match engine.segments(&ns) {
+                Ok(s) => s,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let offloaded: BTreeSet<u32> =
+                segs.iter().filter(|s| s.offloaded).map(|s| s.id).collect();
+            let ready = m
+                .segments
+                .iter()
+                .all(|&(id, len)| st.is_confirmed(&ns, id, len) || offloaded.contains(&id));
+            if !ready {
+                continue;
+            }
+            let bytes = m.to_bytes();
+            let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
+            h.update(&bytes);
+            let (_, sum) = h.finish();
+            let len = bytes.len() as u64;
+            let key = manifest_key(&ns);
+            let rec = self.rt.block_on(self.shared.pipeline.store(
+                &key,
+                Box::new(std::io::Cursor::new(bytes)),
+                Attrs::default(),
+                &NoProgress,
+            ))?;
+            self.verify(&rec, len, sum)?;
+            let object_id = rec.object_id;
+            self.shared.update(|st| {
+                // Checked under the state lock: a deletion notification either came before
+                // (the namespace is gone now) or comes after and sees this manifest.
+                if engine.namespace_list().is_ok_and(|l| l.contains(&ns)) {
+                    st.manifests.insert(
+                        ns.clone(),
+                        UploadedManifest {
+                            generation: m.generation,
+                            sealed_through: m.sealed_through,
+                            segments: m.segments.iter().map(|s| s.0).collect(),
+                            object_id,
+                        },
+                    );
+                } else {
+                    st.deletes.push(PendingDelete {
+                        ns: ns.clone(),
+                        segment: None,
+                        gate: Gate::NamespaceGone,
+                        object_id: Some(object_id),
+                    });
+                }
+            })?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether a pending delete may run now.
+    fn eligible(st: &State, d: &PendingDelete) -> bool {
+        match (d.gate, d.segment) {
+            (Gate::Manifest { after }, Some(s)) => st.manifests.get(&d.ns).is_some_and(|u| {
+                u.sealed_through.is_some_and(|t| t >= after) && !u.segments.contains(&s)
+            }),
+            (Gate::Manifest { .. }, None) => false,
+            (Gate::NamespaceGone, None) => true,
+            (Gate::NamespaceGone, Some(_)) => !st
+                .deletes
+                .iter()
+                .any(|o| o.ns == d.ns && o.segment.is_none()),
+        }
+    }
+
+    /// Runs the deletes that are safe now; true if any ran.
+    fn run_deletes(&self, engine: &Engine) -> Result<bool> {
+        let st = self.shared.state.lock().clone();
+        let ready: Vec<PendingDelete> = st
+            .deletes
+            .iter()
+            .filter(|d| Self::eligible(&st, d))
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            return Ok(false);
+        }
+        let p = &self.shared.pipeline;
+        for d in ready {
+            let live = engine.segments(&d.ns).ok();
+            let key = match d.segment {
+                Some(s) => {
+                    // Never delete a segment the engine has now (a namespace deleted and
+                    // created again reuses ids): its copy is the current one or will be.
+                    if live.as_ref().is_some_and(|l| l.iter().any(|x| x.id == s)) {
+                        self.forget(&d)?;
+                        continue;
+                    }
+                    if d.gate == Gate::NamespaceGone && live.is_some() && d.object_id.is_none() {
+                        // Created again: an object of unknown origin may be the new one's.
+                        self.forget(&d)?;
+                        continue;
+                    }
+                    cold_key(&d.ns, s)
+                }
+                None => {
+                    if live.is_some() && d.object_id.is_none() {
+                        self.forget(&d)?;
+                        continue;
+                    }
+                    manifest_key(&d.ns)
+                }
+            };
+            match self.rt.block_on(p.record(&key)) {
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+                Ok(rec) => {
+                    if d.object_id.is_none_or(|id| id == rec.object_id) {
+                        match self.rt.block_on(p.delete_object(&key)) {
+                            Ok(()) | Err(Error::NotFound(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                        self.rt.block_on(self.shared.fetch.invalidate(&key));
+                        TierMetrics::add(&self.shared.metrics.cold_deleted, 1);
+                        tracing::debug!(key, "tier: cold object deleted");
+                    }
+                }
+            }
+            if d.segment.is_none() && live.is_none() {
+                self.queue_namespace_leftovers(&d.ns)?;
+            }
+            self.forget(&d)?;
+        }
+        Ok(true)
+    }
+
+    /// After a deleted namespace's manifest is gone: every cold segment still under its prefix
+    /// (uploads whose confirmation was lost) is queued too.
+    fn queue_namespace_leftovers(&self, ns: &str) -> Result<()> {
+        let prefix = format!("segments/{}/", hex::encode(ns.as_bytes()));
+        let keys = self.rt.block_on(self.shared.pipeline.list(&prefix))?;
+        self.shared.update(|st| {
+            for (n, id) in keys.iter().filter_map(|k| parse_cold_key(k)) {
+                if n == ns
+                    && !st
+                        .deletes
+                        .iter()
+                        .any(|d| d.ns == ns && d.segment == Some(id))
+                {
+                    st.deletes.push(PendingDelete {
+                        ns: ns.to_string(),
+                        segment: Some(id),
+                        gate: Gate::NamespaceGone,
+                        object_id: None,
+                    });
+                }
+            }
+        })
+    }
+
+    fn forget(&self, d: &PendingDelete) -> Result<()> {
+        self.shared.update(|st| st.deletes.retain(|x| x != d))
+    }
+}
+
+fn health(name: String, h: &qsfs_core::Health) -> BackendHealth {
+    BackendHealth {
+        name,
+        up: h.status != HealthStatus::Down,
+        detail: match h.status {
+            HealthStatus::Up => format!("up ({} ms)", h.latency.as_millis()),
+            HealthStatus::Degraded => format!("degraded: {}", h.detail),
+            HealthStatus::Down => format!("down: {}", h.detail),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cold_keys_parse_back() {
+        for (ns, id) in [("default", 0), ("a b/c", 42), ("", u32::MAX)] {
+            assert_eq!(
+                parse_cold_key(&cold_key(ns, id)),
+                Some((ns.to_string(), id))
+            );
+        }
+        assert_eq!(parse_cold_key("segments/zz/0000000001.seg"), None);
+        assert_eq!(parse_cold_key("manifests/00"), None);
+    }
+
+    #[test]
+    fn hashes_match_the_pipeline_checksum() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let mut h = Hashes::new(4096);
+        for chunk in data.chunks(333) {
+            h.update(chunk);
+        }
+        let (whole, sum) = h.finish();
+        assert_eq!(whole, stripe::sha256(&data));
+        let want = stripe::object_sum(data.chunks(4096).map(stripe::sha256));
+        assert_eq!(sum, want);
+    }
+}

@@ -1,0 +1,145 @@
+//! `qsfs up`: the whole storage chain in one process. FUSE → embedded engine under
+//! `ROOT/engine` → tier (offload, eviction, fetch-back) → backup pipeline → backends. With no
+//! config it creates everything under the root: `ROOT/qsfs.toml` with four local directory
+//! backends (2+2), a key, the engine. Runs in the foreground until unmounted or signalled, then
+//! flushes, stops the tier and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use qsfs_backup::tier::Tier;
+use qsfs_fuse::{Capacity, Fs, FsConfig};
+
+use crate::chain::{self, Root, StatusWriter};
+use crate::fsmount;
+use crate::key::Missing;
+use crate::metrics;
+
+/// Arguments of `qsfs up`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory to mount on (created if missing).
+    pub mountpoint: PathBuf,
+    /// Root directory holding config, key, engine and tier state [default: ~/.threefold].
+    #[arg(long, env = "QSFS_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Config file [default: ROOT/qsfs.toml, written the first time].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// File holding the passphrase [default: QSFS_PASSPHRASE, ROOT/qsfs.key, a prompt, or a
+    /// generated ROOT/qsfs.key].
+    #[arg(long, value_name = "FILE")]
+    pub keyfile: Option<PathBuf>,
+    /// Address of the Prometheus endpoint [default: the config's `metrics`, else
+    /// 127.0.0.1:9109].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Mount options, comma separated: allow_other, ro, rw.
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Take over a mount lock held by another host.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Seconds between background compactions of the filesystem's namespaces.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs `qsfs up`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let signals = fsmount::block_stop_signals()?;
+    let options = crate::mount::mount_options(&args.options)?;
+    let root = Root::resolve(args.root.clone());
+    std::fs::create_dir_all(&root.dir)
+        .with_context(|| format!("creating {}", root.dir.display()))?;
+    std::fs::create_dir_all(&args.mountpoint)
+        .with_context(|| format!("creating mountpoint {}", args.mountpoint.display()))?;
+    let (_, config) = chain::load_config(&root, args.config.as_deref(), args.config.is_none())?;
+    let secret = chain::secret(&config, args.keyfile.as_deref(), &root, Missing::Generate)?;
+
+    let rt = chain::runtime()?;
+    let pipeline = chain::open_pipeline(&rt, &config, secret)?;
+    let initial = chain::probe_backends(&rt, &pipeline);
+    let tier = Tier::new(pipeline, &root.tier(), chain::tier_config(&config.chain))
+        .map_err(anyhow::Error::from)
+        .context("opening the tier state")?;
+    let engine_config = chain::engine_config(fsmount::fs_engine_config(), &config.chain, &tier);
+    let engine = fsmount::open_engine(&root.engine(), engine_config)?;
+    tier.start((*engine).clone())
+        .map_err(anyhow::Error::from)
+        .context("starting the tier")?;
+    fsmount::spawn_compactor(&engine, COMPACT_EVERY);
+
+    let result = serve(
+        &args,
+        &options,
+        &root,
+        &config,
+        engine.clone(),
+        &tier,
+        initial,
+        signals,
+    );
+    // The filesystem is flushed (or failed); stop uploading before the engine closes. The
+    // queue is durable: whatever is still pending goes out at the next start.
+    tier.shutdown();
+    drop(engine);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    args: &Args,
+    options: &qsfs_fuse::MountOptions,
+    root: &Root,
+    config: &qsfs_backup::config::Config,
+    engine: std::sync::Arc<qsfs_store::Engine>,
+    tier: &Tier,
+    initial: Vec<qsfs_backup::tier::BackendHealth>,
+    signals: nix::sys::signal::SigSet,
+) -> anyhow::Result<()> {
+    let fs_config = FsConfig {
+        capacity: Capacity::Disk(root.engine()),
+        force: args.force,
+        ..FsConfig::default()
+    };
+    let store: std::sync::Arc<dyn qsfs_core::Store> = engine;
+    let fs = Fs::open(store, fs_config).context("opening the filesystem")?;
+
+    let addr = match args.metrics.or(config.chain.metrics) {
+        Some(a) => a,
+        None => metrics::DEFAULT_ADDR.parse().context("metrics address")?,
+    };
+    let view_tier = tier.clone();
+    let view_initial = initial.clone();
+    let sources = metrics::Sources {
+        fs: Some(fs.stats()),
+        chain: Some(Box::new(move || {
+            chain::chain_view(&view_tier, &view_initial)
+        })),
+    };
+    // A second `qsfs up` on the same machine finds the default port taken: it runs without
+    // an endpoint rather than not at all.
+    let _metrics = match metrics::start(addr, sources) {
+        Ok(m) => {
+            eprintln!("qsfs: metrics on http://{}/metrics", m.addr());
+            Some(m)
+        }
+        Err(e) => {
+            tracing::warn!("no metrics endpoint: {e:#}");
+            None
+        }
+    };
+    let _status = StatusWriter::start(
+        root.status(),
+        args.mountpoint.clone(),
+        tier.clone(),
+        initial,
+        Duration::from_secs(2),
+    )?;
+    fsmount::serve(fs, &args.mountpoint, options, signals)
+}

@@ -1,0 +1,687 @@
+//! The engine's side of the storage chain: segment read times, recovery manifests, restore
+//! from a cold tier, compaction of offloaded segments, write backpressure and age sealing.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use qsfs_core::{Backend, Credential, Error, Health, Mode, NamespaceProperty, Result, Store};
+use qsfs_store::{cold_key, Durability, Engine, EngineConfig, EngineObserver, Manifest};
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        durability: Durability::None,
+        max_segment_size: 64 * 1024,
+        ..EngineConfig::default()
+    }
+}
+
+fn val(key: u32, round: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 1000 + (key as usize % 7) * 100];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (key as usize * 31 + round as usize * 7 + i) as u8;
+    }
+    v
+}
+
+/// An in-memory cold tier that counts whole-object and range reads.
+#[derive(Debug, Default)]
+struct MemBackend {
+    objects: Mutex<BTreeMap<String, Bytes>>,
+    gets: AtomicU64,
+    range_gets: AtomicU64,
+}
+
+#[async_trait]
+impl Backend for MemBackend {
+    fn name(&self) -> String {
+        "memory".into()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.objects.lock().unwrap().insert(key.to_string(), data);
+        Ok(())
+    }
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        self.range_gets.fetch_add(1, Ordering::SeqCst);
+        let all = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let end = (range.end as usize).min(all.len());
+        let start = (range.start as usize).min(end);
+        Ok(all.slice(start..end))
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.objects.lock().unwrap().contains_key(key))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+    async fn health(&self) -> Health {
+        Health::up(Duration::ZERO)
+    }
+}
+
+impl MemBackend {
+    fn put_file(&self, key: &str, path: &Path) {
+        let data = std::fs::read(path).unwrap();
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), Bytes::from(data));
+    }
+}
+
+/// Copies every sealed local segment of `ns` to the cold tier and offloads it.
+fn offload_all(e: &Engine, cold: &MemBackend, ns: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for s in e.segments(ns).unwrap() {
+        if s.sealed && !s.offloaded {
+            cold.put_file(&cold_key(ns, s.id), &s.path);
+            e.offload_segment(ns, s.id).unwrap();
+            ids.push(s.id);
+        }
+    }
+    ids
+}
+
+#[test]
+fn segments_remember_when_they_were_last_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for k in 0..200u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    let before = e.segments("default").unwrap();
+    assert!(before.len() >= 3);
+    assert!(before.iter().all(|s| s.last_read == 0), "nothing read yet");
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    e.get("default", &0u32.to_le_bytes()).unwrap().unwrap();
+    let after = e.segments("default").unwrap();
+    let first = &after[0];
+    assert!(first.last_read >= t0, "{} < {t0}", first.last_read);
+    assert!(
+        after[1..].iter().all(|s| s.last_read == 0),
+        "others untouched"
+    );
+    // Offloading keeps the read time (eviction order must not restart).
+    let cold = Arc::new(MemBackend::default());
+    drop(e);
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            cold_tier: Some(cold.clone()),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    assert!(
+        e.segments("default")
+            .unwrap()
+            .iter()
+            .all(|s| s.last_read == 0),
+        "since open"
+    );
+    e.get("default", &0u32.to_le_bytes()).unwrap().unwrap();
+    let read = e.segments("default").unwrap()[0].last_read;
+    assert!(read > 0);
+    offload_all(&e, &cold, "default");
+    let s0 = &e.segments("default").unwrap()[0];
+    assert!(s0.offloaded);
+    assert_eq!(s0.last_read, read);
+}
+
+/// Counts observer calls by kind.
+#[derive(Default)]
+struct Counter {
+    lines: Mutex<Vec<String>>,
+    throttles: AtomicU64,
+}
+
+impl EngineObserver for Counter {
+    fn on_segment_sealed(&self, ns: &str, segment: u32, _path: &Path) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push(format!("sealed {ns} {segment}"));
+    }
+    fn on_segment_removed(&self, ns: &str, segment: u32) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push(format!("removed {ns} {segment}"));
+    }
+    fn on_namespace_updated(&self, ns: &str) {
+        self.lines.lock().unwrap().push(format!("updated {ns}"));
+    }
+    fn throttle(&self, ns: &str) {
+        self.throttles.fetch_add(1, Ordering::SeqCst);
+        self.lines.lock().unwrap().push(format!("throttle {ns}"));
+    }
+}
+
+impl Counter {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+#[test]
+fn manifests_follow_seals_flushes_and_property_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let obs = Arc::new(Counter::default());
+    let config = EngineConfig {
+        observer: Some(obs.clone()),
+        ..cfg()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    // A namespace never sealed: its manifest exists, empty.
+    e.namespace_create("n").unwrap();
+    let m0 = e.manifest("n").unwrap();
+    assert_eq!((m0.namespace.as_str(), m0.sealed_through), ("n", None));
+    assert!(m0.segments.is_empty());
+    assert!(matches!(e.manifest("nope"), Err(Error::NotFound(_))));
+
+    for k in 0..100u32 {
+        e.set("n", Some(&k.to_le_bytes()), &val(k, 0)).unwrap();
+    }
+    let m1 = e.manifest("n").unwrap();
+    assert!(m1.generation > m0.generation);
+    let through = m1.sealed_through.unwrap();
+    assert_eq!(m1.segments.last().unwrap().0, through);
+    let stats = e.segments("n").unwrap();
+    for (id, len) in &m1.segments {
+        let s = stats.iter().find(|s| s.id == *id).unwrap();
+        assert!(s.sealed);
+        assert_eq!(s.length, *len);
+    }
+    // A property change bumps the generation and is announced.
+    obs.take();
+    e.namespace_set("n", NamespaceProperty::MaxSize(1 << 30))
+        .unwrap();
+    let m2 = e.manifest("n").unwrap();
+    assert_eq!(m2.generation, m1.generation + 1);
+    assert_eq!(m2.sealed_through, m1.sealed_through);
+    assert_eq!(obs.take(), vec!["updated n"]);
+    // Compaction does not touch the manifest (it is the state at a seal) except through the
+    // seals its copies cause.
+    for k in 0..100u32 {
+        e.set("n", Some(&k.to_le_bytes()), &val(k, 1)).unwrap();
+    }
+    let m3 = e.manifest("n").unwrap();
+    obs.take();
+    let r = e.compact_with("n", 0.9).unwrap();
+    assert!(!r.segments.is_empty());
+    let seals = obs
+        .take()
+        .iter()
+        .filter(|l| l.starts_with("sealed"))
+        .count() as u64;
+    let m4 = e.manifest("n").unwrap();
+    assert_eq!(m4.generation, m3.generation + seals);
+    if seals == 0 {
+        assert_eq!(m4.to_bytes(), m3.to_bytes());
+    }
+    let r = e.compact_with("n", 0.0).unwrap();
+    assert!(r.segments.is_empty());
+    let m4 = e.manifest("n").unwrap();
+    assert_eq!(
+        m4.generation,
+        m3.generation + seals,
+        "nothing to compact, nothing written"
+    );
+    // It survives a restart, and generations keep growing.
+    drop(e);
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    let m5 = e.manifest("n").unwrap();
+    assert_eq!(m5.to_bytes(), m4.to_bytes());
+    e.rotate("n").unwrap();
+    let m6 = e.manifest("n").unwrap();
+    assert!(m6.generation > m5.generation);
+    // A flush leaves an empty manifest, so recovery cannot resurrect flushed data.
+    obs.take();
+    e.flush_namespace("n").unwrap();
+    let m7 = e.manifest("n").unwrap();
+    assert!(m7.generation > m6.generation);
+    assert_eq!(m7.sealed_through, None);
+    assert!(m7.segments.is_empty());
+    assert!(obs.take().contains(&"updated n".to_string()));
+    drop(e);
+    let e = Engine::open(dir.path(), config).unwrap();
+    assert_eq!(e.manifest("n").unwrap().to_bytes(), m7.to_bytes());
+    assert!(e.local_bytes() > 0);
+    // The exported bytes decode to the same manifest.
+    let back = Manifest::from_bytes(&m6.to_bytes()).unwrap();
+    assert_eq!(back.generation, m6.generation);
+    assert_eq!(back.segments, m6.segments);
+}
+
+fn secure(e: &Engine, ns: &str, password: &str) -> bool {
+    use sha1::Digest;
+    let digest = hex::encode(sha1::Sha1::digest(
+        format!("abcdef0123456789:{password}").as_bytes(),
+    ));
+    e.namespace_authenticate(
+        ns,
+        Credential::Challenge {
+            nonce: "abcdef0123456789",
+            digest: &digest,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn restore_from_manifests_serves_everything_from_the_cold_tier() {
+    let src = tempfile::tempdir().unwrap();
+    let cold = Arc::new(MemBackend::default());
+    let config = EngineConfig {
+        cold_tier: Some(cold.clone()),
+        ..cfg()
+    };
+    let e = Engine::open(src.path(), config.clone()).unwrap();
+    e.namespace_create("seq").unwrap();
+    e.namespace_set("seq", NamespaceProperty::Mode(Mode::Seq))
+        .unwrap();
+    e.namespace_create("secret").unwrap();
+    e.namespace_set(
+        "secret",
+        NamespaceProperty::Password(Some("hunter2".into())),
+    )
+    .unwrap();
+    e.namespace_set("secret", NamespaceProperty::Public(false))
+        .unwrap();
+    // User keys over several segments, with history and deletions.
+    for round in 0..3u32 {
+        for k in 0..120u32 {
+            if round == 0 || k % 3 == round {
+                e.set("default", Some(&k.to_le_bytes()), &val(k, round))
+                    .unwrap();
+            }
+        }
+    }
+    for k in (0..120u32).filter(|k| k % 10 == 9) {
+        e.delete("default", &k.to_le_bytes()).unwrap();
+    }
+    let mut seq_ids = Vec::new();
+    for k in 0..150u32 {
+        seq_ids.push(e.set("seq", None, &val(k, 0)).unwrap().key().to_vec());
+    }
+    for k in 0..80u32 {
+        e.set("secret", Some(format!("s{k}").as_bytes()), &val(k, 5))
+            .unwrap();
+    }
+    for ns in ["default", "seq", "secret"] {
+        e.rotate(ns).unwrap();
+        assert!(e.segments(ns).unwrap().iter().filter(|s| s.sealed).count() >= 2);
+    }
+    // The tier's job: every sealed segment to the cold tier, some evicted locally.
+    for ns in ["default", "seq", "secret"] {
+        for s in e
+            .segments(ns)
+            .unwrap()
+            .iter()
+            .filter(|s| s.sealed && !s.offloaded)
+        {
+            cold.put_file(&cold_key(ns, s.id), &s.path);
+        }
+    }
+    offload_all(&e, &cold, "default");
+    let manifests: Vec<Vec<u8>> = e
+        .namespace_list()
+        .unwrap()
+        .iter()
+        .map(|ns| e.manifest(ns).unwrap().to_bytes())
+        .collect();
+    let key = e.export_seal_key().unwrap();
+    assert_eq!(key.len(), 32);
+    // After the last seal: by design not in any manifest.
+    e.set("default", Some(b"late"), b"lost").unwrap();
+    drop(e);
+
+    let dst = tempfile::tempdir().unwrap();
+    let dir = dst.path().join("engine");
+    let manifests: Vec<Manifest> = manifests
+        .iter()
+        .map(|b| Manifest::from_bytes(b).unwrap())
+        .collect();
+    Engine::restore(&dir, &key, &manifests).unwrap();
+    assert!(
+        matches!(
+            Engine::restore(&dir, &key, &manifests),
+            Err(Error::InvalidArgument(_))
+        ),
+        "a non-empty directory is refused"
+    );
+    let gets = cold.gets.load(Ordering::SeqCst);
+    let ranges = cold.range_gets.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let e = Engine::open(&dir, config).unwrap();
+    assert_eq!(
+        cold.gets.load(Ordering::SeqCst),
+        gets,
+        "open fetched no whole segment"
+    );
+    assert_eq!(
+        cold.range_gets.load(Ordering::SeqCst),
+        ranges,
+        "open read no segment data"
+    );
+    eprintln!("open after restore: {:?}", t.elapsed());
+    for ns in ["default", "seq", "secret"] {
+        assert!(e
+            .segments(ns)
+            .unwrap()
+            .iter()
+            .filter(|s| s.sealed)
+            .all(|s| s.offloaded));
+    }
+
+    for k in 0..120u32 {
+        let got = e.get("default", &k.to_le_bytes()).unwrap();
+        if k % 10 == 9 {
+            assert!(got.is_none(), "key {k} was deleted");
+            continue;
+        }
+        let round = if k % 3 != 0 { k % 3 } else { 0 };
+        assert_eq!(got.unwrap().value, val(k, round), "key {k}");
+        if round > 0 {
+            let live = e.history("default", &k.to_le_bytes(), None).unwrap();
+            let old = e
+                .history("default", &k.to_le_bytes(), live.previous)
+                .unwrap();
+            assert_eq!(old.value, val(k, 0), "history of key {k}");
+        }
+    }
+    assert!(e.get("default", b"late").unwrap().is_none());
+    for (k, id) in seq_ids.iter().enumerate() {
+        assert_eq!(e.get("seq", id).unwrap().unwrap().value, val(k as u32, 0));
+    }
+    // Sequential ids continue after the restored ones.
+    let next = e.set("seq", None, b"new").unwrap().key().to_vec();
+    assert_eq!(next, (seq_ids.len() as u64).to_le_bytes());
+    assert_eq!(e.get("seq", &next).unwrap().unwrap().value, b"new");
+    // Passwords, plain and SECURE, and properties.
+    assert!(e
+        .namespace_authenticate("secret", Credential::Plain("hunter2"))
+        .unwrap());
+    assert!(!e
+        .namespace_authenticate("secret", Credential::Plain("wrong"))
+        .unwrap());
+    assert!(secure(&e, "secret", "hunter2"));
+    assert!(!secure(&e, "secret", "wrong"));
+    assert!(!e.namespace_info("secret").unwrap().public);
+    for k in 0..80u32 {
+        assert_eq!(
+            e.get("secret", format!("s{k}").as_bytes())
+                .unwrap()
+                .unwrap()
+                .value,
+            val(k, 5)
+        );
+    }
+    // New writes work and seal into fresh segment ids.
+    for k in 0..120u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 9))
+            .unwrap();
+    }
+    for k in 0..120u32 {
+        assert_eq!(
+            e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+            val(k, 9)
+        );
+    }
+    let before = manifests.iter().find(|m| m.namespace == "default").unwrap();
+    let after = e.manifest("default").unwrap();
+    assert!(after.generation > before.generation);
+    assert!(after.sealed_through > before.sealed_through);
+    // Reads came by range only.
+    assert_eq!(cold.gets.load(Ordering::SeqCst), gets);
+    assert!(cold.range_gets.load(Ordering::SeqCst) > ranges);
+    drop(e);
+    // Bad input is refused.
+    let other = dst.path().join("other");
+    assert!(Engine::restore(&other, &key[..31], &manifests).is_err());
+}
+
+#[test]
+fn compaction_rewrites_offloaded_segments_from_the_cold_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = Arc::new(MemBackend::default());
+    let obs = Arc::new(Counter::default());
+    let config = EngineConfig {
+        cold_tier: Some(cold.clone()),
+        observer: Some(obs.clone()),
+        ..cfg()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    for k in 0..200u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    e.rotate("default").unwrap();
+    let offloaded = offload_all(&e, &cold, "default");
+    assert!(offloaded.len() >= 3);
+    // A cold copy with a damaged header is left alone by compaction.
+    let damaged = offloaded[1];
+    {
+        let mut objects = cold.objects.lock().unwrap();
+        let key = cold_key("default", damaged);
+        let mut bytes = objects.get(&key).unwrap().to_vec();
+        bytes[3] ^= 0xff; // the segment header's magic
+        objects.insert(key.clone(), Bytes::from(bytes));
+    }
+    // Overwrite most keys: the offloaded segments now hold mostly dead data.
+    for k in (0..200u32).filter(|k| k % 10 != 0) {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 1))
+            .unwrap();
+    }
+    obs.take();
+    let gets = cold.gets.load(Ordering::SeqCst);
+    let r = e.compact("default").unwrap();
+    assert!(cold.gets.load(Ordering::SeqCst) > gets, "fetched whole");
+    let removed: Vec<String> = obs
+        .take()
+        .into_iter()
+        .filter(|l| l.starts_with("removed"))
+        .collect();
+    for id in &offloaded {
+        let line = format!("removed default {id}");
+        if *id == damaged {
+            assert!(!r.segments.contains(id), "damaged cold copy compacted");
+            assert!(!removed.contains(&line));
+        } else {
+            assert!(
+                r.segments.contains(id),
+                "offloaded segment {id} not compacted: {r:?}"
+            );
+            assert!(removed.contains(&line), "{removed:?}");
+        }
+    }
+    let segs = e.segments("default").unwrap();
+    assert!(segs.iter().any(|s| s.id == damaged && s.offloaded));
+    for id in offloaded.iter().filter(|id| **id != damaged) {
+        assert!(
+            !segs.iter().any(|s| s.id == *id),
+            "segment {id} still listed"
+        );
+    }
+    // Every live key still reads without the removed cold copies.
+    for id in offloaded.iter().filter(|id| **id != damaged) {
+        cold.objects
+            .lock()
+            .unwrap()
+            .remove(&cold_key("default", *id));
+    }
+    let check = |e: &Engine| {
+        for k in 0..200u32 {
+            let want = if k % 10 == 0 { val(k, 0) } else { val(k, 1) };
+            match e.get("default", &k.to_le_bytes()) {
+                Ok(Some(v)) => assert_eq!(v.value, want, "key {k}"),
+                // Live records in the damaged segment stay there.
+                Err(Error::Corrupt { .. }) if k % 10 == 0 => {}
+                other => panic!("key {k}: {other:?}"),
+            }
+        }
+    };
+    check(&e);
+    drop(e);
+    // The descriptor forgot them: reopening (index rebuilt from segments) needs none of them.
+    std::fs::remove_file(dir.path().join("ns/default/index")).unwrap();
+    let e = Engine::open(dir.path(), config).unwrap();
+    let segs = e.segments("default").unwrap();
+    for id in offloaded.iter().filter(|id| **id != damaged) {
+        assert!(
+            !segs.iter().any(|s| s.id == *id),
+            "segment {id} back after reopen"
+        );
+    }
+}
+
+#[test]
+fn writes_that_seal_call_throttle() {
+    let dir = tempfile::tempdir().unwrap();
+    let obs = Arc::new(Counter::default());
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            observer: Some(obs.clone()),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    for k in 0..200u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    let sealed = e
+        .segments("default")
+        .unwrap()
+        .iter()
+        .filter(|s| s.sealed)
+        .count() as u64;
+    assert!(sealed >= 2);
+    assert_eq!(obs.throttles.load(Ordering::SeqCst), sealed);
+    // After the seal is announced, on the writer's thread.
+    let lines = obs.take();
+    let first_throttle = lines.iter().position(|l| l == "throttle default").unwrap();
+    assert_eq!(lines[first_throttle - 1], "sealed default 0");
+    // Deletes that seal throttle too; a rotation does not.
+    e.rotate("default").unwrap();
+    assert_eq!(obs.throttles.load(Ordering::SeqCst), sealed);
+    // Fill the new segment almost to its limit without sealing it.
+    let mut f = 1000u32;
+    while e.stats("default").unwrap().current_offset + 2 * 1700 < 64 * 1024 {
+        e.set("default", Some(&f.to_le_bytes()), &val(f, 0))
+            .unwrap();
+        f += 1;
+    }
+    assert_eq!(obs.throttles.load(Ordering::SeqCst), sealed);
+    let mut k = 0u32;
+    while obs.throttles.load(Ordering::SeqCst) == sealed {
+        e.delete("default", &k.to_le_bytes()).unwrap();
+        k += 1;
+        assert!(k < 200, "deletes never sealed");
+    }
+    // The observer may call back into the engine: no lock is held.
+    struct Reentrant(Mutex<Option<Engine>>, AtomicU64);
+    impl EngineObserver for Reentrant {
+        fn throttle(&self, ns: &str) {
+            if let Some(e) = self.0.lock().unwrap().as_ref() {
+                e.set(ns, Some(b"from-throttle"), b"x").unwrap();
+                self.1.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    drop(e);
+    let obs = Arc::new(Reentrant(Mutex::new(None), AtomicU64::new(0)));
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            observer: Some(obs.clone()),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    *obs.0.lock().unwrap() = Some(e.clone());
+    for k in 0..100u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    *obs.0.lock().unwrap() = None;
+    assert!(obs.1.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn idle_segments_are_sealed_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let obs = Arc::new(Counter::default());
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            observer: Some(obs.clone()),
+            max_segment_age: Some(Duration::from_millis(300)),
+            max_segment_size: 1 << 20,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    e.namespace_create("idle").unwrap();
+    e.set("default", Some(b"k"), b"v").unwrap();
+    let m0 = e.manifest("default").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !obs.take().contains(&"sealed default 0".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "an idle non-empty segment was never sealed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Sealed by the background thread: a new manifest, no throttle.
+    let m1 = e.manifest("default").unwrap();
+    assert!(m1.generation > m0.generation);
+    assert_eq!(m1.sealed_through, Some(0));
+    assert_eq!(obs.throttles.load(Ordering::SeqCst), 0);
+    // Empty segments are never sealed, however long they wait.
+    std::thread::sleep(Duration::from_millis(900));
+    let lines = obs.take();
+    assert!(!lines.iter().any(|l| l.starts_with("sealed")), "{lines:?}");
+    assert_eq!(e.segments("idle").unwrap().len(), 1);
+    assert_eq!(e.segments("default").unwrap().len(), 2);
+    assert_eq!(e.get("default", b"k").unwrap().unwrap().value, b"v");
+}
