@@ -9,6 +9,7 @@
 //! <root>/ns/<name>/namespace        descriptor (properties)
 //! <root>/ns/<name>/0000000000.seg   segments, appended to / sealed
 //! <root>/ns/<name>/index            index snapshot (a cache)
+//! <root>/ns/<name>/manifest         recovery manifest: the namespace at its last seal
 //! ```
 
 use std::collections::BTreeMap;
@@ -547,7 +548,7 @@ impl Engine {
             desc.store(&ns_dir)?;
             Index::write_snapshot_bytes(&ns_dir, &snapshot)
                 .map_err(io_err("write index in", &ns_dir))?;
-            m.store(&ns_dir)?;
+            m.store(&ns_dir, true)?;
         }
         crate::segment::sync_dir(&ns_root).map_err(io_err("sync", &ns_root))?;
         crate::segment::sync_dir(dir).map_err(io_err("sync", dir))?;

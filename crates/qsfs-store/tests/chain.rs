@@ -325,6 +325,11 @@ fn restore_from_manifests_serves_everything_from_the_cold_tier() {
     .unwrap();
     e.namespace_set("secret", NamespaceProperty::Public(false))
         .unwrap();
+    // Never sealed: restored with its properties and nothing else.
+    e.namespace_create("fresh").unwrap();
+    e.namespace_set("fresh", NamespaceProperty::MaxSize(12345))
+        .unwrap();
+    e.set("fresh", Some(b"unsealed"), b"x").unwrap();
     // User keys over several segments, with history and deletions.
     for round in 0..3u32 {
         for k in 0..120u32 {
@@ -445,6 +450,9 @@ fn restore_from_manifests_serves_everything_from_the_cold_tier() {
     assert!(secure(&e, "secret", "hunter2"));
     assert!(!secure(&e, "secret", "wrong"));
     assert!(!e.namespace_info("secret").unwrap().public);
+    assert_eq!(e.namespace_info("fresh").unwrap().max_size, 12345);
+    assert!(e.get("fresh", b"unsealed").unwrap().is_none());
+    e.set("fresh", Some(b"new"), b"y").unwrap();
     for k in 0..80u32 {
         assert_eq!(
             e.get("secret", format!("s{k}").as_bytes())
@@ -684,4 +692,49 @@ fn idle_segments_are_sealed_by_age() {
     assert_eq!(e.segments("idle").unwrap().len(), 1);
     assert_eq!(e.segments("default").unwrap().len(), 2);
     assert_eq!(e.get("default", b"k").unwrap().unwrap().value, b"v");
+}
+
+#[test]
+fn missing_or_stale_manifests_are_rewritten_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    for k in 0..100u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    drop(e);
+    // A directory from before manifests: the unsealed tail is sealed so a manifest covers it.
+    let path = dir.path().join("ns/default/manifest");
+    std::fs::remove_file(&path).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let m = e.manifest("default").unwrap();
+    let current = e.stats("default").unwrap().current_segment;
+    assert_eq!(m.sealed_through, Some(current - 1));
+    assert_eq!(e.stats("default").unwrap().current_offset, 32);
+    for k in 0..100u32 {
+        assert_eq!(
+            e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+            val(k, 0)
+        );
+    }
+    // A flush interrupted before its manifest was written: the old manifest would bring the
+    // flushed data back, so it is replaced.
+    let before_flush = std::fs::read(&path).unwrap();
+    e.flush_namespace("default").unwrap();
+    drop(e);
+    std::fs::write(&path, &before_flush).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let m2 = e.manifest("default").unwrap();
+    assert_eq!(m2.sealed_through, None);
+    assert!(m2.segments.is_empty());
+    assert!(m2.generation > m.generation);
+    drop(e);
+    // A damaged manifest is replaced with a larger generation.
+    let mut bad = std::fs::read(&path).unwrap();
+    let n = bad.len();
+    bad[n - 1] ^= 0xff;
+    std::fs::write(&path, &bad).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let m3 = e.manifest("default").unwrap();
+    assert!(m3.generation > m2.generation);
 }
