@@ -179,15 +179,40 @@ pub fn probe_backends(rt: &tokio::runtime::Runtime, pipeline: &Pipeline) -> Vec<
     out
 }
 
-/// The tier's status, with `initial` backend health for backends it has not probed yet.
+/// The tier's status, with `initial` backend health for backends it has not probed yet. A
+/// backend that serves both data and metadata (the tier reports its metadata role as
+/// `meta:NAME`) is one backend, up only if up in both roles.
 pub fn tier_status(tier: &Tier, initial: &[BackendHealth]) -> TierStatus {
     let mut s = tier.status();
-    for b in initial {
-        if !s.backends.iter().any(|x| x.name == b.name) {
-            s.backends.push(b.clone());
+    let mut merged: Vec<BackendHealth> = Vec::new();
+    let probed = std::mem::take(&mut s.backends);
+    let fallback = initial.iter().filter(|b| {
+        !probed
+            .iter()
+            .any(|p| base_name(&p.name) == base_name(&b.name))
+    });
+    for b in probed.iter().chain(fallback) {
+        let name = base_name(&b.name);
+        match merged.iter_mut().find(|m| m.name == name) {
+            Some(m) => {
+                if !b.up {
+                    m.up = false;
+                    m.detail = b.detail.clone();
+                }
+            }
+            None => merged.push(BackendHealth {
+                name: name.to_string(),
+                up: b.up,
+                detail: b.detail.clone(),
+            }),
         }
     }
+    s.backends = merged;
     s
+}
+
+fn base_name(name: &str) -> &str {
+    name.strip_prefix("meta:").unwrap_or(name)
 }
 
 /// What the metrics endpoint reports about `tier`.

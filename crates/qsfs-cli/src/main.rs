@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the 0-db-compatible RESP protocol over the embedded engine.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Mount the qsfs filesystem.
     Mount(mount::Args),
     /// Encrypted, erasure-coded backup: store, retrieve, check, rebuild, ...
@@ -49,7 +49,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(cli_args(std::env::args_os()));
     init_logging();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Mount(args) => mount::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Fsck(args) => fsck::run(args),

@@ -87,6 +87,89 @@ pub struct Args {
     /// Not supported.
     #[arg(long, hide = true)]
     dump: bool,
+    /// Back the engine up through this backup config (the storage chain of `qsfs up`, in the
+    /// server process): sealed segments are uploaded, evicted beyond the config's `local_cap`
+    /// and fetched back on read.
+    #[arg(long, value_name = "FILE")]
+    backup_config: Option<PathBuf>,
+    /// With --backup-config: file holding the passphrase (else QSFS_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE", requires = "backup_config")]
+    keyfile: Option<PathBuf>,
+    /// With --backup-config: directory of the upload state [default: DATA.tier].
+    #[arg(long, value_name = "DIR", requires = "backup_config")]
+    tier_state: Option<PathBuf>,
+    /// With --backup-config: address of the Prometheus endpoint [default: the config's
+    /// `metrics`, else 127.0.0.1:9109].
+    #[arg(long, value_name = "ADDR", requires = "backup_config")]
+    metrics: Option<SocketAddr>,
+}
+
+/// The storage chain of a server started with `--backup-config`.
+struct Chain {
+    tier: qsfs_backup::tier::Tier,
+    _metrics: Option<crate::metrics::MetricsServer>,
+}
+
+/// Opens the backup pipeline and the tier, and plugs them into `engine`'s config.
+fn open_chain(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    engine: &mut EngineConfig,
+) -> anyhow::Result<Option<Chain>> {
+    let Some(path) = &args.backup_config else {
+        return Ok(None);
+    };
+    let config = qsfs_backup::config::Config::load(path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let secret = if config.key.is_some() {
+        None
+    } else {
+        Some(crate::key::read_secret(
+            args.keyfile.as_deref(),
+            crate::key::PASSPHRASE_ENV,
+            "qsfs backup passphrase: ",
+        )?)
+    };
+    let pipeline = crate::chain::open_pipeline(rt, &config, secret)?;
+    let initial = crate::chain::probe_backends(rt, &pipeline);
+    let state = args.tier_state.clone().unwrap_or_else(|| {
+        let mut s = args.data.clone().into_os_string();
+        s.push(".tier");
+        PathBuf::from(s)
+    });
+    let tier =
+        qsfs_backup::tier::Tier::new(pipeline, &state, crate::chain::tier_config(&config.chain))
+            .map_err(anyhow::Error::from)
+            .context("opening the tier state")?;
+    let mut chain = config.chain.clone();
+    if args.datasize.is_some() {
+        // An explicit --datasize wins over the config's segment_size.
+        chain.segment_size = Some(engine.max_segment_size);
+    }
+    *engine = crate::chain::engine_config(engine.clone(), &chain, &tier);
+    let addr = match args.metrics.or(config.chain.metrics) {
+        Some(a) => a,
+        None => crate::metrics::DEFAULT_ADDR
+            .parse()
+            .context("metrics address")?,
+    };
+    let view = tier.clone();
+    let sources = crate::metrics::Sources {
+        fs: None,
+        chain: Some(Box::new(move || crate::chain::chain_view(&view, &initial))),
+    };
+    let metrics = match crate::metrics::start(addr, sources) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("no metrics endpoint: {e:#}");
+            None
+        }
+    };
+    Ok(Some(Chain {
+        tier,
+        _metrics: metrics,
+    }))
 }
 
 /// The original accepts long options with one dash (`-port 9900`); turns them into `--port`.
@@ -235,18 +318,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ],
     );
     if hooks.enabled() {
+        if args.backup_config.is_some() {
+            bail!("--hook and --backup-config cannot be combined: the backup tier is the engine's observer");
+        }
         engine_config.observer = Some(Arc::new(HookObserver {
             hooks: hooks.clone(),
         }));
     }
+    let rt = crate::chain::runtime()?;
+    let chain = open_chain(&args, &rt, &mut engine_config)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("create {}", args.data.display()))?;
     let engine = Engine::open(&args.data, engine_config).context("open the engine")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
-    rt.block_on(async move {
+    if let Some(c) = &chain {
+        c.tier
+            .start(engine.clone())
+            .map_err(anyhow::Error::from)
+            .context("starting the tier")?;
+    }
+    let result = rt.block_on(async move {
         let server = Server::bind(Arc::new(engine), config)
             .await
             .context("listen")?;
@@ -273,7 +363,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         handle.wait().await.context("shutdown")?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    if let Some(c) = chain {
+        // The upload queue is durable: what is pending goes out at the next start.
+        c.tier.shutdown();
+    }
+    result
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! The counters live in the filesystem's [`crate::BlockCache`] (which counts its own hits and
 //! misses), so a caller takes them with [`Fs::stats`] before handing the `Fs` to
-//! [`crate::mount`] and keeps reading them afterwards.
+//! [`crate::mount()`] and keeps reading them afterwards.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
