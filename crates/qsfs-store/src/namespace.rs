@@ -181,6 +181,12 @@ pub struct SegmentStats {
     pub last_read: u64,
 }
 
+/// The generation of the next manifest: one more than the last, and never behind the clock
+/// (milliseconds), so that a namespace deleted and created again moves past the old one.
+fn next_generation(last: u64) -> u64 {
+    (last + 1).max(now_millis())
+}
+
 fn seg_location(ns: &str, seg: u32, off: u64) -> String {
     format!(
         "segment {ns}/{} @ {off}",
@@ -350,10 +356,8 @@ impl Namespace {
             }
             Ok(None) => 0,
             Err(e) => {
-                // The generation is lost with the file; the clock keeps the next one above
-                // any the backup tier can have seen.
                 tracing::error!(namespace = %self.name, error = %e, "manifest unreadable; writing a new one");
-                now_millis()
+                0
             }
         };
         self.state.write().manifest_gen = generation;
@@ -386,7 +390,7 @@ impl Namespace {
             descriptor.offloaded.clear();
             Manifest {
                 namespace: self.name.clone(),
-                generation: st.manifest_gen + 1,
+                generation: next_generation(st.manifest_gen),
                 sealed_through: segments.last().map(|s| s.0),
                 segments,
                 descriptor,
@@ -417,7 +421,7 @@ impl Namespace {
             .ok_or_else(|| Error::NotFound(format!("manifest of namespace {}", self.name)))?;
         {
             let st = self.state.read();
-            m.generation = st.manifest_gen.max(m.generation) + 1;
+            m.generation = next_generation(st.manifest_gen.max(m.generation));
             m.descriptor = st.desc.clone();
             m.descriptor.offloaded.clear();
         }
