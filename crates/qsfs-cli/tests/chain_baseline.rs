@@ -35,6 +35,7 @@ fn baseline_local_disk_stays_bounded_and_everything_reads_back() {
     let status = c.wait_drained(Duration::from_secs(400));
     // Eviction follows the last uploads: keep sampling a little after the drain.
     std::thread::sleep(Duration::from_secs(3));
+    let largest = sampler.at_max();
     let (max, samples) = sampler.finish();
     eprintln!(
         "engine bytes: max {max} ({:.1} MiB) over {samples} samples, {during} during writes; \
@@ -46,7 +47,7 @@ fn baseline_local_disk_stays_bounded_and_everything_reads_back() {
     assert!(
         max <= bound,
         "ROOT/engine reached {max} bytes ({:.1} MiB) > cap {cap} + one segment {segment} + \
-         slack {SLACK}; status: {status}",
+         slack {SLACK}; status: {status}\nROOT/engine at the largest sample:\n{largest}",
         max as f64 / MIB as f64
     );
     assert_eq!(

@@ -723,8 +723,13 @@ pub fn text(o: &Output) -> String {
 /// Bytes a directory tree occupies: per file the larger of its length and its allocated
 /// blocks (a preallocated segment counts in full, a sparse one by what it holds).
 pub fn disk_bytes(dir: &Path) -> u64 {
+    disk_usage(dir).iter().map(|(_, b)| b).sum()
+}
+
+/// Every file under `dir` (relative path) with the bytes [`disk_bytes`] counts for it.
+pub fn disk_usage(dir: &Path) -> Vec<(String, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -738,17 +743,23 @@ pub fn disk_bytes(dir: &Path) -> u64 {
             if m.is_dir() {
                 stack.push(e.path());
             } else if m.is_file() {
-                total += m.len().max(m.blocks() * 512);
+                let name = e.path().strip_prefix(dir).map_or_else(
+                    |_| e.path().display().to_string(),
+                    |p| p.display().to_string(),
+                );
+                out.push((name, m.len().max(m.blocks() * 512)));
             }
         }
     }
-    total
+    out.sort();
+    out
 }
 
 /// Samples a directory's disk bytes every 200 ms until stopped; keeps the maximum.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     max: Arc<AtomicU64>,
+    at_max: Arc<std::sync::Mutex<Vec<(String, u64)>>>,
     samples: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
 }
@@ -758,10 +769,15 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max = Arc::new(AtomicU64::new(0));
         let samples = Arc::new(AtomicU64::new(0));
-        let (s, m, n) = (stop.clone(), max.clone(), samples.clone());
+        let at_max = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, m, n, a) = (stop.clone(), max.clone(), samples.clone(), at_max.clone());
         let handle = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                m.fetch_max(disk_bytes(&dir), Ordering::Relaxed);
+                let usage = disk_usage(&dir);
+                let total = usage.iter().map(|(_, b)| b).sum();
+                if m.fetch_max(total, Ordering::Relaxed) < total {
+                    *a.lock().unwrap() = usage;
+                }
                 n.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -769,6 +785,7 @@ impl Sampler {
         Sampler {
             stop,
             max,
+            at_max,
             samples,
             handle: Some(handle),
         }
@@ -777,6 +794,17 @@ impl Sampler {
     /// The maximum so far.
     pub fn max(&self) -> u64 {
         self.max.load(Ordering::Relaxed)
+    }
+
+    /// The files of the largest sample, one `bytes path` per line, for failure messages.
+    pub fn at_max(&self) -> String {
+        self.at_max
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, b)| format!("{b:>10} {p}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Stops sampling; returns (maximum, number of samples).
