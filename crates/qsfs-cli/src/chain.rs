@@ -239,6 +239,44 @@ pub fn chain_view(tier: &Tier, initial: &[BackendHealth]) -> ChainView {
     }
 }
 
+/// Seals every namespace's non-empty current segment and waits up to `timeout` for the tier to
+/// upload them and the manifests, so that a clean stop leaves the backups current (a recovery
+/// then loses nothing). Whatever is not uploaded in time stays queued for the next start.
+pub fn drain(engine: &qsfs_store::Engine, tier: &Tier, timeout: Duration) {
+    use qsfs_core::Store;
+    // A fresh segment holds only its 32-byte header.
+    const EMPTY: u64 = 32;
+    let mut sealed = 0;
+    for ns in engine.namespace_list().unwrap_or_default() {
+        let open = engine
+            .segments(&ns)
+            .map(|segs| segs.iter().any(|s| !s.sealed && s.length > EMPTY))
+            .unwrap_or(false);
+        if open {
+            match engine.rotate(&ns) {
+                Ok(()) => sealed += 1,
+                Err(e) => tracing::warn!(ns = %ns, error = %e, "sealing at stop"),
+            }
+        }
+    }
+    if timeout.is_zero() {
+        return;
+    }
+    if !tier.wait_idle(Duration::ZERO) {
+        eprintln!(
+            "qsfs: uploading what is not backed up yet ({sealed} segment(s) just sealed; at most {} s)",
+            timeout.as_secs()
+        );
+        if !tier.wait_idle(timeout) {
+            let s = tier.status();
+            eprintln!(
+                "qsfs: {} segment(s) ({} bytes) not uploaded yet: they go out at the next start",
+                s.backlog_segments, s.backlog_bytes
+            );
+        }
+    }
+}
+
 /// What a running `qsfs up` writes to `ROOT/status.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusFile {
@@ -250,6 +288,11 @@ pub struct StatusFile {
     pub mountpoint: PathBuf,
     /// When this was written, unix milliseconds.
     pub updated_ms: u64,
+    /// True when every sealed segment is confirmed in the backups and every namespace's newest
+    /// recovery manifest is uploaded: what `qsfs recover` would restore is current, up to the
+    /// data not yet sealed (at most `seal_after` old).
+    #[serde(default)]
+    pub idle: bool,
     /// The tier's status.
     #[serde(flatten)]
     pub tier: TierStatus,
@@ -299,6 +342,7 @@ impl StatusWriter {
                         pid: std::process::id(),
                         mountpoint: mountpoint.clone(),
                         updated_ms: now_ms(),
+                        idle: tier.wait_idle(Duration::ZERO),
                         tier: tier_status(&tier, &initial),
                     };
                     if let Err(e) = write_status(&path, &status) {

@@ -99,8 +99,8 @@ pub fn root_secret(
     }
 }
 
-/// Creates `path` with 32 random bytes in hex, readable by the owner only, and warns loudly:
-/// without this file the backups cannot be read.
+/// Creates `path` with 32 random bytes in hex, readable by the owner only. The caller warns
+/// with [`warn_generated`] once the key is known to be in use.
 pub fn generate_keyfile(path: &Path) -> anyhow::Result<KeySource> {
     let mut raw = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(&mut raw[..]);
@@ -119,6 +119,12 @@ pub fn generate_keyfile(path: &Path) -> anyhow::Result<KeySource> {
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing key file {}", path.display()))?;
+    Ok(KeySource::passphrase(text.as_str()))
+}
+
+/// Tells the user, loudly, where the generated key is and that the backups are unreadable
+/// without it. Never prints the key.
+pub fn warn_generated(path: &Path) {
     eprintln!(
         "\n\
          ******************************************************************************\n\
@@ -129,7 +135,6 @@ pub fn generate_keyfile(path: &Path) -> anyhow::Result<KeySource> {
          ******************************************************************************\n",
         path.display()
     );
-    Ok(KeySource::passphrase(text.as_str()))
 }
 
 #[cfg(test)]

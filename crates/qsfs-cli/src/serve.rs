@@ -336,6 +336,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::from)
             .context("starting the tier")?;
     }
+    let drain_engine = engine.clone();
     let result = rt.block_on(async move {
         let server = Server::bind(Arc::new(engine), config)
             .await
@@ -365,9 +366,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     });
     if let Some(c) = chain {
-        // The upload queue is durable: what is pending goes out at the next start.
+        // Seal the last writes and give them a bounded time to reach the backups; the upload
+        // queue is durable: what is still pending goes out at the next start.
+        if result.is_ok() {
+            crate::chain::drain(&drain_engine, &c.tier, Duration::from_secs(20));
+        }
         c.tier.shutdown();
     }
+    drop(drain_engine);
     result
 }
 

@@ -41,6 +41,8 @@ struct Backend_ {
 #[derive(Debug, Serialize)]
 struct Report {
     running: bool,
+    /// Everything sealed is backed up and the recovery manifests are current (None: offline).
+    idle: Option<bool>,
     pid: Option<u32>,
     mountpoint: Option<PathBuf>,
     local_bytes: u64,
@@ -147,6 +149,7 @@ fn offline(root: &Root, config: Option<&Path>) -> anyhow::Result<Report> {
     };
     Ok(Report {
         running: false,
+        idle: None,
         pid: None,
         mountpoint: None,
         local_bytes: dir_bytes(&root.engine()),
@@ -166,6 +169,7 @@ fn from_live(s: StatusFile) -> Report {
     let t = s.tier;
     Report {
         running: true,
+        idle: Some(s.idle),
         pid: Some(s.pid),
         mountpoint: Some(s.mountpoint),
         local_bytes: t.local_bytes,
@@ -227,6 +231,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(h)
             .unwrap_or_else(|| "unknown".into())
     );
+    if let Some(idle) = report.idle {
+        println!(
+            "backed up   {}",
+            if idle {
+                "yes: all sealed data and the recovery manifests are in the backups (newer writes follow within seal_after)"
+            } else {
+                "not yet (uploads or manifests pending)"
+            }
+        );
+    }
     if report.running {
         println!(
             "uploaded    {} segment(s), {} evicted, {} delete(s) pending",

@@ -43,6 +43,10 @@ pub struct Args {
     /// Take over a mount lock held by another host.
     #[arg(long)]
     pub force: bool,
+    /// At a clean stop, seal what was written last and wait up to this many seconds for the
+    /// backups to be current (0: do not wait; pending uploads go out at the next start).
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    pub drain_timeout: u64,
 }
 
 /// Seconds between background compactions of the filesystem's namespaces.
@@ -58,10 +62,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.mountpoint)
         .with_context(|| format!("creating mountpoint {}", args.mountpoint.display()))?;
     let (_, config) = chain::load_config(&root, args.config.as_deref(), args.config.is_none())?;
+    let keyfile = crate::key::root_keyfile(&root.dir);
+    let had_keyfile = keyfile.exists();
     let secret = chain::secret(&config, args.keyfile.as_deref(), &root, Missing::Generate)?;
+    let generated = !had_keyfile && keyfile.exists();
 
     let rt = chain::runtime()?;
-    let pipeline = chain::open_pipeline(&rt, &config, secret)?;
+    let pipeline = match chain::open_pipeline(&rt, &config, secret) {
+        Ok(p) => p,
+        Err(e) => {
+            // A key generated for a repository that already exists (made with another key)
+            // opens nothing: do not leave it behind to be picked up next time.
+            if generated {
+                let _ = std::fs::remove_file(&keyfile);
+                eprintln!(
+                    "qsfs: no key given and {} did not exist; a generated one does not open the \
+                     repository the backends already hold: pass its key with --keyfile or \
+                     QSFS_PASSPHRASE",
+                    keyfile.display()
+                );
+            }
+            return Err(e);
+        }
+    };
+    if generated {
+        crate::key::warn_generated(&keyfile);
+    }
     let initial = chain::probe_backends(&rt, &pipeline);
     let tier = Tier::new(pipeline, &root.tier(), chain::tier_config(&config.chain))
         .map_err(anyhow::Error::from)
@@ -83,8 +109,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         initial,
         signals,
     );
-    // The filesystem is flushed (or failed); stop uploading before the engine closes. The
-    // queue is durable: whatever is still pending goes out at the next start.
+    // The filesystem is flushed (or failed): seal its last writes and give the tier a bounded
+    // time to upload them, then stop it before the engine closes. The queue is durable:
+    // whatever is still pending goes out at the next start.
+    if result.is_ok() {
+        chain::drain(&engine, &tier, Duration::from_secs(args.drain_timeout));
+    }
     tier.shutdown();
     drop(engine);
     result?;

@@ -222,12 +222,19 @@ fn recover_into_an_empty_root_then_up_serves_the_same_files() {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let s = status_json(&root);
-            if s["running"] == true && s["backlog_segments"] == 0 && s["uploaded_segments"] != 0 {
+            if s["running"] == true
+                && s["backlog_segments"] == 0
+                && s["idle"] == true
+                && s["uploaded_segments"] != 0
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "backlog never drained: {s}");
             std::thread::sleep(Duration::from_millis(500));
         }
+        // Written after the backups were current, and not synced: a clean stop seals and
+        // uploads it before exiting.
+        std::fs::write(mnt.join("d/late"), b"written just before the stop").unwrap();
         let (exit, err) = up.stop(Signal::SIGTERM);
         assert!(exit.success(), "{err}");
     }
@@ -262,6 +269,10 @@ fn recover_into_an_empty_root_then_up_serves_the_same_files() {
         let back = std::fs::read(mnt2.join("d").join(name)).unwrap();
         assert!(back == *data, "{name} differs after recovery");
     }
+    assert_eq!(
+        std::fs::read(mnt2.join("d/late")).unwrap(),
+        b"written just before the stop"
+    );
     let (exit, err) = up.stop(Signal::SIGINT);
     assert!(exit.success(), "{err}");
 }
