@@ -111,7 +111,7 @@ impl Collector for ChainCollector {
             counter(
                 &mut e,
                 "qsfs_fuse_errors",
-                "FUSE operations answered with an error",
+                "FUSE operations that failed (ENOENT and ENODATA answers excluded)",
                 s.errors,
             )?;
             counter(

@@ -108,8 +108,13 @@ impl QsfsFuse {
     /// Counts one operation of family `op` and whether it failed.
     fn counted<T>(&self, op: Op, r: FsResult<T>) -> FsResult<T> {
         self.stats.op(op);
-        if r.is_err() {
-            self.stats.error();
+        if let Err(e) = &r {
+            // A name or attribute that does not exist is an answer, not a failure: shells and
+            // editors probe for them all the time.
+            let n = errno(e);
+            if n != libc::ENOENT && n != libc::ENODATA {
+                self.stats.error();
+            }
         }
         r
     }
@@ -496,8 +501,11 @@ impl Filesystem for QsfsFuse {
         let entries = match fs.readdir(ino, offset, 256) {
             Ok(e) => e,
             Err(e) => {
-                self.stats.error();
-                return reply.error(errno(&e));
+                let n = errno(&e);
+                if n != libc::ENOENT {
+                    self.stats.error();
+                }
+                return reply.error(n);
             }
         };
         for e in entries {

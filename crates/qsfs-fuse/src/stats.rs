@@ -99,7 +99,7 @@ pub struct FsStats {
 pub struct FsStatsSnapshot {
     /// Operations per family, in [`Op::ALL`] order.
     pub ops: [(Op, u64); 13],
-    /// Operations answered with an error.
+    /// Operations that failed (a missing name or attribute, ENOENT/ENODATA, is not counted).
     pub errors: u64,
     /// Bytes returned by `read`.
     pub bytes_read: u64,
@@ -117,7 +117,8 @@ impl FsStats {
         self.ops[op.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one failed operation.
+    /// Counts one failed operation (not the absence of a name or attribute, which is an
+    /// answer).
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -195,6 +196,10 @@ mod tests {
         std::fs::write(mnt.join("d/f"), &data).unwrap();
         assert_eq!(std::fs::read(mnt.join("d/f")).unwrap(), data);
         assert!(std::fs::metadata(mnt.join("missing")).is_err());
+        let before_errors = stats.snapshot().errors;
+        assert_eq!(before_errors, 0, "a missing name is not an error");
+        // Removing a non-empty directory is.
+        assert!(std::fs::remove_dir(mnt.join("d")).is_err());
         std::fs::remove_file(mnt.join("d/f")).unwrap();
         std::fs::remove_dir(mnt.join("d")).unwrap();
         let after = stats.snapshot();
@@ -202,7 +207,7 @@ mod tests {
 
         let n = |op: Op| after.ops.iter().find(|(o, _)| *o == op).map(|x| x.1);
         assert_eq!(n(Op::Mkdir), Some(1));
-        assert_eq!(n(Op::Rmdir), Some(1));
+        assert_eq!(n(Op::Rmdir), Some(2));
         assert_eq!(n(Op::Unlink), Some(1));
         assert!(n(Op::Create) >= Some(1));
         assert!(n(Op::Write) >= Some(1));
@@ -210,8 +215,8 @@ mod tests {
         assert_eq!(after.bytes_written, data.len() as u64);
         // The kernel may read ahead past what was asked, never less than the file.
         assert!(after.bytes_read >= data.len() as u64);
-        // The failed lookup of "missing" at least.
-        assert!(after.errors >= 1);
+        // The failed rmdir.
+        assert_eq!(after.errors, 1);
         // Written blocks are still cached when read back.
         assert!(after.cache_hits >= 1);
     }
