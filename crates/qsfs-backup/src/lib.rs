@@ -41,6 +41,10 @@
 //! # }).unwrap();
 //! ```
 //!
+//! The [`tier`] module joins the engine to the pipeline for the storage chain: verified
+//! offload of sealed segments, eviction under a local cap, fetch-back by stripe, deletion of
+//! cold objects no recovery manifest references, and [`tier::recover`] (see `docs/tier.md`).
+//!
 //! Files, directories and repository-wide maintenance go through [`ops`] and a [`config::Config`]
 //! (qsfs TOML, or a 0-stor v2 config read unchanged); the `qsfs backup` command is a thin layer
 //! over them. See `docs/backup.md` for formats and guarantees.

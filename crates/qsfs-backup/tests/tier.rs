@@ -422,7 +422,12 @@ fn an_empty_engine_over_a_used_repository_touches_nothing() {
 /// recovery from the backends alone must hold exactly the model.
 #[test]
 fn gc_across_tiers_never_loses_live_data() {
-    for seed in 0..3u64 {
+    // QSFS_TIER_ROUNDS=50 for a longer soak.
+    let rounds = std::env::var("QSFS_TIER_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3u64);
+    for seed in 0..rounds {
         gc_round(seed);
     }
 }
@@ -496,4 +501,73 @@ fn gc_round(seed: u64) {
     check_model(&c.engine, &model);
     recover_and_check(&c, root.path(), &model);
     c.tier.shutdown();
+}
+
+/// Figures, not a check: `cargo test --release -p qsfs-backup --test tier figures -- --ignored
+/// --nocapture`. Offload of 64 MiB in 1 MiB segments over memory backends, then recovery
+/// (metadata only) and cold 4 KiB reads.
+#[test]
+#[ignore]
+fn figures() {
+    let root = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let rig = rt.block_on(common::rig_with(common::settings(2, 2, 1 << 20), 4, 3));
+    let pipeline = Arc::new(rig.pipeline.clone());
+    let tier = Tier::new(
+        pipeline.clone(),
+        &root.path().join("tier"),
+        config(Some(8 << 20)),
+    )
+    .unwrap();
+    let engine = Engine::open(
+        root.path().join("engine"),
+        EngineConfig {
+            max_segment_size: 1 << 20,
+            observer: Some(tier.observer()),
+            cold_tier: Some(tier.cold_tier()),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    tier.start(engine.clone()).unwrap();
+    let mut r = rand::rngs::StdRng::seed_from_u64(9);
+    let value = |r: &mut rand::rngs::StdRng| {
+        let mut v = vec![0u8; 64 << 10];
+        r.fill(&mut v[..]);
+        v
+    };
+    let t = Instant::now();
+    for i in 0..1024u32 {
+        engine
+            .set("default", Some(format!("f{i}").as_bytes()), &value(&mut r))
+            .unwrap();
+    }
+    let write = t.elapsed();
+    engine.rotate("default").unwrap();
+    assert!(tier.wait_idle(Duration::from_secs(600)));
+    let drained = t.elapsed();
+    eprintln!(
+        "64 MiB written in {write:?} ({:.0} MiB/s), all uploaded+verified after {drained:?} ({:.0} MiB/s)",
+        64.0 / write.as_secs_f64(),
+        64.0 / drained.as_secs_f64()
+    );
+    let mut lat = Vec::new();
+    for i in (0..1024u32).step_by(37) {
+        let t = Instant::now();
+        engine
+            .get("default", format!("f{i}").as_bytes())
+            .unwrap()
+            .unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    eprintln!(
+        "cold 64 KiB value reads (stripe 1 MiB, cache cold mostly): p50 {:?} max {:?}",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1]
+    );
+    let dir = root.path().join("recovered");
+    let report = rt.block_on(recover(&pipeline, &dir)).unwrap();
+    eprintln!("recover: {report:?}");
+    tier.shutdown();
 }

@@ -79,8 +79,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     w.rt.shutdown_background();
 }
 
-/// True when every sealed segment is confirmed (or offloaded) and every namespace's newest
-/// manifest is uploaded.
+/// True when every sealed segment is confirmed (or offloaded), every namespace's newest
+/// manifest is uploaded and the manifests of deleted namespaces are gone.
 pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
     let Ok(names) = engine.namespace_list() else {
         return false;
@@ -108,7 +108,8 @@ pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
             Err(_) => return false,
         }
     }
-    st.seal_key_uploaded
+    // A deleted namespace's manifest still in the backends would come back on recovery.
+    st.seal_key_uploaded && !st.deletes.iter().any(|d| d.segment.is_none())
 }
 
 /// Whether a manifest can be uploaded.
@@ -132,6 +133,9 @@ fn readiness(st: &State, ns: &str, m: &Manifest, segs: &[SegmentStats]) -> Readi
         .deletes
         .iter()
         .filter(|d| d.ns == ns && d.object_id.is_some())
+        // A namespace deleted and created again reuses ids: the old one's objects are not this
+        // one's segments.
+        .filter(|d| matches!(d.gate, Gate::Manifest { .. }))
         .filter_map(|d| d.segment)
         .collect();
     let mut out = Readiness::Ready;
@@ -535,6 +539,16 @@ impl Worker {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io(format!("open {}", seg.path.display()), e)),
         };
+        // Which file this is: the path may name another namespace's segment later (deleted
+        // and created again), so "still there" means the same file, not the same name.
+        let identity = |m: &std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        };
+        let uploaded_file = file
+            .metadata()
+            .map(|m| identity(&m))
+            .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?;
         let hashes = Arc::new(Mutex::new(Hashes::new(
             self.shared.pipeline.settings().stripe_size,
         )));
@@ -564,15 +578,18 @@ impl Worker {
         // Engine calls may deliver events to the observer, which takes the state lock: never
         // call the engine inside `update`.
         let now = engine.segments(ns).ok();
-        let ns_exists = now.is_some();
-        let still_there = now.is_some_and(|s| s.iter().any(|s| s.id == seg.id));
+        let same_file = std::fs::metadata(&seg.path)
+            .map(|m| identity(&m) == uploaded_file)
+            .unwrap_or(false);
+        let still_there = same_file && now.is_some_and(|s| s.iter().any(|s| s.id == seg.id));
         self.shared.update(|st| {
             let k = (ns.to_string(), seg.id);
-            if let Some(d) = st
-                .deletes
-                .iter_mut()
-                .find(|d| d.ns == ns && d.segment == Some(seg.id) && d.object_id.is_none())
-            {
+            if let Some(d) = st.deletes.iter_mut().find(|d| {
+                d.ns == ns
+                    && d.segment == Some(seg.id)
+                    && d.object_id.is_none()
+                    && matches!(d.gate, Gate::Manifest { .. })
+            }) {
                 // Removed while it was uploading: the copy just made is what must go.
                 d.object_id = Some(object_id);
             } else if still_there {
@@ -586,16 +603,12 @@ impl Worker {
                 );
             } else {
                 // Removed (or its namespace deleted) before the notification reached the
-                // state: delete the copy once that is safe.
-                let gate = if ns_exists {
-                    Gate::Manifest { after: seg.id }
-                } else {
-                    Gate::NamespaceGone
-                };
+                // state. Never confirmed, so no uploaded manifest can reference this copy
+                // (see `readiness`): it may go without waiting for a manifest.
                 st.deletes.push(PendingDelete {
                     ns: ns.to_string(),
                     segment: Some(seg.id),
-                    gate,
+                    gate: Gate::NamespaceGone,
                     object_id: Some(object_id),
                 });
             }
