@@ -364,6 +364,29 @@ impl MetaStore {
         }
     }
 
+    /// [`MetaStore::fetch`], following the record forward when a concurrent `put` pruned the
+    /// listed version between the listing and the read (only ever to a newer version).
+    async fn fetch_newest(
+        &self,
+        keys: &Keys,
+        hash: &str,
+        mut version: u64,
+    ) -> Result<ObjectRecord> {
+        for _ in 0..3 {
+            match self.fetch(keys, hash, version).await {
+                Err(e @ Error::Unavailable(_)) => {
+                    let l = self.listing(&format!("{hash}/")).await?;
+                    match l.get(hash).and_then(|v| v.last().copied()) {
+                        Some(newer) if newer > version => version = newer,
+                        _ => return Err(e),
+                    }
+                }
+                r => return r,
+            }
+        }
+        self.fetch(keys, hash, version).await
+    }
+
     /// The newest record of `name`, tombstones included; [`Error::NotFound`] if never stored.
     pub async fn get(&self, keys: &Keys, name: &str) -> Result<ObjectRecord> {
         let hash = keys.name_hash(name);
@@ -371,7 +394,7 @@ impl MetaStore {
         let Some(v) = l.get(&hash).and_then(|v| v.last().copied()) else {
             return Err(Error::NotFound(format!("no backup of {name}")));
         };
-        self.fetch(keys, &hash, v).await
+        self.fetch_newest(keys, &hash, v).await
     }
 
     /// Writes `rec` (its version must be new) to every metadata backend; succeeds with a write
@@ -449,7 +472,7 @@ impl MetaStore {
         let mut problems = Vec::new();
         for (hash, versions) in l {
             let Some(&v) = versions.last() else { continue };
-            match self.fetch(keys, &hash, v).await {
+            match self.fetch_newest(keys, &hash, v).await {
                 Ok(r) => recs.push(r),
                 Err(e) => problems.push(e),
             }

@@ -9,6 +9,7 @@
 //! <root>/ns/<name>/namespace        descriptor (properties)
 //! <root>/ns/<name>/0000000000.seg   segments, appended to / sealed
 //! <root>/ns/<name>/index            index snapshot (a cache)
+//! <root>/ns/<name>/manifest         recovery manifest: the namespace at its last seal
 //! ```
 
 use std::collections::BTreeMap;
@@ -444,8 +445,9 @@ impl Engine {
         self.with_ns(ns, |n, s| n.restore_segment(s, segment))
     }
 
-    /// Compacts `ns` now: every sealed, local segment whose live ratio is below the configured
-    /// threshold is rewritten and removed.
+    /// Compacts `ns` now: every sealed segment whose live ratio is below the configured
+    /// threshold is rewritten and removed (an offloaded one is fetched whole from the cold tier
+    /// first; without a cold tier offloaded segments are skipped).
     pub fn compact(&self, ns: &str) -> Result<CompactionReport> {
         let t = self.inner.shared.config.compaction_threshold;
         self.compact_with(ns, t)
@@ -481,12 +483,13 @@ impl Engine {
     /// from the manifests, so [`Engine::open`] with a cold tier reads no segment data and
     /// serves every key from the cold tier. Writes after a manifest's seal are not in it.
     pub fn restore(dir: &Path, seal_key: &[u8], manifests: &[Manifest]) -> Result<()> {
-        let key: [u8; 32] = seal_key.try_into().map_err(|_| {
-            Error::InvalidArgument(format!(
-                "sealing key must be 32 bytes, not {}",
-                seal_key.len()
-            ))
-        })?;
+        let key: zeroize::Zeroizing<[u8; 32]> =
+            zeroize::Zeroizing::new(seal_key.try_into().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "sealing key must be 32 bytes, not {}",
+                    seal_key.len()
+                ))
+            })?);
         let mut names = std::collections::BTreeSet::new();
         for m in manifests {
             NamespaceName::new(m.namespace.clone())?;
@@ -508,11 +511,30 @@ impl Engine {
                 dir.display()
             )));
         }
+        let r = Engine::restore_into(dir, &key, manifests);
+        if r.is_err() {
+            // The directory was empty: leave it so, and a retry is possible.
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let p = entry.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        }
+        r
+    }
+
+    /// [`Engine::restore`] into a checked, empty `dir`.
+    fn restore_into(dir: &Path, key: &[u8; 32], manifests: &[Manifest]) -> Result<()> {
         let marker = dir.join(MARKER);
         std::fs::write(&marker, MARKER_CONTENT).map_err(io_err("write", &marker))?;
         let lock = dir.join("lock");
         std::fs::write(&lock, b"").map_err(io_err("write", &lock))?;
-        SealKey::store(dir, &key)?;
+        SealKey::store(dir, key)?;
         let ns_root = dir.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
         for m in manifests {
@@ -545,9 +567,11 @@ impl Engine {
                 index.snapshot_bytes(start)
             };
             desc.store(&ns_dir)?;
+            // Synced: in a restored engine the snapshot is what spares reading every segment.
             Index::write_snapshot_bytes(&ns_dir, &snapshot)
+                .and_then(|_| File::open(ns_dir.join("index"))?.sync_all())
                 .map_err(io_err("write index in", &ns_dir))?;
-            m.store(&ns_dir)?;
+            m.store(&ns_dir, true)?;
         }
         crate::segment::sync_dir(&ns_root).map_err(io_err("sync", &ns_root))?;
         crate::segment::sync_dir(dir).map_err(io_err("sync", dir))?;

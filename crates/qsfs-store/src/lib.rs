@@ -26,7 +26,12 @@
 //! * **Lifecycle**: [`EngineObserver`] hears about sealed and removed segments; a sealed
 //!   segment can be offloaded ([`Engine::offload_segment`]) and is then read back, byte range by
 //!   byte range, from the cold tier set in [`EngineConfig::cold_tier`]; compaction
-//!   ([`Engine::compact`]) rewrites sealed segments that hold mostly superseded data.
+//!   ([`Engine::compact`]) rewrites sealed segments that hold mostly superseded data, fetching
+//!   offloaded ones whole from the cold tier.
+//! * **Recovery**: every seal also persists a [`Manifest`] (the namespace's properties, its
+//!   sealed segments and the index over them); with the manifests and the sealing key
+//!   ([`Engine::export_seal_key`]), [`Engine::restore`] rebuilds an engine directory whose
+//!   segments all live in the cold tier, without reading any segment data.
 //!
 //! ```
 //! use qsfs_core::{Mode, NamespaceProperty, Store};

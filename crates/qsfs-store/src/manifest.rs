@@ -28,7 +28,7 @@ pub(crate) const MANIFEST_FILE: &str = "manifest";
 /// The recovery manifest of one namespace: its properties, the sealed segments its index may
 /// point into, and that index. See the module documentation of `manifest.rs` and
 /// `docs/engine-format.md`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Manifest {
     /// The namespace.
     pub namespace: String,
@@ -44,6 +44,18 @@ pub struct Manifest {
     pub(crate) descriptor: Descriptor,
     /// The index snapshot (format of `ns/<name>/index`), covering exactly the sealed segments.
     pub(crate) index: Vec<u8>,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("namespace", &self.namespace)
+            .field("generation", &self.generation)
+            .field("sealed_through", &self.sealed_through)
+            .field("segments", &self.segments.len())
+            .field("index_bytes", &self.index.len())
+            .finish()
+    }
 }
 
 /// What is encoded: [`Manifest`] as it is, borrowed.
@@ -127,9 +139,10 @@ impl Manifest {
         })
     }
 
-    /// Writes the manifest atomically into the namespace directory `dir`.
-    pub(crate) fn store(&self, dir: &Path) -> Result<u64> {
-        write_atomic(dir, &self.to_bytes())
+    /// Writes the manifest atomically into the namespace directory `dir`; `sync` = false
+    /// skips the fsyncs (an engine configured with [`crate::Durability::None`]).
+    pub(crate) fn store(&self, dir: &Path, sync: bool) -> Result<u64> {
+        write_atomic(dir, &self.to_bytes(), sync)
     }
 
     /// Reads the manifest of the namespace directory `dir`; `Ok(None)` if there is none.
@@ -147,15 +160,20 @@ impl Manifest {
 }
 
 /// Writes manifest bytes into `dir` atomically; returns the size written.
-pub(crate) fn write_atomic(dir: &Path, data: &[u8]) -> Result<u64> {
+pub(crate) fn write_atomic(dir: &Path, data: &[u8], sync: bool) -> Result<u64> {
     let tmp = dir.join("manifest.tmp");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         drop(f);
         std::fs::rename(&tmp, dir.join(MANIFEST_FILE))?;
-        crate::segment::sync_dir(dir)
+        if sync {
+            crate::segment::sync_dir(dir)?;
+        }
+        Ok(())
     };
     write().map_err(|e| Error::io(format!("write manifest in {}", dir.display()), e))?;
     Ok(data.len() as u64)
@@ -222,7 +240,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(Manifest::load(dir.path()).unwrap().is_none());
         let m = manifest("ns", 3, None, vec![], vec![1, 2, 3]);
-        m.store(dir.path()).unwrap();
+        m.store(dir.path(), true).unwrap();
         let back = Manifest::load(dir.path()).unwrap().unwrap();
         assert_eq!(back.to_bytes(), m.to_bytes());
         assert!(!dir.path().join("manifest.tmp").exists());

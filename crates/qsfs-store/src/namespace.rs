@@ -181,6 +181,12 @@ pub struct SegmentStats {
     pub last_read: u64,
 }
 
+/// The generation of the next manifest: one more than the last, and never behind the clock
+/// (milliseconds), so that a namespace deleted and created again moves past the old one.
+fn next_generation(last: u64) -> u64 {
+    (last + 1).max(now_millis())
+}
+
 fn seg_location(ns: &str, seg: u32, off: u64) -> String {
     format!(
         "segment {ns}/{} @ {off}",
@@ -350,10 +356,8 @@ impl Namespace {
             }
             Ok(None) => 0,
             Err(e) => {
-                // The generation is lost with the file; the clock keeps the next one above
-                // any the backup tier can have seen.
                 tracing::error!(namespace = %self.name, error = %e, "manifest unreadable; writing a new one");
-                now_millis()
+                0
             }
         };
         self.state.write().manifest_gen = generation;
@@ -362,14 +366,14 @@ impl Namespace {
             // The index covers unsealed records: seal them so a manifest can describe them.
             self.rotate_locked(shared, &mut w)
         } else {
-            self.write_manifest_locked(&w)
+            self.write_manifest_locked(shared, &w)
         }
     }
 
     /// Captures and persists the recovery manifest. The caller holds the writer positioned
     /// at the start of a fresh segment, so the index covers exactly the sealed segments. The
     /// index snapshot file is refreshed from the same bytes.
-    pub(crate) fn write_manifest_locked(&self, w: &Writer) -> Result<()> {
+    pub(crate) fn write_manifest_locked(&self, shared: &Shared, w: &Writer) -> Result<()> {
         debug_assert_eq!(w.end, SEGMENT_HEADER_LEN);
         let covers = loc(w.seg.id, w.end);
         let manifest = {
@@ -386,7 +390,7 @@ impl Namespace {
             descriptor.offloaded.clear();
             Manifest {
                 namespace: self.name.clone(),
-                generation: st.manifest_gen + 1,
+                generation: next_generation(st.manifest_gen),
                 sealed_through: segments.last().map(|s| s.0),
                 segments,
                 descriptor,
@@ -400,7 +404,7 @@ impl Namespace {
                 None
             }
         };
-        let size = manifest.store(&self.dir)?;
+        let size = manifest.store(&self.dir, shared.config.durability != Durability::None)?;
         let mut st = self.state.write();
         if let Some(n) = snap {
             st.snapshot_bytes = n;
@@ -412,16 +416,16 @@ impl Namespace {
 
     /// Persists the manifest again with the current descriptor and the next generation (a
     /// property changed). Caller holds the writer.
-    fn bump_manifest_locked(&self, _w: &Writer) -> Result<()> {
+    fn bump_manifest_locked(&self, shared: &Shared, _w: &Writer) -> Result<()> {
         let mut m = Manifest::load(&self.dir)?
             .ok_or_else(|| Error::NotFound(format!("manifest of namespace {}", self.name)))?;
         {
             let st = self.state.read();
-            m.generation = st.manifest_gen.max(m.generation) + 1;
+            m.generation = next_generation(st.manifest_gen.max(m.generation));
             m.descriptor = st.desc.clone();
             m.descriptor.offloaded.clear();
         }
-        let size = m.store(&self.dir)?;
+        let size = m.store(&self.dir, shared.config.durability != Durability::None)?;
         let mut st = self.state.write();
         st.manifest_gen = m.generation;
         st.manifest_bytes = size;
@@ -791,7 +795,7 @@ impl Namespace {
         w.opened = Instant::now();
         self.tail
             .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
-        if let Err(e) = self.write_manifest_locked(w) {
+        if let Err(e) = self.write_manifest_locked(shared, w) {
             // The seal stands; the previous manifest stays valid and the next seal retries.
             tracing::error!(namespace = %self.name, error = %e, "cannot write the recovery manifest");
         }
@@ -1333,7 +1337,7 @@ impl Namespace {
         st.desc = desc;
         drop(st);
         self.events.lock().push(Event::Updated);
-        self.bump_manifest_locked(&w)
+        self.bump_manifest_locked(shared, &w)
     }
 
     /// `Store::namespace_authenticate`.
@@ -1359,7 +1363,7 @@ impl Namespace {
     /// `Store::flush_namespace`: removes every segment and starts empty, keeping properties.
     /// Sequence numbers, ids and segment ids continue where they were, so nothing old can be
     /// mistaken for new (a seq id is never handed out twice).
-    pub fn flush(&self, _shared: &Shared) -> Result<()> {
+    pub fn flush(&self, shared: &Shared) -> Result<()> {
         let mut w = self.writer.lock();
         {
             let st = self.state.read();
@@ -1413,7 +1417,7 @@ impl Namespace {
             ev.push(Event::Updated);
         }
         // An empty manifest, or recovery would bring the flushed data back.
-        self.write_manifest_locked(&w)
+        self.write_manifest_locked(shared, &w)
     }
 
     /// Forces the current segment to stable storage.

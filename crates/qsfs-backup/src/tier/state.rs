@@ -78,8 +78,6 @@ pub(crate) struct State {
     pub deletes: Vec<PendingDelete>,
     /// The engine's seal key is stored in the backends.
     pub seal_key_uploaded: bool,
-    /// The engine and the backends were checked to belong together (see `worker::bind`).
-    pub bound: bool,
 }
 
 impl State {
@@ -154,6 +152,7 @@ impl State {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -206,13 +205,12 @@ mod tests {
                 }),
             0..10,
         );
-        (confirmed, manifests, deletes, any::<bool>(), any::<bool>()).prop_map(
-            |(confirmed, manifests, deletes, seal_key_uploaded, bound)| State {
+        (confirmed, manifests, deletes, any::<bool>()).prop_map(
+            |(confirmed, manifests, deletes, seal_key_uploaded)| State {
                 confirmed,
                 manifests,
                 deletes,
                 seal_key_uploaded,
-                bound,
             },
         )
     }

@@ -56,6 +56,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         retry_at: Instant::now(),
         last_probe: None,
         last_gc: Instant::now(),
+        bound: false,
         reconciled: false,
     };
     while !shared.stop.load(Ordering::Acquire) {
@@ -98,6 +99,7 @@ pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
                     .manifests
                     .get(&ns)
                     .is_none_or(|u| u.generation < m.generation)
+                    && readiness(&st, &ns, &m, &segs) != Readiness::Never
                 {
                     return false;
                 }
@@ -107,6 +109,43 @@ pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
         }
     }
     st.seal_key_uploaded
+}
+
+/// Whether a manifest can be uploaded.
+#[derive(Debug, PartialEq, Eq)]
+enum Readiness {
+    /// Every segment it references is safely in the backends.
+    Ready,
+    /// Some are still being uploaded.
+    Wait,
+    /// It references a segment that is gone without ever reaching the backends (removed by
+    /// compaction before its upload): only the namespace's next manifest can be uploaded. The
+    /// uploaded one stays valid meanwhile (everything it references is kept).
+    Never,
+}
+
+fn readiness(st: &State, ns: &str, m: &Manifest, segs: &[SegmentStats]) -> Readiness {
+    let local: BTreeMap<u32, &SegmentStats> = segs.iter().map(|s| (s.id, s)).collect();
+    // A segment removed since the manifest was captured still has its cold copy if it was
+    // confirmed: its pending delete keeps it until a manifest without it is uploaded.
+    let kept: BTreeSet<u32> = st
+        .deletes
+        .iter()
+        .filter(|d| d.ns == ns && d.object_id.is_some())
+        .filter_map(|d| d.segment)
+        .collect();
+    let mut out = Readiness::Ready;
+    for &(id, len) in &m.segments {
+        if st.is_confirmed(ns, id, len) || kept.contains(&id) {
+            continue;
+        }
+        match local.get(&id) {
+            Some(s) if s.offloaded => {}
+            Some(_) => out = Readiness::Wait,
+            None => return Readiness::Never,
+        }
+    }
+    out
 }
 
 fn is_backlog(st: &State, ns: &str, s: &SegmentStats) -> bool {
@@ -190,6 +229,7 @@ struct Worker {
     retry_at: Instant,
     last_probe: Option<Instant>,
     last_gc: Instant,
+    bound: bool,
     reconciled: bool,
 }
 
@@ -267,8 +307,9 @@ impl Worker {
     }
 
     fn step(&mut self, engine: &Engine) -> Result<bool> {
-        if !self.shared.state.lock().bound {
+        if !self.bound {
             self.bind(engine)?;
+            self.bound = true;
         }
         if !self.reconciled {
             self.reconcile(engine)?;
@@ -307,29 +348,44 @@ impl Worker {
     /// manifests and, through the deletion rule, delete its segments. Checked once per state.
     fn bind(&self, engine: &Engine) -> Result<()> {
         let p = &self.shared.pipeline;
-        let names = self.rt.block_on(p.list("manifests/"))?;
-        for name in names {
-            let bytes = self.rt.block_on(p.get(&name))?;
-            let m = Manifest::from_bytes(&bytes)?;
-            if m.segments.is_empty() {
-                continue;
+        let refuse = |what: String| {
+            Error::InvalidArgument(format!(
+                "{what}: this engine is not the one backed up there; run `qsfs recover` to \
+                 restore it, or use other backends; nothing is uploaded or deleted until then"
+            ))
+        };
+        // The seal key is random per engine directory and restored by recovery: the identity.
+        match self.rt.block_on(p.get(SEAL_KEY)) {
+            Ok(stored) => {
+                let mine = engine.export_seal_key()?;
+                if stripe::sha256(&stored) != stripe::sha256(&mine) {
+                    return Err(refuse("the backends hold another engine's seal key".into()));
+                }
             }
-            let local: BTreeSet<u32> = match engine.segments(&m.namespace) {
-                Ok(s) => s.iter().map(|s| s.id).collect(),
-                Err(Error::NotFound(_)) => BTreeSet::new(),
-                Err(e) => return Err(e),
-            };
-            if !m.segments.iter().any(|(id, _)| local.contains(id)) {
-                return Err(Error::InvalidArgument(format!(
-                    "the backends hold namespace {:?} with {} segments that this engine does not \
-                     have: run `qsfs recover` to restore it, or use other backends; nothing is \
-                     uploaded or deleted until then",
-                    m.namespace,
-                    m.segments.len()
-                )));
+            Err(Error::NotFound(_)) => {
+                // No key (never uploaded): the manifests, if any, must describe this engine.
+                for name in self.rt.block_on(p.list("manifests/"))? {
+                    let m = Manifest::from_bytes(&self.rt.block_on(p.get(&name))?)?;
+                    if m.segments.is_empty() {
+                        continue;
+                    }
+                    let local: BTreeSet<(u32, u64)> = match engine.segments(&m.namespace) {
+                        Ok(s) => s.iter().map(|s| (s.id, s.length)).collect(),
+                        Err(Error::NotFound(_)) => BTreeSet::new(),
+                        Err(e) => return Err(e),
+                    };
+                    if !m.segments.iter().any(|s| local.contains(s)) {
+                        return Err(refuse(format!(
+                            "the backends hold namespace {:?} with {} segments this engine lacks",
+                            m.namespace,
+                            m.segments.len()
+                        )));
+                    }
+                }
             }
+            Err(e) => return Err(e),
         }
-        self.shared.update(|st| st.bound = true)
+        Ok(())
     }
 
     /// Finds what the state should know after a crash: confirmed segments the engine no longer
@@ -505,10 +561,11 @@ impl Worker {
         self.verify(&rec, seg.length, sum)?;
         self.rt.block_on(self.shared.fetch.invalidate(&key));
         let object_id = rec.object_id;
-        let still_there = engine
-            .segments(ns)
-            .map(|s| s.iter().any(|s| s.id == seg.id))
-            .unwrap_or(false);
+        // Engine calls may deliver events to the observer, which takes the state lock: never
+        // call the engine inside `update`.
+        let now = engine.segments(ns).ok();
+        let ns_exists = now.is_some();
+        let still_there = now.is_some_and(|s| s.iter().any(|s| s.id == seg.id));
         self.shared.update(|st| {
             let k = (ns.to_string(), seg.id);
             if let Some(d) = st
@@ -530,7 +587,7 @@ impl Worker {
             } else {
                 // Removed (or its namespace deleted) before the notification reached the
                 // state: delete the copy once that is safe.
-                let gate = if engine.segments(ns).is_ok() {
+                let gate = if ns_exists {
                     Gate::Manifest { after: seg.id }
                 } else {
                     Gate::NamespaceGone
@@ -572,13 +629,7 @@ impl Worker {
                 Err(Error::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let offloaded: BTreeSet<u32> =
-                segs.iter().filter(|s| s.offloaded).map(|s| s.id).collect();
-            let ready = m
-                .segments
-                .iter()
-                .all(|&(id, len)| st.is_confirmed(&ns, id, len) || offloaded.contains(&id));
-            if !ready {
+            if readiness(&st, &ns, &m, &segs) != Readiness::Ready {
                 continue;
             }
             let bytes = m.to_bytes();
@@ -595,28 +646,45 @@ impl Worker {
             ))?;
             self.verify(&rec, len, sum)?;
             let object_id = rec.object_id;
+            let gone = |st: &mut State| {
+                st.manifests.remove(&ns);
+                st.deletes.push(PendingDelete {
+                    ns: ns.clone(),
+                    segment: None,
+                    gate: Gate::NamespaceGone,
+                    object_id: Some(object_id),
+                });
+            };
+            // A deletion notification either reached the state before the insert (then the
+            // namespace is seen gone here or just after) or comes after it and sees this
+            // manifest. The engine is asked outside `update` (see upload_segment).
+            let exists = |e: &Engine| e.namespace_list().is_ok_and(|l| l.contains(&ns));
+            if !exists(engine) {
+                self.shared.update(gone)?;
+                return Ok(true);
+            }
             self.shared.update(|st| {
-                // Checked under the state lock: a deletion notification either came before
-                // (the namespace is gone now) or comes after and sees this manifest.
-                if engine.namespace_list().is_ok_and(|l| l.contains(&ns)) {
-                    st.manifests.insert(
-                        ns.clone(),
-                        UploadedManifest {
-                            generation: m.generation,
-                            sealed_through: m.sealed_through,
-                            segments: m.segments.iter().map(|s| s.0).collect(),
-                            object_id,
-                        },
-                    );
-                } else {
-                    st.deletes.push(PendingDelete {
-                        ns: ns.clone(),
-                        segment: None,
-                        gate: Gate::NamespaceGone,
-                        object_id: Some(object_id),
-                    });
-                }
+                st.manifests.insert(
+                    ns.clone(),
+                    UploadedManifest {
+                        generation: m.generation,
+                        sealed_through: m.sealed_through,
+                        segments: m.segments.iter().map(|s| s.0).collect(),
+                        object_id,
+                    },
+                );
             })?;
+            if !exists(engine) {
+                self.shared.update(|st| {
+                    if st
+                        .manifests
+                        .get(&ns)
+                        .is_some_and(|u| u.object_id == object_id)
+                    {
+                        gone(st);
+                    }
+                })?;
+            }
             return Ok(true);
         }
         Ok(false)
