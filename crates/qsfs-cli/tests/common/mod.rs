@@ -19,3 +19,6 @@ pub fn is_mounted(p: &Path) -> bool {
     let p = p.to_string_lossy();
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
 }
+
+/// The storage-chain harness (`tests/chain_*.rs`).
+pub mod chain;
