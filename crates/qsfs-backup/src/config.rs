@@ -162,6 +162,12 @@ pub struct ChainSettings {
     pub read_cache: Option<u64>,
     /// `metrics`: address of the Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
+    /// `compact_every` (seconds): how often the engine's namespaces are compacted.
+    pub compact_every: Option<Duration>,
+    /// `gc_every` (seconds): how often shards no record references are swept from the backends.
+    pub gc_every: Option<Duration>,
+    /// `history_retention` (seconds): how long compaction keeps superseded versions.
+    pub history_retention: Option<Duration>,
 }
 
 /// A size in a config: an integer (bytes) or a string with a binary suffix ("64MiB", "8 MiB",
@@ -216,6 +222,9 @@ struct ChainKeys {
     seal_after: Option<u64>,
     read_cache: Option<Size>,
     metrics: Option<String>,
+    compact_every: Option<u64>,
+    gc_every: Option<u64>,
+    history_retention: Option<u64>,
 }
 
 impl ChainKeys {
@@ -228,8 +237,16 @@ impl ChainKeys {
             })?),
             None => None,
         };
-        if self.seal_after == Some(0) {
-            return Err(BackupError::Config("seal_after must be at least 1 second".into()).into());
+        for (name, v) in [
+            ("seal_after", self.seal_after),
+            ("compact_every", self.compact_every),
+            ("gc_every", self.gc_every),
+        ] {
+            if v == Some(0) {
+                return Err(
+                    BackupError::Config(format!("{name} must be at least 1 second")).into(),
+                );
+            }
         }
         Ok(ChainSettings {
             local_cap: self.local_cap.map(|s| s.0),
@@ -237,17 +254,23 @@ impl ChainKeys {
             seal_after: self.seal_after.map(Duration::from_secs),
             read_cache: self.read_cache.map(|s| s.0),
             metrics,
+            compact_every: self.compact_every.map(Duration::from_secs),
+            gc_every: self.gc_every.map(Duration::from_secs),
+            history_retention: self.history_retention.map(Duration::from_secs),
         })
     }
 }
 
 /// Names of the chain keys, removed before the format-specific parse.
-const CHAIN_KEYS: [&str; 5] = [
+const CHAIN_KEYS: [&str; 8] = [
     "local_cap",
     "segment_size",
     "seal_after",
     "read_cache",
     "metrics",
+    "compact_every",
+    "gc_every",
+    "history_retention",
 ];
 
 #[derive(Deserialize)]
@@ -445,7 +468,10 @@ impl Config {
              # segment_size = \"64MiB\"\n\
              # seal_after = 60          # seconds before recent writes are sealed and uploaded\n\
              # read_cache = \"64MiB\"\n\
-             # metrics = \"127.0.0.1:9100\"\n\
+             # metrics = \"127.0.0.1:9109\"\n\
+             # compact_every = 60       # seconds between compactions of the engine\n\
+             # gc_every = 600           # seconds between sweeps of unreferenced shards\n\
+             # history_retention = 60   # seconds compaction keeps superseded versions\n\
              \n\
              [meta]\n\
              backends = [{}]\n\
@@ -916,6 +942,7 @@ segment_size = 8388608
 seal_after = 30
 read_cache = "8 MiB"
 metrics = "127.0.0.1:9100"
+compact_every = 5
 data_shards = 1
 parity_shards = 1
 [meta]
@@ -932,6 +959,9 @@ backends = ["local:d1", "local:d2"]
                 seal_after: Some(Duration::from_secs(30)),
                 read_cache: Some(8 << 20),
                 metrics: Some("127.0.0.1:9100".parse().expect("addr")),
+                compact_every: Some(Duration::from_secs(5)),
+                gc_every: None,
+                history_retention: None,
             }
         );
         let bad = text.replace("\"64MiB\"", "\"64 furlongs\"");

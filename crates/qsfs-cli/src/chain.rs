@@ -146,6 +146,7 @@ pub fn tier_config(chain: &ChainSettings) -> TierConfig {
         local_cap: chain.local_cap,
         read_cache_bytes: chain.read_cache.unwrap_or(DEFAULT_READ_CACHE),
         cut_every: chain.seal_after.unwrap_or(DEFAULT_SEAL_AFTER),
+        gc_every: chain.gc_every.unwrap_or(TierConfig::default().gc_every),
         ..TierConfig::default()
     }
 }
@@ -157,6 +158,7 @@ pub fn engine_config(base: EngineConfig, chain: &ChainSettings, tier: &Tier) -> 
         // Sealing by age is the tier's recovery cut (every `seal_after`), which seals every
         // namespace at one instant; sealing each namespace on its own clock adds nothing.
         max_segment_age: None,
+        history_retention: chain.history_retention.or(base.history_retention),
         cold_tier: Some(tier.cold_tier()),
         observer: Some(tier.observer()),
         ..base

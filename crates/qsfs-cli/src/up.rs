@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     tier.start((*engine).clone())
         .map_err(anyhow::Error::from)
         .context("starting the tier")?;
-    fsmount::spawn_compactor(&engine, COMPACT_EVERY);
+    fsmount::spawn_compactor(&engine, config.chain.compact_every.unwrap_or(COMPACT_EVERY));
 
     let result = serve(
         &args,

@@ -18,8 +18,9 @@ mod common;
 use common::chain::*;
 use std::time::{Duration, Instant};
 
-/// Knobs that would make compaction and GC run sooner; `qsfs up` reads none yet.
-const KNOBS: &str = "";
+/// Compaction, history and the backend sweep on a test's time scale (defaults: 60 s, 60 s,
+/// 10 min).
+const KNOBS: &str = "compact_every = 2\nhistory_retention = 1\ngc_every = 5\n";
 
 #[test]
 fn heavy_overwrites_and_deletes_then_gc_then_recover() {

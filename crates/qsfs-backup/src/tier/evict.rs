@@ -90,8 +90,8 @@ pub(crate) fn enforce(shared: &Shared) {
     }
 }
 
-/// Blocks a writer while the engine is over the cap by more than a segment and the worker is
-/// making progress, so writers cannot outrun uploads without bound. Returns at once when the
+/// Blocks a writer (after its write sealed a segment) while the engine is over the cap and the
+/// worker is making progress, so writers cannot outrun uploads without bound. Returns at once when the
 /// backends are failing (writes keep working, the cap is reported unmet), and after at most
 /// [`THROTTLE_MAX`].
 pub(crate) fn throttle(shared: &Shared) {
@@ -101,7 +101,9 @@ pub(crate) fn throttle(shared: &Shared) {
     let Some(engine) = shared.engine() else {
         return;
     };
-    let limit = cap.saturating_add(engine.config().max_segment_size);
+    // The cap itself, not cap + a segment: the writer released here goes on to fill a whole
+    // new segment before the engine asks again, so that segment is the overshoot.
+    let limit = cap;
     let deadline = Instant::now() + THROTTLE_MAX;
     loop {
         if engine.local_bytes() <= limit || shared.stop.load(Ordering::Acquire) {
