@@ -357,7 +357,10 @@ impl Namespace {
             Ok(None) => 0,
             Err(e) => {
                 tracing::error!(namespace = %self.name, error = %e, "manifest unreadable; writing a new one");
-                0
+                // The lost generation was at most the clock (in ms) when it was written plus
+                // the seals made within that same millisecond: a margin of a million
+                // generations keeps the new one above it.
+                now_millis() + 1_000_000
             }
         };
         self.state.write().manifest_gen = generation;
