@@ -6,9 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::free_port;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use common::{free_port, Conn};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -86,51 +84,6 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-struct Conn {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn open(port: u16) -> std::io::Result<Conn> {
-        let w = TcpStream::connect(("127.0.0.1", port))?;
-        w.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let r = BufReader::new(w.try_clone()?);
-        Ok(Conn { w, r })
-    }
-
-    /// Sends one command and reads a status, error, integer or bulk reply as text.
-    fn cmd(&mut self, args: &[&str]) -> Option<String> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend(format!("${}\r\n", a.len()).into_bytes());
-            out.extend_from_slice(a.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        self.w.write_all(&out).ok()?;
-        let mut line = String::new();
-        if self.r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end().to_string();
-        if let Some(n) = line.strip_prefix('$') {
-            let n: i64 = n.parse().ok()?;
-            if n < 0 {
-                return None;
-            }
-            let mut b = vec![0u8; n as usize + 2];
-            self.r.read_exact(&mut b).ok()?;
-            b.truncate(n as usize);
-            return Some(String::from_utf8_lossy(&b).into_owned());
-        }
-        Some(line)
-    }
-
-    fn ok(&mut self, args: &[&str]) {
-        assert_eq!(self.cmd(args).as_deref(), Some("+OK"), "{args:?}");
     }
 }
 
