@@ -60,9 +60,7 @@ fn kill_during_uploads_loses_nothing() {
 
     // Nothing the kill interrupted is missing from the backups.
     c.kill_up();
-    c.wipe_root();
-    c.recover();
-    c.up();
+    c.recover_lost_machine();
     verify_all(&c.mnt, &files, "recovered from the backends");
     c.stop_up();
 }

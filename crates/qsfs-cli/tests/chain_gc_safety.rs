@@ -111,9 +111,7 @@ fn heavy_overwrites_and_deletes_then_gc_then_recover() {
     );
 
     // From the backends alone.
-    c.wipe_root();
-    c.recover();
-    c.up();
+    c.recover_lost_machine();
     verify_all(&c.mnt, &live, "recovered after GC");
     let names = list_files(&c.mnt);
     let want: Vec<String> = live.keys().cloned().collect();

@@ -84,9 +84,7 @@ fn backup_backend_and_filesystem_faults_then_reverse_restart() {
 
     // The backends hold everything that was synced.
     c.kill_up();
-    c.wipe_root();
-    c.recover();
-    c.up();
+    c.recover_lost_machine();
     verify_all(&c.mnt, &files, "recovered from the backends");
     c.stop_up();
 }

@@ -433,41 +433,46 @@ impl Chain {
             .expect("run qsfs")
     }
 
-    /// `qsfs recover --root ROOT --config ROOT/qsfs.toml --keyfile ROOT/qsfs.key`; must succeed.
-    pub fn recover(&self) -> Output {
-        let out = Command::new(BIN)
-            .arg("recover")
-            .arg("--root")
-            .arg(&self.root)
+    /// `qsfs SUB --config ROOT/qsfs.toml --keyfile ROOT/qsfs.key ARGS…` with log level `log`.
+    fn keyed(&self, sub: &str, args: &[&std::ffi::OsStr], log: &str) -> Output {
+        Command::new(BIN)
+            .arg(sub)
             .arg("--config")
             .arg(&self.config)
             .arg("--keyfile")
             .arg(&self.keyfile)
-            .env("QSFS_LOG", log_level())
+            .args(args)
+            .env("QSFS_LOG", log)
             .env_remove("QSFS_PASSPHRASE")
             .env_remove("QSFS_ROOT")
             .stdin(Stdio::null())
             .output()
-            .expect("run qsfs recover");
+            .unwrap_or_else(|e| panic!("run qsfs {sub}: {e}"))
+    }
+
+    /// `qsfs recover --root ROOT --config ROOT/qsfs.toml --keyfile ROOT/qsfs.key`; must succeed.
+    pub fn recover(&self) -> Output {
+        let out = self.keyed(
+            "recover",
+            &["--root".as_ref(), self.root.as_os_str()],
+            &log_level(),
+        );
         assert!(out.status.success(), "qsfs recover failed: {}", text(&out));
         out
     }
 
+    /// The machine is lost: wipe ROOT but config and key, `qsfs recover`, `qsfs up`.
+    pub fn recover_lost_machine(&mut self) {
+        self.wipe_root();
+        self.recover();
+        self.up();
+    }
+
     /// `qsfs backup --config ROOT/qsfs.toml --keyfile ROOT/qsfs.key --quiet ARGS`.
     pub fn backup(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("backup")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--keyfile")
-            .arg(&self.keyfile)
-            .arg("--quiet")
-            .args(args)
-            .env("QSFS_LOG", "error")
-            .env_remove("QSFS_PASSPHRASE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run qsfs backup")
+        let mut all: Vec<&std::ffi::OsStr> = vec!["--quiet".as_ref()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        self.keyed("backup", &all, "error")
     }
 
     /// Deletes everything under ROOT but `qsfs.toml` and `qsfs.key`: the machine is lost, the
