@@ -76,7 +76,7 @@ fn refuse_if_mounted(store: &dyn Store, prefix: &str) -> anyhow::Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let dead = lock.host == host && !std::path::Path::new(&format!("/proc/{}", lock.pid)).exists();
+    let dead = lock.host == host && !lock.pid_alive();
     if !dead {
         bail!(
             "filesystem {prefix:?} is mounted by process {} on host {}: unmount it before \

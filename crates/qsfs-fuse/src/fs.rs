@@ -15,7 +15,16 @@ use std::time::{Duration, Instant};
 
 use crate::cache::BlockCache;
 use crate::error::{FsError, FsResult};
+use crate::journal::{self, JournalOp};
 use crate::layout::*;
+
+// Indices of the namespaces in `Namespaces::all`, as the journal names them.
+const NS_INODE: u8 = 1;
+const NS_DIRENT: u8 = 2;
+const NS_DIRPAGE: u8 = 3;
+const NS_BMAP: u8 = 5;
+const NS_XATTR: u8 = 6;
+const NS_ORPHAN: u8 = 7;
 
 /// Where statfs figures come from.
 #[derive(Debug, Clone)]
@@ -156,7 +165,7 @@ pub struct Fs {
     dirents: HashMap<DirentKey, Cached<Option<Dirent>>>,
     pages: HashMap<(u64, u64), Cached<Page>>,
     chunks: HashMap<(u64, u64), Cached<Chunk>>,
-    xattrs: HashMap<u64, Xattrs>,
+    xattrs: HashMap<u64, Cached<Xattrs>>,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
     free_queue: Vec<u64>,
@@ -267,7 +276,14 @@ impl Fs {
             session,
             locked: false,
         };
-        fs.take_lock()?;
+        let crashed = fs.take_lock()?;
+        let replayed = journal::replay(&*fs.store, &fs.ns)?;
+        if replayed > 0 {
+            tracing::warn!(
+                ops = replayed,
+                "applied the metadata batch a crashed mount left"
+            );
+        }
         if fs.store.get(&fs.ns.inode, &ino_key(ROOT_INO))?.is_none() {
             let mut root = Inode::new(
                 Kind::Dir,
@@ -286,10 +302,21 @@ impl Fs {
                 .set(&fs.ns.inode, Some(&ino_key(ROOT_INO)), &encode(&root))?;
         }
         fs.reclaim_orphans()?;
+        if crashed {
+            let n = fs.sweep_unmapped_blocks()?;
+            if n > 0 {
+                tracing::warn!(
+                    blocks = n,
+                    "deleted blocks a crashed mount wrote but never mapped"
+                );
+            }
+        }
         Ok(fs)
     }
 
-    fn take_lock(&mut self) -> FsResult<()> {
+    /// Takes the mount lock; true if it was left by a mount that died without unmounting.
+    fn take_lock(&mut self) -> FsResult<bool> {
+        let mut crashed = false;
         let host = hostname();
         let pid = std::process::id();
         if let Some(e) = self.store.get(&self.ns.sup, LOCK_KEY)? {
@@ -299,7 +326,7 @@ impl Fs {
             } else if lock.pid == pid {
                 ACTIVE_SESSIONS.lock().contains(&lock.session)
             } else {
-                std::path::Path::new(&format!("/proc/{}", lock.pid)).exists()
+                lock.pid_alive()
             };
             if alive {
                 return Err(FsError::Store(qsfs_core::Error::AlreadyExists(format!(
@@ -317,6 +344,7 @@ impl Fs {
                 ))));
             }
             tracing::warn!(pid = lock.pid, host = %lock.host, "taking over a stale mount lock");
+            crashed = true;
         }
         let lock = Lock {
             host,
@@ -329,7 +357,61 @@ impl Fs {
         self.store.sync()?;
         ACTIVE_SESSIONS.lock().insert(self.session);
         self.locked = true;
-        Ok(())
+        Ok(crashed)
+    }
+
+    /// After a crash: deletes every stored block its committed block map does not mark. Blocks
+    /// reach the store before the metadata batch that maps them (on close, on cache eviction,
+    /// at the start of a flush), so a crash can leave blocks of files that were never
+    /// committed, or past a committed end; they are invisible garbage until deleted here. One
+    /// key scan of the block namespace, only when the previous mount did not unmount.
+    fn sweep_unmapped_blocks(&mut self) -> FsResult<u64> {
+        let mut cursor = None;
+        let mut doomed = Vec::new();
+        let mut files: HashMap<u64, Option<u64>> = HashMap::new();
+        loop {
+            let page =
+                self.store
+                    .scan(&self.ns.block, cursor.as_ref(), 1024, Default::default())?;
+            for m in &page.entries {
+                let Some((ino, index)) = parse_pair_key(&m.key) else {
+                    continue;
+                };
+                let size = match files.get(&ino) {
+                    Some(s) => *s,
+                    None => {
+                        let s = match self.node(ino) {
+                            Ok(n) if n.inode.kind == Kind::File => Some(n.inode.size),
+                            Ok(_) | Err(FsError::Errno(libc::ENOENT)) => None,
+                            Err(e) => return Err(e),
+                        };
+                        files.insert(ino, s);
+                        s
+                    }
+                };
+                let mapped = match size {
+                    Some(size) if index.saturating_mul(self.bs) < size => {
+                        self.load_chunk(ino, index / CHUNK_BLOCKS)?;
+                        self.chunks[&(ino, index / CHUNK_BLOCKS)]
+                            .value
+                            .get(index % CHUNK_BLOCKS)
+                    }
+                    _ => false,
+                };
+                if !mapped {
+                    doomed.push(pair_key(ino, index));
+                }
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        for k in &doomed {
+            ignore_missing(self.store.delete(&self.ns.block, k))?;
+        }
+        self.prune();
+        Ok(doomed.len() as u64)
     }
 
     fn reclaim_orphans(&mut self) -> FsResult<()> {
@@ -1199,6 +1281,7 @@ impl Fs {
             let first_chunk = keep_blocks / CHUNK_BLOCKS;
             let mut freed = 0u64;
             let mut emptied = Vec::new();
+            let mut gone = Vec::new();
             for &c in chunks.range(first_chunk..) {
                 self.load_chunk(ino, c)?;
                 let doomed: Vec<u64> = self.chunks[&(ino, c)]
@@ -1207,9 +1290,7 @@ impl Fs {
                     .map(|i| c * CHUNK_BLOCKS + i)
                     .filter(|&i| i >= keep_blocks)
                     .collect();
-                for index in &doomed {
-                    ignore_missing(self.store.delete(&self.ns.block, &pair_key(ino, *index)))?;
-                }
+                gone.extend(doomed.iter().copied());
                 let chunk = self.chunk_mut(ino, c)?;
                 for index in doomed {
                     if chunk.clear(index % CHUNK_BLOCKS) {
@@ -1228,12 +1309,33 @@ impl Fs {
                     chunks.remove(&c);
                 }
             }
+            let now = Time::now();
+            let i = self.inode_mut(ino)?;
+            i.size = new_size;
+            i.mtime = now;
+            i.ctime = now;
+            self.delete_blocks(ino, &gone)?;
+            return Ok(());
         }
         let now = Time::now();
         let i = self.inode_mut(ino)?;
         i.size = new_size;
         i.mtime = now;
         i.ctime = now;
+        Ok(())
+    }
+
+    /// Deletes blocks the in-memory block map no longer marks. The map without them is
+    /// committed first, so a crash in between leaves unmapped garbage (swept by the next mount)
+    /// rather than a map marking blocks that are gone.
+    fn delete_blocks(&mut self, ino: u64, indices: &[u64]) -> FsResult<()> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        self.flush_all()?;
+        for &index in indices {
+            ignore_missing(self.store.delete(&self.ns.block, &pair_key(ino, index)))?;
+        }
         Ok(())
     }
 
@@ -1289,6 +1391,7 @@ impl Fs {
             .ok_or(FsError::Errno(libc::EFBIG))?;
         self.file_chunks(ino)?;
         let size = self.inode(ino)?.size;
+        let mut gone = Vec::new();
         if punch || zero {
             let zero_end = end.min(size);
             let mut pos = offset;
@@ -1305,7 +1408,7 @@ impl Fs {
                 };
                 if exists {
                     if n == self.bs {
-                        ignore_missing(self.store.delete(&self.ns.block, &pair_key(ino, index)))?;
+                        gone.push(index);
                         self.cache.forget(id);
                         let chunk = self.chunk_mut(ino, index / CHUNK_BLOCKS)?;
                         if chunk.clear(index % CHUNK_BLOCKS) {
@@ -1332,7 +1435,7 @@ impl Fs {
         }
         i.mtime = now;
         i.ctime = now;
-        Ok(())
+        self.delete_blocks(ino, &gone)
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE` from `offset`.
@@ -1398,9 +1501,33 @@ impl Fs {
             } else {
                 Xattrs::default()
             };
-            self.xattrs.insert(ino, x);
+            self.xattrs.insert(
+                ino,
+                Cached {
+                    value: x,
+                    dirty: false,
+                },
+            );
         }
-        self.xattrs.get_mut(&ino).ok_or(FsError::Errno(libc::EIO))
+        self.xattrs
+            .get_mut(&ino)
+            .map(|c| &mut c.value)
+            .ok_or(FsError::Errno(libc::EIO))
+    }
+
+    /// Marks the xattrs of `ino` for the next metadata batch and keeps `has_xattrs` in step.
+    fn xattrs_changed(&mut self, ino: u64) -> FsResult<()> {
+        let has = match self.xattrs.get_mut(&ino) {
+            Some(c) => {
+                c.dirty = true;
+                !c.value.pairs.is_empty()
+            }
+            None => return errno(libc::EIO),
+        };
+        let i = self.inode_mut(ino)?;
+        i.has_xattrs = has;
+        i.ctime = Time::now();
+        Ok(())
     }
 
     fn check_xattr_name(name: &[u8]) -> FsResult<()> {
@@ -1422,7 +1549,7 @@ impl Fs {
         if value.len() > XATTR_VALUE_MAX {
             return errno(libc::E2BIG);
         }
-        let x = self.load_xattrs(ino)?;
+        let mut x = self.load_xattrs(ino)?.clone();
         let pos = x.pairs.iter().position(|(n, _)| n == name);
         match (
             pos,
@@ -1437,16 +1564,12 @@ impl Fs {
                 x.pairs.sort();
             }
         }
-        let encoded = encode(&*x);
-        if encoded.len() > qsfs_core::MAX_VALUE_LEN {
+        // The record is written by the next flush; it must fit in one store value then.
+        if encode(&x).len() > qsfs_core::MAX_VALUE_LEN {
             return errno(libc::ENOSPC);
         }
-        self.store
-            .set(&self.ns.xattr, Some(&ino_key(ino)), &encoded)?;
-        let i = self.inode_mut(ino)?;
-        i.has_xattrs = true;
-        i.ctime = Time::now();
-        Ok(())
+        *self.load_xattrs(ino)? = x;
+        self.xattrs_changed(ino)
     }
 
     /// The value of an xattr.
@@ -1477,15 +1600,7 @@ impl Fs {
         if x.pairs.len() == before {
             return errno(libc::ENODATA);
         }
-        if x.pairs.is_empty() {
-            ignore_missing(self.store.delete(&self.ns.xattr, &ino_key(ino)))?;
-        } else {
-            let encoded = encode(&*x);
-            self.store
-                .set(&self.ns.xattr, Some(&ino_key(ino)), &encoded)?;
-        }
-        let i = self.inode_mut(ino)?;
-        i.ctime = Time::now();
+        self.xattrs_changed(ino)?;
         Ok(())
     }
 
@@ -1529,28 +1644,28 @@ impl Fs {
         })
     }
 
-    /// Writes every dirty block and record to the Store in crash-safe order, then frees the
-    /// space of inodes that are gone. Does not sync.
+    /// Writes every dirty block to the Store, then every dirty record as one journaled batch
+    /// (all or nothing, see [`crate::journal`]), then frees the space of inodes that are gone.
+    /// Does not sync.
     pub fn flush_all(&mut self) -> FsResult<()> {
         self.cache.flush(None)?;
         let freeing: HashSet<u64> = self.free_queue.iter().copied().collect();
+        let mut ops: Vec<JournalOp> = Vec::new();
+        let op = |ns: u8, key: &[u8], value: Option<Vec<u8>>| JournalOp {
+            ns,
+            key: key.to_vec(),
+            value,
+        };
         let dirty_chunks: Vec<(u64, u64)> = self
             .chunks
             .iter()
             .filter(|(k, c)| c.dirty && !freeing.contains(&k.0))
             .map(|(k, _)| *k)
             .collect();
-        for key in dirty_chunks {
-            let c = &self.chunks[&key];
-            let k = pair_key(key.0, key.1);
-            if c.value.is_empty() {
-                ignore_missing(self.store.delete(&self.ns.bmap, &k))?;
-            } else {
-                self.store.set(&self.ns.bmap, Some(&k), &encode(&c.value))?;
-            }
-            if let Some(c) = self.chunks.get_mut(&key) {
-                c.dirty = false;
-            }
+        for key in &dirty_chunks {
+            let c = &self.chunks[key].value;
+            let v = (!c.is_empty()).then(|| encode(c));
+            ops.push(op(NS_BMAP, &pair_key(key.0, key.1), v));
         }
         let dirty_inodes: Vec<u64> = self
             .nodes
@@ -1558,13 +1673,20 @@ impl Fs {
             .filter(|(i, n)| n.dirty && !freeing.contains(i))
             .map(|(i, _)| *i)
             .collect();
-        for ino in dirty_inodes {
-            let bytes = encode(&self.nodes[&ino].inode);
-            self.store
-                .set(&self.ns.inode, Some(&ino_key(ino)), &bytes)?;
-            if let Some(n) = self.nodes.get_mut(&ino) {
-                n.dirty = false;
-            }
+        for ino in &dirty_inodes {
+            let bytes = encode(&self.nodes[ino].inode);
+            ops.push(op(NS_INODE, &ino_key(*ino), Some(bytes)));
+        }
+        let dirty_xattrs: Vec<u64> = self
+            .xattrs
+            .iter()
+            .filter(|(i, x)| x.dirty && !freeing.contains(i))
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in &dirty_xattrs {
+            let x = &self.xattrs[ino].value;
+            let v = (!x.pairs.is_empty()).then(|| encode(x));
+            ops.push(op(NS_XATTR, &ino_key(*ino), v));
         }
         let dirty_pages: Vec<(u64, u64)> = self
             .pages
@@ -1572,38 +1694,24 @@ impl Fs {
             .filter(|(_, p)| p.dirty)
             .map(|(k, _)| *k)
             .collect();
-        for key in dirty_pages {
-            let p = &self.pages[&key];
-            let k = pair_key(key.0, key.1);
-            if p.value.entries.is_empty() {
-                ignore_missing(self.store.delete(&self.ns.dirpage, &k))?;
-            } else {
-                self.store
-                    .set(&self.ns.dirpage, Some(&k), &encode(&p.value))?;
-            }
-            if let Some(p) = self.pages.get_mut(&key) {
-                p.dirty = false;
-            }
+        for key in &dirty_pages {
+            let p = &self.pages[key].value;
+            let v = (!p.entries.is_empty()).then(|| encode(p));
+            ops.push(op(NS_DIRPAGE, &pair_key(key.0, key.1), v));
         }
-        // New names before removed ones: a crash in between leaves an extra link, never a loss.
-        let mut dirty_dirents: Vec<(DirentKey, Option<Dirent>)> = self
+        let dirty_dirents: Vec<DirentKey> = self
             .dirents
             .iter()
             .filter(|(_, d)| d.dirty)
-            .map(|(k, d)| (k.clone(), d.value))
+            .map(|(k, _)| k.clone())
             .collect();
-        dirty_dirents.sort_by_key(|(_, d)| d.is_none());
-        for ((parent, name), d) in dirty_dirents {
-            let k = dirent_key(parent, &name);
-            match d {
-                Some(d) => {
-                    self.store.set(&self.ns.dirent, Some(&k), &encode(&d))?;
-                }
-                None => ignore_missing(self.store.delete(&self.ns.dirent, &k))?,
-            }
-            if let Some(c) = self.dirents.get_mut(&(parent, name)) {
-                c.dirty = false;
-            }
+        for (parent, name) in &dirty_dirents {
+            let d = self.dirents[&(*parent, name.clone())].value;
+            ops.push(op(
+                NS_DIRENT,
+                &dirent_key(*parent, name),
+                d.map(|d| encode(&d)),
+            ));
         }
         let unlinked: Vec<u64> = self
             .nodes
@@ -1611,10 +1719,36 @@ impl Fs {
             .filter(|(i, n)| n.inode.nlink == 0 && !self.orphans.contains(i))
             .map(|(i, _)| *i)
             .collect();
-        for ino in unlinked {
-            self.store.set(&self.ns.orphan, Some(&ino_key(ino)), &[1])?;
-            self.orphans.insert(ino);
+        for ino in &unlinked {
+            ops.push(op(NS_ORPHAN, &ino_key(*ino), Some(vec![1])));
         }
+        journal::commit(&*self.store, &self.ns, &ops)?;
+        for key in dirty_chunks {
+            if let Some(c) = self.chunks.get_mut(&key) {
+                c.dirty = false;
+            }
+        }
+        for ino in dirty_inodes {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.dirty = false;
+            }
+        }
+        for ino in dirty_xattrs {
+            if let Some(x) = self.xattrs.get_mut(&ino) {
+                x.dirty = false;
+            }
+        }
+        for key in dirty_pages {
+            if let Some(p) = self.pages.get_mut(&key) {
+                p.dirty = false;
+            }
+        }
+        for key in dirty_dirents {
+            if let Some(d) = self.dirents.get_mut(&key) {
+                d.dirty = false;
+            }
+        }
+        self.orphans.extend(unlinked);
         for ino in std::mem::take(&mut self.free_queue) {
             if let Err(e) = self.free_inode(ino) {
                 self.free_queue.push(ino);
@@ -1663,7 +1797,8 @@ impl Fs {
                     }
                 }
             }
-            if inode.has_xattrs {
+            // A record may be committed even if the latest change emptied it.
+            if inode.has_xattrs || self.xattrs.get(&ino).is_some_and(|x| x.dirty) {
                 ignore_missing(self.store.delete(&self.ns.xattr, &ino_key(ino)))?;
             }
             ignore_missing(self.store.delete(&self.ns.inode, &ino_key(ino)))?;
@@ -1683,8 +1818,9 @@ impl Fs {
         self.pages.retain(|_, p| p.dirty);
         self.chunks.retain(|_, c| c.dirty);
         let nodes = &self.nodes;
-        self.xattrs
-            .retain(|ino, _| nodes.get(ino).is_some_and(|n| n.lookups > 0 || n.opens > 0));
+        self.xattrs.retain(|ino, x| {
+            x.dirty || nodes.get(ino).is_some_and(|n| n.lookups > 0 || n.opens > 0)
+        });
         self.nodes
             .retain(|_, n| n.dirty || n.lookups > 0 || n.opens > 0);
     }

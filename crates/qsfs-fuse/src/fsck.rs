@@ -158,6 +158,16 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         },
     };
     let bs = u64::from(sup.block_size.max(1));
+    if crate::journal::pending(store, &ns)?
+        && cx.problem(
+            true,
+            "a crashed mount left a metadata batch half applied (mounting once, or --repair, \
+             applies it)"
+                .into(),
+        )
+    {
+        crate::journal::replay(store, &ns)?;
+    }
 
     // Inodes. Corrupt ones are kept out of every repair: their data may still be recoverable.
     let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();

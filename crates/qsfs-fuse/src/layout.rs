@@ -459,6 +459,21 @@ pub struct Lock {
     pub since: Time,
 }
 
+impl Lock {
+    /// True if the process named by the lock still runs on this host. A zombie (killed, not yet
+    /// reaped by its parent) is dead: it holds no files and serves no requests.
+    pub fn pid_alive(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            // The state follows the parenthesised command name, which may itself hold spaces.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(_) => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub mod error;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+pub mod journal;
 pub mod layout;
 pub mod mount;
 pub mod stats;
