@@ -2,12 +2,15 @@
 # Filesystem benchmark: the same workloads on a plain directory of the underlying disk and on a
 # qsfs mount whose engine lives on that same disk, in one run; prints each figure and the ratio
 # qsfs / plain. Workloads follow docs spec §4 (W1 sequential write with fsync, W2 cold
-# sequential read, W5 10,000 small files, W6 tar x, W7/W8 rm -rf). Run as root (drops caches).
+# sequential read, W3/W4 fio 4 KiB random write/read (psync), W5 10,000 small files, W6 tar x,
+# W7/W8 rm -rf). Run as root (drops caches); needs fio. The last column is 0-db-fs on the same
+# kind of machine (issue #5), for the "2x 0-db-fs" goal.
 #
 #   cargo build --release -p qsfs-cli
 #   crates/qsfs-fuse/bench/fs-bench.sh [WORKDIR] [QSFS_BINARY]
 #
-# Environment: SIZE_MB (default 1024), FILES (default 10000), TREE (default /usr/include).
+# Environment: SIZE_MB (default 1024), FILES (default 10000), TREE (default /usr/include),
+# FIO_MB (default 256, the random-I/O file), FIO_SECS (default 10 per fio run).
 set -euo pipefail
 
 WORK=${1:-/var/tmp/qsfs-bench}
@@ -15,6 +18,9 @@ QSFS=${2:-target/release/qsfs}
 SIZE_MB=${SIZE_MB:-1024}
 FILES=${FILES:-10000}
 TREE=${TREE:-/usr/include}
+FIO_MB=${FIO_MB:-256}
+FIO_SECS=${FIO_SECS:-10}
+command -v fio > /dev/null || { echo "fio is needed (apt-get install -y fio)" >&2; exit 1; }
 
 rm -rf "$WORK"
 mkdir -p "$WORK/plain" "$WORK/root" "$WORK/mnt"
@@ -64,24 +70,42 @@ run() { # target-name dir
   t0=$(now); rm -rf "$d/small"; t1=$(now)
   R[$n,w8]=$(secs "$t0" "$t1")
   rm -f "$d/big"
+  fio_run "$n" w3 randwrite "$d"
+  drop
+  fio_run "$n" w4 randread "$d"
+  rm -f "$d/fio.dat"
+}
+
+fio_run() { # target-name key rw dir: 4 KiB random I/O with psync, one job, IOPS
+  local out
+  out=$(fio --name=r --filename="$4/fio.dat" --size="${FIO_MB}M" --bs=4k --ioengine=psync \
+    --rw="$3" --runtime="$FIO_SECS" --time_based --output-format=json 2>/dev/null)
+  R[$1,$2]=$(echo "$out" | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["write"]["iops"] + j["read"]["iops"])')
 }
 
 run plain "$WORK/plain"
 run qsfs "$WORK/mnt"
 
-printf "%-34s %12s %12s %9s\n" "workload" "plain disk" "qsfs" "qsfs/plain"
-line() { # label key unit higher-is-better
-  local p=${R[plain,$2]} q=${R[qsfs,$2]}
-  local ratio
+printf "%-34s %13s %13s %10s %10s %9s\n" "workload" "plain disk" "qsfs" "qsfs/plain" "0-db-fs" "qsfs/0dbfs"
+line() { # label key unit higher-is-better 0-db-fs-figure
+  local p=${R[plain,$2]} q=${R[qsfs,$2]} z=${5:-}
+  local ratio zr=""
   if [ "$4" = up ]; then ratio=$(echo "$q / $p" | bc -l); else ratio=$(echo "$p / $q" | bc -l); fi
-  printf "%-34s %10.2f%s %10.2f%s %9.2f\n" "$1" "$p" "$3" "$q" "$3" "$ratio"
+  if [ -n "$z" ]; then
+    if [ "$4" = up ]; then zr=$(echo "$q / $z" | bc -l); else zr=$(echo "$z / $q" | bc -l); fi
+    printf "%-34s %11.2f%s %11.2f%s %10.2f %10s %9.2f\n" "$1" "$p" "$3" "$q" "$3" "$ratio" "$z" "$zr"
+  else
+    printf "%-34s %11.2f%s %11.2f%s %10.2f\n" "$1" "$p" "$3" "$q" "$3" "$ratio"
+  fi
 }
-line "W1 seq write ${SIZE_MB} MiB (fsync)" w1 " MB/s" up
-line "W2 seq read, cold" w2 " MB/s" up
-line "W5 create $FILES small files" w5 " s" down
+line "W1 seq write ${SIZE_MB} MiB (fsync)" w1 " MB/s" up 286
+line "W2 seq read, cold" w2 " MB/s" up 847
+line "W3 fio 4k randwrite psync" w3 " IOPS" up 26200
+line "W4 fio 4k randread psync, cold" w4 " IOPS" up 5600
+line "W5 create $FILES small files" w5 " s" down 3.3
 line "W5b ls -l of them, cold" w5b " s" down
-line "W6 tar x ${TREE_MB} MiB tree" w6 " s" down
-line "W7 rm -rf the tree" w7 " s" down
+line "W6 tar x ${TREE_MB} MiB tree" w6 " s" down 3.9
+line "W7 rm -rf the tree" w7 " s" down 1.5
 line "W8 rm -rf the small files" w8 " s" down
-echo "(last column: qsfs speed as a fraction of the plain disk; 1.00 = as fast, 0.50 = half)"
+echo "(qsfs/plain and qsfs/0dbfs: qsfs speed as a fraction of the other; 1.00 = as fast, 2.00 = twice as fast)"
 du -sh "$WORK/root/engine" | sed 's/^/engine directory after the run: /'

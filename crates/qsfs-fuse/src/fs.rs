@@ -137,7 +137,9 @@ struct Node {
 }
 
 struct Handle {
+    ino: u64,
     append: bool,
+    writes: bool,
     next_read: u64,
 }
 
@@ -173,6 +175,7 @@ pub struct Fs {
     meta_dirty_since: Option<Instant>,
     session: u64,
     locked: bool,
+    kernel_writeback: bool,
 }
 
 impl std::fmt::Debug for Fs {
@@ -275,6 +278,7 @@ impl Fs {
             meta_dirty_since: None,
             session,
             locked: false,
+            kernel_writeback: false,
         };
         let crashed = fs.take_lock()?;
         let replayed = journal::replay(&*fs.store, &fs.ns)?;
@@ -433,6 +437,12 @@ impl Fs {
             self.free_inode(ino)?;
         }
         Ok(())
+    }
+
+    /// Tells the filesystem the kernel caches written pages (`FUSE_WRITEBACK_CACHE`): data may
+    /// reach it only when the kernel writes back, at the latest when the writer closes.
+    pub fn set_kernel_writeback(&mut self, on: bool) {
+        self.kernel_writeback = on;
     }
 
     /// Block size in bytes.
@@ -1128,7 +1138,9 @@ impl Fs {
         self.handles.insert(
             fh,
             Handle {
+                ino,
                 append: flags & libc::O_APPEND != 0,
+                writes: flags & libc::O_ACCMODE != libc::O_RDONLY,
                 next_read: 0,
             },
         );
@@ -1441,6 +1453,17 @@ impl Fs {
     /// `SEEK_DATA` / `SEEK_HOLE` from `offset`.
     pub fn lseek(&mut self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
         let chunks = self.file_chunks(ino)?;
+        if self.kernel_writeback && self.handles.values().any(|h| h.ino == ino && h.writes) {
+            // The kernel may hold written pages this map has not seen yet (they are written
+            // back at the latest when the writer closes): answering from the map could call
+            // fresh data a hole, so every byte counts as data until then. Past this size
+            // the kernel's own may be larger, so no ENXIO either.
+            return match whence {
+                libc::SEEK_DATA => Ok(offset),
+                libc::SEEK_HOLE => Ok(MAX_FILE_SIZE),
+                _ => errno(libc::EINVAL),
+            };
+        }
         let size = self.inode(ino)?.size;
         if offset >= size {
             return errno(libc::ENXIO);

@@ -49,6 +49,10 @@ pub struct QsfsFuse {
     handle: FsHandle,
     stats: Arc<FsStats>,
     timer: Option<std::thread::JoinHandle<()>>,
+    /// The kernel keeps written pages in its page cache and writes them back in large requests
+    /// (`FUSE_WRITEBACK_CACHE`). It then also decides the offset of `O_APPEND` writes and owns
+    /// size and mtime while the file is cached, sending them back through setattr.
+    writeback: bool,
 }
 
 impl QsfsFuse {
@@ -79,6 +83,7 @@ impl QsfsFuse {
             handle,
             stats,
             timer,
+            writeback: false,
         }
     }
 
@@ -103,6 +108,17 @@ impl QsfsFuse {
             }
         };
         self.counted(op, r)
+    }
+
+    /// Open flags as the filesystem should see them. With the writeback cache the kernel writes
+    /// pages back through any handle and has already placed `O_APPEND` data at the end, so the
+    /// offsets it sends are the truth.
+    fn handle_flags(&self, flags: i32) -> i32 {
+        if self.writeback {
+            flags & !libc::O_APPEND
+        } else {
+            flags
+        }
     }
 
     /// Counts one operation of family `op` and whether it failed.
@@ -186,6 +202,9 @@ impl Filesystem for QsfsFuse {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
+        self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
+        let writeback = self.writeback;
+        self.fs().set_kernel_writeback(writeback);
         Ok(())
     }
 
@@ -370,6 +389,7 @@ impl Filesystem for QsfsFuse {
     }
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let flags = self.handle_flags(flags);
         reply_or_err!(
             reply,
             self.call(Op::Other, |fs| fs.open_file(ino, flags)),
@@ -608,6 +628,7 @@ impl Filesystem for QsfsFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let flags = self.handle_flags(flags);
         let r = self
             .fs()
             .create(parent, name.as_bytes(), mode, flags, req.uid(), req.gid());

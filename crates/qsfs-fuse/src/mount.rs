@@ -59,7 +59,13 @@ impl std::fmt::Debug for Mount {
 pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
     let fuse = QsfsFuse::new(fs);
     let handle = fuse.handle();
+    // Resolved before mounting: afterwards the path leads into the mount, which nobody serves
+    // until the request loop starts.
+    let canonical = std::fs::canonicalize(mountpoint).ok();
     let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
+    if let Some(p) = canonical {
+        widen_readahead(&p, READ_AHEAD_KIB);
+    }
     let unmounter = session.unmount_callable();
     let thread = std::thread::Builder::new()
         .name("qsfs-fuse".into())
@@ -75,6 +81,35 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
         unmounter: Some(unmounter),
         thread: Some(thread),
     })
+}
+
+/// Kernel read-ahead window of a mount, in KiB: eight 128 KiB blocks per request.
+const READ_AHEAD_KIB: u32 = 1024;
+
+/// The kernel starts a FUSE mount with the default read-ahead window (128 KiB) and lets the
+/// filesystem only lower it at init; a sequential reader is much faster with fewer, larger
+/// reads, so the window is widened through the mount's backing device in sysfs. Best effort:
+/// without root or sysfs the default stays.
+fn widen_readahead(mountpoint: &Path, kib: u32) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let want = mountpoint.to_string_lossy().replace(' ', "\\040");
+    // The newest mount on that path is ours.
+    let dev = info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) == Some(&want.as_str()) {
+            f.get(2).map(|d| d.to_string())
+        } else {
+            None
+        }
+    });
+    if let Some(dev) = dev {
+        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, kib.to_string()) {
+            tracing::debug!(error = %e, path, "read-ahead window left at the default");
+        }
+    }
 }
 
 impl Mount {
