@@ -337,9 +337,17 @@ impl Cache for BlockCache {
             )));
         }
         let mut inner = s.inner.lock();
+        if offset == 0 && end == s.block_size {
+            // A whole block replaces whatever was there: one copy, no zero fill.
+            s.remove(&mut inner, block);
+            s.insert(&mut inner, block, Bytes::copy_from_slice(data), true);
+            if inner.bytes > s.capacity {
+                s.make_room(&mut inner, 0, Some(block), false)?;
+            }
+            return Ok(());
+        }
         let mut buf: Vec<u8> = match s.remove(&mut inner, block) {
             Some(slot) => Vec::from(slot.data),
-            None if offset == 0 && end == s.block_size => Vec::new(),
             None => s
                 .store
                 .get(&s.ns, &s.key(block))?

@@ -26,6 +26,10 @@ const NS_BMAP: u8 = 5;
 const NS_XATTR: u8 = 6;
 const NS_ORPHAN: u8 = 7;
 
+/// Blocks a sequential reader is kept ahead by (4 MiB at the default block size): deep enough
+/// that the store's reads overlap the kernel's requests.
+const READ_AHEAD_BLOCKS: u64 = 32;
+
 /// Where statfs figures come from.
 #[derive(Debug, Clone)]
 pub enum Capacity {
@@ -1256,26 +1260,28 @@ impl Fs {
             return Ok(Vec::new());
         }
         let end = file_size.min(offset + u64::from(size));
-        let mut out = vec![0u8; (end - offset) as usize];
+        // Filled by appending: only holes and short blocks cost a zero fill.
+        let mut out = Vec::with_capacity((end - offset) as usize);
         let mut pos = offset;
         while pos < end {
             let index = pos / self.bs;
             let within = (pos % self.bs) as usize;
             let n = ((end - pos) as usize).min(self.bs as usize - within);
-            let dst = (pos - offset) as usize;
+            let mut avail = 0;
             if let Some(block) = self.cache.read(BlockId { inode: ino, index })? {
                 // A short block reads as zeros past its end.
-                let avail = block.len().saturating_sub(within).min(n);
+                avail = block.len().saturating_sub(within).min(n);
                 if avail > 0 {
-                    out[dst..dst + avail].copy_from_slice(&block[within..within + avail]);
+                    out.extend_from_slice(&block[within..within + avail]);
                 }
             }
+            out.resize(out.len() + (n - avail), 0);
             pos += n as u64;
         }
         if let Some(h) = self.handles.get_mut(&fh) {
             if h.next_read == offset && offset > 0 {
                 let next = end.div_ceil(self.bs);
-                self.cache.read_ahead(ino, next, 8);
+                self.cache.read_ahead(ino, next, READ_AHEAD_BLOCKS);
             }
             h.next_read = end;
         }

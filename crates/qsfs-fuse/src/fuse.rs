@@ -53,6 +53,8 @@ pub struct QsfsFuse {
     /// (`FUSE_WRITEBACK_CACHE`). It then also decides the offset of `O_APPEND` writes and owns
     /// size and mtime while the file is cached, sending them back through setattr.
     writeback: bool,
+    /// Run on the first request after init, when the kernel has applied the init reply.
+    after_init: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl QsfsFuse {
@@ -84,6 +86,18 @@ impl QsfsFuse {
             stats,
             timer,
             writeback: false,
+            after_init: None,
+        }
+    }
+
+    /// Runs `f` once the kernel has taken the init reply (tuning that init would undo).
+    pub fn after_init(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.after_init = Some(f);
+    }
+
+    fn first_request(&mut self) {
+        if let Some(f) = self.after_init.take() {
+            f();
         }
     }
 
@@ -222,6 +236,7 @@ impl Filesystem for QsfsFuse {
     }
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        self.first_request();
         entry(
             reply,
             self.call(Op::Lookup, |fs| fs.lookup(parent, name.as_bytes())),
@@ -240,6 +255,7 @@ impl Filesystem for QsfsFuse {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        self.first_request();
         reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
             reply.attr(&TTL, &fuse_attr(&a))
         });

@@ -57,15 +57,14 @@ impl std::fmt::Debug for Mount {
 
 /// Mounts `fs` on `mountpoint` and serves it from a background thread.
 pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
-    let fuse = QsfsFuse::new(fs);
+    let mut fuse = QsfsFuse::new(fs);
     let handle = fuse.handle();
     // Resolved before mounting: afterwards the path leads into the mount, which nobody serves
     // until the request loop starts.
-    let canonical = std::fs::canonicalize(mountpoint).ok();
-    let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
-    if let Some(p) = canonical {
-        widen_readahead(&p, READ_AHEAD_KIB);
+    if let Ok(p) = std::fs::canonicalize(mountpoint) {
+        fuse.after_init(Box::new(move || widen_readahead(&p, READ_AHEAD_KIB)));
     }
+    let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
     let unmounter = session.unmount_callable();
     let thread = std::thread::Builder::new()
         .name("qsfs-fuse".into())
@@ -87,7 +86,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
 const READ_AHEAD_KIB: u32 = 1024;
 
 /// The kernel starts a FUSE mount with the default read-ahead window (128 KiB) and lets the
-/// filesystem only lower it at init; a sequential reader is much faster with fewer, larger
+/// filesystem only lower it in its init reply (so this runs once that reply is processed); a sequential reader is much faster with fewer, larger
 /// reads, so the window is widened through the mount's backing device in sysfs. Best effort:
 /// without root or sysfs the default stays.
 fn widen_readahead(mountpoint: &Path, kib: u32) {
