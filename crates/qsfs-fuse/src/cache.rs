@@ -290,6 +290,59 @@ impl Shared {
     }
 }
 
+impl BlockCache {
+    /// Like `Cache::write`, for a block the caller knows is not stored (a hole, or past the
+    /// end): the rest of the block starts as zeros without asking the store, so writing into
+    /// new space never waits on the store.
+    pub fn write_hole(&self, block: BlockId, offset: usize, data: &[u8]) -> Result<()> {
+        self.write_block(block, offset, data, true)
+    }
+
+    fn write_block(&self, block: BlockId, offset: usize, data: &[u8], hole: bool) -> Result<()> {
+        let s = &self.shared;
+
+        let end = offset + data.len();
+        if end > s.block_size {
+            return Err(qsfs_core::Error::InvalidArgument(format!(
+                "write of {} bytes at {offset} overflows a {}-byte block",
+                data.len(),
+                s.block_size
+            )));
+        }
+        let mut inner = s.inner.lock();
+        if offset == 0 && end == s.block_size {
+            // A whole block replaces whatever was there: one copy, no zero fill.
+            s.remove(&mut inner, block);
+            s.insert(&mut inner, block, Bytes::copy_from_slice(data), true);
+            if inner.bytes > s.capacity {
+                s.make_room(&mut inner, 0, Some(block), false)?;
+            }
+            return Ok(());
+        }
+        let mut buf: Vec<u8> = match s.remove(&mut inner, block) {
+            Some(slot) => Vec::from(slot.data),
+            None if hole => Vec::new(),
+            None => s
+                .store
+                .get(&s.ns, &s.key(block))?
+                .map(|e| e.value)
+                .unwrap_or_default(),
+        };
+        if buf.len() < end {
+            buf.resize(end, 0);
+        }
+        buf[offset..end].copy_from_slice(data);
+        let len = buf.len() as u64;
+        s.insert(&mut inner, block, Bytes::from(buf), true);
+        // Over budget: the block just written stays; older ones go or are written back.
+        if inner.bytes > s.capacity {
+            let _ = len;
+            s.make_room(&mut inner, 0, Some(block), false)?;
+        }
+        Ok(())
+    }
+}
+
 fn range(inode: u64, from: u64) -> std::ops::RangeInclusive<BlockId> {
     BlockId { inode, index: from }..=BlockId {
         inode,
@@ -327,45 +380,7 @@ impl Cache for BlockCache {
     }
 
     fn write(&self, block: BlockId, offset: usize, data: &[u8]) -> Result<()> {
-        let s = &self.shared;
-        let end = offset + data.len();
-        if end > s.block_size {
-            return Err(qsfs_core::Error::InvalidArgument(format!(
-                "write of {} bytes at {offset} overflows a {}-byte block",
-                data.len(),
-                s.block_size
-            )));
-        }
-        let mut inner = s.inner.lock();
-        if offset == 0 && end == s.block_size {
-            // A whole block replaces whatever was there: one copy, no zero fill.
-            s.remove(&mut inner, block);
-            s.insert(&mut inner, block, Bytes::copy_from_slice(data), true);
-            if inner.bytes > s.capacity {
-                s.make_room(&mut inner, 0, Some(block), false)?;
-            }
-            return Ok(());
-        }
-        let mut buf: Vec<u8> = match s.remove(&mut inner, block) {
-            Some(slot) => Vec::from(slot.data),
-            None => s
-                .store
-                .get(&s.ns, &s.key(block))?
-                .map(|e| e.value)
-                .unwrap_or_default(),
-        };
-        if buf.len() < end {
-            buf.resize(end, 0);
-        }
-        buf[offset..end].copy_from_slice(data);
-        let len = buf.len() as u64;
-        s.insert(&mut inner, block, Bytes::from(buf), true);
-        // Over budget: the block just written stays; older ones go or are written back.
-        if inner.bytes > s.capacity {
-            let _ = len;
-            s.make_room(&mut inner, 0, Some(block), false)?;
-        }
-        Ok(())
+        self.write_block(block, offset, data, false)
     }
 
     fn discard(&self, inode: u64, from_index: u64, keep_in_last: Option<usize>) -> Result<()> {

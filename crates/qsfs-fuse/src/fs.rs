@@ -1179,9 +1179,36 @@ impl Fs {
         Ok(())
     }
 
+    /// True if block `index` of file `ino` is stored (or cached to be); false for a hole.
+    fn block_mapped(&mut self, ino: u64, index: u64) -> FsResult<bool> {
+        let chunk_no = index / CHUNK_BLOCKS;
+        let listed = match &self.inode(ino)?.body {
+            Body::File { chunks, .. } => chunks.contains(&chunk_no),
+            _ => false,
+        };
+        if !listed && !self.chunks.contains_key(&(ino, chunk_no)) {
+            return Ok(false);
+        }
+        self.load_chunk(ino, chunk_no)?;
+        Ok(self.chunks[&(ino, chunk_no)]
+            .value
+            .get(index % CHUNK_BLOCKS))
+    }
+
     fn load_chunk(&mut self, ino: u64, chunk_no: u64) -> FsResult<()> {
         if !self.chunks.contains_key(&(ino, chunk_no)) {
-            let c = match self.store.get(&self.ns.bmap, &pair_key(ino, chunk_no))? {
+            // The inode lists every chunk that has a record: an unlisted one is empty, and
+            // writing into new space must not wait on the store.
+            let listed = match &self.inode(ino)?.body {
+                Body::File { chunks, .. } => chunks.contains(&chunk_no),
+                _ => true,
+            };
+            let stored = if listed {
+                self.store.get(&self.ns.bmap, &pair_key(ino, chunk_no))?
+            } else {
+                None
+            };
+            let c = match stored {
                 Some(e) => decode::<Chunk>(&e.value, &format!("block map {ino}/{chunk_no}"))?,
                 None => Chunk::default(),
             };
@@ -1235,8 +1262,12 @@ impl Fs {
             let index = pos / self.bs;
             let within = (pos % self.bs) as usize;
             let n = rest.len().min(self.bs as usize - within);
-            self.cache
-                .write(BlockId { inode: ino, index }, within, &rest[..n])?;
+            let id = BlockId { inode: ino, index };
+            if self.block_mapped(ino, index)? {
+                self.cache.write(id, within, &rest[..n])?;
+            } else {
+                self.cache.write_hole(id, within, &rest[..n])?;
+            }
             self.mark_block(ino, index)?;
             rest = &rest[n..];
             pos += n as u64;

@@ -62,7 +62,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
     // Resolved before mounting: afterwards the path leads into the mount, which nobody serves
     // until the request loop starts.
     if let Ok(p) = std::fs::canonicalize(mountpoint) {
-        fuse.after_init(Box::new(move || widen_readahead(&p, READ_AHEAD_KIB)));
+        fuse.after_init(Box::new(move || tune_bdi(&p, READ_AHEAD_KIB)));
     }
     let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
     let unmounter = session.unmount_callable();
@@ -85,11 +85,14 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
 /// Kernel read-ahead window of a mount, in KiB: eight 128 KiB blocks per request.
 const READ_AHEAD_KIB: u32 = 1024;
 
+/// Share of the kernel's dirty-page limit the mount may hold (the kernel's FUSE default is 1).
+const DIRTY_RATIO_PERCENT: u32 = 10;
+
 /// The kernel starts a FUSE mount with the default read-ahead window (128 KiB) and lets the
 /// filesystem only lower it in its init reply (so this runs once that reply is processed); a sequential reader is much faster with fewer, larger
 /// reads, so the window is widened through the mount's backing device in sysfs. Best effort:
 /// without root or sysfs the default stays.
-fn widen_readahead(mountpoint: &Path, kib: u32) {
+fn tune_bdi(mountpoint: &Path, kib: u32) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
@@ -104,9 +107,14 @@ fn widen_readahead(mountpoint: &Path, kib: u32) {
         }
     });
     if let Some(dev) = dev {
-        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-        if let Err(e) = std::fs::write(&path, kib.to_string()) {
-            tracing::debug!(error = %e, path, "read-ahead window left at the default");
+        // The kernel caps a FUSE mount's dirty pages at 1 % of the dirty limit (a guard
+        // against untrusted servers); random writers are throttled to page-by-page write-back
+        // long before the cache helps them. qsfs is the mount's own trusted server.
+        for (knob, value) in [("read_ahead_kb", kib), ("max_ratio", DIRTY_RATIO_PERCENT)] {
+            let path = format!("/sys/class/bdi/{dev}/{knob}");
+            if let Err(e) = std::fs::write(&path, value.to_string()) {
+                tracing::debug!(error = %e, path, "left at the kernel's default");
+            }
         }
     }
 }
