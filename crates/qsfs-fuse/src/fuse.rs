@@ -686,6 +686,39 @@ impl Filesystem for QsfsFuse {
         );
     }
 
+    fn copy_file_range(
+        &mut self,
+        _req: &Request<'_>,
+        ino_in: u64,
+        fh_in: u64,
+        offset_in: i64,
+        ino_out: u64,
+        fh_out: u64,
+        offset_out: i64,
+        len: u64,
+        flags: u32,
+        reply: ReplyWrite,
+    ) {
+        if offset_in < 0 || offset_out < 0 || flags != 0 {
+            return reply.error(libc::EINVAL);
+        }
+        let r = self.call(Op::Write, |fs| {
+            fs.copy_file_range(
+                ino_in,
+                fh_in,
+                offset_in as u64,
+                ino_out,
+                fh_out,
+                offset_out as u64,
+                len,
+            )
+        });
+        reply_or_err!(reply, r, |n| {
+            self.stats.written_bytes(u64::from(n));
+            reply.written(n)
+        });
+    }
+
     fn lseek(
         &mut self,
         _req: &Request<'_>,

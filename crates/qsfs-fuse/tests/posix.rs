@@ -885,3 +885,42 @@ fn concurrent_processes_create_write_rename_and_append() {
     f.remount();
     check(&f);
 }
+
+#[test]
+fn copy_file_range_copies_inside_the_filesystem() {
+    let f = Fixture::new();
+    let data = pattern(3 << 20, 9);
+    fs::write(f.p("src"), &data).unwrap();
+    let src = File::open(f.p("src")).unwrap();
+    let dst = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(f.p("dst"))
+        .unwrap();
+    // A range from the middle of the source to an offset of the destination, then the rest.
+    let mut off_in: i64 = 1000;
+    let mut off_out: i64 = 10;
+    let mut left = data.len() - 1000;
+    while left > 0 {
+        let n =
+            nix::fcntl::copy_file_range(&src, Some(&mut off_in), &dst, Some(&mut off_out), left)
+                .unwrap();
+        assert!(n > 0, "copy_file_range stopped early");
+        left -= n;
+    }
+    drop(dst);
+    let got = fs::read(f.p("dst")).unwrap();
+    assert_eq!(got.len(), 10 + data.len() - 1000);
+    assert!(got[..10].iter().all(|&b| b == 0));
+    assert!(got[10..] == data[1000..], "copied bytes differ");
+    // Past the end of the source there is nothing to copy.
+    let mut at: i64 = data.len() as i64;
+    let mut out_at: i64 = 0;
+    let dst = OpenOptions::new().write(true).open(f.p("dst")).unwrap();
+    assert_eq!(
+        nix::fcntl::copy_file_range(&src, Some(&mut at), &dst, Some(&mut out_at), 100).unwrap(),
+        0
+    );
+}
