@@ -7,7 +7,7 @@
 //! Sequential readers can ask for read-ahead, which a background thread loads into the cache.
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use qsfs_core::{BlockId, Cache, CacheStats, Result, Store};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +39,9 @@ struct Inner {
     epoch: u64,
     /// When the oldest unflushed write happened.
     dirty_since: Option<Instant>,
+    /// The block the background writer is storing right now. Nobody else stores or drops
+    /// that block's key meanwhile, so an older copy can never land after a newer one.
+    in_flight: Option<BlockId>,
 }
 
 struct Shared {
@@ -49,6 +52,10 @@ struct Shared {
     inner: Mutex<Inner>,
     stop: AtomicBool,
     counters: Arc<FsStats>,
+    /// Wakes the background writer (dirty data above the high-water mark, or stop).
+    work: Condvar,
+    /// Signalled whenever the background writer finishes a block.
+    landed: Condvar,
 }
 
 /// A write-back block cache over one Store namespace; blocks are stored under
@@ -57,6 +64,7 @@ pub struct BlockCache {
     shared: Arc<Shared>,
     ahead: Option<SyncSender<(BlockId, u64)>>,
     worker: Option<std::thread::JoinHandle<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -81,6 +89,8 @@ impl BlockCache {
             inner: Mutex::new(Inner::default()),
             stop: AtomicBool::new(false),
             counters: Arc::default(),
+            work: Condvar::new(),
+            landed: Condvar::new(),
         });
         let (tx, rx) = sync_channel::<(BlockId, u64)>(256);
         let worker_shared = shared.clone();
@@ -88,10 +98,16 @@ impl BlockCache {
             .name("qsfs-readahead".into())
             .spawn(move || read_ahead_loop(worker_shared, rx))
             .ok();
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("qsfs-writeback".into())
+            .spawn(move || write_behind_loop(writer_shared))
+            .ok();
         BlockCache {
             shared,
             ahead: worker.as_ref().map(|_| tx),
             worker,
+            writer,
         }
     }
 
@@ -120,6 +136,7 @@ impl BlockCache {
     /// Forgets one block without writing it back (a punched hole).
     pub fn forget(&self, block: BlockId) {
         let mut inner = self.shared.inner.lock();
+        self.shared.wait_landed(&mut inner, |b| b == block);
         inner.epoch += 1;
         self.shared.remove(&mut inner, block);
     }
@@ -146,6 +163,70 @@ impl Drop for BlockCache {
         self.ahead = None;
         if let Some(w) = self.worker.take() {
             let _ = w.join();
+        }
+        {
+            let _inner = self.shared.inner.lock();
+            self.shared.work.notify_all();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Stores least recently used dirty blocks in the background while dirty data is above half
+/// the budget, down to a quarter, so a streaming writer's requests overlap the store's work
+/// (checksums, `pwrite`) instead of waiting for it at every eviction.
+fn write_behind_loop(shared: Arc<Shared>) {
+    let high = shared.capacity / 2;
+    let low = shared.capacity / 4;
+    let mut inner = shared.inner.lock();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if inner.dirty_bytes <= high {
+            shared.work.wait(&mut inner);
+            continue;
+        }
+        while inner.dirty_bytes > low && !shared.stop.load(Ordering::SeqCst) {
+            let victim = inner
+                .lru
+                .values()
+                .find(|id| inner.blocks.get(id).is_some_and(|s| s.dirty))
+                .copied();
+            let Some(id) = victim else { break };
+            let Some(data) = inner.blocks.get(&id).map(|s| s.data.clone()) else {
+                break;
+            };
+            inner.in_flight = Some(id);
+            let r = MutexGuard::unlocked(&mut inner, || {
+                shared.store.set(&shared.ns, Some(&shared.key(id)), &data)
+            });
+            inner.in_flight = None;
+            shared.landed.notify_all();
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "background write-back failed; the flush retries");
+                MutexGuard::unlocked(&mut inner, || {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                });
+                break;
+            }
+            inner.blocks_written += 1;
+            // Rewritten meanwhile (another allocation): the newer data stays dirty.
+            let same = inner
+                .blocks
+                .get(&id)
+                .is_some_and(|s| s.dirty && s.data.as_ptr() == data.as_ptr());
+            if same {
+                if let Some(s) = inner.blocks.get_mut(&id) {
+                    s.dirty = false;
+                }
+                inner.dirty_bytes -= data.len() as u64;
+                if inner.dirty_bytes == 0 {
+                    inner.dirty_since = None;
+                }
+            }
         }
     }
 }
@@ -177,6 +258,25 @@ fn read_ahead_loop(shared: Arc<Shared>, rx: Receiver<(BlockId, u64)>) {
 }
 
 impl Shared {
+    /// Waits while the background writer stores a block matching `which`.
+    fn wait_landed(&self, inner: &mut MutexGuard<'_, Inner>, which: impl Fn(BlockId) -> bool) {
+        while inner.in_flight.is_some_and(&which) {
+            self.landed.wait(inner);
+        }
+    }
+
+    /// After `block` was dirtied: wake the background writer above half the budget; over the
+    /// budget, make room now (the block just written stays).
+    fn after_dirty(&self, inner: &mut MutexGuard<'_, Inner>, block: BlockId) -> Result<()> {
+        if inner.dirty_bytes > self.capacity / 2 {
+            self.work.notify_one();
+        }
+        if inner.bytes > self.capacity {
+            self.make_room(inner, 0, Some(block), false)?;
+        }
+        Ok(())
+    }
+
     fn key(&self, id: BlockId) -> [u8; 16] {
         pair_key(id.inode, id.index)
     }
@@ -227,7 +327,7 @@ impl Shared {
     /// Dirty blocks are written back first unless `clean_only`.
     fn make_room(
         &self,
-        inner: &mut Inner,
+        inner: &mut MutexGuard<'_, Inner>,
         incoming: u64,
         keep: Option<BlockId>,
         clean_only: bool,
@@ -237,6 +337,10 @@ impl Shared {
             let Some((&tick, &id)) = inner.lru.iter().next() else {
                 break;
             };
+            if inner.in_flight == Some(id) {
+                self.wait_landed(inner, |b| b == id);
+                continue;
+            }
             inner.lru.remove(&tick);
             let dirty = inner.blocks.get(&id).is_some_and(|s| s.dirty);
             if Some(id) == keep || (dirty && clean_only) {
@@ -267,8 +371,9 @@ impl Shared {
         Ok(())
     }
 
-    fn write_back(&self, inner: &mut Inner, ids: &[BlockId]) -> Result<()> {
+    fn write_back(&self, inner: &mut MutexGuard<'_, Inner>, ids: &[BlockId]) -> Result<()> {
         for &id in ids {
+            self.wait_landed(inner, |b| b == id);
             let Some(slot) = inner.blocks.get(&id) else {
                 continue;
             };
@@ -314,10 +419,7 @@ impl BlockCache {
             // A whole block replaces whatever was there: one copy, no zero fill.
             s.remove(&mut inner, block);
             s.insert(&mut inner, block, Bytes::copy_from_slice(data), true);
-            if inner.bytes > s.capacity {
-                s.make_room(&mut inner, 0, Some(block), false)?;
-            }
-            return Ok(());
+            return s.after_dirty(&mut inner, block);
         }
         let mut buf: Vec<u8> = match s.remove(&mut inner, block) {
             Some(slot) => Vec::from(slot.data),
@@ -332,14 +434,8 @@ impl BlockCache {
             buf.resize(end, 0);
         }
         buf[offset..end].copy_from_slice(data);
-        let len = buf.len() as u64;
         s.insert(&mut inner, block, Bytes::from(buf), true);
-        // Over budget: the block just written stays; older ones go or are written back.
-        if inner.bytes > s.capacity {
-            let _ = len;
-            s.make_room(&mut inner, 0, Some(block), false)?;
-        }
-        Ok(())
+        s.after_dirty(&mut inner, block)
     }
 }
 
@@ -386,6 +482,7 @@ impl Cache for BlockCache {
     fn discard(&self, inode: u64, from_index: u64, keep_in_last: Option<usize>) -> Result<()> {
         let s = &self.shared;
         let mut inner = s.inner.lock();
+        s.wait_landed(&mut inner, |b| b.inode == inode);
         inner.epoch += 1;
         let ids: Vec<BlockId> = inner
             .blocks
