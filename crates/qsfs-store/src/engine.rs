@@ -59,6 +59,15 @@ pub trait EngineObserver: Send + Sync {
     fn on_namespace_updated(&self, _ns: &str) {}
     /// A namespace and all its data were deleted.
     fn on_namespace_deleted(&self, _ns: &str) {}
+    /// A read needs segment `segment` of `ns`, whose data is neither on local disk nor
+    /// obtainable from the cold tier (offloaded with no cold tier configured, or the cold tier
+    /// failed). Return `true` once a copy of the segment file has been put back at `path`: the
+    /// engine then opens it and retries the read. The default, `false`, fails the read with
+    /// [`Error::Unavailable`]. Called with no namespace lock held except possibly the
+    /// namespace's writer, so writes to `ns` wait while it runs (0-db's `missing-data` hook).
+    fn on_segment_missing(&self, _ns: &str, _segment: u32, _path: &Path) -> bool {
+        false
+    }
     /// A write (set or delete) to `ns` just sealed a segment. Called on the writer's thread
     /// with no engine lock held, after the write is done and the other events were delivered:
     /// an observer may block here to slow writers down (backpressure while the local disk is

@@ -634,17 +634,74 @@ impl Namespace {
                 Ok(buf)
             }
             None => {
-                let cold = shared.cold.as_ref().ok_or_else(|| {
-                    Error::Unavailable(format!(
-                        "{} is offloaded and no cold tier is configured",
+                let why = match &shared.cold {
+                    Some(cold) => {
+                        match cold.get_range(&cold_key(&self.name, seg.id), off..off + len as u64) {
+                            Ok(data) => return Ok(data.to_vec()),
+                            Err(e) => format!("the cold tier failed: {e}"),
+                        }
+                    }
+                    None => "no cold tier is configured".to_string(),
+                };
+                match self.recover_missing(shared, seg)? {
+                    Some(local) => self.read_bytes(shared, &local, off, len),
+                    None => Err(Error::Unavailable(format!(
+                        "{} is offloaded and {why}",
                         seg_location(&self.name, seg.id, off)
-                    ))
-                })?;
-                Ok(cold
-                    .get_range(&cold_key(&self.name, seg.id), off..off + len as u64)?
-                    .to_vec())
+                    ))),
+                }
             }
         }
+    }
+
+    /// A read needs `seg`, whose data is neither local nor obtainable from the cold tier: asks
+    /// the observer to put the file back (0-db's blocking `missing-data` hook) and, if it did,
+    /// opens it and puts it in the segment table in place of `seg`. Called with no lock of this
+    /// namespace held but possibly the writer (a SET comparing with the stored value), so only
+    /// the state lock is taken. The descriptor keeps listing the segment as offloaded: on the
+    /// next open the local file wins, and a lost update of it cannot lose data.
+    fn recover_missing(&self, shared: &Shared, seg: &Segment) -> Result<Option<Arc<Segment>>> {
+        let Some(obs) = &shared.config.observer else {
+            return Ok(None);
+        };
+        if !obs.on_segment_missing(&self.name, seg.id, &seg.path) {
+            return Ok(None);
+        }
+        let opened = match Segment::open(seg.path.clone(), seg.id, false) {
+            Ok(s) => s,
+            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(namespace = %self.name, segment = seg.id,
+                    "the missing-data handler reported success but the file is still missing");
+                return Ok(None);
+            }
+            Err(OpenError::Io(e)) => {
+                return Err(Error::io(format!("open {}", seg.path.display()), e))
+            }
+            Err(OpenError::Bad(d)) => {
+                return Err(Error::corrupt(seg.path.display().to_string(), d))
+            }
+        };
+        if seg.offloaded_len > 0 && opened.len() < seg.offloaded_len {
+            return Err(Error::corrupt(
+                seg.path.display().to_string(),
+                format!(
+                    "restored file holds {} bytes, the segment had {}",
+                    opened.len(),
+                    seg.offloaded_len
+                ),
+            ));
+        }
+        let local = Arc::new(opened.inherit_last_read(seg));
+        let mut st = self.state.write();
+        // Only replace the entry this read saw: compaction may have removed the segment since.
+        if st
+            .segments
+            .get(&seg.id)
+            .is_some_and(|cur| cur.file.is_none())
+        {
+            st.segments.insert(seg.id, local.clone());
+        }
+        Ok(Some(local))
     }
 
     /// Reads and fully verifies the record at `seg`/`off` whose key and value lengths are known.

@@ -10,6 +10,9 @@ use super::dispatch::{atoi, frozen, Shared, ERR_DENIED, ERR_FROZEN, ERR_LOCKED, 
 use super::resp::Reply;
 use super::session::Session;
 
+/// GET of a value whose segment is neither local nor obtainable from the cold tier.
+pub const ERR_DATA_UNAVAILABLE: &str = "Internal Error: data unavailable";
+
 fn locked(s: &Session) -> Option<Reply> {
     s.ns.locked
         .load(Ordering::Relaxed)
@@ -82,6 +85,12 @@ fn get_one(sh: &Shared, s: &Session, key: &[u8]) -> Reply {
             reason: ReadOnlyReason::Frozen,
             ..
         }) => Reply::err(ERR_FROZEN),
+        Err(e @ (Error::Unavailable(_) | Error::Timeout(_))) => {
+            // Offloaded and not restorable (no cold tier, the tier failed, the missing-data
+            // hook did not put the file back): the original's string, with the reason.
+            tracing::warn!(ns = %s.ns.name, error = %e, "GET: data unavailable");
+            Reply::err(ERR_DATA_UNAVAILABLE)
+        }
         Err(e) => {
             tracing::warn!(ns = %s.ns.name, error = %e, "GET failed");
             Reply::err("Internal Error")
