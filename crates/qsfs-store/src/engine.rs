@@ -421,6 +421,20 @@ impl Engine {
         })
     }
 
+    /// Sets many keys of `ns` at once, as [`Store::set`] would one after the other (same
+    /// checks, same outcomes, in order), but appending their records with as few writes as
+    /// possible: one `pwrite` (and one sync under [`Durability::EveryWrite`]) for what would be
+    /// one per key. An empty key asks for a new sequential id (seq mode). Fails as a whole only
+    /// if `ns` does not exist; everything reported written is written (and synced as the
+    /// durability asks) when this returns.
+    pub fn set_many(&self, ns: &str, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<SetOutcome>>> {
+        let (out, sealed) = self.with_ns(ns, |n, s| Ok(n.set_many(s, items)))?;
+        if sealed {
+            self.throttle(ns);
+        }
+        Ok(out)
+    }
+
     /// Drops the in-memory state of `ns` and loads it again from disk (0-db `RELOAD`).
     pub fn reload(&self, ns: &str) -> Result<()> {
         self.with_ns(ns, |n, s| n.reload(s))

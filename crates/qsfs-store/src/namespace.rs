@@ -57,7 +57,37 @@ pub(crate) struct Writer {
     pub opened: Instant,
     /// Reused record buffer.
     pub buf: Vec<u8>,
+    /// Records of a [`Namespace::set_many`] not yet written: appended with one write at the end
+    /// of the batch (or sooner), and only then put in the index, so no reader ever finds a
+    /// location that is not in the file yet.
+    pub batch: Option<Batch>,
 }
+
+/// Records encoded by a batch and waiting for their one write.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The encoded records, to go at the writer's `end`.
+    pub pending: Vec<u8>,
+    /// Their index updates, in order.
+    pub deferred: Vec<Deferred>,
+    /// The item being set.
+    pub item: usize,
+    /// Items whose write failed.
+    pub failed: Vec<usize>,
+}
+
+/// One record of a [`Batch`].
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    /// Position of the item in the batch.
+    pub item: usize,
+    pub key: Vec<u8>,
+    pub header: RecordHeader,
+    pub at: Loc,
+}
+
+/// A batch flushes once it holds this many bytes, bounding the memory it holds.
+const BATCH_MAX_BYTES: usize = 1 << 20;
 
 /// Index, segment table and properties.
 #[derive(Debug)]
@@ -321,6 +351,7 @@ impl Namespace {
                 end,
                 opened: Instant::now(),
                 buf: Vec::new(),
+                batch: None,
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
@@ -1029,7 +1060,8 @@ impl Namespace {
             } else {
                 0
             };
-            (st.index.next_seqno, prev, slot)
+            let deferred = w.batch.as_ref().map_or(0, |b| b.deferred.len() as u64);
+            (st.index.next_seqno + deferred, prev, slot)
         };
         let header = RecordHeader {
             flags: if tombstone { FLAG_TOMBSTONE } else { 0 },
@@ -1042,6 +1074,28 @@ impl Namespace {
             origin: 0,
             slot,
         };
+        if let Some(item) = self.batch_room(
+            shared,
+            w,
+            crate::segment::record_len(key.len(), value.len()),
+        )? {
+            let at = loc(w.seg.id, w.end + self.batch_len(w));
+            if let Some(b) = w.batch.as_mut() {
+                let start = b.pending.len();
+                let mut rec = std::mem::take(&mut w.buf);
+                encode_record_into(&header, &key, value, &mut rec);
+                b.pending.extend_from_slice(&rec);
+                w.buf = rec;
+                debug_assert_eq!(loc(w.seg.id, w.end + start as u64), at);
+                b.deferred.push(Deferred {
+                    item,
+                    key: key.clone(),
+                    header,
+                    at,
+                });
+                return Ok(SetOutcome::Written { key });
+            }
+        }
         let mut rec = std::mem::take(&mut w.buf);
         encode_record_into(&header, &key, value, &mut rec);
         let appended = self.append(shared, w, &rec);
@@ -1051,6 +1105,132 @@ impl Namespace {
         st.index.observe(&header, at);
         st.index.apply(&key, KeyState::of(&header, at));
         Ok(SetOutcome::Written { key })
+    }
+
+    fn batch_len(&self, w: &Writer) -> u64 {
+        w.batch.as_ref().map_or(0, |b| b.pending.len() as u64)
+    }
+
+    /// While batching: makes room for a record of `len` bytes in the batch (writing out what it
+    /// holds if the record would not fit in the current segment or the batch is full) and
+    /// returns the item number to defer it under; `None` = append it now (no batch, or the
+    /// record needs a rotation first).
+    fn batch_room(&self, shared: &Shared, w: &mut Writer, len: u64) -> Result<Option<usize>> {
+        let Some(b) = &w.batch else { return Ok(None) };
+        let item = b.item;
+        let too_old = shared
+            .config
+            .max_segment_age
+            .is_some_and(|a| w.opened.elapsed() >= a);
+        let pending = b.pending.len() as u64;
+        if too_old
+            || w.end + pending + len > shared.config.max_segment_size
+            || pending as usize >= BATCH_MAX_BYTES
+        {
+            self.flush_batch(shared, w)?;
+            if too_old || w.end + len > shared.config.max_segment_size {
+                // The normal append rotates first.
+                return Ok(None);
+            }
+        }
+        Ok(Some(item))
+    }
+
+    /// Writes the batch's records with one write and puts them in the index. On failure none
+    /// of them is written (the file is cut back) and their items are marked failed.
+    fn flush_batch(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
+        let Some(b) = w.batch.as_mut() else {
+            return Ok(());
+        };
+        if b.deferred.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut b.pending);
+        let deferred = std::mem::take(&mut b.deferred);
+        let written = self.append(shared, w, &pending);
+        pending.clear();
+        if let Some(b) = w.batch.as_mut() {
+            b.pending = pending;
+        }
+        match written {
+            Ok(at) => {
+                debug_assert_eq!(deferred.first().map(|d| d.at), Some(at));
+                let mut st = self.state.write();
+                for d in deferred {
+                    st.index.observe(&d.header, d.at);
+                    st.index.apply(&d.key, KeyState::of(&d.header, d.at));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(namespace = %self.name, error = %e, "batched append failed");
+                if let Some(b) = w.batch.as_mut() {
+                    b.failed.extend(deferred.iter().map(|d| d.item));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets many keys under one hold of the writer, appending their records with as few
+    /// writes as possible: what a pipelining client sends in one read costs one `pwrite` (and
+    /// under [`Durability::EveryWrite`] one sync) instead of one each. Each item gets the
+    /// outcome [`Namespace::set`] would give it, in order; everything is written (and synced as
+    /// the durability asks) before this returns, so a caller acknowledges nothing unwritten.
+    pub fn set_many(
+        &self,
+        shared: &Shared,
+        items: &[(&[u8], &[u8])],
+    ) -> (Vec<Result<SetOutcome>>, bool) {
+        let mut w = self.writer.lock();
+        let before = w.seg.id;
+        w.batch = Some(Batch::default());
+        let mut results: Vec<Result<SetOutcome>> = Vec::with_capacity(items.len());
+        for (i, (key, value)) in items.iter().enumerate() {
+            // A record the batch holds is not in the index yet: whatever needs the index to
+            // know it (the same key again, sequential ids, the size limit) writes the batch
+            // out first.
+            let must_flush = w.batch.as_ref().is_some_and(|b| {
+                !b.deferred.is_empty()
+                    && (b.deferred.iter().any(|d| d.key == *key) || {
+                        let st = self.state.read();
+                        st.desc.mode != Mode::User || st.desc.max_size > 0
+                    })
+            });
+            if must_flush {
+                let _ = self.flush_batch(shared, &mut w);
+            }
+            if let Some(b) = w.batch.as_mut() {
+                b.item = i;
+            }
+            let key = if key.is_empty() { None } else { Some(*key) };
+            results.push(self.set_locked(shared, &mut w, key, value, None));
+        }
+        let _ = self.flush_batch(shared, &mut w);
+        let failed = w.batch.take().map(|b| b.failed).unwrap_or_default();
+        for i in failed {
+            results[i] = Err(Error::Unavailable(format!(
+                "writing to namespace {} failed (see the log)",
+                self.name
+            )));
+        }
+        let sealed = w.seg.id != before;
+        let upto = self.tail.load(Ordering::Acquire);
+        drop(w);
+        if results
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(SetOutcome::written))
+        {
+            if let Err(e) = self.wait_group_commit(shared, upto) {
+                let why = e.to_string();
+                for r in results.iter_mut() {
+                    if r.as_ref().is_ok_and(SetOutcome::written) {
+                        *r = Err(Error::Unavailable(why.clone()));
+                    }
+                }
+            }
+        }
+        (results, sealed)
     }
 
     /// `Store::delete_at`; says whether the write sealed a segment.
