@@ -299,6 +299,11 @@ async fn connection<S: Socket>(
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut events: Option<broadcast::Receiver<Event>> = None;
+    // One wait for shutdown for the connection's whole life: a fresh `changed()` per request
+    // would register and unregister with the channel every time, and every connection shares
+    // that channel's lock.
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     let result = loop {
         if (session.wait.is_some() || session.mirror) && events.is_none() {
             sh.listeners.fetch_add(1, Ordering::SeqCst);
@@ -362,7 +367,7 @@ async fn connection<S: Socket>(
                 let _ = flush(sh, &mut stream, &mut out).await;
                 break Ok(());
             }
-            _ = shutdown.changed() => break Ok(()),
+            _ = &mut stop => break Ok(()),
         }
     };
     if session.mirror {
