@@ -650,7 +650,7 @@ impl Engine {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
         for ns in list {
             let w = ns.writer.lock();
-            if let Some(f) = &w.seg.file {
+            if let Some(f) = w.seg.handle().map_err(io_err("open", &w.seg.path))? {
                 f.sync_data().map_err(io_err("sync", &w.seg.path))?;
             }
             ns.write_snapshot_locked(&w);
@@ -670,7 +670,7 @@ impl Drop for Inner {
         }
         for ns in self.namespaces.read().values() {
             let w = ns.writer.lock();
-            if let Some(f) = &w.seg.file {
+            if let Ok(Some(f)) = w.seg.handle() {
                 if let Err(e) = f.sync_data() {
                     tracing::error!(namespace = %ns.name, error = %e, "sync on close failed");
                 }

@@ -557,7 +557,10 @@ impl Namespace {
                 _ => SEGMENT_HEADER_LEN,
             };
             let seg = state.segments[&id].clone();
-            let report = match &seg.file {
+            let handle = seg
+                .handle()
+                .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?;
+            let report = match &handle {
                 Some(f) => {
                     let len = f
                         .metadata()
@@ -600,7 +603,7 @@ impl Namespace {
                 if report.valid_end < len {
                     tracing::warn!(namespace = %name, segment = id, at = report.valid_end, cut = len - report.valid_end,
                         "torn tail cut off the current segment");
-                    if let Some(f) = &seg.file {
+                    if let Some(f) = &handle {
                         f.set_len(report.valid_end)
                             .and_then(|_| f.sync_all())
                             .map_err(|e| {
@@ -650,10 +653,13 @@ impl Namespace {
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
         seg.touch();
-        match &seg.file {
+        let handle = seg
+            .handle()
+            .map_err(|e| Error::io(format!("open {}", seg_location(&self.name, seg.id, off)), e))?;
+        match handle {
             Some(f) => {
                 let mut buf = vec![0u8; len];
-                let n = read_full_at(f, &mut buf, off).map_err(|e| {
+                let n = read_full_at(&f, &mut buf, off).map_err(|e| {
                     Error::io(format!("read {}", seg_location(&self.name, seg.id, off)), e)
                 })?;
                 if n < len {
@@ -839,8 +845,8 @@ impl Namespace {
         }
         let file = w
             .seg
-            .file
-            .as_ref()
+            .handle()
+            .map_err(|e| Error::io(format!("open {}", w.seg.path.display()), e))?
             .ok_or_else(|| Error::InvalidArgument("current segment is not local".into()))?;
         let at = w.end;
         let undo = |e: std::io::Error| {
@@ -871,7 +877,10 @@ impl Namespace {
         // A sealed segment is synced unless the configuration asked for no syncs at all: the
         // periodic flusher only looks at the current segment, so this is its last chance.
         if shared.config.durability != Durability::None {
-            if let Some(f) = &old.file {
+            if let Some(f) = old
+                .handle()
+                .map_err(|e| Error::io(format!("open {}", old.path.display()), e))?
+            {
                 f.sync_all()
                     .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
             }
@@ -1292,9 +1301,10 @@ impl Namespace {
                 let w = self.writer.lock();
                 (w.seg.clone(), self.tail.load(Ordering::Acquire))
             };
-            let r = match &seg.file {
-                Some(f) => f.sync_data(),
-                None => Ok(()),
+            let r = match seg.handle() {
+                Ok(Some(f)) => f.sync_data(),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             };
             g = self.group.lock();
             g.syncing = false;
@@ -1308,19 +1318,40 @@ impl Namespace {
 
     /// `Store::get`.
     pub fn get(&self, shared: &Shared, key: &[u8]) -> Result<Option<Entry>> {
-        let (ks, seg) = {
-            let st = self.state.read();
-            self.check_readable(&st)?;
-            let Some(ks) = st.index.live(key).copied() else {
-                return Ok(None);
+        let mut retried = false;
+        loop {
+            let (ks, seg) = {
+                let st = self.state.read();
+                self.check_readable(&st)?;
+                let Some(ks) = st.index.live(key).copied() else {
+                    return Ok(None);
+                };
+                (ks, self.segment_of(&st, ks.loc)?)
             };
-            (ks, self.segment_of(&st, ks.loc)?)
-        };
-        let (h, value) = self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len)?;
-        Ok(Some(Entry {
-            value,
-            timestamp: h.timestamp,
-        }))
+            match self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len) {
+                Ok((h, value)) => {
+                    return Ok(Some(Entry {
+                        value,
+                        timestamp: h.timestamp,
+                    }))
+                }
+                Err(e) if !retried && matches!(e, Error::Io { .. }) => {
+                    // Compaction may have moved the record and removed its file after the
+                    // descriptor budget closed it: then the index says where it went.
+                    let st = self.state.read();
+                    let moved = st.index.live(key).map(|s| s.loc) != Some(ks.loc)
+                        || st
+                            .segments
+                            .get(&seg.id)
+                            .is_none_or(|s| !Arc::ptr_eq(s, &seg));
+                    if !moved {
+                        return Err(e);
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `Store::meta`.
@@ -1677,7 +1708,10 @@ impl Namespace {
     pub fn sync(&self) -> Result<()> {
         let seg = self.writer.lock().seg.clone();
         self.dirty.store(false, Ordering::Release);
-        if let Some(f) = &seg.file {
+        if let Some(f) = seg
+            .handle()
+            .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?
+        {
             f.sync_data()
                 .map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
         }
@@ -1821,7 +1855,12 @@ impl Namespace {
         let segs: Vec<Arc<Segment>> = self.state.read().segments.values().cloned().collect();
         let mut found = Vec::new();
         for seg in segs {
-            let Some(f) = &seg.file else { continue };
+            let Some(f) = seg
+                .handle()
+                .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?
+            else {
+                continue;
+            };
             let len = if seg.id == loc_segment(tail) {
                 loc_offset(tail)
             } else {
@@ -1829,7 +1868,7 @@ impl Namespace {
                     .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
                     .len()
             };
-            let src = |buf: &mut [u8], off: u64| read_full_at(f, buf, off);
+            let src = |buf: &mut [u8], off: u64| read_full_at(&f, buf, off);
             let report = scan_segment(&src, len, SEGMENT_HEADER_LEN, |_| {})
                 .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
             for (a, b, why) in &report.corrupt {
@@ -1861,10 +1900,8 @@ impl Namespace {
     pub fn reload(&self, shared: &Shared) -> Result<()> {
         let mut w = self.writer.lock();
         w.seg
-            .file
-            .as_ref()
-            .map(|f| f.sync_data())
-            .transpose()
+            .handle()
+            .and_then(|f| f.map(|f| f.sync_data()).transpose())
             .map_err(|e| Error::io("sync before reload", e))?;
         self.write_snapshot_locked(&w);
         let desc = Descriptor::load(&self.dir)?
