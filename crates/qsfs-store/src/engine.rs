@@ -61,7 +61,8 @@ pub trait EngineObserver: Send + Sync {
     fn on_namespace_deleted(&self, _ns: &str) {}
     /// A read needs segment `segment` of `ns`, whose data is neither on local disk nor
     /// obtainable from the cold tier (offloaded with no cold tier configured, or the cold tier
-    /// failed). Return `true` once a copy of the segment file has been put back at `path`: the
+    /// failed; or a sealed file deleted from disk, found when its descriptor had to be
+    /// reopened). Return `true` once a copy of the segment file has been put back at `path`: the
     /// engine then opens it and retries the read. The default, `false`, fails the read with
     /// [`Error::Unavailable`]. Called with no namespace lock held except possibly the
     /// namespace's writer, so writes to `ns` wait while it runs (0-db's `missing-data` hook).

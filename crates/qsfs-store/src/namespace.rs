@@ -653,9 +653,29 @@ impl Namespace {
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
         seg.touch();
-        let handle = seg
-            .handle()
-            .map_err(|e| Error::io(format!("open {}", seg_location(&self.name, seg.id, off)), e))?;
+        let handle = match seg.handle() {
+            // A sealed file whose descriptor the budget closed, deleted since (0-db's offload
+            // contract lets a hook delete uploaded data files): ask for it back. A file that
+            // compaction removed is no longer in the table; the caller looks again instead.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.still_listed(seg) => {
+                match &shared.config.observer {
+                    Some(obs) if obs.on_segment_missing(&self.name, seg.id, &seg.path) => {
+                        seg.handle()
+                    }
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+        .map_err(|e| {
+            let at = seg_location(&self.name, seg.id, off);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // Not `Error::NotFound`: that would read as "no such key".
+                Error::Unavailable(format!("{at}: the file is missing from disk"))
+            } else {
+                Error::io(format!("open {at}"), e)
+            }
+        })?;
         match handle {
             Some(f) => {
                 let mut buf = vec![0u8; len];
@@ -689,6 +709,15 @@ impl Namespace {
                 }
             }
         }
+    }
+
+    /// True if `seg` is still the namespace's segment of its id (not removed or replaced).
+    fn still_listed(&self, seg: &Segment) -> bool {
+        self.state
+            .read()
+            .segments
+            .get(&seg.id)
+            .is_some_and(|s| std::ptr::eq(s.as_ref(), seg))
     }
 
     /// A read needs `seg`, whose data is neither local nor obtainable from the cold tier: asks
@@ -1335,7 +1364,7 @@ impl Namespace {
                         timestamp: h.timestamp,
                     }))
                 }
-                Err(e) if !retried && matches!(e, Error::Io { .. }) => {
+                Err(e) if !retried && matches!(e, Error::Io { .. } | Error::Unavailable(_)) => {
                     // Compaction may have moved the record and removed its file after the
                     // descriptor budget closed it: then the index says where it went.
                     let st = self.state.read();

@@ -78,3 +78,64 @@ fn many_segments_few_descriptors_everything_readable() {
     }
     assert!(e.verify("default").unwrap().is_empty());
 }
+
+/// Puts a saved copy back, as 0-db's `missing-data` hook does, and counts the calls.
+struct PutBack {
+    saved: std::path::PathBuf,
+    calls: std::sync::Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl qsfs_store::EngineObserver for PutBack {
+    fn on_segment_missing(&self, _ns: &str, _segment: u32, path: &std::path::Path) -> bool {
+        self.calls.lock().unwrap().push(path.to_path_buf());
+        std::fs::copy(&self.saved, path).is_ok()
+    }
+}
+
+#[test]
+fn a_deleted_sealed_file_is_asked_for_when_its_descriptor_is_reopened() {
+    qsfs_store::set_max_open_segment_files(4);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("engine");
+    let saved = dir.path().join("saved.seg");
+    let observer = std::sync::Arc::new(PutBack {
+        saved: saved.clone(),
+        calls: Default::default(),
+    });
+    let e = Engine::open(
+        &root,
+        EngineConfig {
+            durability: Durability::None,
+            max_segment_size: 4096,
+            observer: Some(observer.clone()),
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    for k in 0..20u32 {
+        e.set("default", Some(&k.to_le_bytes()), &value(k, 0))
+            .unwrap();
+    }
+    // Key 0 is in segment 0: delete its file (after saving it), then read enough other
+    // segments that its descriptor is closed.
+    let seg = root.join("ns/default/0000000000.seg");
+    std::fs::copy(&seg, &saved).unwrap();
+    std::fs::remove_file(&seg).unwrap();
+    for k in 5..20u32 {
+        e.get("default", &k.to_le_bytes()).unwrap().unwrap();
+    }
+    assert!(observer.calls.lock().unwrap().is_empty());
+    // Not put back (the copy is elsewhere for now): an error, never "no such key".
+    std::fs::rename(&saved, dir.path().join("away")).unwrap();
+    assert!(matches!(
+        e.get("default", &0u32.to_le_bytes()),
+        Err(qsfs_core::Error::Unavailable(_))
+    ));
+    std::fs::rename(dir.path().join("away"), &saved).unwrap();
+    let got = e.get("default", &0u32.to_le_bytes()).unwrap().unwrap();
+    assert_eq!(got.value, value(0, 0));
+    assert_eq!(
+        observer.calls.lock().unwrap().as_slice(),
+        [seg.clone(), seg]
+    );
+}
