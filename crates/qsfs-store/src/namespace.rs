@@ -1119,12 +1119,7 @@ impl Namespace {
         )? {
             let at = loc(w.seg.id, w.end + self.batch_len(w));
             if let Some(b) = w.batch.as_mut() {
-                let start = b.pending.len();
-                let mut rec = std::mem::take(&mut w.buf);
-                encode_record_into(&header, &key, value, &mut rec);
-                b.pending.extend_from_slice(&rec);
-                w.buf = rec;
-                debug_assert_eq!(loc(w.seg.id, w.end + start as u64), at);
+                crate::segment::append_record(&header, &key, value, &mut b.pending);
                 b.deferred.push(Deferred {
                     item,
                     key: key.clone(),

@@ -178,11 +178,16 @@ pub(crate) fn encode_record_into(
     value: &[u8],
     out: &mut Vec<u8>,
 ) {
+    out.clear();
+    append_record(header, key, value, out);
+}
+
+/// [`encode_record`] at the end of `out` (a batch of records written with one call).
+pub(crate) fn append_record(header: &RecordHeader, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let mut fixed = [0u8; RECORD_HEADER_LEN];
     header.encode_fields(&mut fixed);
     let crc = header_crc(&fixed, key);
     fixed[4..8].copy_from_slice(&crc.to_le_bytes());
-    out.clear();
     out.reserve(RECORD_HEADER_LEN + key.len() + value.len());
     out.extend_from_slice(&fixed);
     out.extend_from_slice(key);
