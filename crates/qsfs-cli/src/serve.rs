@@ -304,12 +304,40 @@ impl qsfs_store::EngineObserver for HookObserver {
             .fire("jump-index", vec![index.clone(), index, String::new()]);
         self.hooks.fire("jump-data", vec![old, new]);
     }
+
+    fn on_segment_missing(&self, _ns: &str, _segment: u32, path: &Path) -> bool {
+        // Blocking, as the original: the hook is expected to put the file back; 0 = retry.
+        self.hooks
+            .run("missing-data", vec![path.display().to_string()])
+            == Some(0)
+    }
+}
+
+/// Test-only: set to anything, `qsfs serve` panics once it is ready, so tests can check what a
+/// panic does (the `crash` hook, then abort). Read from the environment at start-up only:
+/// nothing a client sends can reach it.
+const TEST_PANIC_ENV: &str = "QSFS_TEST_PANIC_AFTER_READY";
+
+/// Makes any panic in the server fatal, after firing the `crash` hook (0-db fires it on
+/// SIGSEGV; a panic is Rust's equivalent). A panicked task would otherwise leave the others
+/// serving from state it may have left half-changed; the engine is crash-safe, so aborting and
+/// letting the supervisor restart is the safe choice. The hook is not waited for, as in 0-db.
+fn install_crash_hook(hooks: &Hooks) {
+    let hooks = hooks.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        hooks.fire_detached("crash");
+        std::process::abort();
+    }));
 }
 
 /// Runs `qsfs serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (config, mut engine_config) = build_config(&args)?;
     let hooks = Hooks::new(config.hook.clone(), config.instance_id());
+    install_crash_hook(&hooks);
+    let test_panic = std::env::var_os(TEST_PANIC_ENV).is_some();
     hooks.run(
         "namespaces-init",
         vec![
@@ -346,6 +374,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let handle = server.spawn();
         tracing::info!(addr = ?handle.local_addr, socket = ?handle.socket, "qsfs serve ready");
+        if test_panic {
+            // In a task, like a bug in a connection would.
+            tokio::spawn(async { panic!("{TEST_PANIC_ENV} is set") });
+        }
         let stop = handle.shutdown_sender();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};

@@ -394,3 +394,141 @@ fn unix_socket_replaces_tcp() {
     );
     assert!(!sock.exists(), "socket file removed on shutdown");
 }
+
+/// Waits until `path` holds a line starting with `want` (hooks that are not waited for).
+fn wait_for_line(path: &Path, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with(want)) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {want:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn missing_data_hook_puts_an_offloaded_segment_back() {
+    let dir = TempDir::new("missing");
+    let data = dir.0.join("data");
+    let saved = dir.0.join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    {
+        // Segment 0 offloaded with no cold tier: only the saved copy is left, as after a hook
+        // that uploaded a data file and deleted it.
+        use qsfs_core::Store;
+        let e = qsfs_store::Engine::open(&data, qsfs_store::EngineConfig::default()).unwrap();
+        e.set("default", Some(b"old"), b"old value").unwrap();
+        e.rotate("default").unwrap();
+        e.set("default", Some(b"new"), b"new value").unwrap();
+        let seg = data.join("ns/default/0000000000.seg");
+        std::fs::copy(&seg, saved.join("0000000000.seg")).unwrap();
+        e.offload_segment("default", 0).unwrap();
+    }
+    let log = dir.0.join("events.log");
+    let allow = dir.0.join("allow");
+    let hook = dir.0.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {log}\ncase \"$1\" in\n  missing-data)\n    [ -e {allow} ] || exit 1\n    cp {saved}/\"$(basename \"$3\")\" \"$3\" || exit 1 ;;\nesac\nexit 0\n",
+            log = log.display(),
+            allow = allow.display(),
+            saved = saved.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    let port = free_port();
+    let hook_arg = hook.to_str().unwrap();
+    let mut child = start(&data, port, &["--hook", hook_arg]);
+    let (mut s, mut r) = connect(port);
+    let want = format!(
+        "missing-data tcp://127.0.0.1:{port} {}",
+        data.join("ns/default/0000000000.seg").display()
+    );
+    let count = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .filter(|l| *l == want.as_str())
+            .count()
+    };
+    // The hook fails: a clear error, never a wrong value, and the server keeps serving.
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "old"]).as_deref(),
+        Some("-Internal Error: data unavailable")
+    );
+    assert_eq!(count(&log), 1);
+    assert_eq!(
+        cmd(&mut s, &mut r, &["CHECK", "old"]).as_deref(),
+        Some(":-1")
+    );
+    assert_eq!(cmd(&mut s, &mut r, &["PING"]).as_deref(), Some("+PONG"));
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "new"]).as_deref(),
+        Some("new value")
+    );
+    // The hook puts the file back: the read is retried and answers the stored value.
+    std::fs::write(&allow, b"").unwrap();
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "old"]).as_deref(),
+        Some("old value")
+    );
+    let after = count(&log);
+    assert_eq!(after, 3, "{}", std::fs::read_to_string(&log).unwrap());
+    // Once back, the file is used without asking again, also after a restart.
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "old"]).as_deref(),
+        Some("old value")
+    );
+    signal(&child, "-TERM");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    std::fs::remove_file(&allow).unwrap();
+    let _child = start(&data, port, &["--hook", hook_arg]);
+    let (mut s, mut r) = connect(port);
+    assert_eq!(
+        cmd(&mut s, &mut r, &["GET", "old"]).as_deref(),
+        Some("old value")
+    );
+    assert_eq!(count(&log), after);
+}
+
+#[test]
+fn a_panic_fires_the_crash_hook_and_aborts() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("crash");
+    let log = dir.0.join("events.log");
+    let hook = dir.0.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 0\n", log.display()),
+    )
+    .unwrap();
+    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    let port = free_port();
+    let mut child = Serve(
+        Command::new(BIN)
+            .args(["serve", "--port", &port.to_string(), "--data"])
+            .arg(dir.0.join("data"))
+            .args(["--hook", hook.to_str().unwrap()])
+            .env("QSFS_TEST_PANIC_AFTER_READY", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.signal(), Some(libc_sigabrt()), "{status:?}");
+    let text = wait_for_line(&log, &format!("crash tcp://127.0.0.1:{port}"));
+    assert!(text.lines().any(|l| l.starts_with("ready ")), "{text}");
+}
+
+/// SIGABRT, without a libc dependency in the tests.
+fn libc_sigabrt() -> i32 {
+    6
+}

@@ -127,17 +127,17 @@ fn get(c: &mut Criterion) {
             .expect("set");
     }
     // Baseline: a positioned read of the same number of bytes at a random record-aligned
-    // offset of a plain file of the same size (page cache, like the engine's reads).
+    // offset of a plain file of the same size (page cache, like the engine's reads), written
+    // one record at a time like the engine's segment. Written in 1 MiB chunks instead, the
+    // page cache holds it in large folios and a `pread` of it is about 1.5x faster (measured
+    // here: ~1.0M/s against ~0.65M/s), which is the file's layout, not the engine's cost.
     let raw_path = dir.path().join("raw-get");
     let record = (64 + KEY + VALUE) as u64;
     {
         let f = File::create(&raw_path).expect("create");
-        f.set_len(record * n).expect("set_len");
-        let chunk = vec![7u8; 1 << 20];
-        let mut off = 0;
-        while off < record * n {
-            f.write_all_at(&chunk, off).expect("fill");
-            off += chunk.len() as u64;
+        let rec = vec![7u8; record as usize];
+        for i in 0..n {
+            f.write_all_at(&rec, i * record).expect("fill");
         }
     }
     let raw = File::open(&raw_path).expect("open");

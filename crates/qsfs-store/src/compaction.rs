@@ -57,8 +57,8 @@ enum Source {
 impl Source {
     fn read(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
         match self {
-            Source::Local(seg) => match &seg.file {
-                Some(f) => read_full_at(f, buf, off),
+            Source::Local(seg) => match seg.handle()? {
+                Some(f) => read_full_at(&f, buf, off),
                 None => Ok(0),
             },
             Source::Cold(data) => {
@@ -120,7 +120,10 @@ fn compact_segment(
             crate::segment::segment_file_name(seg.id)
         )
     };
-    let (source, len) = match &seg.file {
+    let handle = seg
+        .handle()
+        .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?;
+    let (source, len) = match handle {
         Some(file) => {
             let len = file
                 .metadata()
@@ -230,7 +233,11 @@ fn compact_segment(
     }
     // The copies must be durable before the only other copy goes away.
     let w = ns.writer.lock();
-    if let Some(f) = &w.seg.file {
+    if let Some(f) = w
+        .seg
+        .handle()
+        .map_err(|e| Error::io(format!("open {}", w.seg.path.display()), e))?
+    {
         f.sync_data()
             .map_err(|e| Error::io(format!("sync {}", w.seg.path.display()), e))?;
     }

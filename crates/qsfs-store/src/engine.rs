@@ -59,6 +59,16 @@ pub trait EngineObserver: Send + Sync {
     fn on_namespace_updated(&self, _ns: &str) {}
     /// A namespace and all its data were deleted.
     fn on_namespace_deleted(&self, _ns: &str) {}
+    /// A read needs segment `segment` of `ns`, whose data is neither on local disk nor
+    /// obtainable from the cold tier (offloaded with no cold tier configured, or the cold tier
+    /// failed; or a sealed file deleted from disk, found when its descriptor had to be
+    /// reopened). Return `true` once a copy of the segment file has been put back at `path`: the
+    /// engine then opens it and retries the read. The default, `false`, fails the read with
+    /// [`Error::Unavailable`]. Called with no namespace lock held except possibly the
+    /// namespace's writer, so writes to `ns` wait while it runs (0-db's `missing-data` hook).
+    fn on_segment_missing(&self, _ns: &str, _segment: u32, _path: &Path) -> bool {
+        false
+    }
     /// A write (set or delete) to `ns` just sealed a segment. Called on the writer's thread
     /// with no engine lock held, after the write is done and the other events were delivered:
     /// an observer may block here to slow writers down (backpressure while the local disk is
@@ -412,6 +422,20 @@ impl Engine {
         })
     }
 
+    /// Sets many keys of `ns` at once, as [`Store::set`] would one after the other (same
+    /// checks, same outcomes, in order), but appending their records with as few writes as
+    /// possible: one `pwrite` (and one sync under [`Durability::EveryWrite`]) for what would be
+    /// one per key. An empty key asks for a new sequential id (seq mode). Fails as a whole only
+    /// if `ns` does not exist; everything reported written is written (and synced as the
+    /// durability asks) when this returns.
+    pub fn set_many(&self, ns: &str, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<SetOutcome>>> {
+        let (out, sealed) = self.with_ns(ns, |n, s| Ok(n.set_many(s, items)))?;
+        if sealed {
+            self.throttle(ns);
+        }
+        Ok(out)
+    }
+
     /// Drops the in-memory state of `ns` and loads it again from disk (0-db `RELOAD`).
     pub fn reload(&self, ns: &str) -> Result<()> {
         self.with_ns(ns, |n, s| n.reload(s))
@@ -627,7 +651,7 @@ impl Engine {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
         for ns in list {
             let w = ns.writer.lock();
-            if let Some(f) = &w.seg.file {
+            if let Some(f) = w.seg.handle().map_err(io_err("open", &w.seg.path))? {
                 f.sync_data().map_err(io_err("sync", &w.seg.path))?;
             }
             ns.write_snapshot_locked(&w);
@@ -647,7 +671,7 @@ impl Drop for Inner {
         }
         for ns in self.namespaces.read().values() {
             let w = ns.writer.lock();
-            if let Some(f) = &w.seg.file {
+            if let Ok(Some(f)) = w.seg.handle() {
                 if let Err(e) = f.sync_data() {
                     tracing::error!(namespace = %ns.name, error = %e, "sync on close failed");
                 }

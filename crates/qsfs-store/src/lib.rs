@@ -81,3 +81,4 @@ pub use engine::{Engine, EngineObserver};
 pub use error::EngineError;
 pub use manifest::Manifest;
 pub use namespace::{NamespaceStats, RawRecord, SegmentStats};
+pub use segment::{set_max_open_segment_files, DEFAULT_MAX_OPEN_SEGMENT_FILES};

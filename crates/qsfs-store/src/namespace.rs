@@ -57,7 +57,37 @@ pub(crate) struct Writer {
     pub opened: Instant,
     /// Reused record buffer.
     pub buf: Vec<u8>,
+    /// Records of a [`Namespace::set_many`] not yet written: appended with one write at the end
+    /// of the batch (or sooner), and only then put in the index, so no reader ever finds a
+    /// location that is not in the file yet.
+    pub batch: Option<Batch>,
 }
+
+/// Records encoded by a batch and waiting for their one write.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The encoded records, to go at the writer's `end`.
+    pub pending: Vec<u8>,
+    /// Their index updates, in order.
+    pub deferred: Vec<Deferred>,
+    /// The item being set.
+    pub item: usize,
+    /// Items whose write failed.
+    pub failed: Vec<usize>,
+}
+
+/// One record of a [`Batch`].
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    /// Position of the item in the batch.
+    pub item: usize,
+    pub key: Vec<u8>,
+    pub header: RecordHeader,
+    pub at: Loc,
+}
+
+/// A batch flushes once it holds this many bytes, bounding the memory it holds.
+const BATCH_MAX_BYTES: usize = 1 << 20;
 
 /// Index, segment table and properties.
 #[derive(Debug)]
@@ -321,6 +351,7 @@ impl Namespace {
                 end,
                 opened: Instant::now(),
                 buf: Vec::new(),
+                batch: None,
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
@@ -526,7 +557,10 @@ impl Namespace {
                 _ => SEGMENT_HEADER_LEN,
             };
             let seg = state.segments[&id].clone();
-            let report = match &seg.file {
+            let handle = seg
+                .handle()
+                .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?;
+            let report = match &handle {
                 Some(f) => {
                     let len = f
                         .metadata()
@@ -569,7 +603,7 @@ impl Namespace {
                 if report.valid_end < len {
                     tracing::warn!(namespace = %name, segment = id, at = report.valid_end, cut = len - report.valid_end,
                         "torn tail cut off the current segment");
-                    if let Some(f) = &seg.file {
+                    if let Some(f) = &handle {
                         f.set_len(report.valid_end)
                             .and_then(|_| f.sync_all())
                             .map_err(|e| {
@@ -619,10 +653,33 @@ impl Namespace {
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
         seg.touch();
-        match &seg.file {
+        let handle = match seg.handle() {
+            // A sealed file whose descriptor the budget closed, deleted since (0-db's offload
+            // contract lets a hook delete uploaded data files): ask for it back. A file that
+            // compaction removed is no longer in the table; the caller looks again instead.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.still_listed(seg) => {
+                match &shared.config.observer {
+                    Some(obs) if obs.on_segment_missing(&self.name, seg.id, &seg.path) => {
+                        seg.handle()
+                    }
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+        .map_err(|e| {
+            let at = seg_location(&self.name, seg.id, off);
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // Not `Error::NotFound`: that would read as "no such key".
+                Error::Unavailable(format!("{at}: the file is missing from disk"))
+            } else {
+                Error::io(format!("open {at}"), e)
+            }
+        })?;
+        match handle {
             Some(f) => {
                 let mut buf = vec![0u8; len];
-                let n = read_full_at(f, &mut buf, off).map_err(|e| {
+                let n = read_full_at(&f, &mut buf, off).map_err(|e| {
                     Error::io(format!("read {}", seg_location(&self.name, seg.id, off)), e)
                 })?;
                 if n < len {
@@ -634,17 +691,83 @@ impl Namespace {
                 Ok(buf)
             }
             None => {
-                let cold = shared.cold.as_ref().ok_or_else(|| {
-                    Error::Unavailable(format!(
-                        "{} is offloaded and no cold tier is configured",
+                let why = match &shared.cold {
+                    Some(cold) => {
+                        match cold.get_range(&cold_key(&self.name, seg.id), off..off + len as u64) {
+                            Ok(data) => return Ok(data.to_vec()),
+                            Err(e) => format!("the cold tier failed: {e}"),
+                        }
+                    }
+                    None => "no cold tier is configured".to_string(),
+                };
+                match self.recover_missing(shared, seg)? {
+                    Some(local) => self.read_bytes(shared, &local, off, len),
+                    None => Err(Error::Unavailable(format!(
+                        "{} is offloaded and {why}",
                         seg_location(&self.name, seg.id, off)
-                    ))
-                })?;
-                Ok(cold
-                    .get_range(&cold_key(&self.name, seg.id), off..off + len as u64)?
-                    .to_vec())
+                    ))),
+                }
             }
         }
+    }
+
+    /// True if `seg` is still the namespace's segment of its id (not removed or replaced).
+    fn still_listed(&self, seg: &Segment) -> bool {
+        self.state
+            .read()
+            .segments
+            .get(&seg.id)
+            .is_some_and(|s| std::ptr::eq(s.as_ref(), seg))
+    }
+
+    /// A read needs `seg`, whose data is neither local nor obtainable from the cold tier: asks
+    /// the observer to put the file back (0-db's blocking `missing-data` hook) and, if it did,
+    /// opens it and puts it in the segment table in place of `seg`. Called with no lock of this
+    /// namespace held but possibly the writer (a SET comparing with the stored value), so only
+    /// the state lock is taken. The descriptor keeps listing the segment as offloaded: on the
+    /// next open the local file wins, and a lost update of it cannot lose data.
+    fn recover_missing(&self, shared: &Shared, seg: &Segment) -> Result<Option<Arc<Segment>>> {
+        let Some(obs) = &shared.config.observer else {
+            return Ok(None);
+        };
+        if !obs.on_segment_missing(&self.name, seg.id, &seg.path) {
+            return Ok(None);
+        }
+        let opened = match Segment::open(seg.path.clone(), seg.id, false) {
+            Ok(s) => s,
+            Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(namespace = %self.name, segment = seg.id,
+                    "the missing-data handler reported success but the file is still missing");
+                return Ok(None);
+            }
+            Err(OpenError::Io(e)) => {
+                return Err(Error::io(format!("open {}", seg.path.display()), e))
+            }
+            Err(OpenError::Bad(d)) => {
+                return Err(Error::corrupt(seg.path.display().to_string(), d))
+            }
+        };
+        if seg.offloaded_len > 0 && opened.len() < seg.offloaded_len {
+            return Err(Error::corrupt(
+                seg.path.display().to_string(),
+                format!(
+                    "restored file holds {} bytes, the segment had {}",
+                    opened.len(),
+                    seg.offloaded_len
+                ),
+            ));
+        }
+        let local = Arc::new(opened.inherit_last_read(seg));
+        let mut st = self.state.write();
+        // Only replace the entry this read saw: compaction may have removed the segment since.
+        if st
+            .segments
+            .get(&seg.id)
+            .is_some_and(|cur| cur.file.is_none())
+        {
+            st.segments.insert(seg.id, local.clone());
+        }
+        Ok(Some(local))
     }
 
     /// Reads and fully verifies the record at `seg`/`off` whose key and value lengths are known.
@@ -751,8 +874,8 @@ impl Namespace {
         }
         let file = w
             .seg
-            .file
-            .as_ref()
+            .handle()
+            .map_err(|e| Error::io(format!("open {}", w.seg.path.display()), e))?
             .ok_or_else(|| Error::InvalidArgument("current segment is not local".into()))?;
         let at = w.end;
         let undo = |e: std::io::Error| {
@@ -783,7 +906,10 @@ impl Namespace {
         // A sealed segment is synced unless the configuration asked for no syncs at all: the
         // periodic flusher only looks at the current segment, so this is its last chance.
         if shared.config.durability != Durability::None {
-            if let Some(f) = &old.file {
+            if let Some(f) = old
+                .handle()
+                .map_err(|e| Error::io(format!("open {}", old.path.display()), e))?
+            {
                 f.sync_all()
                     .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
             }
@@ -972,7 +1098,8 @@ impl Namespace {
             } else {
                 0
             };
-            (st.index.next_seqno, prev, slot)
+            let deferred = w.batch.as_ref().map_or(0, |b| b.deferred.len() as u64);
+            (st.index.next_seqno + deferred, prev, slot)
         };
         let header = RecordHeader {
             flags: if tombstone { FLAG_TOMBSTONE } else { 0 },
@@ -985,6 +1112,23 @@ impl Namespace {
             origin: 0,
             slot,
         };
+        if let Some(item) = self.batch_room(
+            shared,
+            w,
+            crate::segment::record_len(key.len(), value.len()),
+        )? {
+            let at = loc(w.seg.id, w.end + self.batch_len(w));
+            if let Some(b) = w.batch.as_mut() {
+                crate::segment::append_record(&header, &key, value, &mut b.pending);
+                b.deferred.push(Deferred {
+                    item,
+                    key: key.clone(),
+                    header,
+                    at,
+                });
+                return Ok(SetOutcome::Written { key });
+            }
+        }
         let mut rec = std::mem::take(&mut w.buf);
         encode_record_into(&header, &key, value, &mut rec);
         let appended = self.append(shared, w, &rec);
@@ -994,6 +1138,132 @@ impl Namespace {
         st.index.observe(&header, at);
         st.index.apply(&key, KeyState::of(&header, at));
         Ok(SetOutcome::Written { key })
+    }
+
+    fn batch_len(&self, w: &Writer) -> u64 {
+        w.batch.as_ref().map_or(0, |b| b.pending.len() as u64)
+    }
+
+    /// While batching: makes room for a record of `len` bytes in the batch (writing out what it
+    /// holds if the record would not fit in the current segment or the batch is full) and
+    /// returns the item number to defer it under; `None` = append it now (no batch, or the
+    /// record needs a rotation first).
+    fn batch_room(&self, shared: &Shared, w: &mut Writer, len: u64) -> Result<Option<usize>> {
+        let Some(b) = &w.batch else { return Ok(None) };
+        let item = b.item;
+        let too_old = shared
+            .config
+            .max_segment_age
+            .is_some_and(|a| w.opened.elapsed() >= a);
+        let pending = b.pending.len() as u64;
+        if too_old
+            || w.end + pending + len > shared.config.max_segment_size
+            || pending as usize >= BATCH_MAX_BYTES
+        {
+            self.flush_batch(shared, w)?;
+            if too_old || w.end + len > shared.config.max_segment_size {
+                // The normal append rotates first.
+                return Ok(None);
+            }
+        }
+        Ok(Some(item))
+    }
+
+    /// Writes the batch's records with one write and puts them in the index. On failure none
+    /// of them is written (the file is cut back) and their items are marked failed.
+    fn flush_batch(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
+        let Some(b) = w.batch.as_mut() else {
+            return Ok(());
+        };
+        if b.deferred.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut b.pending);
+        let deferred = std::mem::take(&mut b.deferred);
+        let written = self.append(shared, w, &pending);
+        pending.clear();
+        if let Some(b) = w.batch.as_mut() {
+            b.pending = pending;
+        }
+        match written {
+            Ok(at) => {
+                debug_assert_eq!(deferred.first().map(|d| d.at), Some(at));
+                let mut st = self.state.write();
+                for d in deferred {
+                    st.index.observe(&d.header, d.at);
+                    st.index.apply(&d.key, KeyState::of(&d.header, d.at));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(namespace = %self.name, error = %e, "batched append failed");
+                if let Some(b) = w.batch.as_mut() {
+                    b.failed.extend(deferred.iter().map(|d| d.item));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets many keys under one hold of the writer, appending their records with as few
+    /// writes as possible: what a pipelining client sends in one read costs one `pwrite` (and
+    /// under [`Durability::EveryWrite`] one sync) instead of one each. Each item gets the
+    /// outcome [`Namespace::set`] would give it, in order; everything is written (and synced as
+    /// the durability asks) before this returns, so a caller acknowledges nothing unwritten.
+    pub fn set_many(
+        &self,
+        shared: &Shared,
+        items: &[(&[u8], &[u8])],
+    ) -> (Vec<Result<SetOutcome>>, bool) {
+        let mut w = self.writer.lock();
+        let before = w.seg.id;
+        w.batch = Some(Batch::default());
+        let mut results: Vec<Result<SetOutcome>> = Vec::with_capacity(items.len());
+        for (i, (key, value)) in items.iter().enumerate() {
+            // A record the batch holds is not in the index yet: whatever needs the index to
+            // know it (the same key again, sequential ids, the size limit) writes the batch
+            // out first.
+            let must_flush = w.batch.as_ref().is_some_and(|b| {
+                !b.deferred.is_empty()
+                    && (b.deferred.iter().any(|d| d.key == *key) || {
+                        let st = self.state.read();
+                        st.desc.mode != Mode::User || st.desc.max_size > 0
+                    })
+            });
+            if must_flush {
+                let _ = self.flush_batch(shared, &mut w);
+            }
+            if let Some(b) = w.batch.as_mut() {
+                b.item = i;
+            }
+            let key = if key.is_empty() { None } else { Some(*key) };
+            results.push(self.set_locked(shared, &mut w, key, value, None));
+        }
+        let _ = self.flush_batch(shared, &mut w);
+        let failed = w.batch.take().map(|b| b.failed).unwrap_or_default();
+        for i in failed {
+            results[i] = Err(Error::Unavailable(format!(
+                "writing to namespace {} failed (see the log)",
+                self.name
+            )));
+        }
+        let sealed = w.seg.id != before;
+        let upto = self.tail.load(Ordering::Acquire);
+        drop(w);
+        if results
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(SetOutcome::written))
+        {
+            if let Err(e) = self.wait_group_commit(shared, upto) {
+                let why = e.to_string();
+                for r in results.iter_mut() {
+                    if r.as_ref().is_ok_and(SetOutcome::written) {
+                        *r = Err(Error::Unavailable(why.clone()));
+                    }
+                }
+            }
+        }
+        (results, sealed)
     }
 
     /// `Store::delete_at`; says whether the write sealed a segment.
@@ -1055,9 +1325,10 @@ impl Namespace {
                 let w = self.writer.lock();
                 (w.seg.clone(), self.tail.load(Ordering::Acquire))
             };
-            let r = match &seg.file {
-                Some(f) => f.sync_data(),
-                None => Ok(()),
+            let r = match seg.handle() {
+                Ok(Some(f)) => f.sync_data(),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             };
             g = self.group.lock();
             g.syncing = false;
@@ -1071,19 +1342,40 @@ impl Namespace {
 
     /// `Store::get`.
     pub fn get(&self, shared: &Shared, key: &[u8]) -> Result<Option<Entry>> {
-        let (ks, seg) = {
-            let st = self.state.read();
-            self.check_readable(&st)?;
-            let Some(ks) = st.index.live(key).copied() else {
-                return Ok(None);
+        let mut retried = false;
+        loop {
+            let (ks, seg) = {
+                let st = self.state.read();
+                self.check_readable(&st)?;
+                let Some(ks) = st.index.live(key).copied() else {
+                    return Ok(None);
+                };
+                (ks, self.segment_of(&st, ks.loc)?)
             };
-            (ks, self.segment_of(&st, ks.loc)?)
-        };
-        let (h, value) = self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len)?;
-        Ok(Some(Entry {
-            value,
-            timestamp: h.timestamp,
-        }))
+            match self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len) {
+                Ok((h, value)) => {
+                    return Ok(Some(Entry {
+                        value,
+                        timestamp: h.timestamp,
+                    }))
+                }
+                Err(e) if !retried && matches!(e, Error::Io { .. } | Error::Unavailable(_)) => {
+                    // Compaction may have moved the record and removed its file after the
+                    // descriptor budget closed it: then the index says where it went.
+                    let st = self.state.read();
+                    let moved = st.index.live(key).map(|s| s.loc) != Some(ks.loc)
+                        || st
+                            .segments
+                            .get(&seg.id)
+                            .is_none_or(|s| !Arc::ptr_eq(s, &seg));
+                    if !moved {
+                        return Err(e);
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `Store::meta`.
@@ -1440,7 +1732,10 @@ impl Namespace {
     pub fn sync(&self) -> Result<()> {
         let seg = self.writer.lock().seg.clone();
         self.dirty.store(false, Ordering::Release);
-        if let Some(f) = &seg.file {
+        if let Some(f) = seg
+            .handle()
+            .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?
+        {
             f.sync_data()
                 .map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
         }
@@ -1584,7 +1879,12 @@ impl Namespace {
         let segs: Vec<Arc<Segment>> = self.state.read().segments.values().cloned().collect();
         let mut found = Vec::new();
         for seg in segs {
-            let Some(f) = &seg.file else { continue };
+            let Some(f) = seg
+                .handle()
+                .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?
+            else {
+                continue;
+            };
             let len = if seg.id == loc_segment(tail) {
                 loc_offset(tail)
             } else {
@@ -1592,7 +1892,7 @@ impl Namespace {
                     .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?
                     .len()
             };
-            let src = |buf: &mut [u8], off: u64| read_full_at(f, buf, off);
+            let src = |buf: &mut [u8], off: u64| read_full_at(&f, buf, off);
             let report = scan_segment(&src, len, SEGMENT_HEADER_LEN, |_| {})
                 .map_err(|e| Error::io(format!("read {}", seg.path.display()), e))?;
             for (a, b, why) in &report.corrupt {
@@ -1624,10 +1924,8 @@ impl Namespace {
     pub fn reload(&self, shared: &Shared) -> Result<()> {
         let mut w = self.writer.lock();
         w.seg
-            .file
-            .as_ref()
-            .map(|f| f.sync_data())
-            .transpose()
+            .handle()
+            .and_then(|f| f.map(|f| f.sync_data()).transpose())
             .map_err(|e| Error::io("sync before reload", e))?;
         self.write_snapshot_locked(&w);
         let desc = Descriptor::load(&self.dir)?

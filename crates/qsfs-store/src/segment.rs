@@ -9,7 +9,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 
 /// Magic at the start of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"QSFSSEG1";
@@ -175,11 +178,16 @@ pub(crate) fn encode_record_into(
     value: &[u8],
     out: &mut Vec<u8>,
 ) {
+    out.clear();
+    append_record(header, key, value, out);
+}
+
+/// [`encode_record`] at the end of `out` (a batch of records written with one call).
+pub(crate) fn append_record(header: &RecordHeader, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
     let mut fixed = [0u8; RECORD_HEADER_LEN];
     header.encode_fields(&mut fixed);
     let crc = header_crc(&fixed, key);
     fixed[4..8].copy_from_slice(&crc.to_le_bytes());
-    out.clear();
     out.reserve(RECORD_HEADER_LEN + key.len() + value.len());
     out.extend_from_slice(&fixed);
     out.extend_from_slice(key);
@@ -225,17 +233,114 @@ pub(crate) fn now_millis() -> u64 {
         .unwrap_or(1)
 }
 
-/// One segment file. The file handle is shared by every reader (positioned reads, no seek), and
-/// stays valid after compaction unlinks the file, so a reader that found a location under the
-/// index lock can always finish its read.
+/// Most sealed segment files open at once, process-wide (see [`set_max_open_segment_files`]).
+pub const DEFAULT_MAX_OPEN_SEGMENT_FILES: usize = 512;
+
+static FD_BUDGET: std::sync::LazyLock<FdBudget> = std::sync::LazyLock::new(|| FdBudget {
+    max: AtomicUsize::new(DEFAULT_MAX_OPEN_SEGMENT_FILES),
+    open: Mutex::new(Vec::new()),
+});
+
+/// Sets how many sealed segment files the engines of this process keep open at most (at least
+/// 1; default [`DEFAULT_MAX_OPEN_SEGMENT_FILES`]). Beyond it the least recently read one is
+/// closed and reopened when next read, so a namespace with thousands of segments does not run
+/// the process out of file descriptors. The segment being appended to stays open and does not
+/// count.
+pub fn set_max_open_segment_files(max: usize) {
+    FD_BUDGET.max.store(max.max(1), Ordering::Relaxed);
+}
+
+/// The open sealed segment files, to close the least recently read one when over budget.
+struct FdBudget {
+    max: AtomicUsize,
+    open: Mutex<Vec<Weak<FdSlot>>>,
+}
+
+impl FdBudget {
+    /// `slot` just got its file: close others while over budget. Lock order: the list, then a
+    /// slot; a slot's lock is never held while taking the list's.
+    fn admit(&self, slot: &Arc<FdSlot>) {
+        let max = self.max.load(Ordering::Relaxed);
+        let mut open = self.open.lock();
+        open.retain(|w| w.strong_count() > 0);
+        while open.len() >= max {
+            let victim = open
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.upgrade().map_or(0, |s| s.used.load(Ordering::Relaxed)))
+                .map(|(i, _)| i);
+            let Some(i) = victim else { break };
+            if let Some(s) = open.swap_remove(i).upgrade() {
+                // Readers holding the `Arc<File>` finish their read; the descriptor closes
+                // when the last of them drops it.
+                s.file.lock().take();
+            }
+        }
+        open.push(Arc::downgrade(slot));
+    }
+}
+
+/// A sealed segment's file, opened on demand and closed when the budget needs room.
+#[derive(Debug, Default)]
+pub(crate) struct FdSlot {
+    file: Mutex<Option<Arc<File>>>,
+    /// Unix milliseconds of the last use (what the budget evicts by).
+    used: AtomicU64,
+}
+
+/// Where a local segment's file handle comes from.
+#[derive(Debug)]
+pub(crate) enum SegFile {
+    /// Always open: the segment being appended to.
+    Pinned(Arc<File>),
+    /// Sealed: opened on demand within the process-wide budget.
+    Lazy(Arc<FdSlot>),
+}
+
+impl SegFile {
+    fn lazy(file: File) -> SegFile {
+        let slot = Arc::new(FdSlot {
+            file: Mutex::new(Some(Arc::new(file))),
+            used: AtomicU64::new(now_millis()),
+        });
+        FD_BUDGET.admit(&slot);
+        SegFile::Lazy(slot)
+    }
+
+    /// The open file of the segment at `path`, reopened if the budget closed it.
+    pub fn get(&self, path: &Path) -> io::Result<Arc<File>> {
+        match self {
+            SegFile::Pinned(f) => Ok(f.clone()),
+            SegFile::Lazy(slot) => {
+                let now = now_millis();
+                if slot.used.load(Ordering::Relaxed) != now {
+                    slot.used.store(now, Ordering::Relaxed);
+                }
+                let mut guard = slot.file.lock();
+                if let Some(f) = &*guard {
+                    return Ok(f.clone());
+                }
+                let f = Arc::new(OpenOptions::new().read(true).open(path)?);
+                *guard = Some(f.clone());
+                drop(guard);
+                FD_BUDGET.admit(slot);
+                Ok(f)
+            }
+        }
+    }
+}
+
+/// One segment file. Readers share its handle (positioned reads, no seek); a reader holds the
+/// `Arc<File>` it got for the whole read, so the read finishes even if compaction unlinks the
+/// file or the descriptor budget closes it meanwhile.
 #[derive(Debug)]
 pub(crate) struct Segment {
     /// Segment id.
     pub id: u32,
     /// Where the file is (or was, once offloaded).
     pub path: PathBuf,
-    /// The open file; `None` once the segment is offloaded to the cold tier.
-    pub file: Option<File>,
+    /// The file; `None` once the segment is offloaded to the cold tier.
+    pub file: Option<SegFile>,
     /// Length of an offloaded segment (0 while local: the file knows).
     pub offloaded_len: u64,
     /// Unix milliseconds of the last record read from it (0 = not since open).
@@ -261,7 +366,7 @@ impl Segment {
         Ok(Segment {
             id,
             path,
-            file: Some(file),
+            file: Some(SegFile::Pinned(Arc::new(file))),
             offloaded_len: 0,
             last_read: AtomicU64::new(0),
         })
@@ -280,6 +385,11 @@ impl Segment {
         if found != id {
             return Err(OpenError::Bad(format!("header names segment {found}")));
         }
+        let file = if writable {
+            SegFile::Pinned(Arc::new(file))
+        } else {
+            SegFile::lazy(file)
+        };
         Ok(Segment {
             id,
             path,
@@ -317,10 +427,18 @@ impl Segment {
         self
     }
 
+    /// The open file (reopened if the descriptor budget closed it); `None` if the segment is
+    /// offloaded.
+    pub fn handle(&self) -> io::Result<Option<Arc<File>>> {
+        self.file.as_ref().map(|f| f.get(&self.path)).transpose()
+    }
+
     /// Current length (of the file, or as recorded when it was offloaded).
     pub fn len(&self) -> u64 {
         match &self.file {
-            Some(f) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            Some(SegFile::Pinned(f)) => f.metadata().map(|m| m.len()).unwrap_or(0),
+            // Not worth opening a closed file for.
+            Some(SegFile::Lazy(_)) => std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
             None => self.offloaded_len,
         }
     }

@@ -442,3 +442,90 @@ fn an_interrupted_namespace_delete_is_finished_on_open() {
         b"v"
     );
 }
+
+/// Outcome of a set as comparable text: which key was written, unchanged, or which error kind.
+fn outcome(r: &qsfs_core::Result<qsfs_core::SetOutcome>) -> String {
+    match r {
+        Ok(qsfs_core::SetOutcome::Written { key }) => format!("written {key:?}"),
+        Ok(qsfs_core::SetOutcome::Unchanged { key }) => format!("unchanged {key:?}"),
+        Err(e) => format!("error {:?}", std::mem::discriminant(e)),
+    }
+}
+
+#[test]
+fn set_many_gives_what_sets_one_by_one_give() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let small = || EngineConfig {
+        max_segment_size: 16 * 1024,
+        ..cfg()
+    };
+    // Batches with repeated keys, identical values, values too large for the room left in a
+    // segment, a size-limited namespace and a sequential one.
+    let item = (
+        0u8..6,
+        prop_oneof![Just(0usize), Just(10), Just(3000), Just(9000)],
+        0u8..3,
+    );
+    let batches = proptest::collection::vec(proptest::collection::vec(item, 1..24), 1..8);
+    let mut runner = TestRunner::new(Config {
+        cases: 10,
+        ..Config::default()
+    });
+    runner
+        .run(&batches, |batches| {
+            let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let a = Engine::open(one.path(), small()).unwrap();
+            let b = Engine::open(many.path(), small()).unwrap();
+            for e in [&a, &b] {
+                e.namespace_create("limited").unwrap();
+                e.namespace_set("limited", NamespaceProperty::MaxSize(20_000))
+                    .unwrap();
+                e.namespace_create("seq").unwrap();
+                e.namespace_set("seq", NamespaceProperty::Mode(Mode::Seq))
+                    .unwrap();
+            }
+            for (n, batch) in batches.iter().enumerate() {
+                let ns = ["default", "limited", "seq"][n % 3];
+                let items: Vec<(Vec<u8>, Vec<u8>)> = batch
+                    .iter()
+                    .map(|(k, len, fill)| {
+                        let key = if ns == "seq" {
+                            if *k < 3 {
+                                Vec::new()
+                            } else {
+                                u64::from(*k - 3).to_le_bytes().to_vec()
+                            }
+                        } else {
+                            vec![b'k', *k]
+                        };
+                        (key, vec![*fill; *len])
+                    })
+                    .collect();
+                let refs: Vec<(&[u8], &[u8])> = items
+                    .iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                    .collect();
+                let expected: Vec<String> = refs
+                    .iter()
+                    .map(|(k, v)| outcome(&a.set_at(ns, (!k.is_empty()).then_some(*k), v, None)))
+                    .collect();
+                let got: Vec<String> = b.set_many(ns, &refs).unwrap().iter().map(outcome).collect();
+                prop_assert_eq!(expected, got);
+            }
+            drop(b);
+            let b = Engine::open(many.path(), small()).unwrap();
+            for ns in ["default", "limited", "seq"] {
+                let keys = |e: &Engine| {
+                    let page = e.scan(ns, None, 1000, ScanOrder::Forward).unwrap();
+                    page.entries
+                        .iter()
+                        .map(|m| (m.key.clone(), e.get(ns, &m.key).unwrap().unwrap().value))
+                        .collect::<Vec<_>>()
+                };
+                prop_assert_eq!(keys(&a), keys(&b));
+            }
+            Ok(())
+        })
+        .unwrap();
+}

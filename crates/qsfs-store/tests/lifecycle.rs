@@ -576,3 +576,73 @@ fn the_background_compactor_gives_space_back_and_only_where_asked() {
     std::thread::sleep(Duration::from_millis(100));
     Engine::open(dir.path(), cfg()).unwrap();
 }
+
+/// Puts a saved copy of a segment back when the engine reports it missing (what 0-db's
+/// `missing-data` hook does), and records every call.
+struct Restorer {
+    saved: std::path::PathBuf,
+    allow: std::sync::atomic::AtomicBool,
+    calls: Mutex<Vec<(String, u32, std::path::PathBuf)>>,
+}
+
+impl EngineObserver for Restorer {
+    fn on_segment_missing(&self, ns: &str, segment: u32, path: &Path) -> bool {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((ns.to_string(), segment, path.to_path_buf()));
+        self.allow.load(std::sync::atomic::Ordering::SeqCst)
+            && std::fs::copy(&self.saved, path).is_ok()
+    }
+}
+
+#[test]
+fn a_missing_offloaded_segment_is_asked_for_and_read_once_put_back() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("saved.seg");
+    let data = dir.path().join("engine");
+    let e = Engine::open(&data, cfg()).unwrap();
+    e.set("default", Some(b"old"), &val(1, 0)).unwrap();
+    e.rotate("default").unwrap();
+    e.set("default", Some(b"new"), &val(2, 0)).unwrap();
+    let seg = data.join("ns/default/0000000000.seg");
+    std::fs::copy(&seg, &saved).unwrap();
+    // No cold tier: offloading removes the only local copy, as a hook script deleting an
+    // uploaded data file does.
+    e.offload_segment("default", 0).unwrap();
+    drop(e);
+    assert!(!seg.exists());
+
+    let restorer = Arc::new(Restorer {
+        saved,
+        allow: false.into(),
+        calls: Mutex::default(),
+    });
+    let config = EngineConfig {
+        observer: Some(restorer.clone()),
+        ..cfg()
+    };
+    let e = Engine::open(&data, config).unwrap();
+    // Not put back: a clear error, never a wrong value; the rest stays readable.
+    assert!(matches!(
+        e.get("default", b"old"),
+        Err(Error::Unavailable(_))
+    ));
+    assert_eq!(e.get("default", b"new").unwrap().unwrap().value, val(2, 0));
+    assert_eq!(
+        restorer.calls.lock().unwrap().as_slice(),
+        [("default".to_string(), 0, seg.clone())]
+    );
+    restorer.allow.store(true, Ordering::SeqCst);
+    assert_eq!(e.get("default", b"old").unwrap().unwrap().value, val(1, 0));
+    assert_eq!(restorer.calls.lock().unwrap().len(), 2);
+    // Adopted: later reads use the local file without asking again.
+    assert_eq!(e.get("default", b"old").unwrap().unwrap().value, val(1, 0));
+    assert_eq!(restorer.calls.lock().unwrap().len(), 2);
+    assert!(!e.segments("default").unwrap()[0].offloaded);
+    drop(e);
+    // After a restart the local file wins over the descriptor's "offloaded".
+    let e = Engine::open(&data, cfg()).unwrap();
+    assert_eq!(e.get("default", b"old").unwrap().unwrap().value, val(1, 0));
+}

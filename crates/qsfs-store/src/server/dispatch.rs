@@ -17,6 +17,10 @@ use super::resp::Reply;
 use super::session::{NsState, Session};
 use super::{admin, keys, namespace, scan, ServerConfig, ServerStore};
 
+/// The table entry of SET.
+static SET_ID: std::sync::LazyLock<CommandId> =
+    std::sync::LazyLock::new(|| command::lookup(b"SET", true).unwrap_or(usize::MAX));
+
 /// `Namespace is temporarily frozen (read-write disabled)`.
 pub const ERR_FROZEN: &str = "Namespace is temporarily frozen (read-write disabled)";
 /// `Namespace is temporarily locked (read-only)`.
@@ -178,6 +182,15 @@ impl Shared {
         if reply.as_ref().is_some_and(Reply::is_error) {
             stats.commands_failed.fetch_add(1, Ordering::Relaxed);
         }
+        self.publish(session, id, args);
+        Outcome {
+            reply,
+            close: false,
+        }
+    }
+
+    /// Tells WAIT and MIRROR connections about a command `session` ran.
+    fn publish(&self, session: &Session, id: CommandId, args: Vec<Bytes>) {
         // An atomic rather than `receiver_count`, which takes the channel's lock.
         if self.listeners.load(Ordering::Relaxed) > 0 {
             let mirror = self.mirrors.load(Ordering::Relaxed) > 0;
@@ -188,10 +201,73 @@ impl Shared {
                 args: mirror.then(|| Arc::new(args)),
             });
         }
-        Outcome {
-            reply,
-            close: false,
+    }
+
+    /// True if `args` is a plain `SET key value` that [`Shared::execute_sets`] may run together
+    /// with its neighbours.
+    pub fn batchable_set(&self, session: &Session, args: &[Bytes]) -> bool {
+        args.len() == 3
+            && !session.master
+            && command::lookup(&args[0], self.config.strict_commands) == Some(*SET_ID)
+    }
+
+    /// Runs consecutive plain SETs of one read (each [`Shared::batchable_set`]) with the checks,
+    /// counters, notifications and replies of [`Shared::execute`], but one store call, so their
+    /// records are appended together. Replies are in order.
+    pub fn execute_sets(&self, session: &mut Session, sets: Vec<Vec<Bytes>>) -> Vec<Outcome> {
+        if sets.len() == 1 || session.ns.deleted.load(Ordering::SeqCst) {
+            return sets
+                .into_iter()
+                .map(|args| self.execute(session, args))
+                .collect();
         }
+        let stats = &self.stats;
+        stats
+            .commands_executed
+            .fetch_add(sets.len() as u64, Ordering::Relaxed);
+        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(sets.len());
+        let mut items: Vec<(&[u8], &[u8])> = Vec::with_capacity(sets.len());
+        let mut slots = Vec::with_capacity(sets.len());
+        for (i, args) in sets.iter().enumerate() {
+            match keys::set_check(self, session, &args[1], None) {
+                Ok(()) => {
+                    items.push((&args[1][..], &args[2][..]));
+                    slots.push(i);
+                    replies.push(None);
+                }
+                Err(r) => replies.push(Some(r)),
+            }
+        }
+        if !items.is_empty() {
+            match self.store.set_many(&session.ns.name, &items) {
+                Ok(results) => {
+                    for (i, r) in slots.iter().zip(results) {
+                        replies[*i] = Some(keys::set_reply(session, r));
+                    }
+                }
+                Err(e) => {
+                    let r = keys::set_reply(session, Err(e));
+                    for i in &slots {
+                        replies[*i] = Some(r.clone());
+                    }
+                }
+            }
+        }
+        drop(items);
+        sets.into_iter()
+            .zip(replies)
+            .map(|(args, reply)| {
+                let reply = reply.unwrap_or(Reply::Nil);
+                if reply.is_error() {
+                    stats.commands_failed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.publish(session, *SET_ID, args);
+                Outcome {
+                    reply: Some(reply),
+                    close: false,
+                }
+            })
+            .collect()
     }
 
     fn run(&self, s: &mut Session, cmd: Command) -> Option<Reply> {

@@ -1,6 +1,6 @@
 //! The embedded engine's answers to the admin commands (`NSJUMP`, `RELOAD`, `DATA RAW`, ...).
 
-use qsfs_core::{Error, Result};
+use qsfs_core::{Error, Result, SetOutcome};
 
 use super::{RawEntry, ServerStore};
 use crate::Engine;
@@ -8,6 +8,10 @@ use crate::Engine;
 impl ServerStore for Engine {
     fn rotate(&self, ns: &str) -> Result<()> {
         Engine::rotate(self, ns)
+    }
+
+    fn set_many(&self, ns: &str, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<SetOutcome>>> {
+        Engine::set_many(self, ns, items)
     }
 
     fn reload(&self, ns: &str) -> Result<()> {

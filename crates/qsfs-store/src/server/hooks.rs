@@ -110,6 +110,21 @@ impl Hooks {
         });
     }
 
+    /// Starts `event` and forgets it: no record, no waiting thread, no lock taken. For the
+    /// `crash` event, fired from a panic hook just before the process aborts, where a lock the
+    /// panicking thread held could never be taken again.
+    pub fn fire_detached(&self, event: &str) {
+        let Some(exe) = &self.exe else { return };
+        if let Err(e) = Command::new(exe)
+            .arg(event)
+            .arg(&self.instance)
+            .stdin(Stdio::null())
+            .spawn()
+        {
+            eprintln!("cannot run the {event} hook: {e}");
+        }
+    }
+
     /// Runs `event` and waits for it. `None` when no hook is configured or it could not start.
     pub fn run(&self, event: &str, extra: Vec<String>) -> Option<i32> {
         let (mut child, _) = self.spawn(event, extra)?;

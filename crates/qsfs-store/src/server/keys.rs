@@ -10,6 +10,9 @@ use super::dispatch::{atoi, frozen, Shared, ERR_DENIED, ERR_FROZEN, ERR_LOCKED, 
 use super::resp::Reply;
 use super::session::Session;
 
+/// GET of a value whose segment is neither local nor obtainable from the cold tier.
+pub const ERR_DATA_UNAVAILABLE: &str = "Internal Error: data unavailable";
+
 fn locked(s: &Session) -> Option<Reply> {
     s.ns.locked
         .load(Ordering::Relaxed)
@@ -28,28 +31,42 @@ fn readonly_reply(reason: ReadOnlyReason, worm: &str) -> Reply {
 
 /// SET / SETX, in the check order of spec §4.6.
 pub fn set(sh: &Shared, s: &mut Session, key: &[u8], value: &[u8], ts: Option<&[u8]>) -> Reply {
+    if let Err(r) = set_check(sh, s, key, ts) {
+        return r;
+    }
+    let timestamp = ts.map(|t| atoi(t).max(0) as u64);
+    let k = if key.is_empty() { None } else { Some(key) };
+    let result = sh.store.set_at(&s.ns.name, k, value, timestamp);
+    set_reply(s, result)
+}
+
+/// SET's checks before the store is asked; `Err` holds the reply.
+pub fn set_check(sh: &Shared, s: &Session, key: &[u8], ts: Option<&[u8]>) -> Result<(), Reply> {
     if ts.is_some() && !s.admin {
         sh.stats
             .commands_unauthorized
             .fetch_add(1, Ordering::Relaxed);
-        return Reply::err(ERR_DENIED);
+        return Err(Reply::err(ERR_DENIED));
     }
     if key.len() > MAX_KEY_LEN {
-        return Reply::err("Key too large");
+        return Err(Reply::err("Key too large"));
     }
     if !s.writable {
-        return Reply::err(ERR_READONLY);
+        return Err(Reply::err(ERR_READONLY));
     }
     if let Some(r) = frozen(s).or_else(|| locked(s)) {
-        return r;
+        return Err(r);
     }
+    if key.is_empty() && s.ns.mode() == Mode::User {
+        return Err(Reply::err("Invalid argument, key needed"));
+    }
+    Ok(())
+}
+
+/// SET's reply to what the store answered.
+pub fn set_reply(s: &Session, result: qsfs_core::Result<SetOutcome>) -> Reply {
     let mode = s.ns.mode();
-    if key.is_empty() && mode == Mode::User {
-        return Reply::err("Invalid argument, key needed");
-    }
-    let timestamp = ts.map(|t| atoi(t).max(0) as u64);
-    let k = if key.is_empty() { None } else { Some(key) };
-    match sh.store.set_at(&s.ns.name, k, value, timestamp) {
+    match result {
         Ok(SetOutcome::Written { key }) => {
             s.ns.changed.store(true, Ordering::Relaxed);
             Reply::bulk(key)
@@ -82,6 +99,12 @@ fn get_one(sh: &Shared, s: &Session, key: &[u8]) -> Reply {
             reason: ReadOnlyReason::Frozen,
             ..
         }) => Reply::err(ERR_FROZEN),
+        Err(e @ (Error::Unavailable(_) | Error::Timeout(_))) => {
+            // Offloaded and not restorable (no cold tier, the tier failed, the missing-data
+            // hook did not put the file back): the original's string, with the reason.
+            tracing::warn!(ns = %s.ns.name, error = %e, "GET: data unavailable");
+            Reply::err(ERR_DATA_UNAVAILABLE)
+        }
         Err(e) => {
             tracing::warn!(ns = %s.ns.name, error = %e, "GET failed");
             Reply::err("Internal Error")

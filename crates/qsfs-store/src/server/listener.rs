@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use qsfs_core::{Error, Result};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
@@ -299,6 +299,11 @@ async fn connection<S: Socket>(
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let mut events: Option<broadcast::Receiver<Event>> = None;
+    // One wait for shutdown for the connection's whole life: a fresh `changed()` per request
+    // would register and unregister with the channel every time, and every connection shares
+    // that channel's lock.
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
     let result = loop {
         if (session.wait.is_some() || session.mirror) && events.is_none() {
             sh.listeners.fetch_add(1, Ordering::SeqCst);
@@ -362,7 +367,7 @@ async fn connection<S: Socket>(
                 let _ = flush(sh, &mut stream, &mut out).await;
                 break Ok(());
             }
-            _ = shutdown.changed() => break Ok(()),
+            _ = &mut stop => break Ok(()),
         }
     };
     if session.mirror {
@@ -437,8 +442,38 @@ fn process(
     out: &mut BytesMut,
     events: &mut Option<broadcast::Receiver<Event>>,
 ) -> bool {
+    // Plain SETs are held back and run together when something else comes or the read is
+    // used up, so their records reach the disk in one write.
+    let mut sets: Vec<Vec<Bytes>> = Vec::new();
+    let run_sets = |session: &mut Session, sets: &mut Vec<Vec<Bytes>>, out: &mut BytesMut| {
+        if sets.is_empty() {
+            return false;
+        }
+        for outcome in sh.execute_sets(session, std::mem::take(sets)) {
+            if let Some(r) = outcome.reply {
+                r.encode(out);
+            }
+            if outcome.close {
+                return true;
+            }
+        }
+        false
+    };
     loop {
-        match resp::parse(buf) {
+        let parsed = resp::parse(buf);
+        if let Ok(Some(frame)) = &parsed {
+            if sh.batchable_set(session, &frame.args) {
+                if let Ok(Some(frame)) = parsed {
+                    sets.push(frame.args);
+                }
+                continue;
+            }
+        }
+        if run_sets(session, &mut sets, out) {
+            buf.clear();
+            return true;
+        }
+        match parsed {
             Ok(Some(frame)) => {
                 let outcome = sh.execute(session, frame.args);
                 // Subscribe right after WAIT/MIRROR so no later command of another client is

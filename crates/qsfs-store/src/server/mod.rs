@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qsfs_core::{Error, Mode, Result, Store};
+use qsfs_core::{Error, Mode, Result, SetOutcome, Store};
 
 pub use dispatch::Shared;
 pub use listener::{Server, ServerHandle};
@@ -56,6 +56,16 @@ pub struct RawEntry {
 /// commands. Every method has a default that answers [`Error::Unsupported`], so a store that
 /// lacks one makes the matching command fail with a clear error instead of faking it.
 pub trait ServerStore: Store {
+    /// Plain SETs (no timestamp) of many keys of `ns`, outcomes in order: what a pipelining
+    /// client sent in one read. A store that can append them together overrides this; the
+    /// default sets them one by one.
+    fn set_many(&self, ns: &str, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<SetOutcome>>> {
+        Ok(items
+            .iter()
+            .map(|(k, v)| self.set_at(ns, (!k.is_empty()).then_some(*k), v, None))
+            .collect())
+    }
+
     /// Closes the current segment of `ns` and starts a new one (`NSJUMP`, `--rotate`).
     fn rotate(&self, ns: &str) -> Result<()> {
         let _ = ns;
