@@ -60,6 +60,11 @@ impl Root {
     pub fn status(&self) -> PathBuf {
         self.dir.join("status.json")
     }
+    /// Left by `qsfs recover`: the next `qsfs up` takes over the mount lock that came back
+    /// with the filesystem (it names the lost machine), as `--force` would, then removes it.
+    pub fn takeover(&self) -> PathBuf {
+        self.dir.join("takeover")
+    }
 }
 
 /// Loads `explicit`, else `ROOT/qsfs.toml`; with `create`, writes the default local config

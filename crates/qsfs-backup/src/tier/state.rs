@@ -4,7 +4,8 @@
 //! One small file, `tier.state`, rewritten whole on every change: temp file, fsync, rename,
 //! fsync of the directory, so a crash (kill -9, power loss) leaves either the old or the new
 //! state. Layout: `MAGIC ‖ crc32c(payload) u32 LE ‖ len(payload) u64 LE ‖ payload` with payload =
-//! postcard([`State`]). A state that fails its checksum is refused, never guessed at: losing it
+//! postcard([`State`]). Version 1 files (every confirmation deep-verified at once) are read and
+//! written back as version 2. A state that fails its checksum is refused, never guessed at: losing it
 //! would mean re-uploading everything, and misreading it could mean evicting unconfirmed data.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +15,10 @@ use std::path::{Path, PathBuf};
 use qsfs_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"QSTIER1\0";
+const MAGIC: &[u8; 8] = b"QSTIER2\0";
+/// Version 1: no `verified` flag, because every confirmation was deep-verified before it was
+/// recorded.
+const MAGIC_V1: &[u8; 8] = b"QSTIER1\0";
 const FILE: &str = "tier.state";
 
 /// A segment whose cold copy was read back and verified.
@@ -26,6 +30,10 @@ pub(crate) struct Confirmed {
     pub sha256: [u8; 32],
     /// Object id of the verified cold copy (a later replacement of the same name has another).
     pub object_id: [u8; 16],
+    /// Every shard was read back and its checksum verified (`verify_deep`). Until then the
+    /// upload counts for the backlog, manifests and cuts (its record was read back from the
+    /// metadata quorum with the right size and checksum), but the segment is never evicted.
+    pub verified: bool,
 }
 
 /// The newest manifest of a namespace that reached the backends.
@@ -84,6 +92,46 @@ pub(crate) struct State {
     pub seal_key_uploaded: bool,
 }
 
+/// [`Confirmed`] as version 1 wrote it.
+#[derive(Deserialize)]
+struct ConfirmedV1 {
+    length: u64,
+    sha256: [u8; 32],
+    object_id: [u8; 16],
+}
+
+/// [`State`] as version 1 wrote it.
+#[derive(Deserialize)]
+struct StateV1 {
+    confirmed: BTreeMap<(String, u32), ConfirmedV1>,
+    manifests: BTreeMap<String, UploadedManifest>,
+    deletes: Vec<PendingDelete>,
+    seal_key_uploaded: bool,
+}
+
+impl From<StateV1> for State {
+    fn from(v: StateV1) -> State {
+        State {
+            confirmed: v
+                .confirmed
+                .into_iter()
+                .map(|(k, c)| {
+                    let c = Confirmed {
+                        length: c.length,
+                        sha256: c.sha256,
+                        object_id: c.object_id,
+                        verified: true,
+                    };
+                    (k, c)
+                })
+                .collect(),
+            manifests: v.manifests,
+            deletes: v.deletes,
+            seal_key_uploaded: v.seal_key_uploaded,
+        }
+    }
+}
+
 impl State {
     /// Path of the state file in `dir`.
     pub fn path(dir: &Path) -> PathBuf {
@@ -132,7 +180,7 @@ impl State {
     }
 
     fn decode(b: &[u8]) -> std::result::Result<State, String> {
-        if b.len() < 20 || &b[..8] != MAGIC {
+        if b.len() < 20 || (&b[..8] != MAGIC && &b[..8] != MAGIC_V1) {
             return Err("not a tier state file (bad magic or too short)".into());
         }
         let crc = u32::from_le_bytes(b[8..12].try_into().map_err(|_| "short header")?);
@@ -144,7 +192,12 @@ impl State {
         if crc32c::crc32c(payload) != crc {
             return Err("checksum mismatch".into());
         }
-        postcard::from_bytes(payload).map_err(|e| format!("does not parse: {e}"))
+        let parsed = if &b[..8] == MAGIC_V1 {
+            postcard::from_bytes::<StateV1>(payload).map(State::from)
+        } else {
+            postcard::from_bytes(payload)
+        };
+        parsed.map_err(|e| format!("does not parse: {e}"))
     }
 
     /// Sealed segments of `ns` that are confirmed.
@@ -152,6 +205,13 @@ impl State {
         self.confirmed
             .get(&(ns.to_string(), segment))
             .is_some_and(|c| c.length == length)
+    }
+
+    /// Sealed segments of `ns` that are confirmed and deep-verified: only those may be evicted.
+    pub fn is_verified(&self, ns: &str, segment: u32, length: u64) -> bool {
+        self.confirmed
+            .get(&(ns.to_string(), segment))
+            .is_some_and(|c| c.length == length && c.verified)
     }
 }
 
@@ -164,13 +224,18 @@ mod tests {
     fn arb_state() -> impl Strategy<Value = State> {
         let confirmed = prop::collection::btree_map(
             ("[a-z]{0,6}", any::<u32>()),
-            (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 16]>()).prop_map(
-                |(length, sha256, object_id)| Confirmed {
+            (
+                any::<u64>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 16]>(),
+                any::<bool>(),
+            )
+                .prop_map(|(length, sha256, object_id, verified)| Confirmed {
                     length,
                     sha256,
                     object_id,
-                },
-            ),
+                    verified,
+                }),
             0..20,
         );
         let manifests = prop::collection::btree_map(
@@ -241,6 +306,37 @@ mod tests {
             let cut = pos.index(b.len());
             prop_assert!(State::decode(&b[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn version_1_reads_as_deep_verified() {
+        /// (length, sha256, object id): a version 1 confirmation.
+        type ConfirmedV1 = (u64, [u8; 32], [u8; 16]);
+        #[derive(Serialize)]
+        struct V1 {
+            confirmed: BTreeMap<(String, u32), ConfirmedV1>,
+            manifests: BTreeMap<String, UploadedManifest>,
+            deletes: Vec<PendingDelete>,
+            seal_key_uploaded: bool,
+        }
+        // postcard writes a struct as its fields in order, as it does a tuple.
+        let v1 = V1 {
+            confirmed: [(("data".to_string(), 7), (4096, [1; 32], [2; 16]))].into(),
+            manifests: BTreeMap::new(),
+            deletes: Vec::new(),
+            seal_key_uploaded: true,
+        };
+        let payload = postcard::to_allocvec(&v1).unwrap();
+        let mut b = MAGIC_V1.to_vec();
+        b.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        b.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        b.extend_from_slice(&payload);
+        let st = State::decode(&b).unwrap();
+        assert!(st.is_verified("data", 7, 4096));
+        assert!(st.seal_key_uploaded);
+        assert_eq!(st.confirmed[&("data".to_string(), 7)].object_id, [2; 16]);
+        // Written back as version 2.
+        assert_eq!(&st.encode().unwrap()[..8], MAGIC);
     }
 
     #[test]
