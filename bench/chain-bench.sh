@@ -267,10 +267,14 @@ up off "$(config bench-off $((64 << 30)) 3GiB 86400)"
 t_off=$(best_write "$DIR/off/mnt")
 stop "$UP_PID"
 
-# Offload off with the segments of the offload-on runs.
-up off8 "$(config bench-off8 $((64 << 30)) 8MiB 2)" --no-offload
-t_off8=$(best_write "$DIR/off8/mnt")
-stop "$UP_PID"
+# Offload off with the segments of the offload-on runs (binaries before `--no-offload`: n/a).
+if "$BIN" up --help | grep -q -- --no-offload; then
+  up off8 "$(config bench-off8 $((64 << 30)) 8MiB 2)" --no-offload
+  t_off8=$(best_write "$DIR/off8/mnt")
+  stop "$UP_PID"
+else
+  t_off8=""
+fi
 
 # Offload on, cap above the workload: uploads run during the writes but never hold them back.
 up onbig "$(config bench-onbig $((64 << 30)) 8MiB 2)"
@@ -294,8 +298,8 @@ t_on=$(best_write "$DIR/on/mnt" "$DIR/on/root")
 drain_on=$(python3 "$PY" drain "$BIN" "$DIR/on/root" 2)
 stop "$UP_PID"
 
-mibs() { printf "%.1f" "$(echo "$WRITE_MIB / $1" | bc -l)"; }
-ratio() { printf "%.2f" "$(echo "$1 / $2" | bc -l)"; }
+mibs() { [ -n "$1" ] || { echo n/a; return; }; printf "%.1f" "$(echo "$WRITE_MIB / $1" | bc -l)"; }
+ratio() { [ -n "$1" ] && [ -n "$2" ] || { echo n/a; return; }; printf "%.2f" "$(echo "$1 / $2" | bc -l)"; }
 write_table() {
   echo
   echo "| measure | value | goal |"
