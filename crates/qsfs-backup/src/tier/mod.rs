@@ -46,7 +46,7 @@ pub use fetch::FetchCache;
 pub use metrics::TierMetrics;
 pub use recover::{recover, RecoverReport};
 
-use state::{Gate, PendingDelete, State};
+use state::{Gate, Journal, PendingDelete, State};
 
 /// Object key of a namespace's recovery manifest.
 pub fn manifest_key(ns: &str) -> String {
@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub config: TierConfig,
     pub state: Mutex<State>,
+    /// Where changes of `state` are made durable (taken with `state` held, never alone).
+    pub journal: Mutex<Journal>,
     pub metrics: Arc<TierMetrics>,
     pub fetch: Arc<FetchCache>,
     pub engine: Mutex<Option<Engine>>,
@@ -188,7 +190,7 @@ impl Shared {
         let mut next = st.clone();
         let out = f(&mut next);
         if next != *st {
-            next.save(&self.dir)?;
+            self.journal.lock().commit(&st, &next)?;
             *st = next;
         }
         TierMetrics::set(&self.metrics.pending_deletes, st.deletes.len() as u64);
@@ -224,7 +226,7 @@ impl Tier {
     pub fn new(pipeline: Arc<Pipeline>, state_dir: &Path, config: TierConfig) -> Result<Tier> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::io(format!("create {}", state_dir.display()), e))?;
-        let state = State::load(state_dir)?;
+        let (journal, state) = Journal::open(state_dir)?;
         let metrics = Arc::new(TierMetrics::default());
         TierMetrics::set(&metrics.pending_deletes, state.deletes.len() as u64);
         let fetch = Arc::new(FetchCache::new(
@@ -238,6 +240,7 @@ impl Tier {
                 dir: state_dir.to_path_buf(),
                 config,
                 state: Mutex::new(state),
+                journal: Mutex::new(journal),
                 metrics,
                 fetch,
                 engine: Mutex::new(None),
