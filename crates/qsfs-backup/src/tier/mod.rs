@@ -75,7 +75,8 @@ pub struct TierConfig {
     pub verify_deep: bool,
     /// Run the upload work (compression, encryption, erasure coding, hashing, verification) on
     /// threads of low priority (nice 10), so that it takes the CPU the writers
-    /// leave rather than sharing it with them.
+    /// leave rather than sharing it with them. While the disk is over its cap (writers wait
+    /// for the uploads) the work runs at normal priority.
     pub low_priority: bool,
     /// How often a recovery cut is taken ([`Engine::seal_all`]: unsealed writes are sealed
     /// and the manifests of every namespace captured at one instant) and uploaded once its

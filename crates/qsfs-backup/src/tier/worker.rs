@@ -1,8 +1,9 @@
 //! The offload worker: uploads and verification, manifests, the seal key, cold deletes, GC.
 //!
 //! One thread with its own small runtime. Engine calls are blocking and run on this thread,
-//! outside any async task; pipeline calls run as tasks of the runtime, whose threads run at a
-//! low priority (`TierConfig::low_priority`): compression, encryption, erasure coding
+//! outside any async task; pipeline calls run as tasks of a runtime whose threads run at a low
+//! priority (`TierConfig::low_priority`), or of one at normal priority while the disk is over
+//! its cap and writers wait for the uploads: compression, encryption, erasure coding
 //! and hashing use the CPU the writers leave. This thread keeps its normal priority because it
 //! takes engine locks (`seal_all` holds every writer). The engine's cold-tier reads use the
 //! engine's own runtime, so a slow upload never delays a fetch.
@@ -39,20 +40,15 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// The worker thread's body.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let low = shared.config.low_priority;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(BLOCKING_THREADS)
-        .thread_name("qsfs-tier-io")
-        .on_thread_start(move || {
-            if low {
-                lower_priority();
-            }
-        })
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let runtimes = runtime("qsfs-tier-io", false).and_then(|rt| {
+        let low = match shared.config.low_priority {
+            true => Some(runtime("qsfs-tier-bg", true)?),
+            false => None,
+        };
+        Ok((rt, low))
+    });
+    let (rt, low) = match runtimes {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "tier: cannot start the worker runtime");
             shared.live.lock().last_error = Some(format!("cannot start the worker runtime: {e}"));
@@ -62,6 +58,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut w = Worker {
         shared: shared.clone(),
         rt,
+        low,
+        urgent: false,
         backoff: None,
         retry_at: Instant::now(),
         last_probe: None,
@@ -88,7 +86,25 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
         *woken = false;
     }
+    if let Some(low) = w.low.take() {
+        low.shutdown_background();
+    }
     w.rt.shutdown_background();
+}
+
+/// A runtime for the pipeline work; with `low`, its threads run at low priority.
+fn runtime(name: &str, low: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name(name)
+        .on_thread_start(move || {
+            if low {
+                lower_priority();
+            }
+        })
+        .enable_all()
+        .build()
 }
 
 /// Lowers the calling thread (only it: Linux keeps a nice value per thread) to nice 10: a
@@ -271,7 +287,15 @@ impl<R: Read> Read for HashingReader<R> {
 
 struct Worker {
     shared: Arc<Shared>,
+    /// Normal priority: `block_on` of everything, and the pipeline work while writers wait
+    /// for it (`urgent`).
     rt: tokio::runtime::Runtime,
+    /// Low priority (`TierConfig::low_priority`): the pipeline work otherwise.
+    low: Option<tokio::runtime::Runtime>,
+    /// The disk is over its cap: writers are held until uploads and eviction make room, so
+    /// the uploads must not yield to other processes (a writer waiting on a low-priority
+    /// thread would wait for everything else on the machine).
+    urgent: bool,
     backoff: Option<Duration>,
     retry_at: Instant,
     last_probe: Option<Instant>,
@@ -392,6 +416,7 @@ impl Worker {
             .config
             .local_cap
             .is_some_and(|cap| engine.local_bytes() > cap);
+        self.urgent = over_cap;
         if over_cap && self.verify_step(engine, true)? {
             return Ok(true);
         }
@@ -575,15 +600,19 @@ impl Worker {
         Ok(best)
     }
 
-    /// Runs `fut` as a task of the worker's runtime (on its low-priority threads, not on this
-    /// one) and waits for it.
+    /// Runs `fut` as a task of a worker runtime (not on this thread: the low-priority one
+    /// unless writers wait for the uploads) and waits for it.
     fn on_pool<F>(&self, fut: F) -> Result<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        let pool = match (&self.low, self.urgent) {
+            (Some(low), false) => low,
+            _ => &self.rt,
+        };
         self.rt
-            .block_on(self.rt.spawn(fut))
+            .block_on(pool.spawn(fut))
             .map_err(|e| Error::Unavailable(format!("tier task: {e}")))
     }
 
