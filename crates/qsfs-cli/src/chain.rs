@@ -280,8 +280,9 @@ pub fn drain(engine: &qsfs_store::Engine, tier: &Tier, timeout: Duration) {
         if !tier.wait_idle(timeout) {
             let s = tier.status();
             eprintln!(
-                "qsfs: {} segment(s) ({} bytes) not uploaded yet: they go out at the next start",
-                s.backlog_segments, s.backlog_bytes
+                "qsfs: {} segment(s) ({} bytes) not uploaded yet and {} not read back and \
+                 verified yet: that is done at the next start",
+                s.backlog_segments, s.backlog_bytes, s.unverified_segments
             );
         }
     }
