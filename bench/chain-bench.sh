@@ -5,10 +5,13 @@
 #   1. sequential write throughput through the mount, three ways on the same workload:
 #        mount    `qsfs mount` (the engine alone, no tier)
 #        off      `qsfs up` with offload effectively off (segments never seal during the run)
+#        off8     `qsfs up --no-offload` with the segments of onbig (8 MiB): the engine seals as
+#                 often as with offload on, but nothing is uploaded (and no cuts are taken)
 #        onbig    `qsfs up` with offload running (8 MiB segments sealed after 2 s), cap above
 #                 the workload: the uploads compete for CPU and disk but never hold writes back
 #        on       the same with a 64 MiB cap: past the cap writes wait for uploads (throttle)
-#      and the ratios on/off (goal: offload costs <= 25 %, i.e. ratio >= 0.75);
+#      and the ratios on/off (goal: offload costs <= 25 %, i.e. ratio >= 0.75), against both
+#      baselines: off8 isolates the uploads, off also counts the smaller segments' seals;
 #   2. `qsfs recover` time for 1 GiB in 10,000 files (goal <= 10 s);
 #   3. cold 4 KiB read latency p50/p99 from evicted segments, on the recovered root, where every
 #      segment is in the backends only; one read per distinct 4 MiB stripe (goal p99 <= 50 ms).
@@ -22,6 +25,10 @@
 #   RECOVER_MIB     its total size (default 1024)
 #   REPEAT          runs of each write workload, best one reported (default 3; the machine is
 #                   shared, single runs vary by 2x)
+#   ONLY=write      only the write throughput figures (skips recover and cold reads, which
+#                   take minutes: the 10,000-file data set is written with an fsync per file)
+#   CPU=1           print where the CPU went during the offload-on write (cap above the
+#                   workload): seconds per thread name of `qsfs up`, and of the backends
 #   KEEP=1          keep BENCH_DIR afterwards
 set -euo pipefail
 
@@ -132,6 +139,25 @@ elif cmd == "provision":
 elif cmd == "seqwrite": seqwrite(sys.argv[2], int(sys.argv[3]))
 elif cmd == "manyfiles": manyfiles(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
 elif cmd == "drain": drain(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+elif cmd == "cpu":
+    # CPU seconds (user+system) per thread name of each pid: "name seconds" lines
+    tck = os.sysconf("SC_CLK_TCK"); out = {}
+    for pid in sys.argv[2:]:
+        tdir = "/proc/%s/task" % pid
+        for t in os.listdir(tdir) if os.path.isdir(tdir) else []:
+            try: st = open("%s/%s/stat" % (tdir, t)).read()
+            except OSError: continue
+            name = st[st.index("(") + 1:st.rindex(")")]
+            f = st[st.rindex(")") + 2:].split()
+            key = ("serve:" if pid != sys.argv[2] else "up:") + name.rstrip("0123456789-")
+            out[key] = out.get(key, 0) + (int(f[11]) + int(f[12])) / tck
+    for k in sorted(out): print(k, "%.2f" % out[k])
+elif cmd == "cpudiff":
+    a = dict(l.split() for l in open(sys.argv[2]) if l.strip())
+    b = dict(l.split() for l in open(sys.argv[3]) if l.strip())
+    for k in sorted(b):
+        d = float(b[k]) - float(a.get(k, 0))
+        if d >= 0.01: print("  %-28s %6.2f s" % (k, d))
 elif cmd == "coldreads": coldreads(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
 EOF
 
@@ -195,13 +221,14 @@ backends = [$(list data)]
 EOF
 }
 
-# up NAME CONFIG_TEXT → starts `qsfs up` on DIR/NAME/mnt with root DIR/NAME/root; sets UP_PID
+# up NAME CONFIG_TEXT [ARGS…] → starts `qsfs up` on DIR/NAME/mnt with root DIR/NAME/root; sets
+# UP_PID
 up() {
   local name=$1 root="$DIR/$1/root" mnt="$DIR/$1/mnt"
   mkdir -p "$root" "$mnt"
   [ -f "$root/qsfs.toml" ] || printf '%s\n' "$2" >"$root/qsfs.toml"
   [ -f "$root/qsfs.key" ] || { echo "chain bench passphrase" >"$root/qsfs.key"; chmod 600 "$root/qsfs.key"; }
-  "$BIN" up "$mnt" --root "$root" --config "$root/qsfs.toml" --keyfile "$root/qsfs.key" \
+  "$BIN" up "$mnt" --root "$root" --config "$root/qsfs.toml" --keyfile "$root/qsfs.key" "${@:3}" \
     >>"$DIR/$name.log" 2>&1 &
   UP_PID=$!
   pids+=("$UP_PID")
@@ -240,9 +267,28 @@ up off "$(config bench-off $((64 << 30)) 3GiB 86400)"
 t_off=$(best_write "$DIR/off/mnt")
 stop "$UP_PID"
 
+# Offload off with the segments of the offload-on runs (binaries before `--no-offload`: n/a).
+if "$BIN" up --help | grep -q -- --no-offload; then
+  up off8 "$(config bench-off8 $((64 << 30)) 8MiB 2)" --no-offload
+  t_off8=$(best_write "$DIR/off8/mnt")
+  stop "$UP_PID"
+else
+  t_off8=""
+fi
+
 # Offload on, cap above the workload: uploads run during the writes but never hold them back.
 up onbig "$(config bench-onbig $((64 << 30)) 8MiB 2)"
+[ "${CPU:-0}" != 1 ] || python3 "$PY" cpu "$UP_PID" "${pids[@]:0:4}" >"$DIR/cpu.before"
 t_onbig=$(best_write "$DIR/onbig/mnt" "$DIR/onbig/root")
+if [ "${CPU:-0}" = 1 ]; then
+  python3 "$PY" cpu "$UP_PID" "${pids[@]:0:4}" >"$DIR/cpu.write"
+  python3 "$PY" drain "$BIN" "$DIR/onbig/root" 2 >/dev/null
+  python3 "$PY" cpu "$UP_PID" "${pids[@]:0:4}" >"$DIR/cpu.drain"
+  echo "CPU during the offload-on write (${t_onbig} s):" >&2
+  python3 "$PY" cpudiff "$DIR/cpu.before" "$DIR/cpu.write" >&2
+  echo "CPU after it, until the backlog drained:" >&2
+  python3 "$PY" cpudiff "$DIR/cpu.write" "$DIR/cpu.drain" >&2
+fi
 python3 "$PY" drain "$BIN" "$DIR/onbig/root" 2 >/dev/null
 stop "$UP_PID"
 
@@ -251,6 +297,29 @@ up on "$(config bench-on 64MiB 8MiB 2)"
 t_on=$(best_write "$DIR/on/mnt" "$DIR/on/root")
 drain_on=$(python3 "$PY" drain "$BIN" "$DIR/on/root" 2)
 stop "$UP_PID"
+
+mibs() { [ -n "$1" ] || { echo n/a; return; }; printf "%.1f" "$(echo "$WRITE_MIB / $1" | bc -l)"; }
+ratio() { [ -n "$1" ] && [ -n "$2" ] || { echo n/a; return; }; printf "%.2f" "$(echo "$1 / $2" | bc -l)"; }
+write_table() {
+  echo
+  echo "| measure | value | goal |"
+  echo "|---|---|---|"
+  echo "| seq write $WRITE_MIB MiB, qsfs mount (no tier) | $(mibs "$t_mount") MiB/s (${t_mount} s) | |"
+  echo "| seq write, qsfs up, offload off | $(mibs "$t_off") MiB/s (${t_off} s) | |"
+  echo "| seq write, qsfs up --no-offload, 8 MiB segments | $(mibs "$t_off8") MiB/s (${t_off8} s) | |"
+  echo "| seq write, qsfs up, offload on, cap above the workload | $(mibs "$t_onbig") MiB/s (${t_onbig} s) | |"
+  echo "| seq write, qsfs up, offload on, 64 MiB cap (throttled by uploads) | $(mibs "$t_on") MiB/s (${t_on} s) | |"
+  echo "| ratio on / off (8 MiB segments both), cap above the workload | $(ratio "$t_off8" "$t_onbig") | >= 0.75 |"
+  echo "| ratio on / off, cap above the workload | $(ratio "$t_off" "$t_onbig") | >= 0.75 |"
+  echo "| ratio off 8 MiB segments / off | $(ratio "$t_off" "$t_off8") | |"
+  echo "| ratio on / off, 64 MiB cap | $(ratio "$t_off" "$t_on") | |"
+  echo "| ratio offload off / qsfs mount | $(ratio "$t_mount" "$t_off") | |"
+  echo "| backlog drained after the 64 MiB-cap writes | ${drain_on%% *} s | |"
+}
+if [ "${ONLY:-}" = write ]; then
+  write_table
+  exit 0
+fi
 
 # --- 2. recover: 1 GiB in 10,000 files ----------------------------------------------------
 echo "recover data set: $RECOVER_MIB MiB in $RECOVER_FILES files ..." >&2
@@ -271,19 +340,7 @@ up rec ""
 read -r n p50 p99 pmax < <(python3 "$PY" coldreads "$DIR/rec/mnt" "$RECOVER_FILES" "$RECOVER_MIB" 256)
 stop "$UP_PID"
 
-mibs() { printf "%.1f" "$(echo "$WRITE_MIB / $1" | bc -l)"; }
-ratio() { printf "%.2f" "$(echo "$1 / $2" | bc -l)"; }
-echo
-echo "| measure | value | goal |"
-echo "|---|---|---|"
-echo "| seq write $WRITE_MIB MiB, qsfs mount (no tier) | $(mibs "$t_mount") MiB/s (${t_mount} s) | |"
-echo "| seq write, qsfs up, offload off | $(mibs "$t_off") MiB/s (${t_off} s) | |"
-echo "| seq write, qsfs up, offload on, cap above the workload | $(mibs "$t_onbig") MiB/s (${t_onbig} s) | |"
-echo "| seq write, qsfs up, offload on, 64 MiB cap (throttled by uploads) | $(mibs "$t_on") MiB/s (${t_on} s) | |"
-echo "| ratio on / off, cap above the workload | $(ratio "$t_off" "$t_onbig") | >= 0.75 |"
-echo "| ratio on / off, 64 MiB cap | $(ratio "$t_off" "$t_on") | |"
-echo "| ratio offload off / qsfs mount | $(ratio "$t_mount" "$t_off") | |"
-echo "| backlog drained after the 64 MiB-cap writes | ${drain_on%% *} s | |"
+write_table
 echo "| write $RECOVER_FILES files / $RECOVER_MIB MiB (fsync each) | ${t_files} s | |"
 echo "| backlog drained after those writes | ${drain_rec%% *} s | |"
 echo "| qsfs recover, $RECOVER_MIB MiB in $RECOVER_FILES files | $(printf "%.2f" "$t_recover") s (engine after: $engine_after bytes) | <= 10 s |"

@@ -495,3 +495,95 @@ fn gc_round(seed: u64) {
     recover_and_check(&c, root.path(), &model);
     c.tier.shutdown();
 }
+
+/// The keys of the cold segment objects of `ns` in the backends.
+fn cold_segments(c: &Chain, ns: &str) -> Vec<String> {
+    let prefix = format!("segments/{}/", hex::encode(ns.as_bytes()));
+    let mut keys = c.rt.block_on(c.pipeline.list(&prefix)).unwrap();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn a_namespace_deleted_and_created_again_between_cuts_leaves_no_old_objects() {
+    let root = tempfile::tempdir().unwrap();
+    let c = chain(root.path(), None);
+    let write = |seed: u64, n: u32| {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        for i in 0..n {
+            let mut v = vec![0u8; 1000];
+            r.fill(&mut v[..]);
+            c.engine
+                .set("x", Some(format!("k{i}").as_bytes()), &v)
+                .unwrap();
+        }
+    };
+    c.engine.namespace_create("x").unwrap();
+    write(1, 120);
+    assert!(c.tier.wait_idle(Duration::from_secs(60)));
+    let old = cold_segments(&c, "x");
+    assert!(old.len() >= 6, "{old:?}");
+    // An upload of the old incarnation whose confirmation was lost (a crash between the
+    // upload and the state update): an object under the namespace's prefix that nothing
+    // records.
+    let lost = cold_key("x", 9_999);
+    c.rt.block_on(c.pipeline.store(
+        &lost,
+        Box::new(std::io::Cursor::new(vec![5u8; 3000])),
+        Default::default(),
+        &qsfs_backup::progress::NoProgress,
+    ))
+    .unwrap();
+
+    // Deleted and created again before the next cut (cuts come every minute, or when someone
+    // waits for idleness): the new incarnation reuses the low segment ids.
+    c.engine.namespace_delete("x").unwrap();
+    c.engine.namespace_create("x").unwrap();
+    write(2, 30);
+    if !c.tier.wait_idle(Duration::from_secs(30)) {
+        dump(&c);
+        panic!("not idle: {:?}", c.tier.status());
+    }
+
+    // Every cold object of "x" is a segment of the new incarnation, with its bytes; the old
+    // incarnation's other objects, the unrecorded one included, are gone.
+    let new: BTreeMap<String, std::path::PathBuf> = c
+        .engine
+        .segments("x")
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.sealed)
+        .map(|s| (cold_key("x", s.id), s.path))
+        .collect();
+    assert!(!new.is_empty() && new.len() < old.len());
+    let settled = eventually(|| {
+        c.tier.status().pending_deletes == 0
+            && cold_segments(&c, "x") == new.keys().cloned().collect::<Vec<_>>()
+    });
+    assert!(
+        settled,
+        "cold objects of x: {:?}\nnew incarnation's segments: {:?}\n{:?}",
+        cold_segments(&c, "x"),
+        new.keys(),
+        c.tier.status()
+    );
+    for (key, path) in &new {
+        let stored = c.rt.block_on(c.pipeline.get(key)).unwrap();
+        assert!(
+            stored == std::fs::read(path).unwrap(),
+            "{key} is not the new segment"
+        );
+    }
+    // And the data of the new incarnation recovers.
+    let mut model = Model::new();
+    let mut r = rand::rngs::StdRng::seed_from_u64(2);
+    let keys = model.entry("x".to_string()).or_default();
+    for i in 0..30u32 {
+        let mut v = vec![0u8; 1000];
+        r.fill(&mut v[..]);
+        keys.insert(format!("k{i}").into_bytes(), v);
+    }
+    model.insert("default".to_string(), BTreeMap::new());
+    recover_and_check(&c, root.path(), &model);
+    c.tier.shutdown();
+}

@@ -60,6 +60,11 @@ impl Root {
     pub fn status(&self) -> PathBuf {
         self.dir.join("status.json")
     }
+    /// Left by `qsfs recover`: the next `qsfs up` takes over the mount lock that came back
+    /// with the filesystem (it names the lost machine), as `--force` would, then removes it.
+    pub fn takeover(&self) -> PathBuf {
+        self.dir.join("takeover")
+    }
 }
 
 /// Loads `explicit`, else `ROOT/qsfs.toml`; with `create`, writes the default local config
@@ -275,8 +280,9 @@ pub fn drain(engine: &qsfs_store::Engine, tier: &Tier, timeout: Duration) {
         if !tier.wait_idle(timeout) {
             let s = tier.status();
             eprintln!(
-                "qsfs: {} segment(s) ({} bytes) not uploaded yet: they go out at the next start",
-                s.backlog_segments, s.backlog_bytes
+                "qsfs: {} segment(s) ({} bytes) not uploaded yet and {} not read back and \
+                 verified yet: that is done at the next start",
+                s.backlog_segments, s.backlog_bytes, s.unverified_segments
             );
         }
     }

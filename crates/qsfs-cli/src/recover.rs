@@ -64,6 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .block_on(qsfs_backup::tier::recover(&pipeline, &engine_dir))
         .map_err(anyhow::Error::from)
         .with_context(|| format!("recovering into {}", engine_dir.display()))?;
+    // The filesystem comes back with the mount lock of the machine that was lost, which
+    // would make `up` refuse it (another host's lock). Recovering is the explicit take-over.
+    std::fs::write(
+        root.takeover(),
+        "written by `qsfs recover`: the next `qsfs up` takes over the restored mount lock\n",
+    )
+    .with_context(|| format!("writing {}", root.takeover().display()))?;
     if args.json {
         println!(
             "{}",
@@ -72,6 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "segments": report.segments,
                 "logical_bytes": report.logical_bytes,
                 "elapsed_ms": report.elapsed.as_millis() as u64,
+                "mount_lock": "taken over by the next qsfs up",
             }))?
         );
     } else {
@@ -81,6 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.segments,
             report.logical_bytes,
             report.elapsed.as_secs_f64()
+        );
+        println!(
+            "the mount lock restored with the filesystem (the lost machine's) is taken over by \
+             the next `qsfs up` of this root: make sure the old machine is really gone"
         );
         println!("now run `qsfs up MOUNTPOINT` with the same root to serve it");
     }

@@ -50,6 +50,8 @@ struct Report {
     /// None: unknown (nothing running to ask).
     backlog_segments: Option<u64>,
     backlog_bytes: Option<u64>,
+    /// Uploaded but not yet read back and verified (not evictable until they are).
+    unverified_segments: Option<u64>,
     uploaded_segments: Option<u64>,
     evicted_segments: Option<u64>,
     pending_deletes: Option<u64>,
@@ -156,6 +158,7 @@ fn offline(root: &Root, config: Option<&Path>) -> anyhow::Result<Report> {
         local_cap,
         backlog_segments: None,
         backlog_bytes: None,
+        unverified_segments: None,
         uploaded_segments: None,
         evicted_segments: None,
         pending_deletes: None,
@@ -176,6 +179,7 @@ fn from_live(s: StatusFile) -> Report {
         local_cap: t.local_cap,
         backlog_segments: Some(t.backlog_segments),
         backlog_bytes: Some(t.backlog_bytes),
+        unverified_segments: Some(t.unverified_segments),
         uploaded_segments: Some(t.uploaded_segments),
         evicted_segments: Some(t.evicted_segments),
         pending_deletes: Some(t.pending_deletes),
@@ -224,12 +228,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     );
     println!(
-        "backlog     {} segment(s), {}",
+        "backlog     {} segment(s), {}; {} uploaded but not verified yet",
         opt(report.backlog_segments),
         report
             .backlog_bytes
             .map(h)
-            .unwrap_or_else(|| "unknown".into())
+            .unwrap_or_else(|| "unknown".into()),
+        opt(report.unverified_segments)
     );
     if let Some(idle) = report.idle {
         println!(

@@ -40,13 +40,20 @@ pub struct Args {
     /// Mount options, comma separated: allow_other, ro, rw.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
-    /// Take over a mount lock held by another host.
+    /// Take over a mount lock held by another host (as `qsfs mount --force`). Not needed
+    /// after `qsfs recover`, which is itself the take-over.
     #[arg(long)]
     pub force: bool,
     /// At a clean stop, seal what was written last and wait up to this many seconds for the
     /// backups to be current (0: do not wait; pending uploads go out at the next start).
     #[arg(long, value_name = "SECS", default_value_t = 20)]
     pub drain_timeout: u64,
+    /// Serve without uploading anything for this run: the backups fall behind and nothing is
+    /// evicted (the local cap is not kept). The upload queue is durable: the next start
+    /// without this flag uploads what was written meanwhile. For a machine off the network
+    /// for a while, and to measure what offload costs.
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 /// Seconds between background compactions of the filesystem's namespaces.
@@ -94,9 +101,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("opening the tier state")?;
     let engine_config = chain::engine_config(fsmount::fs_engine_config(), &config.chain, &tier);
     let engine = fsmount::open_engine(&root.engine(), engine_config)?;
-    tier.start((*engine).clone())
-        .map_err(anyhow::Error::from)
-        .context("starting the tier")?;
+    if args.no_offload {
+        eprintln!(
+            "qsfs: --no-offload: nothing is uploaded or evicted in this run; the backups fall \
+             behind until the next start without it"
+        );
+    } else {
+        tier.start((*engine).clone())
+            .map_err(anyhow::Error::from)
+            .context("starting the tier")?;
+    }
     fsmount::spawn_compactor(&engine, config.chain.compact_every.unwrap_or(COMPACT_EVERY));
 
     let result = serve(
@@ -113,7 +127,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // time to upload them, then stop it before the engine closes. The queue is durable:
     // whatever is still pending goes out at the next start.
     if result.is_ok() {
-        chain::drain(&engine, &tier, Duration::from_secs(args.drain_timeout));
+        let wait = if args.no_offload {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(args.drain_timeout)
+        };
+        chain::drain(&engine, &tier, wait);
     }
     tier.shutdown();
     drop(engine);
@@ -132,13 +151,21 @@ fn serve(
     initial: Vec<qsfs_backup::tier::BackendHealth>,
     signals: nix::sys::signal::SigSet,
 ) -> anyhow::Result<()> {
+    let takeover = root.takeover().exists();
     let fs_config = FsConfig {
         capacity: Capacity::Disk(root.engine()),
-        force: args.force,
+        force: args.force || takeover,
         ..FsConfig::default()
     };
     let store: std::sync::Arc<dyn qsfs_core::Store> = engine;
     let fs = Fs::open(store, fs_config).context("opening the filesystem")?;
+    if takeover {
+        // The lock is this process's now: later starts check it as usual.
+        match std::fs::remove_file(root.takeover()) {
+            Ok(()) => eprintln!("qsfs: took over the mount lock restored by `qsfs recover`"),
+            Err(e) => tracing::warn!("cannot remove {}: {e}", root.takeover().display()),
+        }
+    }
 
     let addr = match args.metrics.or(config.chain.metrics) {
         Some(a) => a,

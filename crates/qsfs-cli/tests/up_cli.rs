@@ -27,7 +27,31 @@ struct Up {
 
 impl Up {
     fn start(root: &Path, mnt: &Path, extra: &[&str]) -> Up {
-        let child = qsfs()
+        Up::try_start(root, mnt, extra, None)
+            .unwrap_or_else(|(status, err)| panic!("qsfs up exited with {status}: {err}"))
+    }
+
+    /// Starts `qsfs up`; with `host`, in a UTS namespace of its own whose hostname is `host`
+    /// (another machine, as far as the mount lock can tell). Err: it exited before mounting,
+    /// with its status and stderr.
+    fn try_start(
+        root: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        host: Option<&str>,
+    ) -> Result<Up, (std::process::ExitStatus, String)> {
+        let mut cmd = match host {
+            Some(h) => {
+                let mut c = Command::new("unshare");
+                c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", h])
+                    .arg(env!("CARGO_BIN_EXE_qsfs"))
+                    .env_remove("QSFS_PASSPHRASE")
+                    .env_remove("QSFS_ROOT");
+                c
+            }
+            None => qsfs(),
+        };
+        let child = cmd
             .arg("up")
             .arg(mnt)
             .arg("--root")
@@ -49,12 +73,12 @@ impl Up {
                 let mut c = up.child.take().unwrap();
                 c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
                 let _ = c.wait();
-                panic!("qsfs up exited with {status}: {err}");
+                return Err((status, err));
             }
             assert!(Instant::now() < deadline, "qsfs up did not mount in time");
             std::thread::sleep(Duration::from_millis(50));
         }
-        up
+        Ok(up)
     }
 
     /// Sends `sig` and waits for the exit; returns the status and what it printed on stderr.
@@ -274,6 +298,107 @@ fn recover_into_an_empty_root_then_up_serves_the_same_files() {
         b"written just before the stop"
     );
     let (exit, err) = up.stop(Signal::SIGINT);
+    assert!(exit.success(), "{err}");
+}
+
+/// The default local config with its backends in `backends` (outside any root: they play the
+/// remote nodes) and small, quickly sealed segments; returns (config path, key path).
+fn local_config(dir: &Path, backends: &Path) -> (String, String) {
+    let config = qsfs_backup::config::Config::default_local_toml(backends).replace(
+        "# segment_size = \"64MiB\"",
+        "segment_size = \"1MiB\"\nseal_after = 1",
+    );
+    assert!(config.contains("seal_after = 1"), "{config}");
+    let config_path = dir.join(format!(
+        "{}.toml",
+        backends.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&config_path, config).unwrap();
+    let keyfile = dir.join("key");
+    std::fs::write(&keyfile, "correct horse battery staple\n").unwrap();
+    (
+        config_path.to_str().unwrap().to_string(),
+        keyfile.to_str().unwrap().to_string(),
+    )
+}
+
+/// Waits until `qsfs status` of the running `up` on `root` reports everything uploaded.
+fn wait_idle(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status_json(root);
+        if s["running"] == true && s["backlog_segments"] == 0 && s["idle"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backlog never drained: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_mount_lock_of_another_host_needs_force_except_after_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, key) = local_config(tmp.path(), &tmp.path().join("backends"));
+    let args = ["--config", cfg.as_str(), "--keyfile", key.as_str()];
+    let (root, mnt) = (tmp.path().join("root"), tmp.path().join("mnt"));
+    let data = pattern(1_500_000, 11);
+
+    // The machine that is lost: it mounts (taking the lock under its host name), writes,
+    // its backups become current, and it dies without releasing the lock.
+    let mut lost = Up::try_start(&root, &mnt, &args, Some("qsfs-lost-host")).unwrap();
+    let mut f = std::fs::File::create(mnt.join("f")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(1500)); // past seal_after: a cut with the file
+    wait_idle(&root);
+    let _ = lost.stop(Signal::SIGKILL);
+    drop(lost);
+
+    // A fresh machine recovers from the backups, which hold the lost host's lock.
+    let fresh = tmp.path().join("fresh");
+    let out = qsfs()
+        .args(["recover", "--config", &cfg, "--keyfile", &key, "--root"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("mount lock"), "{text}");
+    // Without what recover left for it, `up` would refuse the restored lock...
+    let marker = fresh.join("takeover");
+    std::fs::rename(&marker, tmp.path().join("takeover.aside")).unwrap();
+    let mnt2 = tmp.path().join("mnt2");
+    let (_, err) = Up::try_start(&fresh, &mnt2, &args, None)
+        .err()
+        .expect("the restored lock of another host was not checked");
+    assert!(err.contains("qsfs-lost-host"), "{err}");
+    // ...with it, recover is the take-over and `up` needs no --force.
+    std::fs::rename(tmp.path().join("takeover.aside"), &marker).unwrap();
+    let mut up = Up::start(&fresh, &mnt2, &args);
+    assert_eq!(std::fs::read(mnt2.join("f")).unwrap(), data);
+    assert!(!marker.exists(), "the take-over is done once");
+    let (exit, err) = up.stop(Signal::SIGTERM);
+    assert!(exit.success(), "{err}");
+    assert!(err.contains("took over the mount lock"), "{err}");
+
+    // The lost machine's own root on this host: the other host's lock is refused, `--force`
+    // takes it over.
+    let (status, err) = Up::try_start(&root, &mnt, &args, None)
+        .err()
+        .expect("qsfs up mounted over another host's lock without --force");
+    assert!(!status.success());
+    assert!(
+        err.contains("qsfs-lost-host") && err.contains("--force"),
+        "{err}"
+    );
+    let mut forced = Up::start(&root, &mnt, &[&args[..], &["--force"]].concat());
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), data);
+    let (exit, err) = forced.stop(Signal::SIGTERM);
     assert!(exit.success(), "{err}");
 }
 

@@ -1,7 +1,7 @@
 //! Keeping the engine's local bytes under the cap, and slowing writers while it is exceeded.
 //!
-//! Only segments that are sealed, still local and confirmed stored (read back and verified,
-//! see the worker) are evicted, least recently read first, then oldest. The active segment and
+//! Only segments that are sealed, still local, confirmed stored and deep-verified (every shard
+//! read back and checked, see the worker) are evicted, least recently read first, then oldest. The active segment and
 //! anything not yet confirmed stay: when that alone exceeds the cap, the cap is reported unmet
 //! (status, metric, a warning at most once a minute) and writes go on.
 
@@ -47,7 +47,7 @@ pub(crate) fn enforce(shared: &Shared) {
     let mut candidates = Vec::new();
     for ns in engine.namespace_list().unwrap_or_default() {
         for s in engine.segments(&ns).unwrap_or_default() {
-            if s.sealed && !s.offloaded && st.is_confirmed(&ns, s.id, s.length) {
+            if s.sealed && !s.offloaded && st.is_verified(&ns, s.id, s.length) {
                 candidates.push(Candidate {
                     last_read: s.last_read,
                     id: s.id,

@@ -26,6 +26,8 @@ pub struct TierMetrics {
     pub backlog_segments: AtomicU64,
     /// Gauge: bytes of those segments.
     pub backlog_bytes: AtomicU64,
+    /// Gauge: segments uploaded but not yet deep-verified.
+    pub unverified_segments: AtomicU64,
     /// Gauge: bytes of the engine directory on local disk.
     pub local_bytes: AtomicU64,
     /// Gauge: true while the local cap cannot be met.

@@ -8,8 +8,9 @@
 //! * The **worker** (a thread with its own small runtime) uploads every sealed segment through
 //!   the [`Pipeline`] under [`qsfs_store::cold_key`], reads the record back from the metadata
 //!   quorum, checks size and whole-object checksum against what it computed while reading the
-//!   file (and, `verify_deep`, reads and checks every shard), and only then records the segment
-//!   as confirmed in its durable state. It also uploads each namespace's recovery manifest and
+//!   file, and only then records the segment as confirmed in its durable state. With
+//!   `verify_deep` it later reads back and checks every shard; only then may the segment be
+//!   evicted. It also uploads each namespace's recovery manifest and
 //!   the engine's seal key, and deletes cold objects that no uploaded manifest references.
 //! * **Eviction** keeps the engine's local bytes under `local_cap` by offloading confirmed
 //!   segments, least recently read first; writers are slowed down (never stopped) while the
@@ -45,7 +46,7 @@ pub use fetch::FetchCache;
 pub use metrics::TierMetrics;
 pub use recover::{recover, RecoverReport};
 
-use state::{Gate, PendingDelete, State};
+use state::{Gate, Journal, PendingDelete, State};
 
 /// Object key of a namespace's recovery manifest.
 pub fn manifest_key(ns: &str) -> String {
@@ -68,8 +69,15 @@ pub struct TierConfig {
     pub retry_max: Duration,
     /// How often the pipeline's garbage collection (orphaned shards) runs.
     pub gc_every: Duration,
-    /// Read back and verify every shard of an upload before confirming it.
+    /// Read back and verify every shard of an upload before its segment may be evicted. The
+    /// check runs after the upload is confirmed (record read back with the right size and
+    /// checksum), when the disk is over its cap or once the backlog is uploaded.
     pub verify_deep: bool,
+    /// Run the upload work (compression, encryption, erasure coding, hashing, verification) on
+    /// threads of low priority (nice 10), so that it takes the CPU the writers
+    /// leave rather than sharing it with them. While the disk is over its cap (writers wait
+    /// for the uploads) the work runs at normal priority.
+    pub low_priority: bool,
     /// How often a recovery cut is taken ([`Engine::seal_all`]: unsealed writes are sealed
     /// and the manifests of every namespace captured at one instant) and uploaded once its
     /// segments are. This bounds how old the newest recoverable state is.
@@ -85,6 +93,7 @@ impl Default for TierConfig {
             retry_max: Duration::from_secs(60),
             gc_every: Duration::from_secs(600),
             verify_deep: true,
+            low_priority: true,
             cut_every: Duration::from_secs(60),
         }
     }
@@ -112,6 +121,9 @@ pub struct TierStatus {
     pub backlog_segments: u64,
     /// Their bytes.
     pub backlog_bytes: u64,
+    /// Segments uploaded but not yet deep-verified (not evictable until they are).
+    #[serde(default)]
+    pub unverified_segments: u64,
     /// Segments uploaded and verified since start.
     pub uploaded_segments: u64,
     /// Segments evicted since start.
@@ -144,6 +156,8 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub config: TierConfig,
     pub state: Mutex<State>,
+    /// Where changes of `state` are made durable (taken with `state` held, never alone).
+    pub journal: Mutex<Journal>,
     pub metrics: Arc<TierMetrics>,
     pub fetch: Arc<FetchCache>,
     pub engine: Mutex<Option<Engine>>,
@@ -177,7 +191,7 @@ impl Shared {
         let mut next = st.clone();
         let out = f(&mut next);
         if next != *st {
-            next.save(&self.dir)?;
+            self.journal.lock().commit(&st, &next)?;
             *st = next;
         }
         TierMetrics::set(&self.metrics.pending_deletes, st.deletes.len() as u64);
@@ -213,7 +227,7 @@ impl Tier {
     pub fn new(pipeline: Arc<Pipeline>, state_dir: &Path, config: TierConfig) -> Result<Tier> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::io(format!("create {}", state_dir.display()), e))?;
-        let state = State::load(state_dir)?;
+        let (journal, state) = Journal::open(state_dir)?;
         let metrics = Arc::new(TierMetrics::default());
         TierMetrics::set(&metrics.pending_deletes, state.deletes.len() as u64);
         let fetch = Arc::new(FetchCache::new(
@@ -227,6 +241,7 @@ impl Tier {
                 dir: state_dir.to_path_buf(),
                 config,
                 state: Mutex::new(state),
+                journal: Mutex::new(journal),
                 metrics,
                 fetch,
                 engine: Mutex::new(None),
@@ -277,6 +292,7 @@ impl Tier {
             local_cap: self.shared.config.local_cap,
             backlog_segments: TierMetrics::get(&m.backlog_segments),
             backlog_bytes: TierMetrics::get(&m.backlog_bytes),
+            unverified_segments: TierMetrics::get(&m.unverified_segments),
             uploaded_segments: TierMetrics::get(&m.segments_offloaded),
             evicted_segments: TierMetrics::get(&m.evictions),
             pending_deletes: TierMetrics::get(&m.pending_deletes),

@@ -1,8 +1,12 @@
 //! The offload worker: uploads and verification, manifests, the seal key, cold deletes, GC.
 //!
 //! One thread with its own small runtime. Engine calls are blocking and run on this thread,
-//! outside any async task; pipeline calls run on the runtime with `block_on`. The engine's
-//! cold-tier reads use the engine's own runtime, so a slow upload never delays a fetch.
+//! outside any async task; pipeline calls run as tasks of a runtime whose threads run at a low
+//! priority (`TierConfig::low_priority`), or of one at normal priority while the disk is over
+//! its cap and writers wait for the uploads: compression, encryption, erasure coding
+//! and hashing use the CPU the writers leave. This thread keeps its normal priority because it
+//! takes engine locks (`seal_all` holds every writer). The engine's cold-tier reads use the
+//! engine's own runtime, so a slow upload never delays a fetch.
 //!
 //! The queue is not a separate file: it is "every sealed, local segment that the state does
 //! not list as confirmed", recomputed from [`Engine::segments`] on every pass. So it survives
@@ -10,6 +14,7 @@
 //! pass (at most a second).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,14 +40,15 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// The worker thread's body.
 pub(crate) fn run(shared: Arc<Shared>) {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(BLOCKING_THREADS)
-        .thread_name("qsfs-tier-io")
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let runtimes = runtime("qsfs-tier-io", false).and_then(|rt| {
+        let low = match shared.config.low_priority {
+            true => Some(runtime("qsfs-tier-bg", true)?),
+            false => None,
+        };
+        Ok((rt, low))
+    });
+    let (rt, low) = match runtimes {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "tier: cannot start the worker runtime");
             shared.live.lock().last_error = Some(format!("cannot start the worker runtime: {e}"));
@@ -52,6 +58,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
     let mut w = Worker {
         shared: shared.clone(),
         rt,
+        low,
+        urgent: false,
         backoff: None,
         retry_at: Instant::now(),
         last_probe: None,
@@ -78,11 +86,49 @@ pub(crate) fn run(shared: Arc<Shared>) {
         }
         *woken = false;
     }
+    if let Some(low) = w.low.take() {
+        low.shutdown_background();
+    }
     w.rt.shutdown_background();
 }
 
-/// True when every sealed segment is confirmed (or offloaded), every namespace's newest
-/// manifest is uploaded and the manifests of deleted namespaces are gone.
+/// A runtime for the pipeline work; with `low`, its threads run at low priority.
+fn runtime(name: &str, low: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name(name)
+        .on_thread_start(move || {
+            if low {
+                lower_priority();
+            }
+        })
+        .enable_all()
+        .build()
+}
+
+/// Lowers the calling thread (only it: Linux keeps a nice value per thread) to nice 10: a
+/// tenth of the CPU share of a normal thread when both want the same core. Not 19: other
+/// normal processes on a busy machine would then starve the uploads, and the recovery point
+/// with them. A failure only means uploads compete with the writers as equals.
+fn lower_priority() {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+    };
+    // The crate maps 0..=99 onto nice 20..=-20: 24 is nice 10.
+    let Ok(value) = ThreadPriorityValue::try_from(24u8) else {
+        return;
+    };
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    let prio = ThreadPriority::Crossplatform(value);
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), prio, policy) {
+        tracing::debug!(error = ?e, "tier: cannot lower the priority of an upload thread");
+    }
+}
+
+/// True when every sealed segment is confirmed (or offloaded) and deep-verified, every
+/// namespace's newest manifest is uploaded and the manifests of deleted namespaces are gone.
 pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
     let Ok(names) = engine.namespace_list() else {
         return false;
@@ -92,7 +138,10 @@ pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
         let Ok(segs) = engine.segments(&ns) else {
             return false;
         };
-        if segs.iter().any(|s| is_backlog(&st, &ns, s)) {
+        if segs
+            .iter()
+            .any(|s| is_backlog(&st, &ns, s) || is_unverified(&st, &ns, s))
+        {
             return false;
         }
         match engine.manifest(&ns) {
@@ -156,6 +205,14 @@ fn readiness(st: &State, ns: &str, m: &Manifest, segs: &[SegmentStats]) -> Readi
 
 fn is_backlog(st: &State, ns: &str, s: &SegmentStats) -> bool {
     s.sealed && !s.offloaded && !st.is_confirmed(ns, s.id, s.length)
+}
+
+/// Uploaded, but its shards not yet read back: not evictable.
+fn is_unverified(st: &State, ns: &str, s: &SegmentStats) -> bool {
+    s.sealed
+        && !s.offloaded
+        && st.is_confirmed(ns, s.id, s.length)
+        && !st.is_verified(ns, s.id, s.length)
 }
 
 /// Parses `segments/<hex ns>/<id>.seg`.
@@ -230,7 +287,15 @@ impl<R: Read> Read for HashingReader<R> {
 
 struct Worker {
     shared: Arc<Shared>,
+    /// Normal priority: `block_on` of everything, and the pipeline work while writers wait
+    /// for it (`urgent`).
     rt: tokio::runtime::Runtime,
+    /// Low priority (`TierConfig::low_priority`): the pipeline work otherwise.
+    low: Option<tokio::runtime::Runtime>,
+    /// The disk is over its cap: writers are held until uploads and eviction make room, so
+    /// the uploads must not yield to other processes (a writer waiting on a low-priority
+    /// thread would wait for everything else on the machine).
+    urgent: bool,
     backoff: Option<Duration>,
     retry_at: Instant,
     last_probe: Option<Instant>,
@@ -307,16 +372,19 @@ impl Worker {
 
     fn update_backlog(&self, engine: &Engine) {
         let st = self.shared.state.lock().clone();
-        let (mut n, mut bytes) = (0u64, 0u64);
+        let (mut n, mut bytes, mut unverified) = (0u64, 0u64, 0u64);
         for ns in engine.namespace_list().unwrap_or_default() {
             for s in engine.segments(&ns).unwrap_or_default() {
                 if is_backlog(&st, &ns, &s) {
                     n += 1;
                     bytes += s.length;
+                } else if is_unverified(&st, &ns, &s) {
+                    unverified += 1;
                 }
             }
         }
         let m = &self.shared.metrics;
+        TierMetrics::set(&m.unverified_segments, unverified);
         TierMetrics::set(&m.backlog_segments, n);
         TierMetrics::set(&m.backlog_bytes, bytes);
         TierMetrics::set(&m.local_bytes, engine.local_bytes());
@@ -340,11 +408,26 @@ impl Worker {
         if self.cut_step(engine)? {
             return Ok(true);
         }
+        // Deep verification is what eviction waits for: first when the disk is over its cap,
+        // otherwise once the backlog is uploaded, so that it does not slow the uploads (and
+        // the writers) while data is coming in.
+        let over_cap = self
+            .shared
+            .config
+            .local_cap
+            .is_some_and(|cap| engine.local_bytes() > cap);
+        self.urgent = over_cap;
+        if over_cap && self.verify_step(engine, true)? {
+            return Ok(true);
+        }
         if let Some((ns, seg)) = self.next_backlog(engine)? {
             self.upload_segment(engine, &ns, &seg)?;
             return Ok(true);
         }
         if self.run_deletes(engine)? {
+            return Ok(true);
+        }
+        if self.verify_step(engine, false)? {
             return Ok(true);
         }
         if self.last_gc.elapsed() >= self.shared.config.gc_every {
@@ -482,13 +565,18 @@ impl Worker {
         let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
         h.update(&key);
         let (_, sum) = h.finish();
-        let rec = self.rt.block_on(self.shared.pipeline.store(
-            SEAL_KEY,
-            Box::new(std::io::Cursor::new(key)),
-            Attrs::default(),
-            &NoProgress,
-        ))?;
-        self.verify(&rec, len, sum)?;
+        let p = self.shared.pipeline.clone();
+        let rec = self.on_pool(async move {
+            p.store(
+                SEAL_KEY,
+                Box::new(std::io::Cursor::new(key)),
+                Attrs::default(),
+                &NoProgress,
+            )
+            .await
+        })??;
+        let back = self.verify(&rec, len, sum)?;
+        self.deep_check(&back)?;
         self.shared.update(|st| st.seal_key_uploaded = true)
     }
 
@@ -512,10 +600,28 @@ impl Worker {
         Ok(best)
     }
 
-    /// Reads the record back from the metadata quorum and checks it against what was sent.
-    fn verify(&self, sent: &ObjectRecord, len: u64, sum: Sum) -> Result<()> {
-        let p = &self.shared.pipeline;
-        let back = self.rt.block_on(p.record(&sent.name))?;
+    /// Runs `fut` as a task of a worker runtime (not on this thread: the low-priority one
+    /// unless writers wait for the uploads) and waits for it.
+    fn on_pool<F>(&self, fut: F) -> Result<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let pool = match (&self.low, self.urgent) {
+            (Some(low), false) => low,
+            _ => &self.rt,
+        };
+        self.rt
+            .block_on(pool.spawn(fut))
+            .map_err(|e| Error::Unavailable(format!("tier task: {e}")))
+    }
+
+    /// Reads the record back from the metadata quorum and checks it against what was sent;
+    /// returns the record read back.
+    fn verify(&self, sent: &ObjectRecord, len: u64, sum: Sum) -> Result<ObjectRecord> {
+        let p = self.shared.pipeline.clone();
+        let name = sent.name.clone();
+        let back = self.on_pool(async move { p.record(&name).await })??;
         if back.object_id != sent.object_id {
             return Err(Error::Unavailable(format!(
                 "{}: the record read back belongs to another upload",
@@ -536,17 +642,88 @@ impl Worker {
                 ),
             ));
         }
-        if self.shared.config.verify_deep {
-            let h = self.rt.block_on(p.inspect(&back, true, None));
-            if let Some(first) = h.problems.first() {
-                return Err(Error::Unavailable(format!(
-                    "{}: verification found {} bad shard(s), first: {first}",
-                    sent.name,
-                    h.problems.len()
-                )));
-            }
+        Ok(back)
+    }
+
+    /// With `verify_deep`, reads every shard of `rec` back and verifies its checksum.
+    fn deep_check(&self, rec: &ObjectRecord) -> Result<()> {
+        if !self.shared.config.verify_deep {
+            return Ok(());
+        }
+        let p = self.shared.pipeline.clone();
+        let r = rec.clone();
+        let h = self.on_pool(async move { p.inspect(&r, true, None).await })?;
+        if let Some(first) = h.problems.first() {
+            return Err(Error::Unavailable(format!(
+                "{}: verification found {} bad shard(s), first: {first}",
+                rec.name,
+                h.problems.len()
+            )));
         }
         Ok(())
+    }
+
+    /// Deep-verifies one uploaded segment that is not yet ([`Self::deep_check`]): the least
+    /// recently read first when eviction waits for it (`for_eviction`, the order eviction
+    /// takes), else the oldest. A copy that fails loses its confirmation, so the segment is
+    /// uploaded again. True if one was checked.
+    fn verify_step(&self, engine: &Engine, for_eviction: bool) -> Result<bool> {
+        let st = self.shared.state.lock().clone();
+        let mut best: Option<(u64, u32, String)> = None;
+        for ns in engine.namespace_list()? {
+            let segs = match engine.segments(&ns) {
+                Ok(s) => s,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for s in segs.iter().filter(|s| is_unverified(&st, &ns, s)) {
+                let c = (if for_eviction { s.last_read } else { 0 }, s.id, ns.clone());
+                if best.as_ref().is_none_or(|b| c < *b) {
+                    best = Some(c);
+                }
+            }
+        }
+        let Some((_, id, ns)) = best else {
+            return Ok(false);
+        };
+        let k = (ns.clone(), id);
+        let Some(object_id) = st.confirmed.get(&k).map(|c| c.object_id) else {
+            return Ok(false);
+        };
+        let key = cold_key(&ns, id);
+        let p = self.shared.pipeline.clone();
+        let name = key.clone();
+        let problem = match self.on_pool(async move { p.record(&name).await })? {
+            Ok(rec) if rec.object_id == object_id => self.deep_check(&rec).err(),
+            Ok(_) | Err(Error::NotFound(_)) => Some(Error::Unavailable(format!(
+                "{key}: the verified upload is no longer the stored one"
+            ))),
+            Err(e) => return Err(e),
+        };
+        let same = |st: &State| {
+            st.confirmed
+                .get(&k)
+                .is_some_and(|c| c.object_id == object_id)
+        };
+        if let Some(e) = problem {
+            self.shared.update(|st| {
+                if same(st) {
+                    st.confirmed.remove(&k);
+                }
+            })?;
+            tracing::warn!(error = %e, "tier: a stored segment failed verification; uploading it again");
+            return Err(e);
+        }
+        self.shared.update(|st| {
+            if same(st) {
+                if let Some(c) = st.confirmed.get_mut(&k) {
+                    c.verified = true;
+                }
+            }
+        })?;
+        self.shared.note_progress();
+        tracing::debug!(ns, segment = id, "tier: segment deep-verified");
+        Ok(true)
     }
 
     fn upload_segment(&self, engine: &Engine, ns: &str, seg: &SegmentStats) -> Result<()> {
@@ -575,12 +752,12 @@ impl Worker {
             hashes: hashes.clone(),
         };
         let started = Instant::now();
-        let rec = self.rt.block_on(self.shared.pipeline.store(
-            &key,
-            Box::new(reader),
-            Attrs::default(),
-            &NoProgress,
-        ))?;
+        let p = self.shared.pipeline.clone();
+        let name = key.clone();
+        let rec = self.on_pool(async move {
+            p.store(&name, Box::new(reader), Attrs::default(), &NoProgress)
+                .await
+        })??;
         let h = std::mem::replace(&mut *hashes.lock(), Hashes::new(1));
         let total = h.total;
         let (sha256, sum) = h.finish();
@@ -617,6 +794,7 @@ impl Worker {
                         length: seg.length,
                         sha256,
                         object_id,
+                        verified: !self.shared.config.verify_deep,
                     },
                 );
             } else {
@@ -676,6 +854,18 @@ impl Worker {
             return Ok(!unchanged);
         };
         let st = self.shared.state.lock().clone();
+        // A namespace deleted after the cut was taken (and perhaps created again, reusing
+        // segment ids): the cut's manifest of it must not be matched against the new one's
+        // segments. Take a new cut.
+        let deleted_since = st.deletes.iter().any(|d| {
+            d.segment.is_none()
+                && !pending.released.contains(d)
+                && pending.manifests.iter().any(|m| m.namespace == d.ns)
+        });
+        if deleted_since {
+            self.shared.cut_requested.store(true, Ordering::Release);
+            return Ok(true);
+        }
         let mut ready = true;
         for m in &pending.manifests {
             let segs = match engine.segments(&m.namespace) {
@@ -707,13 +897,23 @@ impl Worker {
         h.update(&bytes);
         let (_, sum) = h.finish();
         let len = bytes.len() as u64;
-        let stored = self.rt.block_on(self.shared.pipeline.store(
-            CUT_KEY,
-            Box::new(std::io::Cursor::new(bytes)),
-            Attrs::default(),
-            &NoProgress,
-        ));
-        let rec = match stored.and_then(|rec| self.verify(&rec, len, sum).map(|()| rec)) {
+        let p = self.shared.pipeline.clone();
+        let stored = self
+            .on_pool(async move {
+                p.store(
+                    CUT_KEY,
+                    Box::new(std::io::Cursor::new(bytes)),
+                    Attrs::default(),
+                    &NoProgress,
+                )
+                .await
+            })
+            .and_then(|r| r);
+        let checked = stored.and_then(|rec| {
+            let back = self.verify(&rec, len, sum)?;
+            self.deep_check(&back).map(|()| rec)
+        });
+        let rec = match checked {
             Ok(rec) => rec,
             Err(e) => {
                 self.cut = Some(pending);
@@ -781,9 +981,13 @@ impl Worker {
             let live = engine.segments(&d.ns).ok();
             let key = match d.segment {
                 Some(s) => {
-                    // Never delete a segment the engine has now (a namespace deleted and
-                    // created again reuses ids): its copy is the current one or will be.
-                    if live.as_ref().is_some_and(|l| l.iter().any(|x| x.id == s)) {
+                    // A namespace deleted and created again reuses ids: an object of unknown
+                    // origin under the name of a segment the engine has now may be the new
+                    // one's copy. One known by its object id is the old upload (a new upload
+                    // gets a new id), so it goes, and the name is free for the new one's.
+                    if d.object_id.is_none()
+                        && live.as_ref().is_some_and(|l| l.iter().any(|x| x.id == s))
+                    {
                         self.forget(&d)?;
                         continue;
                     }
@@ -817,34 +1021,83 @@ impl Worker {
                     }
                 }
             }
-            if d.segment.is_none() && live.is_none() {
-                self.queue_namespace_leftovers(&d.ns)?;
+            if d.segment.is_none() {
+                self.queue_namespace_leftovers(&d.ns, live.as_deref())?;
             }
             self.forget(&d)?;
         }
         Ok(true)
     }
 
-    /// After a deleted namespace's manifest is gone: every cold segment still under its prefix
-    /// (uploads whose confirmation was lost) is queued too.
-    fn queue_namespace_leftovers(&self, ns: &str) -> Result<()> {
+    /// Once a deleted namespace is out of the uploaded cut: every cold segment still under its
+    /// prefix that nothing accounts for (uploads whose confirmation was lost) is queued too.
+    ///
+    /// `live` is the namespace's segments if it was created again. Then the objects under the
+    /// prefix that the new incarnation may need stay: those of segments the engine has (local
+    /// or offloaded), confirmed ones, those the uploaded cut names and those a pending delete
+    /// already governs. The rest belong to the old incarnation: the uploaded cut was taken
+    /// after the deletion, so it names only the new one's segments, each of them in one of
+    /// those sets (a removed segment keeps its pending delete until a cut without it is
+    /// uploaded), and uploads run on this thread, so none is half done now. They are deleted
+    /// by object id, so a later upload under the same name is never touched.
+    fn queue_namespace_leftovers(&self, ns: &str, live: Option<&[SegmentStats]>) -> Result<()> {
         let prefix = format!("segments/{}/", hex::encode(ns.as_bytes()));
-        let keys = self.rt.block_on(self.shared.pipeline.list(&prefix))?;
+        let p = self.shared.pipeline.clone();
+        let keys = self.on_pool(async move { p.list(&prefix).await })??;
+        let st = self.shared.state.lock().clone();
+        let known = |id: u32| {
+            st.deletes
+                .iter()
+                .any(|d| d.ns == ns && d.segment == Some(id))
+        };
+        let mut found = Vec::new();
+        for (n, id) in keys.iter().filter_map(|k| parse_cold_key(k)) {
+            if n != ns || known(id) {
+                continue;
+            }
+            let Some(live) = live else {
+                found.push((id, None));
+                continue;
+            };
+            let needed = live.iter().any(|s| s.id == id)
+                || st.confirmed.contains_key(&(ns.to_string(), id))
+                || st
+                    .manifests
+                    .get(ns)
+                    .is_some_and(|m| m.segments.contains(&id));
+            if needed {
+                continue;
+            }
+            let p = self.shared.pipeline.clone();
+            let key = cold_key(ns, id);
+            match self.on_pool(async move { p.record(&key).await })? {
+                Ok(rec) => found.push((id, Some(rec.object_id))),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if live.is_some() && !found.is_empty() {
+            tracing::info!(
+                ns,
+                objects = found.len(),
+                "tier: cold segments of a deleted namespace's old incarnation, queued for deletion"
+            );
+        }
         self.shared.update(|st| {
-            for (n, id) in keys.iter().filter_map(|k| parse_cold_key(k)) {
-                if n == ns
-                    && !st
-                        .deletes
-                        .iter()
-                        .any(|d| d.ns == ns && d.segment == Some(id))
+            for (id, object_id) in found {
+                if st
+                    .deletes
+                    .iter()
+                    .any(|d| d.ns == ns && d.segment == Some(id))
                 {
-                    st.deletes.push(PendingDelete {
-                        ns: ns.to_string(),
-                        segment: Some(id),
-                        gate: Gate::NamespaceGone,
-                        object_id: None,
-                    });
+                    continue;
                 }
+                st.deletes.push(PendingDelete {
+                    ns: ns.to_string(),
+                    segment: Some(id),
+                    gate: Gate::NamespaceGone,
+                    object_id,
+                });
             }
         })
     }
