@@ -27,10 +27,30 @@ use crate::placement::{self, Policy};
 use crate::progress::{NoProgress, Progress};
 use crate::stripe::{self, StripeId, StripeMeta};
 
-/// Blocking threads a runtime driving a pipeline needs: enough for the stripes in flight and
-/// their backend I/O. Allocator arenas grow with the thread count and keep freed stripe buffers,
-/// so a runtime with tokio's default (512) shows a much higher peak RSS for the same work.
-pub const BLOCKING_THREADS: usize = 4;
+/// Blocking threads a runtime driving a pipeline needs: the stripe reader plus backend I/O for
+/// the stripes in flight (the CPU work runs on rayon's pool, one thread per core, see
+/// [`on_cpu`]). Allocator arenas grow with the thread count and keep freed stripe buffers, so a
+/// runtime with tokio's default (512) shows a much higher peak RSS for the same work.
+pub const BLOCKING_THREADS: usize = 8;
+
+/// Runs CPU-bound stripe work (hashing, cipher, Reed-Solomon, zstd) on rayon's global pool.
+///
+/// Kept off tokio's blocking pool so that encoding never waits behind backend calls that block
+/// a thread for a network round trip or an fsync (and the other way round), and so that the big
+/// transient buffers of encoding are allocated by as many threads as there are cores, not by
+/// every I/O thread. A panic in `f` becomes an error, not an abort.
+pub async fn on_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err(Error::Unavailable("stripe worker panicked".into())),
+        Err(_) => Err(Error::Unavailable("stripe worker vanished".into())),
+    }
+}
 
 /// Tunables of a pipeline.
 #[derive(Debug, Clone)]
@@ -41,7 +61,9 @@ pub struct Settings {
     pub stripe_size: usize,
     /// zstd level (0 disables compression).
     pub compression_level: i32,
-    /// Stripes encoded and written (or read and decoded) at once; bounds memory.
+    /// Stripes in flight at once (being encoded and written, or read and decoded); bounds
+    /// memory to about 4 × this × the stripe size. The CPU work itself uses one thread per core;
+    /// the extra stripes keep the cores busy while others wait on backends.
     pub parallel_stripes: usize,
     /// Timeouts and health cache.
     pub timeouts: Timeouts,
@@ -65,12 +87,15 @@ impl Default for Settings {
                 redundant_nodes: 0,
                 max_shards_per_backend: 1,
             },
-            stripe_size: 4 << 20,
+            // Small enough that the stripes in flight, their shards and the backends' copies of
+            // them stay far under the memory bound; large enough that per-stripe costs (one
+            // request per shard, ~200 bytes of record) stay negligible.
+            stripe_size: 1 << 20,
             compression_level: 1,
             parallel_stripes: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .clamp(2, 8),
+                .map(|n| 2 * n.get() + 2)
+                .unwrap_or(6)
+                .clamp(4, 16),
             timeouts: Timeouts::default(),
             prefix: "qsfs".into(),
             meta_write_quorum: None,
@@ -513,7 +538,7 @@ impl Pipeline {
                     index,
                     data_version: version,
                 };
-                inflight.push_back(tokio::spawn(self.clone().encode_and_write(
+                inflight.push_back(Aborting::spawn(self.clone().encode_and_write(
                     chunk,
                     id,
                     data_key.clone(),
@@ -600,9 +625,7 @@ impl Pipeline {
         let s = &self.inner.settings;
         let (k, m, level) = (s.policy.k, s.policy.m, s.compression_level);
         let (meta, shards) =
-            tokio::task::spawn_blocking(move || stripe::encode(chunk, &id, &key, k, m, level))
-                .await
-                .map_err(|e| Error::Unavailable(format!("encoder task: {e}")))??;
+            on_cpu(move || stripe::encode(chunk, &id, &key, k, m, level)).await??;
         let at = self.write_shards(&id, &shards, placement, seed).await?;
         Ok((meta, at))
     }
@@ -706,7 +729,14 @@ impl Pipeline {
                         format!("{} bytes, expected {want}", b.len()),
                     ));
                 }
-                if stripe::sha256(&b) != st.meta.shard_sums[j] {
+                let want = st.meta.shard_sums[j];
+                let (b, ok) = on_cpu(move || {
+                    let ok = stripe::sha256(&b) == want;
+                    (b, ok)
+                })
+                .await
+                .map_err(|e| problem(ProblemKind::Unreachable, e.to_string()))?;
+                if !ok {
                     return Err(problem(ProblemKind::Corrupt, "checksum mismatch".into()));
                 }
                 Ok(b)
@@ -796,16 +826,16 @@ impl Pipeline {
         };
         let key = key.clone();
         let loc = format!("object {} stripe {i}", rec.name);
-        let plain = tokio::task::spawn_blocking(move || {
-            stripe::decode(&mut good, &meta, &id, &key, k, m, &loc)
-        })
-        .await
-        .map_err(|e| Error::Unavailable(format!("decoder task: {e}")))??;
+        let plain =
+            on_cpu(move || stripe::decode(&mut good, &meta, &id, &key, k, m, &loc)).await??;
         Ok((plain, problems))
     }
 
     /// Streams the whole object into `out` and verifies the whole-object checksum. Returns the
     /// shard problems met on the way (the data was still complete).
+    ///
+    /// Up to `parallel_stripes` stripes are fetched and decoded ahead, each in its own task, while
+    /// a writer thread drains decoded stripes into `out` in order.
     pub async fn read_to(
         &self,
         rec: &ObjectRecord,
@@ -813,37 +843,56 @@ impl Pipeline {
         progress: &dyn Progress,
     ) -> Result<(Vec<ShardProblem>, Box<dyn Write + Send>)> {
         let key = self.data_key(rec)?;
-        let mut out = Some(out);
+        let shared = Arc::new(rec.clone());
         let mut problems = Vec::new();
         let mut sums = Vec::with_capacity(rec.stripes.len());
-        let mut inflight = FuturesOrdered::new();
-        let mut next = 0u64;
         let n = rec.stripes.len() as u64;
-        let par = self.inner.settings.parallel_stripes as u64;
-        while next < n.min(par) {
-            inflight.push_back(self.fetch_stripe(rec, &key, next));
-            next += 1;
-        }
-        while let Some(r) = inflight.next().await {
-            let (plain, p) = r?;
-            if next < n {
-                inflight.push_back(self.fetch_stripe(rec, &key, next));
+        let par = self.inner.settings.parallel_stripes.max(1) as u64;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = out;
+            while let Some(plain) = rx.blocking_recv() {
+                w.write_all(&plain)?;
+            }
+            Ok::<_, std::io::Error>(w)
+        });
+        let spawn = |i: u64| {
+            let (me, rec, key) = (self.clone(), shared.clone(), key.clone());
+            Aborting::spawn(async move { me.fetch_stripe(&rec, &key, i).await })
+        };
+        let result: Result<()> = async {
+            let mut inflight = FuturesOrdered::new();
+            let mut next = 0u64;
+            while next < n.min(par) {
+                inflight.push_back(spawn(next));
                 next += 1;
             }
-            problems.extend(p);
-            // `decode` already matched the plaintext against this checksum.
-            sums.push(rec.stripes[sums.len()].meta.plain_sum);
-            progress.advance(plain.len() as u64);
-            let mut w = out
-                .take()
-                .ok_or_else(|| Error::Unavailable("writer lost".into()))?;
-            let w = tokio::task::spawn_blocking(move || w.write_all(&plain).map(|_| w))
-                .await
-                .map_err(|e| Error::Unavailable(format!("writer task: {e}")))?
-                .map_err(|e| Error::io("writing retrieved data", e))?;
-            out = Some(w);
+            while let Some(r) = inflight.next().await {
+                let (plain, p) = flatten(r)?;
+                if next < n {
+                    inflight.push_back(spawn(next));
+                    next += 1;
+                }
+                problems.extend(p);
+                // `decode` already matched the plaintext against this checksum.
+                sums.push(rec.stripes[sums.len()].meta.plain_sum);
+                progress.advance(plain.len() as u64);
+                if tx.send(plain).await.is_err() {
+                    // The writer stopped: its error is reported below.
+                    break;
+                }
+            }
+            Ok(())
         }
-        if stripe::object_sum(sums) != rec.checksum {
+        .await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::Unavailable(format!("writer task: {e}")))?
+            .map_err(|e| Error::io("writing retrieved data", e));
+        result?;
+        let w = written?;
+        if sums.len() as u64 != n || stripe::object_sum(sums) != rec.checksum {
             return Err(Error::corrupt(
                 format!("object {}", rec.name),
                 "whole-object checksum mismatch",
@@ -852,7 +901,6 @@ impl Pipeline {
         for p in &problems {
             tracing::warn!("{}: {p}", rec.name);
         }
-        let w = out.ok_or_else(|| Error::Unavailable("writer lost".into()))?;
         Ok((problems, w))
     }
 
@@ -876,9 +924,10 @@ impl Pipeline {
         let ss = u64::from(rec.stripe_size);
         let (first, last) = (start / ss, (end - 1) / ss);
         let mut out = Vec::with_capacity((end - start) as usize);
-        let mut inflight: FuturesOrdered<_> = (first..=last)
-            .map(|i| self.fetch_stripe(rec, &key, i))
-            .collect();
+        let key = &key;
+        let mut inflight = futures::stream::iter(first..=last)
+            .map(|i| self.fetch_stripe(rec, key, i))
+            .buffered(self.inner.settings.parallel_stripes.max(1));
         let mut i = first;
         while let Some(r) = inflight.next().await {
             let (plain, _) = r?;
@@ -1307,6 +1356,36 @@ fn unlock_any(headers: &[Vec<u8>], key: &KeySource) -> Result<(RepoHeader, Keys)
 
 fn flatten<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
     r.map_err(|e| Error::Unavailable(format!("stripe task failed: {e}")))?
+}
+
+/// A spawned stripe task that is cancelled when dropped: a failed store or retrieve must not
+/// leave stripes being written or fetched behind it.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Aborting<T> {
+    fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Self
+    where
+        T: Send + 'static,
+    {
+        Aborting(tokio::spawn(f))
+    }
+}
+
+impl<T> std::future::Future for Aborting<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A writer into memory that the caller can still reach after handing it over.

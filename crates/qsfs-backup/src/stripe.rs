@@ -137,7 +137,7 @@ pub fn decode(
     m: usize,
     location: &str,
 ) -> Result<Vec<u8>> {
-    codec::reconstruct(shards, k, m)?;
+    codec::reconstruct_data(shards, k, m)?;
     let mut buf = codec::join(shards, k, meta.cipher_len as usize)?;
     if !key.open_in_place(
         &nonce(id.index),
