@@ -25,7 +25,7 @@ use crate::metadata::{parse_shard_key, MetaStore, ObjectRecord, ShardLoc, Stripe
 use crate::node::{Node, Timeouts};
 use crate::placement::{self, Policy};
 use crate::progress::{NoProgress, Progress};
-use crate::stripe::{self, StripeId, StripeMeta};
+use crate::stripe::{self, ShardHash, StripeId, StripeMeta};
 
 /// Blocking threads a runtime driving a pipeline needs: the stripe reader plus backend I/O for
 /// the stripes in flight (the CPU work runs on rayon's pool, one thread per core, see
@@ -495,24 +495,16 @@ impl Pipeline {
         let reader_task = tokio::task::spawn_blocking(move || {
             let mut reader = reader;
             loop {
+                // Read into spare capacity: no stripe-sized memset before every read.
                 let mut buf = Vec::with_capacity(stripe_size + headroom);
-                buf.resize(stripe_size, 0);
-                let mut filled = 0;
-                while filled < stripe_size {
-                    match reader.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(e));
-                            return;
-                        }
-                    }
+                if let Err(e) = (&mut reader).take(stripe_size as u64).read_to_end(&mut buf) {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
                 }
+                let filled = buf.len();
                 if filled == 0 {
                     return;
                 }
-                buf.truncate(filled);
                 if tx.blocking_send(Ok(buf)).is_err() || filled < stripe_size {
                     return;
                 }
@@ -581,6 +573,7 @@ impl Pipeline {
             wrapped_key: inner.keys.wrap_data_key(&data_key, &object_id),
             backends: Vec::new(),
             stripes: Vec::new(),
+            shard_hash: ShardHash::Blake3,
         };
         for (meta, at) in stripes {
             let shards = at
@@ -625,7 +618,8 @@ impl Pipeline {
         let s = &self.inner.settings;
         let (k, m, level) = (s.policy.k, s.policy.m, s.compression_level);
         let (meta, shards) =
-            on_cpu(move || stripe::encode(chunk, &id, &key, k, m, level)).await??;
+            on_cpu(move || stripe::encode(chunk, &id, &key, (k, m), level, ShardHash::Blake3))
+                .await??;
         let at = self.write_shards(&id, &shards, placement, seed).await?;
         Ok((meta, at))
     }
@@ -729,9 +723,9 @@ impl Pipeline {
                         format!("{} bytes, expected {want}", b.len()),
                     ));
                 }
-                let want = st.meta.shard_sums[j];
+                let (want, hash) = (st.meta.shard_sums[j], rec.shard_hash);
                 let (b, ok) = on_cpu(move || {
-                    let ok = stripe::sha256(&b) == want;
+                    let ok = hash.sum(&b) == want;
                     (b, ok)
                 })
                 .await
@@ -1089,7 +1083,7 @@ impl Pipeline {
                 let data = shards[j]
                     .clone()
                     .ok_or_else(|| Error::corrupt("repair", "shard not rebuilt"))?;
-                if stripe::sha256(&data) != st.meta.shard_sums[j] {
+                if rec.shard_hash.sum(&data) != st.meta.shard_sums[j] {
                     return Err(Error::corrupt(
                         format!("object {} stripe {i} shard {j}", rec.name),
                         "rebuilt shard does not match its recorded checksum",
@@ -1494,5 +1488,98 @@ impl Backend for Pipeline {
             );
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::Memory;
+
+    async fn rig() -> (Vec<Memory>, Vec<Memory>, Pipeline) {
+        let data: Vec<Memory> = (0..4).map(|i| Memory::new(format!("d{i}"))).collect();
+        let meta: Vec<Memory> = (0..3).map(|i| Memory::new(format!("m{i}"))).collect();
+        let settings = Settings {
+            stripe_size: 4096,
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..Settings::default()
+        };
+        let p = Pipeline::open(
+            settings,
+            vec![data
+                .iter()
+                .map(|d| Arc::new(d.clone()) as Arc<dyn Backend>)
+                .collect()],
+            meta.iter()
+                .map(|d| Arc::new(d.clone()) as Arc<dyn Backend>)
+                .collect(),
+            &KeySource::passphrase("pw"),
+        )
+        .await
+        .expect("open");
+        (data, meta, p)
+    }
+
+    /// Rewrites `name`'s record as format 1 (SHA-256 shard checksums), as an older qsfs wrote it.
+    async fn downgrade(p: &Pipeline, name: &str) -> ObjectRecord {
+        let mut rec = p.record(name).await.expect("record");
+        assert_eq!(rec.shard_hash, ShardHash::Blake3);
+        for i in 0..rec.stripes.len() {
+            for j in 0..rec.stripes[i].shards.len() {
+                let b = p.read_shard(&rec, i as u64, j).await.expect("shard");
+                rec.stripes[i].meta.shard_sums[j] = stripe::sha256(&b);
+            }
+        }
+        rec.shard_hash = ShardHash::Sha256;
+        rec.version += 1;
+        p.inner.meta.put(&p.inner.keys, &rec).await.expect("put");
+        rec
+    }
+
+    #[tokio::test]
+    async fn format_1_records_still_read_check_and_repair() {
+        let (data, _, p) = rig().await;
+        let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        p.put("obj", Bytes::from(body.clone())).await.expect("put");
+        let old = downgrade(&p, "obj").await;
+        let rec = p.record("obj").await.expect("record");
+        assert_eq!(
+            (rec.shard_hash, rec.version),
+            (ShardHash::Sha256, old.version)
+        );
+        assert_eq!(p.get("obj").await.expect("get"), body);
+        assert!(p.inspect(&rec, true, None).await.is_clean());
+        // A damaged shard is caught by its SHA-256 and rebuilt with a matching one.
+        let key = ObjectRecord::shard_key("qsfs", &rec.object_id, 1, 0);
+        assert!(data.iter().any(|d| d.tamper(&key, |v| v[3] ^= 1)));
+        let h = p.inspect(&rec, true, None).await;
+        assert_eq!(h.problems.len(), 1, "{:?}", h.problems);
+        assert_eq!(h.problems[0].kind, ProblemKind::Corrupt);
+        let report = p.repair(&rec, None).await.expect("repair");
+        assert_eq!(report.rewritten, 1);
+        assert!(p.inspect(&rec, true, None).await.is_clean());
+        assert_eq!(p.get("obj").await.expect("get"), body);
+    }
+
+    #[tokio::test]
+    async fn an_envelope_relabelled_to_the_other_format_does_not_authenticate() {
+        let (_, meta, p) = rig().await;
+        p.put("obj", Bytes::from_static(b"payload"))
+            .await
+            .expect("put");
+        for m in &meta {
+            for k in m.keys().into_iter().filter(|k| k.contains("/m/")) {
+                assert!(m.tamper(&k, |v| v[3] = b'1'));
+            }
+        }
+        let e = p.record("obj").await.expect_err("relabelled");
+        assert!(
+            e.to_string().contains("does not authenticate"),
+            "unexpected error: {e}"
+        );
     }
 }
