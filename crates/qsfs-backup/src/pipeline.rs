@@ -180,6 +180,8 @@ pub struct RepairReport {
     pub rewritten: usize,
     /// Shards that moved to another backend.
     pub moved: usize,
+    /// Bytes of the shards written.
+    pub bytes_rewritten: u64,
     /// Problems found before repair.
     pub problems: Vec<ShardProblem>,
     /// Metadata replicas re-written.
@@ -1020,15 +1022,40 @@ impl Pipeline {
         rec: &ObjectRecord,
         rate: Option<&RateLimiter>,
     ) -> Result<RepairReport> {
-        let inner = &self.inner;
+        match self.repair_detailed(rec, rate).await {
+            (report, None) => Ok(report),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// [`Pipeline::repair`] that always returns its report: what was re-created stays known
+    /// when the repair ends in an error (a stripe with fewer than k readable shards, a record
+    /// that could not be written), which comes back next to it.
+    pub async fn repair_detailed(
+        &self,
+        rec: &ObjectRecord,
+        rate: Option<&RateLimiter>,
+    ) -> (RepairReport, Option<Error>) {
         let mut report = RepairReport {
             name: rec.name.clone(),
             ..Default::default()
         };
+        let err = self.repair_into(rec, rate, &mut report).await.err();
+        (report, err)
+    }
+
+    async fn repair_into(
+        &self,
+        rec: &ObjectRecord,
+        rate: Option<&RateLimiter>,
+        report: &mut RepairReport,
+    ) -> Result<()> {
+        let inner = &self.inner;
         report.metadata_replicas = inner.meta.replicate(&inner.keys, rec).await.unwrap_or(0);
         let health = self.inspect(rec, true, rate).await;
+        report.problems = health.problems.clone();
         if health.is_clean() {
-            return Ok(report);
+            return Ok(());
         }
         self.refresh_health(false).await;
         let (k, m) = (rec.k as usize, rec.m as usize);
@@ -1042,11 +1069,12 @@ impl Pipeline {
         for p in &health.problems {
             by_stripe.entry(p.stripe).or_default().push(p);
         }
-        // A stripe that cannot be read now does not stop the others from being repaired; its
-        // error is returned once what could be repaired is recorded.
+        // A stripe that cannot be read or rebuilt now does not stop the others from being
+        // repaired; its error is returned once what could be repaired is recorded.
         let mut insufficient: Option<BackupError> = None;
+        let mut failed: Option<Error> = None;
         let mut unreachable = std::collections::BTreeSet::new();
-        for (i, bad) in by_stripe {
+        'stripes: for (i, bad) in by_stripe {
             let st = &rec.stripes[i as usize];
             for p in bad.iter().filter(|p| p.kind == ProblemKind::Unreachable) {
                 unreachable.insert(p.backend.clone());
@@ -1078,16 +1106,28 @@ impl Pipeline {
                 continue;
             }
             let missing: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
-            crate::codec::reconstruct(&mut shards, k, m)?;
+            let rebuilt =
+                on_cpu(move || crate::codec::reconstruct(&mut shards, k, m).map(|()| shards))
+                    .await
+                    .and_then(|r| r);
+            let shards = match rebuilt {
+                Ok(s) => s,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             for &j in &missing {
-                let data = shards[j]
-                    .clone()
-                    .ok_or_else(|| Error::corrupt("repair", "shard not rebuilt"))?;
+                let Some(data) = shards[j].clone() else {
+                    failed.get_or_insert(Error::corrupt("repair", "shard not rebuilt"));
+                    continue 'stripes;
+                };
                 if rec.shard_hash.sum(&data) != st.meta.shard_sums[j] {
-                    return Err(Error::corrupt(
+                    failed.get_or_insert(Error::corrupt(
                         format!("object {} stripe {i} shard {j}", rec.name),
                         "rebuilt shard does not match its recorded checksum",
                     ));
+                    continue 'stripes;
                 }
                 // The problem seen by the deep check; a shard that read fine then but not now
                 // is treated as unreachable (it may well be intact).
@@ -1137,6 +1177,7 @@ impl Pipeline {
                     continue;
                 };
                 report.rewritten += 1;
+                report.bytes_rewritten += data.len() as u64;
                 let name = inner.nodes[target].name.clone();
                 if Self::backend_name(&new, &new.stripes[i as usize].shards[j]) != name {
                     report.moved += 1;
@@ -1146,7 +1187,6 @@ impl Pipeline {
             }
         }
         report.unreachable_backends = unreachable.into_iter().collect();
-        report.problems = health.problems;
         if report.moved > 0 {
             new.version = inner
                 .meta
@@ -1159,7 +1199,10 @@ impl Pipeline {
         if let Some(e) = insufficient {
             return Err(e.into());
         }
-        Ok(report)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn repair_target(

@@ -119,6 +119,18 @@ impl LocalDir {
         })
     }
 
+    /// A backend on `root` that touches nothing yet: while the directory cannot be used (a
+    /// file in its place, an unmounted disk) every call fails and the backend reads as down,
+    /// instead of the whole repository failing to open. The temp area is created on the first
+    /// write that finds it missing.
+    pub fn unopened(root: impl Into<PathBuf>) -> Self {
+        LocalDir {
+            root: Arc::new(root.into()),
+            seq: Arc::new(AtomicU64::new(0)),
+            dir_sync: Arc::new(DirSync::default()),
+        }
+    }
+
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root
@@ -157,7 +169,15 @@ impl LocalDir {
         ));
         let ctx = |what: &str| format!("{what} {} in {}", key, self.root.display());
         let result = (|| {
-            let mut f = File::create(&tmp).map_err(|e| Error::io(ctx("create temp for"), e))?;
+            let mut f = match File::create(&tmp) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // The temp area is gone (directory wiped or never created): recreate it.
+                    fs::create_dir_all(self.root.join(TMP))
+                        .and_then(|()| File::create(&tmp))
+                        .map_err(|e| Error::io(ctx("create temp for"), e))?
+                }
+                r => r.map_err(|e| Error::io(ctx("create temp for"), e))?,
+            };
             f.write_all(data).map_err(|e| Error::io(ctx("write"), e))?;
             // Contents and length; the name is made durable by the directory fsync below.
             f.sync_data().map_err(|e| Error::io(ctx("fsync"), e))?;
