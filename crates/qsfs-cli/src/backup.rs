@@ -125,12 +125,7 @@ enum Command {
 /// Runs `qsfs backup`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(
-            std::env::var("QSFS_BLOCKING_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(qsfs_backup::pipeline::BLOCKING_THREADS),
-        )
+        .max_blocking_threads(qsfs_backup::pipeline::BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
