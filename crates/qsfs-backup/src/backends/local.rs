@@ -6,7 +6,7 @@
 //! first, are fsynced, renamed into place and the directory is fsynced, so a crash
 //! leaves the old blob or the new one, never a torn one, and a `put` that returned survives.
 //!
-//! Directory fsyncs are shared by concurrent writers (group commit, [`DirSync`]): the shards of
+//! Directory fsyncs are shared by concurrent writers (group commit, `DirSync`): the shards of
 //! an object all land in one directory, so the stripes a pipeline writes at once cost one
 //! directory fsync per batch instead of one each.
 
