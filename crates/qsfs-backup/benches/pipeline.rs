@@ -13,6 +13,10 @@
 //!
 //! Run: `cargo bench -p qsfs-backup --bench pipeline` (backends under the system temp dir, so
 //! on disk with fsync) or `QSFS_BENCH_DIR=/dev/shm cargo bench ...` (tmpfs: CPU cost only).
+//!
+//! With `QSFS_BENCH_CIPHER_FILE=FILE` it only times bare AES-256-GCM-SIV over FILE's bytes (default-size
+//! stripes, best of 5, one core) and prints `cipher_seconds=S`: the baseline of
+//! `crates/qsfs-backup/bench/backup-bench.sh`, measured on the very file it stores.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -67,13 +71,43 @@ fn peak_rss_kib() -> Option<u64> {
         .ok()
 }
 
+/// Seconds bare AES-256-GCM-SIV takes over `bytes`, cut as the pipeline cuts them.
+fn bare_cipher_seconds(bytes: &[u8], stripe: usize) -> f64 {
+    let dk = SecretKey::random();
+    let mut buf = Vec::with_capacity(stripe + 16);
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        for (i, chunk) in bytes.chunks(stripe).enumerate() {
+            buf.clear();
+            buf.extend_from_slice(chunk);
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            dk.seal_in_place(&nonce, b"aad", &mut buf);
+            black_box(&buf);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
 fn main() {
+    if let Ok(file) = std::env::var("QSFS_BENCH_CIPHER_FILE") {
+        let bytes = std::fs::read(&file).expect("read the cipher benchmark's file");
+        let s = bare_cipher_seconds(&bytes, Settings::default().stripe_size);
+        println!("cipher_bytes={}", bytes.len());
+        println!("cipher_seconds={s:.4}");
+        return;
+    }
     let mib: usize = std::env::var("QSFS_BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
     let size = mib << 20;
-    let stripe = 4 << 20;
+    let stripe = std::env::var("QSFS_BENCH_STRIPE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(Settings::default().stripe_size);
     let mut c = Criterion::default()
         .configure_from_args()
         .sample_size(10)

@@ -37,6 +37,22 @@ pub fn encode(data: Vec<u8>, k: usize, m: usize) -> Result<Vec<Bytes>> {
 /// Fills every `None` in `shards` (k data then m parity, all of one length) from any k present
 /// ones. Errors if fewer than k are present.
 pub fn reconstruct(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<()> {
+    reconstruct_data(shards, k, m)?;
+    if shards[k..].iter().any(Option::is_none) {
+        let originals: Vec<&Bytes> = shards[..k].iter().flatten().collect();
+        let parity = reed_solomon_simd::encode(k, m, originals).map_err(rs_err)?;
+        for (i, p) in parity.into_iter().enumerate() {
+            if shards[k + i].is_none() {
+                shards[k + i] = Some(Bytes::from(p));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills the missing data shards only (what reading needs: parity is not re-computed). Errors
+/// if fewer than k shards are present.
+pub fn reconstruct_data(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<()> {
     let present = shards.iter().filter(|s| s.is_some()).count();
     if present < k {
         return Err(Error::corrupt(
@@ -56,15 +72,6 @@ pub fn reconstruct(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<(
         let restored = reed_solomon_simd::decode(k, m, originals, recovery).map_err(rs_err)?;
         for (i, s) in restored {
             shards[i] = Some(Bytes::from(s));
-        }
-    }
-    if shards[k..].iter().any(Option::is_none) {
-        let originals: Vec<&Bytes> = shards[..k].iter().flatten().collect();
-        let parity = reed_solomon_simd::encode(k, m, originals).map_err(rs_err)?;
-        for (i, p) in parity.into_iter().enumerate() {
-            if shards[k + i].is_none() {
-                shards[k + i] = Some(Bytes::from(p));
-            }
         }
     }
     Ok(())

@@ -113,7 +113,11 @@ impl BackendSpec {
 
     fn open(&self, zdb: Option<&dyn ZdbConnector>) -> Result<Arc<dyn Backend>> {
         match self {
-            BackendSpec::Local(p) => Ok(Arc::new(LocalDir::open(p)?)),
+            BackendSpec::Local(p) => Ok(Arc::new(LocalDir::open(p).unwrap_or_else(|e| {
+                // One unusable directory is one backend down, which redundancy is for.
+                tracing::warn!("backend {}: {e}", p.display());
+                LocalDir::unopened(p)
+            }))),
             BackendSpec::Memory(n) => Ok(Arc::new(Memory::new(format!("memory:{n}")))),
             BackendSpec::Zdb(spec) => match zdb {
                 Some(c) => c.connect(spec),

@@ -8,8 +8,11 @@
 //! {prefix}/m/{hmac(path)}/{version:016x} one envelope per record version
 //! ```
 //!
-//! Envelope = `"QSM1" ‖ version (u64 LE) ‖ nonce ‖ AES-256-GCM-SIV(meta key, postcard(record))`,
-//! associated data = repository id ‖ path hash ‖ version. A record moved to another path's key or
+//! Envelope = `"QSM2" ‖ version (u64 LE) ‖ nonce ‖ AES-256-GCM-SIV(meta key, postcard(record))`,
+//! associated data = format label ‖ repository id ‖ path hash ‖ version. Format 2 differs from
+//! format 1 (`"QSM1"`, still read) only in its shard checksums: BLAKE3 instead of SHA-256
+//! ([`ObjectRecord::shard_hash`]); the label in the associated data binds the format, so an
+//! envelope relabelled to the other one does not authenticate. A record moved to another path's key or
 //! to another version's key does not authenticate. A new version is always the highest listed
 //! version + 1, readers take the highest version a read quorum reports, and an older envelope
 //! replayed under its own key is simply superseded; so a rollback needs the newest version to be
@@ -26,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Keys;
 use crate::error::BackupError;
 use crate::node::Node;
-use crate::stripe::{StripeMeta, Sum};
+use crate::stripe::{ShardHash, StripeMeta, Sum};
 use qsfs_core::{Error, Result};
 
 /// One shard's location.
@@ -80,6 +83,10 @@ pub struct ObjectRecord {
     pub backends: Vec<String>,
     /// The stripes.
     pub stripes: Vec<StripeRecord>,
+    /// The checksum of the shards: not in the encoded record but given by its envelope's format
+    /// (which the envelope authenticates), so records of format 1 decode unchanged.
+    #[serde(skip)]
+    pub shard_hash: ShardHash,
 }
 
 impl ObjectRecord {
@@ -124,10 +131,14 @@ pub fn parse_shard_key<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, u64, 
     ))
 }
 
-const MAGIC: &[u8; 4] = b"QSM1";
+const MAGIC_V1: &[u8; 4] = b"QSM1";
+const MAGIC_V2: &[u8; 4] = b"QSM2";
 
-fn aad(keys: &Keys, hash: &str, version: u64) -> Vec<u8> {
-    let mut a = b"qsfs-meta-v1".to_vec();
+fn aad(keys: &Keys, hash: &str, version: u64, format: ShardHash) -> Vec<u8> {
+    let mut a = match format {
+        ShardHash::Sha256 => b"qsfs-meta-v1".to_vec(),
+        ShardHash::Blake3 => b"qsfs-meta-v2".to_vec(),
+    };
     a.extend_from_slice(&keys.repo_id);
     a.extend_from_slice(hash.as_bytes());
     a.extend_from_slice(&version.to_le_bytes());
@@ -139,9 +150,16 @@ pub fn seal(keys: &Keys, rec: &ObjectRecord) -> Result<Vec<u8>> {
     let hash = keys.name_hash(&rec.name);
     let plain = postcard::to_allocvec(rec)
         .map_err(|e| Error::InvalidArgument(format!("encode record: {e}")))?;
-    let mut out = MAGIC.to_vec();
+    let mut out = match rec.shard_hash {
+        ShardHash::Sha256 => MAGIC_V1.to_vec(),
+        ShardHash::Blake3 => MAGIC_V2.to_vec(),
+    };
     out.extend_from_slice(&rec.version.to_le_bytes());
-    out.extend_from_slice(&keys.meta.seal(&aad(keys, &hash, rec.version), &plain));
+    out.extend_from_slice(
+        &keys
+            .meta
+            .seal(&aad(keys, &hash, rec.version, rec.shard_hash), &plain),
+    );
     Ok(out)
 }
 
@@ -160,9 +178,14 @@ pub fn open(
         }
         .into()
     };
-    if env.len() < 12 || &env[..4] != MAGIC {
+    if env.len() < 12 {
         return Err(tampered("not a qsfs metadata envelope"));
     }
+    let format = match &env[..4] {
+        m if m == MAGIC_V1 => ShardHash::Sha256,
+        m if m == MAGIC_V2 => ShardHash::Blake3,
+        _ => return Err(tampered("not a qsfs metadata envelope")),
+    };
     let claimed = u64::from_le_bytes(env[4..12].try_into().map_err(|_| tampered("short"))?);
     if claimed != version {
         return Err(tampered(&format!(
@@ -171,14 +194,15 @@ pub fn open(
     }
     let plain = keys
         .meta
-        .open(&aad(keys, hash, version), &env[12..])
+        .open(&aad(keys, hash, version, format), &env[12..])
         .ok_or_else(|| {
             tampered(
                 "does not authenticate for this path and version (swapped, replayed or modified)",
             )
         })?;
-    let rec: ObjectRecord =
+    let mut rec: ObjectRecord =
         postcard::from_bytes(&plain).map_err(|e| tampered(&format!("undecodable: {e}")))?;
+    rec.shard_hash = format;
     if rec.version != version || keys.name_hash(&rec.name) != hash {
         return Err(tampered("record names another path or version"));
     }

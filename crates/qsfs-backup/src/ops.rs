@@ -409,6 +409,112 @@ pub async fn rebuild(
     Ok((out, problems))
 }
 
+/// How one object came out of a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RebuildStatus {
+    /// Nothing was wrong.
+    Clean,
+    /// Everything found was repaired.
+    Repaired,
+    /// Some shards could not be placed or verified: still degraded (see the report).
+    Partial,
+    /// The repair ended in an error (see `error`); what it re-created before is in the report.
+    Failed,
+}
+
+/// One object's part in a rebuild.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectRebuild {
+    /// The outcome.
+    pub status: RebuildStatus,
+    /// What was found and done.
+    pub report: RepairReport,
+    /// Why the repair stopped short (partial or failed).
+    pub error: Option<String>,
+}
+
+/// What a rebuild did, object by object and in total.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RebuildReport {
+    /// Objects checked (deep).
+    pub objects_checked: usize,
+    /// Objects that needed nothing.
+    pub objects_clean: usize,
+    /// Objects fully repaired.
+    pub objects_repaired: usize,
+    /// Objects left degraded.
+    pub objects_partial: usize,
+    /// Objects whose repair failed.
+    pub objects_failed: usize,
+    /// Shards re-created.
+    pub shards_rewritten: usize,
+    /// Of those, shards written to another backend than before.
+    pub shards_moved: usize,
+    /// Bytes of the shards re-created.
+    pub bytes_rewritten: u64,
+    /// Metadata replicas written back.
+    pub metadata_replicas: usize,
+    /// Backends that did not answer during the rebuild, sorted.
+    pub unreachable_backends: Vec<String>,
+    /// Records that could not be opened (their objects were not checked).
+    pub unreadable_records: Vec<String>,
+    /// Every object checked, in name order.
+    pub objects: Vec<ObjectRebuild>,
+}
+
+impl RebuildReport {
+    /// True when every object is clean or fully repaired and every record could be read.
+    pub fn is_complete(&self) -> bool {
+        self.objects_partial == 0 && self.objects_failed == 0 && self.unreadable_records.is_empty()
+    }
+}
+
+/// Re-creates missing or corrupt shards of one object or of all, and reports object by object
+/// what was checked, re-created (shards, bytes, moves), left degraded and unreachable. One
+/// object's failure does not stop the others.
+pub async fn rebuild_report(p: &Pipeline, name: Option<&str>) -> Result<RebuildReport> {
+    let (recs, problems) = match name {
+        Some(n) => (vec![p.record(n).await?], Vec::new()),
+        None => p.records().await?,
+    };
+    let mut out = RebuildReport {
+        unreadable_records: problems.iter().map(|e| e.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut unreachable = std::collections::BTreeSet::new();
+    for r in &recs {
+        let (report, err) = p.repair_detailed(r, None).await;
+        let (status, err) = match (err, report.remaining()) {
+            (Some(e), _) => (RebuildStatus::Failed, Some(e.to_string())),
+            (None, Some(partial)) => (RebuildStatus::Partial, Some(partial.to_string())),
+            (None, None) if report.problems.is_empty() && report.metadata_replicas == 0 => {
+                (RebuildStatus::Clean, None)
+            }
+            (None, None) => (RebuildStatus::Repaired, None),
+        };
+        out.objects_checked += 1;
+        match status {
+            RebuildStatus::Clean => out.objects_clean += 1,
+            RebuildStatus::Repaired => out.objects_repaired += 1,
+            RebuildStatus::Partial => out.objects_partial += 1,
+            RebuildStatus::Failed => out.objects_failed += 1,
+        }
+        out.shards_rewritten += report.rewritten;
+        out.shards_moved += report.moved;
+        out.bytes_rewritten += report.bytes_rewritten;
+        out.metadata_replicas += report.metadata_replicas;
+        unreachable.extend(report.unreachable_backends.iter().cloned());
+        out.objects.push(ObjectRebuild {
+            status,
+            report,
+            error: err,
+        });
+    }
+    out.unreachable_backends = unreachable.into_iter().collect();
+    Ok(out)
+}
+
 /// Options of a scrub.
 #[derive(Debug, Clone, Default)]
 pub struct ScrubOptions {

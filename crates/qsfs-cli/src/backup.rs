@@ -213,6 +213,64 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// The text form of a rebuild: one line per object that was not clean, then the totals.
+fn print_rebuild(r: &ops::RebuildReport) {
+    use ops::RebuildStatus as S;
+    for o in &r.objects {
+        let rep = &o.report;
+        let done = format!(
+            "{} shard(s) re-created ({}), {} moved, {} metadata replica(s) restored",
+            rep.rewritten,
+            human(rep.bytes_rewritten),
+            rep.moved,
+            rep.metadata_replicas
+        );
+        match o.status {
+            S::Clean => {}
+            S::Repaired => println!("REPAIRED  {}: {done}", rep.name),
+            S::Partial => println!(
+                "PARTIAL   {}: {done}; {} lost shard(s) not placed, {} not verified",
+                rep.name,
+                rep.unplaced.len(),
+                rep.not_verified.len()
+            ),
+            S::Failed => println!(
+                "FAILED    {}: {}; before that: {done}",
+                rep.name,
+                o.error.as_deref().unwrap_or("error")
+            ),
+        }
+        if o.status != S::Clean && !rep.unreachable_backends.is_empty() {
+            println!(
+                "          unreachable: {}",
+                rep.unreachable_backends.join(", ")
+            );
+        }
+    }
+    for e in &r.unreadable_records {
+        println!("UNREADABLE {e}");
+    }
+    println!(
+        "rebuild: {} object(s) checked: {} clean, {} repaired, {} partial, {} failed; \
+         {} shard(s) re-created ({}), {} moved, {} metadata replica(s) restored",
+        r.objects_checked,
+        r.objects_clean,
+        r.objects_repaired,
+        r.objects_partial,
+        r.objects_failed,
+        r.shards_rewritten,
+        human(r.bytes_rewritten),
+        r.shards_moved,
+        r.metadata_replicas
+    );
+    if !r.unreachable_backends.is_empty() {
+        println!(
+            "unreachable backends: {}",
+            r.unreachable_backends.join(", ")
+        );
+    }
+}
+
 fn code(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
@@ -319,36 +377,13 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 path.as_deref().map(|p| config.object_name(p)).transpose()?
             };
-            let (results, unreadable) = ops::rebuild(&pipeline, name.as_deref()).await?;
-            let mut ok = unreadable.is_empty();
-            let mut out = Vec::new();
-            for r in results {
-                match r {
-                    Ok(rep) => {
-                        if !json {
-                            println!(
-                                "{}: {} shard(s) re-created, {} moved, {} metadata replica(s) restored",
-                                rep.name, rep.rewritten, rep.moved, rep.metadata_replicas
-                            );
-                        }
-                        out.push(serde_json::to_value(&rep)?);
-                    }
-                    Err(e) => {
-                        ok = false;
-                        if !json {
-                            println!("FAILED {e}");
-                        }
-                        out.push(serde_json::json!({ "error": e.to_string() }));
-                    }
-                }
-            }
-            for e in &unreadable {
-                eprintln!("unreadable record: {e}");
-            }
+            let report = ops::rebuild_report(&pipeline, name.as_deref()).await?;
             if json {
-                print_json(&out)?;
+                print_json(&report)?;
+            } else {
+                print_rebuild(&report);
             }
-            Ok(code(ok))
+            Ok(code(report.is_complete()))
         }
         Command::List => {
             let (entries, unreadable) = ops::list(&pipeline).await?;

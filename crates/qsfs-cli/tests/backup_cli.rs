@@ -183,3 +183,156 @@ backends = ["local:b1", "local:b2", "local:b3", "local:b4"]
     let v: serde_json::Value = serde_json::from_str(&list).expect("json");
     assert_eq!(v["objects"].as_array().expect("objects").len(), 1);
 }
+
+/// `rebuild` says object by object what it re-created (shards, bytes, moves) and which backends
+/// did not answer, in text and with `--json`; a partial repair is reported as such and exits
+/// non-zero, and once the backend is back a second rebuild completes it.
+#[test]
+fn rebuild_reports_per_object_in_text_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let config = root.join("backup.toml");
+    std::fs::write(
+        &config,
+        r#"
+data_shards = 2
+parity_shards = 2
+stripe_size = 65536
+op_timeout_ms = 2000
+down_for_ms = 100
+[kdf]
+memory_kib = 256
+iterations = 1
+parallelism = 1
+[meta]
+backends = ["local:meta1", "local:meta2", "local:meta3"]
+[[groups]]
+backends = ["local:b1", "local:b2", "local:b3", "local:b4"]
+"#,
+    )
+    .expect("write config");
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (a, b) = (root.join("a.bin"), root.join("b.txt"));
+    std::fs::write(&a, &big).expect("write");
+    std::fs::write(&b, b"a small note\n").expect("write");
+    let arg = |p: &Path| p.to_str().expect("utf8").to_string();
+    ok(&qsfs(&config, "pw", &["store", &arg(&a), &arg(&b)]));
+
+    // Nothing to do: both objects clean.
+    let out = ok(&qsfs(&config, "pw", &["rebuild", "--all"]));
+    assert!(
+        out.contains("2 object(s) checked: 2 clean, 0 repaired, 0 partial, 0 failed"),
+        "{out}"
+    );
+    assert!(!out.contains("REPAIRED"), "{out}");
+
+    // b1 loses everything: each object gets its shards back, one per stripe (5 + 1).
+    std::fs::remove_dir_all(root.join("b1")).expect("rm b1");
+    let out = ok(&qsfs(&config, "pw", &["rebuild", "--all"]));
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("REPAIRED")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("a.bin: 5 shard(s) re-created")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("b.txt: 1 shard(s) re-created")),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 object(s) checked: 0 clean, 2 repaired")
+            && out.contains("6 shard(s) re-created"),
+        "{out}"
+    );
+
+    // The same in JSON after b2 is wiped.
+    std::fs::remove_dir_all(root.join("b2")).expect("rm b2");
+    let o = qsfs(&config, "pw", &["rebuild", "--all", "--json"]);
+    let text = ok(&o);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["objects_checked"], 2, "{text}");
+    assert_eq!(v["objects_repaired"], 2, "{text}");
+    assert_eq!(v["shards_rewritten"], 6, "{text}");
+    assert_eq!(v["shards_moved"], 0, "{text}");
+    assert_eq!(
+        v["unreachable_backends"].as_array().expect("array").len(),
+        0
+    );
+    let objs = v["objects"].as_array().expect("objects");
+    // The total is the sum of the objects' shard bytes (the content compresses well, so they
+    // are small but not empty).
+    let per_object: u64 = objs
+        .iter()
+        .map(|o| o["report"]["bytes_rewritten"].as_u64().expect("bytes"))
+        .sum();
+    assert!(per_object > 0, "{text}");
+    assert_eq!(v["bytes_rewritten"].as_u64(), Some(per_object), "{text}");
+    assert!(objs.iter().all(|o| o["status"] == "repaired"), "{text}");
+    let a_obj = objs
+        .iter()
+        .find(|o| {
+            o["report"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("a.bin"))
+        })
+        .expect("a.bin in the report");
+    assert_eq!(a_obj["report"]["rewritten"], 5, "{text}");
+    assert_eq!(
+        a_obj["report"]["problems"]
+            .as_array()
+            .expect("problems")
+            .len(),
+        5
+    );
+
+    // b3 stops answering (its directory is a file now) and b4 is wiped: b4's shards come back,
+    // b3's have nowhere to go (2+2 over exactly 4 backends), so the repair is partial.
+    std::fs::remove_dir_all(root.join("b3")).expect("rm b3");
+    std::fs::write(root.join("b3"), b"not a directory").expect("block b3");
+    std::fs::remove_dir_all(root.join("b4")).expect("rm b4");
+    let o = qsfs(&config, "pw", &["rebuild", "--all", "--json"]);
+    assert!(!o.status.success(), "a partial rebuild exits non-zero");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["objects_partial"], 2, "{v}");
+    assert_eq!(v["shards_rewritten"], 6, "{v}");
+    let unreachable = v["unreachable_backends"].as_array().expect("array");
+    assert_eq!(unreachable.len(), 1, "{v}");
+    assert!(unreachable[0].as_str().expect("str").ends_with("b3"), "{v}");
+    assert!(v["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .all(|o| o["status"] == "partial"
+            && o["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("partial repair"))));
+    let o = qsfs(&config, "pw", &["rebuild", "--all"]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("PARTIAL") && out.contains("not verified") && out.contains("unreachable"),
+        "{out}"
+    );
+
+    // b3 comes back empty: the last rebuild completes the repair.
+    std::fs::remove_file(root.join("b3")).expect("unblock b3");
+    std::fs::create_dir(root.join("b3")).expect("mkdir b3");
+    let out = ok(&qsfs(&config, "pw", &["rebuild", "--all"]));
+    assert!(
+        out.contains("0 partial, 0 failed; 6 shard(s) re-created"),
+        "{out}"
+    );
+    ok(&qsfs(&config, "pw", &["check", "--deep"]));
+    ok(&qsfs(
+        &config,
+        "pw",
+        &["retrieve", &arg(&a), "-o", &arg(&root.join("back.bin"))],
+    ));
+    assert_eq!(std::fs::read(root.join("back.bin")).expect("read"), big);
+}

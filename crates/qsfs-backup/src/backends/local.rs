@@ -4,8 +4,13 @@
 //! cannot occur in a key, so a key never collides with the directory of a longer key (`a` and
 //! `a/b` can both exist) and a 255-byte key still fits a file name. Writes go to `ROOT/@tmp/`
 //! first, are fsynced, renamed into place and the directory is fsynced, so a crash
-//! leaves the old blob or the new one, never a torn one.
+//! leaves the old blob or the new one, never a torn one, and a `put` that returned survives.
+//!
+//! Directory fsyncs are shared by concurrent writers (group commit, `DirSync`): the shards of
+//! an object all land in one directory, so the stripes a pipeline writes at once cost one
+//! directory fsync per batch instead of one each.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
@@ -16,6 +21,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
 use qsfs_core::{check_object_key, Backend, Error, Health, Result};
 
 const SUFFIX: char = '@';
@@ -26,6 +32,78 @@ const TMP: &str = "@tmp";
 pub struct LocalDir {
     root: Arc<PathBuf>,
     seq: Arc<AtomicU64>,
+    dir_sync: Arc<DirSync>,
+}
+
+/// Group commit of directory fsyncs.
+///
+/// A writer adds the directories it changed to the batch being collected and waits until a
+/// batch holding them has been fsynced. One writer at a time (the leader) fsyncs a whole batch;
+/// writers that arrive meanwhile collect the next one, so N concurrent renames into a directory
+/// cost one or two fsyncs of it, and no writer returns before its rename is durable.
+#[derive(Debug, Default)]
+struct DirSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Directories of the batch being collected (number `collecting`).
+    pending: BTreeSet<PathBuf>,
+    collecting: u64,
+    /// Batches below this number are finished.
+    finished: u64,
+    /// A leader is fsyncing batch `collecting - 1`.
+    running: bool,
+    /// Errors of recent batches, by batch number.
+    errors: BTreeMap<u64, String>,
+}
+
+impl DirSync {
+    fn sync(&self, dirs: impl IntoIterator<Item = PathBuf>) -> std::io::Result<()> {
+        let mut st = self.state.lock();
+        st.pending.extend(dirs);
+        let mine = st.collecting;
+        loop {
+            if st.finished > mine {
+                return match st.errors.get(&mine) {
+                    Some(e) => Err(std::io::Error::other(e.clone())),
+                    None => Ok(()),
+                };
+            }
+            if !st.running {
+                // Nobody is fsyncing, so batch `mine` has not started: lead it.
+                let batch = std::mem::take(&mut st.pending);
+                st.collecting += 1;
+                st.running = true;
+                drop(st);
+                let mut err = None;
+                for d in &batch {
+                    if let Err(e) = File::open(d).and_then(|f| f.sync_all()) {
+                        err.get_or_insert(format!("fsync directory {}: {e}", d.display()));
+                    }
+                }
+                let mut st = self.state.lock();
+                st.running = false;
+                st.finished = mine + 1;
+                if let Some(e) = &err {
+                    st.errors.insert(mine, e.clone());
+                }
+                // Waiters of a batch read its error right after it ends; keep a margin.
+                while st.errors.len() > 64 {
+                    st.errors.pop_first();
+                }
+                drop(st);
+                self.done.notify_all();
+                return match err {
+                    Some(e) => Err(std::io::Error::other(e)),
+                    None => Ok(()),
+                };
+            }
+            self.done.wait(&mut st);
+        }
+    }
 }
 
 impl LocalDir {
@@ -37,7 +115,20 @@ impl LocalDir {
         Ok(LocalDir {
             root: Arc::new(root),
             seq: Arc::new(AtomicU64::new(0)),
+            dir_sync: Arc::new(DirSync::default()),
         })
+    }
+
+    /// A backend on `root` that touches nothing yet: while the directory cannot be used (a
+    /// file in its place, an unmounted disk) every call fails and the backend reads as down,
+    /// instead of the whole repository failing to open. The temp area is created on the first
+    /// write that finds it missing.
+    pub fn unopened(root: impl Into<PathBuf>) -> Self {
+        LocalDir {
+            root: Arc::new(root.into()),
+            seq: Arc::new(AtomicU64::new(0)),
+            dir_sync: Arc::new(DirSync::default()),
+        }
     }
 
     /// The directory.
@@ -78,11 +169,33 @@ impl LocalDir {
         ));
         let ctx = |what: &str| format!("{what} {} in {}", key, self.root.display());
         let result = (|| {
-            let mut f = File::create(&tmp).map_err(|e| Error::io(ctx("create temp for"), e))?;
+            let mut f = match File::create(&tmp) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // The temp area is gone (directory wiped or never created): recreate it.
+                    fs::create_dir_all(self.root.join(TMP))
+                        .and_then(|()| File::create(&tmp))
+                        .map_err(|e| Error::io(ctx("create temp for"), e))?
+                }
+                r => r.map_err(|e| Error::io(ctx("create temp for"), e))?,
+            };
             f.write_all(data).map_err(|e| Error::io(ctx("write"), e))?;
-            f.sync_all().map_err(|e| Error::io(ctx("fsync"), e))?;
+            // Contents and length; the name is made durable by the directory fsync below.
+            f.sync_data().map_err(|e| Error::io(ctx("fsync"), e))?;
             drop(f);
             let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+            // Directories created for this key must reach the disk too: their parents are
+            // fsynced with the key's own directory.
+            let mut to_sync = vec![parent.clone()];
+            let mut d = parent.as_path();
+            while d != self.root.as_path() && !d.exists() {
+                match d.parent() {
+                    Some(up) => {
+                        to_sync.push(up.to_path_buf());
+                        d = up;
+                    }
+                    None => break,
+                }
+            }
             // A concurrent delete may remove an emptied parent between create and rename: retry once.
             for attempt in 0..2 {
                 fs::create_dir_all(&parent)
@@ -93,8 +206,8 @@ impl LocalDir {
                     Err(e) => return Err(Error::io(ctx("rename into place"), e)),
                 }
             }
-            File::open(&parent)
-                .and_then(|d| d.sync_all())
+            self.dir_sync
+                .sync(to_sync)
                 .map_err(|e| Error::io(ctx("fsync directory of"), e))?;
             Ok(())
         })();
@@ -119,13 +232,22 @@ impl LocalDir {
                 (s, r.end.min(len).max(s))
             }
         };
-        let mut buf = vec![0u8; (end - start) as usize];
         if start > 0 {
             f.seek(SeekFrom::Start(start))
                 .map_err(|e| Error::io(format!("seek {key}"), e))?;
         }
-        f.read_exact(&mut buf)
+        // Read into spare capacity: a shard-sized buffer is not zeroed first.
+        let want = (end - start) as usize;
+        let mut buf = Vec::with_capacity(want);
+        f.take(want as u64)
+            .read_to_end(&mut buf)
             .map_err(|e| Error::io(format!("read {key}"), e))?;
+        if buf.len() != want {
+            return Err(Error::io(
+                format!("read {key}"),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
         Ok(Bytes::from(buf))
     }
 
@@ -315,6 +437,34 @@ mod tests {
             vec!["a".to_string(), "a/b".to_string()]
         );
         assert_eq!(b.get("a").await.expect("get"), Bytes::from_static(b"1"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_share_directory_fsyncs_and_all_land() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = LocalDir::open(dir.path()).expect("open");
+        let puts = (0..64).map(|i| {
+            let b = b.clone();
+            // Four objects' directories, created by racing writers.
+            let key = format!("p/d/{}/{i:04}", i % 4);
+            async move {
+                b.put(&key, Bytes::from(vec![i as u8; 1000 + i]))
+                    .await
+                    .map(|_| key)
+            }
+        });
+        let keys: Vec<String> = futures::future::try_join_all(puts).await.expect("puts");
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(b.get(key).await.expect("get"), vec![i as u8; 1000 + i]);
+        }
+        assert_eq!(b.list("p/d/").await.expect("list").len(), 64);
+        let st = b.dir_sync.state.lock();
+        assert!(!st.running && st.pending.is_empty() && st.errors.is_empty());
+        assert!(
+            st.finished >= 1 && st.finished <= 64,
+            "{} batches",
+            st.finished
+        );
     }
 
     #[tokio::test]

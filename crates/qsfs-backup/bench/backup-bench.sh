@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The benchmark of issue #4, in one run:
+#   * bare AES-256-GCM-SIV over the bytes of the file (baseline, one core);
+#   * `qsfs backup store` of a random file, 2+2 over 4 local `qsfs serve` nodes (+ the same 4 as
+#     replicated metadata backends);
+#   * `qsfs backup retrieve` of it (verified byte for byte with cmp);
+#   * the same retrieve after SIGKILLing 2 of the 4 nodes;
+#   * peak RSS of each `qsfs backup` process (GNU time).
+# Each figure is printed with its ratio to the bare cipher (throughput) and to 0-stor v2's
+# figures on this machine (issue #4: store ~3.3 s / 1.03 GB RSS, retrieve ~1.9 s, retrieve with 2
+# of 4 nodes dead 7.7-10.3 s).
+#
+# Usage: crates/qsfs-backup/bench/backup-bench.sh            (256 MiB)
+#        QSFS_BENCH_MIB=64 QSFS_BENCH_DIR=/dev/shm crates/qsfs-backup/bench/backup-bench.sh
+#        QSFS_SERVE_ARGS=--sync ...   (nodes fsync every write before acknowledging it)
+# Builds `qsfs` (release) and the cipher baseline first unless QSFS_BIN is set. Argon2id is set
+# cheap so the figures measure the pipeline (like 0-stor v2's hex key); the default cost adds
+# ~0.3 s and a transient 64 MiB to every command.
+set -euo pipefail
+
+MIB=${QSFS_BENCH_MIB:-256}
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+cd "$ROOT"
+if [[ -z "${QSFS_BIN:-}" ]]; then
+    cargo build --release -q -p qsfs-cli
+    QSFS_BIN=$ROOT/target/release/qsfs
+fi
+WORK=$(mktemp -d "${QSFS_BENCH_DIR:-${TMPDIR:-/tmp}}/backup-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+PORTS=()
+for i in 0 1 2 3; do
+    port=$(free_port)
+    mkdir -p "$WORK/node$i"
+    # shellcheck disable=SC2086 # QSFS_SERVE_ARGS is a list of flags
+    QSFS_LOG=warn "$QSFS_BIN" serve --port "$port" --data "$WORK/node$i/data" \
+        --index "$WORK/node$i/index" ${QSFS_SERVE_ARGS:-} >"$WORK/node$i.log" 2>&1 &
+    PIDS+=($!)
+    disown # no job notice when two of them are killed
+    PORTS+=("$port")
+done
+for port in "${PORTS[@]}"; do
+    for _ in $(seq 200); do
+        [[ "$(redis-cli -p "$port" PING 2>/dev/null)" == PONG ]] && break
+        sleep 0.05
+    done
+    redis-cli -p "$port" NSNEW data >/dev/null
+    redis-cli -p "$port" NSNEW meta >/dev/null
+done
+list() { printf '"zdb://127.0.0.1:%s/'"$1"'", ' "${PORTS[@]}" | sed 's/, $//'; }
+cat >"$WORK/backup.toml" <<EOF
+data_shards = 2
+parity_shards = 2
+op_timeout_ms = 5000
+down_for_ms = 5000
+[kdf]
+memory_kib = 1024
+iterations = 1
+parallelism = 1
+[meta]
+backends = [$(list meta)]
+[[groups]]
+backends = [$(list data)]
+EOF
+
+SRC=$WORK/random.bin
+head -c $((MIB << 20)) /dev/urandom >"$SRC"
+BYTES=$((MIB << 20))
+
+if [[ -n "${QSFS_BENCH_CIPHER_BIN:-}" ]]; then
+    CIPHER=$(QSFS_BENCH_CIPHER_FILE=$SRC "$QSFS_BENCH_CIPHER_BIN" | sed -n 's/^cipher_seconds=//p')
+else
+    CIPHER=$(QSFS_BENCH_CIPHER_FILE=$SRC cargo bench -q -p qsfs-backup --bench pipeline 2>/dev/null |
+        sed -n 's/^cipher_seconds=//p')
+fi
+
+export QSFS_PASSPHRASE=bench-passphrase QSFS_LOG=error
+# Runs `qsfs backup ARGS...` under GNU time; sets SECS and RSS_KIB.
+run() {
+    /usr/bin/time -f '%e %M' -o "$WORK/time" "$QSFS_BIN" backup --config "$WORK/backup.toml" \
+        --quiet "$@" >"$WORK/out.log" 2>&1 || { cat "$WORK/out.log"; exit 1; }
+    read -r SECS RSS_KIB <"$WORK/time"
+}
+
+run store "$SRC"
+STORE=$SECS STORE_RSS=$RSS_KIB
+run retrieve "$SRC" -o "$WORK/back.bin"
+GET=$SECS GET_RSS=$RSS_KIB
+cmp "$SRC" "$WORK/back.bin"
+rm -f "$WORK/back.bin"
+kill -9 "${PIDS[0]}" "${PIDS[1]}"
+run retrieve "$SRC" -o "$WORK/back.bin"
+DEAD=$SECS DEAD_RSS=$RSS_KIB
+cmp "$SRC" "$WORK/back.bin"
+
+python3 - "$MIB" "$BYTES" "$CIPHER" "$STORE" "$GET" "$DEAD" "$STORE_RSS" "$GET_RSS" "$DEAD_RSS" <<'EOF'
+import sys
+mib, n, cipher, store, get, dead = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:7])
+rss = [int(x) / 1024 for x in sys.argv[7:10]]
+gib = n / 2**30
+print(f"object: {mib} MiB random, 2+2 over 4 local `qsfs serve` nodes")
+print(f"bare AES-256-GCM-SIV     {cipher:7.3f} s  {gib / cipher:6.2f} GiB/s  (baseline)")
+rows = [("store", store, 3.3, rss[0]), ("retrieve", get, 1.9, rss[1]),
+        ("retrieve, 2 of 4 dead", dead, 7.7, rss[2])]
+for name, t, zstor, r in rows:
+    print(f"{name:<24} {t:7.3f} s  {gib / t:6.2f} GiB/s  {cipher / t:5.0%} of cipher  "
+          f"{t / zstor:5.2f}x 0-stor v2 ({zstor} s)  peak RSS {r:6.1f} MiB")
+print(f"retrieve 2 dead / healthy: {dead / get:.2f}x (goal <= 1.5x)")
+print(f"peak RSS max: {max(rss):.1f} MiB (goal <= 128 MiB; 0-stor v2 1.03 GB)")
+EOF
