@@ -1,6 +1,6 @@
 //! The real `qsfs backup` binary over LocalDir backends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn qsfs(config: &Path, pass: &str, args: &[&str]) -> Output {
@@ -13,6 +13,30 @@ fn qsfs(config: &Path, pass: &str, args: &[&str]) -> Output {
         .env("QSFS_LOG", "warn")
         .output()
         .expect("run qsfs")
+}
+
+/// A 2+2 config over four LocalDir backends and three metadata replicas under `root`, with a
+/// cheap KDF; `extra` adds top-level keys.
+fn write_config(root: &Path, extra: &str) -> PathBuf {
+    let config = root.join("backup.toml");
+    let toml = format!(
+        r#"
+data_shards = 2
+parity_shards = 2
+stripe_size = 65536
+op_timeout_ms = 2000
+{extra}[kdf]
+memory_kib = 256
+iterations = 1
+parallelism = 1
+[meta]
+backends = ["local:meta1", "local:meta2", "local:meta3"]
+[[groups]]
+backends = ["local:b1", "local:b2", "local:b3", "local:b4"]
+"#
+    );
+    std::fs::write(&config, toml).expect("write config");
+    config
 }
 
 fn ok(o: &Output) -> String {
@@ -30,25 +54,7 @@ fn ok(o: &Output) -> String {
 fn store_retrieve_lose_backends_repair_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let config = root.join("backup.toml");
-    std::fs::write(
-        &config,
-        r#"
-data_shards = 2
-parity_shards = 2
-stripe_size = 65536
-op_timeout_ms = 2000
-[kdf]
-memory_kib = 256
-iterations = 1
-parallelism = 1
-[meta]
-backends = ["local:meta1", "local:meta2", "local:meta3"]
-[[groups]]
-backends = ["local:b1", "local:b2", "local:b3", "local:b4"]
-"#,
-    )
-    .expect("write config");
+    let config = write_config(root, "");
     let src = root.join("src");
     std::fs::create_dir_all(src.join("sub")).expect("mkdir");
     let big: Vec<u8> = (0..300_000u32)
@@ -191,26 +197,7 @@ backends = ["local:b1", "local:b2", "local:b3", "local:b4"]
 fn rebuild_reports_per_object_in_text_and_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let config = root.join("backup.toml");
-    std::fs::write(
-        &config,
-        r#"
-data_shards = 2
-parity_shards = 2
-stripe_size = 65536
-op_timeout_ms = 2000
-down_for_ms = 100
-[kdf]
-memory_kib = 256
-iterations = 1
-parallelism = 1
-[meta]
-backends = ["local:meta1", "local:meta2", "local:meta3"]
-[[groups]]
-backends = ["local:b1", "local:b2", "local:b3", "local:b4"]
-"#,
-    )
-    .expect("write config");
+    let config = write_config(root, "down_for_ms = 100\n");
     let big: Vec<u8> = (0..300_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -301,17 +301,24 @@ fn kill_9_during_pipelined_writes_loses_no_acknowledged_set() {
     );
 }
 
+/// An executable hook script in `dir` that appends its arguments to the returned log, then runs
+/// `body` (shell), then exits 0.
+fn hook_script(dir: &Path, body: &str) -> (PathBuf, PathBuf) {
+    let log = dir.join("events.log");
+    let hook = dir.join("hook.sh");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> {}\n{body}exit 0\n",
+        log.display()
+    );
+    std::fs::write(&hook, script).unwrap();
+    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    (hook, log)
+}
+
 #[test]
 fn hooks_get_the_original_events() {
     let dir = TempDir::new("hooks");
-    let log = dir.0.join("events.log");
-    let hook = dir.0.join("hook.sh");
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 0\n", log.display()),
-    )
-    .unwrap();
-    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    let (hook, log) = hook_script(&dir.0, "");
     let data = dir.0.join("data");
     let port = free_port();
     let mut child = start(
@@ -426,20 +433,15 @@ fn missing_data_hook_puts_an_offloaded_segment_back() {
         std::fs::copy(&seg, saved.join("0000000000.seg")).unwrap();
         e.offload_segment("default", 0).unwrap();
     }
-    let log = dir.0.join("events.log");
     let allow = dir.0.join("allow");
-    let hook = dir.0.join("hook.sh");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {log}\ncase \"$1\" in\n  missing-data)\n    [ -e {allow} ] || exit 1\n    cp {saved}/\"$(basename \"$3\")\" \"$3\" || exit 1 ;;\nesac\nexit 0\n",
-            log = log.display(),
+    let (hook, log) = hook_script(
+        &dir.0,
+        &format!(
+            "case \"$1\" in\n  missing-data)\n    [ -e {allow} ] || exit 1\n    cp {saved}/\"$(basename \"$3\")\" \"$3\" || exit 1 ;;\nesac\n",
             allow = allow.display(),
             saved = saved.display()
         ),
-    )
-    .unwrap();
-    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    );
     let port = free_port();
     let hook_arg = hook.to_str().unwrap();
     let mut child = start(&data, port, &["--hook", hook_arg]);
@@ -502,14 +504,7 @@ fn missing_data_hook_puts_an_offloaded_segment_back() {
 fn a_panic_fires_the_crash_hook_and_aborts() {
     use std::os::unix::process::ExitStatusExt;
     let dir = TempDir::new("crash");
-    let log = dir.0.join("events.log");
-    let hook = dir.0.join("hook.sh");
-    std::fs::write(
-        &hook,
-        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 0\n", log.display()),
-    )
-    .unwrap();
-    Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    let (hook, log) = hook_script(&dir.0, "");
     let port = free_port();
     let mut child = Serve(
         Command::new(BIN)
