@@ -1161,13 +1161,9 @@ impl Fs {
         Ok(())
     }
 
-    /// Close: if the file has changes not yet in the Store, they and every pending metadata
-    /// change reach it as one batch (not synced), so a closed file survives the process being
-    /// killed and a write-back error surfaces at close. Closing an unchanged file costs nothing.
+    /// Writes the file's dirty blocks to the Store (close).
     pub fn flush_file(&mut self, ino: u64) -> FsResult<()> {
-        if self.nodes.get(&ino).is_some_and(|n| n.dirty) {
-            self.flush_all()?;
-        }
+        self.cache.flush(Some(ino))?;
         Ok(())
     }
 
