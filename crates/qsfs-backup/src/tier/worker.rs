@@ -856,9 +856,12 @@ impl Worker {
         let st = self.shared.state.lock().clone();
         // A namespace deleted after the cut was taken (and perhaps created again, reusing
         // segment ids): the cut's manifest of it must not be matched against the new one's
-        // segments. Take a new cut.
+        // segments. Take a new cut. A deletion an uploaded cut already released happened before
+        // this cut was taken, so the name in it is the new namespace: counting it would drop
+        // and retake cuts forever, and starve the backlog behind them.
         let deleted_since = st.deletes.iter().any(|d| {
             d.segment.is_none()
+                && d.gate == Gate::NamespaceGone
                 && !pending.released.contains(d)
                 && pending.manifests.iter().any(|m| m.namespace == d.ns)
         });
