@@ -366,6 +366,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let drain_engine = engine.clone();
     let result = rt.block_on(async move {
+        // Installed before the first client can be answered: a client that sees the server
+        // ready and sends SIGTERM must get the clean stop, not the default action of the signal.
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
         let server = Server::bind(Arc::new(engine), config)
             .await
             .context("listen")?;
@@ -380,11 +387,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let stop = handle.shutdown_sender();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
+            let (Ok(mut term), Ok(mut int)) = signals else {
                 return;
             };
             tokio::select! {

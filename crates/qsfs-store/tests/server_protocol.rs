@@ -1068,3 +1068,99 @@ fn history_ekeys_name_data_raw_records() {
         (Reply::Int(0), bulk("v1"))
     );
 }
+
+#[test]
+fn pipelined_set_get_del_of_the_same_keys_across_read_and_batch_boundaries() {
+    // About 2.6 MiB in one burst: more than one read of the server (256 KiB) and than one
+    // engine batch (1 MiB), so runs of plain SETs are cut at read boundaries, flushed in the
+    // middle of a batch, and interleaved with GETs and DELs of the same five keys; SETs of a
+    // key already in the batch and SETs of an identical value (nil) are in it too.
+    let srv = TestServer::default();
+    let mut c = srv.client();
+    let mut model: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..900usize {
+        let k = format!("k{}", i % 5);
+        let v = vec![b'a' + ((i / 10) % 26) as u8; 4000 + i % 3];
+        match i % 7 {
+            4 => {
+                wire.extend(req(&["GET", &k]));
+                match model.get(&k) {
+                    Some(v) => {
+                        expected.extend(format!("${}\r\n", v.len()).into_bytes());
+                        expected.extend(v);
+                        expected.extend(b"\r\n");
+                    }
+                    None => expected.extend(b"$-1\r\n"),
+                }
+            }
+            5 => {
+                wire.extend(req(&["DEL", &k]));
+                match model.remove(&k) {
+                    Some(_) => expected.extend(b"+OK\r\n"),
+                    None => expected.extend(b"-Key not found\r\n"),
+                }
+            }
+            _ => {
+                wire.extend(req(&[&b"SET"[..], k.as_bytes(), &v]));
+                if model.get(&k) == Some(&v) {
+                    expected.extend(b"$-1\r\n");
+                } else {
+                    expected.extend(format!("${}\r\n{k}\r\n", k.len()).into_bytes());
+                    model.insert(k, v);
+                }
+            }
+        }
+    }
+    assert!(wire.len() > 2 << 20);
+    assert!(expected.windows(5).any(|w| w == b"$-1\r\n"));
+    // Written from another thread: the replies (GETs of 4 KiB values) fill the socket buffers
+    // long before the requests are all sent.
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut w, &wire).unwrap());
+    c.expect_raw(&expected);
+    writer.join().unwrap();
+    for (k, v) in &model {
+        assert_eq!(c.cmd(&["GET", k]), bulk(v));
+    }
+}
+
+#[test]
+fn shutdown_ends_the_connections_of_every_worker_thread() {
+    // Connections go round-robin to the worker threads: with 3 workers and 9 clients every
+    // worker serves some, and a stop must end all of them, keep every acknowledged SET, and
+    // return (the workers' loops end once their last connection has).
+    let cfg = ServerConfig {
+        workers: 3,
+        ..ServerConfig::default()
+    };
+    let mut srv = TestServer::start(cfg);
+    let mut clients: Vec<Client> = (0..9).map(|_| srv.client()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let k = format!("w{i}");
+        c.raw(&req(&["SET", &k, "v"]), format!("$2\r\n{k}\r\n").as_bytes());
+    }
+    // An idle connection, and one with half a request buffered.
+    let mut idle = srv.client();
+    idle.raw(&req(&["PING"]), b"+PONG\r\n");
+    clients[0].send_raw(b"*2\r\n$3\r\nGET\r\n$2\r\nw");
+    srv.stop();
+    for c in clients.iter_mut().chain([&mut idle]) {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c.s, &mut rest);
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    }
+    use qsfs_core::Store;
+    for i in 0..9 {
+        let k = format!("w{i}");
+        assert_eq!(
+            srv.engine
+                .get("default", k.as_bytes())
+                .unwrap()
+                .unwrap()
+                .value,
+            b"v"
+        );
+    }
+}

@@ -2,20 +2,25 @@
 //!
 //! Each connection is a task: it reads whatever arrived, runs every complete request in it,
 //! and sends all the replies in one write (with `TCP_NODELAY`), which is what removes the
-//! original's 42 ms pipelining stall. An idle connection is a parked task: no CPU and no buffers
+//! original's 42 ms pipelining stall. Connections are handed round-robin to worker threads, one
+//! per core, each running its own single-threaded event loop: a request is then read, run and
+//! answered on one thread, with none of the cross-thread wake-ups (a futex and a context switch
+//! each) that a work-stealing runtime pays for every readiness event of a ping-pong client. An idle connection is a parked task: no CPU and no buffers
 //! (a read buffer is taken only once the socket is readable and given back when drained).
 //! Shutdown stops accepting, lets every connection finish the batch it is running, syncs the
 //! store and runs the `close` / `namespace-closing` hooks.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use qsfs_core::{Error, Result};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::dispatch::{Event, Shared};
@@ -24,25 +29,20 @@ use super::session::Session;
 use super::{command, ServerConfig, ServerStore};
 
 /// Bytes read per syscall at most; the buffer grows further only while a large request arrives.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// A reply buffer larger than this is given back after it was sent.
 const KEEP_BUFFER: usize = 4096;
 
 /// A connected socket the server can wait on before it allocates a read buffer, so an idle
 /// connection holds no buffer at all.
-pub(crate) trait Socket: AsyncWrite + Unpin + Send + 'static {
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Waits until the socket is readable (or closed).
     fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_;
-    /// Reads what is there without waiting (`WouldBlock` when nothing is).
-    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize>;
 }
 
 impl Socket for tokio::net::TcpStream {
     fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
         self.readable()
-    }
-    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        self.try_read_buf(buf)
     }
 }
 
@@ -50,8 +50,17 @@ impl Socket for tokio::net::UnixStream {
     fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
         self.readable()
     }
-    fn try_read_into(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        self.try_read_buf(buf)
+}
+
+/// Reads what is there without waiting (`WouldBlock` when nothing is). Through `AsyncRead`
+/// rather than `try_read`: a read that does not fill the buffer shows that the socket is
+/// drained, and tokio then forgets its readiness, so an unpipelined client costs one `recv` per
+/// request instead of a second one that only answers `EAGAIN`.
+fn read_now<S: Socket>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let read = std::pin::pin!(stream.read_buf(buf));
+    match read.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
     }
 }
 
@@ -167,6 +176,7 @@ impl Server {
 
     async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let Server { shared, tcp, unix } = self;
+        let mut workers = Workers::start(&shared);
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         // Every connection holds a clone; when all are dropped the receiver ends.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -193,12 +203,12 @@ impl Server {
                 r = accept_tcp(&tcp) => match r {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        start(&shared, &limit, &alive_tx, &shutdown, stream);
+                        start(&shared, &limit, &alive_tx, &shutdown, &mut workers, Accepted::Tcp(stream));
                     }
                     Err(e) => accept_error(e).await,
                 },
                 r = accept_unix(&unix) => match r {
-                    Ok(stream) => start(&shared, &limit, &alive_tx, &shutdown, stream),
+                    Ok(stream) => start(&shared, &limit, &alive_tx, &shutdown, &mut workers, Accepted::Unix(stream)),
                     Err(e) => accept_error(e).await,
                 },
             }
@@ -211,6 +221,8 @@ impl Server {
         let _ = alive_rx.recv().await;
         let sh = shared.clone();
         tokio::task::spawn_blocking(move || {
+            // Every connection has ended: the workers' loops end with their queues.
+            workers.stop();
             let synced = sh.store.sync();
             sh.hooks.run("close", vec![]);
             for ns in sh.store.namespace_list().unwrap_or_default() {
@@ -257,28 +269,174 @@ async fn accept_unix(l: &Option<UnixListener>) -> std::io::Result<tokio::net::Un
     }
 }
 
-fn start<S: Socket>(
+/// A connection just accepted.
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// An accepted connection on its way to a worker: detached from the accepting thread's event
+/// loop, with what its task holds.
+struct Handoff {
+    stream: StdStream,
+    permit: OwnedSemaphorePermit,
+    alive: mpsc::Sender<()>,
+    shutdown: watch::Receiver<bool>,
+}
+
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// The connection threads, each with a single-threaded runtime fed by a queue.
+struct Workers {
+    queues: Vec<mpsc::UnboundedSender<Handoff>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next: usize,
+}
+
+impl Workers {
+    /// Starts `config.workers` threads (one per core when 0). A thread that cannot be started
+    /// is left out; with none, connections run on the caller's runtime as tasks.
+    fn start(shared: &Arc<Shared>) -> Workers {
+        let n = match shared.config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut workers = Workers {
+            queues: Vec::new(),
+            threads: Vec::new(),
+            next: 0,
+        };
+        for i in 0..n {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a connection runtime");
+                    break;
+                }
+            };
+            let (tx, mut rx) = mpsc::unbounded_channel::<Handoff>();
+            let sh = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("qsfs-conn-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        while let Some(h) = rx.recv().await {
+                            tokio::spawn(serve_handoff(sh.clone(), h));
+                        }
+                    })
+                });
+            match thread {
+                Ok(t) => {
+                    workers.queues.push(tx);
+                    workers.threads.push(t);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a connection thread");
+                    break;
+                }
+            }
+        }
+        workers
+    }
+
+    /// Gives `h` to the next worker; gives it back if there is none (or it is gone).
+    fn dispatch(&mut self, mut h: Handoff) -> Option<Handoff> {
+        for _ in 0..self.queues.len() {
+            let i = self.next % self.queues.len();
+            self.next = self.next.wrapping_add(1);
+            match self.queues[i].send(h) {
+                Ok(()) => return None,
+                Err(mpsc::error::SendError(back)) => h = back,
+            }
+        }
+        Some(h)
+    }
+
+    /// Closes the queues and waits for the threads (called once every connection has ended).
+    fn stop(self) {
+        drop(self.queues);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Registers a handed-off connection with the current thread's event loop and serves it.
+async fn serve_handoff(shared: Arc<Shared>, h: Handoff) {
+    let Handoff {
+        stream,
+        permit,
+        alive,
+        shutdown,
+    } = h;
+    let result = match stream {
+        StdStream::Tcp(s) => match tokio::net::TcpStream::from_std(s) {
+            Ok(s) => connection(&shared, s, shutdown).await,
+            Err(e) => Err(e),
+        },
+        StdStream::Unix(s) => match tokio::net::UnixStream::from_std(s) {
+            Ok(s) => connection(&shared, s, shutdown).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended");
+    }
+    drop(permit);
+    drop(alive);
+}
+
+fn start(
     shared: &Arc<Shared>,
     limit: &Arc<Semaphore>,
     alive: &mpsc::Sender<()>,
     shutdown: &watch::Receiver<bool>,
-    mut stream: S,
+    workers: &mut Workers,
+    stream: Accepted,
 ) {
     let Ok(permit) = limit.clone().try_acquire_owned() else {
         tokio::spawn(async move {
-            let _ = stream.write_all(b"-Too many connections\r\n").await;
-            let _ = stream.shutdown().await;
+            let refuse = b"-Too many connections\r\n";
+            match stream {
+                Accepted::Tcp(mut s) => {
+                    let _ = s.write_all(refuse).await;
+                    let _ = s.shutdown().await;
+                }
+                Accepted::Unix(mut s) => {
+                    let _ = s.write_all(refuse).await;
+                    let _ = s.shutdown().await;
+                }
+            }
         });
         return;
     };
-    let (shared, alive, shutdown) = (shared.clone(), alive.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        if let Err(e) = connection(&shared, stream, shutdown).await {
-            tracing::debug!(error = %e, "connection ended");
+    // Detached from this thread's event loop (non-blocking, as `from_std` on the worker needs).
+    let detached = match stream {
+        Accepted::Tcp(s) => s.into_std().map(StdStream::Tcp),
+        Accepted::Unix(s) => s.into_std().map(StdStream::Unix),
+    };
+    let stream = match detached {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection over");
+            return;
         }
-        drop(permit);
-        drop(alive);
-    });
+    };
+    let handoff = Handoff {
+        stream,
+        permit,
+        alive: alive.clone(),
+        shutdown: shutdown.clone(),
+    };
+    if let Some(h) = workers.dispatch(handoff) {
+        tokio::spawn(serve_handoff(shared.clone(), h));
+    }
 }
 
 /// Serves one client until it leaves, errs fatally, or the server stops.
@@ -325,7 +483,7 @@ async fn connection<S: Socket>(
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                     buf.reserve(READ_CHUNK);
                 }
-                let n = match stream.try_read_into(&mut buf) {
+                let n = match read_now(&mut stream, &mut buf) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => break Err(e),

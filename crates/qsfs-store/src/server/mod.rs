@@ -152,6 +152,9 @@ pub struct ServerConfig {
     pub strict_commands: bool,
     /// Entries returned per SCAN call.
     pub scan_batch: usize,
+    /// Threads that serve connections, each with its own event loop (a connection stays on
+    /// the thread it was given when accepted); 0 = one per core.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -171,6 +174,7 @@ impl Default for ServerConfig {
             partial_frame_timeout: Duration::from_secs(60),
             strict_commands: false,
             scan_batch: 128,
+            workers: 0,
         }
     }
 }
