@@ -779,28 +779,25 @@ impl Namespace {
         key: &[u8],
         value_len: u32,
     ) -> Result<(RecordHeader, Vec<u8>)> {
-        let mut head = [0u8; RECORD_HEADER_LEN + MAX_KEY_LEN];
-        let head = &mut head[..RECORD_HEADER_LEN + key.len().min(MAX_KEY_LEN)];
-        let value = match seg.read_split(off, head, value_len as usize) {
-            Some(value) => value,
-            None => {
-                let total = head.len() + value_len as usize;
-                let mut buf = self.read_bytes(shared, seg, off, total)?;
-                head.copy_from_slice(&buf[..head.len()]);
-                buf.drain(..head.len());
-                buf
-            }
-        };
+        let total = RECORD_HEADER_LEN + key.len() + value_len as usize;
+        let mut buf = self.read_bytes(shared, seg, off, total)?;
         let location = || seg_location(&self.name, seg.id, off);
-        let header =
-            RecordHeader::decode(&head[..RECORD_HEADER_LEN], Some(&head[RECORD_HEADER_LEN..]))
-                .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
-        if header.value_len != value_len || &head[RECORD_HEADER_LEN..] != key {
+        let header = RecordHeader::decode(
+            &buf[..RECORD_HEADER_LEN],
+            Some(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()]),
+        )
+        .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
+        if header.value_len != value_len
+            || &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()] != key
+        {
             return Err(Error::corrupt(
                 location(),
                 "record does not match the index",
             ));
         }
+        // Shift the value to the front of the same allocation rather than copying it out.
+        buf.drain(..RECORD_HEADER_LEN + key.len());
+        let value = buf;
         if crc32c::crc32c(&value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }

@@ -433,25 +433,6 @@ impl Segment {
         self.file.as_ref().map(|f| f.get(&self.path)).transpose()
     }
 
-    /// Reads a whole record of a local file with one `preadv`: its header and key into `head`
-    /// (whose length says how many bytes they take) and its value of `value_len` bytes straight
-    /// into a buffer of its own, so a get allocates only the value it returns and never shifts
-    /// it. `None` when that is not possible (offloaded, the file cannot be opened, an I/O
-    /// error, a short read): the caller's general path finds out why and says so.
-    pub fn read_split(&self, offset: u64, head: &mut [u8], value_len: usize) -> Option<Vec<u8>> {
-        let file = self.handle().ok()??;
-        self.touch();
-        let mut value = vec![0u8; value_len];
-        let total = head.len() + value_len;
-        let off = i64::try_from(offset).ok()?;
-        let mut iov = [io::IoSliceMut::new(head), io::IoSliceMut::new(&mut value)];
-        // Regular files return short only at their end; anything short is left to the caller.
-        match nix::sys::uio::preadv(&*file, &mut iov, off) {
-            Ok(n) if n == total => Some(value),
-            _ => None,
-        }
-    }
-
     /// Current length (of the file, or as recorded when it was offloaded).
     pub fn len(&self) -> u64 {
         match &self.file {
