@@ -13,7 +13,12 @@
 # against it (no persistence) in the same run, and the ratio qsfs/redis is printed: a baseline
 # measured under the same conditions.
 #
-# Usage: benches/serve.sh [extra qsfs serve flags...]   (N=requests, PORT=port to use)
+# The server's own CPU time per 1,000 requests (utime + stime from /proc, SET and GET together)
+# is printed as well: unlike req/s it hardly depends on how busy the other processes are.
+#
+# Usage: benches/serve.sh [extra qsfs serve flags...]
+#   N=requests, PORT=port to use, BIN=qsfs binary (default: build and use target/release/qsfs,
+#   so an older build can be measured in the same conditions: BIN=/tmp/qsfs-before).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +26,10 @@ N=${N:-200000}
 PORT=${PORT:-19900}
 command -v redis-benchmark >/dev/null || { echo "redis-benchmark missing: apt-get install redis-tools" >&2; exit 1; }
 
-cargo build --release -p qsfs-cli --quiet
-BIN=target/release/qsfs
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p qsfs-cli --quiet
+  BIN=target/release/qsfs
+fi
 DATA=$(mktemp -d)
 SOCK="$DATA/qsfs.sock"
 PID=
@@ -66,13 +73,18 @@ redis_start() {
 redis_stop() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=; }
 
 echo "qsfs serve benchmark: $N requests, 4 KiB values, 50 clients, random keys (-r 1000000)"
-printf '%-12s %12s %12s %14s %14s %8s %8s\n' case "qsfs SET/s" "qsfs GET/s" "redis SET/s" "redis GET/s" "SET x" "GET x"
+printf '%-12s %12s %12s %14s %14s %8s %8s %12s\n' case "qsfs SET/s" "qsfs GET/s" "redis SET/s" "redis GET/s" "SET x" "GET x" "qsfs ms/1k"
 for transport in tcp unix; do
   for p in 1 16; do
     if [ $transport = tcp ]; then args=(-h 127.0.0.1 -p "$PORT"); rargs=(-h 127.0.0.1 -p $((PORT + 1)));
     else args=(-s "$SOCK"); rargs=(-s "$DATA/redis.sock"); fi
     start "$@"
+    cpu0=$(awk '{print $14 + $15}' "/proc/$PID/stat")
     read -r qs qg < <(measure "${args[@]}" -P "$p")
+    cpu1=$(awk '{print $14 + $15}' "/proc/$PID/stat")
+    ticks=$(getconf CLK_TCK)
+    # Two commands (SET and GET) of N requests each.
+    ms=$(awk -v c=$((cpu1 - cpu0)) -v t="$ticks" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / t / (2 * n) * 1000 }')
     stop
     rs=-; rg=-
     if redis_start; then
@@ -80,7 +92,7 @@ for transport in tcp unix; do
       redis_stop
     fi
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-    printf '%-12s %12s %12s %14s %14s %8s %8s\n' "$transport -P$p" "$qs" "$qg" "$rs" "$rg" \
-      "$(ratio "$qs" "$rs")" "$(ratio "$qg" "$rg")"
+    printf '%-12s %12s %12s %14s %14s %8s %8s %12s\n' "$transport -P$p" "$qs" "$qg" "$rs" "$rg" \
+      "$(ratio "$qs" "$rs")" "$(ratio "$qg" "$rg")" "$ms"
   done
 done
