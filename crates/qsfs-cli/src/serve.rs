@@ -78,6 +78,11 @@ pub struct Args {
     /// Only accept full command names (no 0-db prefix matching).
     #[arg(long)]
     strict_commands: bool,
+    /// Threads serving connections, each with its own event loop; a client stays on the one
+    /// it was given [default: one per core]. A read that has to wait (the missing-data hook,
+    /// the cold tier) holds up the other clients of its thread: more threads, fewer of them.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Not supported: run under a supervisor instead.
     #[arg(long, hide = true)]
     background: bool,
@@ -283,6 +288,7 @@ fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
         data_root: args.data.clone(),
         max_connections: args.max_connections.max(1),
         strict_commands: args.strict_commands,
+        workers: args.workers.unwrap_or(0),
         ..ServerConfig::default()
     };
     Ok((server, engine))

@@ -213,16 +213,13 @@ fn sigterm_and_sigint_shut_down_cleanly_and_keep_data() {
         let st = wait_exit(&mut child, Duration::from_secs(20));
         assert_eq!(st.code(), Some(0), "{sig}: exit status");
     }
-    let mut child = start(&dir.0, port, &[]);
-    let (mut s, mut r) = connect(port);
-    assert_eq!(
-        cmd(&mut s, &mut r, &["GET", "key-TERM"]).as_deref(),
-        Some("value")
-    );
-    assert_eq!(
-        cmd(&mut s, &mut r, &["GET", "key-INT"]).as_deref(),
-        Some("value")
-    );
+    // Three connection threads: the clients land on different ones, and TERM ends them all.
+    let mut child = start(&dir.0, port, &["--workers", "3"]);
+    let mut clients: Vec<_> = (0..4).map(|_| connect(port)).collect();
+    for (i, (s, r)) in clients.iter_mut().enumerate() {
+        let key = if i % 2 == 0 { "key-TERM" } else { "key-INT" };
+        assert_eq!(cmd(s, r, &["GET", key]).as_deref(), Some("value"));
+    }
     signal(&child, "-TERM");
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(20)).code(),
