@@ -5,8 +5,11 @@
 //! original's 42 ms pipelining stall. Connections are handed round-robin to worker threads, one
 //! per core, each running its own single-threaded event loop: a request is then read, run and
 //! answered on one thread, with none of the cross-thread wake-ups (a futex and a context switch
-//! each) that a work-stealing runtime pays for every readiness event of a ping-pong client. An idle connection is a parked task: no CPU and no buffers
-//! (a read buffer is taken only once the socket is readable and given back when drained).
+//! each) that a work-stealing runtime pays for every readiness event of a ping-pong client.
+//! The price: a request that blocks its thread (the `missing-data` hook, a cold-tier fetch)
+//! holds up the other connections of that thread, not all of them as in the original.
+//! An idle connection is a parked task: no CPU and no buffers (a read buffer is taken only once
+//! the socket is readable and given back when drained).
 //! Shutdown stops accepting, lets every connection finish the batch it is running, syncs the
 //! store and runs the `close` / `namespace-closing` hooks.
 
