@@ -452,6 +452,18 @@ fn io_err(e: std::io::Error, what: &str) -> Error {
 impl ZdbClient {
     /// Connects once to check the server answers (and the credentials work).
     pub fn connect(config: ZdbConfig) -> Result<Self> {
+        let retries = config.retries;
+        Self::connect_with(config, retries)
+    }
+
+    /// [`ZdbClient::connect`], but a failed first connection is not retried: for callers that
+    /// work around a node that is down (erasure-coded backups) rather than wait for it. Later
+    /// requests retry as configured.
+    pub fn connect_fail_fast(config: ZdbConfig) -> Result<Self> {
+        Self::connect_with(config, 0)
+    }
+
+    fn connect_with(config: ZdbConfig, retries: u32) -> Result<Self> {
         let mut passwords = HashMap::new();
         if let Some(pw) = &config.password {
             passwords.insert(config.namespace.clone(), pw.clone());
@@ -463,7 +475,11 @@ impl ZdbClient {
             qsfs: std::sync::OnceLock::new(),
         };
         let ns = client.config.namespace.clone();
-        let reply = client.call(&ns, vec![b"PING".to_vec()], true)?;
+        let ping = [vec![b"PING".to_vec()]];
+        let reply = client
+            .exchange(&ns, true, retries, |conn| conn.send(&ping))?
+            .pop()
+            .ok_or_else(|| Error::Unavailable("no reply".into()))?;
         if reply != Reply::Status("PONG".into()) {
             return Err(Error::Unavailable(format!(
                 "unexpected PING reply {reply:?}"
@@ -614,13 +630,13 @@ impl ZdbClient {
     /// `retry` says whether the batch may be sent again after a connection failure (true for
     /// reads and for writes that are safe to repeat).
     pub fn pipeline(&self, ns: &str, reqs: &[Vec<Vec<u8>>], retry: bool) -> Result<Vec<Reply>> {
-        self.exchange(ns, retry, |conn| conn.send(reqs))
+        self.exchange(ns, retry, self.config.retries, |conn| conn.send(reqs))
     }
 
     /// [`ZdbClient::pipeline`] for requests framed by a [`Wire`]: their payloads go to the
     /// socket without being copied.
     pub fn pipeline_wire(&self, ns: &str, wire: &Wire<'_>, retry: bool) -> Result<Vec<Reply>> {
-        self.exchange(ns, retry, |conn| conn.send_wire(wire))
+        self.exchange(ns, retry, self.config.retries, |conn| conn.send_wire(wire))
     }
 
     /// `SET key value` where the value is the concatenation of `parts`, sent without copying
@@ -647,6 +663,7 @@ impl ZdbClient {
         &self,
         ns: &str,
         retry: bool,
+        retries: u32,
         mut send: impl FnMut(&mut Conn) -> std::io::Result<Vec<Reply>>,
     ) -> Result<Vec<Reply>> {
         let mut delay = self.config.backoff;
@@ -666,7 +683,7 @@ impl ZdbClient {
             })();
             match r {
                 Ok(result) => return result,
-                Err(e) if attempt < self.config.retries && (retry || !sent) => {
+                Err(e) if attempt < retries && (retry || !sent) => {
                     tracing::debug!(error = %e, attempt, "0-db connection failed, retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));
