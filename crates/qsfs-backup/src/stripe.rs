@@ -11,6 +11,8 @@
 //! faster than SHA-256 even with SHA-NI, and hashed over k+m shards), format 3 BLAKE3 for the
 //! plaintext too. The whole-object checksum is SHA-256 over the stripes' plaintext checksums.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -109,14 +111,31 @@ fn maybe_compress(plain: &[u8], level: i32) -> Option<Vec<u8>> {
         return None;
     }
     const SAMPLE: usize = 64 * 1024;
-    if plain.len() > 2 * SAMPLE {
-        let sample = zstd::bulk::compress(&plain[..SAMPLE], level).ok()?;
-        if sample.len() * 100 > SAMPLE * 97 {
-            return None;
-        }
+    thread_local! {
+        // Creating a zstd context per call cost more than compressing the sample of an
+        // incompressible stripe.
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
     }
-    let out = zstd::bulk::compress(plain, level).ok()?;
-    (out.len() < plain.len()).then_some(out)
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match slot.as_mut() {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                &mut slot
+                    .insert((level, zstd::bulk::Compressor::new(level).ok()?))
+                    .1
+            }
+        };
+        if plain.len() > 2 * SAMPLE {
+            let sample = c.compress(&plain[..SAMPLE]).ok()?;
+            if sample.len() * 100 > SAMPLE * 97 {
+                return None;
+            }
+        }
+        let out = c.compress(plain).ok()?;
+        (out.len() < plain.len()).then_some(out)
+    })
 }
 
 /// Encodes one stripe into k+m shards, with the checksums of format `hash`.
