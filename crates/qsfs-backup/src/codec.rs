@@ -4,7 +4,10 @@
 //! is cut into k shards of `shard_len(L, k)` bytes, zero-padded; the true length is kept in the
 //! stripe's metadata.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
+use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 
 use qsfs_core::{Error, Result};
 
@@ -21,6 +24,39 @@ fn rs_err(e: reed_solomon_simd::Error) -> Error {
     Error::corrupt("reed-solomon", e.to_string())
 }
 
+thread_local! {
+    // One coder per (rayon) thread, reset for each stripe: a new one per stripe allocated and
+    // cleared its working space every time, which cost more than the coding itself at 2+2.
+    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
+    static DECODER: RefCell<Option<ReedSolomonDecoder>> = const { RefCell::new(None) };
+}
+
+/// The m parity shards of `originals` (k shards of `s` bytes each).
+fn parity<T: AsRef<[u8]>>(originals: &[T], m: usize, s: usize) -> Result<Vec<Bytes>> {
+    let k = originals.len();
+    ENCODER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let enc = match slot.as_mut() {
+            Some(e) => {
+                e.reset(k, m, s).map_err(rs_err)?;
+                e
+            }
+            None => slot.insert(ReedSolomonEncoder::new(k, m, s).map_err(rs_err)?),
+        };
+        for o in originals {
+            enc.add_original_shard(o).map_err(rs_err)?;
+        }
+        let res = enc.encode().map_err(rs_err)?;
+        // One buffer for all the parity shards, sliced: one allocation per stripe, not m.
+        let mut out = Vec::with_capacity(m * s);
+        for r in res.recovery_iter() {
+            out.extend_from_slice(r);
+        }
+        let out = Bytes::from(out);
+        Ok((0..m).map(|i| out.slice(i * s..(i + 1) * s)).collect())
+    })
+}
+
 /// Cuts `data` into k zero-padded data shards and computes m parity shards.
 pub fn encode(data: Vec<u8>, k: usize, m: usize) -> Result<Vec<Bytes>> {
     let s = shard_len(data.len(), k);
@@ -28,9 +64,9 @@ pub fn encode(data: Vec<u8>, k: usize, m: usize) -> Result<Vec<Bytes>> {
     padded.resize(s * k, 0);
     let padded = Bytes::from(padded);
     let originals: Vec<Bytes> = (0..k).map(|i| padded.slice(i * s..(i + 1) * s)).collect();
-    let parity = reed_solomon_simd::encode(k, m, &originals).map_err(rs_err)?;
+    let parity = parity(&originals, m, s)?;
     let mut all = originals;
-    all.extend(parity.into_iter().map(Bytes::from));
+    all.extend(parity);
     Ok(all)
 }
 
@@ -40,10 +76,11 @@ pub fn reconstruct(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Result<(
     reconstruct_data(shards, k, m)?;
     if shards[k..].iter().any(Option::is_none) {
         let originals: Vec<&Bytes> = shards[..k].iter().flatten().collect();
-        let parity = reed_solomon_simd::encode(k, m, originals).map_err(rs_err)?;
+        let s = originals.first().map_or(0, |o| o.len());
+        let parity = parity(&originals, m, s)?;
         for (i, p) in parity.into_iter().enumerate() {
             if shards[k + i].is_none() {
-                shards[k + i] = Some(Bytes::from(p));
+                shards[k + i] = Some(p);
             }
         }
     }
@@ -61,17 +98,35 @@ pub fn reconstruct_data(shards: &mut [Option<Bytes>], k: usize, m: usize) -> Res
         ));
     }
     if shards[..k].iter().any(Option::is_none) {
-        let originals = shards[..k]
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
-        let recovery = shards[k..]
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)));
-        let restored = reed_solomon_simd::decode(k, m, originals, recovery).map_err(rs_err)?;
+        let s = shards.iter().flatten().map(|s| s.len()).next().unwrap_or(0);
+        let restored = DECODER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let dec = match slot.as_mut() {
+                Some(d) => {
+                    d.reset(k, m, s).map_err(rs_err)?;
+                    d
+                }
+                None => slot.insert(ReedSolomonDecoder::new(k, m, s).map_err(rs_err)?),
+            };
+            for (i, sh) in shards[..k].iter().enumerate() {
+                if let Some(sh) = sh {
+                    dec.add_original_shard(i, sh).map_err(rs_err)?;
+                }
+            }
+            for (i, sh) in shards[k..].iter().enumerate() {
+                if let Some(sh) = sh {
+                    dec.add_recovery_shard(i, sh).map_err(rs_err)?;
+                }
+            }
+            let res = dec.decode().map_err(rs_err)?;
+            Ok::<_, Error>(
+                res.restored_original_iter()
+                    .map(|(i, d)| (i, Bytes::copy_from_slice(d)))
+                    .collect::<Vec<_>>(),
+            )
+        })?;
         for (i, s) in restored {
-            shards[i] = Some(Bytes::from(s));
+            shards[i] = Some(s);
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ use crate::pipeline::{
     Attrs, GcReport, ObjectHealth, Pipeline, ProblemKind, RateLimiter, RepairReport, ShardProblem,
 };
 use crate::progress::Progress;
-use crate::stripe;
+use crate::stripe::{self, ShardHash};
 
 /// The object name of a path: absolute, `.` and `..` resolved lexically (the filesystem is not
 /// touched, so a path names the same object at store, retrieve and check time), UTF-8.
@@ -61,8 +61,9 @@ fn file_attrs(meta: &fs::Metadata) -> Attrs {
     }
 }
 
-/// The whole-object checksum of a local file, as a record would hold it for `stripe_size`.
-fn file_checksum(path: &Path, stripe_size: usize) -> Result<stripe::Sum> {
+/// The whole-object checksum of a local file, as a record of format `hash` would hold it for
+/// `stripe_size`.
+fn file_checksum(path: &Path, stripe_size: usize, hash: ShardHash) -> Result<stripe::Sum> {
     use std::io::Read;
     let mut f = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let mut sums = Vec::new();
@@ -81,7 +82,7 @@ fn file_checksum(path: &Path, stripe_size: usize) -> Result<stripe::Sum> {
         if filled == 0 {
             break;
         }
-        sums.push(stripe::sha256(&buf[..filled]));
+        sums.push(hash.plain_sum(&buf[..filled]));
         if filled < stripe_size {
             break;
         }
@@ -103,8 +104,8 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
     let attrs = file_attrs(&meta);
     if let Ok(old) = p.record(&name).await {
         if old.size == meta.len() && old.mtime == attrs.mtime && old.mode == attrs.mode {
-            let (pb, ss) = (path.to_path_buf(), old.stripe_size as usize);
-            let sum = tokio::task::spawn_blocking(move || file_checksum(&pb, ss))
+            let (pb, ss, hash) = (path.to_path_buf(), old.stripe_size as usize, old.shard_hash);
+            let sum = tokio::task::spawn_blocking(move || file_checksum(&pb, ss, hash))
                 .await
                 .map_err(|e| Error::Unavailable(format!("hash task: {e}")))??;
             if sum == old.checksum {

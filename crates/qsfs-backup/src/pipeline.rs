@@ -75,6 +75,10 @@ pub struct Settings {
     pub kdf: KdfParams,
     /// Create the repository if no metadata backend has one.
     pub create: bool,
+    /// Record format (checksums) of newly stored objects; every format is read. Format 2 by
+    /// default, because the storage chain computes the whole-object checksum of what it
+    /// uploads itself, with format 2's SHA-256 stripe sums; `qsfs backup` uses format 3.
+    pub format: ShardHash,
 }
 
 impl Default for Settings {
@@ -98,6 +102,7 @@ impl Default for Settings {
                 .clamp(4, 16),
             timeouts: Timeouts::default(),
             prefix: "qsfs".into(),
+            format: ShardHash::Blake3,
             meta_write_quorum: None,
             kdf: KdfParams::default(),
             create: true,
@@ -575,7 +580,7 @@ impl Pipeline {
             wrapped_key: inner.keys.wrap_data_key(&data_key, &object_id),
             backends: Vec::new(),
             stripes: Vec::new(),
-            shard_hash: ShardHash::Blake3,
+            shard_hash: s.format,
         };
         for (meta, at) in stripes {
             let shards = at
@@ -618,10 +623,9 @@ impl Pipeline {
         seed: u64,
     ) -> Result<(StripeMeta, Vec<usize>)> {
         let s = &self.inner.settings;
-        let (k, m, level) = (s.policy.k, s.policy.m, s.compression_level);
+        let (k, m, level, format) = (s.policy.k, s.policy.m, s.compression_level, s.format);
         let (meta, shards) =
-            on_cpu(move || stripe::encode(chunk, &id, &key, (k, m), level, ShardHash::Blake3))
-                .await??;
+            on_cpu(move || stripe::encode(chunk, &id, &key, (k, m), level, format)).await??;
         let at = self.write_shards(&id, &shards, placement, seed).await?;
         Ok((meta, at))
     }
@@ -822,8 +826,9 @@ impl Pipeline {
         };
         let key = key.clone();
         let loc = format!("object {} stripe {i}", rec.name);
-        let plain =
-            on_cpu(move || stripe::decode(&mut good, &meta, &id, &key, k, m, &loc)).await??;
+        let hash = rec.shard_hash;
+        let plain = on_cpu(move || stripe::decode(&mut good, &meta, &id, &key, (k, m), hash, &loc))
+            .await??;
         Ok((plain, problems))
     }
 

@@ -6,9 +6,12 @@
 //!        AAD = object id ‖ stripe index ‖ data version ‖ flags ‖ plain length) ─► RS k+m ─► shards
 //! ```
 //!
-//! The plaintext checksum is SHA-256 (the whole-object checksum is built from it); each shard's
-//! checksum is BLAKE3 for objects stored since records carry a [`ShardHash`] (several times
-//! faster than SHA-256 even with SHA-NI, and it is hashed over k+m shards), SHA-256 before.
+//! Which checksums a stripe carries depends on its record's format ([`ShardHash`]): format 1 has
+//! SHA-256 for the plaintext and for each shard, format 2 BLAKE3 for the shards (several times
+//! faster than SHA-256 even with SHA-NI, and hashed over k+m shards), format 3 BLAKE3 for the
+//! plaintext too. The whole-object checksum is SHA-256 over the stripes' plaintext checksums.
+
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -26,14 +29,17 @@ pub fn sha256(data: &[u8]) -> Sum {
     Sha256::digest(data).into()
 }
 
-/// The checksum of every shard of an object.
+/// The checksums of an object's stripes, which is also its record's format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ShardHash {
-    /// SHA-256 (records of format 1).
+    /// SHA-256 for shards and plaintext (records of format 1).
     #[default]
     Sha256,
-    /// BLAKE3 (records of format 2; what new objects use).
+    /// BLAKE3 for shards, SHA-256 for the plaintext (records of format 2).
     Blake3,
+    /// BLAKE3 for shards and plaintext (records of format 3): the plaintext checksum was the
+    /// largest single cost of storing and of retrieving.
+    Blake3Plain,
 }
 
 impl ShardHash {
@@ -41,7 +47,15 @@ impl ShardHash {
     pub fn sum(self, shard: &[u8]) -> Sum {
         match self {
             ShardHash::Sha256 => sha256(shard),
-            ShardHash::Blake3 => *blake3::hash(shard).as_bytes(),
+            ShardHash::Blake3 | ShardHash::Blake3Plain => *blake3::hash(shard).as_bytes(),
+        }
+    }
+
+    /// The checksum of a stripe's plaintext ([`StripeMeta::plain_sum`]).
+    pub fn plain_sum(self, plain: &[u8]) -> Sum {
+        match self {
+            ShardHash::Sha256 | ShardHash::Blake3 => sha256(plain),
+            ShardHash::Blake3Plain => *blake3::hash(plain).as_bytes(),
         }
     }
 }
@@ -66,9 +80,9 @@ pub struct StripeMeta {
     pub compressed: bool,
     /// Ciphertext bytes (before padding into shards).
     pub cipher_len: u32,
-    /// SHA-256 of the plaintext (feeds the whole-object checksum).
+    /// Checksum of the plaintext ([`ShardHash::plain_sum`]; feeds the whole-object checksum).
     pub plain_sum: Sum,
-    /// SHA-256 of each of the k+m shards.
+    /// Checksum of each of the k+m shards ([`ShardHash::sum`]).
     pub shard_sums: Vec<Sum>,
 }
 
@@ -97,17 +111,34 @@ fn maybe_compress(plain: &[u8], level: i32) -> Option<Vec<u8>> {
         return None;
     }
     const SAMPLE: usize = 64 * 1024;
-    if plain.len() > 2 * SAMPLE {
-        let sample = zstd::bulk::compress(&plain[..SAMPLE], level).ok()?;
-        if sample.len() * 100 > SAMPLE * 97 {
-            return None;
-        }
+    thread_local! {
+        // Creating a zstd context per call cost more than compressing the sample of an
+        // incompressible stripe.
+        static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
     }
-    let out = zstd::bulk::compress(plain, level).ok()?;
-    (out.len() < plain.len()).then_some(out)
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let c = match slot.as_mut() {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                &mut slot
+                    .insert((level, zstd::bulk::Compressor::new(level).ok()?))
+                    .1
+            }
+        };
+        if plain.len() > 2 * SAMPLE {
+            let sample = c.compress(&plain[..SAMPLE]).ok()?;
+            if sample.len() * 100 > SAMPLE * 97 {
+                return None;
+            }
+        }
+        let out = c.compress(plain).ok()?;
+        (out.len() < plain.len()).then_some(out)
+    })
 }
 
-/// Encodes one stripe into k+m shards, each checksummed with `hash`.
+/// Encodes one stripe into k+m shards, with the checksums of format `hash`.
 ///
 /// Takes the plaintext by value: when it does not compress it is encrypted and padded in place,
 /// so a stripe costs no copy (give it spare capacity of [`encode_headroom`] bytes to avoid any
@@ -122,7 +153,7 @@ pub fn encode(
 ) -> Result<(StripeMeta, Vec<Bytes>)> {
     let plain_len = u32::try_from(plain.len())
         .map_err(|_| Error::InvalidArgument("stripe larger than 4 GiB".into()))?;
-    let plain_sum = sha256(&plain);
+    let plain_sum = hash.plain_sum(&plain);
     let (mut buf, compressed) = match maybe_compress(&plain, level) {
         Some(c) => (c, true),
         None => (plain, false),
@@ -150,15 +181,16 @@ pub fn encode_headroom(k: usize) -> usize {
     TAG_LEN + 4 * k + 4
 }
 
-/// Decodes a stripe from its shards (`None` = missing or failed its checksum; at least k must be
-/// present). `location` names the stripe in errors.
+/// Decodes a stripe of format `hash` from its shards (`None` = missing or failed its checksum;
+/// at least k must be present). `location` names the stripe in errors.
+#[allow(clippy::too_many_arguments)]
 pub fn decode(
     shards: &mut [Option<Bytes>],
     meta: &StripeMeta,
     id: &StripeId,
     key: &SecretKey,
-    k: usize,
-    m: usize,
+    (k, m): (usize, usize),
+    hash: ShardHash,
     location: &str,
 ) -> Result<Vec<u8>> {
     codec::reconstruct_data(shards, k, m)?;
@@ -179,7 +211,7 @@ pub fn decode(
     } else {
         buf
     };
-    if plain.len() != meta.plain_len as usize || sha256(&plain) != meta.plain_sum {
+    if plain.len() != meta.plain_len as usize || hash.plain_sum(&plain) != meta.plain_sum {
         return Err(Error::corrupt(
             location,
             "stripe plaintext checksum mismatch",
@@ -216,22 +248,42 @@ mod tests {
         let key = SecretKey::random();
         let text = b"hello hello hello ".repeat(10_000);
         let random: Vec<u8> = (0..200_000).map(|_| rand::random::<u8>()).collect();
+        let formats = [ShardHash::Sha256, ShardHash::Blake3, ShardHash::Blake3Plain];
         for (data, expect_compressed) in
             [(&text[..], true), (&random[..], false), (&b""[..], false)]
         {
-            let (meta, shards) =
-                encode(data.to_vec(), &id(3), &key, (3, 2), 3, ShardHash::Blake3).expect("encode");
-            for (s, sum) in shards.iter().zip(&meta.shard_sums) {
-                assert_eq!(*sum, *blake3::hash(s).as_bytes());
+            for format in formats {
+                let (meta, shards) =
+                    encode(data.to_vec(), &id(3), &key, (3, 2), 3, format).expect("encode");
+                for (s, sum) in shards.iter().zip(&meta.shard_sums) {
+                    let want = match format {
+                        ShardHash::Sha256 => sha256(s),
+                        _ => *blake3::hash(s).as_bytes(),
+                    };
+                    assert_eq!(*sum, want);
+                }
+                let want = match format {
+                    ShardHash::Blake3Plain => *blake3::hash(data).as_bytes(),
+                    _ => sha256(data),
+                };
+                assert_eq!(meta.plain_sum, want);
+                assert_eq!(meta.compressed, expect_compressed);
+                let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
+                s[0] = None;
+                s[4] = None;
+                assert_eq!(
+                    decode(&mut s, &meta, &id(3), &key, (3, 2), format, "t").expect("decode"),
+                    data
+                );
+                // Read as another format, the plaintext checksum no longer matches.
+                let other =
+                    formats[(formats.iter().position(|f| *f == format).unwrap_or(0) + 2) % 3];
+                if (format == ShardHash::Blake3Plain) != (other == ShardHash::Blake3Plain) {
+                    let e = decode(&mut s, &meta, &id(3), &key, (3, 2), other, "t")
+                        .expect_err("wrong plaintext checksum");
+                    assert!(e.to_string().contains("checksum"), "{e}");
+                }
             }
-            assert_eq!(meta.compressed, expect_compressed);
-            let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
-            s[0] = None;
-            s[4] = None;
-            assert_eq!(
-                decode(&mut s, &meta, &id(3), &key, 3, 2, "t").expect("decode"),
-                data
-            );
         }
     }
 
@@ -249,7 +301,16 @@ mod tests {
         .expect("encode");
         assert_eq!(meta.shard_sums[0], sha256(&shards[0]));
         let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
-        let e = decode(&mut s, &meta, &id(2), &key, 2, 1, "obj stripe 2").expect_err("other index");
+        let e = decode(
+            &mut s,
+            &meta,
+            &id(2),
+            &key,
+            (2, 1),
+            ShardHash::Sha256,
+            "obj stripe 2",
+        )
+        .expect_err("other index");
         assert!(e.to_string().contains("obj stripe 2"), "{e}");
     }
 }

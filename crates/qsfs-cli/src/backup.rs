@@ -11,6 +11,7 @@ use qsfs_backup::config::{Config, ZdbConnector, ZdbSpec};
 use qsfs_backup::ops::{self, RetrieveOptions, ScrubOptions};
 use qsfs_backup::pipeline::Pipeline;
 use qsfs_backup::progress::Progress;
+use qsfs_backup::stripe::ShardHash;
 use qsfs_store::remote::LazyZdbBackend;
 
 use crate::key::read_secret;
@@ -280,7 +281,10 @@ fn code(ok: bool) -> ExitCode {
 }
 
 async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config).map_err(anyhow::Error::from)?;
+    let mut config = Config::load(&args.config).map_err(anyhow::Error::from)?;
+    // BLAKE3 plaintext checksums: every format is read, and `qsfs up` keeps format 2 until its
+    // own checksum of what it uploads follows.
+    config.settings.format = ShardHash::Blake3Plain;
     let secret = if config.key.is_some() {
         None
     } else {

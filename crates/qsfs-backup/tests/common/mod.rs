@@ -9,6 +9,7 @@ use qsfs_backup::crypto::{KdfParams, KeySource};
 use qsfs_backup::node::Timeouts;
 use qsfs_backup::pipeline::{Pipeline, Settings};
 use qsfs_backup::placement::Policy;
+use qsfs_backup::stripe::ShardHash;
 use qsfs_core::Backend;
 
 pub struct Rig {
@@ -43,6 +44,7 @@ pub fn settings(k: usize, m: usize, stripe: usize) -> Settings {
             parallelism: 1,
         },
         create: true,
+        format: ShardHash::Blake3,
     }
 }
 

@@ -33,6 +33,8 @@ use crate::server::resp::Reply;
 
 /// Largest value a 0-db server accepts.
 const MAX_VALUE: usize = qsfs_core::MAX_VALUE_LEN;
+/// Length of a user-mode manifest value.
+const MANIFEST_LEN: usize = 53;
 /// Seq-mode records at most this long are fetched when rebuilding the key map.
 const MANIFEST_MAX: u64 = 64 * 1024;
 
@@ -126,11 +128,10 @@ impl ZdbBackend {
     fn user_put(&self, key: &str, data: &[u8]) -> Result<()> {
         let old = self.user_manifest(key)?;
         if data.len() + 5 <= MAX_VALUE {
-            let mut v = Vec::with_capacity(data.len() + 5);
-            v.push(0);
-            v.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-            v.extend_from_slice(data);
-            self.client.set(&self.ns, Some(key.as_bytes()), &v)?;
+            // Header and data go to the socket as they are: no copy of the value is made.
+            let crc = crc32c::crc32c(data).to_le_bytes();
+            self.client
+                .set_parts(&self.ns, key.as_bytes(), &[&[0], &crc, data])?;
         } else {
             let generation: u64 = rand::random();
             let chunks: Vec<&[u8]> = data.chunks(MAX_VALUE).collect();
@@ -152,7 +153,7 @@ impl ZdbBackend {
                     r.ok()?;
                 }
             }
-            let mut m = BytesMut::with_capacity(53);
+            let mut m = BytesMut::with_capacity(MANIFEST_LEN);
             m.put_u8(1);
             m.put_u64_le(data.len() as u64);
             m.put_u32_le(chunks.len() as u32);
@@ -167,15 +168,48 @@ impl ZdbBackend {
     }
 
     /// The chunked manifest of `key`, if it has one: (generation, chunks, total, sha256).
+    ///
+    /// LENGTH is answered from the server's index, so only a value of a manifest's length is
+    /// fetched: replacing a shard (or writing a new one) no longer reads the old value back.
     fn user_manifest(&self, key: &str) -> Result<Option<Manifest>> {
-        let Some(e) = self.client.get(&self.ns, key.as_bytes())? else {
-            return Ok(None);
-        };
-        Ok(Self::parse_user_manifest(&e.value))
+        let len = self.client.call(
+            &self.ns,
+            vec![b"LENGTH".to_vec(), key.as_bytes().to_vec()],
+            true,
+        )?;
+        match len {
+            Reply::Int(n) if n == MANIFEST_LEN as i64 => {}
+            Reply::Int(_) | Reply::Nil => return Ok(None),
+            Reply::Error(e) if e == "Key not found" => return Ok(None),
+            r => {
+                r.ok()?;
+                return Ok(None);
+            }
+        }
+        Ok(self
+            .user_value(key)?
+            .and_then(|v| Self::parse_user_manifest(&v)))
+    }
+
+    /// The raw value of `key` (`None` if it has none), as the reply's own buffer.
+    fn user_value(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.client.call(
+            &self.ns,
+            vec![b"GET".to_vec(), key.as_bytes().to_vec()],
+            true,
+        )? {
+            Reply::Bulk(b) => Ok(Some(b)),
+            Reply::Nil => Ok(None),
+            Reply::Error(e) if e == "Key not found" => Ok(None),
+            r => Err(match r.ok() {
+                Err(e) => e,
+                Ok(r) => Error::InvalidArgument(format!("GET: unexpected reply {r:?}")),
+            }),
+        }
     }
 
     fn parse_user_manifest(v: &[u8]) -> Option<Manifest> {
-        if v.len() != 53 || v[0] != 1 {
+        if v.len() != MANIFEST_LEN || v[0] != 1 {
             return None;
         }
         let total = u64::from_le_bytes(v[1..9].try_into().ok()?);
@@ -196,17 +230,16 @@ impl ZdbBackend {
     }
 
     fn user_get(&self, key: &str) -> Result<Bytes> {
-        let Some(e) = self.client.get(&self.ns, key.as_bytes())? else {
+        let Some(v) = self.user_value(key)? else {
             return Err(Error::NotFound(self.location(key)));
         };
-        let v = e.value;
         match v.first() {
             Some(0) if v.len() >= 5 => {
                 let crc = u32::from_le_bytes([v[1], v[2], v[3], v[4]]);
                 if crc32c::crc32c(&v[5..]) != crc {
                     return Err(corrupt(self.location(key), "checksum mismatch"));
                 }
-                Ok(Bytes::from(v).slice(5..))
+                Ok(v.slice(5..))
             }
             Some(1) => {
                 let Some((generation, count, total, digest)) = Self::parse_user_manifest(&v) else {

@@ -6,14 +6,15 @@
 //! can be pipelined: every request of a batch goes out in one write and the replies are read
 //! back in order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use qsfs_core::{Error, ReadOnlyReason, Result};
 
@@ -162,8 +163,98 @@ impl Write for Stream {
             Stream::Unix(s) => s.write(b),
         }
     }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Bulk replies at least this long are read straight into their own buffer (one copy, from the
+/// socket) instead of through the connection's read buffer.
+const DIRECT_BULK: usize = 64 * 1024;
+/// Largest read into the connection's buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// First read while waiting for a reply: small, so that a big bulk reply is mostly read by the
+/// direct path rather than copied through the read buffer.
+const FIRST_READ: usize = 4 * 1024;
+
+/// The length of a bulk reply of at least [`DIRECT_BULK`] bytes at the front of `buf`, with its
+/// header's length: `None` for anything else (left to the general parser).
+fn big_bulk_header(buf: &[u8]) -> Option<(usize, usize)> {
+    if buf.first() != Some(&b'$') {
+        return None;
+    }
+    let head = &buf[..buf.len().min(24)];
+    let end = head.windows(2).position(|w| w == b"\r\n")?;
+    let n: usize = std::str::from_utf8(&head[1..end]).ok()?.parse().ok()?;
+    (DIRECT_BULK..=crate::server::resp::MAX_FRAME)
+        .contains(&n)
+        .then_some((end + 2, n))
+}
+
+/// Writes every byte of `bufs`, in as few system calls as the socket allows.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Requests encoded for the wire: protocol framing plus borrowed payloads, so a large value is
+/// handed to the socket without being copied into a request buffer first.
+#[derive(Default)]
+pub struct Wire<'a> {
+    parts: Vec<Cow<'a, [u8]>>,
+    requests: usize,
+}
+
+impl<'a> Wire<'a> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Wire::default()
+    }
+
+    /// Adds one request whose arguments are each the concatenation of their slices.
+    pub fn push(&mut self, args: &[&[&'a [u8]]]) {
+        let mut head = BytesMut::with_capacity(16 + 16 * args.len());
+        head.put_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            let len: usize = arg.iter().map(|s| s.len()).sum();
+            head.put_slice(format!("${len}\r\n").as_bytes());
+            if len < DIRECT_BULK {
+                for s in *arg {
+                    head.put_slice(s);
+                }
+            } else {
+                self.parts
+                    .push(Cow::Owned(std::mem::take(&mut head).to_vec()));
+                self.parts.extend(arg.iter().map(|s| Cow::Borrowed(*s)));
+            }
+            head.put_slice(b"\r\n");
+        }
+        self.parts.push(Cow::Owned(head.to_vec()));
+        self.requests += 1;
+    }
+
+    /// Requests in the batch.
+    pub fn len(&self) -> usize {
+        self.requests
+    }
+
+    /// True if no request was added.
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0
     }
 }
 
@@ -171,6 +262,8 @@ impl Write for Stream {
 struct Conn {
     stream: Stream,
     rbuf: BytesMut,
+    /// Scratch space for reads into `rbuf`, kept across requests.
+    chunk: Vec<u8>,
     /// The namespace this connection has selected.
     ns: String,
 }
@@ -182,24 +275,76 @@ impl Conn {
             encode_request(r, &mut out);
         }
         self.stream.write_all(&out)?;
-        let mut replies = Vec::with_capacity(reqs.len());
-        let mut chunk = vec![0u8; 64 * 1024];
-        while replies.len() < reqs.len() {
+        self.replies(reqs.len())
+    }
+
+    fn send_wire(&mut self, wire: &Wire<'_>) -> std::io::Result<Vec<Reply>> {
+        let mut slices: Vec<IoSlice<'_>> = wire.parts.iter().map(|p| IoSlice::new(p)).collect();
+        write_all_vectored(&mut self.stream, &mut slices)?;
+        self.replies(wire.requests)
+    }
+
+    fn replies(&mut self, n: usize) -> std::io::Result<Vec<Reply>> {
+        let mut replies = Vec::with_capacity(n);
+        while replies.len() < n {
+            replies.push(self.reply()?);
+        }
+        Ok(replies)
+    }
+
+    /// Reads one reply.
+    fn reply(&mut self) -> std::io::Result<Reply> {
+        loop {
             match parse_reply(&mut self.rbuf) {
-                Ok(Some(r)) => {
-                    replies.push(r);
-                    continue;
-                }
+                Ok(Some(r)) => return Ok(r),
                 Ok(None) => {}
                 Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
             }
-            let n = self.stream.read(&mut chunk)?;
+            if let Some((head, len)) = big_bulk_header(&self.rbuf) {
+                return self.direct_bulk(head, len);
+            }
+            let want = if self.rbuf.is_empty() {
+                FIRST_READ
+            } else {
+                READ_CHUNK
+            };
+            if self.chunk.len() < want {
+                self.chunk.resize(want, 0);
+            }
+            let n = self.stream.read(&mut self.chunk[..want])?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            self.rbuf.extend_from_slice(&chunk[..n]);
+            self.rbuf.extend_from_slice(&self.chunk[..n]);
         }
-        Ok(replies)
+    }
+
+    /// Reads a bulk reply of `len` bytes whose `head`-byte header is at the front of `rbuf`
+    /// into a buffer of its own, straight from the socket.
+    fn direct_bulk(&mut self, head: usize, len: usize) -> std::io::Result<Reply> {
+        self.rbuf.advance(head);
+        let total = len + 2;
+        let mut v = Vec::with_capacity(total);
+        let have = self.rbuf.len().min(total);
+        v.extend_from_slice(&self.rbuf[..have]);
+        self.rbuf.advance(have);
+        let rest = (total - have) as u64;
+        // On the concrete socket types, so the read fills the spare capacity without zeroing it.
+        let got = match &mut self.stream {
+            Stream::Tcp(s) => s.take(rest).read_to_end(&mut v)?,
+            Stream::Unix(s) => s.take(rest).read_to_end(&mut v)?,
+        };
+        if got as u64 != rest {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if &v[len..] != b"\r\n" {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "bulk reply not terminated",
+            ));
+        }
+        v.truncate(len);
+        Ok(Reply::Bulk(Bytes::from(v)))
     }
 
     fn one(&mut self, req: Vec<Vec<u8>>) -> std::io::Result<Reply> {
@@ -307,6 +452,18 @@ fn io_err(e: std::io::Error, what: &str) -> Error {
 impl ZdbClient {
     /// Connects once to check the server answers (and the credentials work).
     pub fn connect(config: ZdbConfig) -> Result<Self> {
+        let retries = config.retries;
+        Self::connect_with(config, retries)
+    }
+
+    /// [`ZdbClient::connect`], but a failed first connection is not retried: for callers that
+    /// work around a node that is down (erasure-coded backups) rather than wait for it. Later
+    /// requests retry as configured.
+    pub fn connect_fail_fast(config: ZdbConfig) -> Result<Self> {
+        Self::connect_with(config, 0)
+    }
+
+    fn connect_with(config: ZdbConfig, retries: u32) -> Result<Self> {
         let mut passwords = HashMap::new();
         if let Some(pw) = &config.password {
             passwords.insert(config.namespace.clone(), pw.clone());
@@ -318,7 +475,11 @@ impl ZdbClient {
             qsfs: std::sync::OnceLock::new(),
         };
         let ns = client.config.namespace.clone();
-        let reply = client.call(&ns, vec![b"PING".to_vec()], true)?;
+        let ping = [vec![b"PING".to_vec()]];
+        let reply = client
+            .exchange(&ns, true, retries, |conn| conn.send(&ping))?
+            .pop()
+            .ok_or_else(|| Error::Unavailable("no reply".into()))?;
         if reply != Reply::Status("PONG".into()) {
             return Err(Error::Unavailable(format!(
                 "unexpected PING reply {reply:?}"
@@ -377,6 +538,7 @@ impl ZdbClient {
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::new(),
+            chunk: Vec::new(),
             ns: qsfs_core::DEFAULT_NAMESPACE.into(),
         };
         if let Some(admin) = &c.admin_password {
@@ -468,6 +630,42 @@ impl ZdbClient {
     /// `retry` says whether the batch may be sent again after a connection failure (true for
     /// reads and for writes that are safe to repeat).
     pub fn pipeline(&self, ns: &str, reqs: &[Vec<Vec<u8>>], retry: bool) -> Result<Vec<Reply>> {
+        self.exchange(ns, retry, self.config.retries, |conn| conn.send(reqs))
+    }
+
+    /// [`ZdbClient::pipeline`] for requests framed by a [`Wire`]: their payloads go to the
+    /// socket without being copied.
+    pub fn pipeline_wire(&self, ns: &str, wire: &Wire<'_>, retry: bool) -> Result<Vec<Reply>> {
+        self.exchange(ns, retry, self.config.retries, |conn| conn.send_wire(wire))
+    }
+
+    /// `SET key value` where the value is the concatenation of `parts`, sent without copying
+    /// them. An identical value already there answers nil: that is success too.
+    pub fn set_parts(&self, ns: &str, key: &[u8], parts: &[&[u8]]) -> Result<()> {
+        let mut wire = Wire::new();
+        let cmd: &[u8] = b"SET";
+        wire.push(&[&[cmd], &[key], parts]);
+        // Sending the same keyed value again is harmless, so the request may be retried.
+        let mut r = self.pipeline_wire(ns, &wire, true)?;
+        match r
+            .pop()
+            .ok_or_else(|| Error::Unavailable("no reply".into()))?
+            .ok()?
+        {
+            Reply::Bulk(_) | Reply::Nil => Ok(()),
+            r => Err(Error::InvalidArgument(format!(
+                "SET: unexpected reply {r:?}"
+            ))),
+        }
+    }
+
+    fn exchange(
+        &self,
+        ns: &str,
+        retry: bool,
+        retries: u32,
+        mut send: impl FnMut(&mut Conn) -> std::io::Result<Vec<Reply>>,
+    ) -> Result<Vec<Reply>> {
         let mut delay = self.config.backoff;
         let mut attempt = 0;
         loop {
@@ -479,13 +677,13 @@ impl ZdbClient {
                     return Ok(Err(e));
                 }
                 sent = true;
-                let replies = conn.send(reqs)?;
+                let replies = send(&mut conn)?;
                 self.give(conn);
                 Ok(Ok(replies))
             })();
             match r {
                 Ok(result) => return result,
-                Err(e) if attempt < self.config.retries && (retry || !sent) => {
+                Err(e) if attempt < retries && (retry || !sent) => {
                     tracing::debug!(error = %e, attempt, "0-db connection failed, retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(2));

@@ -88,7 +88,9 @@ impl LazyZdbBackend {
                 }
                 let config = self.config.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    ZdbBackend::new(Arc::new(ZdbClient::connect(config)?))
+                    // A node that refuses or drops the first connection is down for now: the
+                    // pipeline reads around it at once instead of after the client's back-off.
+                    ZdbBackend::new(Arc::new(ZdbClient::connect_fail_fast(config)?))
                 })
                 .await
                 .map_err(|e| Error::Unavailable(format!("blocking task: {e}")))
@@ -178,5 +180,32 @@ mod tests {
         let t = Instant::now();
         assert!(b.exists("x").await.is_err());
         assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_first_connection_that_fails_is_not_retried() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // A node that accepts and hangs up at once, counting the connections.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        let mut config = ZdbConfig::new(addr.to_string());
+        config.retries = 2;
+        config.backoff = Duration::from_millis(1);
+        // The client sees the hang-up only after the accept was counted.
+        assert!(ZdbClient::connect(config.clone()).is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert!(ZdbClient::connect_fail_fast(config.clone()).is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        let b = LazyZdbBackend::with_config(config);
+        assert!(b.get("x").await.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 }

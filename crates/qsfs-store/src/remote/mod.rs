@@ -16,6 +16,6 @@ mod connector;
 mod store;
 
 pub use backend::ZdbBackend;
-pub use client::{map_error, redact, ReplyExt, ZdbClient, ZdbConfig};
+pub use client::{map_error, redact, ReplyExt, Wire, ZdbClient, ZdbConfig};
 pub use connector::{LazyZdbBackend, RETRY_AFTER};
 pub use store::parse_nsinfo;
