@@ -53,6 +53,9 @@ struct Inner {
     hits: u64,
     misses: u64,
     blocks_written: u64,
+    /// Blocks a read-ahead loader is fetching: the other loader and new read-ahead requests
+    /// leave them alone instead of reading them twice.
+    loading: std::collections::HashSet<BlockId>,
     /// Bumped by every discard, so read-ahead never re-inserts a block loaded before it.
     epoch: u64,
     /// When the oldest unflushed write happened.
@@ -77,7 +80,7 @@ struct Shared {
     counters: Arc<FsStats>,
     /// Wakes the background writer (dirty data above the high-water mark, or stop).
     work: Condvar,
-    /// Signalled whenever the background writer finishes a block.
+    /// Signalled whenever a block stored with the lock released has landed.
     landed: Condvar,
 }
 
@@ -169,8 +172,11 @@ impl BlockCache {
         let epoch = self.shared.inner.lock().epoch;
         for index in first..first.saturating_add(count) {
             let id = BlockId { inode, index };
-            if self.shared.inner.lock().blocks.contains_key(&id) {
-                continue;
+            {
+                let inner = self.shared.inner.lock();
+                if inner.blocks.contains_key(&id) || inner.loading.contains(&id) {
+                    continue;
+                }
             }
             match tx.try_send((id, epoch)) {
                 Ok(()) => {}
@@ -318,13 +324,18 @@ fn read_ahead_loop(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<(BlockId, u64)>>>
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if shared.inner.lock().blocks.contains_key(&id) {
-            continue;
+        {
+            let mut inner = shared.inner.lock();
+            if inner.blocks.contains_key(&id) || !inner.loading.insert(id) {
+                continue;
+            }
         }
-        let Ok(Some(entry)) = shared.store.get(&shared.ns, &pair_key(id.inode, id.index)) else {
+        let got = shared.store.get(&shared.ns, &pair_key(id.inode, id.index));
+        let mut inner = shared.inner.lock();
+        inner.loading.remove(&id);
+        let Ok(Some(entry)) = got else {
             continue;
         };
-        let mut inner = shared.inner.lock();
         if inner.epoch != epoch || inner.blocks.contains_key(&id) {
             continue;
         }

@@ -4,6 +4,7 @@
 //! This hammers writes, truncations (discard, then deleting the keys, as the filesystem does)
 //! and reads against a model while a second thread flushes in a loop: an older copy landing
 //! after a newer one, or a block landing after its key was deleted, shows up as a difference.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use qsfs_core::{BlockId, Cache, Store};
+use qsfs_core::{BlockId, Cache};
 use qsfs_fuse::BlockCache;
 
 const BS: usize = 4096;
