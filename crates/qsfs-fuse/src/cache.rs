@@ -25,8 +25,10 @@ const SPARE_BUFFERS: usize = 16;
 /// background writer.
 const STREAMING_SHARE: u64 = 32;
 
-/// Background threads loading read-ahead blocks.
-const READ_AHEAD_LOADERS: usize = 2;
+/// Background threads loading read-ahead blocks. One: with two, the loaders and the request
+/// thread fetched more blocks twice and a cold sequential read on the loaded 2-core machine got
+/// slower (more CPU for the same bytes), not faster.
+const READ_AHEAD_LOADERS: usize = 1;
 
 struct Slot {
     data: Bytes,
@@ -140,8 +142,6 @@ impl BlockCache {
             landed: Condvar::new(),
         });
         let (tx, rx) = sync_channel::<(BlockId, u64)>(256);
-        // Two loaders keep two store reads in flight: a cold sequential read waits on the disk
-        // for each block, and one loader alone left the disk idle while it checked sums.
         let rx = Arc::new(Mutex::new(rx));
         let workers: Vec<_> = (0..READ_AHEAD_LOADERS)
             .filter_map(|_| {
