@@ -18,9 +18,23 @@ use std::time::Instant;
 use crate::layout::pair_key;
 use crate::stats::FsStats;
 
+/// How many evicted block buffers are kept for reuse (2 MiB at the default block size).
+const SPARE_BUFFERS: usize = 16;
+
+/// Whole dirty blocks above this share of the budget (1/32: 8 MiB of 256 MiB) start the
+/// background writer.
+const STREAMING_SHARE: u64 = 32;
+
+/// Background threads loading read-ahead blocks. One: with two, the loaders and the request
+/// thread fetched more blocks twice and a cold sequential read on the loaded 2-core machine got
+/// slower (more CPU for the same bytes), not faster.
+const READ_AHEAD_LOADERS: usize = 1;
+
 struct Slot {
     data: Bytes,
     dirty: bool,
+    /// Dirty and written as one whole block: a streaming writer's, not worth keeping back.
+    whole: bool,
     tick: u64,
 }
 
@@ -29,19 +43,33 @@ struct Inner {
     blocks: BTreeMap<BlockId, Slot>,
     /// Use order: tick → block. The smallest tick is the least recently used.
     lru: BTreeMap<u64, BlockId>,
+    /// The dirty subset of `lru`, so the background writer finds its next victim without
+    /// walking past every clean block (with a full cache that walk cost more than the store
+    /// write itself, under the lock the request thread needs).
+    dirty_lru: BTreeMap<u64, BlockId>,
     tick: u64,
     bytes: u64,
     dirty_bytes: u64,
+    /// Bytes of dirty blocks that were written whole.
+    whole_bytes: u64,
     hits: u64,
     misses: u64,
     blocks_written: u64,
+    /// Blocks a read-ahead loader is fetching: the other loader and new read-ahead requests
+    /// leave them alone instead of reading them twice.
+    loading: std::collections::HashSet<BlockId>,
     /// Bumped by every discard, so read-ahead never re-inserts a block loaded before it.
     epoch: u64,
     /// When the oldest unflushed write happened.
     dirty_since: Option<Instant>,
-    /// The block the background writer is storing right now. Nobody else stores or drops
-    /// that block's key meanwhile, so an older copy can never land after a newer one.
-    in_flight: Option<BlockId>,
+    /// Block buffers of evicted blocks, reused by whole-block writes: a fresh 128 KiB
+    /// allocation is a fresh mapping whose every page faults in and is zeroed, which cost a
+    /// streaming writer more than copying its data.
+    spare: Vec<Vec<u8>>,
+    /// The blocks being stored right now, with the lock released (by the background writer
+    /// and by a flush). Nobody else stores or drops such a block's key meanwhile, so an older
+    /// copy can never land after a newer one.
+    in_flight: Vec<BlockId>,
 }
 
 struct Shared {
@@ -54,8 +82,29 @@ struct Shared {
     counters: Arc<FsStats>,
     /// Wakes the background writer (dirty data above the high-water mark, or stop).
     work: Condvar,
-    /// Signalled whenever the background writer finishes a block.
+    /// Signalled whenever a block stored with the lock released has landed.
     landed: Condvar,
+}
+
+/// Stores a cache's dirty blocks from any thread, without the filesystem's lock: the
+/// flush timer writes the bulk of the data this way, so requests are not held up meanwhile;
+/// the metadata batch that follows (under the lock) only has the rest to store.
+#[derive(Clone)]
+pub struct CacheFlusher {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CacheFlusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheFlusher").finish_non_exhaustive()
+    }
+}
+
+impl CacheFlusher {
+    /// Stores every block that is dirty now.
+    pub fn flush(&self) -> Result<()> {
+        self.shared.flush(None)
+    }
 }
 
 /// A write-back block cache over one Store namespace; blocks are stored under
@@ -63,7 +112,7 @@ struct Shared {
 pub struct BlockCache {
     shared: Arc<Shared>,
     ahead: Option<SyncSender<(BlockId, u64)>>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -93,11 +142,16 @@ impl BlockCache {
             landed: Condvar::new(),
         });
         let (tx, rx) = sync_channel::<(BlockId, u64)>(256);
-        let worker_shared = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name("qsfs-readahead".into())
-            .spawn(move || read_ahead_loop(worker_shared, rx))
-            .ok();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers: Vec<_> = (0..READ_AHEAD_LOADERS)
+            .filter_map(|_| {
+                let (shared, rx) = (shared.clone(), rx.clone());
+                std::thread::Builder::new()
+                    .name("qsfs-readahead".into())
+                    .spawn(move || read_ahead_loop(shared, rx))
+                    .ok()
+            })
+            .collect();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("qsfs-writeback".into())
@@ -105,8 +159,8 @@ impl BlockCache {
             .ok();
         BlockCache {
             shared,
-            ahead: worker.as_ref().map(|_| tx),
-            worker,
+            ahead: (!workers.is_empty()).then_some(tx),
+            workers,
             writer,
         }
     }
@@ -118,13 +172,23 @@ impl BlockCache {
         let epoch = self.shared.inner.lock().epoch;
         for index in first..first.saturating_add(count) {
             let id = BlockId { inode, index };
-            if self.shared.inner.lock().blocks.contains_key(&id) {
-                continue;
+            {
+                let inner = self.shared.inner.lock();
+                if inner.blocks.contains_key(&id) || inner.loading.contains(&id) {
+                    continue;
+                }
             }
             match tx.try_send((id, epoch)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => return,
             }
+        }
+    }
+
+    /// A handle that flushes this cache from another thread.
+    pub fn flusher(&self) -> CacheFlusher {
+        CacheFlusher {
+            shared: self.shared.clone(),
         }
     }
 
@@ -161,7 +225,7 @@ impl Drop for BlockCache {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.ahead = None;
-        if let Some(w) = self.worker.take() {
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
         {
@@ -185,25 +249,48 @@ fn write_behind_loop(shared: Arc<Shared>) {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if inner.dirty_bytes <= high {
+        let pressure = inner.dirty_bytes > high;
+        if !pressure && !shared.streaming(&inner) {
             shared.work.wait(&mut inner);
             continue;
         }
-        while inner.dirty_bytes > low && !shared.stop.load(Ordering::SeqCst) {
-            let victim = inner
-                .lru
-                .values()
-                .find(|id| inner.blocks.get(id).is_some_and(|s| s.dirty))
-                .copied();
+        let mut stored = 0;
+        while !shared.stop.load(Ordering::SeqCst) {
+            // Under pressure: the oldest dirty blocks, down to the low-water mark. Otherwise
+            // only a streaming writer's whole blocks, which nothing will coalesce and which
+            // would otherwise all wait for the fsync that ends the stream.
+            let victim = if pressure {
+                if inner.dirty_bytes <= low {
+                    break;
+                }
+                inner
+                    .dirty_lru
+                    .values()
+                    .find(|id| !inner.in_flight.contains(id))
+                    .copied()
+            } else {
+                if !shared.streaming(&inner) {
+                    break;
+                }
+                inner
+                    .dirty_lru
+                    .values()
+                    .take(64)
+                    .find(|id| {
+                        inner.blocks.get(id).is_some_and(|s| s.whole)
+                            && !inner.in_flight.contains(id)
+                    })
+                    .copied()
+            };
             let Some(id) = victim else { break };
             let Some(data) = inner.blocks.get(&id).map(|s| s.data.clone()) else {
                 break;
             };
-            inner.in_flight = Some(id);
+            inner.in_flight.push(id);
             let r = MutexGuard::unlocked(&mut inner, || {
                 shared.store.set(&shared.ns, Some(&shared.key(id)), &data)
             });
-            inner.in_flight = None;
+            inner.in_flight.retain(|&b| b != id);
             shared.landed.notify_all();
             if let Err(e) = r {
                 tracing::warn!(error = %e, "background write-back failed; the flush retries");
@@ -213,36 +300,42 @@ fn write_behind_loop(shared: Arc<Shared>) {
                 break;
             }
             inner.blocks_written += 1;
+            stored += 1;
             // Rewritten meanwhile (another allocation): the newer data stays dirty.
             let same = inner
                 .blocks
                 .get(&id)
                 .is_some_and(|s| s.dirty && s.data.as_ptr() == data.as_ptr());
             if same {
-                if let Some(s) = inner.blocks.get_mut(&id) {
-                    s.dirty = false;
-                }
-                inner.dirty_bytes -= data.len() as u64;
-                if inner.dirty_bytes == 0 {
-                    inner.dirty_since = None;
-                }
+                shared.mark_clean(&mut inner, id);
             }
+        }
+        if stored == 0 && !shared.stop.load(Ordering::SeqCst) {
+            // Nothing could go (failure, or no whole block among the oldest): wait for news.
+            shared.work.wait(&mut inner);
         }
     }
 }
 
-fn read_ahead_loop(shared: Arc<Shared>, rx: Receiver<(BlockId, u64)>) {
-    while let Ok((id, epoch)) = rx.recv() {
+fn read_ahead_loop(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<(BlockId, u64)>>>) {
+    loop {
+        let next = rx.lock().recv();
+        let Ok((id, epoch)) = next else { return };
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        if shared.inner.lock().blocks.contains_key(&id) {
-            continue;
+        {
+            let mut inner = shared.inner.lock();
+            if inner.blocks.contains_key(&id) || !inner.loading.insert(id) {
+                continue;
+            }
         }
-        let Ok(Some(entry)) = shared.store.get(&shared.ns, &pair_key(id.inode, id.index)) else {
+        let got = shared.store.get(&shared.ns, &pair_key(id.inode, id.index));
+        let mut inner = shared.inner.lock();
+        inner.loading.remove(&id);
+        let Ok(Some(entry)) = got else {
             continue;
         };
-        let mut inner = shared.inner.lock();
         if inner.epoch != epoch || inner.blocks.contains_key(&id) {
             continue;
         }
@@ -258,17 +351,42 @@ fn read_ahead_loop(shared: Arc<Shared>, rx: Receiver<(BlockId, u64)>) {
 }
 
 impl Shared {
+    fn flush(&self, inode: Option<u64>) -> Result<()> {
+        let s = self;
+        let mut inner = s.inner.lock();
+        let ids: Vec<BlockId> = match inode {
+            Some(ino) => inner
+                .blocks
+                .range(range(ino, 0))
+                .filter(|(_, v)| v.dirty)
+                .map(|(k, _)| *k)
+                .collect(),
+            None => {
+                // In block order, so a file's blocks land next to each other in the store.
+                let mut ids: Vec<BlockId> = inner.dirty_lru.values().copied().collect();
+                ids.sort_unstable();
+                ids
+            }
+        };
+        s.write_back(&mut inner, &ids)
+    }
+
     /// Waits while the background writer stores a block matching `which`.
     fn wait_landed(&self, inner: &mut MutexGuard<'_, Inner>, which: impl Fn(BlockId) -> bool) {
-        while inner.in_flight.is_some_and(&which) {
+        while inner.in_flight.iter().any(|&b| which(b)) {
             self.landed.wait(inner);
         }
     }
 
     /// After `block` was dirtied: wake the background writer above half the budget; over the
     /// budget, make room now (the block just written stays).
+    /// True when enough whole blocks are dirty that a streaming writer is at work.
+    fn streaming(&self, inner: &Inner) -> bool {
+        inner.whole_bytes > self.capacity / STREAMING_SHARE
+    }
+
     fn after_dirty(&self, inner: &mut MutexGuard<'_, Inner>, block: BlockId) -> Result<()> {
-        if inner.dirty_bytes > self.capacity / 2 {
+        if inner.dirty_bytes > self.capacity / 2 || self.streaming(inner) {
             self.work.notify_one();
         }
         if inner.bytes > self.capacity {
@@ -277,24 +395,61 @@ impl Shared {
         Ok(())
     }
 
+    /// Keeps the buffer of a block leaving the cache for reuse, if nobody else holds it.
+    fn recycle(&self, inner: &mut Inner, data: Bytes) {
+        if data.len() != self.block_size || inner.spare.len() >= SPARE_BUFFERS {
+            return;
+        }
+        if let Ok(m) = data.try_into_mut() {
+            inner.spare.push(Vec::from(m));
+        }
+    }
+
+    /// A buffer holding a copy of `data`, reusing a spare one when there is one.
+    fn buffer_of(&self, inner: &mut Inner, data: &[u8]) -> Bytes {
+        let mut buf = inner.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(data);
+        Bytes::from(buf)
+    }
+
     fn key(&self, id: BlockId) -> [u8; 16] {
         pair_key(id.inode, id.index)
     }
 
     fn insert(&self, inner: &mut Inner, id: BlockId, data: Bytes, dirty: bool) {
+        self.insert_as(inner, id, data, dirty, false)
+    }
+
+    fn insert_as(&self, inner: &mut Inner, id: BlockId, data: Bytes, dirty: bool, whole: bool) {
+        let whole = dirty && whole;
         inner.tick += 1;
         let tick = inner.tick;
         let len = data.len() as u64;
-        if let Some(old) = inner.blocks.insert(id, Slot { data, dirty, tick }) {
+        let slot = Slot {
+            data,
+            dirty,
+            whole,
+            tick,
+        };
+        if let Some(old) = inner.blocks.insert(id, slot) {
             inner.lru.remove(&old.tick);
             inner.bytes -= old.data.len() as u64;
             if old.dirty {
+                inner.dirty_lru.remove(&old.tick);
                 inner.dirty_bytes -= old.data.len() as u64;
+            }
+            if old.whole {
+                inner.whole_bytes -= old.data.len() as u64;
             }
         }
         inner.lru.insert(tick, id);
         inner.bytes += len;
+        if whole {
+            inner.whole_bytes += len;
+        }
         if dirty {
+            inner.dirty_lru.insert(tick, id);
             inner.dirty_bytes += len;
             inner.dirty_since.get_or_insert_with(Instant::now);
         }
@@ -305,7 +460,11 @@ impl Shared {
         inner.lru.remove(&slot.tick);
         inner.bytes -= slot.data.len() as u64;
         if slot.dirty {
+            inner.dirty_lru.remove(&slot.tick);
             inner.dirty_bytes -= slot.data.len() as u64;
+        }
+        if slot.whole {
+            inner.whole_bytes -= slot.data.len() as u64;
         }
         if inner.dirty_bytes == 0 {
             inner.dirty_since = None;
@@ -318,8 +477,34 @@ impl Shared {
         let tick = inner.tick;
         if let Some(slot) = inner.blocks.get_mut(&id) {
             let old = std::mem::replace(&mut slot.tick, tick);
+            let dirty = slot.dirty;
             inner.lru.remove(&old);
             inner.lru.insert(tick, id);
+            if dirty {
+                inner.dirty_lru.remove(&old);
+                inner.dirty_lru.insert(tick, id);
+            }
+        }
+    }
+
+    /// Records that the Store now holds `id`'s cached data.
+    fn mark_clean(&self, inner: &mut Inner, id: BlockId) {
+        let Some(slot) = inner.blocks.get_mut(&id) else {
+            return;
+        };
+        if !slot.dirty {
+            return;
+        }
+        slot.dirty = false;
+        let was_whole = std::mem::replace(&mut slot.whole, false);
+        let (tick, len) = (slot.tick, slot.data.len() as u64);
+        inner.dirty_lru.remove(&tick);
+        inner.dirty_bytes -= len;
+        if was_whole {
+            inner.whole_bytes -= len;
+        }
+        if inner.dirty_bytes == 0 {
+            inner.dirty_since = None;
         }
     }
 
@@ -337,7 +522,7 @@ impl Shared {
             let Some((&tick, &id)) = inner.lru.iter().next() else {
                 break;
             };
-            if inner.in_flight == Some(id) {
+            if inner.in_flight.contains(&id) {
                 self.wait_landed(inner, |b| b == id);
                 continue;
             }
@@ -363,7 +548,9 @@ impl Shared {
                 inner.blocks_written += 1;
             }
             inner.lru.insert(tick, id);
-            self.remove(inner, id);
+            if let Some(slot) = self.remove(inner, id) {
+                self.recycle(inner, slot.data);
+            }
         }
         for (t, i) in skipped {
             inner.lru.insert(t, i);
@@ -371,6 +558,8 @@ impl Shared {
         Ok(())
     }
 
+    /// Stores the dirty blocks among `ids`. The lock is released while each block is stored,
+    /// so requests (and the background writer) go on meanwhile.
     fn write_back(&self, inner: &mut MutexGuard<'_, Inner>, ids: &[BlockId]) -> Result<()> {
         for &id in ids {
             self.wait_landed(inner, |b| b == id);
@@ -381,15 +570,22 @@ impl Shared {
                 continue;
             }
             let data = slot.data.clone();
-            self.store.set(&self.ns, Some(&self.key(id)), &data)?;
+            inner.in_flight.push(id);
+            let r = MutexGuard::unlocked(inner, || {
+                self.store.set(&self.ns, Some(&self.key(id)), &data)
+            });
+            inner.in_flight.retain(|&b| b != id);
+            self.landed.notify_all();
+            r?;
             inner.blocks_written += 1;
-            if let Some(slot) = inner.blocks.get_mut(&id) {
-                slot.dirty = false;
-                inner.dirty_bytes -= data.len() as u64;
+            // Rewritten meanwhile: the newer data stays dirty for the next flush.
+            let same = inner
+                .blocks
+                .get(&id)
+                .is_some_and(|s| s.dirty && s.data.as_ptr() == data.as_ptr());
+            if same {
+                self.mark_clean(inner, id);
             }
-        }
-        if inner.dirty_bytes == 0 {
-            inner.dirty_since = None;
         }
         Ok(())
     }
@@ -417,8 +613,11 @@ impl BlockCache {
         let mut inner = s.inner.lock();
         if offset == 0 && end == s.block_size {
             // A whole block replaces whatever was there: one copy, no zero fill.
-            s.remove(&mut inner, block);
-            s.insert(&mut inner, block, Bytes::copy_from_slice(data), true);
+            if let Some(old) = s.remove(&mut inner, block) {
+                s.recycle(&mut inner, old.data);
+            }
+            let data = s.buffer_of(&mut inner, data);
+            s.insert_as(&mut inner, block, data, true, true);
             return s.after_dirty(&mut inner, block);
         }
         let mut buf: Vec<u8> = match s.remove(&mut inner, block) {
@@ -463,16 +662,29 @@ impl Cache for BlockCache {
         }
         inner.misses += 1;
         s.counters.cache_miss();
-        let Some(entry) = s.store.get(&s.ns, &s.key(block))? else {
-            return Ok(None);
-        };
-        let data = Bytes::from(entry.value);
-        let len = data.len() as u64;
-        s.make_room(&mut inner, len, None, true)?;
-        if inner.bytes + len <= s.capacity {
-            s.insert(&mut inner, block, data.clone(), false);
+        loop {
+            // The store read runs unlocked so the read-ahead loaders can insert meanwhile.
+            let epoch = inner.epoch;
+            let got = MutexGuard::unlocked(&mut inner, || s.store.get(&s.ns, &s.key(block)))?;
+            if let Some(slot) = inner.blocks.get(&block) {
+                // Loaded (or written) meanwhile: the cached copy is at least as new.
+                return Ok(Some(slot.data.clone()));
+            }
+            if inner.epoch != epoch {
+                // Discarded meanwhile: what was read may be gone; read again.
+                continue;
+            }
+            let Some(entry) = got else {
+                return Ok(None);
+            };
+            let data = Bytes::from(entry.value);
+            let len = data.len() as u64;
+            s.make_room(&mut inner, len, None, true)?;
+            if inner.bytes + len <= s.capacity {
+                s.insert(&mut inner, block, data.clone(), false);
+            }
+            return Ok(Some(data));
         }
-        Ok(Some(data))
     }
 
     fn write(&self, block: BlockId, offset: usize, data: &[u8]) -> Result<()> {
@@ -508,23 +720,7 @@ impl Cache for BlockCache {
     }
 
     fn flush(&self, inode: Option<u64>) -> Result<()> {
-        let s = &self.shared;
-        let mut inner = s.inner.lock();
-        let ids: Vec<BlockId> = match inode {
-            Some(ino) => inner
-                .blocks
-                .range(range(ino, 0))
-                .filter(|(_, v)| v.dirty)
-                .map(|(k, _)| *k)
-                .collect(),
-            None => inner
-                .blocks
-                .iter()
-                .filter(|(_, v)| v.dirty)
-                .map(|(k, _)| *k)
-                .collect(),
-        };
-        s.write_back(&mut inner, &ids)
+        self.shared.flush(inode)
     }
 
     fn stats(&self) -> CacheStats {

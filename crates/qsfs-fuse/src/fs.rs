@@ -1921,12 +1921,15 @@ impl Fs {
         Ok(())
     }
 
+    /// True once the oldest dirty state is older than the configured age.
+    pub fn flush_due(&self) -> bool {
+        self.dirty_since()
+            .is_some_and(|t| t.elapsed() >= self.cfg.flush_after)
+    }
+
     /// Flushes and syncs if the oldest dirty state is older than the configured age.
     pub fn tick(&mut self) -> FsResult<()> {
-        if self
-            .dirty_since()
-            .is_some_and(|t| t.elapsed() >= self.cfg.flush_after)
-        {
+        if self.flush_due() {
             self.sync()?;
         } else if self.dirents.len() + self.pages.len() + self.chunks.len() + self.nodes.len()
             > 100_000

@@ -75,6 +75,19 @@ impl QsfsFuse {
                     if h.crashed.load(Ordering::SeqCst) {
                         continue;
                     }
+                    // The blocks go first, without the filesystem lock, so requests carry
+                    // on while the bulk of the data is stored; the batch under the lock then
+                    // only stores what was written meanwhile.
+                    let early = {
+                        let fs = h.fs.lock();
+                        fs.flush_due().then(|| fs.cache().flusher())
+                    };
+                    if let Some(f) = early {
+                        if let Err(e) = f.flush() {
+                            tracing::warn!(error = %e, "background flush failed; will retry");
+                            continue;
+                        }
+                    }
                     if let Err(e) = h.fs.lock().tick() {
                         tracing::warn!(error = %e, "background flush failed; will retry");
                     }

@@ -156,6 +156,7 @@ impl Mount {
         if unmount {
             if let Some(mut u) = self.unmounter.take() {
                 u.unmount()?;
+                self.detach_if_stuck();
             }
         }
         match self.thread.take() {
@@ -163,6 +164,32 @@ impl Mount {
                 .join()
                 .map_err(|_| io::Error::other("the FUSE thread panicked"))?,
             None => Ok(()),
+        }
+    }
+}
+
+impl Mount {
+    /// fuser ignores a failed unmount (EBUSY while some process, e.g. a child forked by another
+    /// thread, briefly holds a file of the mount), and the request loop then never ends. If it
+    /// has not ended after a while, the mount is detached lazily: the kernel ends the session
+    /// once that last reference goes.
+    fn detach_if_stuck(&self) {
+        let Some(t) = &self.thread else { return };
+        let start = std::time::Instant::now();
+        while !t.is_finished() {
+            if start.elapsed() > std::time::Duration::from_secs(5) {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), "unmount did not take; detaching");
+                let r = std::process::Command::new("fusermount3")
+                    .arg("-u")
+                    .arg("-z")
+                    .arg(&self.mountpoint)
+                    .status();
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "fusermount3 -u -z");
+                }
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }
