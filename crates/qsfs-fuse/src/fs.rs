@@ -28,6 +28,8 @@ const NS_ORPHAN: u8 = 7;
 
 /// Blocks a sequential reader is kept ahead by (4 MiB at the default block size): deep enough
 /// that the store's reads overlap the kernel's requests.
+/// The file capabilities xattr, which a write, truncate or chown removes.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
 const READ_AHEAD_BLOCKS: u64 = 32;
 
 /// Where statfs figures come from.
@@ -1446,6 +1448,45 @@ impl Fs {
         }
         i.ctime = set.ctime.unwrap_or(now);
         self.getattr(ino)
+    }
+
+    /// Clears what a change of a file's data, size or owner must clear, as the kernel's VFS
+    /// does for a local filesystem: `security.capability` always, and with `suid_sgid` the
+    /// setuid bit and the setgid bit of a group-executable file (a setgid bit without group
+    /// execute marks mandatory locking, which is kept). With `FUSE_HANDLE_KILLPRIV_V2` the
+    /// kernel leaves this to the filesystem, and in exchange stops asking for
+    /// `security.capability` before every write.
+    pub fn kill_privileges(&mut self, ino: u64, suid_sgid: bool) -> FsResult<()> {
+        let (kind, has_xattrs) = {
+            let i = self.inode(ino)?;
+            (i.kind, i.has_xattrs)
+        };
+        if kind == Kind::Dir {
+            return Ok(());
+        }
+        if suid_sgid {
+            let i = self.inode(ino)?;
+            let mut perm = i.perm;
+            perm &= !(libc::S_ISUID as u16);
+            if perm & (libc::S_ISGID | libc::S_IXGRP) as u16
+                == (libc::S_ISGID | libc::S_IXGRP) as u16
+            {
+                perm &= !(libc::S_ISGID as u16);
+            }
+            if perm != i.perm {
+                let i = self.inode_mut(ino)?;
+                i.perm = perm;
+                i.ctime = Time::now();
+            }
+        }
+        let cached = self.xattrs.contains_key(&ino);
+        if has_xattrs || cached {
+            match self.removexattr(ino, CAPABILITY_XATTR) {
+                Ok(()) | Err(FsError::Errno(libc::ENODATA)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// fallocate: mode 0 and `FALLOC_FL_KEEP_SIZE` extend the size; `PUNCH_HOLE` (with

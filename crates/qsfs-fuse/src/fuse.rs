@@ -22,6 +22,10 @@ use crate::stats::{FsStats, Op};
 /// How long the kernel may cache attributes and names. Every change goes through this one
 /// mount, so the kernel's view is only stale for changes it made itself and already knows.
 const TTL: Duration = Duration::from_secs(1);
+/// INIT flag of FUSE ABI 7.33, newer than fuser 0.15's constants: the filesystem kills
+/// setuid/setgid/capabilities on write, truncate and chown, and the kernel marks the
+/// superblock `SB_NOSEC` so that a write need not look up `security.capability` first.
+const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
 
 /// A shared handle on a mounted [`Fs`], usable while the mount runs.
 #[derive(Clone)]
@@ -53,6 +57,10 @@ pub struct QsfsFuse {
     /// (`FUSE_WRITEBACK_CACHE`). It then also decides the offset of `O_APPEND` writes and owns
     /// size and mtime while the file is cached, sending them back through setattr.
     writeback: bool,
+    /// The filesystem clears setuid/setgid and `security.capability` itself
+    /// (`FUSE_HANDLE_KILLPRIV_V2`), so the kernel no longer asks for `security.capability`
+    /// before every write: one synchronous round trip per `write()` less.
+    killpriv: bool,
     /// Run on the first request after init, when the kernel has applied the init reply.
     after_init: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -99,6 +107,7 @@ impl QsfsFuse {
             stats,
             timer,
             writeback: false,
+            killpriv: false,
             after_init: None,
         }
     }
@@ -230,6 +239,7 @@ impl Filesystem for QsfsFuse {
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
         self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
+        self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         let writeback = self.writeback;
         self.fs().set_kernel_writeback(writeback);
         Ok(())
@@ -276,7 +286,7 @@ impl Filesystem for QsfsFuse {
 
     fn setattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -301,9 +311,19 @@ impl Filesystem for QsfsFuse {
             mtime: mtime.map(time_of),
             ctime: ctime.map(Time::from_system),
         };
+        // fuser drops FATTR_KILL_SUIDGID, the kernel's "caller lacks CAP_FSETID" on a
+        // truncate: a non-root caller stands for it. A chown clears them whoever asks.
+        let chown = (uid.is_some() || gid.is_some()) && mode.is_none();
+        let kill = self.killpriv && (size.is_some() || chown);
+        let suid_sgid = chown || req.uid() != 0;
         reply_or_err!(
             reply,
-            self.call(Op::Setattr, |fs| fs.setattr(ino, set)),
+            self.call(Op::Setattr, |fs| {
+                if kill {
+                    fs.kill_privileges(ino, suid_sgid)?;
+                }
+                fs.setattr(ino, set)
+            }),
             |a| reply.attr(&TTL, &fuse_attr(&a))
         );
     }
@@ -457,7 +477,7 @@ impl Filesystem for QsfsFuse {
         fh: u64,
         offset: i64,
         data: &[u8],
-        _write_flags: u32,
+        write_flags: u32,
         _flags: i32,
         _lock_owner: Option<u64>,
         reply: ReplyWrite,
@@ -467,7 +487,15 @@ impl Filesystem for QsfsFuse {
         }
         reply_or_err!(
             reply,
-            self.call(Op::Write, |fs| fs.write(ino, fh, offset as u64, data)),
+            self.call(Op::Write, |fs| {
+                if self.killpriv {
+                    // The kernel sets the flag for a caller without CAP_FSETID; capabilities
+                    // go on any write, as on a local filesystem.
+                    let suid_sgid = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
+                    fs.kill_privileges(ino, suid_sgid)?;
+                }
+                fs.write(ino, fh, offset as u64, data)
+            }),
             |n| {
                 self.stats.written_bytes(u64::from(n));
                 reply.written(n)
@@ -680,7 +708,7 @@ impl Filesystem for QsfsFuse {
 
     fn fallocate(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         _fh: u64,
         offset: i64,
@@ -694,6 +722,9 @@ impl Filesystem for QsfsFuse {
         empty(
             reply,
             self.call(Op::Other, |fs| {
+                if self.killpriv {
+                    fs.kill_privileges(ino, req.uid() != 0)?;
+                }
                 fs.fallocate(ino, offset as u64, length as u64, mode)
             }),
         );
@@ -701,7 +732,7 @@ impl Filesystem for QsfsFuse {
 
     fn copy_file_range(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino_in: u64,
         fh_in: u64,
         offset_in: i64,
@@ -716,6 +747,9 @@ impl Filesystem for QsfsFuse {
             return reply.error(libc::EINVAL);
         }
         let r = self.call(Op::Write, |fs| {
+            if self.killpriv {
+                fs.kill_privileges(ino_out, req.uid() != 0)?;
+            }
             fs.copy_file_range(
                 ino_in,
                 fh_in,

@@ -803,6 +803,62 @@ fn permissions_for_other_users_and_sticky_dirs() {
         0,
         "setuid cleared on write"
     );
+    // What else the filesystem clears itself (FUSE_HANDLE_KILLPRIV_V2), as the VFS would.
+    let mode = |name: &str| fs::metadata(f.p(name)).unwrap().mode() & 0o7777;
+    let setup = |name: &str, m: u32| {
+        fs::write(f.p(name), b"data").unwrap();
+        fs::set_permissions(f.p(name), fs::Permissions::from_mode(m)).unwrap();
+    };
+    setup("sgid-x", 0o2777);
+    setup("sgid-nox", 0o2767);
+    let out = as_nobody(&format!(
+        "echo y >> {0}/sgid-x && echo y >> {0}/sgid-nox",
+        f.mnt.display()
+    ));
+    assert!(out.status.success());
+    assert_eq!(
+        mode("sgid-x"),
+        0o777,
+        "setgid of a group-executable file cleared"
+    );
+    assert_eq!(
+        mode("sgid-nox"),
+        0o2767,
+        "setgid without group execute kept"
+    );
+    setup("suid-trunc", 0o4777);
+    let out = as_nobody(&format!("truncate -s 1 {}", f.p("suid-trunc").display()));
+    assert!(out.status.success());
+    assert_eq!(mode("suid-trunc"), 0o777, "setuid cleared on truncate");
+    setup("suid-root", 0o6777);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(f.p("suid-root"))
+        .unwrap()
+        .write_all(b"root has CAP_FSETID")
+        .unwrap();
+    assert_eq!(mode("suid-root"), 0o6777, "a write by root keeps setuid");
+    nix::unistd::chown(&f.p("suid-root"), Some(nix::unistd::Uid::from_raw(1)), None).unwrap();
+    assert_eq!(mode("suid-root"), 0o777, "chown clears setuid and setgid");
+    // A file capability (a valid VFS_CAP_REVISION_2 value) goes with any write, root's too.
+    let cap = f.p("cap");
+    fs::write(&cap, b"data").unwrap();
+    let (ok, out) = py(&format!(
+        r#"
+import os, struct
+p = "{}"
+os.setxattr(p, "security.capability", struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0))
+assert len(os.getxattr(p, "security.capability")) == 20
+with open(p, "ab") as f:
+    f.write(b"more")
+try:
+    os.getxattr(p, "security.capability"); print("capability survived a write")
+except OSError as e:
+    import errno; assert e.errno == errno.ENODATA, e
+"#,
+        cap.display()
+    ));
+    assert!(ok && out.is_empty(), "{out}");
 }
 
 #[test]
