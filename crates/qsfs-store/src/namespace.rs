@@ -417,7 +417,10 @@ impl Namespace {
                 // A flush moves the segment floor at least two past the last sealed segment
                 // (a restore sets it to one past), then writes an empty manifest.
                 let flushed_since = m.sealed_through.is_some_and(|s| u64::from(s) + 1 < floor);
-                if !flushed_since {
+                // A process killed between a seal and its manifest left one that misses the
+                // newest sealed segments: handed out as it is, a recovery would lose them.
+                let behind = self.newest_sealed_after(&m);
+                if !flushed_since && !behind {
                     let size = std::fs::metadata(self.dir.join(MANIFEST_FILE))
                         .map(|m| m.len())
                         .unwrap_or(0);
@@ -536,15 +539,29 @@ impl Namespace {
     /// True if the persisted manifest names a segment that compaction has removed since: it
     /// can no longer be backed up whole, and a fresh one (the writer at the start of an empty
     /// segment) describes the same data without it.
+    ///
+    /// Also true if a sealed segment is newer than the manifest (a crash between a seal and its
+    /// manifest): it would be missing from a recovery.
     pub(crate) fn manifest_is_stale(&self) -> Result<bool> {
         self.wait_sealed();
-        let m = Manifest::load(&self.dir)?;
+        let Some(m) = Manifest::load(&self.dir)? else {
+            return Ok(false);
+        };
+        if self.newest_sealed_after(&m) {
+            return Ok(true);
+        }
         let st = self.state.read();
-        Ok(m.is_some_and(|m| {
-            m.segments
-                .iter()
-                .any(|(id, _)| !st.segments.contains_key(id))
-        }))
+        Ok(m.segments
+            .iter()
+            .any(|(id, _)| !st.segments.contains_key(id)))
+    }
+
+    /// True if a segment sealed after `m` was captured exists (newer than its newest).
+    fn newest_sealed_after(&self, m: &Manifest) -> bool {
+        let current = loc_segment(self.tail.load(Ordering::Acquire));
+        let st = self.state.read();
+        let newest = st.segments.range(..current).next_back().map(|(id, _)| *id);
+        newest.is_some_and(|n| m.sealed_through.is_none_or(|s| n > s))
     }
 
     /// The latest persisted manifest, with the current properties.
@@ -993,11 +1010,7 @@ impl Namespace {
             shared.config.durability,
             Durability::Periodic(_) | Durability::Group
         );
-        let me = self
-            .me
-            .get()
-            .filter(|_| handoff)
-            .and_then(Weak::upgrade);
+        let me = self.me.get().filter(|_| handoff).and_then(Weak::upgrade);
         let sealer = me.as_ref().and_then(|_| shared.sealer.lock().clone());
         // A sealed segment is synced unless the configuration asked for no syncs at all: the
         // periodic flusher only looks at the current segment, so this is its last chance.
