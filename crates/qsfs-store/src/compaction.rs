@@ -75,6 +75,9 @@ impl Source {
 /// and offloaded ones too when a cold tier is configured (fetched whole).
 pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result<CompactionReport> {
     let _one = ns.compacting.lock();
+    // A segment whose seal is still queued is not durable yet: not a victim (and its removal
+    // must not be reported before its seal).
+    ns.wait_sealed();
     let current = ns.writer.lock().seg.id;
     let victims: Vec<Arc<Segment>> = {
         let st = ns.state.read();

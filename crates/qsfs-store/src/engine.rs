@@ -33,7 +33,7 @@ use crate::descriptor::Descriptor;
 use crate::error::EngineError;
 use crate::index::Index;
 use crate::manifest::Manifest;
-use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SegmentStats};
+use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SealJob, SegmentStats};
 use crate::password::SealKey;
 use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
 
@@ -44,12 +44,19 @@ const TRASH_PREFIX: &str = ".deleting-";
 
 /// Told about the lifecycle of segments and namespaces (the backup tier listens here).
 ///
-/// Calls happen after the engine released its locks, on the thread that caused the event, so an
-/// observer may call back into the engine (for example [`Engine::offload_segment`]) but should
-/// return quickly (hand slow work to another thread). A crash can lose a notification, so a
-/// listener reconciles at start with [`Engine::segments`].
+/// Calls happen after the engine released its locks, on the thread that caused the event
+/// (seals: see [`EngineObserver::on_segment_sealed`]), so an observer may call back into the
+/// engine (for example [`Engine::offload_segment`]) but should return quickly (hand slow work
+/// to another thread). A crash can lose a notification, so a listener reconciles at start with
+/// [`Engine::segments`].
 pub trait EngineObserver: Send + Sync {
-    /// A segment was sealed: its file at `path` will never change again.
+    /// A segment was sealed: its file at `path` will never change again, and is durable.
+    ///
+    /// Under [`Durability::Periodic`] and [`Durability::Group`] the seal's I/O (the fsync that
+    /// makes the segment durable, the index snapshot, the manifest) runs on the engine's seal
+    /// thread while writers go on, and this is called from that thread once it is done;
+    /// [`Store::sync`] returns only after the calls for every seal before it returned.
+    /// [`Engine::segments`] reports a segment sealed only once it is durable.
     fn on_segment_sealed(&self, _ns: &str, _segment: u32, _path: &Path) {}
     /// A segment was removed (compacted or flushed) and will never be read again.
     fn on_segment_removed(&self, _ns: &str, _segment: u32) {}
@@ -82,6 +89,9 @@ pub(crate) struct Shared {
     pub config: EngineConfig,
     pub cold: Option<ColdTier>,
     pub key: SealKey,
+    /// Queue of the seal thread (see [`crate::namespace::SealJob`]); taken when the engine
+    /// closes.
+    pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealJob>>>,
 }
 
 struct Inner {
@@ -93,6 +103,8 @@ struct Inner {
     _lock: File,
     stop: Arc<(Mutex<bool>, Condvar)>,
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The seal thread: does the I/O of seals off the writers' threads, in seal order.
+    seal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The embedded append-only key-value engine; see the crate documentation.
@@ -188,7 +200,13 @@ impl Engine {
             Some(b) => Some(ColdTier::new(b.clone(), config.cold_timeout)?),
             None => None,
         };
-        let shared = Shared { config, cold, key };
+        let (seal_tx, seal_thread) = spawn_seal_thread(&config)?;
+        let shared = Shared {
+            config,
+            cold,
+            key,
+            sealer: Mutex::new(None),
+        };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
         let mut namespaces = BTreeMap::new();
@@ -234,9 +252,12 @@ impl Engine {
                     .into());
                 }
             }
-            let ns = Namespace::open(&shared, path, desc)?;
-            namespaces.insert(name, Arc::new(ns));
+            let ns = Arc::new(Namespace::open(&shared, path, desc)?);
+            let _ = ns.me.set(Arc::downgrade(&ns));
+            namespaces.insert(name, ns);
         }
+        // Only now: a seal while a namespace opens does its I/O inline.
+        *shared.sealer.lock() = Some(seal_tx);
         let inner = Arc::new(Inner {
             root,
             shared,
@@ -245,6 +266,7 @@ impl Engine {
             _lock: lock,
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             background: Mutex::new(None),
+            seal_thread: Mutex::new(Some(seal_thread)),
         });
         let engine = Engine { inner };
         if !engine
@@ -396,10 +418,12 @@ impl Engine {
         })();
         match result {
             Ok(ns) => {
+                let ns = Arc::new(ns);
+                let _ = ns.me.set(Arc::downgrade(&ns));
                 self.inner
                     .namespaces
                     .write()
-                    .insert(valid.as_str().to_string(), Arc::new(ns));
+                    .insert(valid.as_str().to_string(), ns);
                 if notify {
                     if let Some(obs) = &self.inner.shared.config.observer {
                         obs.on_namespace_created(valid.as_str());
@@ -525,7 +549,10 @@ impl Engine {
                             Ok(())
                         }
                     });
-            sealed.and_then(|()| namespaces.iter().map(|n| n.manifest()).collect())
+            // The manifests name the segments just sealed: durable before anyone relies on them.
+            sealed
+                .and_then(|()| namespaces.iter().try_for_each(|n| n.settle_durable()))
+                .and_then(|()| namespaces.iter().map(|n| n.manifest()).collect())
         };
         for n in &namespaces {
             self.fire(n);
@@ -660,12 +687,51 @@ impl Engine {
     }
 }
 
+/// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
+/// keeps the engine open; it ends when the queue is closed and empty.
+fn spawn_seal_thread(
+    config: &EngineConfig,
+) -> Result<(
+    std::sync::mpsc::Sender<SealJob>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (tx, rx) = std::sync::mpsc::channel::<SealJob>();
+    let durable = config.durability != Durability::None;
+    let observer = config.observer.clone();
+    let handle = std::thread::Builder::new()
+        .name("qsfs-seal".into())
+        .spawn(move || {
+            crate::namespace::ON_SEAL_THREAD.with(|t| t.set(true));
+            for job in rx {
+                Namespace::run_seal_job(&job, durable, || {
+                    if let Some(obs) = &observer {
+                        obs.on_segment_sealed(&job.ns.name, job.seg.id, &job.seg.path);
+                    }
+                });
+            }
+        })
+        .map_err(|e| Error::io("start the seal thread", e))?;
+    Ok((tx, handle))
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         *self.stop.0.lock() = true;
         self.stop.1.notify_all();
         if let Some(h) = self.background.lock().take() {
             if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        // Closing the queue lets the seal thread finish what is queued, then end.
+        drop(self.shared.sealer.lock().take());
+        // Dropped by an observer called from the seal thread: the seals queued after the one
+        // being reported run only once this returns, so waiting for them would never end.
+        let mut on_seal_thread = false;
+        if let Some(h) = self.seal_thread.lock().take() {
+            if h.thread().id() == std::thread::current().id() {
+                on_seal_thread = true;
+            } else {
                 let _ = h.join();
             }
         }
@@ -676,7 +742,9 @@ impl Drop for Inner {
                     tracing::error!(namespace = %ns.name, error = %e, "sync on close failed");
                 }
             }
-            ns.write_snapshot_locked(&w);
+            if !on_seal_thread {
+                ns.write_snapshot_locked(&w);
+            }
         }
     }
 }
@@ -749,6 +817,8 @@ impl Store for Engine {
         let ns = self.ns(name)?;
         {
             let _w = ns.writer.lock();
+            // A queued seal writes into the directory about to be removed.
+            ns.wait_sealed();
             let mut st = ns.state.write();
             st.deleted = true;
             self.inner.namespaces.write().remove(name);

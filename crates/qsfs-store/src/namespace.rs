@@ -7,12 +7,13 @@
 //! reading, copies the location and an `Arc` of the segment, drops the lock and reads with
 //! `pread`: the `Arc` keeps the file readable even if compaction unlinks it meanwhile.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -136,6 +137,45 @@ pub(crate) struct Namespace {
     pub group: Mutex<GroupCommit>,
     /// Signalled when a group-commit sync finishes.
     pub group_done: Condvar,
+    /// This namespace, once it is shared: what a seal hands to the engine's seal thread. Unset
+    /// while the namespace is being opened, when seals do their I/O inline.
+    pub me: OnceLock<Weak<Namespace>>,
+    /// Seals whose I/O the seal thread has not finished.
+    pub seals: Mutex<SealQueue>,
+    /// Signalled when the seal thread finishes a seal.
+    pub seals_done: Condvar,
+}
+
+thread_local! {
+    /// True on the engine's seal thread (see [`Namespace::wait_sealed`]).
+    pub(crate) static ON_SEAL_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Seals of one namespace handed to the engine's seal thread (see [`SealJob`]).
+#[derive(Debug, Default)]
+pub(crate) struct SealQueue {
+    /// Sealed segments whose file is not known durable yet: reported unsealed by
+    /// [`Namespace::stats`], so nothing uploads, offloads or compacts them before their fsync.
+    pub pending: BTreeSet<u32>,
+    /// Seals done whose observer call has not returned yet.
+    pub unannounced: usize,
+    /// A seal whose fsync failed: its data may not be on disk, so every later sync of the
+    /// namespace fails (a failed fsync cannot be retried safely: the kernel may have dropped the
+    /// dirty pages).
+    pub failed: Option<String>,
+}
+
+/// The I/O of one seal, done off the writer's thread: the sealed segment's fsync, then the index
+/// snapshot and the recovery manifest captured at the seal (both describe the sealed segment,
+/// so they may only reach the disk after it), then the observer's notice (the backup tier
+/// uploads only durable segments). Jobs run one at a time in seal order.
+pub(crate) struct SealJob {
+    /// The namespace.
+    pub ns: Arc<Namespace>,
+    /// The segment just sealed.
+    pub seg: Arc<Segment>,
+    /// The manifest captured at the seal (`None` if the namespace was deleted meanwhile).
+    pub manifest: Option<Manifest>,
 }
 
 /// State of [`Durability::Group`] for one namespace.
@@ -359,6 +399,9 @@ impl Namespace {
             tail: AtomicU64::new(loc(current_id, end)),
             group: Mutex::new(GroupCommit::default()),
             group_done: Condvar::new(),
+            me: OnceLock::new(),
+            seals: Mutex::new(SealQueue::default()),
+            seals_done: Condvar::new(),
         };
         ns.check_manifest(shared)?;
         Ok(ns)
@@ -374,7 +417,10 @@ impl Namespace {
                 // A flush moves the segment floor at least two past the last sealed segment
                 // (a restore sets it to one past), then writes an empty manifest.
                 let flushed_since = m.sealed_through.is_some_and(|s| u64::from(s) + 1 < floor);
-                if !flushed_since {
+                // A process killed between a seal and its manifest left one that misses the
+                // newest sealed segments: handed out as it is, a recovery would lose them.
+                let behind = self.newest_sealed_after(&m);
+                if !flushed_since && !behind {
                     let size = std::fs::metadata(self.dir.join(MANIFEST_FILE))
                         .map(|m| m.len())
                         .unwrap_or(0);
@@ -408,12 +454,27 @@ impl Namespace {
     /// at the start of a fresh segment, so the index covers exactly the sealed segments. The
     /// index snapshot file is refreshed from the same bytes.
     pub(crate) fn write_manifest_locked(&self, shared: &Shared, w: &Writer) -> Result<()> {
+        // A queued seal would otherwise store its older manifest over this one.
+        self.wait_sealed();
+        match self.capture_manifest_locked(w) {
+            Some(m) => self.store_manifest(shared.config.durability != Durability::None, &m),
+            None => Ok(()),
+        }
+    }
+
+    /// The recovery manifest as of now, with the next generation (taken now, so manifests
+    /// captured one after the other have growing generations whenever they are stored). The
+    /// caller holds the writer positioned at the start of a fresh segment. `None` if the
+    /// namespace was deleted.
+    fn capture_manifest_locked(&self, w: &Writer) -> Option<Manifest> {
         debug_assert_eq!(w.end, SEGMENT_HEADER_LEN);
         let covers = loc(w.seg.id, w.end);
+        // Read-locked while the index is encoded (readers go on); the generation is only ever
+        // taken by the writer's holder, so it cannot change between the two locks.
         let manifest = {
             let st = self.state.read();
             if st.deleted {
-                return Ok(());
+                return None;
             }
             let segments: Vec<(u32, u64)> = st
                 .segments
@@ -431,6 +492,15 @@ impl Namespace {
                 index: st.index.snapshot_bytes(covers),
             }
         };
+        self.state.write().manifest_gen = manifest.generation;
+        Some(manifest)
+    }
+
+    /// Persists a captured manifest, and its index as the snapshot file.
+    fn store_manifest(&self, durable: bool, manifest: &Manifest) -> Result<()> {
+        if self.state.read().deleted {
+            return Ok(());
+        }
         let snap = match Index::write_snapshot_bytes(&self.dir, &manifest.index) {
             Ok(n) => Some(n),
             Err(e) => {
@@ -438,12 +508,11 @@ impl Namespace {
                 None
             }
         };
-        let size = manifest.store(&self.dir, shared.config.durability != Durability::None)?;
+        let size = manifest.store(&self.dir, durable)?;
         let mut st = self.state.write();
         if let Some(n) = snap {
             st.snapshot_bytes = n;
         }
-        st.manifest_gen = manifest.generation;
         st.manifest_bytes = size;
         Ok(())
     }
@@ -451,6 +520,7 @@ impl Namespace {
     /// Persists the manifest again with the current descriptor and the next generation (a
     /// property changed). Caller holds the writer.
     fn bump_manifest_locked(&self, shared: &Shared, _w: &Writer) -> Result<()> {
+        self.wait_sealed();
         let mut m = Manifest::load(&self.dir)?
             .ok_or_else(|| Error::NotFound(format!("manifest of namespace {}", self.name)))?;
         {
@@ -469,18 +539,34 @@ impl Namespace {
     /// True if the persisted manifest names a segment that compaction has removed since: it
     /// can no longer be backed up whole, and a fresh one (the writer at the start of an empty
     /// segment) describes the same data without it.
+    ///
+    /// Also true if a sealed segment is newer than the manifest (a crash between a seal and its
+    /// manifest): it would be missing from a recovery.
     pub(crate) fn manifest_is_stale(&self) -> Result<bool> {
-        let m = Manifest::load(&self.dir)?;
+        self.wait_sealed();
+        let Some(m) = Manifest::load(&self.dir)? else {
+            return Ok(false);
+        };
+        if self.newest_sealed_after(&m) {
+            return Ok(true);
+        }
         let st = self.state.read();
-        Ok(m.is_some_and(|m| {
-            m.segments
-                .iter()
-                .any(|(id, _)| !st.segments.contains_key(id))
-        }))
+        Ok(m.segments
+            .iter()
+            .any(|(id, _)| !st.segments.contains_key(id)))
+    }
+
+    /// True if a segment sealed after `m` was captured exists (newer than its newest).
+    fn newest_sealed_after(&self, m: &Manifest) -> bool {
+        let current = loc_segment(self.tail.load(Ordering::Acquire));
+        let st = self.state.read();
+        let newest = st.segments.range(..current).next_back().map(|(id, _)| *id);
+        newest.is_some_and(|n| m.sealed_through.is_none_or(|s| n > s))
     }
 
     /// The latest persisted manifest, with the current properties.
     pub fn manifest(&self) -> Result<Manifest> {
+        self.wait_sealed();
         let mut m = Manifest::load(&self.dir)?
             .ok_or_else(|| Error::NotFound(format!("manifest of namespace {}", self.name)))?;
         let st = self.state.read();
@@ -594,6 +680,15 @@ impl Namespace {
                 }
             };
             let (report, len) = report;
+            if id != current_id && shared.config.durability != Durability::None {
+                // A segment sealed after the snapshot may have been sealed by a process killed
+                // before its seal's fsync (which the snapshot would have followed): make it
+                // durable before anything (the backup tier) relies on it being sealed.
+                if let Some(f) = &handle {
+                    f.sync_all()
+                        .map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
+                }
+            }
             for (a, b, why) in &report.corrupt {
                 let msg = format!("{} .. {b}: {why}", seg_location(name, id, *a));
                 tracing::error!(namespace = %name, "{msg}");
@@ -901,18 +996,26 @@ impl Namespace {
     }
 
     /// Seals the current segment and starts the next one. Caller holds the writer.
+    ///
+    /// The seal's I/O (fsync of the sealed file, index snapshot, recovery manifest) goes to the
+    /// engine's seal thread when there is one, so the writer goes on appending to the new
+    /// segment meanwhile; [`Namespace::settle`] waits for it (every sync does). While the
+    /// namespace is being opened it is done here.
     pub(crate) fn rotate_locked(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
         let old = w.seg.clone();
+        let durable = shared.config.durability != Durability::None;
+        // Only a seal with an fsync that the writes have not already paid for is worth
+        // handing off: with `None` there is none, with `EveryWrite` each write synced its own.
+        let handoff = matches!(
+            shared.config.durability,
+            Durability::Periodic(_) | Durability::Group
+        );
+        let me = self.me.get().filter(|_| handoff).and_then(Weak::upgrade);
+        let sealer = me.as_ref().and_then(|_| shared.sealer.lock().clone());
         // A sealed segment is synced unless the configuration asked for no syncs at all: the
         // periodic flusher only looks at the current segment, so this is its last chance.
-        if shared.config.durability != Durability::None {
-            if let Some(f) = old
-                .handle()
-                .map_err(|e| Error::io(format!("open {}", old.path.display()), e))?
-            {
-                f.sync_all()
-                    .map_err(|e| Error::io(format!("sync {}", old.path.display()), e))?;
-            }
+        if durable && sealer.is_none() {
+            Self::sync_sealed(&old)?;
         }
         let new_id = old
             .id
@@ -932,14 +1035,38 @@ impl Namespace {
             st.segments.insert(old.id, sealed);
             st.segments.insert(new_id, seg.clone());
         }
+        if sealer.is_some() {
+            // Before the writer moves on: from now until the seal thread is done the segment
+            // is neither the current one nor durable.
+            self.seals.lock().pending.insert(old.id);
+        }
         w.seg = seg;
         w.end = SEGMENT_HEADER_LEN;
         w.opened = Instant::now();
         self.tail
             .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
-        if let Err(e) = self.write_manifest_locked(shared, w) {
-            // The seal stands; the previous manifest stays valid and the next seal retries.
-            tracing::error!(namespace = %self.name, error = %e, "cannot write the recovery manifest");
+        let manifest = self.capture_manifest_locked(w);
+        if let (Some(ns), Some(tx)) = (me, sealer) {
+            let job = SealJob {
+                ns,
+                seg: old.clone(),
+                manifest,
+            };
+            match tx.send(job) {
+                Ok(()) => return Ok(()),
+                // The seal thread is gone (the engine is closing): do it here.
+                Err(std::sync::mpsc::SendError(job)) => {
+                    let r = job.ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
+                    self.seals.lock().pending.remove(&old.id);
+                    self.seals_done.notify_all();
+                    r?;
+                }
+            }
+        } else if let Some(m) = manifest {
+            if let Err(e) = self.store_manifest(durable, &m) {
+                // The seal stands; the previous manifest stays valid and the next seal retries.
+                tracing::error!(namespace = %self.name, error = %e, "cannot write the recovery manifest");
+            }
         }
         self.events
             .lock()
@@ -947,9 +1074,118 @@ impl Namespace {
         Ok(())
     }
 
+    /// fsync of a sealed segment's file.
+    fn sync_sealed(seg: &Segment) -> Result<()> {
+        if let Some(f) = seg
+            .handle()
+            .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?
+        {
+            f.sync_all()
+                .map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// The I/O of a seal, in the order that keeps a crash safe: the segment durable first, then
+    /// the snapshot and manifest that describe it. An error is the segment's fsync failing.
+    pub(crate) fn finish_seal(
+        &self,
+        durable: bool,
+        seg: &Segment,
+        manifest: Option<&Manifest>,
+    ) -> Result<()> {
+        if durable {
+            Self::sync_sealed(seg)?;
+        }
+        if let Some(m) = manifest {
+            if let Err(e) = self.store_manifest(durable, m) {
+                // The seal stands; the previous manifest stays valid and the next seal retries.
+                tracing::error!(namespace = %self.name, error = %e, "cannot write the recovery manifest");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one job of the seal thread, telling `announce` (the observer) of the seal unless
+    /// the segment's fsync failed.
+    pub(crate) fn run_seal_job(job: &SealJob, durable: bool, announce: impl FnOnce()) {
+        let ns = &job.ns;
+        let r = ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
+        let mut q = ns.seals.lock();
+        q.pending.remove(&job.seg.id);
+        let ok = match r {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(namespace = %ns.name, segment = job.seg.id, error = %e, "sealing failed: syncs of this namespace fail from now on");
+                q.failed.get_or_insert_with(|| e.to_string());
+                false
+            }
+        };
+        if ok {
+            q.unannounced += 1;
+        }
+        drop(q);
+        // Holders of the writer waiting for durability go on before the observer is called,
+        // so an observer may write to the engine.
+        ns.seals_done.notify_all();
+        if ok {
+            announce();
+            ns.seals.lock().unannounced -= 1;
+            ns.seals_done.notify_all();
+        }
+    }
+
+    /// Waits until the seal thread has finished every seal of this namespace queued so far.
+    /// Callers may hold the writer (the seal thread never takes it), never `state`. Returns at
+    /// once on the seal thread itself (an observer it calls may call back into the engine):
+    /// it cannot wait for the seals queued behind the one it is reporting.
+    pub(crate) fn wait_sealed(&self) {
+        if ON_SEAL_THREAD.with(Cell::get) {
+            return;
+        }
+        let mut q = self.seals.lock();
+        while !q.pending.is_empty() {
+            self.seals_done.wait(&mut q);
+        }
+    }
+
+    /// [`Namespace::wait_sealed`], then fails if a seal's fsync failed: what a sync must do
+    /// before it reports everything written so far durable.
+    ///
+    /// Also waits for the observer to have been told of those seals, so whoever syncs knows
+    /// the observer (the backup tier) has heard of every segment sealed before. Never called
+    /// with the writer held: an observer may take it.
+    pub(crate) fn settle(&self) -> Result<()> {
+        self.settle_with(true)
+    }
+
+    /// [`Namespace::settle`] without waiting for the observer: for holders of the writer.
+    pub(crate) fn settle_durable(&self) -> Result<()> {
+        self.settle_with(false)
+    }
+
+    fn settle_with(&self, announced: bool) -> Result<()> {
+        if ON_SEAL_THREAD.with(Cell::get) {
+            return Ok(());
+        }
+        let mut q = self.seals.lock();
+        while !q.pending.is_empty() || (announced && q.unannounced > 0) {
+            self.seals_done.wait(&mut q);
+        }
+        match &q.failed {
+            None => Ok(()),
+            Some(why) => Err(Error::io(
+                format!("namespace {}: an earlier seal failed", self.name),
+                std::io::Error::other(why.clone()),
+            )),
+        }
+    }
+
     /// Writes the index snapshot covering everything up to the writer's end. Failure only
     /// costs a longer replay on the next open, so it is logged, not returned.
     pub(crate) fn write_snapshot_locked(&self, w: &Writer) {
+        // Never a snapshot past a segment whose fsync is still queued (see `load_index`).
+        self.wait_sealed();
         let st = self.state.read();
         if st.deleted {
             return;
@@ -1319,16 +1555,24 @@ impl Namespace {
             }
             g.syncing = true;
             drop(g);
-            // Everything before the current tail is in the current segment or in sealed,
-            // already synced ones.
+            // Everything before the current tail is in the current segment or in sealed ones,
+            // synced once the seal thread is done with them.
             let (seg, target) = {
                 let w = self.writer.lock();
                 (w.seg.clone(), self.tail.load(Ordering::Acquire))
             };
-            let r = match seg.handle() {
-                Ok(Some(f)) => f.sync_data(),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
+            let r = match self.settle() {
+                Err(e) => {
+                    let mut g = self.group.lock();
+                    g.syncing = false;
+                    self.group_done.notify_all();
+                    return Err(e);
+                }
+                Ok(()) => match seg.handle() {
+                    Ok(Some(f)) => f.sync_data(),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                },
             };
             g = self.group.lock();
             g.syncing = false;
@@ -1545,7 +1789,12 @@ impl Namespace {
 
     /// Counters for INFO/NSINFO and operators.
     pub fn stats(&self) -> NamespaceStats {
+        // A segment is reported sealed once it is durable, which the backup tier relies on.
+        self.wait_sealed();
         let tail = self.tail.load(Ordering::Acquire);
+        // Only on the seal thread can seals still be pending here. Taken before `state` (the
+        // seal thread never holds both).
+        let pending = self.seals.lock().pending.clone();
         let st = self.state.read();
         let mut segments = Vec::new();
         let mut disk = st.snapshot_bytes;
@@ -1562,7 +1811,7 @@ impl Namespace {
                 size,
                 length,
                 live: st.index.seg_live.get(id).copied().unwrap_or(0),
-                sealed: *id != loc_segment(tail),
+                sealed: *id != loc_segment(tail) && !pending.contains(id),
                 offloaded: s.file.is_none(),
                 path: s.path.clone(),
                 last_read: s.last_read.load(Ordering::Relaxed),
@@ -1673,6 +1922,8 @@ impl Namespace {
     /// mistaken for new (a seq id is never handed out twice).
     pub fn flush(&self, shared: &Shared) -> Result<()> {
         let mut w = self.writer.lock();
+        // A queued seal would write its manifest and snapshot after the flush's.
+        self.wait_sealed();
         {
             let st = self.state.read();
             self.check_writable(&st)?;
@@ -1732,6 +1983,9 @@ impl Namespace {
     pub fn sync(&self) -> Result<()> {
         let seg = self.writer.lock().seg.clone();
         self.dirty.store(false, Ordering::Release);
+        // Records written before the current segment are in sealed ones: durable once their
+        // seals are done.
+        self.settle()?;
         if let Some(f) = seg
             .handle()
             .map_err(|e| Error::io(format!("open {}", seg.path.display()), e))?
@@ -1786,6 +2040,8 @@ impl Namespace {
     /// Marks a sealed segment offloaded and removes its local file.
     pub fn offload_segment(&self, shared: &Shared, id: u32) -> Result<()> {
         let w = self.writer.lock();
+        // Never remove the file of a segment whose seal (fsync) is still queued.
+        self.wait_sealed();
         if id >= w.seg.id {
             return Err(Error::InvalidArgument(format!(
                 "segment {id} of {} is not sealed",
