@@ -311,6 +311,7 @@ impl Namespace {
         let mut damage = Vec::new();
         let mut segments: BTreeMap<u32, Arc<Segment>> = BTreeMap::new();
         let last_local = local.keys().next_back().copied();
+        let mut dropped_newest = false;
         for (id, path) in &local {
             let writable = Some(*id) == last_local;
             match Segment::open(path.clone(), *id, writable) {
@@ -318,14 +319,14 @@ impl Namespace {
                     segments.insert(*id, Arc::new(s));
                 }
                 Err(OpenError::Bad(detail))
-                    if writable
-                        && std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-                            < SEGMENT_HEADER_LEN =>
+                    if writable && crate::segment::header_never_written(path) =>
                 {
-                    // A crash while creating the newest segment: it holds nothing.
+                    // A crash while creating the newest segment, or before the first sync of
+                    // one created unsynced: nothing in it was acknowledged as durable.
                     tracing::warn!(namespace = %name, segment = id, %detail, "removing half-created segment");
                     std::fs::remove_file(path)
                         .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+                    dropped_newest = true;
                 }
                 Err(OpenError::Bad(detail)) => {
                     let msg = format!("{}: {detail}", seg_location(&name, *id, 0));
@@ -346,11 +347,13 @@ impl Namespace {
                 ))
             });
         }
-        // The newest segment must be a local, writable one.
-        let need_new = match segments.iter().next_back() {
-            None => true,
-            Some((_, s)) => s.file.is_none(),
-        };
+        // The newest segment must be a local, writable one (the one before a dropped
+        // half-created segment was sealed and is opened read-only).
+        let need_new = dropped_newest
+            || match segments.iter().next_back() {
+                None => true,
+                Some((_, s)) => s.file.is_none(),
+            };
         if need_new {
             // Past every id in use, including a damaged file that was skipped.
             let id = segments
@@ -1021,8 +1024,15 @@ impl Namespace {
             .id
             .checked_add(1)
             .ok_or_else(|| Error::NoSpace("segment ids exhausted".into()))?;
-        let seg = Arc::new(
+        // With a seal thread, the new file's fsyncs are left to it and to the segment's first
+        // data sync (both before any sync returns): two journal commits fewer on the writer.
+        let created = if sealer.is_some() {
+            Segment::create_unsynced(&self.dir, new_id, qsfs_core::now())
+        } else {
             Segment::create(&self.dir, new_id, qsfs_core::now())
+        };
+        let seg = Arc::new(
+            created
                 .map_err(|e| Error::io(format!("create segment {new_id} of {}", self.name), e))?,
         );
         // The sealed file is read-only from now on: reopen it so.
@@ -1096,6 +1106,10 @@ impl Namespace {
     ) -> Result<()> {
         if durable {
             Self::sync_sealed(seg)?;
+            // The next segment was created unsynced: its directory entry becomes durable here,
+            // before any sync (which waits for this job) can acknowledge a write to it.
+            crate::segment::sync_dir(&self.dir)
+                .map_err(|e| Error::io(format!("sync directory {}", self.dir.display()), e))?;
         }
         if let Some(m) = manifest {
             if let Err(e) = self.store_manifest(durable, m) {

@@ -350,6 +350,20 @@ pub(crate) struct Segment {
 impl Segment {
     /// Creates a new, empty segment file with its header, durable (file and directory synced).
     pub fn create(dir: &Path, id: u32, created: u64) -> io::Result<Segment> {
+        let seg = Segment::create_unsynced(dir, id, created)?;
+        if let Err(e) = seg.pinned_sync().and_then(|_| sync_dir(dir)) {
+            let _ = std::fs::remove_file(&seg.path);
+            return Err(e);
+        }
+        Ok(seg)
+    }
+
+    /// Like [`Segment::create`] without the two fsyncs (file and directory), for a caller that
+    /// makes both durable before any write to the segment is acknowledged: the engine's seal
+    /// thread syncs the directory after the previous segment, and the header reaches the disk
+    /// with the segment's first data sync. A crash before then leaves a newest segment whose
+    /// header was never written, which opening removes (it held nothing acknowledged).
+    pub fn create_unsynced(dir: &Path, id: u32, created: u64) -> io::Result<Segment> {
         let path = dir.join(segment_file_name(id));
         let file = OpenOptions::new()
             .read(true)
@@ -357,12 +371,11 @@ impl Segment {
             .create_new(true)
             .open(&path)?;
         let header = encode_segment_header(id, created);
-        if let Err(e) = file.write_all_at(&header, 0).and_then(|_| file.sync_all()) {
+        if let Err(e) = file.write_all_at(&header, 0) {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        sync_dir(dir)?;
         Ok(Segment {
             id,
             path,
@@ -370,6 +383,14 @@ impl Segment {
             offloaded_len: 0,
             last_read: AtomicU64::new(0),
         })
+    }
+
+    /// fsync of a segment created writable (its file is pinned).
+    fn pinned_sync(&self) -> io::Result<()> {
+        match &self.file {
+            Some(SegFile::Pinned(f)) => f.sync_all(),
+            _ => Ok(()),
+        }
     }
 
     /// Opens an existing segment file and checks its header.
@@ -468,6 +489,19 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
 }
 
 /// fsyncs a directory so that created, renamed and removed entries are durable.
+/// True if the file at `path` is shorter than a segment header or its header bytes are all
+/// zero: a segment created without fsyncs whose header never reached the disk.
+pub(crate) fn header_never_written(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    match read_full_at(&file, &mut h, 0) {
+        Ok(n) => n < h.len() || h.iter().all(|&b| b == 0),
+        Err(_) => false,
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
