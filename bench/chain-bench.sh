@@ -21,6 +21,8 @@
 #                   `cargo build --release -p qsfs-cli`)
 #   BENCH_DIR       where roots and backends live (default a fresh dir under /tmp)
 #   WRITE_MIB       size of the sequential write workload (default 512)
+#   SEG             segment size of the off8/onbig runs (default 8MiB, small so that a short run
+#                   seals and uploads many segments; `qsfs up`'s own default is 64MiB)
 #   RECOVER_FILES   files in the recover data set (default 10000)
 #   RECOVER_MIB     its total size (default 1024)
 #   REPEAT          runs of each write workload, best one reported (default 3; the machine is
@@ -35,6 +37,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${QSFS_BIN:-$here/target/release/qsfs}"
 WRITE_MIB="${WRITE_MIB:-512}"
+SEG="${SEG:-8MiB}"
 RECOVER_FILES="${RECOVER_FILES:-10000}"
 RECOVER_MIB="${RECOVER_MIB:-1024}"
 REPEAT="${REPEAT:-3}"
@@ -269,7 +272,7 @@ stop "$UP_PID"
 
 # Offload off with the segments of the offload-on runs (binaries before `--no-offload`: n/a).
 if "$BIN" up --help | grep -q -- --no-offload; then
-  up off8 "$(config bench-off8 $((64 << 30)) 8MiB 2)" --no-offload
+  up off8 "$(config bench-off8 $((64 << 30)) "$SEG" 2)" --no-offload
   t_off8=$(best_write "$DIR/off8/mnt")
   stop "$UP_PID"
 else
@@ -277,7 +280,7 @@ else
 fi
 
 # Offload on, cap above the workload: uploads run during the writes but never hold them back.
-up onbig "$(config bench-onbig $((64 << 30)) 8MiB 2)"
+up onbig "$(config bench-onbig $((64 << 30)) "$SEG" 2)"
 [ "${CPU:-0}" != 1 ] || python3 "$PY" cpu "$UP_PID" "${pids[@]:0:4}" >"$DIR/cpu.before"
 t_onbig=$(best_write "$DIR/onbig/mnt" "$DIR/onbig/root")
 if [ "${CPU:-0}" = 1 ]; then
@@ -306,12 +309,12 @@ write_table() {
   echo "|---|---|---|"
   echo "| seq write $WRITE_MIB MiB, qsfs mount (no tier) | $(mibs "$t_mount") MiB/s (${t_mount} s) | |"
   echo "| seq write, qsfs up, offload off | $(mibs "$t_off") MiB/s (${t_off} s) | |"
-  echo "| seq write, qsfs up --no-offload, 8 MiB segments | $(mibs "$t_off8") MiB/s (${t_off8} s) | |"
+  echo "| seq write, qsfs up --no-offload, $SEG segments | $(mibs "$t_off8") MiB/s (${t_off8} s) | |"
   echo "| seq write, qsfs up, offload on, cap above the workload | $(mibs "$t_onbig") MiB/s (${t_onbig} s) | |"
   echo "| seq write, qsfs up, offload on, 64 MiB cap (throttled by uploads) | $(mibs "$t_on") MiB/s (${t_on} s) | |"
-  echo "| ratio on / off (8 MiB segments both), cap above the workload | $(ratio "$t_off8" "$t_onbig") | >= 0.75 |"
+  echo "| ratio on / off ($SEG segments both), cap above the workload | $(ratio "$t_off8" "$t_onbig") | >= 0.75 |"
   echo "| ratio on / off, cap above the workload | $(ratio "$t_off" "$t_onbig") | >= 0.75 |"
-  echo "| ratio off 8 MiB segments / off | $(ratio "$t_off" "$t_off8") | |"
+  echo "| ratio off $SEG segments / off | $(ratio "$t_off" "$t_off8") | |"
   echo "| ratio on / off, 64 MiB cap | $(ratio "$t_off" "$t_on") | |"
   echo "| ratio offload off / qsfs mount | $(ratio "$t_mount" "$t_off") | |"
   echo "| backlog drained after the 64 MiB-cap writes | ${drain_on%% *} s | |"

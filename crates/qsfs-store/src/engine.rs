@@ -526,38 +526,47 @@ impl Engine {
     ///
     /// A filesystem spreads one change over several namespaces (blocks, block maps, inodes),
     /// so manifests taken at each namespace's own seal can describe a state that never
-    /// existed; restoring from a cut cannot. Every writer is held for the duration, so writes
-    /// pause for the time of the seals (each an fsync and a manifest write).
+    /// existed; restoring from a cut cannot. Every writer is held only while the namespaces
+    /// are sealed and their manifests captured; the seals' fsyncs and manifest writes (on the
+    /// seal thread) are waited for after the writers go on.
     pub fn seal_all(&self) -> Result<Vec<Manifest>> {
         let _admin = self.inner.ns_admin.lock();
         let namespaces: Vec<Arc<Namespace>> =
             self.inner.namespaces.read().values().cloned().collect();
-        let result = {
-            // BTreeMap order: every caller takes writers in the same order, so no deadlock.
-            let mut writers: Vec<_> = namespaces.iter().map(|n| n.writer.lock()).collect();
-            let shared = &self.inner.shared;
-            let sealed: Result<()> =
-                namespaces
-                    .iter()
-                    .zip(writers.iter_mut())
-                    .try_for_each(|(n, w)| {
-                        if w.end > crate::segment::SEGMENT_HEADER_LEN {
-                            n.rotate_locked(shared, w)
-                        } else if n.manifest_is_stale()? {
-                            n.write_manifest_locked(shared, w)
-                        } else {
-                            Ok(())
-                        }
-                    });
+        let result = self.cut_locked(&namespaces).and_then(|manifests| {
             // The manifests name the segments just sealed: durable before anyone relies on them.
-            sealed
-                .and_then(|()| namespaces.iter().try_for_each(|n| n.settle_durable()))
-                .and_then(|()| namespaces.iter().map(|n| n.manifest()).collect())
-        };
+            namespaces.iter().try_for_each(|n| n.settle_durable())?;
+            Ok(manifests)
+        });
         for n in &namespaces {
             self.fire(n);
         }
         result
+    }
+
+    /// The instant of a cut: with every writer held, seals each namespace that holds unsealed
+    /// records and takes its manifest as captured at the seal; the others' stored manifests
+    /// are current (renewed first if stale).
+    fn cut_locked(&self, namespaces: &[Arc<Namespace>]) -> Result<Vec<Manifest>> {
+        // BTreeMap order: every caller takes writers in the same order, so no deadlock.
+        let mut writers: Vec<_> = namespaces.iter().map(|n| n.writer.lock()).collect();
+        let shared = &self.inner.shared;
+        let mut manifests = Vec::with_capacity(namespaces.len());
+        for (n, w) in namespaces.iter().zip(writers.iter_mut()) {
+            let captured = if w.end > crate::segment::SEGMENT_HEADER_LEN {
+                n.rotate_capturing(shared, w)?
+            } else {
+                if n.manifest_is_stale()? {
+                    n.write_manifest_locked(shared, w)?;
+                }
+                None
+            };
+            match captured {
+                Some(m) => manifests.push(m),
+                None => manifests.push(n.manifest()?),
+            }
+        }
+        Ok(manifests)
     }
 
     /// The engine's sealing key (the content of `engine.key`), needed with the manifests to

@@ -1005,6 +1005,17 @@ impl Namespace {
     /// segment meanwhile; [`Namespace::settle`] waits for it (every sync does). While the
     /// namespace is being opened it is done here.
     pub(crate) fn rotate_locked(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
+        self.rotate_capturing(shared, w).map(|_| ())
+    }
+
+    /// [`Namespace::rotate_locked`], returning the recovery manifest captured at the seal
+    /// (the one the seal stores once the segment is durable; `None` if the namespace was
+    /// deleted), so a cut can hand it out without waiting for that with the writer held.
+    pub(crate) fn rotate_capturing(
+        &self,
+        shared: &Shared,
+        w: &mut Writer,
+    ) -> Result<Option<Manifest>> {
         let old = w.seg.clone();
         let durable = shared.config.durability != Durability::None;
         // Only a seal with an fsync that the writes have not already paid for is worth
@@ -1056,6 +1067,7 @@ impl Namespace {
         self.tail
             .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
         let manifest = self.capture_manifest_locked(w);
+        let captured = manifest.clone();
         if let (Some(ns), Some(tx)) = (me, sealer) {
             let job = SealJob {
                 ns,
@@ -1063,7 +1075,7 @@ impl Namespace {
                 manifest,
             };
             match tx.send(job) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(captured),
                 // The seal thread is gone (the engine is closing): do it here.
                 Err(std::sync::mpsc::SendError(job)) => {
                     let r = job.ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
@@ -1081,7 +1093,7 @@ impl Namespace {
         self.events
             .lock()
             .push(Event::Sealed(old.id, old.path.clone()));
-        Ok(())
+        Ok(captured)
     }
 
     /// fsync of a sealed segment's file.
