@@ -24,7 +24,10 @@ fn kill_during_uploads_loses_nothing() {
 
     // Keep writing until the status shows uploads pending, then stop the writer (its last
     // file synced) and kill at once, so the kill lands while uploads are queued or in flight.
-    let w = Writer::start(&c.mnt, "b/f", MIB as usize, 20_000, 160);
+    // The status file is rewritten every 2 s and synced 1 MiB files can take well under 10 ms
+    // each: the bound leaves room for several status periods.
+    const MAX_FILES: usize = 1000;
+    let w = Writer::start(&c.mnt, "b/f", MIB as usize, 20_000, MAX_FILES);
     let end = Instant::now() + Duration::from_secs(120);
     let seen = loop {
         if let Some(s) = c.status() {
@@ -33,7 +36,7 @@ fn kill_during_uploads_loses_nothing() {
             }
         }
         assert!(
-            Instant::now() < end && w.acked() < 160,
+            Instant::now() < end && w.acked() < MAX_FILES,
             "never saw backlog_segments > 0 while writing {} MiB (last status {:?}): the kill \
              cannot land during uploads",
             w.acked(),
