@@ -114,7 +114,8 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-fn get(c: &mut Criterion) {
+/// An engine (no fsyncs) holding 20,000 random-keyed 4 KiB values, the value, and the count.
+fn filled_engine() -> (tempfile::TempDir, Engine, Vec<u8>, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(
         dir.path(),
@@ -131,6 +132,11 @@ fn get(c: &mut Criterion) {
             .set("default", Some(&key_of(i)), &value)
             .expect("set");
     }
+    (dir, engine, value, n)
+}
+
+fn get(c: &mut Criterion) {
+    let (dir, engine, value, n) = filled_engine();
     // Baseline: a positioned read of the same number of bytes at a random record-aligned
     // offset of a plain file of the same size (page cache, like the engine's reads), written
     // one record at a time like the engine's segment. Written in 1 MiB chunks instead, the
@@ -183,22 +189,7 @@ fn key_of(i: u64) -> [u8; KEY] {
 /// Gets per second against bare `pread`s of the same bytes, interleaved round by round so both
 /// see the same load on a shared machine: the ratio is the figure to compare across runs.
 fn get_ratio() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(
-        dir.path(),
-        EngineConfig {
-            durability: Durability::None,
-            ..EngineConfig::default()
-        },
-    )
-    .expect("open");
-    let n = 20_000u64;
-    let value: Vec<u8> = (0..VALUE).map(|i| (i * 13) as u8).collect();
-    for i in 0..n {
-        engine
-            .set("default", Some(&key_of(i)), &value)
-            .expect("set");
-    }
+    let (dir, engine, value, n) = filled_engine();
     // The baseline reads exactly what a get reads: the engine's own segment file, record by
     // record, at the records' offsets (header, key and value in one `pread`).
     let seg = dir.path().join("ns/default/0000000000.seg");
