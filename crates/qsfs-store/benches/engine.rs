@@ -114,8 +114,8 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-/// An engine (no fsyncs) holding 20,000 random-keyed 4 KiB values, the value, and the count.
-fn filled_engine() -> (tempfile::TempDir, Engine, Vec<u8>, u64) {
+/// An engine (no fsyncs) holding 20,000 random-keyed 4 KiB values, and their count.
+fn filled_engine() -> (tempfile::TempDir, Engine, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(
         dir.path(),
@@ -132,11 +132,11 @@ fn filled_engine() -> (tempfile::TempDir, Engine, Vec<u8>, u64) {
             .set("default", Some(&key_of(i)), &value)
             .expect("set");
     }
-    (dir, engine, value, n)
+    (dir, engine, n)
 }
 
 fn get(c: &mut Criterion) {
-    let (dir, engine, value, n) = filled_engine();
+    let (dir, engine, n) = filled_engine();
     // Baseline: a positioned read of the same number of bytes at a random record-aligned
     // offset of a plain file of the same size (page cache, like the engine's reads), written
     // one record at a time like the engine's segment. Written in 1 MiB chunks instead, the
@@ -189,7 +189,7 @@ fn key_of(i: u64) -> [u8; KEY] {
 /// Gets per second against bare `pread`s of the same bytes, interleaved round by round so both
 /// see the same load on a shared machine: the ratio is the figure to compare across runs.
 fn get_ratio() {
-    let (dir, engine, value, n) = filled_engine();
+    let (dir, engine, n) = filled_engine();
     // The baseline reads exactly what a get reads: the engine's own segment file, record by
     // record, at the records' offsets (header, key and value in one `pread`).
     let seg = dir.path().join("ns/default/0000000000.seg");
