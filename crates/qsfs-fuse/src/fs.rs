@@ -30,6 +30,17 @@ const NS_ORPHAN: u8 = 7;
 /// that the store's reads overlap the kernel's requests.
 /// The file capabilities xattr, which a write, truncate or chown removes.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// `perm` without setuid, and without setgid when group-executable (setgid without group
+/// execute marks mandatory locking and stays), as the VFS's `should_remove_suid`.
+fn without_suid_sgid(perm: u16) -> u16 {
+    let sgid_x = (libc::S_ISGID | libc::S_IXGRP) as u16;
+    let mut p = perm & !(libc::S_ISUID as u16);
+    if p & sgid_x == sgid_x {
+        p &= !(libc::S_ISGID as u16);
+    }
+    p
+}
 const READ_AHEAD_BLOCKS: u64 = 32;
 
 /// Where statfs figures come from.
@@ -1457,30 +1468,24 @@ impl Fs {
     /// kernel leaves this to the filesystem, and in exchange stops asking for
     /// `security.capability` before every write.
     pub fn kill_privileges(&mut self, ino: u64, suid_sgid: bool) -> FsResult<()> {
-        let (kind, has_xattrs) = {
+        let (kind, perm, has_xattrs) = {
             let i = self.inode(ino)?;
-            (i.kind, i.has_xattrs)
+            (i.kind, i.perm, i.has_xattrs)
         };
         if kind == Kind::Dir {
             return Ok(());
         }
-        if suid_sgid {
-            let i = self.inode(ino)?;
-            let mut perm = i.perm;
-            perm &= !(libc::S_ISUID as u16);
-            if perm & (libc::S_ISGID | libc::S_IXGRP) as u16
-                == (libc::S_ISGID | libc::S_IXGRP) as u16
-            {
-                perm &= !(libc::S_ISGID as u16);
-            }
-            if perm != i.perm {
-                let i = self.inode_mut(ino)?;
-                i.perm = perm;
-                i.ctime = Time::now();
-            }
+        let killed = if suid_sgid {
+            without_suid_sgid(perm)
+        } else {
+            perm
+        };
+        if killed != perm {
+            let i = self.inode_mut(ino)?;
+            i.perm = killed;
+            i.ctime = Time::now();
         }
-        let cached = self.xattrs.contains_key(&ino);
-        if has_xattrs || cached {
+        if has_xattrs || self.xattrs.contains_key(&ino) {
             match self.removexattr(ino, CAPABILITY_XATTR) {
                 Ok(()) | Err(FsError::Errno(libc::ENODATA)) => {}
                 Err(e) => return Err(e),
