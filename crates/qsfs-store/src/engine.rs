@@ -15,9 +15,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use qsfs_core::{
@@ -101,19 +101,77 @@ struct Inner {
     /// Serialises namespace creation and deletion.
     ns_admin: Mutex<()>,
     _lock: File,
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    /// Handles given out to callers ([`Engine`] values other than the background thread's).
+    handles: AtomicUsize,
+    stop: Arc<(Mutex<Background>, Condvar)>,
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The seal thread: does the I/O of seals off the writers' threads, in seal order.
     seal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// What the background thread is told and what it tells back.
+#[derive(Default)]
+struct Background {
+    stop: bool,
+    /// The thread exists and may hold the engine; false once it has let go for good.
+    running: bool,
+}
+
+/// How long dropping the last handle waits for a background tick in progress to finish.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// The embedded append-only key-value engine; see the crate documentation.
 ///
 /// Cheap to clone (a handle); the directory is closed (index snapshots written, files synced,
-/// lock released) when the last handle is dropped.
-#[derive(Clone)]
+/// lock released) when the last handle is dropped, before that drop returns, so the same
+/// directory can be opened again right away.
 pub struct Engine {
     inner: Arc<Inner>,
+    /// False only for the background thread's own handle, which must not keep the engine
+    /// open nor close it.
+    counted: bool,
+}
+
+impl Clone for Engine {
+    fn clone(&self) -> Self {
+        self.inner.handles.fetch_add(1, Ordering::Relaxed);
+        Engine {
+            inner: self.inner.clone(),
+            counted: true,
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.counted || self.inner.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last caller's handle. The background thread may be in a tick and hold the
+        // engine: stop it and wait until it lets go, so that the close happens here and the
+        // lock is free when this returns. Bounded, because a tick may wait for something the
+        // dropping thread holds (an observer's lock, the seal thread).
+        let on_background = self
+            .inner
+            .background
+            .lock()
+            .as_ref()
+            .is_some_and(|h| h.thread().id() == std::thread::current().id());
+        let (state, cv) = &*self.inner.stop;
+        let mut st = state.lock();
+        st.stop = true;
+        cv.notify_all();
+        if on_background || crate::namespace::on_seal_thread() {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while st.running {
+            if cv.wait_until(&mut st, deadline).timed_out() {
+                tracing::warn!(root = %self.inner.root.display(), "engine background work did not finish in time; the engine closes when it does");
+                break;
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -264,11 +322,15 @@ impl Engine {
             namespaces: RwLock::new(namespaces),
             ns_admin: Mutex::new(()),
             _lock: lock,
-            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            handles: AtomicUsize::new(1),
+            stop: Arc::new((Mutex::new(Background::default()), Condvar::new())),
             background: Mutex::new(None),
             seal_thread: Mutex::new(Some(seal_thread)),
         });
-        let engine = Engine { inner };
+        let engine = Engine {
+            inner,
+            counted: true,
+        };
         if !engine
             .inner
             .namespaces
@@ -303,28 +365,44 @@ impl Engine {
         }
         let Some(tick) = tick else { return };
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let stop = self.inner.stop.clone();
-        // The thread holds the engine only while it works, never while it waits, so dropping
-        // the last handle closes the engine at once.
+        let ctl = self.inner.stop.clone();
+        ctl.0.lock().running = true;
+        // The thread holds the engine only while it works, never while it waits; the last
+        // handle's drop waits for a tick in progress (see `Drop for Engine`).
         let handle = std::thread::Builder::new()
             .name("qsfs-engine-bg".into())
-            .spawn(move || loop {
-                {
-                    let mut stopped = stop.0.lock();
-                    if *stopped {
-                        return;
+            .spawn(move || {
+                loop {
+                    {
+                        let mut st = ctl.0.lock();
+                        if st.stop {
+                            break;
+                        }
+                        ctl.1.wait_for(&mut st, tick);
+                        if st.stop {
+                            break;
+                        }
                     }
-                    stop.1.wait_for(&mut stopped, tick);
-                    if *stopped {
-                        return;
+                    let Some(inner) = weak.upgrade() else { break };
+                    if inner.handles.load(Ordering::Acquire) == 0 {
+                        break;
                     }
+                    Engine {
+                        inner,
+                        counted: false,
+                    }
+                    .background_tick();
                 }
-                let Some(inner) = weak.upgrade() else { return };
-                Engine { inner }.background_tick();
+                let mut st = ctl.0.lock();
+                st.running = false;
+                ctl.1.notify_all();
             });
         match handle {
             Ok(h) => *self.inner.background.lock() = Some(h),
-            Err(e) => tracing::error!(error = %e, "cannot start the engine background thread"),
+            Err(e) => {
+                self.inner.stop.0.lock().running = false;
+                tracing::error!(error = %e, "cannot start the engine background thread");
+            }
         }
     }
 
@@ -725,7 +803,7 @@ fn spawn_seal_thread(
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        *self.stop.0.lock() = true;
+        self.stop.0.lock().stop = true;
         self.stop.1.notify_all();
         if let Some(h) = self.background.lock().take() {
             if h.thread().id() != std::thread::current().id() {

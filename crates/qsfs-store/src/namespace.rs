@@ -151,6 +151,11 @@ thread_local! {
     pub(crate) static ON_SEAL_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the calling thread is the engine's seal thread.
+pub(crate) fn on_seal_thread() -> bool {
+    ON_SEAL_THREAD.with(Cell::get)
+}
+
 /// Seals of one namespace handed to the engine's seal thread (see [`SealJob`]).
 #[derive(Debug, Default)]
 pub(crate) struct SealQueue {

@@ -992,20 +992,6 @@ impl SealLog {
     }
 }
 
-/// Opens `dir`, waiting while a dropped engine is still closing: its background thread, if it
-/// was ticking when the last handle went, closes it when the tick ends.
-fn reopen(dir: &Path, config: EngineConfig) -> Engine {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match Engine::open(dir, config.clone()) {
-            Err(Error::Unavailable(_)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            r => return r.unwrap(),
-        }
-    }
-}
-
 fn round_key(round: u32, i: u32) -> Vec<u8> {
     format!("r{round}-{i}").into_bytes()
 }
@@ -1144,10 +1130,11 @@ fn killed_around_seals_loses_no_synced_write() {
         assert!(last.is_some(), "round {round}: nothing was synced");
         synced.push(last);
 
-        let e = reopen(
+        let e = Engine::open(
             &dir,
             sealing_cfg(Durability::Periodic(Duration::from_secs(1))),
-        );
+        )
+        .unwrap();
         check_synced(&e, &synced, &format!("after kill {round}"));
         assert_eq!(e.verify("default").unwrap(), Vec::<String>::new());
         let stats = e.stats("default").unwrap();
@@ -1168,7 +1155,7 @@ fn killed_around_seals_loses_no_synced_write() {
         cold_tier: Some(cold.clone()),
         ..sealing_cfg(Durability::Periodic(Duration::from_secs(1)))
     };
-    let e = reopen(&dir, config.clone());
+    let e = Engine::open(&dir, config.clone()).unwrap();
     let cut = e.seal_all().unwrap();
     for m in &cut {
         let segs = e.segments(&m.namespace).unwrap();
@@ -1304,7 +1291,7 @@ fn seals_off_the_writer_keep_syncs_cuts_and_offloads_consistent() {
         let key = e.export_seal_key().unwrap();
         drop(e);
         // The original directory reopens with every last value ...
-        let again = reopen(src.path(), config.clone());
+        let again = Engine::open(src.path(), config.clone()).unwrap();
         for ns in ["default", "other"] {
             for k in 0..60u32 {
                 let v = again.get(ns, &k.to_le_bytes()).unwrap().unwrap().value;

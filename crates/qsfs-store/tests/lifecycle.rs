@@ -646,3 +646,36 @@ fn a_missing_offloaded_segment_is_asked_for_and_read_once_put_back() {
     let e = Engine::open(&data, cfg()).unwrap();
     assert_eq!(e.get("default", b"old").unwrap().unwrap().value, val(1, 0));
 }
+
+#[test]
+fn the_directory_can_be_opened_again_as_soon_as_the_last_handle_is_dropped() {
+    // A background tick (here a periodic fsync every millisecond, and age rotations) may hold
+    // the engine when the caller drops it; the drop must still close the directory before it
+    // returns, or the next open fails with "lock held".
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        durability: Durability::Periodic(Duration::from_millis(1)),
+        max_segment_age: Some(Duration::from_millis(4)),
+        ..cfg()
+    };
+    for round in 0..150u32 {
+        let e = Engine::open(dir.path(), config.clone())
+            .unwrap_or_else(|err| panic!("round {round}: reopen failed: {err}"));
+        let other = e.clone();
+        for k in 0..8u32 {
+            other
+                .set("default", Some(&k.to_le_bytes()), &val(k, round))
+                .unwrap();
+        }
+        if round % 3 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(other);
+        let got = e.get("default", &7u32.to_le_bytes()).unwrap().unwrap();
+        assert_eq!(got.value, val(7, round));
+        drop(e);
+    }
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    let got = e.get("default", &3u32.to_le_bytes()).unwrap().unwrap();
+    assert_eq!(got.value, val(3, 149));
+}
