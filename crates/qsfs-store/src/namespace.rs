@@ -1321,6 +1321,11 @@ impl Namespace {
             if ex.value_len as usize == value.len() && ex.value_crc == crc32c::crc32c(value) {
                 let seg = self.segment_of(&st, ex.loc)?;
                 drop(st);
+                if seg.is_offloaded() {
+                    // Comparing would fetch from the cold tier with the writer held, stalling
+                    // every write to this namespace for the fetch; a new version is correct.
+                    return self.write_version(shared, w, key_bytes, value, ts, mode, false);
+                }
                 // 0-db compares the stored bytes, not just the checksum. If they cannot be read
                 // (damaged, or offloaded and the cold tier is down) writing a new version is
                 // always correct, and repairs a damaged one.

@@ -454,6 +454,11 @@ impl Segment {
         self.file.as_ref().map(|f| f.get(&self.path)).transpose()
     }
 
+    /// True if the data lives only in the cold tier.
+    pub fn is_offloaded(&self) -> bool {
+        self.file.is_none()
+    }
+
     /// Current length (of the file, or as recorded when it was offloaded).
     pub fn len(&self) -> u64 {
         match &self.file {

@@ -679,3 +679,94 @@ fn the_directory_can_be_opened_again_as_soon_as_the_last_handle_is_dropped() {
     let got = e.get("default", &3u32.to_le_bytes()).unwrap().unwrap();
     assert_eq!(got.value, val(3, 149));
 }
+
+/// A cold tier that counts the reads that reach it.
+#[derive(Debug, Default)]
+struct CountingBackend {
+    inner: MemBackend,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Backend for CountingBackend {
+    fn name(&self) -> String {
+        "counting".into()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let all = self.inner.get(key).await?;
+        Ok(all.slice(range.start as usize..range.end as usize))
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.inner.exists(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn health(&self) -> Health {
+        Health::up(Duration::ZERO)
+    }
+}
+
+#[test]
+fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
+    // Comparing with a value in the cold tier would hold the namespace's writer for a whole
+    // fetch; the engine writes a new version instead (always correct) and fetches nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let cold = Arc::new(CountingBackend::default());
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            cold_tier: Some(cold.clone()),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    for k in 0..100u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for s in e.segments("default").unwrap().iter().filter(|s| s.sealed) {
+        let data = Bytes::from(std::fs::read(&s.path).unwrap());
+        rt.block_on(cold.put(&cold_key("default", s.id), data))
+            .unwrap();
+        e.offload_segment("default", s.id).unwrap();
+    }
+    // Key 1 was among the first written: its segment is sealed and offloaded.
+    let segs = e.segments("default").unwrap();
+    assert!(segs.iter().filter(|s| s.offloaded).count() >= 1);
+    assert!(segs.iter().any(|s| !s.offloaded));
+    let key = 1u32.to_le_bytes();
+    let reads = || cold.reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reads(), 0);
+
+    let outcome = e.set("default", Some(&key), &val(1, 0)).unwrap();
+    assert!(
+        matches!(outcome, qsfs_core::SetOutcome::Written { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(reads(), 0, "the SET fetched from the cold tier");
+    // A local live value is still compared: byte-identical is a no-op.
+    let again = e.set("default", Some(&key), &val(1, 0)).unwrap();
+    assert!(matches!(again, qsfs_core::SetOutcome::Unchanged { .. }));
+    assert_eq!(e.get("default", &key).unwrap().unwrap().value, val(1, 0));
+    assert_eq!(
+        e.get("default", &2u32.to_le_bytes())
+            .unwrap()
+            .unwrap()
+            .value,
+        val(2, 0)
+    );
+    assert!(reads() >= 1, "key 2 came from the cold tier");
+}
