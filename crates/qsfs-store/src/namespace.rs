@@ -2123,14 +2123,14 @@ impl Namespace {
 
     /// Brings an offloaded segment back from the cold tier into a local file.
     pub fn restore_segment(&self, shared: &Shared, id: u32) -> Result<()> {
-        let _w = self.writer.lock();
-        let seg = {
+        let listed = || {
             let st = self.state.read();
             st.segments
                 .get(&id)
                 .cloned()
-                .ok_or_else(|| Error::NotFound(format!("segment {id} of {}", self.name)))?
+                .ok_or_else(|| Error::NotFound(format!("segment {id} of {}", self.name)))
         };
+        let seg = listed()?;
         if seg.file.is_some() {
             return Ok(());
         }
@@ -2140,9 +2140,26 @@ impl Namespace {
                 self.name
             ))
         })?;
+        // A whole segment from the cold tier takes a while: fetched without the writer, so
+        // writes to the namespace go on meanwhile.
         let data = cold.get(&cold_key(&self.name, id))?;
         crate::segment::decode_segment_header(&data)
             .map_err(|d| Error::corrupt(format!("cold tier {}", cold_key(&self.name, id)), d))?;
+        if data.len() as u64 != seg.offloaded_len {
+            return Err(Error::corrupt(
+                format!("cold tier {}", cold_key(&self.name, id)),
+                format!(
+                    "{} bytes, the segment had {}",
+                    data.len(),
+                    seg.offloaded_len
+                ),
+            ));
+        }
+        let _w = self.writer.lock();
+        if !Arc::ptr_eq(&listed()?, &seg) {
+            // Restored (or replaced) by someone else during the fetch.
+            return Ok(());
+        }
         let tmp = self.dir.join(format!("{id:010}.seg.tmp"));
         std::fs::write(&tmp, &data)
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())

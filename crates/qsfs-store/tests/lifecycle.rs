@@ -770,3 +770,114 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
     );
     assert!(reads() >= 1, "key 2 came from the cold tier");
 }
+
+/// A cold tier whose whole-object reads wait at a gate that the test opens (or that opens by
+/// itself after 10 s, so that a regression fails instead of hanging).
+#[derive(Debug, Default)]
+struct GatedBackend {
+    inner: MemBackend,
+    state: Mutex<(bool, bool)>, // (a read is waiting, the gate is open)
+    changed: std::sync::Condvar,
+}
+
+impl GatedBackend {
+    fn wait_for_reader(&self) {
+        let mut st = self.state.lock().unwrap();
+        while !st.0 {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+    fn is_open(&self) -> bool {
+        self.state.lock().unwrap().1
+    }
+}
+
+#[async_trait]
+impl Backend for GatedBackend {
+    fn name(&self) -> String {
+        "gated".into()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.inner.put(key, data).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        {
+            let mut st = self.state.lock().unwrap();
+            st.0 = true;
+            self.changed.notify_all();
+            let (st2, _) = self
+                .changed
+                .wait_timeout_while(st, Duration::from_secs(10), |s| !s.1)
+                .unwrap();
+            st = st2;
+            st.1 = true;
+        }
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.inner.exists(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn health(&self) -> Health {
+        Health::up(Duration::ZERO)
+    }
+}
+
+#[test]
+fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cold = Arc::new(GatedBackend::default());
+    let e = Engine::open(
+        dir.path(),
+        EngineConfig {
+            cold_tier: Some(cold.clone()),
+            cold_timeout: Duration::from_secs(30),
+            ..cfg()
+        },
+    )
+    .unwrap();
+    for k in 0..100u32 {
+        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
+            .unwrap();
+    }
+    let first = e.segments("default").unwrap()[0].clone();
+    assert!(first.sealed);
+    let data = Bytes::from(std::fs::read(&first.path).unwrap());
+    cold.open();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(cold.put(&cold_key("default", first.id), data))
+        .unwrap();
+    e.offload_segment("default", first.id).unwrap();
+    *cold.state.lock().unwrap() = (false, false);
+
+    let restorer = {
+        let e = e.clone();
+        std::thread::spawn(move || e.restore_segment("default", first.id))
+    };
+    cold.wait_for_reader();
+    // The fetch is waiting at the gate: writes to the namespace must not wait with it.
+    e.set("default", Some(b"during"), b"the fetch").unwrap();
+    assert!(!cold.is_open(), "the write waited for the fetch");
+    cold.open();
+    restorer.join().unwrap().unwrap();
+    assert!(first.path.exists(), "restored to local disk");
+    for k in 0..100u32 {
+        assert_eq!(
+            e.get("default", &k.to_le_bytes()).unwrap().unwrap().value,
+            val(k, 0)
+        );
+    }
+    assert_eq!(
+        e.get("default", b"during").unwrap().unwrap().value,
+        b"the fetch"
+    );
+}
