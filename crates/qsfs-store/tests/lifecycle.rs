@@ -680,27 +680,63 @@ fn the_directory_can_be_opened_again_as_soon_as_the_last_handle_is_dropped() {
     assert_eq!(got.value, val(3, 149));
 }
 
-/// A cold tier that counts the reads that reach it.
+/// A cold tier that counts the reads that reach it and can hold them at a gate that the test
+/// opens (or that opens by itself after 10 s, so that a regression fails instead of hanging).
 #[derive(Debug, Default)]
-struct CountingBackend {
+struct ColdProbe {
     inner: MemBackend,
     reads: std::sync::atomic::AtomicUsize,
+    state: Mutex<(bool, bool)>, // (a read is waiting, the gate is open)
+    changed: std::sync::Condvar,
+}
+
+impl ColdProbe {
+    fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn close(&self) {
+        *self.state.lock().unwrap() = (false, false);
+    }
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+    fn is_open(&self) -> bool {
+        self.state.lock().unwrap().1
+    }
+    fn wait_for_reader(&self) {
+        let mut st = self.state.lock().unwrap();
+        while !st.0 {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+    fn pass_gate(&self) {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut st = self.state.lock().unwrap();
+        st.0 = true;
+        self.changed.notify_all();
+        let (mut st, _) = self
+            .changed
+            .wait_timeout_while(st, Duration::from_secs(10), |s| !s.1)
+            .unwrap();
+        st.1 = true;
+    }
 }
 
 #[async_trait]
-impl Backend for CountingBackend {
+impl Backend for ColdProbe {
     fn name(&self) -> String {
-        "counting".into()
+        "probe".into()
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         self.inner.put(key, data).await
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.pass_gate();
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.pass_gate();
         let all = self.inner.get(key).await?;
         Ok(all.slice(range.start as usize..range.end as usize))
     }
@@ -723,7 +759,8 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
     // Comparing with a value in the cold tier would hold the namespace's writer for a whole
     // fetch; the engine writes a new version instead (always correct) and fetches nothing.
     let dir = tempfile::tempdir().unwrap();
-    let cold = Arc::new(CountingBackend::default());
+    let cold = Arc::new(ColdProbe::default());
+    cold.open();
     let e = Engine::open(
         dir.path(),
         EngineConfig {
@@ -748,7 +785,7 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
     assert!(segs.iter().filter(|s| s.offloaded).count() >= 1);
     assert!(segs.iter().any(|s| !s.offloaded));
     let key = 1u32.to_le_bytes();
-    let reads = || cold.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let reads = || cold.reads();
     assert_eq!(reads(), 0);
 
     let outcome = e.set("default", Some(&key), &val(1, 0)).unwrap();
@@ -771,71 +808,10 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
     assert!(reads() >= 1, "key 2 came from the cold tier");
 }
 
-/// A cold tier whose whole-object reads wait at a gate that the test opens (or that opens by
-/// itself after 10 s, so that a regression fails instead of hanging).
-#[derive(Debug, Default)]
-struct GatedBackend {
-    inner: MemBackend,
-    state: Mutex<(bool, bool)>, // (a read is waiting, the gate is open)
-    changed: std::sync::Condvar,
-}
-
-impl GatedBackend {
-    fn wait_for_reader(&self) {
-        let mut st = self.state.lock().unwrap();
-        while !st.0 {
-            st = self.changed.wait(st).unwrap();
-        }
-    }
-    fn open(&self) {
-        self.state.lock().unwrap().1 = true;
-        self.changed.notify_all();
-    }
-    fn is_open(&self) -> bool {
-        self.state.lock().unwrap().1
-    }
-}
-
-#[async_trait]
-impl Backend for GatedBackend {
-    fn name(&self) -> String {
-        "gated".into()
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        self.inner.put(key, data).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes> {
-        {
-            let mut st = self.state.lock().unwrap();
-            st.0 = true;
-            self.changed.notify_all();
-            let (st2, _) = self
-                .changed
-                .wait_timeout_while(st, Duration::from_secs(10), |s| !s.1)
-                .unwrap();
-            st = st2;
-            st.1 = true;
-        }
-        self.inner.get(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.list(prefix).await
-    }
-    async fn health(&self) -> Health {
-        Health::up(Duration::ZERO)
-    }
-}
-
 #[test]
 fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
     let dir = tempfile::tempdir().unwrap();
-    let cold = Arc::new(GatedBackend::default());
+    let cold = Arc::new(ColdProbe::default());
     let e = Engine::open(
         dir.path(),
         EngineConfig {
@@ -857,7 +833,7 @@ fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
     rt.block_on(cold.put(&cold_key("default", first.id), data))
         .unwrap();
     e.offload_segment("default", first.id).unwrap();
-    *cold.state.lock().unwrap() = (false, false);
+    cold.close();
 
     let restorer = {
         let e = e.clone();
