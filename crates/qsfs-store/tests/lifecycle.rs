@@ -21,6 +21,14 @@ fn cfg() -> EngineConfig {
     }
 }
 
+/// [`cfg`] with `cold` as the cold tier.
+fn cold_cfg(cold: &Arc<ColdProbe>) -> EngineConfig {
+    EngineConfig {
+        cold_tier: Some(cold.clone()),
+        ..cfg()
+    }
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(dir).unwrap() {
@@ -234,57 +242,11 @@ fn observer_hears_the_lifecycle() {
         .any(|l| l == "sealed default 0"));
 }
 
-/// An in-memory cold tier.
-#[derive(Debug, Default)]
-struct MemBackend(Mutex<BTreeMap<String, Bytes>>);
-
-#[async_trait]
-impl Backend for MemBackend {
-    fn name(&self) -> String {
-        "memory".into()
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        self.0.lock().unwrap().insert(key.to_string(), data);
-        Ok(())
-    }
-    async fn get(&self, key: &str) -> Result<Bytes> {
-        self.0
-            .lock()
-            .unwrap()
-            .get(key)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(key.to_string()))
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.0.lock().unwrap().remove(key);
-        Ok(())
-    }
-    async fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.0.lock().unwrap().contains_key(key))
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
-            .collect())
-    }
-    async fn health(&self) -> Health {
-        Health::up(Duration::ZERO)
-    }
-}
-
 #[test]
 fn offloaded_segments_are_read_from_the_cold_tier() {
     let dir = tempfile::tempdir().unwrap();
-    let cold = Arc::new(MemBackend::default());
-    let config = EngineConfig {
-        cold_tier: Some(cold.clone()),
-        ..cfg()
-    };
+    let cold = Arc::new(ColdProbe::default());
+    let config = cold_cfg(&cold);
     let e = Engine::open(dir.path(), config.clone()).unwrap();
     for k in 0..200u32 {
         e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
@@ -386,14 +348,7 @@ fn offloaded_segments_are_read_from_the_cold_tier() {
     drop(e);
 
     // Restoring brings the file back for good.
-    let e = Engine::open(
-        dir.path(),
-        EngineConfig {
-            cold_tier: Some(cold.clone()),
-            ..cfg()
-        },
-    )
-    .unwrap();
+    let e = Engine::open(dir.path(), cold_cfg(&cold)).unwrap();
     for s in &sealed {
         e.restore_segment("default", s.id).unwrap();
     }
@@ -680,13 +635,14 @@ fn the_directory_can_be_opened_again_as_soon_as_the_last_handle_is_dropped() {
     assert_eq!(got.value, val(3, 149));
 }
 
-/// A cold tier that counts the reads that reach it and can hold them at a gate that the test
-/// opens (or that opens by itself after 10 s, so that a regression fails instead of hanging).
+/// An in-memory cold tier that counts the reads that reach it and can hold them at a gate
+/// (open unless closed; a closed gate opens by itself after 10 s, so that a regression fails
+/// instead of hanging).
 #[derive(Debug, Default)]
 struct ColdProbe {
-    inner: MemBackend,
+    objects: Mutex<BTreeMap<String, Bytes>>,
     reads: std::sync::atomic::AtomicUsize,
-    state: Mutex<(bool, bool)>, // (a read is waiting, the gate is open)
+    state: Mutex<(bool, bool)>, // (a read is waiting, the gate is closed)
     changed: std::sync::Condvar,
 }
 
@@ -695,14 +651,14 @@ impl ColdProbe {
         self.reads.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn close(&self) {
-        *self.state.lock().unwrap() = (false, false);
+        *self.state.lock().unwrap() = (false, true);
     }
     fn open(&self) {
-        self.state.lock().unwrap().1 = true;
+        self.state.lock().unwrap().1 = false;
         self.changed.notify_all();
     }
     fn is_open(&self) -> bool {
-        self.state.lock().unwrap().1
+        !self.state.lock().unwrap().1
     }
     fn wait_for_reader(&self) {
         let mut st = self.state.lock().unwrap();
@@ -710,44 +666,59 @@ impl ColdProbe {
             st = self.changed.wait(st).unwrap();
         }
     }
-    fn pass_gate(&self) {
+    fn read(&self, key: &str) -> Result<Bytes> {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut st = self.state.lock().unwrap();
-        st.0 = true;
-        self.changed.notify_all();
-        let (mut st, _) = self
-            .changed
-            .wait_timeout_while(st, Duration::from_secs(10), |s| !s.1)
-            .unwrap();
-        st.1 = true;
+        {
+            let mut st = self.state.lock().unwrap();
+            st.0 = true;
+            self.changed.notify_all();
+            let (mut st, _) = self
+                .changed
+                .wait_timeout_while(st, Duration::from_secs(10), |s| s.1)
+                .unwrap();
+            st.1 = false;
+        }
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(key.to_string()))
     }
 }
 
 #[async_trait]
 impl Backend for ColdProbe {
     fn name(&self) -> String {
-        "probe".into()
+        "memory".into()
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        self.inner.put(key, data).await
+        self.objects.lock().unwrap().insert(key.to_string(), data);
+        Ok(())
     }
     async fn get(&self, key: &str) -> Result<Bytes> {
-        self.pass_gate();
-        self.inner.get(key).await
+        self.read(key)
     }
     async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.pass_gate();
-        let all = self.inner.get(key).await?;
+        let all = self.read(key)?;
         Ok(all.slice(range.start as usize..range.end as usize))
     }
     async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
     }
     async fn exists(&self, key: &str) -> Result<bool> {
-        self.inner.exists(key).await
+        Ok(self.objects.lock().unwrap().contains_key(key))
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.inner.list(prefix).await
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
     }
     async fn health(&self) -> Health {
         Health::up(Duration::ZERO)
@@ -760,15 +731,7 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
     // fetch; the engine writes a new version instead (always correct) and fetches nothing.
     let dir = tempfile::tempdir().unwrap();
     let cold = Arc::new(ColdProbe::default());
-    cold.open();
-    let e = Engine::open(
-        dir.path(),
-        EngineConfig {
-            cold_tier: Some(cold.clone()),
-            ..cfg()
-        },
-    )
-    .unwrap();
+    let e = Engine::open(dir.path(), cold_cfg(&cold)).unwrap();
     for k in 0..100u32 {
         e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
             .unwrap();
@@ -812,15 +775,7 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
 fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
     let dir = tempfile::tempdir().unwrap();
     let cold = Arc::new(ColdProbe::default());
-    let e = Engine::open(
-        dir.path(),
-        EngineConfig {
-            cold_tier: Some(cold.clone()),
-            cold_timeout: Duration::from_secs(30),
-            ..cfg()
-        },
-    )
-    .unwrap();
+    let e = Engine::open(dir.path(), cold_cfg(&cold)).unwrap();
     for k in 0..100u32 {
         e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
             .unwrap();
@@ -828,7 +783,6 @@ fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
     let first = e.segments("default").unwrap()[0].clone();
     assert!(first.sealed);
     let data = Bytes::from(std::fs::read(&first.path).unwrap());
-    cold.open();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(cold.put(&cold_key("default", first.id), data))
         .unwrap();
