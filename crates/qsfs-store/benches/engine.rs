@@ -16,6 +16,10 @@
 //! same records of the engine's own segment file, interleaved, in on-CPU time of the thread,
 //! and prints their ratio per round (the machine is shared: only a ratio measured under the
 //! same load means anything). Only it: `cargo bench -p qsfs-store --bench engine -- get-ratio`.
+//!
+//! `index-memory` (only when asked: `cargo bench -p qsfs-store --bench engine -- index-memory`)
+//! sets 1M keys of 16 and of 40 bytes, each in a fresh engine, and prints the growth of the
+//! process's resident memory per key: what the in-memory index costs.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -234,6 +238,53 @@ fn get_ratio() {
     }
 }
 
+/// Resident set size of this process, from `/proc/self/statm` (pages).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm resident field");
+    pages * 4096
+}
+
+/// Bytes of resident memory per key that 1M keys add, with keys of `key_len` bytes: the index
+/// (values are 8 bytes and never read back, so nothing else grows with the key count).
+fn index_memory() {
+    let n = 1_000_000u64;
+    for key_len in [16usize, 40] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                durability: Durability::None,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("open");
+        let before = rss_bytes();
+        let mut key = vec![0u8; key_len];
+        for i in 0..n {
+            let k = key_of(i);
+            key[..KEY].copy_from_slice(&k);
+            key[key_len - 8..].copy_from_slice(&k[..8]);
+            engine
+                .set("default", Some(&key), &i.to_le_bytes())
+                .expect("set");
+        }
+        let after = rss_bytes();
+        let reported = engine.stats("default").expect("stats").index_bytes;
+        println!(
+            "index-memory: {n} keys of {key_len} bytes: resident +{:.1} MiB = {:.0} bytes/key \
+             (index_bytes stat: {:.0} bytes/key)",
+            (after - before) as f64 / (1 << 20) as f64,
+            (after - before) as f64 / n as f64,
+            reported as f64 / n as f64
+        );
+    }
+}
+
 mod harness {
     use super::{append, get};
     criterion::criterion_group!(benches, append, get);
@@ -241,6 +292,10 @@ mod harness {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "index-memory") {
+        index_memory();
+        return;
+    }
     // `get-ratio` alone skips the criterion groups; test and list runs skip the ratio.
     if !args.iter().any(|a| a == "get-ratio") {
         harness::benches();

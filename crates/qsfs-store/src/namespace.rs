@@ -32,7 +32,7 @@ use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::password::PasswordRecord;
 use crate::segment::{
     encode_record_into, loc, loc_offset, loc_segment, now_millis, parse_segment_file_name,
-    read_full_at, scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
+    read_full_at, scan_segment, value_crc, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
@@ -896,7 +896,7 @@ impl Namespace {
         // Shift the value to the front of the same allocation rather than copying it out.
         buf.drain(..RECORD_HEADER_LEN + key.len());
         let value = buf;
-        if crc32c::crc32c(&value) != header.value_crc {
+        if value_crc(&value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }
         Ok((header, value))
@@ -933,7 +933,7 @@ impl Namespace {
         let (key, value) = body.split_at(klen);
         let header = RecordHeader::decode(&head, Some(key))
             .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
-        if with_value && crc32c::crc32c(value) != header.value_crc {
+        if with_value && value_crc(value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }
         Ok((header, key.to_vec(), value.to_vec()))
@@ -1313,7 +1313,7 @@ impl Namespace {
             return Err(e);
         }
         if let Some(ex) = existing {
-            if ex.value_len as usize == value.len() && ex.value_crc == crc32c::crc32c(value) {
+            if ex.value_len as usize == value.len() && ex.value_crc == value_crc(value) {
                 let seg = self.segment_of(&st, ex.loc)?;
                 drop(st);
                 // 0-db compares the stored bytes, not just the checksum. If they cannot be read
@@ -1367,7 +1367,7 @@ impl Namespace {
             flags: if tombstone { FLAG_TOMBSTONE } else { 0 },
             key_len: key.len() as u8,
             value_len: value.len() as u32,
-            value_crc: crc32c::crc32c(value),
+            value_crc: value_crc(value),
             timestamp: ts.unwrap_or_else(qsfs_core::now),
             seqno,
             prev,

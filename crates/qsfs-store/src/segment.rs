@@ -154,6 +154,18 @@ impl RecordHeader {
     }
 }
 
+/// crc32c (Castagnoli) of a record's value, as stored in its header's `value_crc`.
+///
+/// Every get verifies one, so it is on the read path's critical line: crc-fast folds with
+/// (V)PCLMULQDQ and is about 3x faster on 4 KiB than the `crc32c` crate's SSE4.2 loop (measured
+/// here: ~150 ns against ~500 ns). Same polynomial and result (see the property test below), so
+/// the format does not change.
+#[inline]
+pub(crate) fn value_crc(value: &[u8]) -> u32 {
+    // CRC-32/ISCSI is crc32c; a 32-bit CRC fits in the low half of the returned u64.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, value) as u32
+}
+
 fn header_crc(header: &[u8], key: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&header[8..RECORD_HEADER_LEN]), key)
 }
@@ -696,7 +708,7 @@ fn check_record(r: &mut ChunkReader<'_>, off: u64) -> io::Result<Check> {
     if header_crc(&header, key) != RecordHeader::stored_crc(&header) {
         return Ok(Check::Invalid);
     }
-    if crc32c::crc32c(value) != unchecked.value_crc {
+    if value_crc(value) != unchecked.value_crc {
         return Ok(Check::BadValue(unchecked.record_len()));
     }
     Ok(Check::Valid(unchecked.record_len()))
@@ -712,7 +724,7 @@ mod tests {
             flags: 0,
             key_len: key.len() as u8,
             value_len: value.len() as u32,
-            value_crc: crc32c::crc32c(value),
+            value_crc: value_crc(value),
             timestamp: 7,
             seqno: 9,
             prev: loc(1, 99),
@@ -722,6 +734,15 @@ mod tests {
     }
 
     proptest! {
+        /// The fast value checksum is the crc32c the format specifies (and older segments hold),
+        /// at every length and alignment its folding loops branch on.
+        #[test]
+        fn value_crc_is_crc32c(data in proptest::collection::vec(any::<u8>(), 0..9000),
+                               skip in 0usize..64) {
+            let d = &data[skip.min(data.len())..];
+            prop_assert_eq!(value_crc(d), crc32c::crc32c(d));
+        }
+
         #[test]
         fn record_roundtrip(key in proptest::collection::vec(any::<u8>(), 1..255),
                             value in proptest::collection::vec(any::<u8>(), 0..300),
@@ -803,6 +824,13 @@ mod tests {
                 prop_assert_eq!(rep.valid_end, file.len() as u64);
             }
         }
+    }
+
+    #[test]
+    fn value_crc_check_value() {
+        // The catalogue's check value of CRC-32/ISCSI (crc32c).
+        assert_eq!(value_crc(b"123456789"), 0xE306_9283);
+        assert_eq!(value_crc(b""), 0);
     }
 
     #[test]
