@@ -27,7 +27,7 @@ use crate::cold::cold_key;
 use crate::config::Durability;
 use crate::descriptor::Descriptor;
 use crate::engine::Shared;
-use crate::index::{Index, KeyState};
+use crate::index::{Index, IndexKey, KeyState};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::password::PasswordRecord;
 use crate::segment::{
@@ -1273,9 +1273,7 @@ impl Namespace {
         // Step 4 of 0-db's order: find the live entry, if any.
         let (key_bytes, existing, key_error): (Vec<u8>, Option<KeyState>, Option<Error>) =
             match (mode, key) {
-                (Mode::User, Some(k)) if !k.is_empty() => {
-                    (k.to_vec(), st.index.live(k).copied(), None)
-                }
+                (Mode::User, Some(k)) if !k.is_empty() => (k.to_vec(), st.index.live(k), None),
                 (Mode::User, _) => (
                     Vec::new(),
                     None,
@@ -1284,7 +1282,7 @@ impl Namespace {
                 (Mode::Seq, None) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
                 (Mode::Seq, Some([])) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
                 (Mode::Seq, Some(k)) => match st.index.live(k) {
-                    Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(*s), None),
+                    Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(s), None),
                     _ => (
                         Vec::new(),
                         None,
@@ -1617,7 +1615,7 @@ impl Namespace {
             let (ks, seg) = {
                 let st = self.state.read();
                 self.check_readable(&st)?;
-                let Some(ks) = st.index.live(key).copied() else {
+                let Some(ks) = st.index.live(key) else {
                     return Ok(None);
                 };
                 (ks, self.segment_of(&st, ks.loc)?)
@@ -1683,7 +1681,7 @@ impl Namespace {
         let mut entries = Vec::new();
         let mut last = None;
         let mut more = false;
-        let mut push = |seqno: u64, key: &Arc<[u8]>| -> bool {
+        let mut push = |seqno: u64, key: &IndexKey| -> bool {
             if entries.len() == limit {
                 more = true;
                 return false;
@@ -1733,28 +1731,28 @@ impl Namespace {
 
     /// `Store::history`.
     pub fn history(&self, shared: &Shared, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-        let (head, target) =
-            {
-                let st = self.state.read();
-                self.check_readable(&st)?;
-                let head =
-                    st.index.keys.get(key).copied().ok_or_else(|| {
-                        Error::NotFound(format!("key in namespace {}", self.name))
-                    })?;
-                let target = match at {
-                    None if head.deleted => {
-                        return Err(Error::NotFound(format!(
-                            "key in namespace {} (deleted)",
-                            self.name
-                        )))
-                    }
-                    None => head.loc,
-                    Some(v) => st.resolve(u64::from_le_bytes(v.0)).ok_or_else(|| {
-                        Error::InvalidArgument("version does not belong to this key".into())
-                    })?,
-                };
-                (head, target)
+        let (head, target) = {
+            let st = self.state.read();
+            self.check_readable(&st)?;
+            let head = st
+                .index
+                .keys
+                .get(key)
+                .ok_or_else(|| Error::NotFound(format!("key in namespace {}", self.name)))?;
+            let target = match at {
+                None if head.deleted => {
+                    return Err(Error::NotFound(format!(
+                        "key in namespace {} (deleted)",
+                        self.name
+                    )))
+                }
+                None => head.loc,
+                Some(v) => st.resolve(u64::from_le_bytes(v.0)).ok_or_else(|| {
+                    Error::InvalidArgument("version does not belong to this key".into())
+                })?,
             };
+            (head, target)
+        };
         // Walk the chain from the newest version: the version asked for must be on it, so an
         // 8-byte id cannot be used to read another key's (or a deleted key's) data.
         let mut cur = head.loc;
