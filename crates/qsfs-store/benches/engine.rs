@@ -17,6 +17,12 @@
 //! and prints their ratio per round (the machine is shared: only a ratio measured under the
 //! same load means anything). Only it: `cargo bench -p qsfs-store --bench engine -- get-ratio`.
 //!
+//! `set-ratio` (only when asked: `cargo bench -p qsfs-store --bench engine -- set-ratio`) does the
+//! same for writes: rounds of `Engine::set` (random 16-byte keys, 4 KiB values) and raw appends
+//! of the same bytes, interleaved. Without fsync the two are compared in CPU time of the process
+//! (the engine's own threads included); with an fsync per write in wall time, since the wait for
+//! the disk is the cost there.
+//!
 //! `index-memory` (only when asked: `cargo bench -p qsfs-store --bench engine -- index-memory`)
 //! sets 1M keys (16 bytes, or the length given after it: `-- index-memory 40`) and prints the
 //! growth of the process's resident memory per key: what the in-memory index costs. One key
@@ -239,6 +245,77 @@ fn get_ratio() {
     }
 }
 
+/// Sets per second against raw appends of the same bytes, interleaved round by round.
+fn set_ratio() {
+    let value: Vec<u8> = (0..VALUE).map(|i| (i * 7) as u8).collect();
+    // Every thread of the process (the engine's seal and sync threads too), not the wall clock.
+    let cpu = || {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+            .expect("process CPU clock");
+        t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
+    };
+    let wall = || {
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    for (name, durability, per_round, clock) in [
+        (
+            "no-sync",
+            Durability::None,
+            20_000u32,
+            &cpu as &dyn Fn() -> f64,
+        ),
+        ("sync-every-write", Durability::EveryWrite, 300, &wall),
+    ] {
+        let raw_dir = tempfile::tempdir().expect("tempdir");
+        let mut raw = RawAppender::new(
+            raw_dir.path().to_path_buf(),
+            durability == Durability::EveryWrite,
+        );
+        let edir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            edir.path(),
+            EngineConfig {
+                durability,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("open");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut buf = vec![0u8; KEY + VALUE];
+        buf[KEY..].copy_from_slice(&value);
+        let unit = if durability == Durability::None {
+            "per CPU second"
+        } else {
+            "wall"
+        };
+        println!("set-ratio {name}: rounds of {per_round} sets and {per_round} raw appends");
+        for round in 0..5 {
+            let t = clock();
+            for _ in 0..per_round {
+                rng.fill(&mut buf[..KEY]);
+                raw.append(&buf);
+            }
+            let append = f64::from(per_round) / (clock() - t);
+            let t = clock();
+            let mut key = [0u8; KEY];
+            for _ in 0..per_round {
+                rng.fill(&mut key[..]);
+                engine.set("default", Some(&key), &value).expect("set");
+            }
+            let set = f64::from(per_round) / (clock() - t);
+            println!(
+                "set-ratio {name} round {round}: engine set {:.1}k/s, raw append {:.1}k/s ({unit}), ratio {:.2}",
+                set / 1e3,
+                append / 1e3,
+                set / append
+            );
+        }
+    }
+}
+
 /// Resident set size of this process, from `/proc/self/statm` (pages).
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
@@ -297,6 +374,10 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "index-memory") {
         let key_len = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(KEY);
         index_memory(key_len);
+        return;
+    }
+    if args.iter().any(|a| a == "set-ratio") {
+        set_ratio();
         return;
     }
     // `get-ratio` alone skips the criterion groups; test and list runs skip the ratio.
