@@ -750,8 +750,7 @@ impl Namespace {
 
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
-        seg.touch();
-        let handle = match seg.handle() {
+        let handle = match seg.handle_for_read() {
             // A sealed file whose descriptor the budget closed, deleted since (0-db's offload
             // contract lets a hook delete uploaded data files): ask for it back. A file that
             // compaction removed is no longer in the table; the caller looks again instead.

@@ -319,12 +319,13 @@ impl SegFile {
         SegFile::Lazy(slot)
     }
 
-    /// The open file of the segment at `path`, reopened if the budget closed it.
-    pub fn get(&self, path: &Path) -> io::Result<Arc<File>> {
+    /// The open file of the segment at `path`, reopened if the budget closed it; `now` (Unix
+    /// milliseconds) is its use time for the budget.
+    pub fn get(&self, path: &Path, now: impl FnOnce() -> u64) -> io::Result<Arc<File>> {
         match self {
             SegFile::Pinned(f) => Ok(f.clone()),
             SegFile::Lazy(slot) => {
-                let now = now_millis();
+                let now = now();
                 if slot.used.load(Ordering::Relaxed) != now {
                     slot.used.store(now, Ordering::Relaxed);
                 }
@@ -443,14 +444,25 @@ impl Segment {
         }
     }
 
-    /// Records that a record of this segment was read now.
+    /// Records that a record of this segment was read at `now` (Unix milliseconds).
     #[inline]
-    pub fn touch(&self) {
-        let now = now_millis();
+    fn touch_at(&self, now: u64) {
         // Readers of a hot segment would otherwise all write one cache line on every read.
         if self.last_read.load(Ordering::Relaxed) != now {
             self.last_read.store(now, Ordering::Relaxed);
         }
+    }
+
+    /// [`Segment::handle`] for reading a record: also records the read time, with one clock
+    /// read for this and the descriptor budget (a get reads the clock once, not twice).
+    #[inline]
+    pub fn handle_for_read(&self) -> io::Result<Option<Arc<File>>> {
+        let now = now_millis();
+        self.touch_at(now);
+        self.file
+            .as_ref()
+            .map(|f| f.get(&self.path, || now))
+            .transpose()
     }
 
     /// Keeps the read time of `from`, the segment this one replaces (same id, new handle).
@@ -463,7 +475,10 @@ impl Segment {
     /// The open file (reopened if the descriptor budget closed it); `None` if the segment is
     /// offloaded.
     pub fn handle(&self) -> io::Result<Option<Arc<File>>> {
-        self.file.as_ref().map(|f| f.get(&self.path)).transpose()
+        self.file
+            .as_ref()
+            .map(|f| f.get(&self.path, now_millis))
+            .transpose()
     }
 
     /// Current length (of the file, or as recorded when it was offloaded).
