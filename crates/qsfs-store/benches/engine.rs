@@ -13,9 +13,11 @@
 //! `cargo bench -p qsfs-store --bench engine -- --warm-up-time 1 --measurement-time 3`.
 //!
 //! Then, outside criterion, `get-ratio` times rounds of engine gets and bare `pread`s of the
-//! same records of the engine's own segment file, interleaved, in on-CPU time of the thread,
+//! same records of the engine's own segment files, interleaved, in on-CPU time of the thread,
 //! and prints their ratio per round (the machine is shared: only a ratio measured under the
-//! same load means anything). Only it: `cargo bench -p qsfs-store --bench engine -- get-ratio`.
+//! same load means anything): once with all records in the segment being appended to, once
+//! (`get-ratio sealed`) spread over sealed 8 MiB segments. Only it:
+//! `cargo bench -p qsfs-store --bench engine -- get-ratio`.
 //!
 //! `set-ratio` (only when asked: `cargo bench -p qsfs-store --bench engine -- set-ratio`) does the
 //! same for writes: rounds of `Engine::set` (random 16-byte keys, 4 KiB values) and raw appends
