@@ -13,9 +13,22 @@
 //! `cargo bench -p qsfs-store --bench engine -- --warm-up-time 1 --measurement-time 3`.
 //!
 //! Then, outside criterion, `get-ratio` times rounds of engine gets and bare `pread`s of the
-//! same records of the engine's own segment file, interleaved, in on-CPU time of the thread,
+//! same records of the engine's own segment files, interleaved, in on-CPU time of the thread,
 //! and prints their ratio per round (the machine is shared: only a ratio measured under the
-//! same load means anything). Only it: `cargo bench -p qsfs-store --bench engine -- get-ratio`.
+//! same load means anything): once with all records in the segment being appended to, once
+//! (`get-ratio sealed`) spread over sealed 8 MiB segments. Only it:
+//! `cargo bench -p qsfs-store --bench engine -- get-ratio`.
+//!
+//! `set-ratio` (only when asked: `cargo bench -p qsfs-store --bench engine -- set-ratio`) does the
+//! same for writes: rounds of `Engine::set` (random 16-byte keys, 4 KiB values) and raw appends
+//! of the same bytes, interleaved. Without fsync the two are compared in CPU time of the process
+//! (the engine's own threads included); with an fsync per write in wall time, since the wait for
+//! the disk is the cost there.
+//!
+//! `index-memory` (only when asked: `cargo bench -p qsfs-store --bench engine -- index-memory`)
+//! sets 1M keys (16 bytes, or the length given after it: `-- index-memory 40`) and prints the
+//! growth of the process's resident memory per key: what the in-memory index costs. One key
+//! length per process, so memory freed by an earlier run cannot hide the growth.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -114,14 +127,17 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-/// An engine (no fsyncs) holding 20,000 random-keyed 4 KiB values, and their count.
-fn filled_engine() -> (tempfile::TempDir, Engine, u64) {
+/// An engine (no fsyncs) holding 20,000 random-keyed 4 KiB values, and their count; with
+/// `max_segment_size`, spread over sealed segments of that size.
+fn filled_engine(max_segment_size: Option<u64>) -> (tempfile::TempDir, Engine, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let defaults = EngineConfig::default();
     let engine = Engine::open(
         dir.path(),
         EngineConfig {
             durability: Durability::None,
-            ..EngineConfig::default()
+            max_segment_size: max_segment_size.unwrap_or(defaults.max_segment_size),
+            ..defaults
         },
     )
     .expect("open");
@@ -136,7 +152,7 @@ fn filled_engine() -> (tempfile::TempDir, Engine, u64) {
 }
 
 fn get(c: &mut Criterion) {
-    let (dir, engine, n) = filled_engine();
+    let (dir, engine, n) = filled_engine(None);
     // Baseline: a positioned read of the same number of bytes at a random record-aligned
     // offset of a plain file of the same size (page cache, like the engine's reads), written
     // one record at a time like the engine's segment. Written in 1 MiB chunks instead, the
@@ -187,49 +203,187 @@ fn key_of(i: u64) -> [u8; KEY] {
 }
 
 /// Gets per second against bare `pread`s of the same bytes, interleaved round by round so both
-/// see the same load on a shared machine: the ratio is the figure to compare across runs.
+/// see the same load on a shared machine: the ratio is the figure to compare across runs. Twice:
+/// with every record in the segment being appended to (its file always open), and spread over
+/// sealed 8 MiB segments (files opened within the descriptor budget).
 fn get_ratio() {
-    let (dir, engine, n) = filled_engine();
-    // The baseline reads exactly what a get reads: the engine's own segment file, record by
-    // record, at the records' offsets (header, key and value in one `pread`).
-    let seg = dir.path().join("ns/default/0000000000.seg");
-    let raw = File::open(&seg).expect("open segment");
-    let record = (64 + KEY + VALUE) as u64;
-    let first = 32u64;
-    let rounds = 8;
-    let per_round = 200_000u32;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    println!("get-ratio: {rounds} rounds of {per_round} gets and {per_round} preads, interleaved");
-    // On-CPU time of this thread, not wall time: a round during which the scheduler gave the
-    // core to another process is not counted against either side.
+    for (label, max_segment_size) in [("", None), (" sealed", Some(8u64 << 20))] {
+        let (dir, engine, n) = filled_engine(max_segment_size);
+        // The baseline reads exactly what a get reads: the engine's own segment files, record
+        // by record, at the records' offsets (header, key and value in one `pread`).
+        let record = (64 + KEY + VALUE) as u64;
+        let first = 32u64;
+        let mut segs: Vec<(File, u64)> = std::fs::read_dir(dir.path().join("ns/default"))
+            .expect("namespace dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .map(|p| {
+                let f = File::open(&p).expect("open segment");
+                let records = (f.metadata().expect("stat").len() - first) / record;
+                (f, records)
+            })
+            .filter(|(_, records)| *records > 0)
+            .collect();
+        segs.sort_by_key(|(_, records)| *records);
+        let rounds = 8;
+        let per_round = 200_000u32;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        println!(
+            "get-ratio{label}: {rounds} rounds of {per_round} gets and {per_round} preads, \
+             interleaved, {} segment file(s)",
+            segs.len()
+        );
+        // On-CPU time of this thread, not wall time: a round during which the scheduler gave
+        // the core to another process is not counted against either side.
+        let cpu = || {
+            let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+                .expect("thread CPU clock");
+            t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
+        };
+        for round in 0..rounds {
+            let t = cpu();
+            for _ in 0..per_round {
+                let (f, records) = &segs[rng.gen_range(0..segs.len())];
+                let off = first + rng.gen_range(0..*records) * record;
+                let mut buf = vec![0u8; record as usize];
+                f.read_exact_at(&mut buf, off).expect("read");
+                std::hint::black_box(&buf);
+            }
+            let pread = f64::from(per_round) / (cpu() - t);
+            let t = cpu();
+            for _ in 0..per_round {
+                let e = engine
+                    .get("default", &key_of(rng.gen_range(0..n)))
+                    .expect("get")
+                    .expect("present");
+                std::hint::black_box(&e);
+            }
+            let get = f64::from(per_round) / (cpu() - t);
+            println!(
+                "get-ratio{label} round {round}: engine get {:.0}k/s, bare pread {:.0}k/s (per CPU second), ratio {:.2}",
+                get / 1e3,
+                pread / 1e3,
+                get / pread
+            );
+        }
+    }
+}
+
+/// Sets per second against raw appends of the same bytes, interleaved round by round.
+fn set_ratio() {
+    let value: Vec<u8> = (0..VALUE).map(|i| (i * 7) as u8).collect();
+    // Every thread of the process (the engine's seal and sync threads too), not the wall clock.
     let cpu = || {
-        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-            .expect("thread CPU clock");
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+            .expect("process CPU clock");
         t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9
     };
-    for round in 0..rounds {
-        let t = cpu();
-        for _ in 0..per_round {
-            let off = first + rng.gen_range(0..n) * record;
-            let mut buf = vec![0u8; record as usize];
-            raw.read_exact_at(&mut buf, off).expect("read");
-            std::hint::black_box(&buf);
+    let wall = || {
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    for (name, durability, per_round, clock) in [
+        (
+            "no-sync",
+            Durability::None,
+            20_000u32,
+            &cpu as &dyn Fn() -> f64,
+        ),
+        ("sync-every-write", Durability::EveryWrite, 300, &wall),
+    ] {
+        let raw_dir = tempfile::tempdir().expect("tempdir");
+        let mut raw = RawAppender::new(
+            raw_dir.path().to_path_buf(),
+            durability == Durability::EveryWrite,
+        );
+        let edir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            edir.path(),
+            EngineConfig {
+                durability,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("open");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut buf = vec![0u8; KEY + VALUE];
+        buf[KEY..].copy_from_slice(&value);
+        let unit = if durability == Durability::None {
+            "per CPU second"
+        } else {
+            "wall"
+        };
+        println!("set-ratio {name}: rounds of {per_round} sets and {per_round} raw appends");
+        for round in 0..5 {
+            let t = clock();
+            for _ in 0..per_round {
+                rng.fill(&mut buf[..KEY]);
+                raw.append(&buf);
+            }
+            let append = f64::from(per_round) / (clock() - t);
+            let t = clock();
+            let mut key = [0u8; KEY];
+            for _ in 0..per_round {
+                rng.fill(&mut key[..]);
+                engine.set("default", Some(&key), &value).expect("set");
+            }
+            let set = f64::from(per_round) / (clock() - t);
+            println!(
+                "set-ratio {name} round {round}: engine set {:.1}k/s, raw append {:.1}k/s ({unit}), ratio {:.2}",
+                set / 1e3,
+                append / 1e3,
+                set / append
+            );
         }
-        let pread = f64::from(per_round) / (cpu() - t);
-        let t = cpu();
-        for _ in 0..per_round {
-            let e = engine
-                .get("default", &key_of(rng.gen_range(0..n)))
-                .expect("get")
-                .expect("present");
-            std::hint::black_box(&e);
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (pages).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm resident field");
+    pages * 4096
+}
+
+/// Bytes of resident memory per key that 1M keys add, with keys of `key_len` bytes: the index
+/// (values are 8 bytes and never read back, so nothing else grows with the key count).
+fn index_memory(key_len: usize) {
+    let n = 1_000_000u64;
+    assert!(key_len >= KEY, "keys shorter than {KEY} bytes could repeat");
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                durability: Durability::None,
+                ..EngineConfig::default()
+            },
+        )
+        .expect("open");
+        let before = rss_bytes();
+        let mut key = vec![0u8; key_len];
+        for i in 0..n {
+            let k = key_of(i);
+            key[..KEY].copy_from_slice(&k);
+            key[key_len - 8..].copy_from_slice(&k[..8]);
+            engine
+                .set("default", Some(&key), &i.to_le_bytes())
+                .expect("set");
         }
-        let get = f64::from(per_round) / (cpu() - t);
+        let after = rss_bytes();
+        let reported = engine.stats("default").expect("stats").index_bytes;
         println!(
-            "get-ratio round {round}: engine get {:.0}k/s, bare pread {:.0}k/s (per CPU second), ratio {:.2}",
-            get / 1e3,
-            pread / 1e3,
-            get / pread
+            "index-memory: {n} keys of {key_len} bytes: resident +{:.1} MiB = {:.0} bytes/key \
+             (index_bytes stat: {:.0} bytes/key)",
+            (after - before) as f64 / (1 << 20) as f64,
+            (after - before) as f64 / n as f64,
+            reported as f64 / n as f64
         );
     }
 }
@@ -241,6 +395,15 @@ mod harness {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "index-memory") {
+        let key_len = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(KEY);
+        index_memory(key_len);
+        return;
+    }
+    if args.iter().any(|a| a == "set-ratio") {
+        set_ratio();
+        return;
+    }
     // `get-ratio` alone skips the criterion groups; test and list runs skip the ratio.
     if !args.iter().any(|a| a == "get-ratio") {
         harness::benches();

@@ -9,13 +9,16 @@
 //! the segments, so opening replays only the tail. It is a cache: if it is missing, damaged or
 //! disagrees with the segments, the index is rebuilt from the segments alone.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 // Keys come from clients, so the map needs a randomly seeded hash that resists flooding;
 // ahash is that and several times cheaper than SipHash on the SET path.
 use ahash::HashMap;
 use std::fs::File;
+use std::hash::{Hash, Hasher};
 use std::io::{self, BufWriter, Write};
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +28,101 @@ use crate::segment::{loc_segment, record_len, Loc, RecordHeader};
 const SNAPSHOT_MAGIC: [u8; 8] = *b"QSFSIDX1";
 /// Snapshot format version.
 const SNAPSHOT_VERSION: u32 = 1;
+
+/// Longest key held inline in an [`IndexKey`]: what fits beside the length and the variant tag
+/// in the 24 bytes the enum takes anyway (an `Arc<[u8]>` is 16 bytes, aligned to 8).
+pub(crate) const INLINE_KEY_MAX: usize = 22;
+
+/// A key as the index holds it. Short keys (sequential ids, block addresses) are stored in the
+/// hash map's slot itself, so a lookup compares them without chasing a pointer to another
+/// cache line, and cost no allocation of their own (an `Arc<[u8]>` of a 16-byte key takes a
+/// 48-byte heap chunk). Longer keys are shared between the two maps of the index.
+#[derive(Clone)]
+pub(crate) enum IndexKey {
+    /// `len` bytes at the start of `bytes` (the rest is zero).
+    Inline {
+        /// Key length, at most [`INLINE_KEY_MAX`].
+        len: u8,
+        /// The key, zero-padded.
+        bytes: [u8; INLINE_KEY_MAX],
+    },
+    /// A key longer than [`INLINE_KEY_MAX`].
+    Shared(Arc<[u8]>),
+}
+
+impl IndexKey {
+    /// The index's copy of `key`.
+    pub fn new(key: &[u8]) -> IndexKey {
+        if key.len() <= INLINE_KEY_MAX {
+            let mut bytes = [0u8; INLINE_KEY_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            IndexKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            IndexKey::Shared(Arc::from(key))
+        }
+    }
+
+    /// The key's bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IndexKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IndexKey::Shared(k) => k,
+        }
+    }
+
+    /// Heap bytes this key holds besides itself (the shared allocation, once per key).
+    fn heap_bytes(&self) -> usize {
+        match self {
+            IndexKey::Inline { .. } => 0,
+            // Two reference counts, the bytes, and the allocator's rounding and header.
+            IndexKey::Shared(k) => (16 + k.len()).next_multiple_of(16) + 16,
+        }
+    }
+}
+
+impl Deref for IndexKey {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+// `Borrow<[u8]>` lets the map be probed with a plain `&[u8]`; its contract needs `Hash` and `Eq`
+// to agree with those of `[u8]`, so both go through the bytes (never the representation).
+impl Borrow<[u8]> for IndexKey {
+    #[inline]
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for IndexKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for IndexKey {
+    #[inline]
+    fn eq(&self, other: &IndexKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl std::fmt::Debug for IndexKey {
+    // Keys are client data: never printed, even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IndexKey({} bytes)", self.len())
+    }
+}
 
 /// What the index knows about the newest version of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +155,119 @@ impl KeyState {
     }
 }
 
+/// Bit of [`Packed::len_flags`] that marks a tombstone. Value lengths are at most
+/// [`qsfs_core::MAX_VALUE_LEN`] (8 MiB), far below it.
+const TOMBSTONE_BIT: u32 = 1 << 31;
+
+/// [`KeyState`] as the hash map stores it: the tombstone flag folded into the top bit of the
+/// value length, so a slot is 32 bytes instead of 40 (with the 24-byte key, 56 bytes a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packed {
+    loc: Loc,
+    seqno: u64,
+    timestamp: u64,
+    len_flags: u32,
+    value_crc: u32,
+}
+
+impl Packed {
+    #[inline]
+    fn pack(s: &KeyState) -> Packed {
+        debug_assert!(s.value_len < TOMBSTONE_BIT);
+        Packed {
+            loc: s.loc,
+            seqno: s.seqno,
+            timestamp: s.timestamp,
+            len_flags: (s.value_len & !TOMBSTONE_BIT) | if s.deleted { TOMBSTONE_BIT } else { 0 },
+            value_crc: s.value_crc,
+        }
+    }
+
+    #[inline]
+    fn unpack(&self) -> KeyState {
+        KeyState {
+            loc: self.loc,
+            seqno: self.seqno,
+            value_len: self.len_flags & !TOMBSTONE_BIT,
+            value_crc: self.value_crc,
+            timestamp: self.timestamp,
+            deleted: self.len_flags & TOMBSTONE_BIT != 0,
+        }
+    }
+}
+
+/// Newest version of every key: a hash map from [`IndexKey`] to a packed [`KeyState`], handed
+/// out by value.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyMap(HashMap<IndexKey, Packed>);
+
+impl KeyMap {
+    /// The state of `key`, live or tombstone.
+    #[inline]
+    pub fn get(&self, key: &[u8]) -> Option<KeyState> {
+        self.0.get(key).map(Packed::unpack)
+    }
+
+    /// The index's copy of `key` and its state.
+    pub fn get_key_value(&self, key: &[u8]) -> Option<(&IndexKey, KeyState)> {
+        self.0.get_key_value(key).map(|(k, p)| (k, p.unpack()))
+    }
+
+    /// True if the index knows `key`.
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Number of keys (tombstones included).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if no key was ever written.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Keys the map holds room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// Every key with its state, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&IndexKey, KeyState)> + '_ {
+        self.0.iter().map(|(k, p)| (k, p.unpack()))
+    }
+
+    /// Every state, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = KeyState> + '_ {
+        self.0.values().map(Packed::unpack)
+    }
+
+    /// Sets the state of a key the map already holds; false if it does not.
+    fn update(&mut self, key: &[u8], s: &KeyState) -> bool {
+        match self.0.get_mut(key) {
+            Some(p) => {
+                *p = Packed::pack(s);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a key the map does not hold yet.
+    fn insert(&mut self, key: IndexKey, s: &KeyState) {
+        self.0.insert(key, Packed::pack(s));
+    }
+}
+
 /// The index of one namespace.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     /// Newest version of every key (tombstones included, so history stays reachable).
-    pub keys: HashMap<Arc<[u8]>, KeyState>,
+    pub keys: KeyMap,
     /// Live keys by the sequence number of their last write: the scan order.
-    pub order: BTreeMap<u64, Arc<[u8]>>,
+    pub order: BTreeMap<u64, IndexKey>,
     /// Where compaction moved history versions: old location → new location.
     pub forward: HashMap<Loc, Loc>,
     /// Bytes of newest-version records per segment (what compaction must keep).
@@ -76,6 +280,8 @@ pub(crate) struct Index {
     pub next_seqno: u64,
     /// Sequential mode: the next id slot.
     pub next_slot: u64,
+    /// Heap bytes of the keys too long to be inline (keys are never removed one by one).
+    key_heap_bytes: u64,
 }
 
 impl Index {
@@ -94,7 +300,8 @@ impl Index {
     }
 
     /// The state of a live key.
-    pub fn live(&self, key: &[u8]) -> Option<&KeyState> {
+    #[inline]
+    pub fn live(&self, key: &[u8]) -> Option<KeyState> {
         self.keys.get(key).filter(|s| !s.deleted)
     }
 
@@ -107,26 +314,25 @@ impl Index {
     /// fresh writes and for replaying segments. Returns the replaced state.
     pub fn apply(&mut self, key: &[u8], new: KeyState) -> Option<KeyState> {
         let key_len = key.len();
-        if let Some(old) = self.keys.get(key).copied() {
+        if let Some((stored, old)) = self.keys.get_key_value(key) {
             if (new.seqno, new.loc) <= (old.seqno, old.loc) {
                 return None;
             }
-            self.unaccount(key_len, &old);
+            // The order map's copy if the key was live, else a copy of the map's (for a shared
+            // key, one more reference to the same bytes).
             let k = match self.order.remove(&old.seqno) {
                 Some(k) => k,
-                None => self
-                    .keys
-                    .get_key_value(key)
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_else(|| Arc::from(key)),
+                None => stored.clone(),
             };
-            self.account(k.clone(), &new);
-            self.keys.insert(k, new);
+            self.unaccount(key_len, &old);
+            self.account(k, &new);
+            self.keys.update(key, &new);
             Some(old)
         } else {
-            let k: Arc<[u8]> = Arc::from(key);
-            self.account(k.clone(), &new);
-            self.keys.insert(k, new);
+            let k = IndexKey::new(key);
+            self.key_heap_bytes += k.heap_bytes() as u64;
+            self.keys.insert(k.clone(), &new);
+            self.account(k, &new);
             None
         }
     }
@@ -142,7 +348,7 @@ impl Index {
         }
     }
 
-    fn account(&mut self, key: Arc<[u8]>, new: &KeyState) {
+    fn account(&mut self, key: IndexKey, new: &KeyState) {
         *self.seg_live.entry(loc_segment(new.loc)).or_default() +=
             Self::record_bytes(key.len(), new);
         if !new.deleted {
@@ -241,7 +447,7 @@ impl Index {
         w.write_all(&(self.forward.len() as u64).to_le_bytes())?;
         // One write (and one checksum update) per entry: this runs for every key at every seal.
         let mut entry = [0u8; 34 + 255];
-        for (key, s) in &self.keys {
+        for (key, s) in self.keys.iter() {
             entry[0] = key.len() as u8;
             entry[1] = u8::from(s.deleted);
             entry[2..6].copy_from_slice(&s.value_len.to_le_bytes());
@@ -303,6 +509,9 @@ impl Index {
                 f => return Err(format!("bad key flags {f}")),
             };
             let value_len = r.u32()?;
+            if value_len as usize > qsfs_core::MAX_VALUE_LEN {
+                return Err(format!("value length {value_len} out of range"));
+            }
             let value_crc = r.u32()?;
             let timestamp = r.u64()?;
             let seqno = r.u64()?;
@@ -336,8 +545,13 @@ impl Index {
 
     /// Approximate bytes the index holds in memory.
     pub fn memory_bytes(&self) -> u64 {
-        let per_key = (std::mem::size_of::<KeyState>() + 48) as u64;
-        self.keys.len() as u64 * per_key + self.live_key_bytes + self.forward.len() as u64 * 32
+        use std::mem::size_of;
+        // The hash table: a slot and a control byte per bucket, 8 buckets per 7 of capacity.
+        let table =
+            (self.keys.capacity() as u64 * 8 / 7) * (size_of::<(IndexKey, Packed)>() as u64 + 1);
+        // B-tree leaves are on average about two thirds full.
+        let order = self.order.len() as u64 * size_of::<(u64, IndexKey)>() as u64 * 3 / 2;
+        table + order + self.key_heap_bytes + self.forward.len() as u64 * 32
     }
 }
 
@@ -391,6 +605,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::segment::loc;
+    use proptest::prelude::*;
 
     #[test]
     fn the_snapshot_of_an_empty_index_reads_back() {
@@ -469,6 +684,133 @@ mod tests {
         data[mid] ^= 1;
         std::fs::write(&path, &data).unwrap();
         assert!(Index::read_snapshot(&path).is_err());
+    }
+
+    /// Hand-encodes a snapshot in the documented version-1 layout (docs/engine-format.md §4),
+    /// independently of `encode_snapshot`.
+    fn v1_snapshot(keys: &[(&[u8], KeyState)], covers: Loc) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"QSFSIDX1");
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&covers.to_le_bytes());
+        b.extend_from_slice(&100u64.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        for (k, s) in keys {
+            b.push(k.len() as u8);
+            b.push(u8::from(s.deleted));
+            b.extend_from_slice(&s.value_len.to_le_bytes());
+            b.extend_from_slice(&s.value_crc.to_le_bytes());
+            b.extend_from_slice(&s.timestamp.to_le_bytes());
+            b.extend_from_slice(&s.seqno.to_le_bytes());
+            b.extend_from_slice(&s.loc.to_le_bytes());
+            b.extend_from_slice(k);
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_snapshot_written_before_inline_keys_still_opens() {
+        // The persisted layout did not change with the in-memory key representation: a snapshot
+        // of keys on both sides of the inline limit reads back, and writes back byte for byte.
+        let short = [7u8; INLINE_KEY_MAX];
+        let long = [8u8; INLINE_KEY_MAX + 1];
+        let max = [9u8; 255];
+        let keys: Vec<(&[u8], KeyState)> = vec![
+            (&b"a"[..], st(0, 32, 1, 3, false)),
+            (&short[..], st(0, 100, 2, 4, false)),
+            (&long[..], st(1, 32, 3, 0, true)),
+            (&max[..], st(1, 200, 4, 5, false)),
+        ];
+        let bytes = v1_snapshot(&keys, loc(1, 600));
+        let (ix, covers) = Index::decode_snapshot(&bytes).unwrap();
+        assert_eq!(covers, loc(1, 600));
+        for (k, s) in &keys {
+            assert_eq!(ix.keys.get(k), Some(*s));
+        }
+        assert!(matches!(
+            ix.keys.get_key_value(&short[..]),
+            Some((IndexKey::Inline { .. }, _))
+        ));
+        assert!(matches!(
+            ix.keys.get_key_value(&long[..]),
+            Some((IndexKey::Shared(_), _))
+        ));
+        assert_eq!(ix.live_count(), 3);
+        assert_eq!(ix.live_bytes, 12);
+        // One key at a time, so the hash map's iteration order cannot differ.
+        for (k, s) in &keys {
+            let one = v1_snapshot(&[(k, *s)], 9);
+            let (ix, _) = Index::decode_snapshot(&one).unwrap();
+            assert_eq!(ix.snapshot_bytes(9), one);
+        }
+    }
+
+    fn boundary_key() -> impl Strategy<Value = Vec<u8>> {
+        // Lengths around the inline limit, from a tiny alphabet so that keys differing only by
+        // a trailing zero (the inline padding) or by length are common.
+        prop_oneof![
+            3 => proptest::collection::vec(0u8..3, INLINE_KEY_MAX - 2..=INLINE_KEY_MAX + 2),
+            1 => proptest::collection::vec(0u8..3, 1..4),
+            1 => proptest::collection::vec(any::<u8>(), 1..=255),
+        ]
+    }
+
+    proptest! {
+        /// Inline and shared keys behave as their bytes: the index agrees with a model map
+        /// keyed by `Vec<u8>` under the same newest-wins rule, keys are inline exactly up to
+        /// the limit, and the snapshot round trip keeps every key.
+        #[test]
+        fn index_keys_at_the_inline_boundary_behave_as_their_bytes(
+            ops in proptest::collection::vec((boundary_key(), 1u64..50, any::<bool>()), 1..80),
+        ) {
+            let mut ix = Index::new(0, 0);
+            let mut model: BTreeMap<Vec<u8>, KeyState> = BTreeMap::new();
+            for (i, (key, seqno, deleted)) in ops.iter().enumerate() {
+                // Sequence numbers are unique per namespace; replay order is not theirs.
+                let s = st(0, 32 + i as u64, seqno * 1000 + i as u64, key.len() as u32, *deleted);
+                ix.apply(key, s);
+                let newer = model.get(key).is_none_or(|o| (s.seqno, s.loc) > (o.seqno, o.loc));
+                if newer {
+                    model.insert(key.clone(), s);
+                }
+            }
+            prop_assert_eq!(ix.keys.len(), model.len());
+            for (k, s) in &model {
+                let (stored, state) = ix.keys.get_key_value(&k[..]).unwrap();
+                prop_assert_eq!(&state, s);
+                prop_assert_eq!(stored.as_bytes(), &k[..]);
+                prop_assert_eq!(
+                    matches!(stored, IndexKey::Inline { .. }),
+                    k.len() <= INLINE_KEY_MAX
+                );
+                let mut padded = k.clone();
+                padded.push(0);
+                prop_assert_eq!(ix.keys.get(&padded[..]), model.get(&padded).copied());
+                prop_assert_eq!(
+                    ix.keys.get(&k[..k.len() - 1]),
+                    model.get(&k[..k.len() - 1]).copied()
+                );
+            }
+            let live: BTreeMap<u64, Vec<u8>> = model
+                .iter()
+                .filter(|(_, s)| !s.deleted)
+                .map(|(k, s)| (s.seqno, k.clone()))
+                .collect();
+            let order: BTreeMap<u64, Vec<u8>> =
+                ix.order.iter().map(|(s, k)| (*s, k.to_vec())).collect();
+            prop_assert_eq!(order, live);
+            prop_assert_eq!(
+                ix.live_bytes,
+                model.values().filter(|s| !s.deleted).map(|s| u64::from(s.value_len)).sum::<u64>()
+            );
+            let (back, _) = Index::decode_snapshot(&ix.snapshot_bytes(7)).unwrap();
+            prop_assert_eq!(&back.keys, &ix.keys);
+        }
     }
 
     #[test]

@@ -27,12 +27,12 @@ use crate::cold::cold_key;
 use crate::config::Durability;
 use crate::descriptor::Descriptor;
 use crate::engine::Shared;
-use crate::index::{Index, KeyState};
+use crate::index::{Index, IndexKey, KeyState};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::password::PasswordRecord;
 use crate::segment::{
     encode_record_into, loc, loc_offset, loc_segment, now_millis, parse_segment_file_name,
-    read_full_at, scan_segment, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
+    read_full_at, scan_segment, value_crc, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
     RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
@@ -755,8 +755,7 @@ impl Namespace {
 
     /// Reads `len` bytes at `off` of a segment, from disk or from the cold tier.
     fn read_bytes(&self, shared: &Shared, seg: &Segment, off: u64, len: usize) -> Result<Vec<u8>> {
-        seg.touch();
-        let handle = match seg.handle() {
+        let handle = match seg.handle_for_read() {
             // A sealed file whose descriptor the budget closed, deleted since (0-db's offload
             // contract lets a hook delete uploaded data files): ask for it back. A file that
             // compaction removed is no longer in the table; the caller looks again instead.
@@ -901,7 +900,7 @@ impl Namespace {
         // Shift the value to the front of the same allocation rather than copying it out.
         buf.drain(..RECORD_HEADER_LEN + key.len());
         let value = buf;
-        if crc32c::crc32c(&value) != header.value_crc {
+        if value_crc(&value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }
         Ok((header, value))
@@ -938,7 +937,7 @@ impl Namespace {
         let (key, value) = body.split_at(klen);
         let header = RecordHeader::decode(&head, Some(key))
             .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
-        if with_value && crc32c::crc32c(value) != header.value_crc {
+        if with_value && value_crc(value) != header.value_crc {
             return Err(Error::corrupt(location(), "value checksum mismatch"));
         }
         Ok((header, key.to_vec(), value.to_vec()))
@@ -1278,9 +1277,7 @@ impl Namespace {
         // Step 4 of 0-db's order: find the live entry, if any.
         let (key_bytes, existing, key_error): (Vec<u8>, Option<KeyState>, Option<Error>) =
             match (mode, key) {
-                (Mode::User, Some(k)) if !k.is_empty() => {
-                    (k.to_vec(), st.index.live(k).copied(), None)
-                }
+                (Mode::User, Some(k)) if !k.is_empty() => (k.to_vec(), st.index.live(k), None),
                 (Mode::User, _) => (
                     Vec::new(),
                     None,
@@ -1289,7 +1286,7 @@ impl Namespace {
                 (Mode::Seq, None) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
                 (Mode::Seq, Some([])) => (st.index.next_slot.to_le_bytes().to_vec(), None, None),
                 (Mode::Seq, Some(k)) => match st.index.live(k) {
-                    Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(*s), None),
+                    Some(s) if k.len() == SEQ_KEY_LEN => (k.to_vec(), Some(s), None),
                     _ => (
                         Vec::new(),
                         None,
@@ -1318,7 +1315,7 @@ impl Namespace {
             return Err(e);
         }
         if let Some(ex) = existing {
-            if ex.value_len as usize == value.len() && ex.value_crc == crc32c::crc32c(value) {
+            if ex.value_len as usize == value.len() && ex.value_crc == value_crc(value) {
                 let seg = self.segment_of(&st, ex.loc)?;
                 drop(st);
                 if seg.is_offloaded() {
@@ -1377,7 +1374,7 @@ impl Namespace {
             flags: if tombstone { FLAG_TOMBSTONE } else { 0 },
             key_len: key.len() as u8,
             value_len: value.len() as u32,
-            value_crc: crc32c::crc32c(value),
+            value_crc: value_crc(value),
             timestamp: ts.unwrap_or_else(qsfs_core::now),
             seqno,
             prev,
@@ -1627,7 +1624,7 @@ impl Namespace {
             let (ks, seg) = {
                 let st = self.state.read();
                 self.check_readable(&st)?;
-                let Some(ks) = st.index.live(key).copied() else {
+                let Some(ks) = st.index.live(key) else {
                     return Ok(None);
                 };
                 (ks, self.segment_of(&st, ks.loc)?)
@@ -1693,7 +1690,7 @@ impl Namespace {
         let mut entries = Vec::new();
         let mut last = None;
         let mut more = false;
-        let mut push = |seqno: u64, key: &Arc<[u8]>| -> bool {
+        let mut push = |seqno: u64, key: &IndexKey| -> bool {
             if entries.len() == limit {
                 more = true;
                 return false;
@@ -1743,28 +1740,28 @@ impl Namespace {
 
     /// `Store::history`.
     pub fn history(&self, shared: &Shared, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-        let (head, target) =
-            {
-                let st = self.state.read();
-                self.check_readable(&st)?;
-                let head =
-                    st.index.keys.get(key).copied().ok_or_else(|| {
-                        Error::NotFound(format!("key in namespace {}", self.name))
-                    })?;
-                let target = match at {
-                    None if head.deleted => {
-                        return Err(Error::NotFound(format!(
-                            "key in namespace {} (deleted)",
-                            self.name
-                        )))
-                    }
-                    None => head.loc,
-                    Some(v) => st.resolve(u64::from_le_bytes(v.0)).ok_or_else(|| {
-                        Error::InvalidArgument("version does not belong to this key".into())
-                    })?,
-                };
-                (head, target)
+        let (head, target) = {
+            let st = self.state.read();
+            self.check_readable(&st)?;
+            let head = st
+                .index
+                .keys
+                .get(key)
+                .ok_or_else(|| Error::NotFound(format!("key in namespace {}", self.name)))?;
+            let target = match at {
+                None if head.deleted => {
+                    return Err(Error::NotFound(format!(
+                        "key in namespace {} (deleted)",
+                        self.name
+                    )))
+                }
+                None => head.loc,
+                Some(v) => st.resolve(u64::from_le_bytes(v.0)).ok_or_else(|| {
+                    Error::InvalidArgument("version does not belong to this key".into())
+                })?,
             };
+            (head, target)
+        };
         // Walk the chain from the newest version: the version asked for must be on it, so an
         // 8-byte id cannot be used to read another key's (or a deleted key's) data.
         let mut cur = head.loc;
