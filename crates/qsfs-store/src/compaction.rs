@@ -209,7 +209,7 @@ fn compact_segment(
             let n = source
                 .read(&mut value, voff)
                 .map_err(|e| Error::io(format!("read {}", where_()), e))?;
-            if n < value.len() || crc32c::crc32c(&value) != c.header.value_crc {
+            if n < value.len() || crate::segment::value_crc(&value) != c.header.value_crc {
                 return Err(Error::corrupt(
                     format!("{} @ {}", where_(), c.offset),
                     "value changed under compaction",
