@@ -210,6 +210,40 @@ impl BlockCache {
         self.shared.inner.lock().dirty_since
     }
 
+    /// The cached copy of `block`, if any, without asking the store (a hit when there is one).
+    pub fn cached(&self, block: BlockId) -> Option<Bytes> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        let data = inner.blocks.get(&block)?.data.clone();
+        inner.hits += 1;
+        s.counters.cache_hit();
+        s.touch(&mut inner, block);
+        Some(data)
+    }
+
+    /// Counts a read of a block the cache did not hold, fetched by someone else.
+    pub fn note_miss(&self) {
+        self.shared.inner.lock().misses += 1;
+        self.shared.counters.cache_miss();
+    }
+
+    /// Keeps `data`, just read from the Store by someone else, as the clean copy of `block`.
+    /// The caller vouches that it is the block's current content. A copy already cached is
+    /// kept (it is at least as new), and the block is only kept if clean blocks can make room.
+    pub fn install(&self, block: BlockId, data: Bytes) -> Result<()> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        if inner.blocks.contains_key(&block) {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        s.make_room(&mut inner, len, None, true)?;
+        if inner.bytes + len <= s.capacity {
+            s.insert(&mut inner, block, data, false);
+        }
+        Ok(())
+    }
+
     /// True if `block` is in the cache with data the Store has not seen.
     pub fn is_dirty(&self, block: BlockId) -> bool {
         self.shared
