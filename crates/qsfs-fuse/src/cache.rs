@@ -58,6 +58,9 @@ struct Inner {
     /// Blocks a read-ahead loader is fetching: the other loader and new read-ahead requests
     /// leave them alone instead of reading them twice.
     loading: std::collections::HashSet<BlockId>,
+    /// Blocks written while a loader was fetching them: what it fetched may be older than
+    /// the write, which may have left the cache (stored, then evicted) by the time it lands.
+    spoiled: std::collections::HashSet<BlockId>,
     /// Bumped by every discard, so read-ahead never re-inserts a block loaded before it.
     epoch: u64,
     /// When the oldest unflushed write happened.
@@ -367,9 +370,13 @@ fn read_ahead_loop(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<(BlockId, u64)>>>
         let got = shared.store.get(&shared.ns, &pair_key(id.inode, id.index));
         let mut inner = shared.inner.lock();
         inner.loading.remove(&id);
+        let spoiled = inner.spoiled.remove(&id);
         let Ok(Some(entry)) = got else {
             continue;
         };
+        if spoiled {
+            continue;
+        }
         if inner.epoch != epoch || inner.blocks.contains_key(&id) {
             continue;
         }
@@ -457,6 +464,9 @@ impl Shared {
 
     fn insert_as(&self, inner: &mut Inner, id: BlockId, data: Bytes, dirty: bool, whole: bool) {
         let whole = dirty && whole;
+        if dirty && inner.loading.contains(&id) {
+            inner.spoiled.insert(id);
+        }
         inner.tick += 1;
         let tick = inner.tick;
         let len = data.len() as u64;
