@@ -12,6 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use qsfs_core::{BlockId, Store};
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{errno, FsError};
@@ -138,6 +139,7 @@ pub struct Fetches {
     store: Arc<dyn Store>,
     ns: String,
     pending: Mutex<HashMap<(BlockId, u64), Arc<Pending>>>,
+    shared: AtomicU64,
 }
 
 impl std::fmt::Debug for Fetches {
@@ -155,7 +157,13 @@ impl Fetches {
             store,
             ns: ns.to_string(),
             pending: Mutex::new(HashMap::new()),
+            shared: AtomicU64::new(0),
         }
+    }
+
+    /// Gets so far that waited for a fetch already under way instead of reading the store.
+    pub fn shared(&self) -> u64 {
+        self.shared.load(Ordering::Relaxed)
     }
 
     /// The stored bytes of `block`, as a read planned at data generation `gen` needs them. A
@@ -175,6 +183,7 @@ impl Fetches {
             }
         };
         if !leader {
+            self.shared.fetch_add(1, Ordering::Relaxed);
             let mut result = pending.result.lock();
             loop {
                 if let Some(r) = result.as_ref() {

@@ -31,6 +31,8 @@ struct Gated {
     opened: Condvar,
     /// Block reads waiting at the gate now.
     waiting: AtomicUsize,
+    /// Block reads of the gated inode so far.
+    asked: AtomicUsize,
     delay: Duration,
 }
 
@@ -43,6 +45,7 @@ impl Gated {
             closed: Mutex::new(false),
             opened: Condvar::new(),
             waiting: AtomicUsize::new(0),
+            asked: AtomicUsize::new(0),
             delay,
         })
     }
@@ -78,6 +81,7 @@ impl Store for Gated {
         if ns == self.block_ns {
             let ino = self.gated.load(Ordering::SeqCst);
             if ino != 0 && key.len() == 16 && key[..8] == ino.to_be_bytes() {
+                self.asked.fetch_add(1, Ordering::SeqCst);
                 let mut closed = self.closed.lock().unwrap();
                 self.waiting.fetch_add(1, Ordering::SeqCst);
                 while *closed {
@@ -514,4 +518,45 @@ fn read_ahead_never_caches_a_block_rewritten_during_its_load() {
         );
     }
     assert!(cache.read(x).unwrap().unwrap()[..] == new[..]);
+}
+
+#[test]
+fn concurrent_fetches_of_a_block_share_one_store_read() {
+    use qsfs_core::BlockId;
+    use qsfs_fuse::fetch::Fetches;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gated::new(common::open_engine(dir.path()), Duration::ZERO);
+    let ns = gate.block_ns.clone();
+    gate.namespace_create(&ns).unwrap();
+    let ino = 9u64;
+    let data = pattern(5, 4096);
+    gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino, 3)), &data)
+        .unwrap();
+    let fetches = Arc::new(Fetches::new(gate.clone(), &ns));
+    let block = BlockId {
+        inode: ino,
+        index: 3,
+    };
+    let get = |gen: u64| {
+        let f = fetches.clone();
+        std::thread::spawn(move || f.get(block, gen).unwrap().unwrap())
+    };
+    gate.close(ino);
+    let first = get(1);
+    wait_for("the first fetch", || {
+        gate.waiting.load(Ordering::SeqCst) == 1
+    });
+    let second = get(1);
+    wait_for("the second reader to join", || fetches.shared() == 1);
+    // A later generation may need newer bytes than the fetch under way: it reads anew.
+    let newer = get(2);
+    wait_for("the fetch of the newer generation", || {
+        gate.waiting.load(Ordering::SeqCst) == 2
+    });
+    gate.open();
+    for t in [first, second, newer] {
+        assert!(t.join().unwrap()[..] == data[..]);
+    }
+    assert_eq!(gate.asked.load(Ordering::SeqCst), 2);
 }
