@@ -43,6 +43,12 @@ pub struct Args {
     /// Seconds between background compactions of the filesystem's namespaces.
     #[arg(long, default_value_t = 60)]
     pub compact_every: u64,
+    /// Threads serving reads that must wait for the store (blocks not in the cache: a slow
+    /// remote store, a cold-tier fetch), so such a read holds up no other request; one file
+    /// uses at most half of them. 0 serves those reads on the request thread, which holds up
+    /// the whole mount while the store answers.
+    #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS)]
+    pub threads: usize,
     /// Take over a mount lock held by another host.
     #[arg(long)]
     pub force: bool,
@@ -63,8 +69,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("not a size: {s:?} (use e.g. 512M)"))
 }
 
-pub fn mount_options(opts: &[String]) -> anyhow::Result<MountOptions> {
-    let mut m = MountOptions::default();
+/// The mount options of `-o` and `--threads`.
+pub fn mount_options(opts: &[String], threads: usize) -> anyhow::Result<MountOptions> {
+    let mut m = MountOptions {
+        threads,
+        ..MountOptions::default()
+    };
     for o in opts.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
         match o {
             "allow_other" => m.allow_other = true,
@@ -96,7 +106,7 @@ fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let signals = fsmount::block_stop_signals()?;
 
-    let options = mount_options(&args.options)?;
+    let options = mount_options(&args.options, args.threads)?;
     if args.block_size == 0 || args.block_size > qsfs_core::MAX_VALUE_LEN as u64 {
         bail!(
             "--block-size must be between 1 and {} bytes",
@@ -135,7 +145,7 @@ mod tests {
 
     #[test]
     fn unknown_mount_options_are_errors() {
-        assert!(mount_options(&["allow_other".into(), "ro".into()]).is_ok());
-        assert!(mount_options(&["size=10G".into()]).is_err());
+        assert!(mount_options(&["allow_other".into(), "ro".into()], 4).is_ok());
+        assert!(mount_options(&["size=10G".into()], 4).is_err());
     }
 }

@@ -54,6 +54,9 @@ pub struct Args {
     /// for a while, and to measure what offload costs.
     #[arg(long)]
     pub no_offload: bool,
+    /// Threads serving reads that wait for the store, as `qsfs mount --threads`.
+    #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS)]
+    pub threads: usize,
 }
 
 /// Seconds between background compactions of the filesystem's namespaces.
@@ -62,7 +65,7 @@ const COMPACT_EVERY: Duration = Duration::from_secs(60);
 /// Runs `qsfs up`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let signals = fsmount::block_stop_signals()?;
-    let options = crate::mount::mount_options(&args.options)?;
+    let options = crate::mount::mount_options(&args.options, args.threads)?;
     let root = Root::resolve(args.root.clone());
     std::fs::create_dir_all(&root.dir)
         .with_context(|| format!("creating {}", root.dir.display()))?;

@@ -58,6 +58,9 @@ struct Inner {
     /// Blocks a read-ahead loader is fetching: the other loader and new read-ahead requests
     /// leave them alone instead of reading them twice.
     loading: std::collections::HashSet<BlockId>,
+    /// Blocks written while a loader was fetching them: what it fetched may be older than
+    /// the write, which may have left the cache (stored, then evicted) by the time it lands.
+    spoiled: std::collections::HashSet<BlockId>,
     /// Bumped by every discard, so read-ahead never re-inserts a block loaded before it.
     epoch: u64,
     /// When the oldest unflushed write happened.
@@ -210,6 +213,40 @@ impl BlockCache {
         self.shared.inner.lock().dirty_since
     }
 
+    /// The cached copy of `block`, if any, without asking the store (a hit when there is one).
+    pub fn cached(&self, block: BlockId) -> Option<Bytes> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        let data = inner.blocks.get(&block)?.data.clone();
+        inner.hits += 1;
+        s.counters.cache_hit();
+        s.touch(&mut inner, block);
+        Some(data)
+    }
+
+    /// Counts a read of a block the cache did not hold, fetched by someone else.
+    pub fn note_miss(&self) {
+        self.shared.inner.lock().misses += 1;
+        self.shared.counters.cache_miss();
+    }
+
+    /// Keeps `data`, just read from the Store by someone else, as the clean copy of `block`.
+    /// The caller vouches that it is the block's current content. A copy already cached is
+    /// kept (it is at least as new), and the block is only kept if clean blocks can make room.
+    pub fn install(&self, block: BlockId, data: Bytes) -> Result<()> {
+        let s = &self.shared;
+        let mut inner = s.inner.lock();
+        if inner.blocks.contains_key(&block) {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        s.make_room(&mut inner, len, None, true)?;
+        if inner.bytes + len <= s.capacity {
+            s.insert(&mut inner, block, data, false);
+        }
+        Ok(())
+    }
+
     /// True if `block` is in the cache with data the Store has not seen.
     pub fn is_dirty(&self, block: BlockId) -> bool {
         self.shared
@@ -333,9 +370,13 @@ fn read_ahead_loop(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<(BlockId, u64)>>>
         let got = shared.store.get(&shared.ns, &pair_key(id.inode, id.index));
         let mut inner = shared.inner.lock();
         inner.loading.remove(&id);
+        let spoiled = inner.spoiled.remove(&id);
         let Ok(Some(entry)) = got else {
             continue;
         };
+        if spoiled {
+            continue;
+        }
         if inner.epoch != epoch || inner.blocks.contains_key(&id) {
             continue;
         }
@@ -423,6 +464,9 @@ impl Shared {
 
     fn insert_as(&self, inner: &mut Inner, id: BlockId, data: Bytes, dirty: bool, whole: bool) {
         let whole = dirty && whole;
+        if dirty && inner.loading.contains(&id) {
+            inner.spoiled.insert(id);
+        }
         inner.tick += 1;
         let tick = inner.tick;
         let len = data.len() as u64;

@@ -8,6 +8,7 @@
 //! state of each object plus, at worst, unreferenced garbage, never a name pointing at an inode
 //! that is not there.
 
+use bytes::Bytes;
 use qsfs_core::{BlockId, Cache, Store};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -146,11 +147,95 @@ pub struct SetAttr {
     pub ctime: Option<Time>,
 }
 
+/// Where the bytes of one block of a planned read come from.
+#[derive(Debug)]
+enum Source {
+    Cached(Bytes),
+    Hole,
+    Fetch,
+}
+
+#[derive(Debug)]
+struct Piece {
+    index: u64,
+    within: usize,
+    len: usize,
+    source: Source,
+}
+
+/// A read that needs blocks from the Store, made by [`Fs::plan_read`] under the filesystem
+/// lock and completed by [`Fs::finish_read`] once they are fetched.
+#[derive(Debug)]
+pub struct ReadPlan {
+    ino: u64,
+    gen: u64,
+    pieces: Vec<Piece>,
+}
+
+impl ReadPlan {
+    /// The file read.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    /// The file's data generation the plan was made at: fetches of the same block at the
+    /// same generation read the same bytes, so they may be shared.
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+
+    /// The blocks to fetch from the Store, in order.
+    pub fn missing(&self) -> impl Iterator<Item = BlockId> + '_ {
+        self.pieces
+            .iter()
+            .filter(|p| matches!(p.source, Source::Fetch))
+            .map(|p| BlockId {
+                inode: self.ino,
+                index: p.index,
+            })
+    }
+
+    /// The bytes read, with `fetched` answering [`ReadPlan::missing`] in order. Holes, blocks
+    /// the store does not have and the parts past a short block's end read as zeros.
+    fn assemble(&self, fetched: &[Option<Bytes>]) -> Vec<u8> {
+        let total = self.pieces.iter().map(|p| p.len).sum();
+        let mut out = Vec::with_capacity(total);
+        let mut fetched = fetched.iter();
+        for p in &self.pieces {
+            let block = match &p.source {
+                Source::Cached(b) => Some(b),
+                Source::Hole => None,
+                Source::Fetch => fetched.next().and_then(Option::as_ref),
+            };
+            let avail = block.map_or(0, |b| b.len().saturating_sub(p.within).min(p.len));
+            if let Some(b) = block.filter(|_| avail > 0) {
+                out.extend_from_slice(&b[p.within..p.within + avail]);
+            }
+            out.resize(out.len() + (p.len - avail), 0);
+        }
+        out
+    }
+}
+
+/// How [`Fs::plan_read`] found a read.
+#[derive(Debug)]
+pub enum ReadStart {
+    /// Answered from the cache.
+    Done(Vec<u8>),
+    /// Blocks must come from the Store first.
+    Fetch(ReadPlan),
+}
+
 struct Node {
     inode: Inode,
     dirty: bool,
     lookups: u64,
     opens: u32,
+    /// The value of `Fs::data_seq` when this file's data or size last changed (or when the node
+    /// was loaded: a reloaded node may have changed while it was out of memory). A read that
+    /// fetched blocks with the lock released uses them only if this is still what it planned
+    /// with.
+    data_gen: u64,
 }
 
 struct Handle {
@@ -193,6 +278,8 @@ pub struct Fs {
     session: u64,
     locked: bool,
     kernel_writeback: bool,
+    /// Counts changes of file data (write, truncate, fallocate, freeing); see `Node::data_gen`.
+    data_seq: u64,
 }
 
 impl std::fmt::Debug for Fs {
@@ -296,6 +383,7 @@ impl Fs {
             session,
             locked: false,
             kernel_writeback: false,
+            data_seq: 0,
         };
         let crashed = fs.take_lock()?;
         let replayed = journal::replay(&*fs.store, &fs.ns)?;
@@ -509,6 +597,7 @@ impl Fs {
                     dirty: false,
                     lookups: 0,
                     opens: 0,
+                    data_gen: self.data_seq,
                 },
             );
         }
@@ -749,6 +838,7 @@ impl Fs {
             {
                 {
                     self.free_queue.push(ino);
+                    self.data_changed(ino);
                     let _ = self.cache.discard(ino, 0, None);
                     self.mark_meta();
                 }
@@ -793,6 +883,7 @@ impl Fs {
                 dirty: true,
                 lookups: 1,
                 opens: 0,
+                data_gen: self.data_seq,
             },
         );
         self.mark_meta();
@@ -1269,6 +1360,7 @@ impl Fs {
         if end > MAX_FILE_SIZE {
             return errno(libc::EFBIG);
         }
+        self.data_changed(ino);
         let mut pos = offset;
         let mut rest = data;
         while !rest.is_empty() {
@@ -1322,6 +1414,96 @@ impl Fs {
             out.resize(out.len() + (n - avail), 0);
             pos += n as u64;
         }
+        self.note_read(ino, fh, offset, end);
+        Ok(out)
+    }
+
+    /// Starts a read of up to `size` bytes at `offset` without waiting on the Store: the
+    /// answer when every block it covers is cached (or a hole), else a [`ReadPlan`] naming the
+    /// blocks to fetch. The fetch runs without the filesystem lock; [`Fs::finish_read`] then
+    /// completes the read. Same results as [`Fs::read`].
+    pub fn plan_read(&mut self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<ReadStart> {
+        let inode = self.inode(ino)?;
+        if inode.kind == Kind::Dir {
+            return errno(libc::EISDIR);
+        }
+        let file_size = inode.size;
+        if offset >= file_size {
+            return Ok(ReadStart::Done(Vec::new()));
+        }
+        let end = file_size.min(offset + u64::from(size));
+        let mut pieces = Vec::new();
+        let mut fetches = 0;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / self.bs;
+            let within = (pos % self.bs) as usize;
+            let len = ((end - pos) as usize).min(self.bs as usize - within);
+            let source = match self.cache.cached(BlockId { inode: ino, index }) {
+                Some(b) => Source::Cached(b),
+                None if self.maybe_stored(ino, index)? => {
+                    fetches += 1;
+                    Source::Fetch
+                }
+                None => Source::Hole,
+            };
+            pieces.push(Piece {
+                index,
+                within,
+                len,
+                source,
+            });
+            pos += len as u64;
+        }
+        self.note_read(ino, fh, offset, end);
+        let plan = ReadPlan {
+            ino,
+            gen: self.node(ino)?.data_gen,
+            pieces,
+        };
+        if fetches == 0 {
+            return Ok(ReadStart::Done(plan.assemble(&[])));
+        }
+        for _ in 0..fetches {
+            self.cache.note_miss();
+        }
+        Ok(ReadStart::Fetch(plan))
+    }
+
+    /// Completes a planned read with `fetched`, the store's answers for
+    /// [`ReadPlan::missing`] in order. `None` if the file's data changed since the plan (the
+    /// fetched blocks may be stale): nothing is cached then and the caller plans again.
+    pub fn finish_read(
+        &mut self,
+        plan: &ReadPlan,
+        fetched: &[Option<Bytes>],
+    ) -> FsResult<Option<Vec<u8>>> {
+        if self.node(plan.ino)?.data_gen != plan.gen {
+            return Ok(None);
+        }
+        for (id, data) in plan.missing().zip(fetched) {
+            if let Some(data) = data {
+                self.cache.install(id, data.clone())?;
+            }
+        }
+        Ok(Some(plan.assemble(fetched)))
+    }
+
+    /// False only if block `index` of `ino` is certainly a hole, judged without asking the
+    /// store: the block maps already in memory and the inode's list of chunks.
+    fn maybe_stored(&mut self, ino: u64, index: u64) -> FsResult<bool> {
+        let chunk_no = index / CHUNK_BLOCKS;
+        if let Some(c) = self.chunks.get(&(ino, chunk_no)) {
+            return Ok(c.value.get(index % CHUNK_BLOCKS));
+        }
+        Ok(match &self.inode(ino)?.body {
+            Body::File { chunks, .. } => chunks.contains(&chunk_no),
+            _ => true,
+        })
+    }
+
+    /// Follows a handle's reads: a sequential reader gets the next blocks read ahead.
+    fn note_read(&mut self, ino: u64, fh: u64, offset: u64, end: u64) {
         if let Some(h) = self.handles.get_mut(&fh) {
             if h.next_read == offset && offset > 0 {
                 let next = end.div_ceil(self.bs);
@@ -1329,7 +1511,14 @@ impl Fs {
             }
             h.next_read = end;
         }
-        Ok(out)
+    }
+
+    /// Records a change of `ino`'s data or size: reads fetching its blocks meanwhile start over.
+    fn data_changed(&mut self, ino: u64) {
+        self.data_seq += 1;
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.data_gen = self.data_seq;
+        }
     }
 
     /// Copies up to `len` bytes (at most 16 MiB per call) from `ino_in` at `off_in` to `ino_out`
@@ -1366,6 +1555,7 @@ impl Fs {
             return errno(libc::EFBIG);
         }
         let chunks = self.file_chunks(ino)?;
+        self.data_changed(ino);
         let old = self.inode(ino)?.size;
         if new_size < old {
             let keep_blocks = new_size.div_ceil(self.bs);
@@ -1514,6 +1704,7 @@ impl Fs {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::Errno(libc::EFBIG))?;
         self.file_chunks(ino)?;
+        self.data_changed(ino);
         let size = self.inode(ino)?.size;
         let mut gone = Vec::new();
         if punch || zero {
@@ -1897,6 +2088,7 @@ impl Fs {
 
     /// Deletes everything `ino` owns: blocks, block maps, xattrs, the inode, its orphan record.
     fn free_inode(&mut self, ino: u64) -> FsResult<()> {
+        self.data_changed(ino);
         let inode = match self.nodes.get(&ino) {
             Some(n) => Some(n.inode.clone()),
             None => match self.store.get(&self.ns.inode, &ino_key(ino))? {

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{errno, FsResult};
-use crate::fs::{Attr, Fs, SetAttr};
+use crate::error::{errno, FsError, FsResult};
+use crate::fetch::{Fetches, ReadPool, DEFAULT_READ_THREADS};
+use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
 use crate::layout::{Kind, Time};
 use crate::stats::{FsStats, Op};
 
@@ -26,6 +27,25 @@ const TTL: Duration = Duration::from_secs(1);
 /// setuid/setgid/capabilities on write, truncate and chown, and the kernel marks the
 /// superblock `SB_NOSEC` so that a write need not look up `security.capability` first.
 const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+/// Background requests (read-ahead, write-back) the kernel may have outstanding (its default
+/// is 12). Reads waiting on a slow fetch occupy them; with the default, one cold file's
+/// read-ahead window could stall the read-ahead and write-back of every other file.
+const MAX_BACKGROUND: u16 = 64;
+/// Times a read fetches again because its file changed meanwhile, before it reads with the
+/// lock held.
+const READ_ATTEMPTS: usize = 4;
+
+macro_rules! reply_or_err {
+    ($reply:expr, $res:expr, |$v:ident| $ok:expr) => {
+        match $res {
+            Ok($v) => $ok,
+            Err(e) => {
+                tracing::debug!(error = %e, "operation failed");
+                $reply.error(errno(&e))
+            }
+        }
+    };
+}
 
 /// A shared handle on a mounted [`Fs`], usable while the mount runs.
 #[derive(Clone)]
@@ -63,12 +83,102 @@ pub struct QsfsFuse {
     killpriv: bool,
     /// Run on the first request after init, when the kernel has applied the init reply.
     after_init: Option<Box<dyn FnOnce() + Send>>,
+    /// Workers serving reads that must fetch blocks; `None`: they run on the session thread.
+    pool: Option<ReadPool>,
+    reader: Reader,
+}
+
+/// What a pool worker needs to finish a read.
+#[derive(Clone)]
+struct Reader {
+    handle: FsHandle,
+    fetches: Arc<Fetches>,
+    stats: Arc<FsStats>,
+}
+
+/// A read's position, as the kernel asked it.
+#[derive(Clone, Copy)]
+struct ReadAt {
+    ino: u64,
+    fh: u64,
+    offset: u64,
+    size: u32,
+}
+
+/// Runs `f`; a bug that panics fails the request with EIO instead of taking the mount down.
+fn guarded<T>(fs: &mut Fs, f: impl FnOnce(&mut Fs) -> FsResult<T>) -> FsResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(fs))) {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!("a filesystem operation panicked; answering EIO");
+            Err(FsError::Errno(libc::EIO))
+        }
+    }
+}
+
+/// Counts one operation of family `op` and whether it failed.
+fn count<T>(stats: &FsStats, op: Op, r: FsResult<T>) -> FsResult<T> {
+    stats.op(op);
+    if let Err(e) = &r {
+        // A name or attribute that does not exist is an answer, not a failure: shells and
+        // editors probe for them all the time.
+        let n = errno(e);
+        if n != libc::ENOENT && n != libc::ENODATA {
+            stats.error();
+        }
+    }
+    r
+}
+
+impl Reader {
+    /// Fetches what `plan` needs with the filesystem unlocked, then answers.
+    fn finish(&self, plan: ReadPlan, at: ReadAt, reply: ReplyData) {
+        let r = count(&self.stats, Op::Read, self.complete(plan, at));
+        reply_or_err!(reply, r, |d| {
+            self.stats.read_bytes(d.len() as u64);
+            reply.data(&d)
+        });
+    }
+
+    fn complete(&self, mut plan: ReadPlan, at: ReadAt) -> FsResult<Vec<u8>> {
+        for _ in 0..READ_ATTEMPTS {
+            let gen = plan.generation();
+            let fetched = plan
+                .missing()
+                .map(|id| self.fetches.get(id, gen))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(FsError::Errno)?;
+            let mut fs = self.handle.fs.lock();
+            if let Some(d) = guarded(&mut fs, |fs| fs.finish_read(&plan, &fetched))? {
+                return Ok(d);
+            }
+            // Written, truncated or freed meanwhile: what was fetched may be stale.
+            match guarded(&mut fs, |fs| {
+                fs.plan_read(at.ino, at.fh, at.offset, at.size)
+            })? {
+                ReadStart::Done(d) => return Ok(d),
+                ReadStart::Fetch(p) => plan = p,
+            }
+        }
+        // Changed under every attempt (a busy writer): read with the lock held.
+        guarded(&mut self.handle.fs.lock(), |fs| {
+            fs.read(at.ino, at.fh, at.offset, at.size)
+        })
+    }
 }
 
 impl QsfsFuse {
-    /// Wraps `fs` and starts its flush timer.
+    /// Wraps `fs` and starts its flush timer and [`DEFAULT_READ_THREADS`] read threads.
     pub fn new(fs: Fs) -> Self {
+        Self::with_threads(fs, DEFAULT_READ_THREADS)
+    }
+
+    /// Wraps `fs` and starts its flush timer and `threads` threads serving the reads that must
+    /// fetch blocks from the Store (0: they run on the session thread, holding up every other
+    /// request while the store answers).
+    pub fn with_threads(fs: Fs, threads: usize) -> Self {
         let stats = fs.stats();
+        let fetches = Arc::new(Fetches::new(fs.store().clone(), &fs.namespaces().block));
         let handle = FsHandle {
             fs: Arc::new(Mutex::new(fs)),
             crashed: Arc::new(AtomicBool::new(false)),
@@ -103,6 +213,12 @@ impl QsfsFuse {
             })
             .ok();
         QsfsFuse {
+            reader: Reader {
+                handle: handle.clone(),
+                fetches,
+                stats: stats.clone(),
+            },
+            pool: ReadPool::new(threads),
             handle,
             stats,
             timer,
@@ -135,14 +251,7 @@ impl QsfsFuse {
     /// Runs one operation. A bug that panics fails that request with EIO instead of taking the
     /// whole mount down.
     fn call<T>(&self, op: Op, f: impl FnOnce(&mut Fs) -> FsResult<T>) -> FsResult<T> {
-        let mut fs = self.fs();
-        let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut fs))) {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::error!("a filesystem operation panicked; answering EIO");
-                Err(crate::error::FsError::Errno(libc::EIO))
-            }
-        };
+        let r = guarded(&mut self.fs(), f);
         self.counted(op, r)
     }
 
@@ -159,16 +268,7 @@ impl QsfsFuse {
 
     /// Counts one operation of family `op` and whether it failed.
     fn counted<T>(&self, op: Op, r: FsResult<T>) -> FsResult<T> {
-        self.stats.op(op);
-        if let Err(e) = &r {
-            // A name or attribute that does not exist is an answer, not a failure: shells and
-            // editors probe for them all the time.
-            let n = errno(e);
-            if n != libc::ENOENT && n != libc::ENODATA {
-                self.stats.error();
-            }
-        }
-        r
+        count(&self.stats, op, r)
     }
 }
 
@@ -212,18 +312,6 @@ fn time_of(t: TimeOrNow) -> Option<Time> {
     }
 }
 
-macro_rules! reply_or_err {
-    ($reply:expr, $res:expr, |$v:ident| $ok:expr) => {
-        match $res {
-            Ok($v) => $ok,
-            Err(e) => {
-                tracing::debug!(error = %e, "operation failed");
-                $reply.error(errno(&e))
-            }
-        }
-    };
-}
-
 fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
     reply_or_err!(reply, r, |a| reply.entry(&TTL, &fuse_attr(&a), 0));
 }
@@ -240,6 +328,10 @@ impl Filesystem for QsfsFuse {
         let _ = config.add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
         self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
         self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
+        if self.pool.is_some() {
+            let _ = config.set_max_background(MAX_BACKGROUND);
+            let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        }
         let writeback = self.writeback;
         self.fs().set_kernel_writeback(writeback);
         Ok(())
@@ -460,14 +552,33 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        reply_or_err!(
-            reply,
-            self.call(Op::Read, |fs| fs.read(ino, fh, offset as u64, size)),
-            |d| {
-                self.stats.read_bytes(d.len() as u64);
-                reply.data(&d)
+        let at = ReadAt {
+            ino,
+            fh,
+            offset: offset as u64,
+            size,
+        };
+        // A read the cache answers stays here; one that must wait for the store goes to a
+        // worker, so the session thread serves other requests meanwhile.
+        let r = match &self.pool {
+            Some(pool) => {
+                let planned = guarded(&mut self.fs(), |fs| fs.plan_read(ino, fh, at.offset, size));
+                match planned {
+                    Ok(ReadStart::Done(d)) => Ok(d),
+                    Ok(ReadStart::Fetch(plan)) => {
+                        let reader = self.reader.clone();
+                        pool.submit(ino, Box::new(move || reader.finish(plan, at, reply)));
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
             }
-        );
+            None => guarded(&mut self.fs(), |fs| fs.read(ino, fh, at.offset, size)),
+        };
+        reply_or_err!(reply, self.counted(Op::Read, r), |d| {
+            self.stats.read_bytes(d.len() as u64);
+            reply.data(&d)
+        });
     }
 
     fn write(

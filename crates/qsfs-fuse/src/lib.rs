@@ -25,6 +25,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod fetch;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;

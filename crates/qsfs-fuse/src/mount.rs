@@ -8,14 +8,27 @@ use std::thread::JoinHandle;
 use crate::fs::Fs;
 use crate::fuse::{FsHandle, QsfsFuse};
 
-/// Kernel-side options of a mount.
-#[derive(Debug, Clone, Default)]
+/// Options of a mount.
+#[derive(Debug, Clone)]
 pub struct MountOptions {
     /// Let other users than the mounting one use the mount (`-o allow_other`). Permissions are
     /// still enforced by the kernel (`default_permissions` is always on).
     pub allow_other: bool,
     /// Mount read-only.
     pub read_only: bool,
+    /// Threads serving reads that must fetch blocks from the Store, so a slow fetch holds up
+    /// no other request (0: such reads run on the request thread and hold up the mount).
+    pub threads: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: false,
+            read_only: false,
+            threads: crate::fetch::DEFAULT_READ_THREADS,
+        }
+    }
 }
 
 impl MountOptions {
@@ -57,7 +70,7 @@ impl std::fmt::Debug for Mount {
 
 /// Mounts `fs` on `mountpoint` and serves it from a background thread.
 pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
-    let mut fuse = QsfsFuse::new(fs);
+    let mut fuse = QsfsFuse::with_threads(fs, options.threads);
     let handle = fuse.handle();
     // Resolved before mounting: afterwards the path leads into the mount, which nobody serves
     // until the request loop starts.

@@ -723,7 +723,7 @@ fn statfs_is_sane_and_tracks_usage() {
 fn permissions_for_other_users_and_sticky_dirs() {
     let f = Fixture::with(qsfs_fuse::MountOptions {
         allow_other: true,
-        read_only: false,
+        ..Default::default()
     });
     fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(f.p("secret"), b"s").unwrap();

@@ -1,0 +1,562 @@
+//! Reads that must fetch blocks from the Store run off the request thread: a fetch that
+//! stalls holds up nothing else of the mount, and reads racing with changes of the same file
+//! never return (or cache) stale data.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use qsfs_core::{
+    Credential, Cursor, Entry, KeyMeta, NamespaceInfo, NamespaceProperty, Result, ScanOrder,
+    ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+};
+use qsfs_fuse::layout::Namespaces;
+use qsfs_fuse::{mount, Fs, FsConfig, MountOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Passes every call through, except that `get`s of the blocks of one inode answer only once
+/// the gate is open, and block `get`s take `delay` (to widen race windows, never to measure).
+struct Gated {
+    inner: Arc<dyn Store>,
+    block_ns: String,
+    /// The inode whose block reads wait at the gate; 0 for none.
+    gated: AtomicU64,
+    closed: Mutex<bool>,
+    opened: Condvar,
+    /// Block reads waiting at the gate now.
+    waiting: AtomicUsize,
+    /// Block reads of the gated inode so far.
+    asked: AtomicUsize,
+    delay: Duration,
+}
+
+impl Gated {
+    fn new(inner: Arc<dyn Store>, delay: Duration) -> Arc<Gated> {
+        Arc::new(Gated {
+            inner,
+            block_ns: Namespaces::new(&common::config().prefix).block,
+            gated: AtomicU64::new(0),
+            closed: Mutex::new(false),
+            opened: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            asked: AtomicUsize::new(0),
+            delay,
+        })
+    }
+
+    fn close(&self, ino: u64) {
+        self.gated.store(ino, Ordering::SeqCst);
+        *self.closed.lock().unwrap() = true;
+    }
+
+    fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.opened.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.lock().unwrap()
+    }
+}
+
+impl Store for Gated {
+    fn set_at(
+        &self,
+        ns: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        t: Option<Timestamp>,
+    ) -> Result<SetOutcome> {
+        self.inner.set_at(ns, key, value, t)
+    }
+    fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
+        // Read first, answer late: the caller gets the bytes as they were when it asked.
+        let got = self.inner.get(ns, key);
+        if ns == self.block_ns {
+            let ino = self.gated.load(Ordering::SeqCst);
+            if ino != 0 && key.len() == 16 && key[..8] == ino.to_be_bytes() {
+                self.asked.fetch_add(1, Ordering::SeqCst);
+                let mut closed = self.closed.lock().unwrap();
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                while *closed {
+                    closed = self.opened.wait(closed).unwrap();
+                }
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+        }
+        got
+    }
+    fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
+        self.inner.delete_at(ns, key, t)
+    }
+    fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
+        self.inner.meta(ns, key)
+    }
+    fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
+        self.inner.check(ns, key)
+    }
+    fn scan(
+        &self,
+        ns: &str,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        order: ScanOrder,
+    ) -> Result<ScanPage> {
+        self.inner.scan(ns, cursor, limit, order)
+    }
+    fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
+        self.inner.cursor_after(ns, key)
+    }
+    fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
+        self.inner.history(ns, key, at)
+    }
+    fn namespace_create(&self, name: &str) -> Result<()> {
+        self.inner.namespace_create(name)
+    }
+    fn namespace_delete(&self, name: &str) -> Result<()> {
+        self.inner.namespace_delete(name)
+    }
+    fn namespace_list(&self) -> Result<Vec<String>> {
+        self.inner.namespace_list()
+    }
+    fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
+        self.inner.namespace_info(name)
+    }
+    fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
+        self.inner.namespace_set(name, property)
+    }
+    fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
+        self.inner.namespace_authenticate(name, credential)
+    }
+    fn flush_namespace(&self, name: &str) -> Result<()> {
+        self.inner.flush_namespace(name)
+    }
+    fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+}
+
+/// `len` bytes that differ per file and per position.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// A 4096-aligned buffer of `len` bytes inside `backing`, as O_DIRECT wants.
+fn aligned(backing: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    backing.resize(len + 4096, 0);
+    let off = backing.as_ptr().align_offset(4096);
+    &mut backing[off..off + len]
+}
+
+/// The whole file read with O_DIRECT: from the filesystem, not the kernel's page cache.
+fn read_direct(path: &Path) -> Vec<u8> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, len.next_multiple_of(4096));
+    let mut done = 0;
+    while done < len {
+        let n = f.read_at(&mut buf[done..], done as u64).unwrap();
+        assert!(n > 0, "short file");
+        done += n;
+    }
+    buf[..len].to_vec()
+}
+
+/// Polls `cond` (up to 10 s, a generous bound for something that takes microseconds).
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+#[test]
+fn a_stalled_fetch_holds_up_no_other_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let gate = Gated::new(
+        common::open_engine(&dir.path().join("engine")),
+        Duration::ZERO,
+    );
+    let store: Arc<dyn Store> = gate.clone();
+    let slow = pattern(1, 2 << 20);
+    let cold = pattern(2, 600 << 10);
+    let hot = pattern(3, 300 << 10);
+    {
+        let fs = Fs::open(store.clone(), common::config()).unwrap();
+        let m = mount(fs, &mnt, &MountOptions::default()).unwrap();
+        std::fs::write(mnt.join("slow"), &slow).unwrap();
+        std::fs::write(mnt.join("cold"), &cold).unwrap();
+        std::fs::write(mnt.join("hot"), &hot).unwrap();
+        m.unmount().unwrap();
+    }
+    // A fresh mount: nothing is in its cache.
+    let fs = Fs::open(store.clone(), common::config()).unwrap();
+    let m = mount(fs, &mnt, &MountOptions::default()).unwrap();
+    assert_eq!(read_direct(&mnt.join("hot")), hot);
+    let slow_ino = std::fs::metadata(mnt.join("slow")).unwrap().ino();
+    gate.close(slow_ino);
+    let slow_path = mnt.join("slow");
+    let reader = std::thread::spawn(move || std::fs::read(slow_path).unwrap());
+    wait_for("the read of slow to reach the store", || {
+        gate.waiting.load(Ordering::SeqCst) > 0
+    });
+
+    // Everything else goes on while that fetch is stuck.
+    assert_eq!(
+        std::fs::metadata(mnt.join("slow")).unwrap().len(),
+        slow.len() as u64
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cold", "hot", "slow"]);
+    assert_eq!(read_direct(&mnt.join("hot")), hot, "a cached file");
+    assert_eq!(read_direct(&mnt.join("cold")), cold, "an uncached file");
+    assert_eq!(std::fs::read(mnt.join("cold")).unwrap(), cold);
+    let fresh = pattern(4, 1 << 20);
+    let mut f = std::fs::File::create(mnt.join("fresh")).unwrap();
+    f.write_all(&fresh).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(read_direct(&mnt.join("fresh")), fresh);
+    assert!(gate.is_closed());
+    assert!(
+        gate.waiting.load(Ordering::SeqCst) > 0 && !reader.is_finished(),
+        "the read of slow got its blocks without the gate"
+    );
+
+    gate.open();
+    assert!(reader.join().unwrap() == slow, "slow read back wrong");
+    assert_eq!(read_direct(&mnt.join("slow")), slow);
+    m.unmount().unwrap();
+}
+
+const BS: usize = 4096;
+/// Blocks of the raced file; the last two belong to the truncating thread.
+const BLOCKS: usize = 24;
+const TAIL: usize = BLOCKS - 2;
+const READERS: usize = 3;
+const READS: usize = 1500;
+
+/// What op `seq` on block `b` does: writers punch every fourth op, the tail's owner
+/// truncates the tail away and back every third; every other op writes the block.
+#[derive(PartialEq, Clone, Copy)]
+enum OpKind {
+    Write,
+    Zero,
+}
+
+fn kind(b: usize, seq: u64) -> OpKind {
+    let zero = if b >= TAIL {
+        seq % 3 == 0
+    } else {
+        seq % 4 == 0
+    };
+    if zero {
+        OpKind::Zero
+    } else {
+        OpKind::Write
+    }
+}
+
+fn block_bytes(b: usize, seq: u64) -> Vec<u8> {
+    let word = ((b as u64) << 32 | seq).to_le_bytes();
+    word.iter().copied().cycle().take(BS).collect()
+}
+
+/// Per block: the last op completed and the last op started.
+struct Model {
+    completed: Vec<AtomicU64>,
+    started: Vec<AtomicU64>,
+}
+
+/// Checks what a read of block `b` returned against the ops that may have been its state: from
+/// the last one completed before the read began to the last one started before it ended.
+fn check(b: usize, data: &[u8], from: u64, to: u64) -> std::result::Result<(), String> {
+    let zero_ok = (from..=to).any(|s| kind(b, s) == OpKind::Zero);
+    if data.iter().all(|&x| x == 0) {
+        // Empty (truncated away) or zeros (punched, or truncated and extended).
+        return if zero_ok {
+            Ok(())
+        } else {
+            Err(format!("block {b}: zeros, but ops {from}..={to} all wrote"))
+        };
+    }
+    if data.len() != BS {
+        return Err(format!("block {b}: {} bytes", data.len()));
+    }
+    let word = u64::from_le_bytes(data[..8].try_into().unwrap());
+    if data != block_bytes(b, word & 0xffff_ffff) || (word >> 32) as usize != b {
+        return Err(format!("block {b}: torn or foreign data ({word:#x}…)"));
+    }
+    let seq = word & 0xffff_ffff;
+    if seq < from || seq > to || kind(b, seq) != OpKind::Write {
+        return Err(format!(
+            "block {b}: data of op {seq}, but its state was one of ops {from}..={to}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn reads_racing_overwrites_and_truncates_match_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let gate = Gated::new(
+        common::open_engine(&dir.path().join("engine")),
+        Duration::from_micros(500),
+    );
+    let cfg = FsConfig {
+        block_size: BS as u32,
+        // Smaller than the file: blocks keep leaving the cache and being fetched again.
+        cache_bytes: (BS * BLOCKS / 3) as u64,
+        ..common::config()
+    };
+    let fs = Fs::open(gate.clone(), cfg).unwrap();
+    let m = mount(fs, &mnt, &MountOptions::default()).unwrap();
+    let path = mnt.join("raced");
+    let mut init = Vec::new();
+    for b in 0..BLOCKS {
+        init.extend(block_bytes(b, 1));
+    }
+    std::fs::write(&path, &init).unwrap();
+    let model = Arc::new(Model {
+        completed: (0..BLOCKS).map(|_| AtomicU64::new(1)).collect(),
+        started: (0..BLOCKS).map(|_| AtomicU64::new(1)).collect(),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let open_direct = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+            .unwrap()
+    };
+
+    let mut changers = Vec::new();
+    // Two writers, each owning every other block before the tail.
+    for w in 0..2usize {
+        let (model, stop, f) = (model.clone(), stop.clone(), open_direct(&path));
+        changers.push(std::thread::spawn(move || {
+            let mut backing = Vec::new();
+            let mut seq = 1u64;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                for b in (w..TAIL).step_by(2) {
+                    model.started[b].store(seq, Ordering::SeqCst);
+                    let off = (b * BS) as i64;
+                    if kind(b, seq) == OpKind::Zero {
+                        use nix::fcntl::{fallocate, FallocateFlags as F};
+                        let flags = F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE;
+                        fallocate(f.as_raw_fd(), flags, off, BS as i64).unwrap();
+                    } else {
+                        let buf = aligned(&mut backing, BS);
+                        buf.copy_from_slice(&block_bytes(b, seq));
+                        f.write_all_at(buf, off as u64).unwrap();
+                    }
+                    model.completed[b].store(seq, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    // The tail's owner: rewrites the last two blocks, or truncates them away and back.
+    {
+        let (model, stop, f) = (model.clone(), stop.clone(), open_direct(&path));
+        changers.push(std::thread::spawn(move || {
+            let mut backing = Vec::new();
+            let mut seq = 1u64;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                for b in TAIL..BLOCKS {
+                    model.started[b].store(seq, Ordering::SeqCst);
+                }
+                if kind(TAIL, seq) == OpKind::Zero {
+                    f.set_len((TAIL * BS) as u64).unwrap();
+                    f.set_len((BLOCKS * BS) as u64).unwrap();
+                } else {
+                    for b in TAIL..BLOCKS {
+                        let buf = aligned(&mut backing, BS);
+                        buf.copy_from_slice(&block_bytes(b, seq));
+                        f.write_all_at(buf, (b * BS) as u64).unwrap();
+                    }
+                }
+                for b in TAIL..BLOCKS {
+                    model.completed[b].store(seq, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let (model, f) = (model.clone(), open_direct(&path));
+            std::thread::spawn(move || {
+                let mut backing = Vec::new();
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ r as u64;
+                let mut prev = usize::MAX;
+                let mut errors = Vec::new();
+                for _ in 0..READS {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    // The first reader goes through the file in order, so the filesystem's
+                    // read-ahead loads blocks in the race too.
+                    let b = if r == 0 {
+                        prev.wrapping_add(1) % BLOCKS
+                    } else {
+                        (rng % BLOCKS as u64) as usize
+                    };
+                    prev = b;
+                    let from = model.completed[b].load(Ordering::SeqCst);
+                    let buf = aligned(&mut backing, BS);
+                    let n = f.read_at(buf, (b * BS) as u64).unwrap();
+                    let to = model.started[b].load(Ordering::SeqCst);
+                    if let Err(e) = check(b, &buf[..n], from, to) {
+                        errors.push(e);
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let errors: Vec<String> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    stop.store(true, Ordering::SeqCst);
+    for c in changers {
+        c.join().unwrap();
+    }
+    m.unmount().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} bad reads, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+}
+
+/// A read-ahead load that fetched a block before it was rewritten must not put the old bytes
+/// in the cache, even when the rewrite was stored and left the cache before the load landed.
+#[test]
+fn read_ahead_never_caches_a_block_rewritten_during_its_load() {
+    use bytes::Bytes;
+    use qsfs_core::{BlockId, Cache};
+    use qsfs_fuse::BlockCache;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gated::new(common::open_engine(dir.path()), Duration::ZERO);
+    let ns = gate.block_ns.clone();
+    gate.namespace_create(&ns).unwrap();
+    let (ino, bs) = (7u64, 4096usize);
+    let x = BlockId {
+        inode: ino,
+        index: 0,
+    };
+    let old = vec![1u8; bs];
+    let new = vec![2u8; bs];
+    gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino, 0)), &old)
+        .unwrap();
+    // Room for two blocks.
+    let cache = BlockCache::new(gate.clone(), &ns, bs, 2 * bs as u64);
+    gate.close(ino);
+    cache.read_ahead(ino, 0, 1);
+    wait_for("the load to reach the store", || {
+        gate.waiting.load(Ordering::SeqCst) > 0
+    });
+    cache.write(x, 0, &new).unwrap();
+    cache.flush(None).unwrap();
+    for index in 0..2 {
+        let other = BlockId {
+            inode: ino + 1,
+            index,
+        };
+        cache.install(other, Bytes::from(vec![3u8; bs])).unwrap();
+    }
+    assert!(cache.cached(x).is_none(), "the rewrite left the cache");
+    // A second load queued behind the first (one loader, in order) tells when it is done.
+    gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino + 2, 0)), &old)
+        .unwrap();
+    cache.read_ahead(ino + 2, 0, 1);
+    gate.open();
+    wait_for("the loads to finish", || {
+        cache
+            .cached(BlockId {
+                inode: ino + 2,
+                index: 0,
+            })
+            .is_some()
+    });
+    if let Some(b) = cache.cached(x) {
+        assert!(
+            b[..] == new[..],
+            "read-ahead cached the bytes before the rewrite"
+        );
+    }
+    assert!(cache.read(x).unwrap().unwrap()[..] == new[..]);
+}
+
+#[test]
+fn concurrent_fetches_of_a_block_share_one_store_read() {
+    use qsfs_core::BlockId;
+    use qsfs_fuse::fetch::Fetches;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gated::new(common::open_engine(dir.path()), Duration::ZERO);
+    let ns = gate.block_ns.clone();
+    gate.namespace_create(&ns).unwrap();
+    let ino = 9u64;
+    let data = pattern(5, 4096);
+    gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino, 3)), &data)
+        .unwrap();
+    let fetches = Arc::new(Fetches::new(gate.clone(), &ns));
+    let block = BlockId {
+        inode: ino,
+        index: 3,
+    };
+    let get = |gen: u64| {
+        let f = fetches.clone();
+        std::thread::spawn(move || f.get(block, gen).unwrap().unwrap())
+    };
+    gate.close(ino);
+    let first = get(1);
+    wait_for("the first fetch", || {
+        gate.waiting.load(Ordering::SeqCst) == 1
+    });
+    let second = get(1);
+    wait_for("the second reader to join", || fetches.shared() == 1);
+    // A later generation may need newer bytes than the fetch under way: it reads anew.
+    let newer = get(2);
+    wait_for("the fetch of the newer generation", || {
+        gate.waiting.load(Ordering::SeqCst) == 2
+    });
+    gate.open();
+    for t in [first, second, newer] {
+        assert!(t.join().unwrap()[..] == data[..]);
+    }
+    assert_eq!(gate.asked.load(Ordering::SeqCst), 2);
+}
