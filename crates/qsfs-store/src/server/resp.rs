@@ -1,7 +1,9 @@
 //! RESP2 framing: the request parser and the reply encoder.
 //!
 //! 0-db accepts only arrays of bulk strings. The parser first checks that a whole frame is
-//! buffered (it never allocates for a length it has only been promised), then hands back the
+//! buffered (it never allocates for a length it has only been promised: [`needed`] lets the
+//! server reserve address space for a frame whose bulk length is announced, which is only
+//! touched as the bytes arrive), then hands back the
 //! arguments as zero-copy slices of the read buffer. Malformed input gets the original's error
 //! strings (spec §1.2); the cases the original answers by hanging (a negative length, a bare
 //! `\n` line ending) get an error and a close instead.
@@ -99,17 +101,47 @@ fn header(buf: &[u8], pos: usize) -> Result<Option<(i64, usize)>, FrameError> {
 /// Where one argument lies in the buffer.
 type Span = (usize, usize);
 
+/// What the front of a buffer holds.
+enum Scan {
+    /// A whole frame: the argument spans and the frame length.
+    Complete(Vec<Span>, usize),
+    /// Not all of it yet: the frame needs at least this many bytes in all (the headers read so
+    /// far and every bulk whose length they announced).
+    Partial(usize),
+}
+
 /// Checks whether `buf` starts with a complete frame. `Ok(None)` = wait for more bytes. On
 /// success returns the argument spans and the frame length.
 pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
+    Ok(match scan(buf)? {
+        Scan::Complete(spans, len) => Some((spans, len)),
+        Scan::Partial(_) => None,
+    })
+}
+
+/// The least length the incomplete frame at the front of `buf` is known to need (0 = no frame
+/// started, or the frame is already complete or malformed). Never more than [`MAX_FRAME`]: a
+/// larger announced length is an error, not a need.
+///
+/// The server sizes its read buffer with it once a large bulk's length is announced, so the
+/// value is received straight into the buffer it ends up in instead of being copied at every
+/// growth; the reservation is address space, and memory is only touched as bytes arrive.
+pub fn needed(buf: &[u8]) -> usize {
+    match scan(buf) {
+        Ok(Scan::Partial(n)) => n,
+        _ => 0,
+    }
+}
+
+fn scan(buf: &[u8]) -> Result<Scan, FrameError> {
     let Some(&first) = buf.first() else {
-        return Ok(None);
+        return Ok(Scan::Partial(0));
     };
     if first != b'*' {
         return Err(FrameError::fatal(ERR_ARRAY_EXPECTED));
     }
     let Some((count, mut pos)) = header(buf, 1)? else {
-        return Ok(None);
+        return Ok(Scan::Partial(buf.len()));
     };
     if count <= 0 {
         // `*0`, `*abc` (atoi gives 0) and `*-1`: the original answers this and keeps going.
@@ -126,13 +158,13 @@ pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
     let mut spans = Vec::with_capacity(count.min(16));
     for _ in 0..count {
         if pos >= buf.len() {
-            return Ok(None);
+            return Ok(Scan::Partial(pos));
         }
         if buf[pos] != b'$' {
             return Err(FrameError::fatal(ERR_MALFORMED));
         }
         let Some((len, after)) = header(buf, pos + 1)? else {
-            return Ok(None);
+            return Ok(Scan::Partial(buf.len()));
         };
         if len < 0 {
             return Err(FrameError::fatal(ERR_MALFORMED));
@@ -146,7 +178,7 @@ pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
             return Err(FrameError::fatal(ERR_TOO_BIG));
         }
         if buf.len() < end + 2 {
-            return Ok(None);
+            return Ok(Scan::Partial(end + 2));
         }
         if &buf[end..end + 2] != b"\r\n" {
             return Err(FrameError::fatal(ERR_MALFORMED));
@@ -154,7 +186,7 @@ pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
         spans.push((after, end));
         pos = end + 2;
     }
-    Ok(Some((spans, pos)))
+    Ok(Scan::Complete(spans, pos))
 }
 
 /// Takes one frame off the front of `buf` if a whole one is there.
@@ -484,6 +516,24 @@ mod tests {
         assert!(b.is_empty());
     }
 
+    #[test]
+    fn needed_is_the_announced_frame_and_nothing_for_bad_lengths() {
+        assert_eq!(needed(b""), 0);
+        assert_eq!(needed(b"*2\r\n$3\r\nSET\r\n$10\r\nab"), 18 + 10 + 2);
+        assert_eq!(needed(b"*1\r\n$1\r\nx\r\n"), 0, "complete");
+        assert_eq!(needed(b"*1\r\n$-1\r\n"), 0);
+        assert_eq!(needed(b"*1\r\n$8388609\r\n"), 0);
+        let max = format!("*1\r\n${MAX_BULK}\r\n");
+        assert_eq!(needed(max.as_bytes()), max.len() + MAX_BULK + 2);
+        // One full value plus a second that would take the frame past MAX_FRAME.
+        let over = format!("*3\r\n$3\r\nSET\r\n${MAX_BULK}\r\n");
+        let mut b = over.into_bytes();
+        b.resize(b.len() + MAX_BULK, b'v');
+        b.extend_from_slice(format!("\r\n${}\r\n", 2 << 20).as_bytes());
+        assert_eq!(needed(&b), 0);
+        assert_eq!(err_of(&b).reply, ERR_TOO_BIG);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -526,6 +576,58 @@ mod tests {
             let f = parse(&mut b).unwrap().unwrap();
             let got: Vec<Vec<u8>> = f.args.iter().map(|a| a.to_vec()).collect();
             prop_assert_eq!(got, args);
+        }
+
+        /// At every split point, `needed` is exactly the end of the bulk whose header has
+        /// arrived (or what is there when none has), 0 once the frame is whole, never more
+        /// than the frame.
+        #[test]
+        fn needed_at_every_split_is_exact(args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..6), cut in any::<proptest::sample::Index>()) {
+            let mut wire = BytesMut::new();
+            encode_request(&args, &mut wire);
+            // Where each bulk's data starts and where its frame part ends (after `\r\n`).
+            let mut bulks = Vec::new();
+            let mut pos = format!("*{}\r\n", args.len()).len();
+            for a in &args {
+                let start = pos + format!("${}\r\n", a.len()).len();
+                bulks.push((start, start + a.len() + 2));
+                pos = start + a.len() + 2;
+            }
+            prop_assert_eq!(pos, wire.len());
+            let cut = cut.index(wire.len() + 1);
+            let expect = if cut == wire.len() {
+                0
+            } else {
+                bulks.iter().filter(|(start, _)| *start <= cut).map(|&(_, end)| end).next_back().map_or(cut, |end| end.max(cut))
+            };
+            prop_assert_eq!(needed(&wire[..cut]), expect, "cut {}", cut);
+            prop_assert!(needed(&wire[..cut]) <= wire.len());
+        }
+
+        /// Announced lengths around the limits: a need only for a frame that fits, an error for
+        /// the rest, and the need is the announced frame to the byte.
+        #[test]
+        fn needed_for_announced_lengths(len in prop_oneof![-3i64..3, (MAX_BULK as i64 - 3)..(MAX_BULK as i64 + 3), any::<i64>()], prefix in 0usize..64) {
+            let mut b = format!("*2\r\n${prefix}\r\n").into_bytes();
+            b.resize(b.len() + prefix, b'k');
+            b.extend_from_slice(b"\r\n");
+            let head = format!("${len}\r\n");
+            b.extend_from_slice(head.as_bytes());
+            let n = needed(&b);
+            let fits = len >= 0 && len as u64 <= MAX_BULK as u64 && b.len() + len as usize + 2 <= MAX_FRAME;
+            if fits {
+                prop_assert_eq!(n, b.len() + len as usize + 2);
+                prop_assert!(n <= MAX_FRAME);
+            } else {
+                prop_assert_eq!(n, 0);
+                prop_assert!(check(&b).is_err());
+            }
+        }
+
+        /// Arbitrary bytes never make `needed` exceed a frame.
+        #[test]
+        fn needed_is_bounded(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert!(needed(&data) <= MAX_FRAME);
         }
     }
 }
