@@ -278,6 +278,101 @@ fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// Bulk values at least this long are sent from their own buffer rather than copied into the
+/// reply buffer.
+const OWN_BUFFER: usize = 32 * 1024;
+
+/// Replies on their way to a socket, in order: small ones encoded into one buffer, large bulk
+/// values (a shard of a backup, say) kept in the buffer the engine read them into and sent with
+/// a vectored write, so the server does not copy every large GET once more.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Parts ready to send, in order.
+    sealed: std::collections::VecDeque<Bytes>,
+    /// Encoded bytes after the last sealed part.
+    cur: BytesMut,
+}
+
+impl Outbox {
+    /// Appends the wire form of `r`.
+    pub fn push(&mut self, r: &Reply) {
+        match r {
+            Reply::Bulk(b) if b.len() >= OWN_BUFFER => {
+                line(&mut self.cur, b'$', b.len().to_string().as_bytes());
+                self.seal();
+                self.sealed.push_back(b.clone());
+                self.cur.put_slice(b"\r\n");
+            }
+            Reply::Array(items) => {
+                line(&mut self.cur, b'*', items.len().to_string().as_bytes());
+                for i in items {
+                    self.push(i);
+                }
+            }
+            r => r.encode(&mut self.cur),
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.cur.is_empty() {
+            self.sealed.push_back(self.cur.split().freeze());
+        }
+    }
+
+    /// True when nothing is waiting to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.cur.is_empty()
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn len(&self) -> usize {
+        self.sealed.iter().map(Bytes::len).sum::<usize>() + self.cur.len()
+    }
+
+    /// The whole reply as one contiguous slice when no large value is queued (the common case:
+    /// one plain `write`), else `None`.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        self.sealed.is_empty().then_some(&self.cur[..])
+    }
+
+    /// The parts waiting to be sent, for one vectored write (at most `max` of them).
+    pub fn slices(&mut self, max: usize) -> Vec<std::io::IoSlice<'_>> {
+        self.seal();
+        self.sealed
+            .iter()
+            .take(max)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect()
+    }
+
+    /// Drops the first `n` bytes (what a write sent).
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.sealed.front_mut() else {
+                let k = n.min(self.cur.len());
+                let _ = self.cur.split_to(k);
+                return;
+            };
+            if n < front.len() {
+                bytes::Buf::advance(front, n);
+                return;
+            }
+            n -= front.len();
+            self.sealed.pop_front();
+        }
+    }
+
+    /// Empties the outbox after a full send, giving back a buffer grown by a large reply.
+    pub fn clear(&mut self, keep: usize) {
+        self.sealed.clear();
+        if self.cur.capacity() > keep {
+            self.cur = BytesMut::new();
+        } else {
+            self.cur.clear();
+        }
+    }
+}
+
 /// Encodes a request (an array of bulk strings), as a client sends it.
 pub fn encode_request<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
     line(out, b'*', args.len().to_string().as_bytes());
@@ -534,6 +629,21 @@ mod tests {
         assert_eq!(err_of(&b).reply, ERR_TOO_BIG);
     }
 
+    fn reply_strategy() -> impl Strategy<Value = Reply> {
+        let leaf = prop_oneof![
+            Just(Reply::ok()),
+            (-5i64..5).prop_map(Reply::Int),
+            Just(Reply::Nil),
+            // Around the own-buffer threshold, on both sides.
+            ((OWN_BUFFER - 2)..(OWN_BUFFER + 2), any::<u8>())
+                .prop_map(|(n, b)| Reply::bulk(vec![b; n])),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Reply::bulk),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            proptest::collection::vec(inner, 0..4).prop_map(Reply::Array)
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -628,6 +738,51 @@ mod tests {
         #[test]
         fn needed_is_bounded(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             prop_assert!(needed(&data) <= MAX_FRAME);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever the replies and however the socket splits the writes, the bytes sent are
+        /// exactly the replies' wire forms, in order.
+        #[test]
+        fn outbox_sends_the_replies_exactly_under_partial_writes(
+            replies in proptest::collection::vec(reply_strategy(), 1..6),
+            writes in proptest::collection::vec(prop_oneof![1usize..16, 1000usize..70_000], 1..64),
+            max in 1usize..4,
+        ) {
+            let mut want = BytesMut::new();
+            let mut out = Outbox::default();
+            for r in &replies {
+                r.encode(&mut want);
+                out.push(r);
+            }
+            prop_assert_eq!(out.len(), want.len());
+            if let Some(c) = out.contiguous() {
+                prop_assert_eq!(c, &want[..]);
+            }
+            let mut sent = Vec::new();
+            let mut w = writes.iter().cycle();
+            while !out.is_empty() {
+                let mut budget = *w.next().unwrap_or(&1);
+                let mut n = 0;
+                for s in out.slices(max) {
+                    let k = budget.min(s.len());
+                    sent.extend_from_slice(&s[..k]);
+                    n += k;
+                    budget -= k;
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                prop_assert!(n > 0);
+                out.advance(n);
+            }
+            prop_assert_eq!(&sent[..], &want[..]);
+            out.clear(4096);
+            prop_assert!(out.is_empty());
+            prop_assert_eq!(out.len(), 0);
         }
     }
 }
