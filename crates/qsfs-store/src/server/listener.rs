@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::dispatch::{Event, Shared};
-use super::resp::{self, Reply};
+use super::resp::{self, Outbox, Reply};
 use super::session::Session;
 use super::{command, ServerConfig, ServerStore};
 
@@ -35,6 +35,8 @@ use super::{command, ServerConfig, ServerStore};
 const READ_CHUNK: usize = 256 * 1024;
 /// A reply buffer larger than this is given back after it was sent.
 const KEEP_BUFFER: usize = 4096;
+/// Parts per vectored write (well under the kernel's `IOV_MAX`).
+const MAX_IOVECS: usize = 64;
 
 /// A connected socket the server can wait on before it allocates a read buffer, so an idle
 /// connection holds no buffer at all.
@@ -66,6 +68,31 @@ fn read_now<S: Socket>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<us
         Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
     }
 }
+
+thread_local! {
+    /// The read buffer the last drained connection of this thread gave back, so an
+    /// unpipelined client does not cost a 256 KiB `malloc` and `free` per request while idle
+    /// connections still hold no buffer.
+    static SPARE: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+}
+
+/// This thread's spare read buffer (empty, possibly without capacity).
+fn take_spare() -> BytesMut {
+    SPARE.with(std::cell::Cell::take)
+}
+
+/// Gives an empty read buffer back to this thread. Once the requests cut from it are dropped,
+/// its next `reserve` reuses the whole allocation from the start; while a request still holds
+/// a part (a MIRROR event, say), `reserve` allocates anew and nothing is shared by mistake.
+fn give_spare(buf: BytesMut) {
+    if buf.capacity() > 0 && buf.capacity() <= MAX_SPARE {
+        SPARE.with(|s| s.set(buf));
+    }
+}
+
+/// A drained buffer with more room than this left is not kept. A spare can still hold the
+/// allocation of one large frame (up to [`resp::MAX_FRAME`]): one per thread at most.
+const MAX_SPARE: usize = 2 * READ_CHUNK;
 
 /// A bound, not yet running server.
 #[derive(Debug)]
@@ -458,7 +485,7 @@ async fn connection<S: Socket>(
         }
     };
     let mut buf = BytesMut::new();
-    let mut out = BytesMut::new();
+    let mut out = Outbox::default();
     let mut events: Option<broadcast::Receiver<Event>> = None;
     // One wait for shutdown for the connection's whole life: a fresh `changed()` per request
     // would register and unregister with the channel every time, and every connection shares
@@ -483,7 +510,15 @@ async fn connection<S: Socket>(
                 if let Err(e) = r {
                     break Err(e);
                 }
-                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                if buf.capacity() == 0 {
+                    buf = take_spare();
+                }
+                // A large value is received straight into a buffer of its whole frame: no
+                // regrowth (and copy) every READ_CHUNK, and fewer, larger reads.
+                let need = resp::needed(&buf);
+                if need > buf.capacity() {
+                    buf.reserve(need - buf.len());
+                } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                     buf.reserve(READ_CHUNK);
                 }
                 let n = match read_now(&mut stream, &mut buf) {
@@ -503,8 +538,9 @@ async fn connection<S: Socket>(
                     break Ok(());
                 }
                 if buf.is_empty() {
-                    // Nothing pending: an idle connection keeps no read buffer.
-                    buf = BytesMut::new();
+                    // Nothing pending: an idle connection keeps no read buffer; its thread
+                    // keeps it for the next connection that has something to read.
+                    give_spare(std::mem::take(&mut buf));
                 }
             }
             ev = recv(&mut events) => {
@@ -517,14 +553,14 @@ async fn connection<S: Socket>(
             }
             _ = sleep_until(deadline) => {
                 session.wait = None;
-                Reply::err("Timeout").encode(&mut out);
+                out.push(&Reply::err("Timeout"));
                 if let Err(e) = flush(sh, &mut stream, &mut out).await {
                     break Err(e);
                 }
             }
             _ = sleep_for(partial) => {
                 // Half a request and then silence: answer and free the buffer.
-                Reply::err("Timeout").encode(&mut out);
+                out.push(&Reply::err("Timeout"));
                 let _ = flush(sh, &mut stream, &mut out).await;
                 break Ok(());
             }
@@ -571,13 +607,13 @@ async fn sleep_for(d: Option<std::time::Duration>) {
 }
 
 /// Answers a WAIT or forwards a command to a MIRROR connection.
-fn notify(s: &mut Session, ev: &Event, out: &mut BytesMut) {
+fn notify(s: &mut Session, ev: &Event, out: &mut Outbox) {
     if ev.conn == s.id {
         return;
     }
     if let Some(w) = &s.wait {
         if *ev.ns == *s.ns.name && w.command.is_none_or(|c| c == ev.command) {
-            Reply::Status(command::name(ev.command).to_string()).encode(out);
+            out.push(&Reply::Status(command::name(ev.command).to_string()));
             s.wait = None;
         }
     }
@@ -590,7 +626,7 @@ fn notify(s: &mut Session, ev: &Event, out: &mut BytesMut) {
                 Reply::Int(ev.conn as i64),
             ];
             items.extend(args.iter().map(|a| Reply::Bulk(a.clone())));
-            Reply::Array(items).encode(out);
+            out.push(&Reply::Array(items));
         }
     }
 }
@@ -600,19 +636,19 @@ fn process(
     sh: &Shared,
     session: &mut Session,
     buf: &mut BytesMut,
-    out: &mut BytesMut,
+    out: &mut Outbox,
     events: &mut Option<broadcast::Receiver<Event>>,
 ) -> bool {
     // Plain SETs are held back and run together when something else comes or the read is
     // used up, so their records reach the disk in one write.
     let mut sets: Vec<Vec<Bytes>> = Vec::new();
-    let run_sets = |session: &mut Session, sets: &mut Vec<Vec<Bytes>>, out: &mut BytesMut| {
+    let run_sets = |session: &mut Session, sets: &mut Vec<Vec<Bytes>>, out: &mut Outbox| {
         if sets.is_empty() {
             return false;
         }
         for outcome in sh.execute_sets(session, std::mem::take(sets)) {
             if let Some(r) = outcome.reply {
-                r.encode(out);
+                out.push(&r);
             }
             if outcome.close {
                 return true;
@@ -644,7 +680,7 @@ fn process(
                     *events = Some(sh.events.subscribe());
                 }
                 if let Some(r) = outcome.reply {
-                    r.encode(out);
+                    out.push(&r);
                 }
                 if outcome.close {
                     return true;
@@ -652,7 +688,7 @@ fn process(
             }
             Ok(None) => return false,
             Err(e) => {
-                Reply::err(e.reply).encode(out);
+                out.push(&Reply::err(e.reply));
                 sh.stats.commands_failed.fetch_add(1, Ordering::Relaxed);
                 if e.close {
                     buf.clear();
@@ -667,20 +703,28 @@ fn process(
 async fn flush<S: AsyncWrite + Unpin>(
     sh: &Shared,
     stream: &mut S,
-    out: &mut BytesMut,
+    out: &mut Outbox,
 ) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    stream.write_all(out).await?;
+    let total = out.len();
+    if let Some(all) = out.contiguous() {
+        stream.write_all(all).await?;
+    } else {
+        // A large GET: its value goes out of the engine's buffer, not a copy of it.
+        while !out.is_empty() {
+            let n = stream.write_vectored(&out.slices(MAX_IOVECS)).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            out.advance(n);
+        }
+    }
     sh.stats
         .network_tx_bytes
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
-    if out.capacity() > KEEP_BUFFER {
-        // A large reply (say an 8 MiB GET) does not pin its buffer to the connection.
-        *out = BytesMut::new();
-    } else {
-        out.clear();
-    }
+        .fetch_add(total as u64, Ordering::Relaxed);
+    // A large reply (say an 8 MiB GET) does not pin its buffer to the connection.
+    out.clear(KEEP_BUFFER);
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! RESP2 framing: the request parser and the reply encoder.
 //!
 //! 0-db accepts only arrays of bulk strings. The parser first checks that a whole frame is
-//! buffered (it never allocates for a length it has only been promised), then hands back the
+//! buffered (it never allocates for a length it has only been promised: [`needed`] lets the
+//! server reserve address space for a frame whose bulk length is announced, which is only
+//! touched as the bytes arrive), then hands back the
 //! arguments as zero-copy slices of the read buffer. Malformed input gets the original's error
 //! strings (spec §1.2); the cases the original answers by hanging (a negative length, a bare
 //! `\n` line ending) get an error and a close instead.
@@ -99,17 +101,47 @@ fn header(buf: &[u8], pos: usize) -> Result<Option<(i64, usize)>, FrameError> {
 /// Where one argument lies in the buffer.
 type Span = (usize, usize);
 
+/// What the front of a buffer holds.
+enum Scan {
+    /// A whole frame: the argument spans and the frame length.
+    Complete(Vec<Span>, usize),
+    /// Not all of it yet: the frame needs at least this many bytes in all (the headers read so
+    /// far and every bulk whose length they announced).
+    Partial(usize),
+}
+
 /// Checks whether `buf` starts with a complete frame. `Ok(None)` = wait for more bytes. On
 /// success returns the argument spans and the frame length.
 pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
+    Ok(match scan(buf)? {
+        Scan::Complete(spans, len) => Some((spans, len)),
+        Scan::Partial(_) => None,
+    })
+}
+
+/// The least length the incomplete frame at the front of `buf` is known to need (0 = no frame
+/// started, or the frame is already complete or malformed). Never more than [`MAX_FRAME`]: a
+/// larger announced length is an error, not a need.
+///
+/// The server sizes its read buffer with it once a large bulk's length is announced, so the
+/// value is received straight into the buffer it ends up in instead of being copied at every
+/// growth; the reservation is address space, and memory is only touched as bytes arrive.
+pub fn needed(buf: &[u8]) -> usize {
+    match scan(buf) {
+        Ok(Scan::Partial(n)) => n,
+        _ => 0,
+    }
+}
+
+fn scan(buf: &[u8]) -> Result<Scan, FrameError> {
     let Some(&first) = buf.first() else {
-        return Ok(None);
+        return Ok(Scan::Partial(0));
     };
     if first != b'*' {
         return Err(FrameError::fatal(ERR_ARRAY_EXPECTED));
     }
     let Some((count, mut pos)) = header(buf, 1)? else {
-        return Ok(None);
+        return Ok(Scan::Partial(buf.len()));
     };
     if count <= 0 {
         // `*0`, `*abc` (atoi gives 0) and `*-1`: the original answers this and keeps going.
@@ -126,13 +158,13 @@ pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
     let mut spans = Vec::with_capacity(count.min(16));
     for _ in 0..count {
         if pos >= buf.len() {
-            return Ok(None);
+            return Ok(Scan::Partial(pos));
         }
         if buf[pos] != b'$' {
             return Err(FrameError::fatal(ERR_MALFORMED));
         }
         let Some((len, after)) = header(buf, pos + 1)? else {
-            return Ok(None);
+            return Ok(Scan::Partial(buf.len()));
         };
         if len < 0 {
             return Err(FrameError::fatal(ERR_MALFORMED));
@@ -146,7 +178,7 @@ pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
             return Err(FrameError::fatal(ERR_TOO_BIG));
         }
         if buf.len() < end + 2 {
-            return Ok(None);
+            return Ok(Scan::Partial(end + 2));
         }
         if &buf[end..end + 2] != b"\r\n" {
             return Err(FrameError::fatal(ERR_MALFORMED));
@@ -154,7 +186,7 @@ pub fn check(buf: &[u8]) -> Result<Option<(Vec<Span>, usize)>, FrameError> {
         spans.push((after, end));
         pos = end + 2;
     }
-    Ok(Some((spans, pos)))
+    Ok(Scan::Complete(spans, pos))
 }
 
 /// Takes one frame off the front of `buf` if a whole one is there.
@@ -244,6 +276,101 @@ fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_u8(tag);
     out.put_slice(body);
     out.put_slice(b"\r\n");
+}
+
+/// Bulk values at least this long are sent from their own buffer rather than copied into the
+/// reply buffer.
+const OWN_BUFFER: usize = 32 * 1024;
+
+/// Replies on their way to a socket, in order: small ones encoded into one buffer, large bulk
+/// values (a shard of a backup, say) kept in the buffer the engine read them into and sent with
+/// a vectored write, so the server does not copy every large GET once more.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Parts ready to send, in order.
+    sealed: std::collections::VecDeque<Bytes>,
+    /// Encoded bytes after the last sealed part.
+    cur: BytesMut,
+}
+
+impl Outbox {
+    /// Appends the wire form of `r`.
+    pub fn push(&mut self, r: &Reply) {
+        match r {
+            Reply::Bulk(b) if b.len() >= OWN_BUFFER => {
+                line(&mut self.cur, b'$', b.len().to_string().as_bytes());
+                self.seal();
+                self.sealed.push_back(b.clone());
+                self.cur.put_slice(b"\r\n");
+            }
+            Reply::Array(items) => {
+                line(&mut self.cur, b'*', items.len().to_string().as_bytes());
+                for i in items {
+                    self.push(i);
+                }
+            }
+            r => r.encode(&mut self.cur),
+        }
+    }
+
+    fn seal(&mut self) {
+        if !self.cur.is_empty() {
+            self.sealed.push_back(self.cur.split().freeze());
+        }
+    }
+
+    /// True when nothing is waiting to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.cur.is_empty()
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn len(&self) -> usize {
+        self.sealed.iter().map(Bytes::len).sum::<usize>() + self.cur.len()
+    }
+
+    /// The whole reply as one contiguous slice when no large value is queued (the common case:
+    /// one plain `write`), else `None`.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        self.sealed.is_empty().then_some(&self.cur[..])
+    }
+
+    /// The parts waiting to be sent, for one vectored write (at most `max` of them).
+    pub fn slices(&mut self, max: usize) -> Vec<std::io::IoSlice<'_>> {
+        self.seal();
+        self.sealed
+            .iter()
+            .take(max)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect()
+    }
+
+    /// Drops the first `n` bytes (what a write sent).
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.sealed.front_mut() else {
+                let k = n.min(self.cur.len());
+                let _ = self.cur.split_to(k);
+                return;
+            };
+            if n < front.len() {
+                bytes::Buf::advance(front, n);
+                return;
+            }
+            n -= front.len();
+            self.sealed.pop_front();
+        }
+    }
+
+    /// Empties the outbox after a full send, giving back a buffer grown by a large reply.
+    pub fn clear(&mut self, keep: usize) {
+        self.sealed.clear();
+        if self.cur.capacity() > keep {
+            self.cur = BytesMut::new();
+        } else {
+            self.cur.clear();
+        }
+    }
 }
 
 /// Encodes a request (an array of bulk strings), as a client sends it.
@@ -484,6 +611,39 @@ mod tests {
         assert!(b.is_empty());
     }
 
+    #[test]
+    fn needed_is_the_announced_frame_and_nothing_for_bad_lengths() {
+        assert_eq!(needed(b""), 0);
+        assert_eq!(needed(b"*2\r\n$3\r\nSET\r\n$10\r\nab"), 18 + 10 + 2);
+        assert_eq!(needed(b"*1\r\n$1\r\nx\r\n"), 0, "complete");
+        assert_eq!(needed(b"*1\r\n$-1\r\n"), 0);
+        assert_eq!(needed(b"*1\r\n$8388609\r\n"), 0);
+        let max = format!("*1\r\n${MAX_BULK}\r\n");
+        assert_eq!(needed(max.as_bytes()), max.len() + MAX_BULK + 2);
+        // One full value plus a second that would take the frame past MAX_FRAME.
+        let over = format!("*3\r\n$3\r\nSET\r\n${MAX_BULK}\r\n");
+        let mut b = over.into_bytes();
+        b.resize(b.len() + MAX_BULK, b'v');
+        b.extend_from_slice(format!("\r\n${}\r\n", 2 << 20).as_bytes());
+        assert_eq!(needed(&b), 0);
+        assert_eq!(err_of(&b).reply, ERR_TOO_BIG);
+    }
+
+    fn reply_strategy() -> impl Strategy<Value = Reply> {
+        let leaf = prop_oneof![
+            Just(Reply::ok()),
+            (-5i64..5).prop_map(Reply::Int),
+            Just(Reply::Nil),
+            // Around the own-buffer threshold, on both sides.
+            ((OWN_BUFFER - 2)..(OWN_BUFFER + 2), any::<u8>())
+                .prop_map(|(n, b)| Reply::bulk(vec![b; n])),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Reply::bulk),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            proptest::collection::vec(inner, 0..4).prop_map(Reply::Array)
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -526,6 +686,103 @@ mod tests {
             let f = parse(&mut b).unwrap().unwrap();
             let got: Vec<Vec<u8>> = f.args.iter().map(|a| a.to_vec()).collect();
             prop_assert_eq!(got, args);
+        }
+
+        /// At every split point, `needed` is exactly the end of the bulk whose header has
+        /// arrived (or what is there when none has), 0 once the frame is whole, never more
+        /// than the frame.
+        #[test]
+        fn needed_at_every_split_is_exact(args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..6), cut in any::<proptest::sample::Index>()) {
+            let mut wire = BytesMut::new();
+            encode_request(&args, &mut wire);
+            // Where each bulk's data starts and where its frame part ends (after `\r\n`).
+            let mut bulks = Vec::new();
+            let mut pos = format!("*{}\r\n", args.len()).len();
+            for a in &args {
+                let start = pos + format!("${}\r\n", a.len()).len();
+                bulks.push((start, start + a.len() + 2));
+                pos = start + a.len() + 2;
+            }
+            prop_assert_eq!(pos, wire.len());
+            let cut = cut.index(wire.len() + 1);
+            let expect = if cut == wire.len() {
+                0
+            } else {
+                bulks.iter().filter(|(start, _)| *start <= cut).map(|&(_, end)| end).next_back().map_or(cut, |end| end.max(cut))
+            };
+            prop_assert_eq!(needed(&wire[..cut]), expect, "cut {}", cut);
+            prop_assert!(needed(&wire[..cut]) <= wire.len());
+        }
+
+        /// Announced lengths around the limits: a need only for a frame that fits, an error for
+        /// the rest, and the need is the announced frame to the byte.
+        #[test]
+        fn needed_for_announced_lengths(len in prop_oneof![-3i64..3, (MAX_BULK as i64 - 3)..(MAX_BULK as i64 + 3), any::<i64>()], prefix in 0usize..64) {
+            let mut b = format!("*2\r\n${prefix}\r\n").into_bytes();
+            b.resize(b.len() + prefix, b'k');
+            b.extend_from_slice(b"\r\n");
+            let head = format!("${len}\r\n");
+            b.extend_from_slice(head.as_bytes());
+            let n = needed(&b);
+            let fits = len >= 0 && len as u64 <= MAX_BULK as u64 && b.len() + len as usize + 2 <= MAX_FRAME;
+            if fits {
+                prop_assert_eq!(n, b.len() + len as usize + 2);
+                prop_assert!(n <= MAX_FRAME);
+            } else {
+                prop_assert_eq!(n, 0);
+                prop_assert!(check(&b).is_err());
+            }
+        }
+
+        /// Arbitrary bytes never make `needed` exceed a frame.
+        #[test]
+        fn needed_is_bounded(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert!(needed(&data) <= MAX_FRAME);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever the replies and however the socket splits the writes, the bytes sent are
+        /// exactly the replies' wire forms, in order.
+        #[test]
+        fn outbox_sends_the_replies_exactly_under_partial_writes(
+            replies in proptest::collection::vec(reply_strategy(), 1..6),
+            writes in proptest::collection::vec(prop_oneof![1usize..16, 1000usize..70_000], 1..64),
+            max in 1usize..4,
+        ) {
+            let mut want = BytesMut::new();
+            let mut out = Outbox::default();
+            for r in &replies {
+                r.encode(&mut want);
+                out.push(r);
+            }
+            prop_assert_eq!(out.len(), want.len());
+            if let Some(c) = out.contiguous() {
+                prop_assert_eq!(c, &want[..]);
+            }
+            let mut sent = Vec::new();
+            let mut w = writes.iter().cycle();
+            while !out.is_empty() {
+                let mut budget = *w.next().unwrap_or(&1);
+                let mut n = 0;
+                for s in out.slices(max) {
+                    let k = budget.min(s.len());
+                    sent.extend_from_slice(&s[..k]);
+                    n += k;
+                    budget -= k;
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                prop_assert!(n > 0);
+                out.advance(n);
+            }
+            prop_assert_eq!(&sent[..], &want[..]);
+            out.clear(4096);
+            prop_assert!(out.is_empty());
+            prop_assert_eq!(out.len(), 0);
         }
     }
 }
