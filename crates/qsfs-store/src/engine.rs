@@ -471,6 +471,37 @@ impl Engine {
         self.with_ns(ns, |n, s| n.read_raw(s, segment, offset))
     }
 
+    /// True if reading the live value of `key` in `ns` would wait for more than the local
+    /// disk: its segment is offloaded (a cold-tier fetch, or the missing-data path of
+    /// [`EngineObserver::on_segment_missing`]), or its file is closed and gone from disk. Fetches
+    /// nothing: an index lookup, for a caller that wants to move such reads off a thread others
+    /// wait on. False for a missing key or namespace (the read answers at once). An eviction
+    /// right after the probe makes the read wait anyway, as it would have without it.
+    pub fn value_needs_fetch(&self, ns: &str, key: &[u8]) -> bool {
+        let Ok(n) = self.ns(ns) else { return false };
+        let st = n.state.read();
+        st.index.live(key).is_some_and(|k| {
+            st.segments
+                .get(&loc_segment(k.loc))
+                .is_some_and(|s| needs_fetch(s))
+        })
+    }
+
+    /// [`Engine::value_needs_fetch`] for the records of segment `segment` of `ns` (DATA RAW).
+    pub fn segment_needs_fetch(&self, ns: &str, segment: u32) -> bool {
+        let Ok(n) = self.ns(ns) else { return false };
+        let st = n.state.read();
+        st.segments.get(&segment).is_some_and(|s| needs_fetch(s))
+    }
+
+    /// [`Engine::value_needs_fetch`] for any record of `ns`: true if some segment of it is not
+    /// readable locally (an older version, as HISTORY reads, may be anywhere).
+    pub fn namespace_needs_fetch(&self, ns: &str) -> bool {
+        let Ok(n) = self.ns(ns) else { return false };
+        let st = n.state.read();
+        st.segments.values().any(|s| needs_fetch(s))
+    }
+
     /// Counters of `ns` (for INFO / NSINFO and operators).
     pub fn stats(&self, ns: &str) -> Result<NamespaceStats> {
         self.with_ns(ns, |n, _| Ok(n.stats()))
@@ -693,6 +724,15 @@ impl Engine {
             ns.write_snapshot_locked(&w);
         }
         Ok(())
+    }
+}
+
+/// True if a read of `seg` would wait for more than the local disk. A closed file is checked
+/// on disk only then: its reopen costs more than that `stat`.
+fn needs_fetch(seg: &crate::segment::Segment) -> bool {
+    match &seg.file {
+        None => true,
+        Some(f) => !f.is_open() && !seg.path.exists(),
     }
 }
 
