@@ -33,7 +33,9 @@ use crate::descriptor::Descriptor;
 use crate::error::EngineError;
 use crate::index::Index;
 use crate::manifest::Manifest;
-use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SealJob, SegmentStats};
+use crate::namespace::{
+    Event, Namespace, NamespaceStats, NsState, RawRecord, SealJob, SegmentStats,
+};
 use crate::password::SealKey;
 use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
 
@@ -478,28 +480,41 @@ impl Engine {
     /// wait on. False for a missing key or namespace (the read answers at once). An eviction
     /// right after the probe makes the read wait anyway, as it would have without it.
     pub fn value_needs_fetch(&self, ns: &str, key: &[u8]) -> bool {
-        let Ok(n) = self.ns(ns) else { return false };
-        let st = n.state.read();
-        st.index.live(key).is_some_and(|k| {
-            st.segments
-                .get(&loc_segment(k.loc))
-                .is_some_and(|s| needs_fetch(s))
+        self.probe_fetch(ns, |st, ask| {
+            st.index.live(key).is_some_and(|k| {
+                st.segments
+                    .get(&loc_segment(k.loc))
+                    .is_some_and(|s| needs_fetch(s, ask))
+            })
         })
     }
 
     /// [`Engine::value_needs_fetch`] for the records of segment `segment` of `ns` (DATA RAW).
     pub fn segment_needs_fetch(&self, ns: &str, segment: u32) -> bool {
-        let Ok(n) = self.ns(ns) else { return false };
-        let st = n.state.read();
-        st.segments.get(&segment).is_some_and(|s| needs_fetch(s))
+        self.probe_fetch(ns, |st, ask| {
+            st.segments
+                .get(&segment)
+                .is_some_and(|s| needs_fetch(s, ask))
+        })
     }
 
     /// [`Engine::value_needs_fetch`] for any record of `ns`: true if some segment of it is not
     /// readable locally (an older version, as HISTORY reads, may be anywhere).
     pub fn namespace_needs_fetch(&self, ns: &str) -> bool {
+        self.probe_fetch(ns, |st, ask| {
+            st.segments.values().any(|s| needs_fetch(s, ask))
+        })
+    }
+
+    /// Runs `probe` on the state of `ns`, with whether an observer is asked for missing files,
+    /// unless nothing of `ns` can be fetched: nothing offloaded, and no observer to put back a
+    /// file deleted from disk (then a read of it fails at once). That is the common case, and
+    /// it costs no index lookup.
+    fn probe_fetch(&self, ns: &str, probe: impl FnOnce(&NsState, bool) -> bool) -> bool {
         let Ok(n) = self.ns(ns) else { return false };
+        let ask = self.inner.shared.config.observer.is_some();
         let st = n.state.read();
-        st.segments.values().any(|s| needs_fetch(s))
+        (ask || !st.desc.offloaded.is_empty()) && probe(&st, ask)
     }
 
     /// Counters of `ns` (for INFO / NSINFO and operators).
@@ -727,12 +742,13 @@ impl Engine {
     }
 }
 
-/// True if a read of `seg` would wait for more than the local disk. A closed file is checked
-/// on disk only then: its reopen costs more than that `stat`.
-fn needs_fetch(seg: &crate::segment::Segment) -> bool {
+/// True if a read of `seg` would wait for more than the local disk. A closed file is looked
+/// for on disk only if an observer would be asked for it (`ask`): its reopen costs more than
+/// that `stat` anyway.
+fn needs_fetch(seg: &crate::segment::Segment, ask: bool) -> bool {
     match &seg.file {
         None => true,
-        Some(f) => !f.is_open() && !seg.path.exists(),
+        Some(f) => ask && !f.is_open() && !seg.path.exists(),
     }
 }
 
