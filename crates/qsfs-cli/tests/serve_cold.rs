@@ -3,7 +3,8 @@
 //! `qsfs serve` backend nodes, and a `qsfs serve --backup-config … --workers 1` front whose
 //! engine evicts sealed segments to them. The nodes are stopped with SIGSTOP so a fetch stalls
 //! for as long as the test wants; what must answer meanwhile is decided by state (the stalled
-//! reply has not come), never by a time limit.
+//! reply has not come), never by a time limit. The same holds for a read waiting on the
+//! `missing-data` hook (`qsfs serve --hook`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -219,25 +220,25 @@ impl Setup {
             n.signal("-CONT");
         }
     }
+}
 
-    /// `commands_executed` of the front's INFO, asked on `c`.
-    fn executed(c: &mut Conn) -> u64 {
-        let info = c.cmd(&["INFO"]).expect("INFO answers");
-        info.lines()
-            .find_map(|l| l.strip_prefix("commands_executed: "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no commands_executed in INFO:\n{info}"))
-    }
+/// `commands_executed` of the server's INFO, asked on `c`.
+fn executed(c: &mut Conn) -> u64 {
+    let info = c.cmd(&["INFO"]).expect("INFO answers");
+    info.lines()
+        .find_map(|l| l.strip_prefix("commands_executed: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no commands_executed in INFO:\n{info}"))
+}
 
-    /// Waits (on connection `c`) until the front received `n` more requests than the INFO that
-    /// counted `before` (the INFOs asked meanwhile count too).
-    fn wait_received(c: &mut Conn, before: u64, n: u64) {
-        for infos in 1.. {
-            if Self::executed(c) >= before + infos + n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+/// Waits (on connection `c`) until the server received `n` more requests than the INFO that
+/// counted `before` (the INFOs asked meanwhile count too).
+fn wait_received(c: &mut Conn, before: u64, n: u64) {
+    for infos in 1.. {
+        if executed(c) >= before + infos + n {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -307,11 +308,11 @@ fn a_stalled_cold_get_does_not_hold_up_the_other_clients_of_its_thread() {
     // Both connections on the front's only event loop (--workers 1).
     let mut a = Raw::open(s.port);
     let mut b = Conn::open(s.port).unwrap();
-    let before = Setup::executed(&mut b);
+    let before = executed(&mut b);
     s.stop_nodes();
     a.send(&[&["GET", &cold_key]]);
     // The GET is in flight (counted), and its fetch cannot finish while the nodes are stopped.
-    Setup::wait_received(&mut b, before, 1);
+    wait_received(&mut b, before, 1);
     assert_eq!(b.cmd(&["PING"]).as_deref(), Some("+PONG"));
     assert_eq!(
         b.cmd(&["GET", &s.local.0]).as_deref(),
@@ -369,4 +370,82 @@ fn a_pipelined_batch_with_a_cold_get_answers_in_order() {
     assert_eq!(a.reply(), "after");
     assert_eq!(a.reply(), "+PONG");
     assert_eq!(b.cmd(&["GET", "after"]).as_deref(), Some("2"));
+}
+
+#[test]
+fn a_waiting_missing_data_hook_does_not_hold_up_the_other_clients_of_its_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let saved = tmp.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    {
+        // Segment 0 offloaded with no cold tier: only the hook can put it back.
+        use qsfs_core::Store;
+        let e = qsfs_store::Engine::open(&data, qsfs_store::EngineConfig::default()).unwrap();
+        e.set("default", Some(b"old"), b"old value").unwrap();
+        e.rotate("default").unwrap();
+        e.set("default", Some(b"new"), b"new value").unwrap();
+        let seg = data.join("ns/default/0000000000.seg");
+        std::fs::copy(&seg, saved.join("0000000000.seg")).unwrap();
+        assert!(!e.value_needs_fetch("default", b"old"));
+        assert!(!e.namespace_needs_fetch("default"));
+        e.offload_segment("default", 0).unwrap();
+        // The probe: only reads of the offloaded segment would wait.
+        assert!(e.value_needs_fetch("default", b"old"));
+        assert!(!e.value_needs_fetch("default", b"new"));
+        assert!(!e.value_needs_fetch("default", b"absent"));
+        assert!(!e.value_needs_fetch("no-such-namespace", b"old"));
+        assert!(e.segment_needs_fetch("default", 0));
+        assert!(!e.segment_needs_fetch("default", 1));
+        assert!(e.namespace_needs_fetch("default"));
+    }
+    // The hook waits for `go` (30 s at most, so a failed run leaves nothing behind).
+    let go = tmp.path().join("go");
+    let hook = tmp.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  missing-data)\n    i=0\n    \
+             while [ ! -e {go} ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done\n    \
+             cp {saved}/\"$(basename \"$3\")\" \"$3\" ;;\nesac\nexit 0\n",
+            go = go.display(),
+            saved = saved.display()
+        ),
+    )
+    .unwrap();
+    assert!(Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap()
+        .success());
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--workers", "1", "--port", &port.to_string()])
+        .arg("--hook")
+        .arg(&hook)
+        .arg("--data")
+        .arg(&data)
+        .env("QSFS_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ping(port, &mut child, "qsfs serve");
+    let _server = Proc(child);
+    let mut a = Raw::open(port);
+    let mut b = Conn::open(port).unwrap();
+    let before = executed(&mut b);
+    a.send(&[&["GET", "old"]]);
+    wait_received(&mut b, before, 1);
+    assert_eq!(b.cmd(&["PING"]).as_deref(), Some("+PONG"));
+    assert_eq!(b.cmd(&["GET", "new"]).as_deref(), Some("new value"));
+    assert_eq!(b.cmd(&["SET", "other", "x"]).as_deref(), Some("other"));
+    assert!(
+        a.nothing_yet(),
+        "GET answered before the hook put the file back"
+    );
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(a.reply(), "old value");
+    assert_eq!(b.cmd(&["GET", "other"]).as_deref(), Some("x"));
 }
