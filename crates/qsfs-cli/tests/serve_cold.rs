@@ -387,10 +387,19 @@ fn a_waiting_missing_data_hook_does_not_hold_up_the_other_clients_of_its_thread(
         e.set("default", Some(b"new"), b"new value").unwrap();
         let seg = data.join("ns/default/0000000000.seg");
         std::fs::copy(&seg, saved.join("0000000000.seg")).unwrap();
-        assert!(!e.value_needs_fetch("default", b"old"));
-        assert!(!e.namespace_needs_fetch("default"));
         e.offload_segment("default", 0).unwrap();
-        // The probe: only reads of the offloaded segment would wait.
+        // No cold tier and no observer: a read of it fails at once, it never waits.
+        assert!(!e.value_needs_fetch("default", b"old"));
+    }
+    {
+        // With an observer (as `--hook` has), reads of the offloaded segment would wait.
+        struct Asks;
+        impl qsfs_store::EngineObserver for Asks {}
+        let config = qsfs_store::EngineConfig {
+            observer: Some(std::sync::Arc::new(Asks)),
+            ..qsfs_store::EngineConfig::default()
+        };
+        let e = qsfs_store::Engine::open(&data, config).unwrap();
         assert!(e.value_needs_fetch("default", b"old"));
         assert!(!e.value_needs_fetch("default", b"new"));
         assert!(!e.value_needs_fetch("default", b"absent"));

@@ -507,12 +507,16 @@ impl Engine {
     }
 
     /// Runs `probe` on the state of `ns`, with whether an observer is asked for missing files,
-    /// unless nothing of `ns` can be fetched: nothing offloaded, and no observer to put back a
-    /// file deleted from disk (then a read of it fails at once). That is the common case, and
-    /// it costs no index lookup.
+    /// unless nothing of `ns` can be fetched: no cold tier and no observer (a read of data that
+    /// is not local then fails at once), or nothing offloaded and no observer to put back a
+    /// file deleted from disk. Those are the common cases, and cost no index lookup.
     fn probe_fetch(&self, ns: &str, probe: impl FnOnce(&NsState, bool) -> bool) -> bool {
+        let shared = &self.inner.shared;
+        let ask = shared.config.observer.is_some();
+        if !ask && shared.cold.is_none() {
+            return false;
+        }
         let Ok(n) = self.ns(ns) else { return false };
-        let ask = self.inner.shared.config.observer.is_some();
         let st = n.state.read();
         (ask || !st.desc.offloaded.is_empty()) && probe(&st, ask)
     }
