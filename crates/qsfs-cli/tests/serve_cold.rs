@@ -372,6 +372,15 @@ fn a_pipelined_batch_with_a_cold_get_answers_in_order() {
     assert_eq!(b.cmd(&["GET", "after"]).as_deref(), Some("2"));
 }
 
+/// An engine config with no background thread, so dropping the engine releases its directory
+/// at once (a background tick in progress would keep it a moment longer).
+fn quiet_engine() -> qsfs_store::EngineConfig {
+    qsfs_store::EngineConfig {
+        durability: qsfs_store::Durability::EveryWrite,
+        ..qsfs_store::EngineConfig::default()
+    }
+}
+
 #[test]
 fn a_waiting_missing_data_hook_does_not_hold_up_the_other_clients_of_its_thread() {
     let tmp = tempfile::tempdir().unwrap();
@@ -381,7 +390,7 @@ fn a_waiting_missing_data_hook_does_not_hold_up_the_other_clients_of_its_thread(
     {
         // Segment 0 offloaded with no cold tier: only the hook can put it back.
         use qsfs_core::Store;
-        let e = qsfs_store::Engine::open(&data, qsfs_store::EngineConfig::default()).unwrap();
+        let e = qsfs_store::Engine::open(&data, quiet_engine()).unwrap();
         e.set("default", Some(b"old"), b"old value").unwrap();
         e.rotate("default").unwrap();
         e.set("default", Some(b"new"), b"new value").unwrap();
@@ -397,7 +406,7 @@ fn a_waiting_missing_data_hook_does_not_hold_up_the_other_clients_of_its_thread(
         impl qsfs_store::EngineObserver for Asks {}
         let config = qsfs_store::EngineConfig {
             observer: Some(std::sync::Arc::new(Asks)),
-            ..qsfs_store::EngineConfig::default()
+            ..quiet_engine()
         };
         let e = qsfs_store::Engine::open(&data, config).unwrap();
         assert!(e.value_needs_fetch("default", b"old"));
