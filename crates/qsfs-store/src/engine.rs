@@ -477,8 +477,10 @@ impl Engine {
     /// disk: its segment is offloaded (a cold-tier fetch, or the missing-data path of
     /// [`EngineObserver::on_segment_missing`]), or its file is closed and gone from disk. Fetches
     /// nothing: an index lookup, for a caller that wants to move such reads off a thread others
-    /// wait on. False for a missing key or namespace (the read answers at once). An eviction
-    /// right after the probe makes the read wait anyway, as it would have without it.
+    /// wait on. False for a missing key or namespace (the read answers at once), and always
+    /// false for an engine with neither a cold tier nor an observer (nothing it reads can
+    /// wait). An eviction right after the probe makes the read wait anyway, as it would have
+    /// without it.
     pub fn value_needs_fetch(&self, ns: &str, key: &[u8]) -> bool {
         self.probe_fetch(ns, |st, ask| {
             st.index.live(key).is_some_and(|k| {
