@@ -80,7 +80,7 @@ pub struct Args {
     strict_commands: bool,
     /// Threads serving connections, each with its own event loop; a client stays on the one
     /// it was given [default: one per core]. A read that has to wait (the missing-data hook,
-    /// the cold tier) holds up the other clients of its thread: more threads, fewer of them.
+    /// the cold tier) runs on a pool of its own and holds up only its own client.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Not supported: run under a supervisor instead.

@@ -33,7 +33,9 @@ use crate::descriptor::Descriptor;
 use crate::error::EngineError;
 use crate::index::Index;
 use crate::manifest::Manifest;
-use crate::namespace::{Event, Namespace, NamespaceStats, RawRecord, SealJob, SegmentStats};
+use crate::namespace::{
+    Event, Namespace, NamespaceStats, NsState, RawRecord, SealJob, SegmentStats,
+};
 use crate::password::SealKey;
 use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
 
@@ -549,6 +551,56 @@ impl Engine {
         self.with_ns(ns, |n, s| n.read_raw(s, segment, offset))
     }
 
+    /// True if reading the live value of `key` in `ns` would wait for more than the local
+    /// disk: its segment is offloaded (a cold-tier fetch, or the missing-data path of
+    /// [`EngineObserver::on_segment_missing`]), or its file is closed and gone from disk. Fetches
+    /// nothing: an index lookup, for a caller that wants to move such reads off a thread others
+    /// wait on. False for a missing key or namespace (the read answers at once), and always
+    /// false for an engine with neither a cold tier nor an observer (nothing it reads can
+    /// wait). An eviction right after the probe makes the read wait anyway, as it would have
+    /// without it.
+    pub fn value_needs_fetch(&self, ns: &str, key: &[u8]) -> bool {
+        self.probe_fetch(ns, |st, ask| {
+            st.index.live(key).is_some_and(|k| {
+                st.segments
+                    .get(&loc_segment(k.loc))
+                    .is_some_and(|s| needs_fetch(s, ask))
+            })
+        })
+    }
+
+    /// [`Engine::value_needs_fetch`] for the records of segment `segment` of `ns` (DATA RAW).
+    pub fn segment_needs_fetch(&self, ns: &str, segment: u32) -> bool {
+        self.probe_fetch(ns, |st, ask| {
+            st.segments
+                .get(&segment)
+                .is_some_and(|s| needs_fetch(s, ask))
+        })
+    }
+
+    /// [`Engine::value_needs_fetch`] for any record of `ns`: true if some segment of it is not
+    /// readable locally (an older version, as HISTORY reads, may be anywhere).
+    pub fn namespace_needs_fetch(&self, ns: &str) -> bool {
+        self.probe_fetch(ns, |st, ask| {
+            st.segments.values().any(|s| needs_fetch(s, ask))
+        })
+    }
+
+    /// Runs `probe` on the state of `ns`, with whether an observer is asked for missing files,
+    /// unless nothing of `ns` can be fetched: no cold tier and no observer (a read of data that
+    /// is not local then fails at once), or nothing offloaded and no observer to put back a
+    /// file deleted from disk. Those are the common cases, and cost no index lookup.
+    fn probe_fetch(&self, ns: &str, probe: impl FnOnce(&NsState, bool) -> bool) -> bool {
+        let shared = &self.inner.shared;
+        let ask = shared.config.observer.is_some();
+        if !ask && shared.cold.is_none() {
+            return false;
+        }
+        let Ok(n) = self.ns(ns) else { return false };
+        let st = n.state.read();
+        (ask || !st.desc.offloaded.is_empty()) && probe(&st, ask)
+    }
+
     /// Counters of `ns` (for INFO / NSINFO and operators).
     pub fn stats(&self, ns: &str) -> Result<NamespaceStats> {
         self.with_ns(ns, |n, _| Ok(n.stats()))
@@ -771,6 +823,16 @@ impl Engine {
             ns.write_snapshot_locked(&w);
         }
         Ok(())
+    }
+}
+
+/// True if a read of `seg` would wait for more than the local disk. A closed file is looked
+/// for on disk only if an observer would be asked for it (`ask`): its reopen costs more than
+/// that `stat` anyway.
+fn needs_fetch(seg: &crate::segment::Segment, ask: bool) -> bool {
+    match &seg.file {
+        None => true,
+        Some(f) => ask && !f.is_open() && !seg.path.exists(),
     }
 }
 

@@ -2072,6 +2072,15 @@ impl Namespace {
 
     /// Marks a sealed segment offloaded and removes its local file.
     pub fn offload_segment(&self, shared: &Shared, id: u32) -> Result<()> {
+        // The cold tier is asked before the writer is taken: writes go on while it answers
+        // (slowly, or not at all while a backend hangs). A sealed segment never changes.
+        let local = |st: &NsState| st.segments.get(&id).is_some_and(|s| s.file.is_some());
+        let stored = match &shared.cold {
+            Some(cold) if local(&self.state.read()) => {
+                Some(cold.exists(&cold_key(&self.name, id))?)
+            }
+            _ => None,
+        };
         let w = self.writer.lock();
         // Never remove the file of a segment whose seal (fsync) is still queued.
         self.wait_sealed();
@@ -2092,7 +2101,11 @@ impl Namespace {
             return Ok(());
         }
         if let Some(cold) = &shared.cold {
-            if !cold.exists(&cold_key(&self.name, id))? {
+            let stored = match stored {
+                Some(b) => b,
+                None => cold.exists(&cold_key(&self.name, id))?,
+            };
+            if !stored {
                 return Err(Error::InvalidArgument(format!(
                     "segment {id} of {} is not in the cold tier ({}); refusing to remove the only copy",
                     self.name,

@@ -319,6 +319,14 @@ impl SegFile {
         SegFile::Lazy(slot)
     }
 
+    /// True while the file is open (the budget has not closed it).
+    pub fn is_open(&self) -> bool {
+        match self {
+            SegFile::Pinned(_) => true,
+            SegFile::Lazy(slot) => slot.file.lock().is_some(),
+        }
+    }
+
     /// The open file of the segment at `path`, reopened if the budget closed it; `now` (Unix
     /// milliseconds) is its use time for the budget.
     pub fn get(&self, path: &Path, now: impl FnOnce() -> u64) -> io::Result<Arc<File>> {

@@ -8,14 +8,14 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use qsfs_core::{Error, Mode};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Semaphore};
 
 use super::command::{self, Command, CommandId};
 use super::hooks::Hooks;
 use super::info::Stats;
 use super::resp::Reply;
 use super::session::{NsState, Session};
-use super::{admin, keys, namespace, scan, ServerConfig, ServerStore};
+use super::{admin, keys, namespace, scan, ReadTarget, ServerConfig, ServerStore};
 
 /// The table entry of SET.
 static SET_ID: std::sync::LazyLock<CommandId> =
@@ -30,6 +30,11 @@ pub const ERR_READONLY: &str = "Namespace is in read-only mode";
 /// `Permission denied`.
 pub const ERR_DENIED: &str = "Permission denied";
 const ERR_DETACHED: &str = "Your active namespace is not available anymore (probably removed).";
+
+/// Requests running on the blocking pool at once, over all worker threads. More wait for a turn
+/// in their connection's task (no thread waits), so a flood of cold reads cannot start a thread
+/// each.
+const BLOCKING_REQUESTS: usize = 64;
 
 /// A command another connection ran, for WAIT and MIRROR.
 #[derive(Debug, Clone)]
@@ -51,6 +56,61 @@ pub struct Outcome {
     pub reply: Option<Reply>,
     /// Close the connection after sending the reply.
     pub close: bool,
+}
+
+/// How far [`Shared::step`] got with a request.
+#[derive(Debug)]
+pub enum Step {
+    /// It ran.
+    Done(Outcome),
+    /// It may wait for more than the local disk (a cold-tier fetch, the `missing-data` hook):
+    /// run it with [`Blocking::run`].
+    Blocking(Blocking),
+}
+
+/// A checked request left for the blocking pool, with a copy of its connection's session.
+#[derive(Debug)]
+pub struct Blocking {
+    session: Session,
+    id: CommandId,
+    cmd: Command,
+    args: Vec<Bytes>,
+}
+
+impl Blocking {
+    /// Runs the request on tokio's blocking pool and waits for it in the calling task, so the
+    /// thread's other tasks (connections) go on meanwhile. `session` gets back what the request
+    /// changed. A task that stops waiting leaves the request to finish on its own.
+    pub async fn run(self, sh: &Arc<Shared>, session: &mut Session) -> Outcome {
+        let Blocking {
+            session: mut s,
+            id,
+            cmd,
+            args,
+        } = self;
+        // Never closed, so never `None`.
+        let turn = sh.blocking.clone().acquire_owned().await.ok();
+        let shared = sh.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let outcome = shared.finish(&mut s, id, cmd, args);
+            (s, outcome)
+        });
+        match job.await {
+            Ok((s, outcome)) => {
+                *session = s;
+                outcome
+            }
+            Err(e) => {
+                // A panic (fatal in `qsfs serve`) or a runtime shutting down.
+                tracing::error!(error = %e, "a request on the blocking pool failed");
+                Outcome {
+                    reply: Some(Reply::err("Internal Error")),
+                    close: true,
+                }
+            }
+        }
+    }
 }
 
 /// Everything the connections share.
@@ -75,6 +135,8 @@ pub struct Shared {
     /// Start time (INFO `boot_time`).
     pub boot: SystemTime,
     next_conn: AtomicU64,
+    /// Turns on the blocking pool ([`BLOCKING_REQUESTS`]).
+    blocking: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -102,6 +164,7 @@ impl Shared {
             instance_id: rand::random(),
             boot: SystemTime::now(),
             next_conn: AtomicU64::new(1),
+            blocking: Arc::new(Semaphore::new(BLOCKING_REQUESTS)),
         }
     }
 
@@ -151,13 +214,33 @@ impl Shared {
         self.config.mode
     }
 
-    /// Runs one request.
-    pub fn execute(&self, session: &mut Session, mut args: Vec<Bytes>) -> Outcome {
+    /// Runs one request on this thread, whatever it waits for.
+    pub fn execute(&self, session: &mut Session, args: Vec<Bytes>) -> Outcome {
+        match self.step(session, args) {
+            Step::Done(outcome) => outcome,
+            Step::Blocking(b) => {
+                let Blocking {
+                    session: mut s,
+                    id,
+                    cmd,
+                    args,
+                } = b;
+                let outcome = self.finish(&mut s, id, cmd, args);
+                *session = s;
+                outcome
+            }
+        }
+    }
+
+    /// Runs one request, unless it may wait for more than the local disk (see
+    /// [`ServerStore::read_may_wait`]): that one is checked and handed back as
+    /// [`Step::Blocking`], for the caller to run off its thread.
+    pub fn step(&self, session: &mut Session, mut args: Vec<Bytes>) -> Step {
         if session.ns.deleted.load(Ordering::SeqCst) {
-            return Outcome {
+            return Step::Done(Outcome {
                 reply: Some(Reply::err(ERR_DETACHED)),
                 close: true,
-            };
+            });
         }
         let stats = &self.stats;
         stats.commands_executed.fetch_add(1, Ordering::Relaxed);
@@ -166,21 +249,75 @@ impl Shared {
         }
         let Some(id) = command::lookup(&args[0], self.config.strict_commands) else {
             stats.commands_failed.fetch_add(1, Ordering::Relaxed);
-            return Outcome {
+            return Step::Done(Outcome {
                 reply: Some(Reply::err("Command not supported")),
                 close: false,
-            };
+            });
         };
-        let reply = match Command::parse(id, &args) {
-            Err(r) => Some(r),
+        let cmd = match Command::parse(id, &args) {
+            Err(r) => return Step::Done(self.conclude(session, id, Some(r), args)),
             Ok(cmd) if cmd.admin_only() && !session.admin => {
                 stats.commands_unauthorized.fetch_add(1, Ordering::Relaxed);
-                Some(Reply::err(ERR_DENIED))
+                return Step::Done(self.conclude(session, id, Some(Reply::err(ERR_DENIED)), args));
             }
-            Ok(cmd) => self.run(session, cmd),
+            Ok(cmd) => cmd,
         };
+        if self.may_wait(session, &cmd) {
+            return Step::Blocking(Blocking {
+                session: session.clone(),
+                id,
+                cmd,
+                args,
+            });
+        }
+        Step::Done(self.finish(session, id, cmd, args))
+    }
+
+    /// True if `cmd` may wait for more than the local disk. Only reads of values can, and
+    /// only those the store says are not local, so the common request runs where it arrived.
+    fn may_wait(&self, s: &Session, cmd: &Command) -> bool {
+        let (store, ns) = (&self.store, s.ns.name.as_str());
+        match cmd {
+            Command::Get { key } | Command::Check { key } => {
+                store.read_may_wait(ns, ReadTarget::Value(key))
+            }
+            Command::Mget { keys } => keys
+                .iter()
+                .any(|k| store.read_may_wait(ns, ReadTarget::Value(k))),
+            Command::History { key, .. } => store.read_may_wait(ns, ReadTarget::History(key)),
+            Command::Data { args } if args.len() >= 3 && args[0].eq_ignore_ascii_case(b"RAW") => {
+                let file = atoi(&args[1]).max(0) as u64;
+                store.read_may_wait(ns, ReadTarget::Segment(file))
+            }
+            // Reloads a namespace from disk, and from the cold tier what is evicted: slow
+            // whatever it finds, and rare.
+            Command::Reload { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Runs a checked request.
+    fn finish(
+        &self,
+        session: &mut Session,
+        id: CommandId,
+        cmd: Command,
+        args: Vec<Bytes>,
+    ) -> Outcome {
+        let reply = self.run(session, cmd);
+        self.conclude(session, id, reply, args)
+    }
+
+    /// Counts a failure and tells WAIT and MIRROR connections.
+    fn conclude(
+        &self,
+        session: &Session,
+        id: CommandId,
+        reply: Option<Reply>,
+        args: Vec<Bytes>,
+    ) -> Outcome {
         if reply.as_ref().is_some_and(Reply::is_error) {
-            stats.commands_failed.fetch_add(1, Ordering::Relaxed);
+            self.stats.commands_failed.fetch_add(1, Ordering::Relaxed);
         }
         self.publish(session, id, args);
         Outcome {

@@ -2,10 +2,20 @@
 
 use qsfs_core::{Error, Result, SetOutcome};
 
-use super::{RawEntry, ServerStore};
+use super::{RawEntry, ReadTarget, ServerStore};
 use crate::Engine;
 
 impl ServerStore for Engine {
+    fn read_may_wait(&self, ns: &str, target: ReadTarget<'_>) -> bool {
+        match target {
+            ReadTarget::Value(key) => self.value_needs_fetch(ns, key),
+            ReadTarget::History(_) => self.namespace_needs_fetch(ns),
+            ReadTarget::Segment(file) => {
+                u32::try_from(file).is_ok_and(|s| self.segment_needs_fetch(ns, s))
+            }
+        }
+    }
+
     fn rotate(&self, ns: &str) -> Result<()> {
         Engine::rotate(self, ns)
     }

@@ -6,8 +6,9 @@
 //! per core, each running its own single-threaded event loop: a request is then read, run and
 //! answered on one thread, with none of the cross-thread wake-ups (a futex and a context switch
 //! each) that a work-stealing runtime pays for every readiness event of a ping-pong client.
-//! The price: a request that blocks its thread (the `missing-data` hook, a cold-tier fetch)
-//! holds up the other connections of that thread, not all of them as in the original.
+//! A request that may wait for more than the local disk (a cold-tier fetch, the `missing-data`
+//! hook) runs on tokio's blocking pool while its connection's task waits for it, so the other
+//! connections of the thread go on; the rest of that connection's batch runs after it, in order.
 //! An idle connection is a parked task: no CPU and no buffers (a read buffer is taken only once
 //! the socket is readable and given back when drained).
 //! Shutdown stops accepting, lets every connection finish the batch it is running, syncs the
@@ -26,7 +27,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::dispatch::{Event, Shared};
+use super::dispatch::{Blocking, Event, Shared, Step};
 use super::resp::{self, Outbox, Reply};
 use super::session::Session;
 use super::{command, ServerConfig, ServerStore};
@@ -471,7 +472,7 @@ fn start(
 
 /// Serves one client until it leaves, errs fatally, or the server stops.
 async fn connection<S: Socket>(
-    sh: &Shared,
+    sh: &Arc<Shared>,
     mut stream: S,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -530,7 +531,10 @@ async fn connection<S: Socket>(
                     break Ok(());
                 }
                 sh.stats.network_rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                let close = process(sh, &mut session, &mut buf, &mut out, &mut events);
+                let close = match process_all(sh, &mut session, &mut buf, &mut out, &mut events, &mut stream).await {
+                    Ok(close) => close,
+                    Err(e) => break Err(e),
+                };
                 if let Err(e) = flush(sh, &mut stream, &mut out).await {
                     break Err(e);
                 }
@@ -631,13 +635,43 @@ fn notify(s: &mut Session, ev: &Event, out: &mut Outbox) {
     }
 }
 
-/// Runs every complete request in `buf`; returns true if the connection must close.
+/// [`process`], and each request it leaves for the blocking pool: the replies before it are
+/// sent, it is awaited (the thread's other connections go on), then the rest of `buf` is
+/// processed, so replies keep the order of the requests. True if the connection must close.
+async fn process_all<S: Socket>(
+    sh: &Arc<Shared>,
+    session: &mut Session,
+    buf: &mut BytesMut,
+    out: &mut Outbox,
+    events: &mut Option<broadcast::Receiver<Event>>,
+    stream: &mut S,
+) -> std::io::Result<bool> {
+    let mut pending = None;
+    let mut close = process(sh, session, buf, out, events, &mut pending);
+    while let Some(job) = pending.take() {
+        flush(sh, stream, out).await?;
+        let outcome = job.run(sh, session).await;
+        if let Some(r) = outcome.reply {
+            out.push(&r);
+        }
+        if outcome.close {
+            buf.clear();
+            return Ok(true);
+        }
+        close = process(sh, session, buf, out, events, &mut pending);
+    }
+    Ok(close)
+}
+
+/// Runs every complete request in `buf` until one is left for the blocking pool (in
+/// `pending`); returns true if the connection must close.
 fn process(
     sh: &Shared,
     session: &mut Session,
     buf: &mut BytesMut,
     out: &mut Outbox,
     events: &mut Option<broadcast::Receiver<Event>>,
+    pending: &mut Option<Blocking>,
 ) -> bool {
     // Plain SETs are held back and run together when something else comes or the read is
     // used up, so their records reach the disk in one write.
@@ -672,7 +706,13 @@ fn process(
         }
         match parsed {
             Ok(Some(frame)) => {
-                let outcome = sh.execute(session, frame.args);
+                let outcome = match sh.step(session, frame.args) {
+                    Step::Done(outcome) => outcome,
+                    Step::Blocking(job) => {
+                        *pending = Some(job);
+                        return false;
+                    }
+                };
                 // Subscribe right after WAIT/MIRROR so no later command of another client is
                 // missed while this batch finishes.
                 if (session.wait.is_some() || session.mirror) && events.is_none() {

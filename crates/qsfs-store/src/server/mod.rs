@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use qsfs_core::{Error, Mode, Result, SetOutcome, Store};
 
-pub use dispatch::Shared;
+pub use dispatch::{Blocking, Shared, Step};
 pub use listener::{Server, ServerHandle};
 
 /// One raw entry of a data file, as `DATA RAW` returns it.
@@ -52,6 +52,17 @@ pub struct RawEntry {
     pub payload: Vec<u8>,
 }
 
+/// What a request is about to read, for [`ServerStore::read_may_wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadTarget<'a> {
+    /// The live value of a key (GET, MGET, CHECK).
+    Value(&'a [u8]),
+    /// Any version of a key (HISTORY walks its chain).
+    History(&'a [u8]),
+    /// A record of data file `n` (DATA RAW).
+    Segment(u64),
+}
+
 /// What the server needs beyond [`Store`]: the engine-level operations of 0-db's admin
 /// commands. Every method has a default that answers [`Error::Unsupported`], so a store that
 /// lacks one makes the matching command fail with a clear error instead of faking it.
@@ -64,6 +75,16 @@ pub trait ServerStore: Store {
             .iter()
             .map(|(k, v)| self.set_at(ns, (!k.is_empty()).then_some(*k), v, None))
             .collect())
+    }
+
+    /// True if reading `target` in `ns` may wait for more than the local disk (a cold-tier
+    /// fetch, the `missing-data` hook). The server then runs the request on tokio's blocking
+    /// pool, so the other connections of its event loop go on meanwhile. Must be cheap and must
+    /// not fetch anything; it runs before every such read. The default, `false`, runs every
+    /// request on the event loop.
+    fn read_may_wait(&self, ns: &str, target: ReadTarget<'_>) -> bool {
+        let _ = (ns, target);
+        false
     }
 
     /// Closes the current segment of `ns` and starts a new one (`NSJUMP`, `--rotate`).

@@ -70,7 +70,7 @@ pub struct Wait {
 }
 
 /// What one connection knows about itself.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Session {
     /// Connection id, unique for the server's lifetime (never 0).
     pub id: u64,
