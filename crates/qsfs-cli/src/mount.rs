@@ -47,7 +47,8 @@ pub struct Args {
     /// remote store, a cold-tier fetch), so such a read holds up no other request; one file
     /// uses at most half of them. 0 serves those reads on the request thread, which holds up
     /// the whole mount while the store answers.
-    #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS)]
+    #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS,
+          value_parser = read_threads)]
     pub threads: usize,
     /// Take over a mount lock held by another host.
     #[arg(long)]
@@ -67,6 +68,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("not a size: {s:?} (use e.g. 512M)"))
+}
+
+/// Parses `--threads`: 0 to [`qsfs_fuse::fetch::MAX_READ_THREADS`].
+pub fn read_threads(s: &str) -> Result<usize, String> {
+    let max = qsfs_fuse::fetch::MAX_READ_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("not a thread count from 0 to {max}: {s:?}")),
+    }
 }
 
 /// The mount options of `-o` and `--threads`.

@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long)]
     pub no_offload: bool,
     /// Threads serving reads that wait for the store, as `qsfs mount --threads`.
-    #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS)]
+    #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS,
+          value_parser = crate::mount::read_threads)]
     pub threads: usize,
 }
 

@@ -301,3 +301,22 @@ fn fsynced_data_survives_sigkill_and_fsck_is_clean() {
         fsck_clean(&root, round);
     }
 }
+
+#[test]
+fn an_unreasonable_thread_count_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in ["mount", "up"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+            .arg(cmd)
+            .arg(tmp.path().join("mnt"))
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .args(["--threads", "100000"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("from 0 to 256"), "{cmd}: {err}");
+        assert!(!tmp.path().join("root").exists(), "{cmd} created its root");
+    }
+}

@@ -20,6 +20,9 @@ use crate::layout::pair_key;
 
 /// Read threads of a mount unless configured otherwise.
 pub const DEFAULT_READ_THREADS: usize = 4;
+/// The most read threads a mount accepts: reads wait for the store, not for CPU, and each
+/// thread costs a stack.
+pub const MAX_READ_THREADS: usize = 256;
 
 /// What one fetch of a block gave: its bytes (`None`: the store does not have it) or the errno.
 pub type Fetched = Result<Option<Bytes>, libc::c_int>;
