@@ -230,12 +230,18 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("size {s:?} too large"))
 }
 
+/// The most event-loop threads `--workers` accepts (each has its own runtime and descriptors).
+const MAX_WORKERS: usize = 1024;
+
 fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
     if args.background || args.logfile.is_some() || args.dump {
         bail!("--background, --logfile and --dump are not supported: run qsfs serve under a supervisor");
     }
     if args.protect && args.admin.is_none() {
         bail!("--protect needs --admin");
+    }
+    if args.workers.is_some_and(|n| n == 0 || n > MAX_WORKERS) {
+        bail!("--workers must be between 1 and {MAX_WORKERS}");
     }
     let mode = match args.mode.as_deref() {
         None | Some("mix") | Some("mixed") => None,

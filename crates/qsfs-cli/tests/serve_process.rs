@@ -185,6 +185,8 @@ fn help_version_and_bad_flags() {
         &["--protect"],
         &["--datasize", "1k"],
         &["--datasize", "12x"],
+        &["--workers", "0"],
+        &["--workers", "100000"],
     ] {
         let out = Command::new(BIN)
             .args(["serve", "--port", &free_port().to_string(), "--data"])
