@@ -79,8 +79,12 @@ fn cli_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QSFS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // fuser reports "Unmount failed: Invalid argument" at error level after every unmount
+    // done from outside (`fusermount3 -u`, `qsfs umount`): the kernel has already detached it.
+    // Real unmount failures are reported by `qsfs_fuse::Mount` itself.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QSFS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,fuser=warn,fuser::mnt::fuse_pure=off")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
