@@ -8,24 +8,18 @@
 
 mod common;
 
-use qsfs_core::{
-    Credential, Cursor, Entry, KeyMeta, NamespaceInfo, NamespaceProperty, Result, ScanOrder,
-    ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
-};
 use qsfs_fuse::fsck::check;
 use qsfs_fuse::layout::ROOT_INO;
 use qsfs_fuse::{Fs, FsConfig};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
-/// Passes calls through until `left` writes were made; every later write fails.
+/// Lets `left` writes through; every later write fails.
 struct Cutoff {
-    inner: Arc<dyn Store>,
     left: AtomicI64,
 }
 
-impl Cutoff {
-    fn write(&self) -> Result<()> {
+impl common::Hooks for Cutoff {
+    fn before_write(&self) -> qsfs_core::Result<()> {
         if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
             return Err(qsfs_core::Error::io(
                 "cut off",
@@ -33,71 +27,6 @@ impl Cutoff {
             ));
         }
         Ok(())
-    }
-}
-
-impl Store for Cutoff {
-    fn set_at(
-        &self,
-        ns: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        t: Option<Timestamp>,
-    ) -> Result<SetOutcome> {
-        self.write()?;
-        self.inner.set_at(ns, key, value, t)
-    }
-    fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
-        self.inner.get(ns, key)
-    }
-    fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
-        self.write()?;
-        self.inner.delete_at(ns, key, t)
-    }
-    fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
-        self.inner.meta(ns, key)
-    }
-    fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
-        self.inner.check(ns, key)
-    }
-    fn scan(
-        &self,
-        ns: &str,
-        cursor: Option<&Cursor>,
-        limit: usize,
-        order: ScanOrder,
-    ) -> Result<ScanPage> {
-        self.inner.scan(ns, cursor, limit, order)
-    }
-    fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
-        self.inner.cursor_after(ns, key)
-    }
-    fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-        self.inner.history(ns, key, at)
-    }
-    fn namespace_create(&self, name: &str) -> Result<()> {
-        self.inner.namespace_create(name)
-    }
-    fn namespace_delete(&self, name: &str) -> Result<()> {
-        self.inner.namespace_delete(name)
-    }
-    fn namespace_list(&self) -> Result<Vec<String>> {
-        self.inner.namespace_list()
-    }
-    fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
-        self.inner.namespace_info(name)
-    }
-    fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
-        self.inner.namespace_set(name, property)
-    }
-    fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
-        self.inner.namespace_authenticate(name, credential)
-    }
-    fn flush_namespace(&self, name: &str) -> Result<()> {
-        self.inner.flush_namespace(name)
-    }
-    fn sync(&self) -> Result<()> {
-        self.inner.sync()
     }
 }
 
@@ -158,10 +87,12 @@ fn a_crash_at_any_write_leaves_a_clean_filesystem() {
             .or_else(|_| tempfile::tempdir())
             .unwrap();
         let engine = common::open_engine(dir.path());
-        let cut = Arc::new(Cutoff {
-            inner: engine.clone(),
-            left: AtomicI64::new(i64::MAX),
-        });
+        let cut = common::Hooked::new(
+            engine.clone(),
+            Cutoff {
+                left: AtomicI64::new(i64::MAX),
+            },
+        );
         let mut fs = Fs::open(cut.clone(), cfg()).unwrap();
         let keep = base(&mut fs);
         cut.left.store(point, Ordering::SeqCst);

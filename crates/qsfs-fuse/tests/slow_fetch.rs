@@ -6,10 +6,7 @@
 
 mod common;
 
-use qsfs_core::{
-    Credential, Cursor, Entry, KeyMeta, NamespaceInfo, NamespaceProperty, Result, ScanOrder,
-    ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
-};
+use qsfs_core::Store;
 use qsfs_fuse::layout::Namespaces;
 use qsfs_fuse::{mount, Fs, FsConfig, MountOptions};
 use std::io::Write;
@@ -23,7 +20,6 @@ use std::time::Duration;
 /// Passes every call through, except that `get`s of the blocks of one inode answer only once
 /// the gate is open, and block `get`s take `delay` (to widen race windows, never to measure).
 struct Gated {
-    inner: Arc<dyn Store>,
     block_ns: String,
     /// The inode whose block reads wait at the gate; 0 for none.
     gated: AtomicU64,
@@ -37,17 +33,19 @@ struct Gated {
 }
 
 impl Gated {
-    fn new(inner: Arc<dyn Store>, delay: Duration) -> Arc<Gated> {
-        Arc::new(Gated {
+    fn new(inner: Arc<dyn Store>, delay: Duration) -> Arc<common::Hooked<Gated>> {
+        common::Hooked::new(
             inner,
-            block_ns: Namespaces::new(&common::config().prefix).block,
-            gated: AtomicU64::new(0),
-            closed: Mutex::new(false),
-            opened: Condvar::new(),
-            waiting: AtomicUsize::new(0),
-            asked: AtomicUsize::new(0),
-            delay,
-        })
+            Gated {
+                block_ns: Namespaces::new(&common::config().prefix).block,
+                gated: AtomicU64::new(0),
+                closed: Mutex::new(false),
+                opened: Condvar::new(),
+                waiting: AtomicUsize::new(0),
+                asked: AtomicUsize::new(0),
+                delay,
+            },
+        )
     }
 
     fn close(&self, ino: u64) {
@@ -65,83 +63,25 @@ impl Gated {
     }
 }
 
-impl Store for Gated {
-    fn set_at(
-        &self,
-        ns: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        t: Option<Timestamp>,
-    ) -> Result<SetOutcome> {
-        self.inner.set_at(ns, key, value, t)
-    }
-    fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
-        // Read first, answer late: the caller gets the bytes as they were when it asked.
-        let got = self.inner.get(ns, key);
-        if ns == self.block_ns {
-            let ino = self.gated.load(Ordering::SeqCst);
-            if ino != 0 && key.len() == 16 && key[..8] == ino.to_be_bytes() {
-                self.asked.fetch_add(1, Ordering::SeqCst);
-                let mut closed = self.closed.lock().unwrap();
-                self.waiting.fetch_add(1, Ordering::SeqCst);
-                while *closed {
-                    closed = self.opened.wait(closed).unwrap();
-                }
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-            }
-            if !self.delay.is_zero() {
-                std::thread::sleep(self.delay);
-            }
+impl common::Hooks for Gated {
+    // Read first, answer late: the caller gets the bytes as they were when it asked.
+    fn after_get(&self, ns: &str, key: &[u8]) {
+        if ns != self.block_ns {
+            return;
         }
-        got
-    }
-    fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
-        self.inner.delete_at(ns, key, t)
-    }
-    fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
-        self.inner.meta(ns, key)
-    }
-    fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
-        self.inner.check(ns, key)
-    }
-    fn scan(
-        &self,
-        ns: &str,
-        cursor: Option<&Cursor>,
-        limit: usize,
-        order: ScanOrder,
-    ) -> Result<ScanPage> {
-        self.inner.scan(ns, cursor, limit, order)
-    }
-    fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
-        self.inner.cursor_after(ns, key)
-    }
-    fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-        self.inner.history(ns, key, at)
-    }
-    fn namespace_create(&self, name: &str) -> Result<()> {
-        self.inner.namespace_create(name)
-    }
-    fn namespace_delete(&self, name: &str) -> Result<()> {
-        self.inner.namespace_delete(name)
-    }
-    fn namespace_list(&self) -> Result<Vec<String>> {
-        self.inner.namespace_list()
-    }
-    fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
-        self.inner.namespace_info(name)
-    }
-    fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
-        self.inner.namespace_set(name, property)
-    }
-    fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
-        self.inner.namespace_authenticate(name, credential)
-    }
-    fn flush_namespace(&self, name: &str) -> Result<()> {
-        self.inner.flush_namespace(name)
-    }
-    fn sync(&self) -> Result<()> {
-        self.inner.sync()
+        let ino = self.gated.load(Ordering::SeqCst);
+        if ino != 0 && key.len() == 16 && key[..8] == ino.to_be_bytes() {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let mut closed = self.closed.lock().unwrap();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
     }
 }
 

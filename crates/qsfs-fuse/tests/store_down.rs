@@ -13,87 +13,14 @@ use std::time::{Duration, Instant};
 /// Delegates to a real engine, except that while `stalled` every call waits (like a hung
 /// server) until it is released.
 struct Stalling {
-    inner: Arc<dyn Store>,
     stalled: AtomicBool,
 }
 
-impl Stalling {
-    fn gate(&self) {
+impl common::Hooks for Stalling {
+    fn before_call(&self) {
         while self.stalled.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Store for Stalling {
-    fn set_at(
-        &self,
-        ns: &str,
-        key: Option<&[u8]>,
-        value: &[u8],
-        t: Option<Timestamp>,
-    ) -> Result<SetOutcome> {
-        self.gate();
-        self.inner.set_at(ns, key, value, t)
-    }
-    fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
-        self.gate();
-        self.inner.get(ns, key)
-    }
-    fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
-        self.gate();
-        self.inner.delete_at(ns, key, t)
-    }
-    fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
-        self.gate();
-        self.inner.meta(ns, key)
-    }
-    fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
-        self.gate();
-        self.inner.check(ns, key)
-    }
-    fn scan(&self, ns: &str, c: Option<&Cursor>, limit: usize, o: ScanOrder) -> Result<ScanPage> {
-        self.gate();
-        self.inner.scan(ns, c, limit, o)
-    }
-    fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
-        self.gate();
-        self.inner.cursor_after(ns, key)
-    }
-    fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-        self.gate();
-        self.inner.history(ns, key, at)
-    }
-    fn namespace_create(&self, name: &str) -> Result<()> {
-        self.gate();
-        self.inner.namespace_create(name)
-    }
-    fn namespace_delete(&self, name: &str) -> Result<()> {
-        self.gate();
-        self.inner.namespace_delete(name)
-    }
-    fn namespace_list(&self) -> Result<Vec<String>> {
-        self.gate();
-        self.inner.namespace_list()
-    }
-    fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
-        self.gate();
-        self.inner.namespace_info(name)
-    }
-    fn namespace_set(&self, name: &str, p: NamespaceProperty) -> Result<()> {
-        self.gate();
-        self.inner.namespace_set(name, p)
-    }
-    fn namespace_authenticate(&self, name: &str, c: Credential<'_>) -> Result<bool> {
-        self.inner.namespace_authenticate(name, c)
-    }
-    fn flush_namespace(&self, name: &str) -> Result<()> {
-        self.gate();
-        self.inner.flush_namespace(name)
-    }
-    fn sync(&self) -> Result<()> {
-        self.gate();
-        self.inner.sync()
     }
 }
 
@@ -101,10 +28,12 @@ impl Store for Stalling {
 fn stalled_store_gives_eio_within_the_timeout_then_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = common::open_engine(&tmp.path().join("engine"));
-    let stalling = Arc::new(Stalling {
-        inner: engine,
-        stalled: AtomicBool::new(false),
-    });
+    let stalling = common::Hooked::new(
+        engine,
+        Stalling {
+            stalled: AtomicBool::new(false),
+        },
+    );
     let store: Arc<dyn Store> = Arc::new(TimeoutStore::new(
         stalling.clone(),
         Duration::from_millis(500),

@@ -116,3 +116,125 @@ fn open_engine_again(
     drop(old);
     open_engine(dir)
 }
+
+/// What a test's store wrapper ([`Hooked`]) does around the calls it passes through.
+pub trait Hooks: Send + Sync + 'static {
+    /// Before every call except `namespace_authenticate`.
+    fn before_call(&self) {}
+    /// Before a write (set, delete), after [`Hooks::before_call`]; an error fails the write.
+    fn before_write(&self) -> qsfs_core::Result<()> {
+        Ok(())
+    }
+    /// After `get` of `key` in `ns` has its answer, before the answer is returned.
+    fn after_get(&self, _ns: &str, _key: &[u8]) {}
+}
+
+/// A [`qsfs_core::Store`] passing every call to `inner`, with `hooks` around them. Derefs to
+/// the hooks, so a test reaches its knobs through the store it handed out.
+pub struct Hooked<H> {
+    pub inner: Arc<dyn qsfs_core::Store>,
+    pub hooks: H,
+}
+
+impl<H: Hooks> Hooked<H> {
+    pub fn new(inner: Arc<dyn qsfs_core::Store>, hooks: H) -> Arc<Hooked<H>> {
+        Arc::new(Hooked { inner, hooks })
+    }
+}
+
+impl<H> std::ops::Deref for Hooked<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hooks
+    }
+}
+
+mod hooked {
+    use super::{Hooked, Hooks};
+    use qsfs_core::{
+        Credential, Cursor, Entry, KeyMeta, NamespaceInfo, NamespaceProperty, Result, ScanOrder,
+        ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+    };
+
+    impl<H: Hooks> Store for Hooked<H> {
+        fn set_at(
+            &self,
+            ns: &str,
+            key: Option<&[u8]>,
+            value: &[u8],
+            t: Option<Timestamp>,
+        ) -> Result<SetOutcome> {
+            self.hooks.before_call();
+            self.hooks.before_write()?;
+            self.inner.set_at(ns, key, value, t)
+        }
+        fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
+            self.hooks.before_call();
+            let got = self.inner.get(ns, key);
+            self.hooks.after_get(ns, key);
+            got
+        }
+        fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
+            self.hooks.before_call();
+            self.hooks.before_write()?;
+            self.inner.delete_at(ns, key, t)
+        }
+        fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
+            self.hooks.before_call();
+            self.inner.meta(ns, key)
+        }
+        fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
+            self.hooks.before_call();
+            self.inner.check(ns, key)
+        }
+        fn scan(
+            &self,
+            ns: &str,
+            cursor: Option<&Cursor>,
+            limit: usize,
+            order: ScanOrder,
+        ) -> Result<ScanPage> {
+            self.hooks.before_call();
+            self.inner.scan(ns, cursor, limit, order)
+        }
+        fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
+            self.hooks.before_call();
+            self.inner.cursor_after(ns, key)
+        }
+        fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
+            self.hooks.before_call();
+            self.inner.history(ns, key, at)
+        }
+        fn namespace_create(&self, name: &str) -> Result<()> {
+            self.hooks.before_call();
+            self.inner.namespace_create(name)
+        }
+        fn namespace_delete(&self, name: &str) -> Result<()> {
+            self.hooks.before_call();
+            self.inner.namespace_delete(name)
+        }
+        fn namespace_list(&self) -> Result<Vec<String>> {
+            self.hooks.before_call();
+            self.inner.namespace_list()
+        }
+        fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
+            self.hooks.before_call();
+            self.inner.namespace_info(name)
+        }
+        fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
+            self.hooks.before_call();
+            self.inner.namespace_set(name, property)
+        }
+        fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
+            self.inner.namespace_authenticate(name, credential)
+        }
+        fn flush_namespace(&self, name: &str) -> Result<()> {
+            self.hooks.before_call();
+            self.inner.flush_namespace(name)
+        }
+        fn sync(&self) -> Result<()> {
+            self.hooks.before_call();
+            self.inner.sync()
+        }
+    }
+}
