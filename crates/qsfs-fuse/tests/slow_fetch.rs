@@ -400,6 +400,16 @@ fn reads_racing_overwrites_and_truncates_match_the_model() {
     );
 }
 
+/// A gated engine with its block namespace created (no mount): the store, that namespace, and
+/// the directory guard.
+fn gated_blocks() -> (Arc<common::Hooked<Gated>>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gated::new(common::open_engine(dir.path()), Duration::ZERO);
+    let ns = gate.block_ns.clone();
+    gate.namespace_create(&ns).unwrap();
+    (gate, ns, dir)
+}
+
 /// A read-ahead load that fetched a block before it was rewritten must not put the old bytes
 /// in the cache, even when the rewrite was stored and left the cache before the load landed.
 #[test]
@@ -408,10 +418,7 @@ fn read_ahead_never_caches_a_block_rewritten_during_its_load() {
     use qsfs_core::{BlockId, Cache};
     use qsfs_fuse::BlockCache;
 
-    let dir = tempfile::tempdir().unwrap();
-    let gate = Gated::new(common::open_engine(dir.path()), Duration::ZERO);
-    let ns = gate.block_ns.clone();
-    gate.namespace_create(&ns).unwrap();
+    let (gate, ns, _dir) = gated_blocks();
     let (ino, bs) = (7u64, 4096usize);
     let x = BlockId {
         inode: ino,
@@ -465,10 +472,7 @@ fn concurrent_fetches_of_a_block_share_one_store_read() {
     use qsfs_core::BlockId;
     use qsfs_fuse::fetch::Fetches;
 
-    let dir = tempfile::tempdir().unwrap();
-    let gate = Gated::new(common::open_engine(dir.path()), Duration::ZERO);
-    let ns = gate.block_ns.clone();
-    gate.namespace_create(&ns).unwrap();
+    let (gate, ns, _dir) = gated_blocks();
     let ino = 9u64;
     let data = pattern(5, 4096);
     gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino, 3)), &data)

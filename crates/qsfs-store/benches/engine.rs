@@ -107,15 +107,7 @@ fn append(c: &mut Criterion) {
         nix::unistd::sync();
         drop(dir);
 
-        let edir = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::open(
-            edir.path(),
-            EngineConfig {
-                durability,
-                ..EngineConfig::default()
-            },
-        )
-        .expect("open");
+        let (_edir, engine) = engine_with(durability);
         group.bench_function(format!("engine-set/{name}"), |b| {
             let mut key = [0u8; KEY];
             b.iter(|| {
@@ -298,15 +290,7 @@ fn set_ratio() {
             raw_dir.path().to_path_buf(),
             durability == Durability::EveryWrite,
         );
-        let edir = tempfile::tempdir().expect("tempdir");
-        let engine = Engine::open(
-            edir.path(),
-            EngineConfig {
-                durability,
-                ..EngineConfig::default()
-            },
-        )
-        .expect("open");
+        let (_edir, engine) = engine_with(durability);
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let mut buf = vec![0u8; KEY + VALUE];
         buf[KEY..].copy_from_slice(&value);
@@ -414,4 +398,19 @@ fn main() {
     if !args.iter().any(|a| a == "--test" || a == "--list") {
         get_ratio();
     }
+}
+
+/// A fresh engine in a temporary directory with `durability` (the directory lives as long as
+/// the returned guard).
+fn engine_with(durability: Durability) -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(
+        dir.path(),
+        EngineConfig {
+            durability,
+            ..EngineConfig::default()
+        },
+    )
+    .expect("open");
+    (dir, engine)
 }

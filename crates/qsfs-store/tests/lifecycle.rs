@@ -725,10 +725,9 @@ impl Backend for ColdProbe {
     }
 }
 
-#[test]
-fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
-    // Comparing with a value in the cold tier would hold the namespace's writer for a whole
-    // fetch; the engine writes a new version instead (always correct) and fetches nothing.
+/// An engine over a fresh [`ColdProbe`] holding keys 0..100 (round 0): more than one segment,
+/// so the first ones are sealed.
+fn engine_over_probe_with_100_keys() -> (Engine, Arc<ColdProbe>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cold = Arc::new(ColdProbe::default());
     let e = Engine::open(dir.path(), cold_cfg(&cold)).unwrap();
@@ -736,6 +735,14 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
         e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
             .unwrap();
     }
+    (e, cold, dir)
+}
+
+#[test]
+fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
+    // Comparing with a value in the cold tier would hold the namespace's writer for a whole
+    // fetch; the engine writes a new version instead (always correct) and fetches nothing.
+    let (e, cold, _dir) = engine_over_probe_with_100_keys();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for s in e.segments("default").unwrap().iter().filter(|s| s.sealed) {
         let data = Bytes::from(std::fs::read(&s.path).unwrap());
@@ -773,13 +780,7 @@ fn an_identical_set_over_an_offloaded_value_writes_without_fetching() {
 
 #[test]
 fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
-    let dir = tempfile::tempdir().unwrap();
-    let cold = Arc::new(ColdProbe::default());
-    let e = Engine::open(dir.path(), cold_cfg(&cold)).unwrap();
-    for k in 0..100u32 {
-        e.set("default", Some(&k.to_le_bytes()), &val(k, 0))
-            .unwrap();
-    }
+    let (e, cold, _dir) = engine_over_probe_with_100_keys();
     let first = e.segments("default").unwrap()[0].clone();
     assert!(first.sealed);
     let data = Bytes::from(std::fs::read(&first.path).unwrap());
