@@ -62,6 +62,9 @@ pub(crate) struct Writer {
     /// of the batch (or sooner), and only then put in the index, so no reader ever finds a
     /// location that is not in the file yet.
     pub batch: Option<Batch>,
+    /// The record buffer of the last batch, kept for the next: a batch's buffer grows to
+    /// many values, and allocating and freeing that per batch costs more than its one write.
+    pub batch_buf: Vec<u8>,
 }
 
 /// Records encoded by a batch and waiting for their one write.
@@ -400,6 +403,7 @@ impl Namespace {
                 opened: Instant::now(),
                 buf: Vec::new(),
                 batch: None,
+                batch_buf: Vec::new(),
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
@@ -1486,7 +1490,10 @@ impl Namespace {
     ) -> (Vec<Result<SetOutcome>>, bool) {
         let mut w = self.writer.lock();
         let before = w.seg.id;
-        w.batch = Some(Batch::default());
+        w.batch = Some(Batch {
+            pending: std::mem::take(&mut w.batch_buf),
+            ..Batch::default()
+        });
         let mut results: Vec<Result<SetOutcome>> = Vec::with_capacity(items.len());
         for (i, (key, value)) in items.iter().enumerate() {
             // A record the batch holds is not in the index yet: whatever needs the index to
@@ -1509,7 +1516,16 @@ impl Namespace {
             results.push(self.set_locked(shared, &mut w, key, value, None));
         }
         let _ = self.flush_batch(shared, &mut w);
-        let failed = w.batch.take().map(|b| b.failed).unwrap_or_default();
+        let failed = match w.batch.take() {
+            Some(mut b) => {
+                if b.pending.capacity() <= 2 * BATCH_MAX_BYTES {
+                    b.pending.clear();
+                    w.batch_buf = b.pending;
+                }
+                b.failed
+            }
+            None => Vec::new(),
+        };
         for i in failed {
             results[i] = Err(Error::Unavailable(format!(
                 "writing to namespace {} failed (see the log)",
