@@ -65,6 +65,8 @@ pub(crate) struct Writer {
     /// The record buffer of the last batch, kept for the next: a batch's buffer grows to
     /// many values, and allocating and freeing that per batch costs more than its one write.
     pub batch_buf: Vec<u8>,
+    /// The same for the batch's index updates.
+    pub batch_deferred: Vec<Deferred>,
 }
 
 /// Records encoded by a batch and waiting for their one write.
@@ -404,6 +406,7 @@ impl Namespace {
                 buf: Vec::new(),
                 batch: None,
                 batch_buf: Vec::new(),
+                batch_deferred: Vec::new(),
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
@@ -1452,17 +1455,14 @@ impl Namespace {
             return Ok(());
         }
         let mut pending = std::mem::take(&mut b.pending);
-        let deferred = std::mem::take(&mut b.deferred);
+        let mut deferred = std::mem::take(&mut b.deferred);
         let written = self.append(shared, w, &pending);
         pending.clear();
-        if let Some(b) = w.batch.as_mut() {
-            b.pending = pending;
-        }
-        match written {
+        let result = match written {
             Ok(at) => {
                 debug_assert_eq!(deferred.first().map(|d| d.at), Some(at));
                 let mut st = self.state.write();
-                for d in deferred {
+                for d in deferred.drain(..) {
                     st.index.observe(&d.header, d.at);
                     st.index.apply(&d.key, KeyState::of(&d.header, d.at));
                 }
@@ -1473,9 +1473,16 @@ impl Namespace {
                 if let Some(b) = w.batch.as_mut() {
                     b.failed.extend(deferred.iter().map(|d| d.item));
                 }
+                deferred.clear();
                 Err(e)
             }
+        };
+        // Both buffers go back, empty, for the batch's next records.
+        if let Some(b) = w.batch.as_mut() {
+            b.pending = pending;
+            b.deferred = deferred;
         }
+        result
     }
 
     /// Sets many keys under one hold of the writer, appending their records with as few
@@ -1492,6 +1499,7 @@ impl Namespace {
         let before = w.seg.id;
         w.batch = Some(Batch {
             pending: std::mem::take(&mut w.batch_buf),
+            deferred: std::mem::take(&mut w.batch_deferred),
             ..Batch::default()
         });
         let mut results: Vec<Result<SetOutcome>> = Vec::with_capacity(items.len());
@@ -1522,6 +1530,8 @@ impl Namespace {
                     b.pending.clear();
                     w.batch_buf = b.pending;
                 }
+                b.deferred.clear();
+                w.batch_deferred = b.deferred;
                 b.failed
             }
             None => Vec::new(),

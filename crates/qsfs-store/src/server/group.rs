@@ -44,6 +44,9 @@ struct Batch {
 thread_local! {
     /// The batch this thread's connections are adding to, if one is open.
     static OPEN: RefCell<Option<Arc<Batch>>> = const { RefCell::new(None) };
+    /// The emptied job list of the last batch, reused: growing a fresh one to a few dozen jobs
+    /// every batch costs allocations of over a KiB, each of which makes glibc consolidate.
+    static SPARE_JOBS: RefCell<Vec<Job>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The opener's hold on its batch. Dropped without having run (its connection's task was
@@ -104,7 +107,9 @@ pub(crate) async fn set_together(
         return set_alone(store, ns, &items);
     }
     let lead = Lead(Arc::new(Batch {
-        jobs: Mutex::new(Some(Vec::new())),
+        jobs: Mutex::new(Some(
+            SPARE_JOBS.with(|s| std::mem::take(&mut *s.borrow_mut())),
+        )),
     }));
     OPEN.with(|o| *o.borrow_mut() = Some(lead.0.clone()));
     // Lets every other connection that is ready in this pass run up to its own SETs.
@@ -147,11 +152,63 @@ fn run(
     store: &Arc<dyn ServerStore>,
     ns: &str,
     items: &[(Bytes, Bytes)],
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
 ) -> Outcomes {
-    if jobs.is_empty() {
-        return set_alone(store, ns, items);
+    let own = if jobs.is_empty() {
+        set_alone(store, ns, items)
+    } else if jobs.iter().all(|j| j.ns == ns) {
+        run_one_namespace(store, ns, items, &mut jobs)
+    } else {
+        run_many_namespaces(store, ns, items, &mut jobs)
+    };
+    jobs.clear();
+    SPARE_JOBS.with(|s| *s.borrow_mut() = jobs);
+    own
+}
+
+/// [`run`] when every job is of the opener's namespace (the usual case): one store call.
+fn run_one_namespace(
+    store: &Arc<dyn ServerStore>,
+    ns: &str,
+    items: &[(Bytes, Bytes)],
+    jobs: &mut Vec<Job>,
+) -> Outcomes {
+    let total = items.len() + jobs.iter().map(|j| j.items.len()).sum::<usize>();
+    let mut refs: Vec<(&[u8], &[u8])> = Vec::with_capacity(total);
+    refs.extend(items.iter().map(|(k, v)| (&k[..], &v[..])));
+    for job in jobs.iter() {
+        refs.extend(job.items.iter().map(|(k, v)| (&k[..], &v[..])));
     }
+    match store.set_many(ns, &refs) {
+        Ok(results) => {
+            let mut results = results.into_iter();
+            let own = results.by_ref().take(items.len()).collect();
+            for job in jobs.drain(..) {
+                let outcome = results.by_ref().take(job.items.len()).collect();
+                // A waiter that has gone away (its connection closed) needs no answer.
+                let _ = job.done.send(Ok(outcome));
+            }
+            Ok(own)
+        }
+        // The call failed as a whole (no such namespace): each part gets its own error,
+        // exactly as if it had run alone.
+        Err(_) => {
+            for job in jobs.drain(..) {
+                let outcome = set_alone(store, &job.ns, &job.items);
+                let _ = job.done.send(outcome);
+            }
+            set_alone(store, ns, items)
+        }
+    }
+}
+
+/// [`run`] when the jobs are of several namespaces: one store call per namespace.
+fn run_many_namespaces(
+    store: &Arc<dyn ServerStore>,
+    ns: &str,
+    items: &[(Bytes, Bytes)],
+    jobs: &mut Vec<Job>,
+) -> Outcomes {
     // Part 0 is the opener's own.
     let parts: Vec<(&str, &[(Bytes, Bytes)])> = std::iter::once((ns, items))
         .chain(jobs.iter().map(|j| (j.ns.as_str(), &j.items[..])))
@@ -177,8 +234,6 @@ fn run(
                     outcomes[i] = Some(Ok(results.by_ref().take(parts[i].1.len()).collect()));
                 }
             }
-            // The call failed as a whole (no such namespace): each part gets its own error,
-            // exactly as if it had run alone.
             Err(_) => {
                 for &i in &members {
                     outcomes[i] = Some(set_alone(store, this, parts[i].1));
@@ -189,11 +244,11 @@ fn run(
             done[i] = true;
         }
     }
+    drop(parts);
     let mut outcomes = outcomes.into_iter();
     let own = outcomes.next().flatten();
-    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+    for (job, outcome) in jobs.drain(..).zip(outcomes) {
         if let Some(outcome) = outcome {
-            // A waiter that has gone away (its connection closed) needs no answer.
             let _ = job.done.send(outcome);
         }
     }
