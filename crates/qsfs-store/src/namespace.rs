@@ -62,6 +62,11 @@ pub(crate) struct Writer {
     /// of the batch (or sooner), and only then put in the index, so no reader ever finds a
     /// location that is not in the file yet.
     pub batch: Option<Batch>,
+    /// The record buffer of the last batch, kept for the next: a batch's buffer grows to
+    /// many values, and allocating and freeing that per batch costs more than its one write.
+    pub batch_buf: Vec<u8>,
+    /// The same for the batch's index updates.
+    pub batch_deferred: Vec<Deferred>,
 }
 
 /// Records encoded by a batch and waiting for their one write.
@@ -400,6 +405,8 @@ impl Namespace {
                 opened: Instant::now(),
                 buf: Vec::new(),
                 batch: None,
+                batch_buf: Vec::new(),
+                batch_deferred: Vec::new(),
             }),
             compacting: Mutex::new(()),
             events: Mutex::new(Vec::new()),
@@ -1448,17 +1455,14 @@ impl Namespace {
             return Ok(());
         }
         let mut pending = std::mem::take(&mut b.pending);
-        let deferred = std::mem::take(&mut b.deferred);
+        let mut deferred = std::mem::take(&mut b.deferred);
         let written = self.append(shared, w, &pending);
         pending.clear();
-        if let Some(b) = w.batch.as_mut() {
-            b.pending = pending;
-        }
-        match written {
+        let result = match written {
             Ok(at) => {
                 debug_assert_eq!(deferred.first().map(|d| d.at), Some(at));
                 let mut st = self.state.write();
-                for d in deferred {
+                for d in deferred.drain(..) {
                     st.index.observe(&d.header, d.at);
                     st.index.apply(&d.key, KeyState::of(&d.header, d.at));
                 }
@@ -1469,9 +1473,16 @@ impl Namespace {
                 if let Some(b) = w.batch.as_mut() {
                     b.failed.extend(deferred.iter().map(|d| d.item));
                 }
+                deferred.clear();
                 Err(e)
             }
+        };
+        // Both buffers go back, empty, for the batch's next records.
+        if let Some(b) = w.batch.as_mut() {
+            b.pending = pending;
+            b.deferred = deferred;
         }
+        result
     }
 
     /// Sets many keys under one hold of the writer, appending their records with as few
@@ -1486,7 +1497,11 @@ impl Namespace {
     ) -> (Vec<Result<SetOutcome>>, bool) {
         let mut w = self.writer.lock();
         let before = w.seg.id;
-        w.batch = Some(Batch::default());
+        w.batch = Some(Batch {
+            pending: std::mem::take(&mut w.batch_buf),
+            deferred: std::mem::take(&mut w.batch_deferred),
+            ..Batch::default()
+        });
         let mut results: Vec<Result<SetOutcome>> = Vec::with_capacity(items.len());
         for (i, (key, value)) in items.iter().enumerate() {
             // A record the batch holds is not in the index yet: whatever needs the index to
@@ -1509,7 +1524,18 @@ impl Namespace {
             results.push(self.set_locked(shared, &mut w, key, value, None));
         }
         let _ = self.flush_batch(shared, &mut w);
-        let failed = w.batch.take().map(|b| b.failed).unwrap_or_default();
+        let failed = match w.batch.take() {
+            Some(mut b) => {
+                if b.pending.capacity() <= 2 * BATCH_MAX_BYTES {
+                    b.pending.clear();
+                    w.batch_buf = b.pending;
+                }
+                b.deferred.clear();
+                w.batch_deferred = b.deferred;
+                b.failed
+            }
+            None => Vec::new(),
+        };
         for i in failed {
             results[i] = Err(Error::Unavailable(format!(
                 "writing to namespace {} failed (see the log)",

@@ -17,6 +17,16 @@ use super::resp::Reply;
 use super::session::{NsState, Session};
 use super::{admin, keys, namespace, scan, ReadTarget, ServerConfig, ServerStore};
 
+/// Plain SETs checked and ready for the store (see [`Shared::execute_sets`]).
+struct PreparedSets {
+    /// One per SET: the reply of a refused one, `None` for one to store.
+    replies: Vec<Option<Reply>>,
+    /// The index in `replies` of each item.
+    slots: Vec<usize>,
+    /// Key and value of each SET to store.
+    items: Vec<(Bytes, Bytes)>,
+}
+
 /// The table entry of SET.
 static SET_ID: std::sync::LazyLock<CommandId> =
     std::sync::LazyLock::new(|| command::lookup(b"SET", true).unwrap_or(usize::MAX));
@@ -358,39 +368,93 @@ impl Shared {
                 .map(|args| self.execute(session, args))
                 .collect();
         }
-        let stats = &self.stats;
-        stats
+        let prepared = self.prepare_sets(session, &sets);
+        let outcomes = if prepared.items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let refs: Vec<(&[u8], &[u8])> = prepared
+                .items
+                .iter()
+                .map(|(k, v)| (&k[..], &v[..]))
+                .collect();
+            self.store.set_many(&session.ns.name, &refs)
+        };
+        self.finish_sets(session, sets, prepared, outcomes)
+    }
+
+    /// [`Shared::execute_sets`] for the SETs at the end of a read: they are written together
+    /// with those the other connections of this thread run in the same event-loop pass (see
+    /// `group`), and this returns once they are written and synced as the durability asks.
+    pub async fn execute_sets_together(
+        &self,
+        session: &mut Session,
+        sets: Vec<Vec<Bytes>>,
+    ) -> Vec<Outcome> {
+        if session.ns.deleted.load(Ordering::SeqCst) {
+            return sets
+                .into_iter()
+                .map(|args| self.execute(session, args))
+                .collect();
+        }
+        let mut prepared = self.prepare_sets(session, &sets);
+        let outcomes = if prepared.items.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let items = std::mem::take(&mut prepared.items);
+            super::group::set_together(&self.store, &session.ns.name, items).await
+        };
+        self.finish_sets(session, sets, prepared, outcomes)
+    }
+
+    /// SET's checks for each of `sets`: the replies of those refused, and the items to store.
+    fn prepare_sets(&self, session: &Session, sets: &[Vec<Bytes>]) -> PreparedSets {
+        self.stats
             .commands_executed
             .fetch_add(sets.len() as u64, Ordering::Relaxed);
-        let mut replies: Vec<Option<Reply>> = Vec::with_capacity(sets.len());
-        let mut items: Vec<(&[u8], &[u8])> = Vec::with_capacity(sets.len());
-        let mut slots = Vec::with_capacity(sets.len());
+        let mut prepared = PreparedSets {
+            replies: Vec::with_capacity(sets.len()),
+            slots: Vec::with_capacity(sets.len()),
+            items: Vec::with_capacity(sets.len()),
+        };
         for (i, args) in sets.iter().enumerate() {
             match keys::set_check(self, session, &args[1], None) {
                 Ok(()) => {
-                    items.push((&args[1][..], &args[2][..]));
-                    slots.push(i);
-                    replies.push(None);
+                    prepared.items.push((args[1].clone(), args[2].clone()));
+                    prepared.slots.push(i);
+                    prepared.replies.push(None);
                 }
-                Err(r) => replies.push(Some(r)),
+                Err(r) => prepared.replies.push(Some(r)),
             }
         }
-        if !items.is_empty() {
-            match self.store.set_many(&session.ns.name, &items) {
-                Ok(results) => {
-                    for (i, r) in slots.iter().zip(results) {
-                        replies[*i] = Some(keys::set_reply(session, r));
-                    }
+        prepared
+    }
+
+    /// The replies to `sets`, given what the store answered for the prepared items; counts
+    /// failures and tells WAIT and MIRROR connections.
+    fn finish_sets(
+        &self,
+        session: &Session,
+        sets: Vec<Vec<Bytes>>,
+        prepared: PreparedSets,
+        outcomes: qsfs_core::Result<Vec<qsfs_core::Result<qsfs_core::SetOutcome>>>,
+    ) -> Vec<Outcome> {
+        let PreparedSets {
+            mut replies, slots, ..
+        } = prepared;
+        match outcomes {
+            Ok(results) => {
+                for (i, r) in slots.iter().zip(results) {
+                    replies[*i] = Some(keys::set_reply(session, r));
                 }
-                Err(e) => {
-                    let r = keys::set_reply(session, Err(e));
-                    for i in &slots {
-                        replies[*i] = Some(r.clone());
-                    }
+            }
+            Err(e) => {
+                let r = keys::set_reply(session, Err(e));
+                for i in &slots {
+                    replies[*i] = Some(r.clone());
                 }
             }
         }
-        drop(items);
+        let stats = &self.stats;
         sets.into_iter()
             .zip(replies)
             .map(|(args, reply)| {

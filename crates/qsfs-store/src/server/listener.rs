@@ -71,15 +71,19 @@ fn read_now<S: Socket>(stream: &mut S, buf: &mut BytesMut) -> std::io::Result<us
 }
 
 thread_local! {
-    /// The read buffer the last drained connection of this thread gave back, so an
-    /// unpipelined client does not cost a 256 KiB `malloc` and `free` per request while idle
-    /// connections still hold no buffer.
-    static SPARE: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+    /// Read buffers that drained connections of this thread gave back, so a request does not
+    /// cost a 256 KiB `malloc` and `free` (each free of that size makes glibc consolidate its
+    /// heap) while idle connections still hold no buffer. Several, because the connections
+    /// whose SETs wait for one group commit each hold theirs until it is written.
+    static SPARES: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// This thread's spare read buffer (empty, possibly without capacity).
+/// Most read buffers a thread keeps for later connections (at most [`MAX_SPARE`] bytes each).
+const SPARES_KEPT: usize = 32;
+
+/// One of this thread's spare read buffers (empty, possibly without capacity).
 fn take_spare() -> BytesMut {
-    SPARE.with(std::cell::Cell::take)
+    SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default()
 }
 
 /// Gives an empty read buffer back to this thread. Once the requests cut from it are dropped,
@@ -87,7 +91,12 @@ fn take_spare() -> BytesMut {
 /// a part (a MIRROR event, say), `reserve` allocates anew and nothing is shared by mistake.
 fn give_spare(buf: BytesMut) {
     if buf.capacity() > 0 && buf.capacity() <= MAX_SPARE {
-        SPARE.with(|s| s.set(buf));
+        SPARES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARES_KEPT {
+                s.push(buf);
+            }
+        });
     }
 }
 
@@ -647,7 +656,8 @@ async fn process_all<S: Socket>(
     stream: &mut S,
 ) -> std::io::Result<bool> {
     let mut pending = None;
-    let mut close = process(sh, session, buf, out, events, &mut pending);
+    let mut tail = Vec::new();
+    let mut close = process(sh, session, buf, out, events, &mut pending, &mut tail);
     while let Some(job) = pending.take() {
         flush(sh, stream, out).await?;
         let outcome = job.run(sh, session).await;
@@ -658,13 +668,27 @@ async fn process_all<S: Socket>(
             buf.clear();
             return Ok(true);
         }
-        close = process(sh, session, buf, out, events, &mut pending);
+        close = process(sh, session, buf, out, events, &mut pending, &mut tail);
+    }
+    if !tail.is_empty() {
+        // Nothing of this read comes after these SETs, so they may wait for the other
+        // connections' SETs of this pass and be written with them.
+        for outcome in sh.execute_sets_together(session, tail).await {
+            if let Some(r) = outcome.reply {
+                out.push(&r);
+            }
+            if outcome.close {
+                buf.clear();
+                return Ok(true);
+            }
+        }
     }
     Ok(close)
 }
 
 /// Runs every complete request in `buf` until one is left for the blocking pool (in
-/// `pending`); returns true if the connection must close.
+/// `pending`); returns true if the connection must close. Plain SETs that end the read are
+/// not run but left in `tail`, for [`process_all`] to write together with other connections'.
 fn process(
     sh: &Shared,
     session: &mut Session,
@@ -672,6 +696,7 @@ fn process(
     out: &mut Outbox,
     events: &mut Option<broadcast::Receiver<Event>>,
     pending: &mut Option<Blocking>,
+    tail: &mut Vec<Vec<Bytes>>,
 ) -> bool {
     // Plain SETs are held back and run together when something else comes or the read is
     // used up, so their records reach the disk in one write.
@@ -699,6 +724,10 @@ fn process(
                 }
                 continue;
             }
+        }
+        if matches!(parsed, Ok(None)) && !sets.is_empty() {
+            *tail = sets;
+            return false;
         }
         if run_sets(session, &mut sets, out) {
             buf.clear();

@@ -20,6 +20,7 @@ pub mod session;
 mod admin;
 mod dispatch;
 mod engine_ext;
+mod group;
 mod info;
 mod keys;
 mod listener;
