@@ -640,7 +640,7 @@ impl Pipeline {
     ) -> Result<Vec<usize>> {
         let inner = &self.inner;
         let mut last_err = String::new();
-        for _attempt in 0..3 {
+        for attempt in 0..3 {
             let at = placement.lock().clone();
             let res = futures::future::join_all(at.iter().zip(shards).enumerate().map(
                 |(j, (&n, data))| {
@@ -648,7 +648,16 @@ impl Pipeline {
                         ObjectRecord::shard_key(&inner.settings.prefix, &id.object_id, id.index, j);
                     let node = inner.nodes[n].clone();
                     let data = data.clone();
-                    async move { node.put(&key, data).await }
+                    async move {
+                        // The key holds a fresh random object id, so on the first attempt it is
+                        // new everywhere. A failed attempt may have left the shard on a node
+                        // after all, so later attempts replace it the careful way.
+                        if attempt == 0 {
+                            node.put_new(&key, data).await
+                        } else {
+                            node.put(&key, data).await
+                        }
+                    }
                 },
             ))
             .await;
