@@ -713,16 +713,51 @@ impl Pipeline {
         i: u64,
         j: usize,
     ) -> std::result::Result<Bytes, ShardProblem> {
-        let st = &rec.stripes[i as usize];
-        let loc = &st.shards[j];
-        let problem = |kind, detail: String| ShardProblem {
+        let b = self.fetch_shard(rec, i, j).await?;
+        let (want, hash) = (rec.stripes[i as usize].meta.shard_sums[j], rec.shard_hash);
+        let (b, ok) = on_cpu(move || {
+            let ok = hash.sum(&b) == want;
+            (b, ok)
+        })
+        .await
+        .map_err(|e| Self::shard_problem(rec, i, j, ProblemKind::Unreachable, e.to_string()))?;
+        if !ok {
+            return Err(Self::checksum_mismatch(rec, i, j));
+        }
+        Ok(b)
+    }
+
+    fn shard_problem(
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+        kind: ProblemKind,
+        detail: String,
+    ) -> ShardProblem {
+        ShardProblem {
             stripe: i,
             shard: j,
-            backend: Self::backend_name(rec, loc),
+            backend: Self::backend_name(rec, &rec.stripes[i as usize].shards[j]),
             kind,
             detail,
-        };
-        let node = self.node_for(rec, loc).map_err(|n| {
+        }
+    }
+
+    fn checksum_mismatch(rec: &ObjectRecord, i: u64, j: usize) -> ShardProblem {
+        Self::shard_problem(rec, i, j, ProblemKind::Corrupt, "checksum mismatch".into())
+    }
+
+    /// Reads one shard and checks its length, but not its checksum: the caller verifies it
+    /// ([`Pipeline::read_shard`], or [`Pipeline::fetch_stripe`] together with decoding).
+    async fn fetch_shard(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+    ) -> std::result::Result<Bytes, ShardProblem> {
+        let st = &rec.stripes[i as usize];
+        let problem = |kind, detail: String| Self::shard_problem(rec, i, j, kind, detail);
+        let node = self.node_for(rec, &st.shards[j]).map_err(|n| {
             problem(
                 ProblemKind::Unreachable,
                 format!("backend {n} is not in the config"),
@@ -737,16 +772,6 @@ impl Pipeline {
                         ProblemKind::Corrupt,
                         format!("{} bytes, expected {want}", b.len()),
                     ));
-                }
-                let (want, hash) = (st.meta.shard_sums[j], rec.shard_hash);
-                let (b, ok) = on_cpu(move || {
-                    let ok = hash.sum(&b) == want;
-                    (b, ok)
-                })
-                .await
-                .map_err(|e| problem(ProblemKind::Unreachable, e.to_string()))?;
-                if !ok {
-                    return Err(problem(ProblemKind::Corrupt, "checksum mismatch".into()));
                 }
                 Ok(b)
             }
@@ -765,6 +790,11 @@ impl Pipeline {
     }
 
     /// Fetches k good shards of stripe `i` (falling back shard by shard) and decodes it.
+    ///
+    /// The fetched shards are verified in the same CPU task that decodes them: one hand-off to
+    /// the CPU pool per stripe instead of one per shard plus one, since on these machines
+    /// waking another thread costs more than hashing a shard. A shard that fails its checksum
+    /// is replaced by the next candidate and the stripe is tried again.
     async fn fetch_stripe(
         &self,
         rec: &ObjectRecord,
@@ -785,60 +815,79 @@ impl Pipeline {
             )
         });
         let mut order = order.into_iter();
+        // Shards that passed their checksum.
         let mut good: Vec<Option<Bytes>> = vec![None; k + m];
         let mut have = 0;
         let mut problems = Vec::new();
-        let read = |j: usize| async move { (j, self.read_shard(rec, i, j).await) };
-        let mut inflight = FuturesUnordered::new();
-        for j in order.by_ref().take(k) {
-            inflight.push(read(j));
-        }
-        while let Some((j, r)) = inflight.next().await {
-            match r {
-                Ok(b) => {
-                    good[j] = Some(b);
-                    have += 1;
-                    if have == k {
-                        break;
-                    }
-                }
-                Err(p) => {
-                    problems.push(p);
-                    if let Some(next) = order.next() {
-                        inflight.push(read(next));
+        let read = |j: usize| async move { (j, self.fetch_shard(rec, i, j).await) };
+        loop {
+            // Fetched, not verified yet.
+            let mut fetched: Vec<(usize, Bytes)> = Vec::with_capacity(k - have);
+            let mut inflight = FuturesUnordered::new();
+            for j in order.by_ref().take(k - have) {
+                inflight.push(read(j));
+            }
+            while let Some((j, r)) = inflight.next().await {
+                match r {
+                    Ok(b) => fetched.push((j, b)),
+                    Err(p) => {
+                        problems.push(p);
+                        if let Some(next) = order.next() {
+                            inflight.push(read(next));
+                        }
                     }
                 }
             }
-        }
-        drop(inflight);
-        if have < k {
-            let transient = problems.iter().all(|p| p.kind == ProblemKind::Unreachable);
-            return Err(BackupError::Insufficient {
-                object: rec.name.clone(),
-                stripe: i,
-                have,
-                need: k,
-                missing: problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                transient,
+            if have + fetched.len() < k {
+                let have = have + fetched.len();
+                let transient = problems.iter().all(|p| p.kind == ProblemKind::Unreachable);
+                return Err(BackupError::Insufficient {
+                    object: rec.name.clone(),
+                    stripe: i,
+                    have,
+                    need: k,
+                    missing: problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    transient,
+                }
+                .into());
             }
-            .into());
+            let meta = st.meta.clone();
+            let id = StripeId {
+                object_id: rec.object_id,
+                index: i,
+                data_version: rec.data_version,
+            };
+            let key = key.clone();
+            let loc = format!("object {} stripe {i}", rec.name);
+            let hash = rec.shard_hash;
+            let (back, bad, plain) = on_cpu(move || {
+                let mut bad = Vec::new();
+                for (j, b) in fetched {
+                    if hash.sum(&b) == meta.shard_sums[j] {
+                        good[j] = Some(b);
+                    } else {
+                        bad.push(j);
+                    }
+                }
+                if !bad.is_empty() {
+                    return (good, bad, None);
+                }
+                let mut shards = good.clone();
+                let plain = stripe::decode(&mut shards, &meta, &id, &key, (k, m), hash, &loc);
+                (good, bad, Some(plain))
+            })
+            .await?;
+            if let Some(plain) = plain {
+                return Ok((plain?, problems));
+            }
+            good = back;
+            have = good.iter().flatten().count();
+            problems.extend(bad.into_iter().map(|j| Self::checksum_mismatch(rec, i, j)));
         }
-        let meta = st.meta.clone();
-        let id = StripeId {
-            object_id: rec.object_id,
-            index: i,
-            data_version: rec.data_version,
-        };
-        let key = key.clone();
-        let loc = format!("object {} stripe {i}", rec.name);
-        let hash = rec.shard_hash;
-        let plain = on_cpu(move || stripe::decode(&mut good, &meta, &id, &key, (k, m), hash, &loc))
-            .await??;
-        Ok((plain, problems))
     }
 
     /// Streams the whole object into `out` and verifies the whole-object checksum. Returns the
