@@ -519,7 +519,10 @@ impl Pipeline {
         });
 
         let result: Result<Vec<(StripeMeta, Vec<usize>)>> = async {
-            let mut inflight = FuturesOrdered::new();
+            // Unordered: a slot is reused as soon as any stripe is written, not only when the
+            // oldest one is (a stripe waiting on a slow node no longer holds up the others).
+            // The results are put back in stripe order at the end.
+            let mut inflight = FuturesUnordered::new();
             let mut out = Vec::new();
             let mut index = 0u64;
             loop {
@@ -528,8 +531,8 @@ impl Pipeline {
                 let chunk = chunk.map_err(|e| Error::io(format!("reading {name}"), e))?;
                 progress.advance(chunk.len() as u64);
                 if inflight.len() >= s.parallel_stripes {
-                    if let Some(r) = inflight.next().await {
-                        out.push(flatten(r)?);
+                    if let Some((i, r)) = inflight.next().await {
+                        out.push((i, flatten(r)?));
                     }
                 }
                 let id = StripeId {
@@ -537,19 +540,21 @@ impl Pipeline {
                     index,
                     data_version: version,
                 };
-                inflight.push_back(Aborting::spawn(self.clone().encode_and_write(
+                let task = Aborting::spawn(self.clone().encode_and_write(
                     chunk,
                     id,
                     data_key.clone(),
                     placement.clone(),
                     seed,
-                )));
+                ));
+                inflight.push(async move { (index, task.await) });
                 index += 1;
             }
-            while let Some(r) = inflight.next().await {
-                out.push(flatten(r)?);
+            while let Some((i, r)) = inflight.next().await {
+                out.push((i, flatten(r)?));
             }
-            Ok(out)
+            out.sort_unstable_by_key(|(i, _)| *i);
+            Ok(out.into_iter().map(|(_, r)| r).collect())
         }
         .await;
         // The reader thread ends on its own once the channel is gone (it may still be blocked in
