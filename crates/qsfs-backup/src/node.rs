@@ -131,6 +131,11 @@ impl Node {
         self.call("put", self.backend.put(key, data)).await
     }
 
+    /// `put_new` (a key never stored before) with timeout and health bookkeeping.
+    pub async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        self.call("put", self.backend.put_new(key, data)).await
+    }
+
     /// `get` with timeout and health bookkeeping.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         self.call("get", self.backend.get(key)).await

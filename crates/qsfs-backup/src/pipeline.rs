@@ -519,7 +519,10 @@ impl Pipeline {
         });
 
         let result: Result<Vec<(StripeMeta, Vec<usize>)>> = async {
-            let mut inflight = FuturesOrdered::new();
+            // Unordered: a slot is reused as soon as any stripe is written, not only when the
+            // oldest one is (a stripe waiting on a slow node no longer holds up the others).
+            // The results are put back in stripe order at the end.
+            let mut inflight = FuturesUnordered::new();
             let mut out = Vec::new();
             let mut index = 0u64;
             loop {
@@ -528,8 +531,8 @@ impl Pipeline {
                 let chunk = chunk.map_err(|e| Error::io(format!("reading {name}"), e))?;
                 progress.advance(chunk.len() as u64);
                 if inflight.len() >= s.parallel_stripes {
-                    if let Some(r) = inflight.next().await {
-                        out.push(flatten(r)?);
+                    if let Some((i, r)) = inflight.next().await {
+                        out.push((i, flatten(r)?));
                     }
                 }
                 let id = StripeId {
@@ -537,19 +540,21 @@ impl Pipeline {
                     index,
                     data_version: version,
                 };
-                inflight.push_back(Aborting::spawn(self.clone().encode_and_write(
+                let task = Aborting::spawn(self.clone().encode_and_write(
                     chunk,
                     id,
                     data_key.clone(),
                     placement.clone(),
                     seed,
-                )));
+                ));
+                inflight.push(async move { (index, task.await) });
                 index += 1;
             }
-            while let Some(r) = inflight.next().await {
-                out.push(flatten(r)?);
+            while let Some((i, r)) = inflight.next().await {
+                out.push((i, flatten(r)?));
             }
-            Ok(out)
+            out.sort_unstable_by_key(|(i, _)| *i);
+            Ok(out.into_iter().map(|(_, r)| r).collect())
         }
         .await;
         // The reader thread ends on its own once the channel is gone (it may still be blocked in
@@ -640,7 +645,7 @@ impl Pipeline {
     ) -> Result<Vec<usize>> {
         let inner = &self.inner;
         let mut last_err = String::new();
-        for _attempt in 0..3 {
+        for attempt in 0..3 {
             let at = placement.lock().clone();
             let res = futures::future::join_all(at.iter().zip(shards).enumerate().map(
                 |(j, (&n, data))| {
@@ -648,7 +653,16 @@ impl Pipeline {
                         ObjectRecord::shard_key(&inner.settings.prefix, &id.object_id, id.index, j);
                     let node = inner.nodes[n].clone();
                     let data = data.clone();
-                    async move { node.put(&key, data).await }
+                    async move {
+                        // The key holds a fresh random object id, so on the first attempt it is
+                        // new everywhere. A failed attempt may have left the shard on a node
+                        // after all, so later attempts replace it the careful way.
+                        if attempt == 0 {
+                            node.put_new(&key, data).await
+                        } else {
+                            node.put(&key, data).await
+                        }
+                    }
                 },
             ))
             .await;
@@ -704,16 +718,51 @@ impl Pipeline {
         i: u64,
         j: usize,
     ) -> std::result::Result<Bytes, ShardProblem> {
-        let st = &rec.stripes[i as usize];
-        let loc = &st.shards[j];
-        let problem = |kind, detail: String| ShardProblem {
+        let b = self.fetch_shard(rec, i, j).await?;
+        let (want, hash) = (rec.stripes[i as usize].meta.shard_sums[j], rec.shard_hash);
+        let (b, ok) = on_cpu(move || {
+            let ok = hash.sum(&b) == want;
+            (b, ok)
+        })
+        .await
+        .map_err(|e| Self::shard_problem(rec, i, j, ProblemKind::Unreachable, e.to_string()))?;
+        if !ok {
+            return Err(Self::checksum_mismatch(rec, i, j));
+        }
+        Ok(b)
+    }
+
+    fn shard_problem(
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+        kind: ProblemKind,
+        detail: String,
+    ) -> ShardProblem {
+        ShardProblem {
             stripe: i,
             shard: j,
-            backend: Self::backend_name(rec, loc),
+            backend: Self::backend_name(rec, &rec.stripes[i as usize].shards[j]),
             kind,
             detail,
-        };
-        let node = self.node_for(rec, loc).map_err(|n| {
+        }
+    }
+
+    fn checksum_mismatch(rec: &ObjectRecord, i: u64, j: usize) -> ShardProblem {
+        Self::shard_problem(rec, i, j, ProblemKind::Corrupt, "checksum mismatch".into())
+    }
+
+    /// Reads one shard and checks its length, but not its checksum: the caller verifies it
+    /// ([`Pipeline::read_shard`], or [`Pipeline::fetch_stripe`] together with decoding).
+    async fn fetch_shard(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        j: usize,
+    ) -> std::result::Result<Bytes, ShardProblem> {
+        let st = &rec.stripes[i as usize];
+        let problem = |kind, detail: String| Self::shard_problem(rec, i, j, kind, detail);
+        let node = self.node_for(rec, &st.shards[j]).map_err(|n| {
             problem(
                 ProblemKind::Unreachable,
                 format!("backend {n} is not in the config"),
@@ -728,16 +777,6 @@ impl Pipeline {
                         ProblemKind::Corrupt,
                         format!("{} bytes, expected {want}", b.len()),
                     ));
-                }
-                let (want, hash) = (st.meta.shard_sums[j], rec.shard_hash);
-                let (b, ok) = on_cpu(move || {
-                    let ok = hash.sum(&b) == want;
-                    (b, ok)
-                })
-                .await
-                .map_err(|e| problem(ProblemKind::Unreachable, e.to_string()))?;
-                if !ok {
-                    return Err(problem(ProblemKind::Corrupt, "checksum mismatch".into()));
                 }
                 Ok(b)
             }
@@ -756,6 +795,11 @@ impl Pipeline {
     }
 
     /// Fetches k good shards of stripe `i` (falling back shard by shard) and decodes it.
+    ///
+    /// The fetched shards are verified in the same CPU task that decodes them: one hand-off to
+    /// the CPU pool per stripe instead of one per shard plus one, since on these machines
+    /// waking another thread costs more than hashing a shard. A shard that fails its checksum
+    /// is replaced by the next candidate and the stripe is tried again.
     async fn fetch_stripe(
         &self,
         rec: &ObjectRecord,
@@ -776,60 +820,79 @@ impl Pipeline {
             )
         });
         let mut order = order.into_iter();
+        // Shards that passed their checksum.
         let mut good: Vec<Option<Bytes>> = vec![None; k + m];
         let mut have = 0;
         let mut problems = Vec::new();
-        let read = |j: usize| async move { (j, self.read_shard(rec, i, j).await) };
-        let mut inflight = FuturesUnordered::new();
-        for j in order.by_ref().take(k) {
-            inflight.push(read(j));
-        }
-        while let Some((j, r)) = inflight.next().await {
-            match r {
-                Ok(b) => {
-                    good[j] = Some(b);
-                    have += 1;
-                    if have == k {
-                        break;
-                    }
-                }
-                Err(p) => {
-                    problems.push(p);
-                    if let Some(next) = order.next() {
-                        inflight.push(read(next));
+        let read = |j: usize| async move { (j, self.fetch_shard(rec, i, j).await) };
+        loop {
+            // Fetched, not verified yet.
+            let mut fetched: Vec<(usize, Bytes)> = Vec::with_capacity(k - have);
+            let mut inflight = FuturesUnordered::new();
+            for j in order.by_ref().take(k - have) {
+                inflight.push(read(j));
+            }
+            while let Some((j, r)) = inflight.next().await {
+                match r {
+                    Ok(b) => fetched.push((j, b)),
+                    Err(p) => {
+                        problems.push(p);
+                        if let Some(next) = order.next() {
+                            inflight.push(read(next));
+                        }
                     }
                 }
             }
-        }
-        drop(inflight);
-        if have < k {
-            let transient = problems.iter().all(|p| p.kind == ProblemKind::Unreachable);
-            return Err(BackupError::Insufficient {
-                object: rec.name.clone(),
-                stripe: i,
-                have,
-                need: k,
-                missing: problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                transient,
+            if have + fetched.len() < k {
+                let have = have + fetched.len();
+                let transient = problems.iter().all(|p| p.kind == ProblemKind::Unreachable);
+                return Err(BackupError::Insufficient {
+                    object: rec.name.clone(),
+                    stripe: i,
+                    have,
+                    need: k,
+                    missing: problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    transient,
+                }
+                .into());
             }
-            .into());
+            let meta = st.meta.clone();
+            let id = StripeId {
+                object_id: rec.object_id,
+                index: i,
+                data_version: rec.data_version,
+            };
+            let key = key.clone();
+            let loc = format!("object {} stripe {i}", rec.name);
+            let hash = rec.shard_hash;
+            let (back, bad, plain) = on_cpu(move || {
+                let mut bad = Vec::new();
+                for (j, b) in fetched {
+                    if hash.sum(&b) == meta.shard_sums[j] {
+                        good[j] = Some(b);
+                    } else {
+                        bad.push(j);
+                    }
+                }
+                if !bad.is_empty() {
+                    return (good, bad, None);
+                }
+                let mut shards = good.clone();
+                let plain = stripe::decode(&mut shards, &meta, &id, &key, (k, m), hash, &loc);
+                (good, bad, Some(plain))
+            })
+            .await?;
+            if let Some(plain) = plain {
+                return Ok((plain?, problems));
+            }
+            good = back;
+            have = good.iter().flatten().count();
+            problems.extend(bad.into_iter().map(|j| Self::checksum_mismatch(rec, i, j)));
         }
-        let meta = st.meta.clone();
-        let id = StripeId {
-            object_id: rec.object_id,
-            index: i,
-            data_version: rec.data_version,
-        };
-        let key = key.clone();
-        let loc = format!("object {} stripe {i}", rec.name);
-        let hash = rec.shard_hash;
-        let plain = on_cpu(move || stripe::decode(&mut good, &meta, &id, &key, (k, m), hash, &loc))
-            .await??;
-        Ok((plain, problems))
     }
 
     /// Streams the whole object into `out` and verifies the whole-object checksum. Returns the

@@ -74,6 +74,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Stores `data` under `key`, replacing any previous blob atomically.
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
 
+    /// [`Backend::put`] for a key that was never stored before, such as one built from a fresh
+    /// random id: an implementation may skip what only replacing a blob needs (the 0-db adapter
+    /// saves the round trip that looks for a chunked blob's manifest to clean up). Storing over
+    /// an existing key this way is still atomic and still correct for readers, but parts of the
+    /// old blob may be left behind as unreferenced space. The default is [`Backend::put`].
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put(key, data).await
+    }
+
     /// The whole blob; [`Error::NotFound`] if absent.
     async fn get(&self, key: &str) -> Result<Bytes>;
 

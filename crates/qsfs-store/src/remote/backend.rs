@@ -125,13 +125,24 @@ impl ZdbBackend {
         k
     }
 
+    /// Whether `data` is stored as one value (else as chunks and a manifest).
+    fn fits_one_value(data: &[u8]) -> bool {
+        data.len() + 5 <= MAX_VALUE
+    }
+
+    /// Stores `data` as one value `0x00 | crc32c | data`.
+    fn user_set_value(&self, key: &str, data: &[u8]) -> Result<()> {
+        // Header and data go to the socket as they are: no copy of the value is made.
+        let crc = crc32c::crc32c(data).to_le_bytes();
+        self.client
+            .set_parts(&self.ns, key.as_bytes(), &[&[0], &crc, data])
+    }
+
     fn user_put(&self, key: &str, data: &[u8]) -> Result<()> {
+        // A manifest being replaced must be read first: its chunks are deleted only through it.
         let old = self.user_manifest(key)?;
-        if data.len() + 5 <= MAX_VALUE {
-            // Header and data go to the socket as they are: no copy of the value is made.
-            let crc = crc32c::crc32c(data).to_le_bytes();
-            self.client
-                .set_parts(&self.ns, key.as_bytes(), &[&[0], &crc, data])?;
+        if Self::fits_one_value(data) {
+            self.user_set_value(key, data)?;
         } else {
             let generation: u64 = rand::random();
             let chunks: Vec<&[u8]> = data.chunks(MAX_VALUE).collect();
@@ -473,6 +484,19 @@ impl Backend for ZdbBackend {
             return self.blocking(move |b| b.seq_put(&key, &data)).await;
         }
         self.blocking(move |b| b.user_put(&key, &data)).await
+    }
+
+    /// One round trip instead of two for a blob stored as one value: the LENGTH that looks for
+    /// an old manifest to clean up is skipped, since a new key has none. A chunked blob (over
+    /// 8 MiB) and seq mode take the path of [`Backend::put`], so a manifest that the key may
+    /// hold after all is still read and its chunks deleted.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        if self.mode == Mode::Seq || !Self::fits_one_value(&data) {
+            return self.put(key, data).await;
+        }
+        check_object_key(key)?;
+        let key = key.to_string();
+        self.blocking(move |b| b.user_set_value(&key, &data)).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {

@@ -430,6 +430,8 @@ pub struct ZdbClient {
     passwords: RwLock<HashMap<String, String>>,
     /// Whether the server is `qsfs serve` (INFO `server_revision: qsfs-…`), asked once.
     qsfs: std::sync::OnceLock<bool>,
+    /// Batches sent for callers ([`ZdbClient::round_trips`]).
+    round_trips: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ZdbClient {
@@ -473,6 +475,7 @@ impl ZdbClient {
             pool: Mutex::new(Vec::new()),
             passwords: RwLock::new(passwords),
             qsfs: std::sync::OnceLock::new(),
+            round_trips: std::sync::atomic::AtomicU64::new(0),
         };
         let ns = client.config.namespace.clone();
         let ping = [vec![b"PING".to_vec()]];
@@ -677,6 +680,8 @@ impl ZdbClient {
                     return Ok(Err(e));
                 }
                 sent = true;
+                self.round_trips
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let replies = send(&mut conn)?;
                 self.give(conn);
                 Ok(Ok(replies))
@@ -692,6 +697,13 @@ impl ZdbClient {
                 Err(e) => return Err(io_err(e, &format!("0-db {}", self.endpoint()))),
             }
         }
+    }
+
+    /// Round trips made so far for requests and pipelined batches (each counts once, retries
+    /// included; the AUTH and SELECT of a new connection are not counted). Lets tests and
+    /// benchmarks count what an operation costs on the wire.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// One request on namespace `ns`.

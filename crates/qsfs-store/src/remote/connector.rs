@@ -120,6 +120,10 @@ impl Backend for LazyZdbBackend {
         self.backend().await?.put(key, data).await
     }
 
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<()> {
+        self.backend().await?.put_new(key, data).await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes> {
         self.backend().await?.get(key).await
     }
