@@ -93,3 +93,73 @@ fn the_session_thread_stops_polling_when_requests_stop() {
     std::fs::write(fx.p("d/after"), b"y").unwrap();
     assert_eq!(std::fs::read(fx.p("d/after")).unwrap(), b"y");
 }
+
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn cached_directory_listings_follow_every_change() {
+    let fx = Fixture::new();
+    let stats = fx.fs(|fs| fs.stats());
+    let d = fx.p("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::create_dir(fx.p("other")).unwrap();
+    for i in 0..5 {
+        std::fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    let first = listing(&d);
+    assert_eq!(first, ["f0", "f1", "f2", "f3", "f4"]);
+    // An unchanged directory is listed from the kernel's cache, not asked for again.
+    let before = stats.ops(Op::Readdir);
+    for _ in 0..5 {
+        assert_eq!(listing(&d), first);
+    }
+    let asked = stats.ops(Op::Readdir) - before;
+    assert!(
+        asked < 5,
+        "{asked} READDIRs for 5 listings of an unchanged directory"
+    );
+
+    // Every kind of change shows in the next listing.
+    let mut want = first.clone();
+    let check = |want: &mut Vec<String>| {
+        want.sort();
+        assert_eq!(&listing(&d), want);
+    };
+    std::fs::write(d.join("new"), b"y").unwrap();
+    want.push("new".into());
+    check(&mut want);
+    std::fs::remove_file(d.join("f0")).unwrap();
+    want.retain(|n| n != "f0");
+    check(&mut want);
+    std::fs::rename(d.join("f1"), d.join("g1")).unwrap();
+    want.retain(|n| n != "f1");
+    want.push("g1".into());
+    check(&mut want);
+    std::fs::write(fx.p("other/in"), b"z").unwrap();
+    std::fs::rename(fx.p("other/in"), d.join("in")).unwrap();
+    want.push("in".into());
+    check(&mut want);
+    std::fs::rename(d.join("f2"), fx.p("other/out")).unwrap();
+    want.retain(|n| n != "f2");
+    check(&mut want);
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::os::unix::fs::symlink("f3", d.join("link")).unwrap();
+    std::fs::hard_link(fx.p("other/out"), d.join("hard")).unwrap();
+    want.extend(["sub".into(), "link".into(), "hard".into()]);
+    check(&mut want);
+    std::fs::remove_dir(d.join("sub")).unwrap();
+    want.retain(|n| n != "sub");
+    check(&mut want);
+    // Listing a file, or a directory removed meanwhile, still fails.
+    assert!(std::fs::read_dir(d.join("f3")).is_err());
+    std::fs::create_dir(fx.p("gone")).unwrap();
+    std::fs::remove_dir(fx.p("gone")).unwrap();
+    assert!(std::fs::read_dir(fx.p("gone")).is_err());
+}
