@@ -42,6 +42,12 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 /// A request that arrives within this time after the previous one was answered belongs to a
 /// burst (a program creating, writing or removing files one after the other).
 const BURST_GAP: Duration = Duration::from_millis(1);
+/// A yield that took longer than this ran another thread: the CPUs are busy, so waking the
+/// session thread is cheap (no idle vCPU to bring back) and polling only takes CPU time from
+/// others. Polling then stops for [`BUSY_BACKOFF`].
+const PREEMPTED: Duration = Duration::from_micros(20);
+/// How long polling stays off once the machine was found busy.
+const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Keeps the session thread on its CPU for a moment after each reply during a burst of
 /// requests. A synchronous request costs the caller two wake-ups: the server's, then its own.
@@ -49,8 +55,9 @@ const BURST_GAP: Duration = Duration::from_millis(1);
 /// waking an idle vCPU (an IPI and a VM entry) costs tens of microseconds, several times the
 /// work of a small request; polling for [`DEFAULT_SPIN`] after a reply takes the next request
 /// without that wake-up. Bounded: never more than the window per request, and only when the
-/// previous request came within [`BURST_GAP`], so an idle mount never spins; and each poll
-/// yields the CPU to any other runnable thread.
+/// previous request came within [`BURST_GAP`], so an idle mount never spins; each poll
+/// yields the CPU to any other runnable thread, and a busy machine (where wake-ups are cheap
+/// because no CPU idles) turns polling off for a while.
 #[derive(Default)]
 pub struct Spin {
     /// A duplicate of the session's `/dev/fuse` descriptor, polled without reading; unset:
@@ -62,6 +69,8 @@ pub struct Spin {
     last_end: Mutex<Option<Instant>>,
     /// Whether the request being served came within [`BURST_GAP`] of the previous one.
     burst: AtomicBool,
+    /// No polling before this: the machine was found busy ([`PREEMPTED`]).
+    busy_until: Mutex<Option<Instant>>,
 }
 
 impl Spin {
@@ -95,7 +104,8 @@ impl Spin {
             return;
         }
         let start = Instant::now();
-        if self.burst.load(Ordering::Relaxed) {
+        let busy = self.busy_until.lock().is_some_and(|t| start < t);
+        if self.burst.load(Ordering::Relaxed) && !busy {
             if let Some(fd) = self.fd.get() {
                 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
                 let window = Duration::from_nanos(ns);
@@ -110,8 +120,14 @@ impl Spin {
                         break;
                     }
                     // A loaded machine has better use for the CPU than this poll: any other
-                    // runnable thread goes first.
+                    // runnable thread goes first, and once one did, polling stops for a while.
+                    let before = Instant::now();
                     std::thread::yield_now();
+                    let after = Instant::now();
+                    if after.saturating_duration_since(before) > PREEMPTED {
+                        *self.busy_until.lock() = Some(after + BUSY_BACKOFF);
+                        break;
+                    }
                 }
             }
         }
