@@ -20,17 +20,31 @@ fn small_files_need_no_setattr_at_close_and_their_times_stay_true() {
     let stats = fx.fs(|fs| fs.stats());
     std::fs::create_dir(fx.p("d")).unwrap();
     const FILES: usize = 40;
-    let before = stats.ops(Op::Setattr);
+    // Created and written within one clock tick (4 ms or less) the kernel finds the times it
+    // would stamp already there; only a write that crosses a tick sends them back. Since Linux
+    // 6.13 the kernel's clock may also run ahead of the tick for the rest of it when another
+    // filesystem (ext4, xfs, ...) hands out a fine-grained timestamp, which a busy machine
+    // does all the time: then the SETATTR comes as before. A few rounds of files, one of which
+    // must do without most of them; without the coarse clock every file sends one.
+    let mut counts = Vec::new();
+    for round in 0..5 {
+        let before = stats.ops(Op::Setattr);
+        for i in 0..FILES {
+            std::fs::write(fx.p(&format!("d/r{round}-f{i}")), format!("file {i}\n")).unwrap();
+        }
+        let n = stats.ops(Op::Setattr) - before;
+        counts.push(n);
+        if n <= (FILES / 2) as u64 {
+            break;
+        }
+    }
+    assert!(
+        counts.iter().any(|&n| n <= (FILES / 2) as u64),
+        "SETATTRs per round of {FILES} small files: {counts:?}"
+    );
     for i in 0..FILES {
         std::fs::write(fx.p(&format!("d/f{i}")), format!("file {i}\n")).unwrap();
     }
-    let setattrs = stats.ops(Op::Setattr) - before;
-    // Created and written within one clock tick (4 ms or less) the kernel finds the times it
-    // would stamp already there; only a write that crosses a tick sends them back.
-    assert!(
-        setattrs <= (FILES / 2) as u64,
-        "{setattrs} SETATTRs for {FILES} small files"
-    );
 
     // A later write in another tick still moves mtime/ctime, and the store gets them.
     let first = times(&std::fs::metadata(fx.p("d/f0")).unwrap());
