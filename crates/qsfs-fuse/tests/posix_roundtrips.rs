@@ -53,6 +53,20 @@ fn small_files_need_no_setattr_at_close_and_their_times_stay_true() {
     let later = times(&std::fs::metadata(fx.p("d/f0")).unwrap());
     assert!(later > first, "{later:?} not after {first:?}");
 
+    // Written in the creation tick but handed to the filesystem (at close) ticks later: the
+    // times stay those the kernel shows.
+    let mut late = Vec::new();
+    for i in 0..5 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fx.p(&format!("d/late{i}"))).unwrap();
+        f.write_all(b"late\n").unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        drop(f);
+        late.push(times(
+            &std::fs::metadata(fx.p(&format!("d/late{i}"))).unwrap(),
+        ));
+    }
+
     // What the kernel showed is what the store has: nothing was left only in its cache.
     let shown: Vec<_> = (0..FILES)
         .map(|i| times(&std::fs::metadata(fx.p(&format!("d/f{i}"))).unwrap()))
@@ -62,6 +76,10 @@ fn small_files_need_no_setattr_at_close_and_their_times_stay_true() {
         let m = std::fs::metadata(fx.p(&format!("d/f{i}"))).unwrap();
         assert_eq!(times(&m), *t, "f{i} after remount");
         assert_eq!(m.mtime(), m.ctime(), "f{i}");
+    }
+    for (i, t) in late.iter().enumerate() {
+        let m = std::fs::metadata(fx.p(&format!("d/late{i}"))).unwrap();
+        assert_eq!(times(&m), *t, "late{i} after remount");
     }
     assert_eq!(std::fs::read(fx.p("d/f0")).unwrap(), b"later\n");
     assert_eq!(std::fs::read(fx.p("d/f7")).unwrap(), b"file 7\n");
