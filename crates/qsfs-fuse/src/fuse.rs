@@ -786,15 +786,17 @@ impl Filesystem for QsfsFuse {
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let _spin = self.spin.begin();
-        // Directory handles carry nothing here (readdir works from the inode and the offset),
-        // and the kernel only opens inodes it knows are directories. ENOSYS tells it to stop
-        // sending OPENDIR and RELEASEDIR (two round trips per directory opened: `rm -rf`, `ls`,
-        // `find` open each directory twice) and to cache listings in its page cache
-        // (FOPEN_CACHE_DIR), which it drops whenever the directory changes through this mount
-        // -- and every change does: a filesystem has one mount at a time.
-        let _ = ino;
-        self.stats.op(Op::Getattr);
-        reply.error(libc::ENOSYS);
+        // Answering ENOSYS here would spare OPENDIR/RELEASEDIR, but also turn on the kernel's
+        // listing cache: `rm -rf` after a `diff -r` then read listings from it with expired
+        // dentries and sent one LOOKUP per entry instead of one READDIRPLUS per directory
+        // (W7: 3.63 -> 3.79 requests per entry).
+        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
+            if a.inode.kind == Kind::Dir {
+                reply.opened(0, 0)
+            } else {
+                reply.error(libc::ENOTDIR)
+            }
+        });
     }
 
     fn readdir(
