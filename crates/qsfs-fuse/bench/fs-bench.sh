@@ -30,6 +30,7 @@ dd if=/dev/urandom of="$WORK/src.bin" bs=1M count="$SIZE_MB" status=none
 cat "$WORK/src.bin" > /dev/null
 tar cf "$WORK/tree.tar" -C "$(dirname "$TREE")" "$(basename "$TREE")"
 TREE_MB=$(( $(stat -c %s "$WORK/tree.tar") / 1048576 ))
+TREE_N=$(tar tf "$WORK/tree.tar" | wc -l)
 
 "$QSFS" mount "$WORK/mnt" --root "$WORK/root" 2> "$WORK/qsfs.log" &
 QPID=$!
@@ -45,6 +46,33 @@ for _ in $(seq 100); do
 done
 grep -q " $WORK/mnt " /proc/self/mountinfo || { echo "qsfs did not mount" >&2; exit 1; }
 
+# FUSE requests per workload on the mount, counted by the kernel's fuse:fuse_request_send
+# tracepoint (Linux >= 6.15, perf) in the background, outside the timed commands; no figures
+# without them. fuse-requests.sh in this directory breaks a command's requests down by opcode.
+CONN=""
+if command -v perf > /dev/null && [ -d /sys/kernel/tracing/events/fuse ]; then
+  DEV=$(mountpoint -d "$WORK/mnt")
+  CONN=$(( (${DEV%%:*} << 20) | ${DEV##*:} ))
+fi
+count_start() { # key
+  [ -n "$CONN" ] || return 0
+  perf stat -a -x, -e fuse:fuse_request_send --filter "connection == $CONN" \
+    -o "$WORK/count.$1" -- sleep 100000 > /dev/null 2>&1 &
+  CPID=$!
+  sleep 1
+}
+count_stop() { # key items
+  [ -n "$CONN" ] || return 0
+  # perf stops counting when its command ends: end that sleep.
+  local child
+  for child in $(cat /proc/"$CPID"/task/*/children 2>/dev/null); do kill "$child" 2>/dev/null || true; done
+  wait "$CPID" 2>/dev/null || true
+  local n
+  n=$(grep fuse_request_send "$WORK/count.$1" | cut -d, -f1)
+  if [ -n "$n" ]; then REQ[$1]=$(echo "$n / $2" | bc -l); fi
+}
+declare -A REQ
+
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
@@ -58,8 +86,10 @@ run() { # target-name dir
   t0=$(now); dd if="$d/big" of=/dev/null bs=1M status=none; t1=$(now)
   R[$n,w2]=$(echo "$SIZE_MB / $(secs "$t0" "$t1")" | bc -l)
   mkdir "$d/small"
+  if [ "$n" = qsfs ]; then count_start w5; fi
   t0=$(now); bash -c "for i in \$(seq 1 $FILES); do echo \"file \$i\" > $d/small/f\$i; done"; t1=$(now)
   R[$n,w5]=$(secs "$t0" "$t1")
+  if [ "$n" = qsfs ]; then count_stop w5 "$FILES"; fi
   # The same with the loop (and the mount) on one CPU: small-file round trips otherwise pay for
   # waking an idle CPU twice each, which on a VM without guest halt polling dominates.
   mkdir "$d/pinned"
@@ -72,11 +102,15 @@ run() { # target-name dir
   t0=$(now); ls -l "$d/small" | wc -l > /dev/null; t1=$(now)
   R[$n,w5b]=$(secs "$t0" "$t1")
   mkdir "$d/t"
+  if [ "$n" = qsfs ]; then count_start w6; fi
   t0=$(now); tar xf "$WORK/tree.tar" -C "$d/t"; t1=$(now)
   R[$n,w6]=$(secs "$t0" "$t1")
+  if [ "$n" = qsfs ]; then count_stop w6 "$TREE_N"; fi
   diff -qr --no-dereference "$TREE" "$d/t/$(basename "$TREE")" > /dev/null || { echo "tree differs on $n" >&2; exit 1; }
+  if [ "$n" = qsfs ]; then count_start w7; fi
   t0=$(now); rm -rf "$d/t"; t1=$(now)
   R[$n,w7]=$(secs "$t0" "$t1")
+  if [ "$n" = qsfs ]; then count_stop w7 "$TREE_N"; fi
   t0=$(now); rm -rf "$d/small"; t1=$(now)
   R[$n,w8]=$(secs "$t0" "$t1")
   rm -f "$d/big"
@@ -119,4 +153,9 @@ line "W6 tar x ${TREE_MB} MiB tree" w6 " s" down 3.9
 line "W7 rm -rf the tree" w7 " s" down 1.5
 line "W8 rm -rf the small files" w8 " s" down
 echo "(qsfs/plain and qsfs/0dbfs: qsfs speed as a fraction of the other; 1.00 = as fast, 2.00 = twice as fast)"
+for k in w5 w6 w7; do
+  if [ -n "${REQ[$k]:-}" ]; then
+    printf "FUSE requests per file (or tree entry), %s on qsfs: %.2f\n" "$k" "${REQ[$k]}"
+  fi
+done
 du -sh "$WORK/root/engine" | sed 's/^/engine directory after the run: /'

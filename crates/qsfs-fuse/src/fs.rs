@@ -1378,10 +1378,16 @@ impl Fs {
             pos += n as u64;
         }
         let now = Time::now();
+        let kernel_times = self.kernel_writeback;
         let i = self.inode_mut(ino)?;
         i.size = i.size.max(end);
-        i.mtime = now;
-        i.ctime = now;
+        // With the writeback cache the kernel owns a file's mtime/ctime: it stamps them on
+        // write and sends them (SETATTR) when they changed. A stamp here would differ from what
+        // it shows whenever it found them current (created in the same clock tick).
+        if !kernel_times {
+            i.mtime = now;
+            i.ctime = now;
+        }
         Ok(data.len() as u32)
     }
 

@@ -163,9 +163,22 @@ pub struct Time {
 }
 
 impl Time {
-    /// The current time.
+    /// The current time, from the clock the kernel stamps files with (`current_time()`: the
+    /// coarse clock, its last tick). With the writeback cache the kernel owns a regular file's
+    /// mtime and ctime and, on a write, compares them with that clock: a file created in the
+    /// same tick then needs no SETATTR carrying its times back at close (unless another
+    /// filesystem handed out a fine-grained timestamp meanwhile, which moves the kernel's
+    /// clock past the tick: Linux 6.13 multigrain timestamps). Written files end up with the
+    /// kernel's times anyway (it sends them).
     pub fn now() -> Self {
-        Self::from_system(std::time::SystemTime::now())
+        use nix::time::{clock_gettime, ClockId};
+        match clock_gettime(ClockId::CLOCK_REALTIME_COARSE) {
+            Ok(t) => Time {
+                secs: t.tv_sec(),
+                nanos: u32::try_from(t.tv_nsec()).unwrap_or(0),
+            },
+            Err(_) => Self::from_system(std::time::SystemTime::now()),
+        }
     }
 
     /// Converts from a `SystemTime`, before or after the epoch.

@@ -2,6 +2,7 @@
 
 use fuser::{MountOption, Session, SessionUnmounter};
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -77,7 +78,12 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
     if let Ok(p) = std::fs::canonicalize(mountpoint) {
         fuse.after_init(Box::new(move || tune_bdi(&p, READ_AHEAD_KIB)));
     }
+    let spin = fuse.spin();
     let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
+    match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => spin.attach(fd, spin_window()),
+        Err(e) => tracing::debug!(error = %e, "no polling between requests"),
+    }
     let unmounter = session.unmount_callable();
     let thread = std::thread::Builder::new()
         .name("qsfs-fuse".into())
@@ -93,6 +99,16 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
         unmounter: Some(unmounter),
         thread: Some(thread),
     })
+}
+
+/// The session thread's polling window between requests ([`crate::fuse::Spin`]):
+/// `QSFS_FUSE_SPIN_US` microseconds if set (0 turns it off, e.g. on a machine where every CPU
+/// is busy anyway), else [`crate::fuse::DEFAULT_SPIN`].
+fn spin_window() -> std::time::Duration {
+    std::env::var("QSFS_FUSE_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(crate::fuse::DEFAULT_SPIN, std::time::Duration::from_micros)
 }
 
 /// Kernel read-ahead window of a mount, in KiB: eight 128 KiB blocks per request.
