@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{errno, FsError, FsResult};
-use crate::fetch::{Fetches, ReadPool, DEFAULT_READ_THREADS};
+use crate::fetch::{run_deferred, Fetches, ReadPool, DEFAULT_READ_THREADS};
 use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
 use crate::layout::{Kind, Time};
 use crate::stats::{FsStats, Op};
@@ -178,7 +178,7 @@ impl QsfsFuse {
     /// request while the store answers).
     pub fn with_threads(fs: Fs, threads: usize) -> Self {
         let stats = fs.stats();
-        let fetches = Arc::new(Fetches::new(fs.store().clone(), &fs.namespaces().block));
+        let fetches = Arc::new(Fetches::new(fs.store().clone(), fs.namespaces()));
         let handle = FsHandle {
             fs: Arc::new(Mutex::new(fs)),
             crashed: Arc::new(AtomicBool::new(false)),
@@ -270,6 +270,51 @@ impl QsfsFuse {
     fn counted<T>(&self, op: Op, r: FsResult<T>) -> FsResult<T> {
         count(&self.stats, op, r)
     }
+
+    /// Runs `now` under the lock without waiting on the Store. If it needs records or blocks
+    /// not in memory, a read worker fetches them with the lock released and runs `later()`
+    /// (the same operation on owned arguments); `done` answers either way. Without read
+    /// workers it runs with the lock held, fetching as it goes.
+    fn call_or_defer<T: Send + 'static, G>(
+        &self,
+        op: Op,
+        ino: u64,
+        now: impl FnOnce(&mut Fs) -> FsResult<T>,
+        later: impl FnOnce() -> G,
+        done: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) where
+        G: FnMut(&mut Fs) -> FsResult<T> + Send + 'static,
+    {
+        let Some(pool) = &self.pool else {
+            return done(self.call(op, now));
+        };
+        let missing = match guarded(&mut self.fs(), |fs| Ok(fs.without_fetch(Vec::new(), now))) {
+            Ok(Err(missing)) => missing,
+            Ok(Ok(r)) => return done(self.counted(op, r)),
+            Err(e) => return done(self.counted(op, Err(e))),
+        };
+        let (fs, fetches, stats, f) = (
+            self.handle.fs.clone(),
+            self.reader.fetches.clone(),
+            self.stats.clone(),
+            later(),
+        );
+        pool.submit(
+            ino,
+            Box::new(move || done(count(&stats, op, run_deferred(&fs, &fetches, missing, f)))),
+        );
+    }
+
+    /// [`QsfsFuse::call_or_defer`] for an operation whose arguments are all owned.
+    fn deferrable<T: Send + 'static>(
+        &self,
+        op: Op,
+        ino: u64,
+        f: impl FnMut(&mut Fs) -> FsResult<T> + Clone + Send + 'static,
+        done: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) {
+        self.call_or_defer(op, ino, f.clone(), || f, done);
+    }
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -352,9 +397,16 @@ impl Filesystem for QsfsFuse {
 
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         self.first_request();
-        entry(
-            reply,
-            self.call(Op::Lookup, |fs| fs.lookup(parent, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Lookup,
+            parent,
+            |fs| fs.lookup(parent, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.lookup(parent, &name)
+            },
+            move |r| entry(reply, r),
         );
     }
 
@@ -371,9 +423,12 @@ impl Filesystem for QsfsFuse {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         self.first_request();
-        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
-            reply.attr(&TTL, &fuse_attr(&a))
-        });
+        self.deferrable(
+            Op::Getattr,
+            ino,
+            move |fs| fs.getattr(ino),
+            move |r| reply_or_err!(reply, r, |a| reply.attr(&TTL, &fuse_attr(&a))),
+        );
     }
 
     fn setattr(
@@ -408,22 +463,24 @@ impl Filesystem for QsfsFuse {
         let chown = (uid.is_some() || gid.is_some()) && mode.is_none();
         let kill = self.killpriv && (size.is_some() || chown);
         let suid_sgid = chown || req.uid() != 0;
-        reply_or_err!(
-            reply,
-            self.call(Op::Setattr, |fs| {
-                if kill {
-                    fs.kill_privileges(ino, suid_sgid)?;
-                }
-                fs.setattr(ino, set)
-            }),
-            |a| reply.attr(&TTL, &fuse_attr(&a))
-        );
+        let setattr = move |fs: &mut Fs| {
+            if kill {
+                fs.kill_privileges(ino, suid_sgid)?;
+            }
+            fs.setattr(ino, set.clone())
+        };
+        self.deferrable(Op::Setattr, ino, setattr, move |r| {
+            reply_or_err!(reply, r, |a| reply.attr(&TTL, &fuse_attr(&a)))
+        });
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        reply_or_err!(reply, self.call(Op::Other, |fs| fs.readlink(ino)), |t| {
-            reply.data(&t)
-        });
+        self.deferrable(
+            Op::Other,
+            ino,
+            move |fs| fs.readlink(ino),
+            move |r| reply_or_err!(reply, r, |t| reply.data(&t)),
+        );
     }
 
     fn mknod(
@@ -531,10 +588,11 @@ impl Filesystem for QsfsFuse {
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let flags = self.handle_flags(flags);
-        reply_or_err!(
-            reply,
-            self.call(Op::Other, |fs| fs.open_file(ino, flags)),
-            |fh| reply.opened(fh, 0)
+        self.deferrable(
+            Op::Other,
+            ino,
+            move |fs| fs.open_file(ino, flags),
+            move |r| reply_or_err!(reply, r, |fh| reply.opened(fh, 0)),
         );
     }
 
@@ -596,21 +654,31 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        reply_or_err!(
-            reply,
-            self.call(Op::Write, |fs| {
-                if self.killpriv {
-                    // The kernel sets the flag for a caller without CAP_FSETID; capabilities
-                    // go on any write, as on a local filesystem.
-                    let suid_sgid = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
-                    fs.kill_privileges(ino, suid_sgid)?;
-                }
-                fs.write(ino, fh, offset as u64, data)
-            }),
-            |n| {
-                self.stats.written_bytes(u64::from(n));
-                reply.written(n)
+        let killpriv = self.killpriv;
+        let write = move |fs: &mut Fs, data: &[u8]| {
+            if killpriv {
+                // The kernel sets the flag for a caller without CAP_FSETID; capabilities
+                // go on any write, as on a local filesystem.
+                let suid_sgid = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
+                fs.kill_privileges(ino, suid_sgid)?;
             }
+            fs.write(ino, fh, offset as u64, data)
+        };
+        let stats = self.stats.clone();
+        self.call_or_defer(
+            Op::Write,
+            ino,
+            |fs| write(fs, data),
+            || {
+                let data = data.to_vec();
+                move |fs: &mut Fs| write(fs, &data)
+            },
+            move |r| {
+                reply_or_err!(reply, r, |n| {
+                    stats.written_bytes(u64::from(n));
+                    reply.written(n)
+                })
+            },
         );
     }
 
@@ -650,13 +718,20 @@ impl Filesystem for QsfsFuse {
     }
 
     fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
-        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
-            if a.inode.kind == Kind::Dir {
-                reply.opened(0, 0)
-            } else {
-                reply.error(libc::ENOTDIR)
-            }
-        });
+        self.deferrable(
+            Op::Getattr,
+            ino,
+            move |fs| fs.getattr(ino),
+            move |r| {
+                reply_or_err!(reply, r, |a| {
+                    if a.inode.kind == Kind::Dir {
+                        reply.opened(0, 0)
+                    } else {
+                        reply.error(libc::ENOTDIR)
+                    }
+                })
+            },
+        );
     }
 
     fn readdir(
@@ -667,19 +742,21 @@ impl Filesystem for QsfsFuse {
         offset: i64,
         mut reply: ReplyDirectory,
     ) {
-        let r = self.call(Op::Readdir, |fs| fs.readdir(ino, offset, 512));
-        reply_or_err!(reply, r, |entries| {
-            for e in entries {
-                if reply.add(
-                    e.ino,
-                    e.cookie,
-                    file_type(e.kind),
-                    OsStr::from_bytes(&e.name),
-                ) {
-                    break;
+        let readdir = move |fs: &mut Fs| fs.readdir(ino, offset, 512);
+        self.deferrable(Op::Readdir, ino, readdir, move |r| {
+            reply_or_err!(reply, r, |entries| {
+                for e in entries {
+                    if reply.add(
+                        e.ino,
+                        e.cookie,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
                 }
-            }
-            reply.ok()
+                reply.ok()
+            })
         });
     }
 
@@ -691,35 +768,29 @@ impl Filesystem for QsfsFuse {
         offset: i64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.stats.op(Op::Readdir);
-        let mut fs = self.fs();
-        let entries = match fs.readdir(ino, offset, 256) {
-            Ok(e) => e,
-            Err(e) => {
-                let n = errno(&e);
-                if n != libc::ENOENT {
-                    self.stats.error();
+        let handle = self.handle.clone();
+        let readdir = move |fs: &mut Fs| fs.readdir_plus(ino, offset, 256);
+        self.deferrable(Op::Readdir, ino, readdir, move |r| {
+            reply_or_err!(reply, r, |entries| {
+                let mut unsent = Vec::new();
+                let mut full = false;
+                for (e, attr) in entries {
+                    let name = OsStr::from_bytes(&e.name);
+                    full = full || reply.add(e.ino, e.cookie, name, &TTL, &fuse_attr(&attr), 0);
+                    // The kernel takes a reference for every entry it gets but "." and "..".
+                    if full && e.name != b"." && e.name != b".." {
+                        unsent.push(e.ino);
+                    }
                 }
-                return reply.error(n);
-            }
-        };
-        for e in entries {
-            let attr = match fs.getattr(e.ino) {
-                Ok(a) => a,
-                Err(err) => return reply.error(errno(&err)),
-            };
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(e.ino, e.cookie, name, &TTL, &fuse_attr(&attr), 0) {
-                break;
-            }
-            // The kernel takes a reference for every entry but "." and "..".
-            if e.name != b"." && e.name != b".." {
-                if let Err(err) = fs.add_lookup(e.ino) {
-                    tracing::warn!(error = %err, "readdirplus lookup count");
+                if !unsent.is_empty() {
+                    let mut fs = handle.fs.lock();
+                    for ino in unsent {
+                        fs.forget(ino, 1);
+                    }
                 }
-            }
-        }
-        reply.ok();
+                reply.ok()
+            })
+        });
     }
 
     fn fsyncdir(
@@ -766,15 +837,24 @@ impl Filesystem for QsfsFuse {
         size: u32,
         reply: ReplyXattr,
     ) {
-        xattr_reply(
-            reply,
-            self.call(Op::Other, |fs| fs.getxattr(ino, name.as_bytes())),
-            size,
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Other,
+            ino,
+            |fs| fs.getxattr(ino, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.getxattr(ino, &name)
+            },
+            move |r| xattr_reply(reply, r, size),
         );
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
-        xattr_reply(reply, self.call(Op::Other, |fs| fs.listxattr(ino)), size);
+        let listxattr = move |fs: &mut Fs| fs.listxattr(ino);
+        self.deferrable(Op::Other, ino, listxattr, move |r| {
+            xattr_reply(reply, r, size)
+        });
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
@@ -787,10 +867,8 @@ impl Filesystem for QsfsFuse {
     fn access(&mut self, _req: &Request<'_>, ino: u64, _mask: i32, reply: ReplyEmpty) {
         // Mode bits are enforced by the kernel (`default_permissions`); this only checks the
         // inode exists.
-        empty(
-            reply,
-            self.call(Op::Getattr, |fs| fs.getattr(ino)).map(|_| ()),
-        );
+        let exists = move |fs: &mut Fs| fs.getattr(ino).map(|_| ());
+        self.deferrable(Op::Getattr, ino, exists, move |r| empty(reply, r));
     }
 
     fn create(
@@ -830,15 +908,14 @@ impl Filesystem for QsfsFuse {
         if offset < 0 || length <= 0 {
             return reply.error(libc::EINVAL);
         }
-        empty(
-            reply,
-            self.call(Op::Other, |fs| {
-                if self.killpriv {
-                    fs.kill_privileges(ino, req.uid() != 0)?;
-                }
-                fs.fallocate(ino, offset as u64, length as u64, mode)
-            }),
-        );
+        let (killpriv, suid_sgid) = (self.killpriv, req.uid() != 0);
+        let fallocate = move |fs: &mut Fs| {
+            if killpriv {
+                fs.kill_privileges(ino, suid_sgid)?;
+            }
+            fs.fallocate(ino, offset as u64, length as u64, mode)
+        };
+        self.deferrable(Op::Other, ino, fallocate, move |r| empty(reply, r));
     }
 
     fn copy_file_range(
@@ -857,9 +934,10 @@ impl Filesystem for QsfsFuse {
         if offset_in < 0 || offset_out < 0 || flags != 0 {
             return reply.error(libc::EINVAL);
         }
-        let r = self.call(Op::Write, |fs| {
-            if self.killpriv {
-                fs.kill_privileges(ino_out, req.uid() != 0)?;
+        let (killpriv, suid_sgid) = (self.killpriv, req.uid() != 0);
+        let copy = move |fs: &mut Fs| {
+            if killpriv {
+                fs.kill_privileges(ino_out, suid_sgid)?;
             }
             fs.copy_file_range(
                 ino_in,
@@ -870,10 +948,13 @@ impl Filesystem for QsfsFuse {
                 offset_out as u64,
                 len,
             )
-        });
-        reply_or_err!(reply, r, |n| {
-            self.stats.written_bytes(u64::from(n));
-            reply.written(n)
+        };
+        let stats = self.stats.clone();
+        self.deferrable(Op::Write, ino_in, copy, move |r| {
+            reply_or_err!(reply, r, |n| {
+                stats.written_bytes(u64::from(n));
+                reply.written(n)
+            })
         });
     }
 

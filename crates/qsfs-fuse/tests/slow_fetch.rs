@@ -477,7 +477,10 @@ fn concurrent_fetches_of_a_block_share_one_store_read() {
     let data = pattern(5, 4096);
     gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino, 3)), &data)
         .unwrap();
-    let fetches = Arc::new(Fetches::new(gate.clone(), &ns));
+    let fetches = Arc::new(Fetches::new(
+        gate.clone(),
+        &Namespaces::new(&common::config().prefix),
+    ));
     let block = BlockId {
         inode: ino,
         index: 3,
