@@ -371,6 +371,9 @@ impl Filesystem for QsfsFuse {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
+        // Without it the kernel holds a directory's lookups and listings one at a time: a
+        // lookup waiting for a fetch would hold up every other name of its directory.
+        let _ = config.add_capabilities(FUSE_PARALLEL_DIROPS);
         self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
         self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         if self.pool.is_some() {
