@@ -907,6 +907,7 @@ impl Fs {
         body: Body,
     ) -> FsResult<Attr> {
         check_name(name)?;
+        self.prepare_names(&[(parent, name)], None)?;
         let pinode = self.inode(parent)?.clone();
         if pinode.kind != Kind::Dir {
             return errno(libc::ENOTDIR);
@@ -1079,6 +1080,7 @@ impl Fs {
     /// Removes a non-directory name.
     pub fn unlink(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
+        self.prepare_names(&[(parent, name)], None)?;
         self.dir_parent(parent)?;
         let Some(d) = self.get_dirent(parent, name)? else {
             return errno(libc::ENOENT);
@@ -1099,6 +1101,7 @@ impl Fs {
             return errno(libc::ENOTEMPTY);
         }
         check_name(name)?;
+        self.prepare_names(&[(parent, name)], None)?;
         self.dir_parent(parent)?;
         let Some(d) = self.get_dirent(parent, name)? else {
             return errno(libc::ENOENT);
@@ -1145,6 +1148,7 @@ impl Fs {
         }
         check_name(name)?;
         check_name(newname)?;
+        self.prepare_names(&[(parent, name), (newparent, newname)], Some(newparent))?;
         self.dir_parent(parent)?;
         self.dir_parent(newparent)?;
         let Some(src) = self.get_dirent(parent, name)? else {
@@ -1742,6 +1746,47 @@ impl Fs {
             self.load_chunk(ino, c)?;
         }
         Ok(())
+    }
+
+    /// Notes what adding or removing `name` in `dir` reads: the directory, the name, the inode
+    /// it names and that name's listing page, and the directory's last page (where a new name
+    /// goes).
+    fn want_name(&mut self, dir: u64, name: &[u8]) -> FsResult<()> {
+        let tail = match &self.inode(dir)?.body {
+            Body::Dir { tail_page, .. } => *tail_page,
+            _ => return Ok(()),
+        };
+        self.load_page(dir, tail)?;
+        if let Some(d) = self.get_dirent(dir, name)? {
+            self.node(d.ino)?;
+            self.load_page(dir, d.page)?;
+        }
+        Ok(())
+    }
+
+    /// Prepares a change of the names `names` (directory, name); with `below`, also the
+    /// directories from there up to the root (a rename checks that a directory does not move
+    /// below itself).
+    fn prepare_names(&mut self, names: &[(u64, &[u8])], below: Option<u64>) -> FsResult<()> {
+        if self.no_fetch {
+            for (dir, name) in names {
+                self.want_name(*dir, name)?;
+            }
+            if let Some(mut dir) = below {
+                // Bounded: a damaged parent chain must not loop here.
+                for _ in 0..4096 {
+                    if dir == ROOT_INO {
+                        break;
+                    }
+                    dir = match self.dir_parent(dir) {
+                        Ok(p) => p,
+                        Err(FsError::WouldWait) => return Err(FsError::WouldWait),
+                        Err(_) => break,
+                    };
+                }
+            }
+        }
+        self.go_ahead()
     }
 
     /// Notes what a write of `len` bytes at `offset` reads: the block maps it marks, and the

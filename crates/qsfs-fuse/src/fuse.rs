@@ -288,7 +288,9 @@ impl QsfsFuse {
         let Some(pool) = &self.pool else {
             return done(self.call(op, now));
         };
-        let missing = match guarded(&mut self.fs(), |fs| Ok(fs.without_fetch(Vec::new(), now))) {
+        // Bound first: the lock must be released before `done` runs (it may lock again).
+        let started = guarded(&mut self.fs(), |fs| Ok(fs.without_fetch(Vec::new(), now)));
+        let missing = match started {
             Ok(Err(missing)) => missing,
             Ok(Ok(r)) => return done(self.counted(op, r)),
             Err(e) => return done(self.counted(op, Err(e))),
@@ -511,23 +513,44 @@ impl Filesystem for QsfsFuse {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs()
-            .mkdir(parent, name.as_bytes(), mode, req.uid(), req.gid());
-        entry(reply, self.counted(Op::Mkdir, r));
+        let (name, uid, gid) = (name.as_bytes(), req.uid(), req.gid());
+        self.call_or_defer(
+            Op::Mkdir,
+            parent,
+            |fs| fs.mkdir(parent, name, mode, uid, gid),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.mkdir(parent, &name, mode, uid, gid)
+            },
+            move |r| entry(reply, r),
+        );
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.call(Op::Unlink, |fs| fs.unlink(parent, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Unlink,
+            parent,
+            |fs| fs.unlink(parent, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.unlink(parent, &name)
+            },
+            move |r| empty(reply, r),
         );
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        empty(
-            reply,
-            self.call(Op::Rmdir, |fs| fs.rmdir(parent, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Rmdir,
+            parent,
+            |fs| fs.rmdir(parent, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.rmdir(parent, &name)
+            },
+            move |r| empty(reply, r),
         );
     }
 
@@ -561,17 +584,16 @@ impl Filesystem for QsfsFuse {
         flags: u32,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.call(Op::Rename, |fs| {
-                fs.rename(
-                    parent,
-                    name.as_bytes(),
-                    newparent,
-                    newname.as_bytes(),
-                    flags,
-                )
-            }),
+        let (name, newname) = (name.as_bytes(), newname.as_bytes());
+        self.call_or_defer(
+            Op::Rename,
+            parent,
+            |fs| fs.rename(parent, name, newparent, newname, flags),
+            || {
+                let (name, newname) = (name.to_vec(), newname.to_vec());
+                move |fs: &mut Fs| fs.rename(parent, &name, newparent, &newname, flags)
+            },
+            move |r| empty(reply, r),
         );
     }
 
@@ -885,17 +907,25 @@ impl Filesystem for QsfsFuse {
         reply: ReplyCreate,
     ) {
         let flags = self.handle_flags(flags);
-        let r = self
-            .fs()
-            .create(parent, name.as_bytes(), mode, flags, req.uid(), req.gid());
-        let r = self.counted(Op::Create, r);
-        reply_or_err!(reply, r, |v| reply.created(
-            &TTL,
-            &fuse_attr(&v.0),
-            0,
-            v.1,
-            0
-        ));
+        let (name, uid, gid) = (name.as_bytes(), req.uid(), req.gid());
+        self.call_or_defer(
+            Op::Create,
+            parent,
+            |fs| fs.create(parent, name, mode, flags, uid, gid),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.create(parent, &name, mode, flags, uid, gid)
+            },
+            move |r| {
+                reply_or_err!(reply, r, |v| reply.created(
+                    &TTL,
+                    &fuse_attr(&v.0),
+                    0,
+                    v.1,
+                    0
+                ))
+            },
+        );
     }
 
     fn fallocate(

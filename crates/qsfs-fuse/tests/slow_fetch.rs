@@ -580,6 +580,17 @@ enum Hold {
 
 /// Stat, listings, cached and uncached reads and a write+fsync of other files, each checked.
 fn others_go_on(mnt: &Path, x: &[u8], round: usize) {
+    others_outside_a(mnt, x, round);
+    assert_eq!(
+        std::fs::read(mnt.join("a/other")).unwrap(),
+        x,
+        "a neighbour"
+    );
+}
+
+/// [`others_go_on`] outside directory `a`, whose names a creating or removing request holds
+/// (the kernel's own directory lock).
+fn others_outside_a(mnt: &Path, x: &[u8], round: usize) {
     assert_eq!(
         std::fs::metadata(mnt.join("b/x")).unwrap().len(),
         x.len() as u64
@@ -596,11 +607,6 @@ fn others_go_on(mnt: &Path, x: &[u8], round: usize) {
     assert_eq!(names(&mnt.join("b")), ["x", "y"]);
     assert_eq!(read_direct(&mnt.join("b/x")), x, "an uncached file");
     assert_eq!(read_direct(&mnt.join("b/x")), x, "a cached file");
-    assert_eq!(
-        std::fs::read(mnt.join("a/other")).unwrap(),
-        x,
-        "a neighbour"
-    );
     let fresh = pattern(round as u8, 256 << 10);
     let path = mnt.join(format!("b/fresh{round}"));
     let mut f = std::fs::File::create(&path).unwrap();
@@ -616,6 +622,16 @@ fn others_go_on(mnt: &Path, x: &[u8], round: usize) {
 /// `check`.
 fn a_stalled_request_holds_up_nothing<R: Send + 'static>(
     hold: Hold,
+    request: impl FnOnce(&Path) -> R + Send + 'static,
+    check: impl FnOnce(&Tree, R),
+) {
+    stalled_request_with(hold, others_go_on, request, check)
+}
+
+/// [`a_stalled_request_holds_up_nothing`] with `others` as the other requests.
+fn stalled_request_with<R: Send + 'static>(
+    hold: Hold,
+    others: fn(&Path, &[u8], usize),
     request: impl FnOnce(&Path) -> R + Send + 'static,
     check: impl FnOnce(&Tree, R),
 ) {
@@ -638,7 +654,7 @@ fn a_stalled_request_holds_up_nothing<R: Send + 'static>(
     let (mnt, x) = (t.mnt.clone(), t.x.clone());
     let others = std::thread::spawn(move || {
         for round in 0..2 {
-            others_go_on(&mnt, &x, round);
+            others(&mnt, &x, round);
         }
     });
     // Bounds a hang, not a duration: the other requests take milliseconds.
@@ -798,4 +814,83 @@ fn a_stalled_truncate_fetch_holds_up_no_other_request() {
             assert!(got[..5000] == t.slow[..5000] && got[5000..].iter().all(|&b| b == 0));
         },
     );
+}
+
+#[test]
+fn a_stalled_listing_fetch_of_a_create_unlink_and_rename_holds_up_no_other_request() {
+    stalled_request_with(
+        Hold::DirPages,
+        others_outside_a,
+        |mnt| {
+            std::fs::write(mnt.join("a/new"), b"new").unwrap();
+            std::fs::remove_file(mnt.join("a/other")).unwrap();
+            std::fs::rename(mnt.join("a/copy"), mnt.join("b/moved")).unwrap();
+        },
+        |t, ()| {
+            let mut n: Vec<String> = std::fs::read_dir(t.mnt.join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            assert_eq!(n, ["new", "slow"]);
+            assert_eq!(std::fs::read(t.mnt.join("a/new")).unwrap(), b"new");
+            assert!(t.mnt.join("b/moved").exists());
+        },
+    );
+}
+
+#[test]
+fn with_no_read_threads_every_request_runs_in_line() {
+    let t = Tree::new();
+    let options = MountOptions {
+        threads: 0,
+        ..MountOptions::default()
+    };
+    let fs = Fs::open(t.gate.clone(), common::config()).unwrap();
+    let m = mount(fs, &t.mnt, &options).unwrap();
+    assert_eq!(
+        std::fs::metadata(t.mnt.join("a/slow")).unwrap().len(),
+        t.slow.len() as u64
+    );
+    others_go_on(&t.mnt, &t.x, 0);
+    patch_slow(&t.mnt);
+    check_patched(&t, ());
+    std::fs::rename(t.mnt.join("a/copy"), t.mnt.join("b/moved")).unwrap();
+    std::fs::remove_file(t.mnt.join("b/moved")).unwrap();
+    assert!(!t.mnt.join("a/copy").exists());
+    m.unmount().unwrap();
+}
+
+/// A listing bigger than one readdirplus reply, from memory and from the store: the entries
+/// the reply had no room for are given back (under the lock, after the reply was built).
+#[test]
+fn listings_bigger_than_one_reply_work_from_memory_and_from_the_store() {
+    let mut fx = common::Fixture::new();
+    let dir = fx.p("big");
+    std::fs::create_dir(&dir).unwrap();
+    let want: Vec<String> = (0..300)
+        .map(|i| format!("{}-{i:04}", "a-long-name-".repeat(12)))
+        .collect();
+    for n in &want {
+        std::fs::write(dir.join(n), n.as_bytes()).unwrap();
+    }
+    for round in 0..2 {
+        let d = dir.clone();
+        let lister = std::thread::spawn(move || {
+            let mut got: Vec<String> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            got.sort();
+            for n in got.iter().step_by(37) {
+                assert_eq!(std::fs::read(d.join(n)).unwrap(), n.as_bytes());
+            }
+            got
+        });
+        // Bounds a hang (a request deadlocked on the filesystem lock), not a duration.
+        wait_for("the listing", || lister.is_finished());
+        assert_eq!(lister.join().unwrap(), want, "round {round}");
+        // Round 2 lists with nothing in memory: its records are fetched on the pool.
+        fx.remount();
+    }
 }
