@@ -111,6 +111,12 @@ enum Held {
         off: usize,
         len: usize,
     },
+    /// File `file`, wherever it is then, moves to `dir` under `name`.
+    Rename {
+        file: usize,
+        dir: usize,
+        name: Vec<u8>,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -163,6 +169,11 @@ fn run(fs: &mut Fs, m: &Model, h: &Held) -> FsResult<Answer> {
             fs.copy_file_range(a, 0, *off as u64, b, 0, *off as u64, *len as u64)?;
             Answer::Done
         }
+        Held::Rename { file, dir, name } => {
+            let f = &m.files[*file];
+            fs.rename(m.dirs[f.dir], &f.name, m.dirs[*dir], name, 0)?;
+            Answer::Done
+        }
     })
 }
 
@@ -206,13 +217,18 @@ fn apply(m: &mut Model, h: &Held) -> Answer {
                 },
             )
         }
+        Held::Rename { file, dir, name } => {
+            m.files[*file].dir = *dir;
+            m.files[*file].name = name.clone();
+            Answer::Done
+        }
     }
 }
 
 fn random_held(r: &mut Rng, m: &Model, seed: u64) -> Held {
     let file = r.below(FILES);
     let off = r.below(MAX_LEN - BS) + 1;
-    match r.below(6) {
+    match r.below(7) {
         0 => {
             let f = &m.files[r.below(FILES)];
             Held::Stat {
@@ -234,6 +250,11 @@ fn random_held(r: &mut Rng, m: &Model, seed: u64) -> Held {
             file,
             off,
             len: r.below(BS) + 1,
+        },
+        5 => Held::Rename {
+            file,
+            dir: r.below(2),
+            name: format!("f{file}.r{seed}").into_bytes(),
         },
         _ => Held::Copy {
             from: file,
