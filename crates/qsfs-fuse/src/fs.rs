@@ -1641,11 +1641,13 @@ impl Fs {
             if let Some((_, v)) = self.prefetched.get(&need).filter(|(g, _)| *g == gen) {
                 return Ok(v.clone());
             }
-            if self.no_fetch {
+            if self.no_fetch && self.store.get_may_wait(self.ns.all()[usize::from(ns)], key) {
                 self.wanted.push(Missing { need, gen });
                 return Err(FsError::WouldWait);
             }
         }
+        // Read in place: fetching is allowed, or the store answers from memory or local disk
+        // (a hop to a worker would cost more than the read).
         let name = self.ns.all()[usize::from(ns)];
         Ok(self.store.get(name, key)?.map(|e| e.value))
     }
@@ -1723,7 +1725,11 @@ impl Fs {
             return Ok(());
         }
         let id = BlockId { inode: ino, index };
-        if self.cache.cached(id).is_none() {
+        if self.cache.cached(id).is_none()
+            && self
+                .store
+                .get_may_wait(&self.ns.block, &pair_key(ino, index))
+        {
             let gen = self.node(ino)?.data_gen;
             self.wanted.push(Missing {
                 need: Need::Block(id),

@@ -359,8 +359,14 @@ fn requests_held_between_fetch_and_finish_match_the_model() {
     }
 }
 
+/// Hooks that do nothing: the wrapper only makes every read one that may wait (as a remote
+/// store or a cold tier), so requests are held.
+struct MayWait;
+impl common::Hooks for MayWait {}
+
 fn held_requests_match_the_model(seed: u64) {
-    let (store, _dir) = common::engine();
+    let (engine, _dir) = common::engine();
+    let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
     let cfg = FsConfig {
         block_size: BS as u32,
         // A few blocks: a block rewritten while a request is held soon leaves the cache.
