@@ -43,10 +43,11 @@ pub struct Args {
     /// Seconds between background compactions of the filesystem's namespaces.
     #[arg(long, default_value_t = 60)]
     pub compact_every: u64,
-    /// Threads serving reads that must wait for the store (blocks not in the cache: a slow
-    /// remote store, a cold-tier fetch), so such a read holds up no other request; one file
-    /// uses at most half of them. 0 serves those reads on the request thread, which holds up
-    /// the whole mount while the store answers.
+    /// Threads serving requests that must wait for the store (blocks, inodes or listings not
+    /// in memory that the store cannot answer at once: a slow remote store, a cold-tier
+    /// fetch), so such a request holds up no other; one file or directory uses at most half of
+    /// them. 0 serves them on the request thread, which holds up the whole mount while the
+    /// store answers.
     #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS,
           value_parser = read_threads)]
     pub threads: usize,

@@ -54,7 +54,7 @@ pub struct Args {
     /// for a while, and to measure what offload costs.
     #[arg(long)]
     pub no_offload: bool,
-    /// Threads serving reads that wait for the store, as `qsfs mount --threads`.
+    /// Threads serving requests that wait for the store, as `qsfs mount --threads`.
     #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS,
           value_parser = crate::mount::read_threads)]
     pub threads: usize,

@@ -47,6 +47,15 @@ pub trait Store: Send + Sync {
     /// A value that fails its checksum is [`crate::Error::Corrupt`], never returned.
     fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>>;
 
+    /// True if [`Store::get`] of `key` in `ns` may wait for more than local memory and disk (a
+    /// remote store, a cold-tier fetch). A caller others wait on moves such reads off its
+    /// thread and reads the others in place. Fetches nothing. The default, for a store that
+    /// cannot tell, is `true`.
+    fn get_may_wait(&self, ns: &str, key: &[u8]) -> bool {
+        let _ = (ns, key);
+        true
+    }
+
     /// Deletes `key` by appending a tombstone (history is kept). A missing or already deleted
     /// key is [`crate::Error::NotFound`].
     fn delete_at(&self, ns: &str, key: &[u8], timestamp: Option<Timestamp>) -> Result<()>;

@@ -16,6 +16,11 @@ pub enum FsError {
     /// The Store failed.
     #[error(transparent)]
     Store(#[from] qsfs_core::Error),
+    /// The operation needs a record from the Store and was run in the mode that must not wait
+    /// for one ([`crate::Fs::without_fetch`]); it changed nothing and is run again once the
+    /// record is fetched. Never reaches the kernel.
+    #[error("needs a record from the store")]
+    WouldWait,
 }
 
 impl FsError {
@@ -33,6 +38,10 @@ impl From<FsError> for qsfs_core::Error {
                 context: "filesystem".into(),
                 source: std::io::Error::from_raw_os_error(n),
             },
+            FsError::WouldWait => qsfs_core::Error::Io {
+                context: "filesystem".into(),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            },
         }
     }
 }
@@ -45,6 +54,7 @@ pub fn errno(e: &FsError) -> c_int {
     use qsfs_core::Error as E;
     match e {
         FsError::Errno(n) => *n,
+        FsError::WouldWait => libc::EIO,
         FsError::Store(e) => match e {
             E::AlreadyExists(_) => libc::EEXIST,
             E::PermissionDenied(_) => libc::EACCES,

@@ -1,11 +1,18 @@
-//! Reads that must fetch blocks from the Store, served off the FUSE session thread.
+//! Requests that must fetch records or blocks from the Store, served off the FUSE session
+//! thread.
 //!
 //! A fetch can take seconds (a cold-tier segment brought back from remote backends, a slow
 //! remote store); done on the session thread under the filesystem lock it would hold up every
-//! other request of the mount. Instead the read is planned under the lock
-//! ([`crate::Fs::plan_read`]), the blocks are fetched by a [`ReadPool`] worker with the lock
-//! released ([`Fetches`]), and the read is finished under the lock again
-//! ([`crate::Fs::finish_read`]), which starts over if the file changed meanwhile.
+//! other request of the mount. Instead:
+//! - a read is planned under the lock ([`crate::Fs::plan_read`]), the blocks are fetched by a
+//!   [`ReadPool`] worker with the lock released ([`Fetches`]), and the read is finished under
+//!   the lock again ([`crate::Fs::finish_read`]), which starts over if the file changed
+//!   meanwhile;
+//! - any other request that may need metadata not in memory, or a block it changes only part
+//!   of, first runs under the lock in the mode that must not wait
+//!   ([`crate::Fs::without_fetch`]). If it needs something, it changed nothing; a worker
+//!   fetches what it named with the lock released and runs it again ([`run_deferred`]), with
+//!   the answers whose owner did not change meanwhile.
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -15,8 +22,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::{errno, FsError};
-use crate::layout::pair_key;
+use crate::error::{errno, FsError, FsResult};
+use crate::fs::{Fs, Missing, Need};
+use crate::layout::{pair_key, Namespaces};
 
 /// Read threads of a mount unless configured otherwise.
 pub const DEFAULT_READ_THREADS: usize = 4;
@@ -137,28 +145,29 @@ struct Pending {
     done: Condvar,
 }
 
-/// Fetches file blocks from the Store; concurrent fetches of one block share one store read.
+/// Fetches file blocks and metadata records from the Store; concurrent fetches of one block or
+/// record share one store read.
 pub struct Fetches {
     store: Arc<dyn Store>,
-    ns: String,
-    pending: Mutex<HashMap<(BlockId, u64), Arc<Pending>>>,
+    ns: Namespaces,
+    pending: Mutex<HashMap<(Need, u64), Arc<Pending>>>,
     shared: AtomicU64,
 }
 
 impl std::fmt::Debug for Fetches {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetches")
-            .field("ns", &self.ns)
+            .field("ns", &self.ns.block)
             .finish_non_exhaustive()
     }
 }
 
 impl Fetches {
-    /// Fetches blocks kept in namespace `ns` of `store`.
-    pub fn new(store: Arc<dyn Store>, ns: &str) -> Self {
+    /// Fetches the blocks and records of the filesystem in namespaces `ns` of `store`.
+    pub fn new(store: Arc<dyn Store>, ns: &Namespaces) -> Self {
         Fetches {
             store,
-            ns: ns.to_string(),
+            ns: ns.clone(),
             pending: Mutex::new(HashMap::new()),
             shared: AtomicU64::new(0),
         }
@@ -173,14 +182,23 @@ impl Fetches {
     /// fetch of the same block and generation already under way is waited for instead of
     /// repeated (a later generation fetches anew: the earlier fetch may have read older bytes).
     pub fn get(&self, block: BlockId, gen: u64) -> Fetched {
-        let key = (block, gen);
+        self.fetch(&Missing {
+            need: Need::Block(block),
+            gen,
+        })
+    }
+
+    /// The stored value of what `m` names, shared with a fetch of the same thing at the same
+    /// generation already under way.
+    pub fn fetch(&self, m: &Missing) -> Fetched {
+        let key = (m.need.clone(), m.gen);
         let (pending, leader) = {
             let mut map = self.pending.lock();
             match map.get(&key) {
                 Some(p) => (p.clone(), false),
                 None => {
                     let p = Arc::new(Pending::default());
-                    map.insert(key, p.clone());
+                    map.insert(key.clone(), p.clone());
                     (p, true)
                 }
             }
@@ -195,15 +213,21 @@ impl Fetches {
                 pending.done.wait(&mut result);
             }
         }
-        let k = pair_key(block.inode, block.index);
-        let r = match catch_unwind(AssertUnwindSafe(|| self.store.get(&self.ns, &k))) {
+        let got = catch_unwind(AssertUnwindSafe(|| match &m.need {
+            Need::Block(b) => self.store.get(&self.ns.block, &pair_key(b.inode, b.index)),
+            Need::Record { ns, key, .. } => match self.ns.all().get(usize::from(*ns)) {
+                Some(name) => self.store.get(name, key),
+                None => Err(qsfs_core::Error::InvalidArgument(format!("namespace {ns}"))),
+            },
+        }));
+        let r = match got {
             Ok(Ok(entry)) => Ok(entry.map(|e| Bytes::from(e.value))),
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, ino = block.inode, index = block.index, "block fetch failed");
+                tracing::debug!(error = %e, need = ?m.need, "fetch failed");
                 Err(errno(&FsError::from(e)))
             }
             Err(_) => {
-                tracing::error!("a block fetch panicked; answering EIO");
+                tracing::error!("a fetch panicked; answering EIO");
                 Err(libc::EIO)
             }
         };
@@ -213,4 +237,31 @@ impl Fetches {
         pending.done.notify_all();
         r
     }
+}
+
+/// Times a deferred request fetches what it needs and runs again before it runs with the lock
+/// held (what it needs keeps changing under it: a busy writer).
+const DEFERRED_ATTEMPTS: usize = 8;
+
+/// Finishes a request that [`Fs::without_fetch`] found needs `missing`: fetches it with no
+/// lock held, then runs `op` again under `fs`'s lock with the answers, until it needs
+/// nothing more. A request whose needs keep changing runs with the lock held at last.
+pub fn run_deferred<T>(
+    fs: &Mutex<Fs>,
+    fetches: &Fetches,
+    mut missing: Vec<Missing>,
+    mut op: impl FnMut(&mut Fs) -> FsResult<T>,
+) -> FsResult<T> {
+    for _ in 0..DEFERRED_ATTEMPTS {
+        let mut fetched = Vec::with_capacity(missing.len());
+        for m in missing {
+            let value = fetches.fetch(&m).map_err(FsError::Errno)?;
+            fetched.push((m, value));
+        }
+        match fs.lock().without_fetch(fetched, &mut op) {
+            Ok(r) => return r,
+            Err(more) => missing = more,
+        }
+    }
+    op(&mut fs.lock())
 }

@@ -217,6 +217,38 @@ impl ReadPlan {
     }
 }
 
+/// What an operation run by [`Fs::without_fetch`] needs from the Store before it can complete
+/// without waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Need {
+    /// A metadata record (inode, dirent, listing page, block map or xattrs).
+    Record {
+        /// Index of its namespace in [`Namespaces::all`].
+        ns: u8,
+        /// Its key.
+        key: Vec<u8>,
+        /// The inode it belongs to (the directory, for dirents and listing pages).
+        owner: u64,
+    },
+    /// A file block, for a partial write, a partial-block zeroing or a copy.
+    Block(BlockId),
+}
+
+/// A [`Need`] and the generation of its owner when it was found missing: a fetched answer is
+/// used only if that generation is unchanged when it arrives, since the record or block may
+/// have been rewritten in the Store meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Missing {
+    /// The record or block.
+    pub need: Need,
+    /// Its owner's generation at the time.
+    pub gen: u64,
+}
+
+/// Generation slots of metadata owners: an inode's records share slot `ino % META_GENS`.
+/// Two inodes sharing one only costs a spurious fetch again.
+const META_GENS: usize = 4096;
+
 /// How [`Fs::plan_read`] found a read.
 #[derive(Debug)]
 pub enum ReadStart {
@@ -280,6 +312,20 @@ pub struct Fs {
     kernel_writeback: bool,
     /// Counts changes of file data (write, truncate, fallocate, freeing); see `Node::data_gen`.
     data_seq: u64,
+    /// Set while [`Fs::without_fetch`] runs an operation: a record or block not in memory is
+    /// noted in `wanted` and the operation fails with [`FsError::WouldWait`] instead of
+    /// reading the Store.
+    no_fetch: bool,
+    wanted: Vec<Missing>,
+    /// Records fetched with the lock released for the operation being run, with the
+    /// generation they were current at (a flush within the operation may outdate them).
+    prefetched: HashMap<Need, (u64, Option<Vec<u8>>)>,
+    /// Counts metadata writes to the Store.
+    meta_seq: u64,
+    /// Per owner slot, the `meta_seq` of the last Store write or delete of a record of an owner
+    /// in the slot: a record missing from memory and fetched unlocked is used only if its
+    /// slot did not move meanwhile (a record in memory is always newer than the Store).
+    meta_gens: Vec<u64>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -384,6 +430,11 @@ impl Fs {
             locked: false,
             kernel_writeback: false,
             data_seq: 0,
+            no_fetch: false,
+            wanted: Vec::new(),
+            prefetched: HashMap::new(),
+            meta_seq: 0,
+            meta_gens: vec![0; META_GENS],
         };
         let crashed = fs.take_lock()?;
         let replayed = journal::replay(&*fs.store, &fs.ns)?;
@@ -586,10 +637,10 @@ impl Fs {
 
     fn node(&mut self, ino: u64) -> FsResult<&mut Node> {
         if !self.nodes.contains_key(&ino) {
-            let Some(e) = self.store.get(&self.ns.inode, &ino_key(ino))? else {
+            let Some(value) = self.stored(NS_INODE, &ino_key(ino), ino)? else {
                 return errno(libc::ENOENT);
             };
-            let inode: Inode = decode(&e.value, &format!("inode {ino}"))?;
+            let inode: Inode = decode(&value, &format!("inode {ino}"))?;
             self.nodes.insert(
                 ino,
                 Node {
@@ -658,8 +709,8 @@ impl Fs {
         if let Some(c) = self.dirents.get(&(parent, name.to_vec())) {
             return Ok(c.value);
         }
-        let d = match self.store.get(&self.ns.dirent, &dirent_key(parent, name))? {
-            Some(e) => Some(decode::<Dirent>(&e.value, "dirent")?),
+        let d = match self.stored(NS_DIRENT, &dirent_key(parent, name), parent)? {
+            Some(v) => Some(decode::<Dirent>(&v, "dirent")?),
             None => None,
         };
         self.dirents.insert(
@@ -685,8 +736,8 @@ impl Fs {
 
     fn load_page(&mut self, dir: u64, page: u64) -> FsResult<()> {
         if !self.pages.contains_key(&(dir, page)) {
-            let p = match self.store.get(&self.ns.dirpage, &pair_key(dir, page))? {
-                Some(e) => decode::<Page>(&e.value, &format!("dir {dir} page {page}"))?,
+            let p = match self.stored(NS_DIRPAGE, &pair_key(dir, page), dir)? {
+                Some(v) => decode::<Page>(&v, &format!("dir {dir} page {page}"))?,
                 None => Page::default(),
             };
             self.pages.insert(
@@ -856,6 +907,7 @@ impl Fs {
         body: Body,
     ) -> FsResult<Attr> {
         check_name(name)?;
+        self.prepare_names(&[(parent, name)], None)?;
         let pinode = self.inode(parent)?.clone();
         if pinode.kind != Kind::Dir {
             return errno(libc::ENOTDIR);
@@ -1028,6 +1080,7 @@ impl Fs {
     /// Removes a non-directory name.
     pub fn unlink(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
+        self.prepare_names(&[(parent, name)], None)?;
         self.dir_parent(parent)?;
         let Some(d) = self.get_dirent(parent, name)? else {
             return errno(libc::ENOENT);
@@ -1048,6 +1101,7 @@ impl Fs {
             return errno(libc::ENOTEMPTY);
         }
         check_name(name)?;
+        self.prepare_names(&[(parent, name)], None)?;
         self.dir_parent(parent)?;
         let Some(d) = self.get_dirent(parent, name)? else {
             return errno(libc::ENOENT);
@@ -1094,6 +1148,7 @@ impl Fs {
         }
         check_name(name)?;
         check_name(newname)?;
+        self.prepare_names(&[(parent, name), (newparent, newname)], Some(newparent))?;
         self.dir_parent(parent)?;
         self.dir_parent(newparent)?;
         let Some(src) = self.get_dirent(parent, name)? else {
@@ -1229,6 +1284,38 @@ impl Fs {
         Ok(out)
     }
 
+    /// Up to `max` entries of `dir` from `offset` with their attributes, counting a kernel
+    /// reference for each but "." and ".." (readdirplus); the caller gives back with
+    /// [`Fs::forget`] those of the entries it could not send. Everything is read before
+    /// anything is counted, so it can run without waiting on the Store
+    /// ([`Fs::without_fetch`]).
+    pub fn readdir_plus(
+        &mut self,
+        dir: u64,
+        offset: i64,
+        max: usize,
+    ) -> FsResult<Vec<(DirEntry, Attr)>> {
+        let entries = self.readdir(dir, offset, max)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            match self.getattr(e.ino) {
+                Ok(attr) => out.push((e, attr)),
+                // Noted; the rest are noted too, to be fetched in one go.
+                Err(FsError::WouldWait) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if self.no_fetch && !self.wanted.is_empty() {
+            return Err(FsError::WouldWait);
+        }
+        for (e, _) in &out {
+            if e.name != b"." && e.name != b".." {
+                self.add_lookup(e.ino)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// Counts a kernel reference taken by readdirplus.
     pub fn add_lookup(&mut self, ino: u64) -> FsResult<()> {
         self.node(ino)?.lookups += 1;
@@ -1308,12 +1395,12 @@ impl Fs {
                 _ => true,
             };
             let stored = if listed {
-                self.store.get(&self.ns.bmap, &pair_key(ino, chunk_no))?
+                self.stored(NS_BMAP, &pair_key(ino, chunk_no), ino)?
             } else {
                 None
             };
             let c = match stored {
-                Some(e) => decode::<Chunk>(&e.value, &format!("block map {ino}/{chunk_no}"))?,
+                Some(v) => decode::<Chunk>(&v, &format!("block map {ino}/{chunk_no}"))?,
                 None => Chunk::default(),
             };
             self.chunks.insert(
@@ -1348,6 +1435,7 @@ impl Fs {
 
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.prepare_write(ino, fh, offset, data.len() as u64)?;
         let append = self.handles.get(&fh).is_some_and(|h| h.append);
         let inode = self.inode(ino)?;
         if inode.kind != Kind::File {
@@ -1527,6 +1615,287 @@ impl Fs {
         }
     }
 
+    // ---- operations that wait for the Store without the lock ----
+
+    /// Records a Store write or delete of a metadata record of `owner`: fetches of its records
+    /// under way may have read the old value.
+    fn meta_written(&mut self, owner: u64) {
+        self.meta_seq += 1;
+        self.meta_gens[owner as usize % META_GENS] = self.meta_seq;
+    }
+
+    /// The current generation of what `need` belongs to; `None` if it cannot be judged (the
+    /// file is no longer in memory), so a fetched answer is not used.
+    fn generation_of(&self, need: &Need) -> Option<u64> {
+        match need {
+            Need::Record { owner, .. } => Some(self.meta_gens[*owner as usize % META_GENS]),
+            Need::Block(id) => self.nodes.get(&id.inode).map(|n| n.data_gen),
+        }
+    }
+
+    /// The stored value of metadata record `key` of namespace `ns` (index in
+    /// [`Namespaces::all`]), which belongs to `owner`: fetched earlier with the lock released
+    /// if still current, else read from the Store, unless the operation must not wait.
+    fn stored(&mut self, ns: u8, key: &[u8], owner: u64) -> FsResult<Option<Vec<u8>>> {
+        if self.no_fetch || !self.prefetched.is_empty() {
+            let need = Need::Record {
+                ns,
+                key: key.to_vec(),
+                owner,
+            };
+            let gen = self.meta_gens[owner as usize % META_GENS];
+            if let Some((_, v)) = self.prefetched.get(&need).filter(|(g, _)| *g == gen) {
+                return Ok(v.clone());
+            }
+            if self.no_fetch && self.store.get_may_wait(self.ns.all()[usize::from(ns)], key) {
+                self.wanted.push(Missing { need, gen });
+                return Err(FsError::WouldWait);
+            }
+        }
+        // Read in place: fetching is allowed, or the store answers from memory or local disk
+        // (a hop to a worker would cost more than the read).
+        let name = self.ns.all()[usize::from(ns)];
+        Ok(self.store.get(name, key)?.map(|e| e.value))
+    }
+
+    /// Runs `op` without waiting on the Store, with `fetched`, answers to what an earlier run
+    /// wanted (those whose owner changed since are dropped). `Err` lists what it still needs,
+    /// to fetch with the lock released before running it again: `op` changed nothing then.
+    ///
+    /// Every metadata read of an operation fails with [`FsError::WouldWait`] at the first
+    /// record not in memory, so an operation run this way must not change anything before its
+    /// last record read: read-only ones (lookup, getattr, readdir, open, xattrs) are built
+    /// so; the others first note what they need (`prepare_*`) and then call
+    /// [`Fs::go_ahead`], after which they fetch whatever the preparation missed under the
+    /// lock, as without this mode.
+    pub fn without_fetch<T>(
+        &mut self,
+        fetched: Vec<(Missing, Option<Bytes>)>,
+        op: impl FnOnce(&mut Fs) -> FsResult<T>,
+    ) -> Result<FsResult<T>, Vec<Missing>> {
+        for (m, value) in fetched {
+            if self.generation_of(&m.need) != Some(m.gen) {
+                continue;
+            }
+            match m.need {
+                Need::Record { .. } => {
+                    self.prefetched
+                        .insert(m.need, (m.gen, value.map(|b| b.to_vec())));
+                }
+                Need::Block(id) => {
+                    if let Some(b) = value {
+                        if let Err(e) = self.cache.install(id, b) {
+                            self.prefetched.clear();
+                            return Ok(Err(e.into()));
+                        }
+                    }
+                }
+            }
+        }
+        self.no_fetch = true;
+        self.wanted.clear();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(self)));
+        self.no_fetch = false;
+        self.prefetched.clear();
+        let mut wanted = std::mem::take(&mut self.wanted);
+        match r {
+            Ok(Err(FsError::WouldWait)) => {
+                let mut seen = HashSet::new();
+                wanted.retain(|m| seen.insert(m.need.clone()));
+                if wanted.is_empty() {
+                    tracing::error!("an operation wanted nothing from the store yet waited");
+                    return Ok(Err(FsError::Errno(libc::EIO)));
+                }
+                Err(wanted)
+            }
+            Ok(r) => Ok(r),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The end of an operation's preparation: if it noted blocks to fetch, it stops here
+    /// (changing nothing); otherwise it goes on and may change things, fetching under the
+    /// lock whatever its preparation did not foresee.
+    pub fn go_ahead(&mut self) -> FsResult<()> {
+        if self.no_fetch && !self.wanted.is_empty() {
+            return Err(FsError::WouldWait);
+        }
+        self.no_fetch = false;
+        Ok(())
+    }
+
+    /// While preparing without fetching: notes block `index` of `ino` as needed if it is
+    /// stored and not cached.
+    fn want_block(&mut self, ino: u64, index: u64) -> FsResult<()> {
+        if !self.no_fetch || !self.block_mapped(ino, index)? {
+            return Ok(());
+        }
+        let id = BlockId { inode: ino, index };
+        if self.cache.cached(id).is_none()
+            && self
+                .store
+                .get_may_wait(&self.ns.block, &pair_key(ino, index))
+        {
+            let gen = self.node(ino)?.data_gen;
+            self.wanted.push(Missing {
+                need: Need::Block(id),
+                gen,
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads the block maps of the stored chunks of `ino` that blocks `first..=last` lie in.
+    fn want_chunks(&mut self, ino: u64, first: u64, last: u64) -> FsResult<()> {
+        let listed = match &self.inode(ino)?.body {
+            Body::File { chunks, .. } => chunks
+                .range(first / CHUNK_BLOCKS..=last / CHUNK_BLOCKS)
+                .copied()
+                .collect::<Vec<u64>>(),
+            _ => Vec::new(),
+        };
+        for c in listed {
+            self.load_chunk(ino, c)?;
+        }
+        Ok(())
+    }
+
+    /// Notes what adding or removing `name` in `dir` reads: the directory, the name, the inode
+    /// it names and that name's listing page, and the directory's last page (where a new name
+    /// goes).
+    fn want_name(&mut self, dir: u64, name: &[u8]) -> FsResult<()> {
+        let tail = match &self.inode(dir)?.body {
+            Body::Dir { tail_page, .. } => *tail_page,
+            _ => return Ok(()),
+        };
+        self.load_page(dir, tail)?;
+        if let Some(d) = self.get_dirent(dir, name)? {
+            self.node(d.ino)?;
+            self.load_page(dir, d.page)?;
+        }
+        Ok(())
+    }
+
+    /// Prepares a change of the names `names` (directory, name); with `below`, also the
+    /// directories from there up to the root (a rename checks that a directory does not move
+    /// below itself).
+    fn prepare_names(&mut self, names: &[(u64, &[u8])], below: Option<u64>) -> FsResult<()> {
+        if self.no_fetch {
+            for (dir, name) in names {
+                self.want_name(*dir, name)?;
+            }
+            if let Some(mut dir) = below {
+                // Bounded: a damaged parent chain must not loop here.
+                for _ in 0..4096 {
+                    if dir == ROOT_INO {
+                        break;
+                    }
+                    dir = match self.dir_parent(dir) {
+                        Ok(p) => p,
+                        Err(FsError::WouldWait) => return Err(FsError::WouldWait),
+                        Err(_) => break,
+                    };
+                }
+            }
+        }
+        self.go_ahead()
+    }
+
+    /// Notes what a write of `len` bytes at `offset` reads: the block maps it marks, and the
+    /// stored blocks it changes only part of.
+    fn want_for_write(&mut self, ino: u64, fh: u64, offset: u64, len: u64) -> FsResult<()> {
+        let append = self.handles.get(&fh).is_some_and(|h| h.append);
+        let inode = self.inode(ino)?;
+        if inode.kind != Kind::File || len == 0 {
+            return Ok(());
+        }
+        let offset = if append { inode.size } else { offset };
+        let Some(end) = offset.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE) else {
+            return Ok(());
+        };
+        let (first, last) = (offset / self.bs, (end - 1) / self.bs);
+        self.want_chunks(ino, first, last)?;
+        if offset % self.bs != 0 || end < (first + 1) * self.bs {
+            self.want_block(ino, first)?;
+        }
+        if last != first && end % self.bs != 0 {
+            self.want_block(ino, last)?;
+        }
+        Ok(())
+    }
+
+    fn prepare_write(&mut self, ino: u64, fh: u64, offset: u64, len: u64) -> FsResult<()> {
+        if self.no_fetch {
+            self.want_for_write(ino, fh, offset, len)?;
+        }
+        self.go_ahead()
+    }
+
+    /// A truncate reads the block maps past the new end and the block it cuts in the middle.
+    fn prepare_setattr(&mut self, ino: u64, set: &SetAttr) -> FsResult<()> {
+        if self.no_fetch {
+            let inode = self.inode(ino)?;
+            match set.size {
+                Some(size) if inode.kind == Kind::File && size < inode.size => {
+                    let last = inode.size.div_ceil(self.bs);
+                    self.want_chunks(ino, size / self.bs, last)?;
+                    if size % self.bs != 0 {
+                        self.want_block(ino, size / self.bs)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.go_ahead()
+    }
+
+    /// Punching or zeroing reads the block maps of the range and the blocks it zeroes only
+    /// part of.
+    fn prepare_fallocate(&mut self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let zeroes = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+        if self.no_fetch && zeroes {
+            let inode = self.inode(ino)?;
+            let zero_end = offset.saturating_add(len).min(inode.size);
+            if inode.kind == Kind::File && offset < zero_end {
+                let (first, last) = (offset / self.bs, (zero_end - 1) / self.bs);
+                self.want_chunks(ino, first, last)?;
+                if offset % self.bs != 0 || zero_end < (first + 1) * self.bs {
+                    self.want_block(ino, first)?;
+                }
+                if last != first && zero_end % self.bs != 0 {
+                    self.want_block(ino, last)?;
+                }
+            }
+        }
+        self.go_ahead()
+    }
+
+    /// A copy reads the source's stored blocks in the range and what the write of them reads.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_copy(
+        &mut self,
+        ino_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<()> {
+        if self.no_fetch {
+            let inode = self.inode(ino_in)?;
+            let n = len.min(inode.size.saturating_sub(off_in));
+            if inode.kind == Kind::File && n > 0 {
+                let (first, last) = (off_in / self.bs, (off_in + n - 1) / self.bs);
+                self.want_chunks(ino_in, first, last)?;
+                for index in first..=last {
+                    self.want_block(ino_in, index)?;
+                }
+                self.want_for_write(ino_out, fh_out, off_out, n)?;
+            }
+        }
+        self.go_ahead()
+    }
+
     /// Copies up to `len` bytes (at most 16 MiB per call) from `ino_in` at `off_in` to `ino_out`
     /// at `off_out` inside the filesystem, without the data crossing into user space; returns
     /// the bytes copied (0 at the end of the source).
@@ -1543,6 +1912,7 @@ impl Fs {
     ) -> FsResult<u32> {
         const STEP: u64 = 1 << 20;
         let len = len.min(16 << 20);
+        self.prepare_copy(ino_in, off_in, ino_out, fh_out, off_out, len)?;
         let mut done = 0u64;
         while done < len {
             let want = (len - done).min(STEP) as u32;
@@ -1628,6 +1998,7 @@ impl Fs {
 
     /// Changes attributes.
     pub fn setattr(&mut self, ino: u64, set: SetAttr) -> FsResult<Attr> {
+        self.prepare_setattr(ino, &set)?;
         if let Some(size) = set.size {
             let kind = self.inode(ino)?.kind;
             match kind {
@@ -1693,6 +2064,7 @@ impl Fs {
     /// fallocate: mode 0 and `FALLOC_FL_KEEP_SIZE` extend the size; `PUNCH_HOLE` (with
     /// `KEEP_SIZE`) and `ZERO_RANGE` release whole blocks and zero partial ones.
     pub fn fallocate(&mut self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        self.prepare_fallocate(ino, offset, len, mode)?;
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -1826,8 +2198,8 @@ impl Fs {
         if !self.xattrs.contains_key(&ino) {
             let has = self.inode(ino)?.has_xattrs;
             let x = if has {
-                match self.store.get(&self.ns.xattr, &ino_key(ino))? {
-                    Some(e) => decode::<Xattrs>(&e.value, &format!("xattrs of {ino}"))?,
+                match self.stored(NS_XATTR, &ino_key(ino), ino)? {
+                    Some(v) => decode::<Xattrs>(&v, &format!("xattrs of {ino}"))?,
                     None => Xattrs::default(),
                 }
             } else {
@@ -2054,6 +2426,18 @@ impl Fs {
         for ino in &unlinked {
             ops.push(op(NS_ORPHAN, &ino_key(*ino), Some(vec![1])));
         }
+        // Before the commit: a commit failing half way may still have changed records.
+        let owners = dirty_chunks
+            .iter()
+            .map(|k| k.0)
+            .chain(dirty_inodes.iter().copied())
+            .chain(dirty_xattrs.iter().copied())
+            .chain(dirty_pages.iter().map(|k| k.0))
+            .chain(dirty_dirents.iter().map(|k| k.0))
+            .collect::<Vec<u64>>();
+        for owner in owners {
+            self.meta_written(owner);
+        }
         journal::commit(&*self.store, &self.ns, &ops)?;
         for key in dirty_chunks {
             if let Some(c) = self.chunks.get_mut(&key) {
@@ -2095,6 +2479,7 @@ impl Fs {
     /// Deletes everything `ino` owns: blocks, block maps, xattrs, the inode, its orphan record.
     fn free_inode(&mut self, ino: u64) -> FsResult<()> {
         self.data_changed(ino);
+        self.meta_written(ino);
         let inode = match self.nodes.get(&ino) {
             Some(n) => Some(n.inode.clone()),
             None => match self.store.get(&self.ns.inode, &ino_key(ino))? {

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{errno, FsError, FsResult};
-use crate::fetch::{Fetches, ReadPool, DEFAULT_READ_THREADS};
+use crate::fetch::{run_deferred, Fetches, ReadPool, DEFAULT_READ_THREADS};
 use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
 use crate::layout::{Kind, Time};
 use crate::stats::{FsStats, Op};
@@ -288,7 +288,7 @@ impl QsfsFuse {
     /// request while the store answers).
     pub fn with_threads(fs: Fs, threads: usize) -> Self {
         let stats = fs.stats();
-        let fetches = Arc::new(Fetches::new(fs.store().clone(), &fs.namespaces().block));
+        let fetches = Arc::new(Fetches::new(fs.store().clone(), fs.namespaces()));
         let handle = FsHandle {
             fs: Arc::new(Mutex::new(fs)),
             crashed: Arc::new(AtomicBool::new(false)),
@@ -386,6 +386,53 @@ impl QsfsFuse {
     fn counted<T>(&self, op: Op, r: FsResult<T>) -> FsResult<T> {
         count(&self.stats, op, r)
     }
+
+    /// Runs `now` under the lock without waiting on the Store. If it needs records or blocks
+    /// not in memory, a read worker fetches them with the lock released and runs `later()`
+    /// (the same operation on owned arguments); `done` answers either way. Without read
+    /// workers it runs with the lock held, fetching as it goes.
+    fn call_or_defer<T: Send + 'static, G>(
+        &self,
+        op: Op,
+        ino: u64,
+        now: impl FnOnce(&mut Fs) -> FsResult<T>,
+        later: impl FnOnce() -> G,
+        done: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) where
+        G: FnMut(&mut Fs) -> FsResult<T> + Send + 'static,
+    {
+        let Some(pool) = &self.pool else {
+            return done(self.call(op, now));
+        };
+        // Bound first: the lock must be released before `done` runs (it may lock again).
+        let started = guarded(&mut self.fs(), |fs| Ok(fs.without_fetch(Vec::new(), now)));
+        let missing = match started {
+            Ok(Err(missing)) => missing,
+            Ok(Ok(r)) => return done(self.counted(op, r)),
+            Err(e) => return done(self.counted(op, Err(e))),
+        };
+        let (fs, fetches, stats, f) = (
+            self.handle.fs.clone(),
+            self.reader.fetches.clone(),
+            self.stats.clone(),
+            later(),
+        );
+        pool.submit(
+            ino,
+            Box::new(move || done(count(&stats, op, run_deferred(&fs, &fetches, missing, f)))),
+        );
+    }
+
+    /// [`QsfsFuse::call_or_defer`] for an operation whose arguments are all owned.
+    fn deferrable<T: Send + 'static>(
+        &self,
+        op: Op,
+        ino: u64,
+        f: impl FnMut(&mut Fs) -> FsResult<T> + Clone + Send + 'static,
+        done: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) {
+        self.call_or_defer(op, ino, f.clone(), || f, done);
+    }
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -442,6 +489,9 @@ impl Filesystem for QsfsFuse {
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
         let _ = config.add_capabilities(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
+        // Without it the kernel holds a directory's lookups and listings one at a time: a
+        // lookup waiting for a fetch would hold up every other name of its directory.
+        let _ = config.add_capabilities(FUSE_PARALLEL_DIROPS);
         self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
         self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
         if self.pool.is_some() {
@@ -469,9 +519,16 @@ impl Filesystem for QsfsFuse {
     fn lookup(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let _spin = self.spin.begin();
         self.first_request();
-        entry(
-            reply,
-            self.call(Op::Lookup, |fs| fs.lookup(parent, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Lookup,
+            parent,
+            |fs| fs.lookup(parent, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.lookup(parent, &name)
+            },
+            move |r| entry(reply, r),
         );
     }
 
@@ -491,9 +548,12 @@ impl Filesystem for QsfsFuse {
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let _spin = self.spin.begin();
         self.first_request();
-        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
-            reply.attr(&TTL, &fuse_attr(&a))
-        });
+        self.deferrable(
+            Op::Getattr,
+            ino,
+            move |fs| fs.getattr(ino),
+            move |r| reply_or_err!(reply, r, |a| reply.attr(&TTL, &fuse_attr(&a))),
+        );
     }
 
     fn setattr(
@@ -529,23 +589,25 @@ impl Filesystem for QsfsFuse {
         let chown = (uid.is_some() || gid.is_some()) && mode.is_none();
         let kill = self.killpriv && (size.is_some() || chown);
         let suid_sgid = chown || req.uid() != 0;
-        reply_or_err!(
-            reply,
-            self.call(Op::Setattr, |fs| {
-                if kill {
-                    fs.kill_privileges(ino, suid_sgid)?;
-                }
-                fs.setattr(ino, set)
-            }),
-            |a| reply.attr(&TTL, &fuse_attr(&a))
-        );
+        let setattr = move |fs: &mut Fs| {
+            if kill {
+                fs.kill_privileges(ino, suid_sgid)?;
+            }
+            fs.setattr(ino, set.clone())
+        };
+        self.deferrable(Op::Setattr, ino, setattr, move |r| {
+            reply_or_err!(reply, r, |a| reply.attr(&TTL, &fuse_attr(&a)))
+        });
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
         let _spin = self.spin.begin();
-        reply_or_err!(reply, self.call(Op::Other, |fs| fs.readlink(ino)), |t| {
-            reply.data(&t)
-        });
+        self.deferrable(
+            Op::Other,
+            ino,
+            move |fs| fs.readlink(ino),
+            move |r| reply_or_err!(reply, r, |t| reply.data(&t)),
+        );
     }
 
     fn mknod(
@@ -575,25 +637,46 @@ impl Filesystem for QsfsFuse {
         reply: ReplyEntry,
     ) {
         let _spin = self.spin.begin();
-        let r = self
-            .fs()
-            .mkdir(parent, name.as_bytes(), mode, req.uid(), req.gid());
-        entry(reply, self.counted(Op::Mkdir, r));
+        let (name, uid, gid) = (name.as_bytes(), req.uid(), req.gid());
+        self.call_or_defer(
+            Op::Mkdir,
+            parent,
+            |fs| fs.mkdir(parent, name, mode, uid, gid),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.mkdir(parent, &name, mode, uid, gid)
+            },
+            move |r| entry(reply, r),
+        );
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let _spin = self.spin.begin();
-        empty(
-            reply,
-            self.call(Op::Unlink, |fs| fs.unlink(parent, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Unlink,
+            parent,
+            |fs| fs.unlink(parent, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.unlink(parent, &name)
+            },
+            move |r| empty(reply, r),
         );
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let _spin = self.spin.begin();
-        empty(
-            reply,
-            self.call(Op::Rmdir, |fs| fs.rmdir(parent, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Rmdir,
+            parent,
+            |fs| fs.rmdir(parent, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.rmdir(parent, &name)
+            },
+            move |r| empty(reply, r),
         );
     }
 
@@ -629,17 +712,16 @@ impl Filesystem for QsfsFuse {
         reply: ReplyEmpty,
     ) {
         let _spin = self.spin.begin();
-        empty(
-            reply,
-            self.call(Op::Rename, |fs| {
-                fs.rename(
-                    parent,
-                    name.as_bytes(),
-                    newparent,
-                    newname.as_bytes(),
-                    flags,
-                )
-            }),
+        let (name, newname) = (name.as_bytes(), newname.as_bytes());
+        self.call_or_defer(
+            Op::Rename,
+            parent,
+            |fs| fs.rename(parent, name, newparent, newname, flags),
+            || {
+                let (name, newname) = (name.to_vec(), newname.to_vec());
+                move |fs: &mut Fs| fs.rename(parent, &name, newparent, &newname, flags)
+            },
+            move |r| empty(reply, r),
         );
     }
 
@@ -661,10 +743,11 @@ impl Filesystem for QsfsFuse {
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let _spin = self.spin.begin();
         let flags = self.handle_flags(flags);
-        reply_or_err!(
-            reply,
-            self.call(Op::Other, |fs| fs.open_file(ino, flags)),
-            |fh| reply.opened(fh, 0)
+        self.deferrable(
+            Op::Other,
+            ino,
+            move |fs| fs.open_file(ino, flags),
+            move |r| reply_or_err!(reply, r, |fh| reply.opened(fh, 0)),
         );
     }
 
@@ -728,21 +811,31 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::EINVAL);
         }
-        reply_or_err!(
-            reply,
-            self.call(Op::Write, |fs| {
-                if self.killpriv {
-                    // The kernel sets the flag for a caller without CAP_FSETID; capabilities
-                    // go on any write, as on a local filesystem.
-                    let suid_sgid = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
-                    fs.kill_privileges(ino, suid_sgid)?;
-                }
-                fs.write(ino, fh, offset as u64, data)
-            }),
-            |n| {
-                self.stats.written_bytes(u64::from(n));
-                reply.written(n)
+        let killpriv = self.killpriv;
+        let write = move |fs: &mut Fs, data: &[u8]| {
+            if killpriv {
+                // The kernel sets the flag for a caller without CAP_FSETID; capabilities
+                // go on any write, as on a local filesystem.
+                let suid_sgid = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
+                fs.kill_privileges(ino, suid_sgid)?;
             }
+            fs.write(ino, fh, offset as u64, data)
+        };
+        let stats = self.stats.clone();
+        self.call_or_defer(
+            Op::Write,
+            ino,
+            |fs| write(fs, data),
+            || {
+                let data = data.to_vec();
+                move |fs: &mut Fs| write(fs, &data)
+            },
+            move |r| {
+                reply_or_err!(reply, r, |n| {
+                    stats.written_bytes(u64::from(n));
+                    reply.written(n)
+                })
+            },
         );
     }
 
@@ -790,13 +883,20 @@ impl Filesystem for QsfsFuse {
         // listing cache: `rm -rf` after a `diff -r` then read listings from it with expired
         // dentries and sent one LOOKUP per entry instead of one READDIRPLUS per directory
         // (W7: 3.63 -> 3.79 requests per entry).
-        reply_or_err!(reply, self.call(Op::Getattr, |fs| fs.getattr(ino)), |a| {
-            if a.inode.kind == Kind::Dir {
-                reply.opened(0, 0)
-            } else {
-                reply.error(libc::ENOTDIR)
-            }
-        });
+        self.deferrable(
+            Op::Getattr,
+            ino,
+            move |fs| fs.getattr(ino),
+            move |r| {
+                reply_or_err!(reply, r, |a| {
+                    if a.inode.kind == Kind::Dir {
+                        reply.opened(0, 0)
+                    } else {
+                        reply.error(libc::ENOTDIR)
+                    }
+                })
+            },
+        );
     }
 
     fn readdir(
@@ -808,19 +908,21 @@ impl Filesystem for QsfsFuse {
         mut reply: ReplyDirectory,
     ) {
         let _spin = self.spin.begin();
-        let r = self.call(Op::Readdir, |fs| fs.readdir(ino, offset, 512));
-        reply_or_err!(reply, r, |entries| {
-            for e in entries {
-                if reply.add(
-                    e.ino,
-                    e.cookie,
-                    file_type(e.kind),
-                    OsStr::from_bytes(&e.name),
-                ) {
-                    break;
+        let readdir = move |fs: &mut Fs| fs.readdir(ino, offset, 512);
+        self.deferrable(Op::Readdir, ino, readdir, move |r| {
+            reply_or_err!(reply, r, |entries| {
+                for e in entries {
+                    if reply.add(
+                        e.ino,
+                        e.cookie,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
                 }
-            }
-            reply.ok()
+                reply.ok()
+            })
         });
     }
 
@@ -833,35 +935,29 @@ impl Filesystem for QsfsFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _spin = self.spin.begin();
-        self.stats.op(Op::Readdir);
-        let mut fs = self.fs();
-        let entries = match fs.readdir(ino, offset, 256) {
-            Ok(e) => e,
-            Err(e) => {
-                let n = errno(&e);
-                if n != libc::ENOENT {
-                    self.stats.error();
+        let handle = self.handle.clone();
+        let readdir = move |fs: &mut Fs| fs.readdir_plus(ino, offset, 256);
+        self.deferrable(Op::Readdir, ino, readdir, move |r| {
+            reply_or_err!(reply, r, |entries| {
+                let mut unsent = Vec::new();
+                let mut full = false;
+                for (e, attr) in entries {
+                    let name = OsStr::from_bytes(&e.name);
+                    full = full || reply.add(e.ino, e.cookie, name, &TTL, &fuse_attr(&attr), 0);
+                    // The kernel takes a reference for every entry it gets but "." and "..".
+                    if full && e.name != b"." && e.name != b".." {
+                        unsent.push(e.ino);
+                    }
                 }
-                return reply.error(n);
-            }
-        };
-        for e in entries {
-            let attr = match fs.getattr(e.ino) {
-                Ok(a) => a,
-                Err(err) => return reply.error(errno(&err)),
-            };
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(e.ino, e.cookie, name, &TTL, &fuse_attr(&attr), 0) {
-                break;
-            }
-            // The kernel takes a reference for every entry but "." and "..".
-            if e.name != b"." && e.name != b".." {
-                if let Err(err) = fs.add_lookup(e.ino) {
-                    tracing::warn!(error = %err, "readdirplus lookup count");
+                if !unsent.is_empty() {
+                    let mut fs = handle.fs.lock();
+                    for ino in unsent {
+                        fs.forget(ino, 1);
+                    }
                 }
-            }
-        }
-        reply.ok();
+                reply.ok()
+            })
+        });
     }
 
     fn fsyncdir(
@@ -912,16 +1008,25 @@ impl Filesystem for QsfsFuse {
         reply: ReplyXattr,
     ) {
         let _spin = self.spin.begin();
-        xattr_reply(
-            reply,
-            self.call(Op::Other, |fs| fs.getxattr(ino, name.as_bytes())),
-            size,
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Other,
+            ino,
+            |fs| fs.getxattr(ino, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.getxattr(ino, &name)
+            },
+            move |r| xattr_reply(reply, r, size),
         );
     }
 
     fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
         let _spin = self.spin.begin();
-        xattr_reply(reply, self.call(Op::Other, |fs| fs.listxattr(ino)), size);
+        let listxattr = move |fs: &mut Fs| fs.listxattr(ino);
+        self.deferrable(Op::Other, ino, listxattr, move |r| {
+            xattr_reply(reply, r, size)
+        });
     }
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
@@ -936,10 +1041,8 @@ impl Filesystem for QsfsFuse {
         let _spin = self.spin.begin();
         // Mode bits are enforced by the kernel (`default_permissions`); this only checks the
         // inode exists.
-        empty(
-            reply,
-            self.call(Op::Getattr, |fs| fs.getattr(ino)).map(|_| ()),
-        );
+        let exists = move |fs: &mut Fs| fs.getattr(ino).map(|_| ());
+        self.deferrable(Op::Getattr, ino, exists, move |r| empty(reply, r));
     }
 
     fn create(
@@ -954,17 +1057,25 @@ impl Filesystem for QsfsFuse {
     ) {
         let _spin = self.spin.begin();
         let flags = self.handle_flags(flags);
-        let r = self
-            .fs()
-            .create(parent, name.as_bytes(), mode, flags, req.uid(), req.gid());
-        let r = self.counted(Op::Create, r);
-        reply_or_err!(reply, r, |v| reply.created(
-            &TTL,
-            &fuse_attr(&v.0),
-            0,
-            v.1,
-            0
-        ));
+        let (name, uid, gid) = (name.as_bytes(), req.uid(), req.gid());
+        self.call_or_defer(
+            Op::Create,
+            parent,
+            |fs| fs.create(parent, name, mode, flags, uid, gid),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.create(parent, &name, mode, flags, uid, gid)
+            },
+            move |r| {
+                reply_or_err!(reply, r, |v| reply.created(
+                    &TTL,
+                    &fuse_attr(&v.0),
+                    0,
+                    v.1,
+                    0
+                ))
+            },
+        );
     }
 
     fn fallocate(
@@ -981,15 +1092,14 @@ impl Filesystem for QsfsFuse {
         if offset < 0 || length <= 0 {
             return reply.error(libc::EINVAL);
         }
-        empty(
-            reply,
-            self.call(Op::Other, |fs| {
-                if self.killpriv {
-                    fs.kill_privileges(ino, req.uid() != 0)?;
-                }
-                fs.fallocate(ino, offset as u64, length as u64, mode)
-            }),
-        );
+        let (killpriv, suid_sgid) = (self.killpriv, req.uid() != 0);
+        let fallocate = move |fs: &mut Fs| {
+            if killpriv {
+                fs.kill_privileges(ino, suid_sgid)?;
+            }
+            fs.fallocate(ino, offset as u64, length as u64, mode)
+        };
+        self.deferrable(Op::Other, ino, fallocate, move |r| empty(reply, r));
     }
 
     fn copy_file_range(
@@ -1009,9 +1119,10 @@ impl Filesystem for QsfsFuse {
         if offset_in < 0 || offset_out < 0 || flags != 0 {
             return reply.error(libc::EINVAL);
         }
-        let r = self.call(Op::Write, |fs| {
-            if self.killpriv {
-                fs.kill_privileges(ino_out, req.uid() != 0)?;
+        let (killpriv, suid_sgid) = (self.killpriv, req.uid() != 0);
+        let copy = move |fs: &mut Fs| {
+            if killpriv {
+                fs.kill_privileges(ino_out, suid_sgid)?;
             }
             fs.copy_file_range(
                 ino_in,
@@ -1022,10 +1133,13 @@ impl Filesystem for QsfsFuse {
                 offset_out as u64,
                 len,
             )
-        });
-        reply_or_err!(reply, r, |n| {
-            self.stats.written_bytes(u64::from(n));
-            reply.written(n)
+        };
+        let stats = self.stats.clone();
+        self.deferrable(Op::Write, ino_in, copy, move |r| {
+            reply_or_err!(reply, r, |n| {
+                stats.written_bytes(u64::from(n));
+                reply.written(n)
+            })
         });
     }
 

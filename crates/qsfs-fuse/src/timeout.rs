@@ -100,6 +100,10 @@ impl Store for TimeoutStore {
         let (ns, key) = (ns.to_string(), key.to_vec());
         self.call("get", move |s| s.get(&ns, &key))
     }
+    fn get_may_wait(&self, ns: &str, key: &[u8]) -> bool {
+        // A probe, not a read: it answers from memory, so it needs no time limit.
+        self.inner.get_may_wait(ns, key)
+    }
     fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
         let (ns, key) = (ns.to_string(), key.to_vec());
         self.call("delete", move |s| s.delete_at(&ns, &key, t))

@@ -17,12 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Passes every call through, except that `get`s of the blocks of one inode answer only once
-/// the gate is open, and block `get`s take `delay` (to widen race windows, never to measure).
+/// Passes every call through, except that `get`s of the blocks of one inode (or of the records
+/// of one namespace whose keys start with a prefix) answer only once the gate is open, and block
+/// `get`s take `delay` (to widen race windows, never to measure).
 struct Gated {
     block_ns: String,
-    /// The inode whose block reads wait at the gate; 0 for none.
-    gated: AtomicU64,
+    /// The namespace and key prefix whose reads wait at the gate; none if the namespace is "".
+    gated: Mutex<(String, Vec<u8>)>,
     closed: Mutex<bool>,
     opened: Condvar,
     /// Block reads waiting at the gate now.
@@ -38,7 +39,7 @@ impl Gated {
             inner,
             Gated {
                 block_ns: Namespaces::new(&common::config().prefix).block,
-                gated: AtomicU64::new(0),
+                gated: Mutex::new((String::new(), Vec::new())),
                 closed: Mutex::new(false),
                 opened: Condvar::new(),
                 waiting: AtomicUsize::new(0),
@@ -48,8 +49,14 @@ impl Gated {
         )
     }
 
+    /// Holds the reads of the blocks of `ino`.
     fn close(&self, ino: u64) {
-        self.gated.store(ino, Ordering::SeqCst);
+        self.close_on(&self.block_ns.clone(), &ino.to_be_bytes());
+    }
+
+    /// Holds the reads of the records of namespace `ns` whose keys start with `prefix`.
+    fn close_on(&self, ns: &str, prefix: &[u8]) {
+        *self.gated.lock().unwrap() = (ns.to_string(), prefix.to_vec());
         *self.closed.lock().unwrap() = true;
     }
 
@@ -66,11 +73,11 @@ impl Gated {
 impl common::Hooks for Gated {
     // Read first, answer late: the caller gets the bytes as they were when it asked.
     fn after_get(&self, ns: &str, key: &[u8]) {
-        if ns != self.block_ns {
-            return;
-        }
-        let ino = self.gated.load(Ordering::SeqCst);
-        if ino != 0 && key.len() == 16 && key[..8] == ino.to_be_bytes() {
+        let held = {
+            let g = self.gated.lock().unwrap();
+            ns == g.0 && key.starts_with(&g.1)
+        };
+        if held {
             self.asked.fetch_add(1, Ordering::SeqCst);
             let mut closed = self.closed.lock().unwrap();
             self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -79,7 +86,7 @@ impl common::Hooks for Gated {
             }
             self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
-        if !self.delay.is_zero() {
+        if !self.delay.is_zero() && ns == self.block_ns {
             std::thread::sleep(self.delay);
         }
     }
@@ -477,7 +484,10 @@ fn concurrent_fetches_of_a_block_share_one_store_read() {
     let data = pattern(5, 4096);
     gate.set(&ns, Some(&qsfs_fuse::layout::pair_key(ino, 3)), &data)
         .unwrap();
-    let fetches = Arc::new(Fetches::new(gate.clone(), &ns));
+    let fetches = Arc::new(Fetches::new(
+        gate.clone(),
+        &Namespaces::new(&common::config().prefix),
+    ));
     let block = BlockId {
         inode: ino,
         index: 3,
@@ -503,4 +513,384 @@ fn concurrent_fetches_of_a_block_share_one_store_read() {
         assert!(t.join().unwrap()[..] == data[..]);
     }
     assert_eq!(gate.asked.load(Ordering::SeqCst), 2);
+}
+
+// ---- metadata and partial-block fetches: nothing else waits for them either ----
+
+/// The tree the stall tests start from, written by an earlier mount so that the mount under
+/// test has none of it in memory: `a/slow` (whose records or blocks are held), `a/other`,
+/// `a/copy`, `b/x`, `b/y`.
+struct Tree {
+    _dir: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+    gate: Arc<common::Hooked<Gated>>,
+    slow: Vec<u8>,
+    x: Vec<u8>,
+    slow_ino: u64,
+    a_ino: u64,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let gate = Gated::new(
+            common::open_engine(&dir.path().join("engine")),
+            Duration::ZERO,
+        );
+        let (slow, x) = (pattern(11, 600 << 10), pattern(12, 300 << 10));
+        let fs = Fs::open(gate.clone(), common::config()).unwrap();
+        let m = mount(fs, &mnt, &MountOptions::default()).unwrap();
+        for d in ["a", "b"] {
+            std::fs::create_dir(mnt.join(d)).unwrap();
+        }
+        std::fs::write(mnt.join("a/slow"), &slow).unwrap();
+        std::fs::write(mnt.join("a/other"), &x).unwrap();
+        std::fs::write(mnt.join("a/copy"), b"").unwrap();
+        std::fs::write(mnt.join("b/x"), &x).unwrap();
+        std::fs::write(mnt.join("b/y"), b"y").unwrap();
+        let slow_ino = std::fs::metadata(mnt.join("a/slow")).unwrap().ino();
+        let a_ino = std::fs::metadata(mnt.join("a")).unwrap().ino();
+        m.unmount().unwrap();
+        Tree {
+            _dir: dir,
+            mnt,
+            gate,
+            slow,
+            x,
+            slow_ino,
+            a_ino,
+        }
+    }
+}
+
+/// What the stalled request waits for.
+#[derive(Clone, Copy)]
+enum Hold {
+    /// The inode record of `a/slow`.
+    Inode,
+    /// The listing pages of `a`.
+    DirPages,
+    /// The block maps of `a/slow`.
+    BlockMaps,
+    /// The blocks of `a/slow`.
+    Blocks,
+}
+
+/// Stat, listings, cached and uncached reads and a write+fsync of other files, each checked.
+fn others_go_on(mnt: &Path, x: &[u8], round: usize) {
+    others_outside_a(mnt, x, round);
+    assert_eq!(
+        std::fs::read(mnt.join("a/other")).unwrap(),
+        x,
+        "a neighbour"
+    );
+}
+
+/// [`others_go_on`] outside directory `a`, whose names a creating or removing request holds
+/// (the kernel's own directory lock).
+fn others_outside_a(mnt: &Path, x: &[u8], round: usize) {
+    assert_eq!(
+        std::fs::metadata(mnt.join("b/x")).unwrap().len(),
+        x.len() as u64
+    );
+    let names = |d: &Path| {
+        let mut n: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(mnt), ["a", "b"]);
+    assert_eq!(names(&mnt.join("b")), ["x", "y"]);
+    assert_eq!(read_direct(&mnt.join("b/x")), x, "an uncached file");
+    assert_eq!(read_direct(&mnt.join("b/x")), x, "a cached file");
+    let fresh = pattern(round as u8, 256 << 10);
+    let path = mnt.join(format!("b/fresh{round}"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&fresh).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(read_direct(&path), fresh);
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Runs `request` on a fresh mount of a [`Tree`] with what it needs held at the gate, checks
+/// that everything else goes on meanwhile, then lets it finish and hands its result to
+/// `check`.
+fn a_stalled_request_holds_up_nothing<R: Send + 'static>(
+    hold: Hold,
+    request: impl FnOnce(&Path) -> R + Send + 'static,
+    check: impl FnOnce(&Tree, R),
+) {
+    stalled_request_with(hold, others_go_on, request, check)
+}
+
+/// [`a_stalled_request_holds_up_nothing`] with `others` as the other requests.
+fn stalled_request_with<R: Send + 'static>(
+    hold: Hold,
+    others: fn(&Path, &[u8], usize),
+    request: impl FnOnce(&Path) -> R + Send + 'static,
+    check: impl FnOnce(&Tree, R),
+) {
+    let t = Tree::new();
+    let fs = Fs::open(t.gate.clone(), common::config()).unwrap();
+    let m = mount(fs, &t.mnt, &MountOptions::default()).unwrap();
+    let ns = Namespaces::new(&common::config().prefix);
+    match hold {
+        Hold::Inode => t.gate.close_on(&ns.inode, &t.slow_ino.to_be_bytes()),
+        Hold::DirPages => t.gate.close_on(&ns.dirpage, &t.a_ino.to_be_bytes()),
+        Hold::BlockMaps => t.gate.close_on(&ns.bmap, &t.slow_ino.to_be_bytes()),
+        Hold::Blocks => t.gate.close(t.slow_ino),
+    }
+    let mnt = t.mnt.clone();
+    let stalled = std::thread::spawn(move || request(&mnt));
+    wait_for("the request to reach the gate", || {
+        t.gate.waiting.load(Ordering::SeqCst) > 0
+    });
+
+    let (mnt, x) = (t.mnt.clone(), t.x.clone());
+    let others = std::thread::spawn(move || {
+        for round in 0..2 {
+            others(&mnt, &x, round);
+        }
+    });
+    // Bounds a hang, not a duration: the other requests take milliseconds.
+    for _ in 0..2000 {
+        if others.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !others.is_finished() {
+        t.gate.open();
+        panic!("the other requests waited for the stalled fetch");
+    }
+    others.join().unwrap();
+    assert!(
+        t.gate.waiting.load(Ordering::SeqCst) > 0 && !stalled.is_finished(),
+        "the stalled request got its records without the gate"
+    );
+
+    t.gate.open();
+    let r = stalled.join().unwrap();
+    check(&t, r);
+    m.unmount().unwrap();
+}
+
+/// Opens `p` for O_DIRECT writes: each write is a request of its own, sent at once.
+fn open_direct_write(p: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p)
+        .unwrap()
+}
+
+#[test]
+fn a_stalled_inode_fetch_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::Inode,
+        |mnt| std::fs::metadata(mnt.join("a/slow")).unwrap().len(),
+        |t, len| assert_eq!(len, t.slow.len() as u64),
+    );
+}
+
+#[test]
+fn a_stalled_directory_page_fetch_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::DirPages,
+        |mnt| {
+            let mut n: Vec<String> = std::fs::read_dir(mnt.join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        },
+        |_, names| assert_eq!(names, ["copy", "other", "slow"]),
+    );
+}
+
+/// A 4 KiB O_DIRECT write into the middle of `a/slow`'s first block (a partial block), then
+/// fsync.
+fn patch_slow(mnt: &Path) {
+    let f = open_direct_write(&mnt.join("a/slow"));
+    let mut backing = Vec::new();
+    let buf = aligned(&mut backing, 4096);
+    buf.fill(0xab);
+    f.write_all_at(buf, 8192).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn check_patched(t: &Tree, _: ()) {
+    let mut want = t.slow.clone();
+    want[8192..8192 + 4096].fill(0xab);
+    assert!(
+        read_direct(&t.mnt.join("a/slow")) == want,
+        "a/slow patched wrong"
+    );
+}
+
+#[test]
+fn a_stalled_block_map_fetch_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(Hold::BlockMaps, patch_slow, check_patched);
+}
+
+#[test]
+fn a_stalled_partial_write_fetch_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(Hold::Blocks, patch_slow, check_patched);
+}
+
+#[test]
+fn a_stalled_copy_source_fetch_holds_up_no_other_request() {
+    const LEN: usize = 300 << 10;
+    a_stalled_request_holds_up_nothing(
+        Hold::Blocks,
+        |mnt| {
+            let src = std::fs::File::open(mnt.join("a/slow")).unwrap();
+            let dst = std::fs::OpenOptions::new()
+                .write(true)
+                .open(mnt.join("a/copy"))
+                .unwrap();
+            let (mut off_in, mut off_out) = (1000i64, 0i64);
+            let mut left = LEN;
+            while left > 0 {
+                let n = nix::fcntl::copy_file_range(
+                    &src,
+                    Some(&mut off_in),
+                    &dst,
+                    Some(&mut off_out),
+                    left,
+                )
+                .unwrap();
+                assert!(n > 0, "copy_file_range stopped early");
+                left -= n;
+            }
+        },
+        |t, ()| {
+            assert!(std::fs::read(t.mnt.join("a/copy")).unwrap() == t.slow[1000..1000 + LEN]);
+        },
+    );
+}
+
+#[test]
+fn a_stalled_fallocate_fetch_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::Blocks,
+        |mnt| {
+            use nix::fcntl::{fallocate, FallocateFlags as F};
+            let f = open_direct_write(&mnt.join("a/slow"));
+            let flags = F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE;
+            fallocate(f.as_raw_fd(), flags, 100, 1000).unwrap();
+        },
+        |t, ()| {
+            let mut want = t.slow.clone();
+            want[100..1100].fill(0);
+            assert!(read_direct(&t.mnt.join("a/slow")) == want);
+        },
+    );
+}
+
+#[test]
+fn a_stalled_truncate_fetch_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::Blocks,
+        |mnt| {
+            open_direct_write(&mnt.join("a/slow"))
+                .set_len(5000)
+                .unwrap()
+        },
+        |t, ()| {
+            assert!(read_direct(&t.mnt.join("a/slow")) == t.slow[..5000]);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(t.mnt.join("a/slow"))
+                .unwrap();
+            f.set_len(9000).unwrap();
+            let got = read_direct(&t.mnt.join("a/slow"));
+            assert!(got[..5000] == t.slow[..5000] && got[5000..].iter().all(|&b| b == 0));
+        },
+    );
+}
+
+#[test]
+fn a_stalled_listing_fetch_of_a_create_unlink_and_rename_holds_up_no_other_request() {
+    stalled_request_with(
+        Hold::DirPages,
+        others_outside_a,
+        |mnt| {
+            std::fs::write(mnt.join("a/new"), b"new").unwrap();
+            std::fs::remove_file(mnt.join("a/other")).unwrap();
+            std::fs::rename(mnt.join("a/copy"), mnt.join("b/moved")).unwrap();
+        },
+        |t, ()| {
+            let mut n: Vec<String> = std::fs::read_dir(t.mnt.join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            assert_eq!(n, ["new", "slow"]);
+            assert_eq!(std::fs::read(t.mnt.join("a/new")).unwrap(), b"new");
+            assert!(t.mnt.join("b/moved").exists());
+        },
+    );
+}
+
+#[test]
+fn with_no_read_threads_every_request_runs_in_line() {
+    let t = Tree::new();
+    let options = MountOptions {
+        threads: 0,
+        ..MountOptions::default()
+    };
+    let fs = Fs::open(t.gate.clone(), common::config()).unwrap();
+    let m = mount(fs, &t.mnt, &options).unwrap();
+    assert_eq!(
+        std::fs::metadata(t.mnt.join("a/slow")).unwrap().len(),
+        t.slow.len() as u64
+    );
+    others_go_on(&t.mnt, &t.x, 0);
+    patch_slow(&t.mnt);
+    check_patched(&t, ());
+    std::fs::rename(t.mnt.join("a/copy"), t.mnt.join("b/moved")).unwrap();
+    std::fs::remove_file(t.mnt.join("b/moved")).unwrap();
+    assert!(!t.mnt.join("a/copy").exists());
+    m.unmount().unwrap();
+}
+
+/// A listing bigger than one readdirplus reply, from memory and from the store: the entries
+/// the reply had no room for are given back (under the lock, after the reply was built).
+#[test]
+fn listings_bigger_than_one_reply_work_from_memory_and_from_the_store() {
+    let mut fx = common::Fixture::new();
+    let dir = fx.p("big");
+    std::fs::create_dir(&dir).unwrap();
+    let want: Vec<String> = (0..300)
+        .map(|i| format!("{}-{i:04}", "a-long-name-".repeat(12)))
+        .collect();
+    for n in &want {
+        std::fs::write(dir.join(n), n.as_bytes()).unwrap();
+    }
+    for round in 0..2 {
+        let d = dir.clone();
+        let lister = std::thread::spawn(move || {
+            let mut got: Vec<String> = std::fs::read_dir(&d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            got.sort();
+            for n in got.iter().step_by(37) {
+                assert_eq!(std::fs::read(d.join(n)).unwrap(), n.as_bytes());
+            }
+            got
+        });
+        // Bounds a hang (a request deadlocked on the filesystem lock), not a duration.
+        wait_for("the listing", || lister.is_finished());
+        assert_eq!(lister.join().unwrap(), want, "round {round}");
+        // Round 2 lists with nothing in memory: its records are fetched on the pool.
+        fx.remount();
+    }
 }

@@ -918,6 +918,10 @@ impl Store for Engine {
         n.get(&self.inner.shared, key)
     }
 
+    fn get_may_wait(&self, ns: &str, key: &[u8]) -> bool {
+        self.value_needs_fetch(ns, key)
+    }
+
     fn delete_at(&self, ns: &str, key: &[u8], timestamp: Option<Timestamp>) -> Result<()> {
         if self.with_ns(ns, |n, s| n.delete(s, key, timestamp))? {
             self.throttle(ns);

@@ -1,0 +1,467 @@
+//! Requests that fetch records or blocks with the filesystem lock released
+//! ([`Fs::without_fetch`]) never use what they fetched once it changed: each request is held
+//! between its fetch and its finish while other requests overwrite, truncate, punch, rename and
+//! chmod (and flush, so the records leave memory), and its answer and effect are checked
+//! against a model of the filesystem at the moment it finishes.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use qsfs_fuse::fetch::Fetches;
+use qsfs_fuse::fs::{Missing, SetAttr};
+use qsfs_fuse::layout::Namespaces;
+use qsfs_fuse::{Fs, FsConfig, FsError, FsResult};
+
+const BS: usize = 4096;
+const FILES: usize = 4;
+/// Bytes a file grows to at most.
+const MAX_LEN: usize = 6 * BS;
+const ROUNDS: usize = 400;
+
+/// A small xorshift generator: the same sequence on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One file of the model.
+#[derive(Clone)]
+struct File {
+    ino: u64,
+    dir: usize,
+    name: Vec<u8>,
+    data: Vec<u8>,
+    perm: u16,
+}
+
+struct Model {
+    dirs: [u64; 2],
+    files: Vec<File>,
+}
+
+impl Model {
+    fn at(&self, dir: usize, name: &[u8]) -> Option<&File> {
+        self.files.iter().find(|f| f.dir == dir && f.name == name)
+    }
+
+    fn names(&self, dir: usize) -> Vec<Vec<u8>> {
+        let mut n: Vec<Vec<u8>> = self
+            .files
+            .iter()
+            .filter(|f| f.dir == dir)
+            .map(|f| f.name.clone())
+            .collect();
+        n.sort();
+        n
+    }
+}
+
+/// Bytes that differ per round and position.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64 * 31 + seed * 7919) % 251) as u8 + 1)
+        .collect()
+}
+
+fn zero(data: &mut [u8], from: usize, to: usize) {
+    let to = to.min(data.len());
+    if from < to {
+        data[from..to].fill(0);
+    }
+}
+
+/// A request to hold: what it returns is checked, what it changes is applied to the model.
+#[derive(Debug, Clone)]
+enum Held {
+    Stat {
+        dir: usize,
+        name: Vec<u8>,
+    },
+    List {
+        dir: usize,
+    },
+    Write {
+        file: usize,
+        off: usize,
+        data: Vec<u8>,
+    },
+    Truncate {
+        file: usize,
+        len: usize,
+    },
+    Punch {
+        file: usize,
+        off: usize,
+        len: usize,
+    },
+    Copy {
+        from: usize,
+        to: usize,
+        off: usize,
+        len: usize,
+    },
+    /// File `file`, wherever it is then, moves to `dir` under `name`.
+    Rename {
+        file: usize,
+        dir: usize,
+        name: Vec<u8>,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Stat(Option<(u64, u64, u16)>),
+    List(Vec<Vec<u8>>),
+    Done,
+}
+
+fn run(fs: &mut Fs, m: &Model, h: &Held) -> FsResult<Answer> {
+    let ino = |f: &usize| m.files[*f].ino;
+    Ok(match h {
+        Held::Stat { dir, name } => match fs.lookup(m.dirs[*dir], name) {
+            Ok(a) => {
+                fs.forget(a.ino, 1);
+                Answer::Stat(Some((a.ino, a.inode.size, a.inode.perm)))
+            }
+            Err(FsError::Errno(libc::ENOENT)) => Answer::Stat(None),
+            Err(e) => return Err(e),
+        },
+        Held::List { dir } => {
+            let mut n: Vec<Vec<u8>> = fs
+                .readdir(m.dirs[*dir], 0, 1000)?
+                .into_iter()
+                .map(|e| e.name)
+                .filter(|n| n != b"." && n != b"..")
+                .collect();
+            n.sort();
+            Answer::List(n)
+        }
+        Held::Write { file, off, data } => {
+            fs.write(ino(file), 0, *off as u64, data)?;
+            Answer::Done
+        }
+        Held::Truncate { file, len } => {
+            let set = SetAttr {
+                size: Some(*len as u64),
+                ..SetAttr::default()
+            };
+            fs.setattr(ino(file), set)?;
+            Answer::Done
+        }
+        Held::Punch { file, off, len } => {
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            fs.fallocate(ino(file), *off as u64, *len as u64, mode)?;
+            Answer::Done
+        }
+        Held::Copy { from, to, off, len } => {
+            let (a, b) = (ino(from), ino(to));
+            fs.copy_file_range(a, 0, *off as u64, b, 0, *off as u64, *len as u64)?;
+            Answer::Done
+        }
+        Held::Rename { file, dir, name } => {
+            let f = &m.files[*file];
+            fs.rename(m.dirs[f.dir], &f.name, m.dirs[*dir], name, 0)?;
+            Answer::Done
+        }
+    })
+}
+
+/// What `h` answers on the model, which it then changes.
+fn apply(m: &mut Model, h: &Held) -> Answer {
+    match h {
+        Held::Stat { dir, name } => Answer::Stat(
+            m.at(*dir, name)
+                .map(|f| (f.ino, f.data.len() as u64, f.perm)),
+        ),
+        Held::List { dir } => Answer::List(m.names(*dir)),
+        Held::Write { file, off, data } => {
+            let d = &mut m.files[*file].data;
+            if d.len() < off + data.len() {
+                d.resize(off + data.len(), 0);
+            }
+            d[*off..off + data.len()].copy_from_slice(data);
+            Answer::Done
+        }
+        Held::Truncate { file, len } => {
+            m.files[*file].data.resize(*len, 0);
+            Answer::Done
+        }
+        Held::Punch { file, off, len } => {
+            zero(&mut m.files[*file].data, *off, off + len);
+            Answer::Done
+        }
+        Held::Copy { from, to, off, len } => {
+            let src = &m.files[*from].data;
+            let n = (*len).min(src.len().saturating_sub(*off));
+            if n == 0 {
+                return Answer::Done;
+            }
+            let chunk = src[*off..off + n].to_vec();
+            apply(
+                m,
+                &Held::Write {
+                    file: *to,
+                    off: *off,
+                    data: chunk,
+                },
+            )
+        }
+        Held::Rename { file, dir, name } => {
+            m.files[*file].dir = *dir;
+            m.files[*file].name = name.clone();
+            Answer::Done
+        }
+    }
+}
+
+fn random_held(r: &mut Rng, m: &Model, seed: u64) -> Held {
+    let file = r.below(FILES);
+    let off = r.below(MAX_LEN - BS) + 1;
+    match r.below(7) {
+        0 => {
+            let f = &m.files[r.below(FILES)];
+            Held::Stat {
+                dir: f.dir,
+                name: f.name.clone(),
+            }
+        }
+        1 => Held::List { dir: r.below(2) },
+        2 => Held::Write {
+            file,
+            off,
+            data: bytes(seed, r.below(BS) + 1),
+        },
+        3 => Held::Truncate {
+            file,
+            len: r.below(MAX_LEN),
+        },
+        4 => Held::Punch {
+            file,
+            off,
+            len: r.below(BS) + 1,
+        },
+        5 => Held::Rename {
+            file,
+            dir: r.below(2),
+            name: format!("f{file}.r{seed}").into_bytes(),
+        },
+        _ => Held::Copy {
+            from: file,
+            to: (file + 1 + r.below(FILES - 1)) % FILES,
+            off,
+            len: r.below(2 * BS) + 1,
+        },
+    }
+}
+
+/// A change made while a request is held, with fetching allowed (as a request that found
+/// everything in memory, or one run with the lock held).
+/// Half of them hit the held request's file around its offset (`focus`).
+fn race(fs: &mut Fs, m: &mut Model, r: &mut Rng, seed: u64, focus: Option<(usize, usize)>) {
+    let (f, near) = match focus {
+        Some((f, off)) if r.below(2) == 0 => (f, off.saturating_sub(r.below(BS))),
+        _ => (r.below(FILES), r.below(MAX_LEN - BS)),
+    };
+    match r.below(5) {
+        0 => {
+            // Renamed into a random directory under a new name.
+            let dir = r.below(2);
+            let name = format!("f{f}.{seed}").into_bytes();
+            let old = &m.files[f];
+            fs.rename(m.dirs[old.dir], &old.name, m.dirs[dir], &name, 0)
+                .unwrap();
+            m.files[f].dir = dir;
+            m.files[f].name = name;
+        }
+        1 => {
+            let perm = 0o600 | (r.below(0o100) as u16);
+            let set = SetAttr {
+                mode: Some(u32::from(perm)),
+                ..SetAttr::default()
+            };
+            fs.setattr(m.files[f].ino, set).unwrap();
+            m.files[f].perm = perm;
+        }
+        k => {
+            let held = match k {
+                2 => Held::Write {
+                    file: f,
+                    off: near,
+                    data: bytes(seed + 1, r.below(2 * BS) + 1),
+                },
+                3 => Held::Truncate { file: f, len: near },
+                _ => Held::Punch {
+                    file: f,
+                    off: near,
+                    len: r.below(2 * BS) + 1,
+                },
+            };
+            run(fs, m, &held).unwrap();
+            apply(m, &held);
+        }
+    }
+    if r.below(2) == 0 {
+        // Flushed and pruned: the records leave memory, and reading the other files pushes
+        // the (now clean) blocks out of the cache, so a stale fetch could be installed.
+        fs.flush_all().unwrap();
+        for other in m.files.iter().filter(|o| o.ino != m.files[f].ino) {
+            fs.read(other.ino, 0, 0, MAX_LEN as u32).unwrap();
+        }
+    }
+}
+
+/// Every file's attributes and bytes and every listing, as the model has them.
+fn check_all(fs: &mut Fs, m: &Model, round: usize) {
+    for dir in 0..2 {
+        assert_eq!(
+            run(fs, m, &Held::List { dir }).unwrap(),
+            Answer::List(m.names(dir)),
+            "round {round}: listing of dir {dir}"
+        );
+    }
+    for f in &m.files {
+        let a = fs.lookup(m.dirs[f.dir], &f.name).unwrap();
+        fs.forget(a.ino, 1);
+        assert_eq!(
+            (a.ino, a.inode.size, a.inode.perm),
+            (f.ino, f.data.len() as u64, f.perm),
+            "round {round}: attributes of {}",
+            String::from_utf8_lossy(&f.name)
+        );
+        let got = fs.read(f.ino, 0, 0, MAX_LEN as u32 * 2).unwrap();
+        assert!(
+            got == f.data,
+            "round {round}: bytes of {}",
+            String::from_utf8_lossy(&f.name)
+        );
+    }
+}
+
+#[test]
+fn requests_held_between_fetch_and_finish_match_the_model() {
+    for seed in [
+        0x5eed_1234_abcd_9876,
+        0x0123_4567_89ab_cdef,
+        0x9e37_79b9_7f4a_7c15,
+    ] {
+        held_requests_match_the_model(seed);
+    }
+}
+
+/// Hooks that do nothing: the wrapper only makes every read one that may wait (as a remote
+/// store or a cold tier), so requests are held.
+struct MayWait;
+impl common::Hooks for MayWait {}
+
+fn held_requests_match_the_model(seed: u64) {
+    let (engine, _dir) = common::engine();
+    let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
+    let cfg = FsConfig {
+        block_size: BS as u32,
+        // A few blocks: a block rewritten while a request is held soon leaves the cache.
+        cache_bytes: 4 * BS as u64,
+        ..common::config()
+    };
+    let ns = Namespaces::new(&cfg.prefix);
+    let fetches = Fetches::new(store.clone(), &ns);
+    let mut fs = Fs::open(store, cfg).unwrap();
+    let mut dirs = [0u64; 2];
+    for (i, d) in dirs.iter_mut().enumerate() {
+        let a = fs
+            .mkdir(1, format!("d{i}").as_bytes(), 0o755, 0, 0)
+            .unwrap();
+        fs.forget(a.ino, 1);
+        *d = a.ino;
+    }
+    let mut m = Model {
+        dirs,
+        files: Vec::new(),
+    };
+    for i in 0..FILES {
+        let name = format!("f{i}").into_bytes();
+        let dir = i % 2;
+        let (a, fh) = fs.create(dirs[dir], &name, 0o644, 0, 0, 0).unwrap();
+        let data = bytes(i as u64, 3 * BS + 100);
+        fs.write(a.ino, fh, 0, &data).unwrap();
+        fs.release(a.ino, fh).unwrap();
+        fs.forget(a.ino, 1);
+        m.files.push(File {
+            ino: a.ino,
+            dir,
+            name,
+            data,
+            perm: 0o644,
+        });
+    }
+    fs.flush_all().unwrap();
+
+    let mut r = Rng(seed);
+    let mut held_fetches = 0;
+    for round in 0..ROUNDS {
+        let salt = round as u64 * 16;
+        let held = random_held(&mut r, &m, salt);
+        let focus = match &held {
+            Held::Write { file, off, .. }
+            | Held::Punch { file, off, .. }
+            | Held::Copy {
+                from: file, off, ..
+            } => Some((*file, *off)),
+            Held::Truncate { file, len } => Some((*file, *len)),
+            _ => None,
+        };
+        let fetch = |missing: Vec<Missing>| -> Vec<_> {
+            missing
+                .into_iter()
+                .map(|x| {
+                    let v = fetches.fetch(&x).unwrap();
+                    (x, v)
+                })
+                .collect()
+        };
+        let mut fetched = Vec::new();
+        let mut raced = false;
+        let answer = loop {
+            let model = &m;
+            match fs.without_fetch(fetched, |fs| run(fs, model, &held)) {
+                Ok(a) => break a.unwrap(),
+                Err(missing) => {
+                    held_fetches += 1;
+                    // Fetched now, used after the changes below: as a worker whose fetch
+                    // answered before other requests changed what it fetched.
+                    fetched = fetch(missing);
+                    if !raced || r.below(3) == 0 {
+                        raced = true;
+                        for k in 0..=r.below(3) {
+                            race(&mut fs, &mut m, &mut r, salt + 2 + k as u64, focus);
+                        }
+                    }
+                }
+            }
+        };
+        let want = apply(&mut m, &held);
+        assert_eq!(answer, want, "seed {seed:#x} round {round}: {held:?}");
+        if round % 10 == 9 {
+            check_all(&mut fs, &m, round);
+        }
+        if r.below(2) == 0 {
+            fs.flush_all().unwrap();
+        }
+    }
+    check_all(&mut fs, &m, ROUNDS);
+    // The test only means something if requests were held.
+    assert!(
+        held_fetches > ROUNDS / 2,
+        "only {held_fetches} fetches held"
+    );
+}
