@@ -55,7 +55,7 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// waking an idle vCPU (an IPI and a VM entry) costs tens of microseconds, several times the
 /// work of a small request; polling for [`DEFAULT_SPIN`] after a reply takes the next request
 /// without that wake-up. Bounded: never more than the window per request, and only when the
-/// previous request came within [`BURST_GAP`], so an idle mount never spins; each poll
+/// previous request came within `BURST_GAP` (1 ms), so an idle mount never spins; each poll
 /// yields the CPU to any other runnable thread, and a busy machine (where wake-ups are cheap
 /// because no CPU idles) turns polling off for a while.
 #[derive(Default)]
@@ -67,7 +67,7 @@ pub struct Spin {
     window_ns: AtomicU64,
     /// When the last request was answered.
     last_end: Mutex<Option<Instant>>,
-    /// Whether the request being served came within [`BURST_GAP`] of the previous one.
+    /// Whether the request being served came within `BURST_GAP` (1 ms) of the previous one.
     burst: AtomicBool,
     /// No polling before this: the machine was found busy ([`PREEMPTED`]).
     busy_until: Mutex<Option<Instant>>,
