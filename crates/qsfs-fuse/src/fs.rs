@@ -1046,6 +1046,7 @@ impl Fs {
     /// Adds a hard link `newparent/newname` to `ino`.
     pub fn link(&mut self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
+        self.prepare_names(&[(newparent, newname)], None)?;
         let inode = self.inode(ino)?.clone();
         if inode.kind == Kind::Dir {
             return errno(libc::EPERM);

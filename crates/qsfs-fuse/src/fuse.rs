@@ -621,10 +621,17 @@ impl Filesystem for QsfsFuse {
         reply: ReplyEntry,
     ) {
         let _spin = self.spin.begin();
-        let r = self
-            .fs()
-            .mknod(parent, name.as_bytes(), mode, rdev, req.uid(), req.gid());
-        entry(reply, self.counted(Op::Create, r));
+        let (name, uid, gid) = (name.as_bytes(), req.uid(), req.gid());
+        self.call_or_defer(
+            Op::Create,
+            parent,
+            |fs| fs.mknod(parent, name, mode, rdev, uid, gid),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.mknod(parent, &name, mode, rdev, uid, gid)
+            },
+            move |r| entry(reply, r),
+        );
     }
 
     fn mkdir(
@@ -689,16 +696,22 @@ impl Filesystem for QsfsFuse {
         reply: ReplyEntry,
     ) {
         let _spin = self.spin.begin();
-        let r = self.call(Op::Create, |fs| {
-            fs.symlink(
-                parent,
-                link_name.as_bytes(),
-                target.as_os_str().as_bytes(),
-                req.uid(),
-                req.gid(),
-            )
-        });
-        entry(reply, r);
+        let (name, target, uid, gid) = (
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            req.uid(),
+            req.gid(),
+        );
+        self.call_or_defer(
+            Op::Create,
+            parent,
+            |fs| fs.symlink(parent, name, target, uid, gid),
+            || {
+                let (name, target) = (name.to_vec(), target.to_vec());
+                move |fs: &mut Fs| fs.symlink(parent, &name, &target, uid, gid)
+            },
+            move |r| entry(reply, r),
+        );
     }
 
     fn rename(
@@ -734,9 +747,16 @@ impl Filesystem for QsfsFuse {
         reply: ReplyEntry,
     ) {
         let _spin = self.spin.begin();
-        entry(
-            reply,
-            self.call(Op::Create, |fs| fs.link(ino, newparent, newname.as_bytes())),
+        let newname = newname.as_bytes();
+        self.call_or_defer(
+            Op::Create,
+            newparent,
+            |fs| fs.link(ino, newparent, newname),
+            || {
+                let newname = newname.to_vec();
+                move |fs: &mut Fs| fs.link(ino, newparent, &newname)
+            },
+            move |r| entry(reply, r),
         );
     }
 

@@ -840,6 +840,43 @@ fn a_stalled_listing_fetch_of_a_create_unlink_and_rename_holds_up_no_other_reque
 }
 
 #[test]
+fn a_stalled_listing_fetch_of_a_symlink_hard_link_and_fifo_holds_up_no_other_request() {
+    stalled_request_with(
+        Hold::DirPages,
+        others_outside_a,
+        |mnt| {
+            std::os::unix::fs::symlink("slow", mnt.join("a/sl")).unwrap();
+            std::fs::hard_link(mnt.join("a/copy"), mnt.join("a/hard")).unwrap();
+            nix::unistd::mkfifo(
+                &mnt.join("a/fifo"),
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .unwrap();
+        },
+        |t, ()| {
+            let mut n: Vec<String> = std::fs::read_dir(t.mnt.join("a"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            assert_eq!(n, ["copy", "fifo", "hard", "other", "sl", "slow"]);
+            let a = t.mnt.join("a");
+            assert_eq!(std::fs::read_link(a.join("sl")).unwrap(), Path::new("slow"));
+            assert_eq!(
+                std::fs::read(a.join("hard")).unwrap(),
+                std::fs::read(a.join("copy")).unwrap()
+            );
+            use std::os::unix::fs::FileTypeExt;
+            assert_eq!(std::fs::metadata(a.join("copy")).unwrap().nlink(), 2);
+            assert!(std::fs::symlink_metadata(a.join("fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo());
+        },
+    );
+}
+
+#[test]
 fn with_no_read_threads_every_request_runs_in_line() {
     let t = Tree::new();
     let options = MountOptions {
