@@ -2248,7 +2248,9 @@ impl Fs {
         Ok(())
     }
 
-    /// Sets an xattr (`XATTR_CREATE` / `XATTR_REPLACE` in `flags`).
+    /// Sets an xattr (`XATTR_CREATE` / `XATTR_REPLACE` in `flags`). Everything it reads
+    /// (the inode and its xattr record) is read by `load_xattrs` before it changes anything,
+    /// so it can stop for a fetch there (like `removexattr`).
     pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         Self::check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {

@@ -1011,11 +1011,16 @@ impl Filesystem for QsfsFuse {
         reply: ReplyEmpty,
     ) {
         let _spin = self.spin.begin();
-        empty(
-            reply,
-            self.call(Op::Other, |fs| {
-                fs.setxattr(ino, name.as_bytes(), value, flags)
-            }),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Other,
+            ino,
+            |fs| fs.setxattr(ino, name, value, flags),
+            || {
+                let (name, value) = (name.to_vec(), value.to_vec());
+                move |fs: &mut Fs| fs.setxattr(ino, &name, &value, flags)
+            },
+            move |r| empty(reply, r),
         );
     }
 
@@ -1051,9 +1056,16 @@ impl Filesystem for QsfsFuse {
 
     fn removexattr(&mut self, _req: &Request<'_>, ino: u64, name: &OsStr, reply: ReplyEmpty) {
         let _spin = self.spin.begin();
-        empty(
-            reply,
-            self.call(Op::Other, |fs| fs.removexattr(ino, name.as_bytes())),
+        let name = name.as_bytes();
+        self.call_or_defer(
+            Op::Other,
+            ino,
+            |fs| fs.removexattr(ino, name),
+            || {
+                let name = name.to_vec();
+                move |fs: &mut Fs| fs.removexattr(ino, &name)
+            },
+            move |r| empty(reply, r),
         );
     }
 

@@ -546,6 +546,7 @@ impl Tree {
             std::fs::create_dir(mnt.join(d)).unwrap();
         }
         std::fs::write(mnt.join("a/slow"), &slow).unwrap();
+        xattr(&mnt.join("a/slow"), "set", "user.tag", "old");
         std::fs::write(mnt.join("a/other"), &x).unwrap();
         std::fs::write(mnt.join("a/copy"), b"").unwrap();
         std::fs::write(mnt.join("b/x"), &x).unwrap();
@@ -576,6 +577,39 @@ enum Hold {
     BlockMaps,
     /// The blocks of `a/slow`.
     Blocks,
+    /// The xattr record of `a/slow`.
+    Xattrs,
+}
+
+/// Sets (`op` "set", with `value`) or removes ("remove") the xattr `name` of `path` through
+/// Python's `os` module, the way the POSIX suite does (the crate forbids the unsafe a libc
+/// call needs).
+fn xattr(path: &Path, op: &str, name: &str, value: &str) {
+    let code = match op {
+        "set" => "import os, sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode())",
+        _ => "import os, sys; os.removexattr(sys.argv[1], sys.argv[2])",
+    };
+    let st = std::process::Command::new("python3")
+        .args(["-c", code])
+        .arg(path)
+        .args([name, value])
+        .status()
+        .unwrap();
+    assert!(st.success(), "{op}xattr {name} on {}", path.display());
+}
+
+/// The xattr names of `path`, sorted, through Python's `os` module.
+fn xattr_names(path: &Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(sorted(os.listxattr(sys.argv[1])))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Stat, listings, cached and uncached reads and a write+fsync of other files, each checked.
@@ -644,6 +678,7 @@ fn stalled_request_with<R: Send + 'static>(
         Hold::DirPages => t.gate.close_on(&ns.dirpage, &t.a_ino.to_be_bytes()),
         Hold::BlockMaps => t.gate.close_on(&ns.bmap, &t.slow_ino.to_be_bytes()),
         Hold::Blocks => t.gate.close(t.slow_ino),
+        Hold::Xattrs => t.gate.close_on(&ns.xattr, &t.slow_ino.to_be_bytes()),
     }
     let mnt = t.mnt.clone();
     let stalled = std::thread::spawn(move || request(&mnt));
@@ -873,6 +908,29 @@ fn a_stalled_listing_fetch_of_a_symlink_hard_link_and_fifo_holds_up_no_other_req
                 .file_type()
                 .is_fifo());
         },
+    );
+}
+
+#[test]
+fn a_stalled_xattr_fetch_of_a_setxattr_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::Xattrs,
+        |mnt| xattr(&mnt.join("a/slow"), "set", "user.new", "v"),
+        |t, ()| {
+            assert_eq!(
+                xattr_names(&t.mnt.join("a/slow")),
+                "['user.new', 'user.tag']"
+            )
+        },
+    );
+}
+
+#[test]
+fn a_stalled_xattr_fetch_of_a_removexattr_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::Xattrs,
+        |mnt| xattr(&mnt.join("a/slow"), "remove", "user.tag", ""),
+        |t, ()| assert_eq!(xattr_names(&t.mnt.join("a/slow")), "[]"),
     );
 }
 
