@@ -90,8 +90,10 @@ fn kill_9_during_unpipelined_sets_of_many_clients(extra: &[&str]) {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|t| {
             let count = count.clone();
+            // Connected before any client starts: a thread scheduled late on a busy machine
+            // would otherwise connect after the kill and find no server.
+            let (mut s, mut r) = connect(port);
             std::thread::spawn(move || {
-                let (mut s, mut r) = connect(port);
                 let mut acked: Vec<(String, String)> = Vec::new();
                 for i in 0u64.. {
                     let k = format!("c{t}-{i}");
