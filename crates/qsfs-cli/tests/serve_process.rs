@@ -5,7 +5,8 @@
 
 mod common;
 use common::free_port;
-use std::io::{BufRead, BufReader, Read, Write};
+use common::serve::{connect, reply, req, start, Serve};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,86 +39,6 @@ fn rand_u64() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-/// A running `qsfs serve`, killed when dropped so a failing test leaves no process behind.
-struct Serve(Child);
-
-impl std::ops::Deref for Serve {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Serve {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(data: &Path, port: u16, extra: &[&str]) -> Serve {
-    let child = Command::new(BIN)
-        .args(["serve", "--port", &port.to_string(), "--data"])
-        .arg(data)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qsfs serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "qsfs serve did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Serve(child)
-}
-
-fn req(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend(format!("${}\r\n", a.len()).into_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Reads one simple reply (status, error, integer or bulk) as text; `None` for nil.
-fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<String>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let line = line.trim_end().to_string();
-    if let Some(n) = line.strip_prefix('$') {
-        let n: i64 = n.parse().unwrap();
-        if n < 0 {
-            return Ok(None);
-        }
-        let mut b = vec![0u8; n as usize + 2];
-        r.read_exact(&mut b)?;
-        b.truncate(n as usize);
-        return Ok(Some(String::from_utf8_lossy(&b).into_owned()));
-    }
-    Ok(Some(line))
-}
-
-fn connect(port: u16) -> (TcpStream, BufReader<TcpStream>) {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let r = BufReader::new(s.try_clone().unwrap());
-    (s, r)
 }
 
 fn cmd(s: &mut TcpStream, r: &mut BufReader<TcpStream>, args: &[&str]) -> Option<String> {

@@ -72,3 +72,4 @@ impl Conn {
 
 /// The storage-chain harness (`tests/chain_*.rs`).
 pub mod chain;
+pub mod serve;
