@@ -6,7 +6,7 @@
 
 mod common;
 use common::free_port;
-use common::serve::{reply, req, start, Serve};
+use common::serve::{assert_all_acknowledged, reply, req, start, Serve};
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -111,21 +111,7 @@ fn kill_9_during_unpipelined_sets_of_many_clients(extra: &[&str]) {
     );
     let (mut child, port) = start_checked(dir.path(), extra);
     let (mut s, mut r) = connect_to(&mut child, port);
-    for chunk in acked.chunks(500) {
-        let mut wire = Vec::new();
-        for (k, _) in chunk {
-            wire.extend(req(&[b"GET", k.as_bytes()]));
-        }
-        s.write_all(&wire).unwrap();
-        for (k, v) in chunk {
-            let got = reply(&mut r).unwrap();
-            assert_eq!(
-                got.as_deref(),
-                Some(v.as_str()),
-                "acknowledged SET of {k} lost"
-            );
-        }
-    }
+    assert_all_acknowledged(&mut s, &mut r, &acked);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 use common::free_port;
-use common::serve::{connect, reply, req, start, Serve};
+use common::serve::{assert_all_acknowledged, connect, reply, req, start, Serve};
 use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -199,21 +199,7 @@ fn kill_9_during_pipelined_writes_loses_no_acknowledged_set() {
     );
     let mut child = start(&dir.0, port, &[]);
     let (mut s, mut r) = connect(port);
-    for chunk in acked.chunks(500) {
-        let mut wire = Vec::new();
-        for (k, _) in chunk {
-            wire.extend(req(&[b"GET", k.as_bytes()]));
-        }
-        s.write_all(&wire).unwrap();
-        for (k, v) in chunk {
-            let got = reply(&mut r).unwrap();
-            assert_eq!(
-                got.as_deref(),
-                Some(v.as_str()),
-                "acknowledged SET of {k} lost"
-            );
-        }
-    }
+    assert_all_acknowledged(&mut s, &mut r, &acked);
     signal(&child, "-TERM");
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(20)).code(),

@@ -136,15 +136,25 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
     panic!("gave up waiting for {what}");
 }
 
-#[test]
-fn a_stalled_fetch_holds_up_no_other_request() {
+/// A temporary directory with an empty mountpoint `mnt` and a gated engine under `engine`
+/// (each store read delayed by `delay`).
+fn gated_mount_dir(
+    delay: Duration,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<common::Hooked<Gated>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let gate = Gated::new(
-        common::open_engine(&dir.path().join("engine")),
-        Duration::ZERO,
-    );
+    let gate = Gated::new(common::open_engine(&dir.path().join("engine")), delay);
+    (dir, mnt, gate)
+}
+
+#[test]
+fn a_stalled_fetch_holds_up_no_other_request() {
+    let (_dir, mnt, gate) = gated_mount_dir(Duration::ZERO);
     let store: Arc<dyn Store> = gate.clone();
     let slow = pattern(1, 2 << 20);
     let cold = pattern(2, 600 << 10);
@@ -270,13 +280,7 @@ fn check(b: usize, data: &[u8], from: u64, to: u64) -> std::result::Result<(), S
 
 #[test]
 fn reads_racing_overwrites_and_truncates_match_the_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let gate = Gated::new(
-        common::open_engine(&dir.path().join("engine")),
-        Duration::from_micros(500),
-    );
+    let (_dir, mnt, gate) = gated_mount_dir(Duration::from_micros(500));
     let cfg = FsConfig {
         block_size: BS as u32,
         // Smaller than the file: blocks keep leaving the cache and being fetched again.
@@ -532,13 +536,7 @@ struct Tree {
 
 impl Tree {
     fn new() -> Tree {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let gate = Gated::new(
-            common::open_engine(&dir.path().join("engine")),
-            Duration::ZERO,
-        );
+        let (dir, mnt, gate) = gated_mount_dir(Duration::ZERO);
         let (slow, x) = (pattern(11, 600 << 10), pattern(12, 300 << 10));
         let fs = Fs::open(gate.clone(), common::config()).unwrap();
         let m = mount(fs, &mnt, &MountOptions::default()).unwrap();

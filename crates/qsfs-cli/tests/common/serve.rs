@@ -1,6 +1,6 @@
 //! A real `qsfs serve` process on a loopback port and a minimal RESP client for it.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -91,4 +91,28 @@ pub fn connect(port: u16) -> (TcpStream, BufReader<TcpStream>) {
     s.set_nodelay(true).expect("set TCP_NODELAY");
     let r = BufReader::new(s.try_clone().expect("clone the socket"));
     (s, r)
+}
+
+/// Reads every `(key, value)` of `acked` back through `s`/`r` (pipelined, 500 at a time) and
+/// fails on the first one that is missing or different: an acknowledged SET must survive.
+pub fn assert_all_acknowledged(
+    s: &mut TcpStream,
+    r: &mut BufReader<TcpStream>,
+    acked: &[(String, String)],
+) {
+    for chunk in acked.chunks(500) {
+        let mut wire = Vec::new();
+        for (k, _) in chunk {
+            wire.extend(req(&[b"GET", k.as_bytes()]));
+        }
+        s.write_all(&wire).expect("send GETs");
+        for (k, v) in chunk {
+            let got = reply(r).expect("a GET reply");
+            assert_eq!(
+                got.as_deref(),
+                Some(v.as_str()),
+                "acknowledged SET of {k} lost"
+            );
+        }
+    }
 }
