@@ -241,6 +241,66 @@ fn offload_evict_and_fetch_back_under_a_cap() {
     c.tier.shutdown();
 }
 
+/// Several writers at once, as a mount's flush threads: a seal over the cap holds every writer,
+/// not only the one whose write sealed, so the engine never passes the cap plus one segment
+/// (plus the writes already under way when the gate closed).
+#[test]
+fn concurrent_writers_stay_within_the_cap_plus_one_segment() {
+    const WRITERS: usize = 4;
+    const VALUE: usize = 2000;
+    let root = tempfile::tempdir().unwrap();
+    let cap = 4 * SEG;
+    let c = chain(root.path(), Some(cap));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let max = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut max = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                // Segment bytes only: the index snapshot and manifests the cap also counts
+                // are not what a seal adds.
+                let segs = c.engine.segments("default").unwrap();
+                let local: u64 = segs.iter().filter(|s| !s.offloaded).map(|s| s.length).sum();
+                max = max.max(local);
+                std::thread::yield_now();
+            }
+            max
+        });
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let engine = &c.engine;
+                s.spawn(move || {
+                    let mut r = rand::rngs::StdRng::seed_from_u64(w as u64);
+                    for i in 0..300u32 {
+                        let mut v = vec![0u8; VALUE];
+                        r.fill(&mut v[..]);
+                        // Few distinct keys: the index snapshot, which the cap also counts and
+                        // nothing evicts, stays small.
+                        let key = format!("w{w}-{}", i % 8).into_bytes();
+                        engine.set("default", Some(&key), &v).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        sampler.join().unwrap()
+    });
+    // Each writer may have one record under way when the gate closes.
+    let bound = cap + SEG + (WRITERS * (VALUE + 256)) as u64;
+    assert!(
+        max <= bound,
+        "segment bytes reached {max} > cap {cap} + segment {SEG} + in-flight: {:?}",
+        c.tier.status()
+    );
+    assert!(
+        TierMetrics::get(&c.tier.metrics().evictions) > 0,
+        "the cap was never reached: the test proves nothing"
+    );
+    c.tier.shutdown();
+}
+
 #[test]
 fn recover_rebuilds_every_namespace_from_the_backends() {
     let root = tempfile::tempdir().unwrap();

@@ -2,7 +2,8 @@
 //! in its order — the backup process, a backend, the filesystem — then restarted in reverse.
 //!
 //! qsfs runs the backup (the tier) inside `qsfs up`, so the mapping is:
-//! 1. *backup process killed*: `qsfs up` SIGKILLed while the upload backlog is not empty
+//! 1. *backup process killed*: `qsfs up` SIGKILLed while the upload backlog is not empty (held
+//!    there by a frozen node, resumed afterwards)
 //!    (it must come back at once, since it is also the filesystem the next faults need);
 //! 2. *a backend lost*: one of the four `qsfs serve` nodes SIGKILLed; with 2+2 over four nodes
 //!    no upload can be placed any more, so the backlog grows while writes go on;
@@ -31,27 +32,30 @@ fn backup_backend_and_filesystem_faults_then_reverse_restart() {
     let mut files = write_files(&c.mnt, "a/f", 12, 2 * MIB as usize, 100_000);
     c.wait_drained(Duration::from_secs(300));
 
-    // 1. The backup process dies with uploads pending.
-    let w = Writer::start(&c.mnt, "b/f", MIB as usize, 110_000, 160);
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(s) = c.status() {
-            if s["backlog_segments"].as_u64().unwrap_or(0) > 0 && w.acked() >= 12 {
-                break;
-            }
-        }
+    // 1. The backup process dies with uploads pending. A frozen node holds every upload, so
+    // the backlog is certain to be there when it dies (fast uploads drain it between polls).
+    let w = Writer::start(&c.mnt, "b/f", MIB as usize, 110_000, 10_000);
+    w.wait_acked(12);
+    c.nodes[2].pause();
+    let end = Instant::now() + Duration::from_secs(60);
+    while c
+        .status()
+        .is_none_or(|s| s["backlog_segments"].as_u64().unwrap_or(0) == 0)
+    {
         assert!(
-            Instant::now() < end && w.acked() < 160,
-            "never saw backlog_segments > 0 (last status {:?})",
+            Instant::now() < end,
+            "never saw backlog_segments > 0 with a node frozen (last status {:?})",
             c.status()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (acked, _, err) = w.finish();
-    assert!(err.is_none(), "{err:?}");
-    c.kill_up();
+    c.kill_up_keep_mount();
+    let (acked, unacked, _) = w.finish();
+    lazy_unmount(&c.mnt);
+    c.nodes[2].resume();
     files.extend(acked);
     c.up();
+    check_unacked(&c.mnt, &unacked);
 
     // 2. A backend dies while the (restarted) chain works.
     c.nodes[3].kill();

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,14 @@ pub trait EngineObserver: Send + Sync {
     /// over its cap). Not called for seals by the background thread (age), by
     /// [`Engine::rotate`] or by compaction.
     fn throttle(&self, _ns: &str) {}
+    /// A write (set, set-many or delete) to `ns` is about to start. Called on the writer's
+    /// thread with no engine lock held, before anything is written: an observer may block here
+    /// while every writer must wait (the local disk is over its cap after a seal), not only the
+    /// one whose write sealed. On every write's path: return at once when there is nothing to
+    /// wait for. `seals` counts the segments this engine has sealed so far, bumped the moment
+    /// a seal starts (before its I/O): a change since the last call is how an observer learns
+    /// of a seal without waiting for [`EngineObserver::on_segment_sealed`].
+    fn admit(&self, _ns: &str, _seals: u64) {}
 }
 
 /// What namespaces share: configuration, cold tier, sealing key.
@@ -94,6 +102,8 @@ pub(crate) struct Shared {
     /// Queue of the seal thread (see [`crate::namespace::SealJob`]); taken when the engine
     /// closes.
     pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealJob>>>,
+    /// Segments sealed since the engine opened (see [`EngineObserver::admit`]).
+    pub seals: AtomicU64,
 }
 
 struct Inner {
@@ -266,6 +276,7 @@ impl Engine {
             cold,
             key,
             sealer: Mutex::new(None),
+            seals: AtomicU64::new(0),
         };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
@@ -463,6 +474,13 @@ impl Engine {
         }
     }
 
+    /// Lets the observer hold a writer back before its write starts (no lock held).
+    fn admit(&self, ns: &str) {
+        if let Some(obs) = &self.inner.shared.config.observer {
+            obs.admit(ns, self.inner.shared.seals.load(Ordering::Acquire));
+        }
+    }
+
     fn with_ns<T>(
         &self,
         name: &str,
@@ -533,6 +551,7 @@ impl Engine {
     /// if `ns` does not exist; everything reported written is written (and synced as the
     /// durability asks) when this returns.
     pub fn set_many(&self, ns: &str, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<SetOutcome>>> {
+        self.admit(ns);
         let (out, sealed) = self.with_ns(ns, |n, s| Ok(n.set_many(s, items)))?;
         if sealed {
             self.throttle(ns);
@@ -812,6 +831,11 @@ impl Engine {
         list.iter().map(|n| n.local_bytes()).sum()
     }
 
+    /// Segments sealed since the engine opened, counted the moment each seal starts.
+    pub fn seal_count(&self) -> u64 {
+        self.inner.shared.seals.load(Ordering::Acquire)
+    }
+
     /// Writes the index snapshot of every namespace now (also done on rotation and close).
     pub fn checkpoint(&self) -> Result<()> {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
@@ -906,6 +930,7 @@ impl Store for Engine {
         value: &[u8],
         timestamp: Option<Timestamp>,
     ) -> Result<SetOutcome> {
+        self.admit(ns);
         let (out, sealed) = self.with_ns(ns, |n, s| n.set(s, key, value, timestamp))?;
         if sealed {
             self.throttle(ns);
@@ -923,6 +948,7 @@ impl Store for Engine {
     }
 
     fn delete_at(&self, ns: &str, key: &[u8], timestamp: Option<Timestamp>) -> Result<()> {
+        self.admit(ns);
         if self.with_ns(ns, |n, s| n.delete(s, key, timestamp))? {
             self.throttle(ns);
         }

@@ -1077,6 +1077,7 @@ impl Namespace {
         w.opened = Instant::now();
         self.tail
             .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
+        shared.seals.fetch_add(1, Ordering::AcqRel);
         let manifest = self.capture_manifest_locked(w);
         let captured = manifest.clone();
         if let (Some(ns), Some(tx)) = (me, sealer) {

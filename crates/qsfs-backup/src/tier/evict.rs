@@ -1,9 +1,12 @@
 //! Keeping the engine's local bytes under the cap, and slowing writers while it is exceeded.
 //!
 //! Only segments that are sealed, still local, confirmed stored and deep-verified (every shard
-//! read back and checked, see the worker) are evicted, least recently read first, then oldest. The active segment and
-//! anything not yet confirmed stay: when that alone exceeds the cap, the cap is reported unmet
-//! (status, metric, a warning at most once a minute) and writes go on.
+//! read back and checked, see the worker) are evicted, least recently read first, then oldest.
+//! The active segment and anything not yet confirmed stay: when that alone exceeds the cap, the
+//! cap is reported unmet (status, metric, a warning at most once a minute) and writes go on.
+//!
+//! Writers wait at the write gate ([`super::gate`]) while a seal has left the engine over the
+//! cap and uploads can catch up.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -90,51 +93,66 @@ pub(crate) fn enforce(shared: &Shared) {
     }
 }
 
-/// Blocks a writer (after its write sealed a segment) while the engine is over the cap and the
-/// worker is making progress, so writers cannot outrun uploads without bound. Returns at once when the
-/// backends are failing (writes keep working, the cap is reported unmet), and after at most
-/// [`THROTTLE_MAX`].
-pub(crate) fn throttle(shared: &Shared) {
-    let Some(cap) = shared.config.local_cap else {
+/// Holds a writer before its write while the engine is over the cap after a seal and the
+/// worker can make progress, so writers cannot outrun uploads without bound. `seals` is the
+/// engine's seal count the writer saw (see [`super::gate`]).
+pub(crate) fn admit(shared: &Shared, seals: u64) {
+    if shared.config.local_cap.is_none() || shared.gate.is_open_for(seals) {
+        return;
+    }
+    wait(shared, seals);
+}
+
+/// Waits until the gate opens. The release point is the cap itself, which is where eviction
+/// stops: the writers released go on to fill the active segment, and that segment is the
+/// overshoot. Opens at once when the backends are failing or nothing can move (writes keep
+/// working, the cap is reported unmet), and after at most [`THROTTLE_MAX`].
+fn wait(shared: &Shared, seals: u64) {
+    let gate = &shared.gate;
+    let (Some(cap), Some(engine)) = (shared.config.local_cap, shared.engine()) else {
+        gate.force_open(seals);
         return;
     };
-    let Some(engine) = shared.engine() else {
-        return;
-    };
-    // The cap itself, not cap + a segment: the writer released here goes on to fill a whole
-    // new segment before the engine asks again, so that segment is the overshoot.
-    let limit = cap;
     let deadline = Instant::now() + THROTTLE_MAX;
     loop {
-        if engine.local_bytes() <= limit || shared.stop.load(Ordering::Acquire) {
+        if gate.is_open_for(seals) {
             return;
         }
-        if shared.live.lock().failures >= STALLED_AFTER_FAILURES {
+        let stuck = shared.stop.load(Ordering::Acquire)
+            || shared.live.lock().failures >= STALLED_AFTER_FAILURES
+            || !movable(&engine);
+        if stuck || Instant::now() >= deadline {
+            if !stuck {
+                tracing::debug!("tier: writers released after the longest throttle");
+            }
+            gate.force_open(seals);
+            shared.changed.notify_all();
             return;
         }
-        // Progress is possible only if something waits for upload or can be evicted now.
-        let movable = engine
-            .namespace_list()
-            .unwrap_or_default()
-            .iter()
-            .any(|ns| {
-                engine
-                    .segments(ns)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|s| s.sealed && !s.offloaded)
-            });
-        if !movable {
-            return;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            tracing::debug!("tier: writer released after the longest throttle");
+        if gate.judge(seals, || engine.local_bytes() > cap) {
+            shared.changed.notify_all();
             return;
         }
         shared.kick();
         let mut live = shared.live.lock();
-        let wait = (deadline - now).min(Duration::from_secs(1));
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
         shared.changed.wait_for(&mut live, wait);
     }
+}
+
+/// Progress is possible only if something waits for upload or can be evicted now.
+fn movable(engine: &qsfs_store::Engine) -> bool {
+    engine
+        .namespace_list()
+        .unwrap_or_default()
+        .iter()
+        .any(|ns| {
+            engine
+                .segments(ns)
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.sealed && !s.offloaded)
+        })
 }

@@ -24,6 +24,7 @@
 pub mod cut;
 mod evict;
 mod fetch;
+mod gate;
 mod metrics;
 mod recover;
 mod state;
@@ -172,6 +173,9 @@ pub(crate) struct Shared {
     pub worker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Rate limit of the cap-unmet warning.
     pub last_cap_warning: Mutex<Option<Instant>>,
+    /// Set when a seal left the engine over its cap: every writer waits (see
+    /// [`evict::admit`]) until eviction brings it back under.
+    pub gate: gate::WriteGate,
 }
 
 impl Shared {
@@ -252,6 +256,7 @@ impl Tier {
                 cut_requested: AtomicBool::new(false),
                 worker: Mutex::new(None),
                 last_cap_warning: Mutex::new(None),
+                gate: gate::WriteGate::default(),
             }),
         })
     }
@@ -433,7 +438,15 @@ impl EngineObserver for TierObserver {
 
     fn throttle(&self, _ns: &str) {
         if let Some(s) = self.0.upgrade() {
-            evict::throttle(&s);
+            if let Some(engine) = s.engine() {
+                evict::admit(&s, engine.seal_count());
+            }
+        }
+    }
+
+    fn admit(&self, _ns: &str, seals: u64) {
+        if let Some(s) = self.0.upgrade() {
+            evict::admit(&s, seals);
         }
     }
 }

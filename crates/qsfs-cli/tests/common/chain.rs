@@ -136,6 +136,26 @@ impl Node {
     }
 
     /// SIGKILL: the node vanishes without a goodbye (its storage stays).
+    /// Freezes the server (SIGSTOP): connections stay open and requests hang, as on a node
+    /// that stopped answering without closing anything.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("node running");
+        let ok = Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {} failed", c.id());
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
