@@ -298,6 +298,12 @@ fn concurrent_writers_stay_within_the_cap_plus_one_segment() {
         TierMetrics::get(&c.tier.metrics().evictions) > 0,
         "the cap was never reached: the test proves nothing"
     );
+    let status = c.tier.status();
+    assert!(
+        status.write_holds > 0,
+        "no writer was ever held: {status:?}"
+    );
+    assert!(!status.writes_held, "a writer is still held: {status:?}");
     c.tier.shutdown();
 }
 

@@ -245,6 +245,9 @@ pub fn chain_view(tier: &Tier, initial: &[BackendHealth]) -> ChainView {
         evictions: g(&m.evictions),
         upload_failures: g(&m.upload_failures),
         cold_deleted: g(&m.cold_deleted),
+        writers_held: g(&m.writers_held),
+        write_holds: g(&m.write_holds),
+        write_hold_ms: g(&m.write_hold_ms),
         backends: s.backends.iter().map(|b| (b.name.clone(), b.up)).collect(),
     }
 }

@@ -49,6 +49,12 @@ pub struct ChainView {
     pub upload_failures: u64,
     /// Objects deleted from the backup.
     pub cold_deleted: u64,
+    /// Writers waiting at the write gate now.
+    pub writers_held: u64,
+    /// Writes held at the write gate since start.
+    pub write_holds: u64,
+    /// Milliseconds they waited in all.
+    pub write_hold_ms: u64,
     /// Every configured backend: name and whether it answers.
     pub backends: Vec<(String, bool)>,
 }
@@ -226,6 +232,24 @@ impl Collector for ChainCollector {
                 "objects deleted from the backup",
                 c.cold_deleted,
             )?;
+            gauge(
+                &mut e,
+                "qsfs_writers_held",
+                "writers waiting for uploads (local disk over its cap after a seal)",
+                clamp(c.writers_held),
+            )?;
+            counter(
+                &mut e,
+                "qsfs_write_holds",
+                "writes held until uploads brought the local disk under its cap",
+                c.write_holds,
+            )?;
+            counter(
+                &mut e,
+                "qsfs_write_hold_milliseconds",
+                "time those writes waited, summed over the writers",
+                c.write_hold_ms,
+            )?;
             let mut m = e.encode_descriptor(
                 "qsfs_backend_up",
                 "1 when the backend answers",
@@ -343,6 +367,9 @@ mod tests {
             local_bytes: 1234,
             local_cap: Some(1 << 20),
             backlog_segments: 3,
+            writers_held: 2,
+            write_holds: 7,
+            write_hold_ms: 1500,
             backends,
             ..ChainView::default()
         };
@@ -365,6 +392,12 @@ mod tests {
         );
         assert!(body.contains("qsfs_local_bytes 1234"), "{body}");
         assert!(body.contains("qsfs_upload_backlog_segments 3"), "{body}");
+        assert!(body.contains("qsfs_writers_held 2"), "{body}");
+        assert!(body.contains("qsfs_write_holds_total 7"), "{body}");
+        assert!(
+            body.contains("qsfs_write_hold_milliseconds_total 1500"),
+            "{body}"
+        );
         assert!(
             body.contains("qsfs_backend_up{backend=\"local:/b/node2\"} 0"),
             "{body}"

@@ -56,6 +56,11 @@ struct Report {
     evicted_segments: Option<u64>,
     pending_deletes: Option<u64>,
     cap_unmet: Option<bool>,
+    /// Writers waiting at the write gate now (the local disk over its cap after a seal).
+    writes_held: Option<bool>,
+    /// Writes held there since start, and the milliseconds they waited in all.
+    write_holds: Option<u64>,
+    write_hold_ms: Option<u64>,
     last_error: Option<String>,
     backends: Vec<Backend_>,
 }
@@ -163,6 +168,9 @@ fn offline(root: &Root, config: Option<&Path>) -> anyhow::Result<Report> {
         evicted_segments: None,
         pending_deletes: None,
         cap_unmet: None,
+        writes_held: None,
+        write_holds: None,
+        write_hold_ms: None,
         last_error: None,
         backends,
     })
@@ -184,6 +192,9 @@ fn from_live(s: StatusFile) -> Report {
         evicted_segments: Some(t.evicted_segments),
         pending_deletes: Some(t.pending_deletes),
         cap_unmet: Some(t.cap_unmet),
+        writes_held: Some(t.writes_held),
+        write_holds: Some(t.write_holds),
+        write_hold_ms: Some(t.write_hold_ms),
         last_error: t.last_error,
         backends: t
             .backends
@@ -252,6 +263,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             opt(report.uploaded_segments),
             opt(report.evicted_segments),
             opt(report.pending_deletes)
+        );
+        println!(
+            "writes      {}; {} held since start, {:.1} s waited in all",
+            if report.writes_held == Some(true) {
+                "HELD: waiting for uploads to bring the local disk under its cap"
+            } else {
+                "flowing"
+            },
+            opt(report.write_holds),
+            report.write_hold_ms.unwrap_or(0) as f64 / 1000.0
         );
     }
     if let Some(e) = &report.last_error {

@@ -60,6 +60,9 @@ fn baseline_local_disk_stays_bounded_and_everything_reads_back() {
         .unwrap_or_else(|| panic!("no local_bytes in {status}"));
     assert!(local <= bound, "status local_bytes {local} > {bound}");
     assert_eq!(status["backlog_bytes"].as_u64(), Some(0), "{status}");
+    // After the drain nobody waits at the write gate, and the holds are counted.
+    assert_eq!(status["writes_held"].as_bool(), Some(false), "{status}");
+    assert!(status["write_holds"].as_u64().is_some(), "{status}");
     let backends = status["backends"].as_array().expect("backends array");
     assert!(
         !backends.is_empty() && backends.iter().all(|b| b["up"] == true),

@@ -100,23 +100,34 @@ pub(crate) fn admit(shared: &Shared, seals: u64) {
     if shared.config.local_cap.is_none() || shared.gate.is_open_for(seals) {
         return;
     }
-    wait(shared, seals);
+    let m = &shared.metrics;
+    let start = Instant::now();
+    m.writers_held.fetch_add(1, Ordering::Relaxed);
+    let held = wait(shared, seals);
+    m.writers_held.fetch_sub(1, Ordering::Relaxed);
+    if held {
+        TierMetrics::add(&m.write_holds, 1);
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        TierMetrics::add(&m.write_hold_ms, ms);
+    }
 }
 
 /// Waits until the gate opens. The release point is the cap itself, which is where eviction
 /// stops: the writers released go on to fill the active segment, and that segment is the
 /// overshoot. Opens at once when the backends are failing or nothing can move (writes keep
-/// working, the cap is reported unmet), and after at most [`THROTTLE_MAX`].
-fn wait(shared: &Shared, seals: u64) {
+/// working, the cap is reported unmet), and after at most [`THROTTLE_MAX`]. Returns whether
+/// the writer had to wait.
+fn wait(shared: &Shared, seals: u64) -> bool {
     let gate = &shared.gate;
     let (Some(cap), Some(engine)) = (shared.config.local_cap, shared.engine()) else {
         gate.force_open(seals);
-        return;
+        return false;
     };
     let deadline = Instant::now() + THROTTLE_MAX;
+    let mut held = false;
     loop {
         if gate.is_open_for(seals) {
-            return;
+            return held;
         }
         let stuck = shared.stop.load(Ordering::Acquire)
             || shared.live.lock().failures >= STALLED_AFTER_FAILURES
@@ -127,12 +138,13 @@ fn wait(shared: &Shared, seals: u64) {
             }
             gate.force_open(seals);
             shared.changed.notify_all();
-            return;
+            return held;
         }
         if gate.judge(seals, || engine.local_bytes() > cap) {
             shared.changed.notify_all();
-            return;
+            return held;
         }
+        held = true;
         shared.kick();
         let mut live = shared.live.lock();
         let wait = deadline

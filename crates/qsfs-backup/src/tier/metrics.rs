@@ -34,6 +34,12 @@ pub struct TierMetrics {
     pub cap_unmet: AtomicBool,
     /// Gauge: cold deletes waiting for their manifest.
     pub pending_deletes: AtomicU64,
+    /// Gauge: writers waiting at the write gate now.
+    pub writers_held: AtomicU64,
+    /// Counter: writes held at the write gate (the engine over its cap after a seal).
+    pub write_holds: AtomicU64,
+    /// Counter: milliseconds those writes waited, summed over the writers.
+    pub write_hold_ms: AtomicU64,
 }
 
 impl TierMetrics {

@@ -133,6 +133,16 @@ pub struct TierStatus {
     pub pending_deletes: u64,
     /// The local cap cannot be met (nothing more is evictable).
     pub cap_unmet: bool,
+    /// Writers are held at the write gate now: a seal left the engine over its cap and they
+    /// wait for uploads and eviction.
+    #[serde(default)]
+    pub writes_held: bool,
+    /// Writes held at the gate since start.
+    #[serde(default)]
+    pub write_holds: u64,
+    /// Milliseconds they waited, summed over the writers.
+    #[serde(default)]
+    pub write_hold_ms: u64,
     /// The last upload, verification or delete failure, cleared by the next success.
     pub last_error: Option<String>,
     /// Backend health from the worker's last probe.
@@ -302,6 +312,9 @@ impl Tier {
             evicted_segments: TierMetrics::get(&m.evictions),
             pending_deletes: TierMetrics::get(&m.pending_deletes),
             cap_unmet: m.cap_unmet.load(Ordering::Relaxed),
+            writes_held: TierMetrics::get(&m.writers_held) > 0,
+            write_holds: TierMetrics::get(&m.write_holds),
+            write_hold_ms: TierMetrics::get(&m.write_hold_ms),
             last_error: live.last_error.clone(),
             backends: live.backends.clone(),
         }
