@@ -117,12 +117,20 @@ enum Held {
         dir: usize,
         name: Vec<u8>,
     },
+    /// `lseek` of file `file` from `off`, `SEEK_DATA` or (`data` false) `SEEK_HOLE`.
+    Seek {
+        file: usize,
+        off: usize,
+        data: bool,
+    },
 }
 
 #[derive(Debug, PartialEq)]
 enum Answer {
     Stat(Option<(u64, u64, u16)>),
     List(Vec<Vec<u8>>),
+    /// An offset or an errno: judged by [`check_seek`], not compared.
+    Seek(Result<u64, i32>),
     Done,
 }
 
@@ -174,7 +182,46 @@ fn run(fs: &mut Fs, m: &Model, h: &Held) -> FsResult<Answer> {
             fs.rename(m.dirs[f.dir], &f.name, m.dirs[*dir], name, 0)?;
             Answer::Done
         }
+        Held::Seek { file, off, data } => {
+            let whence = if *data {
+                libc::SEEK_DATA
+            } else {
+                libc::SEEK_HOLE
+            };
+            match fs.lseek(ino(file), *off as u64, whence) {
+                Ok(o) => Answer::Seek(Ok(o)),
+                Err(FsError::Errno(e)) => Answer::Seek(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
     })
+}
+
+/// Fails unless `got` is a right answer of `h`, a [`Held::Seek`], on the model: the block
+/// maps decide where data lies, the model knows only bytes, so the answer is checked for
+/// what a stale map would break: no data skipped (`SEEK_DATA`), no data called a hole
+/// (`SEEK_HOLE`: the rest of its block reads as zeros).
+fn check_seek(m: &Model, h: &Held, got: &Answer, what: &str) {
+    let Held::Seek { file, off, data } = h else {
+        return;
+    };
+    let d = &m.files[*file].data;
+    let (off, n) = (*off, d.len());
+    let zeros = |from: usize, to: usize| d[from.min(n)..to.min(n)].iter().all(|&b| b == 0);
+    let ok = match (data, got) {
+        (_, Answer::Seek(Err(libc::ENXIO))) if off >= n => true,
+        (true, Answer::Seek(Err(libc::ENXIO))) => zeros(off, n),
+        (true, Answer::Seek(Ok(o))) => {
+            let o = *o as usize;
+            off < n && off <= o && o < n && zeros(off, o)
+        }
+        (false, Answer::Seek(Ok(o))) => {
+            let o = *o as usize;
+            off < n && off <= o && o <= n && zeros(o, (o / BS + 1) * BS)
+        }
+        _ => false,
+    };
+    assert!(ok, "{what}: {h:?} answered {got:?} on {n} bytes");
 }
 
 /// What `h` answers on the model, which it then changes.
@@ -222,10 +269,19 @@ fn apply(m: &mut Model, h: &Held) -> Answer {
             m.files[*file].name = name.clone();
             Answer::Done
         }
+        Held::Seek { .. } => Answer::Done,
     }
 }
 
-fn random_held(r: &mut Rng, m: &Model, seed: u64) -> Held {
+/// A random request; with `seeks`, an `lseek`.
+fn random_held(r: &mut Rng, m: &Model, seed: u64, seeks: bool) -> Held {
+    if seeks {
+        return Held::Seek {
+            file: r.below(FILES),
+            off: r.below(MAX_LEN),
+            data: r.below(2) == 0,
+        };
+    }
     let file = r.below(FILES);
     let off = r.below(MAX_LEN - BS) + 1;
     match r.below(7) {
@@ -355,7 +411,16 @@ fn requests_held_between_fetch_and_finish_match_the_model() {
         0x0123_4567_89ab_cdef,
         0x9e37_79b9_7f4a_7c15,
     ] {
-        held_requests_match_the_model(seed);
+        held_requests_match_the_model(seed, false);
+    }
+}
+
+/// `lseek` `SEEK_DATA`/`SEEK_HOLE` held between fetching block maps and finishing, while
+/// writes, truncates and punches change them (and flushes push them out of memory).
+#[test]
+fn seeks_held_between_fetch_and_finish_match_the_model() {
+    for seed in [0x5eed_1234_abcd_9876, 0x2545_f491_4f6c_dd1d] {
+        held_requests_match_the_model(seed, true);
     }
 }
 
@@ -364,7 +429,7 @@ fn requests_held_between_fetch_and_finish_match_the_model() {
 struct MayWait;
 impl common::Hooks for MayWait {}
 
-fn held_requests_match_the_model(seed: u64) {
+fn held_requests_match_the_model(seed: u64, seeks: bool) {
     let (engine, _dir) = common::engine();
     let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
     let cfg = FsConfig {
@@ -408,9 +473,10 @@ fn held_requests_match_the_model(seed: u64) {
 
     let mut r = Rng(seed);
     let mut held_fetches = 0;
+    let mut held_seeks = 0;
     for round in 0..ROUNDS {
         let salt = round as u64 * 16;
-        let held = random_held(&mut r, &m, salt);
+        let held = random_held(&mut r, &m, salt, seeks);
         let focus = match &held {
             Held::Write { file, off, .. }
             | Held::Punch { file, off, .. }
@@ -437,6 +503,9 @@ fn held_requests_match_the_model(seed: u64) {
                 Ok(a) => break a.unwrap(),
                 Err(missing) => {
                     held_fetches += 1;
+                    if let Held::Seek { .. } = held {
+                        held_seeks += 1;
+                    }
                     // Fetched now, used after the changes below: as a worker whose fetch
                     // answered before other requests changed what it fetched.
                     fetched = fetch(missing);
@@ -449,8 +518,13 @@ fn held_requests_match_the_model(seed: u64) {
                 }
             }
         };
+        if let Held::Seek { .. } = held {
+            check_seek(&m, &held, &answer, &format!("seed {seed:#x} round {round}"));
+        }
         let want = apply(&mut m, &held);
-        assert_eq!(answer, want, "seed {seed:#x} round {round}: {held:?}");
+        if !matches!(held, Held::Seek { .. }) {
+            assert_eq!(answer, want, "seed {seed:#x} round {round}: {held:?}");
+        }
         if round % 10 == 9 {
             check_all(&mut fs, &m, round);
         }
@@ -463,5 +537,9 @@ fn held_requests_match_the_model(seed: u64) {
     assert!(
         held_fetches > ROUNDS / 2,
         "only {held_fetches} fetches held"
+    );
+    assert!(
+        !seeks || held_seeks > ROUNDS / 4,
+        "only {held_seeks} seeks held"
     );
 }
