@@ -543,3 +543,136 @@ fn held_requests_match_the_model(seed: u64, seeks: bool) {
         "only {held_seeks} seeks held"
     );
 }
+
+/// Keys of `ino` still in the store: blocks 0 and 40,000 (two block maps), block maps 0 and
+/// 1, the inode and its orphan record.
+fn keys_of(store: &dyn qsfs_core::Store, ns: &Namespaces, ino: u64) -> Vec<&'static str> {
+    use qsfs_fuse::layout::{ino_key, pair_key};
+    let checks: [(&str, &str, Vec<u8>); 6] = [
+        ("block 0", &ns.block, pair_key(ino, 0).to_vec()),
+        ("block 40000", &ns.block, pair_key(ino, 40_000).to_vec()),
+        ("map 0", &ns.bmap, pair_key(ino, 0).to_vec()),
+        ("map 1", &ns.bmap, pair_key(ino, 1).to_vec()),
+        ("inode", &ns.inode, ino_key(ino).to_vec()),
+        ("orphan", &ns.orphan, ino_key(ino).to_vec()),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, n, k)| store.exists(n, k).unwrap())
+        .map(|(what, _, _)| what)
+        .collect()
+}
+
+/// Unlinked files whose block maps are out of memory: a flush that may not wait leaves their
+/// freeing for later (committing their orphan records), a worker-style run fetches the maps
+/// and frees them while other files change and flush meanwhile, and a crash or an unmount
+/// while frees wait leaves nothing behind either.
+#[test]
+fn frees_left_for_later_free_everything_of_their_inode_and_nothing_else() {
+    let (engine, _dir) = common::engine();
+    let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
+    let cfg = FsConfig {
+        block_size: BS as u32,
+        ..common::config()
+    };
+    let ns = Namespaces::new(&cfg.prefix);
+    let fetches = Fetches::new(store.clone(), &ns);
+    for ending in ["worker", "crash", "unmount"] {
+        let mut fs = Fs::open(store.clone(), cfg.clone()).unwrap();
+        fs.set_defer_frees(true);
+        let d = fs.mkdir(1, ending.as_bytes(), 0o755, 0, 0).unwrap().ino;
+        let mut files = Vec::new();
+        for i in 0..6u64 {
+            let name = format!("f{i}").into_bytes();
+            let (a, fh) = fs.create(d, &name, 0o644, 0, 0, 0).unwrap();
+            let data = bytes(i, 2 * BS);
+            fs.write(a.ino, fh, 0, &data).unwrap();
+            // A second block map: frees must fetch and clear both.
+            fs.write(a.ino, fh, 40_000 * BS as u64, &data[..BS])
+                .unwrap();
+            fs.release(a.ino, fh).unwrap();
+            fs.forget(a.ino, 1);
+            files.push((name, a.ino, data));
+        }
+        // Committed and pruned: the block maps leave memory.
+        fs.flush_all().unwrap();
+        for (name, _, _) in files.iter().step_by(2) {
+            fs.unlink(d, name).unwrap();
+        }
+        fs.flush_all().unwrap();
+        assert!(
+            fs.frees_waiting(),
+            "{ending}: the flush fetched under the lock"
+        );
+        for (_, ino, _) in files.iter().step_by(2) {
+            assert!(
+                keys_of(&*store, &ns, *ino).contains(&"orphan"),
+                "{ending}: a free waits with no orphan record"
+            );
+        }
+        match ending {
+            "worker" => {
+                let mut fetched = Vec::new();
+                let mut rounds = 0;
+                loop {
+                    match fs.without_fetch(fetched, |fs| fs.free_waiting()) {
+                        Ok(r) => break r.unwrap(),
+                        Err(missing) => {
+                            rounds += 1;
+                            assert!(rounds < 8, "the free's needs keep changing");
+                            fetched = missing
+                                .into_iter()
+                                .map(|m| {
+                                    let v = fetches.fetch(&m).unwrap();
+                                    (m, v)
+                                })
+                                .collect();
+                            // Meanwhile the survivors change and everything is flushed.
+                            for (_, ino, data) in files.iter().skip(1).step_by(2) {
+                                fs.write(*ino, 0, BS as u64, &data[..BS]).unwrap();
+                            }
+                            fs.flush_all().unwrap();
+                        }
+                    }
+                }
+                assert!(rounds > 0, "nothing was left to fetch");
+                assert!(!fs.frees_waiting());
+                fs.shutdown().unwrap();
+            }
+            "crash" => {
+                fs.abandon();
+                drop(fs);
+                // The next mount reclaims the orphans.
+                let mut again = Fs::open(store.clone(), cfg.clone()).unwrap();
+                again.shutdown().unwrap();
+            }
+            _ => fs.shutdown().unwrap(),
+        }
+        let mut fs = Fs::open(store.clone(), cfg.clone()).unwrap();
+        for (i, (name, ino, data)) in files.iter().enumerate() {
+            let left = keys_of(&*store, &ns, *ino);
+            if i % 2 == 0 {
+                assert!(
+                    left.is_empty(),
+                    "{ending}: {left:?} of an unlinked file left"
+                );
+                continue;
+            }
+            assert_eq!(left, ["block 0", "block 40000", "map 0", "map 1", "inode"]);
+            let a = fs.lookup(d, name).unwrap();
+            assert_eq!(a.ino, *ino);
+            let got = fs.read(*ino, 0, 0, 2 * BS as u32).unwrap();
+            let mut want = data.clone();
+            if ending == "worker" {
+                want[BS..].copy_from_slice(&data[..BS]);
+            }
+            assert!(
+                got == want,
+                "{ending}: bytes of {}",
+                String::from_utf8_lossy(name)
+            );
+            fs.forget(a.ino, 1);
+        }
+        fs.shutdown().unwrap();
+    }
+}
