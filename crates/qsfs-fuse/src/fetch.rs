@@ -20,7 +20,7 @@ use qsfs_core::{BlockId, Store};
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::error::{errno, FsError, FsResult};
 use crate::fs::{Fs, Missing, Need};
@@ -90,8 +90,40 @@ impl ReadPool {
 
     /// Queues `job`, a read of `ino`.
     pub fn submit(&self, ino: u64, job: Box<dyn FnOnce() + Send>) {
-        self.shared.state.lock().queue.push_back((ino, job));
-        self.shared.wake.notify_all();
+        submit(&self.shared, ino, job);
+    }
+
+    /// A handle that queues jobs while this pool lives, for threads other than its owner's.
+    pub fn submitter(&self) -> PoolSubmitter {
+        PoolSubmitter(Arc::downgrade(&self.shared))
+    }
+}
+
+fn submit(shared: &PoolShared, ino: u64, job: Job) {
+    shared.state.lock().queue.push_back((ino, job));
+    shared.wake.notify_all();
+}
+
+/// Queues jobs on a [`ReadPool`] without keeping it alive.
+#[derive(Clone)]
+pub struct PoolSubmitter(Weak<PoolShared>);
+
+impl std::fmt::Debug for PoolSubmitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSubmitter").finish_non_exhaustive()
+    }
+}
+
+impl PoolSubmitter {
+    /// Queues `job`, a job on `ino`; false (and `job` dropped) if the pool is gone or stopping.
+    pub fn submit(&self, ino: u64, job: Box<dyn FnOnce() + Send>) -> bool {
+        match self.0.upgrade() {
+            Some(shared) if !shared.state.lock().stop => {
+                submit(&shared, ino, job);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

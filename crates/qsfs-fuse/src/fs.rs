@@ -245,6 +245,10 @@ pub struct Missing {
     pub gen: u64,
 }
 
+/// Block maps a seek run without fetching names at once (each covers [`CHUNK_BLOCKS`]
+/// blocks); one that walks further takes more rounds.
+const SEEK_CHUNKS_AHEAD: usize = 16;
+
 /// Generation slots of metadata owners: an inode's records share slot `ino % META_GENS`.
 /// Two inodes sharing one only costs a spurious fetch again.
 const META_GENS: usize = 4096;
@@ -305,6 +309,13 @@ pub struct Fs {
     handles: HashMap<u64, Handle>,
     next_fh: u64,
     free_queue: Vec<u64>,
+    /// Inodes whose orphan record is committed but whose freeing needs records not in memory
+    /// that the Store cannot give at once: a read worker fetches them with the lock released
+    /// ([`Fs::free_waiting`]).
+    free_waiting: Vec<u64>,
+    /// Set when read workers exist to free [`Fs::free_waiting`]: a flush then never waits on the
+    /// Store to free an inode.
+    defer_frees: bool,
     orphans: HashSet<u64>,
     meta_dirty_since: Option<Instant>,
     session: u64,
@@ -424,6 +435,8 @@ impl Fs {
             handles: HashMap::new(),
             next_fh: 1,
             free_queue: Vec::new(),
+            free_waiting: Vec::new(),
+            defer_frees: false,
             orphans: HashSet::new(),
             meta_dirty_since: None,
             session,
@@ -886,6 +899,7 @@ impl Fs {
                 && node.lookups == 0
                 && node.opens == 0
                 && !self.free_queue.contains(&ino)
+                && !self.free_waiting.contains(&ino)
             {
                 {
                     self.free_queue.push(ino);
@@ -2151,6 +2165,9 @@ impl Fs {
             return errno(libc::ENXIO);
         }
         let start = offset / self.bs;
+        if self.no_fetch {
+            self.want_seek_chunks(ino, &chunks, start / CHUNK_BLOCKS)?;
+        }
         let allocated = |index: u64, fs: &mut Fs| -> FsResult<bool> {
             let c = index / CHUNK_BLOCKS;
             if !chunks.contains(&c) {
@@ -2191,6 +2208,31 @@ impl Fs {
             }
             _ => errno(libc::EINVAL),
         }
+    }
+
+    /// Without fetching: notes at once the block maps not in memory that a seek from chunk
+    /// `from` may walk, up to [`SEEK_CHUNKS_AHEAD`] of them (a seek stops at the first data or
+    /// hole, so fetching every map of a huge file would be waste).
+    fn want_seek_chunks(&mut self, ino: u64, listed: &BTreeSet<u64>, from: u64) -> FsResult<()> {
+        let (mut loaded, mut noted) = (0, 0);
+        for &c in listed.range(from..) {
+            if loaded == SEEK_CHUNKS_AHEAD {
+                break;
+            }
+            if self.chunks.contains_key(&(ino, c)) {
+                continue;
+            }
+            loaded += 1;
+            match self.load_chunk(ino, c) {
+                Ok(()) => {}
+                Err(FsError::WouldWait) => noted += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if noted > 0 {
+            return Err(FsError::WouldWait);
+        }
+        Ok(())
     }
 
     // ---- xattrs ----
@@ -2356,7 +2398,12 @@ impl Fs {
     /// Does not sync.
     pub fn flush_all(&mut self) -> FsResult<()> {
         self.cache.flush(None)?;
-        let freeing: HashSet<u64> = self.free_queue.iter().copied().collect();
+        let freeing: HashSet<u64> = self
+            .free_queue
+            .iter()
+            .chain(&self.free_waiting)
+            .copied()
+            .collect();
         let mut ops: Vec<JournalOp> = Vec::new();
         let op = |ns: u8, key: &[u8], value: Option<Vec<u8>>| JournalOp {
             ns,
@@ -2468,10 +2515,17 @@ impl Fs {
             }
         }
         self.orphans.extend(unlinked);
+        if !self.defer_frees {
+            self.free_queue.append(&mut self.free_waiting);
+        }
         for ino in std::mem::take(&mut self.free_queue) {
-            if let Err(e) = self.free_inode(ino) {
-                self.free_queue.push(ino);
-                return Err(e);
+            match self.free_now_or_later(ino) {
+                Ok(true) => {}
+                Ok(false) => self.free_waiting.push(ino),
+                Err(e) => {
+                    self.free_queue.push(ino);
+                    return Err(e);
+                }
             }
         }
         self.meta_dirty_since = None;
@@ -2479,17 +2533,81 @@ impl Fs {
         Ok(())
     }
 
+    /// Frees `ino` (true), or, with read workers to do it, leaves it to them (false) if that
+    /// needs records the Store cannot give at once: a flush runs under the lock every request
+    /// waits for, and the orphan record committed before keeps the inode safe meanwhile.
+    fn free_now_or_later(&mut self, ino: u64) -> FsResult<bool> {
+        if !self.defer_frees {
+            self.free_inode(ino)?;
+            return Ok(true);
+        }
+        // Not through `without_fetch`: a flush may run inside an operation that went ahead.
+        let no_fetch = std::mem::replace(&mut self.no_fetch, true);
+        let wanted = std::mem::take(&mut self.wanted);
+        let r = self.free_inode(ino);
+        self.no_fetch = no_fetch;
+        self.wanted = wanted;
+        match r {
+            Ok(()) => Ok(true),
+            Err(FsError::WouldWait) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lets a flush leave to read workers the freeing of inodes whose records must be fetched
+    /// ([`Fs::free_waiting`]); off, a flush frees every inode itself, fetching as it goes.
+    pub fn set_defer_frees(&mut self, on: bool) {
+        self.defer_frees = on;
+    }
+
+    /// True if inodes wait for [`Fs::free_waiting`].
+    pub fn frees_waiting(&self) -> bool {
+        !self.free_waiting.is_empty()
+    }
+
+    /// Frees the inodes a flush left for later ([`Fs::set_defer_frees`]). Run by a read worker
+    /// through [`crate::fetch::run_deferred`]: without fetching, it frees those whose records
+    /// are in memory (or were fetched) and names what the others still need.
+    pub fn free_waiting(&mut self) -> FsResult<()> {
+        let mut waits = false;
+        for ino in self.free_waiting.clone() {
+            match self.free_inode(ino) {
+                Ok(()) => self.free_waiting.retain(|&i| i != ino),
+                Err(FsError::WouldWait) => waits = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if waits {
+            return Err(FsError::WouldWait);
+        }
+        Ok(())
+    }
+
     /// Deletes everything `ino` owns: blocks, block maps, xattrs, the inode, its orphan record.
+    /// Reads every record it needs before it changes anything, so that without fetching
+    /// ([`Fs::without_fetch`], [`Fs::free_now_or_later`]) it stops with nothing done, naming
+    /// every record it is missing at once.
     fn free_inode(&mut self, ino: u64) -> FsResult<()> {
+        // Loaded as a node (kept until freed: see `prune`), so that the deletes below find it
+        // in memory once they have moved its generation.
+        let inode = match self.node(ino) {
+            Ok(n) => Some(n.inode.clone()),
+            Err(FsError::Errno(libc::ENOENT)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(Body::File { chunks, .. }) = inode.as_ref().map(|i| &i.body) {
+            for &c in chunks {
+                match self.load_chunk(ino, c) {
+                    Ok(()) | Err(FsError::WouldWait) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.no_fetch && !self.wanted.is_empty() {
+                return Err(FsError::WouldWait);
+            }
+        }
         self.data_changed(ino);
         self.meta_written(ino);
-        let inode = match self.nodes.get(&ino) {
-            Some(n) => Some(n.inode.clone()),
-            None => match self.store.get(&self.ns.inode, &ino_key(ino))? {
-                Some(e) => Some(decode::<Inode>(&e.value, &format!("inode {ino}"))?),
-                None => None,
-            },
-        };
         self.cache.discard(ino, 0, None)?;
         if let Some(inode) = inode {
             if let Body::File { chunks, .. } = &inode.body {
@@ -2542,8 +2660,10 @@ impl Fs {
         self.xattrs.retain(|ino, x| {
             x.dirty || nodes.get(ino).is_some_and(|n| n.lookups > 0 || n.opens > 0)
         });
+        // An inode waiting to be freed stays: dropping it would cost a fetch again.
+        let waiting = &self.free_waiting;
         self.nodes
-            .retain(|_, n| n.dirty || n.lookups > 0 || n.opens > 0);
+            .retain(|ino, n| n.dirty || n.lookups > 0 || n.opens > 0 || waiting.contains(ino));
     }
 
     /// [`Fs::flush_all`] then [`Store::sync`]: everything acknowledged so far is durable.
@@ -2575,6 +2695,8 @@ impl Fs {
     /// Unmount: every reference is gone, so unlinked inodes are freed; everything is flushed
     /// and synced and the mount lock released.
     pub fn shutdown(&mut self) -> FsResult<()> {
+        // The read workers stop with the mount: what they would free is freed now.
+        self.defer_frees = false;
         self.handles.clear();
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for ino in ids {

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{errno, FsError, FsResult};
-use crate::fetch::{run_deferred, Fetches, ReadPool, DEFAULT_READ_THREADS};
+use crate::fetch::{run_deferred, Fetches, PoolSubmitter, ReadPool, DEFAULT_READ_THREADS};
 use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
 use crate::layout::{Kind, Time};
 use crate::stats::{FsStats, Op};
@@ -198,6 +198,55 @@ pub struct QsfsFuse {
     spin: Arc<Spin>,
 }
 
+/// Frees on a read worker the inodes whose records a flush would have had to fetch under the
+/// lock ([`Fs::free_waiting`]), one job at a time.
+struct Frees {
+    pool: PoolSubmitter,
+    fs: Arc<Mutex<Fs>>,
+    fetches: Arc<Fetches>,
+    /// The mount's crash flag (tests): a crashed mount changes nothing more.
+    crashed: Arc<AtomicBool>,
+    /// Set while a job is queued or running.
+    busy: Arc<AtomicBool>,
+}
+
+/// Clears [`Frees::busy`] when the job ends, however it ends (even dropped unrun).
+struct NotBusy(Arc<AtomicBool>);
+
+impl Drop for NotBusy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Frees {
+    /// Queues a job freeing the waiting inodes unless one is already queued or running.
+    fn start(&self) {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (fs, fetches, crashed, busy) = (
+            self.fs.clone(),
+            self.fetches.clone(),
+            self.crashed.clone(),
+            NotBusy(self.busy.clone()),
+        );
+        // The pool's per-inode share keys on this: no inode has it.
+        self.pool.submit(
+            u64::MAX,
+            Box::new(move || {
+                let _busy = busy;
+                if crashed.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = run_deferred(&fs, &fetches, Vec::new(), |fs| fs.free_waiting()) {
+                    tracing::warn!(error = %e, "freeing unlinked inodes failed; will retry");
+                }
+            }),
+        );
+    }
+}
+
 /// What a pool worker needs to finish a read.
 #[derive(Clone)]
 struct Reader {
@@ -286,14 +335,23 @@ impl QsfsFuse {
     /// Wraps `fs` and starts its flush timer and `threads` threads serving the reads that must
     /// fetch blocks from the Store (0: they run on the session thread, holding up every other
     /// request while the store answers).
-    pub fn with_threads(fs: Fs, threads: usize) -> Self {
+    pub fn with_threads(mut fs: Fs, threads: usize) -> Self {
         let stats = fs.stats();
         let fetches = Arc::new(Fetches::new(fs.store().clone(), fs.namespaces()));
+        let pool = ReadPool::new(threads);
+        fs.set_defer_frees(pool.is_some());
         let handle = FsHandle {
             fs: Arc::new(Mutex::new(fs)),
             crashed: Arc::new(AtomicBool::new(false)),
             stop: Arc::new(AtomicBool::new(false)),
         };
+        let frees = pool.as_ref().map(|p| Frees {
+            pool: p.submitter(),
+            fs: handle.fs.clone(),
+            fetches: fetches.clone(),
+            crashed: handle.crashed.clone(),
+            busy: Arc::new(AtomicBool::new(false)),
+        });
         let h = handle.clone();
         let timer = std::thread::Builder::new()
             .name("qsfs-flush".into())
@@ -316,8 +374,15 @@ impl QsfsFuse {
                             continue;
                         }
                     }
-                    if let Err(e) = h.fs.lock().tick() {
-                        tracing::warn!(error = %e, "background flush failed; will retry");
+                    let waiting = {
+                        let mut fs = h.fs.lock();
+                        if let Err(e) = fs.tick() {
+                            tracing::warn!(error = %e, "background flush failed; will retry");
+                        }
+                        fs.frees_waiting()
+                    };
+                    if let Some(frees) = frees.as_ref().filter(|_| waiting) {
+                        frees.start();
                     }
                 }
             })
@@ -328,7 +393,7 @@ impl QsfsFuse {
                 fetches,
                 stats: stats.clone(),
             },
-            pool: ReadPool::new(threads),
+            pool,
             handle,
             stats,
             timer,
@@ -1188,10 +1253,11 @@ impl Filesystem for QsfsFuse {
         if offset < 0 {
             return reply.error(libc::ENXIO);
         }
-        reply_or_err!(
-            reply,
-            self.call(Op::Other, |fs| fs.lseek(ino, offset as u64, whence)),
-            |o| { reply.offset(o as i64) }
+        self.deferrable(
+            Op::Other,
+            ino,
+            move |fs| fs.lseek(ino, offset as u64, whence),
+            move |r| reply_or_err!(reply, r, |o| reply.offset(o as i64)),
         );
     }
 }

@@ -117,12 +117,20 @@ enum Held {
         dir: usize,
         name: Vec<u8>,
     },
+    /// `lseek` of file `file` from `off`, `SEEK_DATA` or (`data` false) `SEEK_HOLE`.
+    Seek {
+        file: usize,
+        off: usize,
+        data: bool,
+    },
 }
 
 #[derive(Debug, PartialEq)]
 enum Answer {
     Stat(Option<(u64, u64, u16)>),
     List(Vec<Vec<u8>>),
+    /// An offset or an errno: judged by [`check_seek`], not compared.
+    Seek(Result<u64, i32>),
     Done,
 }
 
@@ -174,7 +182,46 @@ fn run(fs: &mut Fs, m: &Model, h: &Held) -> FsResult<Answer> {
             fs.rename(m.dirs[f.dir], &f.name, m.dirs[*dir], name, 0)?;
             Answer::Done
         }
+        Held::Seek { file, off, data } => {
+            let whence = if *data {
+                libc::SEEK_DATA
+            } else {
+                libc::SEEK_HOLE
+            };
+            match fs.lseek(ino(file), *off as u64, whence) {
+                Ok(o) => Answer::Seek(Ok(o)),
+                Err(FsError::Errno(e)) => Answer::Seek(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
     })
+}
+
+/// Fails unless `got` is a right answer of `h`, a [`Held::Seek`], on the model: the block
+/// maps decide where data lies, the model knows only bytes, so the answer is checked for
+/// what a stale map would break: no data skipped (`SEEK_DATA`), no data called a hole
+/// (`SEEK_HOLE`: the rest of its block reads as zeros).
+fn check_seek(m: &Model, h: &Held, got: &Answer, what: &str) {
+    let Held::Seek { file, off, data } = h else {
+        return;
+    };
+    let d = &m.files[*file].data;
+    let (off, n) = (*off, d.len());
+    let zeros = |from: usize, to: usize| d[from.min(n)..to.min(n)].iter().all(|&b| b == 0);
+    let ok = match (data, got) {
+        (_, Answer::Seek(Err(libc::ENXIO))) if off >= n => true,
+        (true, Answer::Seek(Err(libc::ENXIO))) => zeros(off, n),
+        (true, Answer::Seek(Ok(o))) => {
+            let o = *o as usize;
+            off < n && off <= o && o < n && zeros(off, o)
+        }
+        (false, Answer::Seek(Ok(o))) => {
+            let o = *o as usize;
+            off < n && off <= o && o <= n && zeros(o, (o / BS + 1) * BS)
+        }
+        _ => false,
+    };
+    assert!(ok, "{what}: {h:?} answered {got:?} on {n} bytes");
 }
 
 /// What `h` answers on the model, which it then changes.
@@ -222,10 +269,19 @@ fn apply(m: &mut Model, h: &Held) -> Answer {
             m.files[*file].name = name.clone();
             Answer::Done
         }
+        Held::Seek { .. } => Answer::Done,
     }
 }
 
-fn random_held(r: &mut Rng, m: &Model, seed: u64) -> Held {
+/// A random request; with `seeks`, an `lseek`.
+fn random_held(r: &mut Rng, m: &Model, seed: u64, seeks: bool) -> Held {
+    if seeks {
+        return Held::Seek {
+            file: r.below(FILES),
+            off: r.below(MAX_LEN),
+            data: r.below(2) == 0,
+        };
+    }
     let file = r.below(FILES);
     let off = r.below(MAX_LEN - BS) + 1;
     match r.below(7) {
@@ -355,7 +411,16 @@ fn requests_held_between_fetch_and_finish_match_the_model() {
         0x0123_4567_89ab_cdef,
         0x9e37_79b9_7f4a_7c15,
     ] {
-        held_requests_match_the_model(seed);
+        held_requests_match_the_model(seed, false);
+    }
+}
+
+/// `lseek` `SEEK_DATA`/`SEEK_HOLE` held between fetching block maps and finishing, while
+/// writes, truncates and punches change them (and flushes push them out of memory).
+#[test]
+fn seeks_held_between_fetch_and_finish_match_the_model() {
+    for seed in [0x5eed_1234_abcd_9876, 0x2545_f491_4f6c_dd1d] {
+        held_requests_match_the_model(seed, true);
     }
 }
 
@@ -364,7 +429,7 @@ fn requests_held_between_fetch_and_finish_match_the_model() {
 struct MayWait;
 impl common::Hooks for MayWait {}
 
-fn held_requests_match_the_model(seed: u64) {
+fn held_requests_match_the_model(seed: u64, seeks: bool) {
     let (engine, _dir) = common::engine();
     let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
     let cfg = FsConfig {
@@ -408,9 +473,10 @@ fn held_requests_match_the_model(seed: u64) {
 
     let mut r = Rng(seed);
     let mut held_fetches = 0;
+    let mut held_seeks = 0;
     for round in 0..ROUNDS {
         let salt = round as u64 * 16;
-        let held = random_held(&mut r, &m, salt);
+        let held = random_held(&mut r, &m, salt, seeks);
         let focus = match &held {
             Held::Write { file, off, .. }
             | Held::Punch { file, off, .. }
@@ -437,6 +503,9 @@ fn held_requests_match_the_model(seed: u64) {
                 Ok(a) => break a.unwrap(),
                 Err(missing) => {
                     held_fetches += 1;
+                    if let Held::Seek { .. } = held {
+                        held_seeks += 1;
+                    }
                     // Fetched now, used after the changes below: as a worker whose fetch
                     // answered before other requests changed what it fetched.
                     fetched = fetch(missing);
@@ -449,8 +518,13 @@ fn held_requests_match_the_model(seed: u64) {
                 }
             }
         };
+        if let Held::Seek { .. } = held {
+            check_seek(&m, &held, &answer, &format!("seed {seed:#x} round {round}"));
+        }
         let want = apply(&mut m, &held);
-        assert_eq!(answer, want, "seed {seed:#x} round {round}: {held:?}");
+        if !matches!(held, Held::Seek { .. }) {
+            assert_eq!(answer, want, "seed {seed:#x} round {round}: {held:?}");
+        }
         if round % 10 == 9 {
             check_all(&mut fs, &m, round);
         }
@@ -464,4 +538,141 @@ fn held_requests_match_the_model(seed: u64) {
         held_fetches > ROUNDS / 2,
         "only {held_fetches} fetches held"
     );
+    assert!(
+        !seeks || held_seeks > ROUNDS / 4,
+        "only {held_seeks} seeks held"
+    );
+}
+
+/// Keys of `ino` still in the store: blocks 0 and 40,000 (two block maps), block maps 0 and
+/// 1, the inode and its orphan record.
+fn keys_of(store: &dyn qsfs_core::Store, ns: &Namespaces, ino: u64) -> Vec<&'static str> {
+    use qsfs_fuse::layout::{ino_key, pair_key};
+    let checks: [(&str, &str, Vec<u8>); 6] = [
+        ("block 0", &ns.block, pair_key(ino, 0).to_vec()),
+        ("block 40000", &ns.block, pair_key(ino, 40_000).to_vec()),
+        ("map 0", &ns.bmap, pair_key(ino, 0).to_vec()),
+        ("map 1", &ns.bmap, pair_key(ino, 1).to_vec()),
+        ("inode", &ns.inode, ino_key(ino).to_vec()),
+        ("orphan", &ns.orphan, ino_key(ino).to_vec()),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, n, k)| store.exists(n, k).unwrap())
+        .map(|(what, _, _)| what)
+        .collect()
+}
+
+/// Unlinked files whose block maps are out of memory: a flush that may not wait leaves their
+/// freeing for later (committing their orphan records), a worker-style run fetches the maps
+/// and frees them while other files change and flush meanwhile, and a crash or an unmount
+/// while frees wait leaves nothing behind either.
+#[test]
+fn frees_left_for_later_free_everything_of_their_inode_and_nothing_else() {
+    let (engine, _dir) = common::engine();
+    let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
+    let cfg = FsConfig {
+        block_size: BS as u32,
+        ..common::config()
+    };
+    let ns = Namespaces::new(&cfg.prefix);
+    let fetches = Fetches::new(store.clone(), &ns);
+    for ending in ["worker", "crash", "unmount"] {
+        let mut fs = Fs::open(store.clone(), cfg.clone()).unwrap();
+        fs.set_defer_frees(true);
+        let d = fs.mkdir(1, ending.as_bytes(), 0o755, 0, 0).unwrap().ino;
+        let mut files = Vec::new();
+        for i in 0..6u64 {
+            let name = format!("f{i}").into_bytes();
+            let (a, fh) = fs.create(d, &name, 0o644, 0, 0, 0).unwrap();
+            let data = bytes(i, 2 * BS);
+            fs.write(a.ino, fh, 0, &data).unwrap();
+            // A second block map: frees must fetch and clear both.
+            fs.write(a.ino, fh, 40_000 * BS as u64, &data[..BS])
+                .unwrap();
+            fs.release(a.ino, fh).unwrap();
+            fs.forget(a.ino, 1);
+            files.push((name, a.ino, data));
+        }
+        // Committed and pruned: the block maps leave memory.
+        fs.flush_all().unwrap();
+        for (name, _, _) in files.iter().step_by(2) {
+            fs.unlink(d, name).unwrap();
+        }
+        fs.flush_all().unwrap();
+        assert!(
+            fs.frees_waiting(),
+            "{ending}: the flush fetched under the lock"
+        );
+        for (_, ino, _) in files.iter().step_by(2) {
+            assert!(
+                keys_of(&*store, &ns, *ino).contains(&"orphan"),
+                "{ending}: a free waits with no orphan record"
+            );
+        }
+        match ending {
+            "worker" => {
+                let mut fetched = Vec::new();
+                let mut rounds = 0;
+                loop {
+                    match fs.without_fetch(fetched, |fs| fs.free_waiting()) {
+                        Ok(r) => break r.unwrap(),
+                        Err(missing) => {
+                            rounds += 1;
+                            assert!(rounds < 8, "the free's needs keep changing");
+                            fetched = missing
+                                .into_iter()
+                                .map(|m| {
+                                    let v = fetches.fetch(&m).unwrap();
+                                    (m, v)
+                                })
+                                .collect();
+                            // Meanwhile the survivors change and everything is flushed.
+                            for (_, ino, data) in files.iter().skip(1).step_by(2) {
+                                fs.write(*ino, 0, BS as u64, &data[..BS]).unwrap();
+                            }
+                            fs.flush_all().unwrap();
+                        }
+                    }
+                }
+                assert!(rounds > 0, "nothing was left to fetch");
+                assert!(!fs.frees_waiting());
+                fs.shutdown().unwrap();
+            }
+            "crash" => {
+                fs.abandon();
+                drop(fs);
+                // The next mount reclaims the orphans.
+                let mut again = Fs::open(store.clone(), cfg.clone()).unwrap();
+                again.shutdown().unwrap();
+            }
+            _ => fs.shutdown().unwrap(),
+        }
+        let mut fs = Fs::open(store.clone(), cfg.clone()).unwrap();
+        for (i, (name, ino, data)) in files.iter().enumerate() {
+            let left = keys_of(&*store, &ns, *ino);
+            if i % 2 == 0 {
+                assert!(
+                    left.is_empty(),
+                    "{ending}: {left:?} of an unlinked file left"
+                );
+                continue;
+            }
+            assert_eq!(left, ["block 0", "block 40000", "map 0", "map 1", "inode"]);
+            let a = fs.lookup(d, name).unwrap();
+            assert_eq!(a.ino, *ino);
+            let got = fs.read(*ino, 0, 0, 2 * BS as u32).unwrap();
+            let mut want = data.clone();
+            if ending == "worker" {
+                want[BS..].copy_from_slice(&data[..BS]);
+            }
+            assert!(
+                got == want,
+                "{ending}: bytes of {}",
+                String::from_utf8_lossy(name)
+            );
+            fs.forget(a.ino, 1);
+        }
+        fs.shutdown().unwrap();
+    }
 }

@@ -684,6 +684,20 @@ fn stalled_request_with<R: Send + 'static>(
         t.gate.waiting.load(Ordering::SeqCst) > 0
     });
 
+    others_finish(&t, others);
+    assert!(
+        t.gate.waiting.load(Ordering::SeqCst) > 0 && !stalled.is_finished(),
+        "the stalled request got its records without the gate"
+    );
+
+    t.gate.open();
+    let r = stalled.join().unwrap();
+    check(&t, r);
+    m.unmount().unwrap();
+}
+
+/// Runs `others` twice while something waits at the gate; fails if they wait for it.
+fn others_finish(t: &Tree, others: fn(&Path, &[u8], usize)) {
     let (mnt, x) = (t.mnt.clone(), t.x.clone());
     let others = std::thread::spawn(move || {
         for round in 0..2 {
@@ -702,15 +716,6 @@ fn stalled_request_with<R: Send + 'static>(
         panic!("the other requests waited for the stalled fetch");
     }
     others.join().unwrap();
-    assert!(
-        t.gate.waiting.load(Ordering::SeqCst) > 0 && !stalled.is_finished(),
-        "the stalled request got its records without the gate"
-    );
-
-    t.gate.open();
-    let r = stalled.join().unwrap();
-    check(&t, r);
-    m.unmount().unwrap();
 }
 
 /// Opens `p` for O_DIRECT writes: each write is a request of its own, sent at once.
@@ -986,4 +991,101 @@ fn listings_bigger_than_one_reply_work_from_memory_and_from_the_store() {
         // Round 2 lists with nothing in memory: its records are fetched on the pool.
         fx.remount();
     }
+}
+
+/// Opens the gate when dropped.
+struct OpenOnDrop<'a>(&'a Gated);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// `lseek(SEEK_DATA)` and `lseek(SEEK_HOLE)` of `a/slow` from `at`, on a read-only handle (so
+/// the answer comes from the block map, not the writer's shortcut).
+fn seek_slow(mnt: &Path, at: i64) -> (i64, i64) {
+    use nix::unistd::{lseek, Whence};
+    let f = std::fs::File::open(mnt.join("a/slow")).unwrap();
+    let data = lseek(f.as_raw_fd(), at, Whence::SeekData).unwrap();
+    let hole = lseek(f.as_raw_fd(), at, Whence::SeekHole).unwrap();
+    (data, hole)
+}
+
+#[test]
+fn a_stalled_block_map_fetch_of_lseek_holds_up_no_other_request() {
+    a_stalled_request_holds_up_nothing(
+        Hold::BlockMaps,
+        |mnt| seek_slow(mnt, 5000),
+        |t, got| {
+            assert_eq!(got, (5000, t.slow.len() as i64));
+            // A hole punched in the middle, then asked again from a fresh mount's memory.
+            let f = open_direct_write(&t.mnt.join("a/slow"));
+            use nix::fcntl::{fallocate, FallocateFlags as F};
+            let flags = F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE;
+            fallocate(f.as_raw_fd(), flags, 128 << 10, 128 << 10).unwrap();
+            f.sync_all().unwrap();
+            drop(f);
+            assert_eq!(seek_slow(&t.mnt, 5000), (5000, 128 << 10));
+            assert_eq!(seek_slow(&t.mnt, 130 << 10), (256 << 10, 130 << 10));
+            assert_eq!(
+                seek_slow(&t.mnt, 300 << 10),
+                (300 << 10, t.slow.len() as i64)
+            );
+        },
+    );
+}
+
+/// Unlinking a file whose block maps are not in memory: the flush that frees it must not
+/// fetch them under the filesystem lock. The space comes back once the fetch is let through.
+#[test]
+fn a_stalled_block_map_fetch_of_a_free_holds_up_no_other_request() {
+    let t = Tree::new();
+    let fs = Fs::open(t.gate.clone(), common::config()).unwrap();
+    let m = mount(fs, &t.mnt, &MountOptions::default()).unwrap();
+    let ns = Namespaces::new(&common::config().prefix);
+    let ino = t.slow_ino;
+    t.gate.close_on(&ns.bmap, &ino.to_be_bytes());
+    // A failed check must not leave the unmount waiting at the gate.
+    let _open = OpenOnDrop(&t.gate);
+    let (mnt, gate) = (t.mnt.clone(), t.gate.clone());
+    // The kernel forgets the unlinked inode on its own time; the first flush after that
+    // frees it (the test's flush age is 60 s, so fsyncs ask for it).
+    let unlink = std::thread::spawn(move || {
+        std::fs::remove_file(mnt.join("a/slow")).unwrap();
+        let y = std::fs::File::open(mnt.join("b/y")).unwrap();
+        for _ in 0..1000 {
+            y.sync_all().unwrap();
+            if gate.waiting.load(Ordering::SeqCst) > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    wait_for("the free to reach the gate", || {
+        t.gate.waiting.load(Ordering::SeqCst) > 0
+    });
+    others_finish(&t, others_go_on);
+    let block = qsfs_fuse::layout::pair_key(ino, 0);
+    assert!(
+        t.gate.exists(&ns.block, &block).unwrap(),
+        "the blocks went without their map"
+    );
+
+    t.gate.open();
+    unlink.join().unwrap();
+    wait_for("the blocks of the unlinked file to go", || {
+        !t.gate.exists(&ns.block, &block).unwrap()
+    });
+    let key = qsfs_fuse::layout::ino_key(ino);
+    wait_for("its inode and orphan records to go", || {
+        !t.gate.exists(&ns.inode, &key).unwrap() && !t.gate.exists(&ns.orphan, &key).unwrap()
+    });
+    assert!(!t
+        .gate
+        .exists(&ns.bmap, &qsfs_fuse::layout::pair_key(ino, 0))
+        .unwrap());
+    assert!(!t.mnt.join("a/slow").exists());
+    assert_eq!(std::fs::read(t.mnt.join("a/other")).unwrap(), t.x);
+    m.unmount().unwrap();
 }
