@@ -197,7 +197,9 @@ fn map_error(context: &str, e: ::object_store::Error) -> Error {
                     | K::Interrupted,
                 )
                 | None => {
-                    if text.contains("timed out") || text.contains("timeout") {
+                    // The client's own limit ("operation timed out"); its retry summary names
+                    // `retry_timeout` whatever the cause, so that word alone says nothing.
+                    if text.contains("timed out") {
                         Error::Timeout(text)
                     } else {
                         Error::Unavailable(text)
