@@ -60,6 +60,101 @@ pub trait ZdbConnector: Send + Sync {
     fn connect(&self, spec: &ZdbSpec) -> Result<Arc<dyn Backend>>;
 }
 
+/// Where an S3-compatible bucket is (`s3://bucket[/prefix]`). Whatever is not set here comes
+/// from the standard AWS environment variables. The secrets are redacted from `Debug` and
+/// `Display` never shows them.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Spec {
+    /// Bucket name.
+    #[serde(skip)]
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading or trailing `/`), if any.
+    #[serde(skip)]
+    pub prefix: Option<String>,
+    /// Endpoint URL of a non-AWS service (`http://127.0.0.1:9000`).
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` when neither this nor the environment says).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: Option<bool>,
+    /// Address the bucket as `https://bucket.host/` instead of `https://host/bucket/`.
+    pub virtual_hosted_style: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Spec")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redact(&self.secret_access_key))
+            .field("session_token", &redact(&self.session_token))
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish()
+    }
+}
+
+/// The backend string, which is also the backend's name in the metadata.
+impl std::fmt::Display for S3Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.prefix {
+            Some(p) => write!(f, "s3://{}/{p}", self.bucket),
+            None => write!(f, "s3://{}", self.bucket),
+        }
+    }
+}
+
+impl S3Spec {
+    /// Opens the bucket. One request is limited to `op_timeout` (retries included); a
+    /// health probe to `health_timeout`. Fails when the program was built without the cargo
+    /// feature `s3`.
+    pub fn open(&self, op_timeout: Duration, health_timeout: Duration) -> Result<Arc<dyn Backend>> {
+        #[cfg(feature = "s3")]
+        {
+            Ok(Arc::new(crate::backends::ObjectStoreBackend::s3(
+                self,
+                op_timeout,
+                health_timeout,
+            )?))
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = (op_timeout, health_timeout);
+            Err(BackupError::Config(format!(
+                "backend {self}: this program was built without S3 support (cargo feature `s3`)"
+            ))
+            .into())
+        }
+    }
+
+    /// Fills the settings this spec does not set from `defaults` (the config's `[s3]` table).
+    fn inherit(&mut self, defaults: &S3Spec) {
+        let fill = |mine: &mut Option<String>, theirs: &Option<String>| {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
+        };
+        fill(&mut self.endpoint, &defaults.endpoint);
+        fill(&mut self.region, &defaults.region);
+        fill(&mut self.access_key_id, &defaults.access_key_id);
+        fill(&mut self.secret_access_key, &defaults.secret_access_key);
+        fill(&mut self.session_token, &defaults.session_token);
+        self.allow_http = self.allow_http.or(defaults.allow_http);
+        self.virtual_hosted_style = self.virtual_hosted_style.or(defaults.virtual_hosted_style);
+    }
+}
+
 /// One backend of a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
@@ -69,6 +164,8 @@ pub enum BackendSpec {
     Zdb(ZdbSpec),
     /// An in-process memory backend (`memory:name`), for tests and demos; it forgets on exit.
     Memory(String),
+    /// An S3-compatible bucket (`s3://bucket[/prefix]`).
+    S3(S3Spec),
 }
 
 impl BackendSpec {
@@ -105,14 +202,38 @@ impl BackendSpec {
         if let Some(n) = s.strip_prefix("memory:") {
             return Ok(BackendSpec::Memory(n.into()));
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_end_matches('/');
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+            if !bucket_ok || (!prefix.is_empty() && qsfs_core::check_object_key(prefix).is_err()) {
+                return Err(BackupError::Config(format!(
+                    "backend {s:?}: expected s3://bucket[/prefix] (bucket: 3-63 of a-z 0-9 . -)"
+                ))
+                .into());
+            }
+            return Ok(BackendSpec::S3(S3Spec {
+                bucket: bucket.into(),
+                prefix: (!prefix.is_empty()).then(|| prefix.into()),
+                ..S3Spec::default()
+            }));
+        }
         Err(BackupError::Config(format!(
-            "backend {s:?}: expected local:/path or zdb://host:port/namespace"
+            "backend {s:?}: expected local:/path, zdb://host:port/namespace or s3://bucket/prefix"
         ))
         .into())
     }
 
-    fn open(&self, zdb: Option<&dyn ZdbConnector>) -> Result<Arc<dyn Backend>> {
+    fn open(
+        &self,
+        zdb: Option<&dyn ZdbConnector>,
+        timeouts: &Timeouts,
+    ) -> Result<Arc<dyn Backend>> {
         match self {
+            BackendSpec::S3(spec) => spec.open(timeouts.op, timeouts.health),
             BackendSpec::Local(p) => Ok(Arc::new(LocalDir::open(p).unwrap_or_else(|e| {
                 // One unusable directory is one backend down, which redundancy is for.
                 tracing::warn!("backend {}: {e}", p.display());
@@ -297,6 +418,8 @@ struct QsfsFile {
     down_for_ms: Option<u64>,
     meta_write_quorum: Option<usize>,
     kdf: Option<KdfParams>,
+    /// Settings shared by every `s3://` backend.
+    s3: Option<S3Spec>,
     meta: QsfsMeta,
     groups: Vec<QsfsGroup>,
 }
@@ -399,7 +522,7 @@ fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> BackupError {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let line_text = text.lines().nth(line - 1).unwrap_or("");
-            let secret = ["key", "password"]
+            let secret = ["key", "password", "secret", "token"]
                 .iter()
                 .any(|w| line_text.to_ascii_lowercase().contains(w));
             let msg = if secret {
@@ -532,6 +655,15 @@ impl Config {
             .iter()
             .map(|b| BackendSpec::parse(b, base, ZdbRole::Meta))
             .collect::<Result<Vec<_>>>()?;
+        let mut groups = groups;
+        let mut meta = meta;
+        if let Some(defaults) = &q.s3 {
+            for b in groups.iter_mut().flatten().chain(meta.iter_mut()) {
+                if let BackendSpec::S3(spec) = b {
+                    spec.inherit(defaults);
+                }
+            }
+        }
         Config::checked(Config {
             settings: s,
             groups,
@@ -716,12 +848,16 @@ impl Config {
         let groups = self
             .groups
             .iter()
-            .map(|g| g.iter().map(|b| b.open(zdb)).collect::<Result<Vec<_>>>())
+            .map(|g| {
+                g.iter()
+                    .map(|b| b.open(zdb, &self.settings.timeouts))
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<Vec<_>>>()?;
         let meta = self
             .meta
             .iter()
-            .map(|b| b.open(zdb))
+            .map(|b| b.open(zdb, &self.settings.timeouts))
             .collect::<Result<Vec<_>>>()?;
         Pipeline::open(self.settings.clone(), groups, meta, &key).await
     }
@@ -903,6 +1039,73 @@ backends = ["local:b3"]
             "parity_shards = 1\nredundant_groups = 2",
         );
         assert!(Config::parse(&impossible, Path::new("c"), Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn s3_backends_with_shared_settings() {
+        let text = r#"
+data_shards = 2
+parity_shards = 1
+[s3]
+endpoint = "http://127.0.0.1:9000"
+region = "eu-1"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = "very-secret-value"
+allow_http = true
+[meta]
+backends = ["s3://qsfs-meta"]
+[[groups]]
+backends = ["s3://qsfs-data/node/a/", "s3://qsfs-data/node/b", "local:d"]
+"#;
+        let c = Config::parse(text, Path::new("c.toml"), Path::new("/")).expect("parse");
+        let BackendSpec::S3(meta) = &c.meta[0] else {
+            panic!("not s3: {:?}", c.meta[0]);
+        };
+        assert_eq!(
+            (meta.bucket.as_str(), meta.prefix.as_deref()),
+            ("qsfs-meta", None)
+        );
+        assert_eq!(meta.to_string(), "s3://qsfs-meta");
+        let BackendSpec::S3(a) = &c.groups[0][0] else {
+            panic!("not s3");
+        };
+        assert_eq!(a.to_string(), "s3://qsfs-data/node/a");
+        assert_eq!(a.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(a.secret_access_key.as_deref(), Some("very-secret-value"));
+        assert_eq!(a.allow_http, Some(true));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("very-secret-value"), "{debug}");
+        for bad in [
+            "s3://",
+            "s3://Upper",
+            "s3://ab",
+            "s3://bucket//x",
+            "s3://bucket/a/../b",
+        ] {
+            assert!(
+                BackendSpec::parse(bad, Path::new("/"), ZdbRole::Data).is_err(),
+                "{bad}"
+            );
+        }
+        // A bad value on a secret's line is reported by line only.
+        let bad = text.replace("\"very-secret-value\"", "very-secret-value");
+        let e = Config::parse(&bad, Path::new("c"), Path::new("/")).expect_err("bad toml");
+        assert!(!e.to_string().contains("very-secret"), "{e}");
+        let unknown = text.replace("allow_http", "alow_http");
+        assert!(Config::parse(&unknown, Path::new("c"), Path::new("/")).is_err());
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[tokio::test]
+    async fn s3_needs_the_feature() {
+        let spec = S3Spec {
+            bucket: "qsfs".into(),
+            ..S3Spec::default()
+        };
+        let e = spec
+            .open(Duration::from_secs(1), Duration::from_secs(1))
+            .expect_err("no s3 support");
+        assert!(e.to_string().contains("feature `s3`"), "{e}");
     }
 
     #[test]

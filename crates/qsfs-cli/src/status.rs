@@ -117,6 +117,11 @@ fn open_spec(spec: &BackendSpec) -> Result<Arc<dyn Backend>, (String, String)> {
                 })
         }
         BackendSpec::Memory(n) => Err((format!("memory:{n}"), "in-memory backend".into())),
+        BackendSpec::S3(s) => {
+            let t = qsfs_backup::node::Timeouts::default();
+            s.open(t.op, t.health)
+                .map_err(|e| (s.to_string(), e.to_string()))
+        }
     }
 }
 
