@@ -1,5 +1,6 @@
 //! The S3 backend against a real S3 server: `s3s-fs` (crates.io, an S3 server over a
-//! directory), started as a separate process per test. Built only with the cargo feature `s3`.
+//! directory), started as a separate process per test. Built only with the cargo feature `s3`
+//! (`required-features` in Cargo.toml).
 //!
 //! The server binary is `$S3S_FS` or `s3s-fs` on `PATH`; install it with
 //! `cargo install s3s-fs --version 0.14.1 --features binary` (it cannot be a dev-dependency:
@@ -9,7 +10,6 @@
 //! 1024 bytes) but s3s-fs cannot hold: it keeps a sidecar file per object named after the
 //! base64 of the key, longer than a file name may be. `contract` below runs every other check
 //! of the suite's contract, with keys as long as s3s-fs can name.
-#![cfg(feature = "s3")]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
