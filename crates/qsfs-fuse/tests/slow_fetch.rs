@@ -678,6 +678,8 @@ fn stalled_request_with<R: Send + 'static>(
         Hold::Blocks => t.gate.close(t.slow_ino),
         Hold::Xattrs => t.gate.close_on(&ns.xattr, &t.slow_ino.to_be_bytes()),
     }
+    // Dropped before the mount: a failed check must not leave the unmount waiting at the gate.
+    let _open = OpenOnDrop(&t.gate);
     let mnt = t.mnt.clone();
     let stalled = std::thread::spawn(move || request(&mnt));
     wait_for("the request to reach the gate", || {
