@@ -1828,6 +1828,12 @@ impl Fs {
         let Some(end) = offset.checked_add(len).filter(|&e| e <= MAX_FILE_SIZE) else {
             return Ok(());
         };
+        self.want_range(ino, offset, end)
+    }
+
+    /// Notes the block maps of the non-empty range `[offset, end)` and the blocks at its edges
+    /// that it covers only in part (those a write or a zeroing must read first).
+    fn want_range(&mut self, ino: u64, offset: u64, end: u64) -> FsResult<()> {
         let (first, last) = (offset / self.bs, (end - 1) / self.bs);
         self.want_chunks(ino, first, last)?;
         if offset % self.bs != 0 || end < (first + 1) * self.bs {
@@ -1872,14 +1878,7 @@ impl Fs {
             let inode = self.inode(ino)?;
             let zero_end = offset.saturating_add(len).min(inode.size);
             if inode.kind == Kind::File && offset < zero_end {
-                let (first, last) = (offset / self.bs, (zero_end - 1) / self.bs);
-                self.want_chunks(ino, first, last)?;
-                if offset % self.bs != 0 || zero_end < (first + 1) * self.bs {
-                    self.want_block(ino, first)?;
-                }
-                if last != first && zero_end % self.bs != 0 {
-                    self.want_block(ino, last)?;
-                }
+                self.want_range(ino, offset, zero_end)?;
             }
         }
         self.go_ahead()

@@ -622,19 +622,21 @@ fn others_go_on(mnt: &Path, x: &[u8], round: usize) {
 
 /// [`others_go_on`] outside directory `a`, whose names a creating or removing request holds
 /// (the kernel's own directory lock).
+/// The sorted names in directory `d`.
+fn names(d: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    n.sort();
+    n
+}
+
 fn others_outside_a(mnt: &Path, x: &[u8], round: usize) {
     assert_eq!(
         std::fs::metadata(mnt.join("b/x")).unwrap().len(),
         x.len() as u64
     );
-    let names = |d: &Path| {
-        let mut n: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        n.sort();
-        n
-    };
     assert_eq!(names(mnt), ["a", "b"]);
     assert_eq!(names(&mnt.join("b")), ["x", "y"]);
     assert_eq!(read_direct(&mnt.join("b/x")), x, "an uncached file");
@@ -742,14 +744,7 @@ fn a_stalled_inode_fetch_holds_up_no_other_request() {
 fn a_stalled_directory_page_fetch_holds_up_no_other_request() {
     a_stalled_request_holds_up_nothing(
         Hold::DirPages,
-        |mnt| {
-            let mut n: Vec<String> = std::fs::read_dir(mnt.join("a"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            n.sort();
-            n
-        },
+        |mnt| names(&mnt.join("a")),
         |_, names| assert_eq!(names, ["copy", "other", "slow"]),
     );
 }
@@ -867,12 +862,7 @@ fn a_stalled_listing_fetch_of_a_create_unlink_and_rename_holds_up_no_other_reque
             std::fs::rename(mnt.join("a/copy"), mnt.join("b/moved")).unwrap();
         },
         |t, ()| {
-            let mut n: Vec<String> = std::fs::read_dir(t.mnt.join("a"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            n.sort();
-            assert_eq!(n, ["new", "slow"]);
+            assert_eq!(names(&t.mnt.join("a")), ["new", "slow"]);
             assert_eq!(std::fs::read(t.mnt.join("a/new")).unwrap(), b"new");
             assert!(t.mnt.join("b/moved").exists());
         },
@@ -894,12 +884,10 @@ fn a_stalled_listing_fetch_of_a_symlink_hard_link_and_fifo_holds_up_no_other_req
             .unwrap();
         },
         |t, ()| {
-            let mut n: Vec<String> = std::fs::read_dir(t.mnt.join("a"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            n.sort();
-            assert_eq!(n, ["copy", "fifo", "hard", "other", "sl", "slow"]);
+            assert_eq!(
+                names(&t.mnt.join("a")),
+                ["copy", "fifo", "hard", "other", "sl", "slow"]
+            );
             let a = t.mnt.join("a");
             assert_eq!(std::fs::read_link(a.join("sl")).unwrap(), Path::new("slow"));
             assert_eq!(
