@@ -449,13 +449,8 @@ impl EngineObserver for TierObserver {
         });
     }
 
-    fn throttle(&self, _ns: &str) {
-        if let Some(s) = self.0.upgrade() {
-            if let Some(engine) = s.engine() {
-                evict::admit(&s, engine.seal_count());
-            }
-        }
-    }
+    // No `throttle`: the sealing writer meets the gate at its next write, like every other
+    // writer (`admit`); holding it after the seal as well would be a second mechanism.
 
     fn admit(&self, _ns: &str, seals: u64) {
         if let Some(s) = self.0.upgrade() {
