@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use qsfs_backup::config::{ChainSettings, Config};
 use qsfs_backup::crypto::KeySource;
+use qsfs_backup::stripe::ShardHash;
 use qsfs_backup::tier::{BackendHealth, Tier, TierConfig, TierMetrics, TierStatus};
 use qsfs_backup::Pipeline;
 use qsfs_store::EngineConfig;
@@ -138,6 +139,11 @@ pub fn open_pipeline(
     config: &Config,
     secret: Option<KeySource>,
 ) -> anyhow::Result<Arc<Pipeline>> {
+    // The chain stores with BLAKE3 plaintext checksums: the tier recomputes the whole-object
+    // checksum of every segment it uploads to check the stored record, and with SHA-256 that
+    // second pass was the largest cost of an upload. Objects of every format stay readable.
+    let mut config = config.clone();
+    config.settings.format = ShardHash::Blake3Plain;
     let pipeline = rt
         .block_on(config.open(secret, Some(&ZdbConnect)))
         .map_err(anyhow::Error::from)

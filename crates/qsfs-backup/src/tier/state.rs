@@ -40,8 +40,10 @@ const FILE: &str = "tier.state";
 pub(crate) struct Confirmed {
     /// Segment length in bytes.
     pub length: u64,
-    /// SHA-256 of the segment file.
-    pub sha256: [u8; 32],
+    /// The pipeline's whole-object checksum of the segment as the tier read it (older states
+    /// hold the file's plain SHA-256 here). Nothing decides on it: the check happened before
+    /// the confirmation was recorded.
+    pub checksum: [u8; 32],
     /// Object id of the verified cold copy (a later replacement of the same name has another).
     pub object_id: [u8; 16],
     /// Every shard was read back and its checksum verified (`verify_deep`). Until then the
@@ -132,7 +134,7 @@ impl From<StateV1> for State {
                 .map(|(k, c)| {
                     let c = Confirmed {
                         length: c.length,
-                        sha256: c.sha256,
+                        checksum: c.sha256,
                         object_id: c.object_id,
                         verified: true,
                     };
@@ -430,9 +432,9 @@ mod tests {
                 any::<[u8; 16]>(),
                 any::<bool>(),
             )
-                .prop_map(|(length, sha256, object_id, verified)| Confirmed {
+                .prop_map(|(length, checksum, object_id, verified)| Confirmed {
                     length,
-                    sha256,
+                    checksum,
                     object_id,
                     verified,
                 }),
@@ -596,7 +598,7 @@ mod tests {
                 (format!("namespace-{}", i % 7), i),
                 Confirmed {
                     length: u64::from(i),
-                    sha256: [i as u8; 32],
+                    checksum: [i as u8; 32],
                     object_id: [3; 16],
                     verified: i % 2 == 0,
                 },

@@ -31,7 +31,7 @@ use super::{manifest_key, BackendHealth, Shared, CUT_KEY, SEAL_KEY};
 use crate::metadata::ObjectRecord;
 use crate::pipeline::{Attrs, BLOCKING_THREADS};
 use crate::progress::NoProgress;
-use crate::stripe::{self, Sum};
+use crate::stripe::{self, ShardHash, Sum};
 
 /// How often backend health is probed for `status`.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -224,22 +224,55 @@ fn parse_cold_key(key: &str) -> Option<(String, u32)> {
     (cold_key(&ns, id) == key).then_some((ns, id))
 }
 
-/// SHA-256 of the whole stream and of each stripe-sized piece, computed while the pipeline
-/// reads it.
+/// The whole-object checksum of a stream, computed while the pipeline reads it, from the
+/// pipeline's own per-stripe plaintext checksums ([`ShardHash::plain_sum`] of its format):
+/// the tier checks the record read back from the metadata quorum against what it read
+/// itself, not against what the pipeline says it stored.
 struct Hashes {
-    whole: Sha256,
-    stripe: Sha256,
+    stripe: PlainHasher,
+    format: ShardHash,
     in_stripe: usize,
     stripe_size: usize,
     sums: Vec<Sum>,
     total: u64,
 }
 
+/// [`ShardHash::plain_sum`], fed piece by piece.
+enum PlainHasher {
+    Sha256(Box<Sha256>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl PlainHasher {
+    fn new(format: ShardHash) -> Self {
+        match format {
+            ShardHash::Sha256 | ShardHash::Blake3 => PlainHasher::Sha256(Box::default()),
+            ShardHash::Blake3Plain => PlainHasher::Blake3(Box::default()),
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        match self {
+            PlainHasher::Sha256(h) => h.update(b),
+            PlainHasher::Blake3(h) => {
+                h.update(b);
+            }
+        }
+    }
+
+    fn finish(self) -> Sum {
+        match self {
+            PlainHasher::Sha256(h) => h.finalize().into(),
+            PlainHasher::Blake3(h) => *h.finalize().as_bytes(),
+        }
+    }
+}
+
 impl Hashes {
-    fn new(stripe_size: usize) -> Self {
+    fn new(stripe_size: usize, format: ShardHash) -> Self {
         Hashes {
-            whole: Sha256::new(),
-            stripe: Sha256::new(),
+            stripe: PlainHasher::new(format),
+            format,
             in_stripe: 0,
             stripe_size,
             sums: Vec::new(),
@@ -248,7 +281,6 @@ impl Hashes {
     }
 
     fn update(&mut self, mut b: &[u8]) {
-        self.whole.update(b);
         self.total += b.len() as u64;
         while !b.is_empty() {
             let n = (self.stripe_size - self.in_stripe).min(b.len());
@@ -256,19 +288,19 @@ impl Hashes {
             self.in_stripe += n;
             b = &b[n..];
             if self.in_stripe == self.stripe_size {
-                self.sums
-                    .push(std::mem::take(&mut self.stripe).finalize().into());
+                let done = std::mem::replace(&mut self.stripe, PlainHasher::new(self.format));
+                self.sums.push(done.finish());
                 self.in_stripe = 0;
             }
         }
     }
 
-    /// (whole-file SHA-256, the pipeline's whole-object checksum of the same bytes).
-    fn finish(mut self) -> ([u8; 32], Sum) {
+    /// The pipeline's whole-object checksum of the bytes seen.
+    fn finish(mut self) -> Sum {
         if self.in_stripe > 0 {
-            self.sums.push(self.stripe.finalize().into());
+            self.sums.push(self.stripe.finish());
         }
-        (self.whole.finalize().into(), stripe::object_sum(self.sums))
+        stripe::object_sum(self.sums)
     }
 }
 
@@ -562,9 +594,9 @@ impl Worker {
     fn upload_seal_key(&self, engine: &Engine) -> Result<()> {
         let key = engine.export_seal_key()?;
         let len = key.len() as u64;
-        let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
+        let mut h = self.hashes();
         h.update(&key);
-        let (_, sum) = h.finish();
+        let sum = h.finish();
         let p = self.shared.pipeline.clone();
         let rec = self.on_pool(async move {
             p.store(
@@ -618,6 +650,12 @@ impl Worker {
 
     /// Reads the record back from the metadata quorum and checks it against what was sent;
     /// returns the record read back.
+    /// A fresh whole-object checksum in the pipeline's record format.
+    fn hashes(&self) -> Hashes {
+        let settings = self.shared.pipeline.settings();
+        Hashes::new(settings.stripe_size, settings.format)
+    }
+
     fn verify(&self, sent: &ObjectRecord, len: u64, sum: Sum) -> Result<ObjectRecord> {
         let p = self.shared.pipeline.clone();
         let name = sent.name.clone();
@@ -744,9 +782,7 @@ impl Worker {
             .metadata()
             .map(|m| identity(&m))
             .map_err(|e| Error::io(format!("stat {}", seg.path.display()), e))?;
-        let hashes = Arc::new(Mutex::new(Hashes::new(
-            self.shared.pipeline.settings().stripe_size,
-        )));
+        let hashes = Arc::new(Mutex::new(self.hashes()));
         let reader = HashingReader {
             inner: file.take(seg.length),
             hashes: hashes.clone(),
@@ -758,9 +794,9 @@ impl Worker {
             p.store(&name, Box::new(reader), Attrs::default(), &NoProgress)
                 .await
         })??;
-        let h = std::mem::replace(&mut *hashes.lock(), Hashes::new(1));
+        let h = std::mem::replace(&mut *hashes.lock(), self.hashes());
         let total = h.total;
-        let (sha256, sum) = h.finish();
+        let sum = h.finish();
         if total != seg.length {
             return Err(Error::corrupt(
                 seg.path.display().to_string(),
@@ -792,7 +828,7 @@ impl Worker {
                     k,
                     Confirmed {
                         length: seg.length,
-                        sha256,
+                        checksum: sum,
                         object_id,
                         verified: !self.shared.config.verify_deep,
                     },
@@ -896,9 +932,9 @@ impl Worker {
             return Ok(false);
         }
         let bytes = super::cut::encode(&pending.manifests)?;
-        let mut h = Hashes::new(self.shared.pipeline.settings().stripe_size);
+        let mut h = self.hashes();
         h.update(&bytes);
-        let (_, sum) = h.finish();
+        let sum = h.finish();
         let len = bytes.len() as u64;
         let p = self.shared.pipeline.clone();
         let stored = self
@@ -1139,15 +1175,15 @@ mod tests {
     }
 
     #[test]
-    fn hashes_match_the_pipeline_checksum() {
+    fn hashes_match_the_pipeline_checksum_in_every_format() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let mut h = Hashes::new(4096);
-        for chunk in data.chunks(333) {
-            h.update(chunk);
+        for format in [ShardHash::Sha256, ShardHash::Blake3, ShardHash::Blake3Plain] {
+            let mut h = Hashes::new(4096, format);
+            for chunk in data.chunks(333) {
+                h.update(chunk);
+            }
+            let want = stripe::object_sum(data.chunks(4096).map(|c| format.plain_sum(c)));
+            assert_eq!(h.finish(), want, "{format:?}");
         }
-        let (whole, sum) = h.finish();
-        assert_eq!(whole, stripe::sha256(&data));
-        let want = stripe::object_sum(data.chunks(4096).map(stripe::sha256));
-        assert_eq!(sum, want);
     }
 }
