@@ -11,7 +11,9 @@
 //! Envelope = `"QSM2" ‖ version (u64 LE) ‖ nonce ‖ AES-256-GCM-SIV(meta key, postcard(record))`,
 //! associated data = format label ‖ repository id ‖ path hash ‖ version. Format 2 differs from
 //! format 1 (`"QSM1"`, still read) only in its shard checksums: BLAKE3 instead of SHA-256
-//! ([`ObjectRecord::shard_hash`]); format 3 (`"QSM3"`) also has BLAKE3 plaintext checksums. The label in the associated data binds the format, so an
+//! ([`ObjectRecord::shard_hash`]); format 3 (`"QSM3"`) also has BLAKE3 plaintext checksums;
+//! format 4 (`"QSM4"`) keeps those only for compressed stripes and takes an uncompressed
+//! stripe's AEAD tag as its plaintext checksum. The label in the associated data binds the format, so an
 //! envelope relabelled to the other one does not authenticate. A record moved to another path's key or
 //! to another version's key does not authenticate. A new version is always the highest listed
 //! version + 1, readers take the highest version a read quorum reports, and an older envelope
@@ -134,12 +136,14 @@ pub fn parse_shard_key<'a>(prefix: &str, key: &'a str) -> Option<(&'a str, u64, 
 const MAGIC_V1: &[u8; 4] = b"QSM1";
 const MAGIC_V2: &[u8; 4] = b"QSM2";
 const MAGIC_V3: &[u8; 4] = b"QSM3";
+const MAGIC_V4: &[u8; 4] = b"QSM4";
 
 fn aad(keys: &Keys, hash: &str, version: u64, format: ShardHash) -> Vec<u8> {
     let mut a = match format {
         ShardHash::Sha256 => b"qsfs-meta-v1".to_vec(),
         ShardHash::Blake3 => b"qsfs-meta-v2".to_vec(),
         ShardHash::Blake3Plain => b"qsfs-meta-v3".to_vec(),
+        ShardHash::Blake3Tag => b"qsfs-meta-v4".to_vec(),
     };
     a.extend_from_slice(&keys.repo_id);
     a.extend_from_slice(hash.as_bytes());
@@ -156,6 +160,7 @@ pub fn seal(keys: &Keys, rec: &ObjectRecord) -> Result<Vec<u8>> {
         ShardHash::Sha256 => MAGIC_V1.to_vec(),
         ShardHash::Blake3 => MAGIC_V2.to_vec(),
         ShardHash::Blake3Plain => MAGIC_V3.to_vec(),
+        ShardHash::Blake3Tag => MAGIC_V4.to_vec(),
     };
     out.extend_from_slice(&rec.version.to_le_bytes());
     out.extend_from_slice(
@@ -188,6 +193,7 @@ pub fn open(
         m if m == MAGIC_V1 => ShardHash::Sha256,
         m if m == MAGIC_V2 => ShardHash::Blake3,
         m if m == MAGIC_V3 => ShardHash::Blake3Plain,
+        m if m == MAGIC_V4 => ShardHash::Blake3Tag,
         _ => return Err(tampered("not a qsfs metadata envelope")),
     };
     let claimed = u64::from_le_bytes(env[4..12].try_into().map_err(|_| tampered("short"))?);

@@ -9,11 +9,13 @@ use std::path::{Component, Path, PathBuf};
 use qsfs_core::{Error, HealthStatus, Result};
 use serde::Serialize;
 
+use crate::crypto::SecretKey;
+use crate::metadata::ObjectRecord;
 use crate::pipeline::{
     Attrs, GcReport, ObjectHealth, Pipeline, ProblemKind, RateLimiter, RepairReport, ShardProblem,
 };
 use crate::progress::Progress;
-use crate::stripe::{self, ShardHash};
+use crate::stripe::{self, StripeId};
 
 /// The object name of a path: absolute, `.` and `..` resolved lexically (the filesystem is not
 /// touched, so a path names the same object at store, retrieve and check time), UTF-8.
@@ -61,13 +63,16 @@ fn file_attrs(meta: &fs::Metadata) -> Attrs {
     }
 }
 
-/// The whole-object checksum of a local file, as a record of format `hash` would hold it for
-/// `stripe_size`.
-fn file_checksum(path: &Path, stripe_size: usize, hash: ShardHash) -> Result<stripe::Sum> {
+/// The whole-object checksum of a local file, as `rec` would hold it if the file's bytes were
+/// those stored. `key` is the record's data key: an uncompressed stripe of format 4 is checked by
+/// its tag, so it is sealed again.
+fn file_checksum(path: &Path, rec: &ObjectRecord, key: &SecretKey) -> Result<stripe::Sum> {
+    let stripe_size = rec.stripe_size as usize;
     use std::io::Read;
     let mut f = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let mut sums = Vec::new();
     let mut buf = vec![0u8; stripe_size];
+    let mut scratch = Vec::new();
     loop {
         let mut filled = 0;
         while filled < stripe_size {
@@ -82,7 +87,24 @@ fn file_checksum(path: &Path, stripe_size: usize, hash: ShardHash) -> Result<str
         if filled == 0 {
             break;
         }
-        sums.push(hash.plain_sum(&buf[..filled]));
+        let plain = &buf[..filled];
+        // Same size as the record, so the same number of stripes; more means it changed.
+        let Some(st) = rec.stripes.get(sums.len()) else {
+            return Ok([0; 32]);
+        };
+        let id = StripeId {
+            object_id: rec.object_id,
+            index: sums.len() as u64,
+            data_version: rec.data_version,
+        };
+        sums.push(stripe::local_plain_sum(
+            plain,
+            &st.meta,
+            &id,
+            key,
+            rec.shard_hash,
+            &mut scratch,
+        ));
         if filled < stripe_size {
             break;
         }
@@ -103,9 +125,12 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
     }
     let attrs = file_attrs(&meta);
     if let Ok(old) = p.record(&name).await {
-        if old.size == meta.len() && old.mtime == attrs.mtime && old.mode == attrs.mode {
-            let (pb, ss, hash) = (path.to_path_buf(), old.stripe_size as usize, old.shard_hash);
-            let sum = tokio::task::spawn_blocking(move || file_checksum(&pb, ss, hash))
+        let same_attrs =
+            old.size == meta.len() && old.mtime == attrs.mtime && old.mode == attrs.mode;
+        // A data key that does not unwrap leaves nothing to compare with: store anew.
+        if let (true, Ok(key)) = (same_attrs, p.data_key(&old)) {
+            let (pb, rec) = (path.to_path_buf(), old.clone());
+            let sum = tokio::task::spawn_blocking(move || file_checksum(&pb, &rec, &key))
                 .await
                 .map_err(|e| Error::Unavailable(format!("hash task: {e}")))??;
             if sum == old.checksum {

@@ -788,7 +788,7 @@ impl Pipeline {
         }
     }
 
-    fn data_key(&self, rec: &ObjectRecord) -> Result<SecretKey> {
+    pub(crate) fn data_key(&self, rec: &ObjectRecord) -> Result<SecretKey> {
         self.inner
             .keys
             .unwrap_data_key(&rec.wrapped_key, &rec.object_id, &rec.name)

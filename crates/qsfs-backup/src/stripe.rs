@@ -9,7 +9,11 @@
 //! Which checksums a stripe carries depends on its record's format ([`ShardHash`]): format 1 has
 //! SHA-256 for the plaintext and for each shard, format 2 BLAKE3 for the shards (several times
 //! faster than SHA-256 even with SHA-NI, and hashed over k+m shards), format 3 BLAKE3 for the
-//! plaintext too. The whole-object checksum is SHA-256 over the stripes' plaintext checksums.
+//! plaintext too. Format 4 hashes the plaintext only where the cipher does not cover it: a
+//! compressed stripe's plaintext is BLAKE3-hashed (it is what the decompressor outputs), while an
+//! uncompressed stripe's plaintext checksum is its AES-256-GCM-SIV tag, which already
+//! authenticates every plaintext byte (see [`ShardHash::Blake3Tag`]). The whole-object checksum
+//! is SHA-256 over the stripes' plaintext checksums.
 
 use std::cell::RefCell;
 
@@ -40,6 +44,15 @@ pub enum ShardHash {
     /// BLAKE3 for shards and plaintext (records of format 3): the plaintext checksum was the
     /// largest single cost of storing and of retrieving.
     Blake3Plain,
+    /// BLAKE3 for shards and for the plaintext of compressed stripes; the plaintext checksum of
+    /// an uncompressed stripe is its AEAD tag ([`tag_sum`]) (records of format 4).
+    ///
+    /// The tag is a MAC of the stripe's plaintext under the object's data key, nonce and
+    /// associated data: a stripe that opens has exactly the plaintext that was sealed, so a
+    /// second hash over those bytes added a full pass over the object and no protection. A
+    /// compressed stripe's plaintext is the decompressor's output, which the tag does not cover,
+    /// so it keeps its BLAKE3.
+    Blake3Tag,
 }
 
 impl ShardHash {
@@ -47,17 +60,41 @@ impl ShardHash {
     pub fn sum(self, shard: &[u8]) -> Sum {
         match self {
             ShardHash::Sha256 => sha256(shard),
-            ShardHash::Blake3 | ShardHash::Blake3Plain => *blake3::hash(shard).as_bytes(),
+            ShardHash::Blake3 | ShardHash::Blake3Plain | ShardHash::Blake3Tag => {
+                *blake3::hash(shard).as_bytes()
+            }
         }
     }
 
-    /// The checksum of a stripe's plaintext ([`StripeMeta::plain_sum`]).
+    /// The checksum of a stripe's plaintext ([`StripeMeta::plain_sum`]) when it is a hash of the
+    /// plaintext: always, except for the uncompressed stripes of format 4 ([`tag_sum`]).
     pub fn plain_sum(self, plain: &[u8]) -> Sum {
         match self {
             ShardHash::Sha256 | ShardHash::Blake3 => sha256(plain),
-            ShardHash::Blake3Plain => *blake3::hash(plain).as_bytes(),
+            ShardHash::Blake3Plain | ShardHash::Blake3Tag => *blake3::hash(plain).as_bytes(),
         }
     }
+
+    /// Whether a stripe's plaintext checksum is its AEAD tag rather than a hash.
+    fn sums_by_tag(self, compressed: bool) -> bool {
+        self == ShardHash::Blake3Tag && !compressed
+    }
+}
+
+/// The plaintext checksum of an uncompressed stripe of format 4: its AES-256-GCM-SIV tag,
+/// zero-padded to the size of a hash.
+pub fn tag_sum(tag: &[u8; TAG_LEN]) -> Sum {
+    let mut s = [0u8; 32];
+    s[..TAG_LEN].copy_from_slice(tag);
+    s
+}
+
+/// The tag at the end of a sealed buffer (`None` if it is too short to hold one).
+fn tag_of(sealed: &[u8]) -> Option<[u8; TAG_LEN]> {
+    sealed
+        .len()
+        .checked_sub(TAG_LEN)
+        .and_then(|at| sealed[at..].try_into().ok())
 }
 
 /// Which stripe of which object: everything bound into the stripe's associated data.
@@ -153,14 +190,19 @@ pub fn encode(
 ) -> Result<(StripeMeta, Vec<Bytes>)> {
     let plain_len = u32::try_from(plain.len())
         .map_err(|_| Error::InvalidArgument("stripe larger than 4 GiB".into()))?;
-    let plain_sum = hash.plain_sum(&plain);
-    let (mut buf, compressed) = match maybe_compress(&plain, level) {
-        Some(c) => (c, true),
-        None => (plain, false),
-    };
+    let compressed_buf = maybe_compress(&plain, level);
+    let compressed = compressed_buf.is_some();
+    let hashed_sum = (!hash.sums_by_tag(compressed)).then(|| hash.plain_sum(&plain));
+    let mut buf = compressed_buf.unwrap_or(plain);
     let needed = codec::shard_len(buf.len() + TAG_LEN, k) * k;
     buf.reserve_exact(needed.saturating_sub(buf.len()));
     key.seal_in_place(&nonce(id.index), &aad(id, compressed, plain_len), &mut buf);
+    let plain_sum = match hashed_sum {
+        Some(s) => s,
+        None => tag_sum(
+            &tag_of(&buf).ok_or_else(|| Error::corrupt("stripe", "sealed stripe has no tag"))?,
+        ),
+    };
     let cipher_len = buf.len() as u32;
     let shards = codec::encode(buf, k, m)?;
     let shard_sums = shards.iter().map(|s| hash.sum(s)).collect();
@@ -195,6 +237,8 @@ pub fn decode(
 ) -> Result<Vec<u8>> {
     codec::reconstruct_data(shards, k, m)?;
     let mut buf = codec::join(shards, k, meta.cipher_len as usize)?;
+    let by_tag = hash.sums_by_tag(meta.compressed);
+    let tag = tag_of(&buf);
     if !key.open_in_place(
         &nonce(id.index),
         &aad(id, meta.compressed, meta.plain_len),
@@ -211,13 +255,45 @@ pub fn decode(
     } else {
         buf
     };
-    if plain.len() != meta.plain_len as usize || hash.plain_sum(&plain) != meta.plain_sum {
+    // The tag opened above authenticates an uncompressed stripe's plaintext; comparing it with
+    // the record ties the record to this very ciphertext.
+    let sum_ok = if by_tag {
+        tag.map(|t| tag_sum(&t)) == Some(meta.plain_sum)
+    } else {
+        hash.plain_sum(&plain) == meta.plain_sum
+    };
+    if plain.len() != meta.plain_len as usize || !sum_ok {
         return Err(Error::corrupt(
             location,
             "stripe plaintext checksum mismatch",
         ));
     }
     Ok(plain)
+}
+
+/// The plaintext checksum a stripe stored as `meta`/`id` in format `hash` has if its plaintext
+/// is `plain`, computed from a local copy (to tell whether a file changed since it was stored).
+/// An uncompressed stripe of format 4 is sealed again into `scratch` to get its tag.
+pub fn local_plain_sum(
+    plain: &[u8],
+    meta: &StripeMeta,
+    id: &StripeId,
+    key: &SecretKey,
+    hash: ShardHash,
+    scratch: &mut Vec<u8>,
+) -> Sum {
+    if !hash.sums_by_tag(meta.compressed) {
+        return hash.plain_sum(plain);
+    }
+    scratch.clear();
+    scratch.extend_from_slice(plain);
+    key.seal_in_place(
+        &nonce(id.index),
+        &aad(id, false, u32::try_from(plain.len()).unwrap_or(u32::MAX)),
+        scratch,
+    );
+    // A stripe too short for a tag cannot match a recorded one.
+    tag_of(scratch).map_or([0xff; 32], |t| tag_sum(&t))
 }
 
 /// The whole-object checksum: SHA-256 over the stripes' plaintext SHA-256s, in order. Computed
@@ -243,12 +319,28 @@ mod tests {
         }
     }
 
+    /// What a stripe's plaintext checksum is in `format`: SHA-256, BLAKE3 or the tag.
+    fn sum_kind(format: ShardHash, compressed: bool) -> u8 {
+        match format {
+            ShardHash::Sha256 | ShardHash::Blake3 => 0,
+            ShardHash::Blake3Plain => 1,
+            ShardHash::Blake3Tag if compressed => 1,
+            ShardHash::Blake3Tag => 2,
+        }
+    }
+
     #[test]
     fn round_trip_compressible_and_random() {
         let key = SecretKey::random();
         let text = b"hello hello hello ".repeat(10_000);
         let random: Vec<u8> = (0..200_000).map(|_| rand::random::<u8>()).collect();
-        let formats = [ShardHash::Sha256, ShardHash::Blake3, ShardHash::Blake3Plain];
+        let formats = [
+            ShardHash::Sha256,
+            ShardHash::Blake3,
+            ShardHash::Blake3Plain,
+            ShardHash::Blake3Tag,
+        ];
+        let mut scratch = Vec::new();
         for (data, expect_compressed) in
             [(&text[..], true), (&random[..], false), (&b""[..], false)]
         {
@@ -262,12 +354,28 @@ mod tests {
                     };
                     assert_eq!(*sum, want);
                 }
-                let want = match format {
-                    ShardHash::Blake3Plain => *blake3::hash(data).as_bytes(),
-                    _ => sha256(data),
+                let cipher: Vec<u8> = shards[..3].concat()[..meta.cipher_len as usize].to_vec();
+                let want = match sum_kind(format, expect_compressed) {
+                    0 => sha256(data),
+                    1 => *blake3::hash(data).as_bytes(),
+                    _ => tag_sum(&tag_of(&cipher).expect("tag")),
                 };
-                assert_eq!(meta.plain_sum, want);
+                assert_eq!(meta.plain_sum, want, "{format:?}");
                 assert_eq!(meta.compressed, expect_compressed);
+                assert_eq!(
+                    local_plain_sum(data, &meta, &id(3), &key, format, &mut scratch),
+                    meta.plain_sum,
+                    "{format:?}"
+                );
+                if !data.is_empty() {
+                    let mut changed = data.to_vec();
+                    changed[data.len() / 2] ^= 1;
+                    assert_ne!(
+                        local_plain_sum(&changed, &meta, &id(3), &key, format, &mut scratch),
+                        meta.plain_sum,
+                        "{format:?}"
+                    );
+                }
                 let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
                 s[0] = None;
                 s[4] = None;
@@ -275,16 +383,73 @@ mod tests {
                     decode(&mut s, &meta, &id(3), &key, (3, 2), format, "t").expect("decode"),
                     data
                 );
-                // Read as another format, the plaintext checksum no longer matches.
-                let other =
-                    formats[(formats.iter().position(|f| *f == format).unwrap_or(0) + 2) % 3];
-                if (format == ShardHash::Blake3Plain) != (other == ShardHash::Blake3Plain) {
-                    let e = decode(&mut s, &meta, &id(3), &key, (3, 2), other, "t")
-                        .expect_err("wrong plaintext checksum");
-                    assert!(e.to_string().contains("checksum"), "{e}");
+                // Read as a format whose plaintext checksum is another kind, it no longer matches.
+                for other in formats {
+                    if sum_kind(other, meta.compressed) != sum_kind(format, meta.compressed) {
+                        let e = decode(&mut s, &meta, &id(3), &key, (3, 2), other, "t")
+                            .expect_err("wrong plaintext checksum");
+                        assert!(e.to_string().contains("checksum"), "{e}");
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_format_4_record_must_name_the_tag_its_stripe_carries() {
+        let key = SecretKey::random();
+        let random: Vec<u8> = (0..100_000).map(|_| rand::random::<u8>()).collect();
+        let (mut meta, shards) = encode(
+            random.clone(),
+            &id(5),
+            &key,
+            (2, 2),
+            1,
+            ShardHash::Blake3Tag,
+        )
+        .expect("encode");
+        assert!(!meta.compressed);
+        let mut s: Vec<Option<Bytes>> = shards.iter().cloned().map(Some).collect();
+        let good = decode(
+            &mut s,
+            &meta,
+            &id(5),
+            &key,
+            (2, 2),
+            ShardHash::Blake3Tag,
+            "t",
+        );
+        assert_eq!(good.expect("decode"), random);
+        // The stripe authenticates, but its record holds another checksum: rejected.
+        meta.plain_sum[3] ^= 1;
+        let e = decode(
+            &mut s,
+            &meta,
+            &id(5),
+            &key,
+            (2, 2),
+            ShardHash::Blake3Tag,
+            "t",
+        )
+        .expect_err("record does not match the stripe");
+        assert!(e.to_string().contains("checksum"), "{e}");
+        // A flipped ciphertext byte (its shard checksum not consulted here) fails the tag.
+        meta.plain_sum[3] ^= 1;
+        let mut bad = shards[1].to_vec();
+        bad[10] ^= 0x40;
+        let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
+        s[1] = Some(Bytes::from(bad));
+        let e = decode(
+            &mut s,
+            &meta,
+            &id(5),
+            &key,
+            (2, 2),
+            ShardHash::Blake3Tag,
+            "t",
+        )
+        .expect_err("tampered ciphertext");
+        assert!(e.to_string().contains("authenticate"), "{e}");
     }
 
     #[test]

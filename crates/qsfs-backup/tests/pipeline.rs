@@ -143,7 +143,7 @@ proptest! {
     #[test]
     fn round_trip_any_geometry(
         k in 1usize..5, m in 1usize..4, len_sel in 0usize..7, compressible in any::<bool>(),
-        seed in any::<u64>(), a in 0u64..20_000, b in 0u64..20_000, format in 0usize..3,
+        seed in any::<u64>(), a in 0u64..20_000, b in 0u64..20_000, format in 0usize..4,
     ) {
         let stripe = 2048usize;
         let len = [0, 1, stripe - 1, stripe, stripe + 1, 4 * stripe + 3, (seed % 9000) as usize][len_sel];
@@ -151,7 +151,12 @@ proptest! {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async {
             let mut s = common::settings(k, m, stripe);
-            s.format = [ShardHash::Sha256, ShardHash::Blake3, ShardHash::Blake3Plain][format];
+            s.format = [
+                ShardHash::Sha256,
+                ShardHash::Blake3,
+                ShardHash::Blake3Plain,
+                ShardHash::Blake3Tag,
+            ][format];
             let r = common::rig_with(s, k + m, 3).await;
             r.pipeline.put("p/o", Bytes::from(data.clone())).await.expect("put");
             // Lose m backends, chosen by the seed.
