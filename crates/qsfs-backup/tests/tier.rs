@@ -9,8 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use qsfs_backup::stripe::ShardHash;
 use qsfs_backup::tier::{cut, recover, Tier, TierConfig, TierMetrics, CUT_KEY};
-use qsfs_backup::Pipeline;
+use qsfs_backup::{Pipeline, Settings};
 use qsfs_core::{Backend, Store};
 use qsfs_store::{cold_key, Engine, EngineConfig, Manifest};
 use rand::{Rng, SeedableRng};
@@ -59,7 +60,12 @@ fn open_engine(dir: &Path, tier: &Tier) -> Engine {
 
 fn chain(root: &Path, cap: Option<u64>) -> Chain {
     let rt = runtime();
-    let rig = rt.block_on(common::rig_with(common::settings(2, 2, 8 << 10), 4, 3));
+    // The record format `qsfs up` stores with.
+    let settings = Settings {
+        format: ShardHash::Blake3Plain,
+        ..common::settings(2, 2, 8 << 10)
+    };
+    let rig = rt.block_on(common::rig_with(settings, 4, 3));
     let pipeline = Arc::new(rig.pipeline.clone());
     let tier = Tier::new(pipeline.clone(), &root.join("tier"), config(cap)).unwrap();
     let engine = open_engine(&root.join("engine"), &tier);
@@ -71,6 +77,22 @@ fn chain(root: &Path, cap: Option<u64>) -> Chain {
         engine,
         rt,
     }
+}
+
+#[test]
+fn a_tier_refuses_a_format_whose_checksums_it_cannot_recompute() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let settings = Settings {
+        format: ShardHash::Blake3Tag,
+        ..common::settings(2, 2, 8 << 10)
+    };
+    let rig = rt.block_on(common::rig_with(settings, 4, 3));
+    let r = Tier::new(Arc::new(rig.pipeline.clone()), dir.path(), config(None));
+    assert!(
+        matches!(r, Err(qsfs_core::Error::InvalidArgument(_))),
+        "format 4 accepted"
+    );
 }
 
 /// Polls `f` until it holds; false after a generous deadline (a hang, not a timing check).

@@ -282,9 +282,10 @@ fn code(ok: bool) -> ExitCode {
 
 async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&args.config).map_err(anyhow::Error::from)?;
-    // BLAKE3 plaintext checksums: every format is read, and `qsfs up` keeps format 2 until its
-    // own checksum of what it uploads follows.
-    config.settings.format = ShardHash::Blake3Plain;
+    // Format 4: an uncompressed stripe's plaintext is covered by its AEAD tag, with no second
+    // hash. Every format is read. The storage chain uses format 3, whose plaintext checksums
+    // the tier recomputes from what it reads (see `chain::open_pipeline`).
+    config.settings.format = ShardHash::Blake3Tag;
     let secret = if config.key.is_some() {
         None
     } else {

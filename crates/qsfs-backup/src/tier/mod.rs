@@ -239,6 +239,14 @@ impl Tier {
     /// A tier storing through `pipeline`, with its durable state in `state_dir` (created if
     /// needed). Fails if the state file exists but is damaged.
     pub fn new(pipeline: Arc<Pipeline>, state_dir: &Path, config: TierConfig) -> Result<Tier> {
+        if pipeline.settings().format == crate::stripe::ShardHash::Blake3Tag {
+            // The tier checks each upload's stored record against a checksum of what it read
+            // itself; format 4's checksum of an uncompressed stripe is its AEAD tag, which only
+            // sealing the stripe again would give.
+            return Err(Error::InvalidArgument(
+                "the storage tier needs a record format of hashed plaintext (1 to 3), not 4".into(),
+            ));
+        }
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::io(format!("create {}", state_dir.display()), e))?;
         let (journal, state) = Journal::open(state_dir)?;

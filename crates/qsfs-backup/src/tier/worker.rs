@@ -247,7 +247,9 @@ impl PlainHasher {
     fn new(format: ShardHash) -> Self {
         match format {
             ShardHash::Sha256 | ShardHash::Blake3 => PlainHasher::Sha256(Box::default()),
-            ShardHash::Blake3Plain => PlainHasher::Blake3(Box::default()),
+            // Format 4's tags cannot be recomputed without sealing again; `Tier::new` refuses
+            // it, so this arm only keeps the match whole.
+            ShardHash::Blake3Plain | ShardHash::Blake3Tag => PlainHasher::Blake3(Box::default()),
         }
     }
 
