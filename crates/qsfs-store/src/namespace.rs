@@ -890,8 +890,10 @@ impl Namespace {
         let total = RECORD_HEADER_LEN + key.len() + value_len as usize;
         let mut buf = self.read_bytes(shared, seg, off, total)?;
         let location = || seg_location(&self.name, seg.id, off);
+        // The whole buffer, not just the header: the key right after it is checksummed in the
+        // same pass.
         let header = RecordHeader::decode(
-            &buf[..RECORD_HEADER_LEN],
+            &buf,
             Some(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()]),
         )
         .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;
