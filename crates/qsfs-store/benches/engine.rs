@@ -17,7 +17,8 @@
 //! and prints their ratio per round (the machine is shared: only a ratio measured under the
 //! same load means anything): once with all records in the segment being appended to, once
 //! (`get-ratio sealed`) spread over sealed 8 MiB segments. Only it:
-//! `cargo bench -p qsfs-store --bench engine -- get-ratio`.
+//! `cargo bench -p qsfs-store --bench engine -- get-ratio`. `GET_RATIO_ROUNDS` and
+//! `GET_RATIO_PER_ROUND` (default 8 and 200000) make it smaller, e.g. to count instructions.
 //!
 //! `set-ratio` (only when asked: `cargo bench -p qsfs-store --bench engine -- set-ratio`) does the
 //! same for writes: rounds of `Engine::set` (random 16-byte keys, 4 KiB values) and raw appends
@@ -217,8 +218,16 @@ fn get_ratio() {
             .filter(|(_, records)| *records > 0)
             .collect();
         segs.sort_by_key(|(_, records)| *records);
-        let rounds = 8;
-        let per_round = 200_000u32;
+        // Smaller runs for counting tools (`valgrind --tool=callgrind` counts instructions
+        // about 50x slower): `GET_RATIO_ROUNDS=1 GET_RATIO_PER_ROUND=20000`.
+        let knob = |name: &str, default: u32| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let rounds = knob("GET_RATIO_ROUNDS", 8);
+        let per_round = knob("GET_RATIO_PER_ROUND", 200_000);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         println!(
             "get-ratio{label}: {rounds} rounds of {per_round} gets and {per_round} preads, \

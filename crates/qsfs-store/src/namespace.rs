@@ -32,8 +32,8 @@ use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::password::PasswordRecord;
 use crate::segment::{
     encode_record_into, loc, loc_offset, loc_segment, now_millis, parse_segment_file_name,
-    read_full_at, scan_segment, value_crc, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    read_full_at, read_vec_at, scan_segment, value_crc, Loc, OpenError, RecordHeader, Segment,
+    FLAG_TOMBSTONE, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// Something the observer must be told once locks are released.
@@ -787,11 +787,10 @@ impl Namespace {
         })?;
         match handle {
             Some(f) => {
-                let mut buf = vec![0u8; len];
-                let n = read_full_at(&f, &mut buf, off).map_err(|e| {
+                let buf = read_vec_at(&f, len, off).map_err(|e| {
                     Error::io(format!("read {}", seg_location(&self.name, seg.id, off)), e)
                 })?;
-                if n < len {
+                if buf.len() < len {
                     return Err(Error::corrupt(
                         seg_location(&self.name, seg.id, off),
                         "record runs past the end of the segment",
@@ -891,8 +890,10 @@ impl Namespace {
         let total = RECORD_HEADER_LEN + key.len() + value_len as usize;
         let mut buf = self.read_bytes(shared, seg, off, total)?;
         let location = || seg_location(&self.name, seg.id, off);
+        // The whole buffer, not just the header: the key right after it is checksummed in the
+        // same pass.
         let header = RecordHeader::decode(
-            &buf[..RECORD_HEADER_LEN],
+            &buf,
             Some(&buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()]),
         )
         .ok_or_else(|| Error::corrupt(location(), "record header checksum mismatch"))?;

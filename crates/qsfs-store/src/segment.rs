@@ -139,9 +139,7 @@ impl RecordHeader {
             return None;
         }
         if let Some(key) = key {
-            if key.len() != header.key_len as usize
-                || header_crc(&buf[..RECORD_HEADER_LEN], key) != u32_at(4)
-            {
+            if key.len() != header.key_len as usize || header_crc_in(buf, key) != u32_at(4) {
                 return None;
             }
         }
@@ -164,6 +162,18 @@ impl RecordHeader {
 pub(crate) fn value_crc(value: &[u8]) -> u32 {
     // CRC-32/ISCSI is crc32c; a 32-bit CRC fits in the low half of the returned u64.
     crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, value) as u32
+}
+
+/// [`header_crc`] of the header at the start of `buf` and `key`, in one pass when `key` is the
+/// bytes right after the header in `buf` (a record read whole, as every get does): the same CRC
+/// as two calls, with one call's setup, which costs more than the 72 bytes themselves.
+fn header_crc_in(buf: &[u8], key: &[u8]) -> u32 {
+    match buf.get(8..RECORD_HEADER_LEN + key.len()) {
+        Some(run) if std::ptr::eq(buf[RECORD_HEADER_LEN..].as_ptr(), key.as_ptr()) => {
+            crc32c::crc32c(run)
+        }
+        _ => header_crc(&buf[..RECORD_HEADER_LEN], key),
+    }
 }
 
 fn header_crc(header: &[u8], key: &[u8]) -> u32 {
@@ -528,6 +538,30 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
     Ok(done)
 }
 
+/// Reads `len` bytes at `offset` into a new buffer; shorter only if the file ends first.
+///
+/// This is the read of every get, so it avoids two costs a `vec![0; len]` plus
+/// [`read_full_at`] pays on each record (about a tenth of a cached 4 KiB get, measured):
+/// zeroing the buffer the kernel is about to overwrite (rustix reads into the `Vec`'s spare
+/// capacity and only then counts the bytes as initialised), and libc's cancellation-point
+/// wrapper around `pread` (rustix makes the system call directly).
+pub(crate) fn read_vec_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        // `spare_capacity` reads into all of the spare capacity, which `with_capacity` may make
+        // larger than asked: the bytes past `len` are dropped below.
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
 /// fsyncs a directory so that created, renamed and removed entries are durable.
 /// True if the file at `path` is shorter than a segment header or its header bytes are all
 /// zero: a segment created without fsyncs whose header never reached the disk.
@@ -747,6 +781,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn read_vec_at_reads_exactly_the_range_and_stops_at_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = File::open(&path).unwrap();
+        for (len, off) in [(4176, 33u64), (1, 0), (0, 5), (10_000, 0), (4096, 5904)] {
+            let got = read_vec_at(&f, len, off).unwrap();
+            assert_eq!(
+                got,
+                data[off as usize..off as usize + len],
+                "{len} at {off}"
+            );
+        }
+        // Past the end: only what the file holds, never bytes beyond it.
+        assert_eq!(read_vec_at(&f, 100, 9_950).unwrap(), data[9_950..]);
+        assert!(read_vec_at(&f, 100, 20_000).unwrap().is_empty());
+    }
+
     fn header(key: &[u8], value: &[u8]) -> RecordHeader {
         RecordHeader {
             flags: 0,
@@ -781,6 +835,8 @@ mod tests {
             let rec = encode_record(&h, &key, &value);
             prop_assert_eq!(rec.len() as u64, h.record_len());
             let back = RecordHeader::decode(&rec, Some(&rec[RECORD_HEADER_LEN..RECORD_HEADER_LEN + key.len()]));
+            // The key read with the header (one-pass checksum) and the key held apart (two).
+            prop_assert_eq!(RecordHeader::decode(&rec, Some(&key)), back.clone());
             prop_assert_eq!(back, Some(h));
         }
 
