@@ -15,7 +15,7 @@
 //! two identical messages were sealed, never the key. Key material lives in [`Zeroizing`]
 //! buffers and has redacted `Debug` output.
 
-use aes_gcm_siv::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm_siv::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -92,7 +92,7 @@ impl SecretKey {
         let mut out = nonce.to_vec();
         let ct = self
             .cipher()
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .encrypt(&Nonce::from(nonce), Payload { msg: plain, aad })
             .expect("AES-GCM-SIV encryption of an in-memory buffer cannot fail");
         out.extend_from_slice(&ct);
         out
@@ -105,8 +105,9 @@ impl SecretKey {
             return None;
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_from(nonce).ok()?;
         self.cipher()
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+            .decrypt(&nonce, Payload { msg: ct, aad })
             .ok()
             .map(Zeroizing::new)
     }
@@ -114,14 +115,14 @@ impl SecretKey {
     /// Encrypts `buf` in place with an explicit nonce, appending the tag.
     pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) {
         self.cipher()
-            .encrypt_in_place(Nonce::from_slice(nonce), aad, buf)
+            .encrypt_in_place(&Nonce::from(*nonce), aad, buf)
             .expect("AES-GCM-SIV encryption of an in-memory buffer cannot fail");
     }
 
     /// Decrypts `buf` (ciphertext ‖ tag) in place; `false` if it does not authenticate.
     pub fn open_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut Vec<u8>) -> bool {
         self.cipher()
-            .decrypt_in_place(Nonce::from_slice(nonce), aad, buf)
+            .decrypt_in_place(&Nonce::from(*nonce), aad, buf)
             .is_ok()
     }
 }

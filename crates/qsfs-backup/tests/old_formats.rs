@@ -3,7 +3,7 @@
 //! `qsfs backup store` of the same 5,000-byte file, by the binary that wrote that format:
 //! format 3 by session 7's `qsfs` (before format 4 existed), format 4 by session 8's.
 //!
-//! A fixture is made with the `#[ignore]`d `dump_fixture` below, from backends a `qsfs backup`
+//! A fixture is made with `examples/dump_backends.rs`, from the backends a `qsfs backup`
 //! config of `local:/tmp/qsfs-fixture-vN/{m1,b1,b2,b3}` filled, passphrase "fixture passphrase".
 
 mod common;
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use qsfs_backup::backends::{LocalDir, Memory};
+use qsfs_backup::backends::Memory;
 use qsfs_backup::crypto::KeySource;
 use qsfs_backup::pipeline::Pipeline;
 use qsfs_backup::stripe::ShardHash;
@@ -102,24 +102,4 @@ async fn an_object_stored_in_format_4_reads_back() {
     let text = include_str!("data/format4.txt");
     let compressed = [true, true, false, false, false];
     reads_back(text, "qsfs-fixture-v4", ShardHash::Blake3Tag, compressed).await;
-}
-
-/// Writes the fixture of the backends under `QSFS_FIXTURE_DIR` to `QSFS_FIXTURE_OUT`.
-#[tokio::test]
-#[ignore = "makes a fixture; run by hand"]
-async fn dump_fixture() {
-    use std::fmt::Write;
-    let dir = std::env::var("QSFS_FIXTURE_DIR").expect("QSFS_FIXTURE_DIR");
-    let out = std::env::var("QSFS_FIXTURE_OUT").expect("QSFS_FIXTURE_OUT");
-    let mut text = String::new();
-    for sub in ["m1", "b1", "b2", "b3"] {
-        let b = LocalDir::open(format!("{dir}/{sub}")).expect("open");
-        let mut keys = b.list("").await.expect("list");
-        keys.sort();
-        for k in keys {
-            let v = b.get(&k).await.expect("get");
-            writeln!(text, "{}\t{k}\t{}", b.name(), hex::encode(&v)).expect("fmt");
-        }
-    }
-    std::fs::write(out, text).expect("write fixture");
 }

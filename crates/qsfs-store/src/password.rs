@@ -126,7 +126,7 @@ impl PasswordRecord {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = cipher
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: password.as_bytes(),
                     aad: ns.as_bytes(),
@@ -163,9 +163,15 @@ impl PasswordRecord {
         let cipher = Aes256GcmSiv::new_from_slice(&key.0)
             .map_err(|_| Error::InvalidArgument("bad key".into()))?;
         let (n, ct) = self.sealed.split_at(12);
+        let n = Nonce::try_from(n).map_err(|_| {
+            Error::corrupt(
+                format!("namespace {ns} descriptor"),
+                "sealed password nonce",
+            )
+        })?;
         let password = cipher
             .decrypt(
-                Nonce::from_slice(n),
+                &n,
                 Payload {
                     msg: ct,
                     aad: ns.as_bytes(),
