@@ -409,29 +409,15 @@ mod tests {
         )
         .expect("encode");
         assert!(!meta.compressed);
+        let open = |s: &mut Vec<Option<Bytes>>, meta: &StripeMeta| {
+            decode(s, meta, &id(5), &key, (2, 2), ShardHash::Blake3Tag, "t")
+        };
         let mut s: Vec<Option<Bytes>> = shards.iter().cloned().map(Some).collect();
-        let good = decode(
-            &mut s,
-            &meta,
-            &id(5),
-            &key,
-            (2, 2),
-            ShardHash::Blake3Tag,
-            "t",
-        );
+        let good = open(&mut s, &meta);
         assert_eq!(good.expect("decode"), random);
         // The stripe authenticates, but its record holds another checksum: rejected.
         meta.plain_sum[3] ^= 1;
-        let e = decode(
-            &mut s,
-            &meta,
-            &id(5),
-            &key,
-            (2, 2),
-            ShardHash::Blake3Tag,
-            "t",
-        )
-        .expect_err("record does not match the stripe");
+        let e = open(&mut s, &meta).expect_err("record does not match the stripe");
         assert!(e.to_string().contains("checksum"), "{e}");
         // A flipped ciphertext byte (its shard checksum not consulted here) fails the tag.
         meta.plain_sum[3] ^= 1;
@@ -439,16 +425,7 @@ mod tests {
         bad[10] ^= 0x40;
         let mut s: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
         s[1] = Some(Bytes::from(bad));
-        let e = decode(
-            &mut s,
-            &meta,
-            &id(5),
-            &key,
-            (2, 2),
-            ShardHash::Blake3Tag,
-            "t",
-        )
-        .expect_err("tampered ciphertext");
+        let e = open(&mut s, &meta).expect_err("tampered ciphertext");
         assert!(e.to_string().contains("authenticate"), "{e}");
     }
 
