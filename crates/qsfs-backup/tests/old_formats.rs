@@ -8,13 +8,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::*;
 use qsfs_backup::backends::Memory;
 use qsfs_backup::crypto::KeySource;
-use qsfs_backup::pipeline::Pipeline;
 use qsfs_backup::stripe::ShardHash;
 use qsfs_core::Backend;
 use sha2::{Digest, Sha256};
@@ -60,18 +57,10 @@ async fn reads_back(text: &str, dir: &str, format: ShardHash, compressed: [bool;
     let mut s = settings(2, 1, 1024);
     s.prefix = "qsfs".into();
     s.create = false;
-    let groups = vec![data
-        .iter()
-        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
-        .collect()];
-    let metas = meta
-        .iter()
-        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
-        .collect();
-    let p = Pipeline::open(
+    let p = open_over(
         s,
-        groups,
-        metas,
+        &data,
+        &meta,
         &KeySource::passphrase("fixture passphrase"),
     )
     .await
