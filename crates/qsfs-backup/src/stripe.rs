@@ -69,15 +69,51 @@ impl ShardHash {
     /// The checksum of a stripe's plaintext ([`StripeMeta::plain_sum`]) when it is a hash of the
     /// plaintext: always, except for the uncompressed stripes of format 4 ([`tag_sum`]).
     pub fn plain_sum(self, plain: &[u8]) -> Sum {
-        match self {
-            ShardHash::Sha256 | ShardHash::Blake3 => sha256(plain),
-            ShardHash::Blake3Plain | ShardHash::Blake3Tag => *blake3::hash(plain).as_bytes(),
-        }
+        let mut h = PlainHasher::new(self);
+        h.update(plain);
+        h.finish()
     }
 
     /// Whether a stripe's plaintext checksum is its AEAD tag rather than a hash.
     fn sums_by_tag(self, compressed: bool) -> bool {
         self == ShardHash::Blake3Tag && !compressed
+    }
+}
+
+/// [`ShardHash::plain_sum`] fed piece by piece, for a caller that sees a stripe's plaintext in
+/// parts (the storage tier hashes a file while the pipeline reads it).
+pub enum PlainHasher {
+    /// Formats 1 and 2.
+    Sha256(Box<Sha256>),
+    /// Formats 3 and 4 (format 4 only for compressed stripes; see [`ShardHash::Blake3Tag`]).
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl PlainHasher {
+    /// A hasher of `format`'s plaintext checksum.
+    pub fn new(format: ShardHash) -> Self {
+        match format {
+            ShardHash::Sha256 | ShardHash::Blake3 => PlainHasher::Sha256(Box::default()),
+            ShardHash::Blake3Plain | ShardHash::Blake3Tag => PlainHasher::Blake3(Box::default()),
+        }
+    }
+
+    /// Hashes the next part.
+    pub fn update(&mut self, part: &[u8]) {
+        match self {
+            PlainHasher::Sha256(h) => h.update(part),
+            PlainHasher::Blake3(h) => {
+                h.update(part);
+            }
+        }
+    }
+
+    /// The checksum of every part so far.
+    pub fn finish(self) -> Sum {
+        match self {
+            PlainHasher::Sha256(h) => h.finalize().into(),
+            PlainHasher::Blake3(h) => *h.finalize().as_bytes(),
+        }
     }
 }
 

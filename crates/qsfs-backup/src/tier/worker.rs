@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use qsfs_core::{Backend, Error, HealthStatus, Result, Store};
 use qsfs_store::{cold_key, Engine, Manifest, SegmentStats};
-use sha2::{Digest, Sha256};
 
 use super::metrics::TierMetrics;
 use super::state::{Confirmed, Gate, PendingDelete, State, UploadedManifest};
@@ -31,7 +30,7 @@ use super::{manifest_key, BackendHealth, Shared, CUT_KEY, SEAL_KEY};
 use crate::metadata::ObjectRecord;
 use crate::pipeline::{Attrs, BLOCKING_THREADS};
 use crate::progress::NoProgress;
-use crate::stripe::{self, ShardHash, Sum};
+use crate::stripe::{self, PlainHasher, ShardHash, Sum};
 
 /// How often backend health is probed for `status`.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -235,39 +234,6 @@ struct Hashes {
     stripe_size: usize,
     sums: Vec<Sum>,
     total: u64,
-}
-
-/// [`ShardHash::plain_sum`], fed piece by piece.
-enum PlainHasher {
-    Sha256(Box<Sha256>),
-    Blake3(Box<blake3::Hasher>),
-}
-
-impl PlainHasher {
-    fn new(format: ShardHash) -> Self {
-        match format {
-            ShardHash::Sha256 | ShardHash::Blake3 => PlainHasher::Sha256(Box::default()),
-            // Format 4's tags cannot be recomputed without sealing again; `Tier::new` refuses
-            // it, so this arm only keeps the match whole.
-            ShardHash::Blake3Plain | ShardHash::Blake3Tag => PlainHasher::Blake3(Box::default()),
-        }
-    }
-
-    fn update(&mut self, b: &[u8]) {
-        match self {
-            PlainHasher::Sha256(h) => h.update(b),
-            PlainHasher::Blake3(h) => {
-                h.update(b);
-            }
-        }
-    }
-
-    fn finish(self) -> Sum {
-        match self {
-            PlainHasher::Sha256(h) => h.finalize().into(),
-            PlainHasher::Blake3(h) => *h.finalize().as_bytes(),
-        }
-    }
 }
 
 impl Hashes {
