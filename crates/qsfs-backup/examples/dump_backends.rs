@@ -1,5 +1,5 @@
 //! Dumps every object of the local directory backends `DIR/{m1,b1,b2,b3}` as lines of
-//! `backend name <TAB> key <TAB> hex value`: the fixtures of `tests/old_formats.rs`, made from
+//! `backend name <TAB> key <TAB> hex value`: the fixtures of `tests/it/old_formats.rs`, made from
 //! the backends a `qsfs backup store` of a given binary filled.
 //!
 //! ```text

@@ -1,6 +1,7 @@
 //! `qsfs serve` killed with SIGKILL while many unpipelined clients SET at once, so their SETs
 //! are written together (group commit): after a restart every acknowledged SET is there, under
-//! the default durability and under `--sync`.
+//! the default durability and under `--sync`. A binary of its own: its connection floods must
+//! not meet another test's servers.
 
 #![allow(clippy::unwrap_used)]
 

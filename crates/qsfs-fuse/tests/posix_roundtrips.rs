@@ -1,8 +1,10 @@
 //! Requests the kernel need not send, and that the attributes it then keeps stay true: a small
 //! file written right after its creation may need no SETATTR at close (its times are stamped
 //! with the kernel's own clock), yet every time the kernel shows is the one the store keeps;
-//! and the session thread's polling between requests costs nothing once the mount is idle.
+//! and the session thread's polling between requests costs nothing once the mount is idle. A
+//! binary of its own: it counts the CPU of every mount thread in its process.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::Fixture;

@@ -1,8 +1,10 @@
 //! Idle clients cost (almost) nothing: connections that moved a large value once and then sit
-//! idle keep no buffers, and the server keeps answering.
+//! idle keep no buffers, and the server keeps answering. A binary of its own: it measures the
+//! memory of its whole process.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "it/server_util/mod.rs"]
 mod server_util;
 
 use qsfs_store::server::ServerConfig;

@@ -248,13 +248,22 @@ pub struct Chain {
     logs: PathBuf,
     runs: u32,
     up: Option<Up>,
-    // Last: the directory outlives the processes using it.
+    // The directory outlives the processes using it.
     tmp: tempfile::TempDir,
+    // Last: the next scenario starts only when this one's processes are gone.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Scenarios run one at a time although they share a test binary: each restarts killed nodes on
+/// the port they had, which a neighbour's `free_port` could take meanwhile, and each is sized to
+/// load the machine on its own.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Chain {
     /// Starts the nodes and writes the config and key file.
     pub fn new(opts: Opts) -> Chain {
+        // A failed scenario poisons the lock; the next one still runs.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_path_buf();
         let nodes: Vec<Node> = (0..opts.nodes)
@@ -275,6 +284,7 @@ impl Chain {
             up: None,
             opts,
             tmp,
+            _serial: serial,
         };
         c.write_config();
         std::fs::write(&c.keyfile, format!("{PASSPHRASE}\n")).unwrap();

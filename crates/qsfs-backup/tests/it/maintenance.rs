@@ -1,0 +1,233 @@
+//! Scrub, gc, unchanged files and group-aware placement, end to end.
+
+use crate::common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use qsfs_backup::backends::Memory;
+use qsfs_backup::ops::{self, ScrubOptions};
+use qsfs_backup::pipeline::Pipeline;
+use qsfs_backup::placement::Policy;
+use qsfs_backup::progress::NoProgress;
+use qsfs_core::Backend;
+
+fn corrupt_one_shard(r: &Rig, object_hex: &str) -> bool {
+    for d in &r.data {
+        if let Some(k) = d.keys().into_iter().find(|k| k.contains(object_hex)) {
+            return d.tamper(&k, |v| v[0] ^= 0xff);
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn scrub_repairs_everything_and_resumes() {
+    let r = rig(2, 1, 1024).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        r.pipeline
+            .put(&format!("o{i}"), Bytes::from(random_bytes(3000, i)))
+            .await
+            .expect("put");
+        ids.push(hex_id(&r.pipeline, &format!("o{i}")).await);
+    }
+    assert!(corrupt_one_shard(&r, &ids[1]));
+    assert!(corrupt_one_shard(&r, &ids[3]));
+
+    // An interrupted scrub: remember the cursors it saved.
+    let mut cursors = Vec::new();
+    let mut save = |c: &str| cursors.push(c.to_string());
+    let opts = ScrubOptions {
+        rate: Some(10 << 20),
+        resume_after: None,
+    };
+    let rep = ops::scrub(&r.pipeline, &opts, &mut save)
+        .await
+        .expect("scrub");
+    assert_eq!(rep.objects, 4);
+    assert_eq!(rep.repairs.iter().map(|x| x.rewritten).sum::<usize>(), 2);
+    assert!(rep.failures.is_empty());
+    assert_eq!(cursors.len(), 4);
+    let (checks, _) = ops::check(&r.pipeline, None, true).await.expect("check");
+    assert!(checks.iter().all(|h| h.is_clean()));
+
+    // Resuming after the second cursor skips two objects and scrubs the rest.
+    let opts = ScrubOptions {
+        rate: None,
+        resume_after: Some(cursors[1].clone()),
+    };
+    let rep = ops::scrub(&r.pipeline, &opts, &mut |_| {})
+        .await
+        .expect("resume");
+    assert_eq!((rep.skipped, rep.objects), (2, 2));
+}
+
+async fn hex_id(p: &Pipeline, name: &str) -> String {
+    let rec = p.record(name).await.expect("record");
+    rec.object_id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn gc_removes_orphans_and_keeps_live_shards() {
+    let r = rig(2, 1, 1024).await;
+    r.pipeline
+        .put("keep", Bytes::from(random_bytes(2000, 1)))
+        .await
+        .expect("put");
+    let live: usize = r.data.iter().map(|d| d.len()).sum();
+    // An orphan from a store that died before writing its record.
+    r.data[0]
+        .put(
+            "t/d/00112233445566778899aabbccddeeff/00000000.000",
+            Bytes::from_static(b"junk"),
+        )
+        .await
+        .expect("orphan");
+    // A foreign key under the prefix that is not a shard key is left alone.
+    r.data[1]
+        .put("t/d/not-a-shard", Bytes::from_static(b"x"))
+        .await
+        .expect("foreign");
+    let rep = ops::gc(&r.pipeline).await.expect("gc");
+    assert_eq!(rep.shards_deleted, 1);
+    assert_eq!(r.data.iter().map(|d| d.len()).sum::<usize>(), live + 1);
+    assert_eq!(r.pipeline.get("keep").await.expect("get").len(), 2000);
+    // gc refuses to run while a record is unreadable (its shards would look orphaned).
+    for meta in &r.meta {
+        for k in meta.keys().into_iter().filter(|k| k.contains("/m/")) {
+            meta.tamper(&k, |v| {
+                let n = v.len();
+                v[n - 1] ^= 1
+            });
+        }
+    }
+    assert!(ops::gc(&r.pipeline).await.is_err());
+}
+
+#[tokio::test]
+async fn unchanged_files_are_not_stored_again() {
+    let r = rig(2, 1, 1024).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("f.bin");
+    std::fs::write(&f, random_bytes(5000, 4)).expect("write");
+    let a = ops::store_file(&r.pipeline, &f, &NoProgress)
+        .await
+        .expect("store");
+    assert!(!a.unchanged);
+    let before: usize = r.data.iter().map(|d| d.len()).sum();
+    let b = ops::store_file(&r.pipeline, &f, &NoProgress)
+        .await
+        .expect("store again");
+    assert!(b.unchanged);
+    assert_eq!(b.version, a.version);
+    assert_eq!(r.data.iter().map(|d| d.len()).sum::<usize>(), before);
+    std::fs::write(&f, random_bytes(5000, 5)).expect("rewrite");
+    let c = ops::store_file(&r.pipeline, &f, &NoProgress)
+        .await
+        .expect("store changed");
+    assert!(!c.unchanged);
+    assert_eq!(c.version, a.version + 1);
+    // Mode and mtime come back with the file.
+    let out = dir.path().join("restored");
+    ops::retrieve_to_path(&r.pipeline, &a.name, &out, &Default::default(), &NoProgress)
+        .await
+        .expect("retrieve");
+    let (m1, m2) = (
+        std::fs::metadata(&f).expect("m"),
+        std::fs::metadata(&out).expect("m"),
+    );
+    assert_eq!(m1.modified().expect("t"), m2.modified().expect("t"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        m1.permissions().mode() & 0o7777,
+        m2.permissions().mode() & 0o7777
+    );
+}
+
+#[tokio::test]
+async fn losing_a_whole_group_is_survivable_when_promised() {
+    // 3 groups of 3; 2+4 with redundant_groups = 1 and redundant_nodes = 1.
+    let mut s = settings(2, 4, 1024);
+    s.policy = Policy {
+        k: 2,
+        m: 4,
+        redundant_groups: 1,
+        redundant_nodes: 1,
+        max_shards_per_backend: 1,
+    };
+    let data: Vec<Memory> = (0..9)
+        .map(|i| Memory::new(format!("g{}-{}", i / 3, i % 3)))
+        .collect();
+    let meta: Vec<Memory> = (0..3).map(|i| Memory::new(format!("meta{i}"))).collect();
+    let groups: Vec<Vec<Arc<dyn Backend>>> = data
+        .chunks(3)
+        .map(|g| {
+            g.iter()
+                .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
+                .collect()
+        })
+        .collect();
+    let metas = meta
+        .iter()
+        .map(|m| Arc::new(m.clone()) as Arc<dyn Backend>)
+        .collect();
+    let p = Pipeline::open(s, groups, metas, &key())
+        .await
+        .expect("open");
+    let bytes = random_bytes(4000, 8);
+    p.put("o", Bytes::from(bytes.clone())).await.expect("put");
+    // Any whole group plus one backend of each other group.
+    for g in 0..3 {
+        for x in 0..3 {
+            for y in 0..3 {
+                let mut dead = vec![g * 3, g * 3 + 1, g * 3 + 2];
+                let others: Vec<usize> = (0..3).filter(|&o| o != g).collect();
+                dead.push(others[0] * 3 + x);
+                dead.push(others[1] * 3 + y);
+                for &d in &dead {
+                    data[d].set_down(true);
+                }
+                assert_eq!(
+                    p.get("o")
+                        .await
+                        .unwrap_or_else(|e| panic!("lost {dead:?}: {e}")),
+                    bytes
+                );
+                for &d in &dead {
+                    data[d].set_down(false);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn changing_the_passphrase_rewraps_only_the_key() {
+    let r = rig(2, 1, 1024).await;
+    r.pipeline
+        .put("o", Bytes::from_static(b"payload"))
+        .await
+        .expect("put");
+    let shards_before: Vec<Vec<String>> = r.data.iter().map(|d| d.keys()).collect();
+    let new = qsfs_backup::crypto::KeySource::passphrase("new passphrase");
+    // Not while a metadata backend is down.
+    r.meta[2].set_down(true);
+    assert!(r.pipeline.change_key(&key(), &new).await.is_err());
+    r.meta[2].set_down(false);
+    r.pipeline.change_key(&key(), &new).await.expect("change");
+    let e = open_over(settings(2, 1, 1024), &r.data, &r.meta, &key())
+        .await
+        .expect_err("old one");
+    assert!(e.to_string().contains("wrong passphrase"), "{e}");
+    let p = open_over(settings(2, 1, 1024), &r.data, &r.meta, &new)
+        .await
+        .expect("new one opens");
+    assert_eq!(
+        p.get("o").await.expect("get"),
+        Bytes::from_static(b"payload")
+    );
+    let shards_after: Vec<Vec<String>> = r.data.iter().map(|d| d.keys()).collect();
+    assert_eq!(shards_before, shards_after, "no data rewritten");
+}

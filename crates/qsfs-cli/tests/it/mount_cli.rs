@@ -1,0 +1,322 @@
+//! `qsfs mount` as users run it: the real binary, a temporary root, a real FUSE mount.
+
+use crate::common;
+use common::is_mounted;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `qsfs mount`; killed and lazily unmounted if a test fails half way.
+struct Running {
+    child: Option<Child>,
+    mnt: PathBuf,
+}
+
+impl Running {
+    fn start(root: &Path, mnt: &Path) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+            .arg("mount")
+            .arg(mnt)
+            .arg("--root")
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qsfs mount");
+        let r = Running {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(mnt) {
+            assert!(
+                Instant::now() < deadline,
+                "qsfs mount did not mount in time"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r
+    }
+
+    fn signal(&mut self, sig: Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        kill(Pid::from_raw(child.id() as i32), sig).expect("signal");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "qsfs mount did not exit after {sig:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mnt)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn mount_write_read_sigterm_and_remount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("does/not/exist/yet");
+    let mut m = Running::start(&root, &mnt);
+    std::fs::write(mnt.join("hello.txt"), b"hello from qsfs").unwrap();
+    std::fs::create_dir(mnt.join("dir")).unwrap();
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).unwrap(),
+        b"hello from qsfs"
+    );
+    assert!(
+        root.join("engine").is_dir(),
+        "engine data lives under ROOT/engine"
+    );
+    let status = m.signal(Signal::SIGTERM);
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    assert!(!is_mounted(&mnt), "unmounted on exit");
+    drop(m);
+
+    let mut m = Running::start(&root, &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).unwrap(),
+        b"hello from qsfs"
+    );
+    assert!(mnt.join("dir").is_dir());
+    // A second mount of the same root is refused with a clear message.
+    let other = tmp.path().join("other");
+    let out = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+        .arg("mount")
+        .arg(&other)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "second mount must fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        err.contains("lock") || err.contains("already"),
+        "unclear message: {err}"
+    );
+    assert!(!is_mounted(&other));
+    let status = m.signal(Signal::SIGINT);
+    assert!(status.success(), "exit status after SIGINT: {status:?}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn external_unmount_ends_the_process_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("mnt");
+    let mut m = Running::start(&root, &mnt);
+    std::fs::write(mnt.join("f"), b"x").unwrap();
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut child = m.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not exit after fusermount3 -u"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+/// Walks the whole tree and reads every file: after a crash nothing may be unreadable.
+fn read_everything(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("walk the tree") {
+        let e = e.expect("walk the tree");
+        let t = e.file_type().expect("walk the tree");
+        if t.is_dir() {
+            n += read_everything(&e.path());
+        } else if t.is_file() {
+            std::fs::read(e.path()).expect("walk the tree");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `qsfs fsck` of an unmounted root; panics with its report unless the filesystem is clean.
+fn fsck_clean(root: &Path, round: u32) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+        .arg("fsck")
+        .arg("--root")
+        .arg(root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run qsfs fsck");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && report.contains("clean"),
+        "round {round}: fsck after the crash and remount is not clean ({:?}):\n{report}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
+}
+
+#[test]
+fn fsynced_data_survives_sigkill_and_fsck_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("mnt");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut synced: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for round in 0..20u32 {
+        let mut m = Running::start(&root, &mnt);
+        let dir = mnt.join(format!("round{round}"));
+        std::fs::create_dir(&dir).unwrap();
+        let files = 100 + next(200) as u32;
+        for i in 0..files {
+            std::fs::write(dir.join(format!("f{i}")), format!("{round}:{i}")).unwrap();
+        }
+        // Some files renamed, one big file fsync'd, then the directory fsync'd.
+        for i in (0..files).filter(|i| i % 7 == 0) {
+            std::fs::rename(dir.join(format!("f{i}")), dir.join(format!("r{i}"))).unwrap();
+        }
+        let big = vec![(round % 251) as u8; 1 + next(3 << 20) as usize];
+        let mut f = std::fs::File::create(dir.join("big")).unwrap();
+        f.write_all(&big).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+        for i in 0..files {
+            let name = if i % 7 == 0 {
+                format!("r{i}")
+            } else {
+                format!("f{i}")
+            };
+            synced.push((
+                PathBuf::from(format!("round{round}/{name}")),
+                format!("{round}:{i}").into_bytes(),
+            ));
+        }
+        synced.push((PathBuf::from(format!("round{round}/big")), big));
+        // Unsynced work still going on when the process dies: new files and directories, data
+        // past the synced end, a truncated copy, renames and removals in a scratch directory.
+        let scratch = mnt.join(format!("scratch{round}"));
+        let _ = std::fs::create_dir(&scratch);
+        for i in 0..next(100) {
+            let _ = std::fs::write(dir.join(format!("late{i}")), b"late");
+            let _ = std::fs::write(scratch.join(format!("s{i}")), vec![7u8; 20_000]);
+            if i % 3 == 0 {
+                let _ =
+                    std::fs::rename(scratch.join(format!("s{i}")), scratch.join(format!("t{i}")));
+            }
+            if i % 5 == 0 {
+                let _ = std::fs::remove_file(scratch.join(format!("t{i}")));
+            }
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("big"))
+        {
+            let _ = f.write_all(&vec![1u8; 300_000]);
+        }
+        std::thread::sleep(Duration::from_millis(next(150)));
+        let status = m.signal(Signal::SIGKILL);
+        assert!(!status.success());
+        // A killed FUSE server leaves a dead mount behind; clear it like an operator would.
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&mnt)
+            .status();
+        drop(m);
+        let mut m = Running::start(&root, &mnt);
+        // This round's files, a sample of the earlier ones, and everything in the last round:
+        // reading the whole tree every round would make the test quadratic.
+        let this_round = synced.len() - (files as usize + 1);
+        let last = round == 19;
+        let sample: Vec<&(PathBuf, Vec<u8>)> = synced
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| last || *i >= this_round || next(20) == 0)
+            .map(|(_, e)| e)
+            .collect();
+        for (path, content) in sample {
+            let got = std::fs::read(mnt.join(path))
+                .unwrap_or_else(|e| panic!("round {round}: {}: {e}", path.display()));
+            // The big file may have kept some of the unsynced append after its synced bytes.
+            let same = if path.ends_with("big") {
+                got.get(..content.len()) == Some(&content[..])
+            } else {
+                got == *content
+            };
+            assert!(same, "round {round}: {} differs", path.display());
+        }
+        if last {
+            assert!(read_everything(&mnt) >= synced.len());
+        } else {
+            assert!(read_everything(&dir) > files as usize);
+            // Never synced: it may or may not have survived, but what is there must read.
+            if scratch.exists() {
+                read_everything(&scratch);
+            }
+        }
+        let status = m.signal(Signal::SIGTERM);
+        assert!(status.success(), "round {round}: unmount: {status:?}");
+        drop(m);
+        fsck_clean(&root, round);
+    }
+}
+
+#[test]
+fn an_unreasonable_thread_count_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in ["mount", "up"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+            .arg(cmd)
+            .arg(tmp.path().join("mnt"))
+            .arg("--root")
+            .arg(tmp.path().join("root"))
+            .args(["--threads", "100000"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("from 0 to 256"), "{cmd}: {err}");
+        assert!(!tmp.path().join("root").exists(), "{cmd} created its root");
+    }
+}
