@@ -1,6 +1,7 @@
 //! The acceptance scenarios of issue #6 (the whole chain: `qsfs up` over `qsfs serve` backends),
-//! one module per scenario, linked into one binary. They run one at a time (`common::chain`'s
-//! `Chain` holds a lock): each restarts killed nodes on their old ports and loads the machine.
+//! one module per scenario, linked into one binary. They run side by side: most of a scenario's
+//! time is waiting (for seals by age, drains, restarts), and each one's nodes listen on ports no
+//! neighbour can take (`common::chain::reserved_port`), so a killed node comes back where it was.
 
 #[path = "../common/mod.rs"]
 mod common;

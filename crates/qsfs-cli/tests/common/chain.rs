@@ -9,8 +9,8 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a failed step is a failed test
 
+use super::is_mounted;
 pub use super::Conn;
-use super::{free_port, is_mounted};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
@@ -77,7 +77,7 @@ impl Node {
     /// Starts a node on a free port and creates the `data` and `meta` namespaces.
     pub fn start(dir: PathBuf) -> Node {
         let mut n = Node {
-            port: free_port(),
+            port: reserved_port(),
             dir,
             child: None,
         };
@@ -248,22 +248,34 @@ pub struct Chain {
     logs: PathBuf,
     runs: u32,
     up: Option<Up>,
-    // The directory outlives the processes using it.
+    // Last: the directory outlives the processes using it.
     tmp: tempfile::TempDir,
-    // Last: the next scenario starts only when this one's processes are gone.
-    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
-/// Scenarios run one at a time although they share a test binary: each restarts killed nodes on
-/// the port they had, which a neighbour's `free_port` could take meanwhile, and each is sized to
-/// load the machine on its own.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// A loopback port that no other scenario of this process gets and that the kernel never hands
+/// out for `bind(0)`: it lies below the ephemeral range. Scenarios run side by side and restart
+/// killed nodes (and `qsfs up`'s metrics listener) on the port they had; a port from
+/// `free_port` could meanwhile be given to a neighbour.
+pub fn reserved_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let first = low.saturating_sub(4096).max(1024);
+    loop {
+        let port = first + NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            port < low,
+            "no reserved port left below the ephemeral range ({range})"
+        );
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
 
 impl Chain {
     /// Starts the nodes and writes the config and key file.
     pub fn new(opts: Opts) -> Chain {
-        // A failed scenario poisons the lock; the next one still runs.
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().to_path_buf();
         let nodes: Vec<Node> = (0..opts.nodes)
@@ -284,7 +296,6 @@ impl Chain {
             up: None,
             opts,
             tmp,
-            _serial: serial,
         };
         c.write_config();
         std::fs::write(&c.keyfile, format!("{PASSPHRASE}\n")).unwrap();
@@ -316,7 +327,7 @@ impl Chain {
             o.local_cap,
             o.segment_size,
             o.seal_after,
-            free_port(),
+            reserved_port(),
             o.extra,
             list("meta"),
             list("data"),
