@@ -13,22 +13,28 @@ use std::time::{Duration, Instant};
 struct Running {
     child: Option<Child>,
     mnt: PathBuf,
+    /// Its stderr: a file, not a pipe nobody reads, which would block a chatty mount.
+    log: PathBuf,
 }
 
 impl Running {
     fn start(root: &Path, mnt: &Path) -> Running {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = std::env::temp_dir().join(format!("qsfs-mount-{}-{n}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_qsfs"))
             .arg("mount")
             .arg(mnt)
             .arg("--root")
             .arg(root)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("mount log"))
             .spawn()
             .expect("spawn qsfs mount");
         let r = Running {
             child: Some(child),
             mnt: mnt.to_path_buf(),
+            log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !is_mounted(mnt) {
@@ -51,7 +57,8 @@ impl Running {
             }
             assert!(
                 Instant::now() < deadline,
-                "qsfs mount did not exit after {sig:?}"
+                "qsfs mount did not exit after {sig:?}; its log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -64,6 +71,7 @@ impl Drop for Running {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_file(&self.log);
         if is_mounted(&self.mnt) {
             let _ = Command::new("fusermount3")
                 .arg("-u")
