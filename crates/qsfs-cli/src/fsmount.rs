@@ -70,15 +70,13 @@ pub fn serve(
         "qsfs: mounted on {} (stop with Ctrl-C or `fusermount3 -u`)",
         mountpoint.display()
     );
-    if let Some(mut unmounter) = mounted.unmounter() {
+    if let Some(stopper) = mounted.stopper() {
         std::thread::Builder::new()
             .name("qsfs-signals".into())
             .spawn(move || {
                 if let Ok(sig) = signals.wait() {
                     tracing::info!(signal = ?sig, "unmounting");
-                    if let Err(e) = unmounter.unmount() {
-                        tracing::error!(error = %e, "unmount failed");
-                    }
+                    stopper.stop();
                 }
             })
             .context("starting the signal thread")?;

@@ -39,6 +39,6 @@ pub use cache::BlockCache;
 pub use error::{errno, FsError, FsResult};
 pub use fs::{Capacity, Fs, FsConfig};
 pub use fsck::{check as fsck_check, FsckReport};
-pub use mount::{mount, Mount, MountOptions};
+pub use mount::{mount, Mount, MountOptions, Stopper};
 pub use stats::{FsStats, FsStatsSnapshot, Op};
 pub use timeout::TimeoutStore;

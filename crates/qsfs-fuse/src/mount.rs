@@ -4,6 +4,8 @@ use fuser::{MountOption, Session, SessionUnmounter};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::fs::Fs;
@@ -59,6 +61,8 @@ pub struct Mount {
     handle: FsHandle,
     unmounter: Option<SessionUnmounter>,
     thread: Option<JoinHandle<io::Result<()>>>,
+    /// Set when the request loop has ended (the unmount took), before the final flush.
+    ended: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -85,10 +89,13 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
         Err(e) => tracing::debug!(error = %e, "no polling between requests"),
     }
     let unmounter = session.unmount_callable();
+    let ended = Arc::new(AtomicBool::new(false));
+    let ended_in_loop = ended.clone();
     let thread = std::thread::Builder::new()
         .name("qsfs-fuse".into())
         .spawn(move || {
             let r = session.run();
+            ended_in_loop.store(true, Ordering::SeqCst);
             // Dropping the session calls destroy: the final flush happens here.
             drop(session);
             r
@@ -98,6 +105,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
         handle,
         unmounter: Some(unmounter),
         thread: Some(thread),
+        ended,
     })
 }
 
@@ -159,9 +167,14 @@ impl Mount {
         &self.handle
     }
 
-    /// Something that unmounts from another thread (a signal handler).
-    pub fn unmounter(&mut self) -> Option<SessionUnmounter> {
-        self.unmounter.take()
+    /// Something that unmounts from another thread (a signal handler), with the same
+    /// fallback as [`Mount::unmount`] when the unmount does not take. `None` once taken.
+    pub fn stopper(&mut self) -> Option<Stopper> {
+        Some(Stopper {
+            unmounter: self.unmounter.take()?,
+            mountpoint: self.mountpoint.clone(),
+            ended: self.ended.clone(),
+        })
     }
 
     /// Unmounts, waits for the final flush and returns the request loop's result.
@@ -176,7 +189,7 @@ impl Mount {
     }
 
     /// Waits until the filesystem is unmounted from elsewhere (`fusermount3 -u`, a signal
-    /// handler holding [`Mount::unmounter`]).
+    /// handler holding a [`Stopper`]).
     pub fn wait(mut self) -> io::Result<()> {
         self.finish(false)
     }
@@ -185,7 +198,7 @@ impl Mount {
         if unmount {
             if let Some(mut u) = self.unmounter.take() {
                 u.unmount()?;
-                self.detach_if_stuck();
+                detach_if_stuck(&self.mountpoint, &self.ended);
             }
         }
         match self.thread.take() {
@@ -197,29 +210,52 @@ impl Mount {
     }
 }
 
-impl Mount {
-    /// fuser ignores a failed unmount (EBUSY while some process, e.g. a child forked by another
-    /// thread, briefly holds a file of the mount), and the request loop then never ends. If it
-    /// has not ended after a while, the mount is detached lazily: the kernel ends the session
-    /// once that last reference goes.
-    fn detach_if_stuck(&self) {
-        let Some(t) = &self.thread else { return };
-        let start = std::time::Instant::now();
-        while !t.is_finished() {
-            if start.elapsed() > std::time::Duration::from_secs(5) {
-                tracing::warn!(mountpoint = %self.mountpoint.display(), "unmount did not take; detaching");
-                let r = std::process::Command::new("fusermount3")
-                    .arg("-u")
-                    .arg("-z")
-                    .arg(&self.mountpoint)
-                    .status();
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "fusermount3 -u -z");
-                }
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+/// Unmounts a [`Mount`] from another thread; see [`Mount::stopper`].
+pub struct Stopper {
+    unmounter: SessionUnmounter,
+    mountpoint: PathBuf,
+    ended: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl Stopper {
+    /// Unmounts; returns once the request loop has ended or the mount has been detached. The
+    /// final flush then runs in the mount's own thread ([`Mount::wait`] returns after it).
+    pub fn stop(mut self) {
+        if let Err(e) = self.unmounter.unmount() {
+            tracing::warn!(error = %e, mountpoint = %self.mountpoint.display(), "unmount");
         }
+        detach_if_stuck(&self.mountpoint, &self.ended);
+    }
+}
+
+/// fuser ignores a failed unmount (EBUSY while some process, e.g. a child forked by another
+/// thread, briefly holds a file of the mount), and the request loop then never ends. If it has
+/// not ended after a while, the mount is detached lazily: the kernel ends the session once that
+/// last reference goes.
+fn detach_if_stuck(mountpoint: &Path, ended: &AtomicBool) {
+    let start = std::time::Instant::now();
+    while !ended.load(Ordering::SeqCst) {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            tracing::warn!(mountpoint = %mountpoint.display(), "unmount did not take; detaching");
+            let r = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint)
+                .status();
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "fusermount3 -u -z");
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -130,6 +130,36 @@ fn mount_write_read_sigterm_and_remount() {
     assert!(!is_mounted(&mnt));
 }
 
+/// A process whose working directory is in the mount makes the unmount at SIGTERM fail with
+/// EBUSY. The mount must not serve on forever: it detaches lazily, ends once that process is
+/// gone, and has flushed everything.
+#[test]
+fn sigterm_while_the_mount_is_busy_still_ends_the_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("mnt");
+    let mut m = Running::start(&root, &mnt);
+    std::fs::write(mnt.join("f"), b"written before the signal").unwrap();
+    let mut holder = Command::new("sleep")
+        .arg("8")
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    let status = m.signal(Signal::SIGTERM);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    assert!(!is_mounted(&mnt), "still mounted after exit");
+    drop(m);
+    let mut m = Running::start(&root, &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("f")).unwrap(),
+        b"written before the signal"
+    );
+    let status = m.signal(Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn external_unmount_ends_the_process_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
