@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,9 @@ struct Inner {
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The seal thread: does the I/O of seals off the writers' threads, in seal order.
     seal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the engine closes: the seal thread stops re-laying out page caches (see
+    /// [`crate::segment::relayout_page_cache`]) so that closing does not wait for those reads.
+    closing: Arc<AtomicBool>,
 }
 
 /// What the background thread is told and what it tells back.
@@ -270,7 +273,8 @@ impl Engine {
             Some(b) => Some(ColdTier::new(b.clone(), config.cold_timeout)?),
             None => None,
         };
-        let (seal_tx, seal_thread) = spawn_seal_thread(&config)?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let (seal_tx, seal_thread) = spawn_seal_thread(&config, closing.clone())?;
         let shared = Shared {
             config,
             cold,
@@ -339,6 +343,7 @@ impl Engine {
             stop: Arc::new((Mutex::new(Background::default()), Condvar::new())),
             background: Mutex::new(None),
             seal_thread: Mutex::new(Some(seal_thread)),
+            closing,
         });
         let engine = Engine {
             inner,
@@ -862,8 +867,14 @@ fn needs_fetch(seg: &crate::segment::Segment, ask: bool) -> bool {
 
 /// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
 /// keeps the engine open; it ends when the queue is closed and empty.
+///
+/// After each seal that synced its segment, the thread also re-lays out the segment's page
+/// cache in large folios, which makes every later cached get from it cheaper (see
+/// [`crate::segment::relayout_page_cache`]); with [`Durability::None`] the pages are still
+/// dirty and could not be dropped, so it does not.
 fn spawn_seal_thread(
     config: &EngineConfig,
+    closing: Arc<AtomicBool>,
 ) -> Result<(
     std::sync::mpsc::Sender<SealJob>,
     std::thread::JoinHandle<()>,
@@ -876,11 +887,25 @@ fn spawn_seal_thread(
         .spawn(move || {
             crate::namespace::ON_SEAL_THREAD.with(|t| t.set(true));
             for job in rx {
-                Namespace::run_seal_job(&job, durable, || {
+                let sealed = Namespace::run_seal_job(&job, durable, || {
                     if let Some(obs) = &observer {
                         obs.on_segment_sealed(&job.ns.name, job.seg.id, &job.seg.path);
                     }
                 });
+                // After the observer: nothing waits for this. A file the observer already
+                // offloaded and removed is simply not there to re-read. It gives way (between
+                // chunks) to closing and to a newer seal of the namespace, which a sync may be
+                // waiting for.
+                if sealed && durable && !closing.load(Ordering::Acquire) {
+                    let keep_going = || {
+                        !closing.load(Ordering::Acquire) && job.ns.seals.lock().pending.is_empty()
+                    };
+                    if let Err(e) =
+                        crate::segment::relayout_page_cache(&job.seg.path, keep_going)
+                    {
+                        tracing::debug!(namespace = %job.ns.name, segment = job.seg.id, error = %e, "page cache re-layout skipped");
+                    }
+                }
             }
         })
         .map_err(|e| Error::io("start the seal thread", e))?;
@@ -897,6 +922,7 @@ impl Drop for Inner {
             }
         }
         // Closing the queue lets the seal thread finish what is queued, then end.
+        self.closing.store(true, Ordering::Release);
         drop(self.shared.sealer.lock().take());
         // Dropped by an observer called from the seal thread: the seals queued after the one
         // being reported run only once this returns, so waiting for them would never end.

@@ -1146,8 +1146,8 @@ impl Namespace {
     }
 
     /// Runs one job of the seal thread, telling `announce` (the observer) of the seal unless
-    /// the segment's fsync failed.
-    pub(crate) fn run_seal_job(job: &SealJob, durable: bool, announce: impl FnOnce()) {
+    /// the segment's fsync failed. True if the seal succeeded.
+    pub(crate) fn run_seal_job(job: &SealJob, durable: bool, announce: impl FnOnce()) -> bool {
         let ns = &job.ns;
         let r = ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
         let mut q = ns.seals.lock();
@@ -1172,6 +1172,7 @@ impl Namespace {
             ns.seals.lock().unannounced -= 1;
             ns.seals_done.notify_all();
         }
+        ok
     }
 
     /// Waits until the seal thread has finished every seal of this namespace queued so far.
