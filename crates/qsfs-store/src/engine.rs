@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealJob>>>,
     /// Segments sealed since the engine opened (see [`EngineObserver::admit`]).
     pub seals: AtomicU64,
+    /// Jobs sent to the seal thread and not yet taken by it.
+    pub seal_queue_len: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -274,13 +276,16 @@ impl Engine {
             None => None,
         };
         let closing = Arc::new(AtomicBool::new(false));
-        let (seal_tx, seal_thread) = spawn_seal_thread(&config, closing.clone())?;
+        let seal_queue_len = Arc::new(AtomicUsize::new(0));
+        let (seal_tx, seal_thread) =
+            spawn_seal_thread(&config, closing.clone(), seal_queue_len.clone())?;
         let shared = Shared {
             config,
             cold,
             key,
             sealer: Mutex::new(None),
             seals: AtomicU64::new(0),
+            seal_queue_len,
         };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
@@ -865,16 +870,22 @@ fn needs_fetch(seg: &crate::segment::Segment, ask: bool) -> bool {
     }
 }
 
+/// Most sealed segments waiting for their page-cache re-layout (see [`spawn_seal_thread`]).
+const MAX_PENDING_RELAYOUTS: usize = 16;
+
 /// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
 /// keeps the engine open; it ends when the queue is closed and empty.
 ///
-/// After each seal that synced its segment, the thread also re-lays out the segment's page
-/// cache in large folios, which makes every later cached get from it cheaper (see
-/// [`crate::segment::relayout_page_cache`]); with [`Durability::None`] the pages are still
-/// dirty and could not be dropped, so it does not.
+/// Each segment it seals and syncs it also re-lays out in the page cache in large folios, which
+/// makes every later cached get from it cheaper (see [`crate::segment::relayout_page_cache`]),
+/// in the time it has no seal to do: it pauses between chunks when a job arrives (`queued`, the
+/// jobs sent and not yet taken) and resumes when the queue is empty again, so a seal, which a
+/// sync may be waiting for, never waits for more than one chunk. With [`Durability::None`] the
+/// pages are still dirty and could not be dropped, so it does not.
 fn spawn_seal_thread(
     config: &EngineConfig,
     closing: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
 ) -> Result<(
     std::sync::mpsc::Sender<SealJob>,
     std::thread::JoinHandle<()>,
@@ -886,25 +897,54 @@ fn spawn_seal_thread(
         .name("qsfs-seal".into())
         .spawn(move || {
             crate::namespace::ON_SEAL_THREAD.with(|t| t.set(true));
-            for job in rx {
+            // Sealed segments still to re-lay out, and where to resume each.
+            let mut relayouts: std::collections::VecDeque<(PathBuf, u64)> = Default::default();
+            loop {
+                let job = if relayouts.is_empty() || closing.load(Ordering::Acquire) {
+                    match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            if let Some((path, from)) = relayouts.pop_front() {
+                                let keep_going = || {
+                                    !closing.load(Ordering::Acquire)
+                                        && queued.load(Ordering::Acquire) == 0
+                                };
+                                match crate::segment::relayout_page_cache(&path, from, keep_going)
+                                {
+                                    Ok(r) => {
+                                        if let Some(at) = r.resume_at {
+                                            relayouts.push_front((path, at));
+                                        }
+                                    }
+                                    // Removed since (offloaded, compacted): nothing to do.
+                                    Err(e) => {
+                                        tracing::debug!(path = %path.display(), error = %e, "page cache re-layout skipped")
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                };
+                queued.fetch_sub(1, Ordering::AcqRel);
                 let sealed = Namespace::run_seal_job(&job, durable, || {
                     if let Some(obs) = &observer {
                         obs.on_segment_sealed(&job.ns.name, job.seg.id, &job.seg.path);
                     }
                 });
-                // After the observer: nothing waits for this. A file the observer already
-                // offloaded and removed is simply not there to re-read. It gives way (between
-                // chunks) to closing and to a newer seal of the namespace, which a sync may be
-                // waiting for.
-                if sealed && durable && !closing.load(Ordering::Acquire) {
-                    let keep_going = || {
-                        !closing.load(Ordering::Acquire) && job.ns.seals.lock().pending.is_empty()
-                    };
-                    if let Err(e) =
-                        crate::segment::relayout_page_cache(&job.seg.path, keep_going)
-                    {
-                        tracing::debug!(namespace = %job.ns.name, segment = job.seg.id, error = %e, "page cache re-layout skipped");
+                if sealed && durable {
+                    // A writer that outruns the disk seals faster than this can re-read: the
+                    // oldest wait longest, so they are the ones given up.
+                    if relayouts.len() >= MAX_PENDING_RELAYOUTS {
+                        relayouts.pop_front();
                     }
+                    relayouts.push_back((job.seg.path.clone(), 0));
                 }
             }
         })

@@ -1087,10 +1087,14 @@ impl Namespace {
                 seg: old.clone(),
                 manifest,
             };
+            // Counted before it can be received, so the seal thread's count never drops below
+            // the jobs really queued (it pauses background work while any is).
+            shared.seal_queue_len.fetch_add(1, Ordering::AcqRel);
             match tx.send(job) {
                 Ok(()) => return Ok(captured),
                 // The seal thread is gone (the engine is closing): do it here.
                 Err(std::sync::mpsc::SendError(job)) => {
+                    shared.seal_queue_len.fetch_sub(1, Ordering::AcqRel);
                     let r = job.ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
                     self.seals.lock().pending.remove(&old.id);
                     self.seals_done.notify_all();

@@ -586,12 +586,34 @@ pub(crate) const RELAYOUT_CHUNK: u64 = 32 << 20;
 /// file costs at most one read-ahead window.
 /// Dirty pages are never dropped by the kernel, so the caller syncs the file first. Stops
 /// early when `keep_going` says so (the engine is closing). Returns the bytes re-read.
-pub(crate) fn relayout_page_cache(path: &Path, keep_going: impl Fn() -> bool) -> io::Result<u64> {
-    relayout_in_chunks(path, RELAYOUT_CHUNK, keep_going)
+///
+/// Starts at `from` (0, or where an earlier pass stopped: [`Relaid::resume_at`]). A chunk it
+/// dropped it always reads back before it stops, so stopping leaves nothing out of the cache.
+pub(crate) fn relayout_page_cache(
+    path: &Path,
+    from: u64,
+    keep_going: impl Fn() -> bool,
+) -> io::Result<Relaid> {
+    relayout_in_chunks(path, RELAYOUT_CHUNK, from, keep_going)
+}
+
+/// What one [`relayout_page_cache`] pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Relaid {
+    /// Bytes dropped and read back.
+    pub reread: u64,
+    /// Where to resume, if `keep_going` stopped the pass; `None` when the file is done or the
+    /// rest is not cached.
+    pub resume_at: Option<u64>,
 }
 
 /// [`relayout_page_cache`] dropping `chunk` bytes at a time.
-fn relayout_in_chunks(path: &Path, chunk: u64, keep_going: impl Fn() -> bool) -> io::Result<u64> {
+fn relayout_in_chunks(
+    path: &Path,
+    chunk: u64,
+    from: u64,
+    keep_going: impl Fn() -> bool,
+) -> io::Result<Relaid> {
     use std::os::fd::AsRawFd;
     let file = File::open(path)?;
     let len = file.metadata()?.len();
@@ -629,19 +651,35 @@ fn relayout_in_chunks(path: &Path, chunk: u64, keep_going: impl Fn() -> bool) ->
     // the request, and only the read-aheads after it grow their folios, so a 1 MiB first read
     // would bring the first 4 MiB back in small folios.
     let mut want = 16 << 10;
-    let mut at = 0u64;
-    if !keep_going() || !drop_chunk(0)? {
-        return Ok(0);
+    let mut at = from;
+    let done = |at: u64| Relaid {
+        reread: at - from,
+        resume_at: None,
+    };
+    if at >= len {
+        return Ok(done(at));
     }
-    while at < len && keep_going() {
-        // The next chunk goes before this one is read, so that the read-ahead running past the
-        // end of this one builds on an empty range and keeps growing its folios.
-        let next_dropped = drop_chunk(at + chunk)?;
+    if !keep_going() {
+        return Ok(Relaid {
+            reread: 0,
+            resume_at: Some(at),
+        });
+    }
+    if !drop_chunk(at)? {
+        return Ok(done(at));
+    }
+    loop {
+        // [at, end) is dropped. The next chunk goes before this one is read, so that the
+        // read-ahead running past the end of this one builds on an empty range and keeps
+        // growing its folios; only if the pass goes on, since a dropped chunk is read back.
         let end = (at + chunk).min(len);
+        let go_on = keep_going();
+        let next_dropped = go_on && drop_chunk(end)?;
         while at < end {
             let n = want.min((end - at) as usize);
             match file.read_at(&mut buf[..n], at) {
-                Ok(0) => return Ok(at),
+                // Truncated meanwhile: nothing more to lay out.
+                Ok(0) => return Ok(done(at)),
                 Ok(n) => {
                     at += n as u64;
                     want = buf.len();
@@ -650,11 +688,16 @@ fn relayout_in_chunks(path: &Path, chunk: u64, keep_going: impl Fn() -> bool) ->
                 Err(e) => return Err(e),
             }
         }
-        if !next_dropped {
-            break;
+        if at >= len || (go_on && !next_dropped) {
+            return Ok(done(at));
+        }
+        if !go_on {
+            return Ok(Relaid {
+                reread: at - from,
+                resume_at: Some(at),
+            });
         }
     }
-    Ok(at)
 }
 
 /// fsyncs a directory so that created, renamed and removed entries are durable.
@@ -1023,13 +1066,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Not a multiple of the chunk or of a page: the last chunk is short.
         let (path, data) = synced_file(dir.path(), 300_000 + 123);
-        let n = relayout_in_chunks(&path, 64 << 10, || true).unwrap();
-        assert_eq!(n, data.len() as u64);
+        let all = Relaid {
+            reread: data.len() as u64,
+            resume_at: None,
+        };
+        assert_eq!(
+            relayout_in_chunks(&path, 64 << 10, 0, || true).unwrap(),
+            all
+        );
         assert_eq!(std::fs::read(&path).unwrap(), data);
         // The public entry point, one chunk for the whole file.
+        assert_eq!(relayout_page_cache(&path, 0, || true).unwrap(), all);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn relayout_stops_between_chunks_when_told_and_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data) = synced_file(dir.path(), 300_000);
+        let chunk = 64 << 10;
+        // Told to stop after two chunks: both were dropped and both are read back.
+        let asked = std::cell::Cell::new(0);
+        let first = relayout_in_chunks(&path, chunk, 0, || {
+            asked.set(asked.get() + 1);
+            asked.get() <= 2
+        })
+        .unwrap();
         assert_eq!(
-            relayout_page_cache(&path, || true).unwrap(),
-            data.len() as u64
+            first,
+            Relaid {
+                reread: 2 * chunk,
+                resume_at: Some(2 * chunk)
+            }
+        );
+        let rest = relayout_in_chunks(&path, chunk, 2 * chunk, || true).unwrap();
+        assert_eq!(
+            rest,
+            Relaid {
+                reread: data.len() as u64 - 2 * chunk,
+                resume_at: None
+            }
         );
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
@@ -1039,7 +1115,13 @@ mod tests {
         use std::os::fd::AsRawFd;
         let dir = tempfile::tempdir().unwrap();
         let (path, data) = synced_file(dir.path(), 200_000);
-        assert_eq!(relayout_in_chunks(&path, 64 << 10, || false).unwrap(), 0);
+        assert_eq!(
+            relayout_in_chunks(&path, 64 << 10, 0, || false).unwrap(),
+            Relaid {
+                reread: 0,
+                resume_at: Some(0)
+            }
+        );
         let f = File::open(&path).unwrap();
         nix::fcntl::posix_fadvise(
             f.as_raw_fd(),
@@ -1050,7 +1132,13 @@ mod tests {
         .unwrap();
         // Nothing is cached (the pages were clean, so the kernel dropped them all): re-reading
         // would pull a cold file into the cache, so it reads nothing.
-        assert_eq!(relayout_in_chunks(&path, 64 << 10, || true).unwrap(), 0);
+        assert_eq!(
+            relayout_in_chunks(&path, 64 << 10, 0, || true).unwrap(),
+            Relaid {
+                reread: 0,
+                resume_at: None
+            }
+        );
         drop(f);
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
