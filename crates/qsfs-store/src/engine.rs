@@ -1119,3 +1119,76 @@ impl Store for Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Gets racing seals and the seal thread's page-cache re-layout of the sealed segments
+    /// (small segments, a durability that syncs at each seal, so every seal queues a re-layout,
+    /// which runs in the writer's pauses and which seals interrupt): every get returns the
+    /// value last written, no seal waits forever behind a re-layout, and the engine closes with
+    /// re-layouts still queued.
+    #[test]
+    fn gets_stay_right_while_sealed_segments_are_laid_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                max_segment_size: 256 << 10,
+                durability: Durability::Periodic(Duration::from_millis(20)),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let value = |i: u32| -> Vec<u8> {
+            (0..4096u32)
+                .map(|j| (i.wrapping_mul(31) ^ j) as u8)
+                .collect()
+        };
+        let n = 3000u32;
+        let written = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..n {
+                    engine
+                        .set("default", Some(&i.to_le_bytes()), &value(i))
+                        .unwrap();
+                    written.store(i + 1, Ordering::Release);
+                    if i % 1000 == 999 {
+                        // Idle time for the seal thread, which re-lays out segments only then.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            });
+            s.spawn(|| {
+                let mut x = 0x9E37_79B9u32;
+                let mut reads = 0u32;
+                while written.load(Ordering::Acquire) < n || reads < 10 * n {
+                    let upto = written.load(Ordering::Acquire);
+                    if upto == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let k = x % upto;
+                    let e = engine
+                        .get("default", &k.to_le_bytes())
+                        .unwrap()
+                        .expect("a written key");
+                    assert!(e.value == value(k), "wrong value for key {k}");
+                    reads += 1;
+                }
+            });
+        });
+        assert!(engine.seal_count() >= 40, "{} seals", engine.seal_count());
+        // Everything reads back after the last re-layouts, and closing does not wait for the
+        // ones still queued.
+        for k in 0..n {
+            let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+            assert!(e.value == value(k), "wrong value for key {k}");
+        }
+        drop(engine);
+    }
+}
