@@ -576,19 +576,21 @@ pub(crate) const RELAYOUT_CHUNK: u64 = 32 << 20;
 /// the record's folios in the page cache and copying them. With 4 KiB folios that lookup is
 /// per page (two or three per 4 KiB record) over a large tree whose nodes miss the CPU cache;
 /// after the re-layout a `pread` of the same record costs about 30 % less CPU (measured:
-/// `get-ratio sealed` in the engine bench, on 8 MiB segments). The price is one sequential read of the segment from disk
-/// per seal, and reads of the one or two chunks not yet back meanwhile go to the disk.
+/// `get-ratio sealed` in the engine bench, on 8 MiB segments). The price is one sequential
+/// read of the segment from disk per seal, and reads of the one or two chunks not yet back
+/// meanwhile go to the disk.
 ///
 /// Only what is cached is re-read: before dropping a chunk, its first and last pages are read
 /// with `RWF_NOWAIT`, which fails instead of waiting for the disk, and the first chunk found
 /// missing ends the pass (re-reading it all would evict other data to pull in a cold segment).
 /// Such a failed probe still starts the kernel's read-ahead there (measured on 6.18), so a cold
-/// file costs at most one read-ahead window.
-/// Dirty pages are never dropped by the kernel, so the caller syncs the file first. Stops
-/// early when `keep_going` says so (the engine is closing). Returns the bytes re-read.
+/// file costs at most one read-ahead window. Dirty pages are never dropped by the kernel, so
+/// the caller syncs the file first.
 ///
-/// Starts at `from` (0, or where an earlier pass stopped: [`Relaid::resume_at`]). A chunk it
-/// dropped it always reads back before it stops, so stopping leaves nothing out of the cache.
+/// Starts at `from` (0, or where an earlier pass stopped: [`Relaid::resume_at`]) and asks
+/// `keep_going` before each chunk (the seal thread says no when a seal or the engine's close
+/// waits). A chunk it dropped it always reads back before it stops, so stopping leaves nothing
+/// out of the cache.
 pub(crate) fn relayout_page_cache(
     path: &Path,
     from: u64,
