@@ -34,7 +34,7 @@ use crate::error::EngineError;
 use crate::index::Index;
 use crate::manifest::Manifest;
 use crate::namespace::{
-    Event, Namespace, NamespaceStats, NsState, RawRecord, SealJob, SegmentStats,
+    Event, Namespace, NamespaceStats, NsState, RawRecord, SealMsg, SegmentStats,
 };
 use crate::password::SealKey;
 use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
@@ -101,11 +101,15 @@ pub(crate) struct Shared {
     pub key: SealKey,
     /// Queue of the seal thread (see [`crate::namespace::SealJob`]); taken when the engine
     /// closes.
-    pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealJob>>>,
+    pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealMsg>>>,
     /// Segments sealed since the engine opened (see [`EngineObserver::admit`]).
     pub seals: AtomicU64,
     /// Jobs sent to the seal thread and not yet taken by it.
     pub seal_queue_len: Arc<AtomicUsize>,
+    /// Sealed segments sent to the seal thread for their page-cache re-layout.
+    pub relayouts_asked: AtomicU64,
+    /// Bytes the seal thread's page-cache re-layouts dropped and read back.
+    pub relaid_bytes: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -277,8 +281,13 @@ impl Engine {
         };
         let closing = Arc::new(AtomicBool::new(false));
         let seal_queue_len = Arc::new(AtomicUsize::new(0));
-        let (seal_tx, seal_thread) =
-            spawn_seal_thread(&config, closing.clone(), seal_queue_len.clone())?;
+        let relaid_bytes = Arc::new(AtomicU64::new(0));
+        let (seal_tx, seal_thread) = spawn_seal_thread(
+            &config,
+            closing.clone(),
+            seal_queue_len.clone(),
+            relaid_bytes.clone(),
+        )?;
         let shared = Shared {
             config,
             cold,
@@ -286,6 +295,8 @@ impl Engine {
             sealer: Mutex::new(None),
             seals: AtomicU64::new(0),
             seal_queue_len,
+            relayouts_asked: AtomicU64::new(0),
+            relaid_bytes,
         };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
@@ -846,6 +857,17 @@ impl Engine {
         self.inner.shared.seals.load(Ordering::Acquire)
     }
 
+    /// Page-cache re-layouts of sealed segments since the engine opened: how many segments
+    /// their gets made due (each at most once), and how many bytes the seal thread dropped
+    /// from the page cache and read back for them. Segments never read are never counted.
+    pub fn page_cache_relayouts(&self) -> (u64, u64) {
+        let s = &self.inner.shared;
+        (
+            s.relayouts_asked.load(Ordering::Relaxed),
+            s.relaid_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Writes the index snapshot of every namespace now (also done on rotation and close).
     pub fn checkpoint(&self) -> Result<()> {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
@@ -876,21 +898,26 @@ const MAX_PENDING_RELAYOUTS: usize = 16;
 /// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
 /// keeps the engine open; it ends when the queue is closed and empty.
 ///
-/// Each segment it seals and syncs it also re-lays out in the page cache in large folios, which
-/// makes every later cached get from it cheaper (see [`crate::segment::relayout_page_cache`]),
-/// in the time it has no seal to do: it pauses between chunks when a job arrives (`queued`, the
-/// jobs sent and not yet taken) and resumes when the queue is empty again, so a seal, which a
-/// sync may be waiting for, never waits for more than one chunk. With [`Durability::None`] the
-/// pages are still dirty and could not be dropped, so it does not.
+/// It also re-lays out sealed segments' page cache in large folios, which makes every later
+/// cached get from them cheaper (see [`crate::segment::relayout_page_cache`]), but only those
+/// gets are read from: each segment it seals and syncs it arms (see
+/// [`crate::segment::Segment::arm_relayout`]), and the get that makes an armed segment due
+/// sends it here ([`SealMsg::Relayout`]). A segment never read is never re-read. It does that
+/// in the time it has no seal to do: it pauses between chunks when a job arrives (`queued`,
+/// the seal jobs sent and not yet taken) and resumes when the queue is empty again, so a seal,
+/// which a sync may be waiting for, never waits for more than one chunk. With
+/// [`Durability::None`] the pages are still dirty and could not be dropped, so nothing is armed.
+/// `relaid` counts the bytes re-read.
 fn spawn_seal_thread(
     config: &EngineConfig,
     closing: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
+    relaid: Arc<AtomicU64>,
 ) -> Result<(
-    std::sync::mpsc::Sender<SealJob>,
+    std::sync::mpsc::Sender<SealMsg>,
     std::thread::JoinHandle<()>,
 )> {
-    let (tx, rx) = std::sync::mpsc::channel::<SealJob>();
+    let (tx, rx) = std::sync::mpsc::channel::<SealMsg>();
     let durable = config.durability != Durability::None;
     let observer = config.observer.clone();
     let handle = std::thread::Builder::new()
@@ -900,7 +927,7 @@ fn spawn_seal_thread(
             // Sealed segments still to re-lay out, and where to resume each.
             let mut relayouts: std::collections::VecDeque<(PathBuf, u64)> = Default::default();
             loop {
-                let job = if relayouts.is_empty() || closing.load(Ordering::Acquire) {
+                let msg = if relayouts.is_empty() || closing.load(Ordering::Acquire) {
                     match rx.recv() {
                         Ok(job) => job,
                         Err(_) => break,
@@ -918,6 +945,7 @@ fn spawn_seal_thread(
                                 match crate::segment::relayout_page_cache(&path, from, keep_going)
                                 {
                                     Ok(r) => {
+                                        relaid.fetch_add(r.reread, Ordering::Relaxed);
                                         if let Some(at) = r.resume_at {
                                             relayouts.push_front((path, at));
                                         }
@@ -932,6 +960,18 @@ fn spawn_seal_thread(
                         }
                     }
                 };
+                let job = match msg {
+                    SealMsg::Seal(job) => job,
+                    SealMsg::Relayout(path) => {
+                        // Gets outrunning the disk on many segments at once: the oldest wait
+                        // longest, so they are the ones given up (never asked again).
+                        if relayouts.len() >= MAX_PENDING_RELAYOUTS {
+                            relayouts.pop_front();
+                        }
+                        relayouts.push_back((path, 0));
+                        continue;
+                    }
+                };
                 queued.fetch_sub(1, Ordering::AcqRel);
                 let sealed = Namespace::run_seal_job(&job, durable, || {
                     if let Some(obs) = &observer {
@@ -939,12 +979,7 @@ fn spawn_seal_thread(
                     }
                 });
                 if sealed && durable {
-                    // A writer that outruns the disk seals faster than this can re-read: the
-                    // oldest wait longest, so they are the ones given up.
-                    if relayouts.len() >= MAX_PENDING_RELAYOUTS {
-                        relayouts.pop_front();
-                    }
-                    relayouts.push_back((job.seg.path.clone(), 0));
+                    job.ns.arm_relayout(job.seg.id);
                 }
             }
         })
@@ -1123,6 +1158,7 @@ impl Store for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::segment::relayout_after_gets;
     use std::sync::atomic::AtomicU32;
 
     /// Gets racing seals and the seal thread's page-cache re-layout of the sealed segments
@@ -1183,6 +1219,8 @@ mod tests {
             });
         });
         assert!(engine.seal_count() >= 40, "{} seals", engine.seal_count());
+        // The reader's gets made sealed segments due for their re-layout.
+        assert!(engine.page_cache_relayouts().0 > 0);
         // Everything reads back after the last re-layouts, and closing does not wait for the
         // ones still queued.
         for k in 0..n {
@@ -1190,5 +1228,77 @@ mod tests {
             assert!(e.value == value(k), "wrong value for key {k}");
         }
         drop(engine);
+    }
+
+    /// The re-layout follows gets, not seals: sealed segments that no get reads are never
+    /// re-read, and the one that gets read is re-laid out once, whole, while its gets keep
+    /// returning the right values.
+    #[test]
+    fn only_sealed_segments_that_gets_read_are_laid_out_again_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                max_segment_size: 256 << 10,
+                durability: Durability::Periodic(Duration::from_millis(20)),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let value =
+            |i: u32| -> Vec<u8> { (0..4096u32).map(|j| (i ^ j.rotate_left(3)) as u8).collect() };
+        // About 62 records a segment: 10 sealed segments.
+        let n = 650u32;
+        for i in 0..n {
+            engine
+                .set("default", Some(&i.to_le_bytes()), &value(i))
+                .unwrap();
+        }
+        Store::sync(&engine).unwrap();
+        let seg_dir = dir.path().join("ns/default");
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 10, "{} segments", segs.len());
+        // Idle time in which the seal thread would re-lay out anything it had been sent.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(engine.page_cache_relayouts(), (0, 0), "nothing read yet");
+        // Keys 0..40 are all in the first segment; 8 passes make it due more than once over.
+        let first_len = std::fs::metadata(&segs[0]).unwrap().len();
+        assert!(relayout_after_gets(first_len) < 40);
+        let get_first = || {
+            for k in 0..40u32 {
+                let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+                assert!(e.value == value(k), "wrong value for key {k}");
+            }
+        };
+        let mut passes = 0;
+        while engine.page_cache_relayouts().1 < first_len {
+            get_first();
+            passes += 1;
+            assert!(
+                passes < 20_000,
+                "never re-laid out: {:?}",
+                engine.page_cache_relayouts()
+            );
+            if passes > 8 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Once, and only that segment (the whole file was cached: written and synced).
+        assert_eq!(engine.page_cache_relayouts(), (1, first_len));
+        for _ in 0..8 {
+            get_first();
+        }
+        // Gets of the segment being written (never armed) and of the last sealed one.
+        for k in n - 10..n {
+            let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+            assert!(e.value == value(k), "wrong value for key {k}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(engine.page_cache_relayouts(), (1, first_len));
     }
 }

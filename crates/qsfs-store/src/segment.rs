@@ -376,6 +376,10 @@ pub(crate) struct Segment {
     pub offloaded_len: u64,
     /// Unix milliseconds of the last record read from it (0 = not since open).
     pub last_read: AtomicU64,
+    /// Gets still to serve before the segment's page cache is worth laying out again (see
+    /// [`relayout_page_cache`]); 0 when it is not a candidate (not sealed and synced) or is
+    /// already queued or done, so a segment is laid out at most once.
+    relayout_gets_left: AtomicU64,
 }
 
 impl Segment {
@@ -413,6 +417,7 @@ impl Segment {
             file: Some(SegFile::Pinned(Arc::new(file))),
             offloaded_len: 0,
             last_read: AtomicU64::new(0),
+            relayout_gets_left: AtomicU64::new(0),
         })
     }
 
@@ -448,6 +453,7 @@ impl Segment {
             file: Some(file),
             offloaded_len: 0,
             last_read: AtomicU64::new(0),
+            relayout_gets_left: AtomicU64::new(0),
         })
     }
 
@@ -459,6 +465,7 @@ impl Segment {
             file: None,
             offloaded_len: len,
             last_read: AtomicU64::new(0),
+            relayout_gets_left: AtomicU64::new(0),
         }
     }
 
@@ -481,6 +488,26 @@ impl Segment {
             .as_ref()
             .map(|f| f.get(&self.path, || now))
             .transpose()
+    }
+
+    /// Makes this sealed, synced segment of `len` bytes a candidate for [`relayout_page_cache`]:
+    /// [`Segment::get_served`] says when it has served enough gets to be worth it.
+    pub fn arm_relayout(&self, len: u64) {
+        self.relayout_gets_left
+            .store(relayout_after_gets(len), Ordering::Relaxed);
+    }
+
+    /// Counts a get served from this segment: true for exactly one get, the one that makes
+    /// an armed segment (see [`Segment::arm_relayout`]) due for its page-cache re-layout.
+    #[inline]
+    pub fn get_served(&self) -> bool {
+        // The common case, a segment not armed or already due, only reads the shared line.
+        if self.relayout_gets_left.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.relayout_gets_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            == Ok(1)
     }
 
     /// Keeps the read time of `from`, the segment this one replaces (same id, new handle).
@@ -568,6 +595,20 @@ pub(crate) fn read_vec_at(file: &File, len: usize, offset: u64) -> io::Result<Ve
 /// small ones: measured, 2 MiB chunks gained little, 32 MiB as much as the whole file at once.
 pub(crate) const RELAYOUT_CHUNK: u64 = 32 << 20;
 
+/// Sequential re-read a segment may cost per get already served from it before
+/// [`relayout_page_cache`] runs: see [`relayout_after_gets`].
+pub(crate) const RELAYOUT_BYTES_PER_GET: u64 = 64 << 10;
+
+/// Gets a sealed segment of `len` bytes serves before its page cache is laid out again: one
+/// per [`RELAYOUT_BYTES_PER_GET`] of file, at least one. The re-layout costs one sequential
+/// read of the cached part of the file and pays back only over many later gets, so a stray get
+/// (a metadata lookup, a `check`) of a segment nobody reads must not set it off: the gets
+/// already served are the evidence that more will come, and this keeps the disk read bounded
+/// by 64 KiB per get served (128 gets for an 8 MiB segment, 4096 for the default 256 MiB).
+pub(crate) fn relayout_after_gets(len: u64) -> u64 {
+    (len / RELAYOUT_BYTES_PER_GET).max(1)
+}
+
 /// Lays a sealed, synced segment's cached pages out again in large page-cache folios: drops
 /// them a chunk ahead of a sequential read of the file, whose read-ahead brings them back in
 /// folios of up to 2 MiB instead of the 4 KiB ones the record-sized appends made.
@@ -577,7 +618,8 @@ pub(crate) const RELAYOUT_CHUNK: u64 = 32 << 20;
 /// per page (two or three per 4 KiB record) over a large tree whose nodes miss the CPU cache;
 /// after the re-layout a `pread` of the same record costs about 30 % less CPU (measured:
 /// `get-ratio sealed` in the engine bench, on 8 MiB segments). The price is one sequential
-/// read of the segment from disk per seal, and reads of the one or two chunks not yet back
+/// read of the segment from disk, which the engine pays only for segments its gets read
+/// (see [`relayout_after_gets`]), and reads of the one or two chunks not yet back
 /// meanwhile go to the disk.
 ///
 /// Only what is cached is re-read: before dropping a chunk, its first and last pages are read
