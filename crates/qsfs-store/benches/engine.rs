@@ -204,6 +204,8 @@ fn key_of(i: u64) -> [u8; KEY] {
 fn get_ratio() {
     for (label, max_segment_size) in [("", None), (" sealed", Some(8u64 << 20))] {
         let (dir, engine, n) = filled_engine(max_segment_size);
+        // Every seal done (and each sealed segment armed for its re-layout).
+        Store::sync(&engine).expect("sync");
         // A warm-up round of gets, untimed: a sealed segment's page cache is laid out again in
         // large folios only once gets have read it (`relayout_after_gets`: 128 gets of an 8 MiB
         // segment; 20,000 random gets give each of the ~10 about 2,000), by the seal thread when

@@ -973,14 +973,11 @@ fn spawn_seal_thread(
                     }
                 };
                 queued.fetch_sub(1, Ordering::AcqRel);
-                let sealed = Namespace::run_seal_job(&job, durable, || {
+                Namespace::run_seal_job(&job, durable, || {
                     if let Some(obs) = &observer {
                         obs.on_segment_sealed(&job.ns.name, job.seg.id, &job.seg.path);
                     }
                 });
-                if sealed && durable {
-                    job.ns.arm_relayout(job.seg.id);
-                }
             }
         })
         .map_err(|e| Error::io("start the seal thread", e))?;

@@ -1163,10 +1163,15 @@ impl Namespace {
     }
 
     /// Runs one job of the seal thread, telling `announce` (the observer) of the seal unless
-    /// the segment's fsync failed. True if the seal succeeded.
-    pub(crate) fn run_seal_job(job: &SealJob, durable: bool, announce: impl FnOnce()) -> bool {
+    /// the segment's fsync failed; a synced segment it arms for its page-cache re-layout (see
+    /// [`Namespace::arm_relayout`]).
+    pub(crate) fn run_seal_job(job: &SealJob, durable: bool, announce: impl FnOnce()) {
         let ns = &job.ns;
         let r = ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
+        if r.is_ok() && durable {
+            // Before a sync waiting for this seal returns, so that gets after it count.
+            ns.arm_relayout(job.seg.id);
+        }
         let mut q = ns.seals.lock();
         q.pending.remove(&job.seg.id);
         let ok = match r {
@@ -1189,7 +1194,6 @@ impl Namespace {
             ns.seals.lock().unannounced -= 1;
             ns.seals_done.notify_all();
         }
-        ok
     }
 
     /// Waits until the seal thread has finished every seal of this namespace queued so far.
