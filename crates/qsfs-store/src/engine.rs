@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use crate::error::EngineError;
 use crate::index::Index;
 use crate::manifest::Manifest;
 use crate::namespace::{
-    Event, Namespace, NamespaceStats, NsState, RawRecord, SealJob, SegmentStats,
+    Event, Namespace, NamespaceStats, NsState, RawRecord, SealMsg, SegmentStats,
 };
 use crate::password::SealKey;
 use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
@@ -101,9 +101,15 @@ pub(crate) struct Shared {
     pub key: SealKey,
     /// Queue of the seal thread (see [`crate::namespace::SealJob`]); taken when the engine
     /// closes.
-    pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealJob>>>,
+    pub sealer: Mutex<Option<std::sync::mpsc::Sender<SealMsg>>>,
     /// Segments sealed since the engine opened (see [`EngineObserver::admit`]).
     pub seals: AtomicU64,
+    /// Jobs sent to the seal thread and not yet taken by it.
+    pub seal_queue_len: Arc<AtomicUsize>,
+    /// Sealed segments sent to the seal thread for their page-cache re-layout.
+    pub relayouts_asked: AtomicU64,
+    /// Bytes the seal thread's page-cache re-layouts dropped and read back.
+    pub relaid_bytes: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -119,6 +125,9 @@ struct Inner {
     background: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The seal thread: does the I/O of seals off the writers' threads, in seal order.
     seal_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the engine closes: the seal thread stops re-laying out page caches (see
+    /// [`crate::segment::relayout_page_cache`]) so that closing does not wait for those reads.
+    closing: Arc<AtomicBool>,
 }
 
 /// What the background thread is told and what it tells back.
@@ -270,13 +279,24 @@ impl Engine {
             Some(b) => Some(ColdTier::new(b.clone(), config.cold_timeout)?),
             None => None,
         };
-        let (seal_tx, seal_thread) = spawn_seal_thread(&config)?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let seal_queue_len = Arc::new(AtomicUsize::new(0));
+        let relaid_bytes = Arc::new(AtomicU64::new(0));
+        let (seal_tx, seal_thread) = spawn_seal_thread(
+            &config,
+            closing.clone(),
+            seal_queue_len.clone(),
+            relaid_bytes.clone(),
+        )?;
         let shared = Shared {
             config,
             cold,
             key,
             sealer: Mutex::new(None),
             seals: AtomicU64::new(0),
+            seal_queue_len,
+            relayouts_asked: AtomicU64::new(0),
+            relaid_bytes,
         };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
@@ -339,6 +359,7 @@ impl Engine {
             stop: Arc::new((Mutex::new(Background::default()), Condvar::new())),
             background: Mutex::new(None),
             seal_thread: Mutex::new(Some(seal_thread)),
+            closing,
         });
         let engine = Engine {
             inner,
@@ -836,6 +857,17 @@ impl Engine {
         self.inner.shared.seals.load(Ordering::Acquire)
     }
 
+    /// Page-cache re-layouts of sealed segments since the engine opened: how many segments
+    /// their gets made due (each at most once), and how many bytes the seal thread dropped
+    /// from the page cache and read back for them. Segments never read are never counted.
+    pub fn page_cache_relayouts(&self) -> (u64, u64) {
+        let s = &self.inner.shared;
+        (
+            s.relayouts_asked.load(Ordering::Relaxed),
+            s.relaid_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Writes the index snapshot of every namespace now (also done on rotation and close).
     pub fn checkpoint(&self) -> Result<()> {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
@@ -860,22 +892,87 @@ fn needs_fetch(seg: &crate::segment::Segment, ask: bool) -> bool {
     }
 }
 
+/// Most sealed segments waiting for their page-cache re-layout (see [`spawn_seal_thread`]).
+const MAX_PENDING_RELAYOUTS: usize = 16;
+
 /// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
 /// keeps the engine open; it ends when the queue is closed and empty.
+///
+/// It also re-lays out sealed segments' page cache in large folios, which makes every later
+/// cached get from them cheaper (see [`crate::segment::relayout_page_cache`]), but only those
+/// gets are read from: each segment it seals and syncs it arms (see
+/// [`crate::segment::Segment::arm_relayout`]), and the get that makes an armed segment due
+/// sends it here ([`SealMsg::Relayout`]). A segment never read is never re-read. It does that
+/// in the time it has no seal to do: it pauses between chunks when a job arrives (`queued`,
+/// the seal jobs sent and not yet taken) and resumes when the queue is empty again, so a seal,
+/// which a sync may be waiting for, never waits for more than one chunk. With
+/// [`Durability::None`] the pages are still dirty and could not be dropped, so nothing is armed.
+/// `relaid` counts the bytes re-read.
 fn spawn_seal_thread(
     config: &EngineConfig,
+    closing: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
+    relaid: Arc<AtomicU64>,
 ) -> Result<(
-    std::sync::mpsc::Sender<SealJob>,
+    std::sync::mpsc::Sender<SealMsg>,
     std::thread::JoinHandle<()>,
 )> {
-    let (tx, rx) = std::sync::mpsc::channel::<SealJob>();
+    let (tx, rx) = std::sync::mpsc::channel::<SealMsg>();
     let durable = config.durability != Durability::None;
     let observer = config.observer.clone();
     let handle = std::thread::Builder::new()
         .name("qsfs-seal".into())
         .spawn(move || {
             crate::namespace::ON_SEAL_THREAD.with(|t| t.set(true));
-            for job in rx {
+            // Sealed segments still to re-lay out, and where to resume each.
+            let mut relayouts: std::collections::VecDeque<(PathBuf, u64)> = Default::default();
+            loop {
+                let msg = if relayouts.is_empty() || closing.load(Ordering::Acquire) {
+                    match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {
+                            if let Some((path, from)) = relayouts.pop_front() {
+                                let keep_going = || {
+                                    !closing.load(Ordering::Acquire)
+                                        && queued.load(Ordering::Acquire) == 0
+                                };
+                                match crate::segment::relayout_page_cache(&path, from, keep_going)
+                                {
+                                    Ok(r) => {
+                                        relaid.fetch_add(r.reread, Ordering::Relaxed);
+                                        if let Some(at) = r.resume_at {
+                                            relayouts.push_front((path, at));
+                                        }
+                                    }
+                                    // Removed since (offloaded, compacted): nothing to do.
+                                    Err(e) => {
+                                        tracing::debug!(path = %path.display(), error = %e, "page cache re-layout skipped")
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                };
+                let job = match msg {
+                    SealMsg::Seal(job) => job,
+                    SealMsg::Relayout(path) => {
+                        // Gets outrunning the disk on many segments at once: the oldest wait
+                        // longest, so they are the ones given up (never asked again).
+                        if relayouts.len() >= MAX_PENDING_RELAYOUTS {
+                            relayouts.pop_front();
+                        }
+                        relayouts.push_back((path, 0));
+                        continue;
+                    }
+                };
+                queued.fetch_sub(1, Ordering::AcqRel);
                 Namespace::run_seal_job(&job, durable, || {
                     if let Some(obs) = &observer {
                         obs.on_segment_sealed(&job.ns.name, job.seg.id, &job.seg.path);
@@ -897,6 +994,7 @@ impl Drop for Inner {
             }
         }
         // Closing the queue lets the seal thread finish what is queued, then end.
+        self.closing.store(true, Ordering::Release);
         drop(self.shared.sealer.lock().take());
         // Dropped by an observer called from the seal thread: the seals queued after the one
         // being reported run only once this returns, so waiting for them would never end.
@@ -1051,5 +1149,153 @@ impl Store for Engine {
             ns.sync()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::relayout_after_gets;
+    use std::sync::atomic::AtomicU32;
+
+    /// Gets racing seals and the seal thread's page-cache re-layout of the sealed segments
+    /// (small segments, a durability that syncs at each seal, so every seal queues a re-layout,
+    /// which runs in the writer's pauses and which seals interrupt): every get returns the
+    /// value last written, no seal waits forever behind a re-layout, and the engine closes with
+    /// re-layouts still queued.
+    #[test]
+    fn gets_stay_right_while_sealed_segments_are_laid_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                max_segment_size: 256 << 10,
+                durability: Durability::Periodic(Duration::from_millis(20)),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let value = |i: u32| -> Vec<u8> {
+            (0..4096u32)
+                .map(|j| (i.wrapping_mul(31) ^ j) as u8)
+                .collect()
+        };
+        let n = 3000u32;
+        let written = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..n {
+                    engine
+                        .set("default", Some(&i.to_le_bytes()), &value(i))
+                        .unwrap();
+                    written.store(i + 1, Ordering::Release);
+                    if i % 1000 == 999 {
+                        // Idle time for the seal thread, which re-lays out segments only then.
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            });
+            s.spawn(|| {
+                let mut x = 0x9E37_79B9u32;
+                let mut reads = 0u32;
+                while written.load(Ordering::Acquire) < n || reads < 10 * n {
+                    let upto = written.load(Ordering::Acquire);
+                    if upto == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let k = x % upto;
+                    let e = engine
+                        .get("default", &k.to_le_bytes())
+                        .unwrap()
+                        .expect("a written key");
+                    assert!(e.value == value(k), "wrong value for key {k}");
+                    reads += 1;
+                }
+            });
+        });
+        assert!(engine.seal_count() >= 40, "{} seals", engine.seal_count());
+        // The reader's gets made sealed segments due for their re-layout.
+        assert!(engine.page_cache_relayouts().0 > 0);
+        // Everything reads back after the last re-layouts, and closing does not wait for the
+        // ones still queued.
+        for k in 0..n {
+            let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+            assert!(e.value == value(k), "wrong value for key {k}");
+        }
+        drop(engine);
+    }
+
+    /// The re-layout follows gets, not seals: sealed segments that no get reads are never
+    /// re-read, and the one that gets read is re-laid out once, whole, while its gets keep
+    /// returning the right values.
+    #[test]
+    fn only_sealed_segments_that_gets_read_are_laid_out_again_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                max_segment_size: 256 << 10,
+                durability: Durability::Periodic(Duration::from_millis(20)),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let value =
+            |i: u32| -> Vec<u8> { (0..4096u32).map(|j| (i ^ j.rotate_left(3)) as u8).collect() };
+        // About 62 records a segment: 10 sealed segments.
+        let n = 650u32;
+        for i in 0..n {
+            engine
+                .set("default", Some(&i.to_le_bytes()), &value(i))
+                .unwrap();
+        }
+        Store::sync(&engine).unwrap();
+        let seg_dir = dir.path().join("ns/default");
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 10, "{} segments", segs.len());
+        // Idle time in which the seal thread would re-lay out anything it had been sent.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(engine.page_cache_relayouts(), (0, 0), "nothing read yet");
+        // Keys 0..40 are all in the first segment; 8 passes make it due more than once over.
+        let first_len = std::fs::metadata(&segs[0]).unwrap().len();
+        assert!(relayout_after_gets(first_len) < 40);
+        let get_first = || {
+            for k in 0..40u32 {
+                let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+                assert!(e.value == value(k), "wrong value for key {k}");
+            }
+        };
+        let mut passes = 0;
+        while engine.page_cache_relayouts().1 < first_len {
+            get_first();
+            passes += 1;
+            assert!(
+                passes < 20_000,
+                "never re-laid out: {:?}",
+                engine.page_cache_relayouts()
+            );
+            if passes > 8 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Once, and only that segment (the whole file was cached: written and synced).
+        assert_eq!(engine.page_cache_relayouts(), (1, first_len));
+        for _ in 0..8 {
+            get_first();
+        }
+        // Gets of the segment being written (never armed) and of the last sealed one.
+        for k in n - 10..n {
+            let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+            assert!(e.value == value(k), "wrong value for key {k}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(engine.page_cache_relayouts(), (1, first_len));
     }
 }

@@ -188,6 +188,15 @@ pub(crate) struct SealJob {
     pub manifest: Option<Manifest>,
 }
 
+/// What the engine's seal thread is sent.
+pub(crate) enum SealMsg {
+    /// A seal's I/O (boxed: one allocation per seal keeps every message small).
+    Seal(Box<SealJob>),
+    /// A sealed segment whose gets made it due for its page-cache re-layout (see
+    /// [`crate::segment::relayout_page_cache`]).
+    Relayout(PathBuf),
+}
+
 /// State of [`Durability::Group`] for one namespace.
 #[derive(Debug, Default)]
 pub(crate) struct GroupCommit {
@@ -1072,6 +1081,9 @@ impl Namespace {
             // Before the writer moves on: from now until the seal thread is done the segment
             // is neither the current one nor durable.
             self.seals.lock().pending.insert(old.id);
+        } else if durable {
+            // Synced above; with a seal thread it arms the segment once its sync is done.
+            self.arm_relayout(old.id);
         }
         w.seg = seg;
         w.end = SEGMENT_HEADER_LEN;
@@ -1087,10 +1099,15 @@ impl Namespace {
                 seg: old.clone(),
                 manifest,
             };
-            match tx.send(job) {
+            // Counted before it can be received, so the seal thread's count never drops below
+            // the jobs really queued (it pauses background work while any is).
+            shared.seal_queue_len.fetch_add(1, Ordering::AcqRel);
+            match tx.send(SealMsg::Seal(Box::new(job))) {
                 Ok(()) => return Ok(captured),
                 // The seal thread is gone (the engine is closing): do it here.
-                Err(std::sync::mpsc::SendError(job)) => {
+                Err(std::sync::mpsc::SendError(SealMsg::Relayout(_))) => {}
+                Err(std::sync::mpsc::SendError(SealMsg::Seal(job))) => {
+                    shared.seal_queue_len.fetch_sub(1, Ordering::AcqRel);
                     let r = job.ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
                     self.seals.lock().pending.remove(&old.id);
                     self.seals_done.notify_all();
@@ -1146,10 +1163,15 @@ impl Namespace {
     }
 
     /// Runs one job of the seal thread, telling `announce` (the observer) of the seal unless
-    /// the segment's fsync failed.
+    /// the segment's fsync failed; a synced segment it arms for its page-cache re-layout (see
+    /// [`Namespace::arm_relayout`]).
     pub(crate) fn run_seal_job(job: &SealJob, durable: bool, announce: impl FnOnce()) {
         let ns = &job.ns;
         let r = ns.finish_seal(durable, &job.seg, job.manifest.as_ref());
+        if r.is_ok() && durable {
+            // Before a sync waiting for this seal returns, so that gets after it count.
+            ns.arm_relayout(job.seg.id);
+        }
         let mut q = ns.seals.lock();
         q.pending.remove(&job.seg.id);
         let ok = match r {
@@ -1659,10 +1681,13 @@ impl Namespace {
             };
             match self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len) {
                 Ok((h, value)) => {
+                    if seg.get_served() {
+                        Self::ask_relayout(shared, &seg);
+                    }
                     return Ok(Some(Entry {
                         value,
                         timestamp: h.timestamp,
-                    }))
+                    }));
                 }
                 Err(e) if !retried && matches!(e, Error::Io { .. } | Error::Unavailable(_)) => {
                     // Compaction may have moved the record and removed its file after the
@@ -1679,6 +1704,30 @@ impl Namespace {
                     retried = true;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Queues `seg`, due for its page-cache re-layout, to the seal thread; never waits for it
+    /// (the queue is unbounded, and a segment is due once at most).
+    #[cold]
+    fn ask_relayout(shared: &Shared, seg: &Segment) {
+        if let Some(tx) = shared.sealer.lock().as_ref() {
+            if tx.send(SealMsg::Relayout(seg.path.clone())).is_ok() {
+                shared.relayouts_asked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Makes sealed segment `id`, just synced, a candidate for the page-cache re-layout (see
+    /// [`crate::segment::relayout_page_cache`]) once gets are served from it.
+    pub(crate) fn arm_relayout(&self, id: u32) {
+        let Some(seg) = self.state.read().segments.get(&id).cloned() else {
+            return;
+        };
+        if seg.file.is_some() {
+            if let Ok(m) = std::fs::metadata(&seg.path) {
+                seg.arm_relayout(m.len());
             }
         }
     }
