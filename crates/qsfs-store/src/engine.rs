@@ -1158,6 +1158,20 @@ mod tests {
     use crate::segment::relayout_after_gets;
     use std::sync::atomic::AtomicU32;
 
+    /// An engine of 256 KiB segments whose durability syncs each one at its seal, which makes
+    /// it a candidate for the page-cache re-layout.
+    fn small_synced_segments(dir: &std::path::Path) -> Engine {
+        Engine::open(
+            dir,
+            EngineConfig {
+                max_segment_size: 256 << 10,
+                durability: Durability::Periodic(Duration::from_millis(20)),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap()
+    }
+
     /// Gets racing seals and the seal thread's page-cache re-layout of the sealed segments
     /// (small segments, a durability that syncs at each seal, so every seal queues a re-layout,
     /// which runs in the writer's pauses and which seals interrupt): every get returns the
@@ -1166,15 +1180,7 @@ mod tests {
     #[test]
     fn gets_stay_right_while_sealed_segments_are_laid_out_again() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(
-            dir.path(),
-            EngineConfig {
-                max_segment_size: 256 << 10,
-                durability: Durability::Periodic(Duration::from_millis(20)),
-                ..EngineConfig::default()
-            },
-        )
-        .unwrap();
+        let engine = small_synced_segments(dir.path());
         let value = |i: u32| -> Vec<u8> {
             (0..4096u32)
                 .map(|j| (i.wrapping_mul(31) ^ j) as u8)
@@ -1233,15 +1239,7 @@ mod tests {
     #[test]
     fn only_sealed_segments_that_gets_read_are_laid_out_again_and_once() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(
-            dir.path(),
-            EngineConfig {
-                max_segment_size: 256 << 10,
-                durability: Durability::Periodic(Duration::from_millis(20)),
-                ..EngineConfig::default()
-            },
-        )
-        .unwrap();
+        let engine = small_synced_segments(dir.path());
         let value =
             |i: u32| -> Vec<u8> { (0..4096u32).map(|j| (i ^ j.rotate_left(3)) as u8).collect() };
         // About 62 records a segment: 10 sealed segments.
