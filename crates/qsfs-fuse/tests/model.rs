@@ -1,8 +1,10 @@
 //! Model-based random operations: the same sequence of pwrite / truncate / punch-hole / read /
 //! rename / unlink / remount runs on a qsfs mount and on a plain directory of the host disk;
 //! every answer (data or errno) and the final contents must agree.
+//! A binary of its own: see `tests/it/main.rs`.
 
-use crate::common;
+#[path = "it/common/mod.rs"]
+mod common;
 
 use common::Fixture;
 use proptest::prelude::*;
