@@ -94,7 +94,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
     let thread = std::thread::Builder::new()
         .name("qsfs-fuse".into())
         .spawn(move || {
-            let r = session.run();
+            let r = loop_end(session.run());
             ended_in_loop.store(true, Ordering::SeqCst);
             // Dropping the session calls destroy: the final flush happens here.
             drop(session);
@@ -107,6 +107,21 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
         thread: Some(thread),
         ended,
     })
+}
+
+/// What the request loop's end means for the mount. fuser ends the loop cleanly only on ENODEV,
+/// but an unmount that shuts the connection down while the loop is taking a request off the
+/// queue makes the kernel fail that read with ECONNABORTED instead (`fuse_dev_do_read`), as
+/// does an abort through `/sys/fs/fuse/connections`. Either way the connection is gone and the
+/// final flush still runs, so it is an end, not a failure of the mount.
+fn loop_end(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::debug!("the kernel shut the FUSE connection down under a read");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// The session thread's polling window between requests ([`crate::fuse::Spin`]):
@@ -266,5 +281,25 @@ impl Drop for Mount {
                 tracing::error!(error = %e, "unmount failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_shut_down_under_a_read_ends_the_loop_cleanly() {
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert!(loop_end(Err(aborted)).is_ok());
+    }
+
+    #[test]
+    fn other_request_loop_errors_still_fail_the_mount() {
+        for errno in [libc::EIO, libc::EPERM, libc::ENOMEM] {
+            let r = loop_end(Err(io::Error::from_raw_os_error(errno)));
+            assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(errno)));
+        }
+        assert!(loop_end(Ok(())).is_ok());
     }
 }

@@ -1,12 +1,8 @@
 //! Model-based random operations: the same sequence of pwrite / truncate / punch-hole / read /
 //! rename / unlink / remount runs on a qsfs mount and on a plain directory of the host disk;
 //! every answer (data or errno) and the final contents must agree.
-//! A binary of its own: see `tests/it/main.rs`.
 
-#[path = "it/common/mod.rs"]
-mod common;
-
-use common::Fixture;
+use crate::common::Fixture;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::cell::RefCell;
