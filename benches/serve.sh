@@ -91,8 +91,8 @@ zdb_start() {
 }
 zdb_stop() { [ -n "$ZDB_PID" ] && kill "$ZDB_PID" 2>/dev/null; wait "$ZDB_PID" 2>/dev/null || true; ZDB_PID=; }
 
-# Prints "SET GET" req/s of one other server (redis, zdb) on one case, or "- -" without it;
-# args: server transport pipeline.
+# Measures one other server (redis, zdb) on one case: sets OS and OG (SET and GET req/s), "-"
+# without that server; args: server transport pipeline.
 other() {
   local srv=$1 transport=$2 p=$3 args
   if [ "$transport" = tcp ]; then
@@ -100,11 +100,10 @@ other() {
   else
     case $srv in redis) args=(-s "$DATA/redis.sock");; zdb) args=(-s "$DATA/zdb.sock");; esac
   fi
+  OS=-; OG=-
   if "${srv}_start"; then
-    measure "${args[@]}" -P "$p"
+    read -r OS OG < <(measure "${args[@]}" -P "$p")
     "${srv}_stop"
-  else
-    echo "- -"
   fi
 }
 
@@ -134,9 +133,8 @@ for transport in tcp unix; do
     # Two commands (SET and GET) of N requests each.
     ms=$(awk -v c=$((cpu1 - cpu0)) -v t="$ticks" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / t / (2 * n) * 1000 }')
     stop
-    read -r rs rg < <(other redis "$transport" "$p")
-    zs=-; zg=-
-    if [ -n "${ZDB_BIN:-}" ]; then read -r zs zg < <(other zdb "$transport" "$p"); fi
+    other redis "$transport" "$p"; rs=$OS; rg=$OG
+    other zdb "$transport" "$p"; zs=$OS; zg=$OG
     row "$transport -P$p" "$qs" "$qg" "$rs" "$rg" "$(ratio "$qs" "$rs")" "$(ratio "$qg" "$rg")" "$ms" \
       "$zs" "$zg" "$(ratio "$qs" "$zs")" "$(ratio "$qg" "$zg")"
   done

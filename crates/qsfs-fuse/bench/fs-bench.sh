@@ -15,8 +15,11 @@
 # FIO_MB (default 256, the random-I/O file), FIO_SECS (default 10 per fio run).
 # With ZDBFS_BIN=/path/to/zdbfs and ZDB_BIN=/path/to/zdb (the original 0-db-fs and 0-db), the same
 # workloads also run on a 0-db-fs mount over a fresh 0-db whose data lives in WORKDIR, set up as
-# the spec's figures were (docs spec §4: zdb in sequential mode, stdout discarded, local TCP;
-# zdbfs -o autons,port=P), and two more columns give that figure and qsfs/0-db-fs measured here.
+# the spec's figures were (docs spec §4: zdb in sequential mode, stdout discarded, local TCP,
+# zdbfs with autons and the default cache), and two more columns give that figure and qsfs/0-db-fs
+# measured here. The spec writes the mount options as "-o autons,port=P"; the 0-db-fs sources
+# rebuilt here (v0.1.10) take the port per namespace, so the default is ZDBFS_OPTS=
+# "autons,mp=P,dp=P,tp=P" (set ZDBFS_OPTS for a build that has port=).
 set -euo pipefail
 
 WORK=${1:-/var/tmp/qsfs-bench}
@@ -57,13 +60,14 @@ wait_mount() { # dir name
 
 # The original 0-db-fs over a fresh original 0-db (ZDBFS_BIN, ZDB_BIN), data in WORKDIR/zdb.
 ZDBFS_PORT=${ZDBFS_PORT:-19950}
+ZDBFS_OPTS=${ZDBFS_OPTS:-autons,mp=$ZDBFS_PORT,dp=$ZDBFS_PORT,tp=$ZDBFS_PORT}
 zdbfs_mount() {
   mkdir -p "$WORK/zmnt"
   "$ZDB_BIN" --data "$WORK/zdb/data" --index "$WORK/zdb/index" --mode seq --listen 127.0.0.1 \
     --port "$ZDBFS_PORT" > /dev/null 2> "$WORK/zdb.log" &
   ZPIDS=($!)
   for _ in $(seq 100); do redis-cli -p "$ZDBFS_PORT" PING > /dev/null 2>&1 && break; sleep 0.1; done
-  "$ZDBFS_BIN" -f -o "autons,port=$ZDBFS_PORT" "$WORK/zmnt" > /dev/null 2> "$WORK/zdbfs.log" &
+  "$ZDBFS_BIN" -f -o "$ZDBFS_OPTS" "$WORK/zmnt" > /dev/null 2> "$WORK/zdbfs.log" &
   ZPIDS+=($!)
   wait_mount "$WORK/zmnt" 0-db-fs
 }
@@ -193,7 +197,7 @@ speedup() { # qsfs other higher-is-better
   if [ "$3" = up ]; then echo "$1 / $2" | bc -l; else echo "$2 / $1" | bc -l; fi
 }
 if [ -n "$ZDBFS" ]; then
-  echo "0-db-fs here: $ZDBFS_BIN over $ZDB_BIN (seq mode), -o autons,port=$ZDBFS_PORT, same commands, same run"
+  echo "0-db-fs here: $ZDBFS_BIN -o $ZDBFS_OPTS over $ZDB_BIN --mode seq, same commands, same run"
   printf "%-34s %13s %13s %10s %10s %9s %13s %10s\n" "workload" "plain disk" "qsfs" "qsfs/plain" "0-db-fs" "qsfs/0dbfs" \
     "0-db-fs here" "qsfs/here"
 else
