@@ -22,6 +22,10 @@
 #   QSFS_BIN        the binary (default target/release/qsfs; build with
 #                   `cargo build --release -p qsfs-cli`)
 #   BENCH_DIR       where roots and backends live (default a fresh dir under /tmp)
+#   NODES_DIR       where the four backends keep their data instead (e.g. /dev/shm): in a real
+#                   deployment the nodes are other machines, so their disk writes do not share
+#                   the local disk with the engine; on one disk the uploads of 2+2 shards add
+#                   twice the written bytes to the same disk the workload writes to
 #   WRITE_MIB       size of the sequential write workload (default 512)
 #   SEG             segment size of the off8/onbig runs (default 8MiB, small so that a short run
 #                   seals and uploads many segments; `qsfs up`'s own default is 64MiB)
@@ -47,6 +51,8 @@ REPEAT="${REPEAT:-3}"
 [ -x "$BIN" ] || { echo "no binary at $BIN: cargo build --release -p qsfs-cli" >&2; exit 1; }
 DIR="${BENCH_DIR:-$(mktemp -d /tmp/qsfs-chain-bench.XXXXXX)}"
 mkdir -p "$DIR"
+NODES="$DIR"
+if [ -n "${NODES_DIR:-}" ]; then NODES=$(mktemp -d "$NODES_DIR/qsfs-chain-nodes.XXXXXX"); fi
 export QSFS_LOG="${QSFS_LOG:-warn}"
 unset QSFS_PASSPHRASE QSFS_ROOT
 
@@ -174,6 +180,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ "${KEEP:-0}" = 1 ] || rm -rf "$DIR"
+  [ "${KEEP:-0}" = 1 ] || [ "$NODES" = "$DIR" ] || rm -rf "$NODES"
 }
 trap cleanup EXIT
 
@@ -198,7 +205,7 @@ stop() {
 ports=()
 for i in 0 1 2 3; do
   port=$(python3 "$PY" port)
-  "$BIN" serve --port "$port" --data "$DIR/node$i/data" --index "$DIR/node$i/index" \
+  "$BIN" serve --port "$port" --data "$NODES/node$i/data" --index "$NODES/node$i/index" \
     >"$DIR/node$i.log" 2>&1 &
   pids+=($!)
   python3 "$PY" provision "$port"
@@ -255,7 +262,7 @@ best_write() {
 }
 
 echo "# qsfs chain benchmark — $(date -u +%FT%TZ), $(nproc) cores, backends: 4 × qsfs serve on loopback, 2+2" >&2
-echo "# dir $DIR" >&2
+echo "# dir $DIR, backends' data in $NODES" >&2
 
 # --- 1. sequential write throughput --------------------------------------------------------
 echo "sequential write of $WRITE_MIB MiB, best of $REPEAT ..." >&2
