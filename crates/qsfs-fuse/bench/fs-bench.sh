@@ -85,32 +85,36 @@ if [ -n "${ZDBFS_BIN:-}" ] && [ -n "${ZDB_BIN:-}" ]; then
 fi
 wait_mount "$WORK/mnt" qsfs
 
-# FUSE requests per workload on the mount, counted by the kernel's fuse:fuse_request_send
-# tracepoint (Linux >= 6.15, perf) in the background, outside the timed commands; no figures
-# without them. fuse-requests.sh in this directory breaks a command's requests down by opcode.
-CONN=""
-if command -v perf > /dev/null && [ -d /sys/kernel/tracing/events/fuse ]; then
-  DEV=$(mountpoint -d "$WORK/mnt")
-  CONN=$(( (${DEV%%:*} << 20) | ${DEV##*:} ))
-fi
-count_start() { # key
-  [ -n "$CONN" ] || return 0
-  perf stat -a -x, -e fuse:fuse_request_send --filter "connection == $CONN" \
-    -o "$WORK/count.$1" -- sleep 100000 > /dev/null 2>&1 &
+# FUSE requests per workload on each FUSE mount (qsfs, and 0-db-fs when it runs), counted by the
+# kernel's fuse:fuse_request_send tracepoint (Linux >= 6.15, perf) in the background, outside
+# the timed commands; no figures without them. fuse-requests.sh in this directory breaks a
+# command's requests down by opcode.
+declare -A CONN REQ
+COUNTING=""
+if command -v perf > /dev/null && [ -d /sys/kernel/tracing/events/fuse ]; then COUNTING=1; fi
+conn_of() { # target-name mountpoint: the tracepoint names a connection by the mount's dev_t
+  [ -n "$COUNTING" ] || return 0
+  local dev
+  dev=$(mountpoint -d "$2")
+  CONN[$1]=$(( (${dev%%:*} << 20) | ${dev##*:} ))
+}
+count_start() { # target-name
+  [ -n "${CONN[$1]:-}" ] || return 0
+  perf stat -a -x, -e fuse:fuse_request_send --filter "connection == ${CONN[$1]}" \
+    -o "$WORK/count" -- sleep 100000 > /dev/null 2>&1 &
   CPID=$!
   sleep 1
 }
-count_stop() { # key items
-  [ -n "$CONN" ] || return 0
+count_stop() { # target-name key items
+  [ -n "${CONN[$1]:-}" ] || return 0
   # perf stops counting when its command ends: end that sleep.
-  local child
+  local child n
   for child in $(cat /proc/"$CPID"/task/*/children 2>/dev/null); do kill "$child" 2>/dev/null || true; done
   wait "$CPID" 2>/dev/null || true
-  local n
-  n=$(grep fuse_request_send "$WORK/count.$1" | cut -d, -f1)
-  if [ -n "$n" ]; then REQ[$1]=$(echo "$n / $2" | bc -l); fi
+  n=$(grep fuse_request_send "$WORK/count" | cut -d, -f1)
+  if [ -n "$n" ]; then REQ[$1,$2]=$(echo "$n / $3" | bc -l); fi
 }
-declare -A REQ
+conn_of qsfs "$WORK/mnt"
 
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
@@ -133,10 +137,10 @@ run() { # target-name dir
   t0=$(now); dd if="$d/big" of=/dev/null bs=1M status=none; t1=$(now)
   R[$n,w2]=$(echo "$SIZE_MB / $(secs "$t0" "$t1")" | bc -l)
   mkdir "$d/small"
-  if [ "$n" = qsfs ]; then count_start w5; fi
+  count_start "$n"
   t0=$(now); bash -c "for i in \$(seq 1 $FILES); do echo \"file \$i\" > $d/small/f\$i; done"; t1=$(now)
   R[$n,w5]=$(secs "$t0" "$t1")
-  if [ "$n" = qsfs ]; then count_stop w5 "$FILES"; fi
+  count_stop "$n" w5 "$FILES"
   # The same with the loop (and the mount) on one CPU: small-file round trips otherwise pay for
   # waking an idle CPU twice each, which on a VM without guest halt polling dominates.
   mkdir "$d/pinned"
@@ -155,20 +159,24 @@ run() { # target-name dir
   R[$n,w5l]=$(secs "$t0" "$t1")
   rm -rf "$d/loaded"
   drop
+  count_start "$n"
   t0=$(now); ls -l "$d/small" | wc -l > /dev/null; t1=$(now)
   R[$n,w5b]=$(secs "$t0" "$t1")
+  count_stop "$n" w5b "$FILES"
   mkdir "$d/t"
-  if [ "$n" = qsfs ]; then count_start w6; fi
+  count_start "$n"
   t0=$(now); tar xf "$WORK/tree.tar" -C "$d/t"; t1=$(now)
   R[$n,w6]=$(secs "$t0" "$t1")
-  if [ "$n" = qsfs ]; then count_stop w6 "$TREE_N"; fi
+  count_stop "$n" w6 "$TREE_N"
   diff -qr --no-dereference "$TREE" "$d/t/$(basename "$TREE")" > /dev/null || { echo "tree differs on $n" >&2; exit 1; }
-  if [ "$n" = qsfs ]; then count_start w7; fi
+  count_start "$n"
   t0=$(now); rm -rf "$d/t"; t1=$(now)
   R[$n,w7]=$(secs "$t0" "$t1")
-  if [ "$n" = qsfs ]; then count_stop w7 "$TREE_N"; fi
+  count_stop "$n" w7 "$TREE_N"
+  count_start "$n"
   t0=$(now); rm -rf "$d/small"; t1=$(now)
   R[$n,w8]=$(secs "$t0" "$t1")
+  count_stop "$n" w8 "$FILES"
   rm -f "$d/big"
   fio_run "$n" w3 randwrite "$d"
   drop
@@ -187,6 +195,7 @@ run plain "$WORK/plain"
 run qsfs "$WORK/mnt"
 if [ -n "$ZDBFS" ]; then
   zdbfs_mount
+  conn_of zdbfs "$WORK/zmnt"
   DAEMONS[zdbfs]="${ZPIDS[*]}"
   run zdbfs "$WORK/zmnt"
   zdbfs_umount
@@ -235,9 +244,11 @@ if [ -n "$ZDBFS" ]; then
   echo " 0-db-fs time / qsfs time, so > 1 always means qsfs is better; the goal is >= 2 on every line)"
   du -sh "$WORK/zdb" | sed 's/^/0-db directory after the 0-db-fs run: /'
 fi
-for k in w5 w6 w7; do
-  if [ -n "${REQ[$k]:-}" ]; then
-    printf "FUSE requests per file (or tree entry), %s on qsfs: %.2f\n" "$k" "${REQ[$k]}"
+for k in w5 w5b w6 w7 w8; do
+  if [ -n "${REQ[qsfs,$k]:-}" ]; then
+    printf "FUSE requests per file (or tree entry), %-3s: qsfs %.2f" "$k" "${REQ[qsfs,$k]}"
+    if [ -n "${REQ[zdbfs,$k]:-}" ]; then printf ", 0-db-fs %.2f" "${REQ[zdbfs,$k]}"; fi
+    echo
   fi
 done
 du -sh "$WORK/root/engine" | sed 's/^/engine directory after the run: /'
