@@ -17,6 +17,7 @@ mod recover;
 mod root;
 mod serve;
 mod status;
+mod umount;
 mod up;
 
 /// qsfs: a filesystem with practically unlimited space.
@@ -33,6 +34,8 @@ enum Command {
     Serve(Box<serve::Args>),
     /// Mount the qsfs filesystem.
     Mount(mount::Args),
+    /// Unmount a qsfs filesystem and wait until its process has flushed everything.
+    Umount(umount::Args),
     /// Encrypted, erasure-coded backup: store, retrieve, check, rebuild, ...
     Backup(backup::Args),
     /// Check the filesystem offline (unmounted) and, with --repair, fix it.
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Mount(args) => mount::run(args),
+        Command::Umount(args) => umount::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Fsck(args) => fsck::run(args),
         Command::Up(args) => up::run(args),

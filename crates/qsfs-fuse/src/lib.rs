@@ -34,6 +34,7 @@ pub mod layout;
 pub mod mount;
 pub mod stats;
 pub mod timeout;
+pub mod unmount;
 
 pub use cache::BlockCache;
 pub use error::{errno, FsError, FsResult};

@@ -145,28 +145,18 @@ const DIRTY_RATIO_PERCENT: u32 = 10;
 /// reads, so the window is widened through the mount's backing device in sysfs. Best effort:
 /// without root or sysfs the default stays.
 fn tune_bdi(mountpoint: &Path, kib: u32) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let want = mountpoint.to_string_lossy().replace(' ', "\\040");
     // The newest mount on that path is ours.
-    let dev = info.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.get(4) == Some(&want.as_str()) {
-            f.get(2).map(|d| d.to_string())
-        } else {
-            None
-        }
-    });
-    if let Some(dev) = dev {
-        // The kernel caps a FUSE mount's dirty pages at 1 % of the dirty limit (a guard
-        // against untrusted servers); random writers are throttled to page-by-page write-back
-        // long before the cache helps them. qsfs is the mount's own trusted server.
-        for (knob, value) in [("read_ahead_kb", kib), ("max_ratio", DIRTY_RATIO_PERCENT)] {
-            let path = format!("/sys/class/bdi/{dev}/{knob}");
-            if let Err(e) = std::fs::write(&path, value.to_string()) {
-                tracing::debug!(error = %e, path, "left at the kernel's default");
-            }
+    let dev = match crate::unmount::find_mount(mountpoint) {
+        Ok(Some(m)) => format!("{}:{}", m.dev.0, m.dev.1),
+        _ => return,
+    };
+    // The kernel caps a FUSE mount's dirty pages at 1 % of the dirty limit (a guard against
+    // untrusted servers); random writers are throttled to page-by-page write-back long before
+    // the cache helps them. qsfs is the mount's own trusted server.
+    for (knob, value) in [("read_ahead_kb", kib), ("max_ratio", DIRTY_RATIO_PERCENT)] {
+        let path = format!("/sys/class/bdi/{dev}/{knob}");
+        if let Err(e) = std::fs::write(&path, value.to_string()) {
+            tracing::debug!(error = %e, path, "left at the kernel's default");
         }
     }
 }

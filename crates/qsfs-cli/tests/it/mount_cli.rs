@@ -188,6 +188,82 @@ fn external_unmount_ends_the_process_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+fn qsfs_umount(mnt: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_qsfs"))
+        .arg("umount")
+        .arg(mnt)
+        .output()
+        .expect("run qsfs umount")
+}
+
+/// `qsfs umount` returns only once the mount's process has flushed and exited, refuses a busy
+/// mount, a directory that is not mounted and a mount that is not qsfs, each with its reason.
+#[test]
+fn qsfs_umount_waits_for_the_final_flush_and_says_why_it_cannot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("mnt");
+    let mut m = Running::start(&root, &mnt);
+    // Unsynced data: the mount's final flush has work to do after the unmount.
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(mnt.join("big"), &data).unwrap();
+
+    let mut holder = Command::new("sleep")
+        .arg("30")
+        .current_dir(&mnt)
+        .spawn()
+        .unwrap();
+    let out = qsfs_umount(&mnt);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a busy mount must be refused: {err}"
+    );
+    assert!(err.contains("busy"), "no reason given: {err}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        std::fs::read(mnt.join("big")).unwrap().len(),
+        data.len(),
+        "still served"
+    );
+
+    let out = qsfs_umount(&mnt);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = m.child.take().unwrap();
+    let status = child.try_wait().unwrap();
+    assert!(
+        matches!(status, Some(s) if s.success()),
+        "qsfs umount returned before the mount's process ended: {status:?}"
+    );
+    assert!(!is_mounted(&mnt));
+
+    let out = qsfs_umount(&mnt);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("not mounted"), "{err}");
+    let out = qsfs_umount(Path::new("/"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("not a qsfs mount"), "{err}");
+
+    drop(m);
+    let mut m = Running::start(&root, &mnt);
+    assert!(
+        std::fs::read(mnt.join("big")).unwrap() == data,
+        "data after the remount"
+    );
+    let status = m.signal(Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+}
+
 /// Walks the whole tree and reads every file: after a crash nothing may be unreadable.
 fn read_everything(dir: &Path) -> usize {
     let mut n = 0;
