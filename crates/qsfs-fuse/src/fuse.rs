@@ -559,6 +559,13 @@ impl Filesystem for QsfsFuse {
         let _ = config.add_capabilities(FUSE_PARALLEL_DIROPS);
         self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
         self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
+        // The kernel enforces POSIX ACLs (it reads them with getxattr and caches them); Fs
+        // keeps them in step with the mode and inherits default ACLs. With DONT_MASK the
+        // kernel sends the umask instead of applying it, since a default ACL overrides it.
+        // FUSE_SETXATTR_EXT (which would tell when to drop setgid on an ACL change) stays
+        // off: fuser 0.15 misreads the longer setxattr request it brings.
+        let _ = config.add_capabilities(FUSE_POSIX_ACL);
+        let _ = config.add_capabilities(FUSE_DONT_MASK);
         if self.pool.is_some() {
             let _ = config.set_max_background(MAX_BACKGROUND);
             let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
@@ -681,7 +688,7 @@ impl Filesystem for QsfsFuse {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -690,10 +697,10 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Create,
             parent,
-            |fs| fs.mknod(parent, name, mode, rdev, uid, gid),
+            |fs| fs.mknod_masked(parent, name, (mode, umask), rdev, uid, gid),
             || {
                 let name = name.to_vec();
-                move |fs: &mut Fs| fs.mknod(parent, &name, mode, rdev, uid, gid)
+                move |fs: &mut Fs| fs.mknod_masked(parent, &name, (mode, umask), rdev, uid, gid)
             },
             move |r| entry(reply, r),
         );
@@ -705,7 +712,7 @@ impl Filesystem for QsfsFuse {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _spin = self.spin.begin();
@@ -713,10 +720,10 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Mkdir,
             parent,
-            |fs| fs.mkdir(parent, name, mode, uid, gid),
+            |fs| fs.mkdir_masked(parent, name, (mode, umask), uid, gid),
             || {
                 let name = name.to_vec();
-                move |fs: &mut Fs| fs.mkdir(parent, &name, mode, uid, gid)
+                move |fs: &mut Fs| fs.mkdir_masked(parent, &name, (mode, umask), uid, gid)
             },
             move |r| entry(reply, r),
         );
@@ -1148,7 +1155,7 @@ impl Filesystem for QsfsFuse {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1158,10 +1165,10 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Create,
             parent,
-            |fs| fs.create(parent, name, mode, flags, uid, gid),
+            |fs| fs.create_masked(parent, name, (mode, umask), flags, uid, gid),
             || {
                 let name = name.to_vec();
-                move |fs: &mut Fs| fs.create(parent, &name, mode, flags, uid, gid)
+                move |fs: &mut Fs| fs.create_masked(parent, &name, (mode, umask), flags, uid, gid)
             },
             move |r| {
                 reply_or_err!(reply, r, |v| reply.created(
