@@ -2172,6 +2172,17 @@ impl Fs {
         Ok(())
     }
 
+    /// Clears the setgid bit, as setting an access ACL does for a caller outside the file's
+    /// group without `CAP_FSETID` (the FUSE layer judges the caller).
+    pub fn drop_setgid(&mut self, ino: u64) -> FsResult<()> {
+        let i = self.inode_mut(ino)?;
+        if i.perm & libc::S_ISGID as u16 != 0 {
+            i.perm &= !(libc::S_ISGID as u16);
+            i.ctime = Time::now();
+        }
+        Ok(())
+    }
+
     /// fallocate: mode 0 and `FALLOC_FL_KEEP_SIZE` extend the size; `PUNCH_HOLE` (with
     /// `KEEP_SIZE`) and `ZERO_RANGE` release whole blocks and zero partial ones.
     pub fn fallocate(&mut self, ino: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::acl;
 use crate::error::{errno, FsError, FsResult};
 use crate::fetch::{run_deferred, Fetches, PoolSubmitter, ReadPool, DEFAULT_READ_THREADS};
 use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
@@ -1074,7 +1075,7 @@ impl Filesystem for QsfsFuse {
 
     fn setxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         value: &[u8],
@@ -1084,13 +1085,28 @@ impl Filesystem for QsfsFuse {
     ) {
         let _spin = self.spin.begin();
         let name = name.as_bytes();
+        // posix_acl_update_mode drops setgid when the caller is neither in the file's group
+        // nor privileged; the kernel leaves that to us, so the caller's groups are needed.
+        let caller = (name == acl::ACCESS && req.uid() != 0)
+            .then(|| Caller::of(req))
+            .flatten();
+        let set = move |fs: &mut Fs, name: &[u8], value: &[u8]| {
+            fs.setxattr(ino, name, value, flags)?;
+            if let Some(c) = &caller {
+                if !c.in_group(fs.getattr(ino)?.inode.gid) {
+                    fs.drop_setgid(ino)?;
+                }
+            }
+            Ok(())
+        };
+        let set2 = set.clone();
         self.call_or_defer(
             Op::Other,
             ino,
-            |fs| fs.setxattr(ino, name, value, flags),
+            |fs| set(fs, name, value),
             || {
                 let (name, value) = (name.to_vec(), value.to_vec());
-                move |fs: &mut Fs| fs.setxattr(ino, &name, &value, flags)
+                move |fs: &mut Fs| set2(fs, &name, &value)
             },
             move |r| empty(reply, r),
         );
@@ -1266,6 +1282,36 @@ impl Filesystem for QsfsFuse {
             move |fs| fs.lseek(ino, offset as u64, whence),
             move |r| reply_or_err!(reply, r, |o| reply.offset(o as i64)),
         );
+    }
+}
+
+/// The groups of the process behind a request, read from `/proc` (FUSE sends only its
+/// uid, fs gid and pid).
+#[derive(Debug, Clone)]
+struct Caller {
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl Caller {
+    /// `None` if its supplementary groups cannot be read (the process is gone): then
+    /// nothing is taken away on a guess.
+    fn of(req: &Request<'_>) -> Option<Caller> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+        let groups = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<Vec<u32>, _>>()
+            .ok()?;
+        Some(Caller {
+            gid: req.gid(),
+            groups,
+        })
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
     }
 }
 

@@ -159,3 +159,27 @@ fn acls_are_enforced_for_other_users() {
     );
     assert!(as_nobody(d, "ls shared/sub"), "mask r-x still lists");
 }
+
+#[test]
+fn an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4() {
+    let f = Fixture::with(qsfs_fuse::MountOptions {
+        allow_other: true,
+        ..Default::default()
+    });
+    let oracle = tempfile::tempdir_in("/var/tmp").expect("ext4 directory");
+    let mut outs = Vec::new();
+    for dir in [oracle.path(), f.mnt.parent().expect("parent")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for dir in [oracle.path(), f.mnt.as_path()] {
+        sh_in(
+            dir,
+            "touch other mine; chown 65534:0 other; chown 65534:65534 mine; chmod 2775 other mine",
+        );
+        assert!(as_nobody(dir, "setfacl -m u:1:r other mine"));
+        outs.push(sh_in(dir, "stat -c '%A %n' other mine; getfacl -c other"));
+    }
+    assert!(outs[0].contains("-rwxrwxr-x other"), "{}", outs[0]);
+    assert!(outs[0].contains("-rwxrwsr-x mine"), "{}", outs[0]);
+    assert_eq!(outs[1], outs[0], "qsfs (left) against ext4 (right)");
+}
