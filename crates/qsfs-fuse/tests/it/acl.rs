@@ -183,3 +183,101 @@ fn an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4() {
     assert!(outs[0].contains("-rwxrwsr-x mine"), "{}", outs[0]);
     assert_eq!(outs[1], outs[0], "qsfs (left) against ext4 (right)");
 }
+
+struct MayWait;
+impl common::Hooks for MayWait {}
+
+/// Runs `op` as the mount runs a request that must not wait on the store: without fetching,
+/// then again with what it said it missed, until it completes. Returns its answer and how
+/// many times it stopped for a fetch.
+fn held<T>(
+    fs: &mut qsfs_fuse::Fs,
+    fetches: &qsfs_fuse::fetch::Fetches,
+    op: impl Fn(&mut qsfs_fuse::Fs) -> qsfs_fuse::FsResult<T>,
+) -> (T, usize) {
+    let mut fetched = Vec::new();
+    for stops in 0..10 {
+        match fs.without_fetch(fetched, &op) {
+            Ok(r) => return (r.expect("operation"), stops),
+            Err(missing) => {
+                fetched = missing
+                    .into_iter()
+                    .map(|m| {
+                        let v = fetches.fetch(&m).expect("fetch");
+                        (m, v)
+                    })
+                    .collect();
+            }
+        }
+    }
+    panic!("the operation never got what it needed");
+}
+
+/// The parent's default ACL and a file's access ACL may live only in the store (a fresh
+/// mount of a remote store): creating and chmod stop for them, then use them.
+#[test]
+fn acls_not_in_memory_are_fetched_before_create_and_chmod() {
+    use qsfs_fuse::acl::{Acl, ACCESS, DEFAULT};
+    use qsfs_fuse::fs::SetAttr;
+    let (engine, _dir) = common::engine();
+    let store: std::sync::Arc<dyn qsfs_core::Store> = common::Hooked::new(engine, MayWait);
+    let cfg = common::config();
+    let fetches = qsfs_fuse::fetch::Fetches::new(
+        store.clone(),
+        &qsfs_fuse::layout::Namespaces::new(&cfg.prefix),
+    );
+    let named = |u: u16, m: u16| {
+        let mut v = Acl::from_mode(0o750).entries().to_vec();
+        v.insert(
+            1,
+            qsfs_fuse::acl::Entry {
+                tag: qsfs_fuse::acl::Tag::User,
+                perm: u,
+                id: 1000,
+            },
+        );
+        v.insert(
+            3,
+            qsfs_fuse::acl::Entry {
+                tag: qsfs_fuse::acl::Tag::Mask,
+                perm: m,
+                id: 0,
+            },
+        );
+        Acl::new(v).expect("valid ACL")
+    };
+    let (d, f) = {
+        let mut fs = qsfs_fuse::Fs::open(store.clone(), cfg.clone()).expect("open");
+        let d = fs.mkdir(1, b"d", 0o755, 0, 0).expect("mkdir").ino;
+        fs.setxattr(d, DEFAULT, &named(7, 7).encode(), 0)
+            .expect("default ACL");
+        let f = fs.create(1, b"f", 0o644, 0, 0, 0).expect("create").0.ino;
+        fs.setxattr(f, ACCESS, &named(6, 6).encode(), 0)
+            .expect("access ACL");
+        assert_eq!(fs.getattr(f).unwrap().inode.perm, 0o760);
+        fs.shutdown().expect("shutdown");
+        (d, f)
+    };
+    let mut fs = qsfs_fuse::Fs::open(store, cfg).expect("reopen");
+    let (a, stops) = held(&mut fs, &fetches, |fs| {
+        fs.create_masked(d, b"new", (0o666, 0o077), 0, 0, 0)
+    });
+    assert!(stops > 0, "the default ACL was in memory already");
+    // umask ignored; group bits from the default mask narrowed by 0666.
+    assert_eq!(a.0.inode.perm, 0o660);
+    let got = Acl::decode(&fs.getxattr(a.0.ino, ACCESS).unwrap()).unwrap();
+    assert_eq!(got.unwrap().entries()[3].perm, 6, "mask of the new file");
+    let set = SetAttr {
+        mode: Some(0o740),
+        ..Default::default()
+    };
+    let (attr, stops) = held(&mut fs, &fetches, |fs| fs.setattr(f, set.clone()));
+    assert!(stops > 0, "the access ACL was in memory already");
+    assert_eq!(attr.inode.perm, 0o740);
+    let got = Acl::decode(&fs.getxattr(f, ACCESS).unwrap()).unwrap();
+    assert_eq!(
+        got,
+        Some(named(6, 4)),
+        "chmod rewrote the mask, kept user:1000"
+    );
+}
