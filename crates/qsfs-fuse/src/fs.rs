@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::acl::{self, Acl};
 use crate::cache::BlockCache;
 use crate::error::{FsError, FsResult};
 use crate::journal::{self, JournalOp};
@@ -916,11 +917,14 @@ impl Fs {
         parent: u64,
         name: &[u8],
         kind: Kind,
-        mode: u32,
+        (mode, umask): (u32, u32),
         (uid, gid): (u32, u32),
         body: Body,
     ) -> FsResult<Attr> {
         check_name(name)?;
+        if kind != Kind::Symlink {
+            self.want_xattrs(parent)?;
+        }
         self.prepare_names(&[(parent, name)], None)?;
         let pinode = self.inode(parent)?.clone();
         if pinode.kind != Kind::Dir {
@@ -940,8 +944,46 @@ impl Fs {
                 perm |= libc::S_ISGID as u16;
             }
         }
+        // Symlinks take neither the umask nor ACLs (their mode is 0777 whatever is asked).
+        let created = if kind == Kind::Symlink {
+            acl::Created {
+                perm: u32::from(perm),
+                access: None,
+                default: None,
+            }
+        } else {
+            let parent_default = if pinode.has_xattrs {
+                self.stored_acl(parent, acl::DEFAULT)?
+            } else {
+                None
+            };
+            acl::create(
+                u32::from(perm),
+                umask,
+                kind == Kind::Dir,
+                parent_default.as_ref(),
+            )
+        };
         let ino = self.alloc_ino()?;
-        let inode = Inode::new(kind, perm, uid, gid, body);
+        let mut inode = Inode::new(kind, created.perm as u16, uid, gid, body);
+        let mut pairs = Vec::new();
+        if let Some(a) = &created.access {
+            pairs.push((acl::ACCESS.to_vec(), a.encode()));
+        }
+        if let Some(d) = &created.default {
+            pairs.push((acl::DEFAULT.to_vec(), d.encode()));
+        }
+        if !pairs.is_empty() {
+            pairs.sort();
+            inode.has_xattrs = true;
+            self.xattrs.insert(
+                ino,
+                Cached {
+                    value: Xattrs { pairs },
+                    dirty: true,
+                },
+            );
+        }
         self.nodes.insert(
             ino,
             Node {
@@ -960,12 +1002,27 @@ impl Fs {
         self.getattr(ino)
     }
 
-    /// Creates a regular file and opens it.
+    /// Creates a regular file and opens it, with `mode` taken as is (the caller applied any
+    /// umask); a default ACL of `parent` still applies.
     pub fn create(
         &mut self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        self.create_masked(parent, name, (mode, 0), flags, uid, gid)
+    }
+
+    /// Creates a regular file and opens it: `(mode, umask)` as the kernel sends them with
+    /// `FUSE_DONT_MASK` (the umask applies unless `parent` has a default ACL).
+    pub fn create_masked(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: (u32, u32),
         flags: i32,
         uid: u32,
         gid: u32,
@@ -979,12 +1036,25 @@ impl Fs {
         Ok((attr, fh))
     }
 
-    /// Creates a directory.
+    /// Creates a directory, with `mode` taken as is (see [`Fs::create`]).
     pub fn mkdir(
         &mut self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.mkdir_masked(parent, name, (mode, 0), uid, gid)
+    }
+
+    /// Creates a directory from `(mode, umask)` (see [`Fs::create_masked`]); it inherits the
+    /// default ACL of `parent` as its own.
+    pub fn mkdir_masked(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: (u32, u32),
         uid: u32,
         gid: u32,
     ) -> FsResult<Attr> {
@@ -997,13 +1067,28 @@ impl Fs {
         self.new_inode(parent, name, Kind::Dir, mode, (uid, gid), body)
     }
 
-    /// Creates a fifo, socket, device node or regular file.
+    /// Creates a fifo, socket, device node or regular file, with `mode` taken as is (see
+    /// [`Fs::create`]).
     #[allow(clippy::too_many_arguments)]
     pub fn mknod(
         &mut self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        self.mknod_masked(parent, name, (mode, 0), rdev, uid, gid)
+    }
+
+    /// Creates a fifo, socket, device node or regular file from `(mode, umask)` (see
+    /// [`Fs::create_masked`]).
+    pub fn mknod_masked(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        (mode, umask): (u32, u32),
         rdev: u32,
         uid: u32,
         gid: u32,
@@ -1019,7 +1104,7 @@ impl Fs {
             Kind::Dir | Kind::Symlink => return errno(libc::EINVAL),
             _ => Body::Special,
         };
-        let attr = self.new_inode(parent, name, kind, mode, (uid, gid), body)?;
+        let attr = self.new_inode(parent, name, kind, (mode, umask), (uid, gid), body)?;
         if matches!(kind, Kind::CharDev | Kind::BlockDev) {
             self.inode_mut(attr.ino)?.rdev = rdev;
         }
@@ -1044,7 +1129,7 @@ impl Fs {
         let body = Body::Symlink {
             target: target.to_vec(),
         };
-        let attr = self.new_inode(parent, name, Kind::Symlink, 0o777, (uid, gid), body)?;
+        let attr = self.new_inode(parent, name, Kind::Symlink, (0o777, 0), (uid, gid), body)?;
         self.inode_mut(attr.ino)?.size = target.len() as u64;
         self.getattr(attr.ino)
     }
@@ -1866,6 +1951,9 @@ impl Fs {
                 }
                 _ => {}
             }
+            if set.mode.is_some() {
+                self.want_xattrs(ino)?;
+            }
         }
         self.go_ahead()
     }
@@ -2013,6 +2101,11 @@ impl Fs {
     /// Changes attributes.
     pub fn setattr(&mut self, ino: u64, set: SetAttr) -> FsResult<Attr> {
         self.prepare_setattr(ino, &set)?;
+        // Read before anything changes: a chmod rewrites the access ACL.
+        let access = match set.mode {
+            Some(_) if self.inode(ino)?.has_xattrs => self.stored_acl(ino, acl::ACCESS)?,
+            _ => None,
+        };
         if let Some(size) = set.size {
             let kind = self.inode(ino)?.kind;
             match kind {
@@ -2039,6 +2132,10 @@ impl Fs {
             i.mtime = t.unwrap_or(now);
         }
         i.ctime = set.ctime.unwrap_or(now);
+        if let (Some(mut a), Some(mode)) = (access, set.mode) {
+            acl::chmod(&mut a, mode);
+            self.put_xattr(ino, acl::ACCESS, Some(a.encode()))?;
+        }
         self.getattr(ino)
     }
 
@@ -2071,6 +2168,17 @@ impl Fs {
                 Ok(()) | Err(FsError::Errno(libc::ENODATA)) => {}
                 Err(e) => return Err(e),
             }
+        }
+        Ok(())
+    }
+
+    /// Clears the setgid bit, as setting an access ACL does for a caller outside the file's
+    /// group without `CAP_FSETID` (the FUSE layer judges the caller).
+    pub fn drop_setgid(&mut self, ino: u64) -> FsResult<()> {
+        let i = self.inode_mut(ino)?;
+        if i.perm & libc::S_ISGID as u16 != 0 {
+            i.perm &= !(libc::S_ISGID as u16);
+            i.ctime = Time::now();
         }
         Ok(())
     }
@@ -2292,7 +2400,13 @@ impl Fs {
     /// Sets an xattr (`XATTR_CREATE` / `XATTR_REPLACE` in `flags`). Everything it reads
     /// (the inode and its xattr record) is read by `load_xattrs` before it changes anything,
     /// so it can stop for a fetch there (like `removexattr`).
+    ///
+    /// The POSIX ACL names are checked and kept in step with the mode ([`crate::acl`]); their
+    /// flags are ignored, as the kernel ignores them.
     pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            return self.set_acl(ino, name, Acl::decode(value)?);
+        }
         Self::check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
             return errno(libc::E2BIG);
@@ -2340,8 +2454,12 @@ impl Fs {
         Ok(out)
     }
 
-    /// Removes an xattr.
+    /// Removes an xattr. Removing an ACL leaves the mode as it is, and removing one that is
+    /// not there succeeds (as on ext4).
     pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
+        if name == acl::ACCESS || name == acl::DEFAULT {
+            return self.set_acl(ino, name, None);
+        }
         let x = self.load_xattrs(ino)?;
         let before = x.pairs.len();
         x.pairs.retain(|(n, _)| n != name);
@@ -2349,6 +2467,96 @@ impl Fs {
             return errno(libc::ENODATA);
         }
         self.xattrs_changed(ino)?;
+        Ok(())
+    }
+
+    /// While preparing without fetching: notes the xattr record of `ino` if it has one that
+    /// is not in memory.
+    fn want_xattrs(&mut self, ino: u64) -> FsResult<()> {
+        if self.no_fetch && self.inode(ino)?.has_xattrs {
+            match self.load_xattrs(ino) {
+                Ok(_) | Err(FsError::WouldWait) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The ACL stored under `name` (an ACL xattr) of `ino`.
+    fn stored_acl(&mut self, ino: u64, name: &[u8]) -> FsResult<Option<Acl>> {
+        let x = self.load_xattrs(ino)?;
+        match x.pairs.iter().find(|(n, _)| n == name) {
+            // Validated when set: one that does not parse now is damage, not a user error.
+            Some((_, v)) => Acl::decode(v)
+                .map_err(|_| FsError::corrupt(&format!("ACL of {ino}"), "does not parse")),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) xattr `name` of `ino`, whose record is loaded.
+    fn put_xattr(&mut self, ino: u64, name: &[u8], value: Option<Vec<u8>>) -> FsResult<()> {
+        let x = self.load_xattrs(ino)?;
+        let pos = x.pairs.iter().position(|(n, _)| n == name);
+        match (pos, value) {
+            (Some(p), Some(v)) => x.pairs[p].1 = v,
+            (None, Some(v)) => {
+                x.pairs.push((name.to_vec(), v));
+                x.pairs.sort();
+            }
+            (Some(p), None) => {
+                x.pairs.remove(p);
+            }
+            (None, None) => return Ok(()),
+        }
+        self.xattrs_changed(ino)
+    }
+
+    /// Sets or removes an access or default ACL; an access ACL moves the mode's rwx bits,
+    /// and one the mode can say alone is not stored (`posix_acl_update_mode`).
+    fn set_acl(&mut self, ino: u64, name: &[u8], acl: Option<Acl>) -> FsResult<()> {
+        let (kind, perm) = {
+            let i = self.inode(ino)?;
+            (i.kind, i.perm)
+        };
+        if kind == Kind::Symlink {
+            return errno(libc::EOPNOTSUPP);
+        }
+        let mut x = self.load_xattrs(ino)?.clone();
+        let (new_perm, value) = match acl {
+            None => (None, None),
+            Some(_) if name == acl::DEFAULT && kind != Kind::Dir => return errno(libc::EACCES),
+            Some(a) if name == acl::DEFAULT => (None, Some(a.encode())),
+            Some(a) => {
+                let (p, kept) = acl::update_mode(u32::from(perm), a);
+                (Some(p as u16), kept.map(|a| a.encode()))
+            }
+        };
+        let pos = x.pairs.iter().position(|(n, _)| n == name);
+        let changed = pos.is_some() || value.is_some();
+        match (pos, value) {
+            (Some(p), Some(v)) => x.pairs[p].1 = v,
+            (None, Some(v)) => {
+                x.pairs.push((name.to_vec(), v));
+                x.pairs.sort();
+            }
+            (Some(p), None) => {
+                x.pairs.remove(p);
+            }
+            (None, None) => {}
+        }
+        // The record is written by the next flush; it must fit in one store value then.
+        if encode(&x).len() > qsfs_core::MAX_VALUE_LEN {
+            return errno(libc::ENOSPC);
+        }
+        if let Some(p) = new_perm {
+            let i = self.inode_mut(ino)?;
+            i.perm = p;
+            i.ctime = Time::now();
+        }
+        if changed {
+            *self.load_xattrs(ino)? = x;
+            self.xattrs_changed(ino)?;
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::acl;
 use crate::error::{errno, FsError, FsResult};
 use crate::fetch::{run_deferred, Fetches, PoolSubmitter, ReadPool, DEFAULT_READ_THREADS};
 use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
@@ -559,6 +560,13 @@ impl Filesystem for QsfsFuse {
         let _ = config.add_capabilities(FUSE_PARALLEL_DIROPS);
         self.writeback = config.add_capabilities(FUSE_WRITEBACK_CACHE).is_ok();
         self.killpriv = config.add_capabilities(FUSE_HANDLE_KILLPRIV_V2).is_ok();
+        // The kernel enforces POSIX ACLs (it reads them with getxattr and caches them); Fs
+        // keeps them in step with the mode and inherits default ACLs. With DONT_MASK the
+        // kernel sends the umask instead of applying it, since a default ACL overrides it.
+        // FUSE_SETXATTR_EXT (which would tell when to drop setgid on an ACL change) stays
+        // off: fuser 0.15 misreads the longer setxattr request it brings.
+        let _ = config.add_capabilities(FUSE_POSIX_ACL);
+        let _ = config.add_capabilities(FUSE_DONT_MASK);
         if self.pool.is_some() {
             let _ = config.set_max_background(MAX_BACKGROUND);
             let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
@@ -681,7 +689,7 @@ impl Filesystem for QsfsFuse {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -690,10 +698,10 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Create,
             parent,
-            |fs| fs.mknod(parent, name, mode, rdev, uid, gid),
+            |fs| fs.mknod_masked(parent, name, (mode, umask), rdev, uid, gid),
             || {
                 let name = name.to_vec();
-                move |fs: &mut Fs| fs.mknod(parent, &name, mode, rdev, uid, gid)
+                move |fs: &mut Fs| fs.mknod_masked(parent, &name, (mode, umask), rdev, uid, gid)
             },
             move |r| entry(reply, r),
         );
@@ -705,7 +713,7 @@ impl Filesystem for QsfsFuse {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _spin = self.spin.begin();
@@ -713,10 +721,10 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Mkdir,
             parent,
-            |fs| fs.mkdir(parent, name, mode, uid, gid),
+            |fs| fs.mkdir_masked(parent, name, (mode, umask), uid, gid),
             || {
                 let name = name.to_vec();
-                move |fs: &mut Fs| fs.mkdir(parent, &name, mode, uid, gid)
+                move |fs: &mut Fs| fs.mkdir_masked(parent, &name, (mode, umask), uid, gid)
             },
             move |r| entry(reply, r),
         );
@@ -1067,7 +1075,7 @@ impl Filesystem for QsfsFuse {
 
     fn setxattr(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         ino: u64,
         name: &OsStr,
         value: &[u8],
@@ -1077,13 +1085,28 @@ impl Filesystem for QsfsFuse {
     ) {
         let _spin = self.spin.begin();
         let name = name.as_bytes();
+        // posix_acl_update_mode drops setgid when the caller is neither in the file's group
+        // nor privileged; the kernel leaves that to us, so the caller's groups are needed.
+        let caller = (name == acl::ACCESS && req.uid() != 0)
+            .then(|| Caller::of(req))
+            .flatten();
+        let set = move |fs: &mut Fs, name: &[u8], value: &[u8]| {
+            fs.setxattr(ino, name, value, flags)?;
+            if let Some(c) = &caller {
+                if !c.in_group(fs.getattr(ino)?.inode.gid) {
+                    fs.drop_setgid(ino)?;
+                }
+            }
+            Ok(())
+        };
+        let set2 = set.clone();
         self.call_or_defer(
             Op::Other,
             ino,
-            |fs| fs.setxattr(ino, name, value, flags),
+            |fs| set(fs, name, value),
             || {
                 let (name, value) = (name.to_vec(), value.to_vec());
-                move |fs: &mut Fs| fs.setxattr(ino, &name, &value, flags)
+                move |fs: &mut Fs| set2(fs, &name, &value)
             },
             move |r| empty(reply, r),
         );
@@ -1148,7 +1171,7 @@ impl Filesystem for QsfsFuse {
         parent: u64,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1158,10 +1181,10 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Create,
             parent,
-            |fs| fs.create(parent, name, mode, flags, uid, gid),
+            |fs| fs.create_masked(parent, name, (mode, umask), flags, uid, gid),
             || {
                 let name = name.to_vec();
-                move |fs: &mut Fs| fs.create(parent, &name, mode, flags, uid, gid)
+                move |fs: &mut Fs| fs.create_masked(parent, &name, (mode, umask), flags, uid, gid)
             },
             move |r| {
                 reply_or_err!(reply, r, |v| reply.created(
@@ -1259,6 +1282,36 @@ impl Filesystem for QsfsFuse {
             move |fs| fs.lseek(ino, offset as u64, whence),
             move |r| reply_or_err!(reply, r, |o| reply.offset(o as i64)),
         );
+    }
+}
+
+/// The groups of the process behind a request, read from `/proc` (FUSE sends only its
+/// uid, fs gid and pid).
+#[derive(Debug, Clone)]
+struct Caller {
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl Caller {
+    /// `None` if its supplementary groups cannot be read (the process is gone): then
+    /// nothing is taken away on a guess.
+    fn of(req: &Request<'_>) -> Option<Caller> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+        let groups = line
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<Vec<u32>, _>>()
+            .ok()?;
+        Some(Caller {
+            gid: req.gid(),
+            groups,
+        })
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
     }
 }
 

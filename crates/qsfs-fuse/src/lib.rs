@@ -23,6 +23,7 @@
 //! }
 //! ```
 
+pub mod acl;
 pub mod cache;
 pub mod error;
 pub mod fetch;

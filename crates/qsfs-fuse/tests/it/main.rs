@@ -4,6 +4,7 @@
 
 mod common;
 
+mod acl;
 mod big_dir;
 mod cache_conformance;
 mod cache_flush_race;
