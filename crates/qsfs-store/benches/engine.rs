@@ -263,6 +263,20 @@ fn get_ratio() {
             .filter(|(_, records)| *records > 0)
             .collect();
         segs.sort_by_key(|(_, records)| *records);
+        // Uniform over records, as the gets of uniformly random keys are: a file is picked in
+        // proportion to the records it holds. (Picking a file first, then a record, read the
+        // short segment being written ten times as often as its share in `sealed`, and its
+        // hotter pages flattered the baseline.)
+        let total_records: u64 = segs.iter().map(|(_, r)| r).sum();
+        let pick = |mut i: u64| -> (&File, u64) {
+            for (f, records) in &segs {
+                if i < *records {
+                    return (f, i);
+                }
+                i -= records;
+            }
+            unreachable!("a record index below the total")
+        };
         // Smaller runs for counting tools (`valgrind --tool=callgrind` counts instructions
         // about 50x slower): `GET_RATIO_ROUNDS=1 GET_RATIO_PER_ROUND=20000`.
         let knob = |name: &str, default: u32| {
@@ -289,8 +303,8 @@ fn get_ratio() {
         for round in 0..rounds {
             let t = cpu();
             for _ in 0..per_round {
-                let (f, records) = &segs[rng.gen_range(0..segs.len())];
-                let off = first + rng.gen_range(0..*records) * record;
+                let (f, i) = pick(rng.gen_range(0..total_records));
+                let off = first + i * record;
                 let mut buf = vec![0u8; record as usize];
                 f.read_exact_at(&mut buf, off).expect("read");
                 std::hint::black_box(&buf);

@@ -1386,6 +1386,64 @@ mod tests {
         assert_eq!(engine.page_cache_relayouts(), (1, first_len));
     }
 
+    /// Segments that compaction wrote its copies into are candidates like any other: read by
+    /// gets, each is re-laid out once, and segments no get reads are not.
+    #[test]
+    fn segments_holding_compaction_copies_are_laid_out_again_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = small_synced_segments(dir.path());
+        let n = 650u32;
+        fill(&engine, 0..n);
+        // Half of every segment dead: compaction copies the odd keys forward.
+        for k in (0..n).step_by(2) {
+            engine
+                .set("default", Some(&k.to_le_bytes()), &value_of(k + 1))
+                .unwrap();
+        }
+        Store::sync(&engine).unwrap();
+        let report = engine.compact_with("default", 0.75).unwrap();
+        assert!(report.records_copied > 100, "{report:?}");
+        Store::sync(&engine).unwrap();
+        let before = engine.page_cache_relayouts();
+        // Where the odd keys are now: the sealed segments holding copies.
+        let (current, mut copies) = {
+            let ns = engine.ns("default").unwrap();
+            let st = ns.state.read();
+            let current = *st.segments.keys().next_back().unwrap();
+            let segs: std::collections::BTreeSet<u32> = (1..n)
+                .step_by(2)
+                .map(|k| loc_segment(st.index.live(&k.to_le_bytes()).unwrap().loc))
+                .collect();
+            (current, segs)
+        };
+        copies.remove(&current);
+        assert!(copies.len() >= 2, "{copies:?}");
+        let bytes: u64 = copies
+            .iter()
+            .map(|id| {
+                let p = dir
+                    .path()
+                    .join("ns/default")
+                    .join(crate::segment::segment_file_name(*id));
+                std::fs::metadata(p).unwrap().len()
+            })
+            .sum();
+        let mut passes = 0;
+        while engine.page_cache_relayouts().1 - before.1 < bytes {
+            for k in (1..n).step_by(2) {
+                let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+                assert!(e.value == value_of(k), "wrong value for key {k}");
+            }
+            passes += 1;
+            assert!(passes < 5_000, "{:?}", engine.page_cache_relayouts());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let after = engine.page_cache_relayouts();
+        assert_eq!(after.1 - before.1, bytes, "each of them once, nothing else");
+        assert_eq!(after.0 - before.0, copies.len() as u64);
+    }
+
     /// Gets of the segment being written racing appends, periodic syncs and the re-layouts
     /// they make due: every get returns the value written, the re-layouts never go past what
     /// was synced in whole chunks, and the engine closes with one possibly running.
