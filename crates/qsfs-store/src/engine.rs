@@ -857,9 +857,10 @@ impl Engine {
         self.inner.shared.seals.load(Ordering::Acquire)
     }
 
-    /// Page-cache re-layouts of sealed segments since the engine opened: how many segments
-    /// their gets made due (each at most once), and how many bytes the seal thread dropped
-    /// from the page cache and read back for them. Segments never read are never counted.
+    /// Page-cache re-layouts since the engine opened: how many times gets made a segment due
+    /// (a sealed segment once; the segment being written once per run of newly synced whole
+    /// chunks), and how many bytes the seal thread dropped from the page cache and read back
+    /// for them (each byte at most once). Segments never read are never counted.
     pub fn page_cache_relayouts(&self) -> (u64, u64) {
         let s = &self.inner.shared;
         (
@@ -898,10 +899,12 @@ const MAX_PENDING_RELAYOUTS: usize = 16;
 /// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
 /// keeps the engine open; it ends when the queue is closed and empty.
 ///
-/// It also re-lays out sealed segments' page cache in large folios, which makes every later
-/// cached get from them cheaper (see [`crate::segment::relayout_page_cache`]), but only those
-/// gets are read from: each segment it seals and syncs it arms (see
-/// [`crate::segment::Segment::arm_relayout`]), and the get that makes an armed segment due
+/// It also re-lays out segments' page cache in large folios, which makes every later cached
+/// get from them cheaper (see [`crate::segment::relayout_page_cache`]), but only those gets
+/// are read from: each segment it seals and syncs it arms (see
+/// [`crate::segment::Segment::arm_relayout`]; so does opening, for segments sealed before, and
+/// a sync of the segment being written, for its synced whole chunks:
+/// [`crate::segment::Segment::note_synced`]), and the get that makes an armed segment due
 /// sends it here ([`SealMsg::Relayout`]). A segment never read is never re-read. It does that
 /// in the time it has no seal to do: it pauses between chunks when a job arrives (`queued`,
 /// the seal jobs sent and not yet taken) and resumes when the queue is empty again, so a seal,

@@ -717,7 +717,8 @@ pub(crate) fn relayout_after_gets(len: u64) -> u64 {
     (len / RELAYOUT_BYTES_PER_GET).max(1)
 }
 
-/// Lays a sealed, synced segment's cached pages out again in large page-cache folios: drops
+/// Lays a synced segment's cached pages (a sealed one's, or the synced whole chunks of the one
+/// being written: see [`Segment::relayout_range`]) out again in large page-cache folios: drops
 /// them a chunk ahead of a sequential read of the file, whose read-ahead brings them back in
 /// folios of up to 2 MiB instead of the 4 KiB ones the record-sized appends made.
 ///
