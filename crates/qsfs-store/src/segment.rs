@@ -390,8 +390,11 @@ struct Relayout {
     /// Gets still to serve before the candidate part is worth laying out; 0 when there is none
     /// or it is already queued, so the common get only reads this.
     gets_left: AtomicU64,
-    /// Where the part not laid out yet starts (0: nothing done).
-    done: AtomicU64,
+    /// Where the part not laid out yet starts (0: nothing done). Shared with the handles that
+    /// replace this one (the sealed reopen of the segment being written, an offload, a
+    /// restore): a pass still running on the old handle when the segment is sealed counts for
+    /// the new one, so its chunks are not laid out twice.
+    done: Arc<AtomicU64>,
     /// Segment being appended to: how far a sync is known to cover (its pages are clean).
     synced: AtomicU64,
     /// Armed to be due, or sent to the seal thread and not finished: not armed again.
@@ -610,13 +613,10 @@ impl Segment {
 
     /// Keeps the read time of `from`, the segment this one replaces (same id, new handle), and
     /// how much of it was laid out again in the page cache.
-    pub fn inherit_last_read(self, from: &Segment) -> Segment {
+    pub fn inherit_last_read(mut self, from: &Segment) -> Segment {
         self.last_read
             .store(from.last_read.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.relayout.done.store(
-            from.relayout.done.load(Ordering::Acquire),
-            Ordering::Relaxed,
-        );
+        self.relayout.done = from.relayout.done.clone();
         self
     }
 
@@ -1355,13 +1355,13 @@ mod tests {
             gets_until_due(&seg, 10_000),
             Some(relayout_after_gets(chunk))
         );
-        seg.relayout_finished(3 * chunk);
-        // Sealed (reopened read-only, as a seal does): the rest of the file, from where the
-        // chunks ended, never the chunks again.
+        // Sealed (reopened read-only, as a seal does) while that pass runs on the old handle:
+        // the rest of the file, from where the chunks ended, never the chunks again.
         let len = seg.len();
         let sealed = Segment::open(seg.path.clone(), 1, false)
             .unwrap()
             .inherit_last_read(&seg);
+        seg.relayout_finished(3 * chunk);
         assert_eq!(sealed.relayout_range(), None, "not armed: not known synced");
         sealed.arm_relayout();
         assert_eq!(
