@@ -927,11 +927,10 @@ fn spawn_seal_thread(
         .name("qsfs-seal".into())
         .spawn(move || {
             crate::namespace::ON_SEAL_THREAD.with(|t| t.set(true));
-            // Segments still to re-lay out, and where to resume each (`None`: from where the
-            // segment's last pass ended). Weak: a segment compacted or replaced meanwhile is
-            // not kept open for this, and is skipped.
-            let mut relayouts: std::collections::VecDeque<(Weak<Segment>, Option<u64>)> =
-                Default::default();
+            // Segments still to re-lay out (each resumes where its last pass ended). Weak: a
+            // segment compacted or replaced meanwhile is not kept open for this, and is
+            // skipped.
+            let mut relayouts: std::collections::VecDeque<Weak<Segment>> = Default::default();
             loop {
                 let msg = if relayouts.is_empty() || closing.load(Ordering::Acquire) {
                     match rx.recv() {
@@ -943,13 +942,13 @@ fn spawn_seal_thread(
                         Ok(job) => job,
                         Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                         Err(std::sync::mpsc::TryRecvError::Empty) => {
-                            if let Some((seg, resume)) = relayouts.pop_front() {
+                            if let Some(seg) = relayouts.pop_front() {
                                 let keep_going = || {
                                     !closing.load(Ordering::Acquire)
                                         && queued.load(Ordering::Acquire) == 0
                                 };
-                                if let Some(at) = relayout_pass(&seg, resume, &relaid, keep_going) {
-                                    relayouts.push_front((seg, Some(at)));
+                                if relayout_pass(&seg, &relaid, keep_going) {
+                                    relayouts.push_front(seg);
                                 }
                             }
                             continue;
@@ -962,13 +961,11 @@ fn spawn_seal_thread(
                         // Gets outrunning the disk on many segments at once: the oldest wait
                         // longest, so they are the ones given up, until gets ask again.
                         if relayouts.len() >= MAX_PENDING_RELAYOUTS {
-                            if let Some(dropped) =
-                                relayouts.pop_front().and_then(|(s, _)| s.upgrade())
-                            {
+                            if let Some(dropped) = relayouts.pop_front().and_then(|s| s.upgrade()) {
                                 dropped.relayout_dropped();
                             }
                         }
-                        relayouts.push_back((seg, None));
+                        relayouts.push_back(seg);
                         continue;
                     }
                 };
@@ -985,45 +982,46 @@ fn spawn_seal_thread(
 }
 
 /// One pass of the seal thread's page-cache re-layout of `seg` (see
-/// [`crate::segment::relayout_page_cache`]), from `resume` or where its last pass ended, up to
-/// what [`Segment::relayout_range`] allows now. Returns where to resume if `keep_going` stopped
-/// it; else the segment is told the range is finished, whether it was re-read, found not cached
-/// or failed, so no byte is re-read twice.
-fn relayout_pass(
-    seg: &Weak<Segment>,
-    resume: Option<u64>,
-    relaid: &AtomicU64,
-    keep_going: impl Fn() -> bool,
-) -> Option<u64> {
+/// [`crate::segment::relayout_page_cache`]), from where its last pass ended up to what
+/// [`Segment::relayout_range`] allows now. True if `keep_going` stopped it: the segment then
+/// records how far it got and a later pass resumes there. Else the segment is told the range is
+/// finished, whether it was re-read, found not cached or failed, so no byte is re-read twice.
+fn relayout_pass(seg: &Weak<Segment>, relaid: &AtomicU64, keep_going: impl Fn() -> bool) -> bool {
     // Not held during the reads: compaction may remove the segment meanwhile.
-    let (path, range) = {
-        let seg = seg.upgrade()?;
-        (seg.path.clone(), seg.relayout_range())
+    let Some((path, range)) = seg.upgrade().map(|s| (s.path.clone(), s.relayout_range())) else {
+        return false;
     };
     let Some(range) = range else {
         if let Some(seg) = seg.upgrade() {
             seg.relayout_finished(0);
         }
-        return None;
+        return false;
     };
-    let from = resume.unwrap_or(range.from).max(range.from);
-    let resume_at = match crate::segment::relayout_page_cache(&path, from, range.to, keep_going) {
-        Ok(r) => {
-            relaid.fetch_add(r.reread, Ordering::Relaxed);
-            r.resume_at
-        }
-        // Removed since (offloaded, compacted): nothing to do.
-        Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "page cache re-layout skipped");
-            None
-        }
+    let resume_at =
+        match crate::segment::relayout_page_cache(&path, range.from, range.to, keep_going) {
+            Ok(r) => {
+                relaid.fetch_add(r.reread, Ordering::Relaxed);
+                r.resume_at
+            }
+            // Removed since (offloaded, compacted): nothing to do.
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "page cache re-layout skipped");
+                None
+            }
+        };
+    let Some(seg) = seg.upgrade() else {
+        return false;
     };
-    if resume_at.is_none() {
-        if let Some(seg) = seg.upgrade() {
+    match resume_at {
+        Some(at) => {
+            seg.relayout_progress(at);
+            true
+        }
+        None => {
             seg.relayout_finished(range.to);
+            false
         }
     }
-    resume_at
 }
 
 impl Drop for Inner {

@@ -590,6 +590,12 @@ impl Segment {
         self.arm();
     }
 
+    /// The seal thread's pass stopped (a seal or the close waits) with everything before `at`
+    /// laid out: a later pass resumes there.
+    pub fn relayout_progress(&self, at: u64) {
+        self.relayout.done.fetch_max(at, Ordering::AcqRel);
+    }
+
     /// The seal thread gave up on the segment's queued re-layout without doing it (too many
     /// others waiting): it may be asked again by later gets.
     pub fn relayout_dropped(&self) {
