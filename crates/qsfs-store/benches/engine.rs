@@ -206,8 +206,8 @@ fn get_ratio() {
         let (dir, engine, n) = filled_engine(max_segment_size);
         // Every seal done (and each sealed segment armed for its re-layout).
         Store::sync(&engine).expect("sync");
-        // A warm-up round of gets, untimed: a sealed segment's page cache is laid out again in
-        // large folios only once gets have read it (`relayout_after_gets`: 128 gets of an 8 MiB
+        // A warm-up round of gets, untimed: a segment's page cache is laid out again in large
+        // folios only once gets have read it (`relayout_after_gets`: 128 gets of an 8 MiB
         // segment; 20,000 random gets give each of the ~10 about 2,000), by the seal thread when
         // it is idle, so the timed rounds measure a server that has been serving those
         // segments for a while, not its first gets after a seal.
@@ -227,19 +227,25 @@ fn get_ratio() {
                 })
                 .collect();
         lens.sort();
-        // The newest is the segment being written, never laid out again.
+        // The newest is the segment being written: laid out again only in whole 2 MiB chunks
+        // that a sync covered (all of it was synced above).
         let sealed_bytes: u64 = lens.iter().rev().skip(1).map(|(_, len)| len).sum();
+        let chunk = 2u64 << 20;
+        let active_bytes = lens.last().map_or(0, |(_, len)| len / chunk * chunk);
         let started = std::time::Instant::now();
         let mut relaid = engine.page_cache_relayouts();
-        while relaid.1 < sealed_bytes && started.elapsed().as_secs() < 10 {
+        while relaid.1 < sealed_bytes + active_bytes && started.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_millis(50));
             relaid = engine.page_cache_relayouts();
         }
         println!(
-            "get-ratio{label}: {} segment(s) re-laid out after the warm-up gets, {:.1} of {:.1} MiB sealed re-read",
+            "get-ratio{label}: {} re-layout(s) after the warm-up gets, {:.1} of {:.1} MiB re-read \
+             (sealed {:.1} MiB, whole chunks of the segment being written {:.1} MiB)",
             relaid.0,
             relaid.1 as f64 / f64::from(1u32 << 20),
-            sealed_bytes as f64 / f64::from(1u32 << 20)
+            (sealed_bytes + active_bytes) as f64 / f64::from(1u32 << 20),
+            sealed_bytes as f64 / f64::from(1u32 << 20),
+            active_bytes as f64 / f64::from(1u32 << 20)
         );
         // The baseline reads exactly what a get reads: the engine's own segment files, record
         // by record, at the records' offsets (header, key and value in one `pread`).
@@ -257,6 +263,20 @@ fn get_ratio() {
             .filter(|(_, records)| *records > 0)
             .collect();
         segs.sort_by_key(|(_, records)| *records);
+        // Uniform over records, as the gets of uniformly random keys are: a file is picked in
+        // proportion to the records it holds. (Picking a file first, then a record, read the
+        // short segment being written ten times as often as its share in `sealed`, and its
+        // hotter pages flattered the baseline.)
+        let total_records: u64 = segs.iter().map(|(_, r)| r).sum();
+        let pick = |mut i: u64| -> (&File, u64) {
+            for (f, records) in &segs {
+                if i < *records {
+                    return (f, i);
+                }
+                i -= records;
+            }
+            unreachable!("a record index below the total")
+        };
         // Smaller runs for counting tools (`valgrind --tool=callgrind` counts instructions
         // about 50x slower): `GET_RATIO_ROUNDS=1 GET_RATIO_PER_ROUND=20000`.
         let knob = |name: &str, default: u32| {
@@ -283,8 +303,8 @@ fn get_ratio() {
         for round in 0..rounds {
             let t = cpu();
             for _ in 0..per_round {
-                let (f, records) = &segs[rng.gen_range(0..segs.len())];
-                let off = first + rng.gen_range(0..*records) * record;
+                let (f, i) = pick(rng.gen_range(0..total_records));
+                let off = first + i * record;
                 let mut buf = vec![0u8; record as usize];
                 f.read_exact_at(&mut buf, off).expect("read");
                 std::hint::black_box(&buf);

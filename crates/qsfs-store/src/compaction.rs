@@ -243,6 +243,7 @@ fn compact_segment(
     {
         f.sync_data()
             .map_err(|e| Error::io(format!("sync {}", w.seg.path.display()), e))?;
+        w.seg.note_synced(w.end);
     }
     // Eviction may have offloaded the segment since it was picked (it takes the writer
     // between batches); the writer held now keeps that state still.

@@ -37,7 +37,7 @@ use crate::namespace::{
     Event, Namespace, NamespaceStats, NsState, RawRecord, SealMsg, SegmentStats,
 };
 use crate::password::SealKey;
-use crate::segment::{loc, loc_segment, SEGMENT_HEADER_LEN};
+use crate::segment::{loc, loc_segment, Segment, SEGMENT_HEADER_LEN};
 
 const MARKER: &str = "qsfs-engine";
 const MARKER_CONTENT: &str = "qsfs engine directory, format 1\n";
@@ -875,9 +875,10 @@ impl Engine {
         self.inner.shared.seals.load(Ordering::Acquire)
     }
 
-    /// Page-cache re-layouts of sealed segments since the engine opened: how many segments
-    /// their gets made due (each at most once), and how many bytes the seal thread dropped
-    /// from the page cache and read back for them. Segments never read are never counted.
+    /// Page-cache re-layouts since the engine opened: how many times gets made a segment due
+    /// (a sealed segment once; the segment being written once per run of newly synced whole
+    /// chunks), and how many bytes the seal thread dropped from the page cache and read back
+    /// for them (each byte at most once). Segments never read are never counted.
     pub fn page_cache_relayouts(&self) -> (u64, u64) {
         let s = &self.inner.shared;
         (
@@ -924,10 +925,12 @@ pub(crate) const RELAYOUT_QUIET: Duration = Duration::from_millis(100);
 /// Starts the seal thread. It holds no engine handle (a job holds its namespace), so it never
 /// keeps the engine open; it ends when the queue is closed and empty.
 ///
-/// It also re-lays out sealed segments' page cache in large folios, which makes every later
-/// cached get from them cheaper (see [`crate::segment::relayout_page_cache`]), but only those
-/// gets are read from: each segment it seals and syncs it arms (see
-/// [`crate::segment::Segment::arm_relayout`]), and the get that makes an armed segment due
+/// It also re-lays out segments' page cache in large folios, which makes every later cached
+/// get from them cheaper (see [`crate::segment::relayout_page_cache`]), but only those gets
+/// are read from: each segment it seals and syncs it arms (see
+/// [`crate::segment::Segment::arm_relayout`]; so does opening, for segments sealed before, and
+/// a sync of the segment being written, for its synced whole chunks:
+/// [`crate::segment::Segment::note_synced`]), and the get that makes an armed segment due
 /// sends it here ([`SealMsg::Relayout`]). A segment never read is never re-read. It does that
 /// in the time it has no seal to do: it pauses between chunks when a job arrives (`queued`,
 /// the seal jobs sent and not yet taken) and resumes when the queue is empty again, so a seal,
@@ -952,8 +955,10 @@ fn spawn_seal_thread(
         .name("qsfs-seal".into())
         .spawn(move || {
             crate::namespace::ON_SEAL_THREAD.with(|t| t.set(true));
-            // Sealed segments still to re-lay out, and where to resume each.
-            let mut relayouts: std::collections::VecDeque<(PathBuf, u64)> = Default::default();
+            // Segments still to re-lay out (each resumes where its last pass ended). Weak: a
+            // segment compacted or replaced meanwhile is not kept open for this, and is
+            // skipped.
+            let mut relayouts: std::collections::VecDeque<Weak<Segment>> = Default::default();
             let gets_quiet = || {
                 let last = last_get_ms.load(Ordering::Relaxed);
                 crate::segment::now_millis().saturating_sub(last)
@@ -976,24 +981,14 @@ fn spawn_seal_thread(
                         Ok(job) => job,
                         Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                         Err(std::sync::mpsc::TryRecvError::Empty) => {
-                            if let Some((path, from)) = relayouts.pop_front() {
+                            if let Some(seg) = relayouts.pop_front() {
                                 let keep_going = || {
                                     !closing.load(Ordering::Acquire)
                                         && queued.load(Ordering::Acquire) == 0
                                         && gets_quiet()
                                 };
-                                match crate::segment::relayout_page_cache(&path, from, keep_going)
-                                {
-                                    Ok(r) => {
-                                        relaid.fetch_add(r.reread, Ordering::Relaxed);
-                                        if let Some(at) = r.resume_at {
-                                            relayouts.push_front((path, at));
-                                        }
-                                    }
-                                    // Removed since (offloaded, compacted): nothing to do.
-                                    Err(e) => {
-                                        tracing::debug!(path = %path.display(), error = %e, "page cache re-layout skipped")
-                                    }
+                                if relayout_pass(&seg, &relaid, keep_going) {
+                                    relayouts.push_front(seg);
                                 }
                             }
                             continue;
@@ -1002,13 +997,15 @@ fn spawn_seal_thread(
                 };
                 let job = match msg {
                     SealMsg::Seal(job) => job,
-                    SealMsg::Relayout(path) => {
+                    SealMsg::Relayout(seg) => {
                         // Gets outrunning the disk on many segments at once: the oldest wait
-                        // longest, so they are the ones given up (never asked again).
+                        // longest, so they are the ones given up, until gets ask again.
                         if relayouts.len() >= MAX_PENDING_RELAYOUTS {
-                            relayouts.pop_front();
+                            if let Some(dropped) = relayouts.pop_front().and_then(|s| s.upgrade()) {
+                                dropped.relayout_dropped();
+                            }
                         }
-                        relayouts.push_back((path, 0));
+                        relayouts.push_back(seg);
                         continue;
                     }
                 };
@@ -1022,6 +1019,49 @@ fn spawn_seal_thread(
         })
         .map_err(|e| Error::io("start the seal thread", e))?;
     Ok((tx, handle))
+}
+
+/// One pass of the seal thread's page-cache re-layout of `seg` (see
+/// [`crate::segment::relayout_page_cache`]), from where its last pass ended up to what
+/// [`Segment::relayout_range`] allows now. True if `keep_going` stopped it: the segment then
+/// records how far it got and a later pass resumes there. Else the segment is told the range is
+/// finished, whether it was re-read, found not cached or failed, so no byte is re-read twice.
+fn relayout_pass(seg: &Weak<Segment>, relaid: &AtomicU64, keep_going: impl Fn() -> bool) -> bool {
+    // Not held during the reads: compaction may remove the segment meanwhile.
+    let Some((path, range)) = seg.upgrade().map(|s| (s.path.clone(), s.relayout_range())) else {
+        return false;
+    };
+    let Some(range) = range else {
+        if let Some(seg) = seg.upgrade() {
+            seg.relayout_finished(0);
+        }
+        return false;
+    };
+    let resume_at =
+        match crate::segment::relayout_page_cache(&path, range.from, range.to, keep_going) {
+            Ok(r) => {
+                relaid.fetch_add(r.reread, Ordering::Relaxed);
+                r.resume_at
+            }
+            // Removed since (offloaded, compacted): nothing to do.
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "page cache re-layout skipped");
+                None
+            }
+        };
+    let Some(seg) = seg.upgrade() else {
+        return false;
+    };
+    match resume_at {
+        Some(at) => {
+            seg.relayout_progress(at);
+            true
+        }
+        None => {
+            seg.relayout_finished(range.to);
+            false
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -1318,6 +1358,244 @@ mod tests {
             let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
             assert!(e.value == value(k), "wrong value for key {k}");
         }
+        drop(engine);
+    }
+
+    /// Sets `keys` with 4 KiB values derived from each key.
+    fn fill(engine: &Engine, keys: std::ops::Range<u32>) {
+        for i in keys {
+            engine
+                .set("default", Some(&i.to_le_bytes()), &value_of(i))
+                .unwrap();
+        }
+    }
+
+    fn value_of(i: u32) -> Vec<u8> {
+        (0..4096u32)
+            .map(|j| (i.wrapping_mul(0x9E37_79B9) ^ j) as u8)
+            .collect()
+    }
+
+    /// Gets every key of `keys` (each returning its value), `passes` times over.
+    fn get_all(engine: &Engine, keys: std::ops::Range<u32>, passes: u32) {
+        for _ in 0..passes {
+            for k in keys.clone() {
+                let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+                assert!(e.value == value_of(k), "wrong value for key {k}");
+            }
+        }
+    }
+
+    /// Gets `keys` until the re-layouts have re-read `bytes` in all (they run on the seal
+    /// thread, after the get that makes them due, once gets pause: [`RELAYOUT_QUIET`]),
+    /// failing after a while.
+    fn get_until_relaid(engine: &Engine, keys: std::ops::Range<u32>, bytes: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.page_cache_relayouts().1 < bytes {
+            get_all(engine, keys.clone(), 4);
+            std::thread::sleep(RELAYOUT_QUIET * 3);
+            assert!(
+                Instant::now() < deadline,
+                "never re-laid out: {:?}",
+                engine.page_cache_relayouts()
+            );
+        }
+    }
+
+    /// The segment being written: gets re-lay out its page cache only up to the last whole
+    /// 2 MiB chunk a sync covered (never unsynced, dirty pages; never the tail), each chunk
+    /// once, and the newly synced chunks again once gets read them.
+    #[test]
+    fn only_synced_whole_chunks_of_the_segment_being_written_are_laid_out_again_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // No syncs but those asked for: what is written stays dirty until then.
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                durability: Durability::None,
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let chunk = crate::segment::RELAYOUT_ALIGN;
+        // 1,300 records of 4,164 bytes: 5.2 MiB, all in the one segment being written.
+        let n = 1300u32;
+        fill(&engine, 0..n);
+        get_all(&engine, 0..n, 3);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(engine.page_cache_relayouts(), (0, 0), "nothing synced yet");
+        Store::sync(&engine).unwrap();
+        // The two whole chunks the sync covered, not the part of the third.
+        get_until_relaid(&engine, 0..n, 2 * chunk);
+        assert_eq!(engine.page_cache_relayouts(), (1, 2 * chunk));
+        get_all(&engine, 0..n, 3);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            engine.page_cache_relayouts(),
+            (1, 2 * chunk),
+            "once per chunk"
+        );
+        // Written past the third chunk: not a candidate before a sync covers it.
+        fill(&engine, n..n + 400);
+        get_all(&engine, 0..n + 400, 2);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(engine.page_cache_relayouts(), (1, 2 * chunk));
+        Store::sync(&engine).unwrap();
+        get_until_relaid(&engine, 0..n + 400, 3 * chunk);
+        assert_eq!(engine.page_cache_relayouts(), (2, 3 * chunk));
+        get_all(&engine, 0..n + 400, 1);
+    }
+
+    /// Segments sealed by an earlier run are candidates too: after a reopen, the one that gets
+    /// read is re-laid out once, whole, and the others never.
+    #[test]
+    fn segments_sealed_by_an_earlier_run_are_laid_out_again_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 650u32;
+        {
+            let engine = small_synced_segments(dir.path());
+            fill(&engine, 0..n);
+        }
+        let engine = small_synced_segments(dir.path());
+        let first = dir.path().join("ns/default/0000000000.seg");
+        let first_len = std::fs::metadata(&first).unwrap().len();
+        // The last keys are in the segment being written (less than a whole chunk).
+        get_all(&engine, n - 20..n, 20);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            engine.page_cache_relayouts(),
+            (0, 0),
+            "no sealed segment read"
+        );
+        // Keys 0..40 are all in the first segment.
+        get_until_relaid(&engine, 0..40, first_len);
+        assert_eq!(engine.page_cache_relayouts(), (1, first_len));
+        get_all(&engine, 0..40, 50);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(engine.page_cache_relayouts(), (1, first_len));
+    }
+
+    /// Segments that compaction wrote its copies into are candidates like any other: read by
+    /// gets, each is re-laid out once, and segments no get reads are not.
+    #[test]
+    fn segments_holding_compaction_copies_are_laid_out_again_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = small_synced_segments(dir.path());
+        let n = 650u32;
+        fill(&engine, 0..n);
+        // Half of every segment dead: compaction copies the odd keys forward.
+        for k in (0..n).step_by(2) {
+            engine
+                .set("default", Some(&k.to_le_bytes()), &value_of(k + 1))
+                .unwrap();
+        }
+        Store::sync(&engine).unwrap();
+        let report = engine.compact_with("default", 0.75).unwrap();
+        assert!(report.records_copied > 100, "{report:?}");
+        Store::sync(&engine).unwrap();
+        let before = engine.page_cache_relayouts();
+        // Where the odd keys are now: the sealed segments holding copies.
+        let (current, mut copies) = {
+            let ns = engine.ns("default").unwrap();
+            let st = ns.state.read();
+            let current = *st.segments.keys().next_back().unwrap();
+            let segs: std::collections::BTreeSet<u32> = (1..n)
+                .step_by(2)
+                .map(|k| loc_segment(st.index.live(&k.to_le_bytes()).unwrap().loc))
+                .collect();
+            (current, segs)
+        };
+        copies.remove(&current);
+        assert!(copies.len() >= 2, "{copies:?}");
+        let bytes: u64 = copies
+            .iter()
+            .map(|id| {
+                let p = dir
+                    .path()
+                    .join("ns/default")
+                    .join(crate::segment::segment_file_name(*id));
+                std::fs::metadata(p).unwrap().len()
+            })
+            .sum();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while engine.page_cache_relayouts().1 - before.1 < bytes {
+            for _ in 0..4 {
+                for k in (1..n).step_by(2) {
+                    let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+                    assert!(e.value == value_of(k), "wrong value for key {k}");
+                }
+            }
+            std::thread::sleep(RELAYOUT_QUIET * 3);
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                engine.page_cache_relayouts()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let after = engine.page_cache_relayouts();
+        assert_eq!(after.1 - before.1, bytes, "each of them once, nothing else");
+        assert_eq!(after.0 - before.0, copies.len() as u64);
+    }
+
+    /// Gets of the segment being written racing appends, periodic syncs and the re-layouts
+    /// they make due: every get returns the value written, the re-layouts never go past what
+    /// was synced in whole chunks, and the engine closes with one possibly running.
+    #[test]
+    fn gets_stay_right_while_the_segment_being_written_is_laid_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                durability: Durability::Periodic(Duration::from_millis(5)),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let chunk = crate::segment::RELAYOUT_ALIGN;
+        let n = 4000u32;
+        let written = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..n {
+                    fill(&engine, i..i + 1);
+                    written.store(i + 1, Ordering::Release);
+                    if i % 500 == 499 {
+                        std::thread::sleep(Duration::from_millis(30));
+                    }
+                }
+            });
+            s.spawn(|| {
+                let mut x = 0x9E37_79B9u32;
+                let mut reads = 0u32;
+                while written.load(Ordering::Acquire) < n || reads < 5 * n {
+                    let upto = written.load(Ordering::Acquire);
+                    if upto == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let k = x % upto;
+                    let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
+                    assert!(e.value == value_of(k), "wrong value for key {k}");
+                    reads += 1;
+                    if reads % 512 == 0 {
+                        // Synced whole chunks only: never beyond the chunks written.
+                        let len = std::fs::metadata(dir.path().join("ns/default/0000000000.seg"))
+                            .unwrap()
+                            .len();
+                        let relaid = engine.page_cache_relayouts().1;
+                        assert!(
+                            relaid % chunk == 0 && relaid <= len / chunk * chunk,
+                            "{relaid} of {len}"
+                        );
+                    }
+                }
+            });
+        });
+        assert_eq!(engine.seal_count(), 0);
+        assert!(engine.page_cache_relayouts().0 > 0);
+        get_all(&engine, 0..n, 1);
         drop(engine);
     }
 

@@ -192,9 +192,9 @@ pub(crate) struct SealJob {
 pub(crate) enum SealMsg {
     /// A seal's I/O (boxed: one allocation per seal keeps every message small).
     Seal(Box<SealJob>),
-    /// A sealed segment whose gets made it due for its page-cache re-layout (see
-    /// [`crate::segment::relayout_page_cache`]).
-    Relayout(PathBuf),
+    /// A segment whose gets made it (or the newly synced part of the segment being appended
+    /// to) due for its page-cache re-layout (see [`crate::segment::relayout_page_cache`]).
+    Relayout(Weak<Segment>),
 }
 
 /// State of [`Durability::Group`] for one namespace.
@@ -390,6 +390,13 @@ impl Namespace {
             Some((i, s)) => (*i, s.clone()),
             None => return Err(Error::InvalidArgument("no segment".into())),
         };
+        // Sealed by an earlier run: synced at their seal under any durability but `None`, so
+        // candidates for the page-cache re-layout once gets read them, like those sealed now.
+        if shared.config.durability != Durability::None {
+            for s in segments.values().filter(|s| s.id != current_id) {
+                s.arm_relayout();
+            }
+        }
 
         let mut state = NsState {
             index: Index::new(desc.seqno_floor, desc.slot_floor),
@@ -1015,6 +1022,9 @@ impl Namespace {
             Durability::None => {}
         }
         w.end = at + len;
+        if durable && shared.config.durability == Durability::EveryWrite {
+            w.seg.note_synced(w.end);
+        }
         self.tail.store(loc(w.seg.id, w.end), Ordering::Release);
         Ok(loc(w.seg.id, at))
     }
@@ -1661,6 +1671,9 @@ impl Namespace {
             g.syncing = false;
             if r.is_ok() {
                 g.synced = g.synced.max(target);
+                if loc_segment(target) == seg.id {
+                    seg.note_synced(loc_offset(target));
+                }
             }
             self.group_done.notify_all();
             r.map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
@@ -1712,11 +1725,15 @@ impl Namespace {
     /// Queues `seg`, due for its page-cache re-layout, to the seal thread; never waits for it
     /// (the queue is unbounded, and a segment is due once at most).
     #[cold]
-    fn ask_relayout(shared: &Shared, seg: &Segment) {
-        if let Some(tx) = shared.sealer.lock().as_ref() {
-            if tx.send(SealMsg::Relayout(seg.path.clone())).is_ok() {
-                shared.relayouts_asked.fetch_add(1, Ordering::Relaxed);
-            }
+    fn ask_relayout(shared: &Shared, seg: &Arc<Segment>) {
+        let sent = shared
+            .sealer
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| tx.send(SealMsg::Relayout(Arc::downgrade(seg))).is_ok());
+        // Not sent only while the engine closes: then it stays busy, never asked again.
+        if sent {
+            shared.relayouts_asked.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1726,11 +1743,7 @@ impl Namespace {
         let Some(seg) = self.state.read().segments.get(&id).cloned() else {
             return;
         };
-        if seg.file.is_some() {
-            if let Ok(m) = std::fs::metadata(&seg.path) {
-                seg.arm_relayout(m.len());
-            }
-        }
+        seg.arm_relayout();
     }
 
     /// `Store::meta`.
@@ -2092,7 +2105,11 @@ impl Namespace {
 
     /// Forces the current segment to stable storage.
     pub fn sync(&self) -> Result<()> {
-        let seg = self.writer.lock().seg.clone();
+        // The tail read with the writer held is the end of what the sync below covers.
+        let (seg, end) = {
+            let w = self.writer.lock();
+            (w.seg.clone(), w.end)
+        };
         self.dirty.store(false, Ordering::Release);
         // Records written before the current segment are in sealed ones: durable once their
         // seals are done.
@@ -2103,6 +2120,7 @@ impl Namespace {
         {
             f.sync_data()
                 .map_err(|e| Error::io(format!("sync {}", seg.path.display()), e))?;
+            seg.note_synced(end);
         }
         Ok(())
     }

@@ -376,10 +376,41 @@ pub(crate) struct Segment {
     pub offloaded_len: u64,
     /// Unix milliseconds of the last record read from it (0 = not since open).
     pub last_read: AtomicU64,
-    /// Gets still to serve before the segment's page cache is worth laying out again (see
-    /// [`relayout_page_cache`]); 0 when it is not a candidate (not sealed and synced) or is
-    /// already queued or done, so a segment is laid out at most once.
-    relayout_gets_left: AtomicU64,
+    /// Page-cache re-layout state (see [`relayout_page_cache`]).
+    relayout: Relayout,
+}
+
+/// Where a segment stands with its page-cache re-layout (see [`relayout_page_cache`]). The
+/// part before `done` was laid out (or given up on) and is never laid out again, so every byte
+/// is re-read at most once; the part after it becomes a candidate once it is synced (its pages
+/// clean): a sealed segment when its seal synced it (or at open, sealed by an earlier run), the
+/// segment being appended to up to the last whole [`RELAYOUT_ALIGN`] chunk a sync covered.
+#[derive(Debug, Default)]
+struct Relayout {
+    /// Gets still to serve before the candidate part is worth laying out; 0 when there is none
+    /// or it is already queued, so the common get only reads this.
+    gets_left: AtomicU64,
+    /// Where the part not laid out yet starts (0: nothing done). Shared with the handles that
+    /// replace this one (the sealed reopen of the segment being written, an offload, a
+    /// restore): a pass still running on the old handle when the segment is sealed counts for
+    /// the new one, so its chunks are not laid out twice.
+    done: Arc<AtomicU64>,
+    /// Segment being appended to: how far a sync is known to cover (its pages are clean).
+    synced: AtomicU64,
+    /// Armed to be due, or sent to the seal thread and not finished: not armed again.
+    busy: std::sync::atomic::AtomicBool,
+    /// A sealed segment allowed to be laid out (synced): what a re-arm may arm again.
+    sealed_ok: std::sync::atomic::AtomicBool,
+}
+
+/// What the seal thread is to lay out of a segment, from [`Segment::relayout_range`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RelayoutRange {
+    /// First byte.
+    pub from: u64,
+    /// End, exclusive: the file's end for a sealed segment; for the segment being appended
+    /// to the end of the last whole [`RELAYOUT_ALIGN`] chunk a sync covers, never its tail.
+    pub to: u64,
 }
 
 impl Segment {
@@ -417,7 +448,7 @@ impl Segment {
             file: Some(SegFile::Pinned(Arc::new(file))),
             offloaded_len: 0,
             last_read: AtomicU64::new(0),
-            relayout_gets_left: AtomicU64::new(0),
+            relayout: Relayout::default(),
         })
     }
 
@@ -453,7 +484,7 @@ impl Segment {
             file: Some(file),
             offloaded_len: 0,
             last_read: AtomicU64::new(0),
-            relayout_gets_left: AtomicU64::new(0),
+            relayout: Relayout::default(),
         })
     }
 
@@ -465,7 +496,7 @@ impl Segment {
             file: None,
             offloaded_len: len,
             last_read: AtomicU64::new(0),
-            relayout_gets_left: AtomicU64::new(0),
+            relayout: Relayout::default(),
         }
     }
 
@@ -490,30 +521,108 @@ impl Segment {
             .transpose()
     }
 
-    /// Makes this sealed, synced segment of `len` bytes a candidate for [`relayout_page_cache`]:
-    /// [`Segment::get_served`] says when it has served enough gets to be worth it.
-    pub fn arm_relayout(&self, len: u64) {
-        self.relayout_gets_left
-            .store(relayout_after_gets(len), Ordering::Relaxed);
+    /// True for the segment being appended to (its file is opened writable and pinned).
+    fn appendable(&self) -> bool {
+        matches!(self.file, Some(SegFile::Pinned(_)))
+    }
+
+    /// Makes this sealed segment, whose file is synced (its cached pages clean), a candidate
+    /// for [`relayout_page_cache`]: [`Segment::get_served`] says when it has served enough gets
+    /// to be worth it. Its part already laid out (while it was being appended to) is not again.
+    pub fn arm_relayout(&self) {
+        self.relayout.sealed_ok.store(true, Ordering::Relaxed);
+        self.arm();
+    }
+
+    /// A sync of the segment being appended to covered its first `upto` bytes: the whole
+    /// [`RELAYOUT_ALIGN`] chunks among them not laid out yet become a candidate for
+    /// [`relayout_page_cache`], due after enough gets like a sealed segment.
+    pub fn note_synced(&self, upto: u64) {
+        let r = &self.relayout;
+        // A sync that covers no new whole chunk (most of them) only reads.
+        if upto / RELAYOUT_ALIGN <= r.synced.load(Ordering::Relaxed) / RELAYOUT_ALIGN {
+            return;
+        }
+        r.synced.fetch_max(upto, Ordering::Relaxed);
+        self.arm();
+    }
+
+    /// Arms the candidate part, if there is one and nothing is armed or queued already.
+    fn arm(&self) {
+        let r = &self.relayout;
+        let Some(range) = self.relayout_range() else {
+            return;
+        };
+        if r.busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            r.gets_left.store(
+                relayout_after_gets(range.to - range.from),
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// The part of the file a re-layout may drop and read back now, if any: after what was
+    /// already done, up to the file's end once sealed and synced, or up to the last whole
+    /// [`RELAYOUT_ALIGN`] chunk covered by a sync while appended to, so the pages of the tail
+    /// being written, and any dirty page, are never touched.
+    pub fn relayout_range(&self) -> Option<RelayoutRange> {
+        let r = &self.relayout;
+        let from = r.done.load(Ordering::Acquire);
+        let to = if self.appendable() {
+            r.synced.load(Ordering::Relaxed) / RELAYOUT_ALIGN * RELAYOUT_ALIGN
+        } else if r.sealed_ok.load(Ordering::Relaxed) && self.file.is_some() {
+            self.len()
+        } else {
+            0
+        };
+        (to > from).then_some(RelayoutRange { from, to })
+    }
+
+    /// The seal thread finished with the segment's re-layout (done, or given up on) up to
+    /// `to`: that part is never laid out again, and what follows may be armed again.
+    pub fn relayout_finished(&self, to: u64) {
+        let r = &self.relayout;
+        r.done.fetch_max(to, Ordering::AcqRel);
+        r.busy.store(false, Ordering::Release);
+        self.arm();
+    }
+
+    /// The seal thread's pass stopped (a seal or the close waits) with everything before `at`
+    /// laid out: a later pass resumes there.
+    pub fn relayout_progress(&self, at: u64) {
+        self.relayout.done.fetch_max(at, Ordering::AcqRel);
+    }
+
+    /// The seal thread gave up on the segment's queued re-layout without doing it (too many
+    /// others waiting): it may be asked again by later gets.
+    pub fn relayout_dropped(&self) {
+        self.relayout.busy.store(false, Ordering::Release);
+        self.arm();
     }
 
     /// Counts a get served from this segment: true for exactly one get, the one that makes
-    /// an armed segment (see [`Segment::arm_relayout`]) due for its page-cache re-layout.
+    /// an armed segment (see [`Segment::arm_relayout`], [`Segment::note_synced`]) due for its
+    /// page-cache re-layout. The caller then sends it to the seal thread, which ends with
+    /// [`Segment::relayout_finished`] or [`Segment::relayout_dropped`].
     #[inline]
     pub fn get_served(&self) -> bool {
+        let left = &self.relayout.gets_left;
         // The common case, a segment not armed or already due, only reads the shared line.
-        if self.relayout_gets_left.load(Ordering::Relaxed) == 0 {
+        if left.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        self.relayout_gets_left
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            == Ok(1)
+        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)) == Ok(1)
     }
 
-    /// Keeps the read time of `from`, the segment this one replaces (same id, new handle).
-    pub fn inherit_last_read(self, from: &Segment) -> Segment {
+    /// Keeps the read time of `from`, the segment this one replaces (same id, new handle), and
+    /// how much of it was laid out again in the page cache.
+    pub fn inherit_last_read(mut self, from: &Segment) -> Segment {
         self.last_read
             .store(from.last_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.relayout.done = from.relayout.done.clone();
         self
     }
 
@@ -595,6 +704,11 @@ pub(crate) fn read_vec_at(file: &File, len: usize, offset: u64) -> io::Result<Ve
 /// small ones: measured, 2 MiB chunks gained little, 32 MiB as much as the whole file at once.
 pub(crate) const RELAYOUT_CHUNK: u64 = 32 << 20;
 
+/// The segment being appended to is laid out again in whole chunks of this size, aligned,
+/// up to what a sync covers: the largest page-cache folio (2 MiB) then never straddles the
+/// boundary with the tail still being written in 4 KiB pages.
+pub(crate) const RELAYOUT_ALIGN: u64 = 2 << 20;
+
 /// Sequential re-read a segment may cost per get already served from it before
 /// [`relayout_page_cache`] runs: see [`relayout_after_gets`].
 pub(crate) const RELAYOUT_BYTES_PER_GET: u64 = 64 << 10;
@@ -609,7 +723,8 @@ pub(crate) fn relayout_after_gets(len: u64) -> u64 {
     (len / RELAYOUT_BYTES_PER_GET).max(1)
 }
 
-/// Lays a sealed, synced segment's cached pages out again in large page-cache folios: drops
+/// Lays a synced segment's cached pages (a sealed one's, or the synced whole chunks of the one
+/// being written: see [`Segment::relayout_range`]) out again in large page-cache folios: drops
 /// them a chunk ahead of a sequential read of the file, whose read-ahead brings them back in
 /// folios of up to 2 MiB instead of the 4 KiB ones the record-sized appends made.
 ///
@@ -629,16 +744,18 @@ pub(crate) fn relayout_after_gets(len: u64) -> u64 {
 /// file costs at most one read-ahead window. Dirty pages are never dropped by the kernel, so
 /// the caller syncs the file first.
 ///
-/// Starts at `from` (0, or where an earlier pass stopped: [`Relaid::resume_at`]) and asks
-/// `keep_going` before each chunk (the seal thread says no when a seal or the engine's close
-/// waits). A chunk it dropped it always reads back before it stops, so stopping leaves nothing
-/// out of the cache.
+/// Starts at `from` (0, or where an earlier pass stopped: [`Relaid::resume_at`]), ends at
+/// `to` or the end of the file, whichever comes first (for the segment being appended to, the
+/// end of what a sync covers: see [`Segment::relayout_range`]), and asks `keep_going` before
+/// each chunk (the seal thread says no when a seal or the engine's close waits). A chunk it
+/// dropped it always reads back before it stops, so stopping leaves nothing out of the cache.
 pub(crate) fn relayout_page_cache(
     path: &Path,
     from: u64,
+    to: u64,
     keep_going: impl Fn() -> bool,
 ) -> io::Result<Relaid> {
-    relayout_in_chunks(path, RELAYOUT_CHUNK, from, keep_going)
+    relayout_in_chunks(path, RELAYOUT_CHUNK, from, to, keep_going)
 }
 
 /// What one [`relayout_page_cache`] pass did.
@@ -656,11 +773,12 @@ fn relayout_in_chunks(
     path: &Path,
     chunk: u64,
     from: u64,
+    to: u64,
     keep_going: impl Fn() -> bool,
 ) -> io::Result<Relaid> {
     use std::os::fd::AsRawFd;
     let file = File::open(path)?;
-    let len = file.metadata()?.len();
+    let len = file.metadata()?.len().min(to);
     let cached = |at: u64| {
         let mut b = [0u8; 1];
         matches!(
@@ -1115,12 +1233,15 @@ mod tests {
             resume_at: None,
         };
         assert_eq!(
-            relayout_in_chunks(&path, 64 << 10, 0, || true).unwrap(),
+            relayout_in_chunks(&path, 64 << 10, 0, u64::MAX, || true).unwrap(),
             all
         );
         assert_eq!(std::fs::read(&path).unwrap(), data);
         // The public entry point, one chunk for the whole file.
-        assert_eq!(relayout_page_cache(&path, 0, || true).unwrap(), all);
+        assert_eq!(
+            relayout_page_cache(&path, 0, u64::MAX, || true).unwrap(),
+            all
+        );
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
@@ -1131,7 +1252,7 @@ mod tests {
         let chunk = 64 << 10;
         // Told to stop after two chunks: both were dropped and both are read back.
         let asked = std::cell::Cell::new(0);
-        let first = relayout_in_chunks(&path, chunk, 0, || {
+        let first = relayout_in_chunks(&path, chunk, 0, u64::MAX, || {
             asked.set(asked.get() + 1);
             asked.get() <= 2
         })
@@ -1143,7 +1264,7 @@ mod tests {
                 resume_at: Some(2 * chunk)
             }
         );
-        let rest = relayout_in_chunks(&path, chunk, 2 * chunk, || true).unwrap();
+        let rest = relayout_in_chunks(&path, chunk, 2 * chunk, u64::MAX, || true).unwrap();
         assert_eq!(
             rest,
             Relaid {
@@ -1160,7 +1281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, data) = synced_file(dir.path(), 200_000);
         assert_eq!(
-            relayout_in_chunks(&path, 64 << 10, 0, || false).unwrap(),
+            relayout_in_chunks(&path, 64 << 10, 0, u64::MAX, || false).unwrap(),
             Relaid {
                 reread: 0,
                 resume_at: Some(0)
@@ -1177,13 +1298,104 @@ mod tests {
         // Nothing is cached (the pages were clean, so the kernel dropped them all): re-reading
         // would pull a cold file into the cache, so it reads nothing.
         assert_eq!(
-            relayout_in_chunks(&path, 64 << 10, 0, || true).unwrap(),
+            relayout_in_chunks(&path, 64 << 10, 0, u64::MAX, || true).unwrap(),
             Relaid {
                 reread: 0,
                 resume_at: None
             }
         );
         drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    /// Counts gets on `seg` until one makes it due; `None` if none does within `max` gets.
+    fn gets_until_due(seg: &Segment, max: u64) -> Option<u64> {
+        (1..=max).find(|_| seg.get_served())
+    }
+
+    #[test]
+    fn the_segment_being_written_is_a_candidate_only_for_synced_whole_chunks_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 1, 0).unwrap();
+        let f = seg.handle().unwrap().unwrap();
+        let chunk = RELAYOUT_ALIGN;
+        f.write_all_at(&vec![5u8; (3 * chunk + 100) as usize], SEGMENT_HEADER_LEN)
+            .unwrap();
+        // Nothing synced: no candidate, gets never make it due.
+        assert_eq!(seg.relayout_range(), None);
+        assert_eq!(gets_until_due(&seg, 10_000), None);
+        // A sync short of the first chunk's end: still nothing (never a part chunk).
+        seg.note_synced(chunk - 1);
+        assert_eq!(seg.relayout_range(), None);
+        assert_eq!(gets_until_due(&seg, 10_000), None);
+        // A sync into the third chunk: the first two, due after their share of gets.
+        seg.note_synced(2 * chunk + 10);
+        let two = RelayoutRange {
+            from: 0,
+            to: 2 * chunk,
+        };
+        assert_eq!(seg.relayout_range(), Some(two));
+        assert_eq!(
+            gets_until_due(&seg, 10_000),
+            Some(relayout_after_gets(2 * chunk))
+        );
+        // Due once: later gets and syncs do not make it due again while it is queued.
+        seg.note_synced(2 * chunk + 20);
+        assert_eq!(gets_until_due(&seg, 10_000), None);
+        // Dropped from the seal thread's queue: later gets ask again.
+        seg.relayout_dropped();
+        assert!(gets_until_due(&seg, 10_000).is_some());
+        seg.relayout_finished(2 * chunk);
+        // Done up to the synced chunks: nothing more until a sync covers the next whole one.
+        assert_eq!(seg.relayout_range(), None);
+        assert_eq!(gets_until_due(&seg, 10_000), None);
+        seg.note_synced(3 * chunk + 100);
+        assert_eq!(
+            seg.relayout_range(),
+            Some(RelayoutRange {
+                from: 2 * chunk,
+                to: 3 * chunk
+            })
+        );
+        assert_eq!(
+            gets_until_due(&seg, 10_000),
+            Some(relayout_after_gets(chunk))
+        );
+        // Sealed (reopened read-only, as a seal does) while that pass runs on the old handle:
+        // the rest of the file, from where the chunks ended, never the chunks again.
+        let len = seg.len();
+        let sealed = Segment::open(seg.path.clone(), 1, false)
+            .unwrap()
+            .inherit_last_read(&seg);
+        seg.relayout_finished(3 * chunk);
+        assert_eq!(sealed.relayout_range(), None, "not armed: not known synced");
+        sealed.arm_relayout();
+        assert_eq!(
+            sealed.relayout_range(),
+            Some(RelayoutRange {
+                from: 3 * chunk,
+                to: len
+            })
+        );
+        assert!(gets_until_due(&sealed, 10).is_some());
+        sealed.relayout_finished(len);
+        sealed.arm_relayout();
+        assert_eq!(sealed.relayout_range(), None);
+        assert_eq!(gets_until_due(&sealed, 10_000), None);
+    }
+
+    #[test]
+    fn relayout_stops_at_the_end_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data) = synced_file(dir.path(), 300_000);
+        let chunk = 64 << 10;
+        assert_eq!(
+            relayout_in_chunks(&path, chunk, 0, 2 * chunk, || true).unwrap(),
+            Relaid {
+                reread: 2 * chunk,
+                resume_at: None
+            }
+        );
         assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 
