@@ -2495,18 +2495,8 @@ impl Fs {
 
     /// Sets (`Some`) or removes (`None`) xattr `name` of `ino`, whose record is loaded.
     fn put_xattr(&mut self, ino: u64, name: &[u8], value: Option<Vec<u8>>) -> FsResult<()> {
-        let x = self.load_xattrs(ino)?;
-        let pos = x.pairs.iter().position(|(n, _)| n == name);
-        match (pos, value) {
-            (Some(p), Some(v)) => x.pairs[p].1 = v,
-            (None, Some(v)) => {
-                x.pairs.push((name.to_vec(), v));
-                x.pairs.sort();
-            }
-            (Some(p), None) => {
-                x.pairs.remove(p);
-            }
-            (None, None) => return Ok(()),
+        if !upsert_xattr(self.load_xattrs(ino)?, name, value) {
+            return Ok(());
         }
         self.xattrs_changed(ino)
     }
@@ -2531,19 +2521,7 @@ impl Fs {
                 (Some(p as u16), kept.map(|a| a.encode()))
             }
         };
-        let pos = x.pairs.iter().position(|(n, _)| n == name);
-        let changed = pos.is_some() || value.is_some();
-        match (pos, value) {
-            (Some(p), Some(v)) => x.pairs[p].1 = v,
-            (None, Some(v)) => {
-                x.pairs.push((name.to_vec(), v));
-                x.pairs.sort();
-            }
-            (Some(p), None) => {
-                x.pairs.remove(p);
-            }
-            (None, None) => {}
-        }
+        let changed = upsert_xattr(&mut x, name, value);
         // The record is written by the next flush; it must fit in one store value then.
         if encode(&x).len() > qsfs_core::MAX_VALUE_LEN {
             return errno(libc::ENOSPC);
@@ -2929,4 +2907,22 @@ impl Fs {
         ACTIVE_SESSIONS.lock().remove(&self.session);
         self.locked = false;
     }
+}
+
+/// Sets (`Some`) or removes (`None`) xattr `name` in `x`, keeping the pairs sorted; false when
+/// there was nothing to remove.
+fn upsert_xattr(x: &mut Xattrs, name: &[u8], value: Option<Vec<u8>>) -> bool {
+    let pos = x.pairs.iter().position(|(n, _)| n == name);
+    match (pos, value) {
+        (Some(p), Some(v)) => x.pairs[p].1 = v,
+        (None, Some(v)) => {
+            x.pairs.push((name.to_vec(), v));
+            x.pairs.sort();
+        }
+        (Some(p), None) => {
+            x.pairs.remove(p);
+        }
+        (None, None) => return false,
+    }
+    true
 }
