@@ -1300,6 +1300,56 @@ mod tests {
         }
     }
 
+    /// A writer (`write(i)` for i in 0..n, pausing as it likes) races a reader of random keys
+    /// already written (each value checked by `check`), until all are written and at least
+    /// `min_reads` gets were done. The reader pauses for longer than [`RELAYOUT_QUIET`] every
+    /// 5,000 gets, so that the re-layouts its gets made due start, and its next gets race them;
+    /// `every_512` runs every 512 gets.
+    fn race_writes_and_gets(
+        engine: &Engine,
+        n: u32,
+        min_reads: u32,
+        write: impl Fn(u32) + Sync,
+        check: impl Fn(u32, &[u8]) + Sync,
+        every_512: impl Fn() + Sync,
+    ) {
+        let written = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..n {
+                    write(i);
+                    written.store(i + 1, Ordering::Release);
+                }
+            });
+            s.spawn(|| {
+                let mut x = 0x9E37_79B9u32;
+                let mut reads = 0u32;
+                while written.load(Ordering::Acquire) < n || reads < min_reads {
+                    let upto = written.load(Ordering::Acquire);
+                    if upto == 0 {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    let k = x % upto;
+                    let e = engine
+                        .get("default", &k.to_le_bytes())
+                        .unwrap()
+                        .expect("a written key");
+                    check(k, &e.value);
+                    reads += 1;
+                    if reads % 512 == 0 {
+                        every_512();
+                    }
+                    if reads % 5000 == 0 {
+                        // Longer than two of the seal thread's waits for quiet.
+                        std::thread::sleep(RELAYOUT_QUIET * 2 + Duration::from_millis(20));
+                    }
+                }
+            });
+        });
+    }
+
     /// Gets racing seals and the seal thread's page-cache re-layout of the sealed segments
     /// (small segments, a durability that syncs at each seal, so every seal queues a re-layout,
     /// which runs in the writer's pauses and which seals interrupt): every get returns the
@@ -1315,43 +1365,26 @@ mod tests {
                 .collect()
         };
         let n = 3000u32;
-        let written = AtomicU32::new(0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for i in 0..n {
-                    engine
-                        .set("default", Some(&i.to_le_bytes()), &value(i))
-                        .unwrap();
-                    written.store(i + 1, Ordering::Release);
-                    if i % 1000 == 999 {
-                        // Idle time for the seal thread, which re-lays out segments only then.
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
+        race_writes_and_gets(
+            &engine,
+            n,
+            10 * n,
+            |i| {
+                engine
+                    .set("default", Some(&i.to_le_bytes()), &value(i))
+                    .unwrap();
+                if i % 1000 == 999 {
+                    // Idle time for the seal thread, which re-lays out segments only then.
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-            });
-            s.spawn(|| {
-                let mut x = 0x9E37_79B9u32;
-                let mut reads = 0u32;
-                while written.load(Ordering::Acquire) < n || reads < 10 * n {
-                    let upto = written.load(Ordering::Acquire);
-                    if upto == 0 {
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    let k = x % upto;
-                    let e = engine
-                        .get("default", &k.to_le_bytes())
-                        .unwrap()
-                        .expect("a written key");
-                    assert!(e.value == value(k), "wrong value for key {k}");
-                    reads += 1;
-                }
-            });
-        });
+            },
+            |k, v| assert!(v == value(k), "wrong value for key {k}"),
+            || {},
+        );
         assert!(engine.seal_count() >= 40, "{} seals", engine.seal_count());
-        // The reader's gets made sealed segments due for their re-layout.
-        assert!(engine.page_cache_relayouts().0 > 0);
+        // The reader's gets made sealed segments due, and re-layouts ran in its pauses.
+        let (asked, bytes) = engine.page_cache_relayouts();
+        assert!(asked > 0 && bytes > 0, "{asked} asked, {bytes} bytes");
         // Everything reads back after the last re-layouts, and closing does not wait for the
         // ones still queued.
         for k in 0..n {
@@ -1554,47 +1587,32 @@ mod tests {
         .unwrap();
         let chunk = crate::segment::RELAYOUT_ALIGN;
         let n = 4000u32;
-        let written = AtomicU32::new(0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for i in 0..n {
-                    fill(&engine, i..i + 1);
-                    written.store(i + 1, Ordering::Release);
-                    if i % 500 == 499 {
-                        std::thread::sleep(Duration::from_millis(30));
-                    }
+        race_writes_and_gets(
+            &engine,
+            n,
+            5 * n,
+            |i| {
+                fill(&engine, i..i + 1);
+                if i % 500 == 499 {
+                    std::thread::sleep(Duration::from_millis(30));
                 }
-            });
-            s.spawn(|| {
-                let mut x = 0x9E37_79B9u32;
-                let mut reads = 0u32;
-                while written.load(Ordering::Acquire) < n || reads < 5 * n {
-                    let upto = written.load(Ordering::Acquire);
-                    if upto == 0 {
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    let k = x % upto;
-                    let e = engine.get("default", &k.to_le_bytes()).unwrap().unwrap();
-                    assert!(e.value == value_of(k), "wrong value for key {k}");
-                    reads += 1;
-                    if reads % 512 == 0 {
-                        // Synced whole chunks only: never beyond the chunks written.
-                        let len = std::fs::metadata(dir.path().join("ns/default/0000000000.seg"))
-                            .unwrap()
-                            .len();
-                        let relaid = engine.page_cache_relayouts().1;
-                        assert!(
-                            relaid % chunk == 0 && relaid <= len / chunk * chunk,
-                            "{relaid} of {len}"
-                        );
-                    }
-                }
-            });
-        });
+            },
+            |k, v| assert!(v == value_of(k), "wrong value for key {k}"),
+            || {
+                // Synced whole chunks only: never beyond the chunks written.
+                let len = std::fs::metadata(dir.path().join("ns/default/0000000000.seg"))
+                    .unwrap()
+                    .len();
+                let relaid = engine.page_cache_relayouts().1;
+                assert!(
+                    relaid % chunk == 0 && relaid <= len / chunk * chunk,
+                    "{relaid} of {len}"
+                );
+            },
+        );
         assert_eq!(engine.seal_count(), 0);
-        assert!(engine.page_cache_relayouts().0 > 0);
+        let (asked, bytes) = engine.page_cache_relayouts();
+        assert!(asked > 0 && bytes > 0, "{asked} asked, {bytes} bytes");
         get_all(&engine, 0..n, 1);
         drop(engine);
     }
