@@ -127,16 +127,25 @@ pub fn serving_processes(conn: u64) -> Vec<u32> {
     pids
 }
 
-/// True while `pid` runs (a zombie waiting for its parent has finished).
+/// True while any thread of process `pid` runs. The main thread alone is not enough: once it
+/// has exited it shows as a zombie while the other threads are still ending (one may be in the
+/// middle of a disk read), and only then is the process gone. A zombie waiting for its parent
+/// has finished.
 fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| task_alive(&s)))
+}
+
+/// Whether a `/proc/.../stat` line describes a task that has not exited.
+fn task_alive(stat: &str) -> bool {
+    // The state follows the parenthesised command name, which may itself hold spaces.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// What [`unmount`] did.
@@ -305,6 +314,15 @@ mod tests {
         let e = unmount(tmp.path(), false, Duration::from_secs(1)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
         assert!(e.to_string().contains("not mounted"), "{e}");
+    }
+
+    #[test]
+    fn a_task_is_alive_until_it_is_a_zombie() {
+        assert!(task_alive("42 (qsfs) S 1 42 42 0 -1"));
+        assert!(task_alive("42 (a (b) c) D 1 42"));
+        assert!(!task_alive("42 (qsfs) Z 1 42 42 0 -1"));
+        assert!(!task_alive("42 (x) X 1"));
+        assert!(!task_alive("garbage"));
     }
 
     #[test]
