@@ -110,21 +110,6 @@ pub(crate) struct Shared {
     pub relayouts_asked: AtomicU64,
     /// Bytes the seal thread's page-cache re-layouts dropped and read back.
     pub relaid_bytes: Arc<AtomicU64>,
-    /// When a get last returned a value (milliseconds since the epoch): re-layouts wait for
-    /// [`RELAYOUT_QUIET`] without gets.
-    pub last_get_ms: Arc<AtomicU64>,
-}
-
-impl Shared {
-    /// Records that a get was served now. The line is written at most once a millisecond, so
-    /// gets on several cores mostly only read it.
-    #[inline]
-    pub(crate) fn note_get(&self) {
-        let now = crate::segment::now_millis();
-        if self.last_get_ms.load(Ordering::Relaxed) != now {
-            self.last_get_ms.store(now, Ordering::Relaxed);
-        }
-    }
 }
 
 struct Inner {
@@ -297,13 +282,11 @@ impl Engine {
         let closing = Arc::new(AtomicBool::new(false));
         let seal_queue_len = Arc::new(AtomicUsize::new(0));
         let relaid_bytes = Arc::new(AtomicU64::new(0));
-        let last_get_ms = Arc::new(AtomicU64::new(0));
         let (seal_tx, seal_thread) = spawn_seal_thread(
             &config,
             closing.clone(),
             seal_queue_len.clone(),
             relaid_bytes.clone(),
-            last_get_ms.clone(),
         )?;
         let shared = Shared {
             config,
@@ -314,7 +297,6 @@ impl Engine {
             seal_queue_len,
             relayouts_asked: AtomicU64::new(0),
             relaid_bytes,
-            last_get_ms,
         };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
@@ -936,14 +918,13 @@ pub(crate) const RELAYOUT_QUIET: Duration = Duration::from_millis(100);
 /// the seal jobs sent and not yet taken) and resumes when the queue is empty again, so a seal,
 /// which a sync may be waiting for, never waits for more than one chunk. With
 /// [`Durability::None`] the pages are still dirty and could not be dropped, so nothing is armed.
-/// Nor does it drop a chunk while gets are served: it waits until `last_get_ms` is
-/// [`RELAYOUT_QUIET`] old. `relaid` counts the bytes re-read.
+/// Nor does it drop a chunk of a segment gets are reading: it waits until the segment's last
+/// read ([`Segment::last_read`], which gets keep anyway) is [`RELAYOUT_QUIET`] old. `relaid` counts the bytes re-read.
 fn spawn_seal_thread(
     config: &EngineConfig,
     closing: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
     relaid: Arc<AtomicU64>,
-    last_get_ms: Arc<AtomicU64>,
 ) -> Result<(
     std::sync::mpsc::Sender<SealMsg>,
     std::thread::JoinHandle<()>,
@@ -959,10 +940,12 @@ fn spawn_seal_thread(
             // segment compacted or replaced meanwhile is not kept open for this, and is
             // skipped.
             let mut relayouts: std::collections::VecDeque<Weak<Segment>> = Default::default();
-            let gets_quiet = || {
-                let last = last_get_ms.load(Ordering::Relaxed);
-                crate::segment::now_millis().saturating_sub(last)
-                    >= RELAYOUT_QUIET.as_millis() as u64
+            let gets_quiet = |seg: &Weak<Segment>| {
+                seg.upgrade().is_none_or(|s| {
+                    let last = s.last_read.load(Ordering::Relaxed);
+                    crate::segment::now_millis().saturating_sub(last)
+                        >= RELAYOUT_QUIET.as_millis() as u64
+                })
             };
             loop {
                 let msg = if relayouts.is_empty() || closing.load(Ordering::Acquire) {
@@ -970,7 +953,9 @@ fn spawn_seal_thread(
                         Ok(job) => job,
                         Err(_) => break,
                     }
-                } else if !gets_quiet() {
+                } else if relayouts.front().is_some_and(|s| !gets_quiet(s)) {
+                    // The next one's turn comes after this wait.
+                    relayouts.rotate_left(1);
                     match rx.recv_timeout(RELAYOUT_QUIET) {
                         Ok(job) => job,
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
@@ -985,7 +970,7 @@ fn spawn_seal_thread(
                                 let keep_going = || {
                                     !closing.load(Ordering::Acquire)
                                         && queued.load(Ordering::Acquire) == 0
-                                        && gets_quiet()
+                                        && gets_quiet(&seg)
                                 };
                                 if relayout_pass(&seg, &relaid, keep_going) {
                                     relayouts.push_front(seg);

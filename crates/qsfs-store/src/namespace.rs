@@ -1694,7 +1694,6 @@ impl Namespace {
             };
             match self.read_known(shared, &seg, loc_offset(ks.loc), key, ks.value_len) {
                 Ok((h, value)) => {
-                    shared.note_get();
                     if seg.get_served() {
                         Self::ask_relayout(shared, &seg);
                     }
