@@ -220,7 +220,7 @@ fn compact_segment(
             header.origin = at;
             header.prev = prev;
             let rec = encode_record(&header, &c.key, &value);
-            let new_at = ns.append_with(shared, &mut w, &rec, false)?;
+            let new_at = ns.append_with(shared, &mut w, &[&rec], false)?;
             batch += rec.len() as u64;
             report.records_copied += 1;
             report.bytes_copied += rec.len() as u64;

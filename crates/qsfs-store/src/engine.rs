@@ -1250,6 +1250,47 @@ mod tests {
         }
     }
 
+    /// Large values skip the batch (written from the caller's buffer) while small ones around
+    /// them are batched: every value reads back, in a reopened engine too, and each key's
+    /// versions keep the order they were set in.
+    #[test]
+    fn large_values_between_batched_small_ones_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = |i: usize, round: u8| -> Vec<u8> {
+            let len = if i % 3 == 1 { 200 << 10 } else { 100 + i };
+            (0..len).map(|j| (j as u8) ^ (i as u8) ^ round).collect()
+        };
+        let keys: Vec<Vec<u8>> = (0..9usize).map(|i| format!("k{i}").into_bytes()).collect();
+        {
+            let engine = Engine::open(dir.path(), EngineConfig::default()).unwrap();
+            for round in 0..2u8 {
+                let values: Vec<Vec<u8>> = (0..keys.len()).map(|i| value(i, round)).collect();
+                let items: Vec<(&[u8], &[u8])> = keys
+                    .iter()
+                    .zip(&values)
+                    .map(|(k, v)| (&k[..], &v[..]))
+                    .collect();
+                for r in engine.set_many("default", &items).unwrap() {
+                    assert!(r.unwrap().written());
+                }
+            }
+            for (i, k) in keys.iter().enumerate() {
+                assert!(engine.get("default", k).unwrap().unwrap().value == value(i, 1));
+            }
+        }
+        let engine = Engine::open(dir.path(), EngineConfig::default()).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            assert!(
+                engine.get("default", k).unwrap().unwrap().value == value(i, 1),
+                "key {i}"
+            );
+            let older = engine.history("default", k, None).unwrap();
+            let first = older.previous.expect("an older version");
+            let v0 = engine.history("default", k, Some(first)).unwrap();
+            assert!(v0.value == value(i, 0), "older version of key {i}");
+        }
+    }
+
     /// A segment due for its re-layout is left alone while gets keep coming (a get of a dropped
     /// chunk would go to the disk) and re-laid out once they pause.
     #[test]

@@ -10,7 +10,6 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -31,9 +30,9 @@ use crate::index::{Index, IndexKey, KeyState};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::password::PasswordRecord;
 use crate::segment::{
-    encode_record_into, loc, loc_offset, loc_segment, now_millis, parse_segment_file_name,
-    read_full_at, read_vec_at, scan_segment, value_crc, Loc, OpenError, RecordHeader, Segment,
-    FLAG_TOMBSTONE, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    loc, loc_offset, loc_segment, now_millis, parse_segment_file_name, read_full_at, read_vec_at,
+    scan_segment, value_crc, Loc, OpenError, RecordHeader, Segment, FLAG_TOMBSTONE,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// Something the observer must be told once locks are released.
@@ -94,6 +93,9 @@ pub(crate) struct Deferred {
 
 /// A batch flushes once it holds this many bytes, bounding the memory it holds.
 const BATCH_MAX_BYTES: usize = 1 << 20;
+/// A value at least this large is written from the caller's buffer with a write of its own
+/// (header and value as two parts of one `pwritev`) instead of being copied into a batch.
+const UNBATCHED_VALUE: usize = 64 << 10;
 
 /// Index, segment table and properties.
 #[derive(Debug)]
@@ -978,19 +980,20 @@ impl Namespace {
 
     /// Appends one encoded record, rotating first if the segment is full or old.
     fn append(&self, shared: &Shared, w: &mut Writer, rec: &[u8]) -> Result<Loc> {
-        self.append_with(shared, w, rec, true)
+        self.append_with(shared, w, &[rec], true)
     }
 
-    /// [`Namespace::append`]; `durable = false` skips the per-write sync of
+    /// [`Namespace::append`] of a record given in `parts` (written back to back with one
+    /// vectored write); `durable = false` skips the per-write sync of
     /// [`Durability::EveryWrite`] (compaction syncs once at the end instead).
     pub(crate) fn append_with(
         &self,
         shared: &Shared,
         w: &mut Writer,
-        rec: &[u8],
+        parts: &[&[u8]],
         durable: bool,
     ) -> Result<Loc> {
-        let len = rec.len() as u64;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let too_old = shared
             .config
             .max_segment_age
@@ -1012,7 +1015,7 @@ impl Namespace {
                 e,
             )
         };
-        file.write_all_at(rec, at).map_err(undo)?;
+        crate::segment::write_all_parts_at(&file, parts, at).map_err(undo)?;
         match shared.config.durability {
             Durability::EveryWrite if durable => file.sync_data().map_err(undo)?,
             Durability::EveryWrite => self.dirty.store(true, Ordering::Release),
@@ -1422,11 +1425,16 @@ impl Namespace {
             origin: 0,
             slot,
         };
-        if let Some(item) = self.batch_room(
-            shared,
-            w,
-            crate::segment::record_len(key.len(), value.len()),
-        )? {
+        let len = crate::segment::record_len(key.len(), value.len());
+        let batched = if value.len() < UNBATCHED_VALUE {
+            self.batch_room(shared, w, len)?
+        } else {
+            // Copying a large value into the batch costs more than a write of its own; the
+            // batch goes out first, so records still land in the order they were set.
+            self.flush_batch(shared, w)?;
+            None
+        };
+        if let Some(item) = batched {
             let at = loc(w.seg.id, w.end + self.batch_len(w));
             if let Some(b) = w.batch.as_mut() {
                 crate::segment::append_record(&header, &key, value, &mut b.pending);
@@ -1439,10 +1447,11 @@ impl Namespace {
                 return Ok(SetOutcome::Written { key });
             }
         }
-        let mut rec = std::mem::take(&mut w.buf);
-        encode_record_into(&header, &key, value, &mut rec);
-        let appended = self.append(shared, w, &rec);
-        w.buf = rec;
+        let mut head = std::mem::take(&mut w.buf);
+        head.clear();
+        crate::segment::append_record_head(&header, &key, &mut head);
+        let appended = self.append_with(shared, w, &[&head, value], true);
+        w.buf = head;
         let at = appended?;
         let mut st = self.state.write();
         st.index.observe(&header, at);

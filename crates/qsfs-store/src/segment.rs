@@ -188,32 +188,52 @@ pub(crate) fn record_len(key_len: usize, value_len: usize) -> u64 {
 /// Encodes a whole record (header, key, value) into one buffer, so it is written with a single
 /// `pwrite`: either all of it reaches the file or the tail check on open cuts it off.
 pub(crate) fn encode_record(header: &RecordHeader, key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + key.len() + value.len());
-    encode_record_into(header, key, value, &mut out);
+    let mut out = Vec::new();
+    append_record(header, key, value, &mut out);
     out
-}
-
-/// [`encode_record`] into a reused buffer (cleared first), saving an allocation per write.
-pub(crate) fn encode_record_into(
-    header: &RecordHeader,
-    key: &[u8],
-    value: &[u8],
-    out: &mut Vec<u8>,
-) {
-    out.clear();
-    append_record(header, key, value, out);
 }
 
 /// [`encode_record`] at the end of `out` (a batch of records written with one call).
 pub(crate) fn append_record(header: &RecordHeader, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.reserve(RECORD_HEADER_LEN + key.len() + value.len());
+    append_record_head(header, key, out);
+    out.extend_from_slice(value);
+}
+
+/// The part of a record before its value (header and key) at the end of `out`: written
+/// together with the caller's value buffer by [`write_all_parts_at`], a large value is never
+/// copied into a record buffer first.
+pub(crate) fn append_record_head(header: &RecordHeader, key: &[u8], out: &mut Vec<u8>) {
     let mut fixed = [0u8; RECORD_HEADER_LEN];
     header.encode_fields(&mut fixed);
     let crc = header_crc(&fixed, key);
     fixed[4..8].copy_from_slice(&crc.to_le_bytes());
-    out.reserve(RECORD_HEADER_LEN + key.len() + value.len());
     out.extend_from_slice(&fixed);
     out.extend_from_slice(key);
-    out.extend_from_slice(value);
+}
+
+/// Writes `parts` one after the other at `at` with as few `pwritev` calls as the kernel
+/// allows (one, unless it writes short).
+pub(crate) fn write_all_parts_at(file: &File, parts: &[&[u8]], at: u64) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| io::IoSlice::new(p))
+        .collect();
+    let mut bufs = &mut slices[..];
+    let mut at = at;
+    while !bufs.is_empty() {
+        match rustix::io::pwritev(file, bufs, at) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                at += n as u64;
+                io::IoSlice::advance_slices(&mut bufs, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Encodes the segment header of segment `id`.
@@ -1116,6 +1136,25 @@ mod tests {
     }
 
     proptest! {
+        /// Parts (empty ones included) land back to back at the offset, the bytes around them
+        /// untouched.
+        #[test]
+        fn parts_are_written_back_to_back(parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 0..6), at in 0u64..5000) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            std::fs::write(&path, vec![0xEEu8; 9000]).unwrap();
+            let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let refs: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+            write_all_parts_at(&f, &refs, at).unwrap();
+            let got = std::fs::read(&path).unwrap();
+            let joined = parts.concat();
+            let end = at as usize + joined.len();
+            prop_assert_eq!(&got[at as usize..end], &joined[..]);
+            prop_assert!(got[..at as usize].iter().all(|&b| b == 0xEE));
+            prop_assert!(got[end.min(got.len())..].iter().all(|&b| b == 0xEE));
+            prop_assert_eq!(got.len(), 9000.max(end));
+        }
+
         /// The fast value checksum is the crc32c the format specifies (and older segments hold),
         /// at every length and alignment its folding loops branch on.
         #[test]
