@@ -234,9 +234,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         _ => println!("running     no (figures below read offline)"),
     }
     println!(
-        "local       {} of {}{}",
+        "local       {} {}{}",
         h(report.local_bytes),
-        report.local_cap.map(h).unwrap_or_else(|| "no cap".into()),
+        report
+            .local_cap
+            .map(|c| format!("of {}", h(c)))
+            .unwrap_or_else(|| "(no local_cap set: nothing is evicted)".into()),
         if report.cap_unmet == Some(true) {
             "  (CAP CANNOT BE MET: nothing more is backed up to evict)"
         } else {
