@@ -750,6 +750,9 @@ fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_
     let ns = Namespaces::new("qsfs");
     let mut fs = Fs::open(store.clone(), cfg()).unwrap();
     let d = fs.lookup(ROOT_INO, b"d").unwrap().ino;
+    let sub = fs.lookup(d, b"sub").unwrap().ino;
+    let (x, fh) = fs.create(sub, b"x", 0o644, 0, 0, 0).unwrap();
+    fs.release(x.ino, fh).unwrap();
     // A second version of the root's listing page: "later" is listed after the first.
     let (later, fh) = fs.create(ROOT_INO, b"later", 0o644, 0, 0, 0).unwrap();
     fs.write(later.ino, fh, 0, b"late").unwrap();
@@ -758,8 +761,9 @@ fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_
     drop(fs);
     let root_page = versions(&*store, &ns.dirpage, &pair_key(ROOT_INO, 0));
     assert_eq!(root_page.len(), 2);
-    // The live root page (its older version is intact), every version of d/'s page, of the
-    // dirent /c.txt and of the block map of `lost`.
+    // The live root page (its older version is intact); every version of d/'s page, of the
+    // dirents /c.txt (listed in the restored root page), d/sub/x (listed in an intact page) and
+    // d/b.txt (listed nowhere now), and of the block map of `lost`.
     damage_on_disk(
         &mut store,
         dir.path(),
@@ -775,6 +779,14 @@ fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_
         &dirent_key(ROOT_INO, b"c.txt"),
     );
     damage_every_version(&mut store, dir.path(), &ns.bmap, &pair_key(built.lost, 0));
+    for (parent, name) in [(sub, &b"x"[..]), (d, b"b.txt")] {
+        damage_every_version(
+            &mut store,
+            dir.path(),
+            &ns.dirent,
+            &dirent_key(parent, name),
+        );
+    }
 
     let report = check(&*store, "qsfs", false).unwrap();
     for e in [
@@ -792,6 +804,11 @@ fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_
         format!("listing page {d}/0: corrupt data at segment"),
         "dirent 1/c.txt: corrupt data at segment".to_string(),
         "(rebuilt from listing page 1/0)".to_string(),
+        format!("dirent {sub}/x: corrupt data at segment"),
+        format!("(rebuilt from listing page {sub}/0)"),
+        format!("dirent {d}/b.txt: corrupt data at segment"),
+        "no page lists it, no older version is intact: dropped".to_string(),
+        format!("inode {} is not reachable from the root", built.b),
         "(rebuilt from the stored blocks)".to_string(),
     ] {
         assert!(
@@ -815,14 +832,21 @@ fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_
             b"victim",
             b"lost",
             b"s",
-            b"later"
+            b"later",
+            b"lost+found"
         ]
         .map(|n| n.to_vec())
     );
     assert_eq!(
         names_in(&mut fs, d),
-        [&b"."[..], b"..", b"b.txt", b"sub", b"c2"].map(|n| n.to_vec())
+        [&b"."[..], b"..", b"sub", b"c2"].map(|n| n.to_vec())
     );
+    assert_eq!(fs.lookup(sub, b"x").unwrap().ino, x.ino);
+    // A name nothing lists any more is dropped; its file is kept in lost+found.
+    let lf = fs.lookup(ROOT_INO, b"lost+found").unwrap().ino;
+    let b = fs.lookup(lf, format!("#{}", built.b).as_bytes()).unwrap();
+    assert_eq!(b.ino, built.b);
+    assert_eq!(read_back(&mut fs, built.b, 5_000), data(5_000, 2));
     assert_eq!(fs.lookup(ROOT_INO, b"c.txt").unwrap().ino, built.c);
     assert_eq!(read_back(&mut fs, built.c, 300), data(300, 3));
     assert_eq!(read_back(&mut fs, built.lost, 6_000), data(6_000, 5));
