@@ -34,6 +34,20 @@ pub struct Problem {
     pub description: String,
     /// True if `--repair` fixed it.
     pub repaired: bool,
+    /// For a damaged record (one that fails a checksum or does not decode): how repair brings
+    /// it back (brought it back, when `repaired`). `None` for every other problem.
+    pub salvage: Option<Salvage>,
+}
+
+/// How [`check`] brings back a damaged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Salvage {
+    /// Its newest intact older version is written back as the live one.
+    Restored,
+    /// Made again from the records that agree with it (a minimal inode from its names, a page
+    /// from the dirents, a dirent from its page, a block map from the stored blocks).
+    Rebuilt,
 }
 
 /// What [`check`] saw and found.
@@ -81,7 +95,17 @@ impl Ctx {
         self.report.problems.push(Problem {
             description,
             repaired,
+            salvage: None,
         });
+        repaired
+    }
+
+    /// Records a damaged record that repair brings back `how`.
+    fn salvage(&mut self, how: Salvage, description: String) -> bool {
+        let repaired = self.problem(true, description);
+        if let Some(p) = self.report.problems.last_mut() {
+            p.salvage = Some(how);
+        }
         repaired
     }
 }
@@ -141,7 +165,8 @@ fn superblock(
         );
         return Ok(None);
     };
-    let fixed = cx.problem(true, restored(cx.repair, "superblock", &why, old.timestamp));
+    let text = restored(cx.repair, "superblock", &why, old.timestamp);
+    let fixed = cx.salvage(Salvage::Restored, text);
     Ok(Some((old.value, fixed)))
 }
 
@@ -250,7 +275,8 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         match older {
             Some(old) => {
                 let what = format!("inode {ino}");
-                if cx.problem(true, restored(repair, &what, &why, old.timestamp)) {
+                let text = restored(repair, &what, &why, old.timestamp);
+                if cx.salvage(Salvage::Restored, text) {
                     dirty_inodes.insert(ino);
                 }
                 inodes.insert(ino, old.value);
@@ -290,15 +316,20 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         // An older version, or else an empty page: either way the passes below make it list
         // exactly the dirents, which say where each name is listed.
         let older = older_intact(store, &ns.dirpage, &k, |v| decode::<Page>(v, &what).ok())?;
-        let (page, text) = match older {
-            Some(old) => (old.value, restored(repair, &what, &why, old.timestamp)),
+        let (page, how, text) = match older {
+            Some(old) => (
+                old.value,
+                Salvage::Restored,
+                restored(repair, &what, &why, old.timestamp),
+            ),
             None => (
                 Page::default(),
+                Salvage::Rebuilt,
                 format!("{what}: {why} (rebuilt from the dirents)"),
             ),
         };
         // Kept also without repair, so that the rest of the check sees what repair would.
-        if cx.problem(true, text) {
+        if cx.salvage(how, text) {
             dirty_pages.insert((dir, p));
         }
         pages.insert((dir, p), page);
@@ -335,8 +366,15 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         };
         let (d, what_then) =
             match salvage_dirent(store, &ns, &pages, &restored_pages, parent, &name)? {
-                Some((d, from)) if repair => (Some(d), format!("rebuilt from {from}")),
-                Some((d, from)) => (Some(d), format!("--repair rebuilds it from {from}")),
+                Some((d, how, from)) => {
+                    let done = match (how, repair) {
+                        (Salvage::Restored, true) => "restored",
+                        (Salvage::Rebuilt, true) => "rebuilt",
+                        (Salvage::Restored, false) => "--repair restores it",
+                        (Salvage::Rebuilt, false) => "--repair rebuilds it",
+                    };
+                    (Some((d, how)), format!("{done} from {from}"))
+                }
                 None if repair => (
                     None,
                     "no page lists it, no older version is intact: dropped".into(),
@@ -347,8 +385,11 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
                 ),
             };
         let text = format!("{what}: {why} ({what_then})");
-        let fixed = cx.problem(true, text);
-        match d {
+        let fixed = match d {
+            Some((_, how)) => cx.salvage(how, text),
+            None => cx.problem(true, text),
+        };
+        match d.map(|(d, _)| d) {
             Some(d) => {
                 if fixed {
                     dirty_dirents.insert((parent, name.clone()));
@@ -858,14 +899,19 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         // An older version, or else an empty chunk: either way the pass below makes its bits
         // say exactly which blocks are stored.
         let older = older_intact(store, &ns.bmap, &k, |v| decode::<Chunk>(v, &what).ok())?;
-        let (chunk, text) = match older {
-            Some(old) => (old.value, restored(repair, &what, &why, old.timestamp)),
+        let (chunk, how, text) = match older {
+            Some(old) => (
+                old.value,
+                Salvage::Restored,
+                restored(repair, &what, &why, old.timestamp),
+            ),
             None => (
                 Chunk::default(),
+                Salvage::Rebuilt,
                 format!("{what}: {why} (rebuilt from the stored blocks)"),
             ),
         };
-        if cx.problem(true, text) {
+        if cx.salvage(how, text) {
             maps.insert((ino, c), chunk);
             dirty_maps.insert((ino, c));
         }
@@ -985,7 +1031,8 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         })?;
         match older {
             Some(old) => {
-                if cx.problem(true, restored(repair, &what, &why, old.timestamp)) {
+                let text = restored(repair, &what, &why, old.timestamp);
+                if cx.salvage(Salvage::Restored, text) {
                     store.set(&ns.xattr, Some(&k), &old.value)?;
                 }
             }
@@ -1115,7 +1162,7 @@ fn salvage_dirent(
     restored_pages: &BTreeSet<(u64, u64)>,
     parent: u64,
     name: &[u8],
-) -> Result<Option<(Dirent, String)>> {
+) -> Result<Option<(Dirent, Salvage, String)>> {
     let listed = |restored: bool| {
         pages
             .range((parent, 0)..=(parent, u64::MAX))
@@ -1128,7 +1175,8 @@ fn salvage_dirent(
                     page,
                     slot: e.slot,
                 };
-                Some((d, format!("listing page {parent}/{page}")))
+                let from = format!("listing page {parent}/{page}");
+                Some((d, Salvage::Rebuilt, from))
             })
     };
     if let Some(found) = listed(false) {
@@ -1141,6 +1189,7 @@ fn salvage_dirent(
     match older {
         Some(o) => Ok(Some((
             o.value,
+            Salvage::Restored,
             format!("its version of {}", salvage::utc(o.timestamp)),
         ))),
         None => Ok(listed(true)),
@@ -1208,7 +1257,7 @@ fn rebuild_lost(
                 node.kind
             )
         };
-        if cx.problem(true, text) {
+        if cx.salvage(Salvage::Rebuilt, text) {
             out.dirty.insert(*ino);
         }
         out.inodes.insert(*ino, node);

@@ -7,7 +7,7 @@
 use crate::common;
 
 use qsfs_core::Store;
-use qsfs_fuse::fsck::{check, FsckReport};
+use qsfs_fuse::fsck::{check, FsckReport, Salvage};
 use qsfs_fuse::layout::{
     decode, dirent_key, encode, ino_key, pair_key, Inode, Namespaces, ROOT_INO,
 };
@@ -608,6 +608,8 @@ fn inode_failing_the_engine_checksum_is_restored_from_its_older_version() {
         "{:#?}",
         repaired.problems
     );
+    let salvaged: Vec<_> = repaired.problems.iter().filter_map(|p| p.salvage).collect();
+    assert_eq!(salvaged, [Salvage::Restored]);
     let after = check(&*store, "qsfs", false).unwrap();
     assert!(after.problems.is_empty(), "{:#?}", after.problems);
 
@@ -676,6 +678,8 @@ fn inode_with_no_intact_version_is_rebuilt_minimal_and_safe() {
         &repaired,
         &format!("inode {}: size 0 raised to 9000", prog.ino)
     ));
+    let salvaged: Vec<_> = repaired.problems.iter().filter_map(|p| p.salvage).collect();
+    assert_eq!(salvaged, [Salvage::Rebuilt, Salvage::Rebuilt]);
     let after = check(&*store, "qsfs", false).unwrap();
     assert!(after.problems.is_empty(), "{:#?}", after.problems);
 
