@@ -4,7 +4,37 @@
 //! them (dirents against inodes and listing pages, link counts against dirents, block maps
 //! against stored blocks) and, with `repair`, rewrites what disagrees. Repair never deletes data
 //! a name still reaches: unreachable inodes go to `/lost+found`, a stored block missing from its
-//! map gets its bit back (reads see it), and a corrupt inode is left for a human.
+//! map gets its bit back (reads see it).
+//!
+//! **Damaged records.** A record whose bytes fail the store's checksum (`get` answers
+//! `Error::Corrupt`, naming the segment and offset) or that does not decode is one problem
+//! among others: it names the namespace, the key and the store's location, and the check goes
+//! on over everything else. Store errors that are not about one record (I/O, a store that is
+//! down) still abort the check. What repair does with a damaged record (`salvage.rs`):
+//!
+//! * the store is append-only, so older versions usually survive: the newest one that reads
+//!   intact and decodes is written back as the live one (found through
+//!   `Store::version_before`, which reads record headers, not the damaged value; a tombstone
+//!   ends the walk, as what lies before it belonged to an earlier life of the key), then
+//!   reconciled like any record: a restored file's size grows to cover its stored blocks, a
+//!   restored directory's tail moves past every slot in use, link counts and counts follow
+//!   the dirents;
+//! * with no intact version: an inode is rebuilt minimal (`salvage::rebuild`: kind from its
+//!   dirents, else a directory if it has listing pages, else a file; owner and group of its
+//!   directory; mode 0600, directories 0700, never setuid/setgid, because a guess wider than
+//!   the lost permissions could expose a file; times now; size up to the end of its last
+//!   stored block, exact unless the file ended in a hole, whose zeros are then dropped); a
+//!   dirent is rebuilt from the listing page that lists its name (else it is dropped and its
+//!   inode, if nothing else names it, goes to `/lost+found`); a listing page from the dirents;
+//!   a block map from the stored blocks;
+//! * never made up: a symlink with no intact version (its target was only in the record) is
+//!   reported and left, name and record, for a human, as are xattrs with no intact version (an
+//!   ACL guessed could widen access). A damaged data block is reported with its file's path and
+//!   byte range and never replaced by an older version, which would be wrong data served
+//!   silently: reads of those bytes return EIO.
+//!
+//! Restored and rebuilt inodes keep their numbers, and the superblock's high-water mark is
+//! raised above every inode there is, so a later mount never hands a number out twice.
 //!
 //! It must run while nothing else writes the filesystem: the caller opens the store exclusively
 //! (the engine's directory lock) or checks the mount lock.
