@@ -879,11 +879,12 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         let Some(n) = inodes.get_mut(&ino).filter(|n| n.kind == Kind::File) else {
             continue;
         };
+        let done = if repair { "raised to" } else { "short of" };
         if end > n.size
             && cx.problem(
                 true,
                 format!(
-                    "inode {ino}: size {} raised to {end}, where its last stored block ends \
+                    "inode {ino}: size {} {done} {end}, where its last stored block ends \
                      (the exact size was lost with its record; a file that ended in a hole \
                      comes back without those trailing zeros)",
                     n.size
@@ -1273,17 +1274,20 @@ fn rebuild_lost(
             out.corrupt.insert(*ino);
             continue;
         };
+        let place = name
+            .map(|(p, n, _)| format!(" (named {} in directory {p})", show(n)))
+            .unwrap_or_default();
         let text = if cx.repair {
             format!(
-                "inode {ino} rebuilt as a minimal {:?} inode ({why}; no older version is \
-                 intact): mode {:04o}, owner {}:{} from its directory, times now, link count \
-                 and size from its names and stored blocks",
+                "inode {ino}{place} rebuilt as a minimal {:?} inode ({why}; no older version \
+                 is intact): mode {:04o}, owner {}:{} from its directory, times now, link \
+                 count and size from its names and stored blocks",
                 node.kind, node.perm, node.uid, node.gid
             )
         } else {
             format!(
-                "inode {ino} is damaged ({why}) and no older version is intact (--repair \
-                 rebuilds a minimal {:?} inode)",
+                "inode {ino}{place} is damaged ({why}) and no older version is intact \
+                 (--repair rebuilds a minimal {:?} inode)",
                 node.kind
             )
         };

@@ -657,8 +657,10 @@ fn inode_with_no_intact_version_is_rebuilt_minimal_and_safe() {
     damage_every_version(&mut store, dir.path(), &ns.inode, &ino_key(d));
 
     let report = check(&*store, "qsfs", false).unwrap();
-    for ino in [prog.ino, d] {
-        let want = format!("inode {ino} is damaged (corrupt data at segment");
+    for (ino, name, parent) in [(prog.ino, "prog", home), (d, "d", ROOT_INO)] {
+        let want = format!(
+            "inode {ino} (named {name} in directory {parent}) is damaged (corrupt data at segment"
+        );
         assert!(has(&report, &want), "{want:?} in {:#?}", report.problems);
     }
     assert!(has(&report, "and no older version is intact"));
@@ -668,11 +670,14 @@ fn inode_with_no_intact_version_is_rebuilt_minimal_and_safe() {
     assert!(repaired.is_clean(), "{:#?}", repaired.problems);
     assert!(has(
         &repaired,
-        &format!("inode {} rebuilt as a minimal File inode", prog.ino)
+        &format!(
+            "inode {} (named prog in directory {home}) rebuilt as a minimal File inode",
+            prog.ino
+        )
     ));
     assert!(has(
         &repaired,
-        &format!("inode {d} rebuilt as a minimal Dir inode")
+        &format!("inode {d} (named d in directory 1) rebuilt as a minimal Dir inode")
     ));
     assert!(has(
         &repaired,
