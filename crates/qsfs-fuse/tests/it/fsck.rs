@@ -9,7 +9,7 @@ use crate::common;
 use qsfs_core::Store;
 use qsfs_fuse::fsck::{check, FsckReport, Salvage};
 use qsfs_fuse::layout::{
-    decode, dirent_key, encode, ino_key, pair_key, Inode, Namespaces, ROOT_INO,
+    decode, dirent_key, encode, ino_key, pair_key, Inode, Namespaces, ROOT_INO, SUPER_KEY,
 };
 use qsfs_fuse::{Fs, FsConfig};
 use std::os::unix::fs::FileExt;
@@ -908,4 +908,59 @@ fn damaged_data_block_is_reported_by_path_and_range_and_never_replaced() {
     );
     fs.release(built.b, fh).unwrap();
     fs.shutdown().unwrap();
+}
+
+#[test]
+fn damaged_superblock_and_xattrs_come_back_from_older_versions() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    // Two mounts, one xattr each: two versions of c.txt's xattr record.
+    for (name, value) in [(&b"user.a"[..], &b"1"[..]), (b"user.b", b"2")] {
+        let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+        fs.setxattr(built.c, name, value, 0).unwrap();
+        fs.shutdown().unwrap();
+    }
+    let sup = versions(&*store, &ns.sup, SUPER_KEY);
+    assert!(sup.len() >= 2, "the mark was raised once at least");
+    let xattrs = versions(&*store, &ns.xattr, &ino_key(built.c));
+    assert_eq!(xattrs.len(), 2);
+    damage_on_disk(&mut store, dir.path(), &ns.sup, SUPER_KEY, &sup[..1]);
+    damage_on_disk(
+        &mut store,
+        dir.path(),
+        &ns.xattr,
+        &ino_key(built.c),
+        &xattrs[..1],
+    );
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    for e in [
+        "superblock is damaged (corrupt data at segment".to_string(),
+        format!(
+            "xattrs of inode {} is damaged (corrupt data at segment",
+            built.c
+        ),
+    ] {
+        assert!(has(&report, &e), "missing {e:?} in {:#?}", report.problems);
+    }
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    assert!(has(&repaired, "superblock restored from its version of"));
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    assert_eq!(fs.getxattr(built.c, b"user.a").unwrap(), b"1");
+    assert!(
+        fs.getxattr(built.c, b"user.b").is_err(),
+        "the older version"
+    );
+    // The mark is above every inode there is: a new one gets a number never used.
+    let (n, fh) = fs.create(ROOT_INO, b"new", 0o644, 0, 0, 0).unwrap();
+    fs.release(n.ino, fh).unwrap();
+    assert!(n.ino > built.lost, "{} reused", n.ino);
+    fs.shutdown().unwrap();
+    let last = check(&*store, "qsfs", false).unwrap();
+    assert!(last.problems.is_empty(), "{:#?}", last.problems);
 }
