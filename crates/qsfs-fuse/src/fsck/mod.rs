@@ -52,7 +52,7 @@ use crate::layout::{
 
 mod salvage;
 
-use salvage::{older_intact, read_all, Read};
+use salvage::{older_intact, read_all};
 
 /// Name of the directory under the root that unreachable inodes are re-attached to.
 pub const LOST_FOUND: &[u8] = b"lost+found";
@@ -290,16 +290,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             }
             continue;
         };
-        let why = match r {
-            Read::Value(v) => match decode::<Inode>(&v, &format!("inode {ino}")) {
-                Ok(i) => {
-                    cx.report.inodes += 1;
-                    inodes.insert(ino, i);
-                    continue;
-                }
-                Err(e) => e.to_string(),
-            },
-            Read::Damaged(why) => why,
+        let why = match r.decoded::<Inode>(&format!("inode {ino}")) {
+            Ok(i) => {
+                cx.report.inodes += 1;
+                inodes.insert(ino, i);
+                continue;
+            }
+            Err(why) => why,
         };
         let older = older_intact(store, &ns.inode, &k, |v| decode::<Inode>(v, "inode").ok())?;
         match older {
@@ -332,16 +329,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             continue;
         };
         let what = format!("listing page {dir}/{p}");
-        let why = match r {
-            Read::Value(v) => match decode::<Page>(&v, &what) {
-                Ok(page) => {
-                    cx.report.pages += 1;
-                    pages.insert((dir, p), page);
-                    continue;
-                }
-                Err(e) => e.to_string(),
-            },
-            Read::Damaged(why) => why,
+        let why = match r.decoded::<Page>(&what) {
+            Ok(page) => {
+                cx.report.pages += 1;
+                pages.insert((dir, p), page);
+                continue;
+            }
+            Err(why) => why,
         };
         // An older version, or else an empty page: either way the passes below make it list
         // exactly the dirents, which say where each name is listed.
@@ -383,16 +377,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         let parent = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
         let name = k[8..].to_vec();
         let what = format!("dirent {parent}/{}", show(&name));
-        let why = match r {
-            Read::Value(v) => match decode::<Dirent>(&v, &what) {
-                Ok(d) => {
-                    cx.report.dirents += 1;
-                    named.push((k, parent, name, d));
-                    continue;
-                }
-                Err(e) => e.to_string(),
-            },
-            Read::Damaged(why) => why,
+        let why = match r.decoded::<Dirent>(&what) {
+            Ok(d) => {
+                cx.report.dirents += 1;
+                named.push((k, parent, name, d));
+                continue;
+            }
+            Err(why) => why,
         };
         let (d, what_then) =
             match salvage_dirent(store, &ns, &pages, &restored_pages, parent, &name)? {
@@ -916,16 +907,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             continue;
         }
         let what = format!("block map {ino}/{c}");
-        let why = match r {
-            Read::Value(v) => match decode::<Chunk>(&v, &what) {
-                Ok(chunk) => {
-                    cx.report.chunks += 1;
-                    maps.insert((ino, c), chunk);
-                    continue;
-                }
-                Err(e) => e.to_string(),
-            },
-            Read::Damaged(why) => why,
+        let why = match r.decoded::<Chunk>(&what) {
+            Ok(chunk) => {
+                cx.report.chunks += 1;
+                maps.insert((ino, c), chunk);
+                continue;
+            }
+            Err(why) => why,
         };
         // An older version, or else an empty chunk: either way the pass below makes its bits
         // say exactly which blocks are stored.
@@ -1043,16 +1031,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             continue;
         }
         let what = format!("xattrs of inode {ino}");
-        let why = match r {
-            Read::Value(v) => match decode::<Xattrs>(&v, &what) {
-                Ok(_) => {
-                    cx.report.xattrs += 1;
-                    with_xattrs.insert(ino);
-                    continue;
-                }
-                Err(e) => e.to_string(),
-            },
-            Read::Damaged(why) => why,
+        let why = match r.decoded::<Xattrs>(&what) {
+            Ok(_) => {
+                cx.report.xattrs += 1;
+                with_xattrs.insert(ino);
+                continue;
+            }
+            Err(why) => why,
         };
         with_xattrs.insert(ino);
         // Xattrs cannot be rebuilt from anything else (and an ACL dropped could widen access):

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 
 use qsfs_core::{Error, Result, Store, Timestamp};
 
-use crate::layout::{Body, Inode, Kind, ROOT_INO};
+use serde::de::DeserializeOwned;
+
+use crate::layout::{decode, Body, Inode, Kind, ROOT_INO};
 
 /// Older versions looked at before giving up. The newest intact one is what a salvage wants;
 /// the bound keeps a key rewritten many times from costing a walk of its whole history.
@@ -22,6 +24,17 @@ pub(super) enum Read {
     Value(Vec<u8>),
     /// The store's error for it, which names where the damage is.
     Damaged(String),
+}
+
+impl Read {
+    /// The record decoded, or why it cannot be used (the store's damage, or the decode error;
+    /// `what` names it).
+    pub(super) fn decoded<T: DeserializeOwned>(self, what: &str) -> std::result::Result<T, String> {
+        match self {
+            Read::Value(v) => decode::<T>(&v, what).map_err(|e| e.to_string()),
+            Read::Damaged(why) => Err(why),
+        }
+    }
 }
 
 /// True for an error about one record's bytes, which fsck reports before going on. Anything
