@@ -505,6 +505,20 @@ fn damage_on_disk(
     key: &[u8],
     values: &[Vec<u8>],
 ) {
+    flip_on_disk(store, dir, ns, key, values, |key_at, value_len| {
+        key_at + key.len() + value_len / 2
+    });
+}
+
+/// [`damage_on_disk`] with the byte to flip chosen by `at(offset of the key, value length)`.
+fn flip_on_disk(
+    store: &mut Arc<dyn Store>,
+    dir: &Path,
+    ns: &str,
+    key: &[u8],
+    values: &[Vec<u8>],
+    at: impl Fn(usize, usize) -> usize,
+) {
     let placeholder = common::open_engine(&dir.join("placeholder"));
     let old = std::mem::replace(store, placeholder);
     assert_eq!(Arc::strong_count(&old), 1, "someone still holds the engine");
@@ -524,7 +538,7 @@ fn damage_on_disk(
                 .enumerate()
                 .filter(|(_, w)| *w == needle)
             {
-                let at = pos + key.len() + value.len() / 2;
+                let at = at(pos, value.len());
                 f.write_all_at(&[bytes[at] ^ 0x5a], at as u64).unwrap();
                 flipped += 1;
             }
@@ -963,4 +977,54 @@ fn damaged_superblock_and_xattrs_come_back_from_older_versions() {
     fs.shutdown().unwrap();
     let last = check(&*store, "qsfs", false).unwrap();
     assert!(last.problems.is_empty(), "{:#?}", last.problems);
+}
+
+#[test]
+fn damaged_record_header_ends_the_history_walk_and_the_inode_is_rebuilt() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let fh = fs.open_file(built.a, libc::O_WRONLY).unwrap();
+    fs.write(built.a, fh, 10_000, &data(12_000, 1)[10_000..])
+        .unwrap();
+    fs.release(built.a, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let key = ino_key(built.a);
+    let live = versions(&*store, &ns.inode, &key);
+    assert_eq!(live.len(), 2);
+    // A byte of the live record's header, just before its key: its link to the older version
+    // cannot be trusted, so the older version is out of reach.
+    flip_on_disk(
+        &mut store,
+        dir.path(),
+        &ns.inode,
+        &key,
+        &live[..1],
+        |key_at, _| key_at - 2,
+    );
+    assert!(matches!(
+        store.get(&ns.inode, &key),
+        Err(qsfs_core::Error::Corrupt { .. })
+    ));
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    let want = format!("inode {} (named a.txt in directory 1) is damaged", built.a);
+    assert!(has(&report, &want), "{want:?} in {:#?}", report.problems);
+    assert!(has(&report, "no older version is intact"));
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let a = fs.lookup(ROOT_INO, b"a.txt").unwrap();
+    assert_eq!((a.inode.perm, a.inode.size), (0o600, 12_000));
+    assert_eq!(read_back(&mut fs, built.a, 12_000), data(12_000, 1));
+    assert_eq!(
+        fs.lookup(ROOT_INO, b"s").unwrap().inode.size,
+        5,
+        "s -> a.txt"
+    );
+    fs.shutdown().unwrap();
 }
