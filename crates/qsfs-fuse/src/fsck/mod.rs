@@ -281,6 +281,8 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
     let mut corrupt: HashSet<u64> = HashSet::new();
     let mut salvaged: BTreeSet<u64> = BTreeSet::new();
     let mut lost: Vec<(u64, String)> = Vec::new();
+    // Problems of restored inodes, named once the dirents are read: (problem index, inode).
+    let mut restored_at: Vec<(usize, u64)> = Vec::new();
     let mut dirty_inodes: BTreeSet<u64> = BTreeSet::new();
     for (k, r) in read_all(store, &ns.inode)? {
         let Some(ino) = parse_ino_key(&k) else {
@@ -306,6 +308,7 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
                 if cx.salvage(Salvage::Restored, text) {
                     dirty_inodes.insert(ino);
                 }
+                restored_at.push((cx.report.problems.len() - 1, ino));
                 inodes.insert(ino, old.value);
                 salvaged.insert(ino);
             }
@@ -422,6 +425,7 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             None => {}
         }
     }
+    name_restored(&mut cx.report.problems, &restored_at, &named);
     if !lost.is_empty() {
         let mut rebuilt = Rebuilt {
             inodes: &mut inodes,
@@ -1209,6 +1213,25 @@ fn salvage_dirent(
             format!("its version of {}", salvage::utc(o.timestamp)),
         ))),
         None => Ok(listed(true)),
+    }
+}
+
+/// Adds to each restored inode's problem (`restored_at`: problem index, inode) the name a dirent
+/// gives it, as a rebuilt inode's says: the inodes are read before the dirents.
+fn name_restored(
+    problems: &mut [Problem],
+    restored_at: &[(usize, u64)],
+    named: &[(Vec<u8>, u64, Vec<u8>, Dirent)],
+) {
+    for &(i, ino) in restored_at {
+        let Some((_, parent, name, _)) = named.iter().find(|(.., d)| d.ino == ino) else {
+            continue;
+        };
+        if let Some(p) = problems.get_mut(i) {
+            let head = format!("inode {ino}");
+            let named = format!("{head} (named {} in directory {parent})", show(name));
+            p.description = p.description.replacen(&head, &named, 1);
+        }
     }
 }
 

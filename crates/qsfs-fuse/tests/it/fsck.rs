@@ -325,7 +325,13 @@ fn undecodable_inode_is_restored_from_its_older_version() {
 
     let report = check(&*store, "qsfs", false).unwrap();
     assert!(
-        has(&report, &format!("inode {} is damaged (", built.a)),
+        has(
+            &report,
+            &format!(
+                "inode {} (named a.txt in directory 1) is damaged (",
+                built.a
+            )
+        ),
         "{:#?}",
         report.problems
     );
@@ -335,7 +341,10 @@ fn undecodable_inode_is_restored_from_its_older_version() {
     assert!(
         has(
             &report,
-            &format!("inode {} restored from its version of", built.a)
+            &format!(
+                "inode {} (named a.txt in directory 1) restored from its version of",
+                built.a
+            )
         ),
         "{:#?}",
         report.problems
@@ -617,7 +626,10 @@ fn inode_failing_the_engine_checksum_is_restored_from_its_older_version() {
     assert!(
         has(
             &repaired,
-            &format!("inode {} restored from its version of", built.a)
+            &format!(
+                "inode {} (named a.txt in directory 1) restored from its version of",
+                built.a
+            )
         ),
         "{:#?}",
         repaired.problems
