@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qsfs_core::Store;
+use qsfs_fuse::fsck::{FsckReport, Problem, Salvage};
 use qsfs_fuse::layout::{decode, Lock, Namespaces, LOCK_KEY};
 use qsfs_store::{Engine, EngineConfig};
 
@@ -24,7 +25,11 @@ pub struct Args {
     /// Namespace prefix of the filesystem.
     #[arg(long, default_value = "qsfs")]
     pub prefix: String,
-    /// Fix what can be fixed (link counts, dangling names, unreachable inodes, block maps).
+    /// Fix what can be fixed: link counts, dangling names, unreachable inodes (to /lost+found),
+    /// block maps; records that fail their checksum or do not decode are restored from their
+    /// newest intact older version, else rebuilt (a minimal inode from its names: mode 0600 or
+    /// 0700, owner of its directory, size from its stored blocks). Damaged data blocks and
+    /// symlinks with no intact version are reported, never replaced or made up.
     #[arg(long)]
     pub repair: bool,
     /// Print the report as JSON.
@@ -88,6 +93,35 @@ fn refuse_if_mounted(store: &dyn Store, prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The line tag of a problem: what repair did to it, or that it remains.
+fn tag(p: &Problem) -> &'static str {
+    match (p.repaired, p.salvage) {
+        (false, _) => "problem",
+        (true, Some(Salvage::Restored)) => "restored",
+        (true, Some(Salvage::Rebuilt)) => "rebuilt",
+        (true, None) => "repaired",
+    }
+}
+
+/// ", R damaged records restored, B rebuilt" for a repair that brought damaged records back.
+fn salvaged(report: &FsckReport) -> String {
+    let count = |how| {
+        report
+            .problems
+            .iter()
+            .filter(|p| p.repaired && p.salvage == Some(how))
+            .count()
+    };
+    let (restored, rebuilt) = (count(Salvage::Restored), count(Salvage::Rebuilt));
+    if restored + rebuilt == 0 {
+        return String::new();
+    }
+    format!(
+        " ({} damaged records: {restored} restored from an older version, {rebuilt} rebuilt)",
+        restored + rebuilt
+    )
+}
+
 /// Runs `qsfs fsck`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = open_store(&args)?;
@@ -108,17 +142,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.orphans
         );
         for p in &report.problems {
-            let tag = if p.repaired { "repaired" } else { "problem" };
-            println!("{tag}: {}", p.description);
+            println!("{}: {}", tag(p), p.description);
         }
         let remaining = report.remaining();
+        let salvaged = salvaged(&report);
         if report.problems.is_empty() {
             println!("clean");
         } else if remaining == 0 {
-            println!("{} problems, all repaired", report.problems.len());
+            println!("{} problems, all repaired{salvaged}", report.problems.len());
         } else {
             println!(
-                "{} problems, {remaining} remain{}",
+                "{} problems, {remaining} remain{salvaged}{}",
                 report.problems.len(),
                 if args.repair {
                     ""
@@ -133,4 +167,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(repaired: bool, salvage: Option<Salvage>) -> Problem {
+        Problem {
+            description: "x".into(),
+            repaired,
+            salvage,
+        }
+    }
+
+    #[test]
+    fn restored_and_rebuilt_records_are_tagged_and_counted() {
+        let report = FsckReport {
+            problems: vec![
+                problem(true, Some(Salvage::Restored)),
+                problem(true, Some(Salvage::Rebuilt)),
+                problem(true, Some(Salvage::Restored)),
+                problem(true, None),
+                problem(false, Some(Salvage::Rebuilt)),
+                problem(false, None),
+            ],
+            ..FsckReport::default()
+        };
+        let tags: Vec<&str> = report.problems.iter().map(tag).collect();
+        assert_eq!(
+            tags,
+            ["restored", "rebuilt", "restored", "repaired", "problem", "problem"]
+        );
+        assert_eq!(
+            salvaged(&report),
+            " (3 damaged records: 2 restored from an older version, 1 rebuilt)"
+        );
+        assert_eq!(salvaged(&FsckReport::default()), "");
+    }
 }

@@ -98,6 +98,20 @@ pub trait Store: Send + Sync {
     /// [`Version::previous`], also after a delete, until compaction's retention drops them.
     fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version>;
 
+    /// The id of the version before the one `at` names (the live one when `None`), or `None` if
+    /// it is the oldest: [`Store::history`] without reading that version's value. How a checker
+    /// reaches the older versions of a key whose live value fails its checksum (`history` of it
+    /// is [`crate::Error::Corrupt`]). A damaged record header is still `Corrupt`. The default
+    /// asks `history`, which reads the value.
+    fn version_before(
+        &self,
+        ns: &str,
+        key: &[u8],
+        at: Option<VersionId>,
+    ) -> Result<Option<VersionId>> {
+        Ok(self.history(ns, key, at)?.previous)
+    }
+
     /// Creates a namespace with default properties ([`crate::Error::AlreadyExists`] if present).
     fn namespace_create(&self, name: &str) -> Result<()>;
 

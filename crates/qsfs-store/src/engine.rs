@@ -1144,6 +1144,15 @@ impl Store for Engine {
         self.ns(ns)?.history(&self.inner.shared, key, at)
     }
 
+    fn version_before(
+        &self,
+        ns: &str,
+        key: &[u8],
+        at: Option<VersionId>,
+    ) -> Result<Option<VersionId>> {
+        self.ns(ns)?.version_before(&self.inner.shared, key, at)
+    }
+
     fn namespace_create(&self, name: &str) -> Result<()> {
         self.create_namespace(name, true)
     }

@@ -1839,6 +1839,29 @@ impl Namespace {
 
     /// `Store::history`.
     pub fn history(&self, shared: &Shared, key: &[u8], at: Option<VersionId>) -> Result<Version> {
+        self.walk_history(shared, key, at, true)
+    }
+
+    /// `Store::version_before`: the `previous` link of a version, read from its record header
+    /// (whose checksum covers the key), never from its value.
+    pub fn version_before(
+        &self,
+        shared: &Shared,
+        key: &[u8],
+        at: Option<VersionId>,
+    ) -> Result<Option<VersionId>> {
+        Ok(self.walk_history(shared, key, at, false)?.previous)
+    }
+
+    /// Walks `key`'s chain from its newest version to the one `at` names (the live one when
+    /// `None`); reads and verifies that version's value only if `with_value`.
+    fn walk_history(
+        &self,
+        shared: &Shared,
+        key: &[u8],
+        at: Option<VersionId>,
+        with_value: bool,
+    ) -> Result<Version> {
         let (head, target) = {
             let st = self.state.read();
             self.check_readable(&st)?;
@@ -1869,7 +1892,8 @@ impl Namespace {
                 let st = self.state.read();
                 self.segment_of(&st, cur)?
             };
-            let (header, k, value) = self.read_at(shared, &seg, loc_offset(cur), cur == target)?;
+            let (header, k, value) =
+                self.read_at(shared, &seg, loc_offset(cur), with_value && cur == target)?;
             if k != key {
                 return Err(Error::corrupt(
                     seg_location(&self.name, seg.id, loc_offset(cur)),

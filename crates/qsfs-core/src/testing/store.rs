@@ -534,6 +534,12 @@ fn history_chain<S: Store>(s: &S) {
     let p2 = live.previous.expect("v2 exists");
     let v2 = ok(s.history(d, b"h", Some(p2)), "history v2");
     assert_eq!((v2.value.as_slice(), v2.timestamp), (&b"v2"[..], 101));
+    // version_before follows the same links as history.
+    assert_eq!(ok(s.version_before(d, b"h", None), "before live"), Some(p2));
+    assert_eq!(
+        ok(s.version_before(d, b"h", Some(p2)), "before v2"),
+        v2.previous
+    );
     let v1 = ok(s.history(d, b"h", v2.previous), "history v1");
     assert_eq!((v1.value.as_slice(), v1.timestamp), (&b"v1"[..], 100));
     assert_eq!(v1.previous, None, "v1 is the oldest");

@@ -7,11 +7,13 @@
 use crate::common;
 
 use qsfs_core::Store;
-use qsfs_fuse::fsck::{check, FsckReport};
+use qsfs_fuse::fsck::{check, FsckReport, Salvage};
 use qsfs_fuse::layout::{
-    decode, dirent_key, encode, ino_key, pair_key, Inode, Namespaces, ROOT_INO,
+    decode, dirent_key, encode, ino_key, pair_key, Inode, Namespaces, ROOT_INO, SUPER_KEY,
 };
 use qsfs_fuse::{Fs, FsConfig};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 const BS: usize = 4096;
@@ -150,7 +152,7 @@ fn broken_filesystem_is_reported_and_repaired() {
         format!("block map {}/0 belongs to no file", built.victim),
         format!("inode {} is not reachable from the root", built.lost),
         "listing page 1/0 slot".to_string(),
-        format!("block map {}/0: ", built.a),
+        format!("block map {}/0 is damaged", built.a),
         format!(
             "block map of inode {} marks block 1, which is not stored",
             built.b
@@ -259,7 +261,7 @@ fn lost_directory_wrong_kind_corrupt_listing_and_unmapped_block_are_repaired() {
     for e in [
         format!("inode {d} is not reachable from the root"),
         "dirent 1/s says File but inode".to_string(),
-        "listing page 1/0: ".to_string(),
+        "listing page 1/0 is damaged".to_string(),
         format!("block {}/2 is stored but not in the block map", built.a),
     ] {
         assert!(has(&report, &e), "missing {e:?} in {:#?}", report.problems);
@@ -308,41 +310,58 @@ fn lost_directory_wrong_kind_corrupt_listing_and_unmapped_block_are_repaired() {
 }
 
 #[test]
-fn corrupt_inode_is_reported_and_left_alone() {
+fn undecodable_inode_is_restored_from_its_older_version() {
     let (store, _dir) = common::engine();
     let built = build(&store);
     let ns = Namespaces::new("qsfs");
-    let mut raw = store
+    let good = store
         .get(&ns.inode, &ino_key(built.a))
         .unwrap()
         .unwrap()
         .value;
+    let mut raw = good.clone();
     raw[3] ^= 0x10;
     store.set(&ns.inode, Some(&ino_key(built.a)), &raw).unwrap();
 
-    let report = check(&*store, "qsfs", true).unwrap();
+    let report = check(&*store, "qsfs", false).unwrap();
     assert!(
-        has(&report, &format!("inode {}: ", built.a)),
+        has(
+            &report,
+            &format!(
+                "inode {} (named a.txt in directory 1) is damaged (",
+                built.a
+            )
+        ),
         "{:#?}",
         report.problems
     );
     assert_eq!(report.remaining(), 1, "{:#?}", report.problems);
-    // Its blocks, map and name survive the repair: the data may still be recovered.
+    let report = check(&*store, "qsfs", true).unwrap();
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    assert!(
+        has(
+            &report,
+            &format!(
+                "inode {} (named a.txt in directory 1) restored from its version of",
+                built.a
+            )
+        ),
+        "{:#?}",
+        report.problems
+    );
     assert_eq!(
         store
             .get(&ns.inode, &ino_key(built.a))
             .unwrap()
             .unwrap()
             .value,
-        raw
+        good
     );
-    for i in 0..3 {
-        assert!(store.exists(&ns.block, &pair_key(built.a, i)).unwrap());
-    }
-    assert!(store.exists(&ns.bmap, &pair_key(built.a, 0)).unwrap());
-    assert!(store
-        .exists(&ns.dirent, &dirent_key(ROOT_INO, b"a.txt"))
-        .unwrap());
+    let again = check(&*store, "qsfs", true).unwrap();
+    assert!(again.problems.is_empty(), "{:#?}", again.problems);
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    assert_eq!(read_back(&mut fs, built.a, 10_000), data(10_000, 1));
+    fs.shutdown().unwrap();
 }
 
 #[test]
@@ -464,4 +483,662 @@ fn directory_cycle_cut_off_from_the_root_is_broken_and_reattached() {
         .collect();
     assert_eq!(names, [&b"."[..], b"..", b"f"].map(|n| n.to_vec()));
     fs.shutdown().unwrap();
+}
+
+// ----- Records damaged on disk: the engine's checksum fails, `get` answers `Corrupt`. -----
+
+/// Every stored value of `key` in `ns`, newest first (tombstones left out), through the
+/// store's history.
+fn versions(store: &dyn Store, ns: &str, key: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = None;
+    loop {
+        let v = store.history(ns, key, at).unwrap();
+        if !v.deleted {
+            out.push(v.value);
+        }
+        match v.previous {
+            Some(p) => at = Some(p),
+            None => return out,
+        }
+    }
+}
+
+/// Closes the engine, flips a byte in the middle of each of `values` stored under `key` in
+/// namespace `ns` (found in the segment files as the key followed by the value, which is how a
+/// record lays them out after its header), and opens the engine again.
+fn damage_on_disk(
+    store: &mut Arc<dyn Store>,
+    dir: &Path,
+    ns: &str,
+    key: &[u8],
+    values: &[Vec<u8>],
+) {
+    flip_on_disk(store, dir, ns, key, values, |key_at, value_len| {
+        key_at + key.len() + value_len / 2
+    });
+}
+
+/// [`damage_on_disk`] with the byte to flip chosen by `at(offset of the key, value length)`.
+fn flip_on_disk(
+    store: &mut Arc<dyn Store>,
+    dir: &Path,
+    ns: &str,
+    key: &[u8],
+    values: &[Vec<u8>],
+    at: impl Fn(usize, usize) -> usize,
+) {
+    let placeholder = common::open_engine(&dir.join("placeholder"));
+    let old = std::mem::replace(store, placeholder);
+    assert_eq!(Arc::strong_count(&old), 1, "someone still holds the engine");
+    drop(old);
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(dir.join("ns").join(ns)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        for value in values {
+            let needle: Vec<u8> = [key, value].concat();
+            for (pos, _) in bytes
+                .windows(needle.len())
+                .enumerate()
+                .filter(|(_, w)| *w == needle)
+            {
+                let at = at(pos, value.len());
+                f.write_all_at(&[bytes[at] ^ 0x5a], at as u64).unwrap();
+                flipped += 1;
+            }
+        }
+    }
+    assert!(
+        flipped >= values.len(),
+        "found {flipped} of {}",
+        values.len()
+    );
+    *store = common::open_engine(dir);
+}
+
+/// Sets inode `ino`'s link count to `nlink`: an unrelated problem planted beside the damage.
+fn wrong_link_count(store: &dyn Store, ino: u64, nlink: u32) {
+    let ns = Namespaces::new("qsfs");
+    let mut n: Inode = decode(
+        &store.get(&ns.inode, &ino_key(ino)).unwrap().unwrap().value,
+        "inode",
+    )
+    .unwrap();
+    n.nlink = nlink;
+    store
+        .set(&ns.inode, Some(&ino_key(ino)), &encode(&n))
+        .unwrap();
+}
+
+#[test]
+fn inode_failing_the_engine_checksum_is_restored_from_its_older_version() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    wrong_link_count(&*store, built.c, 7);
+    // a.txt grows from 10,000 to 12,000 bytes: a second version of its inode.
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let fh = fs.open_file(built.a, libc::O_WRONLY).unwrap();
+    fs.write(built.a, fh, 10_000, &data(12_000, 1)[10_000..])
+        .unwrap();
+    fs.release(built.a, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let live = versions(&*store, &ns.inode, &ino_key(built.a));
+    assert_eq!(live.len(), 2, "a.txt's inode was written twice");
+    damage_on_disk(
+        &mut store,
+        dir.path(),
+        &ns.inode,
+        &ino_key(built.a),
+        &live[..1],
+    );
+    assert!(matches!(
+        store.get(&ns.inode, &ino_key(built.a)),
+        Err(qsfs_core::Error::Corrupt { .. })
+    ));
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    let found = format!("inode {} ", built.a);
+    let p = report
+        .problems
+        .iter()
+        .find(|p| p.description.starts_with(&found))
+        .unwrap_or_else(|| panic!("no problem for inode {}: {:#?}", built.a, report.problems));
+    assert!(
+        p.description.contains("segment"),
+        "names the engine's location: {p:?}"
+    );
+    assert!(!p.repaired);
+    // The check went on: the unrelated problem is reported too.
+    assert!(has(
+        &report,
+        &format!("inode {} has link count 7 but 2 links", built.c)
+    ));
+
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    assert!(
+        has(
+            &repaired,
+            &format!(
+                "inode {} (named a.txt in directory 1) restored from its version of",
+                built.a
+            )
+        ),
+        "{:#?}",
+        repaired.problems
+    );
+    let salvaged: Vec<_> = repaired.problems.iter().filter_map(|p| p.salvage).collect();
+    assert_eq!(salvaged, [Salvage::Restored]);
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let a = fs.lookup(ROOT_INO, b"a.txt").unwrap();
+    assert_eq!(a.ino, built.a);
+    // The older version said 10,000 bytes; the stored blocks say 12,000.
+    assert_eq!(a.inode.size, 12_000);
+    assert_eq!(read_back(&mut fs, built.a, 12_000), data(12_000, 1));
+    let link = fs.lookup(ROOT_INO, b"s").unwrap().ino;
+    assert_eq!(fs.readlink(link).unwrap(), b"a.txt");
+    fs.shutdown().unwrap();
+}
+
+/// Damages every stored version of `key` in `ns` on disk (see [`damage_on_disk`]).
+fn damage_every_version(store: &mut Arc<dyn Store>, dir: &Path, ns: &str, key: &[u8]) {
+    let all = versions(&**store, ns, key);
+    damage_on_disk(store, dir, ns, key, &all);
+}
+
+fn names_in(fs: &mut Fs, dir: u64) -> Vec<Vec<u8>> {
+    fs.readdir(dir, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
+}
+
+#[test]
+fn inode_with_no_intact_version_is_rebuilt_minimal_and_safe() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let d = fs.lookup(ROOT_INO, b"d").unwrap().ino;
+    let home = fs.mkdir(ROOT_INO, b"home", 0o750, 1000, 100).unwrap().ino;
+    let (prog, fh) = fs.create(home, b"prog", 0o4755, 0, 1000, 100).unwrap();
+    fs.write(prog.ino, fh, 0, &data(9_000, 6)).unwrap();
+    fs.release(prog.ino, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    wrong_link_count(&*store, built.c, 9);
+    // Neither the file nor the directory d/ has a version left that reads intact.
+    damage_every_version(&mut store, dir.path(), &ns.inode, &ino_key(prog.ino));
+    damage_every_version(&mut store, dir.path(), &ns.inode, &ino_key(d));
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    for (ino, name, parent) in [(prog.ino, "prog", home), (d, "d", ROOT_INO)] {
+        let want = format!(
+            "inode {ino} (named {name} in directory {parent}) is damaged (corrupt data at segment"
+        );
+        assert!(has(&report, &want), "{want:?} in {:#?}", report.problems);
+    }
+    assert!(has(&report, "and no older version is intact"));
+    assert!(has(&report, &format!("inode {} has link count 9", built.c)));
+
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    assert!(has(
+        &repaired,
+        &format!(
+            "inode {} (named prog in directory {home}) rebuilt as a minimal File inode",
+            prog.ino
+        )
+    ));
+    assert!(has(
+        &repaired,
+        &format!("inode {d} (named d in directory 1) rebuilt as a minimal Dir inode")
+    ));
+    assert!(has(
+        &repaired,
+        &format!("inode {}: size 0 raised to 9000", prog.ino)
+    ));
+    let salvaged: Vec<_> = repaired.problems.iter().filter_map(|p| p.salvage).collect();
+    assert_eq!(salvaged, [Salvage::Rebuilt, Salvage::Rebuilt]);
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let back = fs.lookup(home, b"prog").unwrap();
+    assert_eq!(back.ino, prog.ino);
+    let n = &back.inode;
+    // Safe: no setuid, owner-only; owner and group are the directory's.
+    assert_eq!((n.perm, n.uid, n.gid, n.nlink), (0o600, 1000, 100, 1));
+    assert_eq!(n.size, 9_000);
+    assert_eq!(read_back(&mut fs, prog.ino, 9_000), data(9_000, 6));
+    let dd = fs.lookup(ROOT_INO, b"d").unwrap();
+    assert_eq!((dd.ino, dd.inode.perm, dd.inode.nlink), (d, 0o700, 3));
+    assert_eq!(
+        names_in(&mut fs, d),
+        [&b"."[..], b"..", b"b.txt", b"sub", b"c2"].map(|n| n.to_vec())
+    );
+    assert_eq!(read_back(&mut fs, built.b, 5_000), data(5_000, 2));
+    // New names in the rebuilt directory take new slots: nothing listed is overwritten.
+    let (x, fh) = fs.create(d, b"new", 0o644, 0, 0, 0).unwrap();
+    fs.release(x.ino, fh).unwrap();
+    assert_eq!(names_in(&mut fs, d).len(), 6);
+    assert!(x.ino > prog.ino, "inode numbers are not handed out twice");
+    fs.shutdown().unwrap();
+    let last = check(&*store, "qsfs", false).unwrap();
+    assert!(last.problems.is_empty(), "{:#?}", last.problems);
+}
+
+#[test]
+fn symlink_with_no_intact_version_is_reported_and_left() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let s = fs.lookup(ROOT_INO, b"s").unwrap().ino;
+    fs.shutdown().unwrap();
+    drop(fs);
+    wrong_link_count(&*store, built.c, 4);
+    damage_every_version(&mut store, dir.path(), &ns.inode, &ino_key(s));
+
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    let want = format!("inode {s} (a symlink, named s in directory 1) is damaged");
+    let p = repaired
+        .problems
+        .iter()
+        .find(|p| p.description.starts_with(&want))
+        .unwrap_or_else(|| panic!("{want:?} in {:#?}", repaired.problems));
+    assert!(!p.repaired);
+    assert!(p.description.contains("its target is lost"), "{p:?}");
+    assert_eq!(repaired.remaining(), 1, "{:#?}", repaired.problems);
+    // The rest was repaired, and the name and record are kept for a human.
+    let again = check(&*store, "qsfs", true).unwrap();
+    assert_eq!(again.problems.len(), 1, "{:#?}", again.problems);
+    assert!(store
+        .exists(&ns.dirent, &dirent_key(ROOT_INO, b"s"))
+        .unwrap());
+    assert!(matches!(
+        store.get(&ns.inode, &ino_key(s)),
+        Err(qsfs_core::Error::Corrupt { .. })
+    ));
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    assert!(fs.lookup(ROOT_INO, b"s").is_err());
+    assert_eq!(fs.lookup(ROOT_INO, b"c.txt").unwrap().inode.nlink, 2);
+    assert_eq!(read_back(&mut fs, built.a, 10_000), data(10_000, 1));
+    fs.shutdown().unwrap();
+}
+
+#[test]
+fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_lost() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let d = fs.lookup(ROOT_INO, b"d").unwrap().ino;
+    let sub = fs.lookup(d, b"sub").unwrap().ino;
+    let (x, fh) = fs.create(sub, b"x", 0o644, 0, 0, 0).unwrap();
+    fs.release(x.ino, fh).unwrap();
+    // A second version of the root's listing page: "later" is listed after the first.
+    let (later, fh) = fs.create(ROOT_INO, b"later", 0o644, 0, 0, 0).unwrap();
+    fs.write(later.ino, fh, 0, b"late").unwrap();
+    fs.release(later.ino, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let root_page = versions(&*store, &ns.dirpage, &pair_key(ROOT_INO, 0));
+    assert_eq!(root_page.len(), 2);
+    // The live root page (its older version is intact); every version of d/'s page, of the
+    // dirents /c.txt (listed in the restored root page), d/sub/x (listed in an intact page) and
+    // d/b.txt (listed nowhere now), and of the block map of `lost`.
+    damage_on_disk(
+        &mut store,
+        dir.path(),
+        &ns.dirpage,
+        &pair_key(ROOT_INO, 0),
+        &root_page[..1],
+    );
+    damage_every_version(&mut store, dir.path(), &ns.dirpage, &pair_key(d, 0));
+    damage_every_version(
+        &mut store,
+        dir.path(),
+        &ns.dirent,
+        &dirent_key(ROOT_INO, b"c.txt"),
+    );
+    damage_every_version(&mut store, dir.path(), &ns.bmap, &pair_key(built.lost, 0));
+    for (parent, name) in [(sub, &b"x"[..]), (d, b"b.txt")] {
+        damage_every_version(
+            &mut store,
+            dir.path(),
+            &ns.dirent,
+            &dirent_key(parent, name),
+        );
+    }
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    for e in [
+        "listing page 1/0 is damaged (corrupt data at segment".to_string(),
+        format!("listing page {d}/0: corrupt data at segment"),
+        "dirent 1/c.txt: corrupt data at segment".to_string(),
+        format!("block map {}/0: corrupt data at segment", built.lost),
+    ] {
+        assert!(has(&report, &e), "missing {e:?} in {:#?}", report.problems);
+    }
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    for e in [
+        "listing page 1/0 restored from its version of".to_string(),
+        format!("listing page {d}/0: corrupt data at segment"),
+        "dirent 1/c.txt: corrupt data at segment".to_string(),
+        "(rebuilt from listing page 1/0)".to_string(),
+        format!("dirent {sub}/x: corrupt data at segment"),
+        format!("(rebuilt from listing page {sub}/0)"),
+        format!("dirent {d}/b.txt: corrupt data at segment"),
+        "no page lists it, no older version is intact: dropped".to_string(),
+        format!("inode {} is not reachable from the root", built.b),
+        "(rebuilt from the stored blocks)".to_string(),
+    ] {
+        assert!(
+            has(&repaired, &e),
+            "missing {e:?} in {:#?}",
+            repaired.problems
+        );
+    }
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    assert_eq!(
+        names_in(&mut fs, ROOT_INO),
+        [
+            &b"."[..],
+            b"..",
+            b"a.txt",
+            b"d",
+            b"c.txt",
+            b"victim",
+            b"lost",
+            b"s",
+            b"later",
+            b"lost+found"
+        ]
+        .map(|n| n.to_vec())
+    );
+    assert_eq!(
+        names_in(&mut fs, d),
+        [&b"."[..], b"..", b"sub", b"c2"].map(|n| n.to_vec())
+    );
+    assert_eq!(fs.lookup(sub, b"x").unwrap().ino, x.ino);
+    // A name nothing lists any more is dropped; its file is kept in lost+found.
+    let lf = fs.lookup(ROOT_INO, b"lost+found").unwrap().ino;
+    let b = fs.lookup(lf, format!("#{}", built.b).as_bytes()).unwrap();
+    assert_eq!(b.ino, built.b);
+    assert_eq!(read_back(&mut fs, built.b, 5_000), data(5_000, 2));
+    assert_eq!(fs.lookup(ROOT_INO, b"c.txt").unwrap().ino, built.c);
+    assert_eq!(read_back(&mut fs, built.c, 300), data(300, 3));
+    assert_eq!(read_back(&mut fs, built.lost, 6_000), data(6_000, 5));
+    assert_eq!(read_back(&mut fs, later.ino, 4), b"late");
+    fs.shutdown().unwrap();
+}
+
+#[test]
+fn damaged_data_block_is_reported_by_path_and_range_and_never_replaced() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    // b.txt's second block gets a second version, so an older one exists that must not be used.
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let fh = fs.open_file(built.b, libc::O_WRONLY).unwrap();
+    fs.write(built.b, fh, 4_500, b"NEWER").unwrap();
+    fs.release(built.b, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let key = pair_key(built.b, 1);
+    let block = versions(&*store, &ns.block, &key);
+    assert_eq!(block.len(), 2);
+    damage_on_disk(&mut store, dir.path(), &ns.block, &key, &block[..1]);
+
+    for repair in [false, true, true] {
+        let report = check(&*store, "qsfs", repair).unwrap();
+        let want = format!(
+            "block {}/1 of /d/b.txt (bytes 4096..5000) fails its checksum (corrupt data at \
+             segment",
+            built.b
+        );
+        assert!(has(&report, &want), "{want:?} in {:#?}", report.problems);
+        assert!(has(&report, "not replaced by an older version"));
+        assert_eq!(report.remaining(), 1, "{:#?}", report.problems);
+        assert_eq!(report.problems.len(), 1, "{:#?}", report.problems);
+    }
+    assert!(matches!(
+        store.get(&ns.block, &key),
+        Err(qsfs_core::Error::Corrupt { .. })
+    ));
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let fh = fs.open_file(built.b, 0).unwrap();
+    assert_eq!(
+        fs.read(built.b, fh, 0, 4096).unwrap(),
+        data(5_000, 2)[..4096]
+    );
+    assert!(
+        fs.read(built.b, fh, 4096, 100).is_err(),
+        "EIO, not old data"
+    );
+    fs.release(built.b, fh).unwrap();
+    fs.shutdown().unwrap();
+}
+
+#[test]
+fn damaged_superblock_and_xattrs_come_back_from_older_versions() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    // Two mounts, one xattr each: two versions of c.txt's xattr record.
+    for (name, value) in [(&b"user.a"[..], &b"1"[..]), (b"user.b", b"2")] {
+        let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+        fs.setxattr(built.c, name, value, 0).unwrap();
+        fs.shutdown().unwrap();
+    }
+    let sup = versions(&*store, &ns.sup, SUPER_KEY);
+    assert!(sup.len() >= 2, "the mark was raised once at least");
+    let xattrs = versions(&*store, &ns.xattr, &ino_key(built.c));
+    assert_eq!(xattrs.len(), 2);
+    damage_on_disk(&mut store, dir.path(), &ns.sup, SUPER_KEY, &sup[..1]);
+    damage_on_disk(
+        &mut store,
+        dir.path(),
+        &ns.xattr,
+        &ino_key(built.c),
+        &xattrs[..1],
+    );
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    for e in [
+        "superblock is damaged (corrupt data at segment".to_string(),
+        format!(
+            "xattrs of inode {} is damaged (corrupt data at segment",
+            built.c
+        ),
+    ] {
+        assert!(has(&report, &e), "missing {e:?} in {:#?}", report.problems);
+    }
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    assert!(has(&repaired, "superblock restored from its version of"));
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    assert_eq!(fs.getxattr(built.c, b"user.a").unwrap(), b"1");
+    assert!(
+        fs.getxattr(built.c, b"user.b").is_err(),
+        "the older version"
+    );
+    // The mark is above every inode there is: a new one gets a number never used.
+    let (n, fh) = fs.create(ROOT_INO, b"new", 0o644, 0, 0, 0).unwrap();
+    fs.release(n.ino, fh).unwrap();
+    assert!(n.ino > built.lost, "{} reused", n.ino);
+    fs.shutdown().unwrap();
+    let last = check(&*store, "qsfs", false).unwrap();
+    assert!(last.problems.is_empty(), "{:#?}", last.problems);
+}
+
+#[test]
+fn damaged_record_header_ends_the_history_walk_and_the_inode_is_rebuilt() {
+    let (mut store, dir) = common::engine();
+    let built = build(&store);
+    let ns = Namespaces::new("qsfs");
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let fh = fs.open_file(built.a, libc::O_WRONLY).unwrap();
+    fs.write(built.a, fh, 10_000, &data(12_000, 1)[10_000..])
+        .unwrap();
+    fs.release(built.a, fh).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let key = ino_key(built.a);
+    let live = versions(&*store, &ns.inode, &key);
+    assert_eq!(live.len(), 2);
+    // A byte of the live record's header, just before its key: its link to the older version
+    // cannot be trusted, so the older version is out of reach.
+    flip_on_disk(
+        &mut store,
+        dir.path(),
+        &ns.inode,
+        &key,
+        &live[..1],
+        |key_at, _| key_at - 2,
+    );
+    assert!(matches!(
+        store.get(&ns.inode, &key),
+        Err(qsfs_core::Error::Corrupt { .. })
+    ));
+
+    let report = check(&*store, "qsfs", false).unwrap();
+    let want = format!("inode {} (named a.txt in directory 1) is damaged", built.a);
+    assert!(has(&report, &want), "{want:?} in {:#?}", report.problems);
+    assert!(has(&report, "no older version is intact"));
+    let repaired = check(&*store, "qsfs", true).unwrap();
+    assert!(repaired.is_clean(), "{:#?}", repaired.problems);
+    let after = check(&*store, "qsfs", false).unwrap();
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    let mut fs = Fs::open(store.clone(), cfg()).unwrap();
+    let a = fs.lookup(ROOT_INO, b"a.txt").unwrap();
+    assert_eq!((a.inode.perm, a.inode.size), (0o600, 12_000));
+    assert_eq!(read_back(&mut fs, built.a, 12_000), data(12_000, 1));
+    assert_eq!(
+        fs.lookup(ROOT_INO, b"s").unwrap().inode.size,
+        5,
+        "s -> a.txt"
+    );
+    fs.shutdown().unwrap();
+}
+
+/// A store whose `get` in one namespace fails as a store that went down does: not damage of
+/// one record, so fsck must stop with the error rather than report and go on.
+struct DownFor {
+    inner: Arc<dyn Store>,
+    ns: String,
+}
+
+mod down_for {
+    use super::DownFor;
+    use qsfs_core::{
+        Credential, Cursor, Entry, Error, KeyMeta, NamespaceInfo, NamespaceProperty, Result,
+        ScanOrder, ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+    };
+
+    impl Store for DownFor {
+        fn set_at(
+            &self,
+            ns: &str,
+            key: Option<&[u8]>,
+            value: &[u8],
+            t: Option<Timestamp>,
+        ) -> Result<SetOutcome> {
+            self.inner.set_at(ns, key, value, t)
+        }
+        fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
+            if ns == self.ns {
+                return Err(Error::Unavailable("store down".into()));
+            }
+            self.inner.get(ns, key)
+        }
+        fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
+            self.inner.delete_at(ns, key, t)
+        }
+        fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
+            self.inner.meta(ns, key)
+        }
+        fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
+            self.inner.check(ns, key)
+        }
+        fn scan(
+            &self,
+            ns: &str,
+            cursor: Option<&Cursor>,
+            limit: usize,
+            order: ScanOrder,
+        ) -> Result<ScanPage> {
+            self.inner.scan(ns, cursor, limit, order)
+        }
+        fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
+            self.inner.cursor_after(ns, key)
+        }
+        fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
+            self.inner.history(ns, key, at)
+        }
+        fn namespace_create(&self, name: &str) -> Result<()> {
+            self.inner.namespace_create(name)
+        }
+        fn namespace_delete(&self, name: &str) -> Result<()> {
+            self.inner.namespace_delete(name)
+        }
+        fn namespace_list(&self) -> Result<Vec<String>> {
+            self.inner.namespace_list()
+        }
+        fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
+            self.inner.namespace_info(name)
+        }
+        fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
+            self.inner.namespace_set(name, property)
+        }
+        fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
+            self.inner.namespace_authenticate(name, credential)
+        }
+        fn flush_namespace(&self, name: &str) -> Result<()> {
+            self.inner.flush_namespace(name)
+        }
+        fn sync(&self) -> Result<()> {
+            self.inner.sync()
+        }
+    }
+}
+
+#[test]
+fn a_store_that_goes_down_still_stops_the_check_with_its_error() {
+    let (store, _dir) = common::engine();
+    build(&store);
+    let ns = Namespaces::new("qsfs");
+    for role in [&ns.inode, &ns.dirent, &ns.dirpage, &ns.bmap] {
+        let down = DownFor {
+            inner: store.clone(),
+            ns: role.clone(),
+        };
+        for repair in [false, true] {
+            match check(&down, "qsfs", repair) {
+                Err(qsfs_core::Error::Unavailable(_)) => {}
+                other => panic!("{role}: expected the store's error, got {other:?}"),
+            }
+        }
+    }
+    let report = check(&*store, "qsfs", false).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }

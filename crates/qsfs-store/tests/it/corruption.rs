@@ -129,6 +129,27 @@ fn flipped_value_byte_rebuilding_the_index() {
 }
 
 #[test]
+fn older_versions_stay_reachable_past_a_corrupt_live_value() {
+    let dir = fixture();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        e.set("default", Some(b"key3"), b"second version of key3")
+            .unwrap();
+    }
+    let (seg, off) = find(dir.path(), b"second version of key3");
+    flip(&segment_path(dir.path(), seg), off + 2);
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert!(matches!(
+        e.history("default", b"key3", None),
+        Err(Error::Corrupt { .. })
+    ));
+    // The live record's header is intact: its link to the older version is still readable.
+    let before = e.version_before("default", b"key3", None).unwrap();
+    let old = e.history("default", b"key3", before).unwrap();
+    assert_eq!(old.value, value(3));
+}
+
+#[test]
 fn flipped_header_byte_is_reported() {
     let dir = fixture();
     let (seg, off) = find(dir.path(), b"key21");

@@ -4,7 +4,37 @@
 //! them (dirents against inodes and listing pages, link counts against dirents, block maps
 //! against stored blocks) and, with `repair`, rewrites what disagrees. Repair never deletes data
 //! a name still reaches: unreachable inodes go to `/lost+found`, a stored block missing from its
-//! map gets its bit back (reads see it), and a corrupt inode is left for a human.
+//! map gets its bit back (reads see it).
+//!
+//! **Damaged records.** A record whose bytes fail the store's checksum (`get` answers
+//! `Error::Corrupt`, naming the segment and offset) or that does not decode is one problem
+//! among others: it names the namespace, the key and the store's location, and the check goes
+//! on over everything else. Store errors that are not about one record (I/O, a store that is
+//! down) still abort the check. What repair does with a damaged record (`salvage.rs`):
+//!
+//! * the store is append-only, so older versions usually survive: the newest one that reads
+//!   intact and decodes is written back as the live one (found through
+//!   `Store::version_before`, which reads record headers, not the damaged value; a tombstone
+//!   ends the walk, as what lies before it belonged to an earlier life of the key), then
+//!   reconciled like any record: a restored file's size grows to cover its stored blocks, a
+//!   restored directory's tail moves past every slot in use, link counts and counts follow
+//!   the dirents;
+//! * with no intact version: an inode is rebuilt minimal (`salvage::rebuild`: kind from its
+//!   dirents, else a directory if it has listing pages, else a file; owner and group of its
+//!   directory; mode 0600, directories 0700, never setuid/setgid, because a guess wider than
+//!   the lost permissions could expose a file; times now; size up to the end of its last
+//!   stored block, exact unless the file ended in a hole, whose zeros are then dropped); a
+//!   dirent is rebuilt from the listing page that lists its name (else it is dropped and its
+//!   inode, if nothing else names it, goes to `/lost+found`); a listing page from the dirents;
+//!   a block map from the stored blocks;
+//! * never made up: a symlink with no intact version (its target was only in the record) is
+//!   reported and left, name and record, for a human, as are xattrs with no intact version (an
+//!   ACL guessed could widen access). A damaged data block is reported with its file's path and
+//!   byte range and never replaced by an older version, which would be wrong data served
+//!   silently: reads of those bytes return EIO.
+//!
+//! Restored and rebuilt inodes keep their numbers, and the superblock's high-water mark is
+//! raised above every inode there is, so a later mount never hands a number out twice.
 //!
 //! It must run while nothing else writes the filesystem: the caller opens the store exclusively
 //! (the engine's directory lock) or checks the mount lock.
@@ -12,13 +42,17 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use qsfs_core::{Result, Store};
+use qsfs_core::{Result, Store, Timestamp};
 
 use crate::layout::{
     decode, dirent_key, encode, ino_key, pair_key, parse_ino_key, parse_pair_key, Body, Chunk,
     Dirent, Inode, Kind, Namespaces, Page, PageEntry, Superblock, Xattrs, CHUNK_BLOCKS, PAGE_SLOTS,
     ROOT_INO, SUPER_KEY,
 };
+
+mod salvage;
+
+use salvage::{older_intact, read_all};
 
 /// Name of the directory under the root that unreachable inodes are re-attached to.
 pub const LOST_FOUND: &[u8] = b"lost+found";
@@ -30,6 +64,20 @@ pub struct Problem {
     pub description: String,
     /// True if `--repair` fixed it.
     pub repaired: bool,
+    /// For a damaged record (one that fails a checksum or does not decode): how repair brings
+    /// it back (brought it back, when `repaired`). `None` for every other problem.
+    pub salvage: Option<Salvage>,
+}
+
+/// How [`check`] brings back a damaged record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Salvage {
+    /// Its newest intact older version is written back as the live one.
+    Restored,
+    /// Made again from the records that agree with it (a minimal inode from its names, a page
+    /// from the dirents, a dirent from its page, a block map from the stored blocks).
+    Rebuilt,
 }
 
 /// What [`check`] saw and found.
@@ -77,26 +125,18 @@ impl Ctx {
         self.report.problems.push(Problem {
             description,
             repaired,
+            salvage: None,
         });
         repaired
     }
-}
 
-/// Every live key of `ns` with its value (`None` if it vanished between scan and get).
-fn read_all(store: &dyn Store, ns: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = store.scan(ns, cursor.as_ref(), 1024, Default::default())?;
-        for m in page.entries {
-            if let Some(e) = store.get(ns, &m.key)? {
-                out.push((m.key, e.value));
-            }
+    /// Records a damaged record that repair brings back `how`.
+    fn salvage(&mut self, how: Salvage, description: String) -> bool {
+        let repaired = self.problem(true, description);
+        if let Some(p) = self.report.problems.last_mut() {
+            p.salvage = Some(how);
         }
-        match page.next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(out),
-        }
+        repaired
     }
 }
 
@@ -110,6 +150,89 @@ fn keys_of(store: &dyn Store, ns: &str) -> Result<Vec<Vec<u8>>> {
             Some(c) => cursor = Some(c),
             None => return Ok(out),
         }
+    }
+}
+
+/// What to say of a damaged record (`what`, damaged because `why`) that has an intact older
+/// version written at `when`: restored, or restorable.
+fn restored(repair: bool, what: &str, why: &str, when: Timestamp) -> String {
+    let when = salvage::utc(when);
+    if repair {
+        format!("{what} restored from its version of {when} ({why})")
+    } else {
+        format!("{what} is damaged ({why}); its version of {when} is intact (--repair restores it)")
+    }
+}
+
+/// The superblock and whether it must be written back (restored from an older version), or
+/// `None` when there is none to check against (reported).
+fn superblock(
+    store: &dyn Store,
+    ns: &Namespaces,
+    cx: &mut Ctx,
+) -> Result<Option<(Superblock, bool)>> {
+    let why = match store.get(&ns.sup, SUPER_KEY) {
+        Ok(None) => {
+            cx.problem(false, "superblock missing".into());
+            return Ok(None);
+        }
+        Ok(Some(e)) => match decode::<Superblock>(&e.value, "superblock") {
+            Ok(s) => return Ok(Some((s, false))),
+            Err(e) => e.to_string(),
+        },
+        Err(e) if salvage::is_record_damage(&e) => e.to_string(),
+        Err(e) => return Err(e),
+    };
+    // An older superblock may hold a lower `ino_reserved`: the check of inode numbers against
+    // it, at the end, raises it above every inode there is.
+    let older = older_intact(store, &ns.sup, SUPER_KEY, |v| {
+        decode::<Superblock>(v, "superblock").ok()
+    })?;
+    let Some(old) = older else {
+        cx.problem(
+            false,
+            format!("superblock unreadable ({why}) and no intact older version"),
+        );
+        return Ok(None);
+    };
+    let text = restored(cx.repair, "superblock", &why, old.timestamp);
+    let fixed = cx.salvage(Salvage::Restored, text);
+    Ok(Some((old.value, fixed)))
+}
+
+/// Reports (and with repair applies) a metadata batch a crashed mount left half applied. A
+/// damaged journal record is reported and left: applying part of a batch is worse than none.
+fn journal(store: &dyn Store, ns: &Namespaces, cx: &mut Ctx) -> Result<()> {
+    let damaged = |e: crate::FsError, cx: &mut Ctx| -> Result<()> {
+        let e = qsfs_core::Error::from(e);
+        if !salvage::is_record_damage(&e) {
+            return Err(e);
+        }
+        cx.problem(
+            false,
+            format!("the metadata journal of a crashed mount is unreadable: {e}"),
+        );
+        Ok(())
+    };
+    match crate::journal::pending(store, ns) {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            if cx.problem(
+                true,
+                "a crashed mount left a metadata batch half applied (mounting once, or \
+                 --repair, applies it)"
+                    .into(),
+            ) {
+                if let Err(e) = crate::journal::replay(store, ns) {
+                    if let Some(p) = cx.report.problems.last_mut() {
+                        p.repaired = false;
+                    }
+                    return damaged(e, cx);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => damaged(e, cx),
     }
 }
 
@@ -144,35 +267,24 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         );
         return Ok(cx.report);
     }
-    let mut sup = match store.get(&ns.sup, SUPER_KEY)? {
-        None => {
-            cx.problem(false, "superblock missing".into());
-            return Ok(cx.report);
-        }
-        Some(e) => match decode::<Superblock>(&e.value, "superblock") {
-            Ok(s) => s,
-            Err(e) => {
-                cx.problem(false, format!("superblock unreadable: {e}"));
-                return Ok(cx.report);
-            }
-        },
+    let Some((mut sup, mut sup_dirty)) = superblock(store, &ns, &mut cx)? else {
+        return Ok(cx.report);
     };
     let bs = u64::from(sup.block_size.max(1));
-    if crate::journal::pending(store, &ns)?
-        && cx.problem(
-            true,
-            "a crashed mount left a metadata batch half applied (mounting once, or --repair, \
-             applies it)"
-                .into(),
-        )
-    {
-        crate::journal::replay(store, &ns)?;
-    }
+    journal(store, &ns, &mut cx)?;
 
-    // Inodes. Corrupt ones are kept out of every repair: their data may still be recoverable.
+    // Inodes. One that is damaged comes back from its newest intact version, else it is
+    // rebuilt once the dirents are read (they say what it was); `salvaged` ones get their size
+    // and directory tail from the records that hang off them. `corrupt` ones (a symlink whose
+    // target is lost) are kept out of every repair, with everything that hangs off them.
     let mut inodes: BTreeMap<u64, Inode> = BTreeMap::new();
     let mut corrupt: HashSet<u64> = HashSet::new();
-    for (k, v) in read_all(store, &ns.inode)? {
+    let mut salvaged: BTreeSet<u64> = BTreeSet::new();
+    let mut lost: Vec<(u64, String)> = Vec::new();
+    // Problems of restored inodes, named once the dirents are read: (problem index, inode).
+    let mut restored_at: Vec<(usize, u64)> = Vec::new();
+    let mut dirty_inodes: BTreeSet<u64> = BTreeSet::new();
+    for (k, r) in read_all(store, &ns.inode)? {
         let Some(ino) = parse_ino_key(&k) else {
             let fixed = cx.problem(true, format!("inode key {} is malformed", hex(&k)));
             if fixed {
@@ -180,19 +292,30 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             }
             continue;
         };
-        match decode::<Inode>(&v, &format!("inode {ino}")) {
+        let why = match r.decoded::<Inode>(&format!("inode {ino}")) {
             Ok(i) => {
+                cx.report.inodes += 1;
                 inodes.insert(ino, i);
+                continue;
             }
-            Err(e) => {
-                corrupt.insert(ino);
-                cx.problem(false, format!("inode {ino}: {e}"));
+            Err(why) => why,
+        };
+        let older = older_intact(store, &ns.inode, &k, |v| decode::<Inode>(v, "inode").ok())?;
+        match older {
+            Some(old) => {
+                let what = format!("inode {ino}");
+                let text = restored(repair, &what, &why, old.timestamp);
+                if cx.salvage(Salvage::Restored, text) {
+                    dirty_inodes.insert(ino);
+                }
+                restored_at.push((cx.report.problems.len() - 1, ino));
+                inodes.insert(ino, old.value);
+                salvaged.insert(ino);
             }
+            None => lost.push((ino, why)),
         }
     }
-    cx.report.inodes = inodes.len() as u64;
-    let mut dirty_inodes: BTreeSet<u64> = BTreeSet::new();
-    if !inodes.contains_key(&ROOT_INO) && !corrupt.contains(&ROOT_INO) {
+    if !inodes.contains_key(&ROOT_INO) && !lost.iter().any(|(i, _)| *i == ROOT_INO) {
         cx.problem(false, "root inode 1 missing".into());
         return Ok(cx.report);
     }
@@ -200,26 +323,44 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
     // Listing pages.
     let mut pages: BTreeMap<(u64, u64), Page> = BTreeMap::new();
     let mut dirty_pages: BTreeSet<(u64, u64)> = BTreeSet::new();
-    for (k, v) in read_all(store, &ns.dirpage)? {
+    let mut restored_pages: BTreeSet<(u64, u64)> = BTreeSet::new();
+    for (k, r) in read_all(store, &ns.dirpage)? {
         let Some((dir, p)) = parse_pair_key(&k) else {
             if cx.problem(true, format!("listing page key {} is malformed", hex(&k))) {
                 del(store, &ns.dirpage, &k)?;
             }
             continue;
         };
-        match decode::<Page>(&v, &format!("listing page {dir}/{p}")) {
+        let what = format!("listing page {dir}/{p}");
+        let why = match r.decoded::<Page>(&what) {
             Ok(page) => {
                 cx.report.pages += 1;
                 pages.insert((dir, p), page);
+                continue;
             }
-            Err(e) => {
-                // Rebuilt from the dirents below, which say where each name is listed.
-                if cx.problem(true, format!("listing page {dir}/{p}: {e}")) {
-                    pages.insert((dir, p), Page::default());
-                    dirty_pages.insert((dir, p));
-                }
-            }
+            Err(why) => why,
+        };
+        // An older version, or else an empty page: either way the passes below make it list
+        // exactly the dirents, which say where each name is listed.
+        let older = older_intact(store, &ns.dirpage, &k, |v| decode::<Page>(v, &what).ok())?;
+        let (page, how, text) = match older {
+            Some(old) => (
+                old.value,
+                Salvage::Restored,
+                restored(repair, &what, &why, old.timestamp),
+            ),
+            None => (
+                Page::default(),
+                Salvage::Rebuilt,
+                format!("{what}: {why} (rebuilt from the dirents)"),
+            ),
+        };
+        // Kept also without repair, so that the rest of the check sees what repair would.
+        if cx.salvage(how, text) {
+            dirty_pages.insert((dir, p));
         }
+        pages.insert((dir, p), page);
+        restored_pages.insert((dir, p));
     }
 
     // Directory entries.
@@ -228,7 +369,8 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
     // (parent, name) -> dirent, valid ones only.
     let mut dirents: BTreeMap<(u64, Vec<u8>), Dirent> = BTreeMap::new();
     let mut dirty_dirents: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
-    for (k, v) in read_all(store, &ns.dirent)? {
+    let mut named: Vec<(Vec<u8>, u64, Vec<u8>, Dirent)> = Vec::new();
+    for (k, r) in read_all(store, &ns.dirent)? {
         if k.len() <= 8 {
             if cx.problem(true, format!("dirent key {} is malformed", hex(&k))) {
                 del(store, &ns.dirent, &k)?;
@@ -237,16 +379,63 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         }
         let parent = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
         let name = k[8..].to_vec();
-        let d = match decode::<Dirent>(&v, &format!("dirent {parent}/{}", show(&name))) {
-            Ok(d) => d,
-            Err(e) => {
-                if cx.problem(true, format!("dirent {parent}/{}: {e}", show(&name))) {
-                    del(store, &ns.dirent, &k)?;
-                }
+        let what = format!("dirent {parent}/{}", show(&name));
+        let why = match r.decoded::<Dirent>(&what) {
+            Ok(d) => {
+                cx.report.dirents += 1;
+                named.push((k, parent, name, d));
                 continue;
             }
+            Err(why) => why,
         };
-        cx.report.dirents += 1;
+        let (d, what_then) =
+            match salvage_dirent(store, &ns, &pages, &restored_pages, parent, &name)? {
+                Some((d, how, from)) => {
+                    let done = match (how, repair) {
+                        (Salvage::Restored, true) => "restored",
+                        (Salvage::Rebuilt, true) => "rebuilt",
+                        (Salvage::Restored, false) => "--repair restores it",
+                        (Salvage::Rebuilt, false) => "--repair rebuilds it",
+                    };
+                    (Some((d, how)), format!("{done} from {from}"))
+                }
+                None if repair => (
+                    None,
+                    "no page lists it, no older version is intact: dropped".into(),
+                ),
+                None => (
+                    None,
+                    "no page lists it, no older version is intact: --repair drops it".into(),
+                ),
+            };
+        let text = format!("{what}: {why} ({what_then})");
+        let fixed = match d {
+            Some((_, how)) => cx.salvage(how, text),
+            None => cx.problem(true, text),
+        };
+        match d.map(|(d, _)| d) {
+            Some(d) => {
+                if fixed {
+                    dirty_dirents.insert((parent, name.clone()));
+                }
+                named.push((k, parent, name, d));
+            }
+            // Its inode, if no other name reaches it, goes to lost+found below.
+            None if fixed => del(store, &ns.dirent, &k)?,
+            None => {}
+        }
+    }
+    name_restored(&mut cx.report.problems, &restored_at, &named);
+    if !lost.is_empty() {
+        let mut rebuilt = Rebuilt {
+            inodes: &mut inodes,
+            salvaged: &mut salvaged,
+            corrupt: &mut corrupt,
+            dirty: &mut dirty_inodes,
+        };
+        rebuild_lost(&mut cx, &lost, &named, &pages, &mut rebuilt);
+    }
+    for (k, parent, name, d) in named {
         if corrupt.contains(&parent) || corrupt.contains(&d.ino) {
             dirents.insert((parent, name), d);
             continue;
@@ -293,6 +482,11 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             dirty_dirents.insert((parent, name.clone()));
         }
         dirents.insert((parent, name), d);
+    }
+    for &dir in &salvaged {
+        if raise_tail(&mut inodes, &pages, &dirents, dir) {
+            dirty_inodes.insert(dir);
+        }
     }
 
     // Pages must list exactly the dirents, in the slot each dirent names.
@@ -456,7 +650,6 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         .get(&(ROOT_INO, LOST_FOUND.to_vec()))
         .filter(|d| d.kind == Kind::Dir)
         .map(|d| d.ino);
-    let mut sup_dirty = false;
     for _ in 0..=inodes.len() {
         let reach = reachable(&dirents);
         let unreachable: Vec<u64> = inodes
@@ -622,8 +815,14 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         }
     }
 
-    // Blocks.
+    // Blocks. The names are final by now: a damaged block is reported by its file's path.
+    let names: HashMap<u64, (u64, Vec<u8>)> = dirents
+        .iter()
+        .map(|((parent, name), d)| (d.ino, (*parent, name.clone())))
+        .collect();
     let mut stored: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+    // Salvaged files: where their last stored byte ends (their size is an older or a made-up one).
+    let mut data_end: BTreeMap<u64, u64> = BTreeMap::new();
     for k in keys_of(store, &ns.block)? {
         let Some((ino, index)) = parse_pair_key(&k) else {
             if cx.problem(true, format!("block key {} is malformed", hex(&k))) {
@@ -636,9 +835,18 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             continue;
         }
         if store.check(&ns.block, &k)? == Some(false) {
-            cx.problem(false, format!("block {ino}/{index} fails its checksum"));
+            let what = format!("block {ino}/{index} of {}", salvage::path_of(ino, &names));
+            let size = inodes.get(&ino).map(|n| n.size);
+            damaged_block(store, &ns, &mut cx, &what, (ino, index), bs, size)?;
         }
         match inodes.get(&ino) {
+            Some(n) if n.kind == Kind::File && salvaged.contains(&ino) => {
+                let len = store.meta(&ns.block, &k)?.map_or(0, |m| m.length.min(bs));
+                let end = index.saturating_mul(bs).saturating_add(len);
+                let e = data_end.entry(ino).or_default();
+                *e = (*e).max(end);
+                stored.entry(ino).or_default().insert(index);
+            }
             Some(n) if n.kind == Kind::File => {
                 if index.saturating_mul(bs) >= n.size {
                     if cx.problem(
@@ -662,10 +870,31 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         }
     }
 
+    for (ino, end) in data_end {
+        let Some(n) = inodes.get_mut(&ino).filter(|n| n.kind == Kind::File) else {
+            continue;
+        };
+        let done = if repair { "raised to" } else { "short of" };
+        if end > n.size
+            && cx.problem(
+                true,
+                format!(
+                    "inode {ino}: size {} {done} {end}, where its last stored block ends \
+                     (the exact size was lost with its record; a file that ended in a hole \
+                     comes back without those trailing zeros)",
+                    n.size
+                ),
+            )
+        {
+            n.size = end;
+            dirty_inodes.insert(ino);
+        }
+    }
+
     // Block maps.
     let mut maps: BTreeMap<(u64, u64), Chunk> = BTreeMap::new();
     let mut dirty_maps: BTreeSet<(u64, u64)> = BTreeSet::new();
-    for (k, v) in read_all(store, &ns.bmap)? {
+    for (k, r) in read_all(store, &ns.bmap)? {
         let Some((ino, c)) = parse_pair_key(&k) else {
             if cx.problem(true, format!("block-map key {} is malformed", hex(&k))) {
                 del(store, &ns.bmap, &k)?;
@@ -681,18 +910,33 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             }
             continue;
         }
-        match decode::<Chunk>(&v, &format!("block map {ino}/{c}")) {
+        let what = format!("block map {ino}/{c}");
+        let why = match r.decoded::<Chunk>(&what) {
             Ok(chunk) => {
                 cx.report.chunks += 1;
                 maps.insert((ino, c), chunk);
+                continue;
             }
-            Err(e) => {
-                // Rebuilt from the stored blocks below.
-                if cx.problem(true, format!("block map {ino}/{c}: {e}")) {
-                    maps.insert((ino, c), Chunk::default());
-                    dirty_maps.insert((ino, c));
-                }
-            }
+            Err(why) => why,
+        };
+        // An older version, or else an empty chunk: either way the pass below makes its bits
+        // say exactly which blocks are stored.
+        let older = older_intact(store, &ns.bmap, &k, |v| decode::<Chunk>(v, &what).ok())?;
+        let (chunk, how, text) = match older {
+            Some(old) => (
+                old.value,
+                Salvage::Restored,
+                restored(repair, &what, &why, old.timestamp),
+            ),
+            None => (
+                Chunk::default(),
+                Salvage::Rebuilt,
+                format!("{what}: {why} (rebuilt from the stored blocks)"),
+            ),
+        };
+        if cx.salvage(how, text) {
+            maps.insert((ino, c), chunk);
+            dirty_maps.insert((ino, c));
         }
     }
     for (&ino, node) in inodes.iter_mut() {
@@ -774,7 +1018,7 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
 
     // Xattrs.
     let mut with_xattrs: HashSet<u64> = HashSet::new();
-    for (k, v) in read_all(store, &ns.xattr)? {
+    for (k, r) in read_all(store, &ns.xattr)? {
         let Some(ino) = parse_ino_key(&k) else {
             if cx.problem(true, format!("xattr key {} is malformed", hex(&k))) {
                 del(store, &ns.xattr, &k)?;
@@ -790,13 +1034,35 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             }
             continue;
         }
-        match decode::<Xattrs>(&v, &format!("xattrs {ino}")) {
-            Ok(_) => cx.report.xattrs += 1,
-            Err(e) => {
-                cx.problem(false, format!("xattrs of inode {ino}: {e}"));
+        let what = format!("xattrs of inode {ino}");
+        let why = match r.decoded::<Xattrs>(&what) {
+            Ok(_) => {
+                cx.report.xattrs += 1;
+                with_xattrs.insert(ino);
+                continue;
+            }
+            Err(why) => why,
+        };
+        with_xattrs.insert(ino);
+        // Xattrs cannot be rebuilt from anything else (and an ACL dropped could widen access):
+        // an older version or nothing.
+        let older = older_intact(store, &ns.xattr, &k, |v| {
+            decode::<Xattrs>(v, &what).ok().map(|_| v.to_vec())
+        })?;
+        match older {
+            Some(old) => {
+                let text = restored(repair, &what, &why, old.timestamp);
+                if cx.salvage(Salvage::Restored, text) {
+                    store.set(&ns.xattr, Some(&k), &old.value)?;
+                }
+            }
+            None => {
+                cx.problem(
+                    false,
+                    format!("{what}: {why} (no older version is intact; left as it is)"),
+                );
             }
         }
-        with_xattrs.insert(ino);
     }
     for (&ino, node) in inodes.iter_mut() {
         let has = with_xattrs.contains(&ino);
@@ -871,6 +1137,210 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
     }
     store.sync()?;
     Ok(cx.report)
+}
+
+/// Reports stored block `(ino, index)`, which fails its checksum, with the bytes of the file it
+/// holds and where the store found the damage. It is never replaced by an older version: that
+/// would be wrong data, served silently. Reads of those bytes return EIO until the file is
+/// rewritten there or restored from elsewhere.
+fn damaged_block(
+    store: &dyn Store,
+    ns: &Namespaces,
+    cx: &mut Ctx,
+    what: &str,
+    (ino, index): (u64, u64),
+    bs: u64,
+    size: Option<u64>,
+) -> Result<()> {
+    let location = match store.get(&ns.block, &pair_key(ino, index)) {
+        Err(e) if salvage::is_record_damage(&e) => e.to_string(),
+        Err(e) => return Err(e),
+        Ok(_) => "the store's check".into(),
+    };
+    let start = index.saturating_mul(bs);
+    let end = start.saturating_add(bs);
+    let end = size.filter(|s| (start..end).contains(s)).unwrap_or(end);
+    cx.problem(
+        false,
+        format!(
+            "{what} (bytes {start}..{end}) fails its checksum ({location}): reads of those \
+             bytes return EIO; not replaced by an older version, which would be wrong data"
+        ),
+    );
+    Ok(())
+}
+
+/// A damaged dirent's content, with where it came from: from the intact listing page that lists
+/// its name (written in the same batch as the dirent, so the current state), else from its
+/// newest intact older version, else from a page restored from an older version (in
+/// `restored_pages`). Either older source may name an inode a rename has since replaced: the
+/// passes after check it like any other dirent, and a name is worth keeping.
+fn salvage_dirent(
+    store: &dyn Store,
+    ns: &Namespaces,
+    pages: &BTreeMap<(u64, u64), Page>,
+    restored_pages: &BTreeSet<(u64, u64)>,
+    parent: u64,
+    name: &[u8],
+) -> Result<Option<(Dirent, Salvage, String)>> {
+    let listed = |restored: bool| {
+        pages
+            .range((parent, 0)..=(parent, u64::MAX))
+            .filter(|(k, _)| restored_pages.contains(*k) == restored)
+            .find_map(|(&(_, page), pg)| {
+                let e = pg.entries.iter().find(|e| e.name == name)?;
+                let d = Dirent {
+                    ino: e.ino,
+                    kind: e.kind,
+                    page,
+                    slot: e.slot,
+                };
+                let from = format!("listing page {parent}/{page}");
+                Some((d, Salvage::Rebuilt, from))
+            })
+    };
+    if let Some(found) = listed(false) {
+        return Ok(Some(found));
+    }
+    let key = dirent_key(parent, name);
+    let older = older_intact(store, &ns.dirent, &key, |v| {
+        decode::<Dirent>(v, "dirent").ok()
+    })?;
+    match older {
+        Some(o) => Ok(Some((
+            o.value,
+            Salvage::Restored,
+            format!("its version of {}", salvage::utc(o.timestamp)),
+        ))),
+        None => Ok(listed(true)),
+    }
+}
+
+/// Adds to each restored inode's problem (`restored_at`: problem index, inode) the name a dirent
+/// gives it, as a rebuilt inode's says: the inodes are read before the dirents.
+fn name_restored(
+    problems: &mut [Problem],
+    restored_at: &[(usize, u64)],
+    named: &[(Vec<u8>, u64, Vec<u8>, Dirent)],
+) {
+    for &(i, ino) in restored_at {
+        let Some((_, parent, name, _)) = named.iter().find(|(.., d)| d.ino == ino) else {
+            continue;
+        };
+        if let Some(p) = problems.get_mut(i) {
+            let head = format!("inode {ino}");
+            let named = format!("{head} (named {} in directory {parent})", show(name));
+            p.description = p.description.replacen(&head, &named, 1);
+        }
+    }
+}
+
+/// Where [`rebuild_lost`] puts what it rebuilds.
+struct Rebuilt<'a> {
+    inodes: &'a mut BTreeMap<u64, Inode>,
+    salvaged: &'a mut BTreeSet<u64>,
+    corrupt: &'a mut HashSet<u64>,
+    dirty: &'a mut BTreeSet<u64>,
+}
+
+/// Rebuilds each inode of `lost` (damaged, no intact version: `(ino, why)`) from the dirents
+/// that name it and the listing pages stored under it. A symlink cannot be rebuilt: it goes to
+/// `corrupt`, reported unrepaired, and keeps its name and record for a human.
+fn rebuild_lost(
+    cx: &mut Ctx,
+    lost: &[(u64, String)],
+    named: &[(Vec<u8>, u64, Vec<u8>, Dirent)],
+    pages: &BTreeMap<(u64, u64), Page>,
+    out: &mut Rebuilt<'_>,
+) {
+    let mut first_name: HashMap<u64, (u64, &[u8], Kind)> = HashMap::new();
+    for (_, parent, name, d) in named {
+        first_name.entry(d.ino).or_insert((*parent, name, d.kind));
+    }
+    for (ino, why) in lost {
+        let name = first_name.get(ino);
+        let owner = name
+            .and_then(|(p, ..)| out.inodes.get(p))
+            .map_or((0, 0), |n| (n.uid, n.gid));
+        let clues = salvage::Clues {
+            named_as: name.map(|n| n.2),
+            parent: name.map(|n| n.0),
+            owner,
+            has_pages: pages.range((*ino, 0)..=(*ino, u64::MAX)).next().is_some(),
+        };
+        let Some(node) = salvage::rebuild(*ino, &clues) else {
+            let place = name
+                .map(|(p, n, _)| format!(", named {} in directory {p}", show(n)))
+                .unwrap_or_default();
+            cx.problem(
+                false,
+                format!(
+                    "inode {ino} (a symlink{place}) is damaged ({why}) and no older version is \
+                     intact: its target is lost and fsck does not make one up; left as it is"
+                ),
+            );
+            out.corrupt.insert(*ino);
+            continue;
+        };
+        let place = name
+            .map(|(p, n, _)| format!(" (named {} in directory {p})", show(n)))
+            .unwrap_or_default();
+        let text = if cx.repair {
+            format!(
+                "inode {ino}{place} rebuilt as a minimal {:?} inode ({why}; no older version \
+                 is intact): mode {:04o}, owner {}:{} from its directory, times now, link \
+                 count and size from its names and stored blocks",
+                node.kind, node.perm, node.uid, node.gid
+            )
+        } else {
+            format!(
+                "inode {ino}{place} is damaged ({why}) and no older version is intact \
+                 (--repair rebuilds a minimal {:?} inode)",
+                node.kind
+            )
+        };
+        if cx.salvage(Salvage::Rebuilt, text) {
+            out.dirty.insert(*ino);
+        }
+        out.inodes.insert(*ino, node);
+        out.salvaged.insert(*ino);
+    }
+}
+
+/// Moves a salvaged directory's tail (where the next name is listed) past every slot its pages
+/// and dirents use: an older or rebuilt inode's tail may lie behind them, and a mount would
+/// then list a new name over an existing one. Returns true if it moved.
+fn raise_tail(
+    inodes: &mut BTreeMap<u64, Inode>,
+    pages: &BTreeMap<(u64, u64), Page>,
+    dirents: &BTreeMap<(u64, Vec<u8>), Dirent>,
+    dir: u64,
+) -> bool {
+    let Some(Body::Dir {
+        tail_page,
+        tail_used,
+        ..
+    }) = inodes.get_mut(&dir).map(|n| &mut n.body)
+    else {
+        return false;
+    };
+    let mut top = (*tail_page, *tail_used);
+    for (&(_, p), pg) in pages.range((dir, 0)..=(dir, u64::MAX)) {
+        for e in &pg.entries {
+            top = top.max((p, e.slot + 1));
+        }
+    }
+    for (_, d) in dirents
+        .range((dir, Vec::new())..)
+        .take_while(|((p, _), _)| *p == dir)
+    {
+        top = top.max((d.page, d.slot + 1));
+    }
+    if top == (*tail_page, *tail_used) {
+        return false;
+    }
+    (*tail_page, *tail_used) = top;
+    true
 }
 
 /// Inodes reachable from the root through `dirents`.
