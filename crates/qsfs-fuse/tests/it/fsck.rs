@@ -1041,84 +1041,16 @@ fn damaged_record_header_ends_the_history_walk_and_the_inode_is_rebuilt() {
     fs.shutdown().unwrap();
 }
 
-/// A store whose `get` in one namespace fails as a store that went down does: not damage of
-/// one record, so fsck must stop with the error rather than report and go on.
-struct DownFor {
-    inner: Arc<dyn Store>,
-    ns: String,
-}
+/// Makes `get` in one namespace fail as a store that went down does: not damage of one
+/// record, so fsck must stop with the error rather than report and go on.
+struct DownIn(String);
 
-mod down_for {
-    use super::DownFor;
-    use qsfs_core::{
-        Credential, Cursor, Entry, Error, KeyMeta, NamespaceInfo, NamespaceProperty, Result,
-        ScanOrder, ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
-    };
-
-    impl Store for DownFor {
-        fn set_at(
-            &self,
-            ns: &str,
-            key: Option<&[u8]>,
-            value: &[u8],
-            t: Option<Timestamp>,
-        ) -> Result<SetOutcome> {
-            self.inner.set_at(ns, key, value, t)
+impl common::Hooks for DownIn {
+    fn before_get(&self, ns: &str) -> qsfs_core::Result<()> {
+        if ns == self.0 {
+            return Err(qsfs_core::Error::Unavailable("store down".into()));
         }
-        fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
-            if ns == self.ns {
-                return Err(Error::Unavailable("store down".into()));
-            }
-            self.inner.get(ns, key)
-        }
-        fn delete_at(&self, ns: &str, key: &[u8], t: Option<Timestamp>) -> Result<()> {
-            self.inner.delete_at(ns, key, t)
-        }
-        fn meta(&self, ns: &str, key: &[u8]) -> Result<Option<KeyMeta>> {
-            self.inner.meta(ns, key)
-        }
-        fn check(&self, ns: &str, key: &[u8]) -> Result<Option<bool>> {
-            self.inner.check(ns, key)
-        }
-        fn scan(
-            &self,
-            ns: &str,
-            cursor: Option<&Cursor>,
-            limit: usize,
-            order: ScanOrder,
-        ) -> Result<ScanPage> {
-            self.inner.scan(ns, cursor, limit, order)
-        }
-        fn cursor_after(&self, ns: &str, key: &[u8]) -> Result<Cursor> {
-            self.inner.cursor_after(ns, key)
-        }
-        fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-            self.inner.history(ns, key, at)
-        }
-        fn namespace_create(&self, name: &str) -> Result<()> {
-            self.inner.namespace_create(name)
-        }
-        fn namespace_delete(&self, name: &str) -> Result<()> {
-            self.inner.namespace_delete(name)
-        }
-        fn namespace_list(&self) -> Result<Vec<String>> {
-            self.inner.namespace_list()
-        }
-        fn namespace_info(&self, name: &str) -> Result<NamespaceInfo> {
-            self.inner.namespace_info(name)
-        }
-        fn namespace_set(&self, name: &str, property: NamespaceProperty) -> Result<()> {
-            self.inner.namespace_set(name, property)
-        }
-        fn namespace_authenticate(&self, name: &str, credential: Credential<'_>) -> Result<bool> {
-            self.inner.namespace_authenticate(name, credential)
-        }
-        fn flush_namespace(&self, name: &str) -> Result<()> {
-            self.inner.flush_namespace(name)
-        }
-        fn sync(&self) -> Result<()> {
-            self.inner.sync()
-        }
+        Ok(())
     }
 }
 
@@ -1128,12 +1060,9 @@ fn a_store_that_goes_down_still_stops_the_check_with_its_error() {
     build(&store);
     let ns = Namespaces::new("qsfs");
     for role in [&ns.inode, &ns.dirent, &ns.dirpage, &ns.bmap] {
-        let down = DownFor {
-            inner: store.clone(),
-            ns: role.clone(),
-        };
+        let down = common::Hooked::new(store.clone(), DownIn(role.clone()));
         for repair in [false, true] {
-            match check(&down, "qsfs", repair) {
+            match check(&*down, "qsfs", repair) {
                 Err(qsfs_core::Error::Unavailable(_)) => {}
                 other => panic!("{role}: expected the store's error, got {other:?}"),
             }

@@ -125,6 +125,10 @@ pub trait Hooks: Send + Sync + 'static {
     fn before_write(&self) -> qsfs_core::Result<()> {
         Ok(())
     }
+    /// Before `get` in `ns`, after [`Hooks::before_call`]; an error is the get's answer.
+    fn before_get(&self, _ns: &str) -> qsfs_core::Result<()> {
+        Ok(())
+    }
     /// After `get` of `key` in `ns` has its answer, before the answer is returned.
     fn after_get(&self, _ns: &str, _key: &[u8]) {}
 }
@@ -170,6 +174,7 @@ mod hooked {
         }
         fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
             self.hooks.before_call();
+            self.hooks.before_get(ns)?;
             let got = self.inner.get(ns, key);
             self.hooks.after_get(ns, key);
             got
