@@ -82,6 +82,11 @@ fn has(report: &FsckReport, needle: &str) -> bool {
         .any(|p| p.description.contains(needle))
 }
 
+/// A check without repair finds nothing.
+fn assert_clean(store: &dyn Store) {
+    let report = check(store, "qsfs", false).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
 #[test]
 fn clean_filesystem_is_clean_with_expected_counts() {
     let (store, _dir) = common::engine();
@@ -636,8 +641,7 @@ fn inode_failing_the_engine_checksum_is_restored_from_its_older_version() {
     );
     let salvaged: Vec<_> = repaired.problems.iter().filter_map(|p| p.salvage).collect();
     assert_eq!(salvaged, [Salvage::Restored]);
-    let after = check(&*store, "qsfs", false).unwrap();
-    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_clean(&*store);
 
     let mut fs = Fs::open(store.clone(), cfg()).unwrap();
     let a = fs.lookup(ROOT_INO, b"a.txt").unwrap();
@@ -711,8 +715,7 @@ fn inode_with_no_intact_version_is_rebuilt_minimal_and_safe() {
     ));
     let salvaged: Vec<_> = repaired.problems.iter().filter_map(|p| p.salvage).collect();
     assert_eq!(salvaged, [Salvage::Rebuilt, Salvage::Rebuilt]);
-    let after = check(&*store, "qsfs", false).unwrap();
-    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_clean(&*store);
 
     let mut fs = Fs::open(store.clone(), cfg()).unwrap();
     let back = fs.lookup(home, b"prog").unwrap();
@@ -735,8 +738,7 @@ fn inode_with_no_intact_version_is_rebuilt_minimal_and_safe() {
     assert_eq!(names_in(&mut fs, d).len(), 6);
     assert!(x.ino > prog.ino, "inode numbers are not handed out twice");
     fs.shutdown().unwrap();
-    let last = check(&*store, "qsfs", false).unwrap();
-    assert!(last.problems.is_empty(), "{:#?}", last.problems);
+    assert_clean(&*store);
 }
 
 #[test]
@@ -852,8 +854,7 @@ fn damaged_dirent_listing_page_and_block_map_come_back_and_nothing_reachable_is_
             repaired.problems
         );
     }
-    let after = check(&*store, "qsfs", false).unwrap();
-    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_clean(&*store);
 
     let mut fs = Fs::open(store.clone(), cfg()).unwrap();
     assert_eq!(
@@ -973,8 +974,7 @@ fn damaged_superblock_and_xattrs_come_back_from_older_versions() {
     let repaired = check(&*store, "qsfs", true).unwrap();
     assert!(repaired.is_clean(), "{:#?}", repaired.problems);
     assert!(has(&repaired, "superblock restored from its version of"));
-    let after = check(&*store, "qsfs", false).unwrap();
-    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_clean(&*store);
 
     let mut fs = Fs::open(store.clone(), cfg()).unwrap();
     assert_eq!(fs.getxattr(built.c, b"user.a").unwrap(), b"1");
@@ -987,8 +987,7 @@ fn damaged_superblock_and_xattrs_come_back_from_older_versions() {
     fs.release(n.ino, fh).unwrap();
     assert!(n.ino > built.lost, "{} reused", n.ino);
     fs.shutdown().unwrap();
-    let last = check(&*store, "qsfs", false).unwrap();
-    assert!(last.problems.is_empty(), "{:#?}", last.problems);
+    assert_clean(&*store);
 }
 
 #[test]
@@ -1027,8 +1026,7 @@ fn damaged_record_header_ends_the_history_walk_and_the_inode_is_rebuilt() {
     assert!(has(&report, "no older version is intact"));
     let repaired = check(&*store, "qsfs", true).unwrap();
     assert!(repaired.is_clean(), "{:#?}", repaired.problems);
-    let after = check(&*store, "qsfs", false).unwrap();
-    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    assert_clean(&*store);
     let mut fs = Fs::open(store.clone(), cfg()).unwrap();
     let a = fs.lookup(ROOT_INO, b"a.txt").unwrap();
     assert_eq!((a.inode.perm, a.inode.size), (0o600, 12_000));
@@ -1068,6 +1066,5 @@ fn a_store_that_goes_down_still_stops_the_check_with_its_error() {
             }
         }
     }
-    let report = check(&*store, "qsfs", false).unwrap();
-    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert_clean(&*store);
 }
