@@ -39,7 +39,7 @@
 //! It must run while nothing else writes the filesystem: the caller opens the store exclusively
 //! (the engine's directory lock) or checks the mount lock.
 
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use qsfs_core::{Result, Store, Timestamp};
@@ -151,6 +151,32 @@ fn keys_of(store: &dyn Store, ns: &str) -> Result<Vec<Vec<u8>>> {
             None => return Ok(out),
         }
     }
+}
+
+/// A damaged record `key` of `ns` (`what`, damaged because `why`) as repair brings it back:
+/// its newest intact older version, or else an empty one that a later pass fills from
+/// `rebuilt_from`; with how, and the problem's text.
+fn older_or_empty<T: DeserializeOwned + Default>(
+    store: &dyn Store,
+    (ns, key): (&str, &[u8]),
+    (what, why): (&str, &str),
+    repair: bool,
+    rebuilt_from: &str,
+) -> Result<(T, Salvage, String)> {
+    Ok(
+        match older_intact(store, ns, key, |v| decode::<T>(v, what).ok())? {
+            Some(old) => (
+                old.value,
+                Salvage::Restored,
+                restored(repair, what, why, old.timestamp),
+            ),
+            None => (
+                T::default(),
+                Salvage::Rebuilt,
+                format!("{what}: {why} (rebuilt from {rebuilt_from})"),
+            ),
+        },
+    )
 }
 
 /// What to say of a damaged record (`what`, damaged because `why`) that has an intact older
@@ -342,19 +368,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         };
         // An older version, or else an empty page: either way the passes below make it list
         // exactly the dirents, which say where each name is listed.
-        let older = older_intact(store, &ns.dirpage, &k, |v| decode::<Page>(v, &what).ok())?;
-        let (page, how, text) = match older {
-            Some(old) => (
-                old.value,
-                Salvage::Restored,
-                restored(repair, &what, &why, old.timestamp),
-            ),
-            None => (
-                Page::default(),
-                Salvage::Rebuilt,
-                format!("{what}: {why} (rebuilt from the dirents)"),
-            ),
-        };
+        let (page, how, text) = older_or_empty::<Page>(
+            store,
+            (&ns.dirpage, &k),
+            (&what, &why),
+            repair,
+            "the dirents",
+        )?;
         // Kept also without repair, so that the rest of the check sees what repair would.
         if cx.salvage(how, text) {
             dirty_pages.insert((dir, p));
@@ -921,19 +941,13 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
         };
         // An older version, or else an empty chunk: either way the pass below makes its bits
         // say exactly which blocks are stored.
-        let older = older_intact(store, &ns.bmap, &k, |v| decode::<Chunk>(v, &what).ok())?;
-        let (chunk, how, text) = match older {
-            Some(old) => (
-                old.value,
-                Salvage::Restored,
-                restored(repair, &what, &why, old.timestamp),
-            ),
-            None => (
-                Chunk::default(),
-                Salvage::Rebuilt,
-                format!("{what}: {why} (rebuilt from the stored blocks)"),
-            ),
-        };
+        let (chunk, how, text) = older_or_empty::<Chunk>(
+            store,
+            (&ns.bmap, &k),
+            (&what, &why),
+            repair,
+            "the stored blocks",
+        )?;
         if cx.salvage(how, text) {
             maps.insert((ino, c), chunk);
             dirty_maps.insert((ino, c));
