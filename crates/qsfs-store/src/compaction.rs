@@ -40,6 +40,9 @@ pub struct CompactionReport {
 /// Bytes copied per batch before the writer lock is released.
 const BATCH_BYTES: u64 = 4 << 20;
 
+/// Room a low-space compaction leaves besides a victim's live bytes.
+const SPACE_SLACK: u64 = 64 << 10;
+
 struct Candidate {
     offset: u64,
     header: RecordHeader,
@@ -71,35 +74,76 @@ impl Source {
     }
 }
 
-/// Compacts every sealed segment of `ns` whose live ratio is below `threshold`: local ones,
-/// and offloaded ones too when a cold tier is configured (fetched whole).
-pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result<CompactionReport> {
+/// Size and free bytes of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes of the filesystem.
+    pub total: u64,
+    /// Bytes an unprivileged writer may still use.
+    pub available: u64,
+}
+
+impl DiskSpace {
+    /// The disk holding `path`.
+    pub fn of(path: &std::path::Path) -> Result<DiskSpace> {
+        let st = nix::sys::statvfs::statvfs(path)
+            .map_err(|e| Error::io(format!("statvfs {}", path.display()), e.into()))?;
+        let frag = st.fragment_size() as u64;
+        Ok(DiskSpace {
+            total: (st.blocks() as u64).saturating_mul(frag),
+            available: (st.blocks_available() as u64).saturating_mul(frag),
+        })
+    }
+}
+
+/// Which sealed segments a compaction rewrites.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pick {
+    /// Those whose live ratio is below this (local ones, and offloaded ones too when a cold
+    /// tier is configured, fetched whole). History younger than the retention is kept.
+    Ratio(f64),
+    /// The disk is low and this many bytes are left on it: local segments that free at least
+    /// an eighth of their size, those freeing the most first, while their live data fits in
+    /// what is left. Superseded versions go at once when a history retention is set.
+    Space(u64),
+}
+
+/// Compacts the sealed segments of `ns` that `pick` chooses.
+pub(crate) fn compact(ns: &Namespace, shared: &Shared, pick: Pick) -> Result<CompactionReport> {
     let _one = ns.compacting.lock();
     // A segment whose seal is still queued is not durable yet: not a victim (and its removal
     // must not be reported before its seal).
     ns.wait_sealed();
     let current = ns.writer.lock().seg.id;
-    let victims: Vec<Arc<Segment>> = {
-        let st = ns.state.read();
-        st.segments
-            .iter()
-            .filter(|(id, s)| **id < current && (s.file.is_some() || shared.cold.is_some()))
-            .filter(|(id, s)| {
-                let payload = s.len().saturating_sub(SEGMENT_HEADER_LEN);
-                let live = st.index.seg_live.get(id).copied().unwrap_or(0);
-                payload == 0 || threshold >= 1.0 || (live as f64) < threshold * payload as f64
-            })
-            .map(|(_, s)| s.clone())
-            .collect()
+    let retention = shared.config.history_retention;
+    let cutoff = match pick {
+        Pick::Ratio(_) => retention.map(|r| qsfs_core::now().saturating_sub(r.as_secs())),
+        // Every superseded version, however young.
+        Pick::Space(_) => retention.map(|_| u64::MAX),
     };
-    let cutoff = shared
-        .config
-        .history_retention
-        .map(|r| qsfs_core::now().saturating_sub(r.as_secs()));
     let mut report = CompactionReport::default();
-    for seg in victims {
-        if compact_segment(ns, shared, &seg, cutoff, &mut report)? {
-            report.segments.push(seg.id);
+    match pick {
+        Pick::Ratio(threshold) => {
+            for seg in ratio_victims(ns, shared, current, threshold) {
+                if compact_segment(ns, shared, &seg, cutoff, &mut report)? {
+                    report.segments.push(seg.id);
+                }
+            }
+        }
+        Pick::Space(mut left) => {
+            for (seg, live) in space_victims(ns, current) {
+                // Copies go to the disk before the old file leaves it; the slack is for the
+                // index snapshot and the records' growth by their copy headers.
+                if live.saturating_add(live / 16).saturating_add(SPACE_SLACK) > left {
+                    continue;
+                }
+                let copied = report.bytes_copied;
+                if compact_segment(ns, shared, &seg, cutoff, &mut report)? {
+                    report.segments.push(seg.id);
+                    let copied = report.bytes_copied - copied;
+                    left = left.saturating_sub(copied).saturating_add(seg.len());
+                }
+            }
         }
     }
     if !report.segments.is_empty() {
@@ -107,6 +151,45 @@ pub(crate) fn compact(ns: &Namespace, shared: &Shared, threshold: f64) -> Result
         ns.write_snapshot_locked(&w);
     }
     Ok(report)
+}
+
+/// Sealed segments (before `current`) whose live ratio is below `threshold`.
+fn ratio_victims(
+    ns: &Namespace,
+    shared: &Shared,
+    current: u32,
+    threshold: f64,
+) -> Vec<Arc<Segment>> {
+    let st = ns.state.read();
+    st.segments
+        .iter()
+        .filter(|(id, s)| **id < current && (s.file.is_some() || shared.cold.is_some()))
+        .filter(|(id, s)| {
+            let payload = s.len().saturating_sub(SEGMENT_HEADER_LEN);
+            let live = st.index.seg_live.get(id).copied().unwrap_or(0);
+            payload == 0 || threshold >= 1.0 || (live as f64) < threshold * payload as f64
+        })
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
+/// Sealed local segments (before `current`) of which at least an eighth is dead, with their
+/// live bytes, those with the most dead bytes first.
+fn space_victims(ns: &Namespace, current: u32) -> Vec<(Arc<Segment>, u64)> {
+    let st = ns.state.read();
+    let mut victims: Vec<(Arc<Segment>, u64, u64)> = st
+        .segments
+        .iter()
+        .filter(|(id, s)| **id < current && s.file.is_some())
+        .filter_map(|(id, s)| {
+            let payload = s.len().saturating_sub(SEGMENT_HEADER_LEN);
+            let live = st.index.seg_live.get(id).copied().unwrap_or(0);
+            let dead = payload.saturating_sub(live);
+            (dead > 0 && dead >= payload / 8).then(|| (s.clone(), live, dead))
+        })
+        .collect();
+    victims.sort_by_key(|v| std::cmp::Reverse(v.2));
+    victims.into_iter().map(|(s, live, _)| (s, live)).collect()
 }
 
 fn compact_segment(
@@ -285,10 +368,22 @@ fn compact_segment(
     Ok(true)
 }
 
+/// Passes of [`crate::Engine::reclaim`] over one namespace per round at most.
+const RECLAIM_PASSES: usize = 8;
+
+/// How often the background compactor looks at the disk between its rounds.
+const SPACE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Compacts, every `every`, each namespace for which `select` is true, on a background thread
 /// that ends by itself once the engine is dropped. The engine only compacts when asked; a
 /// long-running user (a filesystem, a server) wants this so that overwritten and deleted data
-/// leaves the disk. Failures are logged and retried at the next round.
+/// leaves the disk. Every second (or `every`, if shorter) it also checks the disk, and while it
+/// is low ([`crate::EngineConfig::low_space`]) gives space back with [`crate::Engine::reclaim`],
+/// so that deleting data on a full disk makes room again within seconds. Failures are logged
+/// and retried at the next round.
+///
+/// Once the disk is low, everything that [`crate::Engine::reclaim`] can give back is given back,
+/// not just enough to pass the low mark: `df` then shows what deleting freed.
 pub fn spawn_compactor(
     engine: &Arc<crate::Engine>,
     every: std::time::Duration,
@@ -298,19 +393,86 @@ pub fn spawn_compactor(
     let weak = Arc::downgrade(engine);
     std::thread::Builder::new()
         .name("qsfs-compact".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let Some(engine) = weak.upgrade() else { return };
-            let names = engine.namespace_list().unwrap_or_default();
-            for ns in names.iter().filter(|n| select(n)) {
-                match engine.compact(ns) {
-                    Ok(r) if r.bytes_removed > 0 => {
-                        tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(ns = %ns, error = %e, "compaction failed"),
+        .spawn(move || {
+            let mut last_round = std::time::Instant::now();
+            let mut low = false;
+            loop {
+                std::thread::sleep(every.min(SPACE_POLL));
+                let Some(engine) = weak.upgrade() else { return };
+                let names: Vec<String> = engine
+                    .namespace_list()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| select(n))
+                    .collect();
+                low = reclaim_round(&engine, &names, low);
+                if last_round.elapsed() >= every {
+                    last_round = std::time::Instant::now();
+                    ratio_round(&engine, &names);
                 }
             }
         })
         .map(|_| ())
+}
+
+/// One round of [`crate::Engine::reclaim`] over `names` if the disk is low; returns whether it
+/// is. Said once when the disk becomes low and once when it is no longer.
+fn reclaim_round(engine: &crate::Engine, names: &[String], was_low: bool) -> bool {
+    let (space, low_mark) = match (engine.disk_space(), engine.low_space()) {
+        (Ok(s), Ok(l)) => (s, l),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "cannot check the disk space");
+            return was_low;
+        }
+    };
+    if space.available >= low_mark {
+        if was_low {
+            tracing::info!(
+                available = space.available,
+                "disk space is back above the low mark"
+            );
+        }
+        return false;
+    }
+    if !was_low {
+        tracing::warn!(
+            available = space.available,
+            low_mark,
+            "disk space low: giving space back from superseded data"
+        );
+    }
+    for ns in names {
+        // Until nothing more comes back: a victim that did not fit may fit once others left.
+        for _ in 0..RECLAIM_PASSES {
+            match engine.reclaim(ns) {
+                Ok(r) if r.bytes_removed > 0 => {
+                    tracing::info!(ns = %ns, bytes = r.bytes_removed, copied = r.bytes_copied, "space given back")
+                }
+                Ok(_) => break,
+                // Retried every second while the disk stays low: said once.
+                Err(e) => {
+                    if was_low {
+                        tracing::debug!(ns = %ns, error = %e, "giving space back failed");
+                    } else {
+                        tracing::warn!(ns = %ns, error = %e, "giving space back failed");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// One round of threshold compaction over `names`.
+fn ratio_round(engine: &crate::Engine, names: &[String]) {
+    for ns in names {
+        match engine.compact(ns) {
+            Ok(r) if r.bytes_removed > 0 => {
+                tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(ns = %ns, error = %e, "compaction failed"),
+        }
+    }
 }

@@ -51,6 +51,14 @@ pub struct EngineConfig {
     /// Older versions (history) whose timestamp is at least this old may be dropped by
     /// compaction; younger ones are copied forward. `None` keeps all history. Default `None`.
     pub history_retention: Option<Duration>,
+    /// Below this many bytes available on the engine's disk, the background compactor
+    /// ([`crate::spawn_compactor`]) works to give space back: every second it rewrites the sealed
+    /// local segments that free the most, whatever their live ratio, as long as their live data
+    /// fits in what is left, and (when `history_retention` is set) it drops superseded versions
+    /// at once instead of after the retention. Without this, a full disk stays full: a segment
+    /// is only rewritten when mostly dead, and rewriting needs room for its live data. `None`
+    /// (the default) is twice `max_segment_size`, at most half the disk.
+    pub low_space: Option<u64>,
     /// Told when segments are sealed or removed and namespaces change (the backup tier).
     pub observer: Option<Arc<dyn EngineObserver>>,
     /// Where offloaded segments are read from. Without one, reading an offloaded segment is
@@ -70,6 +78,7 @@ impl Default for EngineConfig {
             single_mode: None,
             compaction_threshold: 0.5,
             history_retention: None,
+            low_space: None,
             observer: None,
             cold_tier: None,
             cold_timeout: Duration::from_secs(60),
@@ -87,6 +96,7 @@ impl fmt::Debug for EngineConfig {
             .field("single_mode", &self.single_mode)
             .field("compaction_threshold", &self.compaction_threshold)
             .field("history_retention", &self.history_retention)
+            .field("low_space", &self.low_space)
             .field("observer", &self.observer.is_some())
             .field("cold_tier", &self.cold_tier.as_ref().map(|b| b.name()))
             .field("cold_timeout", &self.cold_timeout)

@@ -27,7 +27,7 @@ use qsfs_core::{
 };
 
 use crate::cold::ColdTier;
-use crate::compaction::CompactionReport;
+use crate::compaction::{compact, CompactionReport, DiskSpace, Pick};
 use crate::config::{Durability, EngineConfig, MAX_SEGMENT_SIZE_LIMIT, MIN_SEGMENT_SIZE};
 use crate::descriptor::Descriptor;
 use crate::error::EngineError;
@@ -673,7 +673,32 @@ impl Engine {
 
     /// [`Engine::compact`] with an explicit threshold (1.0 compacts every sealed segment).
     pub fn compact_with(&self, ns: &str, threshold: f64) -> Result<CompactionReport> {
-        self.with_ns(ns, |n, s| crate::compaction::compact(n, s, threshold))
+        self.with_ns(ns, |n, s| compact(n, s, Pick::Ratio(threshold)))
+    }
+
+    /// Total and available bytes of the disk holding the engine.
+    pub fn disk_space(&self) -> Result<DiskSpace> {
+        DiskSpace::of(&self.inner.root)
+    }
+
+    /// The available bytes below which the disk counts as low (see
+    /// [`EngineConfig::low_space`]).
+    pub fn low_space(&self) -> Result<u64> {
+        let config = &self.inner.shared.config;
+        match config.low_space {
+            Some(low) => Ok(low),
+            None => Ok((2 * config.max_segment_size).min(self.disk_space()?.total / 2)),
+        }
+    }
+
+    /// Gives space back from `ns`, as the background compactor does while the disk is low
+    /// (see [`EngineConfig::low_space`]): rewrites the sealed local segments of which at least
+    /// an eighth is dead, those freeing the most first, whatever their live ratio, while their
+    /// live data fits in what is left on the disk; drops superseded versions at once when a
+    /// history retention is set.
+    pub fn reclaim(&self, ns: &str) -> Result<CompactionReport> {
+        let available = self.disk_space()?.available;
+        self.with_ns(ns, |n, s| compact(n, s, Pick::Space(available)))
     }
 
     /// Re-reads every local segment of `ns` and checks every record (a scrub), returning the

@@ -400,13 +400,17 @@ struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
     fn new() -> Tmpfs {
+        Tmpfs::sized("1m")
+    }
+
+    fn sized(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         nix::mount::mount(
             Some("tmpfs"),
             dir.path(),
             Some("tmpfs"),
             nix::mount::MsFlags::empty(),
-            Some("size=1m"),
+            Some(format!("size={size}").as_str()),
         )
         .expect("mount a tmpfs (the test suite runs as root)");
         Tmpfs(dir)
@@ -478,6 +482,93 @@ fn full_disk_is_a_typed_error_and_loses_nothing() {
             .value,
         val(last, 3)
     );
+}
+
+/// A disk filled to its low mark, then 2 of every 5 values deleted: every segment stays 60 %
+/// live (above the 0.5 threshold) and the retention keeps the deleted versions, so only the
+/// compactor's low-space mode gives the space back. Every other value survives, and the space
+/// given back takes new writes.
+#[test]
+fn a_low_disk_gets_space_back_from_deleted_data() {
+    const LOW: u64 = 1 << 20;
+    let fs = Tmpfs::sized("6m");
+    let root = fs.0.path().join("engine");
+    let config = EngineConfig {
+        max_segment_size: 128 * 1024,
+        history_retention: Some(Duration::from_secs(3600)),
+        low_space: Some(LOW),
+        ..cfg()
+    };
+    let engine = Arc::new(Engine::open(&root, config.clone()).unwrap());
+    assert_eq!(engine.low_space().unwrap(), LOW);
+    let available = |e: &Engine| e.disk_space().unwrap().available;
+    let mut written = Vec::new();
+    // Like a filesystem keeping a reserve: writes stop at the low mark, before the disk is full.
+    while available(&engine) > LOW / 2 {
+        let k = written.len() as u32;
+        engine
+            .set("default", Some(&k.to_le_bytes()), &val(k, 5))
+            .unwrap();
+        written.push(k);
+    }
+    let deleted = |k: u32| k % 5 < 2;
+    let mut freed = 0;
+    for k in written.iter().copied().filter(|&k| deleted(k)) {
+        engine.delete("default", &k.to_le_bytes()).unwrap();
+        freed += 4096;
+    }
+    engine.rotate("default").unwrap();
+    let low = available(&engine);
+    assert_eq!(
+        engine.compact("default").unwrap(),
+        Default::default(),
+        "the threshold compaction alone frees nothing here"
+    );
+
+    qsfs_store::spawn_compactor(&engine, Duration::from_millis(20), |ns| ns == "default").unwrap();
+    // Poll (bounded) until most of the deleted bytes are back; no timing is asserted.
+    let want = low + freed * 3 / 4;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while available(&engine) < want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no space came back: {} bytes available, {want} wanted",
+            available(&engine)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The space takes new writes; then everything reads back, after a reopen too.
+    let more: Vec<u32> = (written.len() as u32..).take(200).collect();
+    for &k in &more {
+        engine
+            .set("default", Some(&k.to_le_bytes()), &val(k, 5))
+            .unwrap();
+    }
+    let check = |e: &Engine| {
+        for &k in written.iter().chain(&more) {
+            let got = e.get("default", &k.to_le_bytes()).unwrap();
+            if deleted(k) && k < written.len() as u32 {
+                assert!(got.is_none(), "key {k} was deleted");
+            } else {
+                assert_eq!(got.expect("a live key").value, val(k, 5), "key {k}");
+            }
+        }
+    };
+    check(&engine);
+    drop(engine);
+    // The compactor thread holds the engine only while it works.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let engine = loop {
+        match Engine::open(&root, config.clone()) {
+            Ok(e) => break e,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    check(&engine);
 }
 
 #[test]
