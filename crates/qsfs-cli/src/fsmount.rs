@@ -34,6 +34,15 @@ pub fn fs_engine_config() -> EngineConfig {
     }
 }
 
+/// The engine's low-space mark for a filesystem whose reserve is `reserve` on the disk of `dir`
+/// (created if missing): twice the reserve, so the engine gives space back before the
+/// filesystem refuses writes.
+pub fn low_space(dir: &Path, reserve: u64) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let disk = qsfs_fuse::space::Disk::of(dir)?;
+    Ok(2 * qsfs_fuse::space::reserve_bytes(reserve, disk.total))
+}
+
 /// Opens the engine in `dir` (created if missing).
 pub fn open_engine(dir: &Path, config: EngineConfig) -> anyhow::Result<Arc<Engine>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use qsfs_core::Store;
 use qsfs_fuse::{Capacity, Fs, FsConfig, MountOptions};
+use qsfs_store::EngineConfig;
 
 use crate::fsmount;
 
@@ -54,6 +55,16 @@ pub struct Args {
     /// Take over a mount lock held by another host.
     #[arg(long)]
     pub force: bool,
+    /// Disk space kept free for deletes and compaction, at most a quarter of the disk (suffixes
+    /// K, M, G): writes fail with "No space left on device" rather than use it, and df leaves it
+    /// out. While less than twice this is available, the engine gives back the space of deleted
+    /// and overwritten data within seconds.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub reserve: u64,
+    /// Size of the engine's segment files (suffixes K, M, G); a segment's space comes back
+    /// whole, so a small disk wants small segments.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub segment_size: u64,
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -108,7 +119,12 @@ fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
     }
     let root = crate::root::resolve(args.root.clone());
     let dir = root.join("engine");
-    let engine = fsmount::open_engine(&dir, fsmount::fs_engine_config())?;
+    let config = EngineConfig {
+        max_segment_size: args.segment_size,
+        low_space: Some(fsmount::low_space(&dir, args.reserve)?),
+        ..fsmount::fs_engine_config()
+    };
+    let engine = fsmount::open_engine(&dir, config)?;
     fsmount::spawn_compactor(&engine, Duration::from_secs(args.compact_every));
     Ok((engine, Capacity::Disk(dir)))
 }
@@ -133,6 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         flush_after: Duration::from_secs(args.flush_after.max(1)),
         capacity,
         force: args.force,
+        reserve: args.reserve,
         ..FsConfig::default()
     };
     let fs = Fs::open(store, config).context("opening the filesystem")?;

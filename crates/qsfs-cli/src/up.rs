@@ -103,7 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tier = Tier::new(pipeline, &root.tier(), chain::tier_config(&config.chain))
         .map_err(anyhow::Error::from)
         .context("opening the tier state")?;
-    let engine_config = chain::engine_config(fsmount::fs_engine_config(), &config.chain, &tier);
+    let engine_config = qsfs_store::EngineConfig {
+        low_space: Some(fsmount::low_space(
+            &root.engine(),
+            FsConfig::default().reserve,
+        )?),
+        ..chain::engine_config(fsmount::fs_engine_config(), &config.chain, &tier)
+    };
     let engine = fsmount::open_engine(&root.engine(), engine_config)?;
     if args.no_offload {
         eprintln!(

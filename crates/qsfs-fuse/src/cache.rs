@@ -208,6 +208,11 @@ impl BlockCache {
         self.shared.remove(&mut inner, block);
     }
 
+    /// Bytes of dirty blocks, not yet in the store.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.shared.inner.lock().dirty_bytes
+    }
+
     /// When the oldest write not yet flushed happened, if any.
     pub fn dirty_since(&self) -> Option<Instant> {
         self.shared.inner.lock().dirty_since

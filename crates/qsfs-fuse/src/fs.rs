@@ -19,6 +19,7 @@ use crate::cache::BlockCache;
 use crate::error::{FsError, FsResult};
 use crate::journal::{self, JournalOp};
 use crate::layout::*;
+use crate::space::{Disk, Reserve};
 
 // Indices of the namespaces in `Namespaces::all`, as the journal names them.
 const NS_INODE: u8 = 1;
@@ -44,6 +45,8 @@ fn without_suid_sgid(perm: u16) -> u16 {
     p
 }
 const READ_AHEAD_BLOCKS: u64 = 32;
+/// About what a new name or inode adds to the store, for the reserve's accounting.
+const RECORD_COST: u64 = 4096;
 
 /// Where statfs figures come from.
 #[derive(Debug, Clone)]
@@ -69,6 +72,10 @@ pub struct FsConfig {
     pub capacity: Capacity,
     /// Take over a mount lock held by another host.
     pub force: bool,
+    /// Bytes of the store's disk kept free for deletes and compaction (at most a quarter of
+    /// the disk; only with [`Capacity::Disk`]): requests that add data fail with `ENOSPC`
+    /// rather than eat into it (see [`crate::space`]).
+    pub reserve: u64,
 }
 
 impl Default for FsConfig {
@@ -80,6 +87,7 @@ impl Default for FsConfig {
             flush_after: Duration::from_secs(3),
             capacity: Capacity::Fixed(1 << 40),
             force: false,
+            reserve: 64 << 20,
         }
     }
 }
@@ -300,6 +308,7 @@ pub struct Fs {
     cache: BlockCache,
     bs: u64,
     cfg: FsConfig,
+    reserve: Reserve,
     sup: Superblock,
     next_ino: u64,
     nodes: HashMap<u64, Node>,
@@ -426,6 +435,7 @@ impl Fs {
             store,
             ns,
             cache,
+            reserve: Reserve::new(&cfg.capacity, cfg.reserve),
             cfg,
             sup,
             nodes: HashMap::new(),
@@ -936,6 +946,7 @@ impl Fs {
         if self.get_dirent(parent, name)?.is_some() {
             return errno(libc::EEXIST);
         }
+        self.admit(RECORD_COST)?;
         let mut perm = (mode & 0o7777) as u16;
         let mut gid = gid;
         if pinode.perm & (libc::S_ISGID as u16) != 0 {
@@ -1157,6 +1168,7 @@ impl Fs {
         if self.get_dirent(newparent, newname)?.is_some() {
             return errno(libc::EEXIST);
         }
+        self.admit(RECORD_COST)?;
         self.dir_add(newparent, newname, ino, inode.kind)?;
         let i = self.inode_mut(ino)?;
         i.nlink += 1;
@@ -1533,6 +1545,13 @@ impl Fs {
         }
     }
 
+    /// Admits a request that adds about `adding` bytes to the store: `ENOSPC` if it would eat
+    /// into the reserve (see [`crate::space`]).
+    fn admit(&mut self, adding: u64) -> FsResult<()> {
+        let dirty = self.cache.dirty_bytes();
+        self.reserve.admit(adding, dirty)
+    }
+
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&mut self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         self.prepare_write(ino, fh, offset, data.len() as u64)?;
@@ -1548,6 +1567,7 @@ impl Fs {
         if end > MAX_FILE_SIZE {
             return errno(libc::EFBIG);
         }
+        self.admit(data.len() as u64)?;
         self.data_changed(ino);
         let mut pos = offset;
         let mut rest = data;
@@ -2203,6 +2223,9 @@ impl Fs {
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::Errno(libc::EFBIG))?;
+        if !punch && !zero {
+            self.admit(len)?;
+        }
         self.file_chunks(ino)?;
         self.data_changed(ino);
         let size = self.inode(ino)?.size;
@@ -2427,9 +2450,11 @@ impl Fs {
             }
         }
         // The record is written by the next flush; it must fit in one store value then.
-        if encode(&x).len() > qsfs_core::MAX_VALUE_LEN {
+        let len = encode(&x).len();
+        if len > qsfs_core::MAX_VALUE_LEN {
             return errno(libc::ENOSPC);
         }
+        self.admit(len as u64)?;
         *self.load_xattrs(ino)? = x;
         self.xattrs_changed(ino)
     }
@@ -2554,13 +2579,15 @@ impl Fs {
                 (*cap, free, free)
             }
             Capacity::Disk(path) => {
-                let st = nix::sys::statvfs::statvfs(path.as_path())
-                    .map_err(|e| qsfs_core::Error::io("statvfs", e.into()))?;
-                let frag = st.fragment_size() as u64;
-                let total = (st.blocks() as u64).saturating_mul(frag);
-                let free = (st.blocks_free() as u64).saturating_mul(frag);
-                let avail = (st.blocks_available() as u64).saturating_mul(frag);
-                (total, free, avail)
+                // Dirty blocks are as good as written; the reserve is not for writing.
+                let disk = Disk::of(path)?;
+                let dirty = self.cache.dirty_bytes();
+                let free = disk.free.saturating_sub(dirty);
+                let avail = disk
+                    .available
+                    .saturating_sub(dirty)
+                    .saturating_sub(self.reserve.bytes(disk.total));
+                (disk.total, free, avail)
             }
         };
         let blocks = total / bs;

@@ -33,6 +33,7 @@ pub mod fuse;
 pub mod journal;
 pub mod layout;
 pub mod mount;
+pub mod space;
 pub mod stats;
 pub mod timeout;
 pub mod unmount;

@@ -19,6 +19,10 @@ struct Running {
 
 impl Running {
     fn start(root: &Path, mnt: &Path) -> Running {
+        Running::start_with(root, mnt, &[])
+    }
+
+    fn start_with(root: &Path, mnt: &Path, args: &[&str]) -> Running {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = std::env::temp_dir().join(format!("qsfs-mount-{}-{n}.log", std::process::id()));
@@ -27,6 +31,7 @@ impl Running {
             .arg(mnt)
             .arg("--root")
             .arg(root)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("mount log"))
             .spawn()
@@ -433,4 +438,139 @@ fn an_unreasonable_thread_count_is_refused_before_anything_starts() {
         assert!(err.contains("from 0 to 256"), "{cmd}: {err}");
         assert!(!tmp.path().join("root").exists(), "{cmd} created its root");
     }
+}
+
+/// A tmpfs of a given size on `dir` (the tests run as root, like CI), so a disk really fills.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("tmpfs mountpoint");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mount a tmpfs (the tests run as root)");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// 1 MiB of bytes that differ per `seed` and do not compress.
+fn content(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..1 << 17)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn available(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+/// A disk that fills up: writes fail with ENOSPC before the reserve is used (so deleting still
+/// works), `df` says nothing more fits, deleting gives the space back within seconds although
+/// every segment stays 60 % live (the threshold compaction and the history retention alone
+/// would keep it), the space takes new writes, and no fsync'd byte is lost, across a remount.
+#[test]
+fn a_full_disk_refuses_writes_and_deleting_makes_room_again() {
+    const MIB: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    let _tmpfs = Tmpfs::mount(&disk, "64m");
+    let root = disk.join("root");
+    let mnt = tmp.path().join("mnt");
+    let args = ["--segment-size", "4M", "--reserve", "8M"];
+    let mut m = Running::start_with(&root, &mnt, &args);
+
+    let mut kept = std::collections::BTreeSet::new();
+    let mut seed = 0u64;
+    let err = loop {
+        assert!(seed < 100, "a 64 MiB disk took 100 MiB");
+        match write_synced(&mnt.join(format!("f{seed}")), &content(seed)) {
+            Ok(()) => kept.insert(seed),
+            Err(e) => break e,
+        };
+        seed += 1;
+    };
+    assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+    assert!(kept.len() >= 30, "only {} MiB fit", kept.len());
+    assert!(
+        available(&mnt) < MIB,
+        "df says {} bytes fit",
+        available(&mnt)
+    );
+    assert!(
+        available(&disk) >= 4 * MIB,
+        "the reserve was used: {} bytes left on the disk",
+        available(&disk)
+    );
+    let failed = mnt.join(format!("f{seed}"));
+    std::fs::remove_file(&failed).expect("a file is deleted on a full disk");
+
+    let doomed: Vec<u64> = kept.iter().copied().filter(|s| s % 5 < 2).collect();
+    for s in &doomed {
+        std::fs::remove_file(mnt.join(format!("f{s}"))).unwrap();
+        kept.remove(s);
+    }
+    let want = doomed.len() as u64 * MIB * 3 / 4;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while available(&mnt) < want {
+        assert!(
+            Instant::now() < deadline,
+            "deleting {} MiB gave back {} bytes in 60 s; the mount's log:\n{}",
+            doomed.len(),
+            available(&mnt),
+            std::fs::read_to_string(&m.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..doomed.len() / 2 {
+        seed += 1;
+        write_synced(&mnt.join(format!("f{seed}")), &content(seed))
+            .expect("the space given back takes new writes");
+        kept.insert(seed);
+    }
+
+    let check = |mnt: &Path| {
+        let names: std::collections::BTreeSet<String> = std::fs::read_dir(mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let want: std::collections::BTreeSet<String> =
+            kept.iter().map(|s| format!("f{s}")).collect();
+        assert_eq!(names, want);
+        for s in &kept {
+            let got = std::fs::read(mnt.join(format!("f{s}"))).unwrap();
+            assert!(got == content(*s), "f{s} has other bytes");
+        }
+    };
+    check(&mnt);
+    let status = m.signal(Signal::SIGTERM);
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    drop(m);
+    let mut m = Running::start_with(&root, &mnt, &args);
+    check(&mnt);
+    let status = m.signal(Signal::SIGTERM);
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
