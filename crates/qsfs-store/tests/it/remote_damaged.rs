@@ -86,6 +86,13 @@ fn client(addr: SocketAddr) -> ZdbClient {
 /// Flips one byte in the middle of `value`, stored right after `key`, in the segment files of
 /// namespace `ns` under `dir`.
 fn flip(dir: &Path, ns: &str, key: &[u8], value: &[u8]) {
+    flip_at(dir, ns, key, value, key.len() + value.len() / 2);
+}
+
+/// Flips the byte `at` bytes after the start of `key` followed by `value` (stored once) in the
+/// segment files of namespace `ns` under `dir`: in the value, or in the key, which the record
+/// header's checksum covers.
+fn flip_at(dir: &Path, ns: &str, key: &[u8], value: &[u8], at: usize) {
     let needle = [key, value].concat();
     let mut flipped = 0;
     for entry in std::fs::read_dir(dir.join("ns").join(ns)).unwrap() {
@@ -95,7 +102,7 @@ fn flip(dir: &Path, ns: &str, key: &[u8], value: &[u8]) {
         }
         let bytes = std::fs::read(&path).unwrap();
         if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
-            let at = pos + key.len() + value.len() / 2;
+            let at = pos + at;
             let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             f.write_all_at(&[bytes[at] ^ 0x5a], at as u64).unwrap();
             flipped += 1;
@@ -123,6 +130,13 @@ fn a_flipped_value_is_corrupt_over_the_wire_and_its_older_version_reachable() {
     assert_eq!(raw.cmd(&["CHECK", "victim"]), Reply::Int(0));
     assert_eq!(raw.cmd(&["CHECK", "other"]), Reply::Int(1));
     assert_eq!(raw.cmd(&["GET", "victim"]), Reply::err("Internal Error"));
+    let Reply::Error(history) = raw.cmd(&["HISTORY", "victim"]) else {
+        panic!("HISTORY of a damaged version is an error");
+    };
+    assert!(
+        history.starts_with("Internal Error (damaged payload, previous ") && history.len() == 59,
+        "{history}"
+    );
 
     match c.get("default", b"victim").unwrap_err() {
         Error::Corrupt { location, .. } => {
@@ -188,6 +202,41 @@ fn a_damaged_older_version_is_corrupt_and_the_walk_goes_past_it() {
         .unwrap()
         .unwrap();
     assert_eq!(c.history("default", b"k", Some(prev)).unwrap().value, V1);
+}
+
+#[test]
+fn a_damaged_record_header_is_corrupt_and_ends_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+    c.set("default", Some(b"victim"), V1).unwrap();
+    c.set("default", Some(b"victim"), V2).unwrap();
+    c.set("default", Some(b"victim"), b"live").unwrap();
+    drop(c);
+    server.stop();
+    flip_at(dir.path(), "default", b"victim", V2, 2);
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+
+    let damaged = c
+        .history("default", b"victim", None)
+        .unwrap()
+        .previous
+        .unwrap();
+    let mut raw = Client::connect(server.addr);
+    let ekey = bytes::Bytes::copy_from_slice(&damaged.0);
+    assert_eq!(
+        raw.cmd(&[&b"HISTORY"[..], b"victim", &ekey]),
+        Reply::err("Internal Error (damaged record)")
+    );
+    // Its link to older versions cannot be trusted: the walk ends there, as over the engine.
+    for r in [
+        c.history("default", b"victim", Some(damaged)).map(|_| ()),
+        c.version_before("default", b"victim", Some(damaged))
+            .map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    }
 }
 
 /// Commands a [`scripted`] server received, each with the number of its connection.
