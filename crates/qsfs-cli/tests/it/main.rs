@@ -8,6 +8,7 @@ mod common;
 
 mod backup_cli;
 mod backup_zdb_e2e;
+mod fsck_remote;
 mod mount_cli;
 mod mount_remote;
 mod serve_cold;

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A child process killed (and its mountpoint lazily unmounted) when the test ends.
-struct Proc {
+pub(crate) struct Proc {
     child: Option<Child>,
     mnt: Option<PathBuf>,
 }
@@ -36,7 +36,7 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    fn stop(&mut self, sig: Signal) -> std::process::ExitStatus {
+    pub(crate) fn stop(&mut self, sig: Signal) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         kill(Pid::from_raw(child.id() as i32), sig).expect("signal");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -53,7 +53,7 @@ impl Proc {
     }
 }
 
-fn serve(data: &Path, port: u16) -> Proc {
+pub(crate) fn serve(data: &Path, port: u16) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_qsfs"))
         .args(["serve", "--port", &port.to_string(), "--data"])
         .arg(data)
@@ -73,7 +73,7 @@ fn serve(data: &Path, port: u16) -> Proc {
     p
 }
 
-fn mount(root: &Path, mnt: &Path, port: u16) -> Proc {
+pub(crate) fn mount(root: &Path, mnt: &Path, port: u16) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_qsfs"))
         .arg("mount")
         .arg(mnt)

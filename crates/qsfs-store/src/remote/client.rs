@@ -398,12 +398,15 @@ pub fn map_error(msg: &str) -> Error {
         "Command not supported" | "Command disabled in release code, not yet available" => {
             Error::Unsupported(m)
         }
-        "Cannot write data right now" | "Cannot write index right now" | "Internal Error" => {
-            Error::Io {
-                context: "0-db server".into(),
-                source: std::io::Error::other(m),
-            }
-        }
+        "Cannot write data right now" | "Cannot write index right now" => Error::Io {
+            context: "0-db server".into(),
+            source: std::io::Error::other(m),
+        },
+        // `qsfs serve` adds the reason after the original's string.
+        _ if msg.starts_with("Internal Error") => Error::Io {
+            context: "0-db server".into(),
+            source: std::io::Error::other(m),
+        },
         _ => Error::InvalidArgument(m),
     }
 }
@@ -712,6 +715,36 @@ impl ZdbClient {
         r.pop().ok_or_else(|| Error::Unavailable("no reply".into()))
     }
 
+    /// A read on namespace `ns`, followed on the same connection by `then` when `wanted`
+    /// accepts the first reply: for a follow-up question about what that reply said (a CHECK
+    /// after a failed read), which must reach the same server and namespace. Reads only: the
+    /// pair may be sent again after a connection failure.
+    pub fn call_then(
+        &self,
+        ns: &str,
+        req: Vec<Vec<u8>>,
+        then: Vec<Vec<u8>>,
+        wanted: impl Fn(&Reply) -> bool,
+    ) -> Result<(Reply, Option<Reply>)> {
+        let (req, then) = ([req], [then]);
+        let mut replies = self.exchange(ns, true, self.config.retries, |conn| {
+            let mut r = conn.send(&req)?;
+            if r.first().is_some_and(&wanted) {
+                r.extend(conn.send(&then)?);
+            }
+            Ok(r)
+        })?;
+        let second = if replies.len() > 1 {
+            replies.pop()
+        } else {
+            None
+        };
+        let first = replies
+            .pop()
+            .ok_or_else(|| Error::Unavailable("no reply".into()))?;
+        Ok((first, second))
+    }
+
     /// Values of many keys with one `MGET` per 1000 keys (`None` for missing ones).
     pub fn mget(&self, ns: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let reqs: Vec<Vec<Vec<u8>>> = keys
@@ -809,5 +842,12 @@ mod tests {
             map_error("This namespace is not available"),
             Error::AlreadyExists(_)
         ));
+        for e in [
+            "Internal Error",
+            "Internal Error: data unavailable",
+            "Internal Error (damaged payload, previous none)",
+        ] {
+            assert!(matches!(map_error(e), Error::Io { .. }), "{e}");
+        }
     }
 }

@@ -6,8 +6,9 @@ use qsfs_core::{
     ScanOrder, ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
 };
 
-use super::client::{ReplyExt, ZdbClient};
+use super::client::{map_error, ReplyExt, ZdbClient};
 use crate::server::resp::Reply;
+use crate::server::scan::{is_history_damaged, parse_history_damaged};
 
 fn v(parts: &[&[u8]]) -> Vec<Vec<u8>> {
     parts.iter().map(|p| p.to_vec()).collect()
@@ -22,6 +23,55 @@ fn int(r: &Reply) -> Option<i64> {
         Reply::Int(n) => Some(*n),
         _ => None,
     }
+}
+
+/// True for 0-db's `Internal Error`, also with a reason after it as `qsfs serve` adds one.
+fn is_internal_error(r: &Reply) -> bool {
+    matches!(r, Reply::Error(e) if e.starts_with("Internal Error"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key for a message: as text when it is printable ASCII, else `0x` and hex (the filesystem's
+/// keys are big-endian numbers).
+fn show_key(key: &[u8]) -> String {
+    if !key.is_empty() && key.iter().all(|b| b.is_ascii_graphic()) {
+        format!("{:?}", String::from_utf8_lossy(key))
+    } else {
+        format!("0x{}", hex(key))
+    }
+}
+
+/// A HISTORY reply (already settled): the version it carries, without the deleted flag.
+fn version_of(r: Reply) -> Result<Version> {
+    let r = r.ok()?;
+    let Reply::Array(items) = r else {
+        return Err(unexpected("HISTORY", &r));
+    };
+    let mut it = items.into_iter();
+    let (Some(prev), Some(ts), Some(val), None) = (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(Error::InvalidArgument("HISTORY: unexpected reply".into()));
+    };
+    let previous = match bulk(prev) {
+        Some(b) if b.len() == 8 => {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&b);
+            Some(VersionId(id))
+        }
+        _ => None,
+    };
+    let timestamp = bulk(ts)
+        .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    Ok(Version {
+        value: bulk(val).unwrap_or_default().to_vec(),
+        timestamp,
+        deleted: false,
+        previous,
+    })
 }
 
 fn bulk(r: Reply) -> Option<Bytes> {
@@ -92,24 +142,13 @@ impl Store for ZdbClient {
 
     fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Entry>> {
         // HISTORY answers value and timestamp atomically in one request.
-        match self.call(ns, v(&[b"HISTORY", key]), true)? {
+        match self.history_call(ns, key, None)? {
             Reply::Error(e) if e == "Key not found" => Ok(None),
             r => {
-                let Reply::Array(mut items) = r.ok()? else {
-                    return Err(Error::InvalidArgument("HISTORY: unexpected reply".into()));
-                };
-                if items.len() != 3 {
-                    return Err(Error::InvalidArgument("HISTORY: unexpected reply".into()));
-                }
-                let value = bulk(items.pop().unwrap_or(Reply::Nil))
-                    .unwrap_or_default()
-                    .to_vec();
-                let ts = bulk(items.pop().unwrap_or(Reply::Nil))
-                    .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
-                    .unwrap_or(0);
+                let v = version_of(r)?;
                 Ok(Some(Entry {
-                    value,
-                    timestamp: ts,
+                    value: v.value,
+                    timestamp: v.timestamp,
                 }))
             }
         }
@@ -197,48 +236,44 @@ impl Store for ZdbClient {
     }
 
     fn history(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Version> {
-        let mut req = v(&[b"HISTORY", key]);
-        if let Some(a) = at {
-            req.push(a.0.to_vec());
-        }
-        let r = match self.call(ns, req, true)? {
+        let r = match self.history_call(ns, key, at)? {
             Reply::Error(e) if e.starts_with("Invalid arguments (") => {
                 return Err(Error::InvalidArgument(e))
             }
-            r => r.ok()?,
+            r => r,
         };
-        let Reply::Array(items) = r else {
-            return Err(unexpected("HISTORY", &r));
-        };
-        let mut it = items.into_iter();
-        let (Some(prev), Some(ts), Some(val)) = (it.next(), it.next(), it.next()) else {
-            return Err(Error::InvalidArgument("HISTORY: unexpected reply".into()));
-        };
-        let previous = match bulk(prev) {
-            Some(b) if b.len() == 8 => {
-                let mut id = [0u8; 8];
-                id.copy_from_slice(&b);
-                Some(VersionId(id))
-            }
-            _ => None,
-        };
-        let timestamp = bulk(ts)
-            .and_then(|b| std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok()))
-            .unwrap_or(0);
-        let value = bulk(val).unwrap_or_default().to_vec();
+        let mut v = version_of(r)?;
         // HISTORY has no deleted flag: a tombstone reads as an empty value. `qsfs serve`
         // documents its ekeys as `segment << 32 | offset`, which DATA RAW reads with its flags
         // (admin only); against the original 0-db a tombstone is never in a chain anyway.
-        let deleted = match at {
-            Some(id) if value.is_empty() && self.is_qsfs() => self.is_tombstone(ns, id),
+        v.deleted = match at {
+            Some(id) if v.value.is_empty() && self.is_qsfs() => self.is_tombstone(ns, id),
             _ => false,
         };
-        Ok(Version {
-            value,
-            timestamp,
-            deleted,
-            previous,
-        })
+        Ok(v)
+    }
+
+    /// `qsfs serve` names the version before a damaged one in HISTORY's error, so the older,
+    /// intact versions stay reachable; the original 0-db does not verify payloads in HISTORY,
+    /// so from it the link comes with the value as usual.
+    fn version_before(
+        &self,
+        ns: &str,
+        key: &[u8],
+        at: Option<VersionId>,
+    ) -> Result<Option<VersionId>> {
+        let (reply, check) = self.history_exchange(ns, key, at)?;
+        if let Reply::Error(e) = &reply {
+            if let Some(previous) = parse_history_damaged(e) {
+                return Ok(previous);
+            }
+        }
+        match self.settle_history(ns, key, at, reply, check)? {
+            Reply::Error(e) if e.starts_with("Invalid arguments (") => {
+                Err(Error::InvalidArgument(e))
+            }
+            r => Ok(version_of(r)?.previous),
+        }
     }
 
     fn namespace_create(&self, name: &str) -> Result<()> {
@@ -366,6 +401,76 @@ impl ZdbClient {
             Ok(Reply::Array(items)) => matches!(items.get(3), Some(Reply::Int(1))),
             _ => false,
         }
+    }
+
+    /// `HISTORY key [ekey]`, and when it answers an `Internal Error` about the live version,
+    /// `CHECK key` on the same connection: see [`ZdbClient::settle_history`].
+    fn history_exchange(
+        &self,
+        ns: &str,
+        key: &[u8],
+        at: Option<VersionId>,
+    ) -> Result<(Reply, Option<Reply>)> {
+        let mut req = v(&[b"HISTORY", key]);
+        if let Some(a) = at {
+            req.push(a.0.to_vec());
+        }
+        // CHECK speaks only of the live version.
+        let live = at.is_none();
+        self.call_then(ns, req, v(&[b"CHECK", key]), |r| {
+            live && is_internal_error(r)
+        })
+    }
+
+    /// HISTORY's reply, with an `Internal Error` turned into the error it stands for.
+    ///
+    /// 0-db answers `Internal Error` both for a payload it cannot read (a failing disk, an
+    /// offloaded file it cannot get back) and, from `qsfs serve`, for one that fails its
+    /// checksum. Only the second is one damaged record that a checker reports before going on,
+    /// so it becomes [`Error::Corrupt`] only on evidence: for the live version `CHECK` answering
+    /// `:0` (it re-reads the payload and recomputes its CRC, on the original as on ours), for an
+    /// older one (which `CHECK` cannot ask about) `qsfs serve`'s own error saying so. Anything
+    /// else stays the I/O error it was: the server may really be failing.
+    fn settle_history(
+        &self,
+        ns: &str,
+        key: &[u8],
+        at: Option<VersionId>,
+        reply: Reply,
+        check: Option<Reply>,
+    ) -> Result<Reply> {
+        let Reply::Error(e) = &reply else {
+            return Ok(reply);
+        };
+        if !is_internal_error(&reply) {
+            return Ok(reply);
+        }
+        let damaged = match at {
+            None => matches!(check, Some(Reply::Int(0))),
+            Some(_) => is_history_damaged(e),
+        };
+        if !damaged {
+            return Err(map_error(e));
+        }
+        let mut location = format!(
+            "0-db {}, namespace {ns}, key {}",
+            self.endpoint(),
+            show_key(key)
+        );
+        if let Some(id) = at {
+            location.push_str(&format!(", version {}", hex(&id.0)));
+        }
+        let detail = match at {
+            None => "the value fails its checksum (CHECK answers 0)".to_string(),
+            Some(_) => format!("the version fails its checksum ({e})"),
+        };
+        Err(Error::corrupt(location, detail))
+    }
+
+    /// [`ZdbClient::history_exchange`] then [`ZdbClient::settle_history`].
+    fn history_call(&self, ns: &str, key: &[u8], at: Option<VersionId>) -> Result<Reply> {
+        let (reply, check) = self.history_exchange(ns, key, at)?;
+        self.settle_history(ns, key, at, reply, check)
     }
 
     /// One SCAN/RSCAN request: the entries and the cursor after them, `None` at the end.

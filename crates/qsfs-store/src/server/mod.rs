@@ -25,7 +25,7 @@ mod info;
 mod keys;
 mod listener;
 mod namespace;
-mod scan;
+pub(crate) mod scan;
 
 use std::path::PathBuf;
 use std::sync::Arc;

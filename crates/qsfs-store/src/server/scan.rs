@@ -110,9 +110,86 @@ pub fn history(sh: &Shared, s: &mut Session, key: &[u8], ekey: Option<&[u8]>) ->
         Err(Error::InvalidArgument(_)) if at.is_none() => Reply::err("Key not found"),
         Err(Error::NotFound(_)) => Reply::err("Invalid arguments (index query)"),
         Err(Error::InvalidArgument(_)) => Reply::err("Invalid arguments (invalid key)"),
+        Err(e @ Error::Corrupt { .. }) => {
+            tracing::warn!(error = %e, "HISTORY: damaged version");
+            // The record header (with its link to the older version) is checked apart from the
+            // payload: when it still reads, a checker can go on to the older, intact versions.
+            match sh.store.version_before(&s.ns.name, key, at) {
+                Ok(previous) => Reply::err(history_damaged(previous)),
+                Err(Error::Corrupt { .. }) => Reply::err(HISTORY_DAMAGED_HEADER),
+                Err(_) => Reply::err("Internal Error"),
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "HISTORY failed");
             Reply::err("Internal Error")
         }
+    }
+}
+
+/// HISTORY's error for a version whose record header fails its checksum: its link to the older
+/// versions cannot be trusted, so none is given.
+pub const HISTORY_DAMAGED_HEADER: &str = "Internal Error (damaged record)";
+
+/// True for HISTORY's errors about a damaged version ([`history_damaged`],
+/// [`HISTORY_DAMAGED_HEADER`]), as opposed to a read that failed.
+pub fn is_history_damaged(msg: &str) -> bool {
+    msg == HISTORY_DAMAGED_HEADER || parse_history_damaged(msg).is_some()
+}
+
+/// The start of HISTORY's error for a version whose payload fails its checksum.
+const HISTORY_DAMAGED: &str = "Internal Error (damaged payload, previous ";
+
+/// HISTORY's error for a version whose payload fails its checksum but whose record header reads:
+/// the original's `Internal Error`, with the reason and the ekey of the version before it (16
+/// hex digits of the 8 ekey bytes in wire order, or `none` at the end of the chain). An error,
+/// not a reply carrying the damaged bytes or a nil payload, so that a client that knows nothing
+/// of it fails as it would on the original's `Internal Error` instead of reading a wrong value.
+pub fn history_damaged(previous: Option<VersionId>) -> String {
+    let prev = match previous {
+        Some(v) => v.0.iter().map(|b| format!("{b:02x}")).collect(),
+        None => "none".to_string(),
+    };
+    format!("{HISTORY_DAMAGED}{prev})")
+}
+
+/// Reads a [`history_damaged`] error back: `Some(previous)` for one, `None` for any other error.
+pub fn parse_history_damaged(msg: &str) -> Option<Option<VersionId>> {
+    let prev = msg.strip_prefix(HISTORY_DAMAGED)?.strip_suffix(')')?;
+    if prev == "none" {
+        return Some(None);
+    }
+    if prev.len() != 16 || !prev.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 8];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&prev[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(Some(VersionId(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_history_error_round_trips() {
+        let id = VersionId([0, 1, 0x7f, 0x80, 0xab, 0xcd, 0xef, 0xff]);
+        let msg = history_damaged(Some(id));
+        assert_eq!(
+            msg,
+            "Internal Error (damaged payload, previous 00017f80abcdefff)"
+        );
+        assert_eq!(parse_history_damaged(&msg), Some(Some(id)));
+        assert_eq!(parse_history_damaged(&history_damaged(None)), Some(None));
+        assert_eq!(parse_history_damaged("Internal Error"), None);
+        assert!(is_history_damaged(&msg) && is_history_damaged(HISTORY_DAMAGED_HEADER));
+        assert!(!is_history_damaged("Internal Error"));
+        assert!(!is_history_damaged("Internal Error: data unavailable"));
+        assert_eq!(
+            parse_history_damaged("Internal Error (damaged payload, previous 00zz)"),
+            None
+        );
     }
 }

@@ -12,6 +12,7 @@ mod corruption;
 mod lifecycle;
 mod model;
 mod remote_backend;
+mod remote_damaged;
 mod remote_lazy;
 mod remote_store;
 mod server_concurrency;

@@ -1,0 +1,306 @@
+//! A damaged record read through the remote client: a value whose bytes were flipped in a
+//! `qsfs serve` segment file is `Error::Corrupt` naming the server, namespace and key (one bad
+//! record, which a checker reports before going on), its older versions stay reachable, and an
+//! `Internal Error` that is not confirmed as damage, or a server that is gone, stays the error
+//! about the whole store it was.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
+
+use crate::server_util::Client;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qsfs_core::{Error, Store};
+use qsfs_store::remote::{ZdbClient, ZdbConfig};
+use qsfs_store::server::resp::{parse_reply, Reply};
+use qsfs_store::server::{Server, ServerConfig, ServerHandle};
+use qsfs_store::Engine;
+
+const V1: &[u8] = b"the first version of the victim, intact on disk";
+const V2: &[u8] = b"the second version of the victim, damaged on disk";
+
+/// `qsfs serve` over the engine in `dir` on 127.0.0.1:0.
+struct Served {
+    rt: tokio::runtime::Runtime,
+    handle: Option<ServerHandle>,
+    addr: SocketAddr,
+}
+
+impl Served {
+    fn start(dir: &Path) -> Served {
+        let engine = Engine::open(dir, Default::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = ServerConfig {
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            index_root: dir.to_path_buf(),
+            data_root: dir.to_path_buf(),
+            ..ServerConfig::default()
+        };
+        let handle = rt.block_on(async move {
+            Server::bind(Arc::new(engine), config)
+                .await
+                .unwrap()
+                .spawn()
+        });
+        let addr = handle.local_addr.unwrap();
+        Served {
+            rt,
+            handle: Some(handle),
+            addr,
+        }
+    }
+
+    /// Shuts the server down and waits until the engine is closed.
+    fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            self.rt.block_on(h.shutdown()).unwrap();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.rt.block_on(h.shutdown());
+        }
+    }
+}
+
+fn client(addr: SocketAddr) -> ZdbClient {
+    let mut cfg = ZdbConfig::new(addr.to_string());
+    cfg.retries = 1;
+    cfg.backoff = Duration::from_millis(10);
+    ZdbClient::connect(cfg).unwrap()
+}
+
+/// Flips one byte in the middle of `value`, stored right after `key`, in the segment files of
+/// namespace `ns` under `dir`.
+fn flip(dir: &Path, ns: &str, key: &[u8], value: &[u8]) {
+    flip_at(dir, ns, key, value, key.len() + value.len() / 2);
+}
+
+/// Flips the byte `at` bytes after the start of `key` followed by `value` (stored once) in the
+/// segment files of namespace `ns` under `dir`: in the value, or in the key, which the record
+/// header's checksum covers.
+fn flip_at(dir: &Path, ns: &str, key: &[u8], value: &[u8], at: usize) {
+    let needle = [key, value].concat();
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(dir.join("ns").join(ns)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(pos) = bytes.windows(needle.len()).position(|w| w == needle) {
+            let at = pos + at;
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&[bytes[at] ^ 0x5a], at as u64).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1, "the value is stored once");
+}
+
+#[test]
+fn a_flipped_value_is_corrupt_over_the_wire_and_its_older_version_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+    c.set("default", Some(b"victim"), V1).unwrap();
+    c.set("default", Some(b"victim"), V2).unwrap();
+    c.set("default", Some(b"other"), b"intact").unwrap();
+    drop(c);
+    server.stop();
+    flip(dir.path(), "default", b"victim", V2);
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+
+    // The server's CHECK re-reads the payload: `:0`, a checksum mismatch.
+    let mut raw = Client::connect(server.addr);
+    assert_eq!(raw.cmd(&["CHECK", "victim"]), Reply::Int(0));
+    assert_eq!(raw.cmd(&["CHECK", "other"]), Reply::Int(1));
+    assert_eq!(raw.cmd(&["GET", "victim"]), Reply::err("Internal Error"));
+    let Reply::Error(history) = raw.cmd(&["HISTORY", "victim"]) else {
+        panic!("HISTORY of a damaged version is an error");
+    };
+    assert!(
+        history.starts_with("Internal Error (damaged payload, previous ") && history.len() == 59,
+        "{history}"
+    );
+
+    match c.get("default", b"victim").unwrap_err() {
+        Error::Corrupt { location, .. } => {
+            for part in [&server.addr.to_string(), "default", "\"victim\""] {
+                assert!(location.contains(part), "{part} in {location}");
+            }
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        c.history("default", b"victim", None),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(c.check("default", b"victim").unwrap(), Some(false));
+    assert_eq!(
+        c.get("default", b"other").unwrap().unwrap().value,
+        b"intact"
+    );
+
+    // The older version is one link away, read from the damaged version's header.
+    let prev = c
+        .version_before("default", b"victim", None)
+        .unwrap()
+        .expect("an older version");
+    let older = c.history("default", b"victim", Some(prev)).unwrap();
+    assert_eq!((older.value.as_slice(), older.previous), (V1, None));
+    assert_eq!(
+        c.version_before("default", b"victim", Some(prev)).unwrap(),
+        None
+    );
+
+    // Gone: not a damaged record, the store is unavailable.
+    server.stop();
+    let err = c.get("default", b"other").unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    let err = c.get("default", b"victim").unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+}
+
+#[test]
+fn a_damaged_older_version_is_corrupt_and_the_walk_goes_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+    c.set("default", Some(b"k"), V1).unwrap();
+    c.set("default", Some(b"k"), V2).unwrap();
+    c.set("default", Some(b"k"), b"live").unwrap();
+    drop(c);
+    server.stop();
+    flip(dir.path(), "default", b"k", V2);
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+
+    let live = c.history("default", b"k", None).unwrap();
+    assert_eq!(live.value, b"live");
+    let damaged = live.previous.unwrap();
+    assert!(matches!(
+        c.history("default", b"k", Some(damaged)),
+        Err(Error::Corrupt { .. })
+    ));
+    let prev = c
+        .version_before("default", b"k", Some(damaged))
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.history("default", b"k", Some(prev)).unwrap().value, V1);
+}
+
+#[test]
+fn a_damaged_record_header_is_corrupt_and_ends_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+    c.set("default", Some(b"victim"), V1).unwrap();
+    c.set("default", Some(b"victim"), V2).unwrap();
+    c.set("default", Some(b"victim"), b"live").unwrap();
+    drop(c);
+    server.stop();
+    flip_at(dir.path(), "default", b"victim", V2, 2);
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+
+    let damaged = c
+        .history("default", b"victim", None)
+        .unwrap()
+        .previous
+        .unwrap();
+    let mut raw = Client::connect(server.addr);
+    let ekey = bytes::Bytes::copy_from_slice(&damaged.0);
+    assert_eq!(
+        raw.cmd(&[&b"HISTORY"[..], b"victim", &ekey]),
+        Reply::err("Internal Error (damaged record)")
+    );
+    // Its link to older versions cannot be trusted: the walk ends there, as over the engine.
+    for r in [
+        c.history("default", b"victim", Some(damaged)).map(|_| ()),
+        c.version_before("default", b"victim", Some(damaged))
+            .map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+    }
+}
+
+/// Commands a [`scripted`] server received, each with the number of its connection.
+type Log = Arc<Mutex<Vec<(usize, String)>>>;
+
+/// A scripted 0-db: HISTORY answers `Internal Error`, CHECK answers `check`; every command is
+/// recorded with the number of the connection it came on.
+fn scripted(check: Reply) -> (SocketAddr, Log) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let log: Log = Arc::default();
+    let log2 = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let (mut s, log, check) = (s.unwrap(), Arc::clone(&log2), check.clone());
+            std::thread::spawn(move || {
+                let mut buf = BytesMut::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(Reply::Array(args)) = parse_reply(&mut buf).unwrap() {
+                        let Some(Reply::Bulk(cmd)) = args.first() else {
+                            return;
+                        };
+                        let cmd = String::from_utf8_lossy(cmd).to_uppercase();
+                        log.lock().unwrap().push((n, cmd.clone()));
+                        let reply = match cmd.as_str() {
+                            "PING" => Reply::Status("PONG".into()),
+                            "HISTORY" => Reply::err("Internal Error"),
+                            "CHECK" => check.clone(),
+                            _ => Reply::err("Command not supported"),
+                        };
+                        if s.write_all(&reply.to_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+#[test]
+fn an_internal_error_is_corrupt_only_when_check_says_the_checksum_fails() {
+    let (addr, log) = scripted(Reply::Int(0));
+    let err = client(addr).get("default", b"k").unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let log = log.lock().unwrap().clone();
+    let on = |cmd: &str| log.iter().find(|(_, c)| c == cmd).map(|(n, _)| *n);
+    assert!(on("CHECK").is_some(), "CHECK asked: {log:?}");
+    assert_eq!(
+        on("CHECK"),
+        on("HISTORY"),
+        "on the same connection: {log:?}"
+    );
+
+    // Unreadable (`:-1`), or gone meanwhile (nil): the server is failing, not one record.
+    for check in [Reply::Int(-1), Reply::Nil] {
+        let (addr, _) = scripted(check.clone());
+        let err = client(addr).get("default", b"k").unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "CHECK {check:?}: {err:?}");
+    }
+}
