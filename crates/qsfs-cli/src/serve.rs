@@ -83,6 +83,15 @@ pub struct Args {
     /// the cold tier) runs on a pool of its own and holds up only its own client.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Seconds between background compactions, which give back the disk space of overwritten
+    /// and deleted values (0: never, as the original 0-db, whose disk only grows). While the
+    /// disk is low, compaction also runs every second.
+    #[arg(long, value_name = "SEC", default_value_t = 60)]
+    compact_every: u64,
+    /// Seconds an overwritten or deleted value stays reachable with HISTORY before compaction
+    /// may drop it, or `forever` (the original 0-db's behaviour: then little space comes back).
+    #[arg(long, value_name = "SEC|forever", default_value = "86400")]
+    keep_history: String,
     /// Not supported: run under a supervisor instead.
     #[arg(long, hide = true)]
     background: bool,
@@ -273,6 +282,12 @@ fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
         engine.default_mode = m;
         engine.single_mode = Some(m);
     }
+    engine.history_retention = match args.keep_history.as_str() {
+        "forever" => None,
+        s => Some(Duration::from_secs(s.parse().map_err(|_| {
+            anyhow::anyhow!("--keep-history must be seconds or \"forever\", not {s:?}")
+        })?)),
+    };
     let tcp_wanted =
         args.socket.is_none() || args.dualnet || args.listen.is_some() || args.port.is_some();
     let tcp = tcp_wanted.then(|| {
@@ -370,6 +385,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("create {}", args.data.display()))?;
     let engine = Engine::open(&args.data, engine_config).context("open the engine")?;
+    let served = Arc::new(engine.clone());
+    if args.compact_every > 0 {
+        // Holds the engine only while it works: it ends once the server has let go of it.
+        qsfs_store::spawn_compactor(&served, Duration::from_secs(args.compact_every), |_| true)
+            .context("starting the compactor")?;
+    }
     if let Some(c) = &chain {
         c.tier
             .start(engine.clone())
@@ -385,9 +406,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         );
-        let server = Server::bind(Arc::new(engine), config)
-            .await
-            .context("listen")?;
+        let server = Server::bind(served, config).await.context("listen")?;
         if let Err(e) = server.ready_hook() {
             bail!("{e}");
         }

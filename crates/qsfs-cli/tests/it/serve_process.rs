@@ -433,3 +433,83 @@ fn a_panic_fires_the_crash_hook_and_aborts() {
 fn libc_sigabrt() -> i32 {
     6
 }
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+/// The original never gives space back (its disk only grows: spec §7.5 and the defect list).
+/// `qsfs serve` compacts in the background: overwritten and deleted values leave the disk once
+/// their history time is over, and every live value still reads back, after a restart too;
+/// `--compact-every 0` gives nothing back, as the original.
+#[test]
+fn overwritten_and_deleted_values_leave_the_disk() {
+    let value = |k: u32, round: u32| format!("{k}-{round}-").repeat(200);
+    let cases: [(&[&str], bool); 2] = [
+        (&["--compact-every", "1", "--keep-history", "0"], true),
+        (&["--compact-every", "0"], false),
+    ];
+    for (flags, compacts) in cases {
+        let dir = TempDir::new("compact");
+        let port = free_port();
+        let args: Vec<&str> = ["--datasize", "512k"]
+            .iter()
+            .chain(flags)
+            .copied()
+            .collect();
+        let mut serve = start(&dir.0, port, &args);
+        let mut c = common::Conn::open(port).unwrap();
+        for round in 0..4 {
+            for k in 0..300u32 {
+                let key = format!("k{k}");
+                assert_eq!(
+                    c.cmd(&["SET", &key, &value(k, round)]).as_deref(),
+                    Some(key.as_str())
+                );
+            }
+        }
+        for k in (0..300u32).step_by(2) {
+            c.ok(&["DEL", &format!("k{k}")]);
+        }
+        let peak = dir_bytes(&dir.0);
+        let deadline = Instant::now() + Duration::from_secs(if compacts { 30 } else { 3 });
+        while dir_bytes(&dir.0) > peak / 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let now = dir_bytes(&dir.0);
+        if compacts {
+            assert!(
+                now <= peak / 2,
+                "{flags:?}: {now} of {peak} bytes left after 30 s"
+            );
+        } else {
+            assert!(now >= peak, "{flags:?}: {now} of {peak} bytes left");
+        }
+        let check = |c: &mut common::Conn| {
+            for k in 0..300u32 {
+                let got = c.cmd(&["GET", &format!("k{k}")]);
+                let want = (k % 2 == 1).then(|| value(k, 3));
+                assert_eq!(got, want, "{flags:?}: k{k}");
+            }
+        };
+        check(&mut c);
+        signal(&serve, "-TERM");
+        assert_eq!(
+            wait_exit(&mut serve, Duration::from_secs(20)).code(),
+            Some(0)
+        );
+        let _serve = start(&dir.0, port, &args);
+        check(&mut common::Conn::open(port).unwrap());
+    }
+}
