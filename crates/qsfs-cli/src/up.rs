@@ -58,6 +58,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = qsfs_fuse::fetch::DEFAULT_READ_THREADS,
           value_parser = crate::mount::read_threads)]
     pub threads: usize,
+    /// Local disk space kept free for deletes and compaction, at most a quarter of the disk
+    /// (suffixes K, M, G): writes fail with "No space left on device" rather than use it.
+    /// While less than twice this is available, the engine gives back the space of deleted and
+    /// overwritten data within seconds.
+    #[arg(long, default_value = "64M", value_parser = crate::mount::parse_size)]
+    pub reserve: u64,
 }
 
 /// Seconds between background compactions of the filesystem's namespaces.
@@ -165,6 +171,7 @@ fn serve(
     let fs_config = FsConfig {
         capacity: Capacity::Disk(root.engine()),
         force: args.force || takeover,
+        reserve: args.reserve,
         ..FsConfig::default()
     };
     let store: std::sync::Arc<dyn qsfs_core::Store> = engine;
