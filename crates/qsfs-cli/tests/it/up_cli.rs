@@ -160,10 +160,10 @@ fn up_with_nothing_creates_config_and_key_mounts_reports_and_stops_cleanly() {
     // df leaves the reserve out: what the mount offers is the disk's available space less it.
     let st = |p: &Path| nix::sys::statvfs::statvfs(p).unwrap();
     let (disk, fs) = (st(&root), st(&mnt));
-    let bytes = |blocks, st: &nix::sys::statvfs::Statvfs| blocks * st.fragment_size() as u64;
-    let reserve = (200u64 << 20).min(bytes(disk.blocks() as u64, &disk) / 4);
-    let shown = bytes(disk.blocks_available() as u64, &disk)
-        .saturating_sub(bytes(fs.blocks_available() as u64, &fs));
+    let bytes = |blocks: u64, st: &nix::sys::statvfs::Statvfs| blocks * st.fragment_size();
+    let reserve = (200u64 << 20).min(bytes(disk.blocks(), &disk) / 4);
+    let shown =
+        bytes(disk.blocks_available(), &disk).saturating_sub(bytes(fs.blocks_available(), &fs));
     assert!(
         shown.abs_diff(reserve) < 16 << 20,
         "the mount shows {shown} bytes less than the disk, the reserve is {reserve}"
