@@ -62,6 +62,9 @@ struct Report {
     write_holds: Option<u64>,
     write_hold_ms: Option<u64>,
     last_error: Option<String>,
+    /// Size and available bytes of the disk holding the engine (None: it does not exist yet).
+    disk_total: Option<u64>,
+    disk_available: Option<u64>,
     backends: Vec<Backend_>,
 }
 
@@ -177,6 +180,8 @@ fn offline(root: &Root, config: Option<&Path>) -> anyhow::Result<Report> {
         write_holds: None,
         write_hold_ms: None,
         last_error: None,
+        disk_total: None,
+        disk_available: None,
         backends,
     })
 }
@@ -201,6 +206,8 @@ fn from_live(s: StatusFile) -> Report {
         write_holds: Some(t.write_holds),
         write_hold_ms: Some(t.write_hold_ms),
         last_error: t.last_error,
+        disk_total: None,
+        disk_available: None,
         backends: t
             .backends
             .into_iter()
@@ -224,6 +231,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(s) => from_live(s),
         None => offline(&root, args.config.as_deref()).context("offline status")?,
     };
+    let mut report = report;
+    if let Ok(disk) = qsfs_fuse::space::Disk::of(&root.engine()) {
+        report.disk_total = Some(disk.total);
+        report.disk_available = Some(disk.available);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
@@ -246,6 +258,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let (Some(total), Some(available)) = (report.disk_total, report.disk_available) {
+        println!(
+            "disk        {} available of {} (writes stop at the reserve; deleting gives space back)",
+            h(available),
+            h(total)
+        );
+    }
     println!(
         "backlog     {} segment(s), {}; {} uploaded but not verified yet",
         opt(report.backlog_segments),

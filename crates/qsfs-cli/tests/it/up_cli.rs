@@ -193,7 +193,13 @@ fn up_with_nothing_creates_config_and_key_mounts_reports_and_stops_cleanly() {
     let backends = status["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 4, "{status}");
     assert!(backends.iter().all(|b| b["up"] == true), "{status}");
-    for field in ["local_bytes", "backlog_segments", "backlog_bytes"] {
+    for field in [
+        "local_bytes",
+        "backlog_segments",
+        "backlog_bytes",
+        "disk_total",
+        "disk_available",
+    ] {
         assert!(status[field].is_u64(), "{field}: {status}");
     }
 
