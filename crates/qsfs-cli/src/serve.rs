@@ -89,7 +89,7 @@ pub struct Args {
     #[arg(long, value_name = "SEC", default_value_t = 60)]
     compact_every: u64,
     /// Seconds an overwritten or deleted value stays reachable with HISTORY before compaction
-    /// may drop it, or `forever` (the original 0-db's behaviour: then little space comes back).
+    /// may drop it, or `forever` (the original 0-db's behaviour: then nothing is compacted).
     #[arg(long, value_name = "SEC|forever", default_value = "86400")]
     keep_history: String,
     /// Not supported: run under a supervisor instead.

@@ -383,13 +383,20 @@ const SPACE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// and retried at the next round.
 ///
 /// Once the disk is low, everything that [`crate::Engine::reclaim`] can give back is given back,
-/// not just enough to pass the low mark: `df` then shows what deleting freed.
+/// not just enough to pass the low mark: `df` then shows what deleting freed. Without a
+/// [`crate::EngineConfig::history_retention`] nothing may ever go, so no thread is started.
 pub fn spawn_compactor(
     engine: &Arc<crate::Engine>,
     every: std::time::Duration,
     select: impl Fn(&str) -> bool + Send + 'static,
 ) -> std::io::Result<()> {
     use qsfs_core::Store;
+    if engine.config().history_retention.is_none() {
+        // Every superseded version is kept forever: a compaction could only copy them all
+        // forward again, round after round, and give nothing back.
+        tracing::info!("no history retention: nothing to compact, no compactor started");
+        return Ok(());
+    }
     let weak = Arc::downgrade(engine);
     std::thread::Builder::new()
         .name("qsfs-compact".into())

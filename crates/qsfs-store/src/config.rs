@@ -54,8 +54,8 @@ pub struct EngineConfig {
     /// Below this many bytes available on the engine's disk, the background compactor
     /// ([`crate::spawn_compactor`]) works to give space back: every second it rewrites the sealed
     /// local segments that free the most, whatever their live ratio, as long as their live data
-    /// fits in what is left, and (when `history_retention` is set) it drops superseded versions
-    /// at once instead of after the retention. Without this, a full disk stays full: a segment
+    /// fits in what is left, and drops superseded versions at once instead of after
+    /// `history_retention` (without a retention nothing may go, and nothing is done). Without this, a full disk stays full: a segment
     /// is only rewritten when mostly dead, and rewriting needs room for its live data. `None`
     /// (the default) is twice `max_segment_size`, at most half the disk.
     pub low_space: Option<u64>,

@@ -695,8 +695,12 @@ impl Engine {
     /// (see [`EngineConfig::low_space`]): rewrites the sealed local segments of which at least
     /// an eighth is dead, those freeing the most first, whatever their live ratio, while their
     /// live data fits in what is left on the disk; drops superseded versions at once when a
-    /// history retention is set.
+    /// history retention is set. Without one every superseded version must stay, so nothing
+    /// is done (a rewrite would only copy them forward again).
     pub fn reclaim(&self, ns: &str) -> Result<CompactionReport> {
+        if self.inner.shared.config.history_retention.is_none() {
+            return Ok(CompactionReport::default());
+        }
         let available = self.disk_space()?.available;
         self.with_ns(ns, |n, s| compact(n, s, Pick::Space(available)))
     }

@@ -571,6 +571,37 @@ fn a_low_disk_gets_space_back_from_deleted_data() {
     check(&engine);
 }
 
+/// Without a history retention every version must stay: a low-space pass would only copy them
+/// all forward again (and again every second), so it does nothing.
+#[test]
+fn without_a_retention_a_low_disk_rewrites_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        history_retention: None,
+        low_space: Some(u64::MAX),
+        ..cfg()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    for round in 0..3 {
+        for key in 0..100u32 {
+            engine
+                .set("default", Some(&key.to_le_bytes()), &val(key, round))
+                .unwrap();
+        }
+    }
+    engine.rotate("default").unwrap();
+    let before = engine.stats("default").unwrap().segments;
+    assert_eq!(engine.reclaim("default").unwrap(), Default::default());
+    assert_eq!(engine.stats("default").unwrap().segments, before);
+    let first = engine
+        .history("default", &7u32.to_le_bytes(), None)
+        .unwrap();
+    let older = engine
+        .history("default", &7u32.to_le_bytes(), first.previous)
+        .unwrap();
+    assert_eq!(older.value, val(7, 1), "history is all there");
+}
+
 #[test]
 fn the_background_compactor_gives_space_back_and_only_where_asked() {
     let dir = tempfile::tempdir().unwrap();
