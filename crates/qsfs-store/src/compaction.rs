@@ -102,6 +102,10 @@ pub(crate) enum Pick {
     /// Those whose live ratio is below this (local ones, and offloaded ones too when a cold
     /// tier is configured, fetched whole). History younger than the retention is kept.
     Ratio(f64),
+    /// As `Ratio`, but only local segments last written at least the history retention ago:
+    /// every superseded version in them may go, so a rewrite is never spent copying history
+    /// forward (which would leave a segment as dead as before, to be rewritten again).
+    Settled(f64),
     /// The disk is low and this many bytes are left on it: local segments that free at least
     /// an eighth of their size, those freeing the most first, while their live data fits in
     /// what is left. Superseded versions go at once when a history retention is set.
@@ -117,14 +121,20 @@ pub(crate) fn compact(ns: &Namespace, shared: &Shared, pick: Pick) -> Result<Com
     let current = ns.writer.lock().seg.id;
     let retention = shared.config.history_retention;
     let cutoff = match pick {
-        Pick::Ratio(_) => retention.map(|r| qsfs_core::now().saturating_sub(r.as_secs())),
+        Pick::Ratio(_) | Pick::Settled(_) => {
+            retention.map(|r| qsfs_core::now().saturating_sub(r.as_secs()))
+        }
         // Every superseded version, however young.
         Pick::Space(_) => retention.map(|_| u64::MAX),
     };
     let mut report = CompactionReport::default();
     match pick {
-        Pick::Ratio(threshold) => {
-            for seg in ratio_victims(ns, shared, current, threshold) {
+        Pick::Ratio(threshold) | Pick::Settled(threshold) => {
+            let mut victims = ratio_victims(ns, shared, current, threshold);
+            if let (Pick::Settled(_), Some(r)) = (pick, retention) {
+                victims.retain(|seg| written_before(seg, r));
+            }
+            for seg in victims {
                 if compact_segment(ns, shared, &seg, cutoff, &mut report)? {
                     report.segments.push(seg.id);
                 }
@@ -171,6 +181,16 @@ fn ratio_victims(
         })
         .map(|(_, s)| s.clone())
         .collect()
+}
+
+/// Whether the local file of `seg` was last written at least `age` ago. An offloaded segment
+/// counts as settled, as before (it was sealed, uploaded and verified before it was evicted).
+fn written_before(seg: &Segment, age: std::time::Duration) -> bool {
+    if seg.file.is_none() {
+        return true;
+    }
+    let modified = std::fs::metadata(&seg.path).and_then(|m| m.modified());
+    modified.is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age))
 }
 
 /// Sealed local segments (before `current`) of which at least an eighth is dead, with their
@@ -474,7 +494,7 @@ fn reclaim_round(engine: &crate::Engine, names: &[String], was_low: bool) -> boo
 /// One round of threshold compaction over `names`.
 fn ratio_round(engine: &crate::Engine, names: &[String]) {
     for ns in names {
-        match engine.compact(ns) {
+        match engine.compact_settled(ns) {
             Ok(r) if r.bytes_removed > 0 => {
                 tracing::info!(ns = %ns, bytes = r.bytes_removed, "compacted")
             }

@@ -676,6 +676,14 @@ impl Engine {
         self.with_ns(ns, |n, s| compact(n, s, Pick::Ratio(threshold)))
     }
 
+    /// [`Engine::compact`] of the segments last written at least the history retention ago,
+    /// as the background compactor does: every superseded version in them may go, so no rewrite
+    /// is spent copying history forward to be rewritten again at the next round.
+    pub fn compact_settled(&self, ns: &str) -> Result<CompactionReport> {
+        let t = self.inner.shared.config.compaction_threshold;
+        self.with_ns(ns, |n, s| compact(n, s, Pick::Settled(t)))
+    }
+
     /// Total and available bytes of the disk holding the engine.
     pub fn disk_space(&self) -> Result<DiskSpace> {
         DiskSpace::of(&self.inner.root)

@@ -571,6 +571,44 @@ fn a_low_disk_gets_space_back_from_deleted_data() {
     check(&engine);
 }
 
+/// The background compactor rewrites a segment only once it was last written at least the
+/// retention ago: before, its history was still protected, a rewrite copied it all forward
+/// and left the copy as dead as before, to be rewritten again at every round.
+#[test]
+fn background_compaction_waits_until_a_segment_is_past_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        history_retention: Some(Duration::from_secs(2)),
+        ..cfg()
+    };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    for round in 0..4 {
+        for key in 0..100u32 {
+            engine
+                .set("default", Some(&key.to_le_bytes()), &val(key, round))
+                .unwrap();
+        }
+    }
+    engine.rotate("default").unwrap();
+    assert_eq!(
+        engine.compact_settled("default").unwrap(),
+        Default::default(),
+        "young segments are left for later"
+    );
+    // Timestamps are whole seconds: past the retention for sure.
+    std::thread::sleep(Duration::from_millis(3100));
+    let r = engine.compact_settled("default").unwrap();
+    assert!(!r.segments.is_empty(), "{r:?}");
+    assert!(
+        r.records_dropped >= 300,
+        "superseded versions dropped: {r:?}"
+    );
+    for key in 0..100u32 {
+        let got = engine.get("default", &key.to_le_bytes()).unwrap().unwrap();
+        assert_eq!(got.value, val(key, 3));
+    }
+}
+
 /// Without a history retention every version must stay: a low-space pass would only copy them
 /// all forward again (and again every second), so it does nothing.
 #[test]
