@@ -39,7 +39,7 @@ pub fn fs_engine_config() -> EngineConfig {
 /// filesystem refuses writes.
 pub fn low_space(dir: &Path, reserve: u64) -> anyhow::Result<u64> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let disk = qsfs_fuse::space::Disk::of(dir)?;
+    let disk = qsfs_core::DiskSpace::of(dir)?;
     Ok(2 * qsfs_fuse::space::reserve_bytes(reserve, disk.total))
 }
 

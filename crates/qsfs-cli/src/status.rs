@@ -232,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => offline(&root, args.config.as_deref()).context("offline status")?,
     };
     let mut report = report;
-    if let Ok(disk) = qsfs_fuse::space::Disk::of(&root.engine()) {
+    if let Ok(disk) = qsfs_core::DiskSpace::of(&root.engine()) {
         report.disk_total = Some(disk.total);
         report.disk_available = Some(disk.available);
     }

@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod disk;
 pub mod error;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -39,6 +40,7 @@ pub mod types;
 
 pub use backend::{check_object_key, slice_range, Backend, Health, HealthStatus};
 pub use cache::{BlockId, Cache, CacheStats};
+pub use disk::DiskSpace;
 pub use error::{Error, ReadOnlyReason, Result};
 pub use store::Store;
 pub use types::*;

@@ -19,7 +19,7 @@ use crate::cache::BlockCache;
 use crate::error::{FsError, FsResult};
 use crate::journal::{self, JournalOp};
 use crate::layout::*;
-use crate::space::{Disk, Reserve};
+use crate::space::Reserve;
 
 // Indices of the namespaces in `Namespaces::all`, as the journal names them.
 const NS_INODE: u8 = 1;
@@ -2580,7 +2580,7 @@ impl Fs {
             }
             Capacity::Disk(path) => {
                 // Dirty blocks are as good as written; the reserve is not for writing.
-                let disk = Disk::of(path)?;
+                let disk = qsfs_core::DiskSpace::of(path)?;
                 let dirty = self.cache.dirty_bytes();
                 let free = disk.free.saturating_sub(dirty);
                 let avail = disk

@@ -15,36 +15,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use qsfs_core::DiskSpace;
+
 use crate::error::{FsError, FsResult};
 use crate::fs::Capacity;
 
 /// How long a measured budget is trusted while requests are admitted against it.
 const REFRESH: Duration = Duration::from_secs(1);
-
-/// The figures of the disk holding the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Disk {
-    /// Bytes of the filesystem.
-    pub total: u64,
-    /// Free bytes.
-    pub free: u64,
-    /// Bytes an unprivileged writer may still use.
-    pub available: u64,
-}
-
-impl Disk {
-    /// The disk holding `path`.
-    pub fn of(path: &std::path::Path) -> FsResult<Disk> {
-        let st = nix::sys::statvfs::statvfs(path)
-            .map_err(|e| qsfs_core::Error::io("statvfs", e.into()))?;
-        let frag = st.fragment_size() as u64;
-        Ok(Disk {
-            total: (st.blocks() as u64).saturating_mul(frag),
-            free: (st.blocks_free() as u64).saturating_mul(frag),
-            available: (st.blocks_available() as u64).saturating_mul(frag),
-        })
-    }
-}
 
 /// The reserve on a disk of `total` bytes for [`crate::FsConfig::reserve`] `at_most`: never more
 /// than a quarter of the disk.
@@ -108,7 +85,7 @@ impl Reserve {
         let Some(path) = &self.disk else {
             return Ok(u64::MAX);
         };
-        let disk = Disk::of(path)?;
+        let disk = DiskSpace::of(path)?;
         Ok(disk
             .available
             .saturating_sub(dirty)
@@ -138,7 +115,7 @@ mod tests {
     fn the_budget_runs_down_and_a_refusal_measures_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Reserve::new(&Capacity::Disk(dir.path().to_path_buf()), 0);
-        let available = Disk::of(dir.path()).unwrap().available;
+        let available = DiskSpace::of(dir.path()).unwrap().available;
         r.admit(1, 0).unwrap();
         let (_, left) = r.budget.unwrap();
         assert!(left < available, "{left} of {available}");

@@ -74,28 +74,6 @@ impl Source {
     }
 }
 
-/// Size and free bytes of a disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskSpace {
-    /// Bytes of the filesystem.
-    pub total: u64,
-    /// Bytes an unprivileged writer may still use.
-    pub available: u64,
-}
-
-impl DiskSpace {
-    /// The disk holding `path`.
-    pub fn of(path: &std::path::Path) -> Result<DiskSpace> {
-        let st = nix::sys::statvfs::statvfs(path)
-            .map_err(|e| Error::io(format!("statvfs {}", path.display()), e.into()))?;
-        let frag = st.fragment_size() as u64;
-        Ok(DiskSpace {
-            total: (st.blocks() as u64).saturating_mul(frag),
-            available: (st.blocks_available() as u64).saturating_mul(frag),
-        })
-    }
-}
-
 /// Which sealed segments a compaction rewrites.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Pick {

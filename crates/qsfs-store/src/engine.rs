@@ -27,7 +27,7 @@ use qsfs_core::{
 };
 
 use crate::cold::ColdTier;
-use crate::compaction::{compact, CompactionReport, DiskSpace, Pick};
+use crate::compaction::{compact, CompactionReport, Pick};
 use crate::config::{Durability, EngineConfig, MAX_SEGMENT_SIZE_LIMIT, MIN_SEGMENT_SIZE};
 use crate::descriptor::Descriptor;
 use crate::error::EngineError;
@@ -38,6 +38,7 @@ use crate::namespace::{
 };
 use crate::password::SealKey;
 use crate::segment::{loc, loc_segment, Segment, SEGMENT_HEADER_LEN};
+use qsfs_core::DiskSpace;
 
 const MARKER: &str = "qsfs-engine";
 const MARKER_CONTENT: &str = "qsfs engine directory, format 1\n";

@@ -75,7 +75,7 @@ mod segment;
 pub mod server;
 
 pub use cold::cold_key;
-pub use compaction::{spawn_compactor, CompactionReport, DiskSpace};
+pub use compaction::{spawn_compactor, CompactionReport};
 pub use config::{Durability, EngineConfig};
 pub use engine::{Engine, EngineObserver};
 pub use error::EngineError;

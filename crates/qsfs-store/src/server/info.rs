@@ -88,9 +88,7 @@ pub fn info_text(sh: &Shared) -> String {
 
 /// Free bytes on the filesystem holding `path` (0 if unknown).
 pub fn free_space(path: &Path) -> u64 {
-    nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-        .unwrap_or(0)
+    qsfs_core::DiskSpace::of(path).map_or(0, |d| d.available)
 }
 
 fn yes(b: bool) -> &'static str {
