@@ -571,6 +571,18 @@ fn a_low_disk_gets_space_back_from_deleted_data() {
     check(&engine);
 }
 
+/// Sets keys 0..100 of `default` `rounds` times over (`val(key, round)`), then seals.
+fn overwrite_and_seal(engine: &Engine, rounds: u32) {
+    for round in 0..rounds {
+        for key in 0..100u32 {
+            engine
+                .set("default", Some(&key.to_le_bytes()), &val(key, round))
+                .unwrap();
+        }
+    }
+    engine.rotate("default").unwrap();
+}
+
 /// The background compactor rewrites a segment only once it was last written at least the
 /// retention ago: before, its history was still protected, a rewrite copied it all forward
 /// and left the copy as dead as before, to be rewritten again at every round.
@@ -582,14 +594,7 @@ fn background_compaction_waits_until_a_segment_is_past_the_retention() {
         ..cfg()
     };
     let engine = Engine::open(dir.path(), config).unwrap();
-    for round in 0..4 {
-        for key in 0..100u32 {
-            engine
-                .set("default", Some(&key.to_le_bytes()), &val(key, round))
-                .unwrap();
-        }
-    }
-    engine.rotate("default").unwrap();
+    overwrite_and_seal(&engine, 4);
     assert_eq!(
         engine.compact_settled("default").unwrap(),
         Default::default(),
@@ -620,14 +625,7 @@ fn without_a_retention_a_low_disk_rewrites_nothing() {
         ..cfg()
     };
     let engine = Engine::open(dir.path(), config).unwrap();
-    for round in 0..3 {
-        for key in 0..100u32 {
-            engine
-                .set("default", Some(&key.to_le_bytes()), &val(key, round))
-                .unwrap();
-        }
-    }
-    engine.rotate("default").unwrap();
+    overwrite_and_seal(&engine, 3);
     let before = engine.stats("default").unwrap().segments;
     assert_eq!(engine.reclaim("default").unwrap(), Default::default());
     assert_eq!(engine.stats("default").unwrap().segments, before);
