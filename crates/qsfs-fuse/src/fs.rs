@@ -1548,8 +1548,8 @@ impl Fs {
     /// Admits a request that adds about `adding` bytes to the store: `ENOSPC` if it would eat
     /// into the reserve (see [`crate::space`]).
     fn admit(&mut self, adding: u64) -> FsResult<()> {
-        let dirty = self.cache.dirty_bytes();
-        self.reserve.admit(adding, dirty)
+        let cache = &self.cache;
+        self.reserve.admit(adding, || cache.dirty_bytes())
     }
 
     /// Writes `data` at `offset`; returns the bytes written.

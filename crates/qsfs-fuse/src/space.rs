@@ -58,10 +58,11 @@ impl Reserve {
         reserve_bytes(self.at_most, total)
     }
 
-    /// Admits a request that adds about `adding` bytes while `dirty` bytes are still on their
+    /// Admits a request that adds about `adding` bytes while `dirty()` bytes are still on their
     /// way to the store; `ENOSPC` if it would eat into the reserve. The disk is measured at
     /// most once a second while the budget lasts, and always before a refusal.
-    pub(crate) fn admit(&mut self, adding: u64, dirty: u64) -> FsResult<()> {
+    /// `dirty` is asked only when the disk is measured, not for requests the budget covers.
+    pub(crate) fn admit(&mut self, adding: u64, dirty: impl FnOnce() -> u64) -> FsResult<()> {
         if self.disk.is_none() {
             return Ok(());
         }
@@ -71,7 +72,7 @@ impl Reserve {
                 return Ok(());
             }
         }
-        let left = self.measure(dirty)?;
+        let left = self.measure(dirty())?;
         if left < adding {
             self.budget = None;
             return Err(FsError::Errno(libc::ENOSPC));
@@ -108,7 +109,7 @@ mod tests {
     #[test]
     fn a_fixed_capacity_admits_everything() {
         let mut r = Reserve::new(&Capacity::Fixed(1), 64 << 20);
-        assert!(r.admit(u64::MAX, u64::MAX).is_ok());
+        assert!(r.admit(u64::MAX, || u64::MAX).is_ok());
     }
 
     #[test]
@@ -116,17 +117,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Reserve::new(&Capacity::Disk(dir.path().to_path_buf()), 0);
         let available = DiskSpace::of(dir.path()).unwrap().available;
-        r.admit(1, 0).unwrap();
+        r.admit(1, || 0).unwrap();
         let (_, left) = r.budget.unwrap();
         assert!(left < available, "{left} of {available}");
         r.budget = Some((Instant::now(), 10));
-        assert!(r.admit(10, 0).is_ok(), "the budget is trusted");
+        assert!(r.admit(10, || 0).is_ok(), "the budget is trusted");
         // More than the budget: the disk is measured, and it does not hold that much.
-        let err = r.admit(available.saturating_add(1 << 30), 0).unwrap_err();
+        let err = r
+            .admit(available.saturating_add(1 << 30), || 0)
+            .unwrap_err();
         assert!(matches!(err, FsError::Errno(libc::ENOSPC)), "{err:?}");
         // Dirty bytes count as written.
         assert!(matches!(
-            r.admit(1, u64::MAX),
+            r.admit(1, || u64::MAX),
             Err(FsError::Errno(libc::ENOSPC))
         ));
     }
