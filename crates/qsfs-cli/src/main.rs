@@ -6,6 +6,14 @@ use std::ffi::OsString;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc. The storage paths allocate and free block-sized buffers
+/// (128 KiB blocks, 1 MiB stripes) on different threads; glibc handed that memory back to the
+/// kernel and faulted it in again, zeroed, on the next allocation: about 85,000 page faults per
+/// GiB written through a mount (`dd bs=1M conv=fsync`) and as many per GiB read back, counted
+/// in `/proc/PID/stat`. mimalloc keeps it for reuse: about 600 and 1,000.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod backup;
 mod chain;
 mod fsck;
