@@ -1285,6 +1285,25 @@ impl Filesystem for QsfsFuse {
     }
 }
 
+/// How long a request waits for `/proc` to tell its caller's groups.
+const PROC_WAIT: Duration = Duration::from_millis(200);
+
+/// `path`'s contents, or `None` if it cannot be read within `wait`. The read runs on a thread
+/// of its own: a `/proc/PID` file can block while its process holds a kernel lock (a process
+/// in `exec` holds its exec lock while it closes descriptors on this mount, which waits for
+/// this very session thread), and the session thread must never wait on such a read. A read
+/// that times out finishes, or stays blocked, on its own thread.
+fn read_bounded(path: std::path::PathBuf, wait: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("qsfs-proc".into())
+        .spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(path).ok());
+        })
+        .ok()?;
+    rx.recv_timeout(wait).ok().flatten()
+}
+
 /// The groups of the process behind a request, read from `/proc` (FUSE sends only its
 /// uid, fs gid and pid).
 #[derive(Debug, Clone)]
@@ -1294,10 +1313,10 @@ struct Caller {
 }
 
 impl Caller {
-    /// `None` if its supplementary groups cannot be read (the process is gone): then
-    /// nothing is taken away on a guess.
+    /// `None` if its supplementary groups cannot be read (the process is gone, or `/proc`
+    /// did not answer within [`PROC_WAIT`]): then nothing is taken away on a guess.
     fn of(req: &Request<'_>) -> Option<Caller> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).ok()?;
+        let status = read_bounded(format!("/proc/{}/status", req.pid()).into(), PROC_WAIT)?;
         let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
         let groups = line
             .split_whitespace()
@@ -1325,4 +1344,29 @@ fn xattr_reply(reply: ReplyXattr, r: FsResult<Vec<u8>>, size: u32) {
             reply.data(&v)
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_that_blocks_gives_up_and_a_plain_one_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        // Opening a FIFO for reading blocks until a writer comes: a stand-in for a `/proc`
+        // file whose process holds a lock.
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(read_bounded(fifo.clone(), Duration::from_millis(50)), None);
+        // Let the blocked reader go.
+        std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "Groups:\t4 24\n").unwrap();
+        assert_eq!(
+            read_bounded(plain, Duration::from_secs(5)).as_deref(),
+            Some("Groups:\t4 24\n")
+        );
+        let own = read_bounded("/proc/self/status".into(), Duration::from_secs(5)).unwrap();
+        assert!(own.contains("Groups:"), "{own}");
+    }
 }
