@@ -80,8 +80,8 @@ pub struct FsConfig {
     /// Take over a mount lock held by another host.
     pub force: bool,
     /// Bytes of the store's disk kept free for deletes and compaction (at most a quarter of
-    /// the disk; with [`Capacity::Disk`] and [`Capacity::Store`]): requests that add data fail with `ENOSPC`
-    /// rather than eat into it (see [`crate::space`]).
+    /// the disk; with [`Capacity::Disk`] and [`Capacity::Store`]): requests that add data fail
+    /// with `ENOSPC` rather than eat into it (see [`crate::space`]).
     pub reserve: u64,
 }
 

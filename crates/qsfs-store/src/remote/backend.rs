@@ -234,9 +234,12 @@ impl ZdbBackend {
             Reply::Error(e) if e == "Key not found" => Ok(None),
             Reply::Error(e) if internal => {
                 if matches!(check, Some(Reply::Int(0))) {
+                    let detail = format!(
+                        "the value fails its checksum on the server (GET: {e}; CHECK answers 0)"
+                    );
                     Err(corrupt(
                         format!("{}, record {}", self.location(key), show_key(record)),
-                        &format!("the value fails its checksum on the server (GET: {e}; CHECK answers 0)"),
+                        &detail,
                     ))
                 } else {
                     Err(super::client::map_error(&e))
