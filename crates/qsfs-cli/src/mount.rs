@@ -26,9 +26,12 @@ pub struct Args {
     /// A remote store instead of the embedded engine: zdb://host:port[/namespace].
     #[arg(long)]
     pub store: Option<String>,
-    /// Size statfs reports for a remote store (suffixes K, M, G, T).
-    #[arg(long, default_value = "1T", value_parser = parse_size)]
-    pub capacity: u64,
+    /// With --store: a fixed size for statfs to report (suffixes K, M, G, T), and no reserve.
+    /// Without it, the server is asked (NSINFO of the filesystem's block namespace): df shows
+    /// its disk, or the namespace's maxsize, and --reserve applies; a server that does not
+    /// tell is reported as 1T.
+    #[arg(long, value_parser = parse_size)]
+    pub capacity: Option<u64>,
     /// Byte budget of the block cache (suffixes K, M, G).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     pub cache_size: u64,
@@ -58,7 +61,8 @@ pub struct Args {
     /// Disk space kept free for deletes and compaction, at most a quarter of the disk (suffixes
     /// K, M, G): writes fail with "No space left on device" rather than use it, and df leaves it
     /// out. While less than twice this is available, the engine gives back the space of deleted
-    /// and overwritten data within seconds.
+    /// and overwritten data within seconds. With --store, the server's disk (or the block
+    /// namespace's maxsize).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub reserve: u64,
     /// Size of the engine's segment files (suffixes K, M, G); a segment's space comes back
@@ -108,14 +112,18 @@ pub fn mount_options(opts: &[String], threads: usize) -> anyhow::Result<MountOpt
     Ok(m)
 }
 
-/// The Store the filesystem lives in, and the directory whose disk statfs reports.
+/// The Store the filesystem lives in, and where statfs and the reserve measure its space.
 fn open_store(args: &Args) -> anyhow::Result<(Arc<dyn Store>, Capacity)> {
     if let Some(url) = &args.store {
-        // A 0-db-compatible server (`qsfs serve` or the original 0-db) holds the filesystem; it
-        // has no notion of our disk, so statfs reports the configured capacity.
+        // A 0-db-compatible server (`qsfs serve` or the original 0-db) holds the filesystem and
+        // knows its disk (NSINFO), so statfs and the reserve ask it, unless a size is given.
         let client = qsfs_store::remote::ZdbClient::from_url(url)
             .with_context(|| format!("connecting to {}", qsfs_store::remote::redact(url)))?;
-        return Ok((Arc::new(client), Capacity::Fixed(args.capacity)));
+        let capacity = args.capacity.map_or(Capacity::Store, Capacity::Fixed);
+        return Ok((Arc::new(client), capacity));
+    }
+    if args.capacity.is_some() {
+        bail!("--capacity is for a remote store (--store); a local mount reports its disk");
     }
     let root = crate::root::resolve(args.root.clone());
     let dir = root.join("engine");

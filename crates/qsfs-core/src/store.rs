@@ -1,5 +1,6 @@
 //! The `Store` seam: a namespaced, append-only key-value store.
 
+use crate::disk::StoreSpace;
 use crate::error::Result;
 use crate::types::{
     Credential, Cursor, Entry, KeyMeta, NamespaceInfo, NamespaceProperty, ScanOrder, ScanPage,
@@ -137,4 +138,20 @@ pub trait Store: Send + Sync {
 
     /// Makes every acknowledged write durable now, whatever the configured policy.
     fn sync(&self) -> Result<()>;
+
+    /// How much namespace `ns` may still grow by, and the figures behind it: its limit (0-db's
+    /// `maxsize`) if any, its live payload bytes, and the free (and, when known, total) bytes
+    /// of the disk holding the store's data. What a filesystem's `statfs` and its reserve are
+    /// measured against when the store is not on a local disk it can look at.
+    ///
+    /// `Ok(None)` when the store cannot tell (the default; a server that does not report these
+    /// figures), which is not an error. An unknown namespace is [`crate::Error::NotFound`] for
+    /// a store that can tell. When `Some`, the figures are consistent: `limit` is `None` for an
+    /// unlimited namespace (never `Some(0)`), `disk_free <= disk_total` when the total is
+    /// known, and `used` is what [`Store::namespace_info`] calls `data_bytes`. The figures are
+    /// a snapshot: writers elsewhere may change them at once. May take a round trip.
+    fn space(&self, ns: &str) -> Result<Option<StoreSpace>> {
+        let _ = ns;
+        Ok(None)
+    }
 }

@@ -48,14 +48,21 @@ const READ_AHEAD_BLOCKS: u64 = 32;
 /// About what a new name or inode adds to the store, for the reserve's accounting.
 const RECORD_COST: u64 = 4096;
 
-/// Where statfs figures come from.
+/// Where statfs figures, and the reserve's, come from.
 #[derive(Debug, Clone)]
 pub enum Capacity {
     /// The filesystem holding this path (the embedded engine's directory).
     Disk(std::path::PathBuf),
-    /// A fixed size in bytes (a remote store).
+    /// The store: [`qsfs_core::Store::space`] of the filesystem's block namespace (a remote
+    /// server's disk, or that namespace's limit). A store that cannot tell is reported as
+    /// [`UNKNOWN_CAPACITY`], without a reserve.
+    Store,
+    /// A fixed size in bytes, without a reserve.
     Fixed(u64),
 }
+
+/// The size statfs reports for a [`Capacity::Store`] that does not tell its space.
+pub const UNKNOWN_CAPACITY: u64 = 1 << 40;
 
 /// Settings of one mounted filesystem.
 #[derive(Debug, Clone)]
@@ -73,8 +80,8 @@ pub struct FsConfig {
     /// Take over a mount lock held by another host.
     pub force: bool,
     /// Bytes of the store's disk kept free for deletes and compaction (at most a quarter of
-    /// the disk; only with [`Capacity::Disk`]): requests that add data fail with `ENOSPC`
-    /// rather than eat into it (see [`crate::space`]).
+    /// the disk; with [`Capacity::Disk`] and [`Capacity::Store`]): requests that add data fail
+    /// with `ENOSPC` rather than eat into it (see [`crate::space`]).
     pub reserve: u64,
 }
 
@@ -429,13 +436,14 @@ impl Fs {
             sup.block_size as usize,
             cfg.cache_bytes,
         );
+        let reserve = Reserve::new(&cfg.capacity, cfg.reserve, &store, &ns.block);
         let mut fs = Fs {
             bs: u64::from(sup.block_size),
             next_ino: sup.ino_reserved,
             store,
             ns,
             cache,
-            reserve: Reserve::new(&cfg.capacity, cfg.reserve),
+            reserve,
             cfg,
             sup,
             nodes: HashMap::new(),
@@ -2568,26 +2576,21 @@ impl Fs {
     /// Filesystem figures.
     pub fn statfs(&mut self) -> FsResult<StatFs> {
         let bs = self.bs;
-        let mut used_bytes = 0u64;
-        for n in self.ns.all() {
-            used_bytes = used_bytes.saturating_add(self.store.namespace_info(n)?.data_bytes);
-        }
         let inodes = self.store.namespace_info(&self.ns.inode)?.entries;
-        let (total, free, avail) = match &self.cfg.capacity {
-            Capacity::Fixed(cap) => {
+        let (total, free, avail) = match self.reserve.statfs(self.cache.dirty_bytes())? {
+            Some(m) => (m.total, m.free, m.available),
+            None => {
+                let cap = match &self.cfg.capacity {
+                    Capacity::Fixed(cap) => *cap,
+                    _ => UNKNOWN_CAPACITY,
+                };
+                let mut used_bytes = 0u64;
+                for n in self.ns.all() {
+                    used_bytes =
+                        used_bytes.saturating_add(self.store.namespace_info(n)?.data_bytes);
+                }
                 let free = cap.saturating_sub(used_bytes);
-                (*cap, free, free)
-            }
-            Capacity::Disk(path) => {
-                // Dirty blocks are as good as written; the reserve is not for writing.
-                let disk = qsfs_core::DiskSpace::of(path)?;
-                let dirty = self.cache.dirty_bytes();
-                let free = disk.free.saturating_sub(dirty);
-                let avail = disk
-                    .available
-                    .saturating_sub(dirty)
-                    .saturating_sub(self.reserve.bytes(disk.total));
-                (disk.total, free, avail)
+                (cap, free, free)
             }
         };
         let blocks = total / bs;

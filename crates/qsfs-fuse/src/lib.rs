@@ -40,7 +40,7 @@ pub mod unmount;
 
 pub use cache::BlockCache;
 pub use error::{errno, FsError, FsResult};
-pub use fs::{Capacity, Fs, FsConfig};
+pub use fs::{Capacity, Fs, FsConfig, UNKNOWN_CAPACITY};
 pub use fsck::{check as fsck_check, FsckReport};
 pub use mount::{mount, Mount, MountOptions, Stopper};
 pub use stats::{FsStats, FsStatsSnapshot, Op};

@@ -9,7 +9,7 @@
 use parking_lot::Mutex;
 use qsfs_core::{
     Credential, Cursor, Entry, Error, KeyMeta, NamespaceInfo, NamespaceProperty, Result, ScanOrder,
-    ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+    ScanPage, SetOutcome, Store, StoreSpace, Timestamp, Version, VersionId,
 };
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::sync::Arc;
@@ -167,5 +167,9 @@ impl Store for TimeoutStore {
     }
     fn sync(&self) -> Result<()> {
         self.call("sync", move |s| s.sync())
+    }
+    fn space(&self, ns: &str) -> Result<Option<StoreSpace>> {
+        let ns = ns.to_string();
+        self.call("space", move |s| s.space(&ns))
     }
 }

@@ -1262,6 +1262,18 @@ impl Store for Engine {
         }
         Ok(())
     }
+
+    /// The namespace's maxsize and live bytes, and the engine directory's disk.
+    fn space(&self, ns: &str) -> Result<Option<qsfs_core::StoreSpace>> {
+        let info = self.namespace_info(ns)?;
+        let disk = self.disk_space()?;
+        Ok(Some(qsfs_core::StoreSpace {
+            limit: (info.max_size > 0).then_some(info.max_size),
+            used: info.data_bytes,
+            disk_free: disk.available,
+            disk_total: Some(disk.total),
+        }))
+    }
 }
 
 #[cfg(test)]

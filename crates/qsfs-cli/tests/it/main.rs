@@ -11,6 +11,7 @@ mod backup_zdb_e2e;
 mod fsck_remote;
 mod mount_cli;
 mod mount_remote;
+mod mount_remote_space;
 mod serve_cold;
 mod serve_process;
 mod up_cli;

@@ -55,6 +55,7 @@ pub fn checks<S: Store>() -> Vec<Check<S>> {
         ),
         ("passwords", passwords::<S>),
         ("maxsize", max_size::<S>),
+        ("space figures are consistent", space::<S>),
         ("worm", worm::<S>),
         ("lock and freeze", lock_and_freeze::<S>),
         ("public flag and info", public_and_info::<S>),
@@ -741,6 +742,61 @@ fn max_size<S: Store>(s: &S) {
         "unlimited",
     );
     ok(s.set(&ns, Some(b"d"), &[5; 1000]), "unlimited again");
+}
+
+/// A store that tells its space ([`Store::space`] answers `Some`) gives consistent figures: the
+/// namespace's limit and live bytes as `namespace_info` has them, free disk within the total.
+/// A store that cannot tell answers `None` throughout.
+fn space<S: Store>(s: &S) {
+    let ns = fresh_ns(s, "spaced");
+    let Some(before) = ok(s.space(&ns), "space") else {
+        assert_eq!(
+            ok(s.space(DEFAULT_NAMESPACE), "space of default"),
+            None,
+            "a store that cannot tell for one namespace cannot for another"
+        );
+        return;
+    };
+    let consistent = |sp: crate::StoreSpace, what: &str| {
+        if let Some(total) = sp.disk_total {
+            assert!(
+                sp.disk_free <= total,
+                "{what}: free within the disk: {sp:?}"
+            );
+        }
+        assert_ne!(sp.limit, Some(0), "{what}: no limit is None: {sp:?}");
+        assert!(sp.available() <= sp.disk_free, "{what}: {sp:?}");
+        assert!(sp.total() >= sp.available(), "{what}: {sp:?}");
+    };
+    consistent(before, "fresh namespace");
+    assert_eq!((before.limit, before.used), (None, 0), "fresh namespace");
+    ok(s.set(&ns, Some(b"a"), &[1; 60]), "60 bytes");
+    ok(
+        s.namespace_set(&ns, NamespaceProperty::MaxSize(100)),
+        "maxsize",
+    );
+    let Some(capped) = ok(s.space(&ns), "space") else {
+        panic!("space answered Some, then None");
+    };
+    consistent(capped, "capped namespace");
+    assert_eq!((capped.limit, capped.used), (Some(100), 60), "{capped:?}");
+    assert_eq!(capped.total(), 100, "the limit is the size: {capped:?}");
+    assert!(capped.available() <= 40, "{capped:?}");
+    assert_eq!(
+        capped.used,
+        ok(s.namespace_info(&ns), "info").data_bytes,
+        "used is data_bytes"
+    );
+    ok(
+        s.namespace_set(&ns, NamespaceProperty::MaxSize(0)),
+        "unlimited",
+    );
+    let after = ok(s.space(&ns), "space").map(|sp| sp.limit);
+    assert_eq!(after, Some(None), "maxsize 0 is no limit");
+    match s.space("missing-ns") {
+        Err(Error::NotFound(_)) | Ok(None) => {}
+        other => panic!("space of an unknown namespace: {other:?}"),
+    }
 }
 
 fn worm<S: Store>(s: &S) {

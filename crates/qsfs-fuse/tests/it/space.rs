@@ -1,11 +1,12 @@
 //! Space comes back: after unlink, truncate and overwrite, the blocks are deleted from the store,
-//! so the engine's compaction removes them from disk.
+//! so the engine's compaction removes them from disk. And a filesystem that asks its store for
+//! its space (`Capacity::Store`) keeps a reserve inside it.
 
 use crate::common;
 
-use qsfs_core::Store;
+use qsfs_core::{NamespaceProperty, Store};
 use qsfs_fuse::layout::ROOT_INO;
-use qsfs_fuse::Fs;
+use qsfs_fuse::{Capacity, Fs, FsConfig, FsError};
 use qsfs_store::{Engine, EngineConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,4 +84,61 @@ fn deleted_and_overwritten_blocks_leave_the_disk_after_compaction() {
     buf = fs.read(keep, 0, 4 << 20, 10).unwrap();
     assert!(buf.is_empty(), "truncated");
     fs.shutdown().unwrap();
+}
+
+/// A limit on the filesystem's block namespace is its size: statfs reports it, writes are refused
+/// with ENOSPC while a reserve is left under it (so the store never answers "no space" to a
+/// flush), deleting works on the full filesystem and gives the space back.
+#[test]
+fn a_block_namespace_limit_is_the_size_and_the_reserve_keeps_room_to_delete() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(dir.path(), EngineConfig::default()).unwrap());
+    let store: Arc<dyn Store> = engine.clone();
+    let config = FsConfig {
+        capacity: Capacity::Store,
+        reserve: MIB,
+        ..common::config()
+    };
+    let mut fs = Fs::open(store, config).unwrap();
+    let block = fs.namespaces().block.clone();
+    engine
+        .namespace_set(&block, NamespaceProperty::MaxSize(8 * MIB))
+        .unwrap();
+    let st = fs.statfs().unwrap();
+    assert_eq!(st.blocks * u64::from(st.bsize), 8 * MIB, "{st:?}");
+    assert_eq!(
+        st.bavail * u64::from(st.bsize),
+        7 * MIB,
+        "the reserve is left out: {st:?}"
+    );
+
+    let chunk = vec![5u8; MIB as usize];
+    let (attr, fh) = fs.create(ROOT_INO, b"big", 0o644, 0, 0, 0).unwrap();
+    let mut written = 0u64;
+    let refused = loop {
+        match fs.write(attr.ino, fh, written, &chunk) {
+            Ok(n) => written += u64::from(n),
+            Err(e) => break e,
+        }
+        assert!(written <= 8 * MIB, "never refused");
+    };
+    assert!(
+        matches!(refused, FsError::Errno(libc::ENOSPC)),
+        "{refused:?}"
+    );
+    assert!(written <= 7 * MIB, "{written} bytes admitted");
+    fs.sync().expect("everything admitted reaches the store");
+    fs.release(attr.ino, fh).unwrap();
+    fs.forget(attr.ino, 1);
+    fs.unlink(ROOT_INO, b"big")
+        .expect("deleting on a full filesystem");
+    fs.sync().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (attr, fh) = fs.create(ROOT_INO, b"again", 0o644, 0, 0, 0).unwrap();
+    fs.write(attr.ino, fh, 0, &chunk)
+        .expect("writing works again");
+    fs.sync().unwrap();
+    let st = fs.statfs().unwrap();
+    assert!(st.bavail * u64::from(st.bsize) >= 5 * MIB, "{st:?}");
 }

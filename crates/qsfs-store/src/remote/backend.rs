@@ -29,6 +29,7 @@ use qsfs_core::{check_object_key, Backend, Error, Health, HealthStatus, Mode, Re
 use sha2::{Digest, Sha256};
 
 use super::client::{ReplyExt, ZdbClient};
+use super::store::{is_internal_error, show_key};
 use crate::server::resp::Reply;
 
 /// Largest value a 0-db server accepts.
@@ -206,18 +207,61 @@ impl ZdbBackend {
 
     /// The raw value of `key` (`None` if it has none), as the reply's own buffer.
     fn user_value(&self, key: &str) -> Result<Option<Bytes>> {
-        match self.client.call(
+        self.get_checked(key, key.as_bytes())
+    }
+
+    /// `GET record` (a blob's value, one of its chunks, a seq-mode record) for the blob `key`:
+    /// the value as the reply's own buffer, `None` if there is none.
+    ///
+    /// 0-db answers `Internal Error` both for a payload it cannot read (a failing disk, an
+    /// offloaded file it cannot get back) and, from `qsfs serve`, for one that fails its
+    /// checksum. Only the second is a damaged shard, which the pipeline repairs from the other
+    /// nodes while the first may pass, so the record is asked about with `CHECK` on the same
+    /// connection (it re-reads the payload and recomputes its CRC, on the original as on ours):
+    /// `:0` is [`Error::Corrupt`] naming the node, namespace, blob and record; anything else
+    /// stays the error the server's answer maps to (the node may really be failing).
+    fn get_checked(&self, key: &str, record: &[u8]) -> Result<Option<Bytes>> {
+        let (reply, check) = self.client.call_then(
             &self.ns,
-            vec![b"GET".to_vec(), key.as_bytes().to_vec()],
-            true,
-        )? {
+            vec![b"GET".to_vec(), record.to_vec()],
+            vec![b"CHECK".to_vec(), record.to_vec()],
+            is_internal_error,
+        )?;
+        let internal = is_internal_error(&reply);
+        match reply {
             Reply::Bulk(b) => Ok(Some(b)),
             Reply::Nil => Ok(None),
             Reply::Error(e) if e == "Key not found" => Ok(None),
+            Reply::Error(e) if internal => {
+                if matches!(check, Some(Reply::Int(0))) {
+                    let detail = format!(
+                        "the value fails its checksum on the server (GET: {e}; CHECK answers 0)"
+                    );
+                    Err(corrupt(
+                        format!("{}, record {}", self.location(key), show_key(record)),
+                        &detail,
+                    ))
+                } else {
+                    Err(super::client::map_error(&e))
+                }
+            }
             r => Err(match r.ok() {
                 Err(e) => e,
                 Ok(r) => Error::InvalidArgument(format!("GET: unexpected reply {r:?}")),
             }),
+        }
+    }
+
+    /// Values of `records` of the blob `key` with one MGET, as [`ZdbClient::mget`]; when the
+    /// server fails one of them, each is asked again with [`ZdbBackend::get_checked`], so a
+    /// damaged record is [`Error::Corrupt`] like a damaged single value.
+    fn mget_checked(&self, key: &str, records: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        match self.client.mget(&self.ns, records) {
+            Err(Error::Io { .. }) => records
+                .iter()
+                .map(|r| Ok(self.get_checked(key, r)?.map(|b| b.to_vec())))
+                .collect(),
+            r => r,
         }
     }
 
@@ -264,7 +308,7 @@ impl ZdbBackend {
                     .collect();
                 for group in keys.chunks(4) {
                     let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
-                    for part in self.client.mget(&self.ns, &refs)? {
+                    for part in self.mget_checked(key, &refs)? {
                         let part =
                             part.ok_or_else(|| corrupt(self.location(key), "chunk missing"))?;
                         out.extend_from_slice(&part);
@@ -326,7 +370,7 @@ impl ZdbBackend {
         let mut stale = Vec::new();
         for group in small.chunks(256) {
             let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
-            for (id, value) in group.iter().zip(self.client.mget(&self.ns, &refs)?) {
+            for (id, value) in group.iter().zip(self.mget_skipping_damaged(&refs)?) {
                 let Some(v) = value else { continue };
                 if let Some((key, obj)) = Self::parse_seq_manifest(id.clone(), &v) {
                     // Later manifests win: a crash between writing a new one and deleting
@@ -342,6 +386,27 @@ impl ZdbBackend {
             self.seq_delete_records(&old);
         }
         Ok(())
+    }
+
+    /// [`ZdbBackend::mget_checked`] for the key map's rebuild: a damaged record is skipped
+    /// (logged) rather than failing every read of the namespace. A damaged data record is
+    /// reported by the read of its blob; a blob whose manifest is damaged is missing, which the
+    /// pipeline repairs like a lost shard.
+    fn mget_skipping_damaged(&self, records: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        match self.client.mget(&self.ns, records) {
+            Err(Error::Io { .. }) => records
+                .iter()
+                .map(|r| match self.get_checked("(key map)", r) {
+                    Ok(v) => Ok(v.map(|b| b.to_vec())),
+                    Err(e @ Error::Corrupt { .. }) => {
+                        tracing::warn!(error = %e, "damaged record skipped");
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                })
+                .collect(),
+            r => r,
+        }
     }
 
     fn parse_seq_manifest(id: Vec<u8>, v: &[u8]) -> Option<(String, SeqObject)> {
@@ -448,7 +513,7 @@ impl ZdbBackend {
         let mut out = BytesMut::with_capacity(obj.total as usize);
         for group in obj.data.chunks(4) {
             let refs: Vec<&[u8]> = group.iter().map(|k| k.as_slice()).collect();
-            for part in self.client.mget(&self.ns, &refs)? {
+            for part in self.mget_checked(key, &refs)? {
                 let part = part.ok_or_else(|| corrupt(self.location(key), "record missing"))?;
                 if part.first() != Some(&b'D') {
                     return Err(corrupt(self.location(key), "not a data record"));

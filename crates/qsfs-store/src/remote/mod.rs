@@ -18,4 +18,4 @@ mod store;
 pub use backend::ZdbBackend;
 pub use client::{map_error, redact, ReplyExt, Wire, ZdbClient, ZdbConfig};
 pub use connector::{LazyZdbBackend, RETRY_AFTER};
-pub use store::parse_nsinfo;
+pub use store::{parse_nsinfo, parse_nsinfo_space};

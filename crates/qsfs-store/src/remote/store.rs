@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use qsfs_core::{
     Credential, Cursor, Entry, Error, KeyMeta, Mode, NamespaceInfo, NamespaceProperty, Result,
-    ScanOrder, ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+    ScanOrder, ScanPage, SetOutcome, Store, StoreSpace, Timestamp, Version, VersionId,
 };
 
 use super::client::{map_error, ReplyExt, ZdbClient};
@@ -26,7 +26,7 @@ fn int(r: &Reply) -> Option<i64> {
 }
 
 /// True for 0-db's `Internal Error`, also with a reason after it as `qsfs serve` adds one.
-fn is_internal_error(r: &Reply) -> bool {
+pub(super) fn is_internal_error(r: &Reply) -> bool {
     matches!(r, Reply::Error(e) if e.starts_with("Internal Error"))
 }
 
@@ -36,7 +36,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A key for a message: as text when it is printable ASCII, else `0x` and hex (the filesystem's
 /// keys are big-endian numbers).
-fn show_key(key: &[u8]) -> String {
+pub(super) fn show_key(key: &[u8]) -> String {
     if !key.is_empty() && key.iter().all(|b| b.is_ascii_graphic()) {
         format!("{:?}", String::from_utf8_lossy(key))
     } else {
@@ -115,6 +115,35 @@ pub fn parse_nsinfo(text: &str) -> NamespaceInfo {
         }
     }
     i
+}
+
+/// The space figures of NSINFO text: `data_size_bytes`, `data_limits_bytes` (0 = no limit) and
+/// `data_disk_freespace_bytes`, which the original 0-db and `qsfs serve` both report, and
+/// `data_disk_total_bytes`, which only `qsfs serve` adds. `None` when one of the three is
+/// missing or not a number: a server that does not tell its space, not a failure.
+pub fn parse_nsinfo_space(text: &str) -> Option<StoreSpace> {
+    let (mut used, mut limit, mut free, mut total) = (None, None, None, None);
+    for line in text.lines() {
+        let Some((k, val)) = line.split_once(": ") else {
+            continue;
+        };
+        let num = val.trim().parse::<u64>().ok();
+        match k {
+            "data_size_bytes" => used = Some(num?),
+            "data_limits_bytes" => limit = Some(num?),
+            "data_disk_freespace_bytes" => free = Some(num?),
+            "data_disk_total_bytes" => total = num,
+            _ => {}
+        }
+    }
+    let limit = limit?;
+    Some(StoreSpace {
+        limit: (limit > 0).then_some(limit),
+        used: used?,
+        disk_free: free?,
+        // A total below what is free is not a disk size we can use.
+        disk_total: total.filter(|t| *t >= free.unwrap_or(0)),
+    })
 }
 
 impl Store for ZdbClient {
@@ -389,6 +418,15 @@ impl Store for ZdbClient {
     fn sync(&self) -> Result<()> {
         Ok(())
     }
+
+    /// One NSINFO, sent on a connection that selected `ns`: a private namespace's NSINFO is
+    /// answered to such a connection (and to admins) only.
+    fn space(&self, ns: &str) -> Result<Option<StoreSpace>> {
+        match self.call(ns, v(&[b"NSINFO", ns.as_bytes()]), true)?.ok()? {
+            Reply::Bulk(b) => Ok(parse_nsinfo_space(&String::from_utf8_lossy(&b))),
+            r => Err(unexpected("NSINFO", &r)),
+        }
+    }
 }
 
 impl ZdbClient {
@@ -521,3 +559,65 @@ impl ZdbClient {
 
 /// A remote store can itself be served (a proxy); the admin extras answer "unsupported".
 impl crate::server::ServerStore for ZdbClient {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NSINFO as the original 0-db writes it (Appendix B), space lines included.
+    const ORIGINAL: &str = "# namespace\nname: fs-block\nentries: 3\npublic: yes\n\
+        worm: no\nlocked: no\npassword: no\ndata_size_bytes: 6000\ndata_size_mb: 0.01\n\
+        data_limits_bytes: 0\nindex_size_bytes: 200\nindex_size_kb: 0.20\n\
+        next_internal_id: 0x00000000\nmode: userkey\n\
+        index_disk_freespace_bytes: 5000000\nindex_disk_freespace_mb: 4.77\n\
+        data_disk_freespace_bytes: 4000000\ndata_disk_freespace_mb: 3.81\n";
+
+    #[test]
+    fn nsinfo_without_a_limit_is_the_disk() {
+        let s = parse_nsinfo_space(ORIGINAL).expect("the three fields are there");
+        assert_eq!(
+            s,
+            StoreSpace {
+                limit: None,
+                used: 6000,
+                disk_free: 4_000_000,
+                disk_total: None,
+            }
+        );
+        assert_eq!((s.available(), s.total()), (4_000_000, 4_006_000));
+        let qsfs = format!("{ORIGINAL}frozen: no\ndata_disk_total_bytes: 100000000\n");
+        let s = parse_nsinfo_space(&qsfs).expect("qsfs serve's NSINFO");
+        assert_eq!((s.disk_total, s.total()), (Some(100_000_000), 100_000_000));
+    }
+
+    #[test]
+    fn nsinfo_with_a_limit_is_the_limit() {
+        let text = ORIGINAL.replace("data_limits_bytes: 0", "data_limits_bytes: 10000")
+            + "space_available: 4000\n";
+        let s = parse_nsinfo_space(&text).expect("fields are there");
+        assert_eq!((s.limit, s.used), (Some(10_000), 6000));
+        assert_eq!((s.available(), s.total()), (4000, 10_000));
+    }
+
+    #[test]
+    fn nsinfo_missing_a_field_tells_nothing() {
+        for field in [
+            "data_size_bytes",
+            "data_limits_bytes",
+            "data_disk_freespace_bytes",
+        ] {
+            let text: String = ORIGINAL
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field}:")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(parse_nsinfo_space(&text), None, "without {field}");
+        }
+        let garbled = ORIGINAL.replace("data_size_bytes: 6000", "data_size_bytes: lots");
+        assert_eq!(parse_nsinfo_space(&garbled), None);
+        assert_eq!(parse_nsinfo_space(""), None);
+        // A total smaller than what is free is not used.
+        let odd = format!("{ORIGINAL}data_disk_total_bytes: 10\n");
+        assert_eq!(parse_nsinfo_space(&odd).map(|s| s.disk_total), Some(None));
+    }
+}

@@ -155,6 +155,10 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
     // Not in the original (which folds it into `locked`): lets clients tell a freeze apart.
     let frozen = i.frozen || st.is_some_and(|st| st.frozen.load(Ordering::Relaxed));
     let _ = writeln!(t, "frozen: {}", yes(frozen));
+    // Not in the original either: the data disk's size, so a filesystem on this server can
+    // report it (statfs) instead of guessing from used plus free.
+    let dtotal = qsfs_core::DiskSpace::of(&sh.config.data_root).map_or(0, |d| d.total);
+    let _ = writeln!(t, "data_disk_total_bytes: {dtotal}");
     if s.admin {
         let path = i
             .path

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use qsfs_core::{Error, Store};
-use qsfs_store::remote::{ZdbClient, ZdbConfig};
+use qsfs_core::{Backend, Error, Mode, NamespaceProperty, Store};
+use qsfs_store::remote::{ZdbBackend, ZdbClient, ZdbConfig};
 use qsfs_store::server::resp::{parse_reply, Reply};
 use qsfs_store::server::{Server, ServerConfig, ServerHandle};
 use qsfs_store::Engine;
@@ -77,7 +77,13 @@ impl Drop for Served {
 }
 
 fn client(addr: SocketAddr) -> ZdbClient {
+    client_on(addr, "default")
+}
+
+/// A client whose own namespace (a backend's) is `ns`.
+fn client_on(addr: SocketAddr, ns: &str) -> ZdbClient {
     let mut cfg = ZdbConfig::new(addr.to_string());
+    cfg.namespace = ns.to_string();
     cfg.retries = 1;
     cfg.backoff = Duration::from_millis(10);
     ZdbClient::connect(cfg).unwrap()
@@ -242,7 +248,8 @@ fn a_damaged_record_header_is_corrupt_and_ends_the_walk() {
 /// Commands a [`scripted`] server received, each with the number of its connection.
 type Log = Arc<Mutex<Vec<(usize, String)>>>;
 
-/// A scripted 0-db: HISTORY answers `Internal Error`, CHECK answers `check`; every command is
+/// A scripted 0-db: HISTORY and GET answer `Internal Error`, CHECK answers `check`, NSINFO says
+/// user mode; every command is
 /// recorded with the number of the connection it came on.
 fn scripted(check: Reply) -> (SocketAddr, Log) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -264,7 +271,8 @@ fn scripted(check: Reply) -> (SocketAddr, Log) {
                         log.lock().unwrap().push((n, cmd.clone()));
                         let reply = match cmd.as_str() {
                             "PING" => Reply::Status("PONG".into()),
-                            "HISTORY" => Reply::err("Internal Error"),
+                            "HISTORY" | "GET" => Reply::err("Internal Error"),
+                            "NSINFO" => Reply::Bulk("mode: userkey\n".into()),
                             "CHECK" => check.clone(),
                             _ => Reply::err("Command not supported"),
                         };
@@ -301,6 +309,107 @@ fn an_internal_error_is_corrupt_only_when_check_says_the_checksum_fails() {
     for check in [Reply::Int(-1), Reply::Nil] {
         let (addr, _) = scripted(check.clone());
         let err = client(addr).get("default", b"k").unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "CHECK {check:?}: {err:?}");
+    }
+}
+
+/// Flips the middle byte of `needle`, stored once, in the segment files of namespace `ns`.
+fn flip_bytes(dir: &Path, ns: &str, needle: &[u8]) {
+    flip_at(dir, ns, needle, b"", needle.len() / 2);
+}
+
+/// Bytes no two calls with different seeds share a 64-byte window of (an xorshift stream).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A shard flipped on a `qsfs serve` node is `Corrupt` through the backup Backend, naming the
+/// node, namespace, blob and record, whether it is one value, one chunk of a blob over 8 MiB
+/// or a seq-mode record: the pipeline repairs a damaged shard from the others. Other blobs
+/// still read.
+#[test]
+fn a_flipped_shard_is_corrupt_through_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Served::start(dir.path());
+    let c = client(server.addr);
+    c.namespace_create("shards").unwrap();
+    c.namespace_create("seqshards").unwrap();
+    c.namespace_set("seqshards", NamespaceProperty::Mode(Mode::Seq))
+        .unwrap();
+    let small = noise(1, 4096);
+    let big = noise(2, 9 << 20);
+    let seq = noise(3, 4096);
+    let user = ZdbBackend::new(Arc::new(client_on(server.addr, "shards"))).unwrap();
+    let seqb = ZdbBackend::new(Arc::new(client_on(server.addr, "seqshards"))).unwrap();
+    assert_eq!(seqb.mode(), Mode::Seq);
+    server.rt.block_on(async {
+        user.put("small", small.clone().into()).await.unwrap();
+        user.put("intact", b"intact".to_vec().into()).await.unwrap();
+        user.put("big", big.clone().into()).await.unwrap();
+        seqb.put("seq", seq.clone().into()).await.unwrap();
+    });
+    drop((user, seqb, c));
+    server.stop();
+    flip_bytes(dir.path(), "shards", &small[1000..1064]);
+    // In the second chunk of the blob over 8 MiB.
+    flip_bytes(
+        dir.path(),
+        "shards",
+        &big[(8 << 20) + 1000..(8 << 20) + 1064],
+    );
+    flip_bytes(dir.path(), "seqshards", &seq[1000..1064]);
+    let server = Served::start(dir.path());
+    let user = ZdbBackend::new(Arc::new(client_on(server.addr, "shards"))).unwrap();
+    let seqb = ZdbBackend::new(Arc::new(client_on(server.addr, "seqshards"))).unwrap();
+
+    server.rt.block_on(async {
+        for (backend, key, ns) in [
+            (&user, "small", "shards"),
+            (&user, "big", "shards"),
+            (&seqb, "seq", "seqshards"),
+        ] {
+            match backend.get(key).await.unwrap_err() {
+                Error::Corrupt { location, .. } => {
+                    for part in [&server.addr.to_string(), ns, key, "record"] {
+                        assert!(location.contains(part), "{part} in {location}");
+                    }
+                }
+                other => panic!("{key}: expected Corrupt, got {other:?}"),
+            }
+        }
+        assert_eq!(&user.get("intact").await.unwrap()[..], b"intact");
+    });
+}
+
+/// A GET that fails on the node without CHECK confirming damage (unreadable, gone meanwhile)
+/// stays the I/O error it was: the node may be failing. CHECK goes on the GET's connection.
+#[test]
+fn a_backend_get_is_corrupt_only_when_check_says_the_checksum_fails() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, log) = scripted(Reply::Int(0));
+    let backend = ZdbBackend::new(Arc::new(client(addr))).unwrap();
+    let err = rt.block_on(backend.get("k")).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let log = log.lock().unwrap().clone();
+    let on = |cmd: &str| log.iter().find(|(_, c)| c == cmd).map(|(n, _)| *n);
+    assert!(on("CHECK").is_some(), "CHECK asked: {log:?}");
+    assert_eq!(on("CHECK"), on("GET"), "on the same connection: {log:?}");
+
+    for check in [Reply::Int(-1), Reply::Nil] {
+        let (addr, _) = scripted(check.clone());
+        let backend = ZdbBackend::new(Arc::new(client(addr))).unwrap();
+        let err = rt.block_on(backend.get("k")).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "CHECK {check:?}: {err:?}");
     }
 }

@@ -157,7 +157,7 @@ mod hooked {
     use super::{Hooked, Hooks};
     use qsfs_core::{
         Credential, Cursor, Entry, KeyMeta, NamespaceInfo, NamespaceProperty, Result, ScanOrder,
-        ScanPage, SetOutcome, Store, Timestamp, Version, VersionId,
+        ScanPage, SetOutcome, Store, StoreSpace, Timestamp, Version, VersionId,
     };
 
     impl<H: Hooks> Store for Hooked<H> {
@@ -240,6 +240,10 @@ mod hooked {
         fn sync(&self) -> Result<()> {
             self.hooks.before_call();
             self.inner.sync()
+        }
+        fn space(&self, ns: &str) -> Result<Option<StoreSpace>> {
+            self.hooks.before_call();
+            self.inner.space(ns)
         }
     }
 }
