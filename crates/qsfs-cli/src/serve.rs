@@ -92,6 +92,13 @@ pub struct Args {
     /// may drop it, or `forever` (the original 0-db's behaviour: then nothing is compacted).
     #[arg(long, value_name = "SEC|forever", default_value = "86400")]
     keep_history: String,
+    /// Disk space SETs leave free for deletes and compaction, at most a quarter of the disk
+    /// (suffixes k, M, G, T): a SET that would use it fails with "No space left on this
+    /// namespace", so a disk that clients filled can still take their DELs and give the space
+    /// back. Default: one segment (--datasize) and a sixteenth, what compaction needs to rewrite
+    /// any segment; 0 lets SETs fill the disk, as the original 0-db.
+    #[arg(long, value_name = "BYTES")]
+    reserve: Option<String>,
     /// Not supported: run under a supervisor instead.
     #[arg(long, hide = true)]
     background: bool,
@@ -282,6 +289,10 @@ fn build_config(args: &Args) -> anyhow::Result<(ServerConfig, EngineConfig)> {
         engine.default_mode = m;
         engine.single_mode = Some(m);
     }
+    engine.write_reserve = match &args.reserve {
+        Some(r) => parse_size(r)?,
+        None => engine.max_segment_size + engine.max_segment_size / 16 + (64 << 10),
+    };
     engine.history_retention = match args.keep_history.as_str() {
         "forever" => None,
         s => Some(Duration::from_secs(s.parse().map_err(|_| {

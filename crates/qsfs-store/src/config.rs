@@ -59,6 +59,14 @@ pub struct EngineConfig {
     /// is only rewritten when mostly dead, and rewriting needs room for its live data. `None`
     /// (the default) is twice `max_segment_size`, at most half the disk.
     pub low_space: Option<u64>,
+    /// SETs fail with [`qsfs_core::Error::NoSpace`] rather than leave less than this many bytes
+    /// (at most a quarter of the disk) available on the engine's disk; deletes and compaction
+    /// may use them. An append-only
+    /// store whose disk writes filled to the last byte can never give space back: a delete needs
+    /// room for its tombstone and compaction for the live data it copies. 0 (the default)
+    /// refuses nothing: a filesystem on the engine keeps its own reserve above it
+    /// (`qsfs_fuse::FsConfig::reserve`), which must not be refused its metadata writes.
+    pub write_reserve: u64,
     /// Told when segments are sealed or removed and namespaces change (the backup tier).
     pub observer: Option<Arc<dyn EngineObserver>>,
     /// Where offloaded segments are read from. Without one, reading an offloaded segment is
@@ -79,6 +87,7 @@ impl Default for EngineConfig {
             compaction_threshold: 0.5,
             history_retention: None,
             low_space: None,
+            write_reserve: 0,
             observer: None,
             cold_tier: None,
             cold_timeout: Duration::from_secs(60),
@@ -97,6 +106,7 @@ impl fmt::Debug for EngineConfig {
             .field("compaction_threshold", &self.compaction_threshold)
             .field("history_retention", &self.history_retention)
             .field("low_space", &self.low_space)
+            .field("write_reserve", &self.write_reserve)
             .field("observer", &self.observer.is_some())
             .field("cold_tier", &self.cold_tier.as_ref().map(|b| b.name()))
             .field("cold_timeout", &self.cold_timeout)

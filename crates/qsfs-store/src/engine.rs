@@ -37,7 +37,8 @@ use crate::namespace::{
     Event, Namespace, NamespaceStats, NsState, RawRecord, SealMsg, SegmentStats,
 };
 use crate::password::SealKey;
-use crate::segment::{loc, loc_segment, Segment, SEGMENT_HEADER_LEN};
+use crate::reserve::WriteReserve;
+use crate::segment::{loc, loc_segment, Segment, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use qsfs_core::DiskSpace;
 
 const MARKER: &str = "qsfs-engine";
@@ -129,6 +130,8 @@ struct Inner {
     /// Set when the engine closes: the seal thread stops re-laying out page caches (see
     /// [`crate::segment::relayout_page_cache`]) so that closing does not wait for those reads.
     closing: Arc<AtomicBool>,
+    /// The disk space SETs leave for deletes and compaction ([`EngineConfig::write_reserve`]).
+    reserve: WriteReserve,
 }
 
 /// What the background thread is told and what it tells back.
@@ -350,8 +353,10 @@ impl Engine {
         }
         // Only now: a seal while a namespace opens does its I/O inline.
         *shared.sealer.lock() = Some(seal_tx);
+        let reserve = WriteReserve::new(shared.config.write_reserve);
         let inner = Arc::new(Inner {
             root,
+            reserve,
             shared,
             namespaces: RwLock::new(namespaces),
             ns_admin: Mutex::new(()),
@@ -574,9 +579,36 @@ impl Engine {
     /// durability asks) when this returns.
     pub fn set_many(&self, ns: &str, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<SetOutcome>>> {
         self.admit(ns);
-        let (out, sealed) = self.with_ns(ns, |n, s| Ok(n.set_many(s, items)))?;
+        // The write reserve admits a prefix: from the first item refused on, every item is.
+        let mut refused = None;
+        let admitted = items
+            .iter()
+            .take_while(|(k, v)| {
+                match self
+                    .inner
+                    .reserve
+                    .admit(record_len(k, v), || self.disk_space())
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused = Some(e);
+                        false
+                    }
+                }
+            })
+            .count();
+        let (mut out, sealed) = self.with_ns(ns, |n, s| Ok(n.set_many(s, &items[..admitted])))?;
         if sealed {
             self.throttle(ns);
+        }
+        if let Some(e) = refused {
+            // The same answer for each: the reserve refused it, or the disk could not be asked.
+            let again = |e: &Error| match e {
+                Error::NoSpace(m) => Error::NoSpace(m.clone()),
+                other => Error::Unavailable(other.to_string()),
+            };
+            out.extend((admitted + 1..items.len()).map(|_| Err(again(&e))));
+            out.insert(admitted, Err(e));
         }
         Ok(out)
     }
@@ -1132,6 +1164,8 @@ impl Store for Engine {
         timestamp: Option<Timestamp>,
     ) -> Result<SetOutcome> {
         self.admit(ns);
+        let adding = record_len(key.unwrap_or(&[0; 8]), value);
+        self.inner.reserve.admit(adding, || self.disk_space())?;
         let (out, sealed) = self.with_ns(ns, |n, s| n.set(s, key, value, timestamp))?;
         if sealed {
             self.throttle(ns);
@@ -1274,6 +1308,11 @@ impl Store for Engine {
             disk_total: Some(disk.total),
         }))
     }
+}
+
+/// The bytes a SET of `key` and `value` appends (a sequential id is 8 bytes).
+fn record_len(key: &[u8], value: &[u8]) -> u64 {
+    (RECORD_HEADER_LEN + key.len().max(8) + value.len()) as u64
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ mod manifest;
 mod namespace;
 mod password;
 pub mod remote;
+mod reserve;
 mod segment;
 pub mod server;
 

@@ -1,7 +1,7 @@
 //! `qsfs mount` as users run it: the real binary, a temporary root, a real FUSE mount.
 
 use crate::common;
-use common::is_mounted;
+use common::{is_mounted, Tmpfs};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Write;
@@ -437,30 +437,6 @@ fn an_unreasonable_thread_count_is_refused_before_anything_starts() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("from 0 to 256"), "{cmd}: {err}");
         assert!(!tmp.path().join("root").exists(), "{cmd} created its root");
-    }
-}
-
-/// A tmpfs of a given size on `dir` (the tests run as root, like CI), so a disk really fills.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).expect("tmpfs mountpoint");
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .expect("mount a tmpfs (the tests run as root)");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

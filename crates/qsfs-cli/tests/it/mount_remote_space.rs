@@ -4,7 +4,7 @@
 //! the space back and takes new writes.
 
 use crate::common;
-use common::{free_port, is_mounted};
+use common::{free_port, is_mounted, Tmpfs};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -96,30 +96,6 @@ fn mount(root: &Path, mnt: &Path, port: u16, flags: &[&str]) -> Proc {
         std::thread::sleep(Duration::from_millis(50));
     }
     p
-}
-
-/// A tmpfs of `size` on `dir`, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).expect("tmpfs mountpoint");
-        nix::mount::mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size}").as_str()),
-        )
-        .expect("mount a tmpfs (the tests run as root)");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// Total and available bytes of the filesystem holding `path`.

@@ -970,3 +970,67 @@ fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
         b"the fetch"
     );
 }
+
+/// SETs that fill a disk stop short of the write reserve, so deletes still fit and the low-space
+/// compaction has room to copy a segment's live half and free the rest; every live value stays
+/// and the space given back takes new SETs. Without the reserve (`write_reserve: 0`) the disk
+/// fills to its last page and nothing ever comes back: no segment's live data fits.
+#[test]
+fn a_disk_filled_by_sets_keeps_room_to_delete_and_give_space_back() {
+    const RESERVE: u64 = 600 * 1024;
+    let fs = Tmpfs::sized("4m");
+    let root = fs.0.path().join("engine");
+    let config = EngineConfig {
+        max_segment_size: 512 * 1024,
+        history_retention: Some(Duration::from_secs(3600)),
+        write_reserve: RESERVE,
+        ..cfg()
+    };
+    let engine = Engine::open(&root, config).unwrap();
+    let available = |e: &Engine| e.disk_space().unwrap().available;
+    let mut written = Vec::new();
+    let err = loop {
+        let k = written.len() as u32;
+        match engine.set("default", Some(&k.to_le_bytes()), &val(k, 1)) {
+            Ok(_) => written.push(k),
+            Err(e) => break e,
+        }
+        assert!(written.len() < 2000, "a 4 MiB disk cannot hold 8 MiB");
+    };
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    let full = available(&engine);
+    assert!(full >= RESERVE - 64 * 1024, "{full} bytes left");
+    // A batch is refused too, item by item, and writes nothing.
+    let batch = [(&b"b1"[..], &val(1, 2)[..]), (&b"b2"[..], &val(2, 2)[..])];
+    let got = engine.set_many("default", &batch).unwrap();
+    assert!(
+        got.iter().all(|r| matches!(r, Err(Error::NoSpace(_)))),
+        "{got:?}"
+    );
+    for k in written.iter().copied().filter(|k| k % 2 == 0) {
+        engine.delete("default", &k.to_le_bytes()).unwrap();
+    }
+    engine.rotate("default").unwrap();
+    for _ in 0..8 {
+        if engine.reclaim("default").unwrap().segments.is_empty() {
+            break;
+        }
+    }
+    let back = available(&engine);
+    let deleted = (written.len() as u64 / 2) * 4096;
+    assert!(
+        back >= full + deleted / 2,
+        "{back} bytes available after deleting {deleted} (was {full})"
+    );
+    for k in &written {
+        let got = engine.get("default", &k.to_le_bytes()).unwrap();
+        assert_eq!(
+            got.map(|e| e.value),
+            (k % 2 == 1).then(|| val(*k, 1)),
+            "key {k}"
+        );
+    }
+    engine
+        .set("default", Some(b"after"), &val(9, 9))
+        .expect("the space given back takes new SETs");
+}
