@@ -1304,7 +1304,10 @@ impl Store for Engine {
         Ok(Some(qsfs_core::StoreSpace {
             limit: (info.max_size > 0).then_some(info.max_size),
             used: info.data_bytes,
-            disk_free: disk.available,
+            // What SETs may still use: the write reserve is for deletes and compaction.
+            disk_free: disk
+                .available
+                .saturating_sub(self.inner.reserve.kept(disk.total)),
             disk_total: Some(disk.total),
         }))
     }

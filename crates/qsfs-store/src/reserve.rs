@@ -33,6 +33,11 @@ impl WriteReserve {
         }
     }
 
+    /// The bytes kept back on a disk of `total` bytes.
+    pub(crate) fn kept(&self, total: u64) -> u64 {
+        self.bytes.min(total / 4)
+    }
+
     /// Admits a write of about `adding` bytes, or [`Error::NoSpace`] if it would leave less
     /// than the reserve available. The disk (`measure`) is read at most once a second while the
     /// budget lasts, and always before a refusal, so space given back is seen at once.
@@ -52,7 +57,7 @@ impl WriteReserve {
             }
         }
         let disk = measure()?;
-        let kept = self.bytes.min(disk.total / 4);
+        let kept = self.kept(disk.total);
         let left = disk.available.saturating_sub(kept);
         if left < adding {
             *budget = None;

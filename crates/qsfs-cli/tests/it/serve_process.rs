@@ -536,6 +536,25 @@ fn a_disk_filled_by_clients_takes_their_deletes_and_gives_the_space_back() {
         args.extend(reserve.iter().flat_map(|r| ["--reserve", *r]));
         let _serve = start(&dir.0.join("srv"), port, &args);
         let mut c = common::Conn::open(port).unwrap();
+        // NSINFO's free space is what SETs may use: without the reserve (a filesystem on the
+        // server keeps its own reserve above it, so its removals' SETs are never refused).
+        let nsinfo_free = |c: &mut common::Conn| -> u64 {
+            let info = c.cmd(&["NSINFO", "default"]).unwrap();
+            let line = info
+                .lines()
+                .find_map(|l| l.strip_prefix("data_disk_freespace_bytes: "));
+            line.unwrap().parse().unwrap()
+        };
+        let kept = if recovers {
+            (4 << 20) + (256 << 10) + (64 << 10)
+        } else {
+            0
+        };
+        let (told, disk) = (nsinfo_free(&mut c), available());
+        assert!(
+            told <= disk - kept && told + (1 << 20) >= disk - kept,
+            "{reserve:?}: NSINFO says {told} free, the disk {disk}"
+        );
         let mut stored = 0u32;
         loop {
             let key = format!("k{stored}");

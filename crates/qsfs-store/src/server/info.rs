@@ -144,10 +144,13 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
             i.max_size.saturating_sub(i.data_bytes)
         );
     }
-    let (ifree, dfree) = (
-        free_space(&sh.config.index_root),
-        free_space(&sh.config.data_root),
-    );
+    // The data disk's free space as SETs see it: without the write reserve, which they may not
+    // use (a filesystem on this server keeps its own reserve above it).
+    let dfree = match sh.store.space(&i.name) {
+        Ok(Some(space)) => space.disk_free,
+        _ => free_space(&sh.config.data_root),
+    };
+    let ifree = free_space(&sh.config.index_root);
     let _ = writeln!(t, "index_disk_freespace_bytes: {ifree}");
     let _ = writeln!(t, "index_disk_freespace_mb: {}", mb(ifree));
     let _ = writeln!(t, "data_disk_freespace_bytes: {dfree}");
