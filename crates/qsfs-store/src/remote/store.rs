@@ -455,9 +455,20 @@ impl ZdbClient {
         }
         // CHECK speaks only of the live version.
         let live = at.is_none();
-        self.call_then(ns, req, v(&[b"CHECK", key]), |r| {
-            live && is_internal_error(r)
-        })
+        let check = v(&[b"CHECK", key]);
+        if live && !self.is_qsfs() {
+            // The original 0-db returns a value without checking its CRC (GET and HISTORY
+            // alike): CHECK, sent in the same round trip, re-reads it and does. A write by
+            // another client between the two could make CHECK speak of a newer value; the
+            // filesystem is the only writer of its namespaces.
+            let mut r = self.pipeline(ns, &[req, check], true)?;
+            let check = r.pop();
+            let reply = r
+                .pop()
+                .ok_or_else(|| Error::Unavailable("no reply".into()))?;
+            return Ok((reply, check));
+        }
+        self.call_then(ns, req, check, |r| live && is_internal_error(r))
     }
 
     /// HISTORY's reply, with an `Internal Error` turned into the error it stands for.
@@ -478,6 +489,18 @@ impl ZdbClient {
         check: Option<Reply>,
     ) -> Result<Reply> {
         let Reply::Error(e) = &reply else {
+            if matches!(reply, Reply::Array(_)) && matches!(check, Some(Reply::Int(0))) {
+                // A value the server sent without checking (the original 0-db), and CHECK
+                // says its CRC fails: never hand it on as if it were what was written.
+                return Err(Error::corrupt(
+                    format!(
+                        "0-db {}, namespace {ns}, key {}",
+                        self.endpoint(),
+                        show_key(key)
+                    ),
+                    "the value fails its checksum (CHECK answers 0); the server sent it unchecked",
+                ));
+            }
             return Ok(reply);
         };
         if !is_internal_error(&reply) {

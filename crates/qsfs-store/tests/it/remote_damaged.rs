@@ -252,6 +252,12 @@ type Log = Arc<Mutex<Vec<(usize, String)>>>;
 /// user mode; every command is
 /// recorded with the number of the connection it came on.
 fn scripted(check: Reply) -> (SocketAddr, Log) {
+    scripted_with(Reply::err("Internal Error"), None, check)
+}
+
+/// A scripted 0-db whose HISTORY and GET answer `history`, whose INFO (when given) answers
+/// `info`, and whose CHECK answers `check`.
+fn scripted_with(history: Reply, info: Option<&'static str>, check: Reply) -> (SocketAddr, Log) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let log: Log = Arc::default();
@@ -259,6 +265,7 @@ fn scripted(check: Reply) -> (SocketAddr, Log) {
     std::thread::spawn(move || {
         for (n, s) in l.incoming().enumerate() {
             let (mut s, log, check) = (s.unwrap(), Arc::clone(&log2), check.clone());
+            let history = history.clone();
             std::thread::spawn(move || {
                 let mut buf = BytesMut::new();
                 let mut chunk = [0u8; 4096];
@@ -271,7 +278,8 @@ fn scripted(check: Reply) -> (SocketAddr, Log) {
                         log.lock().unwrap().push((n, cmd.clone()));
                         let reply = match cmd.as_str() {
                             "PING" => Reply::Status("PONG".into()),
-                            "HISTORY" | "GET" => Reply::err("Internal Error"),
+                            "HISTORY" | "GET" => history.clone(),
+                            "INFO" if info.is_some() => Reply::Bulk(info.unwrap_or("").into()),
                             "NSINFO" => Reply::Bulk("mode: userkey\n".into()),
                             "CHECK" => check.clone(),
                             _ => Reply::err("Command not supported"),
@@ -311,6 +319,44 @@ fn an_internal_error_is_corrupt_only_when_check_says_the_checksum_fails() {
         let err = client(addr).get("default", b"k").unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "CHECK {check:?}: {err:?}");
     }
+}
+
+/// The original 0-db sends a value without checking its CRC (GET and HISTORY alike), so the
+/// client asks `CHECK` in the same round trip: `:0` is `Corrupt`, never the damaged bytes; `:1`
+/// hands the value on. `qsfs serve` checks every read itself and is not asked.
+#[test]
+fn a_value_the_original_sends_unchecked_is_checked_in_the_same_round_trip() {
+    let value = Reply::Array(vec![
+        Reply::Bulk(vec![0xff; 8].into()),
+        Reply::Bulk("1700000000".into()),
+        Reply::Bulk("what the disk holds".into()),
+    ]);
+    let original = Some("# server\nserver_revision: 2.0.8\n");
+    let (addr, log) = scripted_with(value.clone(), original, Reply::Int(0));
+    let err = client(addr).get("default", b"k").unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let log = log.lock().unwrap().clone();
+    let on = |cmd: &str| log.iter().find(|(_, c)| c == cmd).map(|(n, _)| *n);
+    assert!(on("CHECK").is_some(), "CHECK asked: {log:?}");
+    assert_eq!(
+        on("CHECK"),
+        on("HISTORY"),
+        "on the same connection: {log:?}"
+    );
+
+    let (addr, _) = scripted_with(value.clone(), original, Reply::Int(1));
+    let got = client(addr).get("default", b"k").unwrap().unwrap();
+    assert_eq!(got.value, b"what the disk holds");
+
+    let ours = Some("# server\nserver_revision: qsfs-0.1.0\n");
+    let (addr, log) = scripted_with(value, ours, Reply::Int(0));
+    let got = client(addr).get("default", b"k").unwrap().unwrap();
+    assert_eq!(
+        got.value, b"what the disk holds",
+        "qsfs serve checked it already"
+    );
+    let log = log.lock().unwrap().clone();
+    assert!(log.iter().all(|(_, c)| c != "CHECK"), "{log:?}");
 }
 
 /// Flips the middle byte of `needle`, stored once, in the segment files of namespace `ns`.
