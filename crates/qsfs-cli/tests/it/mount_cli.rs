@@ -1,7 +1,7 @@
 //! `qsfs mount` as users run it: the real binary, a temporary root, a real FUSE mount.
 
 use crate::common;
-use common::{is_mounted, Tmpfs};
+use common::{content, is_mounted, write_synced, Tmpfs};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::io::Write;
@@ -438,25 +438,6 @@ fn an_unreasonable_thread_count_is_refused_before_anything_starts() {
         assert!(err.contains("from 0 to 256"), "{cmd}: {err}");
         assert!(!tmp.path().join("root").exists(), "{cmd} created its root");
     }
-}
-
-/// 1 MiB of bytes that differ per `seed` and do not compress.
-fn content(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..1 << 17)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 fn available(path: &Path) -> u64 {

@@ -4,8 +4,7 @@
 //! the space back and takes new writes.
 
 use crate::common;
-use common::{free_port, is_mounted, Tmpfs};
-use std::io::Write;
+use common::{content, free_port, is_mounted, write_synced, Tmpfs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,25 +105,6 @@ fn df(path: &Path) -> (u64, u64) {
         st.blocks() as u64 * frag,
         st.blocks_available() as u64 * frag,
     )
-}
-
-/// 1 MiB of bytes that differ per `seed` and do not compress.
-fn content(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..1 << 17)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
-}
-
-fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// The server's data on a 96 MiB tmpfs: `df` of the mount is that disk; writing 1 MiB files

@@ -299,11 +299,8 @@ fn scripted_with(history: Reply, info: Option<&'static str>, check: Reply) -> (S
     (addr, log)
 }
 
-#[test]
-fn an_internal_error_is_corrupt_only_when_check_says_the_checksum_fails() {
-    let (addr, log) = scripted(Reply::Int(0));
-    let err = client(addr).get("default", b"k").unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+/// CHECK was asked, on the connection that asked HISTORY.
+fn assert_check_asked_with_history(log: &Log) {
     let log = log.lock().unwrap().clone();
     let on = |cmd: &str| log.iter().find(|(_, c)| c == cmd).map(|(n, _)| *n);
     assert!(on("CHECK").is_some(), "CHECK asked: {log:?}");
@@ -312,6 +309,14 @@ fn an_internal_error_is_corrupt_only_when_check_says_the_checksum_fails() {
         on("HISTORY"),
         "on the same connection: {log:?}"
     );
+}
+
+#[test]
+fn an_internal_error_is_corrupt_only_when_check_says_the_checksum_fails() {
+    let (addr, log) = scripted(Reply::Int(0));
+    let err = client(addr).get("default", b"k").unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert_check_asked_with_history(&log);
 
     // Unreadable (`:-1`), or gone meanwhile (nil): the server is failing, not one record.
     for check in [Reply::Int(-1), Reply::Nil] {
@@ -335,14 +340,7 @@ fn a_value_the_original_sends_unchecked_is_checked_in_the_same_round_trip() {
     let (addr, log) = scripted_with(value.clone(), original, Reply::Int(0));
     let err = client(addr).get("default", b"k").unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-    let log = log.lock().unwrap().clone();
-    let on = |cmd: &str| log.iter().find(|(_, c)| c == cmd).map(|(n, _)| *n);
-    assert!(on("CHECK").is_some(), "CHECK asked: {log:?}");
-    assert_eq!(
-        on("CHECK"),
-        on("HISTORY"),
-        "on the same connection: {log:?}"
-    );
+    assert_check_asked_with_history(&log);
 
     let (addr, _) = scripted_with(value.clone(), original, Reply::Int(1));
     let got = client(addr).get("default", b"k").unwrap().unwrap();
