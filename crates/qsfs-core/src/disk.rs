@@ -2,6 +2,7 @@
 //! engine's low-space mode and a filesystem's reserve are measured against.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -68,9 +69,81 @@ impl StoreSpace {
     }
 }
 
+/// The reserve kept on a disk of `total` bytes when `at_most` is asked for: never more than a
+/// quarter of the disk, so a small disk is not all reserve.
+pub fn reserve_on(at_most: u64, total: u64) -> u64 {
+    at_most.min(total / 4)
+}
+
+/// Bytes that may still be written before a reserve, and when they were measured: what the
+/// engine's write reserve and a filesystem's reserve admit writes against without measuring the
+/// disk (or asking a server) for every one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpaceBudget(Option<(Instant, u64)>);
+
+impl SpaceBudget {
+    /// How long a measured budget is trusted while writes are taken from it.
+    pub const TRUSTED: Duration = Duration::from_secs(1);
+
+    /// Takes `adding` bytes from the budget. While it is younger than [`Self::TRUSTED`] and holds
+    /// them nothing is measured; otherwise `writable()` (what may be written beyond the reserve
+    /// now) is. `Ok(false)` if they do not fit even then: the budget is dropped, so the next
+    /// request measures again and sees at once any space that came back.
+    pub fn take<E>(
+        &mut self,
+        adding: u64,
+        writable: impl FnOnce() -> std::result::Result<u64, E>,
+    ) -> std::result::Result<bool, E> {
+        if let Some((at, left)) = self.0 {
+            if at.elapsed() < Self::TRUSTED && left >= adding {
+                self.0 = Some((at, left - adding));
+                return Ok(true);
+            }
+        }
+        let left = writable()?;
+        if left < adding {
+            self.0 = None;
+            return Ok(false);
+        }
+        self.0 = Some((Instant::now(), left - adding));
+        Ok(true)
+    }
+
+    /// The bytes left, if measured (for tests and status).
+    pub fn left(&self) -> Option<u64> {
+        self.0.map(|(_, left)| left)
+    }
+
+    /// A budget of `left` bytes measured now.
+    pub fn measured_now(left: u64) -> SpaceBudget {
+        SpaceBudget(Some((Instant::now(), left)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_is_trusted_while_it_lasts_and_measured_again_before_a_refusal() {
+        let mut b = SpaceBudget::default();
+        assert_eq!(b.take(10, || Ok::<_, ()>(25)), Ok(true));
+        assert_eq!(
+            b.take(15, || -> std::result::Result<u64, ()> {
+                panic!("measured")
+            }),
+            Ok(true)
+        );
+        assert_eq!(b.left(), Some(0));
+        // Short: measured again, and still short, so dropped.
+        assert_eq!(b.take(1, || Ok::<_, ()>(0)), Ok(false));
+        assert_eq!(b.left(), None);
+        // Space came back: seen at once.
+        assert_eq!(b.take(1, || Ok::<_, ()>(5)), Ok(true));
+        assert_eq!(b.take(1, || Err("gone")), Ok(true), "trusted, not asked");
+        assert_eq!(reserve_on(64, 400), 64);
+        assert_eq!(reserve_on(u64::MAX, 400), 100);
+    }
 
     #[test]
     fn a_store_space_is_bounded_by_its_limit_and_its_disk() {

@@ -40,7 +40,7 @@ pub mod types;
 
 pub use backend::{check_object_key, slice_range, Backend, Health, HealthStatus};
 pub use cache::{BlockId, Cache, CacheStats};
-pub use disk::{DiskSpace, StoreSpace};
+pub use disk::{reserve_on, DiskSpace, SpaceBudget, StoreSpace};
 pub use error::{Error, ReadOnlyReason, Result};
 pub use store::Store;
 pub use types::*;

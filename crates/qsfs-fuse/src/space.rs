@@ -14,22 +14,17 @@
 //! filesystem's block namespace, which a 0-db server answers from NSINFO). A fixed capacity, and
 //! a store that cannot tell its space, have no reserve.
 
+use qsfs_core::{DiskSpace, SpaceBudget, Store, StoreSpace};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use qsfs_core::{DiskSpace, Store, StoreSpace};
 
 use crate::error::{FsError, FsResult};
 use crate::fs::Capacity;
 
-/// How long a measured budget is trusted while requests are admitted against it.
-const REFRESH: Duration = Duration::from_secs(1);
-
 /// The reserve on a disk of `total` bytes for [`crate::FsConfig::reserve`] `at_most`: never more
 /// than a quarter of the disk.
 pub fn reserve_bytes(at_most: u64, total: u64) -> u64 {
-    at_most.min(total / 4)
+    qsfs_core::reserve_on(at_most, total)
 }
 
 /// Asks a store how much room the filesystem has: [`Store::space`] of one namespace.
@@ -81,8 +76,8 @@ impl From<StoreSpace> for Measured {
 pub(crate) struct Reserve {
     source: Source,
     at_most: u64,
-    /// Bytes that may still be admitted, and when that was measured.
-    budget: Option<(Instant, u64)>,
+    /// Bytes that may still be admitted before the reserve.
+    budget: SpaceBudget,
 }
 
 impl std::fmt::Debug for Reserve {
@@ -127,7 +122,7 @@ impl Reserve {
         Reserve {
             source,
             at_most,
-            budget: None,
+            budget: SpaceBudget::default(),
         }
     }
 
@@ -168,19 +163,13 @@ impl Reserve {
         if matches!(self.source, Source::Fixed) {
             return Ok(());
         }
-        if let Some((at, left)) = self.budget {
-            if at.elapsed() < REFRESH && left >= adding {
-                self.budget = Some((at, left - adding));
-                return Ok(());
-            }
+        let mut budget = self.budget;
+        let fits = budget.take(adding, || self.measure(dirty()))?;
+        self.budget = budget;
+        match fits {
+            true => Ok(()),
+            false => Err(FsError::Errno(libc::ENOSPC)),
         }
-        let left = self.measure(dirty())?;
-        if left < adding {
-            self.budget = None;
-            return Err(FsError::Errno(libc::ENOSPC));
-        }
-        self.budget = Some((Instant::now(), left - adding));
-        Ok(())
     }
 
     /// What may still be written with `dirty` bytes to come, beyond the reserve.
@@ -213,9 +202,9 @@ mod tests {
         let mut r = Reserve::with_source(Source::Disk(dir.path().to_path_buf()), 0);
         let available = DiskSpace::of(dir.path()).unwrap().available;
         r.admit(1, || 0).unwrap();
-        let (_, left) = r.budget.unwrap();
+        let left = r.budget.left().unwrap();
         assert!(left < available, "{left} of {available}");
-        r.budget = Some((Instant::now(), 10));
+        r.budget = SpaceBudget::measured_now(10);
         assert!(r.admit(10, || 0).is_ok(), "the budget is trusted");
         // More than the budget: the disk is measured, and it does not hold that much.
         let err = r
@@ -301,7 +290,7 @@ mod tests {
             disk_free: 1 << 40,
             disk_total: None,
         });
-        r.budget = None;
+        r.budget = SpaceBudget::default();
         let before = fake.asked.load(std::sync::atomic::Ordering::Relaxed);
         // 40 MiB left under the limit, 16 MiB of it kept back: 24 MiB may be written.
         for _ in 0..24 {
@@ -336,7 +325,7 @@ mod tests {
             disk_free: 1 << 40,
             disk_total: None,
         });
-        r.budget = None;
+        r.budget = SpaceBudget::default();
         assert!(r.admit(6 * MIB + 1, || 0).is_err());
         assert!(r.admit(6 * MIB, || 0).is_ok());
     }

@@ -7,20 +7,14 @@
 //! of the values deleted: nothing came back, because no segment's live half fitted in the
 //! 60 KiB left). So SETs stop short of the reserve, and deletes and compaction may use it.
 
-use std::time::{Duration, Instant};
-
 use parking_lot::Mutex;
-use qsfs_core::{DiskSpace, Error, Result};
-
-/// How long a measured budget is trusted while writes are admitted against it.
-const REFRESH: Duration = Duration::from_secs(1);
+use qsfs_core::{reserve_on, DiskSpace, Error, Result, SpaceBudget};
 
 /// The reserve and the running budget of bytes that may still be written before it.
 #[derive(Debug)]
 pub(crate) struct WriteReserve {
     bytes: u64,
-    /// Bytes that may still be admitted, and when that was measured.
-    budget: Mutex<Option<(Instant, u64)>>,
+    budget: Mutex<SpaceBudget>,
 }
 
 impl WriteReserve {
@@ -29,13 +23,13 @@ impl WriteReserve {
     pub(crate) fn new(bytes: u64) -> WriteReserve {
         WriteReserve {
             bytes,
-            budget: Mutex::new(None),
+            budget: Mutex::new(SpaceBudget::default()),
         }
     }
 
     /// The bytes kept back on a disk of `total` bytes.
     pub(crate) fn kept(&self, total: u64) -> u64 {
-        self.bytes.min(total / 4)
+        reserve_on(self.bytes, total)
     }
 
     /// Admits a write of about `adding` bytes, or [`Error::NoSpace`] if it would leave less
@@ -49,25 +43,19 @@ impl WriteReserve {
         if self.bytes == 0 {
             return Ok(());
         }
-        let mut budget = self.budget.lock();
-        if let Some((at, left)) = *budget {
-            if at.elapsed() < REFRESH && left >= adding {
-                *budget = Some((at, left - adding));
-                return Ok(());
-            }
-        }
-        let disk = measure()?;
-        let kept = self.kept(disk.total);
-        let left = disk.available.saturating_sub(kept);
-        if left < adding {
-            *budget = None;
+        let mut measured = None;
+        let fits = self.budget.lock().take(adding, || {
+            let disk = measure()?;
+            let kept = self.kept(disk.total);
+            measured = Some((disk.available, kept));
+            Ok::<_, Error>(disk.available.saturating_sub(kept))
+        })?;
+        if let (false, Some((available, kept))) = (fits, measured) {
             return Err(Error::NoSpace(format!(
-                "{} bytes available on the data disk, and the last {kept} are kept for deletes \
-                 and compaction",
-                disk.available
+                "{available} bytes available on the data disk, and the last {kept} are kept for \
+                 deletes and compaction"
             )));
         }
-        *budget = Some((Instant::now(), left - adding));
         Ok(())
     }
 }
