@@ -146,10 +146,8 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
     }
     // The data disk's free space as SETs see it: without the write reserve, which they may not
     // use (a filesystem on this server keeps its own reserve above it).
-    let dfree = match sh.store.space(&i.name) {
-        Ok(Some(space)) => space.disk_free,
-        _ => free_space(&sh.config.data_root),
-    };
+    let space = sh.store.space(&i.name).ok().flatten();
+    let dfree = space.map_or_else(|| free_space(&sh.config.data_root), |s| s.disk_free);
     let ifree = free_space(&sh.config.index_root);
     let _ = writeln!(t, "index_disk_freespace_bytes: {ifree}");
     let _ = writeln!(t, "index_disk_freespace_mb: {}", mb(ifree));
@@ -160,7 +158,9 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
     let _ = writeln!(t, "frozen: {}", yes(frozen));
     // Not in the original either: the data disk's size, so a filesystem on this server can
     // report it (statfs) instead of guessing from used plus free.
-    let dtotal = qsfs_core::DiskSpace::of(&sh.config.data_root).map_or(0, |d| d.total);
+    let dtotal = space
+        .and_then(|s| s.disk_total)
+        .unwrap_or_else(|| qsfs_core::DiskSpace::of(&sh.config.data_root).map_or(0, |d| d.total));
     let _ = writeln!(t, "data_disk_total_bytes: {dtotal}");
     if s.admin {
         let path = i
