@@ -148,6 +148,7 @@ fn filled_engine(max_segment_size: Option<u64>) -> (tempfile::TempDir, Engine, u
 
 fn get(c: &mut Criterion) {
     let (dir, engine, n) = filled_engine(None);
+    settle(&dir, &engine, n, "get");
     // Baseline: a positioned read of the same number of bytes at a random record-aligned
     // offset of a plain file of the same size (page cache, like the engine's reads), written
     // one record at a time like the engine's segment. Written in 1 MiB chunks instead, the
@@ -162,7 +163,7 @@ fn get(c: &mut Criterion) {
             f.write_all_at(&rec, i * record).expect("fill");
         }
     }
-    let raw = File::open(&raw_path).expect("open");
+    let raw = open_noatime(&raw_path);
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let mut group = c.benchmark_group("get");
     group.throughput(Throughput::Elements(1));
@@ -190,6 +191,57 @@ fn get(c: &mut Criterion) {
     group.finish();
 }
 
+/// Brings a freshly filled engine to the state of a server that has served gets for a while:
+/// every seal done, a round of warm-up gets, and the page cache of the segments laid out again
+/// in large folios (`relayout_after_gets`: 128 gets of a segment; the segment being written
+/// only in whole 2 MiB chunks that a sync covered), waiting for the seal thread 10 s at most.
+/// Without it the gets read a page cache of 4 KiB pages written one record at a time, which
+/// measures the first minute after a bulk load, not the engine.
+fn settle(dir: &tempfile::TempDir, engine: &Engine, n: u64, label: &str) {
+    // Every seal done (and each sealed segment armed for its re-layout).
+    Store::sync(engine).expect("sync");
+    // A warm-up round of gets, untimed: a segment's page cache is laid out again in large
+    // folios only once gets have read it (`relayout_after_gets`: 128 gets of an 8 MiB
+    // segment; 20,000 random gets give each of the ~10 about 2,000), by the seal thread when
+    // it is idle, so the timed rounds measure a server that has been serving those
+    // segments for a while, not its first gets after a seal.
+    for i in 0..n {
+        std::hint::black_box(engine.get("default", &key_of(i)).expect("get"));
+    }
+    // Until the seal thread has read back every sealed segment (all of them are read and
+    // still cached), 10 s at most on a slow disk.
+    let mut lens: Vec<(std::path::PathBuf, u64)> = std::fs::read_dir(dir.path().join("ns/default"))
+        .expect("namespace dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .map(|p| {
+            let len = std::fs::metadata(&p).expect("stat").len();
+            (p, len)
+        })
+        .collect();
+    lens.sort();
+    // The newest is the segment being written: laid out again only in whole 2 MiB chunks
+    // that a sync covered (all of it was synced above).
+    let sealed_bytes: u64 = lens.iter().rev().skip(1).map(|(_, len)| len).sum();
+    let chunk = 2u64 << 20;
+    let active_bytes = lens.last().map_or(0, |(_, len)| len / chunk * chunk);
+    let started = std::time::Instant::now();
+    let mut relaid = engine.page_cache_relayouts();
+    while relaid.1 < sealed_bytes + active_bytes && started.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        relaid = engine.page_cache_relayouts();
+    }
+    println!(
+        "{label}: {} re-layout(s) after the warm-up gets, {:.1} of {:.1} MiB re-read \
+         (sealed {:.1} MiB, whole chunks of the segment being written {:.1} MiB)",
+        relaid.0,
+        relaid.1 as f64 / f64::from(1u32 << 20),
+        (sealed_bytes + active_bytes) as f64 / f64::from(1u32 << 20),
+        sealed_bytes as f64 / f64::from(1u32 << 20),
+        active_bytes as f64 / f64::from(1u32 << 20)
+    );
+}
+
 fn key_of(i: u64) -> [u8; KEY] {
     let mut k = [0u8; KEY];
     k[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
@@ -204,49 +256,7 @@ fn key_of(i: u64) -> [u8; KEY] {
 fn get_ratio() {
     for (label, max_segment_size) in [("", None), (" sealed", Some(8u64 << 20))] {
         let (dir, engine, n) = filled_engine(max_segment_size);
-        // Every seal done (and each sealed segment armed for its re-layout).
-        Store::sync(&engine).expect("sync");
-        // A warm-up round of gets, untimed: a segment's page cache is laid out again in large
-        // folios only once gets have read it (`relayout_after_gets`: 128 gets of an 8 MiB
-        // segment; 20,000 random gets give each of the ~10 about 2,000), by the seal thread when
-        // it is idle, so the timed rounds measure a server that has been serving those
-        // segments for a while, not its first gets after a seal.
-        for i in 0..n {
-            std::hint::black_box(engine.get("default", &key_of(i)).expect("get"));
-        }
-        // Until the seal thread has read back every sealed segment (all of them are read and
-        // still cached), 10 s at most on a slow disk.
-        let mut lens: Vec<(std::path::PathBuf, u64)> =
-            std::fs::read_dir(dir.path().join("ns/default"))
-                .expect("namespace dir")
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-                .map(|p| {
-                    let len = std::fs::metadata(&p).expect("stat").len();
-                    (p, len)
-                })
-                .collect();
-        lens.sort();
-        // The newest is the segment being written: laid out again only in whole 2 MiB chunks
-        // that a sync covered (all of it was synced above).
-        let sealed_bytes: u64 = lens.iter().rev().skip(1).map(|(_, len)| len).sum();
-        let chunk = 2u64 << 20;
-        let active_bytes = lens.last().map_or(0, |(_, len)| len / chunk * chunk);
-        let started = std::time::Instant::now();
-        let mut relaid = engine.page_cache_relayouts();
-        while relaid.1 < sealed_bytes + active_bytes && started.elapsed().as_secs() < 10 {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            relaid = engine.page_cache_relayouts();
-        }
-        println!(
-            "get-ratio{label}: {} re-layout(s) after the warm-up gets, {:.1} of {:.1} MiB re-read \
-             (sealed {:.1} MiB, whole chunks of the segment being written {:.1} MiB)",
-            relaid.0,
-            relaid.1 as f64 / f64::from(1u32 << 20),
-            (sealed_bytes + active_bytes) as f64 / f64::from(1u32 << 20),
-            sealed_bytes as f64 / f64::from(1u32 << 20),
-            active_bytes as f64 / f64::from(1u32 << 20)
-        );
+        settle(&dir, &engine, n, &format!("get-ratio{label}"));
         // The baseline reads exactly what a get reads: the engine's own segment files, record
         // by record, at the records' offsets (header, key and value in one `pread`).
         let record = (64 + KEY + VALUE) as u64;
@@ -256,7 +266,7 @@ fn get_ratio() {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "seg"))
             .map(|p| {
-                let f = File::open(&p).expect("open segment");
+                let f = open_noatime(&p);
                 let records = (f.metadata().expect("stat").len() - first) / record;
                 (f, records)
             })
@@ -481,4 +491,15 @@ fn engine_with(durability: Durability) -> (tempfile::TempDir, Engine) {
     )
     .expect("open");
     (dir, engine)
+}
+
+/// The baseline's files are opened as the engine opens its segments (`O_NOATIME`), so that
+/// access-time updates are not a cost only the baseline pays.
+fn open_noatime(path: &std::path::Path) -> File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .expect("open")
 }
