@@ -254,6 +254,7 @@ pub fn chain_view(tier: &Tier, initial: &[BackendHealth]) -> ChainView {
         writers_held: g(&m.writers_held),
         write_holds: g(&m.write_holds),
         write_hold_ms: g(&m.write_hold_ms),
+        tier_rounds: g(&m.worker_rounds),
         backends: s.backends.iter().map(|b| (b.name.clone(), b.up)).collect(),
     }
 }

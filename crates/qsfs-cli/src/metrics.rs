@@ -55,6 +55,8 @@ pub struct ChainView {
     pub write_holds: u64,
     /// Milliseconds they waited in all.
     pub write_hold_ms: u64,
+    /// Rounds of the tier's worker (about one a second when idle).
+    pub tier_rounds: u64,
     /// Every configured backend: name and whether it answers.
     pub backends: Vec<(String, bool)>,
 }
@@ -250,6 +252,12 @@ impl Collector for ChainCollector {
                 "time those writes waited, summed over the writers",
                 c.write_hold_ms,
             )?;
+            counter(
+                &mut e,
+                "qsfs_tier_rounds",
+                "rounds of the offload worker, each looking for work once (idle: about one a second)",
+                c.tier_rounds,
+            )?;
             let mut m = e.encode_descriptor(
                 "qsfs_backend_up",
                 "1 when the backend answers",
@@ -370,6 +378,7 @@ mod tests {
             writers_held: 2,
             write_holds: 7,
             write_hold_ms: 1500,
+            tier_rounds: 42,
             backends,
             ..ChainView::default()
         };
@@ -398,6 +407,7 @@ mod tests {
             body.contains("qsfs_write_hold_milliseconds_total 1500"),
             "{body}"
         );
+        assert!(body.contains("qsfs_tier_rounds_total 42"), "{body}");
         assert!(
             body.contains("qsfs_backend_up{backend=\"local:/b/node2\"} 0"),
             "{body}"

@@ -394,6 +394,11 @@ pub(crate) struct Segment {
     pub file: Option<SegFile>,
     /// Length of an offloaded segment (0 while local: the file knows).
     pub offloaded_len: u64,
+    /// Length of a file opened read-only (sealed by an earlier run, or put back after an
+    /// offload), measured at open: it is never written again. Asking the file instead would
+    /// stat its path every time, and the backup tier asks for every segment's length every
+    /// second (0 for a file opened for writing).
+    sealed_len: u64,
     /// Unix milliseconds of the last record read from it (0 = not since open).
     pub last_read: AtomicU64,
     /// Page-cache re-layout state (see [`relayout_page_cache`]).
@@ -468,6 +473,7 @@ impl Segment {
             path,
             file: Some(SegFile::Pinned(Arc::new(file))),
             offloaded_len: 0,
+            sealed_len: 0,
             last_read: AtomicU64::new(0),
             relayout: Relayout::default(),
         })
@@ -490,16 +496,18 @@ impl Segment {
         if found != id {
             return Err(OpenError::Bad(format!("header names segment {found}")));
         }
-        let file = if writable {
-            SegFile::Pinned(Arc::new(file))
+        let (file, sealed_len) = if writable {
+            (SegFile::Pinned(Arc::new(file)), 0)
         } else {
-            SegFile::lazy(file)
+            let len = file.metadata().map_err(OpenError::Io)?.len();
+            (SegFile::lazy(file), len)
         };
         Ok(Segment {
             id,
             path,
             file: Some(file),
             offloaded_len: 0,
+            sealed_len,
             last_read: AtomicU64::new(0),
             relayout: Relayout::default(),
         })
@@ -512,6 +520,7 @@ impl Segment {
             path,
             file: None,
             offloaded_len: len,
+            sealed_len: 0,
             last_read: AtomicU64::new(0),
             relayout: Relayout::default(),
         }
@@ -661,8 +670,7 @@ impl Segment {
     pub fn len(&self) -> u64 {
         match &self.file {
             Some(SegFile::Pinned(f)) => f.metadata().map(|m| m.len()).unwrap_or(0),
-            // Not worth opening a closed file for.
-            Some(SegFile::Lazy(_)) => std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+            Some(SegFile::Lazy(_)) => self.sealed_len,
             None => self.offloaded_len,
         }
     }
@@ -700,7 +708,7 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
 /// wrapper around `pread` (rustix makes the system call directly).
 /// `O_NOATIME`: every get is a `pread` of a segment, and without it each one goes through the
 /// kernel's access-time check (measured: about 4 % of a get's CPU).
-const NOATIME: i32 = rustix::fs::OFlags::NOATIME.bits() as i32;
+const NOATIME: i32 = libc::O_NOATIME;
 
 /// Opens an existing segment file for reading (and writing if `writable`) without access-time
 /// updates where allowed: the kernel refuses `O_NOATIME` on a file of another owner to a

@@ -40,6 +40,9 @@ pub struct TierMetrics {
     pub write_holds: AtomicU64,
     /// Counter: milliseconds those writes waited, summed over the writers.
     pub write_hold_ms: AtomicU64,
+    /// Counter: rounds of the worker, each looking for work once. An idle tier adds about one
+    /// a second; a fast climb with nothing to do is a worker spinning.
+    pub worker_rounds: AtomicU64,
 }
 
 impl TierMetrics {

@@ -69,16 +69,14 @@ pub(crate) fn run(shared: Arc<Shared>) {
         last_cut: Instant::now(),
     };
     while !shared.stop.load(Ordering::Acquire) {
+        TierMetrics::add(&shared.metrics.worker_rounds, 1);
         let did = w.tick();
         super::evict::enforce(&shared);
         shared.note_progress();
         if did || shared.stop.load(Ordering::Acquire) {
             continue;
         }
-        let wait = w
-            .retry_at
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(10), TICK);
+        let wait = w.idle_wait();
         let mut woken = shared.wake.0.lock();
         if !*woken {
             shared.wake.1.wait_for(&mut woken, wait);
@@ -315,6 +313,24 @@ struct PendingCut {
 }
 
 impl Worker {
+    /// How long to sleep after a round that found nothing to do: until a retry, a cut or a
+    /// backend gc falls due, a [`TICK`] at most. Whatever else makes work (a seal, a writer
+    /// held at the gate, a requested cut, shutdown) kicks the worker awake. Each round reads
+    /// the length of every segment, so a short floor here was a busy loop (measured: idle,
+    /// 76 segments, 18,500 `statx` a second and 12 % of a core).
+    fn idle_wait(&self) -> Duration {
+        let now = Instant::now();
+        let c = &self.shared.config;
+        let mut due = (now + TICK)
+            .min(self.last_cut + c.cut_every)
+            .min(self.last_gc + c.gc_every);
+        if self.backoff.is_some() {
+            due = due.min(self.retry_at);
+        }
+        due.saturating_duration_since(now)
+            .max(Duration::from_millis(10))
+    }
+
     /// One unit of work; true if something was done (look again at once).
     fn tick(&mut self) -> bool {
         let Some(engine) = self.shared.engine() else {

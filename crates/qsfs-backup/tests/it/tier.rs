@@ -263,6 +263,40 @@ fn offload_evict_and_fetch_back_under_a_cap() {
     c.tier.shutdown();
 }
 
+/// An idle tier sleeps until something happens or a second has passed. Each round of the
+/// worker reads the length of every segment: it used to look again every 10 ms with nothing to
+/// do (76 segments: 18,500 `statx` a second, 12 % of a core, for as long as the mount ran).
+#[test]
+fn an_idle_tier_sleeps_instead_of_polling() {
+    let root = tempfile::tempdir().unwrap();
+    let c = chain(root.path(), None);
+    let v = vec![7u8; 3000];
+    for i in 0..200u32 {
+        c.engine
+            .set("default", Some(format!("k{i}").as_bytes()), &v)
+            .unwrap();
+    }
+    assert!(
+        c.tier.wait_idle(Duration::from_secs(60)),
+        "{:?}",
+        c.tier.status()
+    );
+    assert!(c.engine.segments("default").unwrap().len() > 3);
+    let m = c.tier.metrics();
+    let before = TierMetrics::get(&m.worker_rounds);
+    let slept = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let rounds = TierMetrics::get(&m.worker_rounds) - before;
+    // About one a second (two here); 10 ms polling made it about 200.
+    let bound = 3 * slept.elapsed().as_secs() + 3;
+    assert!(
+        rounds <= bound,
+        "{rounds} rounds in {:?} with nothing to do",
+        slept.elapsed()
+    );
+    c.tier.shutdown();
+}
+
 /// Several writers at once, as a mount's flush threads: a seal over the cap holds every writer,
 /// not only the one whose write sealed, so the engine never passes the cap plus one segment
 /// (plus the writes already under way when the gate closed).
