@@ -91,7 +91,11 @@ wait_mount "$WORK/mnt" qsfs
 # command's requests down by opcode.
 declare -A CONN REQ
 COUNTING=""
-if command -v perf > /dev/null && [ -d /sys/kernel/tracing/events/fuse ]; then COUNTING=1; fi
+# A fresh machine may not have tracefs mounted: the counts were then silently missing.
+[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+if command -v perf > /dev/null && [ -d /sys/kernel/tracing/events/fuse ]; then COUNTING=1; else
+  echo "(no FUSE request counts: needs perf and the kernel's fuse tracepoints)" >&2
+fi
 conn_of() { # target-name mountpoint: the tracepoint names a connection by the mount's dev_t
   [ -n "$COUNTING" ] || return 0
   local dev

@@ -10,6 +10,8 @@ N=1
 if [ "${1:-}" != -- ]; then N=$1; shift; fi
 [ "${1:-}" = -- ] && shift
 command -v perf > /dev/null || { echo "perf is needed" >&2; exit 1; }
+[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
+[ -d /sys/kernel/tracing/events/fuse ] || { echo "the kernel has no fuse tracepoints" >&2; exit 1; }
 # The tracepoint names the connection by the mount's device number (major:minor as a dev_t).
 DEV=$(mountpoint -d "$MNT")
 CONN=$(( (${DEV%%:*} << 20) | ${DEV##*:} ))
