@@ -321,9 +321,11 @@ impl Worker {
     fn idle_wait(&self) -> Duration {
         let now = Instant::now();
         let c = &self.shared.config;
+        // Checked: a configured interval may be too long to add to an instant ("never").
+        let at = |from: Instant, every: Duration| from.checked_add(every).unwrap_or(now + TICK);
         let mut due = (now + TICK)
-            .min(self.last_cut + c.cut_every)
-            .min(self.last_gc + c.gc_every);
+            .min(at(self.last_cut, c.cut_every))
+            .min(at(self.last_gc, c.gc_every));
         if self.backoff.is_some() {
             due = due.min(self.retry_at);
         }

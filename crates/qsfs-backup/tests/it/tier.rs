@@ -59,6 +59,10 @@ fn open_engine(dir: &Path, tier: &Tier) -> Engine {
 }
 
 fn chain(root: &Path, cap: Option<u64>) -> Chain {
+    chain_with(root, config(cap))
+}
+
+fn chain_with(root: &Path, config: TierConfig) -> Chain {
     let rt = runtime();
     // The record format `qsfs up` stores with.
     let settings = Settings {
@@ -67,7 +71,7 @@ fn chain(root: &Path, cap: Option<u64>) -> Chain {
     };
     let rig = rt.block_on(common::rig_with(settings, 4, 3));
     let pipeline = Arc::new(rig.pipeline.clone());
-    let tier = Tier::new(pipeline.clone(), &root.join("tier"), config(cap)).unwrap();
+    let tier = Tier::new(pipeline.clone(), &root.join("tier"), config).unwrap();
     let engine = open_engine(&root.join("engine"), &tier);
     tier.start(engine.clone()).unwrap();
     Chain {
@@ -293,6 +297,44 @@ fn an_idle_tier_sleeps_instead_of_polling() {
         rounds <= bound,
         "{rounds} rounds in {:?} with nothing to do",
         slept.elapsed()
+    );
+    c.tier.shutdown();
+}
+
+/// Intervals too long to add to a clock reading ("never") are not a panic of the worker.
+#[test]
+fn a_tier_told_never_to_cut_or_gc_on_its_own_still_works() {
+    let root = tempfile::tempdir().unwrap();
+    let c = chain_with(
+        root.path(),
+        TierConfig {
+            cut_every: Duration::MAX,
+            gc_every: Duration::MAX,
+            ..config(None)
+        },
+    );
+    for i in 0..100u32 {
+        c.engine
+            .set("default", Some(format!("k{i}").as_bytes()), &[9u8; 3000])
+            .unwrap();
+    }
+    // A requested cut (what `wait_idle` asks for) still happens.
+    assert!(
+        c.tier.wait_idle(Duration::from_secs(60)),
+        "{:?}",
+        c.tier.status()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        c.tier.status().last_error.is_none(),
+        "{:?}",
+        c.tier.status()
+    );
+    let rounds = TierMetrics::get(&c.tier.metrics().worker_rounds);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        TierMetrics::get(&c.tier.metrics().worker_rounds) > rounds,
+        "the worker stopped"
     );
     c.tier.shutdown();
 }
