@@ -6,13 +6,17 @@
 //!   backends (plus 3 LocalDir metadata backends);
 //! * `pipeline/retrieve`: reading it back (verified) into a sink;
 //! * `pipeline/retrieve_2_down`: the same with 2 of the 4 backends down;
+//! * `pipeline/memory/…`: the same three over 4 in-memory backends: the pipeline's own cost
+//!   (read, compress, seal, encode, hash, record), with no file system under the shards;
 //! * `placement/10x20_16+4`: one placement over 10 groups of 20 backends.
 //!
 //! Peak RSS after the pipeline benchmarks is printed (they run first, before the bare ones
 //! allocate whole-object buffers). Object size: `QSFS_BENCH_MIB` (default 64).
 //!
 //! Run: `cargo bench -p qsfs-backup --bench pipeline` (backends under the system temp dir, so
-//! on disk with fsync) or `QSFS_BENCH_DIR=/dev/shm cargo bench ...` (tmpfs: CPU cost only).
+//! on disk with fsync) or `QSFS_BENCH_DIR=/dev/shm cargo bench ...` (tmpfs: no disk waits).
+//! Objects are stored in record format 4, as `qsfs backup` stores them; `QSFS_BENCH_FORMAT=3`
+//! measures format 3, the storage tier's.
 //!
 //! With `QSFS_BENCH_CIPHER_FILE=FILE` it only times bare AES-256-GCM-SIV over FILE's bytes (default-size
 //! stripes, best of 5, one core) and prints `cipher_seconds=S`: the baseline of
@@ -24,13 +28,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use criterion::{black_box, Criterion, Throughput};
-use qsfs_backup::backends::LocalDir;
+use criterion::measurement::WallTime;
+use criterion::{black_box, BenchmarkGroup, Criterion, Throughput};
+use qsfs_backup::backends::{LocalDir, Memory};
 use qsfs_backup::crypto::{KdfParams, KeySource, SecretKey};
+use qsfs_backup::pipeline::Attrs;
 use qsfs_backup::placement::{self, Policy};
 use qsfs_backup::progress::NoProgress;
+use qsfs_backup::stripe::ShardHash;
 use qsfs_backup::{Pipeline, Settings};
 use qsfs_core::{Backend, Error, Health, Result};
+
+/// The allocator the `qsfs` program runs with, so the pipeline is measured as it runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Stands in for a dead node under the name of a real one.
 #[derive(Debug)]
@@ -58,6 +69,81 @@ impl Backend for Dead {
     }
     async fn health(&self) -> Health {
         Health::down("dead")
+    }
+}
+
+/// Store, retrieve and degraded retrieve of one object over one set of data backends.
+struct Cases<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    settings: &'a Settings,
+    key: &'a KeySource,
+    src: &'a std::path::Path,
+}
+
+impl Cases<'_> {
+    fn run(
+        &self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        prefix: &str,
+        data: Vec<Arc<dyn Backend>>,
+        meta: Vec<Arc<dyn Backend>>,
+    ) {
+        let rt = self.rt;
+        let open = |data| {
+            rt.block_on(Pipeline::open(
+                self.settings.clone(),
+                vec![data],
+                meta.clone(),
+                self.key,
+            ))
+            .expect("open")
+        };
+        let p = open(data.clone());
+        let store = || {
+            let f = std::fs::File::open(self.src).expect("open");
+            let stored =
+                rt.block_on(p.store("bench/object", Box::new(f), Attrs::default(), &NoProgress));
+            black_box(stored.expect("store"));
+        };
+        // The object the retrieves read, whichever cases a filter selects.
+        store();
+        // Each store supersedes the last; its shards are collected outside the timing, so the
+        // backends hold one copy (not one per iteration: a growing tmpfs or disk measures the
+        // machine's page allocation, not the pipeline).
+        g.bench_function(format!("{prefix}store"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let t = std::time::Instant::now();
+                    store();
+                    spent += t.elapsed();
+                    rt.block_on(p.gc()).expect("gc");
+                }
+                spent
+            })
+        });
+        let rec = rt.block_on(p.record("bench/object")).expect("record");
+        g.bench_function(format!("{prefix}retrieve"), |b| {
+            b.iter(|| {
+                rt.block_on(p.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
+                    .expect("retrieve")
+            })
+        });
+        let degraded = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match i {
+                0 | 1 => Arc::new(Dead(d.name())) as Arc<dyn Backend>,
+                _ => d.clone(),
+            })
+            .collect();
+        let p2 = open(degraded);
+        g.bench_function(format!("{prefix}retrieve_2_down"), |b| {
+            b.iter(|| {
+                rt.block_on(p2.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
+                    .expect("degraded retrieve")
+            })
+        });
     }
 }
 
@@ -148,6 +234,11 @@ fn main() {
             iterations: 1,
             parallelism: 1,
         },
+        // As `qsfs backup` stores (format 4); `QSFS_BENCH_FORMAT=3` measures the storage tier's.
+        format: match std::env::var("QSFS_BENCH_FORMAT").as_deref() {
+            Ok("3") => ShardHash::Blake3Plain,
+            _ => ShardHash::Blake3Tag,
+        },
         ..Settings::default()
     };
     if let Some(par) = std::env::var("QSFS_BENCH_PARALLEL")
@@ -157,66 +248,38 @@ fn main() {
         settings.parallel_stripes = par;
     }
     let key = KeySource::passphrase("bench");
-    let healthy: Vec<Arc<dyn Backend>> = data_dirs
-        .iter()
-        .map(|d| Arc::new(d.clone()) as Arc<dyn Backend>)
-        .collect();
-    let p = rt
-        .block_on(Pipeline::open(
-            settings.clone(),
-            vec![healthy],
-            meta.clone(),
-            &key,
-        ))
-        .expect("open");
-
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Bytes(size as u64));
-    g.bench_function("store", |b| {
-        b.iter(|| {
-            let f = std::fs::File::open(&src).expect("open");
-            rt.block_on(p.store("bench/object", Box::new(f), Default::default(), &NoProgress))
-                .expect("store")
-        })
-    });
-    rt.block_on(p.gc()).expect("gc");
-    let rec = rt.block_on(p.record("bench/object")).expect("record");
-    g.bench_function("retrieve", |b| {
-        b.iter(|| {
-            rt.block_on(p.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
-                .expect("retrieve")
-        })
-    });
-    let degraded: Vec<Arc<dyn Backend>> = data_dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            if i < 2 {
-                Arc::new(Dead(d.name())) as Arc<dyn Backend>
-            } else {
-                Arc::new(d.clone()) as Arc<dyn Backend>
-            }
-        })
-        .collect();
-    let p2 = rt
-        .block_on(Pipeline::open(
-            settings.clone(),
-            vec![degraded],
-            meta.clone(),
-            &key,
-        ))
-        .expect("open degraded");
-    g.bench_function("retrieve_2_down", |b| {
-        b.iter(|| {
-            rt.block_on(p2.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
-                .expect("degraded retrieve")
-        })
-    });
-    g.finish();
+    let on = |g: &mut BenchmarkGroup<'_, WallTime>,
+              prefix: &str,
+              data: Vec<Arc<dyn Backend>>,
+              meta: Vec<Arc<dyn Backend>>| {
+        let cases = Cases {
+            rt: &rt,
+            settings: &settings,
+            key: &key,
+            src: &src,
+        };
+        cases.run(g, prefix, data, meta);
+    };
+    on(
+        &mut g,
+        "",
+        data_dirs.iter().map(|d| Arc::new(d.clone()) as _).collect(),
+        meta,
+    );
     eprintln!(
         "peak RSS after pipeline benchmarks ({mib} MiB object): {} KiB",
         peak_rss_kib().unwrap_or(0)
     );
+    // The pipeline's own cost: shards and records handed over in memory, no file system.
+    let mem = |n, name: &str| {
+        (0..n)
+            .map(|i| Arc::new(Memory::new(format!("{name}{i}"))) as _)
+            .collect()
+    };
+    on(&mut g, "memory/", mem(4, "data"), mem(3, "meta"));
+    g.finish();
 
     // Baselines on the same bytes, stripe by stripe.
     let bytes = std::fs::read(&src).expect("read");

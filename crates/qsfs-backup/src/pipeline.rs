@@ -75,9 +75,10 @@ pub struct Settings {
     pub kdf: KdfParams,
     /// Create the repository if no metadata backend has one.
     pub create: bool,
-    /// Record format (checksums) of newly stored objects; every format is read. Format 2 by
-    /// default, because the storage chain computes the whole-object checksum of what it
-    /// uploads itself, with format 2's SHA-256 stripe sums; `qsfs backup` uses format 3.
+    /// Record format (checksums) of newly stored objects; every format is read. Format 3
+    /// (BLAKE3 throughout) by default: it is the fastest format a storage tier accepts (the
+    /// tier recomputes each upload's whole-object checksum from the bytes it read, which
+    /// format 4's AEAD-tag checksums do not allow). `qsfs backup` stores format 4.
     pub format: ShardHash,
 }
 
@@ -102,7 +103,7 @@ impl Default for Settings {
                 .clamp(4, 16),
             timeouts: Timeouts::default(),
             prefix: "qsfs".into(),
-            format: ShardHash::Blake3,
+            format: ShardHash::Blake3Plain,
             meta_write_quorum: None,
             kdf: KdfParams::default(),
             create: true,
@@ -1617,6 +1618,9 @@ mod tests {
                 iterations: 1,
                 parallelism: 1,
             },
+            // Format 2: `downgrade` turns its records into format 1, which differs from it
+            // only in the shard checksums.
+            format: ShardHash::Blake3,
             ..Settings::default()
         };
         let p = Pipeline::open(
