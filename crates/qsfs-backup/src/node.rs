@@ -136,6 +136,12 @@ impl Node {
         self.call("put", self.backend.put_new(key, data)).await
     }
 
+    /// `verify` (the node holds exactly `expected`) with timeout and health bookkeeping.
+    pub async fn verify(&self, key: &str, expected: &Bytes) -> Result<()> {
+        self.call("verify", self.backend.verify(key, expected))
+            .await
+    }
+
     /// `get` with timeout and health bookkeeping.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         self.call("get", self.backend.get(key)).await

@@ -484,6 +484,32 @@ impl Pipeline {
         attrs: Attrs,
         progress: &dyn Progress,
     ) -> Result<ObjectRecord> {
+        self.store_as(name, reader, attrs, progress, false).await
+    }
+
+    /// [`Pipeline::store`], and every shard confirmed on its backend as it is written
+    /// ([`Backend::verify`]: a 0-db node checks its copy against the CRC of what was sent,
+    /// without sending it back; other backends read it back). A shard that does not confirm
+    /// is written again elsewhere, as a failed write. The returned record describes shards
+    /// that were each confirmed stored, so no deep check has to read them again.
+    pub async fn store_verified(
+        &self,
+        name: &str,
+        reader: Box<dyn Read + Send>,
+        attrs: Attrs,
+        progress: &dyn Progress,
+    ) -> Result<ObjectRecord> {
+        self.store_as(name, reader, attrs, progress, true).await
+    }
+
+    async fn store_as(
+        &self,
+        name: &str,
+        reader: Box<dyn Read + Send>,
+        attrs: Attrs,
+        progress: &dyn Progress,
+        verified: bool,
+    ) -> Result<ObjectRecord> {
         if name.is_empty() {
             return Err(Error::InvalidArgument("empty object name".into()));
         }
@@ -546,7 +572,7 @@ impl Pipeline {
                     id,
                     data_key.clone(),
                     placement.clone(),
-                    seed,
+                    (seed, verified),
                 ));
                 inflight.push(async move { (index, task.await) });
                 index += 1;
@@ -626,13 +652,15 @@ impl Pipeline {
         id: StripeId,
         key: SecretKey,
         placement: Arc<Mutex<Vec<usize>>>,
-        seed: u64,
+        (seed, verified): (u64, bool),
     ) -> Result<(StripeMeta, Vec<usize>)> {
         let s = &self.inner.settings;
         let (k, m, level, format) = (s.policy.k, s.policy.m, s.compression_level, s.format);
         let (meta, shards) =
             on_cpu(move || stripe::encode(chunk, &id, &key, (k, m), level, format)).await??;
-        let at = self.write_shards(&id, &shards, placement, seed).await?;
+        let at = self
+            .write_shards(&id, &shards, placement, (seed, verified))
+            .await?;
         Ok((meta, at))
     }
 
@@ -642,7 +670,7 @@ impl Pipeline {
         id: &StripeId,
         shards: &[Bytes],
         placement: Arc<Mutex<Vec<usize>>>,
-        seed: u64,
+        (seed, verified): (u64, bool),
     ) -> Result<Vec<usize>> {
         let inner = &self.inner;
         let mut last_err = String::new();
@@ -659,10 +687,14 @@ impl Pipeline {
                         // new everywhere. A failed attempt may have left the shard on a node
                         // after all, so later attempts replace it the careful way.
                         if attempt == 0 {
-                            node.put_new(&key, data).await
+                            node.put_new(&key, data.clone()).await?;
                         } else {
-                            node.put(&key, data).await
+                            node.put(&key, data.clone()).await?;
                         }
+                        if verified {
+                            node.verify(&key, &data).await?;
+                        }
+                        Ok::<(), Error>(())
                     }
                 },
             ))

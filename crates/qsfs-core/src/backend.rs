@@ -86,6 +86,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The whole blob; [`Error::NotFound`] if absent.
     async fn get(&self, key: &str) -> Result<Bytes>;
 
+    /// Confirms that the backend holds exactly `expected` under `key`, as read from its
+    /// storage now: [`Error::Corrupt`] if it holds other bytes, [`Error::NotFound`] if nothing.
+    /// The default reads the blob back and compares. A backend that can prove it from a
+    /// checksum of the stored bytes overrides this so the blob does not travel back (the 0-db
+    /// adapter: the node re-reads the value and checks its CRC, and the CRC is compared with
+    /// one computed from `expected`).
+    async fn verify(&self, key: &str, expected: &Bytes) -> Result<()> {
+        let held = self.get(key).await?;
+        same_bytes(&self.name(), key, &held, expected)
+    }
+
     /// Bytes `range` of the blob, clipped to its end (a range past the end gives fewer bytes or
     /// none); [`Error::NotFound`] if absent. The default fetches the whole blob.
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -104,6 +115,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Probes the backend. Never fails: an unreachable backend is [`HealthStatus::Down`].
     async fn health(&self) -> Health;
+}
+
+/// What [`Backend::verify`] answers for a blob read back: `Ok` if `held` is `expected`, else
+/// [`Error::Corrupt`] naming `backend` and `key`.
+pub fn same_bytes(backend: &str, key: &str, held: &[u8], expected: &[u8]) -> Result<()> {
+    if held == expected {
+        return Ok(());
+    }
+    Err(Error::corrupt(
+        format!("{backend} key {key}"),
+        format!(
+            "holds {} bytes that differ from the {} expected",
+            held.len(),
+            expected.len()
+        ),
+    ))
 }
 
 /// The part of `data` that `range` covers, clipped to its end.

@@ -38,7 +38,7 @@ pub mod store;
 pub mod testing;
 pub mod types;
 
-pub use backend::{check_object_key, slice_range, Backend, Health, HealthStatus};
+pub use backend::{check_object_key, same_bytes, slice_range, Backend, Health, HealthStatus};
 pub use cache::{BlockId, Cache, CacheStats};
 pub use disk::{reserve_on, DiskSpace, SpaceBudget, StoreSpace};
 pub use error::{Error, ReadOnlyReason, Result};

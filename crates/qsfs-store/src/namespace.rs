@@ -285,10 +285,15 @@ fn seg_location(ns: &str, seg: u32, off: u64) -> String {
     )
 }
 
-fn encode_cursor(seqno: u64) -> Cursor {
+/// A 17-byte cursor resuming after sequence number `seqno`: `0x51 | seqno | value_crc |
+/// crc32c of the first 13 bytes`. `value_crc` is informational (KEYCUR gives the key's value
+/// crc32c, so a client can confirm what a server holds without reading it back; SCAN gives 0)
+/// and is not needed to resume.
+fn encode_cursor(seqno: u64, value_crc: u32) -> Cursor {
     let mut c = vec![0u8; 17];
     c[0] = 0x51;
     c[1..9].copy_from_slice(&seqno.to_le_bytes());
+    c[9..13].copy_from_slice(&value_crc.to_le_bytes());
     let crc = crc32c::crc32c(&c[0..13]);
     c[13..17].copy_from_slice(&crc.to_le_bytes());
     Cursor(c)
@@ -297,7 +302,7 @@ fn encode_cursor(seqno: u64) -> Cursor {
 fn decode_cursor(c: &Cursor) -> Result<u64> {
     let b = &c.0;
     let bad = || Error::InvalidArgument("invalid scan cursor".into());
-    if b.len() != 17 || b[0] != 0x51 || b[9..13] != [0, 0, 0, 0] {
+    if b.len() != 17 || b[0] != 0x51 {
         return Err(bad());
     }
     if crc32c::crc32c(&b[0..13]).to_le_bytes() != b[13..17] {
@@ -1822,7 +1827,11 @@ impl Namespace {
                 }
             }
         }
-        let next = if more { last.map(encode_cursor) } else { None };
+        let next = if more {
+            last.map(|seqno| encode_cursor(seqno, 0))
+        } else {
+            None
+        };
         Ok(ScanPage { entries, next })
     }
 
@@ -1834,7 +1843,7 @@ impl Namespace {
             .index
             .live(key)
             .ok_or_else(|| Error::NotFound(format!("key in namespace {}", self.name)))?;
-        Ok(encode_cursor(s.seqno))
+        Ok(encode_cursor(s.seqno, s.value_crc))
     }
 
     /// `Store::history`.
@@ -2413,9 +2422,12 @@ mod tests {
 
     #[test]
     fn cursors_roundtrip_and_reject_garbage() {
-        let c = encode_cursor(12345);
+        let c = encode_cursor(12345, 0);
         assert_eq!(c.0.len(), 17);
         assert_eq!(decode_cursor(&c).unwrap(), 12345);
+        let with_crc = encode_cursor(12345, 0xdead_beef);
+        assert_eq!(decode_cursor(&with_crc).unwrap(), 12345);
+        assert_eq!(with_crc.0[9..13], 0xdead_beef_u32.to_le_bytes());
         let mut bad = c.clone();
         bad.0[3] ^= 1;
         assert!(decode_cursor(&bad).is_err());

@@ -9,8 +9,9 @@
 //!   the [`Pipeline`] under [`qsfs_store::cold_key`], reads the record back from the metadata
 //!   quorum, checks size and whole-object checksum against what it computed while reading the
 //!   file, and only then records the segment as confirmed in its durable state. With
-//!   `verify_deep` it later reads back and checks every shard; only then may the segment be
-//!   evicted. It also uploads each namespace's recovery manifest and
+//!   `verify_deep` every shard is confirmed on its backend as it is written
+//!   ([`Pipeline::store_verified`]); only a verified segment may be evicted. It also uploads
+//!   each namespace's recovery manifest and
 //!   the engine's seal key, and deletes cold objects that no uploaded manifest references.
 //! * **Eviction** keeps the engine's local bytes under `local_cap` by offloading confirmed
 //!   segments, least recently read first; writers are slowed down (never stopped) while the
@@ -70,9 +71,10 @@ pub struct TierConfig {
     pub retry_max: Duration,
     /// How often the pipeline's garbage collection (orphaned shards) runs.
     pub gc_every: Duration,
-    /// Read back and verify every shard of an upload before its segment may be evicted. The
-    /// check runs after the upload is confirmed (record read back with the right size and
-    /// checksum), when the disk is over its cap or once the backlog is uploaded.
+    /// Confirm every shard of an upload on its backend ([`qsfs_core::Backend::verify`]) as it
+    /// is written, before its segment may be evicted. A confirmation an earlier version
+    /// recorded unverified is checked by reading its shards back, when the disk is over its
+    /// cap or once the backlog is uploaded.
     pub verify_deep: bool,
     /// Run the upload work (compression, encryption, erasure coding, hashing, verification) on
     /// threads of low priority (nice 10), so that it takes the CPU the writers

@@ -124,6 +124,23 @@ fn lower_priority() {
     }
 }
 
+/// Stores `reader` as `name`; with `deep` (the tier's `verify_deep`), every shard is confirmed
+/// on its backend as it is written ([`Pipeline::store_verified`]), which is what the deep check
+/// of an upload asks: no second pass reads the shards back.
+async fn store(
+    p: &crate::Pipeline,
+    name: &str,
+    reader: Box<dyn std::io::Read + Send>,
+    deep: bool,
+) -> Result<ObjectRecord> {
+    if deep {
+        p.store_verified(name, reader, Attrs::default(), &NoProgress)
+            .await
+    } else {
+        p.store(name, reader, Attrs::default(), &NoProgress).await
+    }
+}
+
 /// True when every sealed segment is confirmed (or offloaded) and deep-verified, every
 /// namespace's newest manifest is uploaded and the manifests of deleted namespaces are gone.
 pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
@@ -584,17 +601,12 @@ impl Worker {
         h.update(&key);
         let sum = h.finish();
         let p = self.shared.pipeline.clone();
+        let deep = self.shared.config.verify_deep;
         let rec = self.on_pool(async move {
-            p.store(
-                SEAL_KEY,
-                Box::new(std::io::Cursor::new(key)),
-                Attrs::default(),
-                &NoProgress,
-            )
-            .await
+            let reader = Box::new(std::io::Cursor::new(key));
+            store(&p, SEAL_KEY, reader, deep).await
         })??;
-        let back = self.verify(&rec, len, sum)?;
-        self.deep_check(&back)?;
+        self.verify(&rec, len, sum)?;
         self.shared.update(|st| st.seal_key_uploaded = true)
     }
 
@@ -776,10 +788,8 @@ impl Worker {
         let started = Instant::now();
         let p = self.shared.pipeline.clone();
         let name = key.clone();
-        let rec = self.on_pool(async move {
-            p.store(&name, Box::new(reader), Attrs::default(), &NoProgress)
-                .await
-        })??;
+        let deep = self.shared.config.verify_deep;
+        let rec = self.on_pool(async move { store(&p, &name, Box::new(reader), deep).await })??;
         let h = std::mem::replace(&mut *hashes.lock(), self.hashes());
         let total = h.total;
         let sum = h.finish();
@@ -816,7 +826,9 @@ impl Worker {
                         length: seg.length,
                         checksum: sum,
                         object_id,
-                        verified: !self.shared.config.verify_deep,
+                        // With `verify_deep` every shard was confirmed as it was written;
+                        // without it nothing more is asked.
+                        verified: true,
                     },
                 );
             } else {
@@ -923,21 +935,14 @@ impl Worker {
         let sum = h.finish();
         let len = bytes.len() as u64;
         let p = self.shared.pipeline.clone();
+        let deep = self.shared.config.verify_deep;
         let stored = self
             .on_pool(async move {
-                p.store(
-                    CUT_KEY,
-                    Box::new(std::io::Cursor::new(bytes)),
-                    Attrs::default(),
-                    &NoProgress,
-                )
-                .await
+                let reader = Box::new(std::io::Cursor::new(bytes));
+                store(&p, CUT_KEY, reader, deep).await
             })
             .and_then(|r| r);
-        let checked = stored.and_then(|rec| {
-            let back = self.verify(&rec, len, sum)?;
-            self.deep_check(&back).map(|()| rec)
-        });
+        let checked = stored.and_then(|rec| self.verify(&rec, len, sum).map(|_| rec));
         let rec = match checked {
             Ok(rec) => rec,
             Err(e) => {

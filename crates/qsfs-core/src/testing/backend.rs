@@ -45,6 +45,7 @@ pub async fn run_with_longest_key(b: &dyn Backend, longest: usize) {
     round_trip(b).await;
     absent(b).await;
     replace(b).await;
+    verify(b).await;
     ranges(b).await;
     delete_idempotent(b).await;
     listing(b).await;
@@ -155,6 +156,47 @@ async fn replace(b: &dyn Backend) {
         "{}: a replaced blob is listed once",
         b.name()
     );
+}
+
+/// `verify` accepts exactly the bytes stored: not other bytes of the same length, nor a
+/// shorter or longer blob, nor an absent key.
+async fn verify(b: &dyn Backend) {
+    let key = "conformance/verify";
+    for data in [blob(6, 4097), blob(7, LARGE_BLOB), Bytes::new()] {
+        b.put(key, data.clone()).await.expect("put");
+        b.verify(key, &data)
+            .await
+            .unwrap_or_else(|e| panic!("{}: verify of the blob just stored: {e}", b.name()));
+        if data.is_empty() {
+            continue;
+        }
+        let mut flipped = data.to_vec();
+        flipped[data.len() / 2] ^= 0x20;
+        let others = [
+            Bytes::from(flipped),
+            data.slice(..data.len() - 1),
+            Bytes::from([&data[..], b"!"].concat()),
+        ];
+        for other in &others {
+            match b.verify(key, other).await {
+                Err(Error::Corrupt { .. }) => {}
+                r => panic!(
+                    "{}: verify against {} bytes that are not the {} stored must be Corrupt, got {r:?}",
+                    b.name(),
+                    other.len(),
+                    data.len()
+                ),
+            }
+        }
+    }
+    match b.verify("conformance/never-written", &blob(8, 10)).await {
+        Err(Error::NotFound(_)) => {}
+        r => panic!(
+            "{}: verify of an absent key must be NotFound, got {r:?}",
+            b.name()
+        ),
+    }
+    b.delete(key).await.expect("delete");
 }
 
 async fn ranges(b: &dyn Backend) {

@@ -141,6 +141,83 @@ impl ZdbBackend {
             .set_parts(&self.ns, key.as_bytes(), &[&[0], &crc, data])
     }
 
+    /// [`Backend::verify`] of a blob stored as one value, by the node's CRC. `Ok(false)`: the
+    /// node gave no CRC to compare (an older `qsfs serve`), so the caller reads it back.
+    fn user_verify(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let k = key.as_bytes().to_vec();
+        let reqs = [b"CHECK".as_slice(), b"LENGTH", b"KEYCUR"].map(|c| vec![c.to_vec(), k.clone()]);
+        let replies = self.client.pipeline(&self.ns, &reqs, true)?;
+        let [check, length, cursor]: [Reply; 3] = replies
+            .try_into()
+            .map_err(|_| Error::Unavailable(format!("{}: missing replies", self.location(key))))?;
+        let held = |detail: String| corrupt(self.location(key), &detail);
+        match check.ok()? {
+            Reply::Int(1) => {}
+            Reply::Int(0) => {
+                return Err(held(
+                    "the node's copy fails its checksum (CHECK answers 0)".into(),
+                ))
+            }
+            Reply::Nil => return Err(Error::NotFound(self.location(key))),
+            r => {
+                return Err(Error::io(
+                    format!("{}: CHECK answers {r:?}", self.location(key)),
+                    std::io::Error::other("the node cannot read its copy"),
+                ))
+            }
+        }
+        let stored_len = data.len() + 5;
+        match length.ok()? {
+            Reply::Int(n) if n == stored_len as i64 => {}
+            Reply::Int(n) => {
+                return Err(held(format!(
+                    "the node holds {n} bytes, {stored_len} were stored"
+                )))
+            }
+            Reply::Nil => return Err(Error::NotFound(self.location(key))),
+            r => {
+                return Err(Error::InvalidArgument(format!(
+                    "LENGTH: unexpected reply {r:?}"
+                )))
+            }
+        }
+        let cursor = match cursor.ok()? {
+            Reply::Bulk(c) if c.len() == 17 => c,
+            r => {
+                return Err(Error::InvalidArgument(format!(
+                    "KEYCUR: unexpected reply {r:?}"
+                )))
+            }
+        };
+        let want = stored_crc(data);
+        let field = |at: usize| {
+            u32::from_le_bytes([cursor[at], cursor[at + 1], cursor[at + 2], cursor[at + 3]])
+        };
+        let (got, want) = if self.client.is_qsfs() {
+            // `0x51 | seqno | value crc32c | cursor crc`; zero from a server that predates it.
+            if field(9) == 0 && want != 0 {
+                return Ok(false);
+            }
+            (field(9), want)
+        } else {
+            // The original's `key length | file | payload length | offset | CRC`, its CRC
+            // being CRC-32C with initial value 0 and no final XOR.
+            if field(5) as usize != stored_len {
+                return Err(held(format!(
+                    "the node's cursor gives {} bytes, {stored_len} were stored",
+                    field(5)
+                )));
+            }
+            (field(13), want ^ zeros_crc(stored_len))
+        };
+        if got != want {
+            return Err(held(format!(
+                "the node's CRC of its copy is {got:08x}, the value stored has {want:08x}"
+            )));
+        }
+        Ok(true)
+    }
+
     fn user_put(&self, key: &str, data: &[u8]) -> Result<()> {
         // A manifest being replaced must be read first: its chunks are deleted only through it.
         let old = self.user_manifest(key)?;
@@ -537,6 +614,32 @@ impl ZdbBackend {
     }
 }
 
+/// The standard CRC-32C of the value [`ZdbBackend::user_set_value`] stores for `data`
+/// (`0x00 | crc32c(data) | data`), without a second pass over `data`.
+fn stored_crc(data: &[u8]) -> u32 {
+    let crc = crate::segment::value_crc(data);
+    let mut header = [0u8; 5];
+    header[1..].copy_from_slice(&crc.to_le_bytes());
+    crc32c::crc32c_combine(crc32c::crc32c(&header), crc, data.len())
+}
+
+/// The standard CRC-32C of `n` zero bytes. The original 0-db's CRC of a value is the standard
+/// one XOR this: its register starts at 0 instead of all ones and is not inverted at the end,
+/// and CRC is linear in the starting register.
+fn zeros_crc(n: usize) -> u32 {
+    // Doubling: the CRC of 2^i zero bytes combined into those of n's set bits.
+    let (mut acc, mut pow, mut pow_len, mut rest) = (0u32, crc32c::crc32c(&[0]), 1usize, n);
+    while rest > 0 {
+        if rest & 1 == 1 {
+            acc = crc32c::crc32c_combine(acc, pow, pow_len);
+        }
+        pow = crc32c::crc32c_combine(pow, pow, pow_len);
+        pow_len *= 2;
+        rest >>= 1;
+    }
+    acc
+}
+
 #[async_trait]
 impl Backend for ZdbBackend {
     fn name(&self) -> String {
@@ -564,6 +667,23 @@ impl Backend for ZdbBackend {
         check_object_key(key)?;
         let key = key.to_string();
         self.blocking(move |b| b.user_set_value(&key, &data)).await
+    }
+
+    /// A blob stored as one value is confirmed by the node without sending it back: `CHECK`
+    /// (the node re-reads its copy and checks the CRC it computed on receipt), `LENGTH` and
+    /// `KEYCUR` (whose cursor carries that CRC) in one round trip, the CRC compared with the
+    /// one of the value `expected` makes. Chunked blobs, seq mode and a `qsfs serve` too old
+    /// to put the CRC in its cursors are read back.
+    async fn verify(&self, key: &str, expected: &Bytes) -> Result<()> {
+        check_object_key(key)?;
+        if self.mode == Mode::User && Self::fits_one_value(expected) {
+            let (k, data) = (key.to_string(), expected.clone());
+            if self.blocking(move |b| b.user_verify(&k, &data)).await? {
+                return Ok(());
+            }
+        }
+        let held = self.get(key).await?;
+        qsfs_core::same_bytes(&self.name(), key, &held, expected)
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -670,6 +790,36 @@ impl Backend for ZdbBackend {
                 h
             }
             Err(e) => Health::down(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The original's CRC (spec §11.3): the `crc32c` crate's `!crc32c_append(!0, data)`.
+    fn zdb_crc(data: &[u8]) -> u32 {
+        !crc32c::crc32c_append(!0, data)
+    }
+
+    #[test]
+    fn the_originals_crc_check_value_comes_out_of_the_standard_one() {
+        let data = b"123456789";
+        assert_eq!(crc32c::crc32c(data), 0xe306_9283);
+        assert_eq!(crc32c::crc32c(data) ^ zeros_crc(data.len()), 0x58e3_fa20);
+        assert_eq!(zeros_crc(0), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn crcs_of_a_stored_value_match_a_plain_pass(data in proptest::collection::vec(any::<u8>(), 0..5000)) {
+            let mut stored = vec![0u8];
+            stored.extend_from_slice(&crate::segment::value_crc(&data).to_le_bytes());
+            stored.extend_from_slice(&data);
+            prop_assert_eq!(stored_crc(&data), crc32c::crc32c(&stored));
+            prop_assert_eq!(stored_crc(&data) ^ zeros_crc(stored.len()), zdb_crc(&stored));
         }
     }
 }

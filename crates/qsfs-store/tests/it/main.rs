@@ -15,6 +15,7 @@ mod remote_backend;
 mod remote_damaged;
 mod remote_lazy;
 mod remote_store;
+mod remote_verify;
 mod server_concurrency;
 mod server_group;
 mod server_protocol;

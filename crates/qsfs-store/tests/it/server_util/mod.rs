@@ -25,9 +25,21 @@ impl TestServer {
         Self::start_with(config, EngineConfig::default())
     }
 
-    pub fn start_with(mut config: ServerConfig, engine_config: EngineConfig) -> TestServer {
+    pub fn start_with(config: ServerConfig, engine_config: EngineConfig) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path(), engine_config).unwrap();
+        let root = dir.path().to_path_buf();
+        Self::start_at(&root, dir, config, engine_config)
+    }
+
+    /// A server over the engine in `root` (which outlives it: a test can stop it, change its
+    /// files and serve them again); `dir` is only kept.
+    pub fn start_at(
+        root: &std::path::Path,
+        dir: tempfile::TempDir,
+        mut config: ServerConfig,
+        engine_config: EngineConfig,
+    ) -> TestServer {
+        let engine = Engine::open(root, engine_config).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -36,8 +48,8 @@ impl TestServer {
         if config.tcp.is_some() {
             config.tcp = Some("127.0.0.1:0".parse().unwrap());
         }
-        config.index_root = dir.path().to_path_buf();
-        config.data_root = dir.path().to_path_buf();
+        config.index_root = root.to_path_buf();
+        config.data_root = root.to_path_buf();
         let e2 = engine.clone();
         let handle =
             rt.block_on(async move { Server::bind(Arc::new(e2), config).await.unwrap().spawn() });
