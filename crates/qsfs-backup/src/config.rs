@@ -413,6 +413,7 @@ struct QsfsFile {
     stripe_size: Option<usize>,
     compression_level: Option<i32>,
     parallel_stripes: Option<usize>,
+    verify_writes: Option<bool>,
     op_timeout_ms: Option<u64>,
     health_timeout_ms: Option<u64>,
     down_for_ms: Option<u64>,
@@ -632,6 +633,9 @@ impl Config {
         }
         if let Some(v) = q.parallel_stripes {
             s.parallel_stripes = v.max(1);
+        }
+        if let Some(v) = q.verify_writes {
+            s.verify_writes = v;
         }
         s.timeouts = timeouts(q.op_timeout_ms, q.health_timeout_ms, q.down_for_ms);
         s.meta_write_quorum = q.meta_write_quorum;
@@ -1034,6 +1038,10 @@ backends = ["local:b3"]
             matches!(&c.meta[2], BackendSpec::Zdb(z) if z.namespace == "meta" && z.role == ZdbRole::Meta)
         );
         assert_eq!(c.settings.stripe_size, 65536);
+        assert!(!c.settings.verify_writes, "off unless asked");
+        let verifying = text.replace("stripe_size = 65536", "verify_writes = true");
+        let v = Config::parse(&verifying, Path::new("c"), Path::new("/")).expect("parse");
+        assert!(v.settings.verify_writes);
         let impossible = text.replace(
             "parity_shards = 1",
             "parity_shards = 1\nredundant_groups = 2",

@@ -75,6 +75,10 @@ pub struct Settings {
     pub kdf: KdfParams,
     /// Create the repository if no metadata backend has one.
     pub create: bool,
+    /// Confirm every shard on its backend as it is written ([`Pipeline::store`] then works
+    /// as [`Pipeline::store_verified`]). Off by default: a 0-db node confirms with a round trip
+    /// of a few bytes, other backends read every shard back.
+    pub verify_writes: bool,
     /// Record format (checksums) of newly stored objects; every format is read. Format 3
     /// (BLAKE3 throughout) by default: it is the fastest format a storage tier accepts (the
     /// tier recomputes each upload's whole-object checksum from the bytes it read, which
@@ -107,6 +111,7 @@ impl Default for Settings {
             meta_write_quorum: None,
             kdf: KdfParams::default(),
             create: true,
+            verify_writes: false,
         }
     }
 }
@@ -417,6 +422,12 @@ impl Pipeline {
     }
 
     fn place(&self, seed: u64) -> Result<Vec<usize>> {
+        self.place_avoiding(seed, &[])
+    }
+
+    /// [`Pipeline::place`] without the nodes `avoid` (those a stripe's write just failed on,
+    /// whether or not they count as down yet).
+    fn place_avoiding(&self, seed: u64, avoid: &[usize]) -> Result<Vec<usize>> {
         let inner = &self.inner;
         let usable: Vec<Vec<usize>> = inner
             .groups
@@ -424,7 +435,7 @@ impl Pipeline {
             .map(|g| {
                 g.iter()
                     .copied()
-                    .filter(|&i| !inner.nodes[i].is_down())
+                    .filter(|&i| !inner.nodes[i].is_down() && !avoid.contains(&i))
                     .collect()
             })
             .collect();
@@ -432,8 +443,12 @@ impl Pipeline {
             let down: Vec<String> = inner
                 .nodes
                 .iter()
-                .filter(|n| n.is_down())
-                .map(|n| format!("{} ({})", n.name, n.down_reason()))
+                .enumerate()
+                .filter_map(|(i, n)| match (n.is_down(), avoid.contains(&i)) {
+                    (true, _) => Some(format!("{} ({})", n.name, n.down_reason())),
+                    (false, true) => Some(format!("{} (failed this write)", n.name)),
+                    (false, false) => None,
+                })
                 .collect();
             if down.is_empty() {
                 e.into()
@@ -484,7 +499,8 @@ impl Pipeline {
         attrs: Attrs,
         progress: &dyn Progress,
     ) -> Result<ObjectRecord> {
-        self.store_as(name, reader, attrs, progress, false).await
+        let verified = self.inner.settings.verify_writes;
+        self.store_as(name, reader, attrs, progress, verified).await
     }
 
     /// [`Pipeline::store`], and every shard confirmed on its backend as it is written
@@ -674,6 +690,7 @@ impl Pipeline {
     ) -> Result<Vec<usize>> {
         let inner = &self.inner;
         let mut last_err = String::new();
+        let mut failed_on = Vec::new();
         for attempt in 0..3 {
             let at = placement.lock().clone();
             let res = futures::future::join_all(at.iter().zip(shards).enumerate().map(
@@ -703,6 +720,7 @@ impl Pipeline {
             for (&n, r) in at.iter().zip(res) {
                 if let Err(e) = r {
                     failed = true;
+                    failed_on.push(n);
                     if !inner.nodes[n].is_down() {
                         inner.nodes[n].mark_down(format!("write failed: {e}"));
                     }
@@ -712,7 +730,7 @@ impl Pipeline {
             if !failed {
                 return Ok(at);
             }
-            let new = self.place(seed)?;
+            let new = self.place_avoiding(seed, &failed_on)?;
             *placement.lock() = new;
         }
         Err(Error::Unavailable(format!(

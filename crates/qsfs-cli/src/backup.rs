@@ -60,6 +60,11 @@ enum Command {
         /// Object name for standard input.
         #[arg(long)]
         name: Option<String>,
+        /// Confirm every shard on its backend as it is written (a 0-db node checks its copy
+        /// against the CRC of what was sent; other backends read it back). Same as
+        /// `verify_writes = true` in the config.
+        #[arg(long)]
+        verify: bool,
     },
     /// Retrieve an object to its path, or to OUT (`-` = standard output).
     Retrieve {
@@ -286,6 +291,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     // hash. Every format is read. The storage chain uses format 3, whose plaintext checksums
     // the tier recomputes from what it reads (see `chain::open_pipeline`).
     config.settings.format = ShardHash::Blake3Tag;
+    if let Command::Store { verify: true, .. } = args.command {
+        config.settings.verify_writes = true;
+    }
     let secret = if config.key.is_some() {
         None
     } else {
@@ -299,7 +307,7 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let progress = Bars::new(!args.quiet && !args.json);
     let json = args.json;
     match args.command {
-        Command::Store { paths, name } => {
+        Command::Store { paths, name, .. } => {
             store(&pipeline, &config, &paths, name, &progress, json).await
         }
         Command::Retrieve {

@@ -275,12 +275,15 @@ impl Backend for Garbling {
 async fn a_verified_store_confirms_each_shard_and_avoids_a_node_that_damages_it() {
     use qsfs_backup::backends::Memory;
     use std::sync::Arc;
-    let bad = Memory::new("garbling");
-    let mut data: Vec<Arc<dyn Backend>> = vec![Arc::new(Garbling(bad.clone()))];
-    data.extend((0..4).map(|i| Arc::new(Memory::new(format!("good{i}"))) as Arc<dyn Backend>));
-    let meta: Vec<Arc<dyn Backend>> = (0..3)
-        .map(|i| Arc::new(Memory::new(format!("meta{i}"))) as Arc<dyn Backend>)
-        .collect();
+    let nodes = || {
+        let mut data: Vec<Arc<dyn Backend>> = vec![Arc::new(Garbling(Memory::new("garbling")))];
+        data.extend((0..4).map(|i| Arc::new(Memory::new(format!("good{i}"))) as Arc<dyn Backend>));
+        let meta: Vec<Arc<dyn Backend>> = (0..3)
+            .map(|i| Arc::new(Memory::new(format!("meta{i}"))) as Arc<dyn Backend>)
+            .collect();
+        (data, meta)
+    };
+    let ((data, meta), (data2, meta2)) = (nodes(), nodes());
     let mut s = settings(2, 2, 4096);
     // A node whose write failed stays out of the placement for a while, as by default.
     s.timeouts.down_for = std::time::Duration::from_secs(60);
@@ -314,6 +317,29 @@ async fn a_verified_store_confirms_each_shard_and_avoids_a_node_that_damages_it(
     assert!(!p.inspect(&plain, true, None).await.is_clean());
 
     let checked = store("checked", true).await.unwrap();
+    // The same, asked for by the settings: `verify_writes` makes every store a verified one.
+    let mut s = settings(2, 2, 4096);
+    s.verify_writes = true;
+    let set_by_settings = qsfs_backup::Pipeline::open(s, vec![data2], meta2, &key())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let r = Box::new(std::io::Cursor::new(body.clone()));
+        let rec = set_by_settings
+            .store(
+                &format!("o{i}"),
+                r,
+                Default::default(),
+                &qsfs_backup::progress::NoProgress,
+            )
+            .await
+            .unwrap();
+        assert!(
+            !rec.backends.iter().any(|b| b == "garbling"),
+            "{:?}",
+            rec.backends
+        );
+    }
     assert!(
         !checked.backends.iter().any(|b| b == "garbling"),
         "{:?}",

@@ -187,7 +187,12 @@ fn two_plus_two_over_four_nodes_survives_loss_and_rebuilds_onto_an_empty_node() 
     std::fs::write(&src, &want).unwrap();
     let out = root.join("out.bin");
 
-    let stored = ok(backup(&config, &["store", src.to_str().unwrap()]));
+    // `--verify`: every shard confirmed by its node's CRC as it is written (a wrong CRC from
+    // any node would fail the store).
+    let stored = ok(backup(
+        &config,
+        &["store", "--verify", src.to_str().unwrap()],
+    ));
     assert!(stored.contains("stored"), "{stored}");
     ok(backup(&config, &["check", "--deep"]));
     // The shards really are on the nodes: every data namespace holds some.

@@ -44,6 +44,7 @@ pub fn settings(k: usize, m: usize, stripe: usize) -> Settings {
             parallelism: 1,
         },
         create: true,
+        verify_writes: false,
         format: ShardHash::Blake3,
     }
 }
