@@ -174,21 +174,38 @@ proptest! {
     }
 }
 
-/// Memory backend whose writes of stripe 0's shards are held back, so that later stripes of
-/// the same store finish first.
+/// A Memory backend with a quirk in its writes.
 #[derive(Debug)]
-struct FirstStripeLate(qsfs_backup::backends::Memory);
+struct Quirky(qsfs_backup::backends::Memory, Quirk);
+
+#[derive(Debug, Clone, Copy)]
+enum Quirk {
+    /// Writes of stripe 0's shards are held back, so later stripes of a store finish first.
+    FirstStripeLate,
+    /// It acknowledges a put and keeps other bytes (a byte flipped).
+    Garbles,
+}
 
 #[async_trait::async_trait]
-impl Backend for FirstStripeLate {
+impl Backend for Quirky {
     fn name(&self) -> String {
         self.0.name()
     }
     async fn put(&self, key: &str, data: Bytes) -> qsfs_core::Result<()> {
-        if key.contains("/d/") && key.contains("/00000000.") {
-            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        match self.1 {
+            Quirk::FirstStripeLate if key.contains("/d/") && key.contains("/00000000.") => {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                self.0.put(key, data).await
+            }
+            Quirk::FirstStripeLate => self.0.put(key, data).await,
+            Quirk::Garbles => {
+                let mut v = data.to_vec();
+                if let Some(b) = v.get_mut(7) {
+                    *b ^= 0x10;
+                }
+                self.0.put(key, v.into()).await
+            }
         }
-        self.0.put(key, data).await
     }
     async fn get(&self, key: &str) -> qsfs_core::Result<Bytes> {
         self.0.get(key).await
@@ -216,9 +233,8 @@ async fn stripes_written_out_of_order_are_recorded_in_order() {
     s.timeouts.op = std::time::Duration::from_secs(5);
     let data: Vec<std::sync::Arc<dyn Backend>> = (0..4)
         .map(|i| {
-            std::sync::Arc::new(FirstStripeLate(qsfs_backup::backends::Memory::new(
-                format!("late-{i}"),
-            ))) as std::sync::Arc<dyn Backend>
+            let m = qsfs_backup::backends::Memory::new(format!("late-{i}"));
+            std::sync::Arc::new(Quirky(m, Quirk::FirstStripeLate)) as std::sync::Arc<dyn Backend>
         })
         .collect();
     let meta = vec![
@@ -235,39 +251,6 @@ async fn stripes_written_out_of_order_are_recorded_in_order() {
     assert_eq!(p.get("obj").await.expect("get").as_ref(), &content[..]);
 }
 
-/// A node that damages what it receives: it acknowledges a put and keeps other bytes.
-#[derive(Debug)]
-struct Garbling(qsfs_backup::backends::Memory);
-
-#[async_trait::async_trait]
-impl Backend for Garbling {
-    fn name(&self) -> String {
-        self.0.name()
-    }
-    async fn put(&self, key: &str, data: Bytes) -> qsfs_core::Result<()> {
-        let mut v = data.to_vec();
-        if let Some(b) = v.get_mut(7) {
-            *b ^= 0x10;
-        }
-        self.0.put(key, v.into()).await
-    }
-    async fn get(&self, key: &str) -> qsfs_core::Result<Bytes> {
-        self.0.get(key).await
-    }
-    async fn delete(&self, key: &str) -> qsfs_core::Result<()> {
-        self.0.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> qsfs_core::Result<bool> {
-        self.0.exists(key).await
-    }
-    async fn list(&self, prefix: &str) -> qsfs_core::Result<Vec<String>> {
-        self.0.list(prefix).await
-    }
-    async fn health(&self) -> qsfs_core::Health {
-        self.0.health().await
-    }
-}
-
 /// `store_verified` confirms every shard on its node as it is written: a node that keeps
 /// other bytes than it was sent gets none of the object (its shards go elsewhere), and a deep
 /// check finds nothing to repair. A plain `store` takes the node's word.
@@ -276,7 +259,8 @@ async fn a_verified_store_confirms_each_shard_and_avoids_a_node_that_damages_it(
     use qsfs_backup::backends::Memory;
     use std::sync::Arc;
     let nodes = || {
-        let mut data: Vec<Arc<dyn Backend>> = vec![Arc::new(Garbling(Memory::new("garbling")))];
+        let mut data: Vec<Arc<dyn Backend>> =
+            vec![Arc::new(Quirky(Memory::new("garbling"), Quirk::Garbles))];
         data.extend((0..4).map(|i| Arc::new(Memory::new(format!("good{i}"))) as Arc<dyn Backend>));
         let meta: Vec<Arc<dyn Backend>> = (0..3)
             .map(|i| Arc::new(Memory::new(format!("meta{i}"))) as Arc<dyn Backend>)

@@ -6,19 +6,17 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
 
-use crate::server_util::Client;
+use crate::server_util::{scripted_server, Client, CommandLog};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use qsfs_core::{Backend, Error, Mode, NamespaceProperty, Store};
 use qsfs_store::remote::{ZdbBackend, ZdbClient, ZdbConfig};
-use qsfs_store::server::resp::{parse_reply, Reply};
+use qsfs_store::server::resp::Reply;
 use qsfs_store::server::{Server, ServerConfig, ServerHandle};
 use qsfs_store::Engine;
 
@@ -246,7 +244,7 @@ fn a_damaged_record_header_is_corrupt_and_ends_the_walk() {
 }
 
 /// Commands a [`scripted`] server received, each with the number of its connection.
-type Log = Arc<Mutex<Vec<(usize, String)>>>;
+type Log = CommandLog;
 
 /// A scripted 0-db: HISTORY and GET answer `Internal Error`, CHECK answers `check`, NSINFO says
 /// user mode; every command is
@@ -258,45 +256,14 @@ fn scripted(check: Reply) -> (SocketAddr, Log) {
 /// A scripted 0-db whose HISTORY and GET answer `history`, whose INFO (when given) answers
 /// `info`, and whose CHECK answers `check`.
 fn scripted_with(history: Reply, info: Option<&'static str>, check: Reply) -> (SocketAddr, Log) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let log: Log = Arc::default();
-    let log2 = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for (n, s) in l.incoming().enumerate() {
-            let (mut s, log, check) = (s.unwrap(), Arc::clone(&log2), check.clone());
-            let history = history.clone();
-            std::thread::spawn(move || {
-                let mut buf = BytesMut::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(Reply::Array(args)) = parse_reply(&mut buf).unwrap() {
-                        let Some(Reply::Bulk(cmd)) = args.first() else {
-                            return;
-                        };
-                        let cmd = String::from_utf8_lossy(cmd).to_uppercase();
-                        log.lock().unwrap().push((n, cmd.clone()));
-                        let reply = match cmd.as_str() {
-                            "PING" => Reply::Status("PONG".into()),
-                            "HISTORY" | "GET" => history.clone(),
-                            "INFO" if info.is_some() => Reply::Bulk(info.unwrap_or("").into()),
-                            "NSINFO" => Reply::Bulk("mode: userkey\n".into()),
-                            "CHECK" => check.clone(),
-                            _ => Reply::err("Command not supported"),
-                        };
-                        if s.write_all(&reply.to_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, log)
+    scripted_server(move |cmd| match cmd {
+        "PING" => Reply::Status("PONG".into()),
+        "HISTORY" | "GET" => history.clone(),
+        "INFO" if info.is_some() => Reply::Bulk(info.unwrap_or("").into()),
+        "NSINFO" => Reply::Bulk("mode: userkey\n".into()),
+        "CHECK" => check.clone(),
+        _ => Reply::err("Command not supported"),
+    })
 }
 
 /// CHECK was asked, on the connection that asked HISTORY.

@@ -6,21 +6,18 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is a test failure
 
-use crate::server_util::TestServer;
+use crate::server_util::{scripted_server, CommandLog, TestServer};
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use qsfs_core::{Backend, Error};
 use qsfs_store::remote::{ZdbBackend, ZdbClient, ZdbConfig};
-use qsfs_store::server::resp::{parse_reply, Reply};
+use qsfs_store::server::resp::Reply;
 use qsfs_store::server::ServerConfig;
-
-type Log = Arc<Mutex<Vec<String>>>;
 
 fn backend(addr: SocketAddr, ns: &str) -> ZdbBackend {
     let mut cfg = ZdbConfig::new(addr.to_string());
@@ -53,52 +50,37 @@ fn scripted(
     check: Reply,
     cursor: Vec<u8>,
     data: &[u8],
-) -> (SocketAddr, Log) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let log: Log = Arc::default();
-    let log2 = Arc::clone(&log);
+) -> (SocketAddr, CommandLog) {
     let value = Bytes::from(stored(data));
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let (mut s, log) = (s.unwrap(), Arc::clone(&log2));
-            let (check, cursor, value) = (check.clone(), cursor.clone(), value.clone());
-            std::thread::spawn(move || {
-                let mut buf = BytesMut::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(Reply::Array(args)) = parse_reply(&mut buf).unwrap() {
-                        let Some(Reply::Bulk(cmd)) = args.first() else {
-                            return;
-                        };
-                        let cmd = String::from_utf8_lossy(cmd).to_uppercase();
-                        log.lock().unwrap().push(cmd.clone());
-                        let reply = match cmd.as_str() {
-                            "PING" => Reply::Status("PONG".into()),
-                            "SELECT" => Reply::Status("OK".into()),
-                            "INFO" => Reply::Bulk(
-                                format!("# server\nserver_revision: {revision}\n").into(),
-                            ),
-                            "NSINFO" => Reply::Bulk("mode: userkey\n".into()),
-                            "CHECK" => check.clone(),
-                            "LENGTH" => Reply::Int(value.len() as i64),
-                            "KEYCUR" => Reply::Bulk(cursor.clone().into()),
-                            "GET" => Reply::Bulk(value.clone()),
-                            _ => Reply::err("Command not supported"),
-                        };
-                        if s.write_all(&reply.to_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, log)
+    scripted_server(move |cmd| match cmd {
+        "PING" => Reply::Status("PONG".into()),
+        "SELECT" => Reply::Status("OK".into()),
+        "INFO" => Reply::Bulk(format!("# server\nserver_revision: {revision}\n").into()),
+        "NSINFO" => Reply::Bulk("mode: userkey\n".into()),
+        "CHECK" => check.clone(),
+        "LENGTH" => Reply::Int(value.len() as i64),
+        "KEYCUR" => Reply::Bulk(cursor.clone().into()),
+        "GET" => Reply::Bulk(value.clone()),
+        _ => Reply::err("Command not supported"),
+    })
+}
+
+/// `verify` of `expected` by an adapter on a server [`scripted`] with the rest.
+fn verify_on(
+    server: (&'static str, Reply, Vec<u8>, &[u8]),
+    expected: &Bytes,
+) -> (qsfs_core::Result<()>, CommandLog) {
+    let (addr, log) = scripted(server.0, server.1, server.2, server.3);
+    (
+        rt().block_on(backend(addr, "shards").verify("k", expected)),
+        log,
+    )
+}
+
+/// `verify_on` that must fail with `Error::Corrupt`.
+fn corrupt_on(server: (&'static str, Reply, Vec<u8>, &[u8]), expected: &Bytes) {
+    let (r, _) = verify_on(server, expected);
+    assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
 }
 
 /// The original's KEYCUR cursor of a value: `key length | file | payload length | offset |
@@ -113,6 +95,11 @@ fn original_cursor(payload: &[u8], crc_flip: u32) -> Vec<u8> {
 }
 
 /// `qsfs serve`'s cursor: `0x51 | seqno | value crc32c | cursor crc`.
+/// A scripted `qsfs serve` holding `held`, whose KEYCUR cursors carry `crc`.
+fn ours(crc: u32, held: &[u8]) -> (&'static str, Reply, Vec<u8>, &[u8]) {
+    ("qsfs-0.1.0", Reply::Int(1), qsfs_cursor(crc), held)
+}
+
 fn qsfs_cursor(value_crc: u32) -> Vec<u8> {
     let mut c = vec![0x51u8];
     c.extend_from_slice(&7u64.to_le_bytes());
@@ -121,121 +108,51 @@ fn qsfs_cursor(value_crc: u32) -> Vec<u8> {
     c
 }
 
-fn asked(log: &Log, cmd: &str) -> bool {
-    log.lock().unwrap().iter().any(|c| c == cmd)
+fn asked(log: &CommandLog, cmd: &str) -> bool {
+    log.lock().unwrap().iter().any(|(_, c)| c == cmd)
 }
 
 #[test]
 fn the_original_confirms_by_its_crc_and_nothing_travels_back() {
     let data = b"a shard of some stripe, stored once".to_vec();
     let expected = Bytes::from(data.clone());
-    let rt = rt();
-    let original = "2.0.8";
+    let cursor = |flip| original_cursor(&stored(&data), flip);
+    let original = |check, flip| ("2.0.8", check, cursor(flip), &data[..]);
 
-    let (addr, log) = scripted(
-        original,
-        Reply::Int(1),
-        original_cursor(&stored(&data), 0),
-        &data,
-    );
-    rt.block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap();
+    let (r, log) = verify_on(original(Reply::Int(1), 0), &expected);
+    r.unwrap();
     assert!(asked(&log, "KEYCUR") && asked(&log, "CHECK"), "{log:?}");
     assert!(!asked(&log, "GET"), "the blob was read back: {log:?}");
-
     // Another value of the same length, as the node's CRC tells.
-    let (addr, _) = scripted(
-        original,
-        Reply::Int(1),
-        original_cursor(&stored(&data), 1 << 7),
-        &data,
-    );
-    let err = rt
-        .block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-
+    corrupt_on(original(Reply::Int(1), 1 << 7), &expected);
     // The node's copy fails its own checksum.
-    let (addr, _) = scripted(
-        original,
-        Reply::Int(0),
-        original_cursor(&stored(&data), 0),
-        &data,
-    );
-    let err = rt
-        .block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-
-    // Gone.
-    let (addr, _) = scripted(
-        original,
-        Reply::Nil,
-        original_cursor(&stored(&data), 0),
-        &data,
-    );
-    let err = rt
-        .block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap_err();
-    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-
+    corrupt_on(original(Reply::Int(0), 0), &expected);
     // A shorter blob than the node holds.
-    let (addr, _) = scripted(
-        original,
-        Reply::Int(1),
-        original_cursor(&stored(&data), 0),
-        &data,
+    corrupt_on(
+        original(Reply::Int(1), 0),
+        &expected.slice(..expected.len() - 1),
     );
-    let shorter = expected.slice(..expected.len() - 1);
-    let err = rt
-        .block_on(backend(addr, "shards").verify("k", &shorter))
-        .unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    // Gone.
+    let (r, _) = verify_on(original(Reply::Nil, 0), &expected);
+    assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
 }
 
 #[test]
 fn qsfs_serve_confirms_by_the_crc_in_its_cursor_and_an_older_one_is_read_back() {
     let data = b"another shard".to_vec();
     let expected = Bytes::from(data.clone());
-    let rt = rt();
-    let ours = "qsfs-0.1.0";
 
-    let (addr, log) = scripted(
-        ours,
-        Reply::Int(1),
-        qsfs_cursor(crc32c::crc32c(&stored(&data))),
-        &data,
-    );
-    rt.block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap();
+    let (r, log) = verify_on(ours(crc32c::crc32c(&stored(&data)), &data), &expected);
+    r.unwrap();
     assert!(!asked(&log, "GET"), "the blob was read back: {log:?}");
-
-    let (addr, _) = scripted(
-        ours,
-        Reply::Int(1),
-        qsfs_cursor(crc32c::crc32c(&stored(b"other shard!!"))),
-        &data,
-    );
-    let err = rt
-        .block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let other = b"other shard!!";
+    corrupt_on(ours(crc32c::crc32c(&stored(other)), &data), &expected);
 
     // A server that predates the CRC in its cursors: the blob is read back and compared.
-    let (addr, log) = scripted(ours, Reply::Int(1), qsfs_cursor(0), &data);
-    rt.block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap();
+    let (r, log) = verify_on(ours(0, &data), &expected);
+    r.unwrap();
     assert!(asked(&log, "GET"), "{log:?}");
-    let (addr, _) = scripted(
-        ours,
-        Reply::Int(1),
-        qsfs_cursor(0),
-        b"another shard, longer",
-    );
-    let err = rt
-        .block_on(backend(addr, "shards").verify("k", &expected))
-        .unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    corrupt_on(ours(0, b"another shard, longer"), &expected);
 }
 
 /// On a real `qsfs serve`: a stored shard verifies; once a byte of it is flipped on the node's

@@ -186,3 +186,43 @@ pub fn req<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     encode_request(args, &mut b);
     b.to_vec()
 }
+
+/// Commands a scripted server received: (connection number, command in upper case).
+pub type CommandLog = Arc<std::sync::Mutex<Vec<(usize, String)>>>;
+
+/// A scripted RESP server on 127.0.0.1:0, one thread per connection: every request is logged
+/// and answered by `answer(command in upper case)`.
+pub fn scripted_server(
+    answer: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) -> (SocketAddr, CommandLog) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let log: CommandLog = Arc::default();
+    let (log2, answer) = (Arc::clone(&log), Arc::new(answer));
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let (mut s, log, answer) = (s.unwrap(), Arc::clone(&log2), Arc::clone(&answer));
+            std::thread::spawn(move || {
+                let mut buf = BytesMut::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(Reply::Array(args)) = parse_reply(&mut buf).unwrap() {
+                        let Some(Reply::Bulk(cmd)) = args.first() else {
+                            return;
+                        };
+                        let cmd = String::from_utf8_lossy(cmd).to_uppercase();
+                        log.lock().unwrap().push((n, cmd.clone()));
+                        if s.write_all(&answer(&cmd).to_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
