@@ -136,9 +136,10 @@ impl Node {
         self.call("put", self.backend.put_new(key, data)).await
     }
 
-    /// `verify` (the node holds exactly `expected`) with timeout and health bookkeeping.
-    pub async fn verify(&self, key: &str, expected: &Bytes) -> Result<()> {
-        self.call("verify", self.backend.verify(key, expected))
+    /// `put_verified` (a put, then the node confirms it holds exactly those bytes) with
+    /// timeout and health bookkeeping.
+    pub async fn put_verified(&self, key: &str, data: Bytes, new: bool) -> Result<()> {
+        self.call("put", self.backend.put_verified(key, data, new))
             .await
     }
 

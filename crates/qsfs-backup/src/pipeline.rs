@@ -703,15 +703,11 @@ impl Pipeline {
                         // The key holds a fresh random object id, so on the first attempt it is
                         // new everywhere. A failed attempt may have left the shard on a node
                         // after all, so later attempts replace it the careful way.
-                        if attempt == 0 {
-                            node.put_new(&key, data.clone()).await?;
-                        } else {
-                            node.put(&key, data.clone()).await?;
+                        match (verified, attempt == 0) {
+                            (true, new) => node.put_verified(&key, data, new).await,
+                            (false, true) => node.put_new(&key, data).await,
+                            (false, false) => node.put(&key, data).await,
                         }
-                        if verified {
-                            node.verify(&key, &data).await?;
-                        }
-                        Ok::<(), Error>(())
                     }
                 },
             ))

@@ -83,6 +83,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.put(key, data).await
     }
 
+    /// [`Backend::put`] (or [`Backend::put_new`] when `new`) then [`Backend::verify`] of the
+    /// same bytes; the 0-db adapter does both in one round trip.
+    async fn put_verified(&self, key: &str, data: Bytes, new: bool) -> Result<()> {
+        match new {
+            true => self.put_new(key, data.clone()).await?,
+            false => self.put(key, data.clone()).await?,
+        }
+        self.verify(key, &data).await
+    }
+
     /// The whole blob; [`Error::NotFound`] if absent.
     async fn get(&self, key: &str) -> Result<Bytes>;
 

@@ -189,6 +189,19 @@ async fn verify(b: &dyn Backend) {
             }
         }
     }
+    // put_verified, as a new key and as a replacement (a 0-db node: one round trip).
+    b.delete(key).await.expect("delete");
+    for (i, new) in [(9, true), (10, false)] {
+        let data = blob(i, 70_001);
+        b.put_verified(key, data.clone(), new)
+            .await
+            .unwrap_or_else(|e| panic!("{}: put_verified (new: {new}): {e}", b.name()));
+        assert!(
+            b.get(key).await.expect("get") == data,
+            "{}: put_verified (new: {new})",
+            b.name()
+        );
+    }
     match b.verify("conformance/never-written", &blob(8, 10)).await {
         Err(Error::NotFound(_)) => {}
         r => panic!(

@@ -144,9 +144,40 @@ impl ZdbBackend {
     /// [`Backend::verify`] of a blob stored as one value, by the node's CRC. `Ok(false)`: the
     /// node gave no CRC to compare (an older `qsfs serve`), so the caller reads it back.
     fn user_verify(&self, key: &str, data: &[u8]) -> Result<bool> {
-        let k = key.as_bytes().to_vec();
-        let reqs = [b"CHECK".as_slice(), b"LENGTH", b"KEYCUR"].map(|c| vec![c.to_vec(), k.clone()]);
-        let replies = self.client.pipeline(&self.ns, &reqs, true)?;
+        self.user_confirm(key, data, crate::segment::value_crc(data), false)
+    }
+
+    /// [`Backend::put_new`] then [`ZdbBackend::user_verify`] of a blob stored as one value, in
+    /// one round trip and with one CRC pass over `data`.
+    fn user_set_verified(&self, key: &str, data: &[u8]) -> Result<bool> {
+        self.user_confirm(key, data, crate::segment::value_crc(data), true)
+    }
+
+    /// `CHECK`, `LENGTH` and `KEYCUR` of `key` (after `SET key 0x00|crc|data` when `set`) in
+    /// one round trip, and the node's CRC compared with the value's; `crc` is `data`'s crc32c.
+    fn user_confirm(&self, key: &str, data: &[u8], crc: u32, set: bool) -> Result<bool> {
+        let k = key.as_bytes();
+        let crc_bytes = crc.to_le_bytes();
+        let mut wire = super::client::Wire::new();
+        if set {
+            wire.push(&[&[b"SET"], &[k], &[&[0], &crc_bytes, data]]);
+        }
+        for cmd in [b"CHECK".as_slice(), b"LENGTH", b"KEYCUR"] {
+            wire.push(&[&[cmd], &[k]]);
+        }
+        // A SET of the same keyed value again is harmless, so the batch may be retried.
+        let mut replies = self.client.pipeline_wire(&self.ns, &wire, true)?;
+        if set {
+            match replies.first().cloned().map(ReplyExt::ok).transpose()? {
+                Some(Reply::Bulk(_) | Reply::Nil) => {}
+                r => {
+                    return Err(Error::InvalidArgument(format!(
+                        "SET: unexpected reply {r:?}"
+                    )))
+                }
+            }
+            replies.remove(0);
+        }
         let [check, length, cursor]: [Reply; 3] = replies
             .try_into()
             .map_err(|_| Error::Unavailable(format!("{}: missing replies", self.location(key))))?;
@@ -189,7 +220,7 @@ impl ZdbBackend {
                 )))
             }
         };
-        let want = stored_crc(data);
+        let want = stored_crc(data, crc);
         let field = |at: usize| {
             u32::from_le_bytes([cursor[at], cursor[at + 1], cursor[at + 2], cursor[at + 3]])
         };
@@ -616,8 +647,8 @@ impl ZdbBackend {
 
 /// The standard CRC-32C of the value [`ZdbBackend::user_set_value`] stores for `data`
 /// (`0x00 | crc32c(data) | data`), without a second pass over `data`.
-fn stored_crc(data: &[u8]) -> u32 {
-    let crc = crate::segment::value_crc(data);
+/// `crc` is `data`'s own crc32c.
+fn stored_crc(data: &[u8], crc: u32) -> u32 {
     let mut header = [0u8; 5];
     header[1..].copy_from_slice(&crc.to_le_bytes());
     crc32c::crc32c_combine(crc32c::crc32c(&header), crc, data.len())
@@ -684,6 +715,24 @@ impl Backend for ZdbBackend {
         }
         let held = self.get(key).await?;
         qsfs_core::same_bytes(&self.name(), key, &held, expected)
+    }
+
+    /// A new blob stored as one value: the SET and its confirmation go in one round trip.
+    async fn put_verified(&self, key: &str, data: Bytes, new: bool) -> Result<()> {
+        if new && self.mode == Mode::User && Self::fits_one_value(&data) {
+            check_object_key(key)?;
+            let (k, d) = (key.to_string(), data.clone());
+            if self.blocking(move |b| b.user_set_verified(&k, &d)).await? {
+                return Ok(());
+            }
+            let held = self.get(key).await?;
+            return qsfs_core::same_bytes(&self.name(), key, &held, &data);
+        }
+        match new {
+            true => self.put_new(key, data.clone()).await?,
+            false => self.put(key, data.clone()).await?,
+        }
+        self.verify(key, &data).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -818,8 +867,9 @@ mod tests {
             let mut stored = vec![0u8];
             stored.extend_from_slice(&crate::segment::value_crc(&data).to_le_bytes());
             stored.extend_from_slice(&data);
-            prop_assert_eq!(stored_crc(&data), crc32c::crc32c(&stored));
-            prop_assert_eq!(stored_crc(&data) ^ zeros_crc(stored.len()), zdb_crc(&stored));
+            let crc = crate::segment::value_crc(&data);
+            prop_assert_eq!(stored_crc(&data, crc), crc32c::crc32c(&stored));
+            prop_assert_eq!(stored_crc(&data, crc) ^ zeros_crc(stored.len()), zdb_crc(&stored));
         }
     }
 }

@@ -124,6 +124,14 @@ impl Backend for LazyZdbBackend {
         self.backend().await?.put_new(key, data).await
     }
 
+    async fn put_verified(&self, key: &str, data: Bytes, new: bool) -> Result<()> {
+        self.backend().await?.put_verified(key, data, new).await
+    }
+
+    async fn verify(&self, key: &str, expected: &Bytes) -> Result<()> {
+        self.backend().await?.verify(key, expected).await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes> {
         self.backend().await?.get(key).await
     }

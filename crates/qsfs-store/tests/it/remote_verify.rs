@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qsfs_core::{Backend, Error};
-use qsfs_store::remote::{ZdbBackend, ZdbClient, ZdbConfig};
+use qsfs_store::remote::{LazyZdbBackend, ZdbBackend, ZdbClient, ZdbConfig};
 use qsfs_store::server::resp::Reply;
 use qsfs_store::server::ServerConfig;
 
@@ -123,6 +123,11 @@ fn the_original_confirms_by_its_crc_and_nothing_travels_back() {
     r.unwrap();
     assert!(asked(&log, "KEYCUR") && asked(&log, "CHECK"), "{log:?}");
     assert!(!asked(&log, "GET"), "the blob was read back: {log:?}");
+    // The same through the lazily connecting adapter the `qsfs` commands use.
+    let (addr, log) = scripted("2.0.8", Reply::Int(1), cursor(0), &data);
+    let lazy = LazyZdbBackend::new(&addr.to_string(), "shards", None).unwrap();
+    rt().block_on(lazy.verify("k", &expected)).unwrap();
+    assert!(asked(&log, "KEYCUR") && !asked(&log, "GET"), "{log:?}");
     // Another value of the same length, as the node's CRC tells.
     corrupt_on(original(Reply::Int(1), 1 << 7), &expected);
     // The node's copy fails its own checksum.
@@ -175,10 +180,20 @@ fn a_real_node_confirms_a_shard_and_catches_it_damaged_on_its_disk() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let expected = Bytes::from(data.clone());
-    let b = backend(server.addr, "shards");
+    let mut cfg = ZdbConfig::new(server.addr.to_string());
+    cfg.namespace = "shards".into();
+    let client = Arc::new(ZdbClient::connect(cfg).unwrap());
+    let b = ZdbBackend::new(client.clone()).unwrap();
     server.rt.block_on(async {
         b.put("shard", expected.clone()).await.unwrap();
+        assert!(client.is_qsfs());
+        // One round trip each, and no more: the shard is confirmed by the CRC, not read back.
+        let before = client.round_trips();
         b.verify("shard", &expected).await.unwrap();
+        b.put_verified("new-shard", expected.clone(), true)
+            .await
+            .unwrap();
+        assert_eq!(client.round_trips() - before, 2);
     });
     drop((b, c));
     server.stop();
