@@ -144,19 +144,20 @@ impl ZdbBackend {
     /// [`Backend::verify`] of a blob stored as one value, by the node's CRC. `Ok(false)`: the
     /// node gave no CRC to compare (an older `qsfs serve`), so the caller reads it back.
     fn user_verify(&self, key: &str, data: &[u8]) -> Result<bool> {
-        self.user_confirm(key, data, crate::segment::value_crc(data), false)
+        self.user_confirm(key, data, false)
     }
 
     /// [`Backend::put_new`] then [`ZdbBackend::user_verify`] of a blob stored as one value, in
     /// one round trip and with one CRC pass over `data`.
     fn user_set_verified(&self, key: &str, data: &[u8]) -> Result<bool> {
-        self.user_confirm(key, data, crate::segment::value_crc(data), true)
+        self.user_confirm(key, data, true)
     }
 
     /// `CHECK`, `LENGTH` and `KEYCUR` of `key` (after `SET key 0x00|crc|data` when `set`) in
-    /// one round trip, and the node's CRC compared with the value's; `crc` is `data`'s crc32c.
-    fn user_confirm(&self, key: &str, data: &[u8], crc: u32, set: bool) -> Result<bool> {
+    /// one round trip, and the node's CRC compared with the value's (one CRC pass over `data`).
+    fn user_confirm(&self, key: &str, data: &[u8], set: bool) -> Result<bool> {
         let k = key.as_bytes();
+        let crc = crate::segment::value_crc(data);
         let crc_bytes = crc.to_le_bytes();
         let mut wire = super::client::Wire::new();
         if set {
