@@ -753,9 +753,10 @@ impl Engine {
         self.with_ns(ns, |n, _| n.verify())
     }
 
-    /// The latest recovery manifest of `ns`: captured at its last seal (or flush), with the
-    /// namespace's current properties. Its generation grows with every seal, flush and property
-    /// change.
+    /// The latest recovery manifest of `ns`: captured at a seal (or flush), with the
+    /// namespace's current properties; seals by size capture one only now and then once the
+    /// index is large, so it may be behind the newest seals ([`Engine::seal_all`] gives
+    /// current ones). Its generation grows with every new manifest.
     pub fn manifest(&self, ns: &str) -> Result<Manifest> {
         self.ns(ns)?.manifest()
     }
@@ -794,7 +795,7 @@ impl Engine {
         let mut manifests = Vec::with_capacity(namespaces.len());
         for (n, w) in namespaces.iter().zip(writers.iter_mut()) {
             let captured = if w.end > crate::segment::SEGMENT_HEADER_LEN {
-                n.rotate_capturing(shared, w)?
+                n.rotate_capturing(shared, w, true)?
             } else {
                 if n.manifest_is_stale()? {
                     n.write_manifest_locked(shared, w)?;

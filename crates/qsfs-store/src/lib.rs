@@ -28,8 +28,9 @@
 //!   byte range, from the cold tier set in [`EngineConfig::cold_tier`]; compaction
 //!   ([`Engine::compact`]) rewrites sealed segments that hold mostly superseded data, fetching
 //!   offloaded ones whole from the cold tier.
-//! * **Recovery**: every seal also persists a [`Manifest`] (the namespace's properties, its
-//!   sealed segments and the index over them); with the manifests and the sealing key
+//! * **Recovery**: seals also persist a [`Manifest`] (the namespace's properties, its sealed
+//!   segments and the index over them; seals by size only now and then once the index is
+//!   large, [`Engine::seal_all`] always); with the manifests and the sealing key
 //!   ([`Engine::export_seal_key`]), [`Engine::restore`] rebuilds an engine directory whose
 //!   segments all live in the cold tier, without reading any segment data.
 //!

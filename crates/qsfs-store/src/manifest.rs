@@ -1,6 +1,7 @@
 //! The recovery manifest: everything needed to rebuild one namespace from the cold tier.
 //!
-//! Captured at every seal, when the index snapshot covers exactly the sealed segments, and
+//! Captured at seals (every cut, and seals by size once enough data was sealed since: see
+//! `docs/engine-format.md` §7), when the index snapshot covers exactly the sealed segments, and
 //! persisted as `ns/<name>/manifest`: magic `QSFSMAN1`, a little-endian `u32` format version, a
 //! little-endian `u64` body length, the body (postcard encoding of the fields below) and a
 //! crc32c of everything before it. Written whole and atomically (temporary file, fsync, rename,

@@ -96,6 +96,15 @@ const BATCH_MAX_BYTES: usize = 1 << 20;
 /// A value at least this large is written from the caller's buffer with a write of its own
 /// (header and value as two parts of one `pwritev`) instead of being copied into a batch.
 const UNBATCHED_VALUE: usize = 64 << 10;
+/// A seal by size captures the recovery manifest (the whole index, written twice: snapshot and
+/// manifest, and encoded with the writer held) only once the segments sealed by size since the
+/// last capture hold at least this many times the snapshot's size. While the index is small
+/// next to the data that is nearly every seal; a filesystem of a TiB (an index of hundreds of
+/// MB) would otherwise write its index many times over for every segment it fills. Seals by
+/// age, NSJUMP, cuts, flushes and property changes always capture; a manifest older than the
+/// newest seals is an earlier recovery point, renewed by the next cut (`Engine::seal_all`),
+/// and an open replays the segments sealed after the snapshot.
+const SNAPSHOT_AMORTIZE: u64 = 8;
 
 /// Index, segment table and properties.
 #[derive(Debug)]
@@ -113,6 +122,8 @@ pub(crate) struct NsState {
     pub manifest_gen: u64,
     /// Size of the manifest file.
     pub manifest_bytes: u64,
+    /// Bytes sealed by size since the last manifest was captured.
+    pub sealed_since_capture: u64,
 }
 
 impl NsState {
@@ -416,6 +427,7 @@ impl Namespace {
             damage,
             manifest_gen: 0,
             manifest_bytes: 0,
+            sealed_since_capture: 0,
         };
         let end = Self::load_index(shared, &name, &dir, &mut state)?;
         let ns = Namespace {
@@ -455,10 +467,12 @@ impl Namespace {
                 // A flush moves the segment floor at least two past the last sealed segment
                 // (a restore sets it to one past), then writes an empty manifest.
                 let flushed_since = m.sealed_through.is_some_and(|s| u64::from(s) + 1 < floor);
-                // A process killed between a seal and its manifest left one that misses the
-                // newest sealed segments: handed out as it is, a recovery would lose them.
-                let behind = self.newest_sealed_after(&m);
-                if !flushed_since && !behind {
+                // One that misses the newest sealed segments (seals by size capture only now
+                // and then, or a process was killed between a seal and its manifest) is an
+                // earlier recovery point, as good as when it was written: the next cut renews
+                // it, and sealing the tail here would need a new segment (a full disk could
+                // not be opened).
+                if !flushed_since {
                     let size = std::fs::metadata(self.dir.join(MANIFEST_FILE))
                         .map(|m| m.len())
                         .unwrap_or(0);
@@ -530,7 +544,9 @@ impl Namespace {
                 index: st.index.snapshot_bytes(covers),
             }
         };
-        self.state.write().manifest_gen = manifest.generation;
+        let mut st = self.state.write();
+        st.manifest_gen = manifest.generation;
+        st.sealed_since_capture = 0;
         Some(manifest)
     }
 
@@ -1003,7 +1019,9 @@ impl Namespace {
             .config
             .max_segment_age
             .is_some_and(|a| w.opened.elapsed() >= a);
-        if w.end > SEGMENT_HEADER_LEN && (w.end + len > shared.config.max_segment_size || too_old) {
+        if w.end > SEGMENT_HEADER_LEN && w.end + len > shared.config.max_segment_size {
+            self.rotate_full_locked(shared, w)?;
+        } else if w.end > SEGMENT_HEADER_LEN && too_old {
             self.rotate_locked(shared, w)?;
         }
         let file = w
@@ -1044,18 +1062,34 @@ impl Namespace {
     /// segment meanwhile; [`Namespace::settle`] waits for it (every sync does). While the
     /// namespace is being opened it is done here.
     pub(crate) fn rotate_locked(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
-        self.rotate_capturing(shared, w).map(|_| ())
+        self.rotate_capturing(shared, w, true).map(|_| ())
+    }
+
+    /// [`Namespace::rotate_locked`] for a segment full by size: the manifest is captured only
+    /// when due (see [`SNAPSHOT_AMORTIZE`]).
+    fn rotate_full_locked(&self, shared: &Shared, w: &mut Writer) -> Result<()> {
+        self.rotate_capturing(shared, w, false).map(|_| ())
+    }
+
+    /// Whether a seal by size of `sealed` more bytes captures the manifest.
+    fn capture_due(&self, sealed: u64) -> bool {
+        let mut st = self.state.write();
+        st.sealed_since_capture = st.sealed_since_capture.saturating_add(sealed);
+        st.sealed_since_capture >= st.snapshot_bytes.saturating_mul(SNAPSHOT_AMORTIZE)
     }
 
     /// [`Namespace::rotate_locked`], returning the recovery manifest captured at the seal
     /// (the one the seal stores once the segment is durable; `None` if the namespace was
-    /// deleted), so a cut can hand it out without waiting for that with the writer held.
+    /// deleted, or if `always` is false and no capture is due), so a cut can hand it out
+    /// without waiting for that with the writer held.
     pub(crate) fn rotate_capturing(
         &self,
         shared: &Shared,
         w: &mut Writer,
+        always: bool,
     ) -> Result<Option<Manifest>> {
         let old = w.seg.clone();
+        let sealed_len = w.end;
         let durable = shared.config.durability != Durability::None;
         // Only a seal with an fsync that the writes have not already paid for is worth
         // handing off: with `None` there is none, with `EveryWrite` each write synced its own.
@@ -1109,7 +1143,10 @@ impl Namespace {
         self.tail
             .store(loc(new_id, SEGMENT_HEADER_LEN), Ordering::Release);
         shared.seals.fetch_add(1, Ordering::AcqRel);
-        let manifest = self.capture_manifest_locked(w);
+        let manifest = match always || self.capture_due(sealed_len) {
+            true => self.capture_manifest_locked(w),
+            false => None,
+        };
         let captured = manifest.clone();
         if let (Some(ns), Some(tx)) = (me, sealer) {
             let job = SealJob {

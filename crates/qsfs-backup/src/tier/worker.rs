@@ -142,7 +142,8 @@ async fn store(
 }
 
 /// True when every sealed segment is confirmed (or offloaded) and deep-verified, every
-/// namespace's newest manifest is uploaded and the manifests of deleted namespaces are gone.
+/// namespace's newest manifest is uploaded and covers its newest sealed segment, and the
+/// manifests of deleted namespaces are gone.
 pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
     let Ok(names) = engine.namespace_list() else {
         return false;
@@ -166,6 +167,12 @@ pub(crate) fn is_idle(shared: &Shared, engine: &Engine) -> bool {
                     .is_none_or(|u| u.generation < m.generation)
                     && readiness(&st, &ns, &m, &segs) != Readiness::Never
                 {
+                    return false;
+                }
+                // The newest local manifest may itself be older than the newest seals (seals
+                // by size capture one only now and then): a recovery would miss them.
+                let newest = segs.iter().filter(|s| s.sealed).map(|s| s.id).max();
+                if newest > st.manifests.get(&ns).and_then(|u| u.sealed_through) {
                     return false;
                 }
             }

@@ -746,3 +746,66 @@ fn a_namespace_deleted_and_created_again_between_cuts_leaves_no_old_objects() {
     recover_and_check(&c, root.path(), &model);
     c.tier.shutdown();
 }
+
+/// The tier is idle only once the uploaded recovery cut covers every sealed segment. Seals by
+/// size do not capture a manifest once the index outweighs the data sealed since, so "every
+/// segment uploaded and the newest manifest uploaded" is not enough: a recovery right then
+/// would miss the newest segments (`wait_idle` used to say idle without asking for a cut).
+#[test]
+fn idle_means_the_uploaded_cut_covers_every_sealed_segment() {
+    let root = tempfile::tempdir().unwrap();
+    let c = chain_with(
+        root.path(),
+        TierConfig {
+            cut_every: Duration::MAX,
+            ..config(None)
+        },
+    );
+    let mut model = Model::new();
+    let mut put = |from: u32, to: u32| {
+        for k in from..to {
+            let (key, value) = (format!("key {k}").into_bytes(), vec![k as u8; 24]);
+            c.engine.set("default", Some(&key), &value).unwrap();
+            model
+                .entry("default".into())
+                .or_default()
+                .insert(key, value);
+        }
+    };
+    put(0, 2000);
+    assert!(c.tier.wait_idle(Duration::from_secs(60)));
+    // `wait_idle` may leave a cut request behind, which the worker takes within its idle
+    // wait (a second at most): not during the second batch.
+    std::thread::sleep(Duration::from_millis(1500));
+    let newest_sealed = || {
+        c.engine
+            .segments("default")
+            .unwrap()
+            .iter()
+            .filter(|s| s.sealed)
+            .map(|s| s.id)
+            .max()
+    };
+    let before = newest_sealed();
+    put(2000, 6000);
+    assert!(newest_sealed() > before, "the second batch sealed nothing");
+    // Its segments uploaded and verified, with no cut asked for.
+    assert!(eventually(|| {
+        let s = c.tier.status();
+        s.backlog_segments == 0 && s.unverified_segments == 0
+    }));
+    let local = c.engine.manifest("default").unwrap();
+    assert!(
+        local.sealed_through < newest_sealed(),
+        "no seal of the second batch skipped its manifest: the test shows nothing"
+    );
+    assert!(c.tier.wait_idle(Duration::from_secs(60)));
+    let cut = uploaded_cut(&c);
+    assert!(
+        cut["default"].sealed_through >= newest_sealed(),
+        "idle, but the cut misses seals"
+    );
+    manifests_are_backed(&c);
+    recover_and_check(&c, root.path(), &model);
+    c.tier.shutdown();
+}

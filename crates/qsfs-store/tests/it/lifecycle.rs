@@ -1034,3 +1034,97 @@ fn a_disk_filled_by_sets_keeps_room_to_delete_and_give_space_back() {
         .set("default", Some(b"after"), &val(9, 9))
         .expect("the space given back takes new SETs");
 }
+
+/// Copies a directory tree (an engine's files as a crash after its last sync leaves them).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.metadata().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A large index is not rewritten at every seal: with many small keys in small segments the
+/// index snapshot soon outweighs a segment, and writing it whole (snapshot and manifest) at
+/// every seal wrote many times the data. Seals by size capture the manifest only once the
+/// segments sealed since hold 8 times the snapshot; an open replays the segments sealed since
+/// (after a crash too), and a cut still captures a manifest that covers every seal.
+#[test]
+fn a_large_index_is_not_rewritten_at_every_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        max_segment_size: 16 * 1024,
+        ..EngineConfig::default()
+    };
+    let e = Engine::open(dir.path(), config.clone()).unwrap();
+    let small = |k: u32| format!("value of key {k}").into_bytes();
+    let seals_before = e.seal_count();
+    let mut snapshots = 0u64;
+    let mut last = (0u64, std::time::SystemTime::UNIX_EPOCH);
+    let snapshot = dir.path().join("ns/default/index");
+    for k in 0..20_000u32 {
+        e.set("default", Some(&k.to_le_bytes()), &small(k)).unwrap();
+        if k % 64 == 0 {
+            // Each capture rewrites the snapshot file: count the distinct versions seen.
+            e.sync().unwrap();
+            if let Ok(m) = std::fs::metadata(&snapshot) {
+                let now = (m.len(), m.modified().unwrap());
+                if now != last {
+                    snapshots += 1;
+                    last = now;
+                }
+            }
+        }
+    }
+    e.sync().unwrap();
+    let seals = e.seal_count() - seals_before;
+    let snapshot_len = std::fs::metadata(&snapshot).unwrap().len();
+    eprintln!("{snapshots} snapshots written for {seals} seals; snapshot {snapshot_len} bytes");
+    assert!(seals > 60, "only {seals} seals: the test needs many");
+    assert!(
+        snapshot_len > 8 * 16 * 1024,
+        "snapshot {snapshot_len} bytes"
+    );
+    assert!(
+        snapshots >= 2 && snapshots * 4 < seals,
+        "{snapshots} snapshots written for {seals} seals"
+    );
+    let manifest = e.manifest("default").unwrap();
+    let sealed = |e: &Engine| {
+        e.segments("default")
+            .unwrap()
+            .iter()
+            .filter(|s| s.sealed)
+            .map(|s| s.id)
+            .max()
+    };
+    assert!(
+        manifest.sealed_through < sealed(&e),
+        "the manifest is behind"
+    );
+    let check = |e: &Engine| {
+        for k in 0..20_000u32 {
+            let got = e.get("default", &k.to_le_bytes()).unwrap();
+            assert_eq!(got.map(|v| v.value), Some(small(k)), "key {k}");
+        }
+    };
+    // A crash now: the snapshot on disk is older than several sealed segments.
+    let crashed_dir = tempfile::tempdir().unwrap();
+    copy_tree(dir.path(), crashed_dir.path());
+    let crashed = Engine::open(crashed_dir.path(), config.clone()).unwrap();
+    check(&crashed);
+    drop(crashed);
+    // A cut captures a manifest covering every sealed segment.
+    let cut = e.seal_all().unwrap();
+    let m = cut.iter().find(|m| m.namespace == "default").unwrap();
+    assert_eq!(m.sealed_through, sealed(&e));
+    assert_eq!(e.manifest("default").unwrap().generation, m.generation);
+    drop(e);
+    let e = Engine::open(dir.path(), config).unwrap();
+    check(&e);
+}
