@@ -940,7 +940,8 @@ impl Engine {
         )
     }
 
-    /// Writes the index snapshot of every namespace now (also done on rotation and close).
+    /// Writes the index snapshot of every namespace now (also done on close, and at the seals
+    /// that capture a recovery manifest).
     pub fn checkpoint(&self) -> Result<()> {
         let list: Vec<Arc<Namespace>> = self.inner.namespaces.read().values().cloned().collect();
         for ns in list {
