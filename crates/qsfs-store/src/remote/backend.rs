@@ -141,20 +141,10 @@ impl ZdbBackend {
             .set_parts(&self.ns, key.as_bytes(), &[&[0], &crc, data])
     }
 
-    /// [`Backend::verify`] of a blob stored as one value, by the node's CRC. `Ok(false)`: the
-    /// node gave no CRC to compare (an older `qsfs serve`), so the caller reads it back.
-    fn user_verify(&self, key: &str, data: &[u8]) -> Result<bool> {
-        self.user_confirm(key, data, false)
-    }
-
-    /// [`Backend::put_new`] then [`ZdbBackend::user_verify`] of a blob stored as one value, in
-    /// one round trip and with one CRC pass over `data`.
-    fn user_set_verified(&self, key: &str, data: &[u8]) -> Result<bool> {
-        self.user_confirm(key, data, true)
-    }
-
     /// `CHECK`, `LENGTH` and `KEYCUR` of `key` (after `SET key 0x00|crc|data` when `set`) in
     /// one round trip, and the node's CRC compared with the value's (one CRC pass over `data`).
+    /// `Ok(false)`: the node gave no CRC to compare (an older `qsfs serve`), so the caller
+    /// reads the blob back.
     fn user_confirm(&self, key: &str, data: &[u8], set: bool) -> Result<bool> {
         let k = key.as_bytes();
         let crc = crate::segment::value_crc(data);
@@ -646,6 +636,22 @@ impl ZdbBackend {
     }
 }
 
+impl ZdbBackend {
+    /// Confirms the node holds `data` under `key`: by [`ZdbBackend::user_confirm`] when
+    /// `by_crc` (after its SET when `set`), else, or when the node gives no CRC, by reading
+    /// the blob back.
+    async fn confirm(&self, key: &str, data: &Bytes, by_crc: bool, set: bool) -> Result<()> {
+        if by_crc {
+            let (k, d) = (key.to_string(), data.clone());
+            if self.blocking(move |b| b.user_confirm(&k, &d, set)).await? {
+                return Ok(());
+            }
+        }
+        let held = self.get(key).await?;
+        qsfs_core::same_bytes(&self.name(), key, &held, data)
+    }
+}
+
 /// The standard CRC-32C of the value [`ZdbBackend::user_set_value`] stores for `data`
 /// (`0x00 | crc32c(data) | data`), without a second pass over `data`.
 /// `crc` is `data`'s own crc32c.
@@ -708,26 +714,15 @@ impl Backend for ZdbBackend {
     /// to put the CRC in its cursors are read back.
     async fn verify(&self, key: &str, expected: &Bytes) -> Result<()> {
         check_object_key(key)?;
-        if self.mode == Mode::User && Self::fits_one_value(expected) {
-            let (k, data) = (key.to_string(), expected.clone());
-            if self.blocking(move |b| b.user_verify(&k, &data)).await? {
-                return Ok(());
-            }
-        }
-        let held = self.get(key).await?;
-        qsfs_core::same_bytes(&self.name(), key, &held, expected)
+        let confirm = self.mode == Mode::User && Self::fits_one_value(expected);
+        self.confirm(key, expected, confirm, false).await
     }
 
     /// A new blob stored as one value: the SET and its confirmation go in one round trip.
     async fn put_verified(&self, key: &str, data: Bytes, new: bool) -> Result<()> {
         if new && self.mode == Mode::User && Self::fits_one_value(&data) {
             check_object_key(key)?;
-            let (k, d) = (key.to_string(), data.clone());
-            if self.blocking(move |b| b.user_set_verified(&k, &d)).await? {
-                return Ok(());
-            }
-            let held = self.get(key).await?;
-            return qsfs_core::same_bytes(&self.name(), key, &held, &data);
+            return self.confirm(key, &data, true, true).await;
         }
         match new {
             true => self.put_new(key, data.clone()).await?,
