@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use qsfs_core::Store;
 
+use super::gate::Pass;
 use super::metrics::TierMetrics;
 use super::Shared;
 
@@ -126,23 +127,23 @@ fn wait(shared: &Shared, seals: u64) -> bool {
     let deadline = Instant::now() + THROTTLE_MAX;
     let mut held = false;
     loop {
-        if gate.is_open_for(seals) {
-            return held;
-        }
-        let stuck = shared.stop.load(Ordering::Acquire)
-            || shared.live.lock().failures >= STALLED_AFTER_FAILURES
-            || !movable(&engine);
-        if stuck || Instant::now() >= deadline {
-            if !stuck {
-                tracing::debug!("tier: writers released after the longest throttle");
+        let mut expired = false;
+        let stuck = || {
+            expired = Instant::now() >= deadline;
+            expired
+                || shared.stop.load(Ordering::Acquire)
+                || shared.live.lock().failures >= STALLED_AFTER_FAILURES
+                || !movable(&engine)
+        };
+        match gate.pass(seals, || engine.local_bytes() > cap, stuck) {
+            Pass::Closed => {}
+            pass => {
+                if pass == Pass::Released && expired {
+                    tracing::debug!("tier: writers released after the longest throttle");
+                }
+                shared.changed.notify_all();
+                return held;
             }
-            gate.force_open(seals);
-            shared.changed.notify_all();
-            return held;
-        }
-        if gate.judge(seals, || engine.local_bytes() > cap) {
-            shared.changed.notify_all();
-            return held;
         }
         held = true;
         shared.kick();

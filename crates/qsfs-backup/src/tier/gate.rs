@@ -10,6 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
+/// What a writer found at the gate ([`WriteGate::pass`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Under the cap: go on.
+    Open,
+    /// Over the cap, but nothing can bring the engine under it soon: go on (opened for all).
+    Released,
+    /// Over the cap: wait for eviction.
+    Closed,
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub(crate) struct WriteGate {
@@ -48,6 +59,27 @@ impl WriteGate {
         open
     }
 
+    /// A writer's look at the gate: [`Pass::Open`] if the verdict for `seals` is open or is
+    /// judged open now (`over()` false); else [`Pass::Released`] (the gate forced open) if
+    /// `stuck()`, or [`Pass::Closed`]. `stuck` is only asked once `over` said yes, so it may be
+    /// costly: the throttle's asks which segments can move, and listing them waits for the seals
+    /// in flight to be durable, which no writer under the cap should wait for.
+    pub fn pass(
+        &self,
+        seals: u64,
+        over: impl FnOnce() -> bool,
+        stuck: impl FnOnce() -> bool,
+    ) -> Pass {
+        if self.is_open_for(seals) || self.judge(seals, over) {
+            return Pass::Open;
+        }
+        if stuck() {
+            self.force_open(seals);
+            return Pass::Released;
+        }
+        Pass::Closed
+    }
+
     /// Opens the gate whatever the figures (the backends are failing, nothing can move, or a
     /// writer waited its longest).
     pub fn force_open(&self, seals: u64) {
@@ -81,5 +113,26 @@ mod tests {
         assert!(!g.is_open_for(6));
         g.force_open(6);
         assert!(g.is_open_for(6));
+    }
+
+    #[test]
+    fn a_writer_under_the_cap_never_asks_whether_anything_can_move() {
+        let g = WriteGate::default();
+        let pass = g.pass(1, || false, || panic!("asked under the cap"));
+        assert_eq!(pass, Pass::Open);
+        assert!(g.is_open_for(1));
+        // Already judged for this seal: neither question is asked again.
+        let pass = g.pass(1, || panic!("judged twice"), || panic!("asked"));
+        assert_eq!(pass, Pass::Open);
+    }
+
+    #[test]
+    fn over_the_cap_a_writer_waits_unless_nothing_can_move() {
+        let g = WriteGate::default();
+        assert_eq!(g.pass(1, || true, || false), Pass::Closed);
+        assert!(!g.is_open_for(1));
+        assert_eq!(g.pass(1, || true, || true), Pass::Released);
+        assert!(g.is_open_for(1), "released for every writer of that seal");
+        assert_eq!(g.pass(2, || true, || false), Pass::Closed);
     }
 }
