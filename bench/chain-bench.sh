@@ -290,8 +290,11 @@ PID_OFF8=$UP_PID
 up onbig "$(config bench-onbig $((64 << 30)) "$SEG" 2)"
 PID_ONBIG=$UP_PID
 # one_write NAME ROUND → seconds
+# Each write starts with the page cache clean (`sync`): otherwise a run pays for writing back
+# the run before it, whichever configuration that was.
 one_write() {
   [ "$1" != onbig ] || python3 "$PY" drain "$BIN" "$DIR/onbig/root" 2 >/dev/null
+  sync
   python3 "$PY" seqwrite "$DIR/$1/mnt/seq$2.bin" "$WRITE_MIB"
 }
 min() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
