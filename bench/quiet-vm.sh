@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes a benchmark VM's memory and idle CPUs behave more like a real machine's. Run it as root
-# right before a benchmark script, in the same command (`bash bench/quiet-vm.sh && bash bench/chain-bench.sh`);
-# it changes machine-wide settings, so nothing runs it by itself.
+# right before a benchmark script, in the same command (`bash bench/quiet-vm.sh && bash
+# bench/chain-bench.sh`); it changes machine-wide settings, so nothing runs it by itself.
 #
 # Why: these VMs (Firecracker, virtio-balloon with free page reporting) hand every 2 MiB block
 # of guest memory that stays free back to the host at once (`min_free_ms` 0). The next page
