@@ -127,9 +127,8 @@ fn wait(shared: &Shared, seals: u64) -> bool {
     let deadline = Instant::now() + THROTTLE_MAX;
     let mut held = false;
     loop {
-        let mut expired = false;
+        let expired = Instant::now() >= deadline;
         let stuck = || {
-            expired = Instant::now() >= deadline;
             expired
                 || shared.stop.load(Ordering::Acquire)
                 || shared.live.lock().failures >= STALLED_AFTER_FAILURES

@@ -62,8 +62,8 @@ impl WriteGate {
     /// A writer's look at the gate: [`Pass::Open`] if the verdict for `seals` is open or is
     /// judged open now (`over()` false); else [`Pass::Released`] (the gate forced open) if
     /// `stuck()`, or [`Pass::Closed`]. `stuck` is only asked once `over` said yes, so it may be
-    /// costly: the throttle's asks which segments can move, and listing them waits for the seals
-    /// in flight to be durable, which no writer under the cap should wait for.
+    /// costly: the throttle's lists the segments that can move, which waits for the seals in
+    /// flight to be durable, and no writer under the cap should wait for that.
     pub fn pass(
         &self,
         seals: u64,
