@@ -52,6 +52,7 @@
 pub mod backends;
 pub mod codec;
 pub mod config;
+mod cpu;
 pub mod crypto;
 pub mod error;
 pub mod metadata;

@@ -33,7 +33,8 @@ use crate::stripe::{self, ShardHash, StripeId, StripeMeta};
 /// runtime with tokio's default (512) shows a much higher peak RSS for the same work.
 pub const BLOCKING_THREADS: usize = 8;
 
-/// Runs CPU-bound stripe work (hashing, cipher, Reed-Solomon, zstd) on rayon's global pool.
+/// Runs CPU-bound stripe work (hashing, cipher, Reed-Solomon, zstd) on rayon's global pool, or
+/// on a low-priority pool when the calling thread is the storage tier's background work.
 ///
 /// Kept off tokio's blocking pool so that encoding never waits behind backend calls that block
 /// a thread for a network round trip or an fsync (and the other way round), and so that the big
@@ -41,7 +42,7 @@ pub const BLOCKING_THREADS: usize = 8;
 /// every I/O thread. A panic in `f` becomes an error, not an abort.
 pub async fn on_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
+    crate::cpu::spawn(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = tx.send(r);
     });

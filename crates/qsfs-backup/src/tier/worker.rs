@@ -97,31 +97,11 @@ fn runtime(name: &str, low: bool) -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name(name)
         .on_thread_start(move || {
             if low {
-                lower_priority();
+                crate::cpu::become_background();
             }
         })
         .enable_all()
         .build()
-}
-
-/// Lowers the calling thread (only it: Linux keeps a nice value per thread) to nice 10: a
-/// tenth of the CPU share of a normal thread when both want the same core. Not 19: other
-/// normal processes on a busy machine would then starve the uploads, and the recovery point
-/// with them. A failure only means uploads compete with the writers as equals.
-fn lower_priority() {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
-    };
-    // The crate maps 0..=99 onto nice 20..=-20: 24 is nice 10.
-    let Ok(value) = ThreadPriorityValue::try_from(24u8) else {
-        return;
-    };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-    let prio = ThreadPriority::Crossplatform(value);
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), prio, policy) {
-        tracing::debug!(error = ?e, "tier: cannot lower the priority of an upload thread");
-    }
 }
 
 /// Stores `reader` as `name`; with `deep` (the tier's `verify_deep`), every shard is confirmed
