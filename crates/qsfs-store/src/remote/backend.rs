@@ -29,7 +29,7 @@ use qsfs_core::{check_object_key, Backend, Error, Health, HealthStatus, Mode, Re
 use sha2::{Digest, Sha256};
 
 use super::client::{ReplyExt, ZdbClient};
-use super::store::{is_internal_error, show_key};
+use super::store::{is_internal_error, parse_nsinfo, parse_nsinfo_space, show_key};
 use crate::server::resp::Reply;
 
 /// Largest value a 0-db server accepts.
@@ -818,18 +818,13 @@ impl Backend for ZdbBackend {
                 let mut h = Health::up(start.elapsed());
                 if let Some(Reply::Bulk(text)) = info {
                     let text = String::from_utf8_lossy(&text);
-                    for line in text.lines() {
-                        match line.split_once(": ") {
-                            Some(("data_size_bytes", v)) => h.used_bytes = v.trim().parse().ok(),
-                            Some(("data_disk_freespace_bytes", v)) => {
-                                h.free_bytes = v.trim().parse().ok()
-                            }
-                            Some(("locked", "yes")) => {
-                                h.status = HealthStatus::Degraded;
-                                h.detail = "namespace locked".into();
-                            }
-                            _ => {}
-                        }
+                    if let Some(space) = parse_nsinfo_space(&text) {
+                        h.used_bytes = Some(space.used);
+                        h.free_bytes = Some(space.disk_free);
+                    }
+                    if parse_nsinfo(&text).locked {
+                        h.status = HealthStatus::Degraded;
+                        h.detail = "namespace locked".into();
                     }
                 }
                 h

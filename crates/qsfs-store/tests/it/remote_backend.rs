@@ -142,6 +142,40 @@ async fn damaged_values_are_detected() {
         .unwrap();
 }
 
+/// Health reports the namespace's bytes and the disk's free space from NSINFO, and a locked
+/// namespace as degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_used_and_free_bytes_and_a_lock() {
+    let srv = tokio::task::spawn_blocking(|| TestServer::start(ServerConfig::default()))
+        .await
+        .unwrap();
+    let b = backend(&srv, "hl", Mode::User);
+    let before = b.health().await;
+    assert_eq!(before.status, qsfs_core::HealthStatus::Up);
+    b.put("x", Bytes::from(vec![7u8; 100_000])).await.unwrap();
+    let after = b.health().await;
+    let used = |h: &qsfs_core::Health| h.used_bytes.expect("NSINFO tells the namespace's size");
+    assert!(
+        used(&after) >= used(&before) + 100_000,
+        "{after:?} after {before:?}"
+    );
+    assert!(after.free_bytes.expect("NSINFO tells the free space") > 0);
+    let admin = ZdbClient::connect(ZdbConfig::new(srv.addr.to_string())).unwrap();
+    admin
+        .namespace_set("hl", NamespaceProperty::Lock(true))
+        .unwrap();
+    let locked = b.health().await;
+    assert_eq!(
+        locked.status,
+        qsfs_core::HealthStatus::Degraded,
+        "{locked:?}"
+    );
+    assert_eq!(locked.detail, "namespace locked");
+    tokio::task::spawn_blocking(move || drop(srv))
+        .await
+        .unwrap();
+}
+
 /// Sizes around the client's direct-read threshold (64 KiB) and the adapter's 8 MiB split, each
 /// written twice (the second SET of an identical value is answered nil, which is success).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
