@@ -27,9 +27,12 @@ pub(crate) fn become_background() {
 
 /// Runs `f` on the pool that matches the calling thread's priority.
 pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) {
-    match background_pool() {
-        Some(pool) if BACKGROUND.with(Cell::get) => pool.spawn(f),
-        _ => rayon::spawn(f),
+    // The thread's mark first: a program that never runs background work (`qsfs backup`)
+    // never starts the background pool.
+    let pool = BACKGROUND.with(Cell::get).then(background_pool).flatten();
+    match pool {
+        Some(pool) => pool.spawn(f),
+        None => rayon::spawn(f),
     }
 }
 
