@@ -38,6 +38,10 @@ impl Default for Timeouts {
 struct State {
     down_until: Option<Instant>,
     reason: String,
+    /// Until when the node takes no new shards, though it still answers: a write it refused
+    /// (full, read-only, a wrong checksum confirmed) says nothing about what it already holds.
+    no_writes_until: Option<Instant>,
+    no_writes_reason: String,
     last_probe: Option<(Instant, Health)>,
 }
 
@@ -91,6 +95,32 @@ impl Node {
         s.down_until = Some(Instant::now() + self.timeouts.down_for);
         s.reason = reason.into();
         s.last_probe = None;
+    }
+
+    /// True while the node answers and may be given new shards.
+    pub fn takes_writes(&self) -> bool {
+        let s = self.state.lock();
+        let now = Instant::now();
+        s.down_until.is_none_or(|t| now >= t) && s.no_writes_until.is_none_or(|t| now >= t)
+    }
+
+    /// Why the node takes no new shards (empty if it does).
+    pub fn no_writes_reason(&self) -> String {
+        if self.is_down() {
+            return self.down_reason();
+        }
+        let s = self.state.lock();
+        match s.no_writes_until {
+            Some(t) if Instant::now() < t => s.no_writes_reason.clone(),
+            _ => String::new(),
+        }
+    }
+
+    /// Gives the node no new shards for the configured time, while it stays in use for reads.
+    pub fn mark_no_writes(&self, reason: impl Into<String>) {
+        let mut s = self.state.lock();
+        s.no_writes_until = Some(Instant::now() + self.timeouts.down_for);
+        s.no_writes_reason = reason.into();
     }
 
     fn mark_up(&self) {

@@ -436,7 +436,7 @@ impl Pipeline {
             .map(|g| {
                 g.iter()
                     .copied()
-                    .filter(|&i| !inner.nodes[i].is_down() && !avoid.contains(&i))
+                    .filter(|&i| inner.nodes[i].takes_writes() && !avoid.contains(&i))
                     .collect()
             })
             .collect();
@@ -445,10 +445,10 @@ impl Pipeline {
                 .nodes
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| match (n.is_down(), avoid.contains(&i)) {
-                    (true, _) => Some(format!("{} ({})", n.name, n.down_reason())),
-                    (false, true) => Some(format!("{} (failed this write)", n.name)),
-                    (false, false) => None,
+                .filter_map(|(i, n)| match (n.takes_writes(), avoid.contains(&i)) {
+                    (false, _) => Some(format!("{} ({})", n.name, n.no_writes_reason())),
+                    (true, true) => Some(format!("{} (failed this write)", n.name)),
+                    (true, false) => None,
                 })
                 .collect();
             if down.is_empty() {
@@ -718,8 +718,10 @@ impl Pipeline {
                 if let Err(e) = r {
                     failed = true;
                     failed_on.push(n);
+                    // A node that stopped answering is already down; one that answered with a
+                    // refusal still serves what it holds, so only writes avoid it.
                     if !inner.nodes[n].is_down() {
-                        inner.nodes[n].mark_down(format!("write failed: {e}"));
+                        inner.nodes[n].mark_no_writes(format!("write failed: {e}"));
                     }
                     last_err = format!("{}: {e}", inner.nodes[n].name);
                 }
@@ -1341,7 +1343,7 @@ impl Pipeline {
         let inner = &self.inner;
         let st = &rec.stripes[i as usize];
         if let Ok(n) = self.node_for(rec, &st.shards[j]) {
-            if !n.is_down()
+            if n.takes_writes()
                 && inner
                     .by_name
                     .get(&n.name)
@@ -1363,7 +1365,7 @@ impl Pipeline {
             .collect();
         let lost_group = holders[j].map(|n| inner.nodes[n].group);
         let mut candidates: Vec<usize> = (0..inner.nodes.len())
-            .filter(|c| !inner.nodes[*c].is_down() && !tried.contains(c))
+            .filter(|c| inner.nodes[*c].takes_writes() && !tried.contains(c))
             .filter(|c| {
                 holders
                     .iter()

@@ -14,6 +14,7 @@ use qsfs_core::{check_object_key, slice_range, Backend, Error, Health, Result};
 const UP: u8 = 0;
 const DOWN: u8 = 1;
 const HANG: u8 = 2;
+const FULL: u8 = 3;
 
 /// A blob store in memory. Clones share the same contents and switches, so a test can keep a
 /// handle to a backend it gave to a pipeline and break it later.
@@ -59,6 +60,14 @@ impl Memory {
             .store(if hang { HANG } else { UP }, Ordering::SeqCst);
     }
 
+    /// Makes every write fail with [`Error::NoSpace`] (`true`) while reads go on, like a node
+    /// whose disk is full, or work again (`false`).
+    pub fn set_full(&self, full: bool) {
+        self.inner
+            .mode
+            .store(if full { FULL } else { UP }, Ordering::SeqCst);
+    }
+
     /// Number of blobs held.
     pub fn len(&self) -> usize {
         self.inner.blobs.lock().len()
@@ -95,7 +104,7 @@ impl Memory {
 
     async fn gate(&self) -> Result<()> {
         match self.inner.mode.load(Ordering::SeqCst) {
-            UP => Ok(()),
+            UP | FULL => Ok(()),
             DOWN => Err(Error::Unavailable(format!("{} is down", self.name))),
             _ => {
                 // A node that never answers: only a caller's timeout ends this.
@@ -115,6 +124,9 @@ impl Backend for Memory {
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         check_object_key(key)?;
         self.gate().await?;
+        if self.inner.mode.load(Ordering::SeqCst) == FULL {
+            return Err(Error::NoSpace(format!("{} is full", self.name)));
+        }
         self.inner.blobs.lock().insert(key.to_string(), data);
         Ok(())
     }

@@ -211,6 +211,34 @@ async fn rebuild_onto_a_spare() {
     assert_eq!(r.pipeline.get("obj").await.expect("get"), data);
 }
 
+/// A backend that refuses a write (here: full) takes no new shards for a while, but what it
+/// already holds stays readable: with two other backends gone, an object needs it.
+#[tokio::test]
+async fn a_backend_that_refuses_writes_still_serves_reads() {
+    let mut s = settings(2, 2, 1024);
+    s.timeouts.down_for = Duration::from_secs(60);
+    let r = rig_with(s, 4, 3).await;
+    let data = random_bytes(1500, 21);
+    r.pipeline
+        .put("old", Bytes::from(data.clone()))
+        .await
+        .expect("put");
+    r.data[0].set_full(true);
+    // 2+2 over 4 backends needs all four, so the full one must be asked, and refuses.
+    let e = r
+        .pipeline
+        .put("new", Bytes::from(random_bytes(1500, 22)))
+        .await
+        .expect_err("only 3 backends take writes");
+    assert!(e.to_string().contains("mem-d0 (write failed"), "{e}");
+    r.data[1].set_down(true);
+    r.data[2].set_down(true);
+    assert_eq!(
+        r.pipeline.get("old").await.expect("read from the full one"),
+        data
+    );
+}
+
 /// Swapped records, replayed records and a wrong passphrase give clear errors, never data.
 #[tokio::test]
 async fn tampering_is_refused() {
