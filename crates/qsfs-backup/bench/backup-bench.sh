@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark of issue #4, in one run:
 #   * bare AES-256-GCM-SIV over the bytes of the file (baseline, one core);
+#   * the pipeline alone storing and retrieving that file over in-memory backends (best of 3,
+#     in the benchmark's process): its own cost, without the nodes and sockets that share the
+#     machine's cores with it below;
 #   * `qsfs backup store` of a random file, 2+2 over 4 local `qsfs serve` nodes (+ the same 4 as
 #     replicated metadata backends);
 #   * `qsfs backup retrieve` of it (verified byte for byte with cmp);
@@ -81,12 +84,17 @@ SRC=$WORK/random.bin
 head -c $((MIB << 20)) /dev/urandom >"$SRC"
 BYTES=$((MIB << 20))
 
+# The baselines, in this run on this file: the bare cipher, and the pipeline alone over
+# in-memory backends (what the nodes and the sockets add is the difference to the store below).
 if [[ -n "${QSFS_BENCH_CIPHER_BIN:-}" ]]; then
-    CIPHER=$(QSFS_BENCH_CIPHER_FILE=$SRC "$QSFS_BENCH_CIPHER_BIN" | sed -n 's/^cipher_seconds=//p')
+    BASE=$(QSFS_BENCH_MEMORY=1 QSFS_BENCH_CIPHER_FILE=$SRC "$QSFS_BENCH_CIPHER_BIN")
 else
-    CIPHER=$(QSFS_BENCH_CIPHER_FILE=$SRC cargo bench -q -p qsfs-backup --bench pipeline 2>/dev/null |
-        sed -n 's/^cipher_seconds=//p')
+    BASE=$(QSFS_BENCH_MEMORY=1 QSFS_BENCH_CIPHER_FILE=$SRC cargo bench -q -p qsfs-backup \
+        --bench pipeline 2>/dev/null)
 fi
+CIPHER=$(sed -n 's/^cipher_seconds=//p' <<<"$BASE")
+MEM_STORE=$(sed -n 's/^memory_store_seconds=//p' <<<"$BASE")
+MEM_GET=$(sed -n 's/^memory_retrieve_seconds=//p' <<<"$BASE")
 
 export QSFS_PASSPHRASE=bench-passphrase QSFS_LOG=error
 TICK=$(getconf CLK_TCK)
@@ -123,14 +131,18 @@ DEAD=$SECS DEAD_RSS=$RSS_KIB DEAD_CPU="$CPU $SRV"
 cmp "$SRC" "$WORK/back.bin"
 
 python3 - "$MIB" "$BYTES" "$CIPHER" "$STORE" "$GET" "$DEAD" "$STORE_RSS" "$GET_RSS" "$DEAD_RSS" \
-    $STORE_CPU $GET_CPU $DEAD_CPU <<'EOF'
+    $STORE_CPU $GET_CPU $DEAD_CPU "$MEM_STORE" "$MEM_GET" <<'EOF'
 import sys
 mib, n, cipher, store, get, dead = int(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:7])
 rss = [int(x) / 1024 for x in sys.argv[7:10]]
 cpu = list(map(float, sys.argv[10:16]))
+mem_store, mem_get = map(float, sys.argv[16:18])
 gib = n / 2**30
 print(f"object: {mib} MiB random, 2+2 over 4 local `qsfs serve` nodes")
 print(f"bare AES-256-GCM-SIV     {cipher:7.3f} s  {gib / cipher:6.2f} GiB/s  (baseline)")
+for name, t in [("pipeline alone: store", mem_store), ("pipeline alone: retrieve", mem_get)]:
+    print(f"{name:<24} {t:7.3f} s  {gib / t:6.2f} GiB/s  {cipher / t:5.0%} of cipher  "
+          "(in-memory backends, same process)")
 rows = [("store", store, 3.3, rss[0]), ("retrieve", get, 1.9, rss[1]),
         ("retrieve, 2 of 4 dead", dead, 7.7, rss[2])]
 for i, (name, t, zstor, r) in enumerate(rows):

@@ -20,7 +20,10 @@
 //!
 //! With `QSFS_BENCH_CIPHER_FILE=FILE` it only times bare AES-256-GCM-SIV over FILE's bytes (default-size
 //! stripes, best of 5, one core) and prints `cipher_seconds=S`: the baseline of
-//! `crates/qsfs-backup/bench/backup-bench.sh`, measured on the very file it stores.
+//! `crates/qsfs-backup/bench/backup-bench.sh`, measured on the very file it stores. With
+//! `QSFS_BENCH_MEMORY=1` as well, it then prints `memory_store_seconds` and
+//! `memory_retrieve_seconds`: best of 3 over in-memory backends, the pipeline's own cost on
+//! that file.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -177,12 +180,76 @@ fn bare_cipher_seconds(bytes: &[u8], stripe: usize) -> f64 {
     best
 }
 
+/// As the `qsfs` command builds it: few blocking threads, so few malloc arenas keep freed
+/// stripes.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(qsfs_backup::pipeline::BLOCKING_THREADS)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Best of 3 seconds to store `src` (2+2, record format 4) and to retrieve it into a sink, over
+/// in-memory backends: the pipeline's own cost, with no server and no file system under the
+/// shards, for comparison with the same store over real nodes.
+fn memory_pipeline_seconds(src: &std::path::Path) -> (f64, f64) {
+    let rt = runtime();
+    let mem = |n, name: &str| -> Vec<Arc<dyn Backend>> {
+        (0..n)
+            .map(|i| Arc::new(Memory::new(format!("{name}{i}"))) as _)
+            .collect()
+    };
+    let settings = Settings {
+        kdf: KdfParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        },
+        format: ShardHash::Blake3Tag,
+        ..Settings::default()
+    };
+    let key = KeySource::passphrase("bench");
+    let p = rt
+        .block_on(Pipeline::open(
+            settings,
+            vec![mem(4, "data")],
+            mem(3, "meta"),
+            &key,
+        ))
+        .expect("open");
+    let (mut store, mut retrieve) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let f = std::fs::File::open(src).expect("open");
+        let t = std::time::Instant::now();
+        rt.block_on(p.store("bench/object", Box::new(f), Attrs::default(), &NoProgress))
+            .expect("store");
+        store = store.min(t.elapsed().as_secs_f64());
+        let rec = rt.block_on(p.record("bench/object")).expect("record");
+        let t = std::time::Instant::now();
+        rt.block_on(p.read_to(&rec, Box::new(std::io::sink()), &NoProgress))
+            .expect("retrieve");
+        retrieve = retrieve.min(t.elapsed().as_secs_f64());
+        rt.block_on(p.gc()).expect("gc");
+    }
+    (store, retrieve)
+}
+
 fn main() {
     if let Ok(file) = std::env::var("QSFS_BENCH_CIPHER_FILE") {
         let bytes = std::fs::read(&file).expect("read the cipher benchmark's file");
         let s = bare_cipher_seconds(&bytes, Settings::default().stripe_size);
-        println!("cipher_bytes={}", bytes.len());
+        drop(bytes);
+        println!(
+            "cipher_bytes={}",
+            std::fs::metadata(&file).expect("stat").len()
+        );
         println!("cipher_seconds={s:.4}");
+        if std::env::var_os("QSFS_BENCH_MEMORY").is_some() {
+            let (store, retrieve) = memory_pipeline_seconds(std::path::Path::new(&file));
+            println!("memory_store_seconds={store:.4}");
+            println!("memory_retrieve_seconds={retrieve:.4}");
+        }
         return;
     }
     let mib: usize = std::env::var("QSFS_BENCH_MIB")
@@ -198,12 +265,7 @@ fn main() {
         .configure_from_args()
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
-    // As the `qsfs` command does: few blocking threads, so few malloc arenas keep freed stripes.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .max_blocking_threads(qsfs_backup::pipeline::BLOCKING_THREADS)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     // QSFS_BENCH_DIR=/dev/shm isolates the pipeline's CPU cost from the disk's fsync speed.
     let dir = match std::env::var("QSFS_BENCH_DIR") {
         Ok(d) => tempfile::tempdir_in(d).expect("tempdir"),
