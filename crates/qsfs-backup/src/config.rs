@@ -283,6 +283,9 @@ pub struct ChainSettings {
     /// `seal_after` (seconds): a non-empty segment older than this is sealed, bounding how long
     /// a write waits before it reaches the backends.
     pub seal_after: Option<Duration>,
+    /// `seal_max_after` (seconds): once the recovery index is large (over 16 MiB), a new
+    /// recovery cut waits until 8 times its size of new data is uploaded, or this long.
+    pub seal_max_after: Option<Duration>,
     /// `read_cache`: bytes of fetched stripes kept in memory.
     pub read_cache: Option<u64>,
     /// `metrics`: address of the Prometheus endpoint.
@@ -345,6 +348,7 @@ struct ChainKeys {
     local_cap: Option<Size>,
     segment_size: Option<Size>,
     seal_after: Option<u64>,
+    seal_max_after: Option<u64>,
     read_cache: Option<Size>,
     metrics: Option<String>,
     compact_every: Option<u64>,
@@ -364,6 +368,7 @@ impl ChainKeys {
         };
         for (name, v) in [
             ("seal_after", self.seal_after),
+            ("seal_max_after", self.seal_max_after),
             ("compact_every", self.compact_every),
             ("gc_every", self.gc_every),
         ] {
@@ -377,6 +382,7 @@ impl ChainKeys {
             local_cap: self.local_cap.map(|s| s.0),
             segment_size: self.segment_size.map(|s| s.0),
             seal_after: self.seal_after.map(Duration::from_secs),
+            seal_max_after: self.seal_max_after.map(Duration::from_secs),
             read_cache: self.read_cache.map(|s| s.0),
             metrics,
             compact_every: self.compact_every.map(Duration::from_secs),
@@ -387,10 +393,11 @@ impl ChainKeys {
 }
 
 /// Names of the chain keys, removed before the format-specific parse.
-const CHAIN_KEYS: [&str; 8] = [
+const CHAIN_KEYS: [&str; 9] = [
     "local_cap",
     "segment_size",
     "seal_after",
+    "seal_max_after",
     "read_cache",
     "metrics",
     "compact_every",
@@ -595,6 +602,7 @@ impl Config {
              # local_cap = \"10GiB\"     # evict backed-up segments beyond this\n\
              # segment_size = \"64MiB\"\n\
              # seal_after = 60          # seconds before recent writes are sealed and uploaded\n\
+             # seal_max_after = 900     # the same once the index is large (over 16 MiB)\n\
              # read_cache = \"64MiB\"\n\
              # metrics = \"127.0.0.1:9109\"\n\
              # compact_every = 60       # seconds between compactions of the engine\n\
@@ -1155,6 +1163,7 @@ backends = ["s3://qsfs-data/node/a/", "s3://qsfs-data/node/b", "local:d"]
 local_cap = "64MiB"
 segment_size = 8388608
 seal_after = 30
+seal_max_after = 600
 read_cache = "8 MiB"
 metrics = "127.0.0.1:9100"
 compact_every = 5
@@ -1172,6 +1181,7 @@ backends = ["local:d1", "local:d2"]
                 local_cap: Some(64 << 20),
                 segment_size: Some(8 << 20),
                 seal_after: Some(Duration::from_secs(30)),
+                seal_max_after: Some(Duration::from_secs(600)),
                 read_cache: Some(8 << 20),
                 metrics: Some("127.0.0.1:9100".parse().expect("addr")),
                 compact_every: Some(Duration::from_secs(5)),
@@ -1186,7 +1196,7 @@ backends = ["local:d1", "local:d2"]
         // An unknown key is still refused, and its line number is still right.
         let bad = text.replace("read_cache", "raed_cache");
         let e = Config::parse(&bad, Path::new("t.toml"), Path::new("/b")).expect_err("typo");
-        assert!(e.to_string().contains("line 5"), "{e}");
+        assert!(e.to_string().contains("line 6"), "{e}");
     }
 
     #[test]

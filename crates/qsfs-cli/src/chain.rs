@@ -157,6 +157,9 @@ pub fn tier_config(chain: &ChainSettings) -> TierConfig {
         local_cap: chain.local_cap,
         read_cache_bytes: chain.read_cache.unwrap_or(DEFAULT_READ_CACHE),
         cut_every: chain.seal_after.unwrap_or(DEFAULT_SEAL_AFTER),
+        cut_every_max: chain
+            .seal_max_after
+            .unwrap_or(TierConfig::default().cut_every_max),
         gc_every: chain.gc_every.unwrap_or(TierConfig::default().gc_every),
         ..TierConfig::default()
     }
@@ -255,6 +258,8 @@ pub fn chain_view(tier: &Tier, initial: &[BackendHealth]) -> ChainView {
         write_holds: g(&m.write_holds),
         write_hold_ms: g(&m.write_hold_ms),
         tier_rounds: g(&m.worker_rounds),
+        cuts_uploaded: g(&m.cuts_uploaded),
+        cut_bytes: g(&m.cut_bytes),
         backends: s.backends.iter().map(|b| (b.name.clone(), b.up)).collect(),
     }
 }
@@ -311,7 +316,7 @@ pub struct StatusFile {
     pub updated_ms: u64,
     /// True when every sealed segment is confirmed in the backups and every namespace's newest
     /// recovery manifest is uploaded: what `qsfs recover` would restore is current, up to the
-    /// data not yet sealed (at most `seal_after` old).
+    /// data not yet sealed (at most `seal_after` old, `seal_max_after` once the index is over 16 MiB).
     #[serde(default)]
     pub idle: bool,
     /// The tier's status.

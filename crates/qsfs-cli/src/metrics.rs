@@ -57,6 +57,10 @@ pub struct ChainView {
     pub write_hold_ms: u64,
     /// Rounds of the tier's worker (about one a second when idle).
     pub tier_rounds: u64,
+    /// Recovery cuts uploaded since start.
+    pub cuts_uploaded: u64,
+    /// Bytes of the last recovery cut uploaded (about the size of every index together).
+    pub cut_bytes: u64,
     /// Every configured backend: name and whether it answers.
     pub backends: Vec<(String, bool)>,
 }
@@ -258,6 +262,18 @@ impl Collector for ChainCollector {
                 "rounds of the offload worker, each looking for work once (idle: about one a second)",
                 c.tier_rounds,
             )?;
+            counter(
+                &mut e,
+                "qsfs_recovery_cuts",
+                "recovery cuts (every namespace's index at one instant) uploaded",
+                c.cuts_uploaded,
+            )?;
+            gauge(
+                &mut e,
+                "qsfs_recovery_cut_bytes",
+                "bytes of the last recovery cut uploaded",
+                clamp(c.cut_bytes),
+            )?;
             let mut m = e.encode_descriptor(
                 "qsfs_backend_up",
                 "1 when the backend answers",
@@ -379,6 +395,8 @@ mod tests {
             write_holds: 7,
             write_hold_ms: 1500,
             tier_rounds: 42,
+            cuts_uploaded: 5,
+            cut_bytes: 65536,
             backends,
             ..ChainView::default()
         };
@@ -408,6 +426,8 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("qsfs_tier_rounds_total 42"), "{body}");
+        assert!(body.contains("qsfs_recovery_cuts_total 5"), "{body}");
+        assert!(body.contains("qsfs_recovery_cut_bytes 65536"), "{body}");
         assert!(
             body.contains("qsfs_backend_up{backend=\"local:/b/node2\"} 0"),
             "{body}"

@@ -28,6 +28,10 @@ pub struct TierMetrics {
     pub backlog_bytes: AtomicU64,
     /// Gauge: segments uploaded but not yet deep-verified.
     pub unverified_segments: AtomicU64,
+    /// Counter: recovery cuts uploaded.
+    pub cuts_uploaded: AtomicU64,
+    /// Gauge: bytes of the last recovery cut uploaded (about the size of every index).
+    pub cut_bytes: AtomicU64,
     /// Gauge: bytes of the engine directory on local disk.
     pub local_bytes: AtomicU64,
     /// Gauge: true while the local cap cannot be met.

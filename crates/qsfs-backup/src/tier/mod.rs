@@ -83,8 +83,19 @@ pub struct TierConfig {
     pub low_priority: bool,
     /// How often a recovery cut is taken ([`Engine::seal_all`]: unsealed writes are sealed
     /// and the manifests of every namespace captured at one instant) and uploaded once its
-    /// segments are. This bounds how old the newest recoverable state is.
+    /// segments are. This bounds how old the newest recoverable state is, as long as the cut
+    /// is small (see `cut_small`).
     pub cut_every: Duration,
+    /// A cut holds every namespace's whole index, so its upload grows with the data kept, not
+    /// with the data changed. Once the last cut was larger than this many bytes, the next one
+    /// is taken only after the segments uploaded since hold `cut_amortize` times its size, or
+    /// after `cut_every_max`: the cuts then cost at most 1/`cut_amortize` of the uploads.
+    pub cut_small: u64,
+    /// See `cut_small`; 0 takes every cut at `cut_every` whatever its size.
+    pub cut_amortize: u64,
+    /// The longest a large cut waits for enough new data (the bound on how old the newest
+    /// recoverable state is once cuts are large).
+    pub cut_every_max: Duration,
 }
 
 impl Default for TierConfig {
@@ -98,6 +109,9 @@ impl Default for TierConfig {
             verify_deep: true,
             low_priority: true,
             cut_every: Duration::from_secs(60),
+            cut_small: 16 << 20,
+            cut_amortize: 8,
+            cut_every_max: Duration::from_secs(900),
         }
     }
 }

@@ -67,6 +67,8 @@ pub(crate) fn run(shared: Arc<Shared>) {
         reconciled: false,
         cut: None,
         last_cut: Instant::now(),
+        last_cut_bytes: 0,
+        offloaded_at_cut: 0,
     };
     while !shared.stop.load(Ordering::Acquire) {
         TierMetrics::add(&shared.metrics.worker_rounds, 1);
@@ -307,6 +309,10 @@ struct Worker {
     /// The cut taken and waiting for its segments to be uploaded.
     cut: Option<PendingCut>,
     last_cut: Instant,
+    /// Bytes of the last cut uploaded by this process (0: none yet).
+    last_cut_bytes: u64,
+    /// `bytes_offloaded` when the last cut was taken.
+    offloaded_at_cut: u64,
 }
 
 /// A recovery cut not yet uploaded.
@@ -328,13 +334,45 @@ impl Worker {
         // Checked: a configured interval may be too long to add to an instant ("never").
         let at = |from: Instant, every: Duration| from.checked_add(every).unwrap_or(now + TICK);
         let mut due = (now + TICK)
-            .min(at(self.last_cut, c.cut_every))
+            .min(at(self.last_cut, self.cut_interval()))
             .min(at(self.last_gc, c.gc_every));
         if self.backoff.is_some() {
             due = due.min(self.retry_at);
         }
         due.saturating_duration_since(now)
             .max(Duration::from_millis(10))
+    }
+
+    /// True once the last cut is large enough that the next waits for new data.
+    fn amortizing(&self) -> bool {
+        let c = &self.shared.config;
+        c.cut_amortize > 0 && self.last_cut_bytes > c.cut_small
+    }
+
+    /// When the next cut falls due by time alone. An amortized one may come earlier, when
+    /// enough data is uploaded: the worker is awake then anyway.
+    fn cut_interval(&self) -> Duration {
+        let c = &self.shared.config;
+        if self.amortizing() {
+            c.cut_every_max.max(c.cut_every)
+        } else {
+            c.cut_every
+        }
+    }
+
+    /// Whether a cut is due without being asked for.
+    fn cut_due(&self) -> bool {
+        let c = &self.shared.config;
+        let age = self.last_cut.elapsed();
+        if age < c.cut_every {
+            return false;
+        }
+        if !self.amortizing() || age >= c.cut_every_max {
+            return true;
+        }
+        let since = TierMetrics::get(&self.shared.metrics.bytes_offloaded)
+            .saturating_sub(self.offloaded_at_cut);
+        since >= self.last_cut_bytes.saturating_mul(c.cut_amortize)
     }
 
     /// One unit of work; true if something was done (look again at once).
@@ -842,10 +880,11 @@ impl Worker {
     fn cut_step(&mut self, engine: &Engine) -> Result<bool> {
         let Some(pending) = self.cut.take() else {
             let requested = self.shared.cut_requested.swap(false, Ordering::AcqRel);
-            if !requested && self.last_cut.elapsed() < self.shared.config.cut_every {
+            if !requested && !self.cut_due() {
                 return Ok(false);
             }
             self.last_cut = Instant::now();
+            self.offloaded_at_cut = TierMetrics::get(&self.shared.metrics.bytes_offloaded);
             // Namespace deletions known before the cut is taken are not in it: its upload
             // releases them. Taken first, so a deletion racing the cut waits for the next one.
             let released: Vec<PendingDelete> = self
@@ -958,8 +997,12 @@ impl Worker {
                 }
             }
         })?;
+        self.last_cut_bytes = len;
+        TierMetrics::add(&self.shared.metrics.cuts_uploaded, 1);
+        TierMetrics::set(&self.shared.metrics.cut_bytes, len);
         tracing::debug!(
             namespaces = pending.manifests.len(),
+            bytes = len,
             "tier: recovery cut uploaded"
         );
         Ok(true)

@@ -305,6 +305,73 @@ fn an_idle_tier_sleeps_instead_of_polling() {
     c.tier.shutdown();
 }
 
+/// A cut uploads every namespace's whole index. Once it is larger than `cut_small`, the next
+/// one waits until the segments uploaded since hold `cut_amortize` times its size: a few
+/// small changes no longer re-upload the index every `cut_every`. A requested cut
+/// (`wait_idle`) is still taken at once.
+#[test]
+fn a_large_cut_waits_for_enough_new_data() {
+    let root = tempfile::tempdir().unwrap();
+    let c = chain_with(
+        root.path(),
+        TierConfig {
+            cut_every: Duration::from_millis(50),
+            cut_small: 0,
+            cut_amortize: 8,
+            cut_every_max: Duration::MAX,
+            ..config(None)
+        },
+    );
+    fill_and_wait_idle(&c, 200);
+    let m = c.tier.metrics();
+    let (cuts, cut_bytes) = (
+        TierMetrics::get(&m.cuts_uploaded),
+        TierMetrics::get(&m.cut_bytes),
+    );
+    assert!(
+        cuts >= 1 && cut_bytes > 0,
+        "{cuts} cuts of {cut_bytes} bytes"
+    );
+    let offloaded = TierMetrics::get(&m.bytes_offloaded);
+    // Small changes over 20 periods of `cut_every`: no cut (there was one per period before).
+    for i in 0..20 {
+        c.engine
+            .set("default", Some(format!("small{i}").as_bytes()), b"v")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One may still come: `wait_idle` asks for a cut, and it may have returned on a cut taken
+    // just before it asked, leaving its request to be served.
+    let after_small = TierMetrics::get(&m.cuts_uploaded);
+    assert!(
+        after_small <= cuts + 1,
+        "{} cuts in 1 s",
+        after_small - cuts
+    );
+    let cuts = after_small;
+    // Enough new data: a cut follows without being asked for.
+    let mut i = 0;
+    let cut_again = eventually(|| {
+        for _ in 0..10 {
+            c.engine
+                .set("default", Some(format!("big{i}").as_bytes()), &[7u8; 3000])
+                .unwrap();
+            i += 1;
+        }
+        TierMetrics::get(&m.cuts_uploaded) > cuts
+    });
+    assert!(cut_again, "no cut after {i} values of 3000 bytes");
+    let uploaded = TierMetrics::get(&m.bytes_offloaded) - offloaded;
+    assert!(
+        uploaded >= cut_bytes,
+        "a cut of {cut_bytes} bytes after {uploaded} uploaded"
+    );
+    // Asked for, a cut comes at once and covers everything.
+    fill_and_wait_idle(&c, 10);
+    assert!(uploaded_cut(&c)["default"].sealed_through.is_some());
+    c.tier.shutdown();
+}
+
 /// Intervals too long to add to a clock reading ("never") are not a panic of the worker.
 #[test]
 fn a_tier_told_never_to_cut_or_gc_on_its_own_still_works() {
