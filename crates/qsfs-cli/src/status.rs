@@ -278,7 +278,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!(
             "backed up   {}",
             if idle {
-                "yes: all sealed data and the recovery manifests are in the backups (newer writes follow within seal_after)"
+                "yes: all sealed data and the recovery manifests are in the backups (newer writes follow within seal_after; seal_max_after once the index is over 16 MiB)"
             } else {
                 "not yet (uploads or manifests pending)"
             }
