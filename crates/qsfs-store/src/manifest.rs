@@ -83,25 +83,43 @@ struct Body {
 impl Manifest {
     /// The encoded manifest (the bytes of the manifest file).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let body = BodyRef {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Length of [`Manifest::to_bytes`], without encoding the index into memory.
+    pub fn encoded_len(&self) -> usize {
+        let size =
+            postcard::serialize_with_flavor(&self.body(), postcard::ser_flavors::Size::default());
+        HEAD_LEN + size.unwrap_or(0) + 4
+    }
+
+    /// Appends [`Manifest::to_bytes`] to `out` with no copy of its own: the index can be
+    /// hundreds of megabytes, and a recovery cut holds every namespace's.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        // Serialising plain data into a Vec cannot fail; an empty body would be rejected on
+        // read rather than silently accepted.
+        let _ = postcard::to_io(&self.body(), &mut *out);
+        let body_len = (out.len() - start - HEAD_LEN) as u64;
+        out[start + 12..start + HEAD_LEN].copy_from_slice(&body_len.to_le_bytes());
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    fn body(&self) -> BodyRef<'_> {
+        BodyRef {
             namespace: &self.namespace,
             generation: self.generation,
             sealed_through: self.sealed_through,
             segments: &self.segments,
             descriptor: &self.descriptor,
             index: &self.index,
-        };
-        // Serialising plain data into a Vec cannot fail; an empty body would be rejected on
-        // read rather than silently accepted.
-        let body = postcard::to_stdvec(&body).unwrap_or_default();
-        let mut out = Vec::with_capacity(HEAD_LEN + body.len() + 4);
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&body);
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        }
     }
 
     /// Decodes and checks a manifest: [`Error::Corrupt`] if it is damaged or not a manifest.

@@ -20,13 +20,31 @@ pub const CUT_KEY: &str = "manifests/cut";
 const MAGIC: &[u8; 8] = b"QSFSCUT1";
 
 /// Encodes a cut.
+///
+/// The bytes are those of `postcard` over the list of blobs, but written in place: each
+/// manifest holds its namespace's whole index (hundreds of megabytes for a large filesystem),
+/// and encoding the blobs, then the list, then the output would hold three more copies of it.
 pub fn encode(manifests: &[Manifest]) -> Result<Vec<u8>> {
-    let blobs: Vec<Vec<u8>> = manifests.iter().map(Manifest::to_bytes).collect();
-    let body = postcard::to_stdvec(&blobs)
-        .map_err(|e| Error::InvalidArgument(format!("encode cut: {e}")))?;
-    let mut out = Vec::with_capacity(MAGIC.len() + body.len());
+    let lens: Vec<usize> = manifests.iter().map(Manifest::encoded_len).collect();
+    let prefix = |n: usize| {
+        postcard::to_stdvec(&n).map_err(|e| Error::InvalidArgument(format!("encode cut: {e}")))
+    };
+    let total = MAGIC.len() + 10 + lens.iter().map(|l| 10 + l).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&prefix(manifests.len())?);
+    for (m, len) in manifests.iter().zip(lens) {
+        out.extend_from_slice(&prefix(len)?);
+        let start = out.len();
+        m.write_to(&mut out);
+        if out.len() - start != len {
+            return Err(Error::InvalidArgument(format!(
+                "encode cut: manifest of {} is {} bytes, {len} announced",
+                m.namespace,
+                out.len() - start
+            )));
+        }
+    }
     Ok(out)
 }
 
@@ -81,6 +99,32 @@ mod tests {
         };
         assert_eq!(names(&back), names(&cut));
         assert_eq!(back[0].to_bytes(), cut[0].to_bytes());
+    }
+
+    #[test]
+    fn a_cut_is_postcards_list_of_manifest_blobs() {
+        // Cuts already uploaded were encoded this way, and every version decodes them. Enough
+        // keys that the blobs' length prefixes take several bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            durability: Durability::None,
+            ..EngineConfig::default()
+        };
+        let e = Engine::open(dir.path(), config).unwrap();
+        e.namespace_create("other").unwrap();
+        for i in 0..2000u32 {
+            e.set("default", Some(&i.to_le_bytes()), b"v").unwrap();
+        }
+        e.set("other", Some(b"k2"), b"v2").unwrap();
+        let cut = e.seal_all().unwrap();
+        assert!(cut.iter().any(|m| m.encoded_len() > 1 << 14), "{cut:?}");
+        let blobs: Vec<Vec<u8>> = cut.iter().map(Manifest::to_bytes).collect();
+        let mut old = MAGIC.to_vec();
+        old.extend_from_slice(&postcard::to_stdvec(&blobs).unwrap());
+        assert_eq!(encode(&cut).unwrap(), old);
+        for m in &cut {
+            assert_eq!(m.encoded_len(), m.to_bytes().len());
+        }
     }
 
     #[test]
