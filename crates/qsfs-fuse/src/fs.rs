@@ -334,6 +334,8 @@ pub struct Fs {
     /// Store to free an inode.
     defer_frees: bool,
     orphans: HashSet<u64>,
+    /// `O_TMPFILE`s not yet named: the only unlinked inodes [`Fs::link`] accepts.
+    linkable: HashSet<u64>,
     meta_dirty_since: Option<Instant>,
     session: u64,
     locked: bool,
@@ -457,6 +459,7 @@ impl Fs {
             free_waiting: Vec::new(),
             defer_frees: false,
             orphans: HashSet::new(),
+            linkable: HashSet::new(),
             meta_dirty_since: None,
             session,
             locked: false,
@@ -930,20 +933,27 @@ impl Fs {
         }
     }
 
+    /// Creates an inode in `parent` under `name`, or, without a name, an unnamed one (an
+    /// `O_TMPFILE`) that is an orphan from the start: no link, and reclaimed at its last close
+    /// or, after a crash, at the next mount, unless [`Fs::link`] names it first.
     fn new_inode(
         &mut self,
         parent: u64,
-        name: &[u8],
+        name: Option<&[u8]>,
         kind: Kind,
         (mode, umask): (u32, u32),
         (uid, gid): (u32, u32),
         body: Body,
     ) -> FsResult<Attr> {
-        check_name(name)?;
+        if let Some(name) = name {
+            check_name(name)?;
+        }
         if kind != Kind::Symlink {
             self.want_xattrs(parent)?;
         }
-        self.prepare_names(&[(parent, name)], None)?;
+        if let Some(name) = name {
+            self.prepare_names(&[(parent, name)], None)?;
+        }
         let pinode = self.inode(parent)?.clone();
         if pinode.kind != Kind::Dir {
             return errno(libc::ENOTDIR);
@@ -951,8 +961,10 @@ impl Fs {
         if pinode.nlink == 0 {
             return errno(libc::ENOENT);
         }
-        if self.get_dirent(parent, name)?.is_some() {
-            return errno(libc::EEXIST);
+        if let Some(name) = name {
+            if self.get_dirent(parent, name)?.is_some() {
+                return errno(libc::EEXIST);
+            }
         }
         self.admit(RECORD_COST)?;
         let mut perm = (mode & 0o7777) as u16;
@@ -1014,6 +1026,10 @@ impl Fs {
             },
         );
         self.mark_meta();
+        let Some(name) = name else {
+            self.inode_mut(ino)?.nlink = 0;
+            return self.getattr(ino);
+        };
         self.dir_add(parent, name, ino, kind)?;
         if kind == Kind::Dir {
             self.inode_mut(parent)?.nlink += 1;
@@ -1050,8 +1066,32 @@ impl Fs {
             chunks: BTreeSet::new(),
             blocks: 0,
         };
-        let attr = self.new_inode(parent, name, Kind::File, mode, (uid, gid), body)?;
+        let attr = self.new_inode(parent, Some(name), Kind::File, mode, (uid, gid), body)?;
         let fh = self.open_file(attr.ino, flags)?;
+        Ok((attr, fh))
+    }
+
+    /// Creates an unnamed regular file in `parent` and opens it (`O_TMPFILE`): `(mode, umask)`
+    /// as for [`Fs::create_masked`]. It has no link; [`Fs::link`] may give it a name while it
+    /// is open (the kernel refuses that for a file opened with `O_EXCL`), and otherwise its
+    /// last close frees it.
+    pub fn tmpfile(
+        &mut self,
+        parent: u64,
+        mode: (u32, u32),
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        let body = Body::File {
+            chunks: BTreeSet::new(),
+            blocks: 0,
+        };
+        let attr = self.new_inode(parent, None, Kind::File, mode, (uid, gid), body)?;
+        let fh = self.open_file(attr.ino, flags)?;
+        if flags & libc::O_EXCL == 0 {
+            self.linkable.insert(attr.ino);
+        }
         Ok((attr, fh))
     }
 
@@ -1083,7 +1123,7 @@ impl Fs {
             tail_page: 0,
             tail_used: 0,
         };
-        self.new_inode(parent, name, Kind::Dir, mode, (uid, gid), body)
+        self.new_inode(parent, Some(name), Kind::Dir, mode, (uid, gid), body)
     }
 
     /// Creates a fifo, socket, device node or regular file, with `mode` taken as is (see
@@ -1123,7 +1163,7 @@ impl Fs {
             Kind::Dir | Kind::Symlink => return errno(libc::EINVAL),
             _ => Body::Special,
         };
-        let attr = self.new_inode(parent, name, kind, (mode, umask), (uid, gid), body)?;
+        let attr = self.new_inode(parent, Some(name), kind, (mode, umask), (uid, gid), body)?;
         if matches!(kind, Kind::CharDev | Kind::BlockDev) {
             self.inode_mut(attr.ino)?.rdev = rdev;
         }
@@ -1148,7 +1188,14 @@ impl Fs {
         let body = Body::Symlink {
             target: target.to_vec(),
         };
-        let attr = self.new_inode(parent, name, Kind::Symlink, (0o777, 0), (uid, gid), body)?;
+        let attr = self.new_inode(
+            parent,
+            Some(name),
+            Kind::Symlink,
+            (0o777, 0),
+            (uid, gid),
+            body,
+        )?;
         self.inode_mut(attr.ino)?.size = target.len() as u64;
         self.getattr(attr.ino)
     }
@@ -1169,7 +1216,8 @@ impl Fs {
         if inode.kind == Kind::Dir {
             return errno(libc::EPERM);
         }
-        if inode.nlink == 0 {
+        // An unlinked file stays unlinked; only an `O_TMPFILE` may get its first name.
+        if inode.nlink == 0 && !self.linkable.contains(&ino) {
             return errno(libc::ENOENT);
         }
         self.dir_parent(newparent)?;
@@ -1178,6 +1226,7 @@ impl Fs {
         }
         self.admit(RECORD_COST)?;
         self.dir_add(newparent, newname, ino, inode.kind)?;
+        self.linkable.remove(&ino);
         let i = self.inode_mut(ino)?;
         i.nlink += 1;
         i.ctime = Time::now();
@@ -2691,6 +2740,17 @@ impl Fs {
         for ino in &unlinked {
             ops.push(op(NS_ORPHAN, &ino_key(*ino), Some(vec![1])));
         }
+        // An `O_TMPFILE` named after its orphan record was committed: the record goes in the
+        // same commit as the name, or the next mount would reclaim a linked file.
+        let named: Vec<u64> = self
+            .orphans
+            .iter()
+            .filter(|i| self.nodes.get(i).is_some_and(|n| n.inode.nlink > 0))
+            .copied()
+            .collect();
+        for ino in &named {
+            ops.push(op(NS_ORPHAN, &ino_key(*ino), None));
+        }
         // Before the commit: a commit failing half way may still have changed records.
         let owners = dirty_chunks
             .iter()
@@ -2730,6 +2790,9 @@ impl Fs {
             }
         }
         self.orphans.extend(unlinked);
+        for ino in named {
+            self.orphans.remove(&ino);
+        }
         if !self.defer_frees {
             self.free_queue.append(&mut self.free_waiting);
         }
@@ -2803,6 +2866,7 @@ impl Fs {
     /// ([`Fs::without_fetch`], [`Fs::free_now_or_later`]) it stops with nothing done, naming
     /// every record it is missing at once.
     fn free_inode(&mut self, ino: u64) -> FsResult<()> {
+        self.linkable.remove(&ino);
         // Loaded as a node (kept until freed: see `prune`), so that the deletes below find it
         // in memory once they have moved its generation.
         let inode = match self.node(ino) {

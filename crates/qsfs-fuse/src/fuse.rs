@@ -1198,6 +1198,36 @@ impl Filesystem for QsfsFuse {
         );
     }
 
+    fn tmpfile(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _spin = self.spin.begin();
+        let flags = self.handle_flags(flags);
+        let (uid, gid) = (req.uid(), req.gid());
+        let make = move |fs: &mut Fs| fs.tmpfile(parent, (mode, umask), flags, uid, gid);
+        self.call_or_defer(
+            Op::Create,
+            parent,
+            make,
+            || make,
+            move |r| {
+                reply_or_err!(reply, r, |v| reply.created(
+                    &TTL,
+                    &fuse_attr(&v.0),
+                    0,
+                    v.1,
+                    0
+                ))
+            },
+        );
+    }
+
     fn fallocate(
         &mut self,
         req: &Request<'_>,

@@ -3,15 +3,25 @@
 //! ext4 (a directory of /var/tmp) is the oracle: the same steps must print the same.
 //!
 //! Everything that depends on the umask runs in a child shell: the umask is per process and
-//! the other tests of this binary run in parallel threads.
+//! the other tests of this binary run in parallel threads. The checks run on the embedded
+//! engine and over a `qsfs serve` server, like the POSIX suite's.
+
+// The checks are test bodies, run by the tests `on_both!` makes.
+#![allow(clippy::unwrap_used)]
 
 use crate::common;
 
-use common::Fixture;
+use common::{on_both, On};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+
+on_both!(
+    acl_steps_match_ext4_and_survive_remount,
+    acls_are_enforced_for_other_users,
+    an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4,
+);
 
 /// Runs `script` with `sh` in `dir`; returns stdout and stderr together (the errors are part
 /// of what is compared).
@@ -58,9 +68,8 @@ python3 -c 'import os; os.removexattr("d/um", "system.posix_acl_access"); print(
 /// `getfacl -R` of the tree plus the modes, to compare before and after a remount.
 const DUMP: &str = "getfacl -R -c -p d 2>&1; find d | sort | xargs stat -c '%A %n'";
 
-#[test]
-fn acl_steps_match_ext4_and_survive_remount() {
-    let mut f = Fixture::new();
+fn acl_steps_match_ext4_and_survive_remount(on: On) {
+    let mut f = on.fixture();
     let oracle = tempfile::tempdir_in("/var/tmp").expect("ext4 directory");
     let on_ext4 = sh_in(oracle.path(), STEPS);
     let on_qsfs = sh_in(&f.mnt, STEPS);
@@ -100,9 +109,8 @@ fn as_nobody(dir: &Path, script: &str) -> bool {
         .success()
 }
 
-#[test]
-fn acls_are_enforced_for_other_users() {
-    let f = Fixture::with(qsfs_fuse::MountOptions {
+fn acls_are_enforced_for_other_users(on: On) {
+    let f = on.with(qsfs_fuse::MountOptions {
         allow_other: true,
         ..Default::default()
     });
@@ -160,9 +168,8 @@ fn acls_are_enforced_for_other_users() {
     assert!(as_nobody(d, "ls shared/sub"), "mask r-x still lists");
 }
 
-#[test]
-fn an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4() {
-    let f = Fixture::with(qsfs_fuse::MountOptions {
+fn an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4(on: On) {
+    let f = on.with(qsfs_fuse::MountOptions {
         allow_other: true,
         ..Default::default()
     });

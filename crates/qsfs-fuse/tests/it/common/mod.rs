@@ -24,9 +24,64 @@ pub struct Fixture {
     pub store: Arc<dyn qsfs_core::Store>,
     pub mnt: PathBuf,
     pub mount: Option<Mount>,
+    /// The server the store is reached through, for [`Fixture::served`]; after `mount` so
+    /// the mount's last flush reaches it before it stops.
+    served: Option<Served>,
     pub options: MountOptions,
     store_dir: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// A `qsfs serve` server (the server of `qsfs-store`, in this process) over an engine, on
+/// 127.0.0.1 with a port of its own; stopped gracefully when dropped.
+struct Served {
+    addr: std::net::SocketAddr,
+    rt: tokio::runtime::Runtime,
+    handle: Option<qsfs_store::server::ServerHandle>,
+}
+
+impl Served {
+    fn start(dir: &Path) -> Served {
+        let engine: Arc<Engine> =
+            Arc::new(Engine::open(dir, EngineConfig::default()).expect("server engine"));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = qsfs_store::server::ServerConfig {
+            tcp: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            index_root: dir.to_path_buf(),
+            data_root: dir.to_path_buf(),
+            ..Default::default()
+        };
+        let handle = rt.block_on(async move {
+            qsfs_store::server::Server::bind(engine, config)
+                .await
+                .expect("bind")
+                .spawn()
+        });
+        let addr = handle.local_addr.expect("a TCP address");
+        Served {
+            addr,
+            rt,
+            handle: Some(handle),
+        }
+    }
+
+    /// A new client, as `qsfs mount --store zdb://127.0.0.1:PORT` makes.
+    fn client(&self) -> Arc<dyn qsfs_core::Store> {
+        let url = format!("zdb://{}", self.addr);
+        Arc::new(qsfs_store::remote::ZdbClient::from_url(&url).expect("connect"))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.rt.block_on(h.shutdown());
+        }
+    }
 }
 
 pub fn config() -> FsConfig {
@@ -42,17 +97,37 @@ impl Fixture {
     }
 
     pub fn with(options: MountOptions) -> Fixture {
+        Self::build(options, false)
+    }
+
+    /// A filesystem whose store is a `qsfs serve` server reached over TCP by the 0-db
+    /// client, as `qsfs mount --store zdb://…` runs it.
+    pub fn served() -> Fixture {
+        Self::build(MountOptions::default(), true)
+    }
+
+    /// [`Fixture::served`] with mount options.
+    pub fn served_with(options: MountOptions) -> Fixture {
+        Self::build(options, true)
+    }
+
+    fn build(options: MountOptions, remote: bool) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
         let store_dir = dir.path().join("engine");
         std::fs::create_dir(&mnt).expect("mountpoint");
-        let store = open_engine(&store_dir);
+        let served = remote.then(|| Served::start(&store_dir));
+        let store = match &served {
+            Some(s) => s.client(),
+            None => open_engine(&store_dir),
+        };
         let fs = Fs::open(store.clone(), config()).expect("open fs");
         let mount = mount(fs, &mnt, &options).expect("mount");
         Fixture {
             store,
             mnt,
             mount: Some(mount),
+            served,
             options,
             store_dir,
             _dir: dir,
@@ -73,12 +148,15 @@ impl Fixture {
     }
 
     /// Unmount as if the process died (nothing flushed), close and re-open the engine from
-    /// its directory, then mount again.
+    /// its directory (or, over a server, connect again), then mount again.
     pub fn crash_and_remount(&mut self) {
         if let Some(m) = self.mount.take() {
             m.crash().expect("crash unmount");
         }
-        self.store = open_engine_again(&mut self.store, &self.store_dir);
+        self.store = match &self.served {
+            Some(s) => s.client(),
+            None => open_engine_again(&mut self.store, &self.store_dir),
+        };
         let fs = Fs::open(self.store.clone(), config()).expect("reopen fs after crash");
         self.mount = Some(mount(fs, &self.mnt, &self.options).expect("remount"));
     }
@@ -95,6 +173,48 @@ impl Fixture {
             .entries
     }
 }
+
+/// Where a check's filesystem lives: the embedded engine, or a `qsfs serve` server reached
+/// over TCP by the 0-db client (`qsfs mount --store zdb://…`). Every check runs on both.
+#[derive(Clone, Copy)]
+pub enum On {
+    Engine,
+    Served,
+}
+
+impl On {
+    pub fn fixture(self) -> Fixture {
+        self.with(MountOptions::default())
+    }
+
+    pub fn with(self, options: MountOptions) -> Fixture {
+        match self {
+            On::Engine => Fixture::with(options),
+            On::Served => Fixture::served_with(options),
+        }
+    }
+}
+
+/// One test per check and store: `MODULE::engine::NAME` and `MODULE::served::NAME`.
+#[allow(unused_macros)] // posix_roundtrips includes this module without using it
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod engine {
+            $(#[test]
+            fn $name() {
+                super::$name(super::On::Engine)
+            })*
+        }
+        mod served {
+            $(#[test]
+            fn $name() {
+                super::$name(super::On::Served)
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both;
 
 pub fn is_mounted(p: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
