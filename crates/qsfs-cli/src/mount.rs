@@ -23,8 +23,10 @@ pub struct Args {
     /// Root directory holding the engine data (ROOT/engine).
     #[arg(long, env = "QSFS_ROOT")]
     pub root: Option<PathBuf>,
-    /// A remote store instead of the embedded engine: zdb://host:port[/namespace].
-    #[arg(long)]
+    /// A remote store instead of the embedded engine: zdb://[PASSWORD@]host:port[/namespace]
+    /// or zdb+unix://[PASSWORD@]/path/to/socket[#namespace]. A URL with a password is better
+    /// given in QSFS_STORE than on the command line, where any user can read it (`ps`).
+    #[arg(long, env = "QSFS_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// With --store: a fixed size for statfs to report (suffixes K, M, G, T), and no reserve.
     /// Without it, the server is asked (NSINFO of the filesystem's block namespace): df shows

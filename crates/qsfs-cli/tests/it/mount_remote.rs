@@ -197,4 +197,21 @@ fn an_unreachable_store_is_a_clear_error() {
         "names the server: {err}"
     );
     assert!(!err.contains("sekrit"), "never prints the password: {err}");
+
+    // The same URL from the environment, where `ps` does not show it.
+    let out = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+        .arg("mount")
+        .arg(tmp.path().join("mnt"))
+        .arg("--root")
+        .arg(tmp.path().join("root"))
+        .env("QSFS_STORE", format!("zdb://sekrit@127.0.0.1:{port}"))
+        .output()
+        .expect("run qsfs mount");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")),
+        "QSFS_STORE is the store: {err}"
+    );
+    assert!(!err.contains("sekrit"), "never prints the password: {err}");
 }
