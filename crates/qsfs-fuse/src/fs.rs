@@ -1062,11 +1062,23 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> FsResult<(Attr, u64)> {
+        self.create_open(parent, Some(name), mode, flags, (uid, gid))
+    }
+
+    /// Creates a regular file (named, or unnamed for [`Fs::tmpfile`]) and opens it.
+    fn create_open(
+        &mut self,
+        parent: u64,
+        name: Option<&[u8]>,
+        mode: (u32, u32),
+        flags: i32,
+        owner: (u32, u32),
+    ) -> FsResult<(Attr, u64)> {
         let body = Body::File {
             chunks: BTreeSet::new(),
             blocks: 0,
         };
-        let attr = self.new_inode(parent, Some(name), Kind::File, mode, (uid, gid), body)?;
+        let attr = self.new_inode(parent, name, Kind::File, mode, owner, body)?;
         let fh = self.open_file(attr.ino, flags)?;
         Ok((attr, fh))
     }
@@ -1083,12 +1095,7 @@ impl Fs {
         uid: u32,
         gid: u32,
     ) -> FsResult<(Attr, u64)> {
-        let body = Body::File {
-            chunks: BTreeSet::new(),
-            blocks: 0,
-        };
-        let attr = self.new_inode(parent, None, Kind::File, mode, (uid, gid), body)?;
-        let fh = self.open_file(attr.ino, flags)?;
+        let (attr, fh) = self.create_open(parent, None, mode, flags, (uid, gid))?;
         if flags & libc::O_EXCL == 0 {
             self.linkable.insert(attr.ino);
         }
