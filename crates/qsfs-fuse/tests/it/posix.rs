@@ -34,6 +34,7 @@ on_both!(
     statfs_is_sane_and_tracks_usage,
     permissions_for_other_users_and_sticky_dirs,
     fsync_makes_data_survive_a_crash,
+    sync_writes_survive_a_crash,
     a_second_mount_of_the_same_store_is_refused,
     concurrent_processes_create_write_rename_and_append,
     copy_file_range_copies_inside_the_filesystem,
@@ -1011,6 +1012,29 @@ fn fsync_makes_data_survive_a_crash(on: On) {
     }
     if let Ok(b) = fs::read(f.p("d/unsynced")) {
         assert!(b == b"maybe" || b.is_empty(), "old or new state only");
+    }
+}
+
+/// `O_SYNC` and `O_DSYNC` writes are durable when they return: the kernel follows each with
+/// an fsync of the range, which must reach the store (and the name with it).
+fn sync_writes_survive_a_crash(on: On) {
+    let mut f = on.fixture();
+    fs::create_dir(f.p("d")).unwrap();
+    for (name, flag) in [("osync", libc::O_SYNC), ("odsync", libc::O_DSYNC)] {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(flag)
+            .open(f.p(&format!("d/{name}")))
+            .unwrap();
+        file.write_all(&pattern(200_000, flag as u8)).unwrap();
+        file.write_all(b"tail").unwrap();
+    }
+    f.crash_and_remount();
+    for (name, flag) in [("osync", libc::O_SYNC), ("odsync", libc::O_DSYNC)] {
+        let mut want = pattern(200_000, flag as u8);
+        want.extend_from_slice(b"tail");
+        assert_eq!(fs::read(f.p(&format!("d/{name}"))).unwrap(), want, "{name}");
     }
 }
 
