@@ -35,6 +35,7 @@ on_both!(
     permissions_for_other_users_and_sticky_dirs,
     fsync_makes_data_survive_a_crash,
     sync_writes_survive_a_crash,
+    mmap_locks_seekdir_and_a_removed_cwd,
     a_second_mount_of_the_same_store_is_refused,
     concurrent_processes_create_write_rename_and_append,
     copy_file_range_copies_inside_the_filesystem,
@@ -1036,6 +1037,107 @@ fn sync_writes_survive_a_crash(on: On) {
         want.extend_from_slice(b"tail");
         assert_eq!(fs::read(f.p(&format!("d/{name}"))).unwrap(), want, "{name}");
     }
+}
+
+/// Shared writable `mmap` + `msync` reaches the store; `flock` and `fcntl` locks exclude another
+/// process; a removed directory that is still a cwd lists empty and refuses new entries;
+/// `telldir`/`seekdir` resume a listing where it was.
+fn mmap_locks_seekdir_and_a_removed_cwd(on: On) {
+    let mut f = on.fixture();
+    let d = f.mnt.display().to_string();
+    let (ok, out) = py(&format!(
+        r#"
+import errno, fcntl, mmap, os
+d = "{d}"
+p = d + "/mapped"
+with open(p, "wb") as f:
+    f.write(bytes(65536))
+    f.flush()
+    os.fsync(f.fileno())
+fd = os.open(p, os.O_RDWR)
+m = mmap.mmap(fd, 65536, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+m[100:105] = b"hello"
+m[65530:65536] = b"endend"
+m.flush()
+m.close()
+os.close(fd)
+
+f1 = open(p, "r+b")
+fcntl.flock(f1, fcntl.LOCK_EX)
+fcntl.lockf(f1, fcntl.LOCK_EX)
+pid = os.fork()
+if pid == 0:
+    f2 = open(p, "r+b")
+    try:
+        fcntl.flock(f2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os._exit(1)
+    except BlockingIOError:
+        pass
+    try:
+        fcntl.lockf(f2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os._exit(2)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            os._exit(3)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("locks", os.waitstatus_to_exitcode(status))
+fcntl.flock(f1, fcntl.LOCK_UN)
+f1.close()
+
+os.mkdir(d + "/gone")
+os.chdir(d + "/gone")
+os.rmdir(d + "/gone")
+print("cwd lists", os.listdir("."))
+try:
+    open("x", "w")
+    print("created in a removed dir")
+except FileNotFoundError:
+    print("create ENOENT")
+os.chdir("/")
+"#
+    ));
+    assert!(ok, "{out}");
+    assert!(out.contains("locks 0"), "{out}");
+    assert!(out.contains("cwd lists []"), "{out}");
+    assert!(out.contains("create ENOENT"), "{out}");
+
+    fs::create_dir(f.p("many")).unwrap();
+    for i in 0..300 {
+        fs::write(f.p(&format!("many/e{i}")), b"").unwrap();
+    }
+    let perl = Command::new("perl")
+        .arg("-e")
+        .arg(
+            r#"opendir(my $dh, $ARGV[0]) or die "opendir: $!";
+my @head = map { scalar readdir($dh) } 1 .. 50;
+my $pos = telldir($dh);
+my @rest = readdir($dh);
+seekdir($dh, $pos);
+my @again = readdir($dh);
+my %seen;
+$seen{$_}++ for @head, @rest;
+my $dups = grep { $seen{$_} > 1 } keys %seen;
+print join(",", @rest) eq join(",", @again) ? "same" : "differs", " ", scalar(keys %seen), " $dups
+";"#,
+        )
+        .arg(f.p("many"))
+        .output()
+        .expect("perl");
+    let out = String::from_utf8_lossy(&perl.stdout);
+    assert_eq!(
+        out.trim(),
+        "same 302 0",
+        "{}",
+        String::from_utf8_lossy(&perl.stderr)
+    );
+
+    // msync made the mapped writes durable: they outlive a crash.
+    f.crash_and_remount();
+    let back = fs::read(f.p("mapped")).unwrap();
+    assert_eq!(&back[100..105], b"hello");
+    assert_eq!(&back[65530..], b"endend");
+    assert_eq!(back.len(), 65536);
 }
 
 fn a_second_mount_of_the_same_store_is_refused(on: On) {
