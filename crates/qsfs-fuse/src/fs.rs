@@ -211,11 +211,11 @@ impl ReadPlan {
             })
     }
 
-    /// The bytes read, with `fetched` answering [`ReadPlan::missing`] in order. Holes, blocks
-    /// the store does not have and the parts past a short block's end read as zeros.
-    fn assemble(&self, fetched: &[Option<Bytes>]) -> Vec<u8> {
-        let total = self.pieces.iter().map(|p| p.len).sum();
-        let mut out = Vec::with_capacity(total);
+    /// The bytes read, with `fetched` answering [`ReadPlan::missing`] in order, as slices of
+    /// the blocks: holes, blocks the store does not have and the parts past a short block's
+    /// end read as zeros.
+    fn assemble(&self, fetched: &[Option<Bytes>]) -> ReadData {
+        let mut out = ReadData::with_capacity(self.pieces.len());
         let mut fetched = fetched.iter();
         for p in &self.pieces {
             let block = match &p.source {
@@ -225,11 +225,31 @@ impl ReadPlan {
             };
             let avail = block.map_or(0, |b| b.len().saturating_sub(p.within).min(p.len));
             if let Some(b) = block.filter(|_| avail > 0) {
-                out.extend_from_slice(&b[p.within..p.within + avail]);
+                out.push(b.slice(p.within..p.within + avail));
             }
-            out.resize(out.len() + (p.len - avail), 0);
+            push_zeros(&mut out, p.len - avail);
         }
         out
+    }
+}
+
+/// The bytes of a read: slices of cached blocks and of a shared page of zeros, replied with
+/// one `writev`. Joining them into one buffer cost a fifth of the mount's CPU in a cold
+/// sequential read (the kernel asks for 1 MiB, eight blocks, at a time).
+pub type ReadData = Vec<Bytes>;
+
+/// The bytes in `data`.
+pub fn read_len(data: &ReadData) -> usize {
+    data.iter().map(Bytes::len).sum()
+}
+
+/// Appends `n` zero bytes to `out`, as slices of one static zero buffer.
+fn push_zeros(out: &mut ReadData, mut n: usize) {
+    static ZEROS: [u8; 128 << 10] = [0; 128 << 10];
+    while n > 0 {
+        let take = n.min(ZEROS.len());
+        out.push(Bytes::from_static(&ZEROS[..take]));
+        n -= take;
     }
 }
 
@@ -273,7 +293,7 @@ const META_GENS: usize = 4096;
 #[derive(Debug)]
 pub enum ReadStart {
     /// Answered from the cache.
-    Done(Vec<u8>),
+    Done(ReadData),
     /// Blocks must come from the Store first.
     Fetch(ReadPlan),
 }
@@ -1707,7 +1727,7 @@ impl Fs {
         }
         let file_size = inode.size;
         if offset >= file_size {
-            return Ok(ReadStart::Done(Vec::new()));
+            return Ok(ReadStart::Done(ReadData::new()));
         }
         let end = file_size.min(offset + u64::from(size));
         let mut pieces = Vec::new();
@@ -1755,7 +1775,7 @@ impl Fs {
         &mut self,
         plan: &ReadPlan,
         fetched: &[Option<Bytes>],
-    ) -> FsResult<Option<Vec<u8>>> {
+    ) -> FsResult<Option<ReadData>> {
         if self.node(plan.ino)?.data_gen != plan.gen {
             return Ok(None);
         }
@@ -3026,4 +3046,43 @@ fn upsert_xattr(x: &mut Xattrs, name: &[u8], value: Option<Vec<u8>>) -> bool {
         (None, None) => return false,
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(data: &ReadData) -> Vec<u8> {
+        data.iter().flat_map(|b| b.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_read_is_pieces_of_blocks_with_zeros_for_what_they_lack() {
+        let piece = |index, within, len, source| Piece {
+            index,
+            within,
+            len,
+            source,
+        };
+        let plan = ReadPlan {
+            ino: 1,
+            gen: 0,
+            pieces: vec![
+                piece(0, 2, 3, Source::Cached(Bytes::from_static(b"abcdef"))),
+                // A hole larger than the static zero buffer.
+                piece(1, 0, 300 << 10, Source::Hole),
+                // A short block: its missing tail reads as zeros.
+                piece(2, 1, 4, Source::Fetch),
+                // A block the store does not have.
+                piece(3, 0, 2, Source::Fetch),
+            ],
+        };
+        let fetched = [Some(Bytes::from_static(b"xyz")), None];
+        let data = plan.assemble(&fetched);
+        let mut want = b"cde".to_vec();
+        want.resize(3 + (300 << 10), 0);
+        want.extend_from_slice(b"yz\0\0\0\0");
+        assert_eq!(read_len(&data), want.len());
+        assert_eq!(joined(&data), want);
+    }
 }

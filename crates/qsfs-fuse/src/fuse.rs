@@ -1,6 +1,7 @@
 //! The FUSE adapter: translates kernel requests into [`Fs`] calls and their results into
 //! replies. No filesystem logic lives here; errors become errnos in [`crate::error::errno`].
 
+use bytes::Bytes;
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::acl;
 use crate::error::{errno, FsError, FsResult};
 use crate::fetch::{run_deferred, Fetches, PoolSubmitter, ReadPool, DEFAULT_READ_THREADS};
-use crate::fs::{Attr, Fs, ReadPlan, ReadStart, SetAttr};
+use crate::fs::{read_len, Attr, Fs, ReadData, ReadPlan, ReadStart, SetAttr};
 use crate::layout::{Kind, Time};
 use crate::stats::{FsStats, Op};
 
@@ -294,13 +295,10 @@ impl Reader {
     /// Fetches what `plan` needs with the filesystem unlocked, then answers.
     fn finish(&self, plan: ReadPlan, at: ReadAt, reply: ReplyData) {
         let r = count(&self.stats, Op::Read, self.complete(plan, at));
-        reply_or_err!(reply, r, |d| {
-            self.stats.read_bytes(d.len() as u64);
-            reply.data(&d)
-        });
+        reply_or_err!(reply, r, |d| reply_read(&self.stats, reply, &d));
     }
 
-    fn complete(&self, mut plan: ReadPlan, at: ReadAt) -> FsResult<Vec<u8>> {
+    fn complete(&self, mut plan: ReadPlan, at: ReadAt) -> FsResult<ReadData> {
         for _ in 0..READ_ATTEMPTS {
             let gen = plan.generation();
             let fetched = plan
@@ -324,6 +322,7 @@ impl Reader {
         guarded(&mut self.handle.fs.lock(), |fs| {
             fs.read(at.ino, at.fh, at.offset, at.size)
         })
+        .map(|d| vec![Bytes::from(d)])
     }
 }
 
@@ -543,6 +542,13 @@ fn time_of(t: TimeOrNow) -> Option<Time> {
 
 fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
     reply_or_err!(reply, r, |a| reply.entry(&TTL, &fuse_attr(&a), 0));
+}
+
+/// Replies with a read's pieces in one `writev`, and counts its bytes.
+fn reply_read(stats: &FsStats, reply: ReplyData, data: &ReadData) {
+    let pieces: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+    stats.read_bytes(read_len(data) as u64);
+    reply.data_slices(&pieces);
 }
 
 fn empty(reply: ReplyEmpty, r: FsResult<()>) {
@@ -880,12 +886,14 @@ impl Filesystem for QsfsFuse {
                     Err(e) => Err(e),
                 }
             }
-            None => guarded(&mut self.fs(), |fs| fs.read(ino, fh, at.offset, size)),
+            None => guarded(&mut self.fs(), |fs| fs.read(ino, fh, at.offset, size))
+                .map(|d| vec![Bytes::from(d)]),
         };
-        reply_or_err!(reply, self.counted(Op::Read, r), |d| {
-            self.stats.read_bytes(d.len() as u64);
-            reply.data(&d)
-        });
+        reply_or_err!(reply, self.counted(Op::Read, r), |d| reply_read(
+            &self.stats,
+            reply,
+            &d
+        ));
     }
 
     fn write(

@@ -151,6 +151,12 @@ impl ReplyData {
         self.reply.send_ll(&ll::Response::new_slice(data));
     }
 
+    /// qsfs patch: reply with the concatenation of `data`, written to the kernel with one
+    /// `writev`, so pieces held apart (cached blocks) need no joining copy.
+    pub fn data_slices(self, data: &[&[u8]]) {
+        self.reply.send_ll(&ll::Response::new_slices(data));
+    }
+
     /// Reply to a request with the given error code
     pub fn error(self, err: c_int) {
         self.reply.error(err);
