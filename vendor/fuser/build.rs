@@ -4,7 +4,7 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(fuser_mount_impl, values(\"pure-rust\", \"libfuse2\", \"libfuse3\"))");
 
     #[cfg(all(not(feature = "libfuse"), not(target_os = "linux")))]
-    unimplemented!("Building without libfuse is only supported on Linux");
+    panic!("Building without libfuse is only supported on Linux");
 
     #[cfg(not(feature = "libfuse"))]
     {
