@@ -427,6 +427,11 @@ impl ReplyExt for Reply {
 }
 
 /// A pooled, reconnecting client.
+///
+/// Its calls block the calling thread on the network (with the configured timeouts), as the
+/// synchronous [`qsfs_core::Store`] it implements must. From async code, call it through
+/// `tokio::task::spawn_blocking` (as [`ZdbBackend`](crate::remote::ZdbBackend) does), never
+/// directly inside a task: a slow server would stall that runtime worker and every task on it.
 pub struct ZdbClient {
     config: ZdbConfig,
     pool: Mutex<Vec<Conn>>,
