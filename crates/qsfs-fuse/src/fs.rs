@@ -722,6 +722,16 @@ impl Fs {
     }
 
     fn alloc_ino(&mut self) -> FsResult<u64> {
+        self.reserve_ino()?;
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        Ok(ino)
+    }
+
+    /// Makes sure the next inode number is reserved in the super record (the only store write
+    /// creating an inode may need before the flush), so an operation can do it before it
+    /// changes anything.
+    fn reserve_ino(&mut self) -> FsResult<()> {
         if self.next_ino >= self.sup.ino_reserved {
             let mut sup = self.sup.clone();
             sup.ino_reserved = self.next_ino + 4096;
@@ -729,9 +739,7 @@ impl Fs {
                 .set(&self.ns.sup, Some(SUPER_KEY), &encode(&sup))?;
             self.sup = sup;
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
-        Ok(ino)
+        Ok(())
     }
 
     /// The attributes of `ino`.
@@ -1417,6 +1425,41 @@ impl Fs {
             self.inode_mut(newparent)?.nlink += 1;
         }
         self.inode_mut(src.ino)?.ctime = Time::now();
+        Ok(())
+    }
+
+    /// `rename` with `RENAME_WHITEOUT` (and optionally `RENAME_NOREPLACE`): moves
+    /// `parent/name` to `newparent/newname` and leaves a whiteout at `parent/name`, a character
+    /// device 0:0 owned by `uid`:`gid`, in the same flush batch (overlayfs needs this of an
+    /// upper directory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rename_whiteout(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<()> {
+        let flags = flags & !libc::RENAME_WHITEOUT;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return errno(libc::EINVAL);
+        }
+        // Everything the whiteout needs, before the rename changes anything: a failure or a
+        // wait for the store after it would leave the rename half done.
+        self.want_xattrs(parent)?;
+        self.prepare_names(&[(parent, name), (newparent, newname)], Some(newparent))?;
+        if self.inode(parent)?.has_xattrs {
+            self.stored_acl(parent, acl::DEFAULT)?;
+        }
+        self.admit(2 * RECORD_COST)?;
+        self.reserve_ino()?;
+        self.rename(parent, name, newparent, newname, flags)?;
+        // A whiteout's mode is 0 whatever the umask or a default ACL say (`WHITEOUT_MODE`).
+        let attr = self.mknod_masked(parent, name, (libc::S_IFCHR, 0), 0, uid, gid)?;
+        self.inode_mut(attr.ino)?.perm = 0;
         Ok(())
     }
 

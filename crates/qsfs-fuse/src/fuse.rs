@@ -795,7 +795,7 @@ impl Filesystem for QsfsFuse {
 
     fn rename(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -805,13 +805,21 @@ impl Filesystem for QsfsFuse {
     ) {
         let _spin = self.spin.begin();
         let (name, newname) = (name.as_bytes(), newname.as_bytes());
+        let (uid, gid) = (req.uid(), req.gid());
+        let rename = move |fs: &mut Fs, name: &[u8], newname: &[u8]| {
+            if flags & libc::RENAME_WHITEOUT != 0 {
+                fs.rename_whiteout(parent, name, newparent, newname, flags, uid, gid)
+            } else {
+                fs.rename(parent, name, newparent, newname, flags)
+            }
+        };
         self.call_or_defer(
             Op::Rename,
             parent,
-            |fs| fs.rename(parent, name, newparent, newname, flags),
+            |fs| rename(fs, name, newname),
             || {
                 let (name, newname) = (name.to_vec(), newname.to_vec());
-                move |fs: &mut Fs| fs.rename(parent, &name, newparent, &newname, flags)
+                move |fs: &mut Fs| rename(fs, &name, &newname)
             },
             move |r| empty(reply, r),
         );

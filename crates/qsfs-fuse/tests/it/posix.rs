@@ -13,7 +13,9 @@ use common::{on_both, Fixture, On};
 use nix::errno::Errno;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{
+    DirEntryExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::Command;
@@ -36,6 +38,7 @@ on_both!(
     fsync_makes_data_survive_a_crash,
     sync_writes_survive_a_crash,
     mmap_locks_seekdir_and_a_removed_cwd,
+    overlayfs_uses_the_mount_as_its_upper_directory,
     a_second_mount_of_the_same_store_is_refused,
     concurrent_processes_create_write_rename_and_append,
     copy_file_range_copies_inside_the_filesystem,
@@ -423,11 +426,40 @@ fn rename_rules_and_flags(on: On) {
     fs::rename(f.p("b"), f.p("b2")).unwrap();
     assert!(f.p("b").exists() && f.p("b2").exists());
     fs::rename(f.p("b"), f.p("b")).unwrap();
+    // RENAME_WHITEOUT (overlayfs needs it of an upper directory): the name moves and a
+    // whiteout, a character device 0:0 with mode 0, takes its old place.
+    let is_whiteout = |p: &Path| {
+        let m = fs::symlink_metadata(p).unwrap();
+        m.file_type().is_char_device() && m.rdev() == 0 && m.mode() & 0o7777 == 0
+    };
+    renameat2(&f.p("b"), &f.p("zz"), R::RENAME_WHITEOUT).unwrap();
+    assert!(is_whiteout(&f.p("b")));
+    assert_eq!(fs::read(f.p("zz")).unwrap(), fs::read(f.p("b2")).unwrap());
     assert_eq!(
-        renameat2(&f.p("b"), &f.p("zz"), R::RENAME_WHITEOUT),
+        renameat2(
+            &f.p("zz"),
+            &f.p("b2"),
+            R::RENAME_WHITEOUT | R::RENAME_NOREPLACE
+        ),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        renameat2(
+            &f.p("zz"),
+            &f.p("b2"),
+            R::RENAME_WHITEOUT | R::RENAME_EXCHANGE
+        ),
         Err(Errno::EINVAL)
     );
+    fs::create_dir(f.p("wdir")).unwrap();
+    fs::write(f.p("wdir/x"), b"x").unwrap();
+    renameat2(&f.p("wdir"), &f.p("full/wdir2"), R::RENAME_WHITEOUT).unwrap();
+    assert!(is_whiteout(&f.p("wdir")));
+    assert_eq!(fs::read(f.p("full/wdir2/x")).unwrap(), b"x");
     f.remount();
+    assert!(is_whiteout(&f.p("b")) && is_whiteout(&f.p("wdir")));
+    assert_eq!(fs::read(f.p("zz")).unwrap(), fs::read(f.p("b2")).unwrap());
+    assert_eq!(fs::read(f.p("full/wdir2/x")).unwrap(), b"x");
     assert_eq!(fs::read(f.p("empty/inside")).unwrap(), b"I");
     assert_eq!(fs::read(f.p("dir")).unwrap(), b"C");
     assert!(f.p("full/deeper").is_dir());
@@ -1138,6 +1170,97 @@ print join(",", @rest) eq join(",", @again) ? "same" : "differs", " ", scalar(ke
     assert_eq!(&back[100..105], b"hello");
     assert_eq!(&back[65530..], b"endend");
     assert_eq!(back.len(), 65536);
+}
+
+/// Unmounts an overlay when dropped, a failed check included.
+struct Overlay(std::path::PathBuf);
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts an overlay of `lower` under `merged` with its upper and work directories in `f`.
+fn overlay(f: &Fixture, lower: &Path, merged: &Path) -> Overlay {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        f.p("upper").display(),
+        f.p("work").display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(merged)
+        .output()
+        .expect("mount");
+    let dmesg = Command::new("dmesg")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let dmesg = String::from_utf8_lossy(&dmesg);
+    assert!(
+        out.status.success(),
+        "overlayfs refused the mount as its upper: {} {}",
+        String::from_utf8_lossy(&out.stderr),
+        dmesg.lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+    );
+    Overlay(merged.to_path_buf())
+}
+
+/// overlayfs (container images, the spec's use for tmpfile) accepts the mount as its upper
+/// directory: it needs xattrs, `RENAME_WHITEOUT` and `O_TMPFILE`. Copy-up, whiteouts of a file
+/// and of a directory, new entries and a tmpfile through the overlay; the upper directory
+/// keeps them across a remount of qsfs.
+fn overlayfs_uses_the_mount_as_its_upper_directory(on: On) {
+    let mut f = on.fixture();
+    let lower = tempfile::tempdir().unwrap();
+    let merged = tempfile::tempdir().unwrap();
+    let l = |rel: &str| lower.path().join(rel);
+    let m = |rel: &str| merged.path().join(rel);
+    fs::write(l("a"), b"lower a").unwrap();
+    fs::write(l("b"), b"lower b").unwrap();
+    fs::create_dir(l("d")).unwrap();
+    fs::write(l("d/c"), b"lower c").unwrap();
+    fs::create_dir(f.p("upper")).unwrap();
+    fs::create_dir(f.p("work")).unwrap();
+    let listing = |dir: &Path| {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let o = overlay(&f, lower.path(), merged.path());
+    fs::write(m("a"), b"upper a").unwrap();
+    fs::remove_file(m("b")).unwrap();
+    fs::remove_dir_all(m("d")).unwrap();
+    fs::create_dir(m("new")).unwrap();
+    fs::write(m("new/n"), b"n").unwrap();
+    let mut t = tmpfile(merged.path(), false);
+    t.write_all(b"scratch").unwrap();
+    drop(t);
+    assert_eq!(listing(merged.path()), ["a", "new"]);
+    drop(o);
+    f.remount();
+    for gone in ["b", "d"] {
+        let w = fs::symlink_metadata(f.p(&format!("upper/{gone}"))).unwrap();
+        assert!(
+            w.file_type().is_char_device() && w.rdev() == 0,
+            "{gone} is a whiteout in the upper directory"
+        );
+    }
+    assert_eq!(fs::read(f.p("upper/a")).unwrap(), b"upper a");
+    assert_eq!(
+        fs::read(l("a")).unwrap(),
+        b"lower a",
+        "the lower layer is untouched"
+    );
+    let _o = overlay(&f, lower.path(), merged.path());
+    assert_eq!(listing(merged.path()), ["a", "new"]);
+    assert_eq!(fs::read(m("a")).unwrap(), b"upper a");
+    assert_eq!(fs::read(m("new/n")).unwrap(), b"n");
 }
 
 fn a_second_mount_of_the_same_store_is_refused(on: On) {
