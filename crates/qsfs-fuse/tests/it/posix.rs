@@ -460,6 +460,13 @@ fn rename_rules_and_flags(on: On) {
     assert!(is_whiteout(&f.p("b")) && is_whiteout(&f.p("wdir")));
     assert_eq!(fs::read(f.p("zz")).unwrap(), fs::read(f.p("b2")).unwrap());
     assert_eq!(fs::read(f.p("full/wdir2/x")).unwrap(), b"x");
+    // The move and its whiteout are one change: after an fsync of the directory both outlive
+    // a crash.
+    renameat2(&f.p("zz"), &f.p("zz2"), R::RENAME_WHITEOUT).unwrap();
+    File::open(&f.mnt).unwrap().sync_all().unwrap();
+    f.crash_and_remount();
+    assert!(is_whiteout(&f.p("zz")));
+    assert_eq!(fs::read(f.p("zz2")).unwrap(), fs::read(f.p("b2")).unwrap());
     assert_eq!(fs::read(f.p("empty/inside")).unwrap(), b"I");
     assert_eq!(fs::read(f.p("dir")).unwrap(), b"C");
     assert!(f.p("full/deeper").is_dir());
