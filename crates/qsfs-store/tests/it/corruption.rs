@@ -128,6 +128,35 @@ fn flipped_value_byte_rebuilding_the_index() {
     flipped_value_byte(true);
 }
 
+/// A large value is read with a `pread` of its own after its header (not the same read): a
+/// flipped byte in it, at its start or at its end, is still caught, and its neighbours read.
+#[test]
+fn a_flipped_byte_in_a_large_value_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = |i: u8| -> Vec<u8> { (0..200_000u32).map(|j| (j % 251) as u8 ^ i).collect() };
+    let e = Engine::open(dir.path(), EngineConfig::default()).unwrap();
+    for i in 0..3u8 {
+        e.set("default", Some(&[b'k', i]), &big(i)).unwrap();
+    }
+    drop(e);
+    let (seg, off) = find(dir.path(), &big(1));
+    for at in [off, off + 199_999] {
+        flip(&segment_path(dir.path(), seg), at);
+        let e = Engine::open(dir.path(), EngineConfig::default()).unwrap();
+        assert!(
+            matches!(e.get("default", b"k\x01"), Err(Error::Corrupt { .. })),
+            "damage at {at} caught"
+        );
+        for i in [0u8, 2] {
+            assert_eq!(e.get("default", &[b'k', i]).unwrap().unwrap().value, big(i));
+        }
+        drop(e);
+        flip(&segment_path(dir.path(), seg), at);
+        let e = Engine::open(dir.path(), EngineConfig::default()).unwrap();
+        assert_eq!(e.get("default", b"k\x01").unwrap().unwrap().value, big(1));
+    }
+}
+
 #[test]
 fn older_versions_stay_reachable_past_a_corrupt_live_value() {
     let dir = fixture();
