@@ -345,11 +345,14 @@ pub struct Fs {
     xattrs: HashMap<u64, Cached<Xattrs>>,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
-    free_queue: Vec<u64>,
+    /// Inodes gone (no link, no lookup, not open) whose space the next flush frees. Sets, not
+    /// lists: every unlink asks whether its inode is queued, and an `rm -rf` of 60,000 files
+    /// queued them all before a flush, so a list made it quadratic.
+    free_queue: BTreeSet<u64>,
     /// Inodes whose orphan record is committed but whose freeing needs records not in memory
     /// that the Store cannot give at once: a read worker fetches them with the lock released
     /// ([`Fs::free_waiting`]).
-    free_waiting: Vec<u64>,
+    free_waiting: BTreeSet<u64>,
     /// Set when read workers exist to free [`Fs::free_waiting`]: a flush then never waits on the
     /// Store to free an inode.
     defer_frees: bool,
@@ -475,8 +478,8 @@ impl Fs {
             xattrs: HashMap::new(),
             handles: HashMap::new(),
             next_fh: 1,
-            free_queue: Vec::new(),
-            free_waiting: Vec::new(),
+            free_queue: BTreeSet::new(),
+            free_waiting: BTreeSet::new(),
             defer_frees: false,
             orphans: HashSet::new(),
             linkable: HashSet::new(),
@@ -952,7 +955,7 @@ impl Fs {
                 && !self.free_waiting.contains(&ino)
             {
                 {
-                    self.free_queue.push(ino);
+                    self.free_queue.insert(ino);
                     self.data_changed(ino);
                     let _ = self.cache.discard(ino, 0, None);
                     self.mark_meta();
@@ -2866,12 +2869,15 @@ impl Fs {
         if !self.defer_frees {
             self.free_queue.append(&mut self.free_waiting);
         }
-        for ino in std::mem::take(&mut self.free_queue) {
+        while let Some(ino) = self.free_queue.pop_first() {
             match self.free_now_or_later(ino) {
                 Ok(true) => {}
-                Ok(false) => self.free_waiting.push(ino),
+                Ok(false) => {
+                    self.free_waiting.insert(ino);
+                }
                 Err(e) => {
-                    self.free_queue.push(ino);
+                    // It and the rest stay queued for the next flush.
+                    self.free_queue.insert(ino);
                     return Err(e);
                 }
             }
@@ -2920,7 +2926,9 @@ impl Fs {
         let mut waits = false;
         for ino in self.free_waiting.clone() {
             match self.free_inode(ino) {
-                Ok(()) => self.free_waiting.retain(|&i| i != ino),
+                Ok(()) => {
+                    self.free_waiting.remove(&ino);
+                }
                 Err(FsError::WouldWait) => waits = true,
                 Err(e) => return Err(e),
             }

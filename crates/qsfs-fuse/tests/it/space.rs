@@ -142,3 +142,67 @@ fn a_block_namespace_limit_is_the_size_and_the_reserve_keeps_room_to_delete() {
     let st = fs.statfs().unwrap();
     assert!(st.bavail * u64::from(st.bsize) >= 5 * MIB, "{st:?}");
 }
+
+/// Fails the `n`th store write from when it is armed (`fail_at` > 0), once.
+struct FailNthWrite {
+    fail_at: std::sync::atomic::AtomicI64,
+}
+
+impl common::Hooks for FailNthWrite {
+    fn before_write(&self) -> qsfs_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.fail_at.fetch_sub(1, Ordering::SeqCst) == 1 {
+            return Err(qsfs_core::Error::Unavailable(
+                "injected write failure".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A flush that fails while it frees unlinked files keeps every file it has not freed yet
+/// queued, so the next flush frees them all: none of their blocks waits for the next mount.
+#[test]
+fn a_flush_failing_while_it_frees_keeps_the_rest_to_free() {
+    use std::sync::atomic::Ordering;
+    let files = 5;
+    for fail_at in 1..=3 * files + 4 {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = common::Hooked::new(
+            common::open_engine(&tmp.path().join("engine")),
+            FailNthWrite {
+                fail_at: (-1).into(),
+            },
+        );
+        let mut fs = Fs::open(store.clone(), common::config()).unwrap();
+        let ns = fs.namespaces().block.clone();
+        let blocks = || store.namespace_info(&ns).unwrap().entries;
+        for f in 0..files {
+            let name = format!("f{f}");
+            let (attr, fh) = fs
+                .create(ROOT_INO, name.as_bytes(), 0o644, 0, 0, 0)
+                .unwrap();
+            for b in 0..3u64 {
+                fs.write(attr.ino, fh, b << 20, &[f as u8 + 1; 4096])
+                    .unwrap();
+            }
+            fs.release(attr.ino, fh).unwrap();
+            fs.forget(attr.ino, 1);
+        }
+        fs.sync().unwrap();
+        assert_eq!(blocks(), 3 * files as u64, "every file has its blocks");
+        for f in 0..files {
+            fs.unlink(ROOT_INO, format!("f{f}").as_bytes()).unwrap();
+        }
+        store.hooks.fail_at.store(fail_at as i64, Ordering::SeqCst);
+        let failed = fs.flush_all().is_err();
+        store.hooks.fail_at.store(-1, Ordering::SeqCst);
+        fs.flush_all().unwrap();
+        assert_eq!(
+            blocks(),
+            0,
+            "write {fail_at} failed (flush failed: {failed}); blocks of unlinked files remain"
+        );
+        fs.shutdown().unwrap();
+    }
+}
