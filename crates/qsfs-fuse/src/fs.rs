@@ -2408,18 +2408,20 @@ impl Fs {
 
     /// `SEEK_DATA` / `SEEK_HOLE` from `offset`.
     pub fn lseek(&mut self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
-        let chunks = self.file_chunks(ino)?;
         if self.kernel_writeback && self.handles.values().any(|h| h.ino == ino && h.writes) {
             // The kernel may hold written pages this map has not seen yet (they are written
             // back at the latest when the writer closes): answering from the map could call
             // fresh data a hole, so every byte counts as data until then. Past this size
-            // the kernel's own may be larger, so no ENXIO either.
+            // the kernel's own may be larger, so no ENXIO either, except where no file
+            // reaches: a loop from data to hole to data must end.
             return match whence {
+                _ if offset >= MAX_FILE_SIZE => errno(libc::ENXIO),
                 libc::SEEK_DATA => Ok(offset),
                 libc::SEEK_HOLE => Ok(MAX_FILE_SIZE),
                 _ => errno(libc::EINVAL),
             };
         }
+        let chunks = self.file_chunks(ino)?;
         let size = self.inode(ino)?.size;
         if offset >= size {
             return errno(libc::ENXIO);
