@@ -438,6 +438,38 @@ impl Chunk {
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }
+
+    /// The first set bit at or after `from`: a seek skips a word of holes at a time.
+    pub fn next_set(&self, from: u64) -> Option<u64> {
+        let mut w = (from / 64) as usize;
+        let mut bits = self.words.get(w)? & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(w as u64 * 64 + u64::from(bits.trailing_zeros()));
+            }
+            w += 1;
+            bits = *self.words.get(w)?;
+        }
+    }
+
+    /// The first clear bit at or after `from` (bits past the trimmed words are clear).
+    pub fn next_clear(&self, from: u64) -> u64 {
+        let mut w = (from / 64) as usize;
+        let Some(&first) = self.words.get(w) else {
+            return from;
+        };
+        let mut bits = !first & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                return w as u64 * 64 + u64::from(bits.trailing_zeros());
+            }
+            w += 1;
+            match self.words.get(w) {
+                Some(&word) => bits = !word,
+                None => return w as u64 * 64,
+            }
+        }
+    }
 }
 
 /// The extended attributes of one inode, sorted by name.
@@ -588,6 +620,20 @@ mod tests {
             prop_assert_eq!(chunk.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
             let back: Chunk = decode(&encode(&chunk), "chunk").unwrap();
             prop_assert_eq!(back, chunk);
+        }
+
+        #[test]
+        fn chunk_seeks_match_a_set(bits in proptest::collection::btree_set(0u64..700, 0..300),
+                                   froms in proptest::collection::vec(0u64..800, 1..20)) {
+            let mut chunk = Chunk::default();
+            for &i in &bits {
+                chunk.set(i);
+            }
+            for from in froms {
+                prop_assert_eq!(chunk.next_set(from), bits.range(from..).next().copied());
+                let clear = (from..).find(|i| !bits.contains(i)).unwrap();
+                prop_assert_eq!(chunk.next_clear(from), clear);
+            }
         }
 
         #[test]
