@@ -1394,6 +1394,67 @@ mod tests {
         }
     }
 
+    /// Every version of `key`, newest first.
+    fn versions(engine: &Engine, key: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = None;
+        while let Ok(v) = engine.history("default", key, at) {
+            out.push(v.value);
+            match v.previous {
+                Some(p) => at = Some(p),
+                None => break,
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// A batch (`set_many`, what a pipelining client's SETs become) gives each item the
+        /// outcome, and leaves the values and version chains, that setting the items one by
+        /// one gives: repeated keys (with the same value, which is no write, or another),
+        /// values written on their own between batched ones, and batches written out early
+        /// because they are full.
+        #[test]
+        fn a_batch_is_the_same_as_its_items_one_by_one(
+            items in proptest::collection::vec((0u8..6, 0u8..4), 1..80),
+        ) {
+            let value = |i: usize, kind: u8| -> Vec<u8> {
+                match kind {
+                    0 => b"x".to_vec(),
+                    1 => b"y".to_vec(),
+                    2 => vec![i as u8; 40 << 10],
+                    _ => vec![i as u8 ^ 0x55; 70 << 10],
+                }
+            };
+            let keys: Vec<Vec<u8>> = items.iter().map(|&(k, _)| vec![b'k', k]).collect();
+            let values: Vec<Vec<u8>> =
+                items.iter().enumerate().map(|(i, &(_, v))| value(i, v)).collect();
+            let pairs: Vec<(&[u8], &[u8])> =
+                keys.iter().zip(&values).map(|(k, v)| (&k[..], &v[..])).collect();
+            let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let config = || EngineConfig { durability: Durability::None, ..EngineConfig::default() };
+            let one = Engine::open(one.path(), config()).unwrap();
+            let many = Engine::open(many.path(), config()).unwrap();
+            let singly: Vec<bool> = pairs
+                .iter()
+                .map(|(k, v)| one.set("default", Some(k), v).unwrap().written())
+                .collect();
+            let batched: Vec<bool> = many
+                .set_many("default", &pairs)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap().written())
+                .collect();
+            proptest::prop_assert_eq!(batched, singly);
+            for k in 0..6u8 {
+                let key = [b'k', k];
+                proptest::prop_assert!(versions(&many, &key) == versions(&one, &key), "key {}", k);
+            }
+        }
+    }
+
     /// A segment due for its re-layout is left alone while gets keep coming (a get of a dropped
     /// chunk would go to the disk) and re-laid out once they pause.
     #[test]

@@ -8,7 +8,7 @@
 //! `pread`: the `Arc` keeps the file readable even if compaction unlinks it meanwhile.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1602,13 +1602,17 @@ impl Namespace {
             ..Batch::default()
         });
         let mut results: Vec<Result<SetOutcome>> = Vec::with_capacity(items.len());
-        for (i, (key, value)) in items.iter().enumerate() {
+        // The keys of the records the batch holds. A scan of the batch per item made a
+        // pipeline of thousands of small SETs quadratic (4,000 deep: 80 % of the server's
+        // time in memcmp).
+        let mut held: HashSet<&[u8]> = HashSet::new();
+        for (i, &(key, value)) in items.iter().enumerate() {
             // A record the batch holds is not in the index yet: whatever needs the index to
             // know it (the same key again, sequential ids, the size limit) writes the batch
             // out first.
             let must_flush = w.batch.as_ref().is_some_and(|b| {
                 !b.deferred.is_empty()
-                    && (b.deferred.iter().any(|d| d.key == *key) || {
+                    && (held.contains(key) || {
                         let st = self.state.read();
                         st.desc.mode != Mode::User || st.desc.max_size > 0
                     })
@@ -1619,8 +1623,18 @@ impl Namespace {
             if let Some(b) = w.batch.as_mut() {
                 b.item = i;
             }
-            let key = if key.is_empty() { None } else { Some(*key) };
-            results.push(self.set_locked(shared, &mut w, key, value, None));
+            let given = if key.is_empty() { None } else { Some(key) };
+            results.push(self.set_locked(shared, &mut w, given, value, None));
+            // The batch may have been written out on the way (it is then empty, or holds
+            // just this record), and may hold this record.
+            let deferred = w.batch.as_ref().map_or(&[][..], |b| &b.deferred[..]);
+            let holds_this = deferred.last().is_some_and(|d| d.item == i);
+            if deferred.is_empty() || (deferred.len() == 1 && holds_this) {
+                held.clear();
+            }
+            if holds_this {
+                held.insert(key);
+            }
         }
         let _ = self.flush_batch(shared, &mut w);
         let failed = match w.batch.take() {
