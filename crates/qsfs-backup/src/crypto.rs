@@ -215,7 +215,7 @@ pub struct KdfHeader {
 /// holds nothing secret: the master key in it is wrapped by the key-encryption key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoHeader {
-    /// Format version (1).
+    /// Format version ([`REPO_FORMAT`] for new repositories).
     pub format: u32,
     /// Random identifier of the repository, bound into every metadata record.
     pub repo_id: [u8; 16],
@@ -225,8 +225,18 @@ pub struct RepoHeader {
     pub wrapped_master: Vec<u8>,
 }
 
-fn header_aad(repo_id: &[u8; 16]) -> Vec<u8> {
-    let mut aad = b"qsfs-master-v1".to_vec();
+/// Repository format of new repositories: 2 = every record's newest version is also kept
+/// under a fixed key (`metadata.rs`), so a lookup needs no listing. Format 1 repositories are
+/// still opened (and looked up by listing); programs that know only format 1 refuse format 2.
+pub const REPO_FORMAT: u32 = 2;
+
+/// The header's associated data; from format 2 on it binds the format too, so a header
+/// relabelled to another format does not unlock.
+fn header_aad(format: u32, repo_id: &[u8; 16]) -> Vec<u8> {
+    let mut aad = match format {
+        1 => b"qsfs-master-v1".to_vec(),
+        f => format!("qsfs-master-v{f}").into_bytes(),
+    };
     aad.extend_from_slice(repo_id);
     aad
 }
@@ -246,9 +256,9 @@ impl RepoHeader {
         };
         let kek = source.kek(kdf.as_ref())?;
         let master = SecretKey::random();
-        let wrapped_master = kek.seal(&header_aad(&repo_id), &master.0[..]);
+        let wrapped_master = kek.seal(&header_aad(REPO_FORMAT, &repo_id), &master.0[..]);
         let header = RepoHeader {
-            format: 1,
+            format: REPO_FORMAT,
             repo_id,
             kdf,
             wrapped_master,
@@ -258,14 +268,17 @@ impl RepoHeader {
 
     /// Unwraps the master key; [`BackupError::WrongKey`] if `source` is not the right secret.
     pub fn unlock(&self, source: &KeySource) -> Result<Keys> {
-        if self.format != 1 {
+        if !(1..=REPO_FORMAT).contains(&self.format) {
             return Err(
                 BackupError::Config(format!("unknown repository format {}", self.format)).into(),
             );
         }
         let kek = source.kek(self.kdf.as_ref())?;
         let plain = kek
-            .open(&header_aad(&self.repo_id), &self.wrapped_master)
+            .open(
+                &header_aad(self.format, &self.repo_id),
+                &self.wrapped_master,
+            )
             .ok_or(BackupError::WrongKey)?;
         let bytes: [u8; KEY_LEN] = plain[..].try_into().map_err(|_| BackupError::WrongKey)?;
         Ok(Keys::from_master(
@@ -283,7 +296,10 @@ impl RepoHeader {
     ) -> Result<RepoHeader> {
         let kek = old.kek(self.kdf.as_ref())?;
         let master = kek
-            .open(&header_aad(&self.repo_id), &self.wrapped_master)
+            .open(
+                &header_aad(self.format, &self.repo_id),
+                &self.wrapped_master,
+            )
             .ok_or(BackupError::WrongKey)?;
         let kdf = match new {
             KeySource::Passphrase(_) => {
@@ -294,9 +310,9 @@ impl RepoHeader {
             KeySource::Raw(_) => None,
         };
         let new_kek = new.kek(kdf.as_ref())?;
-        let wrapped_master = new_kek.seal(&header_aad(&self.repo_id), &master);
+        let wrapped_master = new_kek.seal(&header_aad(self.format, &self.repo_id), &master);
         Ok(RepoHeader {
-            format: 1,
+            format: self.format,
             repo_id: self.repo_id,
             kdf,
             wrapped_master,
@@ -411,6 +427,40 @@ mod tests {
             keys.name_hash("x")
         );
         assert!(h2.unlock(&old).is_err());
+    }
+
+    /// A header of the first format still unlocks; a header relabelled to another format
+    /// does not (the format decides how records are looked up, so it is authenticated).
+    #[test]
+    fn the_format_is_bound_into_the_header() {
+        let source = KeySource::Raw(SecretKey::random());
+        let (h2, keys) = RepoHeader::create(&source, cheap()).expect("create");
+        assert_eq!(h2.format, REPO_FORMAT);
+        let kek = source.kek(None).expect("kek");
+        let master = kek
+            .open(&header_aad(2, &h2.repo_id), &h2.wrapped_master)
+            .expect("format 2 wrapping");
+        let h1 = RepoHeader {
+            format: 1,
+            wrapped_master: kek.seal(&header_aad(1, &h2.repo_id), &master),
+            ..h2.clone()
+        };
+        assert_eq!(
+            h1.unlock(&source).expect("format 1").name_hash("x"),
+            keys.name_hash("x")
+        );
+        for (h, relabelled) in [(&h1, 2), (&h2, 1)] {
+            let forged = RepoHeader {
+                format: relabelled,
+                ..h.clone()
+            };
+            assert!(forged.unlock(&source).is_err(), "format {relabelled}");
+        }
+        let future = RepoHeader {
+            format: REPO_FORMAT + 1,
+            ..h2
+        };
+        assert!(future.unlock(&source).is_err());
     }
 
     #[test]

@@ -348,9 +348,9 @@ impl Pipeline {
             .into_iter()
             .map(|b| Arc::new(Node::new(b, 0, settings.timeouts)))
             .collect();
-        let meta = MetaStore::new(meta_nodes, &settings.prefix, settings.meta_write_quorum)?;
+        let mut meta = MetaStore::new(meta_nodes, &settings.prefix, settings.meta_write_quorum)?;
         let headers = meta.read_header().await?;
-        let keys = if headers.is_empty() {
+        let (format, keys) = if headers.is_empty() {
             if !settings.create {
                 return Err(Error::NotFound(
                     "no backup repository on the metadata backends".into(),
@@ -359,10 +359,12 @@ impl Pipeline {
             let (header, keys) = RepoHeader::create(key, settings.kdf)?;
             meta.write_header(header.to_json()).await?;
             tracing::info!("created a new backup repository");
-            keys
+            (header.format, keys)
         } else {
-            unlock_any(&headers, key)?.1
+            let (header, keys) = unlock_any(&headers, key)?;
+            (header.format, keys)
         };
+        meta.use_latest_keys(format >= 2);
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 settings,
@@ -1754,5 +1756,59 @@ mod tests {
             e.to_string().contains("does not authenticate"),
             "unexpected error: {e}"
         );
+    }
+
+    /// The record keys of `name` on `m`: (versioned keys, `latest` key).
+    fn record_keys(m: &Memory) -> (Vec<String>, Vec<String>) {
+        m.keys()
+            .into_iter()
+            .filter(|k| k.contains("/m/"))
+            .partition(|k| !k.ends_with("/latest"))
+    }
+
+    /// In a repository of format 2, storing and reading a record list nothing (a listing is a
+    /// scan of every key on a 0-db node), and a `latest` left behind on a minority of the
+    /// metadata backends, or behind versions whose `latest` was never written, hides nothing.
+    #[tokio::test]
+    async fn lookups_list_nothing_and_a_stale_latest_hides_no_version() {
+        let (_, meta, p) = rig().await;
+        let lists = |meta: &[Memory]| meta.iter().map(Memory::list_calls).sum::<usize>();
+        let before = lists(&meta);
+        let mut latest_of = Vec::new();
+        for v in ["one", "two", "three"] {
+            p.put("obj", Bytes::from(v)).await.expect("put");
+            let (_, latest) = record_keys(&meta[0]);
+            latest_of.push(meta[0].get(&latest[0]).await.expect("latest"));
+        }
+        assert_eq!(p.get("obj").await.expect("get"), Bytes::from("three"));
+        assert!(matches!(p.record("other").await, Err(Error::NotFound(_))));
+        assert_eq!(lists(&meta), before, "a lookup listed keys");
+        let (versioned, latest) = record_keys(&meta[0]);
+        assert_eq!(versioned.len(), 1, "older versions pruned: {versioned:?}");
+        let (vkey, lkey) = (versioned[0].clone(), latest[0].clone());
+        // One backend's `latest` rolled back: the quorum still sees version 3.
+        meta[0]
+            .put(&lkey, latest_of[0].clone())
+            .await
+            .expect("roll back");
+        assert_eq!(p.get("obj").await.expect("get"), Bytes::from("three"));
+        // Every `latest` at version 1, versions 2 and 3 present (their `latest` never
+        // written): the probe forward finds version 3.
+        let v2 = vkey.replace("0000000000000003", "0000000000000002");
+        for m in &meta {
+            m.put(&lkey, latest_of[0].clone())
+                .await
+                .expect("stale latest");
+            m.put(&v2, latest_of[1].clone()).await.expect("version 2");
+        }
+        assert_eq!(p.get("obj").await.expect("get"), Bytes::from("three"));
+        // No `latest` at all and versions 2 and 3: gc writes `latest` before it removes
+        // version 2, which was the way to version 3.
+        for m in &meta {
+            m.delete(&lkey).await.expect("drop latest");
+        }
+        p.gc().await.expect("gc");
+        assert_eq!(record_keys(&meta[1]), (vec![vkey], vec![lkey]));
+        assert_eq!(p.get("obj").await.expect("get"), Bytes::from("three"));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ pub struct Memory {
 struct Inner {
     blobs: Mutex<BTreeMap<String, Bytes>>,
     mode: AtomicU8,
+    lists: AtomicUsize,
 }
 
 impl Default for Memory {
@@ -76,6 +77,12 @@ impl Memory {
     /// True if no blob is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many times it was asked to list keys (a listing is what a 0-db node answers by
+    /// scanning every key it holds).
+    pub fn list_calls(&self) -> usize {
+        self.inner.lists.load(Ordering::SeqCst)
     }
 
     /// Every key held, whatever the switches say (for tests that inspect placement).
@@ -161,6 +168,7 @@ impl Backend for Memory {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.lists.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         let blobs = self.inner.blobs.lock();
         Ok(blobs
