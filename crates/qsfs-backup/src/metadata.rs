@@ -623,7 +623,7 @@ impl MetaStore {
 
     /// Every record key on every backend, with the newest version per hash (for gc). In
     /// format 2 a record's older versions are listed only once its `latest` holds the newest
-    /// on a write quorum (see [`MetaStore::write_latest_then_prune`]).
+    /// on a write quorum (the rule the store that superseded them follows too).
     pub async fn superseded(&self) -> Result<Vec<(usize, String)>> {
         let mut l = self.listing("").await?;
         if self.latest_keys {
