@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Keys;
@@ -237,6 +238,9 @@ pub struct MetaStore {
     /// Repository format 2: `latest` keys are kept and looked up instead of listings.
     latest_keys: bool,
 }
+
+/// Records [`MetaStore::all`] reads at once.
+const RECORDS_AT_ONCE: usize = 16;
 
 /// A path hash with the versions the quorum reported.
 type Listing = BTreeMap<String, BTreeSet<u64>>;
@@ -611,9 +615,16 @@ impl MetaStore {
         let l = self.listing("").await?;
         let mut recs = Vec::new();
         let mut problems = Vec::new();
-        for (hash, versions) in l {
-            let Some(&v) = versions.last() else { continue };
-            match self.fetch_newest(keys, &hash, v).await {
+        // Several reads in flight: one after the other, a listing of 4,000 records over
+        // 0-db nodes on this machine took 1.6 s, and every millisecond of distance to the
+        // nodes would have added 4 s.
+        let mut fetched = futures::stream::iter(l.into_iter().filter_map(|(hash, versions)| {
+            let v = *versions.last()?;
+            Some(async move { self.fetch_newest(keys, &hash, v).await })
+        }))
+        .buffered(RECORDS_AT_ONCE);
+        while let Some(r) = fetched.next().await {
+            match r {
                 Ok(r) => recs.push(r),
                 Err(e) => problems.push(e),
             }
