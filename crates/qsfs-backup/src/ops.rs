@@ -197,17 +197,19 @@ pub async fn store_path(
         }
     }
     files.sort();
-    // Files of one stripe at most are stored several at a time: each costs a few round trips
+    // Files smaller than a stripe are stored several at a time: each costs a few round trips
     // and syncs on every backend, which one file after the other paid in full (4,000 files
     // of a few bytes over local directories: 7 ms each). Larger files go one at a time, so
-    // memory stays bounded by one pipeline's stripes in flight.
+    // memory stays bounded by one pipeline's stripes in flight. A small file's reader thread
+    // hands over its one stripe and ends, so the stores never hold every blocking thread
+    // (see [`RETRIEVES_AT_ONCE`] for the retrieve, where they would).
     let small = p.settings().stripe_size as u64;
     let mut out: Vec<Option<(String, Result<StoreReport>)>> = files.iter().map(|_| None).collect();
     let mut done = futures::stream::iter(
         files
             .iter()
             .enumerate()
-            .filter(|(_, (_, len))| *len <= small)
+            .filter(|(_, (_, len))| *len < small)
             .map(|(i, (f, _))| async move { (i, store_named(p, f, progress).await) }),
     )
     .buffer_unordered(SMALL_FILES_AT_ONCE);
@@ -216,7 +218,7 @@ pub async fn store_path(
     }
     drop(done);
     for (i, (f, len)) in files.iter().enumerate() {
-        if *len > small {
+        if *len >= small {
             out[i] = Some(store_named(p, f, progress).await);
         }
     }
@@ -225,6 +227,13 @@ pub async fn store_path(
 
 /// Small files a directory store has in flight at once (see [`store_path`]).
 const SMALL_FILES_AT_ONCE: usize = 8;
+
+/// Small files a directory retrieve has in flight at once (see [`retrieve_tree`]). Each holds
+/// a blocking thread that waits for its stripes, which 0-db backends fetch on blocking threads
+/// too: with as many retrieves as the runtime has blocking threads
+/// ([`crate::pipeline::BLOCKING_THREADS`]), every thread waited and no fetch could run until
+/// the backends' timeout.
+const RETRIEVES_AT_ONCE: usize = crate::pipeline::BLOCKING_THREADS / 2;
 
 /// [`store_file`] with the object name it stores under.
 async fn store_named(
@@ -272,6 +281,78 @@ pub struct RetrieveReport {
     pub problems: Vec<ShardProblem>,
     /// Shards re-created by the read-repair that follows a retrieve meeting bad shards.
     pub repaired: usize,
+}
+
+/// Retrieves every file stored under the directory `dir` (an object name, as `store` of a
+/// directory made them): `dir/a/b` goes to `out/a/b`, parent directories created. One result
+/// per file, in name order, each as [`retrieve_to_path`] gives it; a failing file does not stop
+/// the others. A record that does not open could be one of them, so it is a failed result too:
+/// a tree is never restored in part without saying so. [`Error::NotFound`] if nothing was
+/// stored under `dir`.
+pub async fn retrieve_tree(
+    p: &Pipeline,
+    dir: &str,
+    out: &Path,
+    opts: &RetrieveOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, Result<RetrieveReport>)>> {
+    if opts.range.is_some() {
+        return Err(Error::InvalidArgument(
+            "a range is for one object, not a directory".into(),
+        ));
+    }
+    let prefix = format!("{}/", dir.trim_end_matches('/'));
+    let (recs, unreadable) = p.records().await?;
+    let files: Vec<(String, PathBuf, u64)> = recs
+        .into_iter()
+        .filter_map(|r| {
+            let rel = r.name.strip_prefix(&prefix)?;
+            // Names are normalised absolute paths; anything else is not written outside `out`.
+            let safe = Path::new(rel)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+            safe.then(|| (r.name.clone(), out.join(rel), r.size))
+        })
+        .collect();
+    if files.is_empty() && unreadable.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no backup of {dir} or of anything under it"
+        )));
+    }
+    let mut results: Vec<(String, Result<RetrieveReport>)> = unreadable
+        .into_iter()
+        .map(|e| ("(a record that does not open)".to_string(), Err(e)))
+        .collect();
+    let small = p.settings().stripe_size as u64;
+    let one = |name: &str, target: &Path| {
+        let (name, target) = (name.to_string(), target.to_path_buf());
+        async move {
+            let r = match target.parent().map(fs::create_dir_all) {
+                Some(Err(e)) => Err(Error::io(format!("create {}", target.display()), e)),
+                _ => retrieve_to_path(p, &name, &target, opts, progress).await,
+            };
+            (name, r)
+        }
+    };
+    // As a directory store: small files several at a time, large ones one at a time.
+    let mut done = futures::stream::iter(
+        files
+            .iter()
+            .filter(|(.., size)| *size < small)
+            .map(|(name, target, _)| one(name, target)),
+    )
+    .buffered(RETRIEVES_AT_ONCE);
+    while let Some(r) = done.next().await {
+        results.push(r);
+    }
+    drop(done);
+    for (name, target, size) in &files {
+        if *size >= small {
+            results.push(one(name, target).await);
+        }
+    }
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(results)
 }
 
 /// Retrieves `name` into the file `out`. The data goes to a temporary file beside `out`, is

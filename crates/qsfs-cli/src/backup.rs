@@ -66,7 +66,8 @@ enum Command {
         #[arg(long)]
         verify: bool,
     },
-    /// Retrieve an object to its path, or to OUT (`-` = standard output).
+    /// Retrieve an object to its path, or to OUT (`-` = standard output). A directory that
+    /// was stored comes back whole: every file under it, to its path or under OUT.
     Retrieve {
         /// The path it was stored from.
         path: PathBuf,
@@ -277,6 +278,37 @@ fn print_rebuild(r: &ops::RebuildReport) {
     }
 }
 
+/// Prints what a directory retrieve did, one line per file; fails if any file failed.
+fn retrieved_tree(
+    results: &[(String, qsfs_core::Result<ops::RetrieveReport>)],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ok = results.iter().all(|(_, r)| r.is_ok());
+    if json {
+        let files: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(rep) => serde_json::json!({ "name": name, "ok": true, "report": rep }),
+                Err(e) => serde_json::json!({ "name": name, "ok": false, "error": e.to_string() }),
+            })
+            .collect();
+        print_json(&serde_json::json!({ "files": files, "ok": ok }))?;
+        return Ok(code(ok));
+    }
+    for (name, r) in results {
+        match r {
+            Ok(rep) => {
+                for p in &rep.problems {
+                    eprintln!("warning: {p}");
+                }
+                println!("retrieved {name} ({})", human(rep.bytes));
+            }
+            Err(e) => eprintln!("failed {name}: {e}"),
+        }
+    }
+    Ok(code(ok))
+}
+
 fn code(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
@@ -334,7 +366,16 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                         .map(Path::to_path_buf)
                         .unwrap_or_else(|| config.local_path(&name));
                     let opts = RetrieveOptions { force, range };
-                    ops::retrieve_to_path(&pipeline, &name, &target, &opts, &progress).await?
+                    match ops::retrieve_to_path(&pipeline, &name, &target, &opts, &progress).await {
+                        // Not an object: maybe a directory that was stored.
+                        Err(qsfs_core::Error::NotFound(_)) if opts.range.is_none() => {
+                            let results =
+                                ops::retrieve_tree(&pipeline, &name, &target, &opts, &progress)
+                                    .await?;
+                            return retrieved_tree(&results, json);
+                        }
+                        r => r?,
+                    }
                 }
             };
             for p in &report.problems {
