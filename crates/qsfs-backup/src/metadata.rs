@@ -284,6 +284,20 @@ impl MetaStore {
         self.nodes.len() - self.write_quorum + 1
     }
 
+    /// An error naming the backends that did not answer, unless `answered` make a read quorum.
+    fn check_read_quorum(&self, answered: usize, errors: &[String]) -> Result<()> {
+        if answered >= self.read_quorum() {
+            return Ok(());
+        }
+        Err(BackupError::NoQuorum(format!(
+            "{answered} of {} metadata backends answered, {} needed; {}",
+            self.nodes.len(),
+            self.read_quorum(),
+            errors.join("; ")
+        ))
+        .into())
+    }
+
     /// The key of the repository header.
     pub fn header_key(&self) -> String {
         format!("{}/repo", self.prefix)
@@ -326,15 +340,7 @@ impl MetaStore {
                 Err(e) => errors.push(format!("{}: {e}", n.name)),
             }
         }
-        if answered < self.read_quorum() {
-            return Err(BackupError::NoQuorum(format!(
-                "{answered} of {} metadata backends answered, {} needed; {}",
-                self.nodes.len(),
-                self.read_quorum(),
-                errors.join("; ")
-            ))
-            .into());
-        }
+        self.check_read_quorum(answered, &errors)?;
         loop {
             let next = self.record_key(hash, newest + 1);
             let found = join_all(self.nodes.iter().map(|n| n.exists(&next))).await;
@@ -425,15 +431,7 @@ impl MetaStore {
                 Err(e) => errors.push(format!("{}: {e}", n.name)),
             }
         }
-        if answered < self.read_quorum() {
-            return Err(BackupError::NoQuorum(format!(
-                "{answered} of {} metadata backends answered, {} needed; {}",
-                self.nodes.len(),
-                self.read_quorum(),
-                errors.join("; ")
-            ))
-            .into());
-        }
+        self.check_read_quorum(answered, &errors)?;
         Ok(out)
     }
 

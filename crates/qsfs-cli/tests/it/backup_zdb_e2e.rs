@@ -152,11 +152,10 @@ fn provision(node: &Node) {
     c.ok(&["NSNEW", "meta"]);
 }
 
-#[test]
-fn two_plus_two_over_four_nodes_survives_loss_and_rebuilds_onto_an_empty_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let mut nodes: Vec<Node> = (0..4)
+/// Four provisioned nodes under `root` and a 2+2 config over them (their `data` namespaces,
+/// and their `meta` ones as replicated metadata backends); `extra` adds top-level keys.
+fn four_nodes(root: &Path, extra: &str) -> (Vec<Node>, PathBuf) {
+    let nodes: Vec<Node> = (0..4)
         .map(|i| Node::start(root.join(format!("node{i}"))))
         .collect();
     for n in &nodes {
@@ -173,7 +172,7 @@ fn two_plus_two_over_four_nodes_survives_loss_and_rebuilds_onto_an_empty_node() 
     std::fs::write(
         &config,
         format!(
-            "data_shards = 2\nparity_shards = 2\nop_timeout_ms = 5000\ndown_for_ms = 1000\n\
+            "data_shards = 2\nparity_shards = 2\nop_timeout_ms = 5000\n{extra}\
              [kdf]\nmemory_kib = 256\niterations = 1\nparallelism = 1\n\
              [meta]\nbackends = [{}]\n[[groups]]\nbackends = [{}]\n",
             list("meta"),
@@ -181,6 +180,14 @@ fn two_plus_two_over_four_nodes_survives_loss_and_rebuilds_onto_an_empty_node() 
         ),
     )
     .unwrap();
+    (nodes, config)
+}
+
+#[test]
+fn two_plus_two_over_four_nodes_survives_loss_and_rebuilds_onto_an_empty_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (mut nodes, config) = four_nodes(root, "down_for_ms = 1000\n");
 
     let src = root.join("random.bin");
     let want = random_bytes(64 << 20, 0x9e37_79b9_7f4a_7c15);
@@ -336,31 +343,7 @@ fn serve_takes_the_original_single_dash_flags() {
 fn a_directory_of_small_files_round_trips_over_four_nodes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let nodes: Vec<Node> = (0..4)
-        .map(|i| Node::start(root.join(format!("node{i}"))))
-        .collect();
-    for n in &nodes {
-        provision(n);
-    }
-    let list = |ns: &str| {
-        nodes
-            .iter()
-            .map(|n| format!("\"zdb://127.0.0.1:{}/{ns}\"", n.port))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let config = root.join("backup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_shards = 2\nparity_shards = 2\nop_timeout_ms = 5000\n\
-             [kdf]\nmemory_kib = 256\niterations = 1\nparallelism = 1\n\
-             [meta]\nbackends = [{}]\n[[groups]]\nbackends = [{}]\n",
-            list("meta"),
-            list("data")
-        ),
-    )
-    .unwrap();
+    let (_nodes, config) = four_nodes(root, "");
     let src = root.join("small");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     for i in 0..600u64 {
