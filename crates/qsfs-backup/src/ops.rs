@@ -199,30 +199,53 @@ pub async fn store_path(
     files.sort();
     // Files smaller than a stripe are stored several at a time: each costs a few round trips
     // and syncs on every backend, which one file after the other paid in full (4,000 files
-    // of a few bytes over local directories: 7 ms each). Larger files go one at a time, so
-    // memory stays bounded by one pipeline's stripes in flight. A small file's reader thread
-    // hands over its one stripe and ends, so the stores never hold every blocking thread
-    // (see [`RETRIEVES_AT_ONCE`] for the retrieve, where they would).
+    // of a few bytes over local directories: 7 ms each). A small file's reader thread hands
+    // over its one stripe and ends, so the stores never hold every blocking thread (see
+    // [`RETRIEVES_AT_ONCE`] for the retrieve, where they would).
     let small = p.settings().stripe_size as u64;
-    let mut out: Vec<Option<(String, Result<StoreReport>)>> = files.iter().map(|_| None).collect();
+    Ok(small_ones_at_once(
+        &files,
+        |(_, len)| *len < small,
+        SMALL_FILES_AT_ONCE,
+        |(f, _)| store_named(p, f, progress),
+    )
+    .await)
+}
+
+/// Runs `job` over `items`, results in their order: the items `is_small` says are small
+/// `at_once` at a time, the others one at a time after them, so that memory stays bounded by
+/// one pipeline's stripes in flight.
+async fn small_ones_at_once<'a, I, T, F>(
+    items: &'a [I],
+    is_small: impl Fn(&I) -> bool,
+    at_once: usize,
+    job: impl Fn(&'a I) -> F,
+) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    let mut out: Vec<Option<T>> = items.iter().map(|_| None).collect();
     let mut done = futures::stream::iter(
-        files
+        items
             .iter()
             .enumerate()
-            .filter(|(_, (_, len))| *len < small)
-            .map(|(i, (f, _))| async move { (i, store_named(p, f, progress).await) }),
+            .filter(|(_, item)| is_small(item))
+            .map(|(i, item)| {
+                let f = job(item);
+                async move { (i, f.await) }
+            }),
     )
-    .buffer_unordered(SMALL_FILES_AT_ONCE);
+    .buffer_unordered(at_once);
     while let Some((i, r)) = done.next().await {
         out[i] = Some(r);
     }
     drop(done);
-    for (i, (f, len)) in files.iter().enumerate() {
-        if *len >= small {
-            out[i] = Some(store_named(p, f, progress).await);
+    for (i, item) in items.iter().enumerate() {
+        if !is_small(item) {
+            out[i] = Some(job(item).await);
         }
     }
-    Ok(out.into_iter().flatten().collect())
+    out.into_iter().flatten().collect()
 }
 
 /// Small files a directory store has in flight at once (see [`store_path`]).
@@ -319,13 +342,9 @@ pub async fn retrieve_tree(
             "no backup of {dir} or of anything under it"
         )));
     }
-    let mut results: Vec<(String, Result<RetrieveReport>)> = unreadable
-        .into_iter()
-        .map(|e| ("(a record that does not open)".to_string(), Err(e)))
-        .collect();
     let small = p.settings().stripe_size as u64;
-    let one = |name: &str, target: &Path| {
-        let (name, target) = (name.to_string(), target.to_path_buf());
+    let one = |(name, target, _): &(String, PathBuf, u64)| {
+        let (name, target) = (name.clone(), target.clone());
         async move {
             let r = match target.parent().map(fs::create_dir_all) {
                 Some(Err(e)) => Err(Error::io(format!("create {}", target.display()), e)),
@@ -334,24 +353,14 @@ pub async fn retrieve_tree(
             (name, r)
         }
     };
-    // As a directory store: small files several at a time, large ones one at a time.
-    let mut done = futures::stream::iter(
-        files
-            .iter()
-            .filter(|(.., size)| *size < small)
-            .map(|(name, target, _)| one(name, target)),
-    )
-    .buffered(RETRIEVES_AT_ONCE);
-    while let Some(r) = done.next().await {
-        results.push(r);
-    }
-    drop(done);
-    for (name, target, size) in &files {
-        if *size >= small {
-            results.push(one(name, target).await);
-        }
-    }
-    results.sort_by(|a, b| a.0.cmp(&b.0));
+    // Records come sorted by name, so the results are in name order after the unreadable ones.
+    let mut results: Vec<(String, Result<RetrieveReport>)> = unreadable
+        .into_iter()
+        .map(|e| ("(a record that does not open)".to_string(), Err(e)))
+        .collect();
+    results.extend(
+        small_ones_at_once(&files, |(.., size)| *size < small, RETRIEVES_AT_ONCE, one).await,
+    );
     Ok(results)
 }
 
