@@ -199,9 +199,7 @@ pub async fn store_path(
     files.sort();
     // Files smaller than a stripe are stored several at a time: each costs a few round trips
     // and syncs on every backend, which one file after the other paid in full (4,000 files
-    // of a few bytes over local directories: 7 ms each). A small file's reader thread hands
-    // over its one stripe and ends, so the stores never hold every blocking thread (see
-    // [`RETRIEVES_AT_ONCE`] for the retrieve, where they would).
+    // of a few bytes over local directories: 7 ms each).
     let small = p.settings().stripe_size as u64;
     Ok(small_ones_at_once(
         &files,
@@ -248,15 +246,9 @@ where
     out.into_iter().flatten().collect()
 }
 
-/// Small files a directory store has in flight at once (see [`store_path`]).
+/// Small files a directory store or retrieve has in flight at once (see [`store_path`] and
+/// [`retrieve_tree`]).
 const SMALL_FILES_AT_ONCE: usize = 8;
-
-/// Small files a directory retrieve has in flight at once (see [`retrieve_tree`]). Each holds
-/// a blocking thread that waits for its stripes, which 0-db backends fetch on blocking threads
-/// too: with as many retrieves as the runtime has blocking threads
-/// ([`crate::pipeline::BLOCKING_THREADS`]), every thread waited and no fetch could run until
-/// the backends' timeout.
-const RETRIEVES_AT_ONCE: usize = crate::pipeline::BLOCKING_THREADS / 2;
 
 /// [`store_file`] with the object name it stores under.
 async fn store_named(
@@ -359,7 +351,7 @@ pub async fn retrieve_tree(
         .map(|e| ("(a record that does not open)".to_string(), Err(e)))
         .collect();
     results.extend(
-        small_ones_at_once(&files, |(.., size)| *size < small, RETRIEVES_AT_ONCE, one).await,
+        small_ones_at_once(&files, |(.., size)| *size < small, SMALL_FILES_AT_ONCE, one).await,
     );
     Ok(results)
 }

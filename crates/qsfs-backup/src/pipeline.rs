@@ -27,9 +27,9 @@ use crate::placement::{self, Policy};
 use crate::progress::{NoProgress, Progress};
 use crate::stripe::{self, ShardHash, StripeId, StripeMeta};
 
-/// Blocking threads a runtime driving a pipeline needs: the stripe reader plus backend I/O for
-/// the stripes in flight (the CPU work runs on rayon's pool, one thread per core, see
-/// [`on_cpu`]). Allocator arenas grow with the thread count and keep freed stripe buffers, so a
+/// Blocking threads a runtime driving a pipeline needs: backend I/O for the stripes in flight
+/// (the CPU work runs on rayon's pool, one thread per core, see [`on_cpu`]; an object's reader
+/// or writer on a thread of its own, see [`on_own_thread`]). Allocator arenas grow with the thread count and keep freed stripe buffers, so a
 /// runtime with tokio's default (512) shows a much higher peak RSS for the same work.
 pub const BLOCKING_THREADS: usize = 8;
 
@@ -51,6 +51,35 @@ pub async fn on_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
         Ok(Err(_)) => Err(Error::Unavailable("stripe worker panicked".into())),
         Err(_) => Err(Error::Unavailable("stripe worker vanished".into())),
     }
+}
+
+/// Runs `f` on a thread of its own: an object's reader or writer, which lives as long as the
+/// object's transfer and waits on the stripes in flight.
+///
+/// Not on tokio's blocking pool: the backend calls of those stripes may need that pool (a
+/// 0-db node or a local directory is driven by blocking calls), so several transfers each
+/// holding a pool thread for a whole object could leave none for them and stall until their
+/// timeouts. A panic in `f` becomes an error, not an abort.
+pub fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<impl std::future::Future<Output = Result<T>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::io(format!("starting the {name} thread"), e))?;
+    let name = name.to_string();
+    Ok(async move {
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(Error::Unavailable(format!("{name} thread panicked"))),
+            Err(_) => Err(Error::Unavailable(format!("{name} thread vanished"))),
+        }
+    })
 }
 
 /// Tunables of a pipeline.
@@ -545,7 +574,7 @@ impl Pipeline {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
         let stripe_size = s.stripe_size;
         let headroom = stripe::encode_headroom(s.policy.k);
-        let reader_task = tokio::task::spawn_blocking(move || {
+        let reader_task = on_own_thread("qsfs-reader", move || {
             let mut reader = reader;
             loop {
                 // Read into spare capacity: no stripe-sized memset before every read.
@@ -562,7 +591,7 @@ impl Pipeline {
                     return;
                 }
             }
-        });
+        })?;
 
         let result: Result<Vec<(StripeMeta, Vec<usize>)>> = async {
             // Unordered: a slot is reused as soon as any stripe is written, not only when the
@@ -974,13 +1003,13 @@ impl Pipeline {
         let n = rec.stripes.len() as u64;
         let par = self.inner.settings.parallel_stripes.max(1) as u64;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
-        let writer = tokio::task::spawn_blocking(move || {
+        let writer = on_own_thread("qsfs-writer", move || {
             let mut w = out;
             while let Some(plain) = rx.blocking_recv() {
                 w.write_all(&plain)?;
             }
             Ok::<_, std::io::Error>(w)
-        });
+        })?;
         let spawn = |i: u64| {
             let (me, rec, key) = (self.clone(), shared.clone(), key.clone());
             Aborting::spawn(async move { me.fetch_stripe(&rec, &key, i).await })
@@ -1012,8 +1041,7 @@ impl Pipeline {
         .await;
         drop(tx);
         let written = writer
-            .await
-            .map_err(|e| Error::Unavailable(format!("writer task: {e}")))?
+            .await?
             .map_err(|e| Error::io("writing retrieved data", e));
         result?;
         let w = written?;

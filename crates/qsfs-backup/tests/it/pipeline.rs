@@ -332,3 +332,47 @@ async fn a_verified_store_confirms_each_shard_and_avoids_a_node_that_damages_it(
     assert!(p.inspect(&checked, true, None).await.is_clean());
     assert_eq!(p.get("checked").await.unwrap(), body);
 }
+
+/// An object's reader and writer do not sit on tokio's blocking pool for the whole transfer:
+/// the backends' calls need that pool (local directories and 0-db nodes are driven by
+/// blocking calls), so a transfer holding one of its threads could starve its own stripes.
+/// With a pool of one thread, a store and a retrieve of many stripes still finish.
+#[test]
+fn a_transfer_leaves_the_blocking_pool_to_its_backends() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stripe = 4096;
+    let mut s = settings(2, 2, stripe);
+    s.timeouts.op = std::time::Duration::from_secs(20);
+    let data: Vec<std::sync::Arc<dyn Backend>> = (0..4)
+        .map(|i| {
+            let b = qsfs_backup::backends::LocalDir::open(dir.path().join(format!("d{i}")))
+                .expect("local dir");
+            std::sync::Arc::new(b) as std::sync::Arc<dyn Backend>
+        })
+        .collect();
+    let meta = vec![
+        std::sync::Arc::new(qsfs_backup::backends::Memory::new("meta"))
+            as std::sync::Arc<dyn Backend>,
+    ];
+    let content = random_bytes(12 * stripe + 7, 12);
+    let back = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let p = qsfs_backup::Pipeline::open(s, vec![data], meta, &key())
+                .await
+                .expect("open");
+            p.put("obj", Bytes::from(content.clone()))
+                .await
+                .expect("put");
+            p.get("obj").await.expect("get")
+        })
+        .await
+        .expect("the transfer stalled")
+    });
+    assert_eq!(back.as_ref(), &content[..]);
+}
