@@ -135,6 +135,7 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
                 .await
                 .map_err(|e| Error::Unavailable(format!("hash task: {e}")))??;
             if sum == old.checksum {
+                progress.skip(&name, old.size);
                 return Ok(StoreReport {
                     name,
                     size: old.size,
@@ -197,6 +198,7 @@ pub async fn store_path(
         }
     }
     files.sort();
+    progress.batch(files.len() as u64, sizes(files.iter().map(|(_, len)| *len)));
     // Files smaller than a stripe are stored several at a time: each costs a few round trips
     // and syncs on every backend, which one file after the other paid in full (4,000 files
     // of a few bytes over local directories: 7 ms each).
@@ -246,6 +248,11 @@ where
     out.into_iter().flatten().collect()
 }
 
+/// The bytes of files of these sizes (a size that could not be read counts as 0).
+fn sizes(lens: impl Iterator<Item = u64>) -> u64 {
+    lens.filter(|&l| l != u64::MAX).fold(0, u64::saturating_add)
+}
+
 /// Small files a directory store or retrieve has in flight at once (see [`store_path`] and
 /// [`retrieve_tree`]).
 const SMALL_FILES_AT_ONCE: usize = 8;
@@ -267,7 +274,10 @@ pub async fn store_reader(
     reader: Box<dyn std::io::Read + Send>,
     progress: &dyn Progress,
 ) -> Result<StoreReport> {
-    let rec = p.store(name, reader, Attrs::default(), progress).await?;
+    progress.start(name, None);
+    let rec = p.store(name, reader, Attrs::default(), progress).await;
+    progress.finish(name);
+    let rec = rec?;
     Ok(StoreReport {
         name: name.to_string(),
         size: rec.size,
@@ -334,6 +344,7 @@ pub async fn retrieve_tree(
             "no backup of {dir} or of anything under it"
         )));
     }
+    progress.batch(files.len() as u64, sizes(files.iter().map(|f| f.2)));
     let small = p.settings().stripe_size as u64;
     let one = |(name, target, _): &(String, PathBuf, u64)| {
         let (name, target) = (name.clone(), target.clone());
@@ -397,16 +408,12 @@ pub async fn retrieve_to_path(
                 (data.len() as u64, Vec::new())
             }
             None => {
+                let out = f.try_clone().map_err(|e| Error::io("dup", e))?;
                 progress.start(name, Some(rec.size));
-                let (problems, w) = p
-                    .read_to(
-                        &rec,
-                        Box::new(f.try_clone().map_err(|e| Error::io("dup", e))?),
-                        progress,
-                    )
-                    .await?;
-                drop(w);
+                let read = p.read_to(&rec, Box::new(out), progress).await;
                 progress.finish(name);
+                let (problems, w) = read?;
+                drop(w);
                 (rec.size, problems)
             }
         };

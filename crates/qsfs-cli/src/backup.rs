@@ -139,29 +139,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(run_async(args))
 }
 
+/// Progress bars on standard error (when it is a terminal): one bar per file, or for a
+/// directory one bar for all of it, counting files, since its small files move at once.
 struct Bars {
     bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    /// (files done, files in all) of the directory under way.
+    batch: std::sync::Mutex<Option<(u64, u64)>>,
     enabled: bool,
+    hidden: bool,
 }
 
 impl Bars {
     fn new(enabled: bool) -> Self {
         Bars {
             bar: std::sync::Mutex::new(None),
+            batch: std::sync::Mutex::new(None),
             enabled: enabled && std::io::stderr().is_terminal(),
+            hidden: false,
         }
     }
-}
 
-impl Progress for Bars {
-    fn start(&self, what: &str, total: Option<u64>) {
-        if !self.enabled {
-            return;
-        }
+    fn show(&self, what: &str, total: Option<u64>) {
         let bar = match total {
             Some(t) => indicatif::ProgressBar::new(t),
             None => indicatif::ProgressBar::new_spinner(),
         };
+        if self.hidden {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{msg:30!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
         ) {
@@ -170,6 +175,50 @@ impl Progress for Bars {
         bar.set_message(what.to_string());
         if let Ok(mut b) = self.bar.lock() {
             *b = Some(bar);
+        }
+    }
+
+    /// Removes the bar (the operation ended, perhaps before every file was reported).
+    fn clear(&self) {
+        if let Ok(mut b) = self.batch.lock() {
+            *b = None;
+        }
+        if let Ok(mut b) = self.bar.lock() {
+            if let Some(b) = b.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
+
+    fn in_batch(&self) -> bool {
+        self.batch.lock().is_ok_and(|b| b.is_some())
+    }
+
+    /// Counts one file of the directory done; the bar goes once all are.
+    fn one_done(&self) {
+        let Ok(mut batch) = self.batch.lock() else {
+            return;
+        };
+        let Some((done, all)) = batch.as_mut() else {
+            return;
+        };
+        *done += 1;
+        let (done, all) = (*done, *all);
+        drop(batch);
+        if done >= all {
+            self.clear();
+        } else if let Ok(b) = self.bar.lock() {
+            if let Some(b) = b.as_ref() {
+                b.set_message(format!("{done}/{all} files"));
+            }
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, what: &str, total: Option<u64>) {
+        if self.enabled && !self.in_batch() {
+            self.show(what, total);
         }
     }
 
@@ -182,10 +231,27 @@ impl Progress for Bars {
     }
 
     fn finish(&self, _what: &str) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(b) = b.take() {
-                b.finish_and_clear();
-            }
+        if self.in_batch() {
+            self.one_done();
+        } else {
+            self.clear();
+        }
+    }
+
+    fn batch(&self, units: u64, bytes: u64) {
+        if !self.enabled || units == 0 {
+            return;
+        }
+        self.show(&format!("0/{units} files"), Some(bytes));
+        if let Ok(mut b) = self.batch.lock() {
+            *b = Some((0, units));
+        }
+    }
+
+    fn skip(&self, _what: &str, bytes: u64) {
+        if self.in_batch() {
+            self.advance(bytes);
+            self.one_done();
         }
     }
 }
@@ -371,8 +437,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                         Err(qsfs_core::Error::NotFound(_)) if opts.range.is_none() => {
                             let results =
                                 ops::retrieve_tree(&pipeline, &name, &target, &opts, &progress)
-                                    .await?;
-                            return retrieved_tree(&results, json);
+                                    .await;
+                            progress.clear();
+                            return retrieved_tree(&results?, json);
                         }
                         r => r?,
                     }
@@ -609,7 +676,9 @@ async fn store(
                 ops::store_reader(pipeline, &n, Box::new(f), progress).await,
             )]
         } else {
-            match ops::store_path(pipeline, p, progress).await {
+            let results = ops::store_path(pipeline, p, progress).await;
+            progress.clear();
+            match results {
                 Ok(r) => r,
                 Err(e) => vec![(p.display().to_string(), Err(e))],
             }
@@ -642,4 +711,48 @@ async fn store(
         print_json(&out)?;
     }
     Ok(code(ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bars() -> Bars {
+        Bars {
+            bar: std::sync::Mutex::new(None),
+            batch: std::sync::Mutex::new(None),
+            enabled: true,
+            hidden: true,
+        }
+    }
+
+    fn shown(b: &Bars) -> Option<(u64, Option<u64>, String)> {
+        let bar = b.bar.lock().unwrap();
+        bar.as_ref()
+            .map(|b| (b.position(), b.length(), b.message()))
+    }
+
+    /// Files of a directory move at once: one bar counts them all, whichever file's bytes
+    /// arrive, and goes once every file is done.
+    #[test]
+    fn a_directory_has_one_bar_for_files_that_move_at_once() {
+        let b = bars();
+        b.batch(3, 300);
+        b.start("a", Some(100));
+        b.start("b", Some(100));
+        b.advance(100);
+        b.advance(50);
+        b.finish("a");
+        b.skip("c", 100);
+        b.advance(50);
+        assert_eq!(shown(&b), Some((300, Some(300), "2/3 files".into())));
+        b.finish("b");
+        assert_eq!(shown(&b), None);
+        // A file on its own gets its own bar again.
+        b.start("d", Some(10));
+        b.advance(4);
+        assert_eq!(shown(&b), Some((4, Some(10), "d".into())));
+        b.finish("d");
+        assert_eq!(shown(&b), None);
+    }
 }
