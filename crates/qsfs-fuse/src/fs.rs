@@ -2551,7 +2551,9 @@ impl Fs {
         if name.len() > XATTR_NAME_MAX || name.is_empty() {
             return errno(libc::ERANGE);
         }
-        let ok = [&b"user."[..], b"trusted.", b"security.", b"system."]
+        // `system.` holds only the POSIX ACLs (handled before this), as on ext4: any other
+        // name there is not supported rather than kept as an ordinary xattr.
+        let ok = [&b"user."[..], b"trusted.", b"security."]
             .iter()
             .any(|p| name.starts_with(p));
         if !ok {
@@ -2608,7 +2610,9 @@ impl Fs {
         }
     }
 
-    /// All xattr names, each followed by NUL.
+    /// All xattr names, each followed by NUL. The kernel does not hide `trusted.` names from
+    /// unprivileged callers of `listxattr` (it leaves that to the filesystem):
+    /// [`hide_trusted`] does.
     pub fn listxattr(&mut self, ino: u64) -> FsResult<Vec<u8>> {
         let x = self.load_xattrs(ino)?;
         let mut out = Vec::new();
@@ -3089,6 +3093,25 @@ impl Fs {
         ACTIVE_SESSIONS.lock().remove(&self.session);
         self.locked = false;
     }
+}
+
+/// Whether a `listxattr` answer holds a `trusted.` name.
+pub fn lists_trusted(list: &[u8]) -> bool {
+    list.split(|&b| b == 0).any(|n| n.starts_with(b"trusted."))
+}
+
+/// A `listxattr` answer (names each followed by NUL) without its `trusted.` names, for a
+/// caller without `CAP_SYS_ADMIN`: ext4 lists them only to the privileged, and the kernel
+/// already refuses such a caller their values.
+pub fn hide_trusted(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !n.starts_with(b"trusted.") {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+    }
+    out
 }
 
 /// Sets (`Some`) or removes (`None`) xattr `name` in `x`, keeping the pairs sorted; false when

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::acl;
 use crate::error::{errno, FsError, FsResult};
 use crate::fetch::{run_deferred, Fetches, PoolSubmitter, ReadPool, DEFAULT_READ_THREADS};
-use crate::fs::{read_len, Attr, Fs, ReadData, ReadPlan, ReadStart, SetAttr};
+use crate::fs::{self, read_len, Attr, Fs, ReadData, ReadPlan, ReadStart, SetAttr};
 use crate::layout::{Kind, Time};
 use crate::stats::{FsStats, Op};
 
@@ -1150,10 +1150,18 @@ impl Filesystem for QsfsFuse {
         );
     }
 
-    fn listxattr(&mut self, _req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
+    fn listxattr(&mut self, req: &Request<'_>, ino: u64, size: u32, reply: ReplyXattr) {
         let _spin = self.spin.begin();
+        let pid = req.pid();
         let listxattr = move |fs: &mut Fs| fs.listxattr(ino);
         self.deferrable(Op::Other, ino, listxattr, move |r| {
+            // Only a list that holds a `trusted.` name costs a look at the caller.
+            let r = r.map(
+                |list| match fs::lists_trusted(&list) && !may_see_trusted(pid) {
+                    true => fs::hide_trusted(&list),
+                    false => list,
+                },
+            );
             xattr_reply(reply, r, size)
         });
     }
@@ -1378,6 +1386,18 @@ impl Caller {
     fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
+}
+
+/// Whether process `pid` has `CAP_SYS_ADMIN` in its effective set, which `trusted.` xattrs
+/// ask for. A caller whose status cannot be read is taken as unprivileged.
+fn may_see_trusted(pid: u32) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    read_bounded(format!("/proc/{pid}/status").into(), PROC_WAIT)
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 fn xattr_reply(reply: ReplyXattr, r: FsResult<Vec<u8>>, size: u32) {

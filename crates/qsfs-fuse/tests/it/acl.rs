@@ -21,6 +21,7 @@ on_both!(
     acl_steps_match_ext4_and_survive_remount,
     acls_are_enforced_for_other_users,
     an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4,
+    xattr_namespaces_match_ext4_for_root_and_others,
 );
 
 /// Runs `script` with `sh` in `dir`; returns stdout and stderr together (the errors are part
@@ -188,6 +189,52 @@ fn an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4(on: On) {
     }
     assert!(outs[0].contains("-rwxrwxr-x other"), "{}", outs[0]);
     assert!(outs[0].contains("-rwxrwsr-x mine"), "{}", outs[0]);
+    assert_eq!(outs[1], outs[0], "qsfs (left) against ext4 (right)");
+}
+
+/// Runs `script` with `sh` in `dir` as uid/gid 65534; returns stdout and stderr together.
+fn sh_as_nobody(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run sh as nobody");
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    s
+}
+
+/// `trusted.` names are listed to a privileged caller only (an unprivileged `getfattr -d -m -`
+/// on qsfs listed them, then failed on each), and `system.` holds only the ACLs: other names
+/// there are not supported, as on ext4 (qsfs stored them).
+fn xattr_namespaces_match_ext4_for_root_and_others(on: On) {
+    let f = on.with(qsfs_fuse::MountOptions {
+        allow_other: true,
+        ..Default::default()
+    });
+    let oracle = tempfile::tempdir_in("/var/tmp").expect("ext4 directory");
+    for dir in [oracle.path(), f.mnt.parent().expect("parent")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut outs = Vec::new();
+    for dir in [oracle.path(), f.mnt.as_path()] {
+        let mut out = sh_in(
+            dir,
+            "touch f; chmod 644 f; setfattr -n trusted.secret -v x f; setfattr -n user.pub -v p f
+             setfattr -n system.other -v y f || echo refused
+             getfattr -d -m - f",
+        );
+        out.push_str(&sh_as_nobody(
+            dir,
+            "getfattr -d -m - f; getfattr -n trusted.secret f",
+        ));
+        outs.push(out);
+    }
+    assert!(outs[0].contains("trusted.secret=\"x\""), "{}", outs[0]);
+    assert!(outs[0].contains("refused"), "{}", outs[0]);
     assert_eq!(outs[1], outs[0], "qsfs (left) against ext4 (right)");
 }
 
