@@ -776,7 +776,7 @@ impl Fs {
             return Ok(c.value);
         }
         let d = match self.stored(NS_DIRENT, &dirent_key(parent, name), parent)? {
-            Some(v) => Some(decode::<Dirent>(&v, "dirent")?),
+            Some(v) => Some(decode_dirent(name, &v, "dirent")?),
             None => None,
         };
         self.dirents.insert(
@@ -2815,7 +2815,7 @@ impl Fs {
             ops.push(op(
                 NS_DIRENT,
                 &dirent_key(*parent, name),
-                d.map(|d| encode(&d)),
+                d.map(|d| encode_dirent(name, &d)),
             ));
         }
         let unlinked: Vec<u64> = self

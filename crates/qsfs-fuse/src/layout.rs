@@ -13,9 +13,11 @@ use crate::error::FsError;
 pub const RECORD_VERSION: u8 = 1;
 /// The inode number of the root directory (FUSE's root id).
 pub const ROOT_INO: u64 = 1;
-/// Longest file name: a dirent key is the parent (8 bytes) plus the name, and a store key is
-/// at most 255 bytes.
-pub const NAME_MAX: usize = qsfs_core::MAX_KEY_LEN - 8;
+/// Longest file name, as on ext4.
+pub const NAME_MAX: usize = 255;
+/// Longest name a dirent key holds as it is: the key is the parent (8 bytes) plus the name,
+/// and a store key is at most 255 bytes. A longer name is keyed by its hash ([`dirent_key`]).
+pub const KEY_NAME_MAX: usize = qsfs_core::MAX_KEY_LEN - 8;
 /// Entries per directory listing page.
 pub const PAGE_SLOTS: u64 = 128;
 /// Block indices covered by one block-map chunk.
@@ -115,11 +117,63 @@ pub fn parse_ino_key(k: &[u8]) -> Option<u64> {
 }
 
 /// Key of the entry `name` in directory `parent`.
+///
+/// A name longer than [`KEY_NAME_MAX`] is keyed by a NUL and its SHA-256 instead, which no
+/// name can be (names hold no NUL), and its record holds the name ([`encode_dirent`]).
 pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + name.len());
+    let mut k = Vec::with_capacity(8 + name.len().min(33));
     k.extend_from_slice(&parent.to_be_bytes());
-    k.extend_from_slice(name);
+    if name.len() <= KEY_NAME_MAX {
+        k.extend_from_slice(name);
+    } else {
+        use sha2::Digest;
+        k.push(0);
+        k.extend_from_slice(&sha2::Sha256::digest(name));
+    }
     k
+}
+
+/// Whether the name part of a dirent key is a long name's hash, not the name.
+pub fn is_hashed_name(key_name: &[u8]) -> bool {
+    key_name.first() == Some(&0)
+}
+
+/// The record of a dirent whose key holds only its name's hash: the dirent and the name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongDirent {
+    /// The dirent.
+    pub dirent: Dirent,
+    /// Its whole name.
+    pub name: Vec<u8>,
+}
+
+/// Encodes the dirent record of `name`: a [`Dirent`], or a [`LongDirent`] for a name its key
+/// only hashes.
+pub fn encode_dirent(name: &[u8], d: &Dirent) -> Vec<u8> {
+    if name.len() <= KEY_NAME_MAX {
+        encode(d)
+    } else {
+        encode(&LongDirent {
+            dirent: *d,
+            name: name.to_vec(),
+        })
+    }
+}
+
+/// Decodes the dirent record stored under [`dirent_key`]`(_, name)`. A long name's record
+/// must name it: another name with the same hash is reported, never taken for it.
+pub fn decode_dirent(name: &[u8], bytes: &[u8], what: &str) -> Result<Dirent, FsError> {
+    if name.len() <= KEY_NAME_MAX {
+        return decode(bytes, what);
+    }
+    let long: LongDirent = decode(bytes, what)?;
+    if long.name != name {
+        return Err(FsError::corrupt(
+            what,
+            "holds another name with the same hash",
+        ));
+    }
+    Ok(long.dirent)
 }
 
 /// Encodes a record: version, postcard payload, crc32c.
@@ -657,8 +711,35 @@ mod tests {
 
     #[test]
     fn longest_name_fits_a_store_key() {
-        let k = dirent_key(u64::MAX, &[b'a'; NAME_MAX]);
+        let k = dirent_key(u64::MAX, &[b'a'; KEY_NAME_MAX]);
         assert_eq!(k.len(), qsfs_core::MAX_KEY_LEN);
         qsfs_core::check_key(&k).unwrap();
+        qsfs_core::check_key(&dirent_key(u64::MAX, &[b'a'; NAME_MAX])).unwrap();
+    }
+
+    proptest! {
+        /// Names of any length up to NAME_MAX get distinct keys in one directory, which fit
+        /// a store key, and their records give back the dirent only for their own name.
+        #[test]
+        fn dirent_keys_are_distinct_and_records_name_their_name(
+                names in proptest::collection::btree_set(
+                    proptest::collection::vec(1u8..=255, 1..=NAME_MAX), 1..12),
+                ino in any::<u64>(), kind in arb_kind()) {
+            let keys: BTreeSet<Vec<u8>> = names.iter().map(|n| dirent_key(7, n)).collect();
+            prop_assert_eq!(keys.len(), names.len());
+            let d = Dirent { ino, kind, page: 3, slot: 9 };
+            for n in &names {
+                let k = dirent_key(7, n);
+                prop_assert!(qsfs_core::check_key(&k).is_ok());
+                prop_assert_eq!(is_hashed_name(&k[8..]), n.len() > KEY_NAME_MAX);
+                let v = encode_dirent(n, &d);
+                prop_assert_eq!(decode_dirent(n, &v, "dirent").unwrap(), d);
+                let mut other = n.clone();
+                other.push(b'x');
+                if n.len() > KEY_NAME_MAX && other.len() <= NAME_MAX {
+                    prop_assert!(decode_dirent(&other, &v, "dirent").is_err());
+                }
+            }
+        }
     }
 }

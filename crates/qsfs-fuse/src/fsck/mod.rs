@@ -45,14 +45,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use qsfs_core::{Result, Store, Timestamp};
 
 use crate::layout::{
-    decode, dirent_key, encode, ino_key, pair_key, parse_ino_key, parse_pair_key, Body, Chunk,
-    Dirent, Inode, Kind, Namespaces, Page, PageEntry, Superblock, Xattrs, CHUNK_BLOCKS, PAGE_SLOTS,
-    ROOT_INO, SUPER_KEY,
+    decode, decode_dirent, dirent_key, encode, encode_dirent, ino_key, is_hashed_name, pair_key,
+    parse_ino_key, parse_pair_key, Body, Chunk, Dirent, Inode, Kind, LongDirent, Namespaces, Page,
+    PageEntry, Superblock, Xattrs, CHUNK_BLOCKS, PAGE_SLOTS, ROOT_INO, SUPER_KEY,
 };
 
 mod salvage;
 
-use salvage::{older_intact, read_all};
+use salvage::{older_intact, read_all, Read};
 
 /// Name of the directory under the root that unreachable inodes are re-attached to.
 pub const LOST_FOUND: &[u8] = b"lost+found";
@@ -398,9 +398,9 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
             continue;
         }
         let parent = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
-        let name = k[8..].to_vec();
+        let name = dirent_name(&pages, parent, &k, &r);
         let what = format!("dirent {parent}/{}", show(&name));
-        let why = match r.decoded::<Dirent>(&what) {
+        let why = match r.dirent(&name, &what) {
             Ok(d) => {
                 cx.report.dirents += 1;
                 named.push((k, parent, name, d));
@@ -1143,7 +1143,11 @@ pub fn check(store: &dyn Store, prefix: &str, repair: bool) -> Result<FsckReport
     }
     for (parent, name) in dirty_dirents {
         if let Some(d) = dirents.get(&(parent, name.clone())) {
-            store.set(&ns.dirent, Some(&dirent_key(parent, &name)), &encode(d))?;
+            store.set(
+                &ns.dirent,
+                Some(&dirent_key(parent, &name)),
+                &encode_dirent(&name, d),
+            )?;
         }
     }
     if sup_dirty {
@@ -1184,6 +1188,28 @@ fn damaged_block(
     Ok(())
 }
 
+/// The name of the dirent under key `k`: the key's, or for a long name (the key holds its
+/// hash) its record's, else that of the page entry whose name hashes to the key; the key's if
+/// neither says.
+fn dirent_name(pages: &BTreeMap<(u64, u64), Page>, parent: u64, k: &[u8], r: &Read) -> Vec<u8> {
+    let in_key = &k[8..];
+    if !is_hashed_name(in_key) {
+        return in_key.to_vec();
+    }
+    if let Read::Value(v) = r {
+        if let Ok(long) = decode::<LongDirent>(v, "dirent") {
+            if dirent_key(parent, &long.name) == k {
+                return long.name;
+            }
+        }
+    }
+    pages
+        .range((parent, 0)..=(parent, u64::MAX))
+        .flat_map(|(_, pg)| &pg.entries)
+        .find(|e| dirent_key(parent, &e.name) == k)
+        .map_or_else(|| in_key.to_vec(), |e| e.name.clone())
+}
+
 /// A damaged dirent's content, with where it came from: from the intact listing page that lists
 /// its name (written in the same batch as the dirent, so the current state), else from its
 /// newest intact older version, else from a page restored from an older version (in
@@ -1218,7 +1244,7 @@ fn salvage_dirent(
     }
     let key = dirent_key(parent, name);
     let older = older_intact(store, &ns.dirent, &key, |v| {
-        decode::<Dirent>(v, "dirent").ok()
+        decode_dirent(name, v, "dirent").ok()
     })?;
     match older {
         Some(o) => Ok(Some((

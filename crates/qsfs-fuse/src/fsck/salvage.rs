@@ -12,7 +12,7 @@ use qsfs_core::{Error, Result, Store, Timestamp};
 
 use serde::de::DeserializeOwned;
 
-use crate::layout::{decode, Body, Inode, Kind, ROOT_INO};
+use crate::layout::{decode, decode_dirent, Body, Dirent, Inode, Kind, ROOT_INO};
 
 /// Older versions looked at before giving up. The newest intact one is what a salvage wants;
 /// the bound keeps a key rewritten many times from costing a walk of its whole history.
@@ -33,6 +33,14 @@ impl Read {
         match self {
             Read::Value(v) => decode::<T>(&v, what).map_err(|e| e.to_string()),
             Read::Damaged(why) => Err(why),
+        }
+    }
+
+    /// The dirent record of `name` decoded ([`decode_dirent`]), or why it cannot be used.
+    pub(super) fn dirent(&self, name: &[u8], what: &str) -> std::result::Result<Dirent, String> {
+        match self {
+            Read::Value(v) => decode_dirent(name, v, what).map_err(|e| e.to_string()),
+            Read::Damaged(why) => Err(why.clone()),
         }
     }
 }

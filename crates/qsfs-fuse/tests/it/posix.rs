@@ -42,6 +42,7 @@ on_both!(
     a_second_mount_of_the_same_store_is_refused,
     concurrent_processes_create_write_rename_and_append,
     copy_file_range_copies_inside_the_filesystem,
+    names_of_up_to_255_bytes_as_on_ext4,
 );
 
 fn errno_of(e: std::io::Error) -> i32 {
@@ -1363,4 +1364,73 @@ fn copy_file_range_copies_inside_the_filesystem(on: On) {
         nix::fcntl::copy_file_range(&src, Some(&mut at), &dst, Some(&mut out_at), 100).unwrap(),
         0
     );
+}
+
+/// Names of up to 255 bytes work as on ext4 (the longest ones are keyed by their hash, see
+/// `layout::dirent_key`): created, looked up, listed, renamed, linked, removed, kept across a
+/// remount and a crash; a missing long name is ENOENT and 256 bytes ENAMETOOLONG.
+fn names_of_up_to_255_bytes_as_on_ext4(on: On) {
+    let mut f = on.fixture();
+    let name = |len: usize, c: char| c.to_string().repeat(len);
+    assert_eq!(nix::sys::statvfs::statvfs(&f.mnt).unwrap().name_max(), 255);
+    let dir = name(255, 'd');
+    fs::create_dir(f.p(&dir)).unwrap();
+    let mut want = Vec::new();
+    for len in [1, 247, 248, 250, 255] {
+        let n = name(len, 'f');
+        fs::write(f.p(&format!("{dir}/{n}")), n.len().to_string()).unwrap();
+        want.push(n);
+    }
+    let (old, new) = (name(255, 'f'), name(252, 'r'));
+    fs::rename(f.p(&format!("{dir}/{old}")), f.p(&format!("{dir}/{new}"))).unwrap();
+    want.retain(|n| n != &old);
+    want.push(new.clone());
+    let link = name(249, 'l');
+    fs::hard_link(f.p(&format!("{dir}/{new}")), f.p(&format!("{dir}/{link}"))).unwrap();
+    want.push(link.clone());
+    let sym = name(254, 's');
+    std::os::unix::fs::symlink(&new, f.p(&format!("{dir}/{sym}"))).unwrap();
+    want.push(sym.clone());
+    want.sort();
+    assert_eq!(
+        errno_of(fs::metadata(f.p(&format!("{dir}/{}", name(250, 'x')))).unwrap_err()),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno_of(fs::write(f.p(&format!("{dir}/{}", name(256, 'x'))), b"").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    let check = |f: &Fixture, want: &[String]| {
+        let mut listed: Vec<String> = fs::read_dir(f.p(&dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, want);
+        assert_eq!(fs::read(f.p(&format!("{dir}/{new}"))).unwrap(), b"255");
+        assert_eq!(fs::read(f.p(&format!("{dir}/{sym}"))).unwrap(), b"255");
+        assert_eq!(
+            fs::metadata(f.p(&format!("{dir}/{link}"))).unwrap().nlink(),
+            2
+        );
+    };
+    check(&f, &want);
+    f.remount();
+    check(&f, &want);
+    fs::remove_file(f.p(&format!("{dir}/{link}"))).unwrap();
+    want.retain(|n| n != &link);
+    File::open(f.p(&dir)).unwrap().sync_all().unwrap();
+    f.crash_and_remount();
+    let mut listed: Vec<String> = fs::read_dir(f.p(&dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, want, "after a crash");
+    assert_eq!(
+        fs::metadata(f.p(&format!("{dir}/{new}"))).unwrap().nlink(),
+        1
+    );
+    let report = qsfs_fuse::fsck::check(&*f.store, "qsfs", false).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }
