@@ -27,12 +27,18 @@ on_both!(
 /// Runs `script` with `sh` in `dir`; returns stdout and stderr together (the errors are part
 /// of what is compared).
 fn sh_in(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("run sh");
+    both(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("run sh"),
+    )
+}
+
+/// A command's stdout, then its stderr.
+fn both(out: std::process::Output) -> String {
     let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
     s.push_str(&String::from_utf8_lossy(&out.stderr));
     s
@@ -96,8 +102,8 @@ fn acl_steps_match_ext4_and_survive_remount(on: On) {
     assert_eq!(sh_in(&f.mnt, DUMP), before, "ACLs after a remount");
 }
 
-/// Runs `script` as uid/gid 65534 (no supplementary groups); true if it succeeded.
-fn as_nobody(dir: &Path, script: &str) -> bool {
+/// Runs `script` with `sh` in `dir` as uid/gid 65534 (no supplementary groups).
+fn nobody_sh(dir: &Path, script: &str) -> std::process::Output {
     Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -106,8 +112,11 @@ fn as_nobody(dir: &Path, script: &str) -> bool {
         .gid(65534)
         .output()
         .expect("run sh as nobody")
-        .status
-        .success()
+}
+
+/// Runs `script` as uid/gid 65534; true if it succeeded.
+fn as_nobody(dir: &Path, script: &str) -> bool {
+    nobody_sh(dir, script).status.success()
 }
 
 fn acls_are_enforced_for_other_users(on: On) {
@@ -192,19 +201,9 @@ fn an_acl_set_from_outside_the_group_drops_setgid_as_on_ext4(on: On) {
     assert_eq!(outs[1], outs[0], "qsfs (left) against ext4 (right)");
 }
 
-/// Runs `script` with `sh` in `dir` as uid/gid 65534; returns stdout and stderr together.
+/// Runs `script` as uid/gid 65534; returns stdout and stderr together.
 fn sh_as_nobody(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run sh as nobody");
-    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&out.stderr));
-    s
+    both(nobody_sh(dir, script))
 }
 
 /// `trusted.` names are listed to a privileged caller only (an unprivileged `getfattr -d -m -`
