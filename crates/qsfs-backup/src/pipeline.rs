@@ -1491,6 +1491,19 @@ impl Pipeline {
                 }
             }
         }
+        // A record naming a backend the config does not have means the names changed (a
+        // relative `local:` path read from another directory, `localhost` for `127.0.0.1`):
+        // every shard of the backends as now named would look unreferenced.
+        let known: std::collections::HashSet<&str> =
+            inner.nodes.iter().map(|n| n.name.as_str()).collect();
+        if let Some((b, _)) = keep.iter().find(|(b, _)| !known.contains(b.as_str())) {
+            return Err(Error::InvalidArgument(format!(
+                "gc refused: records keep shards on backend {b}, which is not in the config \
+                 (renamed, or a relative path resolved from another directory?); with the \
+                 names as they are, gc would delete shards those records need. Use the names \
+                 the objects were stored with, or move the shards with rebuild first"
+            )));
+        }
         let mut report = GcReport::default();
         let prefix = format!("{}/d/", inner.settings.prefix);
         for n in &inner.nodes {

@@ -46,6 +46,15 @@ impl Memory {
         }
     }
 
+    /// The same blobs under another name: one backend reached by another spelling of its
+    /// address, as a config edited or read from elsewhere gives it.
+    pub fn renamed(&self, name: impl Into<String>) -> Self {
+        Memory {
+            name: name.into(),
+            inner: self.inner.clone(),
+        }
+    }
+
     /// Makes every call fail with [`Error::Unavailable`] (`true`) or work again (`false`).
     pub fn set_down(&self, down: bool) {
         self.inner

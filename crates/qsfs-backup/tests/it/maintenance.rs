@@ -106,6 +106,37 @@ async fn gc_removes_orphans_and_keeps_live_shards() {
     assert!(ops::gc(&r.pipeline).await.is_err());
 }
 
+/// Backends reached under other names than the records hold (a relative `local:` path read
+/// from another directory, `localhost` for `127.0.0.1`): gc refuses instead of taking every
+/// shard for an orphan, and the objects still read under the old names.
+#[tokio::test]
+async fn gc_refuses_when_the_records_name_backends_the_config_lacks() {
+    let r = rig(2, 1, 1024).await;
+    let body = random_bytes(5000, 2);
+    r.pipeline
+        .put("keep", Bytes::from(body.clone()))
+        .await
+        .expect("put");
+    let live: usize = r.data.iter().map(|d| d.len()).sum();
+    let renamed: Vec<_> = r
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.renamed(format!("elsewhere-{i}")))
+        .collect();
+    let other = open_over(settings(2, 1, 1024), &renamed, &r.meta, &key())
+        .await
+        .expect("open under other names");
+    let e = ops::gc(&other).await.expect_err("gc under other names");
+    assert!(e.to_string().contains("not in the config"), "{e}");
+    assert_eq!(r.data.iter().map(|d| d.len()).sum::<usize>(), live);
+    assert_eq!(
+        r.pipeline.get("keep").await.expect("get").as_ref(),
+        &body[..]
+    );
+    assert_eq!(ops::gc(&r.pipeline).await.expect("gc").shards_deleted, 0);
+}
+
 #[tokio::test]
 async fn unchanged_files_are_not_stored_again() {
     let r = rig(2, 1, 1024).await;
