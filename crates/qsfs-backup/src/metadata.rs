@@ -384,6 +384,17 @@ impl MetaStore {
         Ok(found)
     }
 
+    /// A record key on any metadata backend, if one holds any: metadata without a header is a
+    /// repository that lost its header, not room for a new one. Asked once, before a creation.
+    pub async fn any_record(&self) -> Result<Option<String>> {
+        let prefix = format!("{}/m/", self.prefix);
+        let lists = join_all(self.nodes.iter().map(|n| n.list(&prefix))).await;
+        Ok(lists
+            .into_iter()
+            .flatten()
+            .find_map(|keys| keys.into_iter().next()))
+    }
+
     /// Writes the repository header to every metadata backend (all must accept it at creation).
     pub async fn write_header(&self, bytes: Vec<u8>) -> Result<()> {
         let key = self.header_key();

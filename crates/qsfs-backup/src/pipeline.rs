@@ -385,6 +385,18 @@ impl Pipeline {
                     "no backup repository on the metadata backends".into(),
                 ));
             }
+            let records = meta.any_record().await?;
+            if let Some(k) = records {
+                return Err(Error::corrupt(
+                    "repository header",
+                    format!(
+                        "missing on every metadata backend, which still hold records ({k}): \
+                         refusing to start a new repository over them; put back the header \
+                         ({}/repo) from a copy",
+                        settings.prefix
+                    ),
+                ));
+            }
             let (header, keys) = RepoHeader::create(key, settings.kdf)?;
             meta.write_header(header.to_json()).await?;
             tracing::info!("created a new backup repository");
@@ -1535,10 +1547,21 @@ impl Pipeline {
 /// The first header that `key` unlocks. Several headers (an interrupted passphrase change) must
 /// all belong to the same repository.
 fn unlock_any(headers: &[Vec<u8>], key: &KeySource) -> Result<(RepoHeader, Keys)> {
-    let parsed: Vec<RepoHeader> = headers
-        .iter()
-        .map(|h| RepoHeader::from_json(h))
-        .collect::<Result<_>>()?;
+    // A copy that does not parse is one damaged replica: the others decide, as for a missing one.
+    let mut parsed = Vec::new();
+    let mut bad = None;
+    for h in headers {
+        match RepoHeader::from_json(h) {
+            Ok(h) => parsed.push(h),
+            Err(e) => {
+                tracing::warn!("a copy of the repository header is damaged: {e}");
+                bad = Some(e);
+            }
+        }
+    }
+    if let (true, Some(e)) = (parsed.is_empty(), bad) {
+        return Err(e);
+    }
     if parsed.windows(2).any(|w| w[0].repo_id != w[1].repo_id) {
         return Err(Error::corrupt(
             "repository header",

@@ -392,6 +392,9 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     if let Command::Store { verify: true, .. } = args.command {
         config.settings.verify_writes = true;
     }
+    // Only a store starts a repository: any other command over metadata backends without a
+    // header says so instead of making one with whatever passphrase it was given.
+    config.settings.create = matches!(args.command, Command::Store { .. });
     let secret = if config.key.is_some() {
         None
     } else {

@@ -262,3 +262,37 @@ async fn changing_the_passphrase_rewraps_only_the_key() {
     let shards_after: Vec<Vec<String>> = r.data.iter().map(|d| d.keys()).collect();
     assert_eq!(shards_before, shards_after, "no data rewritten");
 }
+
+/// The repository header: one copy that does not parse is a damaged replica (the others
+/// unlock the repository), and metadata that lost every copy while it still holds records is
+/// refused, not taken for an empty place to start a new repository with whatever passphrase
+/// comes (that locked the real passphrase out).
+#[tokio::test]
+async fn a_damaged_or_lost_header_neither_locks_out_nor_starts_a_new_repository() {
+    let r = rig(2, 1, 1024).await;
+    let body = random_bytes(3000, 3);
+    r.pipeline
+        .put("keep", Bytes::from(body.clone()))
+        .await
+        .expect("put");
+    r.meta[0]
+        .put("t/repo", Bytes::from_static(b"{ not json"))
+        .await
+        .expect("damage one copy");
+    let p = open_over(settings(2, 1, 1024), &r.data, &r.meta, &key())
+        .await
+        .expect("open with one damaged copy");
+    assert_eq!(p.get("keep").await.expect("get").as_ref(), &body[..]);
+
+    for m in &r.meta {
+        m.delete("t/repo").await.expect("lose the header");
+    }
+    let other = qsfs_backup::crypto::KeySource::passphrase("another passphrase");
+    let e = open_over(settings(2, 1, 1024), &r.data, &r.meta, &other)
+        .await
+        .expect_err("a new repository over the records");
+    assert!(e.to_string().contains("still hold records"), "{e}");
+    for m in &r.meta {
+        assert!(m.get("t/repo").await.is_err(), "no new header written");
+    }
+}
