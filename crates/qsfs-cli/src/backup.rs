@@ -57,7 +57,8 @@ enum Command {
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Object name for standard input.
+        /// Object name for standard input: a path, resolved as `retrieve` resolves its PATH
+        /// (relative to the current directory, `..` and `.` folded), so the same words find it.
         #[arg(long)]
         name: Option<String>,
         /// Confirm every shard on its backend as it is written (a 0-db node checks its copy
@@ -666,6 +667,8 @@ async fn store(
             let Some(n) = name.clone() else {
                 bail!("storing standard input needs --name NAME")
             };
+            // Stored under the name `retrieve NAME` looks for, not the words as typed.
+            let n = config.object_name(Path::new(&n))?;
             vec![(
                 n.clone(),
                 ops::store_reader(pipeline, &n, Box::new(std::io::stdin()), progress).await,

@@ -405,3 +405,52 @@ fn a_stored_directory_is_retrieved_whole() {
     );
     assert!(!ranged.status.success());
 }
+
+/// Standard input is stored under `--name` resolved as `retrieve` resolves its path, so the
+/// same words (relative, with `..`) find it again; it was stored under the words as typed,
+/// which no retrieve could name.
+#[test]
+fn standard_input_is_found_again_by_the_name_it_was_stored_under() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let config = write_config(root, "");
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+        .args(["backup", "--config"])
+        .arg(&config)
+        .args(["--quiet", "store", "-", "--name", "dumps/../db.sql"])
+        .current_dir(root)
+        .env("QSFS_PASSPHRASE", "pw")
+        .env("QSFS_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run qsfs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&body)
+        .expect("feed stdin");
+    ok(&child.wait_with_output().expect("store"));
+    let back = Command::new(env!("CARGO_BIN_EXE_qsfs"))
+        .args(["backup", "--config"])
+        .arg(&config)
+        .args(["--quiet", "retrieve", "db.sql", "-o", "-"])
+        .current_dir(root)
+        .env("QSFS_PASSPHRASE", "pw")
+        .env("QSFS_LOG", "warn")
+        .output()
+        .expect("retrieve");
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(back.stdout == body, "{} bytes back", back.stdout.len());
+    let listed = ok(&qsfs(&config, "pw", &["list"]));
+    let want = std::fs::canonicalize(root).expect("root").join("db.sql");
+    assert!(listed.contains(want.to_str().expect("utf-8")), "{listed}");
+}
