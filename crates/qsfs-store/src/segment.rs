@@ -935,7 +935,8 @@ pub(crate) struct ScannedRecord<'a> {
     pub header: RecordHeader,
     /// Its key.
     pub key: &'a [u8],
-    /// The header is intact but the value fails its checksum.
+    /// The record is damaged: its value fails its checksum, or its header did and was mended
+    /// (see [`scan_segment`]); reads of it report the damage.
     pub damaged: bool,
 }
 
@@ -992,6 +993,10 @@ impl<'a> ChunkReader<'a> {
 ///   `f` with `damaged = true` (its header is trustworthy, so the index can point at it and
 ///   reads of that key report the damage instead of serving an older version) and listed in
 ///   [`ScanReport::corrupt`].
+/// * A record whose header or key fails the header checksum, but which one changed byte makes
+///   whole (and whose lengths lead exactly to the next valid record or the end), is passed to
+///   `f` as damaged too, with the mended header and key: knowing the key, the index points at
+///   it and reads report the damage instead of serving the version before it.
 /// * Where no header is valid, the scan searches for the next record whose magic, header
 ///   checksum and value checksum all hold, and lists the skipped range.
 /// * Damage with nothing valid after it is the torn tail: the scan stops and
@@ -1045,18 +1050,106 @@ pub(crate) fn scan_segment(
                 off += rec_len;
                 report.valid_end = off;
             }
-            Check::Invalid => match find_next_valid(&mut r, off + 1)? {
-                Some(n) => {
-                    report
-                        .corrupt
-                        .push((off, n, "damaged record header skipped".into()));
-                    off = n;
+            Check::Invalid => {
+                let next = find_next_valid(&mut r, off + 1)?;
+                let end = next.unwrap_or(len);
+                if let Some((header, key)) = mend_record(&mut r, off, end)? {
+                    report.corrupt.push((
+                        off,
+                        end,
+                        "damaged record header (its key is known: reads of it report the damage)"
+                            .into(),
+                    ));
+                    f(ScannedRecord {
+                        offset: off,
+                        header,
+                        key: &key,
+                        damaged: true,
+                    });
+                    off = end;
+                    report.valid_end = off;
+                    continue;
                 }
-                None => break,
-            },
+                match next {
+                    Some(n) => {
+                        report
+                            .corrupt
+                            .push((off, n, "damaged record header skipped".into()));
+                        off = n;
+                    }
+                    None => break,
+                }
+            }
         }
     }
     Ok(report)
+}
+
+/// The header and key of the one record that fills `from..end` exactly, when a change of at
+/// most one byte of its header or key makes its header checksum hold: what a flipped bit or a
+/// bad byte leaves. The length fields must lead exactly to `end` (the next valid record, or
+/// the end of the segment), so a mended record is the one that was there. Knowing its key, the
+/// index can point at it and reads of that key report the damage, instead of finding the
+/// version before it as if it were the newest.
+fn mend_record(
+    r: &mut ChunkReader<'_>,
+    from: u64,
+    end: u64,
+) -> io::Result<Option<(RecordHeader, Vec<u8>)>> {
+    let span = end.saturating_sub(from) as usize;
+    if span <= RECORD_HEADER_LEN || span > RECORD_HEADER_LEN + 255 + qsfs_core::MAX_VALUE_LEN {
+        return Ok(None);
+    }
+    let head_len = (RECORD_HEADER_LEN + 255).min(span);
+    let Some(head) = r.get(from, head_len)? else {
+        return Ok(None);
+    };
+    let mut trial = head.to_vec();
+    let fits = |t: &[u8]| -> Option<RecordHeader> {
+        let h = RecordHeader::decode(t, None)?;
+        let klen = h.key_len as usize;
+        let ok = record_len(klen, h.value_len as usize) == span as u64
+            && header_crc(&t[..RECORD_HEADER_LEN], &t[RECORD_HEADER_LEN..][..klen])
+                == RecordHeader::stored_crc(t);
+        ok.then_some(h)
+    };
+    // The stored checksum itself (bytes 4..8) may be the damaged part.
+    let crc_of = |t: &[u8]| {
+        let h = RecordHeader::decode(t, None)?;
+        let klen = h.key_len as usize;
+        (record_len(klen, h.value_len as usize) == span as u64)
+            .then(|| header_crc(&t[..RECORD_HEADER_LEN], &t[RECORD_HEADER_LEN..][..klen]))
+    };
+    if let Some(crc) = crc_of(&trial) {
+        let stored = RecordHeader::stored_crc(&trial).to_le_bytes();
+        let differ = crc
+            .to_le_bytes()
+            .iter()
+            .zip(stored)
+            .filter(|(a, b)| *a != b)
+            .count();
+        if differ == 1 {
+            if let Some(h) = RecordHeader::decode(&trial, None) {
+                let key = trial[RECORD_HEADER_LEN..][..h.key_len as usize].to_vec();
+                return Ok(Some((h, key)));
+            }
+        }
+    }
+    for at in (0..head_len).filter(|i| !(4..8).contains(i)) {
+        let was = trial[at];
+        for v in 0..=255u8 {
+            if v == was || (at < 4 && v != RECORD_MAGIC[at]) {
+                continue;
+            }
+            trial[at] = v;
+            if let Some(h) = fits(&trial) {
+                let key = trial[RECORD_HEADER_LEN..][..h.key_len as usize].to_vec();
+                return Ok(Some((h, key)));
+            }
+        }
+        trial[at] = was;
+    }
+    Ok(None)
 }
 
 /// The first offset at or after `from` where a fully valid record starts.
@@ -1276,7 +1369,9 @@ mod tests {
             prop_assert_eq!(&seen, &offsets);
             prop_assert_eq!(rep.valid_end, file.len() as u64);
 
-            // Flip one byte inside one record: that record is lost, all others are found.
+            // Flip one byte inside one record: all others are found, and that one is found
+            // damaged (a header or key byte is mended enough to know the key), except for a
+            // value byte of the last record, which is the torn tail of a write.
             let victim = damage.index(values.len());
             let start = offsets[victim] as usize;
             let end = offsets.get(victim + 1).map(|o| *o as usize).unwrap_or(file.len());
@@ -1294,14 +1389,15 @@ mod tests {
             let rep = scan_segment(&src, bad.len() as u64, SEGMENT_HEADER_LEN, |r| seen.push((r.offset, r.damaged))).unwrap();
             let key_len = format!("k{victim}").len();
             let in_value = at >= start + RECORD_HEADER_LEN + key_len;
+            let torn = in_value && victim + 1 == values.len();
             let expected: Vec<(u64, bool)> = offsets
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| *i != victim || (in_value && victim + 1 != values.len()))
+                .filter(|(i, _)| *i != victim || !torn)
                 .map(|(i, o)| (*o, i == victim))
                 .collect();
             prop_assert_eq!(seen, expected);
-            if victim + 1 == values.len() {
+            if torn {
                 // The torn tail: cut, not reported as damage inside the segment.
                 prop_assert_eq!(rep.valid_end, offsets[victim]);
                 prop_assert!(rep.corrupt.is_empty());
