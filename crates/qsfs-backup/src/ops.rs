@@ -54,6 +54,10 @@ pub struct StoreReport {
     pub version: u64,
     /// True if the stored copy already matched and nothing was written.
     pub unchanged: bool,
+    /// True if the file's size or mtime changed while it was read: the stored copy is what
+    /// was read, which may mix old and new content (store it again once it is still).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub changed_while_read: bool,
 }
 
 fn file_attrs(meta: &fs::Metadata) -> Attrs {
@@ -141,6 +145,7 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
                     size: old.size,
                     version: old.version,
                     unchanged: true,
+                    changed_while_read: false,
                 });
             }
         }
@@ -150,11 +155,16 @@ pub async fn store_file(p: &Pipeline, path: &Path, progress: &dyn Progress) -> R
     let rec = p.store(&name, Box::new(f), attrs, progress).await;
     progress.finish(&name);
     let rec = rec?;
+    let after = fs::metadata(path).ok();
+    let changed_while_read = after.is_none_or(|a| {
+        a.len() != meta.len() || file_attrs(&a).mtime != attrs.mtime || a.len() != rec.size
+    });
     Ok(StoreReport {
         name,
         size: rec.size,
         version: rec.version,
         unchanged: false,
+        changed_while_read,
     })
 }
 
@@ -283,6 +293,7 @@ pub async fn store_reader(
         size: rec.size,
         version: rec.version,
         unchanged: false,
+        changed_while_read: false,
     })
 }
 

@@ -701,6 +701,13 @@ async fn store(
                             rep.version
                         );
                     }
+                    if rep.changed_while_read {
+                        eprintln!(
+                            "warning: {} changed while it was read: the stored copy may mix \
+                             old and new content; store it again once it is still",
+                            rep.name
+                        );
+                    }
                     out.push(serde_json::to_value(&rep)?);
                 }
                 Err(e) => {

@@ -296,3 +296,39 @@ async fn a_damaged_or_lost_header_neither_locks_out_nor_starts_a_new_repository(
         assert!(m.get("t/repo").await.is_err(), "no new header written");
     }
 }
+
+/// A file that changes while it is stored is stored as read, and the report says it changed
+/// (it said nothing: a growing log came back as a snapshot of some middle state, exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changing_while_it_is_stored_is_reported() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let r = rig(2, 1, 4096).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("log");
+    // Large enough (a thousand stripes) that the store takes many of the writer's appends.
+    std::fs::write(&f, random_bytes(4_000_000, 5)).expect("write");
+    let still = ops::store_file(&r.pipeline, &f, &NoProgress)
+        .await
+        .expect("store");
+    assert!(!still.changed_while_read);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, f) = (stop.clone(), f.clone());
+        std::thread::spawn(move || {
+            let mut out = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&f)
+                .expect("open");
+            while !stop.load(Ordering::Relaxed) {
+                out.write_all(&[b'x'; 1024]).expect("append");
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let growing = ops::store_file(&r.pipeline, &f, &NoProgress).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    assert!(growing.expect("store").changed_while_read);
+}
