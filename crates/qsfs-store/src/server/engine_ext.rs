@@ -63,4 +63,8 @@ impl ServerStore for Engine {
     fn next_seq_id(&self, ns: &str) -> Option<u64> {
         self.stats(ns).ok().map(|s| s.next_id)
     }
+
+    fn data_faults(&self, ns: &str) -> u64 {
+        self.stats(ns).map_or(0, |s| s.damage.len() as u64)
+    }
 }

@@ -130,13 +130,11 @@ pub fn nsinfo_text(sh: &Shared, s: &Session, i: &NamespaceInfo, st: Option<&NsSt
     ] {
         let _ = writeln!(t, "{f}: 0");
     }
-    for f in [
-        "stats_data_io_errors",
-        "stats_data_io_error_last",
-        "stats_data_faults",
-    ] {
+    for f in ["stats_data_io_errors", "stats_data_io_error_last"] {
         let _ = writeln!(t, "{f}: 0");
     }
+    // Damage found in the data (when it was loaded or verified): never hidden behind a 0.
+    let _ = writeln!(t, "stats_data_faults: {}", sh.store.data_faults(&i.name));
     if i.max_size > 0 {
         let _ = writeln!(
             t,

@@ -140,6 +140,12 @@ pub trait ServerStore: Store {
         let _ = ns;
         None
     }
+
+    /// Damaged places the store found in `ns`'s data (NSINFO `stats_data_faults`).
+    fn data_faults(&self, ns: &str) -> u64 {
+        let _ = ns;
+        0
+    }
 }
 
 /// How the server behaves; the CLI fills it from `qsfs serve` flags.

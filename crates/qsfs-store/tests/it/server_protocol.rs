@@ -1164,3 +1164,50 @@ fn shutdown_ends_the_connections_of_every_worker_thread() {
         );
     }
 }
+
+/// Damage the engine found in a namespace's data shows in NSINFO `stats_data_faults` (it was
+/// always 0), and the key whose newest record is damaged answers an error, not its older value.
+#[test]
+fn nsinfo_counts_the_damage_found_in_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    {
+        use qsfs_core::Store;
+        let e = qsfs_store::Engine::open(&root, qsfs_store::EngineConfig::default()).unwrap();
+        e.set("default", Some(b"acct"), b"balance=100-OLD").unwrap();
+        e.set("default", Some(b"filler"), b"some other value")
+            .unwrap();
+        e.set("default", Some(b"acct"), b"balance=999-NEW").unwrap();
+        e.set("default", Some(b"filler2"), b"one more value")
+            .unwrap();
+    }
+    let seg = root.join("ns/default/0000000000.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes
+        .windows(15)
+        .position(|w| w == b"balance=999-NEW")
+        .unwrap();
+    bytes[at - 4 - 64 + 30] ^= 0x20; // a header byte of the newest `acct`
+    std::fs::write(&seg, &bytes).unwrap();
+    let _ = std::fs::remove_file(root.join("ns/default/index"));
+    let server = TestServer::start_at(
+        &root,
+        dir,
+        ServerConfig::default(),
+        qsfs_store::EngineConfig::default(),
+    );
+    let mut c = server.client();
+    let Reply::Bulk(info) = c.cmd(&["NSINFO", "default"]) else {
+        panic!("NSINFO")
+    };
+    let info = String::from_utf8(info.to_vec()).unwrap();
+    assert!(info.contains("stats_data_faults: 1\n"), "{info}");
+    assert!(
+        matches!(c.cmd(&["GET", "acct"]), Reply::Error(_)),
+        "the damaged newest version is an error"
+    );
+    assert_eq!(
+        c.cmd(&["GET", "filler2"]),
+        Reply::Bulk(bytes::Bytes::from_static(b"one more value"))
+    );
+}
