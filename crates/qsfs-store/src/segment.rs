@@ -1105,22 +1105,17 @@ fn mend_record(
         return Ok(None);
     };
     let mut trial = head.to_vec();
-    let fits = |t: &[u8]| -> Option<RecordHeader> {
-        let h = RecordHeader::decode(t, None)?;
-        let klen = h.key_len as usize;
-        let ok = record_len(klen, h.value_len as usize) == span as u64
-            && header_crc(&t[..RECORD_HEADER_LEN], &t[RECORD_HEADER_LEN..][..klen])
-                == RecordHeader::stored_crc(t);
-        ok.then_some(h)
-    };
-    // The stored checksum itself (bytes 4..8) may be the damaged part.
-    let crc_of = |t: &[u8]| {
+    // The header as decoded and the checksum it should store, if its lengths lead to `end`.
+    let bridged = |t: &[u8]| -> Option<(RecordHeader, u32)> {
         let h = RecordHeader::decode(t, None)?;
         let klen = h.key_len as usize;
         (record_len(klen, h.value_len as usize) == span as u64)
             .then(|| header_crc(&t[..RECORD_HEADER_LEN], &t[RECORD_HEADER_LEN..][..klen]))
+            .map(|crc| (h, crc))
     };
-    if let Some(crc) = crc_of(&trial) {
+    let key_of = |t: &[u8], h: &RecordHeader| t[RECORD_HEADER_LEN..][..h.key_len as usize].to_vec();
+    // The stored checksum itself (bytes 4..8) may be the damaged part.
+    if let Some((h, crc)) = bridged(&trial) {
         let stored = RecordHeader::stored_crc(&trial).to_le_bytes();
         let differ = crc
             .to_le_bytes()
@@ -1129,10 +1124,7 @@ fn mend_record(
             .filter(|(a, b)| *a != b)
             .count();
         if differ == 1 {
-            if let Some(h) = RecordHeader::decode(&trial, None) {
-                let key = trial[RECORD_HEADER_LEN..][..h.key_len as usize].to_vec();
-                return Ok(Some((h, key)));
-            }
+            return Ok(Some((h.clone(), key_of(&trial, &h))));
         }
     }
     for at in (0..head_len).filter(|i| !(4..8).contains(i)) {
@@ -1142,9 +1134,11 @@ fn mend_record(
                 continue;
             }
             trial[at] = v;
-            if let Some(h) = fits(&trial) {
-                let key = trial[RECORD_HEADER_LEN..][..h.key_len as usize].to_vec();
-                return Ok(Some((h, key)));
+            match bridged(&trial) {
+                Some((h, crc)) if crc == RecordHeader::stored_crc(&trial) => {
+                    return Ok(Some((h.clone(), key_of(&trial, &h))));
+                }
+                _ => {}
             }
         }
         trial[at] = was;

@@ -4,15 +4,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn qsfs(config: &Path, pass: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qsfs"))
-        .arg("backup")
-        .arg("--config")
-        .arg(config)
+    backup_cmd(config, pass)
         .args(args)
-        .env("QSFS_PASSPHRASE", pass)
-        .env("QSFS_LOG", "warn")
         .output()
         .expect("run qsfs")
+}
+
+/// `qsfs backup --config CONFIG` with passphrase `pass`, quiet logs.
+fn backup_cmd(config: &Path, pass: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qsfs"));
+    c.arg("backup")
+        .arg("--config")
+        .arg(config)
+        .env("QSFS_PASSPHRASE", pass)
+        .env("QSFS_LOG", "warn");
+    c
 }
 
 /// A 2+2 config over four LocalDir backends and three metadata replicas under `root`, with a
@@ -416,13 +422,9 @@ fn standard_input_is_found_again_by_the_name_it_was_stored_under() {
     let root = dir.path();
     let config = write_config(root, "");
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qsfs"))
-        .args(["backup", "--config"])
-        .arg(&config)
+    let mut child = backup_cmd(&config, "pw")
         .args(["--quiet", "store", "-", "--name", "dumps/../db.sql"])
         .current_dir(root)
-        .env("QSFS_PASSPHRASE", "pw")
-        .env("QSFS_LOG", "warn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -435,13 +437,9 @@ fn standard_input_is_found_again_by_the_name_it_was_stored_under() {
         .write_all(&body)
         .expect("feed stdin");
     ok(&child.wait_with_output().expect("store"));
-    let back = Command::new(env!("CARGO_BIN_EXE_qsfs"))
-        .args(["backup", "--config"])
-        .arg(&config)
+    let back = backup_cmd(&config, "pw")
         .args(["--quiet", "retrieve", "db.sql", "-o", "-"])
         .current_dir(root)
-        .env("QSFS_PASSPHRASE", "pw")
-        .env("QSFS_LOG", "warn")
         .output()
         .expect("retrieve");
     assert!(
