@@ -15,7 +15,8 @@
 //!
 //! Run: `cargo bench -p qsfs-backup --bench pipeline` (backends under the system temp dir, so
 //! on disk with fsync) or `QSFS_BENCH_DIR=/dev/shm cargo bench ...` (tmpfs: no disk waits).
-//! Objects are stored in record format 4, as `qsfs backup` stores them; `QSFS_BENCH_FORMAT=3`
+//! Objects are stored in record format 5, as `qsfs backup` stores them (`QSFS_BENCH_FORMAT=4`:
+//! format 4, BLAKE3 shard checksums); `QSFS_BENCH_FORMAT=3`
 //! measures format 3, the storage tier's.
 //!
 //! With `QSFS_BENCH_CIPHER_FILE=FILE` it only times bare AES-256-GCM-SIV over FILE's bytes (default-size
@@ -150,6 +151,16 @@ impl Cases<'_> {
     }
 }
 
+/// The record format stored: format 5 as `qsfs backup` stores; `QSFS_BENCH_FORMAT=4` for
+/// format 4 (BLAKE3 shard checksums), `=3` for the storage tier's.
+fn bench_format() -> ShardHash {
+    match std::env::var("QSFS_BENCH_FORMAT").as_deref() {
+        Ok("3") => ShardHash::Blake3Plain,
+        Ok("4") => ShardHash::Blake3Tag,
+        _ => ShardHash::Xxh3Tag,
+    }
+}
+
 fn peak_rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
@@ -190,7 +201,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Best of 3 seconds to store `src` (2+2, record format 4) and to retrieve it into a sink, over
+/// Best of 3 seconds to store `src` (2+2, record format 5 unless `QSFS_BENCH_FORMAT` says
+/// otherwise) and to retrieve it into a sink, over
 /// in-memory backends: the pipeline's own cost, with no server and no file system under the
 /// shards, for comparison with the same store over real nodes.
 fn memory_pipeline_seconds(src: &std::path::Path) -> (f64, f64) {
@@ -206,7 +218,7 @@ fn memory_pipeline_seconds(src: &std::path::Path) -> (f64, f64) {
             iterations: 1,
             parallelism: 1,
         },
-        format: ShardHash::Blake3Tag,
+        format: bench_format(),
         ..Settings::default()
     };
     let key = KeySource::passphrase("bench");
@@ -296,11 +308,7 @@ fn main() {
             iterations: 1,
             parallelism: 1,
         },
-        // As `qsfs backup` stores (format 4); `QSFS_BENCH_FORMAT=3` measures the storage tier's.
-        format: match std::env::var("QSFS_BENCH_FORMAT").as_deref() {
-            Ok("3") => ShardHash::Blake3Plain,
-            _ => ShardHash::Blake3Tag,
-        },
+        format: bench_format(),
         ..Settings::default()
     };
     if let Some(par) = std::env::var("QSFS_BENCH_PARALLEL")

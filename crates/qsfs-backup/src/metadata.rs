@@ -22,8 +22,9 @@
 //! format 1 (`"QSM1"`, still read) only in its shard checksums: BLAKE3 instead of SHA-256
 //! ([`ObjectRecord::shard_hash`]); format 3 (`"QSM3"`) also has BLAKE3 plaintext checksums;
 //! format 4 (`"QSM4"`) keeps those only for compressed stripes and takes an uncompressed
-//! stripe's AEAD tag as its plaintext checksum. The label in the associated data binds the format, so an
-//! envelope relabelled to the other one does not authenticate. A record moved to another path's key or
+//! stripe's AEAD tag as its plaintext checksum; format 5 (`"QSM5"`, what `qsfs backup` writes)
+//! sums the shards with XXH3-128 instead of BLAKE3. The label in the associated data binds the
+//! format, so an envelope relabelled to another one does not authenticate. A record moved to another path's key or
 //! to another version's key does not authenticate. A new version is always the highest listed
 //! version + 1, readers take the highest version a read quorum reports, and an older envelope
 //! replayed under its own key is simply superseded; so a rollback needs the newest version to be
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Keys;
 use crate::error::BackupError;
 use crate::node::Node;
-use crate::stripe::{ShardHash, StripeMeta, Sum};
+use crate::stripe::{ShardHash, StripeId, StripeMeta, Sum};
 use qsfs_core::{Error, Result};
 
 /// One shard's location.
@@ -102,6 +103,15 @@ pub struct ObjectRecord {
 }
 
 impl ObjectRecord {
+    /// Which stripe `index` of this record is, as bound into the stripe's associated data.
+    pub fn stripe_id(&self, index: u64) -> StripeId {
+        StripeId {
+            object_id: self.object_id,
+            index,
+            data_version: self.data_version,
+        }
+    }
+
     /// The key of shard `shard` of stripe `stripe` on its backend.
     pub fn shard_key(prefix: &str, object_id: &[u8; 16], stripe: u64, shard: usize) -> String {
         format!(
@@ -147,6 +157,7 @@ const MAGIC_V1: &[u8; 4] = b"QSM1";
 const MAGIC_V2: &[u8; 4] = b"QSM2";
 const MAGIC_V3: &[u8; 4] = b"QSM3";
 const MAGIC_V4: &[u8; 4] = b"QSM4";
+const MAGIC_V5: &[u8; 4] = b"QSM5";
 
 fn aad(keys: &Keys, hash: &str, version: u64, format: ShardHash) -> Vec<u8> {
     let mut a = match format {
@@ -154,6 +165,7 @@ fn aad(keys: &Keys, hash: &str, version: u64, format: ShardHash) -> Vec<u8> {
         ShardHash::Blake3 => b"qsfs-meta-v2".to_vec(),
         ShardHash::Blake3Plain => b"qsfs-meta-v3".to_vec(),
         ShardHash::Blake3Tag => b"qsfs-meta-v4".to_vec(),
+        ShardHash::Xxh3Tag => b"qsfs-meta-v5".to_vec(),
     };
     a.extend_from_slice(&keys.repo_id);
     a.extend_from_slice(hash.as_bytes());
@@ -171,6 +183,7 @@ pub fn seal(keys: &Keys, rec: &ObjectRecord) -> Result<Vec<u8>> {
         ShardHash::Blake3 => MAGIC_V2.to_vec(),
         ShardHash::Blake3Plain => MAGIC_V3.to_vec(),
         ShardHash::Blake3Tag => MAGIC_V4.to_vec(),
+        ShardHash::Xxh3Tag => MAGIC_V5.to_vec(),
     };
     out.extend_from_slice(&rec.version.to_le_bytes());
     out.extend_from_slice(
@@ -204,6 +217,7 @@ pub fn open(
         m if m == MAGIC_V2 => ShardHash::Blake3,
         m if m == MAGIC_V3 => ShardHash::Blake3Plain,
         m if m == MAGIC_V4 => ShardHash::Blake3Tag,
+        m if m == MAGIC_V5 => ShardHash::Xxh3Tag,
         _ => return Err(tampered("not a qsfs metadata envelope")),
     };
     let claimed = u64::from_le_bytes(env[4..12].try_into().map_err(|_| tampered("short"))?);

@@ -16,7 +16,7 @@ use crate::pipeline::{
     Attrs, GcReport, ObjectHealth, Pipeline, ProblemKind, RateLimiter, RepairReport, ShardProblem,
 };
 use crate::progress::Progress;
-use crate::stripe::{self, StripeId};
+use crate::stripe;
 
 /// The object name of a path: absolute, `.` and `..` resolved lexically (the filesystem is not
 /// touched, so a path names the same object at store, retrieve and check time), UTF-8.
@@ -97,11 +97,7 @@ fn file_checksum(path: &Path, rec: &ObjectRecord, key: &SecretKey) -> Result<str
         let Some(st) = rec.stripes.get(sums.len()) else {
             return Ok([0; 32]);
         };
-        let id = StripeId {
-            object_id: rec.object_id,
-            index: sums.len() as u64,
-            data_version: rec.data_version,
-        };
+        let id = rec.stripe_id(sums.len() as u64);
         sums.push(stripe::local_plain_sum(
             plain,
             &st.meta,

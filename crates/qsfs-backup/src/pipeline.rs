@@ -53,6 +53,25 @@ pub async fn on_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     }
 }
 
+/// Moves each fetched shard that matches its recorded checksum into `good`; returns the indices
+/// of those that do not.
+fn keep_matching(
+    good: &mut [Option<Bytes>],
+    fetched: Vec<(usize, Bytes)>,
+    meta: &stripe::StripeMeta,
+    hash: ShardHash,
+) -> Vec<usize> {
+    let mut bad = Vec::new();
+    for (j, b) in fetched {
+        if hash.sum(&b) == meta.shard_sums[j] {
+            good[j] = Some(b);
+        } else {
+            bad.push(j);
+        }
+    }
+    bad
+}
+
 /// Runs `f` on a thread of its own: an object's reader or writer, which lives as long as the
 /// object's transfer and waits on the stripes in flight.
 ///
@@ -845,6 +864,27 @@ impl Pipeline {
         Self::shard_problem(rec, i, j, ProblemKind::Corrupt, "checksum mismatch".into())
     }
 
+    /// Stripe `i` of `rec` opened from any k of `shards` (see [`stripe::decode_any`]): what a
+    /// repair re-creates shards from, so it never writes shards of a stripe that does not open.
+    async fn open_stripe(
+        &self,
+        rec: &ObjectRecord,
+        i: u64,
+        shards: Vec<Option<Bytes>>,
+    ) -> Result<stripe::Opened> {
+        let key = self.data_key(rec)?;
+        let meta = rec.stripes[i as usize].meta.clone();
+        let id = rec.stripe_id(i);
+        let (hash, km) = (rec.shard_hash, (rec.k as usize, rec.m as usize));
+        let loc = format!("object {} stripe {i}", rec.name);
+        on_cpu(move || stripe::decode_any(&shards, &meta, &id, &key, km, hash, &loc)).await?
+    }
+
+    fn spoiling(rec: &ObjectRecord, i: u64, j: usize) -> ShardProblem {
+        let detail = "matches its checksum but spoils the stripe".to_string();
+        Self::shard_problem(rec, i, j, ProblemKind::Corrupt, detail)
+    }
+
     /// Reads one shard and checks its length, but not its checksum: the caller verifies it
     /// ([`Pipeline::read_shard`], or [`Pipeline::fetch_stripe`] together with decoding).
     async fn fetch_shard(
@@ -955,12 +995,8 @@ impl Pipeline {
                 .into());
             }
             let meta = st.meta.clone();
-            let id = StripeId {
-                object_id: rec.object_id,
-                index: i,
-                data_version: rec.data_version,
-            };
-            let key = key.clone();
+            let id = rec.stripe_id(i);
+            let sealed_with = key.clone();
             let loc = format!("object {} stripe {i}", rec.name);
             let hash = rec.shard_hash;
             let (back, bad, plain) = on_cpu(move || {
@@ -971,30 +1007,73 @@ impl Pipeline {
                 for (j, b) in &fetched {
                     shards[*j] = Some(b.clone());
                 }
-                let tried = stripe::decode(&mut shards, &meta, &id, &key, (k, m), hash, &loc);
+                let tried =
+                    stripe::decode(&mut shards, &meta, &id, &sealed_with, (k, m), hash, &loc);
                 if tried.is_ok() {
                     return (good, Vec::new(), Some(tried));
                 }
-                let mut bad = Vec::new();
-                for (j, b) in fetched {
-                    if hash.sum(&b) == meta.shard_sums[j] {
-                        good[j] = Some(b);
-                    } else {
-                        bad.push(j);
-                    }
-                }
-                // With every shard matching its checksum the decode error stands as it is.
-                let plain = bad.is_empty().then_some(tried);
-                (good, bad, plain)
+                let bad = keep_matching(&mut good, fetched, &meta, hash);
+                (good, bad, None)
             })
             .await?;
             if let Some(plain) = plain {
                 return Ok((plain?, problems));
             }
             good = back;
+            if bad.is_empty() {
+                // Every shard matched its checksum, yet together they do not open.
+                return self
+                    .fetch_stripe_any_set(rec, key, i, good, order, problems)
+                    .await;
+            }
             have = good.iter().flatten().count();
             problems.extend(bad.into_iter().map(|j| Self::checksum_mismatch(rec, i, j)));
         }
+    }
+
+    /// The last resort of [`Pipeline::fetch_stripe`], for a stripe whose shards match their
+    /// checksums but do not open together: a checksum that cannot tell (format 5's XXH3 can be
+    /// matched on purpose) or a shard damaged before it was summed. Fetches the shards not tried
+    /// yet and decodes from whichever set of k opens ([`stripe::decode_any`]); the shards that
+    /// spoiled the stripe are reported as corrupt.
+    async fn fetch_stripe_any_set(
+        &self,
+        rec: &ObjectRecord,
+        key: &SecretKey,
+        i: u64,
+        mut good: Vec<Option<Bytes>>,
+        rest: std::vec::IntoIter<usize>,
+        mut problems: Vec<ShardProblem>,
+    ) -> Result<(Vec<u8>, Vec<ShardProblem>)> {
+        let reads = futures::future::join_all(
+            rest.map(|j| async move { (j, self.fetch_shard(rec, i, j).await) }),
+        )
+        .await;
+        let mut fetched = Vec::new();
+        for (j, r) in reads {
+            match r {
+                Ok(b) => fetched.push((j, b)),
+                Err(p) => problems.push(p),
+            }
+        }
+        let meta = rec.stripes[i as usize].meta.clone();
+        let id = rec.stripe_id(i);
+        let (key, hash, km) = (
+            key.clone(),
+            rec.shard_hash,
+            (rec.k as usize, rec.m as usize),
+        );
+        let loc = format!("object {} stripe {i}", rec.name);
+        let (res, bad) = on_cpu(move || {
+            let bad = keep_matching(&mut good, fetched, &meta, hash);
+            let res = stripe::decode_any(&good, &meta, &id, &key, km, hash, &loc);
+            (res, bad)
+        })
+        .await?;
+        problems.extend(bad.into_iter().map(|j| Self::checksum_mismatch(rec, i, j)));
+        let opened = res?;
+        problems.extend(opened.spoiled.iter().map(|&j| Self::spoiling(rec, i, j)));
+        Ok((opened.plain, problems))
     }
 
     /// Streams the whole object into `out` and verifies the whole-object checksum. Returns the
@@ -1274,23 +1353,19 @@ impl Pipeline {
                 });
                 continue;
             }
-            let missing: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
-            let rebuilt =
-                on_cpu(move || crate::codec::reconstruct(&mut shards, k, m).map(|()| shards))
-                    .await
-                    .and_then(|r| r);
-            let shards = match rebuilt {
-                Ok(s) => s,
+            let unread: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
+            let opened = match self.open_stripe(rec, i, shards).await {
+                Ok(o) => o,
                 Err(e) => {
                     failed.get_or_insert(e);
                     continue;
                 }
             };
+            let missing: Vec<usize> = (0..k + m)
+                .filter(|j| unread.contains(j) || opened.spoiled.contains(j))
+                .collect();
             for &j in &missing {
-                let Some(data) = shards[j].clone() else {
-                    failed.get_or_insert(Error::corrupt("repair", "shard not rebuilt"));
-                    continue 'stripes;
-                };
+                let data = opened.shards[j].clone();
                 if rec.shard_hash.sum(&data) != st.meta.shard_sums[j] {
                     failed.get_or_insert(Error::corrupt(
                         format!("object {} stripe {i} shard {j}", rec.name),
@@ -1304,6 +1379,12 @@ impl Pipeline {
                     .iter()
                     .find(|p| p.shard == j)
                     .map(|p| (*p).clone())
+                    .or_else(|| {
+                        opened
+                            .spoiled
+                            .contains(&j)
+                            .then(|| Self::spoiling(rec, i, j))
+                    })
                     .unwrap_or_else(|| ShardProblem {
                         stripe: i,
                         shard: j,

@@ -386,10 +386,11 @@ fn code(ok: bool) -> ExitCode {
 
 async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&args.config).map_err(anyhow::Error::from)?;
-    // Format 4: an uncompressed stripe's plaintext is covered by its AEAD tag, with no second
-    // hash. Every format is read. The storage chain uses format 3, whose plaintext checksums
-    // the tier recomputes from what it reads (see `chain::open_pipeline`).
-    config.settings.format = ShardHash::Blake3Tag;
+    // Format 5: an uncompressed stripe's plaintext is covered by its AEAD tag, with no second
+    // hash, and shards carry XXH3 checksums. Every format is read. The storage chain uses
+    // format 3, whose plaintext checksums the tier recomputes from what it reads (see
+    // `chain::open_pipeline`).
+    config.settings.format = ShardHash::Xxh3Tag;
     if let Command::Store { verify: true, .. } = args.command {
         config.settings.verify_writes = true;
     }

@@ -255,12 +255,13 @@ impl Tier {
     /// A tier storing through `pipeline`, with its durable state in `state_dir` (created if
     /// needed). Fails if the state file exists but is damaged.
     pub fn new(pipeline: Arc<Pipeline>, state_dir: &Path, config: TierConfig) -> Result<Tier> {
-        if pipeline.settings().format == crate::stripe::ShardHash::Blake3Tag {
+        if pipeline.settings().format.tags_plaintext() {
             // The tier checks each upload's stored record against a checksum of what it read
-            // itself; format 4's checksum of an uncompressed stripe is its AEAD tag, which only
-            // sealing the stripe again would give.
+            // itself; the checksum of an uncompressed stripe in formats 4 and 5 is its AEAD tag,
+            // which only sealing the stripe again would give.
             return Err(Error::InvalidArgument(
-                "the storage tier needs a record format of hashed plaintext (1 to 3), not 4".into(),
+                "the storage tier needs a record format of hashed plaintext (1 to 3), not 4 or 5"
+                    .into(),
             ));
         }
         std::fs::create_dir_all(state_dir)

@@ -7,6 +7,7 @@ mod common;
 mod failures;
 mod fetch;
 mod format4;
+mod format5;
 mod maintenance;
 mod old_formats;
 mod partial_repair;

@@ -1,7 +1,8 @@
 //! Objects written by earlier binaries still read back: each fixture in `tests/data/` is the
 //! whole content of the backends (one metadata, three data, 2+1, 1 KiB stripes) after
 //! `qsfs backup store` of the same 5,000-byte file, by the binary that wrote that format:
-//! format 3 by session 7's `qsfs` (before format 4 existed), format 4 by session 8's.
+//! format 3 by session 7's `qsfs` (before format 4 existed), format 4 by session 8's, format 5
+//! by session 23's.
 //!
 //! A fixture is made with `examples/dump_backends.rs`, from the backends a `qsfs backup`
 //! config of `local:/tmp/qsfs-fixture-vN/{m1,b1,b2,b3}` filled, passphrase "fixture passphrase".
@@ -91,4 +92,11 @@ async fn an_object_stored_in_format_4_reads_back() {
     let text = include_str!("../data/format4.txt");
     let compressed = [true, true, false, false, false];
     reads_back(text, "qsfs-fixture-v4", ShardHash::Blake3Tag, compressed).await;
+}
+
+#[tokio::test]
+async fn an_object_stored_in_format_5_reads_back() {
+    let text = include_str!("../data/format5.txt");
+    let compressed = [true, true, false, false, false];
+    reads_back(text, "qsfs-fixture-v5", ShardHash::Xxh3Tag, compressed).await;
 }
