@@ -12,7 +12,7 @@
 //! <root>/ns/<name>/manifest         recovery manifest: the namespace at its last seal
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -118,6 +118,10 @@ struct Inner {
     root: PathBuf,
     shared: Shared,
     namespaces: RwLock<BTreeMap<String, Arc<Namespace>>>,
+    /// Namespaces found damaged when the engine opened (name → what is wrong): they stay
+    /// unavailable, and neither created again nor deleted, until their files are repaired and
+    /// the engine reopened. The others serve as usual.
+    damaged: BTreeMap<String, String>,
     /// Serialises namespace creation and deletion.
     ns_admin: Mutex<()>,
     _lock: File,
@@ -212,6 +216,63 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(ctx, e)
 }
 
+/// A directory under `ns/` as the engine opens.
+enum Loaded {
+    Ready(Arc<Namespace>),
+    /// No namespace: a foreign directory, or the rest of a deletion (finished).
+    Skipped,
+    /// A namespace whose descriptor or data cannot be loaded.
+    Damaged(Error),
+}
+
+/// Opens the namespace in directory `path` (named `name`) when the engine opens. Errors only
+/// for what stops the whole engine: a namespace in a mode the configuration does not allow
+/// (every namespace would be served in a mode it was not written in).
+fn load_namespace(shared: &Shared, path: &Path, name: &str) -> Result<Loaded> {
+    let desc = match Descriptor::load(path) {
+        Ok(d) => d,
+        Err(_) if name.starts_with(TRASH_PREFIX) => None,
+        Err(e) => return Ok(Loaded::Damaged(e)),
+    };
+    if name.starts_with(TRASH_PREFIX) && desc.as_ref().is_none_or(|d| d.name != name) {
+        // A namespace deletion interrupted by a crash: finish it.
+        tracing::info!(path = %path.display(), "removing the rest of a deleted namespace");
+        std::fs::remove_dir_all(path).map_err(io_err("remove", path))?;
+        return Ok(Loaded::Skipped);
+    }
+    let Some(desc) = desc else {
+        tracing::warn!(path = %path.display(), "ignoring directory that is not a qsfs namespace");
+        return Ok(Loaded::Skipped);
+    };
+    if desc.name != name || NamespaceName::new(name).is_err() {
+        return Ok(Loaded::Damaged(
+            EngineError::BadMetadata {
+                path: path.to_path_buf(),
+                detail: format!("descriptor names namespace {:?}", desc.name),
+            }
+            .into(),
+        ));
+    }
+    if let Some(only) = shared.config.single_mode {
+        if desc.mode != only {
+            return Err(EngineError::ModeMismatch {
+                name: name.to_string(),
+                found: desc.mode,
+                allowed: only,
+            }
+            .into());
+        }
+    }
+    match Namespace::open(shared, path.to_path_buf(), desc) {
+        Ok(ns) => {
+            let ns = Arc::new(ns);
+            let _ = ns.me.set(Arc::downgrade(&ns));
+            Ok(Loaded::Ready(ns))
+        }
+        Err(e) => Ok(Loaded::Damaged(e)),
+    }
+}
+
 impl Engine {
     /// Opens (creating if needed) the engine directory `dir`.
     ///
@@ -304,7 +365,7 @@ impl Engine {
         };
         let ns_root = root.join("ns");
         std::fs::create_dir_all(&ns_root).map_err(io_err("create", &ns_root))?;
-        let mut namespaces = BTreeMap::new();
+        let (mut namespaces, mut damaged) = (BTreeMap::new(), BTreeMap::new());
         for entry in std::fs::read_dir(&ns_root).map_err(io_err("list", &ns_root))? {
             let entry = entry.map_err(io_err("list", &ns_root))?;
             let path = entry.path();
@@ -315,41 +376,19 @@ impl Engine {
                 tracing::warn!(path = %path.display(), "ignoring directory with a non-UTF-8 name");
                 continue;
             };
-            let desc = match Descriptor::load(&path) {
-                Ok(d) => d,
-                Err(_) if name.starts_with(TRASH_PREFIX) => None,
-                Err(e) => return Err(e),
-            };
-            if name.starts_with(TRASH_PREFIX) && desc.as_ref().is_none_or(|d| d.name != name) {
-                // A namespace deletion interrupted by a crash: finish it.
-                tracing::info!(path = %path.display(), "removing the rest of a deleted namespace");
-                std::fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
-                continue;
-            }
-            let Some(desc) = desc else {
-                tracing::warn!(path = %path.display(), "ignoring directory that is not a qsfs namespace");
-                continue;
-            };
-            if desc.name != name || NamespaceName::new(name.clone()).is_err() {
-                return Err(EngineError::BadMetadata {
-                    path: path.clone(),
-                    detail: format!("descriptor names namespace {:?}", desc.name),
+            match load_namespace(&shared, &path, &name)? {
+                Loaded::Ready(ns) => {
+                    namespaces.insert(name, ns);
                 }
-                .into());
-            }
-            if let Some(only) = shared.config.single_mode {
-                if desc.mode != only {
-                    return Err(EngineError::ModeMismatch {
-                        name,
-                        found: desc.mode,
-                        allowed: only,
-                    }
-                    .into());
+                Loaded::Skipped => {}
+                Loaded::Damaged(e) => {
+                    tracing::error!(
+                        namespace = %name, error = %e,
+                        "namespace is damaged: it stays unavailable until its files are repaired"
+                    );
+                    damaged.insert(name, e.to_string());
                 }
             }
-            let ns = Arc::new(Namespace::open(&shared, path, desc)?);
-            let _ = ns.me.set(Arc::downgrade(&ns));
-            namespaces.insert(name, ns);
         }
         // Only now: a seal while a namespace opens does its I/O inline.
         *shared.sealer.lock() = Some(seal_tx);
@@ -359,6 +398,7 @@ impl Engine {
             reserve,
             shared,
             namespaces: RwLock::new(namespaces),
+            damaged,
             ns_admin: Mutex::new(()),
             _lock: lock,
             handles: AtomicUsize::new(1),
@@ -376,6 +416,7 @@ impl Engine {
             .namespaces
             .read()
             .contains_key(DEFAULT_NAMESPACE)
+            && !engine.inner.damaged.contains_key(DEFAULT_NAMESPACE)
         {
             engine.create_namespace(DEFAULT_NAMESPACE, false)?;
         }
@@ -471,12 +512,30 @@ impl Engine {
     }
 
     fn ns(&self, name: &str) -> Result<Arc<Namespace>> {
+        if let Some(ns) = self.inner.namespaces.read().get(name) {
+            return Ok(ns.clone());
+        }
+        Err(self
+            .damaged_error(name)
+            .unwrap_or_else(|| Error::NotFound(format!("namespace {name}"))))
+    }
+
+    /// The error of every command on `name` if it was found damaged when the engine opened.
+    fn damaged_error(&self, name: &str) -> Option<Error> {
+        self.inner.damaged.get(name).map(|why| Error::Corrupt {
+            location: format!("namespace {name}"),
+            detail: format!("damaged, unavailable until its files are repaired: {why}"),
+        })
+    }
+
+    /// The namespaces found damaged when the engine opened, with what is wrong with each: they
+    /// answer every command with an error, and the others serve as usual.
+    pub fn damaged_namespaces(&self) -> Vec<(String, String)> {
         self.inner
-            .namespaces
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("namespace {name}")))
+            .damaged
+            .iter()
+            .map(|(n, why)| (n.clone(), why.clone()))
+            .collect()
     }
 
     /// Delivers pending observer events of `ns`.
@@ -522,6 +581,9 @@ impl Engine {
     fn create_namespace(&self, name: &str, notify: bool) -> Result<()> {
         let valid = NamespaceName::new(name)?;
         let _admin = self.inner.ns_admin.lock();
+        if let Some(e) = self.damaged_error(valid.as_str()) {
+            return Err(e);
+        }
         if self.inner.namespaces.read().contains_key(valid.as_str()) {
             return Err(Error::AlreadyExists(format!("namespace {name}")));
         }
@@ -1266,9 +1328,12 @@ impl Store for Engine {
 
     fn namespace_list(&self) -> Result<Vec<String>> {
         let map = self.inner.namespaces.read();
+        // A damaged namespace is listed: it exists, and its commands say what is wrong.
+        let others: BTreeSet<&String> = map.keys().chain(self.inner.damaged.keys()).collect();
         let mut names = vec![DEFAULT_NAMESPACE.to_string()];
         names.extend(
-            map.keys()
+            others
+                .into_iter()
                 .filter(|n| n.as_str() != DEFAULT_NAMESPACE)
                 .cloned(),
         );

@@ -38,18 +38,20 @@ impl SealKey {
         let path = root.join("engine.key");
         match std::fs::File::open(&path) {
             Ok(mut f) => {
-                let mut key = [0u8; 32];
-                let mut extra = Vec::new();
-                f.read_exact(&mut key)
+                let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(32));
+                f.read_to_end(&mut bytes)
                     .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-                f.read_to_end(&mut extra)
-                    .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-                if !extra.is_empty() {
-                    return Err(Error::corrupt(
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    // Never made anew: namespace passwords are sealed under this key.
+                    Error::corrupt(
                         path.display().to_string(),
-                        "key file is not 32 bytes",
-                    ));
-                }
+                        format!(
+                            "the engine key is {} bytes, not 32: put back the file from a backup \
+                             (`qsfs` never writes a key over one that exists)",
+                            bytes.len()
+                        ),
+                    )
+                })?;
                 Ok(SealKey(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

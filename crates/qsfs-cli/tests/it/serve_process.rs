@@ -601,3 +601,75 @@ fn a_disk_filled_by_clients_takes_their_deletes_and_gives_the_space_back() {
         }
     }
 }
+
+/// A damaged namespace descriptor (here `default`'s and `a`'s) does not stop the server: it
+/// starts, those namespaces answer every command with an error that says they are damaged
+/// (and are neither created again nor deleted), and the other namespaces serve as before.
+#[test]
+fn damaged_namespaces_stay_unavailable_and_the_others_serve() {
+    let dir = TempDir::new("damaged");
+    let port = free_port();
+    {
+        let mut child = start(&dir.0, port, &[]);
+        let (mut s, mut r) = connect(port);
+        for ns in ["a", "b"] {
+            assert_eq!(cmd(&mut s, &mut r, &["NSNEW", ns]).as_deref(), Some("+OK"));
+            assert_eq!(cmd(&mut s, &mut r, &["SELECT", ns]).as_deref(), Some("+OK"));
+            assert_eq!(cmd(&mut s, &mut r, &["SET", "k", ns]).as_deref(), Some("k"));
+        }
+        signal(&child, "-TERM");
+        assert_eq!(
+            wait_exit(&mut child.0, Duration::from_secs(20)).code(),
+            Some(0)
+        );
+    }
+    for ns in ["default", "a"] {
+        std::fs::write(dir.0.join("ns").join(ns).join("namespace"), b"damaged").unwrap();
+    }
+    let _child = start(&dir.0, port, &[]);
+    let (mut s, mut r) = connect(port);
+    let is_damaged = |reply: Option<String>, ns: &str| {
+        let reply = reply.unwrap_or_default();
+        assert!(
+            reply.starts_with(&format!("-Namespace {ns} is damaged")),
+            "{ns}: {reply}"
+        );
+    };
+    assert_eq!(cmd(&mut s, &mut r, &["PING"]).as_deref(), Some("+PONG"));
+    for c in [
+        &["GET", "k"][..],
+        &["SET", "k", "v"],
+        &["DBSIZE"],
+        &["SCAN"],
+    ] {
+        is_damaged(cmd(&mut s, &mut r, c), "default");
+    }
+    for c in [
+        &["SELECT", "a"][..],
+        &["NSINFO", "a"],
+        &["NSNEW", "a"],
+        &["NSDEL", "a"],
+    ] {
+        is_damaged(cmd(&mut s, &mut r, c), "a");
+    }
+    let list = {
+        s.write_all(&req(&[b"NSLIST"])).unwrap();
+        let mut head = String::new();
+        std::io::BufRead::read_line(&mut r, &mut head).unwrap();
+        assert_eq!(head.trim_end(), "*3");
+        (0..3)
+            .map(|_| reply(&mut r).unwrap().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list, ["default", "a", "b"]);
+    assert_eq!(
+        cmd(&mut s, &mut r, &["SELECT", "b"]).as_deref(),
+        Some("+OK")
+    );
+    assert_eq!(cmd(&mut s, &mut r, &["GET", "k"]).as_deref(), Some("b"));
+    assert_eq!(
+        cmd(&mut s, &mut r, &["SET", "k2", "v2"]).as_deref(),
+        Some("k2")
+    );
+    assert_eq!(cmd(&mut s, &mut r, &["GET", "k2"]).as_deref(), Some("v2"));
+}

@@ -205,7 +205,13 @@ impl Shared {
 
     /// A new session on `default`.
     pub fn new_session(&self) -> Result<Session, Error> {
-        let ns = self.ns_state(qsfs_core::DEFAULT_NAMESPACE)?;
+        let ns = match self.ns_state(qsfs_core::DEFAULT_NAMESPACE) {
+            Ok(ns) => ns,
+            // A damaged `default` answers its commands with errors; the connection still
+            // serves every other namespace (not cached: it is no namespace to remember).
+            Err(Error::Corrupt { .. }) => Arc::new(NsState::damaged(qsfs_core::DEFAULT_NAMESPACE)),
+            Err(e) => return Err(e),
+        };
         self.stats.clients_lifetime.fetch_add(1, Ordering::Relaxed);
         Ok(Session {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -546,8 +552,20 @@ pub fn atoi(b: &[u8]) -> i64 {
 }
 
 /// A frozen check: the error reply when the session's namespace is frozen.
+/// The refusal of every key command on a frozen namespace, or on one the store found damaged.
 pub fn frozen(s: &Session) -> Option<Reply> {
+    if s.ns.damaged {
+        return Some(damaged(&s.ns.name));
+    }
     s.ns.frozen
         .load(Ordering::Relaxed)
         .then(|| Reply::err(ERR_FROZEN))
+}
+
+/// The reply about namespace `name`, which the store found damaged. What is damaged, with its
+/// paths on the server, goes to the server's log only.
+pub fn damaged(name: &str) -> Reply {
+    Reply::err(format!(
+        "Namespace {name} is damaged and unavailable until repaired (see the server log)"
+    ))
 }

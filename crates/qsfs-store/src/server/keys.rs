@@ -223,6 +223,9 @@ pub fn length(sh: &Shared, s: &mut Session, key: &[u8], time: bool) -> Reply {
 
 /// DBSIZE: live keys of the current namespace (no frozen check, like the original).
 pub fn dbsize(sh: &Shared, s: &mut Session) -> Reply {
+    if s.ns.damaged {
+        return super::dispatch::damaged(&s.ns.name);
+    }
     match sh.store.namespace_info(&s.ns.name) {
         Ok(i) => Reply::Int(i.entries as i64),
         Err(_) => Reply::err("Internal Error"),

@@ -181,7 +181,11 @@ impl Server {
                 qsfs_core::NamespaceProperty::MaxSize(max),
             );
         }
-        shared.ns_state(qsfs_core::DEFAULT_NAMESPACE)?;
+        match shared.ns_state(qsfs_core::DEFAULT_NAMESPACE) {
+            // A damaged `default` answers its commands with errors; the others serve.
+            Ok(_) | Err(Error::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
         Ok(Server { shared, tcp, unix })
     }
 

@@ -15,6 +15,15 @@ fn utf8(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(b).ok()
 }
 
+/// The reply when namespace `name` cannot be used: `otherwise` (the original's words for a
+/// missing one), or, for a namespace the store found damaged, an error that says so.
+fn unusable(name: &str, e: &Error, otherwise: &'static str) -> Reply {
+    match e {
+        Error::Corrupt { .. } => super::dispatch::damaged(name),
+        _ => Reply::err(otherwise),
+    }
+}
+
 /// NSNEW.
 pub fn nsnew(sh: &Shared, name: &[u8]) -> Reply {
     if name.len() > MAX_NAMESPACE_LEN {
@@ -29,6 +38,7 @@ pub fn nsnew(sh: &Shared, name: &[u8]) -> Reply {
     match sh.store.namespace_create(name) {
         Ok(()) => {}
         Err(Error::AlreadyExists(_)) => return Reply::err("This namespace is not available"),
+        Err(e @ Error::Corrupt { .. }) => return unusable(name, &e, ""),
         Err(e) => {
             tracing::warn!(error = %e, "NSNEW failed");
             return Reply::err("Could not create namespace");
@@ -52,8 +62,8 @@ pub fn nsdel(sh: &Shared, s: &Session, name: &[u8]) -> Reply {
     if name == DEFAULT_NAMESPACE {
         return Reply::err("Cannot remove default namespace");
     }
-    if sh.store.namespace_info(name).is_err() {
-        return Reply::err("This namespace doesn't exists");
+    if let Err(e) = sh.store.namespace_info(name) {
+        return unusable(name, &e, "This namespace doesn't exists");
     }
     if s.ns.name == name {
         return Reply::err("Cannot remove namespace you're currently using.");
@@ -88,7 +98,7 @@ pub fn nsinfo(sh: &Shared, s: &Session, name: &[u8]) -> Reply {
     };
     let info = match sh.store.namespace_info(name) {
         Ok(i) => i,
-        Err(_) => return Reply::err("Namespace not found"),
+        Err(e) => return unusable(name, &e, "Namespace not found"),
     };
     if info.password && !info.public && !s.admin && s.ns.name != name {
         sh.stats
@@ -114,7 +124,7 @@ pub fn nsset(sh: &Shared, name: &[u8], prop: &[u8], value: &[u8]) -> Reply {
     };
     let state = match sh.ns_state(name) {
         Ok(s) => s,
-        Err(_) => return Reply::err("Namespace not found"),
+        Err(e) => return unusable(name, &e, "Namespace not found"),
     };
     let is_default = name == DEFAULT_NAMESPACE;
     let property = match prop {
@@ -194,8 +204,8 @@ pub fn reload(sh: &Shared, name: &[u8]) -> Reply {
     let Some(name) = utf8(name) else {
         return Reply::err("Namespace not found");
     };
-    if sh.store.namespace_info(name).is_err() {
-        return Reply::err("Namespace not found");
+    if let Err(e) = sh.store.namespace_info(name) {
+        return unusable(name, &e, "Namespace not found");
     }
     match sh.store.reload(name) {
         Ok(()) => {
@@ -235,11 +245,11 @@ pub fn select(sh: &Shared, s: &mut Session, name: &[u8], rest: &[bytes::Bytes]) 
     };
     let info = match sh.store.namespace_info(name) {
         Ok(i) => i,
-        Err(_) => return Reply::err("Namespace not found"),
+        Err(e) => return unusable(name, &e, "Namespace not found"),
     };
     let state = match sh.ns_state(name) {
         Ok(st) => st,
-        Err(_) => return Reply::err("Namespace not found"),
+        Err(e) => return unusable(name, &e, "Namespace not found"),
     };
     // Under --protect, `default` carries the admin password (in memory only).
     let protect_pw = if sh.config.protect && name == DEFAULT_NAMESPACE {

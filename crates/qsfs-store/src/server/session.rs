@@ -23,6 +23,8 @@ pub struct NsState {
     pub frozen: AtomicBool,
     /// Written since the last `--rotate` tick.
     pub changed: AtomicBool,
+    /// The store found the namespace damaged: every key command is refused, saying so.
+    pub damaged: bool,
 }
 
 impl NsState {
@@ -35,6 +37,15 @@ impl NsState {
             locked: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
             changed: AtomicBool::new(false),
+            damaged: false,
+        }
+    }
+
+    /// The state of a namespace the store found damaged (see [`NsState::damaged`]).
+    pub fn damaged(name: &str) -> Self {
+        NsState {
+            damaged: true,
+            ..NsState::new(name, Mode::User)
         }
     }
 

@@ -459,3 +459,110 @@ fn older_segment_with_a_zeroed_header_is_damage_not_removed() {
     assert!(path.exists(), "only the newest segment may be dropped");
     assert_others_intact(&e, &lost);
 }
+
+fn value_of(e: &Engine, ns: &str) -> Vec<u8> {
+    e.get(ns, b"k").unwrap().unwrap().value.to_vec()
+}
+
+/// A namespace whose descriptor is damaged, or names another namespace, stays unavailable with
+/// an error that says so, and is neither created again nor deleted; the engine opens and every
+/// other namespace serves. Once its files are put back it serves again, nothing lost.
+#[test]
+fn a_damaged_namespace_stays_unavailable_and_the_others_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        for ns in ["a", "b", "c"] {
+            e.namespace_create(ns).unwrap();
+            e.set(ns, Some(b"k"), ns.as_bytes()).unwrap();
+        }
+        e.set("default", Some(b"k"), b"default").unwrap();
+    }
+    let desc = |ns: &str| dir.path().join("ns").join(ns).join("namespace");
+    let (a_desc, c_desc) = (
+        std::fs::read(desc("a")).unwrap(),
+        std::fs::read(desc("c")).unwrap(),
+    );
+    std::fs::write(desc("a"), b"not a descriptor").unwrap();
+    std::fs::copy(desc("b"), desc("c")).unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).expect("one damaged namespace stops nothing");
+        assert_eq!(value_of(&e, "b"), b"b");
+        assert_eq!(value_of(&e, "default"), b"default");
+        e.set("b", Some(b"k2"), b"still written").unwrap();
+        for ns in ["a", "c"] {
+            let err = e.get(ns, b"k").unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{ns}: {err:?}");
+            assert!(err.to_string().contains("damaged"), "{err}");
+            let again = e.namespace_create(ns).unwrap_err();
+            assert!(again.to_string().contains("damaged"), "{again}");
+            assert!(e.namespace_delete(ns).is_err(), "{ns} deleted");
+            assert!(e.set(ns, Some(b"k"), b"x").is_err());
+        }
+        let list = e.namespace_list().unwrap();
+        assert_eq!(list, ["default", "a", "b", "c"]);
+        let damaged: Vec<String> = e.damaged_namespaces().into_iter().map(|d| d.0).collect();
+        assert_eq!(damaged, ["a", "c"]);
+    }
+    std::fs::write(desc("a"), a_desc).unwrap();
+    std::fs::write(desc("c"), c_desc).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert!(e.damaged_namespaces().is_empty());
+    for ns in ["a", "b", "c"] {
+        assert_eq!(value_of(&e, ns), ns.as_bytes());
+    }
+}
+
+/// A damaged default namespace is not replaced by a new empty one: it stays unavailable, its
+/// segments untouched.
+#[test]
+fn a_damaged_default_namespace_is_not_started_afresh() {
+    let dir = fixture();
+    let desc = dir.path().join("ns/default/namespace");
+    let good = std::fs::read(&desc).unwrap();
+    std::fs::write(&desc, b"").unwrap();
+    {
+        let e = Engine::open(dir.path(), cfg()).unwrap();
+        let err = e.get("default", b"key1").unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        assert!(e.set("default", Some(b"new"), b"x").is_err());
+        assert!(segment_path(dir.path(), 0).exists() || segment_path(dir.path(), 1).exists());
+        assert_eq!(
+            std::fs::read(&desc).unwrap(),
+            b"",
+            "the descriptor is left as found"
+        );
+    }
+    std::fs::write(&desc, good).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.get("default", b"key7").unwrap().unwrap().value, value(7));
+}
+
+/// A truncated or emptied `engine.key` is a clear error naming the file and its length, and it
+/// is never replaced by a new key (namespace passwords are sealed under it).
+#[test]
+fn a_damaged_engine_key_is_a_clear_error_and_is_kept() {
+    let dir = fixture();
+    let key = dir.path().join("engine.key");
+    let good = std::fs::read(&key).unwrap();
+    for bad in [&b""[..], &good[..31], &[good.as_slice(), b"x"].concat()] {
+        std::fs::write(&key, bad).unwrap();
+        let Err(err) = Engine::open(dir.path(), cfg()) else {
+            panic!("an engine key of {} bytes opened", bad.len());
+        };
+        let text = err.to_string();
+        assert!(text.contains("engine.key"), "{text}");
+        assert!(
+            text.contains(&format!("{} bytes, not 32", bad.len())),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read(&key).unwrap(),
+            bad,
+            "the file is left as it was"
+        );
+    }
+    std::fs::write(&key, &good).unwrap();
+    let e = Engine::open(dir.path(), cfg()).unwrap();
+    assert_eq!(e.get("default", b"key3").unwrap().unwrap().value, value(3));
+}
