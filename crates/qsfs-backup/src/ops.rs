@@ -374,6 +374,20 @@ pub async fn retrieve_tree(
     Ok(results)
 }
 
+/// `out` opened for writing if it is a device, a FIFO or a socket (`-o /dev/null`, `-o
+/// /dev/stdout`): written into, with no `--force`, since nothing is replaced. Renaming the
+/// retrieved file over it, as over a regular file, would have replaced the node itself.
+fn special_target(out: &Path) -> Result<Option<File>> {
+    match fs::metadata(out) {
+        Ok(m) if !m.is_file() && !m.is_dir() => fs::OpenOptions::new()
+            .write(true)
+            .open(out)
+            .map(Some)
+            .map_err(|e| Error::io(format!("open {}", out.display()), e)),
+        _ => Ok(None),
+    }
+}
+
 /// Retrieves `name` into the file `out`. The data goes to a temporary file beside `out`, is
 /// verified against the whole-object checksum, synced and only then renamed into place, so a
 /// failure never leaves a partial file. An existing `out` is only replaced with `force`.
@@ -384,6 +398,12 @@ pub async fn retrieve_to_path(
     opts: &RetrieveOptions,
     progress: &dyn Progress,
 ) -> Result<RetrieveReport> {
+    if let Some(target) = special_target(out)? {
+        progress.start(name, None);
+        let r = retrieve_to_writer(p, name, Box::new(target), opts.range.clone(), progress).await;
+        progress.finish(name);
+        return r;
+    }
     if !opts.force && fs::symlink_metadata(out).is_ok() {
         return Err(Error::AlreadyExists(format!(
             "{} exists (use --force to replace it)",

@@ -513,11 +513,13 @@ impl Pipeline {
                     (true, false) => None,
                 })
                 .collect();
-            if down.is_empty() {
-                e.into()
-            } else {
-                BackupError::Placement(format!("{e}; unreachable backends: {}", down.join(", ")))
-                    .into()
+            match e {
+                BackupError::Placement(why) if !down.is_empty() => BackupError::Placement(format!(
+                    "{why}; unreachable backends: {}",
+                    down.join(", ")
+                ))
+                .into(),
+                e => e.into(),
             }
         })
     }

@@ -532,3 +532,21 @@ async fn socket_that_never_answers_is_down_within_the_timeout() {
         .any(|r| r.name.starts_with("silent") && r.status == "down"));
     holder.abort();
 }
+
+/// A store that cannot be placed because backends are down says so once, and names them.
+#[tokio::test]
+async fn a_store_with_too_many_backends_down_names_them_once() {
+    let r = rig(2, 2, 1024).await;
+    r.data[0].set_down(true);
+    r.data[3].set_down(true);
+    let e = r
+        .pipeline
+        .put("obj", Bytes::from_static(b"data"))
+        .await
+        .expect_err("4 shards on 2 backends");
+    let msg = e.to_string();
+    assert_eq!(msg.matches("placement impossible").count(), 1, "{msg}");
+    assert!(msg.contains("unreachable backends: mem-d0"), "{msg}");
+    assert!(msg.contains("mem-d3"), "{msg}");
+    assert!(e.is_retryable(), "{e:?}");
+}

@@ -332,3 +332,57 @@ async fn a_file_changing_while_it_is_stored_is_reported() {
     writer.join().expect("writer");
     assert!(growing.expect("store").changed_while_read);
 }
+
+/// A retrieve to a device or a FIFO (`-o /dev/null`) writes into it, with or without
+/// `force`: the node is never replaced by a file, as renaming the retrieved file over it did.
+#[tokio::test]
+async fn a_retrieve_into_a_device_or_fifo_writes_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let r = rig(2, 1, 1024).await;
+    let data = random_bytes(5000, 77);
+    r.pipeline
+        .put("obj", Bytes::from(data.clone()))
+        .await
+        .expect("put");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let null = dir.path().join("null");
+    let st = std::process::Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod");
+    assert!(st.success(), "mknod needs root, as CI runs");
+    for force in [false, true] {
+        let opts = ops::RetrieveOptions {
+            force,
+            ..Default::default()
+        };
+        let rep = ops::retrieve_to_path(&r.pipeline, "obj", &null, &opts, &NoProgress)
+            .await
+            .expect("retrieve into a device");
+        assert_eq!(rep.bytes, data.len() as u64);
+        let ft = std::fs::symlink_metadata(&null).expect("stat").file_type();
+        assert!(
+            ft.is_char_device(),
+            "force {force}: the device node is still there"
+        );
+    }
+    let fifo = dir.path().join("fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).expect("read the fifo"))
+    };
+    ops::retrieve_to_path(&r.pipeline, "obj", &fifo, &Default::default(), &NoProgress)
+        .await
+        .expect("retrieve into a fifo");
+    assert_eq!(reader.join().expect("reader"), data);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .expect("stat")
+        .file_type()
+        .is_fifo());
+}
