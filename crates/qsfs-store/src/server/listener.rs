@@ -34,6 +34,8 @@ use super::{command, ServerConfig, ServerStore};
 
 /// Bytes read per syscall at most; the buffer grows further only while a large request arrives.
 const READ_CHUNK: usize = 256 * 1024;
+/// The answer to half a request followed by silence, before the connection is closed.
+const ERR_PARTIAL_TIMEOUT: &str = "Timeout: incomplete request, connection closed";
 /// A reply buffer larger than this is given back after it was sent.
 const KEEP_BUFFER: usize = 4096;
 /// Parts per vectored write (well under the kernel's `IOV_MAX`).
@@ -576,8 +578,9 @@ async fn connection<S: Socket>(
                 }
             }
             _ = sleep_for(partial) => {
-                // Half a request and then silence: answer and free the buffer.
-                out.push(&Reply::err("Timeout"));
+                // Half a request and then silence: answer and free the buffer. Not WAIT's bare
+                // "Timeout", which a client may be waiting for on another connection.
+                out.push(&Reply::err(ERR_PARTIAL_TIMEOUT));
                 let _ = flush(sh, &mut stream, &mut out).await;
                 break Ok(());
             }

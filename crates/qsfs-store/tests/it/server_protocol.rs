@@ -810,7 +810,7 @@ fn half_frame_then_silence_times_out() {
     let mut c = srv.client();
     let mut idle = srv.client();
     c.send_raw(b"*2\r\n$3\r\nGET\r\n$10\r\nabc");
-    c.expect_raw(b"-Timeout\r\n");
+    c.expect_raw(b"-Timeout: incomplete request, connection closed\r\n");
     c.expect_closed();
     // An idle client with nothing buffered is kept.
     idle.raw(&req(&["PING"]), b"+PONG\r\n");
