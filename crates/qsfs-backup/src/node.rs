@@ -194,6 +194,11 @@ impl Node {
         self.call("exists", self.backend.exists(key)).await
     }
 
+    /// `size` with timeout and health bookkeeping.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+        self.call("size", self.backend.size(key)).await
+    }
+
     /// `list` with timeout and health bookkeeping.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.call("list", self.backend.list(prefix)).await

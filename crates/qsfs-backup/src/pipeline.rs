@@ -1233,9 +1233,14 @@ impl Pipeline {
                         .map_err(|n| p(ProblemKind::Unreachable, format!("{n} not in config")))?;
                     let key =
                         ObjectRecord::shard_key(&self.inner.settings.prefix, &rec.object_id, i, j);
-                    match node.exists(&key).await {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err(p(ProblemKind::Missing, "not found".into())),
+                    let want = crate::codec::shard_len(st.meta.cipher_len as usize, k) as u64;
+                    match node.size(&key).await {
+                        Ok(Some(len)) if len == want => Ok(()),
+                        Ok(Some(len)) => Err(p(
+                            ProblemKind::Corrupt,
+                            format!("{len} bytes, expected {want}"),
+                        )),
+                        Ok(None) => Err(p(ProblemKind::Missing, "not found".into())),
                         Err(e) => Err(p(ProblemKind::Unreachable, e.to_string())),
                     }
                 }
@@ -1761,10 +1766,14 @@ impl Backend for Pipeline {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.size(key).await?.is_some())
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
         check_object_key(key)?;
         match self.record(key).await {
-            Ok(_) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
+            Ok(rec) => Ok(Some(rec.size)),
+            Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

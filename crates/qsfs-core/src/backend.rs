@@ -120,6 +120,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// True if the blob exists.
     async fn exists(&self, key: &str) -> Result<bool>;
 
+    /// The blob's length in bytes, `None` if it is absent: what a quick check compares with
+    /// the length it expects, so a truncated blob is found without reading it. The default
+    /// reads the blob; backends override it with a lookup.
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key).await {
+            Ok(b) => Ok(Some(b.len() as u64)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every key that starts with `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
 

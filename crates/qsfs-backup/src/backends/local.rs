@@ -359,11 +359,15 @@ impl Backend for LocalDir {
     }
 
     async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.size(key).await?.is_some())
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
         check_object_key(key)?;
         let key = key.to_string();
         self.blocking(move |me| match fs::metadata(me.path(&key)) {
-            Ok(m) => Ok(m.is_file()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Ok(m) => Ok(m.is_file().then_some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(format!("stat {key}"), e)),
         })
         .await

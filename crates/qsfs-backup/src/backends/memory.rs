@@ -176,6 +176,12 @@ impl Backend for Memory {
         Ok(self.inner.blobs.lock().contains_key(key))
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        check_object_key(key)?;
+        self.gate().await?;
+        Ok(self.inner.blobs.lock().get(key).map(|b| b.len() as u64))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.inner.lists.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;

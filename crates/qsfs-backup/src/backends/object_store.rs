@@ -284,6 +284,11 @@ impl Backend for ObjectStoreBackend {
         Ok(self.head(key, &path).await?.is_some())
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        let path = Self::path(key)?;
+        self.head(key, &path).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let dir = match prefix.rsplit_once('/') {
             Some((dir, _)) => Some(

@@ -176,6 +176,10 @@ impl Backend for FetchCache {
         self.pipeline.exists(key).await
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        self.pipeline.size(key).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.pipeline.list(prefix).await
     }

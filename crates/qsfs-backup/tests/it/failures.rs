@@ -550,3 +550,44 @@ async fn a_store_with_too_many_backends_down_names_them_once() {
     assert!(msg.contains("mem-d3"), "{msg}");
     assert!(e.is_retryable(), "{e:?}");
 }
+
+/// A quick check (not `--deep`) finds a truncated shard by its length, not only missing ones,
+/// without reading any shard.
+#[tokio::test]
+async fn a_quick_check_finds_a_truncated_shard() {
+    use qsfs_backup::metadata::ObjectRecord;
+    use qsfs_backup::pipeline::ProblemKind;
+    let r = rig(2, 2, 1024).await;
+    r.pipeline
+        .put("obj", Bytes::from(random_bytes(3000, 9)))
+        .await
+        .expect("put");
+    let rec = r.pipeline.record("obj").await.expect("record");
+    assert!(r.pipeline.inspect(&rec, false, None).await.is_clean());
+    let key = ObjectRecord::shard_key("t", &rec.object_id, 1, 2);
+    assert!(r
+        .data
+        .iter()
+        .any(|d| d.tamper(&key, |v| v.truncate(v.len() - 1))));
+    let gone = ObjectRecord::shard_key("t", &rec.object_id, 2, 0);
+    for d in &r.data {
+        let _ = d.delete(&gone).await;
+    }
+    let health = r.pipeline.inspect(&rec, false, None).await;
+    let found: Vec<(u64, usize, ProblemKind)> = health
+        .problems
+        .iter()
+        .map(|p| (p.stripe, p.shard, p.kind))
+        .collect();
+    assert_eq!(
+        found,
+        [(1, 2, ProblemKind::Corrupt), (2, 0, ProblemKind::Missing)],
+        "{:?}",
+        health.problems
+    );
+    assert!(
+        health.problems[0].detail.contains("bytes, expected"),
+        "{}",
+        health.problems[0]
+    );
+}

@@ -121,6 +121,11 @@ async fn put_new_of_a_chunked_blob_still_deletes_the_chunks_it_replaces() {
     b.put_new("k", blob(big, 2)).await.expect("put_new");
     assert_eq!(b.get("k").await.expect("get"), blob(big, 2));
     assert_eq!(
+        b.size("k").await.expect("size"),
+        Some(big as u64),
+        "from the manifest"
+    );
+    assert_eq!(
         node.keys(&client).await,
         one_blob,
         "the replaced blob's chunks are gone"

@@ -97,6 +97,12 @@ async fn round_trip(b: &dyn Backend) {
             "{}: {key}: bytes differ after round trip",
             b.name()
         );
+        assert_eq!(
+            b.size(key).await.expect("size"),
+            Some(data.len() as u64),
+            "{}: {key}: size",
+            b.name()
+        );
     }
 }
 
@@ -121,6 +127,12 @@ async fn absent(b: &dyn Backend) {
         "{}: absent key reported as existing",
         b.name()
     );
+    assert_eq!(
+        b.size(key).await.expect("size"),
+        None,
+        "{}: size of an absent key",
+        b.name()
+    );
 }
 
 async fn replace(b: &dyn Backend) {
@@ -128,6 +140,12 @@ async fn replace(b: &dyn Backend) {
     b.put(key, blob(3, 100_000)).await.expect("put first");
     let second = blob(4, 10);
     b.put(key, second.clone()).await.expect("put replacement");
+    assert_eq!(
+        b.size(key).await.expect("size"),
+        Some(10),
+        "{}: size after a replacement",
+        b.name()
+    );
     assert_eq!(
         b.get(key).await.expect("get"),
         second,

@@ -304,6 +304,33 @@ impl ZdbBackend {
             .and_then(|v| Self::parse_user_manifest(&v)))
     }
 
+    /// [`Backend::size`] of a blob in user mode.
+    fn user_size(&self, key: &str) -> Result<Option<u64>> {
+        let len = self.client.call(
+            &self.ns,
+            vec![b"LENGTH".to_vec(), key.as_bytes().to_vec()],
+            true,
+        )?;
+        let n = match len {
+            Reply::Int(n) => n,
+            Reply::Nil => return Ok(None),
+            Reply::Error(e) if e == "Key not found" => return Ok(None),
+            r => {
+                r.ok()?;
+                return Ok(None);
+            }
+        };
+        if n == MANIFEST_LEN as i64 {
+            if let Some((_, _, total, _)) = self.user_manifest(key)? {
+                return Ok(Some(total));
+            }
+        }
+        match u64::try_from(n).ok().and_then(|n| n.checked_sub(5)) {
+            Some(len) => Ok(Some(len)),
+            None => Err(corrupt(self.location(key), "value shorter than its header")),
+        }
+    }
+
     /// The raw value of `key` (`None` if it has none), as the reply's own buffer.
     fn user_value(&self, key: &str) -> Result<Option<Bytes>> {
         self.get_checked(key, key.as_bytes())
@@ -768,6 +795,21 @@ impl Backend for ZdbBackend {
                     .await
             }
         }
+    }
+
+    /// A blob stored as one value: `LENGTH` less its 5-byte header, one round trip; a chunked
+    /// one: the total its manifest records. Seq mode reads the blob.
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        check_object_key(key)?;
+        if self.mode == Mode::Seq {
+            return match self.get(key).await {
+                Ok(b) => Ok(Some(b.len() as u64)),
+                Err(Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        let key = key.to_string();
+        self.blocking(move |b| b.user_size(&key)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

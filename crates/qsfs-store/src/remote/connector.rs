@@ -148,6 +148,10 @@ impl Backend for LazyZdbBackend {
         self.backend().await?.exists(key).await
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        self.backend().await?.size(key).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.backend().await?.list(prefix).await
     }
