@@ -7,7 +7,7 @@ use qsfs_core::{
     MAX_NAMESPACE_LEN, MAX_PASSWORD_LEN,
 };
 
-use super::dispatch::{atoi, Shared, ERR_DENIED, ERR_READONLY};
+use super::dispatch::{Shared, ERR_DENIED, ERR_READONLY};
 use super::resp::Reply;
 use super::session::{constant_time_eq, is_secure_word, Session};
 
@@ -136,7 +136,11 @@ pub fn nsset(sh: &Shared, name: &[u8], prop: &[u8], value: &[u8]) -> Reply {
             None => return Reply::err("Invalid property value"),
         },
         b"public" => Some(NamespaceProperty::Public(boolean(value))),
-        b"maxsize" => Some(NamespaceProperty::MaxSize(atoi(value).max(0) as u64)),
+        b"maxsize" => match utf8(value).and_then(|v| v.parse::<u64>().ok()) {
+            // Bytes, decimal: `u64::from_str` takes digits only (and a `+`).
+            Some(n) => Some(NamespaceProperty::MaxSize(n)),
+            None => return Reply::err("Invalid property value (expected: bytes, decimal)"),
+        },
         b"worm" => Some(NamespaceProperty::Worm(boolean(value))),
         _ => return Reply::err("Invalid property"),
     };

@@ -526,7 +526,14 @@ fn namespaces_and_select_rules() {
     );
     c.raw(&req(&["NSSET", "ns2", "worm", "yes"]), b"+OK\r\n");
     c.raw(&req(&["SET", "w", "2"]), b"$1\r\nw\r\n");
-    // Maxsize.
+    // Maxsize: bytes, decimal. A suffix or a sign is refused (the original read "10G" as 10
+    // bytes and "-1" as a huge limit), and the limit stays as it was.
+    for bad in ["10G", "-1", "", "1e6", "12 MB"] {
+        c.raw(
+            &req(&["NSSET", "ns2", "maxsize", bad]),
+            b"-Invalid property value (expected: bytes, decimal)\r\n",
+        );
+    }
     c.raw(&req(&["NSSET", "ns2", "maxsize", "10"]), b"+OK\r\n");
     c.raw(
         &req(&["SET", "big", "0123456789"]),
