@@ -120,9 +120,7 @@ pub(crate) fn compact(ns: &Namespace, shared: &Shared, pick: Pick) -> Result<Com
         }
         Pick::Space(mut left) => {
             for (seg, live) in space_victims(ns, current) {
-                // Copies go to the disk before the old file leaves it; the slack is for the
-                // index snapshot and the records' growth by their copy headers.
-                if live.saturating_add(live / 16).saturating_add(SPACE_SLACK) > left {
+                if !fits(live, left) {
                     continue;
                 }
                 let copied = report.bytes_copied;
@@ -139,6 +137,39 @@ pub(crate) fn compact(ns: &Namespace, shared: &Shared, pick: Pick) -> Result<Com
         ns.write_snapshot_locked(&w);
     }
     Ok(report)
+}
+
+/// Dead bytes the segment being written must hold, at least, before a low disk seals it early.
+const SEAL_FOR_SPACE_MIN: u64 = 1 << 20;
+
+/// Whether the segment `ns` is writing should be sealed so that a low-space compaction can give
+/// its dead bytes back: only sealed segments are compacted, so a disk filled within one segment
+/// (a small disk, a large `--datasize`) gave nothing back however much was deleted. True when
+/// at least half of it (and a megabyte) is superseded or deleted and its live data fits in the
+/// `available` bytes left.
+pub(crate) fn current_worth_sealing(ns: &Namespace, available: u64) -> bool {
+    let (current, end) = {
+        let w = ns.writer.lock();
+        (w.seg.id, w.end)
+    };
+    let payload = end.saturating_sub(SEGMENT_HEADER_LEN);
+    let live = ns
+        .state
+        .read()
+        .index
+        .seg_live
+        .get(&current)
+        .copied()
+        .unwrap_or(0);
+    let dead = payload.saturating_sub(live);
+    dead >= SEAL_FOR_SPACE_MIN && dead >= payload / 2 && fits(live, available)
+}
+
+/// Whether a segment's `live` bytes can be copied forward within `left` bytes of disk: the
+/// copies go to the disk before the old file leaves it; the slack is for the index snapshot
+/// and the records' growth by their copy headers.
+fn fits(live: u64, left: u64) -> bool {
+    live.saturating_add(live / 16).saturating_add(SPACE_SLACK) <= left
 }
 
 /// Sealed segments (before `current`) whose live ratio is below `threshold`.

@@ -798,12 +798,23 @@ impl Engine {
     /// (see [`EngineConfig::low_space`]): rewrites the sealed local segments of which at least
     /// an eighth is dead, those freeing the most first, whatever their live ratio, while their
     /// live data fits in what is left on the disk; drops superseded versions at once when a
-    /// history retention is set. Without one every superseded version must stay, so nothing
+    /// history retention is set. When no sealed segment gives anything back and at least half
+    /// of the segment being written is dead (a disk filled within one segment), that segment
+    /// is sealed and compacted too. Without one every superseded version must stay, so nothing
     /// is done (a rewrite would only copy them forward again).
     pub fn reclaim(&self, ns: &str) -> Result<CompactionReport> {
         if self.inner.shared.config.history_retention.is_none() {
             return Ok(CompactionReport::default());
         }
+        let available = self.disk_space()?.available;
+        let report = self.with_ns(ns, |n, s| compact(n, s, Pick::Space(available)))?;
+        if report.bytes_removed > 0
+            || !crate::compaction::current_worth_sealing(&*self.ns(ns)?, available)
+        {
+            return Ok(report);
+        }
+        // What was deleted is in the segment still being written: sealed, it can go.
+        self.rotate(ns)?;
         let available = self.disk_space()?.available;
         self.with_ns(ns, |n, s| compact(n, s, Pick::Space(available)))
     }

@@ -1035,6 +1035,68 @@ fn a_disk_filled_by_sets_keeps_room_to_delete_and_give_space_back() {
         .expect("the space given back takes new SETs");
 }
 
+/// A disk filled within the one segment being written (segments larger than the disk) gives
+/// back what is deleted: the low-space compaction seals that segment when most of it is dead.
+/// Only sealed segments are compacted, so before, nothing came back however much was deleted.
+#[test]
+fn a_disk_filled_within_one_segment_gives_deleted_space_back() {
+    const RESERVE: u64 = 600 * 1024;
+    let fs = Tmpfs::sized("4m");
+    let root = fs.0.path().join("engine");
+    let config = EngineConfig {
+        max_segment_size: 64 << 20,
+        history_retention: Some(Duration::from_secs(3600)),
+        write_reserve: RESERVE,
+        ..cfg()
+    };
+    let engine = Engine::open(&root, config).unwrap();
+    let available = |e: &Engine| e.disk_space().unwrap().available;
+    let mut written = Vec::new();
+    while engine
+        .set(
+            "default",
+            Some(&(written.len() as u32).to_le_bytes()),
+            &val(written.len() as u32, 1),
+        )
+        .is_ok()
+    {
+        written.push(written.len() as u32);
+        assert!(written.len() < 2000, "a 4 MiB disk cannot hold 8 MiB");
+    }
+    assert_eq!(
+        engine.segments("default").unwrap().len(),
+        1,
+        "all in one segment"
+    );
+    let full = available(&engine);
+    // Nine in ten deleted: what stays fits in the reserve, so the segment can be rewritten.
+    for k in written.iter().copied().filter(|k| k % 10 != 0) {
+        engine.delete("default", &k.to_le_bytes()).unwrap();
+    }
+    for _ in 0..8 {
+        if engine.reclaim("default").unwrap().segments.is_empty() {
+            break;
+        }
+    }
+    let back = available(&engine);
+    let deleted = (written.len() as u64 * 9 / 10) * 4096;
+    assert!(
+        back >= full + deleted / 2,
+        "{back} bytes available after deleting {deleted} (was {full})"
+    );
+    for k in &written {
+        let got = engine.get("default", &k.to_le_bytes()).unwrap();
+        assert_eq!(
+            got.map(|e| e.value),
+            (k % 10 == 0).then(|| val(*k, 1)),
+            "key {k}"
+        );
+    }
+    engine
+        .set("default", Some(b"after"), &val(9, 9))
+        .expect("the space given back takes new SETs");
+}
+
 /// Copies a directory tree (an engine's files as a crash after its last sync leaves them).
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
