@@ -866,20 +866,31 @@ impl Pipeline {
         Self::shard_problem(rec, i, j, ProblemKind::Corrupt, "checksum mismatch".into())
     }
 
-    /// Stripe `i` of `rec` opened from any k of `shards` (see [`stripe::decode_any`]): what a
-    /// repair re-creates shards from, so it never writes shards of a stripe that does not open.
+    /// Stripe `i` of `rec` opened from any k of `good` (shards that matched their checksums)
+    /// and of `fetched` (not checked yet: those that fail their checksum are returned apart),
+    /// see [`stripe::decode_any`]. What a read falls back to, and what a repair re-creates
+    /// shards from, so that it never writes shards of a stripe that does not open.
     async fn open_stripe(
         &self,
         rec: &ObjectRecord,
+        key: &SecretKey,
         i: u64,
-        shards: Vec<Option<Bytes>>,
-    ) -> Result<stripe::Opened> {
-        let key = self.data_key(rec)?;
+        mut good: Vec<Option<Bytes>>,
+        fetched: Vec<(usize, Bytes)>,
+    ) -> Result<(Result<stripe::Opened>, Vec<usize>)> {
         let meta = rec.stripes[i as usize].meta.clone();
         let id = rec.stripe_id(i);
-        let (hash, km) = (rec.shard_hash, (rec.k as usize, rec.m as usize));
+        let (key, hash) = (key.clone(), rec.shard_hash);
+        let km = (rec.k as usize, rec.m as usize);
         let loc = format!("object {} stripe {i}", rec.name);
-        on_cpu(move || stripe::decode_any(&shards, &meta, &id, &key, km, hash, &loc)).await?
+        on_cpu(move || {
+            let bad = keep_matching(&mut good, fetched, &meta, hash);
+            (
+                stripe::decode_any(&good, &meta, &id, &key, km, hash, &loc),
+                bad,
+            )
+        })
+        .await
     }
 
     fn spoiling(rec: &ObjectRecord, i: u64, j: usize) -> ShardProblem {
@@ -1043,7 +1054,7 @@ impl Pipeline {
         rec: &ObjectRecord,
         key: &SecretKey,
         i: u64,
-        mut good: Vec<Option<Bytes>>,
+        good: Vec<Option<Bytes>>,
         rest: std::vec::IntoIter<usize>,
         mut problems: Vec<ShardProblem>,
     ) -> Result<(Vec<u8>, Vec<ShardProblem>)> {
@@ -1058,20 +1069,7 @@ impl Pipeline {
                 Err(p) => problems.push(p),
             }
         }
-        let meta = rec.stripes[i as usize].meta.clone();
-        let id = rec.stripe_id(i);
-        let (key, hash, km) = (
-            key.clone(),
-            rec.shard_hash,
-            (rec.k as usize, rec.m as usize),
-        );
-        let loc = format!("object {} stripe {i}", rec.name);
-        let (res, bad) = on_cpu(move || {
-            let bad = keep_matching(&mut good, fetched, &meta, hash);
-            let res = stripe::decode_any(&good, &meta, &id, &key, km, hash, &loc);
-            (res, bad)
-        })
-        .await?;
+        let (res, bad) = self.open_stripe(rec, key, i, good, fetched).await?;
         problems.extend(bad.into_iter().map(|j| Self::checksum_mismatch(rec, i, j)));
         let opened = res?;
         problems.extend(opened.spoiled.iter().map(|&j| Self::spoiling(rec, i, j)));
@@ -1329,6 +1327,7 @@ impl Pipeline {
         let mut insufficient: Option<BackupError> = None;
         let mut failed: Option<Error> = None;
         let mut unreachable = std::collections::BTreeSet::new();
+        let key = self.data_key(rec)?;
         'stripes: for (i, bad) in by_stripe {
             let st = &rec.stripes[i as usize];
             for p in bad.iter().filter(|p| p.kind == ProblemKind::Unreachable) {
@@ -1361,7 +1360,11 @@ impl Pipeline {
                 continue;
             }
             let unread: Vec<usize> = (0..k + m).filter(|&j| shards[j].is_none()).collect();
-            let opened = match self.open_stripe(rec, i, shards).await {
+            let opened = match self
+                .open_stripe(rec, &key, i, shards, Vec::new())
+                .await
+                .and_then(|(opened, _)| opened)
+            {
                 Ok(o) => o,
                 Err(e) => {
                     failed.get_or_insert(e);

@@ -971,22 +971,30 @@ fn restoring_a_segment_does_not_hold_up_writes_during_the_fetch() {
     );
 }
 
+/// The write reserve of [`small_disk_engine`].
+const RESERVE: u64 = 600 * 1024;
+
+/// An engine on a 4 MiB tmpfs (unmounted when the first value drops, after the engine), with segments of
+/// `max_segment_size`, a write reserve and a history retention (so low-space compaction runs).
+fn small_disk_engine(max_segment_size: u64) -> (Tmpfs, Engine) {
+    let fs = Tmpfs::sized("4m");
+    let config = EngineConfig {
+        max_segment_size,
+        history_retention: Some(Duration::from_secs(3600)),
+        write_reserve: RESERVE,
+        ..cfg()
+    };
+    let engine = Engine::open(fs.0.path().join("engine"), config).unwrap();
+    (fs, engine)
+}
+
 /// SETs that fill a disk stop short of the write reserve, so deletes still fit and the low-space
 /// compaction has room to copy a segment's live half and free the rest; every live value stays
 /// and the space given back takes new SETs. Without the reserve (`write_reserve: 0`) the disk
 /// fills to its last page and nothing ever comes back: no segment's live data fits.
 #[test]
 fn a_disk_filled_by_sets_keeps_room_to_delete_and_give_space_back() {
-    const RESERVE: u64 = 600 * 1024;
-    let fs = Tmpfs::sized("4m");
-    let root = fs.0.path().join("engine");
-    let config = EngineConfig {
-        max_segment_size: 512 * 1024,
-        history_retention: Some(Duration::from_secs(3600)),
-        write_reserve: RESERVE,
-        ..cfg()
-    };
-    let engine = Engine::open(&root, config).unwrap();
+    let (_fs, engine) = small_disk_engine(512 * 1024);
     let available = |e: &Engine| e.disk_space().unwrap().available;
     let mut written = Vec::new();
     let err = loop {
@@ -1043,16 +1051,7 @@ fn reclaim_gives_back(engine: &Engine, written: &[u32], full: u64, kept: impl Fn
 /// Only sealed segments are compacted, so before, nothing came back however much was deleted.
 #[test]
 fn a_disk_filled_within_one_segment_gives_deleted_space_back() {
-    const RESERVE: u64 = 600 * 1024;
-    let fs = Tmpfs::sized("4m");
-    let root = fs.0.path().join("engine");
-    let config = EngineConfig {
-        max_segment_size: 64 << 20,
-        history_retention: Some(Duration::from_secs(3600)),
-        write_reserve: RESERVE,
-        ..cfg()
-    };
-    let engine = Engine::open(&root, config).unwrap();
+    let (_fs, engine) = small_disk_engine(64 << 20);
     let available = |e: &Engine| e.disk_space().unwrap().available;
     let mut written = Vec::new();
     while engine
