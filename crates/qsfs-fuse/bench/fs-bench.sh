@@ -12,7 +12,11 @@
 #   crates/qsfs-fuse/bench/fs-bench.sh [WORKDIR] [QSFS_BINARY]
 #
 # Environment: SIZE_MB (default 1024), FILES (default 10000), TREE (default /usr/include),
-# FIO_MB (default 256, the random-I/O file), FIO_SECS (default 10 per fio run).
+# FIO_MB (default 256, the random-I/O file), FIO_SECS (default 10 per fio run). QUIET_VM=1 runs
+# bench/quiet-vm.sh (WARM_MIB default 4096) right before each target's workloads, not only once
+# before the script: its warm-up holds for about a minute, and the plain disk's run alone takes
+# longer, so without it the second target met memory handed back to the host and the first did
+# not.
 # With ZDBFS_BIN=/path/to/zdbfs and ZDB_BIN=/path/to/zdb (the original 0-db-fs and 0-db), the same
 # workloads also run on a 0-db-fs mount over a fresh 0-db whose data lives in WORKDIR, set up as
 # the spec's figures were (docs spec §4: zdb in sequential mode, stdout discarded, local TCP,
@@ -132,9 +136,11 @@ pin() { # target-name cpu-list
   for pid in ${DAEMONS[$1]:-}; do taskset -a -p -c "$2" "$pid" > /dev/null; done
 }
 
+QUIET_VM_SH=$(cd "$(dirname "$0")/../../.." && pwd)/bench/quiet-vm.sh
 declare -A R
 run() { # target-name dir
   local n=$1 d=$2 t0 t1
+  if [ -n "${QUIET_VM:-}" ]; then WARM_MIB=${WARM_MIB:-4096} bash "$QUIET_VM_SH" | sed 's/^/quiet-vm: /' >&2; fi
   t0=$(now); dd if="$WORK/src.bin" of="$d/big" bs=1M conv=fsync status=none; t1=$(now)
   R[$n,w1]=$(echo "$SIZE_MB / $(secs "$t0" "$t1")" | bc -l)
   drop

@@ -301,27 +301,33 @@ fn seg_location(ns: &str, seg: u32, off: u64) -> String {
     )
 }
 
-/// A 17-byte cursor resuming after sequence number `seqno`: `0x51 | seqno | value_crc |
-/// crc32c of the first 13 bytes`. `value_crc` is informational (KEYCUR gives the key's value
-/// crc32c, so a client can confirm what a server holds without reading it back; SCAN gives 0)
-/// and is not needed to resume.
-fn encode_cursor(seqno: u64, value_crc: u32) -> Cursor {
+/// A 17-byte cursor of namespace `ns` resuming after sequence number `seqno`: `0x51 | seqno |
+/// value_crc | check`, the check being the crc32c of the namespace's name followed by the
+/// first 13 bytes, so that a cursor handed out by one namespace is refused by every other
+/// (sequence numbers are per namespace: resuming another's would skip or repeat keys silently).
+/// `value_crc` is informational (KEYCUR gives the key's value crc32c, so a client can confirm
+/// what a server holds without reading it back; SCAN gives 0) and is not needed to resume.
+fn encode_cursor(ns: &str, seqno: u64, value_crc: u32) -> Cursor {
     let mut c = vec![0u8; 17];
     c[0] = 0x51;
     c[1..9].copy_from_slice(&seqno.to_le_bytes());
     c[9..13].copy_from_slice(&value_crc.to_le_bytes());
-    let crc = crc32c::crc32c(&c[0..13]);
-    c[13..17].copy_from_slice(&crc.to_le_bytes());
+    let check = cursor_check(ns, &c[0..13]);
+    c[13..17].copy_from_slice(&check.to_le_bytes());
     Cursor(c)
 }
 
-fn decode_cursor(c: &Cursor) -> Result<u64> {
+fn cursor_check(ns: &str, head: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(ns.as_bytes()), head)
+}
+
+fn decode_cursor(ns: &str, c: &Cursor) -> Result<u64> {
     let b = &c.0;
-    let bad = || Error::InvalidArgument("invalid scan cursor".into());
+    let bad = || Error::InvalidArgument(format!("invalid scan cursor for namespace {ns}"));
     if b.len() != 17 || b[0] != 0x51 {
         return Err(bad());
     }
-    if crc32c::crc32c(&b[0..13]).to_le_bytes() != b[13..17] {
+    if cursor_check(ns, &b[0..13]).to_le_bytes() != b[13..17] {
         return Err(bad());
     }
     let mut s = [0u8; 8];
@@ -1852,7 +1858,7 @@ impl Namespace {
         limit: usize,
         order: ScanOrder,
     ) -> Result<ScanPage> {
-        let after = cursor.map(decode_cursor).transpose()?;
+        let after = cursor.map(|c| decode_cursor(&self.name, c)).transpose()?;
         let limit = limit.max(1);
         let st = self.state.read();
         self.check_readable(&st)?;
@@ -1893,7 +1899,7 @@ impl Namespace {
             }
         }
         let next = if more {
-            last.map(|seqno| encode_cursor(seqno, 0))
+            last.map(|seqno| encode_cursor(&self.name, seqno, 0))
         } else {
             None
         };
@@ -1908,7 +1914,7 @@ impl Namespace {
             .index
             .live(key)
             .ok_or_else(|| Error::NotFound(format!("key in namespace {}", self.name)))?;
-        Ok(encode_cursor(s.seqno, s.value_crc))
+        Ok(encode_cursor(&self.name, s.seqno, s.value_crc))
     }
 
     /// `Store::history`.
@@ -2487,16 +2493,27 @@ mod tests {
 
     #[test]
     fn cursors_roundtrip_and_reject_garbage() {
-        let c = encode_cursor(12345, 0);
+        let c = encode_cursor("ns", 12345, 0);
         assert_eq!(c.0.len(), 17);
-        assert_eq!(decode_cursor(&c).unwrap(), 12345);
-        let with_crc = encode_cursor(12345, 0xdead_beef);
-        assert_eq!(decode_cursor(&with_crc).unwrap(), 12345);
+        assert_eq!(decode_cursor("ns", &c).unwrap(), 12345);
+        let with_crc = encode_cursor("ns", 12345, 0xdead_beef);
+        assert_eq!(decode_cursor("ns", &with_crc).unwrap(), 12345);
         assert_eq!(with_crc.0[9..13], 0xdead_beef_u32.to_le_bytes());
         let mut bad = c.clone();
         bad.0[3] ^= 1;
-        assert!(decode_cursor(&bad).is_err());
-        assert!(decode_cursor(&Cursor(vec![0; 17])).is_err());
-        assert!(decode_cursor(&Cursor(vec![0; 16])).is_err());
+        assert!(decode_cursor("ns", &bad).is_err());
+        assert!(decode_cursor("ns", &Cursor(vec![0; 17])).is_err());
+        assert!(decode_cursor("ns", &Cursor(vec![0; 16])).is_err());
+    }
+
+    #[test]
+    fn a_cursor_belongs_to_its_namespace() {
+        let c = encode_cursor("alpha", 7, 0);
+        let err = decode_cursor("beta", &c).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid scan cursor for namespace beta"),
+            "{err}"
+        );
+        assert_eq!(decode_cursor("alpha", &c).unwrap(), 7);
     }
 }

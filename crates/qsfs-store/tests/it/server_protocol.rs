@@ -318,6 +318,20 @@ fn scan_rscan_keycur() {
         .collect();
     assert_eq!(got, vec![&bulk("b"), &bulk("c")]);
     c.raw(&req(&["KEYCUR", "nope"]), b"-Key not found\r\n");
+    // A cursor is its namespace's own: sequence numbers are per namespace, so resuming another
+    // namespace's cursor would silently skip or repeat keys.
+    let Reply::Bulk(cur) = c.cmd(&["KEYCUR", "b"]) else {
+        panic!()
+    };
+    c.cmd(&["SELECT", "default"]);
+    c.raw(
+        &req(&[b"SCAN".as_slice(), &cur[..]]),
+        b"-Invalid key format\r\n",
+    );
+    c.raw(
+        &req(&[b"RSCAN".as_slice(), &cur[..]]),
+        b"-Invalid key format\r\n",
+    );
 }
 
 #[test]
