@@ -374,6 +374,15 @@ pub async fn retrieve_tree(
     Ok(results)
 }
 
+/// Where `-o out` puts the object `name`: into `out` when it is an existing directory, under the
+/// object's own file name (as `cp` does), else `out` itself.
+pub fn file_target(name: &str, out: &Path) -> PathBuf {
+    match Path::new(name).file_name() {
+        Some(base) if out.is_dir() => out.join(base),
+        _ => out.to_path_buf(),
+    }
+}
+
 /// `out` opened for writing if it is a device, a FIFO or a socket (`-o /dev/null`, `-o
 /// /dev/stdout`): written into, with no `--force`, since nothing is replaced. Renaming the
 /// retrieved file over it, as over a regular file, would have replaced the node itself.
@@ -404,13 +413,22 @@ pub async fn retrieve_to_path(
         progress.finish(name);
         return r;
     }
+    // The record first: a name that is no object (a stored directory) is `NotFound` whatever
+    // `out` is, so the caller can go on to retrieve it as a tree.
+    let rec = p.record(name).await?;
+    if fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        // Never replaced, even with force: a rename would fail, and a directory is not a file.
+        return Err(Error::AlreadyExists(format!(
+            "{} is a directory",
+            out.display()
+        )));
+    }
     if !opts.force && fs::symlink_metadata(out).is_ok() {
         return Err(Error::AlreadyExists(format!(
             "{} exists (use --force to replace it)",
             out.display()
         )));
     }
-    let rec = p.record(name).await?;
     let dir = out
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -433,16 +433,19 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                     .await?
                 }
                 other => {
-                    let target = other
+                    let root = other
                         .map(Path::to_path_buf)
                         .unwrap_or_else(|| config.local_path(&name));
+                    let target = match other {
+                        Some(o) => ops::file_target(&name, o),
+                        None => root.clone(),
+                    };
                     let opts = RetrieveOptions { force, range };
                     match ops::retrieve_to_path(&pipeline, &name, &target, &opts, &progress).await {
                         // Not an object: maybe a directory that was stored.
                         Err(qsfs_core::Error::NotFound(_)) if opts.range.is_none() => {
                             let results =
-                                ops::retrieve_tree(&pipeline, &name, &target, &opts, &progress)
-                                    .await;
+                                ops::retrieve_tree(&pipeline, &name, &root, &opts, &progress).await;
                             progress.clear();
                             return retrieved_tree(&results?, json);
                         }

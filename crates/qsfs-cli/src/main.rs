@@ -72,10 +72,24 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("qsfs: {e:#}");
+            eprintln!("qsfs: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: most qsfs errors already end with
+/// their cause's text (`Error::Io` prints its source), which `{:#}` would print again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// The process arguments, with 0-db's single-dash long options (`qsfs serve -port 9900`) turned
@@ -112,6 +126,22 @@ mod tests {
             .into_iter()
             .map(|s| s.into_string().unwrap_or_default())
             .collect()
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(21);
+        let e = anyhow::Error::from(qsfs_core::Error::io("rename into out", io));
+        assert_eq!(
+            one_line(&e),
+            "i/o error: rename into out: Is a directory (os error 21)"
+        );
+        // A cause the message does not already hold is still given.
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(2)).context("reading cfg");
+        assert_eq!(
+            one_line(&e),
+            "reading cfg: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

@@ -412,6 +412,69 @@ fn a_stored_directory_is_retrieved_whole() {
     assert!(!ranged.status.success());
 }
 
+/// `-o` naming an existing directory: a file goes into it under its own name, as with `cp`,
+/// and a stored directory fills it without `--force` while nothing in it is replaced. A
+/// directory is never replaced by a file: with `--force` this ended in "rename into DIR: Is a
+/// directory", said twice, and a stored directory into an existing one asked for `--force`.
+#[test]
+fn an_existing_directory_as_the_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let config = write_config(root, "");
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let file = root.join("notes.txt");
+    std::fs::write(&file, b"some notes\n").expect("write");
+    let tree = root.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    std::fs::write(tree.join("sub/a"), b"a\n").expect("write");
+    ok(&qsfs(&config, "pw", &["store", &s(&file)]));
+    ok(&qsfs(&config, "pw", &["store", &s(&tree)]));
+
+    let out = root.join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    ok(&qsfs(
+        &config,
+        "pw",
+        &["retrieve", &s(&file), "-o", &s(&out)],
+    ));
+    assert_eq!(
+        std::fs::read(out.join("notes.txt")).expect("read"),
+        b"some notes\n"
+    );
+    let again = qsfs(&config, "pw", &["retrieve", &s(&file), "-o", &s(&out)]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    ok(&qsfs(
+        &config,
+        "pw",
+        &["retrieve", &s(&tree), "-o", &s(&out)],
+    ));
+    assert_eq!(std::fs::read(out.join("sub/a")).expect("read"), b"a\n");
+    assert_eq!(
+        std::fs::read(out.join("notes.txt")).expect("read"),
+        b"some notes\n"
+    );
+
+    // Without -o the target is the file's own path: a directory there stays, with or without
+    // --force, and the error says why, once.
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::create_dir(&file).expect("mkdir");
+    std::fs::write(file.join("inside"), b"kept").expect("write");
+    for force in [false, true] {
+        let mut args = vec!["retrieve".to_string(), s(&file)];
+        if force {
+            args.push("--force".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = qsfs(&config, "pw", &args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("is a directory"), "{err}");
+        assert_eq!(err.matches("directory").count(), 1, "{err}");
+        assert_eq!(std::fs::read(file.join("inside")).expect("read"), b"kept");
+    }
+}
+
 /// Standard input is stored under `--name` resolved as `retrieve` resolves its path, so the
 /// same words (relative, with `..`) find it again; it was stored under the words as typed,
 /// which no retrieve could name.
