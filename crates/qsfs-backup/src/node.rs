@@ -148,7 +148,7 @@ impl Node {
             }
             Ok(Err(e)) => {
                 if e.is_retryable() || matches!(e, Error::Io { .. }) {
-                    self.mark_down(e.to_string());
+                    self.mark_down(e.detail());
                 }
                 Err(e)
             }
@@ -229,5 +229,23 @@ impl Node {
             self.state.lock().last_probe = Some((Instant::now(), h.clone()));
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::Memory;
+
+    #[tokio::test]
+    async fn a_down_node_says_why_without_repeating_the_kind() {
+        let mem = Arc::new(Memory::new("m1"));
+        let node = Node::new(mem.clone(), 0, Timeouts::default());
+        mem.set_down(true);
+        let first = node.get("k").await.unwrap_err();
+        assert!(matches!(first, Error::Unavailable(_)), "{first}");
+        let second = node.get("k").await.unwrap_err().to_string();
+        assert_eq!(second, "unavailable: m1 is down (m1 is down)");
+        assert_eq!(second.matches("unavailable").count(), 1, "{second}");
     }
 }

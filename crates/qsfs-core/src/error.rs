@@ -129,6 +129,23 @@ impl Error {
         matches!(self, Error::NotFound(_))
     }
 
+    /// The message without its kind's prefix (`unavailable: `, `timed out: `), for an error
+    /// quoted inside another of the same kind: "unavailable: node is down (refused)" rather
+    /// than "unavailable: node is down (unavailable: refused)".
+    pub fn detail(&self) -> String {
+        match self {
+            Error::NotFound(m)
+            | Error::AlreadyExists(m)
+            | Error::PermissionDenied(m)
+            | Error::NoSpace(m)
+            | Error::InvalidArgument(m)
+            | Error::Unavailable(m)
+            | Error::Timeout(m)
+            | Error::Unsupported(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// Wraps an I/O error with what was being done, mapping the kinds that have a variant of
     /// their own (a full disk becomes [`Error::NoSpace`], a missing file [`Error::NotFound`]).
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -164,6 +181,18 @@ impl From<std::io::Error> for Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn detail_drops_the_kind_only() {
+        use super::Error;
+        assert_eq!(
+            Error::Unavailable("node refused".into()).detail(),
+            "node refused"
+        );
+        assert_eq!(Error::Timeout("put took 2s".into()).detail(), "put took 2s");
+        let io = Error::io("open f", std::io::Error::from_raw_os_error(21));
+        assert_eq!(io.detail(), io.to_string());
+    }
+
     use super::*;
 
     #[test]

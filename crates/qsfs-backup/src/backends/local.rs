@@ -403,7 +403,7 @@ impl Backend for LocalDir {
                 h.free_bytes = free;
                 h
             }
-            Err(e) => Health::down(e.to_string()),
+            Err(e) => Health::down(e.detail()),
         }
     }
 }

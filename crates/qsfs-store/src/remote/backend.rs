@@ -871,7 +871,7 @@ impl Backend for ZdbBackend {
                 }
                 h
             }
-            Err(e) => Health::down(e.to_string()),
+            Err(e) => Health::down(e.detail()),
         }
     }
 }

@@ -159,7 +159,7 @@ impl Backend for LazyZdbBackend {
     async fn health(&self) -> Health {
         match self.backend().await {
             Ok(b) => b.health().await,
-            Err(e) => Health::down(e.to_string()),
+            Err(e) => Health::down(e.detail()),
         }
     }
 }
