@@ -158,8 +158,15 @@ impl S3Spec {
 /// One backend of a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendSpec {
-    /// A local directory (`local:/path`).
-    Local(PathBuf),
+    /// A local directory (`local:path`): where it is, and the name records know it by, which is
+    /// `local:` and the path as the config wrote it (a relative path is resolved against the
+    /// config's directory, but the name stays the same however the config was reached).
+    Local {
+        /// The directory.
+        path: PathBuf,
+        /// The backend's name.
+        name: String,
+    },
     /// A 0-db namespace (`zdb://host:port/namespace`, or a 0-stor v2 backend table).
     Zdb(ZdbSpec),
     /// An in-process memory backend (`memory:name`), for tests and demos; it forgets on exit.
@@ -169,16 +176,24 @@ pub enum BackendSpec {
 }
 
 impl BackendSpec {
+    /// The local directory `path`, named `local:` and the path.
+    pub fn local(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        BackendSpec::Local {
+            name: format!("local:{}", path.display()),
+            path,
+        }
+    }
+
     /// Parses `local:/path`, `zdb://host:port[/namespace]` or `memory:name`. Relative local paths
     /// are taken relative to `base`.
     pub fn parse(s: &str, base: &Path, role: ZdbRole) -> Result<Self> {
         if let Some(p) = s.strip_prefix("local:") {
             let p = PathBuf::from(p);
-            return Ok(BackendSpec::Local(if p.is_absolute() {
-                p
-            } else {
-                base.join(p)
-            }));
+            return Ok(BackendSpec::Local {
+                path: if p.is_absolute() { p } else { base.join(p) },
+                name: s.to_string(),
+            });
         }
         if let Some(rest) = s.strip_prefix("zdb://") {
             let (address, namespace) = rest.split_once('/').unwrap_or((rest, "default"));
@@ -234,11 +249,15 @@ impl BackendSpec {
     ) -> Result<Arc<dyn Backend>> {
         match self {
             BackendSpec::S3(spec) => spec.open(timeouts.op, timeouts.health),
-            BackendSpec::Local(p) => Ok(Arc::new(LocalDir::open(p).unwrap_or_else(|e| {
-                // One unusable directory is one backend down, which redundancy is for.
-                tracing::warn!("backend {}: {e}", p.display());
-                LocalDir::unopened(p)
-            }))),
+            BackendSpec::Local { path, name } => Ok(Arc::new(
+                LocalDir::open(path)
+                    .unwrap_or_else(|e| {
+                        // One unusable directory is one backend down, which redundancy is for.
+                        tracing::warn!("backend {}: {e}", path.display());
+                        LocalDir::unopened(path)
+                    })
+                    .named(name.clone()),
+            )),
             BackendSpec::Memory(n) => Ok(Arc::new(Memory::new(format!("memory:{n}")))),
             BackendSpec::Zdb(spec) => match zdb {
                 Some(c) => c.connect(spec),
@@ -1040,8 +1059,14 @@ backends = ["local:b1", "local:b2"]
 backends = ["local:b3"]
 "#;
         let c = Config::parse(text, Path::new("c.toml"), Path::new("/etc/qsfs")).expect("parse");
-        assert_eq!(c.meta[0], BackendSpec::Local("/etc/qsfs/m1".into()));
-        assert_eq!(c.meta[1], BackendSpec::Local("/abs/m2".into()));
+        assert_eq!(
+            c.meta[0],
+            BackendSpec::Local {
+                path: "/etc/qsfs/m1".into(),
+                name: "local:m1".into()
+            }
+        );
+        assert_eq!(c.meta[1], BackendSpec::local("/abs/m2"));
         assert!(
             matches!(&c.meta[2], BackendSpec::Zdb(z) if z.namespace == "meta" && z.role == ZdbRole::Meta)
         );
@@ -1220,7 +1245,7 @@ backends = ["local:d1", "local:d2"]
         let c =
             Config::parse(&text, Path::new("qsfs.toml"), Path::new("/elsewhere")).expect("parse");
         let dirs: Vec<BackendSpec> = (0..4)
-            .map(|i| BackendSpec::Local(root.join(format!("backends/node{i}"))))
+            .map(|i| BackendSpec::local(root.join(format!("backends/node{i}"))))
             .collect();
         assert_eq!(c.groups, vec![dirs.clone()]);
         assert_eq!(c.meta, dirs);

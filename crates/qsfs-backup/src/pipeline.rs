@@ -337,8 +337,31 @@ struct Inner {
     nodes: Vec<Arc<Node>>,
     groups: Vec<Vec<usize>>,
     by_name: HashMap<String, usize>,
+    /// Names records use that no backend has, with the one backend that answers to each (see
+    /// [`Backend::answers_to`]), or none.
+    aliases: Mutex<HashMap<String, Option<usize>>>,
     meta: MetaStore,
     keys: Keys,
+}
+
+impl Inner {
+    /// The backend a record means by `name`: the one so named, else the only one that answers
+    /// to it (a `local:` directory named by another path to it, as a relative path read from
+    /// another directory was named before names were the config's own words).
+    fn node_index(&self, name: &str) -> Option<usize> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Some(i);
+        }
+        let mut aliases = self.aliases.lock();
+        *aliases.entry(name.to_string()).or_insert_with(|| {
+            let mut hits =
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].backend().answers_to(name));
+            match (hits.next(), hits.next()) {
+                (Some(i), None) => Some(i),
+                _ => None,
+            }
+        })
+    }
 }
 
 fn now_secs() -> u64 {
@@ -431,6 +454,7 @@ impl Pipeline {
                 nodes,
                 groups,
                 by_name,
+                aliases: Mutex::new(HashMap::new()),
                 meta,
                 keys,
             }),
@@ -812,9 +836,8 @@ impl Pipeline {
             .get(loc.backend as usize)
             .ok_or("bad backend index in record")?;
         self.inner
-            .by_name
-            .get(name)
-            .map(|&i| self.inner.nodes[i].clone())
+            .node_index(name)
+            .map(|i| self.inner.nodes[i].clone())
             .ok_or_else(|| name.clone())
     }
 
@@ -1439,7 +1462,9 @@ impl Pipeline {
                 report.rewritten += 1;
                 report.bytes_rewritten += data.len() as u64;
                 let name = inner.nodes[target].name.clone();
-                if Self::backend_name(&new, &new.stripes[i as usize].shards[j]) != name {
+                let was = Self::backend_name(&new, &new.stripes[i as usize].shards[j]);
+                // Back on the backend the record names (perhaps by an older name) is no move.
+                if inner.node_index(&was) != Some(target) {
                     report.moved += 1;
                     let idx = new.backend_index(&name);
                     new.stripes[i as usize].shards[j].backend = idx;
@@ -1578,38 +1603,35 @@ impl Pipeline {
                 problems.len()
             )));
         }
-        let mut keep: std::collections::HashSet<(String, String)> = Default::default();
+        // Kept shards by backend. A record naming a backend that nothing in the config answers
+        // to means the names changed (a backend renamed, `localhost` for `127.0.0.1`): every
+        // shard of the backends as now named would look unreferenced.
+        let mut keep: std::collections::HashSet<(usize, String)> = Default::default();
         for rec in recs.iter().filter(|r| !r.deleted) {
             for (i, st) in rec.stripes.iter().enumerate() {
                 for (j, loc) in st.shards.iter().enumerate() {
-                    keep.insert((
-                        Self::backend_name(rec, loc),
-                        ObjectRecord::shard_key(
-                            &inner.settings.prefix,
-                            &rec.object_id,
-                            i as u64,
-                            j,
-                        ),
-                    ));
+                    let name = Self::backend_name(rec, loc);
+                    let Some(node) = inner.node_index(&name) else {
+                        return Err(Error::InvalidArgument(format!(
+                            "gc refused: records keep shards on backend {name}, which is not in \
+                             the config (renamed?); with the names as they are, gc would delete \
+                             shards those records need. Use the names the objects were stored \
+                             with, or move the shards with rebuild first"
+                        )));
+                    };
+                    let key = ObjectRecord::shard_key(
+                        &inner.settings.prefix,
+                        &rec.object_id,
+                        i as u64,
+                        j,
+                    );
+                    keep.insert((node, key));
                 }
             }
         }
-        // A record naming a backend the config does not have means the names changed (a
-        // relative `local:` path read from another directory, `localhost` for `127.0.0.1`):
-        // every shard of the backends as now named would look unreferenced.
-        let known: std::collections::HashSet<&str> =
-            inner.nodes.iter().map(|n| n.name.as_str()).collect();
-        if let Some((b, _)) = keep.iter().find(|(b, _)| !known.contains(b.as_str())) {
-            return Err(Error::InvalidArgument(format!(
-                "gc refused: records keep shards on backend {b}, which is not in the config \
-                 (renamed, or a relative path resolved from another directory?); with the \
-                 names as they are, gc would delete shards those records need. Use the names \
-                 the objects were stored with, or move the shards with rebuild first"
-            )));
-        }
         let mut report = GcReport::default();
         let prefix = format!("{}/d/", inner.settings.prefix);
-        for n in &inner.nodes {
+        for (at, n) in inner.nodes.iter().enumerate() {
             let keys = match n.list(&prefix).await {
                 Ok(k) => k,
                 Err(_) => {
@@ -1619,7 +1641,7 @@ impl Pipeline {
             };
             for key in keys {
                 if parse_shard_key(&inner.settings.prefix, &key).is_some()
-                    && !keep.contains(&(n.name.clone(), key.clone()))
+                    && !keep.contains(&(at, key.clone()))
                     && n.delete(&key).await.is_ok()
                 {
                     report.shards_deleted += 1;

@@ -98,15 +98,15 @@ fn dir_bytes(p: &Path) -> u64 {
 
 fn open_spec(spec: &BackendSpec) -> Result<Arc<dyn Backend>, (String, String)> {
     match spec {
-        BackendSpec::Local(p) => {
-            let name = format!("local:{}", p.display());
+        BackendSpec::Local { path: p, name } => {
+            let name = name.clone();
             // Opening a local backend creates its directory: a missing one is reported, not
             // made up.
             if !p.is_dir() {
                 return Err((name, "directory missing".into()));
             }
             qsfs_backup::backends::LocalDir::open(p)
-                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map(|b| Arc::new(b.named(name.clone())) as Arc<dyn Backend>)
                 .map_err(|e| (name, e.to_string()))
         }
         BackendSpec::Zdb(z) => {

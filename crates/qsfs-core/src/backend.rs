@@ -71,6 +71,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A short name for logs and status tables (e.g. `local:/srv/b1`, `zdb://10.0.0.3:9900/ns`).
     fn name(&self) -> String;
 
+    /// Whether `name`, as a backup record wrote it, means this backend: its own name, or an
+    /// older spelling of it (a `local:` directory named by the path it was reached by). Records
+    /// find their shards' backends by name, so without this a renamed backend's shards are
+    /// unreachable.
+    fn answers_to(&self, name: &str) -> bool {
+        name == self.name()
+    }
+
     /// Stores `data` under `key`, replacing any previous blob atomically.
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
 

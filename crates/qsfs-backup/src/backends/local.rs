@@ -31,6 +31,8 @@ const TMP: &str = "@tmp";
 #[derive(Debug, Clone)]
 pub struct LocalDir {
     root: Arc<PathBuf>,
+    /// The name records know it by, when not `local:` and the path.
+    name: Option<Arc<str>>,
     seq: Arc<AtomicU64>,
     dir_sync: Arc<DirSync>,
 }
@@ -114,6 +116,7 @@ impl LocalDir {
             .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
         Ok(LocalDir {
             root: Arc::new(root),
+            name: None,
             seq: Arc::new(AtomicU64::new(0)),
             dir_sync: Arc::new(DirSync::default()),
         })
@@ -126,9 +129,18 @@ impl LocalDir {
     pub fn unopened(root: impl Into<PathBuf>) -> Self {
         LocalDir {
             root: Arc::new(root.into()),
+            name: None,
             seq: Arc::new(AtomicU64::new(0)),
             dir_sync: Arc::new(DirSync::default()),
         }
+    }
+
+    /// The same backend under `name` (records know the backend by it) instead of `local:` and
+    /// its path: a config names a relative directory by the words it was written with, so the
+    /// name does not depend on the directory the config was read from.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(Arc::from(name.into()));
+        self
     }
 
     /// The directory.
@@ -323,7 +335,28 @@ impl LocalDir {
     }
 
     fn name_str(&self) -> String {
-        format!("local:{}", self.root.display())
+        match &self.name {
+            Some(n) => n.to_string(),
+            None => format!("local:{}", self.root.display()),
+        }
+    }
+
+    /// Whether `local:PATH` names this directory: PATH is the same directory, or, relative, the
+    /// end of this one's path (what a relative path read from another directory became).
+    fn is_path(&self, path: &Path) -> bool {
+        let Ok(mine) = std::path::absolute(&*self.root) else {
+            return false;
+        };
+        if path.is_absolute() {
+            let same = |a: &Path, b: &Path| match (fs::canonicalize(a), fs::canonicalize(b)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            return same(path, &mine);
+        }
+        path.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+            && mine.ends_with(path)
     }
 }
 
@@ -331,6 +364,13 @@ impl LocalDir {
 impl Backend for LocalDir {
     fn name(&self) -> String {
         self.name_str()
+    }
+
+    fn answers_to(&self, name: &str) -> bool {
+        name == self.name_str()
+            || name
+                .strip_prefix("local:")
+                .is_some_and(|p| self.is_path(Path::new(p)))
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {

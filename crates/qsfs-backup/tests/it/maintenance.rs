@@ -386,3 +386,86 @@ async fn a_retrieve_into_a_device_or_fifo_writes_into_it() {
         .file_type()
         .is_fifo());
 }
+
+/// Local directories stored to under the names older versions gave them (`local:` and the path
+/// the config was reached by: absolute from `-c /etc/qsfs/c.toml`, relative and prefixed from
+/// `-c dir/c.toml`) are found again under the names a config gives now (its own words, here
+/// `local:bN`): reads, repair and gc work, and gc deletes nothing the records need.
+#[tokio::test]
+async fn local_directories_are_found_under_the_names_older_versions_gave_them() {
+    use qsfs_backup::backends::LocalDir;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_dir = dir.path().join("dir");
+    let path = |i: usize| cfg_dir.join(format!("b{i}"));
+    let old_name = |i: usize| {
+        if i % 2 == 0 {
+            format!("local:{}", path(i).display())
+        } else {
+            format!("local:dir/b{i}")
+        }
+    };
+    let meta: Vec<Arc<dyn Backend>> = vec![Arc::new(Memory::new("meta"))];
+    let secret = key();
+    let open = |named: &dyn Fn(usize) -> String| {
+        let group: Vec<Arc<dyn Backend>> = (0..3)
+            .map(|i| {
+                Arc::new(LocalDir::open(path(i)).expect("open").named(named(i))) as Arc<dyn Backend>
+            })
+            .collect();
+        Pipeline::open(settings(2, 1, 1024), vec![group], meta.clone(), &secret)
+    };
+    let body = random_bytes(5000, 9);
+    let before = open(&old_name).await.expect("open under the old names");
+    before
+        .put("kept", Bytes::from(body.clone()))
+        .await
+        .expect("put");
+    // An orphan shard (a store that failed half-way), for gc to find.
+    let orphan = format!("t/d/{}/00000000.000", "ab".repeat(16));
+    LocalDir::open(path(1))
+        .expect("open")
+        .put(&orphan, Bytes::from_static(b"orphan"))
+        .await
+        .expect("put orphan");
+
+    let now = open(&|i| format!("local:b{i}"))
+        .await
+        .expect("open under new names");
+    assert_eq!(now.get("kept").await.expect("get").as_ref(), &body[..]);
+    // A shard lost on the relative-named directory is repaired from the others.
+    fn files(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).expect("list").filter_map(|e| e.ok()) {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => files(&e.path(), out),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    let mut on_b1 = Vec::new();
+    files(&path(1), &mut on_b1);
+    let lost = on_b1
+        .iter()
+        .find(|p| {
+            let p = p.to_string_lossy();
+            p.contains("/d@/") && !p.contains(&"ab".repeat(16))
+        })
+        .expect("a shard on b1");
+    std::fs::remove_file(lost).expect("rm");
+    let rec = now.record("kept").await.expect("record");
+    let report = now.repair(&rec, None).await.expect("repair");
+    assert_eq!((report.rewritten, report.moved), (1, 0), "{report:?}");
+    let gc = ops::gc(&now).await.expect("gc");
+    assert_eq!(gc.shards_deleted, 1, "only the orphan goes: {gc:?}");
+    assert_eq!(
+        now.get("kept").await.expect("get after gc").as_ref(),
+        &body[..]
+    );
+    // Nothing that is not the same directory answers to an old name.
+    let stranger = LocalDir::open(dir.path().join("elsewhere/b1")).expect("open");
+    assert!(!stranger.answers_to(&old_name(1)));
+    assert!(!stranger.answers_to(&old_name(0)));
+    assert!(LocalDir::open(path(1))
+        .expect("open")
+        .answers_to(&old_name(1)));
+}

@@ -515,3 +515,45 @@ fn standard_input_is_found_again_by_the_name_it_was_stored_under() {
     let want = std::fs::canonicalize(root).expect("root").join("db.sql");
     assert!(listed.contains(want.to_str().expect("utf-8")), "{listed}");
 }
+
+/// A config with relative `local:` paths means the same backends however it is reached (`-c
+/// dir/backup.toml` from above, `-c backup.toml` from inside): they are named by the config's
+/// own words. Named by the path the config was reached by, the shards stored one way were
+/// "not in the config" the other way, and gc had to refuse.
+#[test]
+fn a_config_reached_by_another_path_names_the_same_backends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let top = dir.path();
+    let inner = top.join("dir");
+    std::fs::create_dir(&inner).expect("mkdir");
+    write_config(&inner, "");
+    let file = top.join("data.bin");
+    let body: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &body).expect("write");
+    let run = |cwd: &Path, config: &str, args: &[&str]| {
+        backup_cmd(Path::new(config), "pw")
+            .current_dir(cwd)
+            .args(args)
+            .output()
+            .expect("run qsfs")
+    };
+    let name = file.to_str().expect("utf8");
+    ok(&run(top, "dir/backup.toml", &["store", name]));
+    let out = top.join("out.bin");
+    let out_s = out.to_str().expect("utf8");
+    ok(&run(
+        &inner,
+        "backup.toml",
+        &["retrieve", name, "-o", out_s],
+    ));
+    assert_eq!(std::fs::read(&out).expect("read"), body);
+    let gc = ok(&run(&inner, "backup.toml", &["gc"]));
+    assert!(gc.contains("0 shard"), "{gc}");
+    std::fs::remove_file(&out).expect("rm");
+    ok(&run(
+        top,
+        "dir/backup.toml",
+        &["retrieve", name, "-o", out_s],
+    ));
+    assert_eq!(std::fs::read(&out).expect("read"), body);
+}
