@@ -2294,14 +2294,15 @@ impl Fs {
     /// setuid bit and the setgid bit of a group-executable file (a setgid bit without group
     /// execute marks mandatory locking, which is kept). With `FUSE_HANDLE_KILLPRIV_V2` the
     /// kernel leaves this to the filesystem, and in exchange stops asking for
-    /// `security.capability` before every write.
-    pub fn kill_privileges(&mut self, ino: u64, suid_sgid: bool) -> FsResult<()> {
+    /// `security.capability` before every write. True if the mode changed: the kernel's
+    /// cached attributes are then stale.
+    pub fn kill_privileges(&mut self, ino: u64, suid_sgid: bool) -> FsResult<bool> {
         let (kind, perm, has_xattrs) = {
             let i = self.inode(ino)?;
             (i.kind, i.perm, i.has_xattrs)
         };
         if kind == Kind::Dir {
-            return Ok(());
+            return Ok(false);
         }
         let killed = if suid_sgid {
             without_suid_sgid(perm)
@@ -2319,7 +2320,7 @@ impl Fs {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(killed != perm)
     }
 
     /// Clears the setgid bit, as setting an access ACL does for a caller outside the file's

@@ -30,6 +30,38 @@ const TTL: Duration = Duration::from_secs(1);
 /// setuid/setgid/capabilities on write, truncate and chown, and the kernel marks the
 /// superblock `SB_NOSEC` so that a write need not look up `security.capability` first.
 const FUSE_HANDLE_KILLPRIV_V2: u32 = 1 << 28;
+
+/// The session's channel for notifications to the kernel, filled in once the session exists
+/// (it is made from the filesystem, so it cannot be given to it).
+#[derive(Clone, Default)]
+pub struct Kernel(Arc<std::sync::OnceLock<fuser::Notifier>>);
+
+impl Kernel {
+    /// Gives it the session's notifier.
+    pub fn attach(&self, notifier: fuser::Notifier) {
+        let _ = self.0.set(notifier);
+    }
+
+    /// Tells the kernel that the inode's attributes changed without a reply that carries them
+    /// (a write by someone else that cleared setuid): it would go on showing the old mode
+    /// until its attribute cache times out. Only the attributes: no page-cache lock is taken,
+    /// so this is safe from inside a request.
+    fn attrs_changed(&self, ino: u64) {
+        if let Some(n) = self.0.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!(ino, error = %e, "attribute invalidation not taken");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Kernel")
+            .field(&self.0.get().is_some())
+            .finish()
+    }
+}
 /// Background requests (read-ahead, write-back) the kernel may have outstanding (its default
 /// is 12). Reads waiting on a slow fetch occupy them; with the default, one cold file's
 /// read-ahead window could stall the read-ahead and write-back of every other file.
@@ -192,6 +224,8 @@ pub struct QsfsFuse {
     /// (`FUSE_HANDLE_KILLPRIV_V2`), so the kernel no longer asks for `security.capability`
     /// before every write: one synchronous round trip per `write()` less.
     killpriv: bool,
+    /// Notifications to the kernel, once the session exists.
+    kernel: Kernel,
     /// Run on the first request after init, when the kernel has applied the init reply.
     after_init: Option<Box<dyn FnOnce() + Send>>,
     /// Workers serving reads that must fetch blocks; `None`: they run on the session thread.
@@ -399,9 +433,15 @@ impl QsfsFuse {
             timer,
             writeback: false,
             killpriv: false,
+            kernel: Kernel::default(),
             after_init: None,
             spin: Arc::new(Spin::default()),
         }
+    }
+
+    /// Where the session's notifier goes once the session is made (see [`Kernel::attach`]).
+    pub fn kernel(&self) -> Kernel {
+        self.kernel.clone()
     }
 
     /// Runs `f` once the kernel has taken the init reply (tuning that init would undo).
@@ -670,6 +710,7 @@ impl Filesystem for QsfsFuse {
         let suid_sgid = chown || req.uid() != 0;
         let setattr = move |fs: &mut Fs| {
             if kill {
+                // The reply carries the new attributes.
                 fs.kill_privileges(ino, suid_sgid)?;
             }
             fs.setattr(ino, set.clone())
@@ -921,12 +962,15 @@ impl Filesystem for QsfsFuse {
             return reply.error(libc::EINVAL);
         }
         let killpriv = self.killpriv;
-        let write = move |fs: &mut Fs, data: &[u8]| {
+        let kernel = self.kernel.clone();
+        let write = move |fs: &mut Fs, data: &[u8], kernel: &Kernel| {
             if killpriv {
                 // The kernel sets the flag for a caller without CAP_FSETID; capabilities
                 // go on any write, as on a local filesystem.
                 let suid_sgid = write_flags & fuser::consts::FUSE_WRITE_KILL_PRIV != 0;
-                fs.kill_privileges(ino, suid_sgid)?;
+                if fs.kill_privileges(ino, suid_sgid)? {
+                    kernel.attrs_changed(ino);
+                }
             }
             fs.write(ino, fh, offset as u64, data)
         };
@@ -934,10 +978,11 @@ impl Filesystem for QsfsFuse {
         self.call_or_defer(
             Op::Write,
             ino,
-            |fs| write(fs, data),
+            |fs| write(fs, data, &kernel),
             || {
                 let data = data.to_vec();
-                move |fs: &mut Fs| write(fs, &data)
+                let kernel = kernel.clone();
+                move |fs: &mut Fs| write(fs, &data, &kernel)
             },
             move |r| {
                 reply_or_err!(reply, r, |n| {
@@ -1267,9 +1312,10 @@ impl Filesystem for QsfsFuse {
             return reply.error(libc::EINVAL);
         }
         let (killpriv, suid_sgid) = (self.killpriv, req.uid() != 0);
+        let kernel = self.kernel.clone();
         let fallocate = move |fs: &mut Fs| {
-            if killpriv {
-                fs.kill_privileges(ino, suid_sgid)?;
+            if killpriv && fs.kill_privileges(ino, suid_sgid)? {
+                kernel.attrs_changed(ino);
             }
             fs.fallocate(ino, offset as u64, length as u64, mode)
         };
@@ -1294,9 +1340,10 @@ impl Filesystem for QsfsFuse {
             return reply.error(libc::EINVAL);
         }
         let (killpriv, suid_sgid) = (self.killpriv, req.uid() != 0);
+        let kernel = self.kernel.clone();
         let copy = move |fs: &mut Fs| {
-            if killpriv {
-                fs.kill_privileges(ino_out, suid_sgid)?;
+            if killpriv && fs.kill_privileges(ino_out, suid_sgid)? {
+                kernel.attrs_changed(ino_out);
             }
             fs.copy_file_range(
                 ino_in,

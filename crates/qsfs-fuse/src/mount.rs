@@ -83,7 +83,9 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mo
         fuse.after_init(Box::new(move || tune_bdi(&p, READ_AHEAD_KIB)));
     }
     let spin = fuse.spin();
+    let kernel = fuse.kernel();
     let mut session = Session::new(fuse, mountpoint, &options.fuser_options())?;
+    kernel.attach(session.notifier());
     match session.as_fd().try_clone_to_owned() {
         Ok(fd) => spin.attach(fd, spin_window()),
         Err(e) => tracing::debug!(error = %e, "no polling between requests"),

@@ -531,3 +531,46 @@ fn a_full_disk_refuses_writes_and_deleting_makes_room_again() {
     let status = m.signal(Signal::SIGTERM);
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+/// A write by another user clears the setuid bit (the filesystem does it, under
+/// `FUSE_HANDLE_KILLPRIV_V2`), and a `stat` right after the write shows it: the kernel is told
+/// its cached attributes are stale. It went on showing the old mode until they timed out (1 s).
+#[test]
+fn a_write_by_another_user_clears_setuid_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // Let uid 65534 reach the mount point.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _m = Running::start_with(&root, &mnt, &["-o", "allow_other"]);
+    let f = mnt.join("prog");
+    let sh = |script: String, nobody: bool| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        if nobody {
+            use std::os::unix::process::CommandExt;
+            c.uid(65534).gid(65534);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for round in 0..3 {
+        let before = sh(
+            format!(
+                "echo {round} > {0} && chmod 4777 {0} && stat -c %a {0}",
+                f.display()
+            ),
+            false,
+        );
+        assert_eq!(before, "4777");
+        sh(format!("echo more >> {}", f.display()), true);
+        assert_eq!(sh(format!("stat -c %a {}", f.display()), false), "777");
+    }
+}
