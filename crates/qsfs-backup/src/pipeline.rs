@@ -1606,7 +1606,8 @@ impl Pipeline {
         // Kept shards by backend. A record naming a backend that nothing in the config answers
         // to means the names changed (a backend renamed, `localhost` for `127.0.0.1`): every
         // shard of the backends as now named would look unreferenced.
-        let mut keep: std::collections::HashSet<(usize, String)> = Default::default();
+        let mut keep: Vec<std::collections::HashSet<String>> =
+            vec![Default::default(); inner.nodes.len()];
         for rec in recs.iter().filter(|r| !r.deleted) {
             for (i, st) in rec.stripes.iter().enumerate() {
                 for (j, loc) in st.shards.iter().enumerate() {
@@ -1625,7 +1626,7 @@ impl Pipeline {
                         i as u64,
                         j,
                     );
-                    keep.insert((node, key));
+                    keep[node].insert(key);
                 }
             }
         }
@@ -1641,7 +1642,7 @@ impl Pipeline {
             };
             for key in keys {
                 if parse_shard_key(&inner.settings.prefix, &key).is_some()
-                    && !keep.contains(&(at, key.clone()))
+                    && !keep[at].contains(&key)
                     && n.delete(&key).await.is_ok()
                 {
                     report.shards_deleted += 1;
