@@ -1100,7 +1100,9 @@ impl Pipeline {
     }
 
     /// Streams the whole object into `out` and verifies the whole-object checksum. Returns the
-    /// shard problems met on the way (the data was still complete).
+    /// shard problems met on the way (the data was still complete), for the caller to report:
+    /// they are logged at debug level only (`qsfs backup retrieve` prints them as warnings, and
+    /// they were said twice).
     ///
     /// Up to `parallel_stripes` stripes are fetched and decoded ahead, each in its own task, while
     /// a writer thread drains decoded stripes into `out` in order.
@@ -1166,7 +1168,7 @@ impl Pipeline {
             ));
         }
         for p in &problems {
-            tracing::warn!("{}: {p}", rec.name);
+            tracing::debug!("{}: {p}", rec.name);
         }
         Ok((problems, w))
     }
@@ -1174,8 +1176,12 @@ impl Pipeline {
     /// Reads the whole object into memory (verified).
     pub async fn read_all(&self, rec: &ObjectRecord) -> Result<Bytes> {
         let buf = SharedBuf::default();
-        self.read_to(rec, Box::new(buf.clone()), &NoProgress)
+        let (problems, _) = self
+            .read_to(rec, Box::new(buf.clone()), &NoProgress)
             .await?;
+        for p in &problems {
+            tracing::warn!("{}: {p}", rec.name);
+        }
         let v = std::mem::take(&mut *buf.0.lock());
         Ok(Bytes::from(v))
     }

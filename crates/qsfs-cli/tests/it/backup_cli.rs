@@ -557,3 +557,41 @@ fn a_config_reached_by_another_path_names_the_same_backends() {
     ));
     assert_eq!(std::fs::read(&out).expect("read"), body);
 }
+
+/// A retrieve that reads around lost backends names each missing shard once: the pipeline
+/// returns the problems and the command prints them (the pipeline also logged them at warn
+/// level, so each came twice).
+#[test]
+fn a_retrieve_names_each_missing_shard_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let config = write_config(root, "");
+    let file = root.join("data.bin");
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(&file, &body).expect("write");
+    let name = file.to_str().expect("utf8");
+    ok(&qsfs(&config, "pw", &["store", name]));
+    // Two of four: every stripe must be read from what is left.
+    std::fs::remove_dir_all(root.join("b1")).expect("rm b1");
+    std::fs::remove_dir_all(root.join("b2")).expect("rm b2");
+    let out = root.join("out.bin");
+    let o = qsfs(
+        &config,
+        "pw",
+        &["retrieve", name, "-o", out.to_str().expect("utf8")],
+    );
+    ok(&o);
+    assert_eq!(std::fs::read(&out).expect("read"), body);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Each problem's words ("stripe S shard J on local:b1: Missing"), wherever they stand.
+    let said: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.find("stripe ").map(|at| &l[at..]))
+        .filter(|l| l.contains("Missing"))
+        .collect();
+    assert!(!said.is_empty(), "no missing shard named: {err}");
+    let mut once = said.clone();
+    once.sort_unstable();
+    once.dedup();
+    assert_eq!(once.len(), said.len(), "{err}");
+}
